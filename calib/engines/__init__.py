@@ -1,0 +1,1 @@
+"""Inference backends. Every backend exposes the same small :class:`~calib.engines.base.Engine` interface."""

@@ -1,0 +1,103 @@
+"""ONNX Runtime on the CPU: FP32 baselines, INT8 Q/DQ models, and models with intermediates exposed.
+
+Sessions are made by lazy loader callables (as in Polygraphy): ``OrtSessionLoader(path)()`` builds
+the session only when called, so configs stay cheap and picklable.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from calib.errors import InputError
+
+
+def default_threads() -> int:
+    return int(os.environ.get("CALIB_THREADS", 0)) or (os.cpu_count() or 1)
+
+
+def session_options(threads: int | None = None):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads or default_threads()
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return opts
+
+
+def expose_outputs(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProto:
+    """A copy of ``model`` whose graph also outputs the given intermediate tensors (float32)."""
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(model)
+    present = {o.name for o in exposed.graph.output}
+    produced = {out for node in exposed.graph.node for out in node.output}
+    produced |= {i.name for i in exposed.graph.input}
+    value_types = {v.name: v.type.tensor_type.elem_type for v in exposed.graph.value_info}
+    for name in names:
+        if name in present:
+            continue
+        if name not in produced:
+            raise InputError(f"tensor {name!r} is not produced by any node of the model")
+        elem = value_types.get(name, onnx.TensorProto.FLOAT)
+        exposed.graph.output.append(onnx.helper.make_tensor_value_info(name, elem, None))
+        present.add(name)
+    return exposed
+
+
+def _model_bytes(model: onnx.ModelProto | str | Path) -> bytes | str:
+    if isinstance(model, onnx.ModelProto):
+        return model.SerializeToString()
+    return str(model)
+
+
+@dataclass(frozen=True)
+class OrtSessionLoader:
+    """Callable that makes an ``InferenceSession`` for a model path (or proto), optionally with
+    extra intermediate outputs exposed. Graph optimisations stay at 'basic' when intermediates are
+    exposed so the named tensors still exist."""
+
+    model: str | Path | onnx.ModelProto
+    intermediates: tuple[str, ...] = ()
+    threads: int | None = None
+    optimization: str = "all"  # all | basic | disabled
+
+    def __call__(self):
+        import onnxruntime as ort
+
+        opts = session_options(self.threads)
+        level = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+                 "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                 "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}[self.optimization]
+        model = self.model
+        if self.intermediates:
+            proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
+            model = expose_outputs(proto, self.intermediates)
+            level = min(level, ort.GraphOptimizationLevel.ORT_ENABLE_BASIC)
+        opts.graph_optimization_level = level
+        try:
+            return ort.InferenceSession(_model_bytes(model), sess_options=opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            where = "" if isinstance(self.model, onnx.ModelProto) else f" {self.model}"
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise InputError(f"ONNX Runtime cannot load model{where}: {first}") from exc
+
+
+class OrtEngine:
+    """An :class:`~calib.engines.base.Engine` over an ONNX Runtime CPU session."""
+
+    def __init__(self, loader: OrtSessionLoader, name: str = "onnxruntime") -> None:
+        self.session = loader()
+        self.name = name
+        self.input_names = tuple(i.name for i in self.session.get_inputs())
+        self.output_names = tuple(o.name for o in self.session.get_outputs())
+
+    def run(self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        names = list(outputs) if outputs is not None else list(self.output_names)
+        values = self.session.run(names, {k: v for k, v in feeds.items() if k in self.input_names})
+        return dict(zip(names, values))
