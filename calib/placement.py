@@ -1,0 +1,150 @@
+"""Where Q/DQ goes: placement presets, include/exclude lists, and the tensors that need ranges.
+
+Placement decides INT8 accuracy more than the calibrator does. Presets:
+
+- ``tensorrt``: quantize the inputs of MatMul / Gemm / Conv only (weights per channel, activations
+  per tensor); LayerNorm, Softmax, GELU and residual Adds stay in float, as TensorRT's own INT8
+  transformer kernels do.
+- ``all``: every op ONNX Runtime's Q/DQ quantizer can handle, inputs and outputs. Useful to show why
+  naive full quantization fails (attention masks holding -inf, saturated FFN outputs).
+
+Node patterns are shell globs (``*/attention/*``) or regular expressions prefixed with ``re:``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import onnx
+
+from calib.errors import InputError
+
+PRESETS = ("tensorrt", "all")
+INPUT_ONLY_OPS = ("MatMul", "Gemm", "Conv", "ConvTranspose")
+# Ops ONNX Runtime's QDQ quantizer knows (its QDQRegistry plus the element-wise ops its base
+# operator quantizer handles); the 'all' preset quantizes every one of these found in the graph.
+ALL_PRESET_OPS = (
+    "MatMul", "Gemm", "Conv", "ConvTranspose", "Add", "Mul", "Sub", "Div", "Softmax", "Where",
+    "LayerNormalization", "Gather", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Slice", "Split",
+    "Concat", "Erf", "Tanh", "Sigmoid", "Relu", "Clip", "ReduceMean", "ReduceSum", "Sqrt", "Pow",
+    "MaxPool", "AveragePool", "Pad", "Resize", "Flatten", "InstanceNormalization", "BatchNormalization",
+)
+_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Which nodes get Q/DQ. ``include_nodes`` (if given) restricts the preset to matching nodes;
+    ``exclude_nodes`` / ``exclude_op_types`` keep matching nodes in float."""
+
+    preset: str = "tensorrt"
+    include_nodes: tuple[str, ...] = ()
+    exclude_nodes: tuple[str, ...] = ()
+    include_op_types: tuple[str, ...] = ()  # replaces the preset's op types when given
+    exclude_op_types: tuple[str, ...] = ()
+
+    def with_exclusions(self, nodes: Iterable[str]) -> Placement:
+        merged = tuple(dict.fromkeys((*self.exclude_nodes, *nodes)))
+        return Placement(self.preset, self.include_nodes, merged, self.include_op_types, self.exclude_op_types)
+
+
+@dataclass(frozen=True)
+class ResolvedPlacement:
+    """A placement applied to one graph."""
+
+    op_types: tuple[str, ...]  # op types handed to the quantizer
+    quantize_outputs: bool  # False: only inputs of the quantized nodes get Q/DQ
+    nodes: tuple[str, ...]  # names of the nodes to quantize, in graph order
+    excluded: dict[str, str] = field(default_factory=dict)  # node name -> why it stays in float
+    activation_tensors: tuple[str, ...] = ()  # float activations that need a range, in graph order
+    unmatched_patterns: tuple[str, ...] = ()  # include/exclude patterns that matched no node
+
+
+def _matcher(pattern: str):
+    if pattern.startswith("re:"):
+        try:
+            rx = re.compile(pattern[3:])
+        except re.error as exc:
+            raise InputError(f"node pattern {pattern!r} is not a valid regular expression: {exc}") from exc
+        return lambda name: rx.search(name) is not None
+    return lambda name: fnmatch.fnmatchcase(name, pattern)
+
+
+def match_nodes(names: Sequence[str], patterns: Sequence[str]) -> tuple[set[str], list[str]]:
+    """Names matched by any pattern, and the patterns that matched nothing."""
+    matched: set[str] = set()
+    unmatched = []
+    for pattern in patterns:
+        fn = _matcher(pattern)
+        hits = {n for n in names if fn(n)}
+        if not hits:
+            unmatched.append(pattern)
+        matched |= hits
+    return matched, unmatched
+
+
+def ensure_node_names(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Give every unnamed node a stable name (``<OpType>_<index>``) so it can be included/excluded."""
+    seen: set[str] = set()
+    for i, node in enumerate(model.graph.node):
+        if not node.name or node.name in seen:
+            node.name = f"{node.op_type}_{i}"
+        seen.add(node.name)
+    return model
+
+
+def _float_tensors(model: onnx.ModelProto) -> set[str]:
+    """Names of tensors known to be float (graph inputs/outputs, value_info after shape inference)."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # shape inference is best effort; unknown types count as float below
+        inferred = model
+    out = set()
+    for v in (*inferred.graph.input, *inferred.graph.output, *inferred.graph.value_info):
+        if v.type.tensor_type.elem_type in _FLOAT_TYPES:
+            out.add(v.name)
+    return out
+
+
+def resolve_placement(model: onnx.ModelProto, placement: Placement) -> ResolvedPlacement:
+    """Apply ``placement`` to ``model``: the nodes to quantize and the activations that need ranges."""
+    if placement.preset not in PRESETS:
+        raise InputError(f"unknown placement preset {placement.preset!r} (choose from {', '.join(PRESETS)})")
+    ensure_node_names(model)
+    nodes = list(model.graph.node)
+    names = [n.name for n in nodes]
+    op_types = placement.include_op_types or (INPUT_ONLY_OPS if placement.preset == "tensorrt" else ALL_PRESET_OPS)
+    op_types = tuple(t for t in op_types if t not in placement.exclude_op_types)
+    included, unmatched_inc = match_nodes(names, placement.include_nodes) if placement.include_nodes else (set(names), [])
+    excluded_by_name, unmatched_exc = match_nodes(names, placement.exclude_nodes)
+    initializers = {t.name for t in model.graph.initializer}
+    constants = {o for n in nodes if n.op_type == "Constant" for o in n.output}
+    floats = _float_tensors(model)
+    quantize_outputs = placement.preset == "all"
+
+    chosen, excluded, tensors = [], {}, {}
+    for node in nodes:
+        if node.op_type not in op_types:
+            if node.name in included and placement.include_nodes and node.op_type in ALL_PRESET_OPS:
+                excluded[node.name] = f"op type {node.op_type} is not quantized by this placement"
+            continue
+        if node.name in excluded_by_name:
+            excluded[node.name] = "excluded by name"
+            continue
+        if node.name not in included:
+            excluded[node.name] = "not in the include list"
+            continue
+        chosen.append(node.name)
+        candidates = list(node.input) + (list(node.output) if quantize_outputs else [])
+        if node.op_type == "Gather":  # indices are integers; only the data input is quantized
+            candidates = [node.input[0]] + (list(node.output) if quantize_outputs else [])
+        for name in candidates:
+            if name and name not in initializers and name not in constants and (name in floats or not floats):
+                tensors.setdefault(name, None)
+    return ResolvedPlacement(
+        op_types=op_types, quantize_outputs=quantize_outputs, nodes=tuple(chosen), excluded=excluded,
+        activation_tensors=tuple(tensors), unmatched_patterns=tuple(unmatched_inc + unmatched_exc),
+    )
