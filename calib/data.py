@@ -89,6 +89,8 @@ def load_rows(spec: DataSpec) -> datasets.Dataset:
         raise
     except Exception as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "corresponds to no data" in first:  # datasets' words for a file with a header and no rows
+            raise InputError(f"dataset {source} is empty (no rows)") from exc
         raise InputError(f"dataset {source} cannot be loaded: {first}") from exc
     ds = _select_split(ds, spec)
     check_columns(ds, spec)

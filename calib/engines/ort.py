@@ -78,7 +78,8 @@ class OrtSessionLoader:
         if self.intermediates:
             proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
             model = expose_outputs(proto, self.intermediates)
-            level = min(level, ort.GraphOptimizationLevel.ORT_ENABLE_BASIC)
+            if level != ort.GraphOptimizationLevel.ORT_DISABLE_ALL:  # fusions would remove the named tensors
+                level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         opts.graph_optimization_level = level
         try:
             return ort.InferenceSession(_model_bytes(model), sess_options=opts, providers=["CPUExecutionProvider"])
@@ -101,3 +102,21 @@ class OrtEngine:
         names = list(outputs) if outputs is not None else list(self.output_names)
         values = self.session.run(names, {k: v for k, v in feeds.items() if k in self.input_names})
         return dict(zip(names, values))
+
+
+def optimized_op_counts(model: str | Path, threads: int | None = 1) -> dict[str, int]:
+    """Op types (with counts) of the graph ONNX Runtime actually executes after its full graph
+    optimisation: shows whether a Q/DQ model runs integer kernels (``MatMulIntegerToFloat``,
+    ``QLinearMatMul``) or falls back to float MatMuls behind DequantizeLinear."""
+    import tempfile
+    from collections import Counter
+
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="calib-ort-") as tmp:
+        opts = session_options(threads)
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        ort.InferenceSession(str(model), sess_options=opts, providers=["CPUExecutionProvider"])
+        optimized = onnx.load(opts.optimized_model_filepath)
+    return dict(Counter(node.op_type for node in optimized.graph.node))

@@ -1,0 +1,64 @@
+"""calib workbench: INT8 calibration and accuracy validation for transformer text models.
+
+Run from the repository root:  streamlit run app/Home.py
+(.streamlit/config.toml binds the server to localhost; $CALIB_WORKSPACE picks the workspace.)
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+APP_DIR = Path(__file__).resolve().parent
+if str(APP_DIR) not in sys.path:
+    sys.path.insert(0, str(APP_DIR))
+
+import streamlit as st  # noqa: E402
+
+from lib.context import STAGE_TITLES  # noqa: E402
+from lib.project import demo_ready  # noqa: E402
+from lib.ui import age, start_page  # noqa: E402
+
+page = start_page("calib workbench", ":material/tune:",
+                  "INT8 calibration and accuracy validation for transformer text models that ship on "
+                  "NVIDIA TensorRT. Each step below saves a run in the workspace; every run can be "
+                  "reopened, compared and downloaded later.")
+
+STEPS = [
+    ("pages/1_Project.py", "Project", ":material/folder_open:", "Pick the demo task or bring your own ONNX model, tokenizer and data."),
+    ("pages/2_Calibration_set.py", "Calibration set", ":material/bar_chart:",
+     "Choose calibration texts whose lengths match what the model will see; check coverage."),
+    ("pages/3_Calibrate.py", "Calibrate", ":material/straighten:",
+     "One pass over the calibration set gives entropy, minmax, percentile and MSE ranges."),
+    ("pages/4_Build.py", "Build", ":material/construction:", "Place Q/DQ, build the INT8 model, get the TensorRT commands."),
+    ("pages/5_Validate.py", "Validate", ":material/fact_check:",
+     "Compare INT8 against FP32: accuracy, agreement, per length bucket, per layer; find sensitive layers."),
+    ("pages/6_Runs_and_reports.py", "Runs & reports", ":material/history:", "History, side-by-side comparison and reports."),
+]
+STEP_STAGE = {"Calibration set": "calibset", "Calibrate": "calibrate", "Build": "build",
+              "Validate": "validate", "Runs & reports": "report"}
+
+if page.project.kind == "demo" and not demo_ready(page.ws, page.project.task):
+    st.info(f"The demo task **{page.project.task}** is not prepared in this workspace yet. "
+            "Open **Project** to prepare it (a few minutes, all offline).", icon=":material/info:")
+
+st.subheader("Workflow")
+for path, title, icon, text in [s for s in STEPS if (APP_DIR / s[0]).is_file()]:
+    with st.container(border=True):
+        left, right = st.columns([3, 2])
+        with left:
+            st.page_link(path, label=f"**{title}**", icon=icon)
+            st.caption(text)
+        stage = STEP_STAGE.get(title)
+        if stage:
+            runs = page.ws.list_runs(stage=stage, session=page.session, limit=1)
+            with right:
+                if runs:
+                    run = runs[0]
+                    st.markdown(f"Last {STAGE_TITLES[stage].lower()} run: `{run.id}` · **{run.status}** "
+                                f"· {age(run.created_at)}")
+                else:
+                    st.caption("No run in this session yet.")
+
+st.caption("Runs started in this browser session are tagged with its id (see the sidebar); the "
+           "history page can show the runs of every session.")

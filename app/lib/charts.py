@@ -1,0 +1,75 @@
+"""Altair charts used by the pages. Inputs are plain arrays / frames; outputs are altair charts."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import altair as alt
+import numpy as np
+import pandas as pd
+
+SERIES_COLORS = {"pool": "#9aa5b1", "target": "#e45756", "calibration set": "#4c78a8"}
+METHOD_COLORS = {"entropy": "#4c78a8", "minmax": "#f58518", "percentile": "#54a24b", "mse": "#b279a2",
+                 "engine": "#222222"}
+
+
+def length_bins(max_length: int, longest: float) -> np.ndarray:
+    """Bin edges in tokens: ~40 bins up to a bit past max length (longer texts share the last bin)."""
+    cap = int(max(max_length * 1.5, min(longest, max_length * 3))) + 1
+    step = max(4, int(np.ceil(cap / 40 / 4) * 4))
+    return np.arange(0, cap + step, step)
+
+
+def length_histogram(series: Mapping[str, np.ndarray], max_length: int, *, title: str = "") -> alt.Chart:
+    """Shares of texts per length bin for each named series (pool, target, calibration set)."""
+    longest = max((float(np.max(v)) for v in series.values() if len(v)), default=float(max_length))
+    edges = length_bins(max_length, longest)
+    rows = []
+    for name, values in series.items():
+        values = np.asarray(values)
+        if not len(values):
+            continue
+        clipped = np.minimum(values, edges[-1] - 1)
+        counts, _ = np.histogram(clipped, bins=edges)
+        shares = counts / counts.sum()
+        for lo, hi, c, s in zip(edges[:-1], edges[1:], counts, shares):
+            rows.append({"series": name, "from": int(lo), "to": int(hi), "texts": int(c), "share": float(s)})
+    frame = pd.DataFrame(rows)
+    color = alt.Color("series:N", title=None, scale=alt.Scale(domain=list(series),
+                                                             range=[SERIES_COLORS.get(s, "#72b7b2") for s in series]))
+    base = alt.Chart(frame).encode(
+        x=alt.X("from:Q", title="tokens per text (before truncation; last bin: longer)",
+                scale=alt.Scale(domain=[0, int(edges[-1])])),
+        x2="to:Q",
+        y=alt.Y("share:Q", title="share of texts", axis=alt.Axis(format="%"), stack=None),
+        color=color,
+        tooltip=["series", "from", "to", "texts", alt.Tooltip("share:Q", format=".1%")],
+    )
+    bars = base.mark_bar(opacity=0.45, binSpacing=0)
+    rule = alt.Chart(pd.DataFrame({"x": [max_length], "label": [f"max length {max_length}"]})).mark_rule(
+        strokeDash=[4, 4], color="#333").encode(x="x:Q")
+    text = alt.Chart(pd.DataFrame({"x": [max_length], "label": [f"max length {max_length}"]})).mark_text(
+        align="left", dx=4, dy=-4, baseline="top", color="#333").encode(x="x:Q", y=alt.value(0), text="label:N")
+    chart = (bars + rule + text).properties(height=280)
+    return chart.properties(title=title) if title else chart
+
+
+def bucket_bars(buckets: Sequence[str], shares: Mapping[str, Sequence[float]], *, title: str = "") -> alt.Chart:
+    """Grouped bars: share of texts per length bucket, one bar per series."""
+    rows = [{"bucket": b, "series": name, "share": float(v)} for name, values in shares.items()
+            for b, v in zip(buckets, values)]
+    frame = pd.DataFrame(rows)
+    chart = alt.Chart(frame).mark_bar().encode(
+        x=alt.X("bucket:N", sort=list(buckets), title="length bucket (tokens)"),
+        xOffset=alt.XOffset("series:N", sort=list(shares)),
+        y=alt.Y("share:Q", axis=alt.Axis(format="%"), title="share of texts"),
+        color=alt.Color("series:N", title=None, sort=list(shares),
+                        scale=alt.Scale(domain=list(shares), range=[SERIES_COLORS.get(s, "#72b7b2") for s in shares])),
+        tooltip=["bucket", "series", alt.Tooltip("share:Q", format=".1%")],
+    ).properties(height=240)
+    return chart.properties(title=title) if title else chart
+
+
+def method_color(methods: Sequence[str]) -> alt.Color:
+    return alt.Color("method:N", title="calibrator", sort=list(methods),
+                     scale=alt.Scale(domain=list(methods), range=[METHOD_COLORS.get(m, "#72b7b2") for m in methods]))

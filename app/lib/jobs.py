@@ -1,0 +1,155 @@
+"""Long stages run in a small thread pool shared by all browser sessions of the server process.
+
+The page submits ``calib.pipeline.run_stage(...)`` and keeps only the run id. Everything the page
+shows about the run (status, progress, message, error) is read back from the run registry, so a
+refreshed page, or a second tab of the same session, sees the same progress. A run that is waiting
+for a free worker has no registry row yet; the pool reports it as ``queued``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import streamlit as st
+
+from calib.errors import CalibError, WorkspaceError
+from calib.pipeline import run_stage
+from calib.workspace import Workspace
+
+log = logging.getLogger("calib.app")
+
+WORKERS = 2  # the machine has few cores; two sessions can still work at once
+POLL_SECONDS = 1.0
+ACTIVE = ("queued", "running")
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    run_id: str
+    stage: str
+    status: str  # queued | running | finished | failed | interrupted
+    progress: float
+    message: str
+    error: str
+
+    @property
+    def active(self) -> bool:
+        return self.status in ACTIVE
+
+
+class JobPool:
+    """A thread pool running registered stages, with the futures of the runs it started."""
+
+    def __init__(self, workers: int = WORKERS) -> None:
+        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="calib-job")
+        self._futures: dict[str, tuple[str, Future]] = {}
+        self._lock = threading.Lock()
+
+    def submit(self, ws: Workspace, stage: str, fn: Callable[..., Any], config: Any, *,
+               parents: Sequence[str] = (), label: str = "", session: str = "") -> str:
+        """Queue ``run_stage(ws, stage, fn, config, ...)``; return the run id it will have."""
+        run_id = ws.new_run_id(stage)
+
+        def work() -> Any:
+            try:
+                return run_stage(ws, stage, fn, config, parents=parents, label=label,
+                                 session=session, run_id=run_id)
+            except CalibError:
+                raise  # recorded in the registry as the run's error
+            except Exception:
+                log.exception("run %s (%s) failed unexpectedly", run_id, stage)
+                raise
+
+        future = self.executor.submit(work)
+        with self._lock:
+            self._futures[run_id] = (stage, future)
+        return run_id
+
+    def status(self, ws: Workspace, run_id: str) -> JobStatus:
+        with self._lock:
+            stage, future = self._futures.get(run_id, ("", None))
+        try:
+            run = ws.get_run(run_id)
+        except WorkspaceError:
+            if future is None:
+                return JobStatus(run_id, stage, "failed", 0.0, "", f"no run {run_id} in this workspace")
+            if future.done() and future.exception() is not None:
+                exc = future.exception()
+                return JobStatus(run_id, stage, "failed", 0.0, "", str(exc).splitlines()[0] if str(exc) else
+                                 type(exc).__name__)
+            return JobStatus(run_id, stage, "queued", 0.0, "waiting for a free worker", "")
+        error = run.error
+        if run.status == "failed" and future is not None and future.done():
+            exc = future.exception()
+            if exc is not None and not isinstance(exc, CalibError):
+                error = f"{type(exc).__name__}: {error}"
+        return JobStatus(run_id, run.stage, run.status, float(run.progress), run.message, error)
+
+    def wait(self, run_id: str, timeout: float | None = None) -> None:
+        """Block until the run ends (used by tests and scripts, never by a page)."""
+        with self._lock:
+            entry = self._futures.get(run_id)
+        if entry is not None:
+            try:
+                entry[1].result(timeout=timeout)
+            except Exception:  # noqa: BLE001 - the registry holds the outcome
+                pass
+
+    def active_ids(self) -> list[str]:
+        with self._lock:
+            return [rid for rid, (_, fut) in self._futures.items() if not fut.done()]
+
+
+@st.cache_resource(show_spinner=False)
+def job_pool() -> JobPool:
+    """The process-wide pool (one per server, shared by all browser sessions)."""
+    return JobPool()
+
+
+def active_run(ws: Workspace, stage: str, session: str) -> str | None:
+    """The newest queued or running run of ``stage`` started by this session, if any."""
+    pool = job_pool()
+    for rid in reversed(pool.active_ids()):
+        if rid.startswith(f"{stage}-"):
+            st_ = pool.status(ws, rid)
+            if st_.active:
+                try:
+                    if ws.get_run(rid).session != session:
+                        continue
+                except WorkspaceError:
+                    pass  # queued: the pool only knows runs submitted from this process
+                return rid
+    for run in ws.list_runs(stage=stage, status="running", session=session, limit=1):
+        return run.id
+    return None
+
+
+def show_progress(ws: Workspace, run_id: str, title: str) -> None:
+    """A live progress bar for an active run; reruns the whole page once the run has ended."""
+    pool = job_pool()
+
+    @st.fragment(run_every=POLL_SECONDS)
+    def panel() -> None:
+        status = pool.status(ws, run_id)
+        if not status.active:
+            st.rerun(scope="app")
+        label = f"{title}: {status.message or status.status}"
+        st.progress(min(max(status.progress, 0.0), 1.0), text=label)
+        st.caption(f"Run `{run_id}` · {status.status} · {int(status.progress * 100)} %. "
+                   "You can leave this page; the run continues and its progress is kept.")
+
+    panel()
+
+
+def wait_until_idle(ws: Workspace, timeout: float = 300.0) -> None:
+    """Block until every run started by the pool has ended (tests)."""
+    deadline = time.monotonic() + timeout
+    pool = job_pool()
+    for rid in pool.active_ids():
+        pool.wait(rid, timeout=max(0.0, deadline - time.monotonic()))

@@ -1,0 +1,161 @@
+"""The session's project: which model and which data every page works on.
+
+The demo task ``bbc-topic`` is preselected. A project is saved per browser session in the
+workspace, so a refreshed page comes back to it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from calib.data import DataSpec
+from calib.errors import InputError
+from calib.model import ModelSpec, load_model
+from calib.workspace import Workspace
+
+from lib.context import load_session_state, save_session_value
+
+DEFAULT_TASK = "bbc-topic"
+PROJECT_KEY = "calib_project"
+DEMO_POOL_SPLIT = "calibration"
+DEMO_EVAL_SPLIT = "eval"
+
+
+@dataclass(frozen=True)
+class Project:
+    """A model plus the data to calibrate (pool) and evaluate (eval) it on."""
+
+    kind: str = "demo"  # demo | custom
+    task: str = DEFAULT_TASK
+    onnx_path: str = ""
+    tokenizer_dir: str = ""
+    pool_source: str = ""
+    pool_split: str | None = None
+    eval_source: str = ""  # empty: the pool source
+    eval_split: str | None = None
+    text_column: str = "text"
+    label_column: str | None = "label"
+    text_pair_column: str | None = None
+    max_length: int = 0  # 0: the demo card's / 128
+    labels: tuple[str, ...] = ()
+
+    @property
+    def title(self) -> str:
+        if self.kind == "demo":
+            return f"demo · {self.task}"
+        return f"{Path(self.onnx_path).name} · {Path(self.pool_source).name or self.pool_source}"
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["labels"] = list(self.labels)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Project:
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in names}
+        kwargs["labels"] = tuple(kwargs.get("labels") or ())
+        return cls(**kwargs)
+
+
+def demo_tasks() -> tuple[str, ...]:
+    try:
+        from calib.demo import DEMO_TASKS
+    except ImportError:
+        return (DEFAULT_TASK, "rt-sentiment")
+    return tuple(DEMO_TASKS)
+
+
+def demo_description(task: str) -> str:
+    try:
+        from calib.demo import DEMO_TASKS
+    except ImportError:
+        return ""
+    recipe = DEMO_TASKS.get(task)
+    return getattr(recipe, "description", "") if recipe is not None else ""
+
+
+def demo_ready(ws: Workspace, task: str) -> bool:
+    return (ws.demo_dir / task / "card.json").is_file() and (ws.demo_dir / task / "model.onnx").is_file()
+
+
+def current_project(ws: Workspace, session: str) -> Project:
+    if PROJECT_KEY not in st.session_state:
+        saved = load_session_state(ws, session).get("project")
+        project = Project()
+        if isinstance(saved, dict):
+            try:
+                project = Project.from_dict(saved)
+            except (TypeError, ValueError):
+                project = Project()
+        st.session_state[PROJECT_KEY] = project
+    return st.session_state[PROJECT_KEY]
+
+
+def set_project(ws: Workspace, session: str, project: Project) -> None:
+    st.session_state[PROJECT_KEY] = project
+    save_session_value(ws, session, "project", project.to_dict())
+
+
+def _file_key(path: str | Path) -> tuple[str, float, int]:
+    p = Path(path)
+    try:
+        stat = p.stat()
+    except OSError:
+        return (str(p), 0.0, -1)
+    return (str(p.resolve()), stat.st_mtime, stat.st_size)
+
+
+@st.cache_resource(show_spinner="Reading the model…", max_entries=16)
+def _load_custom_model(onnx_key: tuple, tokenizer_dir: str, max_length: int, labels: tuple[str, ...]) -> ModelSpec:
+    return load_model(onnx_key[0], tokenizer_dir, max_length=max_length, labels=labels)
+
+
+@st.cache_resource(show_spinner="Reading the demo task…", max_entries=8)
+def _load_demo(task: str, root: str, card_key: tuple):
+    from calib.demo import load_demo_task
+
+    return load_demo_task(task, root)
+
+
+def demo_task(ws: Workspace, task: str):
+    """The prepared demo task (``calib.demo.DemoTask``); InputError when it is not prepared."""
+    if not demo_ready(ws, task):
+        raise InputError(f"the demo task {task!r} is not prepared in {ws.demo_dir}; "
+                         "prepare it on the Project page (or run `calib demo prepare`)")
+    return _load_demo(task, str(ws.root), _file_key(ws.demo_dir / task / "card.json"))
+
+
+def model_spec(ws: Workspace, project: Project) -> ModelSpec:
+    """The project's model, validated (raises InputError with a readable message)."""
+    if project.kind == "demo":
+        spec = demo_task(ws, project.task).model
+        if project.max_length and project.max_length != spec.max_length:
+            spec = dataclasses.replace(spec, max_length=int(project.max_length))
+        return spec
+    if not project.onnx_path:
+        raise InputError("no ONNX model chosen yet: pick one on the Project page")
+    if not project.tokenizer_dir:
+        raise InputError("no tokenizer directory chosen yet: pick one on the Project page")
+    return _load_custom_model(_file_key(project.onnx_path), project.tokenizer_dir,
+                              int(project.max_length or 128), tuple(project.labels))
+
+
+def data_spec(ws: Workspace, project: Project, role: str) -> DataSpec:
+    """The rows to calibrate from (``role="pool"``) or to evaluate on (``role="eval"``)."""
+    if role not in ("pool", "eval"):
+        raise ValueError(role)
+    if project.kind == "demo":
+        return demo_task(ws, project.task).data(DEMO_POOL_SPLIT if role == "pool" else DEMO_EVAL_SPLIT)
+    source = project.pool_source if role == "pool" or not project.eval_source else project.eval_source
+    split = project.pool_split if role == "pool" else (project.eval_split if project.eval_source or
+                                                         project.eval_split else project.pool_split)
+    if not source:
+        raise InputError("no dataset chosen yet: pick one on the Project page")
+    return DataSpec(source=source, text_column=project.text_column, label_column=project.label_column,
+                    text_pair_column=project.text_pair_column, split=split, workspace=str(ws.root))

@@ -1,0 +1,108 @@
+"""Stage configs built from the session's project, and cached looks at saved artifacts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import streamlit as st
+
+from calib.data import DataSpec
+from calib.errors import InputError
+from calib.workspace import Workspace
+
+from lib.project import Project, data_spec, model_spec
+
+REPO = Path(__file__).resolve().parents[2]
+RECIPES_SUBDIR = "recipes"
+
+
+def assemble_base(ws: Workspace, project: Project) -> dict[str, Any]:
+    """AssembleConfig fields naming the model and the pool of the project."""
+    spec = model_spec(ws, project)
+    pool = data_spec(ws, project, "pool")
+    return {
+        "model": str(spec.onnx_path), "tokenizer": str(spec.tokenizer_dir), "max_length": int(spec.max_length),
+        "labels": tuple(spec.labels), "source": pool.source, "split": pool.split,
+        "text_column": pool.text_column, "label_column": pool.label_column, "pair_column": pool.text_pair_column,
+        "workspace": str(ws.root),
+    }
+
+
+def eval_target(ws: Workspace, project: Project) -> dict[str, Any] | None:
+    """AssembleConfig target fields for the project's evaluation data; None when it is the pool."""
+    pool = data_spec(ws, project, "pool")
+    ev = data_spec(ws, project, "eval")
+    if ev.source == pool.source and ev.split == pool.split:
+        return None
+    if ev.source == pool.source:
+        return {"target_kind": "eval", "target_source": None, "target_split": ev.split}
+    return {"target_kind": "dataset", "target_source": ev.source, "target_split": ev.split}
+
+
+@st.cache_data(show_spinner="Counting tokens…", max_entries=32)
+def _lengths(model_sha: str, tokenizer_dir: str, data: DataSpec, ws_root: str, _spec: Any) -> tuple[np.ndarray, np.ndarray]:
+    from calib.lengths import token_lengths
+
+    table = token_lengths(_spec, data, Workspace(ws_root))
+    return table.lengths, table.labels
+
+
+def dataset_lengths(ws: Workspace, project: Project, data: DataSpec) -> np.ndarray:
+    """Untruncated token lengths (N,) of a dataset under the project's tokenizer (cached)."""
+    spec = model_spec(ws, project)
+    lengths, _ = _lengths(spec.sha256, str(spec.tokenizer_dir), data, str(ws.root), spec)
+    return lengths
+
+
+@st.cache_data(show_spinner="Reading the lengths file…", max_entries=16)
+def _file_lengths(path: str, mtime: float) -> np.ndarray:
+    from calib.lengths import load_length_target
+
+    return load_length_target(path)
+
+
+def lengths_file(path: str) -> np.ndarray:
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"lengths file {path} does not exist")
+    return _file_lengths(str(p), p.stat().st_mtime)
+
+
+def recipe_dirs(ws: Workspace) -> list[Path]:
+    return [ws.root / RECIPES_SUBDIR, REPO / "datasets" / "recipes"]
+
+
+def list_recipes(ws: Workspace) -> list[Path]:
+    found: list[Path] = []
+    for folder in recipe_dirs(ws):
+        if folder.is_dir():
+            found.extend(sorted(folder.glob("*.json")))
+    return found
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _graph_nodes(path: str, mtime: float) -> list[tuple[str, str]]:
+    from calib.model import read_onnx
+    from calib.placement import ensure_node_names
+
+    model = read_onnx(path, load_weights=False)
+    ensure_node_names(model)
+    return [(n.name, n.op_type) for n in model.graph.node]
+
+
+def graph_nodes(onnx_path: str | Path) -> list[tuple[str, str]]:
+    """(node name, op type) of every node of an ONNX graph, in graph order (names as calib sees them)."""
+    p = Path(onnx_path)
+    if not p.is_file():
+        raise InputError(f"ONNX model {p} does not exist")
+    return _graph_nodes(str(p), p.stat().st_mtime)
+
+
+@st.cache_resource(show_spinner=False, ttl=600)
+def tensorrt_state():
+    """``calib.engines.tensorrt.tensorrt_status()``, looked up once every ten minutes."""
+    from calib.engines.tensorrt import tensorrt_status
+
+    return tensorrt_status()

@@ -1,0 +1,171 @@
+"""Pieces shared by the pages: the page header and sidebar, run pickers, downloads."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from calib.workspace import RunRecord, Workspace
+
+from lib.context import (STAGE_TITLES, load_session_state, save_session_value, session_id, setup_page,
+                         workspace)
+from lib.jobs import active_run, job_pool, show_progress
+from lib.project import Project, current_project
+
+CURRENT_KEY = "calib_current_runs"
+LAZY_DOWNLOAD_BYTES = 4 << 20
+
+
+@dataclass(frozen=True)
+class Page:
+    ws: Workspace
+    session: str
+    project: Project
+
+
+def start_page(title: str, icon: str, intro: str = "") -> Page:
+    """Page config, workspace, session, project and sidebar; the first call of every page."""
+    setup_page(title, icon)
+    ws = workspace()
+    sid = session_id()
+    project = current_project(ws, sid)
+    sidebar(ws, sid, project)
+    st.title(f"{icon} {title}")
+    if intro:
+        st.caption(intro)
+    return Page(ws, sid, project)
+
+
+def sidebar(ws: Workspace, sid: str, project: Project) -> None:
+    with st.sidebar:
+        st.markdown(f"**Project:** {project.title}")
+        st.caption(f"Workspace `{ws.root}` · session `{sid}`")
+        running = ws.list_runs(status="running", session=sid, limit=5)
+        queued = [rid for rid in job_pool().active_ids() if not any(r.id == rid for r in running)]
+        if running or queued:
+            st.markdown("**Running now**")
+            for run in running:
+                st.progress(min(max(run.progress, 0.0), 1.0),
+                            text=f"{STAGE_TITLES.get(run.stage, run.stage)}: {run.message or 'starting'}")
+            if queued:
+                st.caption(f"{len(queued)} run(s) waiting for a worker")
+
+
+# -- current runs --------------------------------------------------------------------------------
+def _current(ws: Workspace, sid: str) -> dict[str, str]:
+    if CURRENT_KEY not in st.session_state:
+        saved = load_session_state(ws, sid).get("current_runs")
+        st.session_state[CURRENT_KEY] = dict(saved) if isinstance(saved, dict) else {}
+    return st.session_state[CURRENT_KEY]
+
+
+def set_current_run(page: Page, stage: str, run_id: str) -> None:
+    current = _current(page.ws, page.session)
+    current[stage] = run_id
+    save_session_value(page.ws, page.session, "current_runs", current)
+
+
+def current_run_id(page: Page, stage: str) -> str | None:
+    return _current(page.ws, page.session).get(stage)
+
+
+def run_label(run: RunRecord) -> str:
+    when = run.created_at.replace("T", " ")[:16]
+    extra = f" · {run.label}" if run.label else ""
+    return f"{run.id} ({when}{extra})"
+
+
+def finished_runs(page: Page, stage: str, *, all_sessions: bool = False,
+                  model_sha256: str | None = None) -> list[RunRecord]:
+    runs = page.ws.list_runs(stage=stage, status="finished", session=None if all_sessions else page.session)
+    if model_sha256:
+        runs = [r for r in runs if r.summary.get("model_sha256") in (None, "", model_sha256)]
+    return [r for r in runs if r.dir.is_dir()]
+
+
+def pick_run(page: Page, stage: str, label: str, *, key: str, help: str | None = None,
+             model_sha256: str | None = None) -> RunRecord | None:
+    """A select box of finished runs of ``stage`` (this session's first); remembers the choice."""
+    all_sessions = st.toggle("Include runs of other sessions", key=f"{key}-all", value=False)
+    runs = finished_runs(page, stage, all_sessions=all_sessions, model_sha256=model_sha256)
+    current = current_run_id(page, stage)
+    if current and all(r.id != current for r in runs):
+        try:
+            run = page.ws.get_run(current)
+            if run.status == "finished" and run.dir.is_dir():
+                runs.insert(0, run)
+        except Exception:  # noqa: BLE001 - a deleted run is simply not offered
+            pass
+    if not runs:
+        return None
+    ids = [r.id for r in runs]
+    index = ids.index(current) if current in ids else 0
+    chosen = st.selectbox(label, ids, index=index, key=key, help=help,
+                          format_func=lambda rid: run_label(runs[ids.index(rid)]))
+    if chosen != current:
+        set_current_run(page, stage, chosen)
+    return runs[ids.index(chosen)]
+
+
+def job_section(page: Page, stage: str, title: str) -> str | None:
+    """Show the progress of this session's active run of ``stage``; returns its id if one runs."""
+    rid = active_run(page.ws, stage, page.session)
+    if rid is not None:
+        show_progress(page.ws, rid, title)
+    return rid
+
+
+def last_outcome(page: Page, stage: str) -> None:
+    """After a run of ``stage`` ended: make it current if it finished, or show its error."""
+    key = f"calib_submitted_{stage}"
+    rid = st.session_state.get(key)
+    if not rid:
+        return
+    status = job_pool().status(page.ws, rid)
+    if status.active:
+        return
+    if status.status == "finished":
+        set_current_run(page, stage, rid)
+        st.session_state.pop(key, None)
+        st.toast(f"{STAGE_TITLES.get(stage, stage)} run {rid} finished", icon=":material/check_circle:")
+    else:
+        st.error(f"{STAGE_TITLES.get(stage, stage)} run {rid} {status.status}: {status.error}", icon=":material/error:")
+
+
+def submit(page: Page, stage: str, fn: Any, config: Any, *, parents: tuple[str, ...] = (),
+           label: str = "") -> str:
+    rid = job_pool().submit(page.ws, stage, fn, config, parents=parents, label=label, session=page.session)
+    st.session_state[f"calib_submitted_{stage}"] = rid
+    return rid
+
+
+def download_file(label: str, path: Path, *, mime: str = "application/octet-stream", key: str,
+                  file_name: str | None = None) -> None:
+    if not path.is_file():
+        st.caption(f"{label}: not available ({path.name} missing)")
+        return
+    def read() -> bytes:
+        return path.read_bytes()
+
+    # Large files are read only when clicked, so a rerun does not hold them in memory.
+    data = read if path.stat().st_size > LAZY_DOWNLOAD_BYTES else path.read_bytes()
+    st.download_button(label, data=data, file_name=file_name or path.name, mime=mime, key=key,
+                       on_click="ignore", icon=":material/download:")
+
+
+def age(iso: str | None) -> str:
+    if not iso:
+        return ""
+    try:
+        then = dt.datetime.fromisoformat(iso)
+    except ValueError:
+        return iso
+    seconds = (dt.datetime.now(dt.timezone.utc) - then).total_seconds()
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)} {unit} ago"
+    return "just now"

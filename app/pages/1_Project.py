@@ -1,0 +1,224 @@
+"""Project: the demo task (preselected) or your own ONNX model, tokenizer and dataset."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+APP_DIR = Path(__file__).resolve().parents[1]
+if str(APP_DIR) not in sys.path:
+    sys.path.insert(0, str(APP_DIR))
+
+import pandas as pd  # noqa: E402
+import streamlit as st  # noqa: E402
+
+from lib import uploads  # noqa: E402
+from lib.context import attempt, show_error, shown_errors  # noqa: E402
+from lib.datasets_view import peek, summary_frame  # noqa: E402
+from lib.project import (Project, data_spec, demo_description, demo_ready, demo_task, demo_tasks,  # noqa: E402
+                         model_spec, set_project)
+from lib.ui import job_section, last_outcome, start_page, submit  # noqa: E402
+
+page = start_page("Project", ":material/folder_open:", "Which model to quantize and which texts to calibrate and evaluate it on.")
+ws, project = page.ws, page.project
+NONE = "(none)"
+
+
+def prepare_demo_stage(config, out_dir: Path, progress=None):
+    """Run ``calib.demo.prepare_demo`` as a registered run (its assets go to ``<workspace>/demo``,
+    the run records what was built)."""
+    from calib.demo import prepare_demo
+
+    return prepare_demo(config, progress=progress)
+
+
+def card_dict(card) -> dict:
+    if isinstance(card, dict):
+        return card
+    if dataclasses.is_dataclass(card):
+        return dataclasses.asdict(card)
+    return dict(getattr(card, "__dict__", {}))
+
+
+def show_model(spec) -> None:
+    st.subheader("Model")
+    cols = st.columns(4)
+    cols[0].metric("Inputs", len(spec.inputs))
+    cols[1].metric("Outputs", len(spec.outputs))
+    cols[2].metric("Max length", f"{spec.max_length} tokens")
+    cols[3].metric("Classes", len(spec.labels) or "?")
+    st.caption(f"`{spec.onnx_path}` · sha256 `{spec.sha256[:16]}…` · logits from `{spec.logits_output}`")
+    io_rows = [{"kind": kind, "name": t.name, "dtype": t.dtype, "shape": " × ".join(str(d) for d in t.shape)}
+               for kind, tensors in (("input", spec.inputs), ("output", spec.outputs)) for t in tensors]
+    st.dataframe(pd.DataFrame(io_rows), hide_index=True, width="stretch")
+    if spec.labels:
+        st.caption("Classes in logit order: " + ", ".join(spec.labels))
+
+
+def show_data(role: str, title: str) -> None:
+    spec = data_spec(ws, project, role)
+    count, head, counts = summary_frame(spec)
+    st.markdown(f"**{title}** · `{spec.describe()}` · {count:,} rows")
+    left, right = st.columns([3, 1])
+    left.dataframe(head, hide_index=True, width="stretch", height=240)
+    if not counts.empty:
+        right.dataframe(counts, hide_index=True, width="stretch", height=240)
+
+
+# -- choose --------------------------------------------------------------------------------------
+modes = ["Demo task", "My own model"]
+mode = st.radio("Model and data", modes, index=0 if project.kind == "demo" else 1, horizontal=True,
+                key="project-mode")
+
+if mode == "Demo task":
+    tasks = list(demo_tasks())
+    task = st.selectbox("Demo task", tasks, index=tasks.index(project.task) if project.task in tasks else 0,
+                        key="project-task")
+    st.caption(demo_description(task))
+    if not demo_ready(ws, task):
+        st.info(f"The demo task **{task}** is not prepared in `{ws.demo_dir}` yet. Preparing exports the "
+                "MiniLM encoder to ONNX, trains its classification head and writes the data splits "
+                "(offline; a few minutes on a small CPU).", icon=":material/info:")
+        last_outcome(page, "demo")
+        if job_section(page, "demo", "Preparing the demo") is None:
+            if st.button("Prepare the demo assets", type="primary", key="prepare-demo"):
+                from calib.demo import DemoConfig
+
+                submit(page, "demo", prepare_demo_stage, DemoConfig(workspace=str(ws.root), tasks=(task,)),
+                       label=task)
+                st.rerun()
+        st.stop()
+    with shown_errors("Reading the demo task"):
+        demo = demo_task(ws, task)
+    card = card_dict(demo.card)
+    default_len = int(card.get("max_length") or demo.model.max_length)
+    max_length = st.number_input("Max length (tokens)", min_value=8, max_value=512, step=8,
+                                 value=int(project.max_length or default_len) if project.task == task
+                                 else default_len, key="project-demo-maxlen",
+                                 help="Texts are truncated to this many tokens.")
+    chosen = Project(kind="demo", task=task, max_length=int(max_length))
+    if chosen != project:
+        set_project(ws, page.session, chosen)
+        project = chosen
+    facts = st.columns(4)
+    facts[0].metric("Task", task)
+    facts[1].metric("Classes", len(card.get("labels") or demo.model.labels))
+    acc = card.get("fp32_eval_accuracy")
+    facts[2].metric("FP32 eval accuracy", f"{acc * 100:.1f} %" if isinstance(acc, (int, float)) else "—")
+    facts[3].metric("Card max length", f"{default_len} tokens")
+else:
+    st.markdown("#### Model")
+    src = st.radio("ONNX model", ["Path on the server", "Upload"], horizontal=True, key="project-onnx-src")
+    onnx_path = project.onnx_path if project.kind == "custom" else ""
+    if src == "Upload":
+        up = st.file_uploader("ONNX model (.onnx)", type=["onnx"], key="project-onnx-upload")
+        if up is not None:
+            stored = attempt(uploads.store_upload, ws, page.session, uploads.MODEL, up.name, up.getvalue(),
+                             what="Storing the model")
+            onnx_path = str(stored) if stored else ""
+    else:
+        onnx_path = st.text_input("ONNX model path", value=onnx_path, key="project-onnx-path",
+                                  placeholder="/models/my-model.onnx")
+    tsrc = st.radio("Tokenizer", ["Path on the server", "Upload files"], horizontal=True, key="project-tok-src")
+    tokenizer_dir = project.tokenizer_dir if project.kind == "custom" else ""
+    if tsrc == "Upload files":
+        ups = st.file_uploader("Tokenizer files (tokenizer.json, vocab.txt, tokenizer_config.json, "
+                               "special_tokens_map.json)", type=["json", "txt"], accept_multiple_files=True,
+                               key="project-tok-upload")
+        if ups:
+            stored = attempt(uploads.store_tokenizer, ws, page.session, [(u.name, u.getvalue()) for u in ups],
+                             what="Storing the tokenizer")
+            tokenizer_dir = str(stored) if stored else ""
+    else:
+        tokenizer_dir = st.text_input("Tokenizer directory", value=tokenizer_dir, key="project-tok-path",
+                                      placeholder="/models/my-model/tokenizer")
+
+    st.markdown("#### Data")
+    dsrc = st.radio("Dataset", ["Path on the server", "Upload"], horizontal=True, key="project-data-src")
+    pool_source = project.pool_source if project.kind == "custom" else ""
+    if dsrc == "Upload":
+        up = st.file_uploader("Dataset (CSV, TSV, JSON, JSONL, Parquet)",
+                              type=["csv", "tsv", "json", "jsonl", "parquet"], key="project-data-upload")
+        if up is not None:
+            stored = attempt(uploads.store_upload, ws, page.session, uploads.DATASET, up.name, up.getvalue(),
+                             what="Storing the dataset")
+            pool_source = str(stored) if stored else ""
+    else:
+        pool_source = st.text_input("Dataset path (file or save_to_disk folder)", value=pool_source,
+                                    key="project-data-path", placeholder="/data/texts.csv")
+    eval_source = st.text_input("Separate evaluation dataset (optional)",
+                                value=project.eval_source if project.kind == "custom" else "",
+                                key="project-eval-path",
+                                help="Leave empty to evaluate on the same dataset (or another split of it).")
+
+    if not pool_source:
+        st.info("Give a dataset to continue.", icon=":material/info:")
+        st.stop()
+    info = attempt(peek, pool_source, None, what="Reading the dataset")
+    if info is None:
+        st.stop()
+    columns = list(info.columns)
+    pool_split = eval_split = None
+    if info.splits:
+        splits = list(info.splits)
+        c1, c2 = st.columns(2)
+        pool_split = c1.selectbox("Calibration pool split", splits, key="project-pool-split",
+                                  index=splits.index("calibration") if "calibration" in splits else 0)
+        eval_split = c2.selectbox("Evaluation split", splits, key="project-eval-split",
+                                  index=splits.index("eval") if "eval" in splits else len(splits) - 1)
+    c1, c2, c3 = st.columns(3)
+    guess_text = next((c for c in ("text", "sentence", "review", "content") if c in columns), columns[0])
+    text_column = c1.selectbox("Text column", columns, index=columns.index(guess_text), key="project-text-col")
+    label_options = [NONE] + columns
+    guess_label = next((c for c in ("label", "labels", "category", "class", "target") if c in columns), NONE)
+    label_column = c2.selectbox("Label column", label_options, index=label_options.index(guess_label),
+                                key="project-label-col")
+    pair_column = c3.selectbox("Second text column (pairs)", [NONE] + columns, index=0, key="project-pair-col")
+    max_length = st.number_input("Max length (tokens)", min_value=8, max_value=4096, step=8,
+                                 value=int(project.max_length or 128) if project.kind == "custom" else 128,
+                                 key="project-maxlen")
+    labels_text = st.text_input("Class names in logit order (comma separated; empty: taken from the data)",
+                                value=", ".join(project.labels) if project.kind == "custom" else "",
+                                key="project-labels")
+    if st.button("Use this model and data", type="primary", key="project-apply"):
+        label_col = None if label_column == NONE else label_column
+        labels = tuple(x.strip() for x in labels_text.split(",") if x.strip())
+        candidate = Project(kind="custom", onnx_path=onnx_path.strip(), tokenizer_dir=tokenizer_dir.strip(),
+                            pool_source=pool_source.strip(), pool_split=pool_split, eval_source=eval_source.strip(),
+                            eval_split=eval_split, text_column=text_column, label_column=label_col,
+                            text_pair_column=None if pair_column == NONE else pair_column,
+                            max_length=int(max_length), labels=labels)
+        try:
+            if not labels and label_col:
+                from calib.data import label_names
+                from lib.datasets_view import rows
+
+                spec = data_spec(ws, candidate, "pool")
+                candidate = dataclasses.replace(candidate, labels=tuple(label_names(rows(spec), spec)))
+            model_spec(ws, candidate)
+            for role in ("pool", "eval"):
+                summary_frame(data_spec(ws, candidate, role))
+        except Exception as exc:  # noqa: BLE001 - shown below, project unchanged
+            show_error(exc, "Checking the project")
+        else:
+            set_project(ws, page.session, candidate)
+            st.success("Project saved: the other pages now use this model and data.", icon=":material/check_circle:")
+            project = candidate
+    if project.kind != "custom":
+        st.stop()
+
+# -- show ----------------------------------------------------------------------------------------
+st.divider()
+spec = attempt(model_spec, ws, project, what="Reading the model")
+if spec is not None:
+    show_model(spec)
+st.subheader("Data")
+for role, title in (("pool", "Calibration pool"), ("eval", "Evaluation set")):
+    try:
+        show_data(role, title)
+    except Exception as exc:  # noqa: BLE001
+        show_error(exc, f"Reading the {title.lower()}")
+if project.kind == "custom" and not project.eval_source and project.pool_split == project.eval_split:
+    st.warning("Calibration and evaluation use the same rows; accuracy measured on them is optimistic. "
+               "Give a separate evaluation split or file.", icon=":material/warning:")

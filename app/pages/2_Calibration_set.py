@@ -1,0 +1,244 @@
+"""Calibration set: choose texts whose token lengths cover what the model will see, and check it."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+APP_DIR = Path(__file__).resolve().parents[1]
+if str(APP_DIR) not in sys.path:
+    sys.path.insert(0, str(APP_DIR))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import streamlit as st  # noqa: E402
+
+from calib.buckets import DEFAULT_EDGES, bucket_labels, check_edges  # noqa: E402
+from calib.calibset import CalibrationSet, assemble, config_from_dict, load_recipe, save_recipe  # noqa: E402
+from calib.coverage import TABLE_HEADERS  # noqa: E402
+from calib.errors import InputError  # noqa: E402
+from calib.pipeline import config_params  # noqa: E402
+from calib.sampling import STRATEGIES  # noqa: E402
+
+from lib import uploads  # noqa: E402
+from lib.charts import bucket_bars, length_histogram  # noqa: E402
+from lib.context import attempt, show_error, shown_errors  # noqa: E402
+from lib.project import data_spec, model_spec  # noqa: E402
+from lib.stages import (RECIPES_SUBDIR, assemble_base, dataset_lengths, eval_target, lengths_file,  # noqa: E402
+                        list_recipes)
+from lib.ui import download_file, job_section, last_outcome, pick_run, start_page, submit  # noqa: E402
+
+page = start_page("Calibration set", ":material/bar_chart:",
+                  "INT8 ranges are only as good as the texts they are measured on: match the token lengths "
+                  "the model will see (the evaluation data or production traffic), then check the coverage.")
+ws, project = page.ws, page.project
+
+STRATEGY_HELP = {
+    "natural": "a plain random sample of the pool",
+    "match": "bucket shares of the target's length distribution, texts closest to its quantiles",
+    "uniform": "the same number of texts in every length bucket the pool has",
+    "custom": "shares proportional to your weight per bucket",
+}
+TARGETS = {"eval": "Evaluation data", "pool": "The pool itself", "lengths": "Production lengths (file)"}
+
+with shown_errors("Reading the project"):
+    spec = model_spec(ws, project)
+    base = assemble_base(ws, project)
+    pool_spec = data_spec(ws, project, "pool")
+    eval_fields = eval_target(ws, project)
+
+# -- recipe loading: fills the widgets below -----------------------------------------------------
+with st.expander("Load a saved recipe", icon=":material/upload_file:"):
+    recipes = list_recipes(ws)
+    c1, c2 = st.columns([3, 2])
+    choice = c1.selectbox("Recipe", [str(p) for p in recipes], index=None, key="cs-recipe-pick",
+                          placeholder="saved in the workspace or shipped in datasets/recipes",
+                          format_func=lambda p: Path(p).name)
+    up = c2.file_uploader("…or upload one (.json)", type=["json"], key="cs-recipe-upload")
+    if st.button("Apply the recipe", key="cs-recipe-apply", disabled=not (choice or up)):
+        try:
+            path = Path(choice) if choice else uploads.store_upload(
+                ws, page.session, uploads.UploadKind("recipe", (".json",), uploads.MB), up.name, up.getvalue())
+            cfg = load_recipe(path, workspace=ws.root)
+            if cfg.source != base["source"]:
+                st.warning(f"This recipe was made for {cfg.source}; only its sampling settings are used "
+                           f"with the project's data ({base['source']}).", icon=":material/warning:")
+            st.session_state.update({
+                "cs-strategy": cfg.strategy, "cs-size": int(cfg.size), "cs-seed": int(cfg.seed),
+                "cs-edges": ", ".join(str(e) for e in cfg.edges), "cs-stratify": bool(cfg.stratify),
+                "cs-shortfall": cfg.shortfall, "cs-opt-pct": float(cfg.opt_percentile),
+                "cs-target": cfg.target_kind if cfg.target_kind in TARGETS else "eval",
+            })
+            for i, w in enumerate(cfg.weights):
+                st.session_state[f"cs-weight-{i}"] = float(w)
+            st.toast(f"Recipe {path.name} applied", icon=":material/check_circle:")
+        except Exception as exc:  # noqa: BLE001
+            show_error(exc, "Loading the recipe")
+
+# -- target and lengths --------------------------------------------------------------------------
+st.subheader("Lengths: pool vs target")
+target_options = [k for k in TARGETS if k != "eval" or eval_fields is not None]
+if st.session_state.get("cs-target") not in target_options:
+    st.session_state["cs-target"] = target_options[0]
+target = st.radio("Target distribution (what the calibration set should look like)", target_options,
+                  format_func=TARGETS.get, horizontal=True, key="cs-target")
+target_fields: dict = {"target_kind": "pool", "target_source": None, "target_split": None}
+target_lengths = None
+with shown_errors("Counting tokens"):
+    pool_lengths = dataset_lengths(ws, project, pool_spec)
+    if target == "eval":
+        target_fields = dict(eval_fields)
+        target_lengths = dataset_lengths(ws, project, data_spec(ws, project, "eval"))
+    elif target == "lengths":
+        c1, c2 = st.columns(2)
+        up = c1.file_uploader("Production lengths (CSV/TSV/TXT/JSON: lengths, length,count or start,end,count)",
+                              type=["csv", "tsv", "txt", "json"], key="cs-lengths-upload")
+        typed = c2.text_input("…or a path on the server", key="cs-lengths-path")
+        path = None
+        if up is not None:
+            path = str(uploads.store_upload(ws, page.session, uploads.LENGTHS, up.name, up.getvalue()))
+        elif typed.strip():
+            path = typed.strip()
+        if path is None:
+            st.info("Upload a file of production token lengths to compare against.", icon=":material/info:")
+            st.stop()
+        target_lengths = lengths_file(path)
+        target_fields = {"target_kind": "lengths", "target_source": path, "target_split": None}
+    else:
+        target_lengths = pool_lengths
+
+series = {"pool": pool_lengths}
+if target != "pool":
+    series["target"] = target_lengths
+st.altair_chart(length_histogram(series, spec.max_length), width="stretch")
+facts = []
+for name, values in series.items():
+    facts.append({"": name, "texts": len(values), "p50": int(np.percentile(values, 50)),
+                  "p95": int(np.percentile(values, 95)), "p99": int(np.percentile(values, 99)),
+                  "longest": int(values.max()), f"over {spec.max_length} (truncated)":
+                  f"{np.mean(values > spec.max_length) * 100:.1f} %"})
+st.dataframe(pd.DataFrame(facts), hide_index=True, width="stretch")
+
+# -- strategy ------------------------------------------------------------------------------------
+st.subheader("Strategy")
+defaults = {"cs-strategy": "match" if target != "pool" else "natural", "cs-size": min(128, len(pool_lengths)),
+            "cs-seed": 0, "cs-edges": ", ".join(str(e) for e in DEFAULT_EDGES),
+            "cs-stratify": bool(pool_spec.label_column), "cs-shortfall": "neighbours", "cs-opt-pct": 95.0}
+for key, value in defaults.items():  # widgets take their values from here (a loaded recipe sets them too)
+    st.session_state.setdefault(key, value)
+c1, c2, c3, c4 = st.columns(4)
+strategy = c1.selectbox("Strategy", list(STRATEGIES), key="cs-strategy",
+                        format_func=lambda s: f"{s} — {STRATEGY_HELP[s]}")
+size = c2.number_input("Size (texts)", min_value=1, max_value=100_000, step=16, key="cs-size")
+seed = c3.number_input("Seed", min_value=0, step=1, key="cs-seed")
+edges_text = c4.text_input("Bucket edges (tokens)", key="cs-edges")
+try:
+    edges = check_edges(int(x) for x in re.split(r"[,\s]+", edges_text.strip()) if x)
+except (ValueError, InputError) as exc:
+    st.error(f"bucket edges: {exc if isinstance(exc, InputError) else 'use whole numbers separated by commas'}",
+             icon=":material/error:")
+    st.stop()
+c1, c2, c3 = st.columns(3)
+stratify = c1.checkbox("Stratify by label", key="cs-stratify", disabled=not pool_spec.label_column,
+                       help="Keep the label shares of the target (or of the pool) first.")
+shortfall = c2.selectbox("When a bucket is short", ["neighbours", "replace"], key="cs-shortfall",
+                         format_func={"neighbours": "take from neighbouring buckets",
+                                      "replace": "repeat texts (with replacement)"}.get)
+opt_pct = c3.number_input("Length percentile for the TensorRT 'opt' shape", min_value=1.0, max_value=100.0,
+                          step=1.0, key="cs-opt-pct")
+weights: tuple[float, ...] = ()
+if strategy == "custom":
+    st.caption("Weight per length bucket (relative; 0 leaves a bucket out)")
+    cols = st.columns(len(edges))
+    for i in range(len(edges)):
+        st.session_state.setdefault(f"cs-weight-{i}", 1.0)
+    weights = tuple(float(col.number_input(label, min_value=0.0, step=0.5, key=f"cs-weight-{i}"))
+                    for i, (col, label) in enumerate(zip(cols, bucket_labels(edges))))
+
+config_values = {**base, **target_fields, "size": int(size), "strategy": strategy, "seed": int(seed),
+                 "edges": tuple(edges), "weights": weights, "stratify": bool(stratify), "shortfall": shortfall,
+                 "opt_percentile": float(opt_pct)}
+config = attempt(config_from_dict, config_values, what="Checking the settings")
+if config is None:
+    st.stop()
+
+last_outcome(page, "calibset")
+active = job_section(page, "calibset", "Assembling the calibration set")
+if active is None and st.button("Assemble the calibration set", type="primary", key="cs-assemble",
+                                icon=":material/play_arrow:"):
+    submit(page, "calibset", assemble, config, label=f"{strategy} {size}")
+    st.rerun()
+
+# -- result --------------------------------------------------------------------------------------
+st.divider()
+st.subheader("Calibration set")
+run = pick_run(page, "calibset", "Calibration set run", key="cs-run", model_sha256=None)
+if run is None:
+    st.info("No calibration set yet: choose a strategy and assemble one.", icon=":material/info:")
+    st.stop()
+with shown_errors("Opening the calibration set"):
+    cs = CalibrationSet.load(run.dir)
+cov = cs.coverage
+if cs.model_sha256 != spec.sha256:
+    st.warning("This calibration set was made for another model than the project's; the next pages will "
+               "refuse to combine them.", icon=":material/warning:")
+m = st.columns(6)
+m[0].metric("Texts", cs.size)
+m[1].metric("Strategy", cs.strategy)
+m[2].metric("KS distance", f"{cov.ks:.3f}", help="Kolmogorov–Smirnov statistic vs the target (0 = same).")
+m[3].metric("Wasserstein", f"{cov.wasserstein:.1f} tok")
+m[4].metric("Longest covered", f"{cov.longest_covered} tok")
+m[5].metric("Warnings", len(cov.warnings))
+for warning in cov.warnings:
+    st.warning(warning, icon=":material/warning:")
+for note in cs.notes:
+    st.info(note, icon=":material/info:")
+
+left, right = st.columns([3, 2])
+with left:
+    run_series = {"pool": pool_lengths} if cs.manifest["dataset"]["source"] == base["source"] else {}
+    if target_lengths is not None and cs.manifest["target"]["kind"] == target and target != "pool":
+        run_series["target"] = target_lengths
+    run_series["calibration set"] = cs.lengths
+    st.altair_chart(length_histogram(run_series, cs.max_length), width="stretch")
+with right:
+    st.altair_chart(bucket_bars(cov.buckets, {"calibration set": cov.calib_shares, "target": cov.target_shares},
+                                title=f"per bucket, vs {cov.target_name}"), width="stretch")
+st.markdown("**Coverage by length bucket**")
+st.dataframe(pd.DataFrame(cov.table_rows(), columns=list(TABLE_HEADERS)), hide_index=True, width="stretch")
+if cov.label_names:
+    st.markdown("**Labels**")
+    st.dataframe(pd.DataFrame(cov.label_rows(), columns=["label", "calibration", "calib %", "target", "target %"]),
+                 hide_index=True, width="stretch")
+
+st.markdown("**Derived TensorRT optimisation profile**")
+profile = cs.profile
+shapes = pd.DataFrame([{"shape": k, "batch": v[0], "sequence": v[1]} for k, v in profile["shapes"].items()])
+c1, c2 = st.columns([1, 2])
+c1.dataframe(shapes, hide_index=True, width="stretch")
+c2.code(" \\\n  ".join(f"--{k}={v}" for k, v in profile["trtexec"].items()), language="bash")
+
+st.markdown("**Recipe**")
+c1, c2 = st.columns([2, 1])
+name = c1.text_input("Recipe name", value=f"{project.task if project.kind == 'demo' else 'custom'}-"
+                     f"{cs.strategy}-{cs.size}", key="cs-recipe-name")
+safe = uploads.sanitize_name(name.strip() or "recipe")
+safe = safe if safe.endswith(".json") else f"{safe}.json"
+recipe_path = ws.root / RECIPES_SUBDIR / safe
+with c2:
+    st.write("")
+    if st.button("Save as recipe", key="cs-recipe-save", icon=":material/save:"):
+        try:
+            save_recipe(cs.config, recipe_path, demo=project.task if project.kind == "demo" else None,
+                        description=f"{cs.strategy}, {cs.size} texts, from run {run.id}")
+            st.toast(f"Saved {recipe_path}", icon=":material/check_circle:")
+        except Exception as exc:  # noqa: BLE001
+            show_error(exc, "Saving the recipe")
+if recipe_path.is_file():
+    st.caption(f"Saved as `{recipe_path}`")
+    download_file("Download the recipe", recipe_path, mime="application/json", key="cs-recipe-dl")
+download_file("Download manifest.json", run.dir / "manifest.json", mime="application/json", key="cs-manifest-dl",
+              file_name=f"{run.id}-manifest.json")
+with st.expander("Settings of this run"):
+    st.json(config_params(cs.config), expanded=False)

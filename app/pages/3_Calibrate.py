@@ -1,0 +1,176 @@
+"""Calibrate: one statistics pass over the calibration set gives every calibrator's ranges."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+APP_DIR = Path(__file__).resolve().parents[1]
+if str(APP_DIR) not in sys.path:
+    sys.path.insert(0, str(APP_DIR))
+
+import altair as alt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import streamlit as st  # noqa: E402
+
+from calib.calibrate import Calibration, CalibrateConfig, calibrate  # noqa: E402
+from calib.calibrators import METHODS  # noqa: E402
+from calib.placement import PRESETS  # noqa: E402
+from calib.stats import HISTOGRAM_MODES  # noqa: E402
+from calib.trtcache import DEFAULT_TRT_VERSION  # noqa: E402
+
+from lib.charts import method_color  # noqa: E402
+from lib.context import attempt, shown_errors  # noqa: E402
+from lib.project import model_spec  # noqa: E402
+from lib.ui import download_file, job_section, last_outcome, pick_run, start_page, submit  # noqa: E402
+
+page = start_page("Calibrate", ":material/straighten:",
+                  "One FP32 pass over the calibration set collects per-tensor histograms; every calibrator "
+                  "(entropy, minmax, percentile, MSE) is computed from the same statistics.")
+ws, project = page.ws, page.project
+spec = attempt(model_spec, ws, project, what="Reading the model")
+
+st.subheader("Calibration set")
+cs_run = pick_run(page, "calibset", "Calibrate on", key="cal-cs", model_sha256=spec.sha256 if spec else None)
+if cs_run is None:
+    st.info("No calibration set yet: assemble one on the Calibration set page.", icon=":material/info:")
+    st.page_link("pages/2_Calibration_set.py", label="Go to Calibration set", icon=":material/bar_chart:")
+else:
+    s = cs_run.summary
+    st.caption(f"{s.get('size', '?')} texts · {s.get('strategy', '?')} · KS {s.get('ks', '?')} · "
+               f"profile sequence min/opt/max {s.get('profile_seq', '?')}")
+    c1, c2, c3, c4 = st.columns(4)
+    methods = c1.multiselect("Calibrators", list(METHODS), default=list(METHODS), key="cal-methods")
+    percentile = c2.number_input("Percentile", min_value=90.0, max_value=100.0, value=99.99, step=0.001,
+                                 format="%.3f", key="cal-pct")
+    placement = c3.selectbox("Placement (which tensors get ranges)", list(PRESETS), key="cal-placement",
+                             help="tensorrt: inputs of MatMul/Gemm (TensorRT-style). all: every quantizable op.")
+    scope = c4.selectbox("Tensors", ["placement", "all"], key="cal-scope",
+                         format_func={"placement": "those the placement needs", "all": "every float tensor"}.get)
+    with st.expander("Advanced"):
+        a1, a2, a3, a4 = st.columns(4)
+        batch_size = a1.number_input("Batch size", min_value=1, max_value=256, value=16, key="cal-batch")
+        histogram = a2.selectbox("Histogram", list(HISTOGRAM_MODES), key="cal-hist",
+                                 help="stream: one pass, exact bin merging. two-pass: TensorRT's binning, twice the time.")
+        trt_version = a3.text_input("TensorRT version for the cache header", value=DEFAULT_TRT_VERSION,
+                                    key="cal-trt", help="TensorRT ignores a cache whose header names another version.")
+        damp = a4.checkbox("Entropy: damp the zero bin", value=True, key="cal-damp")
+    config = CalibrateConfig(calibration_set=str(cs_run.dir), methods=tuple(methods), percentile=float(percentile),
+                             placement=placement, tensors=scope, batch_size=int(batch_size), trt_version=trt_version,
+                             histogram=histogram, entropy_damp_zero_bin=bool(damp))
+    last_outcome(page, "calibrate")
+    if job_section(page, "calibrate", "Calibrating") is None:
+        if st.button("Run all calibrators", type="primary", key="cal-run", icon=":material/play_arrow:"):
+            submit(page, "calibrate", calibrate, config, parents=(cs_run.id,), label=", ".join(methods))
+            st.rerun()
+
+# -- results -------------------------------------------------------------------------------------
+st.divider()
+st.subheader("Ranges")
+run = pick_run(page, "calibrate", "Calibration run", key="cal-run-pick")
+if run is None:
+    st.info("No calibration yet.", icon=":material/info:")
+    st.stop()
+
+
+@st.cache_resource(show_spinner="Loading the statistics…", max_entries=4)
+def load_calibration(run_dir: str):
+    cal = Calibration.load(run_dir)
+    stats = cal.stats
+    ranges = {m: cal.ranges(m) for m in cal.methods}
+    return cal, stats, ranges
+
+
+with shown_errors("Opening the calibration"):
+    cal, stats, ranges = load_calibration(str(run.dir))
+meta = cal.meta
+m = st.columns(5)
+m[0].metric("Tensors", meta["tensors"])
+m[1].metric("Texts", meta["stats"]["texts"])
+m[2].metric("Statistics pass", f"{meta['timings']['stats_seconds']:.1f} s")
+m[3].metric("All calibrators", f"{meta['timings']['calibrators_seconds']:.2f} s")
+m[4].metric("Non-finite tensors", len(meta["nonfinite"]))
+if meta["nonfinite"]:
+    names = list(meta["nonfinite"])
+    st.warning(f"{len(names)} tensor(s) hold NaN or ±inf (e.g. attention masks built with -inf): "
+               f"{', '.join(names[:4])}{' …' if len(names) > 4 else ''}. Their ranges ignore the non-finite values; "
+               "keep them in float (the tensorrt placement does).", icon=":material/warning:")
+if meta["zero_range"]:
+    st.info(f"{len(meta['zero_range'])} tensor(s) were all zero on the calibration set.", icon=":material/info:")
+
+rows = []
+for i, t in enumerate(stats.tensors):
+    row = {"#": i, "tensor": t.name, "op": t.op_type, "min": t.min if t.count else None,
+           "max": t.max if t.count else None}
+    for method, r in ranges.items():
+        row[method] = r.amax.get(t.name)
+    if "entropy" in ranges and "minmax" in ranges and row.get("minmax"):
+        row["entropy / minmax"] = row["entropy"] / row["minmax"] if row["minmax"] else None
+    row["non-finite"] = t.nonfinite
+    rows.append(row)
+table = pd.DataFrame(rows)
+methods_run = list(ranges)
+
+left, right = st.columns([3, 2])
+with left:
+    long = table.melt(id_vars=["#", "tensor"], value_vars=methods_run, var_name="method", value_name="amax")
+    long = long[long["amax"].map(lambda v: v is not None and math.isfinite(v) and v > 0)]
+    chart = alt.Chart(long).mark_line(point=alt.OverlayMarkDef(size=18), strokeWidth=1.2).encode(
+        x=alt.X("#:Q", title="tensor (graph order)"),
+        y=alt.Y("amax:Q", scale=alt.Scale(type="log"), title="amax (log)"),
+        color=method_color(methods_run),
+        tooltip=["tensor", "method", alt.Tooltip("amax:Q", format=".4g")],
+    ).properties(height=320, title="amax by calibrator, per tensor")
+    st.altair_chart(chart, width="stretch")
+with right:
+    st.markdown("**Per-tensor ranges**")
+    fmt = {m_: st.column_config.NumberColumn(m_, format="%.4g") for m_ in methods_run + ["min", "max",
+                                                                                         "entropy / minmax"]}
+    st.dataframe(table, hide_index=True, width="stretch", height=320, column_config=fmt)
+
+st.markdown("**Histogram of one tensor, with each calibrator's threshold**")
+names = [t.name for t in stats.tensors]
+default = int(np.argmax([r.get("max") or 0 for r in rows])) if rows else 0
+chosen = st.selectbox("Tensor", names, index=default, key="cal-tensor")
+t = stats[chosen]
+hist = t.covering_hist().astype(np.float64)
+width = t.width
+if width > 0 and len(hist):
+    group = int(math.ceil(len(hist) / 256))  # at most 256 bars on screen
+    pad = (-len(hist)) % group
+    merged = np.pad(hist, (0, pad)).reshape(-1, group).sum(axis=1)
+    lo = np.arange(len(merged)) * width * group
+    frame = pd.DataFrame({"from": lo, "to": lo + width * group, "count": merged})
+    bars = alt.Chart(frame).mark_bar(color="#9aa5b1", binSpacing=0).encode(
+        x=alt.X("from:Q", title="|x|"), x2="to:Q",
+        y=alt.Y("count:Q", scale=alt.Scale(type="symlog"), title="values (symlog)"),
+        tooltip=[alt.Tooltip("from:Q", format=".4g"), alt.Tooltip("to:Q", format=".4g"), "count:Q"])
+    thresholds = pd.DataFrame([{"method": m_, "amax": r.amax[chosen]} for m_, r in ranges.items()
+                               if chosen in r.amax and math.isfinite(r.amax[chosen])])
+    rules = alt.Chart(thresholds).mark_rule(strokeWidth=2).encode(
+        x="amax:Q", color=method_color(methods_run), tooltip=["method", alt.Tooltip("amax:Q", format=".4g")])
+    st.altair_chart((bars + rules).properties(height=280), width="stretch")
+    st.caption(f"{t.count:,} finite values over real tokens · absmax {t.absmax:.4g} · producer `{t.producer}` "
+               f"({t.op_type})" + (f" · non-finite: {t.nonfinite:,}" if t.nonfinite else ""))
+else:
+    st.caption("This tensor was all zero (or empty) on the calibration set.")
+
+st.markdown("**Downloads**")
+for method in methods_run:
+    info = meta["methods"][method]
+    c1, c2, c3, c4 = st.columns([1, 2, 2, 2])
+    c1.markdown(f"**{method}**")
+    with c2:
+        download_file("TensorRT cache", cal.cache_path(method), key=f"cal-dl-cache-{method}",
+                      file_name=f"{method}.cache")
+    with c3:
+        download_file("Ranges JSON", run.dir / info["ranges"], mime="application/json", key=f"cal-dl-ranges-{method}",
+                      file_name=f"{method}.ranges.json")
+    with c4:
+        download_file("ONNX Runtime ranges", cal.ort_path(method), mime="application/json",
+                      key=f"cal-dl-ort-{method}", file_name=f"{method}.ort.json")
+    omitted = info.get("cache_omitted") or []
+    st.caption(f"cache header `{info['cache_header']}`" + (f" · {len(omitted)} tensor(s) without a usable range "
+                                                            "left out of the cache" if omitted else ""))

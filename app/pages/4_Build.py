@@ -1,0 +1,150 @@
+"""Build: place Q/DQ with the calibrated ranges, build the INT8 model, get the TensorRT commands."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+APP_DIR = Path(__file__).resolve().parents[1]
+if str(APP_DIR) not in sys.path:
+    sys.path.insert(0, str(APP_DIR))
+
+import pandas as pd  # noqa: E402
+import streamlit as st  # noqa: E402
+
+from calib.build import BuildConfig, EngineArtifact, build  # noqa: E402
+from calib.calibrate import Calibration  # noqa: E402
+from calib.placement import PRESETS  # noqa: E402
+from calib.trtcache import DEFAULT_TRT_VERSION  # noqa: E402
+
+from lib.context import shown_errors  # noqa: E402
+from lib.stages import graph_nodes, tensorrt_state  # noqa: E402
+from lib.ui import download_file, job_section, last_outcome, pick_run, start_page, submit  # noqa: E402
+
+page = start_page("Build", ":material/construction:",
+                  "Put Q/DQ where TensorRT would run INT8, with the calibrated ranges. Here the INT8 model runs "
+                  "on ONNX Runtime (CPU); the commands to build the TensorRT engine on a GPU machine come with it.")
+ws = page.ws
+
+# -- backend -------------------------------------------------------------------------------------
+trt = tensorrt_state()
+if trt.available:
+    st.success(f"TensorRT found: {trt.reason}", icon=":material/memory:")
+else:
+    st.info(f"TensorRT not available here: {trt.reason}. The build writes the Q/DQ ONNX model (run with "
+            "ONNX Runtime here), the TensorRT calibration cache and the exact trtexec commands for a GPU machine.",
+            icon=":material/info:")
+
+# -- settings ------------------------------------------------------------------------------------
+st.subheader("Ranges and placement")
+cal_run = pick_run(page, "calibrate", "Calibration run", key="build-cal")
+if cal_run is None:
+    st.info("No calibration yet: run the calibrators on the Calibrate page first.", icon=":material/info:")
+    st.page_link("pages/3_Calibrate.py", label="Go to Calibrate", icon=":material/straighten:")
+else:
+    with shown_errors("Opening the calibration"):
+        cal = Calibration.load(cal_run.dir)
+        cs_meta = cal.meta["calibration_set"]
+        from calib.calibset import CalibrationSet
+
+        model_path = CalibrationSet.load(cs_meta["dir"]).manifest["model"]["onnx_path"]
+        nodes = graph_nodes(model_path)
+    methods = list(cal.methods)
+    c1, c2, c3 = st.columns(3)
+    method = c1.selectbox("Calibrator", methods, index=methods.index("entropy") if "entropy" in methods else 0,
+                          key="build-method")
+    preset = c2.selectbox("Placement preset", list(PRESETS), key="build-preset",
+                          format_func={"tensorrt": "tensorrt — MatMul/Gemm inputs only (recommended)",
+                                       "all": "all — every quantizable op (shows why naive INT8 fails)"}.get)
+    backend = c3.selectbox("Backend", ["ort", "tensorrt"], key="build-backend",
+                           format_func={"ort": "ONNX Runtime Q/DQ (CPU)", "tensorrt": "TensorRT engine"}.get,
+                           help=None if trt.available else f"TensorRT: {trt.reason}")
+    if backend == "tensorrt" and not trt.available:
+        st.warning("TensorRT is not available here, so this build would fail; choose ONNX Runtime.",
+                   icon=":material/warning:")
+    op_types = sorted({op for _, op in nodes})
+    c1, c2 = st.columns(2)
+    st.session_state.setdefault("build-exclude", [])
+    excluded = c1.multiselect("Keep these nodes in float", [name for name, _ in nodes], key="build-exclude",
+                              help="Exact node names; the sensitivity analysis on the Validate page recommends some.")
+    exclude_ops = c2.multiselect("Keep these op types in float", op_types, default=[], key="build-exclude-ops")
+    patterns = st.text_input("More exclusion patterns (globs like */attention/*, or re:REGEX; comma separated)",
+                             key="build-patterns")
+    with st.expander("Advanced"):
+        a1, a2 = st.columns(2)
+        per_channel = a1.checkbox("Per-channel weight scales", value=True, key="build-per-channel")
+        trt_version = a2.text_input("TensorRT version for the calibration cache header", value=DEFAULT_TRT_VERSION,
+                                    key="build-trt-version")
+    extra = tuple(p.strip() for p in re.split(r",", patterns) if p.strip())
+    from calib.sensitivity import exact_pattern
+
+    config = BuildConfig(model=str(model_path), calibration=str(cal_run.dir), method=method, placement=preset,
+                         exclude_nodes=tuple(exact_pattern(n) for n in excluded) + extra,
+                         exclude_op_types=tuple(exclude_ops), per_channel=bool(per_channel), backend=backend,
+                         trt_version=trt_version)
+    last_outcome(page, "build")
+    if job_section(page, "build", "Building") is None:
+        if st.button("Build the INT8 model", type="primary", key="build-run", icon=":material/play_arrow:"):
+            submit(page, "build", build, config, parents=(cal_run.id,),
+                   label=f"{method} {preset}" + (f" -{len(config.exclude_nodes)} nodes" if config.exclude_nodes else ""))
+            st.rerun()
+
+# -- result --------------------------------------------------------------------------------------
+st.divider()
+st.subheader("INT8 build")
+run = pick_run(page, "build", "Build run", key="build-run-pick")
+if run is None:
+    st.info("No build yet.", icon=":material/info:")
+    st.stop()
+with shown_errors("Opening the build"):
+    art = EngineArtifact.load(run.dir)
+meta = art.meta
+m = st.columns(5)
+m[0].metric("Backend", meta["backend"])
+m[1].metric("Calibrator", meta["ranges"]["method"])
+m[2].metric("Quantized nodes", len(meta["quantized_nodes"]))
+m[3].metric("Kept in float", len(meta["excluded_nodes"]))
+size_mb = art.qdq_path.stat().st_size / 2**20 if art.qdq_path.is_file() else 0
+m[4].metric("Q/DQ model", f"{size_mb:.1f} MB")
+if meta["unmatched_patterns"]:
+    st.warning("These exclusion patterns matched no node: " + ", ".join(meta["unmatched_patterns"]),
+               icon=":material/warning:")
+if meta["skipped_tensors"]:
+    with st.expander(f"{len(meta['skipped_tensors'])} tensor(s) without a usable range (left in float)"):
+        st.dataframe(pd.DataFrame([{"tensor": k, "why": v} for k, v in meta["skipped_tensors"].items()]),
+                     hide_index=True, width="stretch")
+if meta["excluded_nodes"]:
+    with st.expander(f"{len(meta['excluded_nodes'])} node(s) kept in float, and why"):
+        st.dataframe(pd.DataFrame([{"node": k, "why": v} for k, v in meta["excluded_nodes"].items()]),
+                     hide_index=True, width="stretch")
+
+st.markdown("**Downloads**")
+c = st.columns(4)
+with c[0]:
+    download_file("Q/DQ ONNX model", art.qdq_path, key="build-dl-qdq", file_name=f"{run.id}.qdq.onnx")
+with c[1]:
+    download_file("TensorRT calibration cache", run.dir / "calibration.cache", key="build-dl-cache",
+                  file_name=f"{run.id}.calibration.cache")
+with c[2]:
+    download_file("trtexec.sh", run.dir / "trtexec.sh", mime="text/x-shellscript", key="build-dl-sh")
+with c[3]:
+    download_file("engine.json", run.dir / "engine.json", mime="application/json", key="build-dl-json")
+if art.plan_path is not None:
+    download_file("TensorRT engine (model.plan)", art.plan_path, key="build-dl-plan")
+
+st.markdown("**TensorRT and ModelOpt commands** (run on the GPU machine, next to the downloaded files)")
+cmds = meta["trtexec"]
+tabs = st.tabs(["TensorRT 11 (explicit Q/DQ)", "TensorRT 8.6–10.x (calibration cache)", "ModelOpt"])
+for tab, key in zip(tabs, ("trt11", "trt10", "modelopt")):
+    with tab:
+        value = cmds.get(key)
+        st.code(value if isinstance(value, str) else "\n".join(value or []), language="bash")
+st.caption(f"Calibration cache header `{meta['calibration_cache']['header']}` · "
+           f"{meta['calibration_cache']['tensors']} tensors · profile {meta['profile']}")
+
+# -- speed ---------------------------------------------------------------------------------------
+st.markdown("**Latency and throughput**")
+from lib.bench_view import bench_section  # noqa: E402
+
+bench_section(page, run, art)

@@ -1,0 +1,281 @@
+"""Stage ``build``: calibrated ranges -> an INT8 engine folder.
+
+Writes, inside ``out_dir``:
+- ``model.qdq.onnx``: the Q/DQ model (ONNX Runtime's quantizer fed our ranges, :mod:`calib.quantize`);
+  it is the INT8 engine here (ONNX Runtime CPU) and what TensorRT 11 builds from;
+- ``calibration.cache``: a TensorRT 8.6-10.x calibration cache of the quantized tensors;
+- ``trtexec.sh``: the exact trtexec / ModelOpt command lines for a GPU machine;
+- ``engine.json``: placement, quantized and excluded nodes (with why), skipped tensors, the ranges'
+  source and method, model and Q/DQ sha256, backend, TensorRT availability and reason;
+- with ``backend="tensorrt"`` (TensorRT and a GPU present): ``model.plan`` + its metadata and log.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from calib.engines.trtexec import TRTEXEC_CACHE_ALGORITHM, ShapeProfile, trtexec_commands, write_text
+from calib.errors import BackendUnavailableError, InputError
+from calib.io import atomic_write_json, read_json, sha256_file
+from calib.model import check_same_model, read_onnx
+from calib.placement import PRESETS, Placement
+from calib.quantize import quantize_qdq
+from calib.ranges import Ranges
+from calib.trtcache import DEFAULT_TRT_VERSION, header, write_trt_cache
+from calib.workspace import ProgressFn
+
+BACKENDS = ("ort", "tensorrt")
+ENGINE_FILE = "engine.json"
+QDQ_FILE = "model.qdq.onnx"
+CACHE_FILE = "calibration.cache"
+SCRIPT_FILE = "trtexec.sh"
+PLAN_FILE = "model.plan"
+FORMAT = "calib.engine/1"
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Which model, which ranges, where Q/DQ goes, and for which backend.
+
+    Ranges come from ``ranges`` (a ranges JSON) or from ``calibration`` (a calibration run folder)
+    with ``method``. The optimisation profile comes from ``profile`` (min_batch, opt_batch,
+    max_batch, min_seq, opt_seq, max_seq) or else from ``calibration_set`` (or the calibration's own
+    set)."""
+
+    model: str
+    ranges: str = ""
+    calibration: str = ""
+    method: str = "entropy"
+    placement: str = "tensorrt"
+    include_nodes: tuple[str, ...] = ()
+    exclude_nodes: tuple[str, ...] = ()
+    include_op_types: tuple[str, ...] = ()
+    exclude_op_types: tuple[str, ...] = ()
+    per_channel: bool = True
+    backend: str = "ort"
+    calibration_set: str = ""
+    profile: tuple[int, ...] = ()
+    trt_version: str = DEFAULT_TRT_VERSION  # cache header for trtexec (8.6-10.x)
+    trt_mode: str = "auto"  # auto (explicit on >= 11, implicit cache replay before) | explicit | implicit
+    timing_cache: str = ""  # TensorRT timing cache reused between builds
+
+    def placement_spec(self) -> Placement:
+        return Placement(self.placement, tuple(self.include_nodes), tuple(self.exclude_nodes),
+                         tuple(self.include_op_types), tuple(self.exclude_op_types))
+
+
+def _load_ranges(config: BuildConfig) -> tuple[Ranges, str, Path | None]:
+    """The range set, a description of where it came from, and the calibration run folder if any."""
+    if bool(config.ranges) == bool(config.calibration):
+        raise InputError("give exactly one of a ranges file (--ranges) or a calibration run (--calibration)")
+    if config.ranges:
+        return Ranges.load(config.ranges), str(Path(config.ranges).resolve()), None
+    from calib.calibrate import Calibration
+
+    calibration = Calibration.load(config.calibration)
+    ranges = calibration.ranges(config.method)
+    return ranges, f"{Path(config.calibration).resolve()} ({config.method})", calibration.dir
+
+
+def _profile(config: BuildConfig, calibration_dir: Path | None) -> tuple[ShapeProfile, str]:
+    if config.profile:
+        if len(config.profile) != 6:
+            raise InputError("profile needs 6 numbers: min_batch opt_batch max_batch min_seq opt_seq max_seq")
+        return ShapeProfile(*(int(v) for v in config.profile)), "given"
+    source = config.calibration_set
+    if not source and calibration_dir is not None:
+        meta = read_json(calibration_dir / "calibration.json")
+        source = str(meta.get("calibration_set", {}).get("dir", ""))
+    if source and Path(source).is_dir():
+        from calib.calibset import CalibrationSet
+
+        return ShapeProfile.from_calibration_set(CalibrationSet.load(source).profile), f"calibration set {source}"
+    if config.calibration_set:
+        raise InputError(f"calibration set {config.calibration_set} does not exist")
+    return ShapeProfile(), "default (no calibration set given)"
+
+
+def _check(config: BuildConfig) -> None:
+    if config.backend not in BACKENDS:
+        raise InputError(f"unknown backend {config.backend!r} (choose from {', '.join(BACKENDS)})")
+    if config.placement not in PRESETS:
+        raise InputError(f"unknown placement preset {config.placement!r} (choose from {', '.join(PRESETS)})")
+    if config.trt_mode not in ("auto", "explicit", "implicit"):
+        raise InputError(f"unknown TensorRT build mode {config.trt_mode!r} (auto, explicit or implicit)")
+    header(config.trt_version, TRTEXEC_CACHE_ALGORITHM)  # validates the version early
+
+
+def unavailable_message(reason: str) -> str:
+    return (f"{reason}. Build with backend 'ort' instead (`calib build ... --backend ort`): it writes the "
+            f"Q/DQ model, {CACHE_FILE} and {SCRIPT_FILE} with the exact trtexec commands to run on the GPU "
+            "machine (`bash trtexec.sh 11` for TensorRT 11, `bash trtexec.sh 10` for 8.6-10.x)")
+
+
+def build(config: BuildConfig, out_dir: Path, *, progress: ProgressFn | None = None) -> EngineArtifact:
+    """Quantize ``config.model`` with the given ranges and write an engine folder into ``out_dir``."""
+    from calib.engines.tensorrt import tensorrt_status
+
+    report = progress or (lambda fraction, message="": None)
+    out_dir = Path(out_dir)
+    _check(config)
+    status = tensorrt_status()
+    if config.backend == "tensorrt" and not status.available:
+        raise BackendUnavailableError(unavailable_message(status.reason))
+    model_path = Path(config.model).resolve()
+    model = read_onnx(model_path, load_weights=False)
+    model_sha = sha256_file(model_path)
+    ranges, ranges_source, calibration_dir = _load_ranges(config)
+    check_same_model(ranges.model_sha256, model_sha, f"range set {ranges_source}")
+    profile, profile_source = _profile(config, calibration_dir)
+    inputs = tuple(i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer})
+
+    report(0.1, "quantizing")
+    started = time.perf_counter()
+    with warnings.catch_warnings(record=True):  # unknown tensors are listed in engine.json instead
+        warnings.simplefilter("always")
+        result = quantize_qdq(model_path, ranges.amax, config.placement_spec(), out_dir / QDQ_FILE,
+                              per_channel=config.per_channel)
+    quantize_seconds = time.perf_counter() - started
+
+    report(0.6, "writing calibration cache and trtexec commands")
+    cache_amax = {t: ranges.amax[t] for t in result.quantized_tensors if t in ranges.amax}
+    write_trt_cache(out_dir / CACHE_FILE, cache_amax, algorithm=TRTEXEC_CACHE_ALGORITHM, trt_version=config.trt_version)
+    commands = trtexec_commands(
+        fp32_onnx=str(model_path), qdq_onnx=QDQ_FILE, cache=CACHE_FILE, inputs=inputs, profile=profile,
+        op_types=result.placement_op_types, nodes_to_exclude=tuple(result.excluded_nodes),
+    )
+    write_text(out_dir / SCRIPT_FILE, commands.script(header=(
+        f"model: {model_path} (sha256 {model_sha})",
+        f"ranges: {ranges_source}, method {ranges.method}; placement {config.placement}",
+        f"calibration cache header: {header(config.trt_version, TRTEXEC_CACHE_ALGORITHM)} (for trtexec --calib)",
+    )), executable=True)
+
+    plan: dict[str, Any] | None = None
+    if config.backend == "tensorrt":
+        report(0.7, "building TensorRT engine")
+        plan = _build_tensorrt(config, out_dir, model_path, model_sha, inputs, profile)
+
+    meta = {
+        "format": FORMAT,
+        "backend": config.backend,
+        "model": {"path": str(model_path), "sha256": model_sha},
+        "qdq": {"file": QDQ_FILE, "sha256": result.sha256, "counts": result.qdq_counts,
+                "per_channel": config.per_channel},
+        "ranges": {"source": ranges_source, "method": ranges.method, "params": ranges.params,
+                   "model_sha256": ranges.model_sha256, "tensors": len(ranges.amax)},
+        "placement": asdict(config.placement_spec()),
+        "quantized_nodes": list(result.quantized_nodes),
+        "quantized_tensors": list(result.quantized_tensors),
+        "excluded_nodes": result.excluded_nodes,
+        "skipped_tensors": result.skipped_tensors,
+        "unknown_tensors": list(result.unknown_tensors),
+        "unmatched_patterns": list(result.unmatched_patterns),
+        "profile": {**profile.to_dict(), "source": profile_source},
+        "inputs": list(inputs),
+        "calibration_cache": {"file": CACHE_FILE, "header": header(config.trt_version, TRTEXEC_CACHE_ALGORITHM),
+                              "tensors": len(cache_amax)},
+        "trtexec": {"script": SCRIPT_FILE, "trt11": commands.trt11, "trt10": commands.trt10,
+                    "modelopt": commands.modelopt},
+        "tensorrt": {"available": status.available, "reason": status.reason, "version": status.version,
+                     "engine": plan},
+        "seconds": {"quantize": round(quantize_seconds, 3)},
+    }
+    atomic_write_json(out_dir / ENGINE_FILE, meta)
+    report(1.0, f"{len(result.quantized_nodes)} nodes quantized, {len(result.excluded_nodes)} left in float")
+    return EngineArtifact.load(out_dir)
+
+
+def _build_tensorrt(config: BuildConfig, out_dir: Path, model_path: Path, model_sha: str,
+                    inputs: tuple[str, ...], profile: ShapeProfile) -> dict[str, Any]:
+    import tensorrt as trt
+
+    from calib.engines.tensorrt import TrtBuildRequest, build_engine, major_version
+
+    mode = config.trt_mode
+    if mode == "auto":
+        mode = "explicit" if major_version(trt) >= 11 else "implicit"
+    explicit = mode == "explicit"
+    request = TrtBuildRequest(
+        onnx_path=out_dir / QDQ_FILE if explicit else model_path, engine_path=out_dir / PLAN_FILE,
+        profile=profile, input_names=inputs,
+        source_sha256=sha256_file(out_dir / QDQ_FILE) if explicit else model_sha, mode=mode,
+        calibration_cache=None if explicit else out_dir / CACHE_FILE,
+        timing_cache=Path(config.timing_cache) if config.timing_cache else None,
+        extra_metadata={"fp32_model_sha256": model_sha},
+    )
+    return build_engine(request)
+
+
+@dataclass(frozen=True)
+class EngineArtifact:
+    """A saved engine folder (see module docstring)."""
+
+    dir: Path
+    meta: dict[str, Any] = field(compare=False)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> EngineArtifact:
+        directory = Path(directory)
+        path = directory / ENGINE_FILE
+        if not path.is_file():
+            raise InputError(f"{directory} is not an engine folder (no {ENGINE_FILE}); run calib build first")
+        meta = read_json(path)
+        if meta.get("format") != FORMAT:
+            raise InputError(f"{path} is not an engine record (format {meta.get('format')!r})")
+        return cls(directory, meta)
+
+    @property
+    def qdq_path(self) -> Path:
+        return self.dir / self.meta["qdq"]["file"]
+
+    @property
+    def model_path(self) -> Path:
+        return Path(self.meta["model"]["path"])
+
+    @property
+    def model_sha256(self) -> str:
+        return str(self.meta["model"]["sha256"])
+
+    @property
+    def excluded_nodes(self) -> dict[str, str]:
+        return dict(self.meta["excluded_nodes"])
+
+    @property
+    def quantized_nodes(self) -> tuple[str, ...]:
+        return tuple(self.meta["quantized_nodes"])
+
+    @property
+    def plan_path(self) -> Path | None:
+        engine = self.meta["tensorrt"].get("engine")
+        return self.dir / PLAN_FILE if engine and (self.dir / PLAN_FILE).is_file() else None
+
+    def engine(self, kind: str = "int8", *, threads: int | None = None):
+        """An :class:`~calib.engines.base.Engine`: ``int8`` (the TensorRT plan when one was built,
+        else ONNX Runtime over the Q/DQ model) or ``fp32`` (ONNX Runtime over the source model)."""
+        from calib.engines.ort import OrtEngine, OrtSessionLoader
+
+        if kind == "int8":
+            if self.plan_path is not None:
+                from calib.engines.tensorrt import TensorRTEngine
+
+                return TensorRTEngine(self.plan_path, name="tensorrt-int8")
+            return OrtEngine(OrtSessionLoader(self.qdq_path, threads=threads), name="onnxruntime-int8")
+        if kind == "fp32":
+            if not self.model_path.is_file():
+                raise InputError(f"the FP32 model {self.model_path} of engine {self.dir.name} no longer exists")
+            check_same_model(self.model_sha256, sha256_file(self.model_path), f"engine {self.dir.name}")
+            return OrtEngine(OrtSessionLoader(self.model_path, threads=threads), name="onnxruntime-fp32")
+        raise InputError(f"unknown engine kind {kind!r} (int8 or fp32)")
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "backend": self.meta["backend"], "placement": self.meta["placement"]["preset"],
+            "method": self.meta["ranges"]["method"], "quantized_nodes": len(self.meta["quantized_nodes"]),
+            "excluded_nodes": len(self.meta["excluded_nodes"]), "skipped_tensors": len(self.meta["skipped_tensors"]),
+            "qdq_mb": round(self.qdq_path.stat().st_size / 2**20, 2) if self.qdq_path.is_file() else None,
+            "tensorrt": self.meta["tensorrt"]["available"],
+        }

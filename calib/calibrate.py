@@ -1,0 +1,210 @@
+"""Stage ``calibrate``: one statistics pass over a calibration set, then every requested calibrator.
+
+Writes into ``out_dir``::
+
+    stats.npz, stats.json          ActivationStats (histograms, counts, axis roles)
+    ranges/<method>.json           our Ranges JSON (amax + flags per tensor)
+    ranges/<method>.ort.json       ONNX Runtime TensorsData JSON (load_tensors_data / quantize_static cache)
+    caches/<method>.cache          TensorRT calibration cache; header algorithm EntropyCalibration2 for
+                                   entropy, MinMaxCalibration for minmax / percentile / mse (TensorRT
+                                   only reads the scales; the algorithm name must match the builder's)
+    calibration.json               config, model sha256, calibration-set reference, timings, flags
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from calib.calibrators import DEFAULT_PARAMS, METHODS, compute_ranges
+from calib.errors import InputError
+from calib.io import atomic_write_json, read_json, sha256_file
+from calib.model import check_same_model, read_onnx
+from calib.pipeline import config_params
+from calib.placement import PRESETS
+from calib.ranges import Ranges
+from calib.stats import HISTOGRAM_MODES, TENSOR_SCOPES, ActivationStats, StatsConfig, collect_statistics, default_tensors
+from calib.trtcache import DEFAULT_TRT_VERSION, header, write_trt_cache
+from calib.workspace import ProgressFn
+
+META_FILE = "calibration.json"
+FORMAT = "calib.calibration/1"
+
+
+def cache_algorithm(method: str) -> str:
+    """TensorRT cache header algorithm for a method: entropy is EntropyCalibration2, the rest MinMax."""
+    return "EntropyCalibration2" if method == "entropy" else "MinMaxCalibration"
+
+
+@dataclass(frozen=True)
+class CalibrateConfig:
+    """One statistics pass over ``calibration_set`` (a CalibrationSet folder), then ``methods``."""
+
+    calibration_set: str
+    methods: tuple[str, ...] = METHODS
+    percentile: float = 99.99
+    placement: str = "tensorrt"
+    tensors: str = "placement"  # 'placement' (inputs of quantized ops + outputs) or 'all'
+    batch_size: int = 16
+    trt_version: str = DEFAULT_TRT_VERSION
+    histogram: str = "stream"  # 'stream' (one pass, exact bin merging) or 'two-pass' (TensorRT binning)
+    bins: int | None = None
+    entropy_damp_zero_bin: bool = True
+    threads: int | None = None
+
+    def method_params(self, method: str) -> dict[str, Any]:
+        if method == "percentile":
+            return {"percentile": float(self.percentile)}
+        if method == "entropy":
+            return {"damp_zero_bin": bool(self.entropy_damp_zero_bin)}
+        return {}
+
+
+def _check(config: CalibrateConfig) -> None:
+    if not config.methods:
+        raise InputError("choose at least one calibration method (" + ", ".join(METHODS) + ")")
+    for method in config.methods:
+        if method not in METHODS:
+            raise InputError(f"unknown calibration method {method!r} (choose from {', '.join(METHODS)})")
+    if not 0 < config.percentile <= 100:
+        raise InputError(f"percentile must be in (0, 100], got {config.percentile}")
+    if config.placement not in PRESETS:
+        raise InputError(f"unknown placement preset {config.placement!r} (choose from {', '.join(PRESETS)})")
+    if config.tensors not in TENSOR_SCOPES:
+        raise InputError(f"unknown tensor scope {config.tensors!r} (choose from {', '.join(TENSOR_SCOPES)})")
+    if config.histogram not in HISTOGRAM_MODES:
+        raise InputError(f"unknown histogram mode {config.histogram!r} (choose from {', '.join(HISTOGRAM_MODES)})")
+    if config.batch_size < 1:
+        raise InputError(f"batch size must be at least 1, got {config.batch_size}")
+    header(config.trt_version, "EntropyCalibration2")  # validates the version before any work
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A saved calibration run: statistics plus one range set and cache per method."""
+
+    dir: Path
+    meta: dict[str, Any] = field(compare=False)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Calibration:
+        directory = Path(directory)
+        path = directory / META_FILE
+        if not path.is_file():
+            raise InputError(f"{directory} is not a calibration run (no {META_FILE})")
+        meta = read_json(path)
+        if meta.get("format") != FORMAT:
+            raise InputError(f"{path} is not a calibration record (format {meta.get('format')!r})")
+        return cls(directory, meta)
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        return tuple(self.meta["methods"])
+
+    @property
+    def model_sha256(self) -> str:
+        return str(self.meta["model_sha256"])
+
+    @property
+    def stats(self) -> ActivationStats:
+        return ActivationStats.load(self.dir)
+
+    def ranges(self, method: str) -> Ranges:
+        if method not in self.meta["methods"]:
+            raise InputError(f"calibration {self.dir.name} has no {method!r} ranges (has: {', '.join(self.methods)})")
+        return Ranges.load(self.dir / self.meta["methods"][method]["ranges"])
+
+    def cache_path(self, method: str) -> Path:
+        self.ranges(method)  # same error for an unknown method
+        return self.dir / self.meta["methods"][method]["cache"]
+
+    def ort_path(self, method: str) -> Path:
+        self.ranges(method)
+        return self.dir / self.meta["methods"][method]["ort"]
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "methods": list(self.methods), "tensors": self.meta["tensors"],
+            "texts": self.meta["stats"]["texts"], "stats_seconds": self.meta["timings"]["stats_seconds"],
+            "calibrators_seconds": self.meta["timings"]["calibrators_seconds"],
+            "nonfinite_tensors": len(self.meta["nonfinite"]), "trt_header_version": self.meta["trt_version"],
+        }
+
+
+def calibrate(config: CalibrateConfig, out_dir: Path, *, progress: ProgressFn | None = None) -> Calibration:
+    """Run the statistics pass and every calibrator; write the artifact into ``out_dir``."""
+    from calib.calibset import CalibrationSet
+
+    report = progress or (lambda fraction, message="": None)
+    _check(config)
+    calibration_set = CalibrationSet.load(config.calibration_set)
+    spec = calibration_set.model_spec()
+    check_same_model(calibration_set.model_sha256, spec.sha256, f"calibration set {config.calibration_set}")
+    report(0.0, "tokenising the calibration set")
+    encoded = calibration_set.encode(spec)
+    model = read_onnx(spec.onnx_path)
+    tensors = default_tensors(model, config.tensors, config.placement)
+    del model
+    stats_config = StatsConfig(tensors=tensors, placement=config.placement, batch_size=config.batch_size,
+                               histogram=config.histogram, bins=config.bins, threads=config.threads)
+    stats = collect_statistics(spec, encoded, tensors, config=stats_config,
+                               progress=lambda f, m="": report(0.9 * f, m))
+    return write_calibration(config, stats, out_dir, calibration_set=calibration_set.dir,
+                             manifest=calibration_set.manifest, progress=report)
+
+
+def write_calibration(config: CalibrateConfig, stats: ActivationStats, out_dir: Path, *,
+                      calibration_set: Path, manifest: dict[str, Any],
+                      progress: ProgressFn | None = None) -> Calibration:
+    """Compute every method's ranges from ``stats`` and write stats, ranges, caches and the record."""
+    report = progress or (lambda fraction, message="": None)
+    out_dir = Path(out_dir)
+    stats.save(out_dir)
+    methods: dict[str, Any] = {}
+    timings: dict[str, float] = {}
+    for n, method in enumerate(config.methods):
+        report(0.9 + 0.1 * n / len(config.methods), f"{method} ranges")
+        t0 = time.perf_counter()
+        ranges = compute_ranges(stats, method, **config.method_params(method))
+        timings[method] = time.perf_counter() - t0
+        ranges_path = ranges.save(out_dir / "ranges" / f"{method}.json")
+        ort_path = ranges.save_ort(out_dir / "ranges" / f"{method}.ort.json")
+        algorithm = cache_algorithm(method)
+        cache_path = out_dir / "caches" / f"{method}.cache"
+        omitted = write_trt_cache(cache_path, ranges.amax, algorithm=algorithm, trt_version=config.trt_version)
+        methods[method] = {
+            "params": ranges.params, "ranges": str(ranges_path.relative_to(out_dir)),
+            "ort": str(ort_path.relative_to(out_dir)), "cache": str(cache_path.relative_to(out_dir)),
+            "cache_header": header(config.trt_version, algorithm), "cache_omitted": omitted,
+            "seconds": round(timings[method], 4),
+        }
+    nonfinite = {t.name: {"nan": t.nan, "posinf": t.posinf, "neginf": t.neginf} for t in stats.tensors if t.nonfinite}
+    zero_range = [t.name for t in stats.tensors if t.absmax == 0]
+    meta = {
+        "format": FORMAT,
+        "model_sha256": stats.model_sha256,
+        "calibration_set": {
+            "dir": str(calibration_set),
+            "manifest_sha256": sha256_file(Path(calibration_set) / "manifest.json")
+            if (Path(calibration_set) / "manifest.json").is_file() else "",
+            "size": len(manifest.get("row_ids", [])), "strategy": manifest.get("strategy"),
+            "dataset": manifest.get("dataset", {}).get("source"),
+        },
+        "config": config_params(config),
+        "trt_version": config.trt_version,
+        "tensors": len(stats.tensors),
+        "methods": methods,
+        "stats": stats.summary(),
+        "timings": {"stats_seconds": round(stats.seconds, 3),
+                    "calibrators_seconds": round(sum(timings.values()), 4),
+                    **{f"{m}_seconds": round(s, 4) for m, s in timings.items()}},
+        "nonfinite": nonfinite,
+        "zero_range": zero_range,
+        "skipped": stats.skipped,
+        "defaults": {m: DEFAULT_PARAMS[m] for m in config.methods},
+    }
+    atomic_write_json(out_dir / META_FILE, meta)
+    report(1.0, f"{len(stats.tensors)} tensors, {len(config.methods)} methods")
+    return Calibration.load(out_dir)

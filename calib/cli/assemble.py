@@ -1,0 +1,163 @@
+"""``calib assemble``: draw a calibration set by token-length distribution and show its coverage."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from calib.errors import InputError
+
+_EXAMPLES = """examples:
+  calib assemble --demo bbc-topic --size 128 --strategy match --target eval --stratify
+  calib assemble --model m.onnx --tokenizer tok/ --data reviews.csv --text-column review \\
+      --label-column stars --size 256 --strategy match --target lengths:prod_lengths.csv
+  calib assemble --recipe datasets/recipes/bbc-topic-match-eval.json --seed 3
+"""
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {text!r}") from None
+
+
+def _float_list(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "assemble", help="draw a calibration set by token-length distribution (stage calibset)",
+        description="Assemble a calibration set whose token-length distribution you control, and "
+                    "report its coverage against the evaluation data or production lengths.",
+        epilog=_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    src = p.add_argument_group("model and data")
+    src.add_argument("--demo", metavar="TASK", help="use a prepared demo task (bbc-topic, rt-sentiment): "
+                     "fills model, tokenizer and data (split calibration; target eval)")
+    src.add_argument("--model", help="ONNX model file")
+    src.add_argument("--tokenizer", help="tokenizer directory (tokenizer.json / vocab.txt)")
+    src.add_argument("--max-length", type=int, help="model max sequence length in tokens (default 128)")
+    src.add_argument("--data", help="dataset: CSV/TSV/JSON/JSONL/Parquet file, save_to_disk folder, demo:TASK or hub id")
+    src.add_argument("--split", help="split of a multi-split dataset to draw from")
+    src.add_argument("--text-column", help="column holding the texts (default text)")
+    src.add_argument("--pair-column", help="second text column, for sentence-pair models")
+    src.add_argument("--label-column", help="label column (default label; 'none' for no labels)")
+    how = p.add_argument_group("sampling")
+    how.add_argument("--size", type=int, help="number of texts (default 128)")
+    how.add_argument("--strategy", choices=("natural", "match", "uniform", "custom"), help="default natural")
+    how.add_argument("--target", help="what to match and compare against: eval[:SPLIT], dataset:SOURCE, "
+                     "lengths:FILE (CSV/JSON lengths or histogram) or pool (default; eval with --demo)")
+    how.add_argument("--weights", type=_float_list, help="bucket weights for --strategy custom, e.g. 1,1,2,2,1,0")
+    how.add_argument("--stratify", action="store_true", default=None, help="keep the label shares of the target")
+    how.add_argument("--shortfall", choices=("neighbours", "replace"),
+                     help="when a bucket is short: take from neighbouring buckets (default) or sample with replacement")
+    how.add_argument("--edges", type=_int_list, help="bucket edges in tokens (default 0,32,64,128,256,512)")
+    how.add_argument("--seed", type=int, help="random seed (default 0)")
+    out = p.add_argument_group("recipes and output")
+    out.add_argument("--recipe", type=Path, help="replay a saved recipe (other options override it)")
+    out.add_argument("--save-recipe", type=Path, metavar="FILE", help="save the settings as a recipe after the run")
+    out.add_argument("--export-npz", type=Path, metavar="FILE", help="also write length-bucketed feed batches (.npz)")
+    out.add_argument("--label", default="", help="label for the run in the registry")
+    p.set_defaults(handler=run)
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    from calib.calibset import parse_target
+
+    values: dict[str, Any] = {}
+    direct = {"model": args.model, "tokenizer": args.tokenizer, "max_length": args.max_length,
+              "source": args.data, "split": args.split, "text_column": args.text_column,
+              "pair_column": args.pair_column, "size": args.size, "strategy": args.strategy,
+              "weights": args.weights, "stratify": args.stratify, "shortfall": args.shortfall,
+              "edges": args.edges, "seed": args.seed}
+    values.update({k: v for k, v in direct.items() if v is not None})
+    if args.label_column is not None:
+        values["label_column"] = None if args.label_column.lower() in ("", "none") else args.label_column
+    if args.target is not None:
+        kind, source, split = parse_target(args.target)
+        values.update(target_kind=kind, target_source=source, target_split=split)
+    return values
+
+
+def build_config(args: argparse.Namespace, workspace_root: Path) -> tuple[Any, str | None]:
+    """The AssembleConfig the arguments describe, and the demo task it uses (if any)."""
+    from calib.calibset import config_from_dict, demo_values, load_recipe
+    from calib.pipeline import config_params
+
+    values: dict[str, Any] = {}
+    demo = args.demo
+    if args.recipe is not None:
+        values = config_params(load_recipe(args.recipe, workspace=workspace_root))
+        if demo is None:
+            demo = json.loads(args.recipe.read_text(encoding="utf-8")).get("demo")
+    if args.demo:
+        values.update(demo_values(args.demo, workspace_root, split=args.split or "calibration"))
+        if args.recipe is None:
+            values.setdefault("target_kind", "eval")
+    values.update(_overrides(args))
+    values["workspace"] = str(workspace_root)
+    missing = [flag for flag, key in (("--model", "model"), ("--tokenizer", "tokenizer"), ("--data", "source"))
+               if not values.get(key)]
+    if missing:
+        raise InputError(f"calib assemble needs {', '.join(missing)} (or --demo TASK, or --recipe FILE)")
+    return config_from_dict(values, where="calib assemble"), demo
+
+
+def print_result(run_id: str, cset: Any) -> None:
+    from calib.cli.common import format_table
+    from calib.coverage import TABLE_HEADERS
+
+    m = cset.manifest
+    cov = cset.coverage
+    data = m["dataset"]
+    where = data["source"] + (f"[{data['split']}]" if data["split"] else "")
+    print(f"run {run_id}: {cset.size} texts from {where} ({data['num_rows']} rows), strategy {m['strategy']}, "
+          f"seed {m['seed']}" + (", stratified by label" if m["stratify"] else ""))
+    print(f"pool: p50 {data['lengths']['p50']:.0f}, p95 {data['lengths']['p95']:.0f}, max {data['lengths']['max']:.0f} "
+          f"tokens; {data['truncation_rate'] * 100:.1f} % longer than max length {cset.max_length}")
+    target = m["target"]
+    print(f"\ncoverage against the {cov.target_name} lengths ({target['num_lengths']} texts):")
+    print(format_table(TABLE_HEADERS, cov.table_rows()))
+    ts, cs = cov.target_stats, cov.calib_stats
+    print(f"KS {cov.ks:.3f}, Wasserstein {cov.wasserstein:.1f} tokens; longest calibration text "
+          f"{cov.longest_covered} tokens vs {cov.target_name} p95 {ts['p95']:.0f} / p99 {ts['p99']:.0f} / "
+          f"max {ts['max']:.0f} (lengths capped at {cset.max_length}); calibration p50 {cs['p50']:.0f}")
+    if cov.label_names and any(cov.target_label_counts):
+        print("\nlabel balance:")
+        print(format_table(("label", "calibration", "calib %", cov.target_name, "target %"), cov.label_rows()))
+    seq, batch = cset.profile["sequence"], cset.profile["batch"]
+    print(f"\nTensorRT profile: sequence min/opt/max {seq['min']}/{seq['opt']}/{seq['max']}, "
+          f"batch {batch['min']}/{batch['opt']}/{batch['max']}")
+    for note in cset.notes:
+        print(f"note: {note}")
+    if cov.warnings:
+        for warning in cov.warnings:
+            print(f"WARNING: {warning}")
+    else:
+        print("no coverage warnings")
+
+
+def run(args: argparse.Namespace) -> int:
+    from calib.calibset import assemble, save_recipe
+    from calib.cli.common import ProgressBar, workspace_of
+    from calib.pipeline import run_stage
+
+    ws = workspace_of(args)
+    config, demo = build_config(args, ws.root)
+    run_id, cset = run_stage(ws, "calibset", assemble, config, label=args.label,
+                             progress=ProgressBar("assemble"))
+    print_result(run_id, cset)
+    if args.export_npz is not None:
+        path = cset.export_npz(args.export_npz, batch_size=int(cset.profile["batch"]["opt"]))
+        print(f"feed batches written to {path}")
+    if args.save_recipe is not None:
+        save_recipe(config, args.save_recipe, demo=demo)
+        print(f"recipe written to {args.save_recipe}")
+    return 0

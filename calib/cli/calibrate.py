@@ -1,0 +1,149 @@
+"""``calib calibrate``: one statistics pass, all calibrators, TensorRT caches; ``calib ranges diff``."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+from calib.errors import InputError
+
+_EXAMPLES = """examples:
+  calib calibrate --calibration-set cs-20250101-abcd --method entropy minmax percentile mse
+  calib calibrate --calibration-set runs/cs-.../ --percentile 99.999 --trt-version 8.6.1 --tensors all
+  calib ranges diff RUN_ID:entropy RUN_ID:minmax --top 15
+  calib ranges diff runs/a/ranges/entropy.json runs/b/ranges/entropy.json
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from calib.calibrators import METHODS
+    from calib.placement import PRESETS
+    from calib.stats import HISTOGRAM_MODES, TENSOR_SCOPES
+    from calib.trtcache import DEFAULT_TRT_VERSION
+
+    p = subparsers.add_parser(
+        "calibrate", help="collect activation statistics once and compute ranges + TensorRT caches (stage calibrate)",
+        description="Run the calibration set through the FP32 model once (ONNX Runtime, length-bucketed, "
+                    "padding excluded), then compute per-tensor ranges with every requested method and write "
+                    "ranges JSON, ONNX Runtime TensorsData JSON and TensorRT calibration caches.",
+        epilog=_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--calibration-set", required=True, metavar="RUN_ID_OR_DIR",
+                   help="calibration set: a calibset run id or a folder holding manifest.json")
+    p.add_argument("--method", nargs="+", choices=METHODS, default=list(METHODS), help="calibrators (default: all)")
+    p.add_argument("--percentile", type=float, default=99.99, help="percentile for --method percentile (default 99.99)")
+    p.add_argument("--trt-version", default=DEFAULT_TRT_VERSION,
+                   help=f"TensorRT version written in cache headers (default {DEFAULT_TRT_VERSION}; e.g. 8.6.1)")
+    p.add_argument("--placement", choices=PRESETS, default="tensorrt", help="quantization placement preset")
+    p.add_argument("--tensors", choices=TENSOR_SCOPES, default="placement",
+                   help="placement: inputs of the quantized ops + outputs (default); all: every float tensor")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--histogram", choices=HISTOGRAM_MODES, default="stream",
+                   help="stream: one pass, exact power-of-two bin merging (default); "
+                        "two-pass: TensorRT's 2048 bins over [0, absmax], twice the model time")
+    p.add_argument("--no-zero-bin-damping", action="store_true",
+                   help="entropy: keep bins[0] as is (default damps it to bins[1], as NVIDIA's implementation)")
+    p.add_argument("--top", type=int, default=10, help="rows of the entropy-vs-minmax diff to print")
+    p.add_argument("--label", default="", help="label for the run in the registry")
+    p.set_defaults(handler=run)
+
+    r = subparsers.add_parser("ranges", help="inspect range sets (diff)", epilog=_EXAMPLES,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    rsub = r.add_subparsers(dest="ranges_command", metavar="ACTION")
+    d = rsub.add_parser("diff", help="compare two range sets, biggest changes first")
+    d.add_argument("a", help="ranges JSON file, calibration run folder/id with :METHOD (e.g. RUN:entropy)")
+    d.add_argument("b", help="the same for the second range set")
+    d.add_argument("--method", default="entropy", help="method when A/B name a run without :METHOD (default entropy)")
+    d.add_argument("--top", type=int, default=20, help="rows to print (0 = all)")
+    d.set_defaults(handler=run_diff)
+    r.set_defaults(handler=lambda args: (r.print_help(), 1)[1])
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if math.isinf(value):
+        return "inf"
+    return f"{value:.4g}"
+
+
+def diff_table(rows: list[dict], top: int) -> str:
+    from calib.cli.common import format_table
+
+    shown = rows[:top] if top > 0 else rows
+    return format_table(("tensor", "amax A", "amax B", "B / A"),
+                        [(r["tensor"], _fmt(r["amax_a"]), _fmt(r["amax_b"]), _fmt(r["ratio"])) for r in shown])
+
+
+def load_ranges_ref(ref: str, workspace, method: str):
+    """Ranges from a JSON path, a calibration folder or run id, optionally suffixed ':METHOD'."""
+    from calib.calibrate import Calibration
+    from calib.ranges import Ranges
+
+    path = Path(ref)
+    if path.is_file():
+        return Ranges.load(path)
+    if not path.exists() and ":" in ref:
+        ref, method = ref.rsplit(":", 1)
+    return Calibration.load(workspace.resolve_run(ref, stage="calibrate")).ranges(method)
+
+
+def run(args: argparse.Namespace) -> int:
+    from calib.calibrate import CalibrateConfig, calibrate
+    from calib.cli.common import ProgressBar, format_table, workspace_of
+    from calib.pipeline import run_stage
+    from calib.ranges import diff_ranges
+
+    ws = workspace_of(args)
+    ref = args.calibration_set
+    parents: list[str] = []
+    cs_dir = ws.resolve_run(ref, stage="calibset")
+    if not Path(ref).exists():
+        parents.append(ref)
+    config = CalibrateConfig(
+        calibration_set=str(Path(cs_dir).resolve()), methods=tuple(dict.fromkeys(args.method)),
+        percentile=args.percentile, placement=args.placement, tensors=args.tensors, batch_size=args.batch_size,
+        trt_version=args.trt_version, histogram=args.histogram, entropy_damp_zero_bin=not args.no_zero_bin_damping,
+    )
+    run_id, cal = run_stage(ws, "calibrate", calibrate, config, parents=parents, label=args.label,
+                            progress=ProgressBar("calibrate"))
+    meta = cal.meta
+    st = meta["stats"]
+    print(f"run {run_id}: {meta['tensors']} tensors from {st['texts']} texts ({st['tokens']} real tokens, "
+          f"{st['batches']} batches); statistics {meta['timings']['stats_seconds']:.2f} s, "
+          f"calibrators {meta['timings']['calibrators_seconds']:.2f} s")
+    rows = []
+    for method in cal.methods:
+        info = meta["methods"][method]
+        ranges = cal.ranges(method)
+        amax = [a for a in ranges.amax.values() if a > 0]
+        rows.append((method, len(ranges.usable()), _fmt(min(amax)) if amax else "-",
+                     _fmt(sorted(amax)[len(amax) // 2]) if amax else "-", _fmt(max(amax)) if amax else "-",
+                     info["cache_header"], info["cache"]))
+    print(format_table(("method", "tensors", "min amax", "median", "max amax", "cache header", "cache"), rows))
+    if meta["nonfinite"]:
+        print(f"non-finite values in {len(meta['nonfinite'])} tensors (excluded from ranges):")
+        for name, counts in list(meta["nonfinite"].items())[:10]:
+            print(f"  {name}: nan {counts['nan']}, +inf {counts['posinf']}, -inf {counts['neginf']}")
+    if meta["zero_range"]:
+        print(f"{len(meta['zero_range'])} tensors have an all-zero range; left out of the TensorRT caches")
+    if "entropy" in cal.methods and "minmax" in cal.methods and args.top > 0:
+        print(f"\nentropy vs minmax (A = minmax, B = entropy), top {args.top} changes:")
+        print(diff_table(diff_ranges(cal.ranges("minmax"), cal.ranges("entropy")), args.top))
+    return 0
+
+
+def run_diff(args: argparse.Namespace) -> int:
+    from calib.cli.common import workspace_of
+    from calib.ranges import diff_ranges
+
+    ws = workspace_of(args)
+    a = load_ranges_ref(args.a, ws, args.method)
+    b = load_ranges_ref(args.b, ws, args.method)
+    if not a.amax and not b.amax:
+        raise InputError("both range sets are empty")
+    rows = diff_ranges(a, b)
+    print(f"A: {a.method} ({len(a.amax)} tensors)   B: {b.method} ({len(b.amax)} tensors)")
+    print(diff_table(rows, args.top))
+    return 0

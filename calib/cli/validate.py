@@ -1,0 +1,230 @@
+"""``calib validate``, ``calib sensitivity``, ``calib report`` and ``calib gate``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from calib.errors import InputError
+
+_VALIDATE_EXAMPLES = """examples:
+  calib validate --demo bbc-topic --engine <build run id> --calibration <calibrate run id>
+  calib validate --engine int8.qdq.onnx --model model.onnx --tokenizer tok/ --data eval.csv --labels neg,pos
+"""
+_SENS_EXAMPLES = """examples:
+  calib sensitivity --demo bbc-topic --ranges <calibrate run id> --method minmax --preset all --max-drop 0.5
+  calib sensitivity --model m.onnx --tokenizer tok/ --data eval.csv --ranges amax.json --granularity block
+"""
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {text!r}") from None
+
+
+def _str_list(text: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
+def _model_data_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model and evaluation data")
+    g.add_argument("--demo", metavar="TASK", help="a prepared demo task: fills model, tokenizer, labels, max length "
+                   "and data (split eval)")
+    g.add_argument("--model", help="FP32 ONNX model (the baseline)")
+    g.add_argument("--tokenizer", help="tokenizer directory")
+    g.add_argument("--labels", type=_str_list, help="model classes in logit order, comma-separated")
+    g.add_argument("--max-length", type=int, help="max sequence length in tokens (default 128)")
+    g.add_argument("--data", help="eval data: file, save_to_disk folder, demo:TASK or hub id")
+    g.add_argument("--split", help="split of a multi-split dataset (default eval with --demo)")
+    g.add_argument("--text-column", default=None, help="text column (default text)")
+    g.add_argument("--pair-column", default=None, help="second text column for sentence pairs")
+    g.add_argument("--label-column", default=None, help="label column (default label; 'none' for agreement only)")
+    g.add_argument("--limit", type=int, help="evaluate a seeded sample of this many texts (default: all / 256)")
+    g.add_argument("--batch-size", type=int, default=16)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--label", default="", help="label for the run in the registry")
+
+
+def _common(args: argparse.Namespace, ws) -> dict:
+    """Model/data fields shared by validate and sensitivity, from --demo or explicit options."""
+    values: dict = {}
+    if args.demo:
+        from calib.demo import load_demo_task
+
+        task = load_demo_task(args.demo, ws.root)
+        spec = task.data(args.split or "eval")
+        values.update(model=str(task.model.onnx_path), tokenizer=str(task.model.tokenizer_dir), labels=task.labels,
+                      max_length=task.max_length, data=spec.source, split=spec.split, workspace=spec.workspace,
+                      text_column=spec.text_column, label_column=spec.label_column)
+    explicit = {"model": args.model, "tokenizer": args.tokenizer, "labels": args.labels, "max_length": args.max_length,
+                "data": args.data, "split": args.split, "text_column": args.text_column,
+                "text_pair_column": args.pair_column}
+    values.update({k: v for k, v in explicit.items() if v is not None})
+    if args.label_column is not None:
+        values["label_column"] = None if args.label_column.lower() == "none" else args.label_column
+    missing = [f"--{k.replace('_', '-')}" for k in ("model", "tokenizer", "data") if not values.get(k)]
+    if missing:
+        raise InputError(f"give {', '.join(missing)} (or --demo TASK)")
+    if args.demo is None:
+        values.setdefault("workspace", str(ws.root))
+    return values
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("validate", help="FP32 vs INT8 on the eval split: per bucket, per layer (stage validate)",
+                              epilog=_VALIDATE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--engine", required=True, help="build run id/folder, or a Q/DQ .onnx file")
+    _model_data_args(p)
+    p.add_argument("--calibration", help="calibrate run id/folder: show every method's amax per tensor")
+    p.add_argument("--edges", type=_int_list, help="length bucket edges (default 0,32,64,128,256,512)")
+    p.add_argument("--no-layers", action="store_true", help="skip the per-layer analysis")
+    p.add_argument("--layer-rows", type=int, default=128, help="texts for the per-layer analysis (0 = all)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CI")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(handler=run_validate)
+
+    s = subparsers.add_parser("sensitivity", help="rank quantized nodes and find the fewest to keep in float",
+                              epilog=_SENS_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _model_data_args(s)
+    s.add_argument("--ranges", required=True, help="calibrate run id/folder, or a JSON file {tensor: amax}")
+    s.add_argument("--method", default="entropy", help="calibration method whose ranges to use (default entropy)")
+    s.add_argument("--preset", default="tensorrt", help="placement preset (tensorrt, all)")
+    s.add_argument("--exclude", type=_str_list, default=(), help="node patterns already kept in float")
+    s.add_argument("--include", type=_str_list, default=(), help="node patterns to restrict quantization to")
+    s.add_argument("--granularity", choices=("node", "block"), default="node")
+    s.add_argument("--ranking", choices=("auto", "local", "exclude-one", "quantize-one"), default="auto")
+    s.add_argument("--max-drop", type=float, default=0.5, help="accuracy budget in points (default 0.5)")
+    s.add_argument("--min-agreement", type=float, default=0.99, help="top-1 agreement target (default 0.99)")
+    s.add_argument("--min-embedding-cosine", type=float, help="embedding cosine target (optional)")
+    s.add_argument("--max-evaluations", type=int, default=24, help="bound on quantize+evaluate rounds (default 24)")
+    s.add_argument("--json", action="store_true", help="print the summary as JSON")
+    s.set_defaults(handler=run_sensitivity)
+
+    r = subparsers.add_parser("report", help="release report (HTML, Markdown, JSON) from validate runs")
+    r.add_argument("evaluations", nargs="+", help="validate run ids/folders; the first is the release candidate")
+    r.add_argument("--sensitivity", help="a sensitivity run id/folder to include")
+    r.add_argument("--title", default="INT8 accuracy report")
+    r.add_argument("--label", default="")
+    r.set_defaults(handler=run_report)
+
+    g = subparsers.add_parser("gate", help="exit non-zero when a report fails the accuracy budget")
+    g.add_argument("report", help="report.json, a report run folder or run id")
+    g.add_argument("--max-drop", type=float, help="largest allowed accuracy drop in points")
+    g.add_argument("--min-agreement", type=float, help="smallest allowed top-1 agreement (0-1)")
+    g.add_argument("--min-embedding-cosine", type=float, help="smallest allowed mean embedding cosine")
+    g.add_argument("--use-ci", action="store_true", help="check the upper 95 %% bound of the drop, not the estimate")
+    g.set_defaults(handler=run_gate)
+
+
+def run_validate(args: argparse.Namespace) -> int:
+    from calib.cli.common import ProgressBar, workspace_of
+    from calib.pipeline import run_stage
+    from calib.validate import ValidateConfig, validate
+
+    ws = workspace_of(args)
+    values = _common(args, ws)
+    engine = ws.resolve_run(args.engine, "build")
+    parents = [args.engine] if not Path(args.engine).exists() else []
+    calibration = None
+    if args.calibration:
+        calibration = str(ws.resolve_run(args.calibration, "calibrate"))
+        if not Path(args.calibration).exists():
+            parents.append(args.calibration)
+    config = ValidateConfig(engine=str(engine), calibration=calibration, batch_size=args.batch_size,
+                            limit=args.limit or 0, layers=not args.no_layers, layer_rows=args.layer_rows,
+                            bootstrap=args.bootstrap, seed=args.seed,
+                            **({"edges": args.edges} if args.edges else {}), **values)
+    run_id, evaluation = run_stage(ws, "validate", validate, config, parents=parents, label=args.label,
+                                   progress=ProgressBar("validate"))
+    summary = evaluation.summary()
+    if args.json:
+        print(json.dumps({"run": run_id, **summary}, indent=2))
+        return 0
+    print(f"run {run_id}: {evaluation.dir}")
+    if not evaluation.labelled:
+        print(f"note: {evaluation.data['dataset']['note']}")
+    from calib.cli.common import format_table
+
+    rows = []
+    for b in evaluation.buckets:
+        rows.append([b["bucket"], b["n"], _num(b.get("fp32", {}).get("accuracy")), _num(b.get("int8", {}).get("accuracy")),
+                     _num(b.get("accuracy_drop_points")), _num(b["agreement"]["top1_agreement"]),
+                     _num((b.get("embedding_cosine") or {}).get("mean"))])
+    print(format_table(["bucket", "n", "acc FP32", "acc INT8", "drop pts", "agreement", "emb cos"], rows))
+    print(", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items()))
+    return 0
+
+
+def _num(v):
+    return "-" if v is None else float(v)
+
+
+def run_sensitivity(args: argparse.Namespace) -> int:
+    from calib.cli.common import ProgressBar, workspace_of
+    from calib.pipeline import run_stage
+    from calib.sensitivity import SensitivityConfig, analyze_sensitivity
+
+    ws = workspace_of(args)
+    values = _common(args, ws)
+    ranges = args.ranges if Path(args.ranges).exists() else str(ws.resolve_run(args.ranges, "calibrate"))
+    parents = [] if Path(args.ranges).exists() else [args.ranges]
+    config = SensitivityConfig(ranges=ranges, method=args.method, preset=args.preset, exclude_nodes=args.exclude,
+                               include_nodes=args.include, granularity=args.granularity, ranking=args.ranking,
+                               max_drop=args.max_drop, min_agreement=args.min_agreement,
+                               min_embedding_cosine=args.min_embedding_cosine, max_evaluations=args.max_evaluations,
+                               limit=args.limit if args.limit is not None else 256, batch_size=args.batch_size,
+                               seed=args.seed, **values)
+    run_id, result = run_stage(ws, "sensitivity", analyze_sensitivity, config, parents=parents, label=args.label,
+                               progress=ProgressBar("sensitivity"))
+    if args.json:
+        print(json.dumps({"run": run_id, **result.summary(), "exclude_nodes": list(result.exclusions)}, indent=2))
+        return 0
+    rec = result.data["recommended"]
+    print(f"run {run_id}: {result.dir}")
+    print(rec["note"])
+    print(f"baseline: agreement {result.data['baseline']['top1_agreement']:.4f}, drop "
+          f"{_num(result.data['baseline'].get('accuracy_drop_points'))} points; recommended: agreement "
+          f"{rec['top1_agreement']:.4f}, drop {_num(rec.get('accuracy_drop_points'))} points")
+    for node in result.exclusions:
+        print(f"  exclude {node}")
+    print(f"build with: --exclude {','.join(result.exclusions)}" if result.exclusions else "no exclusions")
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from calib.cli.common import ProgressBar, workspace_of
+    from calib.pipeline import run_stage
+    from calib.report import ReportConfig, make_report
+
+    ws = workspace_of(args)
+    folders = [str(ws.resolve_run(e, "validate")) for e in args.evaluations]
+    parents = [e for e in args.evaluations if not Path(e).exists()]
+    sensitivity = None
+    if args.sensitivity:
+        sensitivity = str(ws.resolve_run(args.sensitivity, "sensitivity"))
+        if not Path(args.sensitivity).exists():
+            parents.append(args.sensitivity)
+    config = ReportConfig(evaluations=tuple(folders), sensitivity=sensitivity, title=args.title)
+    run_id, report = run_stage(ws, "report", make_report, config, parents=parents, label=args.label,
+                               progress=ProgressBar("report"))
+    print(f"run {run_id}:")
+    for name in ("report.html", "report.md", "report.json"):
+        print(f"  {report.dir / name}")
+    return 0
+
+
+def run_gate(args: argparse.Namespace) -> int:
+    from calib.cli.common import workspace_of
+    from calib.gate import check_gate, load_report_data
+
+    path = Path(args.report)
+    if not path.exists():
+        path = workspace_of(args).resolve_run(args.report, "report")
+    result = check_gate(load_report_data(path), max_drop=args.max_drop, min_agreement=args.min_agreement,
+                        min_embedding_cosine=args.min_embedding_cosine, use_ci=args.use_ci)
+    print(result.reason, file=sys.stdout if result.passed else sys.stderr)
+    return 0 if result.passed else 1

@@ -1,0 +1,192 @@
+"""Task and agreement metrics for FP32 vs INT8 predictions, overall and per token-length bucket.
+
+Everything here works on fixed arrays (no model runs), so it is tested on predictions with known
+answers. Shapes: ``logits`` (N, C) float, ``labels`` (N,) int class ids (-1 = unlabelled),
+``lengths`` (N,) untruncated token counts, ``embedding_cosine`` (N,) per-row cosines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
+
+from calib.buckets import DEFAULT_EDGES, bucket_index, bucket_labels
+from calib.errors import InputError
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of (N, C) logits, computed in float64."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def row_cosine(a: np.ndarray, b: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    """Cosine similarity of each row pair of two (N, D) arrays; (N,) float64. Zero rows give 1 if both are zero."""
+    a = np.asarray(a, dtype=np.float64).reshape(len(a), -1)
+    b = np.asarray(b, dtype=np.float64).reshape(len(b), -1)
+    dot = np.einsum("nd,nd->n", a, b)
+    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    both_zero = (na < eps) & (nb < eps)
+    cos = dot / np.maximum(na * nb, eps)
+    return np.where(both_zero, 1.0, np.clip(cos, -1.0, 1.0))
+
+
+def classification_metrics(labels: np.ndarray, predictions: np.ndarray, n_classes: int) -> dict:
+    """Accuracy, macro-F1, per-class precision/recall/support and the confusion matrix (rows = truth)."""
+    labels = np.asarray(labels, dtype=np.int64)
+    predictions = np.asarray(predictions, dtype=np.int64)
+    classes = list(range(n_classes))
+    if len(labels) == 0:
+        return {"n": 0, "accuracy": None, "macro_f1": None, "precision": [None] * n_classes,
+                "recall": [None] * n_classes, "support": [0] * n_classes,
+                "confusion": np.zeros((n_classes, n_classes), dtype=np.int64).tolist()}
+    precision, recall, _, support = precision_recall_fscore_support(
+        labels, predictions, labels=classes, average=None, zero_division=0)
+    # macro-F1 over the classes present in truth or prediction, as scikit-learn does by default
+    present = sorted(set(labels.tolist()) | set(predictions.tolist()))
+    return {
+        "n": int(len(labels)),
+        "accuracy": float(np.mean(labels == predictions)),
+        "macro_f1": float(f1_score(labels, predictions, labels=present, average="macro", zero_division=0)),
+        "precision": [float(x) for x in precision],
+        "recall": [float(x) for x in recall],
+        "support": [int(x) for x in support],
+        "confusion": confusion_matrix(labels, predictions, labels=classes).astype(np.int64).tolist(),
+    }
+
+
+def agreement_metrics(fp32_logits: np.ndarray, int8_logits: np.ndarray) -> dict:
+    """Top-1 agreement, mean logit cosine, max/mean |diff| and mean KL(softmax FP32 ‖ softmax INT8) in nats."""
+    a = np.asarray(fp32_logits, dtype=np.float64)
+    b = np.asarray(int8_logits, dtype=np.float64)
+    if a.shape != b.shape:
+        raise InputError(f"FP32 logits {a.shape} and INT8 logits {b.shape} differ in shape")
+    if len(a) == 0:
+        return {"n": 0, "top1_agreement": None, "logit_cosine": None, "max_abs_diff": None,
+                "mean_abs_diff": None, "kl_softmax": None}
+    diff = np.abs(a - b)
+    p, q = softmax(a), softmax(b)
+    kl = np.sum(p * (np.log(np.maximum(p, 1e-300)) - np.log(np.maximum(q, 1e-300))), axis=1)
+    return {
+        "n": int(len(a)),
+        "top1_agreement": float(np.mean(a.argmax(axis=1) == b.argmax(axis=1))),
+        "logit_cosine": float(np.mean(row_cosine(a, b))),
+        "max_abs_diff": float(diff.max()),
+        "mean_abs_diff": float(diff.mean()),
+        "kl_softmax": float(np.mean(np.maximum(kl, 0.0))),
+    }
+
+
+def paired_bootstrap_diff(
+    fp32_correct: np.ndarray,
+    int8_correct: np.ndarray,
+    *,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict:
+    """Paired bootstrap CI of accuracy(INT8) − accuracy(FP32), in accuracy units (not points).
+
+    The same resampled rows are used for both models, so shared hard examples cancel out.
+    Reproducible: the same ``seed`` gives the same interval.
+    """
+    x = np.asarray(fp32_correct, dtype=np.float64)
+    y = np.asarray(int8_correct, dtype=np.float64)
+    if x.shape != y.shape:
+        raise InputError(f"paired bootstrap needs the same rows for both models, got {x.shape} and {y.shape}")
+    n = len(x)
+    if n and n_resamples <= 0:  # point estimate only
+        return {"diff": float(np.mean(y - x)), "low": None, "high": None, "n_resamples": 0,
+                "confidence": confidence, "seed": seed}
+    if n == 0:
+        return {"diff": None, "low": None, "high": None, "n_resamples": 0, "confidence": confidence, "seed": seed}
+    per_row = y - x
+    rng = np.random.default_rng(seed)
+    means = np.empty(n_resamples, dtype=np.float64)
+    chunk = max(1, 2_000_000 // n)  # bound the index matrix to ~16 MB
+    for start in range(0, n_resamples, chunk):
+        stop = min(start + chunk, n_resamples)
+        idx = rng.integers(0, n, size=(stop - start, n))
+        means[start:stop] = per_row[idx].mean(axis=1)
+    alpha = (1.0 - confidence) / 2.0
+    low, high = np.quantile(means, [alpha, 1.0 - alpha])
+    return {"diff": float(per_row.mean()), "low": float(low), "high": float(high),
+            "n_resamples": int(n_resamples), "confidence": float(confidence), "seed": int(seed)}
+
+
+def compare_outputs(
+    fp32_logits: np.ndarray,
+    int8_logits: np.ndarray,
+    labels: np.ndarray | None,
+    n_classes: int,
+    *,
+    embedding_cosine: np.ndarray | None = None,
+    n_resamples: int = 1000,
+    seed: int = 0,
+) -> dict:
+    """All metrics for one group of rows: FP32 and INT8 task metrics (if labelled), agreement,
+    embedding cosine (if given) and the paired bootstrap CI of the accuracy difference."""
+    fp32_pred = np.asarray(fp32_logits).argmax(axis=1)
+    int8_pred = np.asarray(int8_logits).argmax(axis=1)
+    out: dict = {"n": int(len(fp32_pred)), "agreement": agreement_metrics(fp32_logits, int8_logits)}
+    if embedding_cosine is not None:
+        cos = np.asarray(embedding_cosine, dtype=np.float64)
+        out["embedding_cosine"] = {"mean": float(cos.mean()) if len(cos) else None,
+                                   "min": float(cos.min()) if len(cos) else None}
+    if labels is not None:
+        labels = np.asarray(labels, dtype=np.int64)
+        out["fp32"] = classification_metrics(labels, fp32_pred, n_classes)
+        out["int8"] = classification_metrics(labels, int8_pred, n_classes)
+        acc_fp32, acc_int8 = out["fp32"]["accuracy"], out["int8"]["accuracy"]
+        out["accuracy_drop_points"] = (None if acc_fp32 is None else 100.0 * (acc_fp32 - acc_int8))
+        out["accuracy_diff_ci"] = paired_bootstrap_diff(fp32_pred == labels, int8_pred == labels,
+                                                        n_resamples=n_resamples, seed=seed)
+    return out
+
+
+def bucketed_comparison(
+    fp32_logits: np.ndarray,
+    int8_logits: np.ndarray,
+    labels: np.ndarray | None,
+    lengths: np.ndarray,
+    n_classes: int,
+    *,
+    edges: Sequence[int] = DEFAULT_EDGES,
+    embedding_cosine: np.ndarray | None = None,
+    n_resamples: int = 1000,
+    seed: int = 0,
+) -> dict:
+    """:func:`compare_outputs` overall and for each token-length bucket (untruncated ``lengths``).
+
+    Returns ``{"overall": {...}, "buckets": [{"bucket": "0-31", "low": 0, "high": 32, ...}, ...]}``;
+    empty buckets are listed with ``n = 0`` so every report shows the same rows.
+    """
+    lengths = np.asarray(lengths)
+    n = len(lengths)
+    for name, arr in (("FP32 logits", fp32_logits), ("INT8 logits", int8_logits), ("labels", labels),
+                      ("embedding cosine", embedding_cosine)):
+        if arr is not None and len(arr) != n:
+            raise InputError(f"{name} have {len(arr)} rows but there are {n} lengths")
+    if labels is not None and np.any(np.asarray(labels) < 0):
+        raise InputError("labels hold ids < 0 (unknown classes); map every label to a model class first")
+    edges = tuple(edges)
+    index = bucket_index(lengths, edges)
+    names = bucket_labels(edges)
+    bounds = list(zip(edges, (*edges[1:], None)))
+
+    def group(rows: np.ndarray) -> dict:
+        return compare_outputs(
+            np.asarray(fp32_logits)[rows], np.asarray(int8_logits)[rows],
+            None if labels is None else np.asarray(labels)[rows], n_classes,
+            embedding_cosine=None if embedding_cosine is None else np.asarray(embedding_cosine)[rows],
+            n_resamples=n_resamples, seed=seed)
+
+    buckets = []
+    for b, (name, (low, high)) in enumerate(zip(names, bounds)):
+        rows = np.flatnonzero(index == b)
+        buckets.append({"bucket": name, "low": low, "high": high, **group(rows)})
+    return {"edges": list(edges), "overall": group(np.arange(n)), "buckets": buckets}

@@ -1,0 +1,522 @@
+"""One streaming pass of ONNX Runtime FP32 over a calibration set, accumulating activation statistics.
+
+For every requested tensor we keep, over real (non-padded) token positions only: min, max, element
+count, NaN / +inf / -inf counts, and a histogram of ``|x|`` over finite values. Nothing grows with the
+calibration set: memory is one batch of activations plus ``bins`` counters per tensor.
+
+Histogram modes (``StatsConfig.histogram``):
+
+- ``stream`` (default, one model pass): each tensor's histogram covers ``[0, R)`` where ``R`` is the
+  smallest power of two above the running absmax, with ``bins`` (default 4096) equal bins. When a
+  later batch exceeds ``R``, ``R`` doubles and adjacent bins merge pairwise. Because ``|x| * bins / R``
+  is exact in float32 for a power-of-two ``R``, the merge is exact: the final histogram equals the
+  one computed with the final ``R`` from the start, whatever the batch order. Since ``absmax >= R/2``,
+  at least ``bins/2 = 2048`` bins cover ``[0, absmax]`` (TensorRT uses exactly 2048).
+- ``two-pass`` (TensorRT's exact binning, twice the model time): a first pass finds absmax, the
+  second histograms ``|x|`` into exactly ``bins`` (default 2048) bins over ``[0, absmax]``.
+
+Padded positions are found without trusting any axis size: a probe runs the model on two all-real
+feeds with batch/sequence sizes (3, 11) and (5, 13) and classifies each tensor axis by the size it
+takes (batch, sequence, flattened batch*sequence, batch*k, fixed, other). Each batch then keeps the
+positions whose batch row and every sequence index are real tokens (e.g. attention probabilities
+(B, heads, T, T) are masked on both T axes). Flattened batch*sequence axes are assumed batch-major.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from calib.batching import Encoded, iter_batches
+from calib.errors import InputError
+from calib.io import atomic_save_npz, atomic_write_json, read_json, sha256_file
+from calib.model import ModelSpec, read_onnx
+from calib.placement import Placement, _float_tensors, ensure_node_names, resolve_placement
+
+ProgressFn = Callable[[float, str], None]
+
+HISTOGRAM_MODES = ("stream", "two-pass")
+TENSOR_SCOPES = ("placement", "all")
+DEFAULT_BINS = {"stream": 4096, "two-pass": 2048}
+PROBE_SHAPES = ((3, 11), (5, 13))  # (batch, sequence): odd primes so no axis role is ambiguous
+_CHUNK = 1 << 16  # elements per histogram chunk: keeps abs/scale/cast/bincount inside the L2 cache
+STATS_FILE = "stats.npz"
+META_FILE = "stats.json"
+
+
+@dataclass(frozen=True)
+class StatsConfig:
+    """How to collect statistics. ``tensors``: 'placement' (inputs of the ops the placement quantizes,
+    plus float model outputs), 'all' (every float tensor), or explicit names."""
+
+    tensors: str | tuple[str, ...] = "placement"
+    placement: str = "tensorrt"
+    batch_size: int = 16
+    histogram: str = "stream"
+    bins: int | None = None  # default per mode: 4096 (stream) / 2048 (two-pass)
+    optimization: str = "all"  # ORT graph optimisation; exposed tensors are graph outputs, so kept
+    threads: int | None = None
+    pad_multiple: int = 8
+
+
+@dataclass(frozen=True, eq=False)
+class TensorStats:
+    """Statistics of one tensor. ``hist[j]`` counts finite |x| in ``[j*width, (j+1)*width)``."""
+
+    name: str
+    producer: str  # node name producing the tensor ('' for graph inputs)
+    op_type: str
+    axis_roles: tuple[str, ...]
+    count: int  # finite values seen (real positions only)
+    nan: int
+    posinf: int
+    neginf: int
+    min: float  # over finite values; +inf when none
+    max: float  # over finite values; -inf when none
+    hist: np.ndarray  # (bins,) int64
+    hist_range: float  # upper edge R of the histogram (0 when every finite value was 0)
+
+    @property
+    def absmax(self) -> float:
+        return max(abs(self.min), abs(self.max)) if self.count else 0.0
+
+    @property
+    def width(self) -> float:
+        return self.hist_range / len(self.hist) if self.hist_range > 0 else 0.0
+
+    @property
+    def nonfinite(self) -> int:
+        return self.nan + self.posinf + self.neginf
+
+    def covering_hist(self) -> np.ndarray:
+        """The bins covering ``[0, absmax]`` (at least one bin)."""
+        if self.width == 0:
+            return self.hist[:1]
+        k = min(len(self.hist), int(self.absmax / self.width) + 1)
+        return self.hist[:k]
+
+
+@dataclass(frozen=True, eq=False)
+class ActivationStats:
+    """Per-tensor statistics from one calibration pass, in graph order."""
+
+    model_sha256: str
+    tensors: tuple[TensorStats, ...]
+    bins: int
+    histogram: str
+    texts: int
+    tokens: int  # real (non-padded) tokens fed
+    batches: int
+    seconds: float
+    skipped: dict[str, str] = field(default_factory=dict)  # tensor -> why no statistics
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.tensors)
+
+    def __getitem__(self, name: str) -> TensorStats:
+        for t in self.tensors:
+            if t.name == name:
+                return t
+        raise InputError(f"no statistics for tensor {name!r} (known: {len(self.tensors)} tensors)")
+
+    def __len__(self) -> int:
+        return len(self.tensors)
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "tensors": len(self.tensors), "texts": self.texts, "tokens": self.tokens,
+            "batches": self.batches, "histogram": self.histogram, "bins": self.bins,
+            "seconds": round(self.seconds, 3),
+            "nonfinite_tensors": sum(1 for t in self.tensors if t.nonfinite),
+            "zero_range_tensors": sum(1 for t in self.tensors if t.absmax == 0),
+        }
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``stats.npz`` (stacked arrays) and ``stats.json`` (names, producers, axis roles, counts)."""
+        directory = Path(directory)
+        n = len(self.tensors)
+        hist = np.stack([t.hist for t in self.tensors]) if n else np.zeros((0, self.bins), np.int64)
+        atomic_save_npz(
+            directory / STATS_FILE,
+            hist=hist.astype(np.int64),
+            hist_range=np.array([t.hist_range for t in self.tensors], np.float64),
+            min=np.array([t.min for t in self.tensors], np.float64),
+            max=np.array([t.max for t in self.tensors], np.float64),
+            count=np.array([t.count for t in self.tensors], np.int64),
+            nan=np.array([t.nan for t in self.tensors], np.int64),
+            posinf=np.array([t.posinf for t in self.tensors], np.int64),
+            neginf=np.array([t.neginf for t in self.tensors], np.int64),
+        )
+        meta = {
+            "model_sha256": self.model_sha256, "bins": self.bins, "histogram": self.histogram,
+            "texts": self.texts, "tokens": self.tokens, "batches": self.batches, "seconds": self.seconds,
+            "skipped": self.skipped,
+            "tensors": [
+                {"name": t.name, "producer": t.producer, "op_type": t.op_type, "axis_roles": list(t.axis_roles),
+                 "count": t.count, "nan": t.nan, "posinf": t.posinf, "neginf": t.neginf,
+                 "min": t.min if t.count else None, "max": t.max if t.count else None, "absmax": t.absmax}
+                for t in self.tensors
+            ],
+        }
+        atomic_write_json(directory / META_FILE, meta)
+        return directory / STATS_FILE
+
+    @classmethod
+    def load(cls, directory: str | Path) -> ActivationStats:
+        directory = Path(directory)
+        if not (directory / STATS_FILE).is_file() or not (directory / META_FILE).is_file():
+            raise InputError(f"{directory} holds no activation statistics ({STATS_FILE} + {META_FILE})")
+        meta = read_json(directory / META_FILE)
+        with np.load(directory / STATS_FILE) as arrays:
+            data = {k: arrays[k] for k in arrays.files}
+        tensors = tuple(
+            TensorStats(
+                name=m["name"], producer=m["producer"], op_type=m["op_type"], axis_roles=tuple(m["axis_roles"]),
+                count=int(data["count"][i]), nan=int(data["nan"][i]), posinf=int(data["posinf"][i]),
+                neginf=int(data["neginf"][i]), min=float(data["min"][i]), max=float(data["max"][i]),
+                hist=data["hist"][i], hist_range=float(data["hist_range"][i]),
+            )
+            for i, m in enumerate(meta["tensors"])
+        )
+        return cls(model_sha256=meta["model_sha256"], tensors=tensors, bins=int(meta["bins"]),
+                   histogram=meta["histogram"], texts=int(meta["texts"]), tokens=int(meta["tokens"]),
+                   batches=int(meta["batches"]), seconds=float(meta["seconds"]), skipped=dict(meta["skipped"]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Which tensors
+
+
+def graph_producers(model: onnx.ModelProto) -> dict[str, tuple[str, str, int]]:
+    """tensor name -> (producer node name, op type, position in graph order). Graph inputs first."""
+    ensure_node_names(model)
+    out: dict[str, tuple[str, str, int]] = {}
+    for v in model.graph.input:
+        out.setdefault(v.name, ("", "input", len(out)))
+    for node in model.graph.node:
+        for name in node.output:
+            if name:
+                out.setdefault(name, (node.name, node.op_type, len(out)))
+    return out
+
+
+def default_tensors(model: onnx.ModelProto, scope: str = "placement", placement: str | Placement = "tensorrt") -> tuple[str, ...]:
+    """Tensors to collect, in graph order: the placement's activation tensors + float model outputs
+    (``scope='placement'``), or every float tensor produced by a node (``scope='all'``)."""
+    if scope not in TENSOR_SCOPES:
+        raise InputError(f"unknown tensor scope {scope!r} (choose 'placement', 'all' or give tensor names)")
+    producers = graph_producers(model)
+    initializers = {t.name for t in model.graph.initializer}
+    constants = {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    floats = _float_tensors(model)
+    outputs = [o.name for o in model.graph.output if o.type.tensor_type.elem_type in
+               (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)]
+    if scope == "all":
+        names = [n for n, (prod, _, _) in producers.items()
+                 if prod and n not in initializers and n not in constants and n in floats]
+    else:
+        placement = placement if isinstance(placement, Placement) else Placement(placement)
+        names = list(resolve_placement(model, placement).activation_tensors)
+    names = [n for n in dict.fromkeys([*names, *outputs]) if n in producers]
+    return tuple(sorted(names, key=lambda n: producers[n][2]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Axis roles
+
+
+def classify_axes(shape_a: Sequence[int], shape_b: Sequence[int],
+                  probes: Sequence[tuple[int, int]] = PROBE_SHAPES) -> tuple[str, ...]:
+    """Role of each axis from the shapes a tensor takes on the two probe feeds."""
+    (b1, t1), (b2, t2) = probes
+    if len(shape_a) != len(shape_b):
+        return tuple("other" for _ in shape_b)
+    roles = []
+    for n1, n2 in zip(shape_a, shape_b):
+        if n1 == n2:
+            roles.append("fixed")
+        elif (n1, n2) == (b1, b2):
+            roles.append("batch")
+        elif (n1, n2) == (t1, t2):
+            roles.append("seq")
+        elif (n1, n2) == (b1 * t1, b2 * t2):
+            roles.append("batch*seq")
+        elif n1 % b1 == 0 and n2 % b2 == 0 and n1 // b1 == n2 // b2:
+            roles.append(f"batch*{n1 // b1}")
+        else:
+            roles.append("other")
+    return tuple(roles)
+
+
+def _place(array: np.ndarray, axes: Sequence[int], ndim: int) -> np.ndarray:
+    """``array`` (whose dims go to ``axes`` in order) reshaped to broadcast against an ndim tensor."""
+    order = np.argsort(axes)
+    arr = np.transpose(array, order) if array.ndim > 1 else array
+    shape = [1] * ndim
+    for ax, size in zip(sorted(axes), arr.shape):
+        shape[ax] = size
+    return arr.reshape(shape)
+
+
+def position_mask(roles: Sequence[str], mask: np.ndarray) -> np.ndarray | None:
+    """Boolean array broadcastable to the tensor: True at real positions; None when all are real."""
+    if mask.all():
+        return None
+    ndim = len(roles)
+    batch_axis, repeat = None, 1
+    for ax, role in enumerate(roles):
+        if role == "batch" or (role.startswith("batch*") and role != "batch*seq"):
+            batch_axis, repeat = ax, (1 if role == "batch" else int(role.split("*")[1]))
+            break
+    valid = None
+    for ax, role in enumerate(roles):
+        if role == "seq":
+            if batch_axis is not None:
+                rows = np.repeat(mask, repeat, axis=0) if repeat > 1 else mask
+                part = _place(rows, (batch_axis, ax), ndim)
+            else:
+                part = _place(mask.any(axis=0), (ax,), ndim)
+        elif role == "batch*seq":
+            part = _place(mask.reshape(-1), (ax,), ndim)
+        else:
+            continue
+        valid = part if valid is None else valid & part
+    return valid
+
+
+# ---------------------------------------------------------------------------------------------
+# Accumulation
+
+
+class _Accumulator:
+    """Running statistics of one tensor (see module docstring for the histogram scheme)."""
+
+    __slots__ = ("bins", "hist", "range", "fixed_range", "min", "max", "count", "nan", "posinf", "neginf")
+
+    def __init__(self, bins: int, fixed_range: float | None = None) -> None:
+        self.bins = bins
+        self.hist = np.zeros(bins, np.int64)
+        self.fixed_range = fixed_range
+        self.range = fixed_range or 0.0
+        self.min, self.max = np.inf, -np.inf
+        self.count = self.nan = self.posinf = self.neginf = 0
+
+    def count_nonfinite(self, values: np.ndarray) -> None:
+        """Count NaN / +inf / -inf anywhere in the tensor (padded positions included: they are
+        there at inference time, e.g. the -inf of an additive attention mask)."""
+        self.nan += int(np.count_nonzero(np.isnan(values)))
+        self.posinf += int(np.count_nonzero(values == np.inf))
+        self.neginf += int(np.count_nonzero(values == -np.inf))
+
+    def add(self, values: np.ndarray, buf_f: np.ndarray, buf_i: np.ndarray, *, finite: bool,
+            bounds: tuple[float, float] | None = None, hist: bool = True) -> None:
+        """Accumulate a flat float32 array of real-position values; ``finite`` False filters
+        non-finite values out first; ``bounds`` = (min, max) when already known."""
+        if not finite:
+            values = values[np.isfinite(values)]
+            bounds = None
+        if values.size == 0:
+            return
+        lo, hi = bounds if bounds is not None else (float(values.min()), float(values.max()))
+        self.count += values.size
+        self.min, self.max = min(self.min, lo), max(self.max, hi)
+        if not hist:
+            return
+        absmax = max(-lo, hi)
+        if self.fixed_range is None and absmax >= self.range and absmax > 0:
+            self._grow(absmax)
+        self._histogram(values, buf_f, buf_i)
+
+    def _grow(self, absmax: float) -> None:
+        # smallest power of two above absmax; at least 2**-100 so bins/range stays finite in float32
+        new_range = max(float(2.0 ** np.frexp(absmax)[1]), 2.0 ** -100)
+        if self.range > 0:
+            steps = int(round(np.log2(new_range / self.range)))
+            for _ in range(min(steps, int(np.log2(self.bins)))):  # after log2(bins) merges all is in bin 0
+                merged = self.hist[0::2] + self.hist[1::2]
+                self.hist[:] = 0
+                self.hist[: len(merged)] = merged
+        self.range = new_range
+
+    def _histogram(self, values: np.ndarray, buf_f: np.ndarray, buf_i: np.ndarray) -> None:
+        if self.range == 0:  # every finite value so far is 0
+            self.hist[0] += values.size
+            return
+        scale = np.float32(self.bins / self.range)
+        last = self.bins - 1
+        clip = self.fixed_range is not None  # x == absmax lands on index `bins` in two-pass mode
+        for start in range(0, values.size, _CHUNK):
+            chunk = values[start : start + _CHUNK]
+            n = chunk.size
+            scaled = np.abs(chunk, out=buf_f[:n])
+            np.multiply(scaled, scale, out=scaled)
+            idx = buf_i[:n]
+            np.copyto(idx, scaled, casting="unsafe")  # truncation == floor for values >= 0
+            if clip:
+                np.minimum(idx, last, out=idx)
+            self.hist += np.bincount(idx, minlength=self.bins)
+
+    def result(self, name: str, producer: str, op_type: str, roles: tuple[str, ...]) -> TensorStats:
+        return TensorStats(name=name, producer=producer, op_type=op_type, axis_roles=roles, count=self.count,
+                           nan=self.nan, posinf=self.posinf, neginf=self.neginf, min=self.min, max=self.max,
+                           hist=self.hist.copy(), hist_range=float(self.range))
+
+
+def _input_dtypes(model: onnx.ModelProto) -> dict[str, type]:
+    initializers = {t.name for t in model.graph.initializer}
+    out = {}
+    for v in model.graph.input:
+        if v.name in initializers:
+            continue
+        out[v.name] = np.int32 if v.type.tensor_type.elem_type == onnx.TensorProto.INT32 else np.int64
+    return out
+
+
+def _probe_feeds(encoded: Encoded, input_dtypes: Mapping[str, type], batch: int, seq: int) -> dict[str, np.ndarray]:
+    ids = encoded.input_ids
+    tokens = np.resize(ids if ids.size else np.array([encoded.pad_id]), batch * seq).reshape(batch, seq)
+    arrays = {"input_ids": tokens.astype(np.int64), "attention_mask": np.ones((batch, seq), np.int64),
+              "token_type_ids": np.zeros((batch, seq), np.int64)}
+    missing = set(input_dtypes) - set(arrays)
+    if missing:
+        raise InputError(f"cannot feed model inputs {sorted(missing)} from tokenized text")
+    return {k: arrays[k].astype(dt) for k, dt in input_dtypes.items()}
+
+
+def collect_statistics(
+    model: str | Path | ModelSpec,
+    encoded: Encoded,
+    tensors: Sequence[str] | None = None,
+    *,
+    batch_size: int = 16,
+    bins: int | None = None,
+    histogram: str = "stream",
+    config: StatsConfig | None = None,
+    order: str = "length",
+    seed: int = 0,
+    progress: ProgressFn | None = None,
+) -> ActivationStats:
+    """Run ``encoded`` through the FP32 model in length-bucketed batches and accumulate statistics.
+
+    ``tensors`` None takes ``config.tensors`` (default: placement activations + float outputs).
+    ``config`` (if given) supplies batch size, histogram mode, bins, optimisation and threads.
+    """
+    from calib.engines.ort import OrtSessionLoader, expose_outputs
+
+    cfg = config or StatsConfig(batch_size=batch_size, histogram=histogram, bins=bins)
+    if cfg.histogram not in HISTOGRAM_MODES:
+        raise InputError(f"unknown histogram mode {cfg.histogram!r} (choose {' or '.join(HISTOGRAM_MODES)})")
+    nbins = int(cfg.bins or DEFAULT_BINS[cfg.histogram])
+    if nbins < 256 or nbins & (nbins - 1):
+        raise InputError(f"histogram bins must be a power of two >= 256, got {nbins}")
+    if cfg.batch_size < 1:
+        raise InputError(f"batch size must be at least 1, got {cfg.batch_size}")
+    if len(encoded) == 0:
+        raise InputError("the calibration set is empty: no texts to run")
+    onnx_path = Path(model.onnx_path if isinstance(model, ModelSpec) else model)
+    proto = read_onnx(onnx_path)
+    sha = model.sha256 if isinstance(model, ModelSpec) else sha256_file(onnx_path)
+    input_dtypes = model.input_dtypes if isinstance(model, ModelSpec) else _input_dtypes(proto)
+    producers = graph_producers(proto)
+    if tensors is None:
+        tensors = cfg.tensors if not isinstance(cfg.tensors, str) else default_tensors(proto, cfg.tensors, cfg.placement)
+    names = list(dict.fromkeys(tensors))
+    unknown = [n for n in names if n not in producers]
+    if unknown:
+        raise InputError(f"tensor {unknown[0]!r} is not produced by any node or input of model {onnx_path.name}")
+    names.sort(key=lambda n: producers[n][2])
+    if not names:
+        raise InputError(f"no tensors to collect statistics for in model {onnx_path.name}")
+
+    t0 = time.perf_counter()
+    exposed = expose_outputs(proto, names)
+    del proto
+    session = OrtSessionLoader(exposed, threads=cfg.threads, optimization=cfg.optimization)()
+    del exposed
+    float_out = {o.name for o in session.get_outputs() if o.type in ("tensor(float)", "tensor(float16)")}
+    skipped = {n: "not a float tensor" for n in names if n not in float_out}
+    names = [n for n in names if n in float_out]
+    if not names:
+        raise InputError(f"none of the requested tensors of model {onnx_path.name} is a float tensor")
+
+    try:
+        probes = [session.run(names, _probe_feeds(encoded, input_dtypes, b, t)) for b, t in PROBE_SHAPES]
+    except InputError:
+        raise
+    except Exception as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"model {onnx_path.name} does not run on dynamic (batch, sequence) feeds: {first}") from exc
+    roles = {n: classify_axes(a.shape, b.shape) for n, a, b in zip(names, *probes)}
+    del probes
+
+    passes = ["range", "histogram"] if cfg.histogram == "two-pass" else ["stream"]
+    total_batches = -(-len(encoded) // cfg.batch_size) * len(passes)
+    done = 0
+    accs = {n: _Accumulator(nbins) for n in names}
+    buf_f = np.empty(_CHUNK, np.float32)
+    buf_i = np.empty(_CHUNK, np.intp)
+    tokens = batches = 0
+    for pass_name in passes:
+        if pass_name == "histogram":
+            first = accs
+            accs = {n: _Accumulator(nbins, fixed_range=acc_range(a)) for n, a in first.items()}
+            for n, acc in accs.items():  # non-finite values were counted in the range pass
+                acc.nan, acc.posinf, acc.neginf = first[n].nan, first[n].posinf, first[n].neginf
+        for batch in iter_batches(encoded, input_dtypes, cfg.batch_size, order=order, seed=seed,
+                                  pad_multiple=cfg.pad_multiple):
+            outputs = session.run(names, batch.feeds)
+            for name, value in zip(names, outputs):
+                value = np.asarray(value, dtype=np.float32)
+                lo, hi = (float(value.min()), float(value.max())) if value.size else (0.0, 0.0)
+                finite = bool(np.isfinite(lo) and np.isfinite(hi))  # NaN propagates through min/max
+                if not finite and pass_name != "histogram":
+                    accs[name].count_nonfinite(value)
+                keep = position_mask(roles[name], batch.mask)
+                if keep is None:
+                    accs[name].add(value.reshape(-1), buf_f, buf_i, finite=finite,
+                                   bounds=(lo, hi) if finite else None, hist=pass_name != "range")
+                else:
+                    accs[name].add(value[np.broadcast_to(keep, value.shape)], buf_f, buf_i, finite=finite,
+                                   hist=pass_name != "range")
+            del outputs
+            if pass_name != "range":
+                tokens += int(batch.mask.sum())
+                batches += 1
+            done += 1
+            if progress is not None:
+                progress(done / total_batches, f"{pass_name} pass: batch {done}/{total_batches}")
+    seconds = time.perf_counter() - t0
+    results = tuple(accs[n].result(n, producers[n][0], producers[n][1], roles[n]) for n in names)
+    return ActivationStats(model_sha256=sha, tensors=results, bins=nbins, histogram=cfg.histogram,
+                           texts=len(encoded), tokens=tokens, batches=batches, seconds=seconds, skipped=skipped)
+
+
+def acc_range(acc: _Accumulator) -> float:
+    """Two-pass mode: the fixed histogram range of the second pass (absmax; 0 when all zeros)."""
+    if not acc.count:
+        return 0.0
+    return max(abs(acc.min), abs(acc.max))
+
+
+
+def tensor_stats_from_arrays(name: str, batches: Sequence[np.ndarray] | np.ndarray, *, bins: int = DEFAULT_BINS["stream"],
+                             fixed_range: float | None = None) -> TensorStats:
+    """Statistics of plain arrays (every element counts), with the same accumulator as the model
+    pass: for calibrators on data that does not come from a model, and for tests."""
+    if isinstance(batches, np.ndarray):
+        batches = [batches]
+    acc = _Accumulator(bins, fixed_range)
+    buf_f, buf_i = np.empty(_CHUNK, np.float32), np.empty(_CHUNK, np.intp)
+    for array in batches:
+        flat = np.ascontiguousarray(array, dtype=np.float32).reshape(-1)
+        finite = bool(np.isfinite(flat).all())
+        if not finite:
+            acc.count_nonfinite(flat)
+        acc.add(flat, buf_f, buf_i, finite=finite)
+    return acc.result(name, "", "", ("other",))

@@ -1,0 +1,466 @@
+"""Validation stage: FP32 vs INT8 on the evaluation split, per length bucket and per layer.
+
+``validate(ValidateConfig, out_dir)`` streams the evaluation texts in length-bucketed batches
+through the FP32 baseline and the INT8 engine (a build artifact folder or a Q/DQ ONNX file),
+keeps only per-row logits and per-row embedding cosines, and writes an :class:`Evaluation`:
+
+- ``evaluation.json`` — task metrics (if the eval set is labelled), agreement, embedding cosine and
+  the paired bootstrap CI of the accuracy difference, overall and per length bucket, plus what was
+  compared (model sha256, engine, placement, dataset fingerprint, calibration);
+- ``layers.json`` — per-tensor ranges and error through the network (:mod:`calib.layers`);
+- ``predictions.npz`` — per-row logits, labels, lengths and embedding cosines (for comparisons).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from calib.buckets import DEFAULT_EDGES, check_edges
+from calib.engines.ort import OrtEngine, OrtSessionLoader
+from calib.errors import InputError, ModelMismatchError
+from calib.io import atomic_save_npz, atomic_write_json, read_json, sha256_file
+from calib.metrics import bucketed_comparison, row_cosine
+from calib.model import ModelSpec, check_same_model, load_model, load_tokenizer
+from calib.workspace import ProgressFn
+
+SCHEMA = "calib.evaluation/1"
+EMBEDDING_OUTPUT = "embedding"
+QDQ_MODEL_FILE = "model.qdq.onnx"
+ENGINE_FILE = "engine.json"
+
+
+@dataclass(frozen=True)
+class ValidateConfig:
+    """What to compare and on which texts.
+
+    ``engine``: a build artifact folder (``engine.json`` + ``model.qdq.onnx``) or a Q/DQ ``.onnx``.
+    ``model`` / ``tokenizer``: the FP32 baseline. ``labels``: the model's classes in logit order
+    (empty: taken from the build artifact, else from the dataset's label names).
+    ``limit``: evaluate a seeded random sample of this many rows (0 = all).
+    ``layer_rows``: rows used for the per-layer analysis (0 = all evaluated rows).
+    ``calibration``: a calibration folder, to show the calibrated amax of every method per tensor.
+    """
+
+    engine: str
+    model: str
+    tokenizer: str
+    data: str
+    text_column: str = "text"
+    label_column: str | None = "label"
+    text_pair_column: str | None = None
+    split: str | None = None
+    workspace: str | None = None
+    labels: tuple[str, ...] = ()
+    max_length: int = 128
+    edges: tuple[int, ...] = DEFAULT_EDGES
+    batch_size: int = 16
+    limit: int = 0
+    layers: bool = True
+    layer_rows: int = 128
+    calibration: str | None = None
+    bootstrap: int = 1000
+    seed: int = 0
+    threads: int | None = None
+
+
+@dataclass(frozen=True)
+class EngineSource:
+    """Where the INT8 model comes from and what its build recorded."""
+
+    kind: str  # "build" (artifact folder) or "onnx"
+    path: Path  # the artifact folder or the .onnx file
+    qdq_path: Path  # the Q/DQ ONNX run by ONNX Runtime (and used for the per-layer analysis)
+    build: dict  # engine.json content ({} for a bare .onnx)
+
+    @property
+    def recorded_model_sha256(self) -> str:
+        for key in ("model_sha256", "source_sha256", "fp32_sha256"):
+            if isinstance(self.build.get(key), str):
+                return self.build[key]
+        model = self.build.get("model")
+        if isinstance(model, Mapping) and isinstance(model.get("sha256"), str):
+            return model["sha256"]
+        return ""
+
+    def describe(self) -> dict:
+        """Placement, exclusions and calibrator as the build recorded them (best effort)."""
+        b = self.build
+        quantize = b.get("quantize") if isinstance(b.get("quantize"), Mapping) else {}
+        return {
+            "kind": self.kind, "path": str(self.path), "qdq_model": str(self.qdq_path),
+            "qdq_sha256": sha256_file(self.qdq_path),
+            "backend": b.get("backend", "onnxruntime"),
+            "placement": b.get("placement", quantize.get("placement")),
+            "exclusions": b.get("exclusions", b.get("excluded_nodes", quantize.get("excluded_nodes"))),
+            "calibrator": b.get("method", b.get("calibrator")),
+            "calibration": b.get("calibration"),
+        }
+
+
+def resolve_engine(path: str | Path) -> EngineSource:
+    """Read an engine reference: a build artifact folder or a Q/DQ ONNX file."""
+    path = Path(path)
+    if path.is_dir():
+        meta_path = path / ENGINE_FILE
+        if not meta_path.is_file():
+            raise InputError(f"engine folder {path} has no {ENGINE_FILE}; give a build run folder or a Q/DQ .onnx file")
+        build = read_json(meta_path)
+        qdq = path / str(build.get("qdq_model", QDQ_MODEL_FILE))
+        if not qdq.is_file():
+            raise InputError(f"engine folder {path} has no Q/DQ model {qdq.name}")
+        return EngineSource("build", path, qdq, build)
+    if path.suffix.lower() == ".onnx":
+        if not path.is_file():
+            raise InputError(f"INT8 model {path} does not exist")
+        return EngineSource("onnx", path, path, {})
+    raise InputError(f"engine {path} is neither a build run folder nor a .onnx file")
+
+
+def check_engine_model(source: EngineSource, fp32: ModelSpec) -> None:
+    """Refuse an INT8 engine made from another model than the FP32 baseline.
+
+    A build artifact records its model's sha256. A bare Q/DQ file does not, so its graph is checked
+    instead: same inputs and outputs, every FP32 node still present, and weights kept in float
+    (Q/DQ on weights keeps the original initializer) identical.
+    """
+    recorded = source.recorded_model_sha256
+    if recorded:
+        check_same_model(recorded, fp32.sha256, f"engine {source.path}")
+        return
+    qdq = onnx.load(str(source.qdq_path), load_external_data=False)
+    ref = onnx.load(str(fp32.onnx_path))
+    where = f"INT8 model {source.qdq_path} does not come from FP32 model {fp32.onnx_path}"
+    if [i.name for i in qdq.graph.input] != [i.name for i in ref.graph.input] or \
+            [o.name for o in qdq.graph.output] != [o.name for o in ref.graph.output]:
+        raise ModelMismatchError(f"{where}: their inputs/outputs differ; quantize this model (calib build)")
+    qdq_nodes = {n.name for n in qdq.graph.node}
+    missing = [n.name for n in ref.graph.node if n.name and n.name not in qdq_nodes]
+    if missing:
+        raise ModelMismatchError(f"{where}: node {missing[0]!r} (and {len(missing) - 1} more) is absent; "
+                                 "quantize this model (calib build)")
+    qdq_init = {t.name: t for t in qdq.graph.initializer}
+    for tensor in sorted(ref.graph.initializer, key=lambda t: -len(t.raw_data))[:8]:
+        other = qdq_init.get(tensor.name)
+        if other is not None and other.data_type == tensor.data_type and \
+                not np.array_equal(onnx.numpy_helper.to_array(other), onnx.numpy_helper.to_array(tensor)):
+            raise ModelMismatchError(f"{where}: weight {tensor.name!r} differs; quantize this model (calib build)")
+
+
+def int8_engine(source: EngineSource, threads: int | None = None):
+    """The INT8 engine: the build artifact's own engine when calib.build provides it, else ORT on the Q/DQ model."""
+    if source.kind == "build":
+        try:
+            from calib.build import EngineArtifact
+        except ImportError:
+            EngineArtifact = None  # noqa: N806
+        if EngineArtifact is not None:
+            return EngineArtifact.load(source.path).engine("int8")
+    return OrtEngine(OrtSessionLoader(source.qdq_path, threads=threads), name="onnxruntime-int8")
+
+
+# -- data --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EvalData:
+    """Encoded evaluation texts with their labels (or none) and provenance."""
+
+    encoded: Any  # calib.batching.Encoded
+    labels: np.ndarray | None  # (N,) class ids into ``classes``; None when the set has no labels
+    classes: tuple[str, ...]
+    rows: np.ndarray  # (N,) row numbers in the source split
+    info: dict
+
+
+def load_eval_data(config: ValidateConfig, spec: ModelSpec, n_logits: int | None) -> EvalData:
+    """Load, check and encode the evaluation rows; map labels onto the model's classes."""
+    from calib.batching import encode
+    from calib.data import DataSpec, fingerprint, label_ids, label_names, load_rows, texts_of
+
+    base = DataSpec(config.data, config.text_column, None, config.text_pair_column, config.split, config.workspace)
+    ds = load_rows(base)
+    total = len(ds)
+    data_fingerprint = fingerprint(ds)
+    note = ""
+    label_column = config.label_column
+    if label_column is not None and label_column not in ds.column_names:
+        note = (f"the eval set has no label column {label_column!r}: agreement-only report "
+                "(no accuracy, F1 or accuracy drop)")
+        label_column = None
+    elif label_column is None:
+        note = "no label column given: agreement-only report (no accuracy, F1 or accuracy drop)"
+    rows = np.arange(total)
+    if config.limit and config.limit < total:
+        rows = np.sort(np.random.default_rng(config.seed).choice(total, size=config.limit, replace=False))
+        ds = ds.select(rows.tolist())
+    spec_l = dataclasses.replace(base, label_column=label_column)
+
+    classes = tuple(spec.labels)
+    labels = None
+    if label_column is not None:
+        data_classes = label_names(ds, spec_l)
+        if classes:
+            unknown = [c for c in data_classes if c not in classes]
+            if unknown:
+                raise InputError(
+                    f"eval set {base.describe()} column {label_column!r} has labels {unknown} that are not "
+                    f"classes of the model ({list(classes)}); use the model's label names")
+        else:
+            if n_logits is not None and len(data_classes) != n_logits:
+                raise InputError(
+                    f"eval set {base.describe()} column {label_column!r} has {len(data_classes)} classes "
+                    f"{data_classes} but the model outputs {n_logits} logits; give the model's labels in logit order")
+            classes = tuple(data_classes)
+        labels = label_ids(ds, spec_l, list(classes))
+        bad = int(np.count_nonzero(labels < 0))
+        if bad:
+            raise InputError(f"eval set {base.describe()} column {label_column!r} has {bad} rows with an empty or "
+                             "unknown label; clean them or drop the column for an agreement-only report")
+    if classes and n_logits is not None and len(classes) != n_logits:
+        raise InputError(f"the model has {len(classes)} labels {list(classes)} but outputs {n_logits} logits")
+    texts, pairs = texts_of(ds, base)
+    encoded = encode(load_tokenizer(str(spec.tokenizer_dir)), texts, pairs, max_length=spec.max_length)
+    info = {
+        "source": config.data, "split": config.split, "fingerprint": data_fingerprint, "rows_total": total, "rows_evaluated": int(len(rows)),
+        "limit": config.limit, "seed": config.seed, "text_column": config.text_column,
+        "label_column": label_column, "labelled": labels is not None, "note": note,
+        "truncation_rate": encoded.truncation_rate, "max_length": spec.max_length,
+    }
+    return EvalData(encoded, labels, classes, rows, info)
+
+
+def logits_width(spec: ModelSpec) -> int | None:
+    for out in spec.outputs:
+        if out.name == spec.logits_output and len(out.shape) == 2 and isinstance(out.shape[1], int):
+            return int(out.shape[1])
+    return None
+
+
+# -- running -----------------------------------------------------------------------------------
+
+
+def run_outputs(engine, encoded, input_dtypes: Mapping[str, type], names: Sequence[str], *, batch_size: int,
+                progress: ProgressFn | None = None, start: float = 0.0, span: float = 1.0) -> dict[str, np.ndarray]:
+    """Run ``engine`` over ``encoded`` in length-bucketed batches; per-row outputs in row order.
+
+    Only small per-row outputs (logits (N, C), embeddings (N, D)) should be asked for here.
+    """
+    from calib.batching import iter_batches
+
+    n = len(encoded)
+    out: dict[str, np.ndarray] = {}
+    done = 0
+    for batch in iter_batches(encoded, input_dtypes, batch_size):
+        values = engine.run(batch.feeds, list(names))
+        for name in names:
+            v = np.asarray(values[name])
+            if name not in out:
+                out[name] = np.zeros((n, *v.shape[1:]), dtype=np.float32)
+            out[name][batch.rows] = v
+        done += len(batch.rows)
+        if progress is not None:
+            progress(start + span * done / max(n, 1), f"{done}/{n} texts")
+    return out
+
+
+def compare_engines(fp32: Mapping[str, np.ndarray], int8: Mapping[str, np.ndarray], logits: str,
+                    labels: np.ndarray | None, lengths: np.ndarray, n_classes: int, *,
+                    edges: Sequence[int] = DEFAULT_EDGES, n_resamples: int = 1000, seed: int = 0) -> dict:
+    """Bucketed metrics from per-row FP32 and INT8 outputs (embedding cosine when both have one)."""
+    cos = None
+    if EMBEDDING_OUTPUT in fp32 and EMBEDDING_OUTPUT in int8:
+        cos = row_cosine(fp32[EMBEDDING_OUTPUT], int8[EMBEDDING_OUTPUT])
+    return bucketed_comparison(fp32[logits], int8[logits], labels, lengths, n_classes, edges=edges,
+                               embedding_cosine=cos, n_resamples=n_resamples, seed=seed)
+
+
+def calibrated_amax(calibration: str | Path, model_sha256: str = "") -> tuple[dict[str, dict[str, float]], dict]:
+    """``{tensor: {method: amax}}`` for every method of a calibration run, and what it was made from."""
+    from calib.calibrate import Calibration
+
+    cal = Calibration.load(Path(calibration))
+    check_same_model(cal.model_sha256, model_sha256, f"calibration {calibration}")
+    table: dict[str, dict[str, float]] = {}
+    for method in cal.methods:
+        for tensor, amax in cal.ranges(method).amax.items():
+            table.setdefault(tensor, {})[method] = float(amax) if amax is not None else float("nan")
+    info = {"folder": str(calibration), "methods": list(cal.methods), "summary": cal.summary(),
+            "calibration_set": cal.meta.get("calibration_set"), "config": cal.meta.get("config")}
+    calset_dir = (cal.meta.get("calibration_set") or {}).get("dir")
+    if calset_dir and (Path(calset_dir) / "manifest.json").is_file():
+        from calib.calibset import CalibrationSet
+
+        try:
+            info["calibration_set_summary"] = CalibrationSet.load(calset_dir).summary()
+        except Exception:  # noqa: BLE001 - provenance is best effort; the ranges are what matter
+            pass
+    return table, info
+
+
+def layer_analysis(fp32_model: Path, source: EngineSource, encoded, input_dtypes: Mapping[str, type],
+                   ranged: Mapping[str, Mapping[str, float]], *, batch_size: int, threads: int | None,
+                   progress: ProgressFn | None = None, start: float = 0.0, span: float = 1.0) -> dict:
+    """Per-tensor ranges and FP32-vs-INT8 error over ``encoded`` (see :mod:`calib.layers`).
+
+    The INT8 side runs the Q/DQ model in ONNX Runtime with its intermediates exposed (Q/DQ
+    evaluated in float, which is what integer kernels compute up to rounding).
+    """
+    from calib.batching import iter_batches
+    from calib.layers import LayerAnalysis, producer_order, quantized_tensors
+
+    ref = onnx.load(str(fp32_model))
+    qdq = onnx.load(str(source.qdq_path))
+    tensors = quantized_tensors(qdq, ref)
+    order = producer_order(ref)
+    present = {k: v for k, v in ranged.items() if k in order}
+    analysis = LayerAnalysis(present, tensors, order)
+    fp32 = OrtEngine(OrtSessionLoader(fp32_model, intermediates=analysis.fp32_names, threads=threads))
+    int8 = OrtEngine(OrtSessionLoader(source.qdq_path, intermediates=analysis.int8_names, threads=threads))
+    n, done = len(encoded), 0
+    for batch in iter_batches(encoded, input_dtypes, batch_size):
+        a = fp32.run(batch.feeds, list(analysis.fp32_names))
+        b = int8.run(batch.feeds, list(analysis.int8_names))
+        analysis.add(a, b, batch.mask)
+        del a, b
+        done += len(batch.rows)
+        if progress is not None:
+            progress(start + span * done / max(n, 1), f"layers {done}/{n} texts")
+    result = analysis.result()
+    result["rows"] = int(n)
+    result["ranged_not_in_model"] = sorted(set(ranged) - set(present))
+    return result
+
+
+# -- artifact ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A saved FP32-vs-INT8 comparison (``evaluation.json``, ``layers.json``, ``predictions.npz``)."""
+
+    dir: Path
+    data: dict
+    layers: dict | None = None
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Evaluation:
+        directory = Path(directory)
+        path = directory / "evaluation.json"
+        if not path.is_file():
+            raise InputError(f"{directory} holds no evaluation.json; give a validate run folder")
+        data = read_json(path)
+        if data.get("schema") != SCHEMA:
+            raise InputError(f"{path} has schema {data.get('schema')!r}, expected {SCHEMA!r}")
+        layers_path = directory / "layers.json"
+        return cls(directory, data, read_json(layers_path) if layers_path.is_file() else None)
+
+    @property
+    def labelled(self) -> bool:
+        return bool(self.data["dataset"]["labelled"])
+
+    @property
+    def overall(self) -> dict:
+        return self.data["metrics"]["overall"]
+
+    @property
+    def buckets(self) -> list[dict]:
+        return self.data["metrics"]["buckets"]
+
+    def predictions(self) -> dict[str, np.ndarray]:
+        with np.load(self.dir / "predictions.npz") as npz:
+            return {k: npz[k] for k in npz.files}
+
+    def summary(self) -> dict:
+        o = self.overall
+        s = {"rows": o["n"], "labelled": self.labelled,
+             "top1_agreement": o["agreement"]["top1_agreement"], "kl_softmax": o["agreement"]["kl_softmax"]}
+        if "embedding_cosine" in o:
+            s["embedding_cosine"] = o["embedding_cosine"]["mean"]
+        if self.labelled:
+            s.update({"accuracy_fp32": o["fp32"]["accuracy"], "accuracy_int8": o["int8"]["accuracy"],
+                      "accuracy_drop_points": o["accuracy_drop_points"]})
+        if self.layers:
+            s["first_degraded_tensor"] = self.layers.get("first_degraded")
+        return s
+
+
+def validate(config: ValidateConfig, out_dir: Path, *, progress: ProgressFn | None = None) -> Evaluation:
+    """Compare the INT8 engine with the FP32 baseline on the eval split and save an :class:`Evaluation`."""
+    t0 = time.monotonic()
+    edges = check_edges(config.edges)
+    if config.batch_size < 1:
+        raise InputError(f"batch size must be at least 1, got {config.batch_size}")
+    if config.limit < 0 or config.layer_rows < 0:
+        raise InputError("limit and layer rows must be 0 (all) or positive")
+    source = resolve_engine(config.engine)
+    labels = config.labels or tuple(source.build.get("labels", ()) or ())
+    spec = load_model(config.model, config.tokenizer, max_length=config.max_length, labels=labels)
+    check_engine_model(source, spec)
+    ranged, calibration_info = ({}, None)
+    if config.calibration:
+        ranged, calibration_info = calibrated_amax(config.calibration, spec.sha256)
+    data = load_eval_data(config, spec, logits_width(spec))
+    report = progress or (lambda f, m="": None)
+    report(0.02, f"{len(data.encoded)} texts loaded")
+
+    outputs = [spec.logits_output] + ([EMBEDDING_OUTPUT] if EMBEDDING_OUTPUT in spec.output_names
+                                      and EMBEDDING_OUTPUT != spec.logits_output else [])
+    fp32_engine = OrtEngine(OrtSessionLoader(spec.onnx_path, threads=config.threads), name="onnxruntime-fp32")
+    engine = int8_engine(source, config.threads)
+    split = 0.45 if config.layers else 0.5
+    fp32 = run_outputs(fp32_engine, data.encoded, spec.input_dtypes, outputs, batch_size=config.batch_size,
+                       progress=report, start=0.02, span=split * 0.98)
+    int8 = run_outputs(engine, data.encoded, spec.input_dtypes, outputs, batch_size=config.batch_size,
+                       progress=report, start=0.02 + split * 0.98, span=split * 0.98)
+    n_classes = fp32[spec.logits_output].shape[1]
+    if data.classes and len(data.classes) != n_classes:
+        raise InputError(f"the model has {len(data.classes)} labels but outputs {n_classes} logits")
+    lengths = data.encoded.full_lengths
+    metrics = compare_engines(fp32, int8, spec.logits_output, data.labels, lengths, n_classes, edges=edges,
+                              n_resamples=config.bootstrap, seed=config.seed)
+    t_run = time.monotonic() - t0
+
+    layers = None
+    if config.layers:
+        rows = np.arange(len(data.encoded))
+        if config.layer_rows and config.layer_rows < len(rows):
+            rows = np.sort(np.random.default_rng(config.seed + 1).choice(len(rows), config.layer_rows, replace=False))
+        layers = layer_analysis(spec.onnx_path, source, data.encoded.subset(rows), spec.input_dtypes, ranged,
+                                batch_size=config.batch_size, threads=config.threads, progress=report,
+                                start=0.02 + 2 * split * 0.98, span=1 - (0.02 + 2 * split * 0.98))
+    from calib.pipeline import config_params
+
+    evaluation = {
+        "schema": SCHEMA,
+        "model": {"path": str(spec.onnx_path), "sha256": spec.sha256, "logits_output": spec.logits_output,
+                  "classes": list(data.classes), "max_length": spec.max_length,
+                  "has_embedding": EMBEDDING_OUTPUT in outputs},
+        "engine": {**source.describe(), "name": getattr(engine, "name", "int8")},
+        "dataset": data.info,
+        "calibration": calibration_info,
+        "config": config_params(config),
+        "metrics": metrics,
+        "layers": None if layers is None else {"rows": layers["rows"], "first_degraded": layers["first_degraded"],
+                                               "tensors": len(layers["tensors"])},
+        "seconds": {"outputs": round(t_run, 2), "total": round(time.monotonic() - t0, 2)},
+    }
+    out_dir = Path(out_dir)
+    atomic_save_npz(out_dir / "predictions.npz", fp32_logits=fp32[spec.logits_output],
+                    int8_logits=int8[spec.logits_output],
+                    labels=data.labels if data.labels is not None else np.full(len(lengths), -1, np.int64),
+                    lengths=lengths, rows=data.rows,
+                    embedding_cosine=(row_cosine(fp32[EMBEDDING_OUTPUT], int8[EMBEDDING_OUTPUT])
+                                      if EMBEDDING_OUTPUT in outputs else np.zeros(0)))
+    if layers is not None:
+        atomic_write_json(out_dir / "layers.json", layers)
+    atomic_write_json(out_dir / "evaluation.json", evaluation)
+    report(1.0, "done")
+    return Evaluation.load(out_dir)

@@ -1,0 +1,260 @@
+"""The Streamlit workbench, page by page, through Streamlit's AppTest (no browser).
+
+Fast tests use the tiny model as a "bring your own model" project; the demo flow (marked ``demo``)
+uses the real demo assets, linked into a temporary workspace, on a tiny calibration subset.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("streamlit")
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+APP = REPO / "app"
+HOME = APP / "Home.py"
+PAGES = {
+    "project": "pages/1_Project.py",
+    "calibset": "pages/2_Calibration_set.py",
+    "calibrate": "pages/3_Calibrate.py",
+    "build": "pages/4_Build.py",
+    "validate": "pages/5_Validate.py",
+    "runs": "pages/6_Runs_and_reports.py",
+}
+if str(APP) not in sys.path:
+    sys.path.insert(0, str(APP))
+
+
+@pytest.fixture()
+def app_workspace(tmp_path, monkeypatch) -> Path:
+    root = tmp_path / "ws"
+    monkeypatch.setenv("CALIB_WORKSPACE", str(root))
+    monkeypatch.setenv("CALIB_THREADS", os.environ.get("CALIB_THREADS", "1"))
+    return root
+
+
+@pytest.fixture()
+def demo_app_workspace(demo_workspace, tmp_path, monkeypatch) -> Path:
+    """A fresh workspace whose demo/ links to the prepared demo assets."""
+    root = tmp_path / "ws"
+    root.mkdir()
+    (root / "demo").symlink_to(Path(demo_workspace) / "demo", target_is_directory=True)
+    monkeypatch.setenv("CALIB_WORKSPACE", str(root))
+    monkeypatch.setenv("CALIB_THREADS", os.environ.get("CALIB_THREADS", "1"))
+    return root
+
+
+def open_app(page: str | None = None, timeout: float = 60) -> AppTest:
+    at = AppTest.from_file(str(HOME), default_timeout=timeout).run()
+    assert not at.exception, at.exception
+    if page is not None:
+        at.switch_page(PAGES[page]).run()
+    return at
+
+
+def no_crash(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def errors(at: AppTest) -> list[str]:
+    return [e.value for e in at.error]
+
+
+def wait_for_jobs(at: AppTest, timeout: float = 300) -> AppTest:
+    """Rerun the page until no run of the pool is active (the page polls the registry)."""
+    from lib.jobs import job_pool
+
+    deadline = time.monotonic() + timeout
+    pool = job_pool()
+    while pool.active_ids():
+        assert time.monotonic() < deadline, "background run did not finish in time"
+        time.sleep(0.2)
+    return at.run()
+
+
+def use_tiny_project(at: AppTest, tiny_model_path, tiny_tokenizer_dir, tiny_csv) -> AppTest:
+    at.radio(key="project-mode").set_value("My own model").run()
+    at.text_input(key="project-onnx-path").set_value(str(tiny_model_path))
+    at.text_input(key="project-tok-path").set_value(str(tiny_tokenizer_dir))
+    at.text_input(key="project-data-path").set_value(str(tiny_csv)).run()
+    no_crash(at)
+    at.number_input(key="project-maxlen").set_value(64)
+    at.button(key="project-apply").click().run()
+    no_crash(at)
+    assert not errors(at), errors(at)
+    return at
+
+
+# -- infrastructure ------------------------------------------------------------------------------
+def test_sanitize_upload_names():
+    from lib.uploads import sanitize_name
+
+    assert sanitize_name("../../etc/passwd") == "passwd"
+    assert sanitize_name("C:\\Users\\me\\data set (1).CSV") == "data_set_1_.csv"
+    assert sanitize_name("..hidden.onnx") == "hidden.onnx"
+    assert sanitize_name("résumé.jsonl") == "resume.jsonl"
+    assert sanitize_name("") == "upload"
+
+
+def test_store_upload_checks_kind_and_size(workspace):
+    from calib.errors import InputError
+    from lib import uploads
+
+    path = uploads.store_upload(workspace, "abc123abc123", uploads.DATASET, "../x/my data.csv", b"text,label\na,b\n")
+    assert path.parent == workspace.uploads_dir / "abc123abc123"
+    assert path.name.endswith("-my_data.csv") and path.read_bytes().startswith(b"text,label")
+    with pytest.raises(InputError, match="not one of"):
+        uploads.store_upload(workspace, "abc123abc123", uploads.DATASET, "evil.pkl", b"\x80\x04")
+    small = uploads.UploadKind("dataset", (".csv",), 4)
+    with pytest.raises(InputError, match="limit"):
+        uploads.store_upload(workspace, "abc123abc123", small, "big.csv", b"0123456789")
+    with pytest.raises(InputError, match="not a tokenizer file"):
+        uploads.store_tokenizer(workspace, "abc123abc123", [("vocab.txt", b"a\n"), ("evil.json", b"{}")])
+    folder = uploads.store_tokenizer(workspace, "abc123abc123", [("vocab.txt", b"[PAD]\n[UNK]\n")])
+    assert (folder / "vocab.txt").is_file() and folder.parent == workspace.uploads_dir / "abc123abc123"
+
+
+def test_job_pool_records_progress_and_errors(workspace):
+    from calib.errors import InputError
+    from lib.jobs import JobPool
+
+    class Done:
+        def summary(self):
+            return {"value": 3}
+
+    def good(config, out_dir, progress=None):
+        progress(0.5, "half way")
+        (out_dir / "out.txt").write_text(str(config))
+        return Done()
+
+    def bad(config, out_dir, progress=None):
+        raise InputError("dataset x.csv has no text column 'txt'")
+
+    pool = JobPool(workers=1)
+    ok = pool.submit(workspace, "calibset", good, 7, session="s1")
+    ko = pool.submit(workspace, "calibset", bad, 7, session="s1")
+    pool.wait(ok, 30)
+    pool.wait(ko, 30)
+    assert pool.status(workspace, ok).status == "finished"
+    assert (workspace.run_dir(ok) / "out.txt").read_text() == "7"
+    failed = pool.status(workspace, ko)
+    assert failed.status == "failed" and failed.error == "dataset x.csv has no text column 'txt'"
+    assert {r.id for r in workspace.list_runs(session="s1")} == {ok, ko}
+    assert workspace.list_runs(session="other") == []
+
+
+# -- pages ---------------------------------------------------------------------------------------
+def test_home_lists_the_workflow(app_workspace):
+    at = open_app()
+    no_crash(at)
+    labels = [p.label for p in at.get("page_link")]
+    assert any("Calibration set" in label for label in labels) and any("Validate" in label for label in labels)
+    assert at.query_params.get("session"), "the session id is kept in the URL"
+
+
+def test_project_page_demo_preselected(app_workspace):
+    at = open_app("project")
+    no_crash(at)
+    assert at.radio(key="project-mode").value == "Demo task"
+    assert at.selectbox(key="project-task").value == "bbc-topic"
+    # the demo is not prepared in this empty workspace: the page offers to prepare it
+    assert at.button(key="prepare-demo").label == "Prepare the demo assets"
+
+
+def test_project_page_own_model(app_workspace, tiny_model_path, tiny_tokenizer_dir, tiny_csv):
+    at = use_tiny_project(open_app("project"), tiny_model_path, tiny_tokenizer_dir, tiny_csv)
+    assert at.success, "project saved"
+    assert [s.label for s in at.selectbox][:2] == ["Text column", "Label column"]
+    frames = [d.value for d in at.dataframe]
+    io_table = frames[0]
+    assert set(io_table["name"]) >= {"input_ids", "attention_mask", "logits"}
+    assert any(len(f) == 50 and "text" in f.columns for f in frames), "dataset preview"
+    assert any(m.label == "Max length" and m.value == "64 tokens" for m in at.metric)
+    # the project survives a new browser session that comes back with the same URL
+    sid = at.query_params["session"]
+    again = AppTest.from_file(str(HOME), default_timeout=60)
+    again.query_params["session"] = sid
+    again.run()
+    again.switch_page(PAGES["project"]).run()
+    assert again.radio(key="project-mode").value == "My own model"
+    assert again.text_input(key="project-onnx-path").value == str(tiny_model_path)
+
+
+def test_project_page_upload(app_workspace, tiny_model_path, tiny_tokenizer_dir, tiny_csv):
+    at = open_app("project")
+    at.radio(key="project-mode").set_value("My own model").run()
+    at.radio(key="project-onnx-src").set_value("Upload")
+    at.radio(key="project-tok-src").set_value("Upload files")
+    at.radio(key="project-data-src").set_value("Upload").run()
+    at.file_uploader(key="project-onnx-upload").set_value(
+        ("../my model.onnx", tiny_model_path.read_bytes(), "application/octet-stream"))
+    at.file_uploader(key="project-tok-upload").set_value(
+        [(p.name, p.read_bytes(), "application/json") for p in tiny_tokenizer_dir.iterdir()
+         if p.name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")])
+    at.file_uploader(key="project-data-upload").set_value(("data.csv", tiny_csv.read_bytes(), "text/csv")).run()
+    no_crash(at)
+    at.button(key="project-apply").click().run()
+    no_crash(at)
+    assert not errors(at), errors(at)
+    uploaded = sorted(p.name for p in (app_workspace / "uploads").rglob("*") if p.is_file())
+    assert any(name.endswith("-my_model.onnx") for name in uploaded)
+    assert any(name.endswith("-data.csv") for name in uploaded)
+    assert "vocab.txt" in uploaded
+
+
+def test_project_page_shows_errors_as_messages(app_workspace, tiny_tokenizer_dir, tiny_csv, tmp_path):
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a protobuf at all")
+    at = open_app("project")
+    at.radio(key="project-mode").set_value("My own model").run()
+    at.text_input(key="project-onnx-path").set_value(str(broken))
+    at.text_input(key="project-tok-path").set_value(str(tiny_tokenizer_dir))
+    at.text_input(key="project-data-path").set_value(str(tiny_csv)).run()
+    at.button(key="project-apply").click().run()
+    no_crash(at)
+    assert any("broken.onnx" in e and "cannot be read" in e for e in errors(at)), errors(at)
+    at.text_input(key="project-data-path").set_value(str(tmp_path / "missing.csv")).run()
+    no_crash(at)
+    assert any("missing.csv" in e and "does not exist" in e for e in errors(at)), errors(at)
+
+
+def _fake_run(root: Path, stage: str, params: dict, summary: dict, session: str = "", files=()) -> str:
+    from calib.workspace import Workspace
+
+    ws = Workspace(root)
+    with ws.start_run(stage, params, session=session) as ctx:
+        for name, text in files:
+            (ctx.dir / name).write_text(text)
+        ctx.summary.update(summary)
+    return ctx.id
+
+
+def test_runs_page_history_compare_and_reports(app_workspace):
+    a = _fake_run(app_workspace, "validate", {"engine": "x", "limit": 16}, {"top1_agreement": 0.99}, "other")
+    b = _fake_run(app_workspace, "validate", {"engine": "y", "limit": 16}, {"top1_agreement": 0.95}, "other",
+                  files=[("evaluation.json", "{}")])
+    r = _fake_run(app_workspace, "report", {"evaluations": [a, b]}, {}, "other",
+                  files=[("report.html", "<html><body><h1>Report</h1></body></html>"), ("report.md", "# Report"),
+                         ("report.json", "{}")])
+    at = open_app("runs")
+    no_crash(at)
+    history = at.dataframe[0].value
+    assert set(history["run"]) == {a, b, r}
+    assert set(history["session"]) == {"other"}
+    # compare: the two validate runs side by side, only the differing rows
+    compare = [d.value for d in at.dataframe if a in d.value.columns]
+    assert compare, "comparison table"
+    assert list(compare[0].columns) == [b, a] or list(compare[0].columns) == [a, b]
+    assert "param · engine" in compare[0].index and "param · limit" not in compare[0].index
+    labels = [d.label for d in at.download_button]
+    assert {"Download report.html", "Download report.md", "Download report.json"} <= set(labels)
+    # this session only: nothing of the other session
+    at.toggle(key="runs-all").set_value(False).run()
+    no_crash(at)
+    assert any("No runs yet" in i.value for i in at.info)
