@@ -43,7 +43,7 @@ if page.project.kind == "demo" and not demo_ready(page.ws, page.project.task):
             "Open **Project** to prepare it (a few minutes, all offline).", icon=":material/info:")
 
 st.subheader("Workflow")
-for path, title, icon, text in [s for s in STEPS if (APP_DIR / s[0]).is_file()]:
+for path, title, icon, text in STEPS:
     with st.container(border=True):
         left, right = st.columns([3, 2])
         with left:

@@ -25,7 +25,14 @@ from calib.model import check_same_model, read_onnx
 from calib.pipeline import config_params
 from calib.placement import PRESETS
 from calib.ranges import Ranges
-from calib.stats import HISTOGRAM_MODES, TENSOR_SCOPES, ActivationStats, StatsConfig, collect_statistics, default_tensors
+from calib.stats import (
+    HISTOGRAM_MODES,
+    TENSOR_SCOPES,
+    ActivationStats,
+    StatsConfig,
+    collect_statistics,
+    default_tensors,
+)
 from calib.trtcache import DEFAULT_TRT_VERSION, header, write_trt_cache
 from calib.workspace import ProgressFn
 

@@ -239,7 +239,7 @@ def compute_ranges(stats: ActivationStats, method: str, **params: object):
         raise InputError(f"unknown calibration method {method!r} (choose from {', '.join(METHODS)})")
     unknown = set(params) - set(DEFAULT_PARAMS[method])
     if unknown:
-        raise InputError(f"calibration method {method!r} takes no parameter {sorted(unknown)[0]!r}")
+        raise InputError(f"calibration method {method!r} takes no parameter {min(unknown)!r}")
     full = {**DEFAULT_PARAMS[method], **params}
     if method == "percentile":
         p = float(full["percentile"])  # type: ignore[arg-type]

@@ -166,7 +166,15 @@ def assemble(config: AssembleConfig, out_dir: Path, *, progress: ProgressFn | No
     Every input is validated (model, tokenizer, dataset and columns, size against the pool, the
     target) before anything is written; bad input raises :class:`InputError`.
     """
-    report = progress or (lambda fraction, message="": None)
+    def report(fraction: float, message: str = "") -> None:
+        if progress is not None:
+            progress(fraction, message)
+
+    def scaled(start: float, span: float) -> ProgressFn:
+        def inner(fraction: float, message: str = "") -> None:
+            report(start + span * fraction, message)
+        return inner
+
     edges = _check_config(config)
     spec = load_model(config.model, config.tokenizer, max_length=config.max_length, labels=config.labels)
     data = config.data_spec()
@@ -180,9 +188,9 @@ def assemble(config: AssembleConfig, out_dir: Path, *, progress: ProgressFn | No
         from calib.data import fingerprint
 
         if fingerprint(target_rows) == fingerprint(rows):
-            raise InputError(f"target eval: dataset {config.source} has no separate {target_spec.split!r} split "
+            raise InputError(f"target eval: dataset {config.source} has no separate {config.target_split or 'eval'!r} split "
                              "(use eval:SPLIT, dataset:SOURCE or lengths:FILE)")
-    file_lengths = load_length_target(config.target_source) if config.target_kind == "lengths" else None
+    file_lengths = load_length_target(str(config.target_source)) if config.target_kind == "lengths" else None
     if config.strategy == "custom":
         w = np.asarray(config.weights, dtype=np.float64)
         if not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
@@ -191,14 +199,14 @@ def assemble(config: AssembleConfig, out_dir: Path, *, progress: ProgressFn | No
 
     report(0.0, "token lengths of the pool")
     pool = token_lengths(spec, data, workspace, rows=rows,
-                         progress=lambda f, m="": report(0.6 * f, m))
+                         progress=scaled(0.0, 0.6))
     names = list(pool.label_names)
     target_labels = None
     target_fingerprint = None
     if target_spec is not None:
         report(0.6, "token lengths of the target")
         table = token_lengths(spec, target_spec, workspace, rows=target_rows,
-                              progress=lambda f, m="": report(0.6 + 0.3 * f, m))
+                              progress=scaled(0.6, 0.3))
         target_lengths, target_labels, target_fingerprint = table.lengths, _remap_labels(table, names), table.fingerprint
     elif file_lengths is not None:
         target_lengths = file_lengths
@@ -236,7 +244,7 @@ def assemble(config: AssembleConfig, out_dir: Path, *, progress: ProgressFn | No
         "target": {
             "kind": config.target_kind, "source": config.target_source if config.target_kind != "eval" else config.source,
             "split": target_spec.split if target_spec is not None else None, "fingerprint": target_fingerprint,
-            "num_lengths": int(len(target_lengths)),
+            "num_lengths": len(target_lengths),
             "truncation_rate": float(np.mean(target_lengths > spec.max_length)),
         },
         "model": {
@@ -415,7 +423,7 @@ def config_from_dict(values: dict[str, Any], *, where: str = "recipe") -> Assemb
     missing = [name for name in ("model", "tokenizer", "source") if not values.get(name)]
     if missing:
         raise InputError(f"{where}: missing {', '.join(missing)}")
-    clean = {k: (tuple(v) if k in _TUPLE_FIELDS and isinstance(v, list) else v) for k, v in values.items()}
+    clean: dict[str, Any] = {k: (tuple(v) if k in _TUPLE_FIELDS and isinstance(v, list) else v) for k, v in values.items()}
     try:
         return AssembleConfig(**clean)
     except TypeError as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -71,7 +72,7 @@ class Coverage:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, object]) -> Coverage:
+    def from_dict(cls, data: dict[str, Any]) -> Coverage:
         values = dict(data)
         for name in ("edges", "buckets", "calib_counts", "target_counts", "calib_shares", "target_shares",
                      "label_names", "calib_label_counts", "target_label_counts", "warnings"):
@@ -181,5 +182,5 @@ def coverage(
         target_truncated=float(np.mean(target > max_length)) if max_length else 0.0,
         label_names=tuple(str(n) for n in label_names), calib_label_counts=c_labels,
         target_label_counts=t_labels, warnings=tuple(warnings), target_name=target_name,
-        n_calib=int(len(calib)), n_target=int(len(target)),
+        n_calib=len(calib), n_target=len(target),
     )

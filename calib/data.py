@@ -75,10 +75,12 @@ def load_rows(spec: DataSpec) -> datasets.Dataset:
         elif path.suffix.lower() in _FILE_BUILDERS:
             if not path.is_file():
                 raise InputError(f"dataset file {path} does not exist")
+            if path.stat().st_size == 0:
+                raise InputError(f"dataset file {path} is empty (0 bytes)")
             kwargs = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
             ds = datasets.load_dataset(_FILE_BUILDERS[path.suffix.lower()], data_files=str(path),
                                        split="train", **kwargs)
-        elif "/" in source or not path.suffix:
+        elif not path.exists() and ("/" in source or not path.suffix):  # a hub id
             ds = datasets.load_dataset(source, trust_remote_code=False)
         else:
             raise InputError(
@@ -88,7 +90,10 @@ def load_rows(spec: DataSpec) -> datasets.Dataset:
     except InputError:
         raise
     except Exception as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        root = exc
+        while root.__cause__ is not None and "error occurred while generating" in str(root):
+            root = root.__cause__  # datasets wraps the parser's own message; show that one
+        first = str(root).splitlines()[0] if str(root) else type(root).__name__
         if "corresponds to no data" in first:  # datasets' words for a file with a header and no rows
             raise InputError(f"dataset {source} is empty (no rows)") from exc
         raise InputError(f"dataset {source} cannot be loaded: {first}") from exc

@@ -41,8 +41,8 @@ def check_gate(report: dict, *, max_drop: float | None = None, min_agreement: fl
     if max_drop is not None:
         drop = h.get("accuracy_drop_points")
         if not h.get("labelled") or drop is None:
-            checks.append(("max_drop", False, "the report has no accuracy (eval set without labels); "
-                                              "gate on --min-agreement instead or evaluate on a labelled set"))
+            checks.append(("max_drop", False, ("the report has no accuracy (eval set without labels); "
+                                               "gate on --min-agreement instead or evaluate on a labelled set")))
         else:
             value = -h["ci_low_points"] if use_ci and h.get("ci_low_points") is not None else drop
             what = "upper 95 % bound of the accuracy drop" if use_ci else "accuracy drop"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import itertools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -45,7 +46,7 @@ class LengthTable:
     from_cache: bool = False
 
     def __len__(self) -> int:
-        return int(len(self.lengths))
+        return len(self.lengths)
 
     def truncation_rate(self, max_length: int) -> float:
         """Share of rows longer than ``max_length`` tokens (they would be cut)."""
@@ -166,7 +167,7 @@ def _expand_histogram(edges: list[int], counts: list[int], where: str) -> np.nda
     ``edges[-1]`` tokens)."""
     if len(edges) < 2 and not (len(edges) == 1 and len(counts) == 1):
         raise InputError(f"{where}: a histogram needs at least two bucket edges")
-    if any(b <= a for a, b in zip(edges, edges[1:])):
+    if any(b <= a for a, b in itertools.pairwise(edges)):
         raise InputError(f"{where}: bucket edges must increase strictly, got {edges}")
     if len(counts) not in (len(edges) - 1, len(edges)):
         raise InputError(f"{where}: {len(edges)} bucket edges need {len(edges) - 1} counts "

@@ -49,7 +49,7 @@ def classification_metrics(labels: np.ndarray, predictions: np.ndarray, n_classe
     # macro-F1 over the classes present in truth or prediction, as scikit-learn does by default
     present = sorted(set(labels.tolist()) | set(predictions.tolist()))
     return {
-        "n": int(len(labels)),
+        "n": len(labels),
         "accuracy": float(np.mean(labels == predictions)),
         "macro_f1": float(f1_score(labels, predictions, labels=present, average="macro", zero_division=0)),
         "precision": [float(x) for x in precision],
@@ -72,7 +72,7 @@ def agreement_metrics(fp32_logits: np.ndarray, int8_logits: np.ndarray) -> dict:
     p, q = softmax(a), softmax(b)
     kl = np.sum(p * (np.log(np.maximum(p, 1e-300)) - np.log(np.maximum(q, 1e-300))), axis=1)
     return {
-        "n": int(len(a)),
+        "n": len(a),
         "top1_agreement": float(np.mean(a.argmax(axis=1) == b.argmax(axis=1))),
         "logit_cosine": float(np.mean(row_cosine(a, b))),
         "max_abs_diff": float(diff.max()),
@@ -132,7 +132,7 @@ def compare_outputs(
     embedding cosine (if given) and the paired bootstrap CI of the accuracy difference."""
     fp32_pred = np.asarray(fp32_logits).argmax(axis=1)
     int8_pred = np.asarray(int8_logits).argmax(axis=1)
-    out: dict = {"n": int(len(fp32_pred)), "agreement": agreement_metrics(fp32_logits, int8_logits)}
+    out: dict = {"n": len(fp32_pred), "agreement": agreement_metrics(fp32_logits, int8_logits)}
     if embedding_cosine is not None:
         cos = np.asarray(embedding_cosine, dtype=np.float64)
         out["embedding_cosine"] = {"mean": float(cos.mean()) if len(cos) else None,

@@ -35,7 +35,7 @@ from calib.placement import ALL_PRESET_OPS, Placement, ResolvedPlacement, resolv
 
 log = logging.getLogger(__name__)
 
-# Ops whose placement only ever quantizes inputs under the `tensorrt` preset.
+# The ops the quantizer inserts.
 QDQ_OP_TYPES = ("QuantizeLinear", "DequantizeLinear")
 
 
@@ -315,7 +315,8 @@ def quantize_qdq(
             candidates.append(name)
 
     skipped: dict[str, str] = {}
-    needed = _tensors_needed(model, resolved, candidates, per_channel) if candidates else {}
+    with _quiet_root_logger():
+        needed = _tensors_needed(model, resolved, candidates, per_channel) if candidates else {}
     chosen = []
     for name in candidates:
         if name not in needed:  # the quantizer declined it (e.g. no float input)

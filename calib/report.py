@@ -216,7 +216,7 @@ def report_data(evaluations: Sequence[Evaluation], sensitivity: dict | None = No
     return {
         "schema": SCHEMA,
         "title": title,
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "model": {"sha256": ev.data["model"]["sha256"], "path": ev.data["model"]["path"], "classes": classes},
         "dataset": ev.data["dataset"],
         "calibration": _calibration_recipe(ev),
@@ -312,19 +312,31 @@ def render_markdown(data: dict, layers: int = 25) -> str:
     if data.get("sensitivity"):
         s = data["sensitivity"]
         lines += ["", "## Sensitivity and fallback", "", s["note"], "",
-                  f"Budget: drop ≤ {s['budget']['max_drop']} points, agreement ≥ {s['budget']['min_agreement']}; "
-                  f"{s['evaluations_used']} of {s['budget']['max_evaluations']} evaluations; ranking: {s['ranking_method']}.", ""]
+                  (f"Budget: drop ≤ {s['budget']['max_drop']} points, agreement ≥ {s['budget']['min_agreement']}; "
+                   f"{s['evaluations_used']} of {s['budget']['max_evaluations']} evaluations; ranking: {s['ranking_method']}."), ""]
         lines += [f"- `{n}`" for n in s["exclude_nodes"]] or ["- (no exclusions)"]
     b, env = data["build"], data["environment"]
     lines += ["", "## Provenance", "", f"- model sha256: `{data['model']['sha256']}`",
               f"- dataset: {data['dataset']['source']} split {data['dataset'].get('split')} fingerprint `{data['dataset']['fingerprint']}`",
-              f"- calibration: {_fmt((data.get('calibration') or {}).get('calibration'))}",
-              f"- calibrator: {_fmt(b['calibrator'])}; placement: {_fmt(_placement_text(b['placement']))}; "
-              f"exclusions: {len(b['exclusions'])}",
+              f"- calibration: {_fmt((data.get('calibration') or {}).get('calibration'))}; calibration set: {_calibset_text(data)}",
+              (f"- calibrator: {_fmt(b['calibrator'])}; placement: {_fmt(_placement_text(b['placement']))}; "
+               f"exclusions: {len(b['exclusions'])}"),
               f"- engine: {_fmt(b['engine_name'])} ({_fmt(b['backend'])}), Q/DQ sha256 `{_fmt(b['qdq_sha256'])}`",
               "- libraries: " + ", ".join(f"{k} {v}" for k, v in env["libraries"].items() if v),
               f"- machine: {env['machine']['platform']}, {env['machine']['cpu_count']} CPUs, Python {env['python']}", ""]
     return "\n".join(lines)
+
+
+def _calibset_text(data: dict) -> str:
+    cal = data.get("calibration") or {}
+    cs = cal.get("calibration_set") or {}
+    if not cs:
+        return "unknown (pass the calibration run to calib validate --calibration)"
+    extra = cal.get("calibration_set_summary") or {}
+    parts = [f"{cs.get('strategy')} × {cs.get('size')} texts from {cs.get('dataset')}"]
+    if extra:
+        parts.append(f"target {extra.get('target')}, KS {extra.get('ks')}, seed {extra.get('seed')}")
+    return "; ".join(parts) + f" ({cs.get('dir')})"
 
 
 def _placement_text(p) -> str | None:
@@ -440,8 +452,8 @@ padding:3px 8px;text-align:right}th{background:#f4f4f4}td:first-child,th:first-c
 def render_html(data: dict, layers: int = 25) -> str:
     """A self-contained HTML page: inline CSS and SVG, no scripts, no external references."""
     h = data["headline"]
-    out = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(data['title'])}</title>"
-           f"<style>{_CSS}</style></head><body><h1>{html.escape(data['title'])}</h1>"]
+    out = [(f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(data['title'])}</title>"
+            f"<style>{_CSS}</style></head><body><h1>{html.escape(data['title'])}</h1>")]
     if not h["labelled"]:
         out.append(f'<p class="note"><b>Agreement-only report:</b> {html.escape(h["note"])}</p>')
     rows = []
@@ -518,6 +530,7 @@ def render_html(data: dict, layers: int = 25) -> str:
     prov = [["model sha256", data["model"]["sha256"]],
             ["dataset", f"{data['dataset']['source']} [{data['dataset'].get('split')}] fingerprint {data['dataset']['fingerprint']}"],
             ["calibration", _fmt((data.get("calibration") or {}).get("calibration"))],
+            ["calibration set", _calibset_text(data)],
             ["calibrator", _fmt(b["calibrator"])], ["placement", _fmt(_placement_text(b["placement"]))],
             ["exclusions", ", ".join(b["exclusions"]) or "none"],
             ["engine", f"{_fmt(b['engine_name'])} ({_fmt(b['backend'])})"], ["Q/DQ sha256", _fmt(b["qdq_sha256"])],

@@ -54,7 +54,7 @@ class SampleResult:
 
     @property
     def size(self) -> int:
-        return int(len(self.rows))
+        return len(self.rows)
 
 
 def largest_remainder(shares: np.ndarray, total: int) -> np.ndarray:
@@ -106,7 +106,7 @@ def _strategy_shares(strategy: str, pool_buckets: np.ndarray, k: int, target: np
     """Planned share of each bucket (K,), or None for ``natural``."""
     if strategy == "natural":
         return None
-    if strategy == "match":
+    if strategy == "match" and target is not None:
         return np.bincount(bucket_index(target, edges), minlength=k).astype(np.float64)
     if strategy == "uniform":
         return (np.bincount(pool_buckets, minlength=k) > 0).astype(np.float64)
@@ -305,8 +305,7 @@ def _label_quota(labels: np.ndarray, size: int, target_labels: np.ndarray | None
             quota = quota + np.minimum(largest_remainder(room, int(over.sum())), avail - quota)
         if quota.sum() < size:  # rounding against capacity: fill wherever room is left, in order
             for i in range(len(strata)):
-                add = min(size - quota.sum(), avail[i] - quota[i])
-                quota[i] += add
+                quota[i] += min(size - int(quota.sum()), int(avail[i] - quota[i]))
     return {int(c): int(q) for c, q in zip(strata, quota)}
 
 

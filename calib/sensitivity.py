@@ -213,9 +213,7 @@ def passes(entry: Mapping, config: SensitivityConfig) -> bool:
     if entry["top1_agreement"] < config.min_agreement - 1e-12:
         return False
     cos = entry.get("embedding_cosine")
-    if config.min_embedding_cosine is not None and cos is not None and cos < config.min_embedding_cosine:
-        return False
-    return True
+    return not (config.min_embedding_cosine is not None and cos is not None and cos < config.min_embedding_cosine)
 
 
 def make_units(nodes: Sequence[str], granularity: str) -> list[Unit]:
@@ -233,8 +231,8 @@ def local_scores(model_path: Path, qdq_path: Path, quantized_nodes: Sequence[str
 
     Non-finite ranges (e.g. a ``-inf`` attention mask) score infinity; nodes left out of the Q/DQ
     graph for lack of a usable range are not scored (they are already in float)."""
-    from calib.layers import LayerAnalysis, producer_order, quantized_tensors
     from calib.batching import iter_batches
+    from calib.layers import LayerAnalysis, producer_order, quantized_tensors
 
     ref = onnx.load(str(model_path))
     qdq = onnx.load(str(qdq_path))

@@ -297,7 +297,7 @@ def position_mask(roles: Sequence[str], mask: np.ndarray) -> np.ndarray | None:
 class _Accumulator:
     """Running statistics of one tensor (see module docstring for the histogram scheme)."""
 
-    __slots__ = ("bins", "hist", "range", "fixed_range", "min", "max", "count", "nan", "posinf", "neginf")
+    __slots__ = ("bins", "count", "fixed_range", "hist", "max", "min", "nan", "neginf", "posinf", "range")
 
     def __init__(self, bins: int, fixed_range: float | None = None) -> None:
         self.bins = bins
@@ -337,7 +337,7 @@ class _Accumulator:
         # smallest power of two above absmax; at least 2**-100 so bins/range stays finite in float32
         new_range = max(float(2.0 ** np.frexp(absmax)[1]), 2.0 ** -100)
         if self.range > 0:
-            steps = int(round(np.log2(new_range / self.range)))
+            steps = round(np.log2(new_range / self.range))
             for _ in range(min(steps, int(np.log2(self.bins)))):  # after log2(bins) merges all is in bin 0
                 merged = self.hist[0::2] + self.hist[1::2]
                 self.hist[:] = 0

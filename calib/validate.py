@@ -93,15 +93,15 @@ class EngineSource:
     def describe(self) -> dict:
         """Placement, exclusions and calibrator as the build recorded them (best effort)."""
         b = self.build
-        quantize = b.get("quantize") if isinstance(b.get("quantize"), Mapping) else {}
+        ranges = b.get("ranges") if isinstance(b.get("ranges"), Mapping) else {}
         return {
             "kind": self.kind, "path": str(self.path), "qdq_model": str(self.qdq_path),
             "qdq_sha256": sha256_file(self.qdq_path),
-            "backend": b.get("backend", "onnxruntime"),
-            "placement": b.get("placement", quantize.get("placement")),
-            "exclusions": b.get("exclusions", b.get("excluded_nodes", quantize.get("excluded_nodes"))),
-            "calibrator": b.get("method", b.get("calibrator")),
-            "calibration": b.get("calibration"),
+            "backend": b.get("backend", "ort"),
+            "placement": b.get("placement"),
+            "exclusions": b.get("excluded_nodes"),  # node -> why it stays in float
+            "calibrator": ranges.get("method"),
+            "calibration": ranges.get("source"),
         }
 
 
@@ -113,7 +113,8 @@ def resolve_engine(path: str | Path) -> EngineSource:
         if not meta_path.is_file():
             raise InputError(f"engine folder {path} has no {ENGINE_FILE}; give a build run folder or a Q/DQ .onnx file")
         build = read_json(meta_path)
-        qdq = path / str(build.get("qdq_model", QDQ_MODEL_FILE))
+        qdq_meta = build.get("qdq") if isinstance(build.get("qdq"), Mapping) else {}
+        qdq = path / str(qdq_meta.get("file", QDQ_MODEL_FILE))
         if not qdq.is_file():
             raise InputError(f"engine folder {path} has no Q/DQ model {qdq.name}")
         return EngineSource("build", path, qdq, build)
@@ -160,9 +161,9 @@ def int8_engine(source: EngineSource, threads: int | None = None):
         try:
             from calib.build import EngineArtifact
         except ImportError:
-            EngineArtifact = None  # noqa: N806
+            EngineArtifact = None
         if EngineArtifact is not None:
-            return EngineArtifact.load(source.path).engine("int8")
+            return EngineArtifact.load(source.path).engine("int8", threads=threads)
     return OrtEngine(OrtSessionLoader(source.qdq_path, threads=threads), name="onnxruntime-int8")
 
 
@@ -229,7 +230,7 @@ def load_eval_data(config: ValidateConfig, spec: ModelSpec, n_logits: int | None
     texts, pairs = texts_of(ds, base)
     encoded = encode(load_tokenizer(str(spec.tokenizer_dir)), texts, pairs, max_length=spec.max_length)
     info = {
-        "source": config.data, "split": config.split, "fingerprint": data_fingerprint, "rows_total": total, "rows_evaluated": int(len(rows)),
+        "source": config.data, "split": config.split, "fingerprint": data_fingerprint, "rows_total": total, "rows_evaluated": len(rows),
         "limit": config.limit, "seed": config.seed, "text_column": config.text_column,
         "label_column": label_column, "labelled": labels is not None, "note": note,
         "truncation_rate": encoded.truncation_rate, "max_length": spec.max_length,
@@ -300,8 +301,8 @@ def calibrated_amax(calibration: str | Path, model_sha256: str = "") -> tuple[di
 
         try:
             info["calibration_set_summary"] = CalibrationSet.load(calset_dir).summary()
-        except Exception:  # noqa: BLE001 - provenance is best effort; the ranges are what matter
-            pass
+        except (InputError, KeyError) as exc:  # provenance is best effort; the ranges are what matter
+            info["calibration_set_summary"] = {"unreadable": str(exc)}
     return table, info
 
 

@@ -9,7 +9,12 @@ import pytest
 from scipy.stats import entropy as scipy_kl
 
 from calib.calibrators import (
-    compute_ranges, entropy_amax, entropy_divergences, mse_amax, mse_errors, percentile_amax,
+    compute_ranges,
+    entropy_amax,
+    entropy_divergences,
+    mse_amax,
+    mse_errors,
+    percentile_amax,
 )
 from calib.errors import InputError
 from calib.stats import ActivationStats, TensorStats, tensor_stats_from_arrays
@@ -92,7 +97,7 @@ def test_entropy_damping_changes_the_zero_spike():
     damped = entropy_amax(make_stats(hist), damp_zero_bin=True)
     plain = entropy_amax(make_stats(hist), damp_zero_bin=False)
     assert damped != plain
-    cands, kl = entropy_divergences(hist, damp_zero_bin=True)
+    cands, _ = entropy_divergences(hist, damp_zero_bin=True)
     assert cands[0] == 128 and cands[-1] == 2048
 
 

@@ -10,11 +10,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 import tinymodel
+
 from calib.batching import plan_batches
 from calib.calibset import (
-    AssembleConfig, CalibrationSet, assemble, config_from_dict, derive_profile, load_recipe, parse_target,
+    AssembleConfig,
+    CalibrationSet,
+    assemble,
+    config_from_dict,
+    derive_profile,
+    load_recipe,
+    parse_target,
     save_recipe,
 )
 from calib.cli import main
@@ -199,19 +205,19 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[dict, str]]:
     lengths = tmp_path / "lengths.json"
     lengths.write_text("[12, -3]")
     return {
-        "empty dataset": (dict(source=str(empty)), "is empty"),
-        "size larger than the pool": (dict(size=241), "has only 240.*replace"),
-        "non-text column": (dict(source=str(numbers)), "not text"),
-        "null texts": (dict(source=str(mixed)), "empty \\(null\\)"),
-        "unknown label column": (dict(label_column="stars"), "no label column 'stars'"),
-        "malformed lengths file": (dict(strategy="match", target_kind="lengths", target_source=str(lengths)),
+        "empty dataset": ({"source": str(empty)}, "is empty"),
+        "size larger than the pool": ({"size": 241}, "has only 240.*replace"),
+        "non-text column": ({"source": str(numbers)}, "not text"),
+        "null texts": ({"source": str(mixed)}, "empty \\(null\\)"),
+        "unknown label column": ({"label_column": "stars"}, "no label column 'stars'"),
+        "malformed lengths file": ({"strategy": "match", "target_kind": "lengths", "target_source": str(lengths)},
                                    "lengths.json.*non-negative"),
-        "missing lengths file": (dict(target_kind="lengths", target_source=str(tmp_path / "nope.csv")), "does not exist"),
-        "eval split of a plain file": (dict(target_kind="eval"), "no separate 'eval' split"),
-        "custom without weights": (dict(strategy="custom"), "needs 5 bucket weights"),
-        "bad edges": (dict(edges=(0, 32, 16)), "edges"),
-        "bad strategy": (dict(strategy="longest"), "unknown strategy"),
-        "bad model": (dict(model=str(tmp_path / "nope.onnx")), "does not exist"),
+        "missing lengths file": ({"target_kind": "lengths", "target_source": str(tmp_path / "nope.csv")}, "does not exist"),
+        "eval split of a plain file": ({"target_kind": "eval"}, "no separate 'eval' split"),
+        "custom without weights": ({"strategy": "custom"}, "needs 5 bucket weights"),
+        "bad edges": ({"edges": (0, 32, 16)}, "edges"),
+        "bad strategy": ({"strategy": "longest"}, "unknown strategy"),
+        "bad model": ({"model": str(tmp_path / "nope.onnx")}, "does not exist"),
     }
 
 
@@ -273,10 +279,11 @@ def test_cli_bad_input_is_one_line(tiny_model_path, tiny_tokenizer_dir, tiny_csv
 
 @pytest.mark.demo
 def test_demo_short_only_natural_set_is_flagged_and_match_is_not(demo_workspace, tmp_path):
-    """bbc-topic: a natural set drawn from short texts only misses the long evaluation texts; a
-    match set drawn from the whole pool covers them."""
+    """bbc-topic: a natural 128-text set drawn from short texts only misses the long evaluation
+    texts and is flagged; a match set drawn from the whole pool covers them and is not."""
     from calib.calibset import demo_values
     from calib.data import load_rows
+    from calib.model import load_model
     from calib.workspace import Workspace
 
     ws = Workspace(demo_workspace)
@@ -284,15 +291,14 @@ def test_demo_short_only_natural_set_is_flagged_and_match_is_not(demo_workspace,
     base = config_from_dict({**values, "size": 128, "seed": 0, "target_kind": "eval"})
     spec_pool = base.data_spec()
     pool = load_rows(spec_pool)
-    from calib.model import load_model
-
     model = load_model(base.model, base.tokenizer, max_length=base.max_length)
     lengths = token_lengths(model, spec_pool, ws).lengths
+    # BBC articles are long (none under 128 tokens): "short" here is shorter than the model's window
+    short = lengths < base.max_length
+    assert short.sum() >= 128
     short_only = tmp_path / "short"
-    pool.select(np.flatnonzero(lengths <= 128).tolist()).save_to_disk(str(short_only))
-    assert (lengths <= 128).sum() >= 128
+    pool.select(np.flatnonzero(short).tolist()).save_to_disk(str(short_only))
 
-    # the eval split of the demo is the target for both sets
     natural_cfg = dataclasses.replace(base, source=str(short_only), split=None, strategy="natural",
                                       target_kind="dataset", target_source=values["source"], target_split="eval")
     natural = assemble(natural_cfg, tmp_path / "natural")
@@ -303,3 +309,23 @@ def test_demo_short_only_natural_set_is_flagged_and_match_is_not(demo_workspace,
     assert match.coverage.warnings == (), match.coverage.warnings
     assert match.coverage.ks < natural.coverage.ks
     assert match.profile["sequence"]["max"] == base.max_length
+
+
+def test_sentence_pairs_round_trip(tiny_model_path, tiny_tokenizer_dir, tmp_path):
+    rng = np.random.default_rng(0)
+    words = np.array(tinymodel.WORDS)
+    rows = [{"premise": " ".join(rng.choice(words, rng.integers(2, 20))),
+             "hypothesis": " ".join(rng.choice(words, rng.integers(2, 20))), "label": ["yes", "no"][i % 2]}
+            for i in range(40)]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    config = AssembleConfig(model=str(tiny_model_path), tokenizer=str(tiny_tokenizer_dir), source=str(path),
+                            text_column="premise", pair_column="hypothesis", size=10, strategy="uniform",
+                            edges=(0, 16, 32), max_length=64)
+    cset = assemble(config, tmp_path / "set")
+    texts, pairs = cset.texts()
+    assert texts == [rows[i]["premise"] for i in cset.row_ids]
+    assert pairs == [rows[i]["hypothesis"] for i in cset.row_ids]
+    encoded = cset.encode()
+    np.testing.assert_array_equal(encoded.full_lengths, cset.lengths)
+    assert (encoded.token_type_ids == 1).any()  # second segments are marked

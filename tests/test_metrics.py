@@ -6,8 +6,14 @@ import numpy as np
 import pytest
 
 from calib.errors import InputError
-from calib.metrics import (agreement_metrics, bucketed_comparison, classification_metrics, paired_bootstrap_diff,
-                           row_cosine, softmax)
+from calib.metrics import (
+    agreement_metrics,
+    bucketed_comparison,
+    classification_metrics,
+    paired_bootstrap_diff,
+    row_cosine,
+    softmax,
+)
 
 
 def test_classification_metrics_known_answer():

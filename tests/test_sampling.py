@@ -59,7 +59,7 @@ def test_requested_size_is_always_met(pool, data, strategy, stratify, shortfall)
 def test_same_seed_same_rows(pool, strategy, stratify, seed):
     lengths, labels, rng = pool
     target = rng.integers(2, 600, 80)
-    kwargs = dict(edges=EDGES, target=target, weights=[1, 2, 3, 1, 0, 1], stratify=stratify, seed=seed)
+    kwargs = {"edges": EDGES, "target": target, "weights": [1, 2, 3, 1, 0, 1], "stratify": stratify, "seed": seed}
     a = sample(lengths, labels, len(lengths) // 2, strategy, **kwargs)
     b = sample(lengths, labels, len(lengths) // 2, strategy, **kwargs)
     np.testing.assert_array_equal(a.rows, b.rows)
@@ -191,16 +191,16 @@ def test_match_follows_the_target_buckets():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(lengths=np.zeros(0, np.int64), size=1), "pool is empty"),
-    (dict(size=0), "positive integer"),
-    (dict(strategy="longest"), "unknown sampling strategy"),
-    (dict(shortfall="skip"), "unknown shortfall"),
-    (dict(strategy="match"), "needs target lengths"),
-    (dict(stratify=True, labels=None), "needs a label column"),
-    (dict(edges=(0, 64, 32)), "edges"),
+    ({"lengths": np.zeros(0, np.int64), "size": 1}, "pool is empty"),
+    ({"size": 0}, "positive integer"),
+    ({"strategy": "longest"}, "unknown sampling strategy"),
+    ({"shortfall": "skip"}, "unknown shortfall"),
+    ({"strategy": "match"}, "needs target lengths"),
+    ({"stratify": True, "labels": None}, "needs a label column"),
+    ({"edges": (0, 64, 32)}, "edges"),
 ])
 def test_bad_sampling_requests(kwargs, message):
-    args = dict(lengths=np.arange(10, 20), labels=np.zeros(10, int), size=5, strategy="natural")
+    args = {"lengths": np.arange(10, 20), "labels": np.zeros(10, int), "size": 5, "strategy": "natural"}
     args.update(kwargs)
     with pytest.raises(InputError, match=message):
         sample(args.pop("lengths"), args.pop("labels"), args.pop("size"), args.pop("strategy"), **args)

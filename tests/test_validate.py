@@ -8,8 +8,8 @@ import numpy as np
 import onnx
 import pandas as pd
 import pytest
-
 import tinymodel
+
 from calib.errors import InputError, ModelMismatchError
 
 
@@ -116,9 +116,9 @@ def test_bad_inputs_are_refused_before_writing(tiny_spec, tiny_qdq, tiny_csv, tm
     # an engine made from another model (different weights) is refused
     other = tmp_path / "other.onnx"
     onnx.save(tinymodel.build_model(seed=9), str(other))
+    from calib.model import load_model
     from calib.placement import Placement
     from calib.quantize import quantize_qdq
-    from calib.model import load_model
 
     other_spec = load_model(other, tiny_spec.tokenizer_dir, max_length=64)
     amax = absmax_ranges(other_spec, texts, "tensorrt")

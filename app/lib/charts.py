@@ -42,6 +42,7 @@ def length_histogram(series: Mapping[str, np.ndarray], max_length: int, *, title
                 scale=alt.Scale(domain=[0, int(edges[-1])])),
         x2="to:Q",
         y=alt.Y("share:Q", title="share of texts", axis=alt.Axis(format="%"), stack=None),
+        y2=alt.datum(0),  # bars from zero (x/x2 alone would make vega-lite draw horizontal ranges)
         color=color,
         tooltip=["series", "from", "to", "texts", alt.Tooltip("share:Q", format=".1%")],
     )

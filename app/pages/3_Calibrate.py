@@ -113,19 +113,16 @@ for i, t in enumerate(stats.tensors):
 table = pd.DataFrame(rows)
 methods_run = list(ranges)
 
-left, right = st.columns([3, 2])
-with left:
-    long = table.melt(id_vars=["#", "tensor"], value_vars=methods_run, var_name="method", value_name="amax")
-    long = long[long["amax"].map(lambda v: v is not None and math.isfinite(v) and v > 0)]
-    chart = alt.Chart(long).mark_line(point=alt.OverlayMarkDef(size=18), strokeWidth=1.2).encode(
-        x=alt.X("#:Q", title="tensor (graph order)"),
-        y=alt.Y("amax:Q", scale=alt.Scale(type="log"), title="amax (log)"),
-        color=method_color(methods_run),
-        tooltip=["tensor", "method", alt.Tooltip("amax:Q", format=".4g")],
-    ).properties(height=320, title="amax by calibrator, per tensor")
-    st.altair_chart(chart, width="stretch")
-with right:
-    st.markdown("**Per-tensor ranges**")
+long = table.melt(id_vars=["#", "tensor"], value_vars=methods_run, var_name="method", value_name="amax")
+long = long[long["amax"].map(lambda v: v is not None and math.isfinite(v) and v > 0)]
+chart = alt.Chart(long).mark_line(point=alt.OverlayMarkDef(size=18), strokeWidth=1.2).encode(
+    x=alt.X("#:Q", title="tensor (graph order)"),
+    y=alt.Y("amax:Q", scale=alt.Scale(type="log"), title="amax (log)"),
+    color=method_color(methods_run),
+    tooltip=["tensor", "method", alt.Tooltip("amax:Q", format=".4g")],
+).properties(height=320, title="amax by calibrator, per tensor")
+st.altair_chart(chart, width="stretch")
+with st.expander("Per-tensor ranges (table)", expanded=True):
     fmt = {m_: st.column_config.NumberColumn(m_, format="%.4g") for m_ in methods_run + ["min", "max",
                                                                                          "entropy / minmax"]}
     st.dataframe(table, hide_index=True, width="stretch", height=320, column_config=fmt)
@@ -145,7 +142,7 @@ if width > 0 and len(hist):
     frame = pd.DataFrame({"from": lo, "to": lo + width * group, "count": merged})
     bars = alt.Chart(frame).mark_bar(color="#9aa5b1", binSpacing=0).encode(
         x=alt.X("from:Q", title="|x|"), x2="to:Q",
-        y=alt.Y("count:Q", scale=alt.Scale(type="symlog"), title="values (symlog)"),
+        y=alt.Y("count:Q", scale=alt.Scale(type="symlog"), title="values (symlog)"), y2=alt.datum(0),
         tooltip=[alt.Tooltip("from:Q", format=".4g"), alt.Tooltip("to:Q", format=".4g"), "count:Q"])
     thresholds = pd.DataFrame([{"method": m_, "amax": r.amax[chosen]} for m_, r in ranges.items()
                                if chosen in r.amax and math.isfinite(r.amax[chosen])])

@@ -55,7 +55,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     how.add_argument("--target", help="what to match and compare against: eval[:SPLIT], dataset:SOURCE, "
                      "lengths:FILE (CSV/JSON lengths or histogram) or pool (default; eval with --demo)")
     how.add_argument("--weights", type=_float_list, help="bucket weights for --strategy custom, e.g. 1,1,2,2,1,0")
-    how.add_argument("--stratify", action="store_true", default=None, help="keep the label shares of the target")
+    how.add_argument("--stratify", action=argparse.BooleanOptionalAction, default=None,
+                     help="keep the label shares of the target (within one text)")
     how.add_argument("--shortfall", choices=("neighbours", "replace"),
                      help="when a bucket is short: take from neighbouring buckets (default) or sample with replacement")
     how.add_argument("--edges", type=_int_list, help="bucket edges in tokens (default 0,32,64,128,256,512)")

@@ -18,7 +18,7 @@ from calib.errors import InputError
 
 
 def default_threads() -> int:
-    return int(os.environ.get("CALIB_THREADS", 0)) or (os.cpu_count() or 1)
+    return int(os.environ.get("CALIB_THREADS", "0")) or (os.cpu_count() or 1)
 
 
 def session_options(threads: int | None = None):

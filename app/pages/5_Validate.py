@@ -1,0 +1,305 @@
+"""Validate: INT8 against FP32 on the evaluation data, per length bucket and per layer; find the
+layers to keep in float; write the report."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+APP_DIR = Path(__file__).resolve().parents[1]
+if str(APP_DIR) not in sys.path:
+    sys.path.insert(0, str(APP_DIR))
+
+import altair as alt  # noqa: E402
+import pandas as pd  # noqa: E402
+import streamlit as st  # noqa: E402
+
+from calib.build import BuildConfig, EngineArtifact, build  # noqa: E402
+from calib.report import Report, ReportConfig, make_report  # noqa: E402
+from calib.sensitivity import (GRANULARITIES, RANKINGS, SensitivityConfig, SensitivityResult,  # noqa: E402
+                               analyze_sensitivity, exact_pattern)
+from calib.validate import Evaluation, ValidateConfig, validate  # noqa: E402
+
+from lib.charts import method_color  # noqa: E402
+from lib.context import attempt, shown_errors  # noqa: E402
+from lib.project import data_spec, model_spec  # noqa: E402
+from lib.ui import download_file, job_section, last_outcome, pick_run, start_page, submit  # noqa: E402
+
+page = start_page("Validate", ":material/fact_check:",
+                  "The INT8 model against FP32 on the evaluation data: accuracy, top-1 agreement, per length "
+                  "bucket and per layer. The sensitivity analysis finds the fewest layers to keep in float.")
+ws, project = page.ws, page.project
+
+with shown_errors("Reading the project"):
+    spec = model_spec(ws, project)
+    eval_spec = data_spec(ws, project, "eval")
+
+
+def build_config_of(run) -> BuildConfig:
+    """The BuildConfig a build run was made with (its registry parameters)."""
+    values = dict(run.params)
+    for name in ("include_nodes", "exclude_nodes", "include_op_types", "exclude_op_types", "profile"):
+        values[name] = tuple(values.get(name) or ())
+    return BuildConfig(**values)
+
+
+def calibration_of(build_run) -> str | None:
+    for parent in build_run.parents:
+        if parent.startswith("calibrate-") and ws.run_dir(parent).is_dir():
+            return str(ws.run_dir(parent))
+    cal = build_run.params.get("calibration")
+    return cal if cal and Path(cal).is_dir() else None
+
+
+# -- validate ------------------------------------------------------------------------------------
+st.subheader("Validate an INT8 build")
+build_run = pick_run(page, "build", "INT8 build", key="val-build", model_sha256=None)
+if build_run is None:
+    st.info("No INT8 build yet: build one on the Build page first.", icon=":material/info:")
+    st.page_link("pages/4_Build.py", label="Go to Build", icon=":material/construction:")
+else:
+    art = attempt(EngineArtifact.load, build_run.dir, what="Opening the build")
+    if art is not None and art.model_sha256 != spec.sha256:
+        st.warning("This build was made from another model than the project's; validating it against the "
+                   "project's model will be refused.", icon=":material/warning:")
+    st.caption(f"Evaluation data: `{eval_spec.describe()}` (from the project)")
+    c1, c2, c3, c4 = st.columns(4)
+    limit = c1.number_input("Texts to evaluate (0 = all)", min_value=0, value=0, step=32, key="val-limit")
+    layers_on = c2.checkbox("Per-layer analysis", value=True, key="val-layers")
+    layer_rows = c3.number_input("Texts for the per-layer analysis", min_value=1, value=64, step=16,
+                                 key="val-layer-rows", disabled=not layers_on)
+    bootstrap = c4.number_input("Bootstrap resamples (confidence intervals)", min_value=0, value=1000, step=100,
+                                key="val-bootstrap")
+    calibration = calibration_of(build_run)
+    config = ValidateConfig(
+        engine=str(build_run.dir), model=str(spec.onnx_path), tokenizer=str(spec.tokenizer_dir),
+        data=eval_spec.source, text_column=eval_spec.text_column, label_column=eval_spec.label_column,
+        text_pair_column=eval_spec.text_pair_column, split=eval_spec.split, workspace=str(ws.root),
+        labels=tuple(spec.labels), max_length=int(spec.max_length), limit=int(limit), layers=bool(layers_on),
+        layer_rows=int(layer_rows), calibration=calibration, bootstrap=int(bootstrap))
+    last_outcome(page, "validate")
+    if job_section(page, "validate", "Validating") is None:
+        if st.button("Validate", type="primary", key="val-run", icon=":material/play_arrow:"):
+            submit(page, "validate", validate, config, parents=(build_run.id,), label=build_run.label)
+            st.rerun()
+
+st.divider()
+st.subheader("Results")
+run = pick_run(page, "validate", "Validation run", key="val-pick")
+if run is None:
+    st.info("No validation yet.", icon=":material/info:")
+    st.stop()
+with shown_errors("Opening the validation"):
+    ev = Evaluation.load(run.dir)
+o = ev.overall
+agreement = o["agreement"]
+m = st.columns(6)
+if ev.labelled:
+    acc32, acc8 = o["fp32"]["accuracy"], o["int8"]["accuracy"]
+    drop = o.get("accuracy_drop_points")
+    ci = o.get("accuracy_diff_ci") or {}
+    m[0].metric("FP32 accuracy", f"{acc32 * 100:.2f} %")
+    m[1].metric("INT8 accuracy", f"{acc8 * 100:.2f} %", delta=f"{-drop:+.2f} points" if drop is not None else None)
+    if ci.get("low") is not None:
+        m[2].metric("95 % interval of INT8 − FP32", f"[{ci['low'] * 100:+.2f}, {ci['high'] * 100:+.2f}] pts")
+else:
+    m[0].metric("Labels", "none")
+    st.caption(ev.data["dataset"].get("note") or "The evaluation data has no labels: agreement only.")
+m[3].metric("Top-1 agreement", f"{agreement['top1_agreement'] * 100:.2f} %")
+m[4].metric("KL(FP32‖INT8)", f"{agreement['kl_softmax']:.2e}")
+if "embedding_cosine" in o:
+    m[5].metric("Embedding cosine", f"{o['embedding_cosine']['mean']:.4f}")
+st.caption(f"{o['n']} texts · engine {ev.data['engine'].get('name')} · calibrator "
+           f"{ev.data['engine'].get('calibrator') or '?'} · run `{run.id}`")
+
+tab_buckets, tab_layers, tab_sens, tab_report = st.tabs(
+    ["Per length bucket", "Per layer", "Sensitivity", "Report"])
+
+with tab_buckets:
+    rows = []
+    for b in ev.buckets:
+        row = {"bucket": b["bucket"], "texts": b["n"], "agreement": b["agreement"]["top1_agreement"] if b["n"] else None}
+        if ev.labelled and b["n"]:
+            row.update({"FP32 accuracy": (b.get("fp32") or {}).get("accuracy"),
+                        "INT8 accuracy": (b.get("int8") or {}).get("accuracy"),
+                        "drop (points)": b.get("accuracy_drop_points")})
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    order = list(frame["bucket"])
+    value_cols = [c for c in ("FP32 accuracy", "INT8 accuracy", "agreement") if c in frame.columns]
+    long = frame.melt(id_vars=["bucket", "texts"], value_vars=value_cols, var_name="measure", value_name="value")
+    long = long.dropna(subset=["value"])
+    bars = alt.Chart(long).mark_bar().encode(
+        x=alt.X("bucket:N", sort=order, title="length bucket (tokens, before truncation)"),
+        xOffset=alt.XOffset("measure:N", sort=value_cols),
+        y=alt.Y("value:Q", axis=alt.Axis(format="%"), scale=alt.Scale(zero=False), title=None),
+        color=alt.Color("measure:N", sort=value_cols, title=None,
+                        scale=alt.Scale(domain=value_cols, range=["#9aa5b1", "#4c78a8", "#54a24b"][:len(value_cols)])),
+        tooltip=["bucket", "texts", "measure", alt.Tooltip("value:Q", format=".2%")])
+    st.altair_chart(bars.properties(height=300), width="stretch")
+    st.dataframe(frame, hide_index=True, width="stretch",
+                 column_config={c: st.column_config.NumberColumn(c, format="percent") for c in value_cols})
+
+with tab_layers:
+    layers = ev.layers
+    if not layers:
+        st.info("This validation ran without the per-layer analysis.", icon=":material/info:")
+    else:
+        first = layers.get("first_degraded")
+        if first:
+            st.warning(f"First degraded tensor in network order: `{first}` (SQNR below "
+                       f"{layers['degraded_sqnr_db']:g} dB or cosine below {layers['degraded_cosine']:g}).",
+                       icon=":material/warning:")
+        else:
+            st.success("No quantized tensor is degraded (all above the SQNR and cosine thresholds).",
+                       icon=":material/check_circle:")
+        q = [r for r in layers["tensors"] if r.get("quantized")]
+        sq = pd.DataFrame([{"#": i, "tensor": r["tensor"], "SQNR (dB)": r.get("sqnr_db"),
+                            "cosine": r.get("cosine"), "local SQNR (dB)": r.get("local_sqnr_db"),
+                            "engine amax": r.get("engine_amax"), "non-finite": r.get("nonfinite", 0)}
+                           for i, r in enumerate(q)])
+        if not sq.empty:
+            line = alt.Chart(sq.dropna(subset=["SQNR (dB)"])).mark_line(point=True).encode(
+                x=alt.X("#:Q", title="quantized tensor (network order)"),
+                y=alt.Y("SQNR (dB):Q", title="SQNR vs FP32 (dB)"),
+                tooltip=["tensor", alt.Tooltip("SQNR (dB):Q", format=".1f"), alt.Tooltip("cosine:Q", format=".4f")])
+            rule = alt.Chart(pd.DataFrame({"y": [layers["degraded_sqnr_db"]]})).mark_rule(
+                color="#e45756", strokeDash=[4, 4]).encode(y="y:Q")
+            st.altair_chart((line + rule).properties(height=280, title="SQNR per quantized tensor"), width="stretch")
+        range_rows = []
+        for i, r in enumerate(layers["tensors"]):
+            rng = r.get("ranges")
+            if not rng:
+                continue
+            range_rows.append({"#": i, "tensor": r["tensor"], "method": "fp32 absmax", "amax": rng.get("fp32_absmax")})
+            for method, info in rng["methods"].items():
+                range_rows.append({"#": i, "tensor": r["tensor"], "method": method, "amax": info.get("amax")})
+        rf = pd.DataFrame(range_rows)
+        if not rf.empty:
+            rf = rf[rf["amax"].map(lambda v: v is not None and math.isfinite(v) and v > 0)]
+            methods = list(dict.fromkeys(rf["method"]))
+            chart = alt.Chart(rf).mark_point(filled=True, size=30).encode(
+                x=alt.X("#:Q", title="tensor (network order)"),
+                y=alt.Y("amax:Q", scale=alt.Scale(type="log"), title="range (log)"),
+                color=method_color(methods) if "fp32 absmax" not in methods else alt.Color("method:N", title=None),
+                shape=alt.Shape("method:N", title=None),
+                tooltip=["tensor", "method", alt.Tooltip("amax:Q", format=".4g")])
+            st.altair_chart(chart.properties(height=280, title="Per-layer ranges: observed absmax vs calibrated amax"),
+                            width="stretch")
+        st.dataframe(sq, hide_index=True, width="stretch", height=300)
+
+with tab_sens:
+    st.markdown("Rank the quantized layers by the loss they cause and search the fewest to keep in float "
+                "so that INT8 stays within the budget.")
+    source_build = run.parents[0] if run.parents and run.parents[0].startswith("build-") else None
+    try:
+        src_run = ws.get_run(source_build) if source_build else None
+    except Exception:  # noqa: BLE001 - the build was deleted
+        src_run = None
+    if src_run is None:
+        st.info("The build of this validation is not in the workspace; sensitivity needs it.", icon=":material/info:")
+    else:
+        bconf = build_config_of(src_run)
+        c1, c2, c3, c4 = st.columns(4)
+        max_drop = c1.number_input("Max accuracy drop (points)", min_value=0.0, value=0.5, step=0.1, key="sens-drop")
+        min_agree = c2.number_input("Min top-1 agreement", min_value=0.0, max_value=1.0, value=0.99, step=0.005,
+                                    format="%.3f", key="sens-agree")
+        budget = c3.number_input("Max evaluations", min_value=2, value=24, step=2, key="sens-budget")
+        s_limit = c4.number_input("Texts per evaluation", min_value=8, value=256, step=32, key="sens-limit")
+        c1, c2 = st.columns(2)
+        granularity = c1.selectbox("Granularity", list(GRANULARITIES), key="sens-gran",
+                                   format_func={"node": "single nodes", "block": "transformer blocks"}.get)
+        ranking = c2.selectbox("Ranking", list(RANKINGS), key="sens-rank")
+        sconfig = SensitivityConfig(
+            model=str(spec.onnx_path), tokenizer=str(spec.tokenizer_dir), data=eval_spec.source,
+            ranges=bconf.calibration or bconf.ranges, method=bconf.method, text_column=eval_spec.text_column,
+            label_column=eval_spec.label_column, text_pair_column=eval_spec.text_pair_column, split=eval_spec.split,
+            workspace=str(ws.root), labels=tuple(spec.labels), max_length=int(spec.max_length),
+            preset=bconf.placement, include_nodes=bconf.include_nodes, exclude_nodes=bconf.exclude_nodes,
+            include_op_types=bconf.include_op_types, exclude_op_types=bconf.exclude_op_types,
+            granularity=granularity, ranking=ranking, max_drop=float(max_drop), min_agreement=float(min_agree),
+            max_evaluations=int(budget), limit=int(s_limit))
+        last_outcome(page, "sensitivity")
+        if job_section(page, "sensitivity", "Sensitivity analysis") is None:
+            if st.button("Find the layers to keep in float", type="primary", key="sens-run", icon=":material/search:"):
+                submit(page, "sensitivity", analyze_sensitivity, sconfig, parents=(src_run.id, run.id))
+                st.rerun()
+    srun = pick_run(page, "sensitivity", "Sensitivity run", key="sens-pick")
+    if srun is not None:
+        with shown_errors("Opening the sensitivity analysis"):
+            sens = SensitivityResult.load(srun.dir)
+        rec = sens.data["recommended"]
+        (st.success if rec["passes"] else st.warning)(rec["note"], icon=":material/check_circle:" if rec["passes"]
+                                                      else ":material/warning:")
+        c = st.columns(4)
+        c[0].metric("Recommended exclusions", len(rec["exclude_nodes"]))
+        c[1].metric("Evaluations used", f"{sens.data['evaluations_used']} / {sens.data['budget']['max_evaluations']}")
+        if rec.get("top1_agreement") is not None:
+            c[2].metric("Agreement with them", f"{rec['top1_agreement'] * 100:.2f} %",
+                        delta=f"{(rec['top1_agreement'] - sens.data['baseline']['top1_agreement']) * 100:+.2f} pts")
+        if rec.get("accuracy_drop_points") is not None:
+            c[3].metric("Accuracy drop with them", f"{rec['accuracy_drop_points']:.2f} pts")
+        ranking_rows = [{"rank": i + 1, "unit": r["unit"], "score": r["score"], "nodes": len(r["nodes"]),
+                         "recommended": r["unit"] in rec["units"]} for i, r in enumerate(sens.data["ranking"])]
+        st.markdown(f"**Ranking** ({sens.data['ranking_method']})")
+        st.dataframe(pd.DataFrame(ranking_rows), hide_index=True, width="stretch", height=260)
+        if rec["exclude_nodes"]:
+            st.code("\n".join(rec["exclude_nodes"]), language=None)
+            parent_build = next((p for p in srun.parents if p.startswith("build-")), None)
+            try:
+                prun = ws.get_run(parent_build) if parent_build else None
+            except Exception:  # noqa: BLE001
+                prun = None
+            if prun is not None:
+                active = job_section(page, "build", "Rebuilding")
+                last_outcome(page, "build")
+                if active is None and st.button("Rebuild with these exclusions", type="primary", key="sens-rebuild",
+                                                icon=":material/construction:"):
+                    base_config = build_config_of(prun)
+                    placement = base_config.placement_spec().with_exclusions(exact_pattern(n) for n in rec["exclude_nodes"])
+                    new_config = BuildConfig(**{**{f: getattr(base_config, f) for f in base_config.__dataclass_fields__},
+                                                "exclude_nodes": placement.exclude_nodes})
+                    rid = submit(page, "build", build, new_config, parents=tuple(prun.parents) + (srun.id,),
+                                 label=f"{prun.label} + {len(rec['exclude_nodes'])} float".strip())
+                    st.toast(f"Rebuilding as {rid}; validate it above when it is done.", icon=":material/construction:")
+                    st.rerun()
+
+with tab_report:
+    st.markdown("A report gathers this validation (and optionally others to compare and a sensitivity "
+                "analysis) into HTML, Markdown and JSON.")
+    others = [r for r in ws.list_runs(stage="validate", status="finished", limit=200) if r.id != run.id]
+    compare = st.multiselect("Compare with", [r.id for r in others], key="rep-compare")
+    sens_runs = [r for r in ws.list_runs(stage="sensitivity", status="finished", limit=50)]
+    sens_pick = st.selectbox("Sensitivity analysis to include", [None] + [r.id for r in sens_runs], key="rep-sens",
+                             format_func=lambda v: "(none)" if v is None else v)
+    title = st.text_input("Title", value=f"INT8 accuracy report — {project.title}", key="rep-title")
+    rconfig = ReportConfig(evaluations=(str(run.dir),) + tuple(str(ws.run_dir(r)) for r in compare),
+                           sensitivity=str(ws.run_dir(sens_pick)) if sens_pick else None, title=title)
+    last_outcome(page, "report")
+    if job_section(page, "report", "Writing the report") is None:
+        if st.button("Make the report", type="primary", key="rep-run", icon=":material/description:"):
+            submit(page, "report", make_report, rconfig, parents=(run.id,) + tuple(compare)
+                   + ((sens_pick,) if sens_pick else ()))
+            st.rerun()
+    rep_run = pick_run(page, "report", "Report", key="rep-pick")
+    if rep_run is not None:
+        report = attempt(Report.load, rep_run.dir, what="Opening the report")
+        if report is not None:
+            from calib.gate import check_gate
+
+            c1, c2 = st.columns(2)
+            gate_drop = c1.number_input("Gate: max drop (points)", min_value=0.0, value=0.5, step=0.1, key="gate-drop")
+            gate_agree = c2.number_input("Gate: min agreement", min_value=0.0, max_value=1.0, value=0.99, step=0.005,
+                                         format="%.3f", key="gate-agree")
+            gate = check_gate(report.data, max_drop=gate_drop if report.data["headline"]["labelled"] else None,
+                              min_agreement=gate_agree)
+            (st.success if gate.passed else st.error)(gate.reason, icon=":material/verified:" if gate.passed
+                                                      else ":material/block:")
+            cols = st.columns(3)
+            for col, (name, mime) in zip(cols, (("report.html", "text/html"), ("report.md", "text/markdown"),
+                                                ("report.json", "application/json"))):
+                with col:
+                    download_file(f"Download {name}", rep_run.dir / name, mime=mime, key=f"val-rep-{name}",
+                                  file_name=f"{rep_run.id}-{name}")
+            st.page_link("pages/6_Runs_and_reports.py", label="Open it on Runs & reports", icon=":material/history:")

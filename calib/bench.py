@@ -1,0 +1,185 @@
+"""Latency and throughput of FP32 vs INT8 over an evaluation split's length mix.
+
+For each engine (FP32 = ONNX Runtime over the source model, INT8 = the engine folder's INT8 engine)
+and each batch size, the texts are run in the same length-bucketed batches as every other stage
+(:func:`calib.batching.iter_batches`), after one warm-up pass. Per batch size we report latency
+p50/p95 per batch (ms), throughput (texts/s), the engine process's peak memory, and model sizes.
+Each engine runs in its own child process so its peak memory is its own.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from calib.errors import InputError
+from calib.io import atomic_write_json, read_json
+from calib.workspace import ProgressFn
+
+BENCH_FILE = "bench.json"
+FORMAT = "calib.bench/1"
+KINDS = ("fp32", "int8")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """``engine``: an engine folder (calib build). Texts: ``data`` (a calib.data source, e.g.
+    ``demo:bbc-topic``) with ``split`` and ``text_column``, tokenised with ``tokenizer`` at
+    ``max_length``; at most ``max_texts`` of them (0 = all)."""
+
+    engine: str
+    data: str
+    tokenizer: str
+    split: str | None = "eval"
+    text_column: str = "text"
+    max_length: int = 128
+    max_texts: int = 256
+    batch_sizes: tuple[int, ...] = (1, 8, 16)
+    repeats: int = 2
+    threads: int | None = None
+    workspace: str | None = None
+
+
+def _texts(config: BenchConfig) -> list[str]:
+    from calib.data import DataSpec, load_rows, texts_of
+
+    spec = DataSpec(source=config.data, text_column=config.text_column, label_column=None, split=config.split,
+                    workspace=config.workspace)
+    texts, _ = texts_of(load_rows(spec), spec)
+    if config.max_texts and len(texts) > config.max_texts:
+        # every k-th text keeps the split's length mix
+        texts = [texts[i] for i in np.linspace(0, len(texts) - 1, config.max_texts).astype(int)]
+    if not texts:
+        raise InputError(f"dataset {config.data} ({config.split}) has no texts to benchmark")
+    return texts
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def measure_engine(config: BenchConfig, kind: str, texts: list[str]) -> list[dict[str, Any]]:
+    """Rows for one engine kind (runs in a child process)."""
+    from calib.batching import encode, iter_batches
+    from calib.build import EngineArtifact
+    from calib.model import load_model, load_tokenizer
+
+    artifact = EngineArtifact.load(config.engine)
+    engine = artifact.engine(kind, threads=config.threads)
+    encoded = encode(load_tokenizer(config.tokenizer), texts, max_length=config.max_length)
+    dtypes = load_model(artifact.model_path, config.tokenizer, max_length=config.max_length).input_dtypes
+    rows = []
+    for batch_size in config.batch_sizes:
+        batches = list(iter_batches(encoded, dtypes, batch_size))
+        for batch in batches:  # warm-up: every shape once
+            engine.run(batch.feeds)
+        latencies = []
+        started = time.perf_counter()
+        for _ in range(config.repeats):
+            for batch in batches:
+                t0 = time.perf_counter()
+                engine.run(batch.feeds)
+                latencies.append(time.perf_counter() - t0)
+        total = time.perf_counter() - started
+        lat = np.asarray(latencies) * 1000.0
+        rows.append({
+            "engine": engine.name, "kind": kind, "batch_size": batch_size, "texts": len(texts),
+            "batches": len(batches), "p50_ms": float(np.percentile(lat, 50)), "p95_ms": float(np.percentile(lat, 95)),
+            "texts_per_s": len(texts) * config.repeats / total, "peak_rss_mb": _peak_rss_mb(),
+        })
+    return rows
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    dir: Path
+    meta: dict[str, Any] = field(compare=False)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> BenchResult:
+        directory = Path(directory)
+        path = directory / BENCH_FILE
+        if not path.is_file():
+            raise InputError(f"{directory} is not a benchmark run (no {BENCH_FILE})")
+        meta = read_json(path)
+        if meta.get("format") != FORMAT:
+            raise InputError(f"{path} is not a benchmark record")
+        return cls(directory, meta)
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        return list(self.meta["rows"])
+
+    def speedup(self, batch_size: int) -> float | None:
+        """INT8 throughput / FP32 throughput at ``batch_size``."""
+        by_kind = {r["kind"]: r["texts_per_s"] for r in self.rows if r["batch_size"] == batch_size}
+        if "fp32" in by_kind and "int8" in by_kind and by_kind["fp32"]:
+            return by_kind["int8"] / by_kind["fp32"]
+        return None
+
+    def summary(self) -> dict[str, Any]:
+        return {f"speedup_b{b}": round(s, 3) for b in self.meta["config"]["batch_sizes"]
+                if (s := self.speedup(b)) is not None}
+
+
+def model_sizes(artifact: Any) -> dict[str, float]:
+    """File sizes (MB) of the FP32 and Q/DQ models, and the Q/DQ model's weight bytes if the
+    quantized weights were stored as INT8 (what a TensorRT engine keeps)."""
+    import onnx
+
+    qdq = onnx.load(str(artifact.qdq_path))
+    inits = {t.name: t for t in qdq.graph.initializer}
+    quantized = {n.input[0] for n in qdq.graph.node if n.op_type == "QuantizeLinear" and n.input[0] in inits}
+    weight_bytes = 0
+    for name, tensor in inits.items():
+        count = int(np.prod(tensor.dims)) if tensor.dims else 1
+        weight_bytes += count if name in quantized else count * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    return {"fp32_model_mb": artifact.model_path.stat().st_size / 2**20,
+            "qdq_model_mb": artifact.qdq_path.stat().st_size / 2**20,
+            "int8_weights_mb": weight_bytes / 2**20}
+
+
+def benchmark(config: BenchConfig, out_dir: Path, *, progress: ProgressFn | None = None) -> BenchResult:
+    """Measure FP32 and INT8 at each batch size; write ``bench.json`` into ``out_dir``."""
+    from calib.build import EngineArtifact
+    from calib.pipeline import config_params
+
+    report = progress or (lambda fraction, message="": None)
+    if not config.batch_sizes or min(config.batch_sizes) < 1:
+        raise InputError(f"batch sizes must be positive integers, got {config.batch_sizes}")
+    if config.repeats < 1:
+        raise InputError(f"repeats must be at least 1, got {config.repeats}")
+    artifact = EngineArtifact.load(config.engine)
+    artifact.engine("fp32", threads=1)  # validates the FP32 model (exists, same sha256) up front
+    texts = _texts(config)
+    rows: list[dict[str, Any]] = []
+    context = multiprocessing.get_context("spawn")
+    for i, kind in enumerate(KINDS):
+        report(i / len(KINDS), f"{kind}: {len(texts)} texts x batch sizes {list(config.batch_sizes)}")
+        with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+            rows += pool.submit(measure_engine, config, kind, texts).result()
+    sizes = model_sizes(artifact)
+    lengths = _length_mix(config, texts)
+    meta = {"format": FORMAT, "config": config_params(config), "engine_summary": artifact.summary(),
+            "rows": rows, "sizes": sizes, "lengths": lengths}
+    atomic_write_json(Path(out_dir) / BENCH_FILE, meta)
+    report(1.0, "done")
+    return BenchResult.load(out_dir)
+
+
+def _length_mix(config: BenchConfig, texts: list[str]) -> dict[str, float]:
+    from calib.batching import encode
+    from calib.model import load_tokenizer
+
+    encoded = encode(load_tokenizer(config.tokenizer), texts, max_length=config.max_length)
+    lengths = encoded.lengths
+    return {"p50": float(np.percentile(lengths, 50)), "p95": float(np.percentile(lengths, 95)),
+            "max": float(lengths.max()), "truncated": float(encoded.truncation_rate)}

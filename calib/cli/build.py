@@ -1,0 +1,192 @@
+"""``calib build``: ranges -> INT8 engine folder; ``calib bench``: FP32 vs INT8 latency table.
+
+With ``--backend tensorrt`` on a machine without TensorRT (or without a GPU), ``calib build`` says
+so plainly, builds the portable part instead (Q/DQ model, calibration cache and ``trtexec.sh`` with
+the exact commands for the GPU machine, registered as a normal run) and exits with status 3, so a
+script that asked for a TensorRT engine notices it did not get one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+EXIT_NO_TENSORRT = 3
+
+_EXAMPLES = """examples:
+  calib build --calibration cal-20250101-abcd --method entropy --placement tensorrt
+  calib build --model model.onnx --ranges ranges/entropy.json --exclude 're:layer\\.0/.*output/dense' --backend ort
+  calib build --calibration cal-... --placement all          # every op: shows why naive INT8 fails
+  calib build --calibration cal-... --backend tensorrt        # TensorRT + GPU, else trtexec.sh
+  calib bench --engine eng-20250101-abcd --demo bbc-topic --batch-size 1 8 16
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from calib.build import BACKENDS
+    from calib.placement import PRESETS
+    from calib.trtcache import DEFAULT_TRT_VERSION
+
+    p = subparsers.add_parser(
+        "build", help="quantize the model with calibrated ranges into an INT8 engine (stage build)",
+        description="Insert Q/DQ with ONNX Runtime's quantizer fed our ranges (symmetric INT8, per-channel "
+                    "weights), write the INT8 ONNX model, a TensorRT calibration cache and trtexec commands; "
+                    "with --backend tensorrt also build a TensorRT engine.",
+        epilog=_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--calibration", metavar="RUN_ID_OR_DIR", help="calibration run (ranges per method)")
+    src.add_argument("--ranges", metavar="JSON", help="a ranges JSON file (calib.ranges format)")
+    p.add_argument("--model", help="FP32 ONNX model (default: the calibration set's model)")
+    p.add_argument("--method", default="entropy", help="range set of the calibration run (default entropy)")
+    p.add_argument("--placement", choices=PRESETS, default="tensorrt",
+                   help="tensorrt: inputs of MatMul/Gemm/Conv only (default); all: every supported op")
+    p.add_argument("--exclude", nargs="+", default=[], metavar="PATTERN",
+                   help="node names to keep in float (glob, or re:REGEX)")
+    p.add_argument("--include", nargs="+", default=[], metavar="PATTERN", help="quantize only matching nodes")
+    p.add_argument("--exclude-op", nargs="+", default=[], metavar="OP", help="op types to keep in float")
+    p.add_argument("--op", nargs="+", default=[], metavar="OP", help="op types to quantize (replaces the preset's)")
+    p.add_argument("--per-tensor-weights", action="store_true", help="one weight scale per tensor (default per channel)")
+    p.add_argument("--backend", choices=BACKENDS, default="ort", help="ort (INT8 on this CPU, default) or tensorrt")
+    p.add_argument("--profile", nargs=6, type=int, metavar=("MINB", "OPTB", "MAXB", "MINT", "OPTT", "MAXT"),
+                   help="optimisation profile (default: the calibration set's)")
+    p.add_argument("--calibration-set", default="", help="calibration set run/folder for the profile")
+    p.add_argument("--trt-version", default=DEFAULT_TRT_VERSION, help="TensorRT 8.6-10.x version for the cache header")
+    p.add_argument("--trt-mode", choices=("auto", "explicit", "implicit"), default="auto",
+                   help="TensorRT build: explicit (Q/DQ), implicit (FP32 + cache; <= 10.x); auto picks by version")
+    p.add_argument("--label", default="", help="label for the run in the registry")
+    p.set_defaults(handler=run_build)
+
+    b = subparsers.add_parser(
+        "bench", help="latency p50/p95 and throughput of FP32 vs INT8 at several batch sizes",
+        description="Run an engine folder's FP32 and INT8 engines over an evaluation split's length mix.",
+        epilog=_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    b.add_argument("--engine", required=True, metavar="RUN_ID_OR_DIR", help="engine run (calib build)")
+    b.add_argument("--demo", metavar="TASK", help="use a demo task's eval split and tokenizer")
+    b.add_argument("--data", help="dataset source (file, folder, demo:TASK)")
+    b.add_argument("--split", default="eval")
+    b.add_argument("--text-column", default="text")
+    b.add_argument("--tokenizer", help="tokenizer folder (default: the demo task's)")
+    b.add_argument("--max-length", type=int, default=None)
+    b.add_argument("--max-texts", type=int, default=256, help="texts to run (0 = all; default 256)")
+    b.add_argument("--batch-size", nargs="+", type=int, default=[1, 8, 16])
+    b.add_argument("--repeats", type=int, default=2)
+    b.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: $CALIB_THREADS or all cores)")
+    b.add_argument("--label", default="")
+    b.set_defaults(handler=run_bench)
+
+
+def _config(args: argparse.Namespace, ws) -> tuple:
+    from calib.build import BuildConfig
+
+    parents: list[str] = []
+    calibration = ""
+    model = args.model or ""
+    calibration_set = ""
+    if args.calibration:
+        calibration = str(Path(ws.resolve_run(args.calibration, stage="calibrate")).resolve())
+        if not Path(args.calibration).exists():
+            parents.append(args.calibration)
+        if not model:
+            from calib.calibrate import Calibration
+            from calib.calibset import CalibrationSet
+
+            cs_dir = Calibration.load(calibration).meta["calibration_set"]["dir"]
+            model = str(CalibrationSet.load(cs_dir).model_spec().onnx_path)
+    if args.calibration_set:
+        calibration_set = str(Path(ws.resolve_run(args.calibration_set, stage="calibset")).resolve())
+    if not model:
+        from calib.errors import InputError
+
+        raise InputError("give --model with --ranges (the FP32 ONNX model the ranges were calibrated on)")
+    config = BuildConfig(
+        model=str(Path(model).resolve()), ranges=str(Path(args.ranges).resolve()) if args.ranges else "",
+        calibration=calibration, method=args.method, placement=args.placement,
+        include_nodes=tuple(args.include), exclude_nodes=tuple(args.exclude), include_op_types=tuple(args.op),
+        exclude_op_types=tuple(args.exclude_op), per_channel=not args.per_tensor_weights, backend=args.backend,
+        calibration_set=calibration_set, profile=tuple(args.profile or ()), trt_version=args.trt_version,
+        trt_mode=args.trt_mode, timing_cache=str(ws.cache_dir / "tensorrt-timing.cache"),
+    )
+    return config, parents
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from calib.build import SCRIPT_FILE, build
+    from calib.cli.common import ProgressBar, workspace_of
+    from calib.engines.tensorrt import tensorrt_status
+    from calib.pipeline import run_stage
+
+    ws = workspace_of(args)
+    config, parents = _config(args, ws)
+    missing_tensorrt = ""
+    if config.backend == "tensorrt":
+        status = tensorrt_status()
+        if not status.available:
+            missing_tensorrt = status.reason
+            config = dataclasses.replace(config, backend="ort")
+    run_id, artifact = run_stage(ws, "build", build, config, parents=parents, label=args.label,
+                                 progress=ProgressBar("build"))
+    meta = artifact.meta
+    print(f"run {run_id}: {len(meta['quantized_nodes'])} nodes quantized ({meta['placement']['preset']} placement, "
+          f"{meta['ranges']['method']} ranges), {len(meta['excluded_nodes'])} left in float, "
+          f"{len(meta['skipped_tensors'])} tensors without a usable range")
+    for name, why in list(meta["excluded_nodes"].items())[:15]:
+        print(f"  float: {name}: {why}")
+    if len(meta["excluded_nodes"]) > 15:
+        print(f"  … {len(meta['excluded_nodes']) - 15} more in engine.json")
+    if meta["unknown_tensors"]:
+        print(f"warning: {len(meta['unknown_tensors'])} ranged tensors are not in the model: "
+              f"{', '.join(meta['unknown_tensors'][:5])}")
+    print(f"INT8 model: {artifact.qdq_path}")
+    print(f"TensorRT commands: {artifact.dir / SCRIPT_FILE}")
+    if missing_tensorrt:
+        print(f"\nTensorRT is not usable here: {missing_tensorrt}.", file=sys.stderr)
+        print(f"No TensorRT engine was built. On the GPU machine run `bash {artifact.dir / SCRIPT_FILE} 11` "
+              f"(TensorRT 11) or `... 10` (TensorRT 8.6-10.x); the TensorRT 11 command is:\n"
+              f"{meta['trtexec']['trt11']}", file=sys.stderr)
+        return EXIT_NO_TENSORRT
+    return 0
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from calib.bench import BenchConfig, benchmark
+    from calib.cli.common import ProgressBar, format_table, workspace_of
+    from calib.errors import InputError
+    from calib.pipeline import run_stage
+
+    ws = workspace_of(args)
+    engine_dir = str(Path(ws.resolve_run(args.engine, stage="build")).resolve())
+    data, tokenizer, max_length, text_column = args.data, args.tokenizer, args.max_length, args.text_column
+    if args.demo:
+        from calib.demo import load_demo_task
+
+        task = load_demo_task(args.demo, ws.root)
+        spec = task.data(args.split)
+        data = data or spec.source
+        text_column = spec.text_column
+        tokenizer = tokenizer or str(task.model.tokenizer_dir)
+        max_length = max_length or task.max_length
+    if not data or not tokenizer:
+        raise InputError("give --demo TASK, or --data and --tokenizer")
+    config = BenchConfig(engine=engine_dir, data=data, tokenizer=str(tokenizer), split=args.split,
+                         text_column=text_column, max_length=max_length or 128, max_texts=args.max_texts,
+                         batch_sizes=tuple(args.batch_size), repeats=args.repeats, threads=args.threads,
+                         workspace=str(ws.root))
+    parents = [] if Path(args.engine).exists() else [args.engine]
+    run_id, result = run_stage(ws, "bench", benchmark, config, parents=parents, label=args.label,
+                               progress=ProgressBar("bench"))
+    rows = [(r["kind"], r["batch_size"], r["p50_ms"], r["p95_ms"], r["texts_per_s"], r["peak_rss_mb"])
+            for r in result.rows]
+    print(f"run {run_id}: {result.rows[0]['texts']} texts, lengths p50 {result.meta['lengths']['p50']:.0f} "
+          f"p95 {result.meta['lengths']['p95']:.0f} tokens")
+    print(format_table(("engine", "batch", "p50 ms", "p95 ms", "texts/s", "peak MB"), rows))
+    sizes = result.meta["sizes"]
+    print(f"model size: FP32 {sizes['fp32_model_mb']:.1f} MB, Q/DQ file {sizes['qdq_model_mb']:.1f} MB, "
+          f"INT8 weights {sizes['int8_weights_mb']:.1f} MB")
+    for b in config.batch_sizes:
+        if (s := result.speedup(b)) is not None:
+            print(f"INT8 / FP32 throughput at batch {b}: {s:.2f}x")
+    return 0

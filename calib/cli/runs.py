@@ -1,0 +1,77 @@
+"""``calib runs list|show|verify``: the run registry of the workspace."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from calib.cli.common import format_table, workspace_of
+from calib.workspace import STATUSES
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser("runs", help="list, show and verify the runs recorded in the workspace")
+    sub = parser.add_subparsers(dest="runs_command", metavar="ACTION", required=True)
+
+    listing = sub.add_parser("list", help="runs, newest first")
+    listing.add_argument("--stage", help="only runs of this stage (calibset, calibrate, build, validate, ...)")
+    listing.add_argument("--status", choices=STATUSES, help="only runs with this status")
+    listing.add_argument("--limit", type=int, default=50, help="at most this many runs (default 50)")
+    listing.set_defaults(handler=cmd_list)
+
+    show = sub.add_parser("show", help="a run's parameters, status, summary and artifacts (with sha256)")
+    show.add_argument("run_id", metavar="ID")
+    show.set_defaults(handler=cmd_show)
+
+    verify = sub.add_parser("verify", help="re-hash a run's artifacts; exit 1 if any is missing or changed, or the run did not finish")
+    verify.add_argument("run_id", metavar="ID")
+    verify.set_defaults(handler=cmd_verify)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    ws = workspace_of(args)
+    runs = ws.list_runs(stage=args.stage, status=args.status, limit=max(1, args.limit))
+    if not runs:
+        print(f"no runs in {ws.root}" + (f" for stage {args.stage!r}" if args.stage else ""))
+        return 0
+    rows = [[r.id, r.stage, r.status, r.created_at, r.finished_at or "", r.label,
+             (r.error or r.message)[:60]] for r in runs]
+    print(format_table(("id", "stage", "status", "created", "finished", "label", "note"), rows))
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    ws = workspace_of(args)
+    run = ws.get_run(args.run_id)
+    print(f"run       {run.id}")
+    print(f"stage     {run.stage}" + (f"  label {run.label}" if run.label else ""))
+    print(f"status    {run.status}" + ("" if run.status == "finished" else f" ({run.error or run.message})"))
+    print(f"created   {run.created_at}   finished {run.finished_at or '-'}")
+    print(f"folder    {run.dir}")
+    if run.parents:
+        print(f"parents   {', '.join(run.parents)}")
+    print("params    " + json.dumps(run.params, indent=2, sort_keys=True).replace("\n", "\n          "))
+    if run.summary:
+        print("summary   " + json.dumps(run.summary, indent=2, sort_keys=True).replace("\n", "\n          "))
+    if run.artifacts:
+        print(format_table(("artifact", "bytes", "sha256"), [[a.path, a.bytes, a.sha256] for a in run.artifacts]))
+    else:
+        print("artifacts none registered")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    ws = workspace_of(args)
+    run = ws.get_run(args.run_id)
+    bad = ws.verify(args.run_id)
+    if run.status != "finished":
+        print(f"run {run.id} is {run.status}, not finished ({run.error or run.message}); nothing to verify")
+        return 1
+    for path in bad:
+        print(f"CHANGED or MISSING  {run.dir / path}")
+    if bad:
+        print(f"{len(bad)} of {len(run.artifacts)} artifacts of run {run.id} do not match their recorded sha256")
+        return 1
+    print(f"ok: all {len(run.artifacts)} artifacts of run {run.id} match their recorded sha256")
+    return 0

@@ -1,0 +1,217 @@
+"""End to end in a real browser: the workbench walks the demo from calibration set to report.
+
+Starts ``streamlit run app/Home.py`` on a free localhost port with a fresh workspace (its ``demo/``
+linked to the prepared demo assets), drives headless Chromium (the Debian ``chromium`` package)
+through Playwright, downloads the TensorRT cache and saves a screenshot of every page to
+``test-artifacts/screenshots/``. Without Chromium or Playwright the test is skipped with the reason,
+unless ``$CI`` is set (then it fails).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHOTS = REPO / "test-artifacts" / "screenshots"
+CHROMIUM = os.environ.get("CALIB_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+STEP_TIMEOUT_MS = 300_000  # one stage on the real demo model, on a shared 2-core machine
+
+pytestmark = pytest.mark.demo
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"browser test cannot run in CI: {reason}")
+    pytest.skip(reason)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture()
+def app_server(demo_workspace, tmp_path):
+    """The app on localhost with a fresh workspace; yields its base URL."""
+    root = tmp_path / "ws"
+    root.mkdir()
+    (root / "demo").symlink_to(Path(demo_workspace) / "demo", target_is_directory=True)
+    port = _free_port()
+    env = dict(os.environ, CALIB_WORKSPACE=str(root), CALIB_THREADS=os.environ.get("CALIB_THREADS", "1"))
+    log = open(tmp_path / "streamlit.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(REPO / "app" / "Home.py"), "--server.port", str(port),
+         "--server.address", "localhost", "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("localhost", port), timeout=0.5).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    log.flush()
+                    pytest.fail("streamlit did not start:\n" + (tmp_path / "streamlit.log").read_text()[-2000:])
+                time.sleep(0.2)
+        yield f"http://localhost:{port}", root
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def _shot(page, name: str) -> Path:
+    """A screenshot of the whole page (Streamlit scrolls inside its main block, so grow the viewport)."""
+    page.wait_for_timeout(1000)
+    height = page.evaluate(
+        "() => { const m = document.querySelector('[data-testid=\"stMain\"]'); return m ? m.scrollHeight : 1000; }")
+    page.set_viewport_size({"width": 1400, "height": int(min(max(height, 900), 8000))})
+    page.wait_for_timeout(800)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    path = SHOTS / f"{name}.png"
+    page.screenshot(path=str(path))
+    page.set_viewport_size({"width": 1400, "height": 1000})
+    return path
+
+
+def _settle(page) -> None:
+    """Wait until the script run triggered by the last action has finished."""
+    page.wait_for_timeout(500)
+    page.locator('[data-testid="stStatusWidget"]').wait_for(state="hidden", timeout=STEP_TIMEOUT_MS)
+
+
+def _no_exception(page) -> None:
+    assert page.locator('[data-testid="stException"]').count() == 0, page.locator(
+        '[data-testid="stException"]').first.inner_text()
+
+
+def test_demo_walkthrough_in_chromium(app_server):
+    if not Path(CHROMIUM).is_file() and not shutil.which("chromium"):
+        _unavailable(f"Chromium not found at {CHROMIUM} (apt-get install chromium)")
+    try:
+        from playwright.sync_api import expect, sync_playwright
+    except ImportError:
+        _unavailable("playwright (python) is not installed")
+    base, root = app_server
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM if Path(CHROMIUM).is_file() else shutil.which("chromium"),
+                                     args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+            page.set_default_timeout(60_000)
+
+            # Home: the workflow, and a session id in the URL
+            page.goto(base + "/")
+            expect(page.get_by_role("heading", name="Workflow")).to_be_visible()
+            page.wait_for_url("**session=*")
+            session = page.url.split("session=")[1].split("&")[0]
+            _no_exception(page)
+            _shot(page, "1-home")
+
+            def open_page(path: str) -> None:
+                page.goto(f"{base}/{path}?session={session}")
+
+            # Project: the demo is preselected and described
+            open_page("Project")
+            expect(page.get_by_text("Calibration pool", exact=False).first).to_be_visible()
+            expect(page.get_by_text("logits from").first).to_be_visible()
+            _no_exception(page)
+            _shot(page, "2-project")
+
+            # Calibration set: match the eval lengths with a small set
+            open_page("Calibration_set")
+            size = page.get_by_label("Size (texts)")
+            size.fill("32")
+            size.press("Enter")
+            page.wait_for_timeout(1000)
+            page.get_by_role("button", name="Assemble the calibration set").click()
+            expect(page.get_by_text("Coverage by length bucket")).to_be_visible(timeout=STEP_TIMEOUT_MS)
+            _no_exception(page)
+            _shot(page, "3-calibration-set")
+
+            # Calibrate: runs in the background; a refresh keeps showing its progress or its result
+            open_page("Calibrate")
+            page.get_by_role("button", name="Run all calibrators").click()
+            running_or_done = page.get_by_text("the run continues and its progress is kept").or_(
+                page.get_by_text("Histogram of one tensor"))
+            expect(running_or_done.first).to_be_visible()
+            page.reload()
+            expect(running_or_done.first).to_be_visible()
+            expect(page.get_by_text("Histogram of one tensor")).to_be_visible(timeout=STEP_TIMEOUT_MS)
+            _settle(page)
+            _no_exception(page)
+            caches = {}
+            buttons = page.get_by_role("button", name="TensorRT cache")
+            for i in range(buttons.count()):
+                with page.expect_download() as download_info:
+                    buttons.nth(i).click()
+                download = download_info.value
+                target = SHOTS.parent / "downloads" / download.suggested_filename
+                target.parent.mkdir(parents=True, exist_ok=True)
+                download.save_as(target)
+                caches[download.suggested_filename] = target.read_text().splitlines()
+            assert set(caches) == {"entropy.cache", "minmax.cache", "percentile.cache", "mse.cache"}, sorted(caches)
+            for name, lines in caches.items():
+                algorithm = "EntropyCalibration2" if name == "entropy.cache" else "MinMaxCalibration"
+                assert lines[0].startswith("TRT-") and lines[0].endswith(algorithm), (name, lines[0])
+                assert len(lines) > 10 and all(": " in line for line in lines[1:]), name
+            _shot(page, "4-calibrate")
+
+            # Build: ONNX Runtime Q/DQ here, with the TensorRT commands
+            open_page("Build")
+            page.get_by_role("button", name="Build the INT8 model").click()
+            expect(page.get_by_text("TensorRT and ModelOpt commands")).to_be_visible(timeout=STEP_TIMEOUT_MS)
+            _no_exception(page)
+            _shot(page, "5-build")
+
+            # Validate on a subset, then write the report
+            open_page("Validate")
+            limit = page.get_by_label("Texts to evaluate (0 = all)")
+            limit.fill("48")
+            limit.press("Enter")
+            rows = page.get_by_label("Texts for the per-layer analysis")
+            rows.fill("16")
+            rows.press("Enter")
+            page.wait_for_timeout(1000)
+            page.get_by_role("button", name="Validate", exact=True).click()
+            expect(page.get_by_text("Top-1 agreement")).to_be_visible(timeout=STEP_TIMEOUT_MS)
+            _no_exception(page)
+            _shot(page, "6-validate")
+            page.get_by_role("tab", name="Per layer").click()
+            _shot(page, "7-validate-layers")
+            page.get_by_role("tab", name="Report").click()
+            page.get_by_role("button", name="Make the report").click()
+            expect(page.get_by_role("button", name="Download report.html")).to_be_visible(timeout=STEP_TIMEOUT_MS)
+            _no_exception(page)
+            _shot(page, "8-validate-report")
+
+            # Runs & reports: the history (checked in the registry below), the report opens inline
+            open_page("Runs_and_reports")
+            expect(page.get_by_text("Run details")).to_be_visible()
+            page.get_by_role("tab", name="Reports").click()
+            expect(page.locator("iframe").first).to_be_visible()
+            _no_exception(page)
+            _shot(page, "9-runs-and-reports")
+        finally:
+            browser.close()
+
+    from calib.workspace import Workspace
+
+    runs = Workspace(root).list_runs(session=session)
+    assert {r.stage for r in runs} >= {"calibset", "calibrate", "build", "validate", "report"}
+    assert all(r.status == "finished" for r in runs), [(r.id, r.status, r.error) for r in runs]

@@ -1,0 +1,149 @@
+"""Stage build (calib.build) and the `calib build` / `calib bench` commands on the tiny model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import numpy as np
+import onnx
+import pytest
+import tinymodel
+from absmax import absmax_ranges, run_both
+
+from calib.build import BuildConfig, EngineArtifact, build
+from calib.errors import BackendUnavailableError, InputError, ModelMismatchError
+from calib.io import sha256_file
+from calib.ranges import Ranges
+
+
+@pytest.fixture(scope="module")
+def ranges_file(tiny_spec, tmp_path_factory):
+    texts, _ = tinymodel.make_texts(64, seed=7)
+    amax = absmax_ranges(tiny_spec, texts, preset="all")
+    # as the calibrators do: non-finite values are excluded, so the -inf mask tensors get amax 0
+    amax = {k: (v if np.isfinite(v) else 0.0) for k, v in amax.items()}
+    amax["not/in/model"] = 2.0
+    path = tmp_path_factory.mktemp("ranges") / "minmax.json"
+    Ranges(method="minmax", params={}, model_sha256=tiny_spec.sha256, amax=amax).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def engine_dir(tiny_spec, ranges_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("engine")
+    build(BuildConfig(model=str(tiny_spec.onnx_path), ranges=str(ranges_file), exclude_nodes=("layer.1/output/*",),
+                      profile=(1, 16, 32, 8, 64, 64)), out)
+    return out
+
+
+def test_engine_folder_contents(engine_dir, tiny_spec, ranges_file):
+    art = EngineArtifact.load(engine_dir)
+    meta = json.loads((engine_dir / "engine.json").read_text())
+    assert {p.name for p in engine_dir.iterdir()} == {"model.qdq.onnx", "engine.json", "trtexec.sh", "calibration.cache"}
+    assert meta["model"]["sha256"] == tiny_spec.sha256
+    assert meta["qdq"]["sha256"] == sha256_file(engine_dir / "model.qdq.onnx")
+    assert meta["ranges"]["method"] == "minmax" and str(ranges_file) in meta["ranges"]["source"]
+    assert meta["excluded_nodes"]["layer.1/output/dense/MatMul"] == "excluded by name"
+    assert "layer.1/output/dense/MatMul" not in art.quantized_nodes
+    assert meta["unknown_tensors"] == ["not/in/model"]
+    assert meta["backend"] == "ort"
+    assert meta["tensorrt"]["available"] is False and "not installed" in meta["tensorrt"]["reason"]
+    assert meta["profile"]["opt_batch"] == 16 and meta["profile"]["source"] == "given"
+    assert art.summary()["quantized_nodes"] == len(art.quantized_nodes)
+
+
+def test_calibration_cache_holds_the_quantized_tensors(engine_dir):
+    from calib.trtcache import read_trt_cache
+
+    meta = json.loads((engine_dir / "engine.json").read_text())
+    cache = read_trt_cache(engine_dir / "calibration.cache")
+    assert cache.algorithm == "EntropyCalibration2" and cache.version_code == 100300
+    assert list(cache.scales) == meta["quantized_tensors"]
+    assert "layer.1/intermediate/gelu/Mul_1_out" not in cache.scales  # its only reader was excluded
+
+
+def test_int8_engine_runs_and_agrees_with_fp32(engine_dir, tiny_spec):
+    art = EngineArtifact.load(engine_dir)
+    int8, fp32 = art.engine("int8", threads=1), art.engine("fp32", threads=1)
+    assert int8.name == "onnxruntime-int8" and fp32.name == "onnxruntime-fp32"
+    a, b = run_both(fp32, int8, tiny_spec, tinymodel.make_texts(80, seed=3)[0])
+    assert np.mean(a["logits"].argmax(1) == b["logits"].argmax(1)) >= 0.95
+    assert np.mean(np.sum(a["embedding"] * b["embedding"], 1)) >= 0.98
+
+
+def test_trtexec_script_runs_the_right_files(engine_dir, tiny_spec):
+    script = (engine_dir / "trtexec.sh").read_text()
+    assert "--onnx=model.qdq.onnx" in script and "--calib=calibration.cache" in script
+    assert f"--onnx={tiny_spec.onnx_path}" in script
+    assert "--minShapes=input_ids:1x8,attention_mask:1x8,token_type_ids:1x8" in script
+    assert "--calibration_cache_path=calibration.cache" in script
+    assert subprocess.run(["bash", "-n", str(engine_dir / "trtexec.sh")], check=False).returncode == 0
+    done = subprocess.run(["bash", str(engine_dir / "trtexec.sh"), "nine"], capture_output=True, text=True, check=False)
+    assert done.returncode == 2 and "usage" in done.stderr
+
+
+def test_tensorrt_backend_absent_raises_with_trtexec_alternative(tiny_spec, ranges_file, tmp_path):
+    config = BuildConfig(model=str(tiny_spec.onnx_path), ranges=str(ranges_file), backend="tensorrt")
+    with pytest.raises(BackendUnavailableError, match="trtexec"):
+        build(config, tmp_path / "out")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_range_set_for_another_model_is_refused(tiny_spec, ranges_file, tmp_path):
+    other = tmp_path / "other.onnx"
+    onnx.save(tinymodel.build_model(seed=5), str(other))
+    with pytest.raises(ModelMismatchError, match="recalibrate"):
+        build(BuildConfig(model=str(other), ranges=str(ranges_file)), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"ranges": ""}, "exactly one"),
+    ({"backend": "cuda"}, "unknown backend"),
+    ({"placement": "everything"}, "unknown placement"),
+    ({"profile": (16, 1, 32, 8, 64, 64)}, "min <= opt <= max"),
+    ({"trt_version": "ten"}, "version"),
+])
+def test_bad_config(tiny_spec, ranges_file, tmp_path, change, match):
+    import dataclasses
+
+    config = dataclasses.replace(BuildConfig(model=str(tiny_spec.onnx_path), ranges=str(ranges_file)), **change)
+    with pytest.raises(InputError, match=match):
+        build(config, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_build_tensorrt_absent_builds_portable_engine_and_exits_3(tiny_spec, ranges_file, workspace, capsys):
+    from calib.cli import main
+
+    code = main(["--workspace", str(workspace.root), "build", "--model", str(tiny_spec.onnx_path),
+                 "--ranges", str(ranges_file), "--backend", "tensorrt", "--profile", "1", "8", "16", "8", "32", "64"])
+    captured = capsys.readouterr()
+    assert code == 3
+    assert "TensorRT is not usable here: TensorRT is not installed" in captured.err
+    assert "trtexec \\\n    --onnx=model.qdq.onnx" in captured.err
+    runs = workspace.list_runs(stage="build")
+    assert len(runs) == 1 and runs[0].status == "finished"
+    meta = EngineArtifact.load(workspace.run_dir(runs[0].id)).meta
+    assert meta["backend"] == "ort" and meta["tensorrt"]["available"] is False
+
+
+def test_cli_bench_writes_latency_table(tiny_spec, ranges_file, tiny_csv, workspace, capsys):
+    from calib.bench import BenchResult
+    from calib.cli import main
+
+    assert main(["--workspace", str(workspace.root), "build", "--model", str(tiny_spec.onnx_path),
+                 "--ranges", str(ranges_file), "--profile", "1", "8", "16", "8", "32", "64"]) == 0
+    engine_run = workspace.list_runs(stage="build")[0].id
+    code = main(["--workspace", str(workspace.root), "bench", "--engine", engine_run, "--data", str(tiny_csv),
+                 "--tokenizer", str(tiny_spec.tokenizer_dir), "--split", "train", "--max-length", "64",
+                 "--max-texts", "48", "--batch-size", "1", "16", "--repeats", "1", "--threads", "1"])
+    out = capsys.readouterr().out
+    assert code == 0 and "INT8 / FP32 throughput at batch 16" in out
+    result = BenchResult.load(workspace.run_dir(workspace.list_runs(stage="bench")[0].id))
+    assert {(r["kind"], r["batch_size"]) for r in result.rows} == {("fp32", 1), ("fp32", 16), ("int8", 1), ("int8", 16)}
+    for row in result.rows:
+        assert row["texts"] == 48 and 0 < row["p50_ms"] <= row["p95_ms"] and row["texts_per_s"] > 0
+        assert row["peak_rss_mb"] > 10
+    assert result.speedup(16) is not None and result.speedup(16) > 0

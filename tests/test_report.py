@@ -1,0 +1,106 @@
+"""Report rendering (HTML self-contained, Markdown tables, JSON schema), comparison and the gate."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pandas as pd
+import pytest
+import tinymodel
+from test_validate import absmax_ranges, vconfig
+
+from calib.errors import InputError, ModelMismatchError
+
+
+@pytest.fixture(scope="module")
+def evaluations(tiny_spec, tiny_csv, tmp_path_factory):
+    """Two evaluations of the tiny model (tensorrt and all placements) and one without labels."""
+    from calib.placement import Placement
+    from calib.quantize import quantize_qdq
+    from calib.validate import validate
+
+    root = tmp_path_factory.mktemp("evals")
+    texts, _ = tinymodel.make_texts(64, seed=3)
+    out = []
+    for preset in ("tensorrt", "all"):
+        amax = absmax_ranges(tiny_spec, texts, preset)
+        quantize_qdq(tiny_spec.onnx_path, amax, Placement(preset), root / f"{preset}.onnx")
+        out.append(validate(vconfig(tiny_spec, root / f"{preset}.onnx", tiny_csv, limit=80, bootstrap=100), root / preset))
+    pd.DataFrame({"text": texts}).to_csv(root / "nolabels.csv", index=False)
+    out.append(validate(vconfig(tiny_spec, root / "tensorrt.onnx", root / "nolabels.csv", layers=False), root / "nolabels"))
+    return out
+
+
+def test_report_three_forms(evaluations, tmp_path):
+    from calib.report import SCHEMA, Report, ReportConfig, make_report
+
+    rep = make_report(ReportConfig(evaluations=(str(evaluations[0].dir), str(evaluations[1].dir))), tmp_path / "r")
+    data = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert data["schema"] == SCHEMA == "calib.report/1"
+    assert Report.load(tmp_path / "r").data == rep.data == data
+    assert data["model"]["sha256"] and data["dataset"]["fingerprint"]
+    assert data["environment"]["libraries"]["onnxruntime"] and data["environment"]["machine"]["cpu_count"]
+    assert len(data["comparison"]) == 2 and all(r["rows"] == 80 for r in data["comparison"])
+    assert [b["bucket"] for b in data["buckets"]] == ["0-7", "8-15", "16-31", "32+"]
+
+    page = (tmp_path / "r" / "report.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and page.count("<svg") >= 4
+    assert not re.search(r"(?:src|href)\s*=|https?://|//cdn|<script|@import|url\(", page, re.IGNORECASE)
+    assert data["model"]["sha256"] in page and "Per length bucket" in page
+
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "| bucket | n | acc FP32 | acc INT8 |" in md
+    assert re.search(r"^\|---\|---:\|", md, re.MULTILINE)
+    assert "## Runs compared" in md and data["model"]["sha256"] in md
+
+
+def test_agreement_only_report_says_so(evaluations, tmp_path):
+    from calib.gate import check_gate
+    from calib.report import ReportConfig, make_report
+
+    rep = make_report(ReportConfig(evaluations=(str(evaluations[2].dir),)), tmp_path / "r")
+    assert not rep.data["headline"]["labelled"]
+    assert "Agreement-only report" in (tmp_path / "r" / "report.md").read_text()
+    assert "Agreement-only report" in (tmp_path / "r" / "report.html").read_text()
+    res = check_gate(rep.data, max_drop=0.5)
+    assert not res.passed and "no accuracy" in res.reason
+    assert check_gate(rep.data, min_agreement=0.5).passed
+
+
+def test_gate_reasons():
+    from calib.gate import check_gate
+
+    data = {"headline": {"labelled": True, "accuracy_drop_points": 0.8, "ci_low_points": -1.9, "ci_high_points": 0.3,
+                         "top1_agreement": 0.985, "embedding_cosine": 0.97}}
+    res = check_gate(data, max_drop=0.5, min_agreement=0.99)
+    assert not res.passed
+    assert res.reason == "FAIL: accuracy drop 0.80 points > budget 0.5; top-1 agreement 0.9850 < 0.99"
+    assert check_gate(data, max_drop=1.0, min_agreement=0.98).passed
+    assert not check_gate(data, max_drop=1.0, use_ci=True).passed  # upper bound of the drop is 1.9 points
+    assert not check_gate(data, min_embedding_cosine=0.99).passed
+    with pytest.raises(InputError):
+        check_gate(data)
+
+
+def test_compare_and_bad_inputs(evaluations, tmp_path):
+    from calib.report import ReportConfig, compare_evaluations, make_report, svg_grouped_bars
+
+    rows = compare_evaluations([e.dir for e in evaluations[:2]])
+    assert [r["run"] for r in rows] == [evaluations[0].dir.name, evaluations[1].dir.name]
+    assert all(r["worst_bucket"] and r["rows"] == 80 for r in rows)
+    with pytest.raises(InputError):
+        compare_evaluations([])
+    with pytest.raises(InputError, match="evaluation.json"):
+        make_report(ReportConfig(evaluations=(str(tmp_path),)), tmp_path / "r")
+    # an evaluation of another model cannot join the table
+    other = tmp_path / "other"
+    other.mkdir()
+    data = json.loads((evaluations[1].dir / "evaluation.json").read_text())
+    data["model"]["sha256"] = "f" * 64
+    (other / "evaluation.json").write_text(json.dumps(data))
+    with pytest.raises(ModelMismatchError):
+        make_report(ReportConfig(evaluations=(str(evaluations[0].dir), str(other))), tmp_path / "r2")
+    assert not (tmp_path / "r2").exists()
+    svg = svg_grouped_bars(["a", "b"], {"x": [0.5, None]}, title="t <&>", y_label="y")
+    assert svg.startswith("<svg") and "t &lt;&amp;&gt;" in svg
