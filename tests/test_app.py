@@ -258,3 +258,159 @@ def test_runs_page_history_compare_and_reports(app_workspace):
     at.toggle(key="runs-all").set_value(False).run()
     no_crash(at)
     assert any("No runs yet" in i.value for i in at.info)
+
+
+def test_failed_run_shows_the_library_error(app_workspace, tiny_model_path, tiny_tokenizer_dir, tiny_csv):
+    at = use_tiny_project(open_app("project"), tiny_model_path, tiny_tokenizer_dir, tiny_csv)
+    at.switch_page(PAGES["calibset"]).run()
+    no_crash(at)
+    at.number_input(key="cs-size").set_value(1000)
+    at.button(key="cs-assemble").click().run()
+    at = wait_for_jobs(at)
+    no_crash(at)
+    assert any("requested 1000 texts" in e and "has only 240" in e for e in errors(at)), errors(at)
+    assert not at.exception
+
+
+def test_two_sessions_do_not_mix(app_workspace, tiny_model_path, tiny_tokenizer_dir, tiny_csv):
+    first = use_tiny_project(open_app("project"), tiny_model_path, tiny_tokenizer_dir, tiny_csv)
+    second = use_tiny_project(open_app("project"), tiny_model_path, tiny_tokenizer_dir, tiny_csv)
+    assert first.query_params["session"] != second.query_params["session"]
+    for at, size in ((first, 16), (second, 24)):
+        at.switch_page(PAGES["calibset"]).run()
+        at.number_input(key="cs-size").set_value(size)
+        at.button(key="cs-assemble").click().run()
+    first, second = wait_for_jobs(first), wait_for_jobs(second)
+    for at, size in ((first, 16), (second, 24)):
+        no_crash(at)
+        assert at.selectbox(key="cs-run").options and len(at.selectbox(key="cs-run").options) == 1
+        assert any(m.label == "Texts" and m.value == str(size) for m in at.metric)
+    # the other session's run is one toggle away
+    first.toggle(key="cs-run-all").set_value(True).run()
+    assert len(first.selectbox(key="cs-run").options) == 2
+
+
+def test_tiny_flow_through_every_page(app_workspace, tiny_model_path, tiny_tokenizer_dir, tiny_csv):
+    """Calibration set -> calibrate -> build -> validate -> sensitivity -> report, all from the pages."""
+    at = use_tiny_project(open_app("project"), tiny_model_path, tiny_tokenizer_dir, tiny_csv)
+    at.switch_page(PAGES["calibset"]).run()
+    at.number_input(key="cs-size").set_value(16)
+    at.button(key="cs-assemble").click().run()
+    at = wait_for_jobs(at)
+    at.button(key="cs-recipe-save").click().run()
+    no_crash(at)
+    assert list((app_workspace / "recipes").glob("*.json"))
+
+    at.switch_page(PAGES["calibrate"]).run()
+    at.button(key="cal-run").click().run()
+    at = wait_for_jobs(at)
+    no_crash(at)
+    assert [d.label for d in at.download_button].count("TensorRT cache") == 4
+
+    at.switch_page(PAGES["build"]).run()
+    no_crash(at)
+    assert any("TensorRT" in i.value for i in [*at.info, *at.success]), "backend availability is shown"
+    at.button(key="build-run").click().run()
+    at = wait_for_jobs(at)
+    no_crash(at)
+    assert "Q/DQ ONNX model" in [d.label for d in at.download_button]
+    assert any("trtexec" in c.value for c in at.code)
+
+    at.switch_page(PAGES["validate"]).run()
+    at.number_input(key="val-limit").set_value(32)
+    at.number_input(key="val-layer-rows").set_value(8)
+    at.button(key="val-run").click().run()
+    at = wait_for_jobs(at)
+    no_crash(at)
+    assert any(m.label == "Top-1 agreement" for m in at.metric)
+    at.number_input(key="sens-limit").set_value(16)
+    at.number_input(key="sens-budget").set_value(4)
+    at.button(key="sens-run").click().run()
+    at = wait_for_jobs(at)
+    no_crash(at)
+    assert any(m.label == "Recommended exclusions" for m in at.metric)
+    at.button(key="rep-run").click().run()
+    at = wait_for_jobs(at)
+    no_crash(at)
+    assert "Download report.html" in [d.label for d in at.download_button]
+    assert any(s.value.startswith(("PASS", "FAIL")) for s in [*at.success, *at.error])
+
+    from calib.workspace import Workspace
+
+    runs = Workspace(app_workspace).list_runs(session=at.query_params["session"])
+    assert {r.stage for r in runs} == {"calibset", "calibrate", "build", "validate", "sensitivity", "report"}
+    assert all(r.status == "finished" for r in runs)
+
+
+@pytest.mark.demo
+def test_demo_flow_assembles_and_calibrates(demo_app_workspace):
+    at = open_app("project")
+    no_crash(at)
+    assert at.selectbox(key="project-task").value == "bbc-topic"
+    assert any(m.label == "FP32 eval accuracy" for m in at.metric)
+    at.switch_page(PAGES["calibset"]).run()
+    no_crash(at)
+    assert at.radio(key="cs-target").value == "eval" and at.selectbox(key="cs-strategy").value == "match"
+    at.number_input(key="cs-size").set_value(16)
+    at.button(key="cs-assemble").click().run()
+    at = wait_for_jobs(at)
+    no_crash(at)
+    assert any(m.label == "Texts" and m.value == "16" for m in at.metric)
+    coverage = next(d.value for d in at.dataframe if "bucket (tokens)" in d.value.columns)
+    assert coverage["calibration"].sum() == 16
+
+    at.switch_page(PAGES["calibrate"]).run()
+    at.multiselect(key="cal-methods").set_value(["entropy", "minmax"])
+    at.button(key="cal-run").click().run()
+    at = wait_for_jobs(at, timeout=600)
+    no_crash(at)
+    assert any(m.label == "Texts" and m.value == "16" for m in at.metric)
+    table = next(d.value for d in at.dataframe if "entropy" in d.value.columns)
+    assert len(table) > 10 and (table["entropy"] <= table["minmax"] + 1e-6).all()
+    labels = [d.label for d in at.download_button]
+    assert labels.count("TensorRT cache") == 2 and labels.count("Ranges JSON") == 2
+
+
+def test_sensitivity_exclusions_rebuild_in_one_click(app_workspace, tiny_model_path, tiny_tokenizer_dir, tiny_csv):
+    """Quantize every op, ask for an embedding cosine the full placement misses, rebuild with the
+    recommended float exclusions, and find the rebuilt engine selected for validation."""
+    at = use_tiny_project(open_app("project"), tiny_model_path, tiny_tokenizer_dir, tiny_csv)
+    at.switch_page(PAGES["calibset"]).run()
+    at.number_input(key="cs-size").set_value(32)
+    at.button(key="cs-assemble").click().run()
+    at = wait_for_jobs(at)
+    at.switch_page(PAGES["calibrate"]).run()
+    at.selectbox(key="cal-placement").set_value("all")
+    at.selectbox(key="cal-scope").set_value("all")
+    at.multiselect(key="cal-methods").set_value(["minmax"])
+    at.button(key="cal-run").click().run()
+    at = wait_for_jobs(at)
+    at.switch_page(PAGES["build"]).run()
+    at.selectbox(key="build-preset").set_value("all")
+    at.button(key="build-run").click().run()
+    at = wait_for_jobs(at)
+    first_build = at.selectbox(key="build-run-pick").value
+    at.switch_page(PAGES["validate"]).run()
+    at.number_input(key="val-limit").set_value(48)
+    at.checkbox(key="val-layers").set_value(False)
+    at.button(key="val-run").click().run()
+    at = wait_for_jobs(at)
+    at.number_input(key="sens-cos").set_value(0.999)
+    at.number_input(key="sens-limit").set_value(48)
+    at.number_input(key="sens-budget").set_value(30)
+    at.selectbox(key="sens-gran").set_value("block")
+    at.button(key="sens-run").click().run()
+    at = wait_for_jobs(at)
+    no_crash(at)
+    excluded = next(m for m in at.metric if m.label == "Recommended exclusions")
+    assert int(excluded.value) > 0
+    at.button(key="sens-rebuild").click().run()
+    at = wait_for_jobs(at)
+    no_crash(at)
+    rebuilt = at.selectbox(key="val-build").value
+    assert rebuilt != first_build and rebuilt.startswith("build-")
+    from calib.build import EngineArtifact
+    from calib.workspace import Workspace
+
+    art = EngineArtifact.load(Workspace(app_workspace).run_dir(rebuilt))
+    assert len(art.meta["placement"]["exclude_nodes"]) == int(excluded.value)

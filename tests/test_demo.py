@@ -14,9 +14,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from calib.cli import main as cli_main
-from calib.demo import DEMO_TASKS, SPLITS, DemoConfig, demo_task_dir, load_demo_task, prepare_demo
+from calib.demo import DEMO_TASKS, SPLITS, DemoConfig, demo_task_dir, load_demo_task, prepare_demo, sources
 from calib.demo import export as demo_export
-from calib.demo import sources
 from calib.demo.prepare import fit_head, intact_card, split_rows
 from calib.demo.tasks import CARD_FILE
 from calib.engines.ort import OrtSessionLoader

@@ -10,9 +10,9 @@ import numpy as np
 import onnx
 import pandas as pd
 import pytest
+import tinymodel
 from onnx import TensorProto, helper
 
-import tinymodel
 from calib.data import DataSpec, label_ids, label_names, load_rows, texts_of
 from calib.engines.ort import OrtSessionLoader
 from calib.errors import InputError

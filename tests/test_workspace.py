@@ -47,9 +47,8 @@ def test_finished_run_registers_every_file_with_sha256(workspace):
 def test_list_runs_newest_first_and_filters(workspace):
     first = _finished_run(workspace, stage="calibrate")
     second = _finished_run(workspace, stage="build")
-    with pytest.raises(RuntimeError):
-        with workspace.start_run("build", {}) as ctx:
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), workspace.start_run("build", {}) as ctx:
+        raise RuntimeError("boom")
     failed = ctx.id
     assert [r.id for r in workspace.list_runs()] == [failed, second, first]
     assert [r.id for r in workspace.list_runs(stage="build")] == [failed, second]
@@ -58,10 +57,9 @@ def test_list_runs_newest_first_and_filters(workspace):
 
 
 def test_failed_run_registers_nothing_and_keeps_no_folder(workspace):
-    with pytest.raises(ValueError, match="bad range"):
-        with workspace.start_run("calibrate", {"method": "mse"}) as ctx:
-            (ctx.dir / "half.json").write_text("{")
-            raise ValueError("bad range\nsecond line of detail")
+    with pytest.raises(ValueError, match="bad range"), workspace.start_run("calibrate", {"method": "mse"}) as ctx:
+        (ctx.dir / "half.json").write_text("{")
+        raise ValueError("bad range\nsecond line of detail")
     run = workspace.get_run(ctx.id)
     assert run.status == "failed" and run.error == "bad range"
     assert run.artifacts == [] and not run.dir.exists() and not ctx.dir.exists()
@@ -116,10 +114,9 @@ def test_failed_stage_registers_nothing(workspace, tmp_path):
 
 
 def test_keyboard_interrupt_marks_run_interrupted(workspace):
-    with pytest.raises(KeyboardInterrupt):
-        with workspace.start_run("calibrate", {}) as ctx:
-            (ctx.dir / "x").write_text("x")
-            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt), workspace.start_run("calibrate", {}) as ctx:
+        (ctx.dir / "x").write_text("x")
+        raise KeyboardInterrupt
     run = workspace.get_run(ctx.id)
     assert run.status == "interrupted" and run.artifacts == [] and not ctx.dir.exists()
 
@@ -138,7 +135,7 @@ _DYING_STAGE = textwrap.dedent("""
 def test_process_dying_mid_run_leaves_an_interrupted_run_and_nothing_registered(tmp_path):
     root = tmp_path / "ws"
     done = subprocess.run([sys.executable, "-c", _DYING_STAGE, str(root)], capture_output=True, text=True,
-                          timeout=120)
+                          timeout=120, check=False)
     assert done.returncode == 3, done.stderr
     run_id = done.stdout.strip()
     staging = root / "runs" / f".{run_id}.staging"
@@ -235,8 +232,7 @@ def test_cli_runs_list_show_verify(workspace, capsys):
 
 
 def test_cli_runs_verify_of_failed_run_fails(workspace, capsys):
-    with pytest.raises(RuntimeError):
-        with workspace.start_run("build", {}) as ctx:
-            raise RuntimeError("no engine")
+    with pytest.raises(RuntimeError), workspace.start_run("build", {}) as ctx:
+        raise RuntimeError("no engine")
     assert cli_main(["--workspace", str(workspace.root), "runs", "verify", ctx.id]) == 1
     assert "failed, not finished (no engine)" in capsys.readouterr().out

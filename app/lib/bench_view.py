@@ -1,13 +1,73 @@
-"""Latency and throughput of a build (``calib.bench``), measured in the background."""
+"""Latency and throughput of a build against FP32 (``calib.bench``), measured as a background run."""
 
 from __future__ import annotations
 
-import importlib.util
-
+import altair as alt
+import pandas as pd
 import streamlit as st
+
+from calib.bench import BenchConfig, BenchResult, benchmark
+
+from lib.context import attempt
+from lib.project import data_spec, model_spec
+from lib.ui import job_section, last_outcome, submit
 
 
 def bench_section(page, run, art) -> None:
-    if importlib.util.find_spec("calib.bench") is None:
-        st.caption("Benchmarking is not available in this installation of calib.")
+    """Controls to benchmark the build ``run`` and the table of its latest benchmark."""
+    spec = attempt(model_spec, page.ws, page.project, what="Reading the model")
+    if spec is None:
         return
+    eval_spec = data_spec(page.ws, page.project, "eval")
+    c1, c2, c3 = st.columns(3)
+    max_texts = c1.number_input("Texts (a spread of the evaluation lengths)", min_value=8, value=64, step=16,
+                                key="bench-texts")
+    batch_text = c2.text_input("Batch sizes", value="1, 8, 16", key="bench-batches")
+    repeats = c3.number_input("Repeats", min_value=1, max_value=10, value=1, key="bench-repeats")
+    try:
+        batch_sizes = tuple(int(x) for x in batch_text.replace(" ", "").split(",") if x)
+    except ValueError:
+        st.error("batch sizes: use whole numbers separated by commas", icon=":material/error:")
+        return
+    config = BenchConfig(engine=str(run.dir), data=eval_spec.source, tokenizer=str(spec.tokenizer_dir),
+                         split=eval_spec.split, text_column=eval_spec.text_column, max_length=int(spec.max_length),
+                         max_texts=int(max_texts), batch_sizes=batch_sizes, repeats=int(repeats),
+                         workspace=str(page.ws.root))
+    last_outcome(page, "bench")
+    if job_section(page, "bench", "Benchmarking") is None:
+        if st.button("Measure FP32 vs INT8", key="bench-run", icon=":material/speed:"):
+            submit(page, "bench", benchmark, config, parents=(run.id,))
+            st.rerun()
+    done = [r for r in page.ws.list_runs(stage="bench", status="finished", limit=200)
+            if run.id in r.parents and r.dir.is_dir()]
+    if not done:
+        st.caption("Not measured yet for this build. Runs on this machine's CPU (ONNX Runtime); a TensorRT "
+                   "engine on a GPU is measured with the trtexec commands above.")
+        return
+    result = attempt(BenchResult.load, done[0].dir, what="Opening the benchmark")
+    if result is None:
+        return
+    rows = pd.DataFrame(result.rows)
+    table = rows[["kind", "batch_size", "p50_ms", "p95_ms", "texts_per_s", "peak_rss_mb"]].rename(columns={
+        "kind": "engine", "batch_size": "batch", "p50_ms": "latency p50 (ms)", "p95_ms": "latency p95 (ms)",
+        "texts_per_s": "throughput (texts/s)", "peak_rss_mb": "peak memory (MB)"})
+    left, right = st.columns([3, 2])
+    with left:
+        st.dataframe(table, hide_index=True, width="stretch",
+                     column_config={c: st.column_config.NumberColumn(c, format="%.1f") for c in table.columns[2:]})
+        sizes = result.meta.get("sizes", {})
+        speedups = ", ".join(f"batch {b}: ×{s:.2f}" for b in result.meta["config"]["batch_sizes"]
+                             if (s := result.speedup(b)) is not None)
+        st.caption(f"INT8 / FP32 throughput: {speedups or '—'} · model sizes: FP32 "
+                   f"{sizes.get('fp32_model_mb', 0):.1f} MB, Q/DQ {sizes.get('qdq_model_mb', 0):.1f} MB, INT8 weights "
+                   f"{sizes.get('int8_weights_mb', 0):.1f} MB · run `{done[0].id}`")
+    with right:
+        chart = alt.Chart(rows).mark_bar().encode(
+            x=alt.X("batch_size:O", title="batch size"),
+            xOffset=alt.XOffset("kind:N", sort=["fp32", "int8"]),
+            y=alt.Y("texts_per_s:Q", title="texts / s"),
+            color=alt.Color("kind:N", title=None, sort=["fp32", "int8"],
+                            scale=alt.Scale(domain=["fp32", "int8"], range=["#9aa5b1", "#4c78a8"])),
+            tooltip=["kind", "batch_size", alt.Tooltip("texts_per_s:Q", format=".1f"),
+                     alt.Tooltip("p50_ms:Q", format=".1f")])
+        st.altair_chart(chart.properties(height=220), width="stretch")

@@ -35,6 +35,7 @@ STAGE_TITLES = {
     "validate": "Validation",
     "sensitivity": "Sensitivity",
     "report": "Report",
+    "bench": "Benchmark",
 }
 
 

@@ -48,7 +48,7 @@ class JobPool:
 
     def __init__(self, workers: int = WORKERS) -> None:
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="calib-job")
-        self._futures: dict[str, tuple[str, Future]] = {}
+        self._futures: dict[str, tuple[str, str, Future]] = {}  # run id -> (stage, session, future)
         self._lock = threading.Lock()
 
     def submit(self, ws: Workspace, stage: str, fn: Callable[..., Any], config: Any, *,
@@ -68,12 +68,12 @@ class JobPool:
 
         future = self.executor.submit(work)
         with self._lock:
-            self._futures[run_id] = (stage, future)
+            self._futures[run_id] = (stage, session, future)
         return run_id
 
     def status(self, ws: Workspace, run_id: str) -> JobStatus:
         with self._lock:
-            stage, future = self._futures.get(run_id, ("", None))
+            stage, _, future = self._futures.get(run_id, ("", "", None))
         try:
             run = ws.get_run(run_id)
         except WorkspaceError:
@@ -97,13 +97,15 @@ class JobPool:
             entry = self._futures.get(run_id)
         if entry is not None:
             try:
-                entry[1].result(timeout=timeout)
+                entry[2].result(timeout=timeout)
             except Exception:  # noqa: BLE001 - the registry holds the outcome
                 pass
 
-    def active_ids(self) -> list[str]:
+    def active_ids(self, session: str | None = None) -> list[str]:
+        """Runs submitted to the pool that have not ended (of one session, or of all)."""
         with self._lock:
-            return [rid for rid, (_, fut) in self._futures.items() if not fut.done()]
+            return [rid for rid, (_, sess, fut) in self._futures.items()
+                    if not fut.done() and (session is None or sess == session)]
 
 
 @st.cache_resource(show_spinner=False)
@@ -115,16 +117,9 @@ def job_pool() -> JobPool:
 def active_run(ws: Workspace, stage: str, session: str) -> str | None:
     """The newest queued or running run of ``stage`` started by this session, if any."""
     pool = job_pool()
-    for rid in reversed(pool.active_ids()):
-        if rid.startswith(f"{stage}-"):
-            st_ = pool.status(ws, rid)
-            if st_.active:
-                try:
-                    if ws.get_run(rid).session != session:
-                        continue
-                except WorkspaceError:
-                    pass  # queued: the pool only knows runs submitted from this process
-                return rid
+    for rid in reversed(pool.active_ids(session)):
+        if rid.startswith(f"{stage}-") and pool.status(ws, rid).active:
+            return rid
     for run in ws.list_runs(stage=stage, status="running", session=session, limit=1):
         return run.id
     return None

@@ -44,15 +44,28 @@ def sidebar(ws: Workspace, sid: str, project: Project) -> None:
     with st.sidebar:
         st.markdown(f"**Project:** {project.title}")
         st.caption(f"Workspace `{ws.root}` · session `{sid}`")
-        running = ws.list_runs(status="running", session=sid, limit=5)
-        queued = [rid for rid in job_pool().active_ids() if not any(r.id == rid for r in running)]
-        if running or queued:
-            st.markdown("**Running now**")
-            for run in running:
-                st.progress(min(max(run.progress, 0.0), 1.0),
-                            text=f"{STAGE_TITLES.get(run.stage, run.stage)}: {run.message or 'starting'}")
-            if queued:
-                st.caption(f"{len(queued)} run(s) waiting for a worker")
+        pool = job_pool()
+        if pool.active_ids(sid) or ws.list_runs(status="running", session=sid, limit=1):
+            running_now(ws, sid)
+
+
+@st.fragment(run_every=2.0)
+def running_now(ws: Workspace, sid: str) -> None:
+    """This session's active runs with their progress, refreshed every two seconds."""
+    pool = job_pool()
+    ids = list(dict.fromkeys([r.id for r in ws.list_runs(status="running", session=sid, limit=5)]
+                             + pool.active_ids(sid)))
+    statuses = [pool.status(ws, rid) for rid in ids]
+    active = [s for s in statuses if s.active]
+    if not active:
+        return
+    st.markdown("**Running now**")
+    for status in active:
+        title = STAGE_TITLES.get(status.stage, status.stage)
+        if status.status == "queued":
+            st.caption(f"{title}: waiting for a free worker")
+        else:
+            st.progress(min(max(status.progress, 0.0), 1.0), text=f"{title}: {status.message or 'starting'}")
 
 
 # -- current runs --------------------------------------------------------------------------------
@@ -103,11 +116,15 @@ def pick_run(page: Page, stage: str, label: str, *, key: str, help: str | None =
     if not runs:
         return None
     ids = [r.id for r in runs]
-    index = ids.index(current) if current in ids else 0
-    chosen = st.selectbox(label, ids, index=index, key=key, help=help,
-                          format_func=lambda rid: run_label(runs[ids.index(rid)]))
+    seen_key = f"{key}-current"
+    if st.session_state.get(seen_key) != current or st.session_state.get(key) not in ids:
+        # the current run changed elsewhere (a run just finished, another page chose one): show it
+        st.session_state[key] = current if current in ids else ids[0]
+    st.session_state[seen_key] = current
+    chosen = st.selectbox(label, ids, key=key, help=help, format_func=lambda rid: run_label(runs[ids.index(rid)]))
     if chosen != current:
         set_current_run(page, stage, chosen)
+        st.session_state[seen_key] = chosen
     return runs[ids.index(chosen)]
 
 

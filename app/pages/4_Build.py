@@ -69,7 +69,7 @@ else:
     excluded = c1.multiselect("Keep these nodes in float", [name for name, _ in nodes], key="build-exclude",
                               help="Exact node names; the sensitivity analysis on the Validate page recommends some.")
     exclude_ops = c2.multiselect("Keep these op types in float", op_types, default=[], key="build-exclude-ops")
-    patterns = st.text_input("More exclusion patterns (globs like */attention/*, or re:REGEX; comma separated)",
+    patterns = st.text_input("More exclusion patterns (globs like `*/attention/*` or `re:REGEX`, comma separated)",
                              key="build-patterns")
     with st.expander("Advanced"):
         a1, a2 = st.columns(2)
@@ -140,8 +140,12 @@ for tab, key in zip(tabs, ("trt11", "trt10", "modelopt")):
     with tab:
         value = cmds.get(key)
         st.code(value if isinstance(value, str) else "\n".join(value or []), language="bash")
+prof = meta["profile"]
 st.caption(f"Calibration cache header `{meta['calibration_cache']['header']}` · "
-           f"{meta['calibration_cache']['tensors']} tensors · profile {meta['profile']}")
+           f"{meta['calibration_cache']['tensors']} tensors · optimisation profile: batch "
+           f"{prof.get('min_batch')}/{prof.get('opt_batch')}/{prof.get('max_batch')} × sequence "
+           f"{prof.get('min_seq')}/{prof.get('opt_seq')}/{prof.get('max_seq')} (min/opt/max, from "
+           f"{prof.get('source', '?')})")
 
 # -- speed ---------------------------------------------------------------------------------------
 st.markdown("**Latency and throughput**")

@@ -54,6 +54,7 @@ def calibration_of(build_run) -> str | None:
 
 # -- validate ------------------------------------------------------------------------------------
 st.subheader("Validate an INT8 build")
+last_outcome(page, "build")  # a rebuild started below becomes the build to validate once it is done
 build_run = pick_run(page, "build", "INT8 build", key="val-build", model_sha256=None)
 if build_run is None:
     st.info("No INT8 build yet: build one on the Build page first.", icon=":material/info:")
@@ -207,10 +208,12 @@ with tab_sens:
                                     format="%.3f", key="sens-agree")
         budget = c3.number_input("Max evaluations", min_value=2, value=24, step=2, key="sens-budget")
         s_limit = c4.number_input("Texts per evaluation", min_value=8, value=256, step=32, key="sens-limit")
-        c1, c2 = st.columns(2)
+        c1, c2, c3 = st.columns(3)
         granularity = c1.selectbox("Granularity", list(GRANULARITIES), key="sens-gran",
                                    format_func={"node": "single nodes", "block": "transformer blocks"}.get)
         ranking = c2.selectbox("Ranking", list(RANKINGS), key="sens-rank")
+        min_cos = c3.number_input("Min embedding cosine (0 = no check)", min_value=0.0, max_value=1.0, value=0.0,
+                                  step=0.001, format="%.3f", key="sens-cos", disabled="embedding" not in spec.output_names)
         sconfig = SensitivityConfig(
             model=str(spec.onnx_path), tokenizer=str(spec.tokenizer_dir), data=eval_spec.source,
             ranges=bconf.calibration or bconf.ranges, method=bconf.method, text_column=eval_spec.text_column,
@@ -219,6 +222,7 @@ with tab_sens:
             preset=bconf.placement, include_nodes=bconf.include_nodes, exclude_nodes=bconf.exclude_nodes,
             include_op_types=bconf.include_op_types, exclude_op_types=bconf.exclude_op_types,
             granularity=granularity, ranking=ranking, max_drop=float(max_drop), min_agreement=float(min_agree),
+            min_embedding_cosine=float(min_cos) if min_cos > 0 else None,
             max_evaluations=int(budget), limit=int(s_limit))
         last_outcome(page, "sensitivity")
         if job_section(page, "sensitivity", "Sensitivity analysis") is None:
@@ -253,7 +257,6 @@ with tab_sens:
                 prun = None
             if prun is not None:
                 active = job_section(page, "build", "Rebuilding")
-                last_outcome(page, "build")
                 if active is None and st.button("Rebuild with these exclusions", type="primary", key="sens-rebuild",
                                                 icon=":material/construction:"):
                     base_config = build_config_of(prun)

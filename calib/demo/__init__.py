@@ -8,7 +8,15 @@ Importing this package is cheap: torch, datasets and scikit-learn load only when
 """
 
 from calib.demo.prepare import DemoConfig, DemoManifest, prepare_demo
-from calib.demo.tasks import DEMO_TASKS, SPLITS, DemoTask, TaskRecipe, demo_task_dir, load_demo_task, read_card
+from calib.demo.tasks import (
+    DEMO_TASKS,
+    SPLITS,
+    DemoTask,
+    TaskRecipe,
+    demo_task_dir,
+    load_demo_task,
+    read_card,
+)
 
 __all__ = [
     "DEMO_TASKS", "SPLITS", "DemoConfig", "DemoManifest", "DemoTask", "TaskRecipe",

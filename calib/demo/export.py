@@ -37,8 +37,8 @@ _CHECK_TEXTS = (
     "The film is a triumph.",
     "Shares in the bank fell sharply after the minister's statement on interest rates and growth.",
     "ok",
-    "A slow, meandering story whose actors never find the right tone, though the music is lovely "
-    "and the last scene almost redeems the two hours before it.",
+    ("A slow, meandering story whose actors never find the right tone, though the music is lovely "
+     "and the last scene almost redeems the two hours before it."),
 )
 
 
@@ -66,7 +66,7 @@ def _encoder_module(files: MiniLMFiles) -> Any:
     if missing:
         raise CalibError(f"{files.weights} lacks encoder weights {missing[:3]}; reinstall the model package")
 
-    class SentenceEncoder(torch.nn.Module):
+    class SentenceEncoder(torch.nn.Module):  # type: ignore[name-defined]
         def __init__(self) -> None:
             super().__init__()
             self.bert = bert

@@ -73,6 +73,10 @@ def _scaled(progress: ProgressFn | None, start: float, span: float) -> ProgressF
     return report
 
 
+def _prefixed(progress: ProgressFn, prefix: str) -> ProgressFn:
+    return lambda fraction, message="": progress(fraction, f"{prefix}, {message}" if message else prefix)
+
+
 # -- checks ----------------------------------------------------------------------------------------
 
 def _validate(config: DemoConfig) -> None:
@@ -178,7 +182,7 @@ def fit_head(embeddings: np.ndarray, label_ids: np.ndarray, n_classes: int, c: f
 
 def _length_stats(encoded: Any) -> dict[str, float]:
     full = encoded.full_lengths
-    return {"p50_tokens": float(np.median(full)), "p95_tokens": float(np.percentile(full, 95)),
+    return {"p50_tokens": round(float(np.median(full)), 1), "p95_tokens": round(float(np.percentile(full, 95)), 1),
             "truncated_share": round(encoded.truncation_rate, 4)}
 
 
@@ -192,8 +196,11 @@ def _encoder(ws: Workspace, files: sources.MiniLMFiles, tokenizer: Any, force: b
     cache = ws.cache_dir / ENCODER_CACHE
     meta_path, onnx_path = cache / "meta.json", cache / "encoder.onnx"
     if not force and meta_path.is_file() and onnx_path.is_file():
-        meta = read_json(meta_path)
-        if (meta.get("recipe_version") == RECIPE_VERSION
+        try:
+            meta = read_json(meta_path)
+        except (OSError, ValueError):  # a damaged cache is simply rebuilt
+            meta = {}
+        if (isinstance(meta, dict) and meta.get("recipe_version") == RECIPE_VERSION
                 and meta.get("model_safetensors_sha256") == files.safetensors_sha256
                 and meta.get("sha256") == sha256_file(onnx_path)):
             progress(1.0, "encoder already exported")
@@ -212,12 +219,12 @@ def _read_texts(recipe: TaskRecipe) -> sources.LabelledTexts:
     return sources.read_bbc_news() if recipe.source == "bbc" else sources.read_rotten_tomatoes()
 
 
-def _build_task(recipe: TaskRecipe, seed: int, task_dir: Path, files: sources.MiniLMFiles,
-                encoder_path: Path, encoder_facts: dict[str, Any], tokenizer: Any,
+def _build_task(recipe: TaskRecipe, corpus: sources.LabelledTexts, seed: int, task_dir: Path,
+                files: sources.MiniLMFiles, encoder_path: Path, encoder_facts: dict[str, Any], tokenizer: Any,
                 progress: ProgressFn) -> dict[str, Any]:
-    import datasets
     import onnx
 
+    import datasets
     from calib.batching import encode
     from calib.engines.ort import OrtSessionLoader
 
@@ -233,8 +240,7 @@ def _build_task(recipe: TaskRecipe, seed: int, task_dir: Path, files: sources.Mi
         clock = now
 
     name = recipe.name
-    progress(0.0, f"{name}: reading texts")
-    corpus = _read_texts(recipe)
+    progress(0.0, f"{name}: tokenizing {len(corpus.texts)} texts")
     label_ids = np.asarray(corpus.label_ids, dtype=np.int64)
     rows = split_rows(label_ids, recipe.n_train, recipe.n_eval, seed)
     encoded = {s: encode(tokenizer, [corpus.texts[i] for i in rows[s]], max_length=recipe.max_length)
@@ -245,7 +251,7 @@ def _build_task(recipe: TaskRecipe, seed: int, task_dir: Path, files: sources.Mi
     train_share = 0.85 * n_train / (n_train + n_eval)
     encoder = OrtSessionLoader(encoder_path)()
     embedded = run_rows(encoder, encoded["train"], [demo_export.EMBEDDING_OUTPUT],
-                        _scaled(progress, 0.05, train_share))
+                        _prefixed(_scaled(progress, 0.05, train_share), f"{name}: embedding the train split"))
     del encoder
     lap("embed_train")
 
@@ -262,7 +268,8 @@ def _build_task(recipe: TaskRecipe, seed: int, task_dir: Path, files: sources.Mi
         del model
         classifier = OrtSessionLoader(tmp / "model.onnx")()
         outputs = run_rows(classifier, encoded["eval"], [demo_export.LOGITS_OUTPUT, demo_export.EMBEDDING_OUTPUT],
-                           _scaled(progress, 0.05 + train_share, 0.85 - train_share))
+                           _prefixed(_scaled(progress, 0.05 + train_share, 0.85 - train_share),
+                                     f"{name}: FP32 accuracy on the eval split"))
         del classifier
         head_error = float(np.abs(outputs["logits"] - (outputs["embedding"] @ weight.T + bias)).max())
         if head_error > 1e-4:
@@ -292,7 +299,7 @@ def _build_task(recipe: TaskRecipe, seed: int, task_dir: Path, files: sources.Mi
             "task": name, "description": recipe.description, "labels": list(corpus.labels),
             "text_column": "text", "label_column": "label", "max_length": recipe.max_length,
             "fp32_eval_accuracy": round(eval_accuracy, 6), "fp32_train_accuracy": round(train_accuracy, 6),
-            "splits": {s: int(len(rows[s])) for s in SPLITS},
+            "splits": {s: len(rows[s]) for s in SPLITS},
             "token_lengths": {s: _length_stats(encoded[s]) for s in SPLITS},
             "model": {"onnx": "model.onnx", "sha256": model_sha, "inputs": list(demo_export.INPUT_NAMES),
                       "outputs": [demo_export.LOGITS_OUTPUT, demo_export.EMBEDDING_OUTPUT],
@@ -340,8 +347,7 @@ def prepare_demo(config: DemoConfig, progress: ProgressFn | None = None) -> Demo
 
         report(0.0, "checking the MiniLM-L6 checkpoint")
         files = sources.minilm_files(verify=True)
-        for recipe in todo:  # fail on a missing data package before the long work starts
-            _read_texts(recipe)
+        corpora = {r.name: _read_texts(r) for r in todo}  # a missing data package fails before the long work
         tokenizer = load_tokenizer(files.dir)
         total = 1.0 + sum(3.0 * r.relative_cost for r in todo)
         encoder_path, encoder_facts = _encoder(ws, files, tokenizer, config.force,
@@ -349,7 +355,7 @@ def prepare_demo(config: DemoConfig, progress: ProgressFn | None = None) -> Demo
         position = 1.0 / total
         for recipe in todo:
             span = 3.0 * recipe.relative_cost / total
-            cards[recipe.name] = _build_task(recipe, config.seed, ws.demo_dir / recipe.name, files,
+            cards[recipe.name] = _build_task(recipe, corpora[recipe.name], config.seed, ws.demo_dir / recipe.name, files,
                                              encoder_path, encoder_facts, tokenizer,
                                              _scaled(progress, position, span))
             position += span

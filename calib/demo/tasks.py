@@ -132,5 +132,5 @@ def load_demo_task(task: str, workspace: str | Path | None = None) -> DemoTask:
             f"demo model {model.onnx_path} changed since it was prepared (sha256 {model.sha256[:12]}…, card says "
             f"{card['model']['sha256'][:12]}…); run `calib demo prepare --force --task {task}`"
         )
-    root = directory.parent.parent
+    root = directory.resolve().parent.parent
     return DemoTask(name=task, dir=directory, card=card, model=model, workspace=str(root))
