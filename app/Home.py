@@ -13,11 +13,10 @@ APP_DIR = Path(__file__).resolve().parent
 if str(APP_DIR) not in sys.path:
     sys.path.insert(0, str(APP_DIR))
 
-import streamlit as st  # noqa: E402
-
-from lib.context import STAGE_TITLES  # noqa: E402
-from lib.project import demo_ready  # noqa: E402
-from lib.ui import age, start_page  # noqa: E402
+import streamlit as st
+from lib.context import STAGE_TITLES
+from lib.project import demo_ready
+from lib.ui import age, start_page
 
 page = start_page("calib workbench", ":material/tune:",
                   "INT8 calibration and accuracy validation for transformer text models that ship on "

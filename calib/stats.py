@@ -24,15 +24,17 @@ positions whose batch row and every sequence index are real tokens (e.g. attenti
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnx
 
-from calib.batching import Encoded, iter_batches
+from calib.batching import Batch, Encoded, iter_batches
 from calib.errors import InputError
 from calib.io import atomic_save_npz, atomic_write_json, read_json, sha256_file
 from calib.model import ModelSpec, read_onnx
@@ -45,6 +47,8 @@ TENSOR_SCOPES = ("placement", "all")
 DEFAULT_BINS = {"stream": 4096, "two-pass": 2048}
 PROBE_SHAPES = ((3, 11), (5, 13))  # (batch, sequence): odd primes so no axis role is ambiguous
 _CHUNK = 1 << 16  # elements per histogram chunk: keeps abs/scale/cast/bincount inside the L2 cache
+_DIRECT = _CHUNK // 4  # contiguous blocks this large are histogrammed in place; smaller ones gathered first
+_WEIGHTLESS_MAX = 1024  # initializers up to this many elements keep their data (shape constants)
 STATS_FILE = "stats.npz"
 META_FILE = "stats.json"
 
@@ -62,6 +66,7 @@ class StatsConfig:
     optimization: str = "all"  # ORT graph optimisation; exposed tensors are graph outputs, so kept
     threads: int | None = None
     pad_multiple: int = 8
+    overlap: bool = True  # accumulate batch k in a background thread while ORT runs batch k+1
 
 
 @dataclass(frozen=True, eq=False)
@@ -206,18 +211,40 @@ def graph_producers(model: onnx.ModelProto) -> dict[str, tuple[str, str, int]]:
     return out
 
 
+def weightless(model: onnx.ModelProto, keep_elements: int = _WEIGHTLESS_MAX) -> onnx.ModelProto:
+    """A copy of ``model`` whose initializers above ``keep_elements`` elements keep their name, type and
+    shape but no data. Enough for graph walks, placement and shape inference (small constants such as
+    Reshape shapes are kept), without copying or re-serializing the weights."""
+    light = onnx.ModelProto(ir_version=model.ir_version, producer_name=model.producer_name,
+                            producer_version=model.producer_version, domain=model.domain,
+                            model_version=model.model_version)
+    light.opset_import.extend(model.opset_import)
+    light.functions.extend(model.functions)
+    graph, src = light.graph, model.graph
+    graph.name = src.name
+    for part in ("node", "input", "output", "value_info", "sparse_initializer"):
+        getattr(graph, part).extend(getattr(src, part))
+    for tensor in src.initializer:
+        if math.prod(tensor.dims) <= keep_elements or tensor.data_location == onnx.TensorProto.EXTERNAL:
+            graph.initializer.append(tensor)
+        else:
+            graph.initializer.add(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims)
+    return light
+
+
 def default_tensors(model: onnx.ModelProto, scope: str = "placement", placement: str | Placement = "tensorrt") -> tuple[str, ...]:
     """Tensors to collect, in graph order: the placement's activation tensors + float model outputs
     (``scope='placement'``), or every float tensor produced by a node (``scope='all'``)."""
     if scope not in TENSOR_SCOPES:
         raise InputError(f"unknown tensor scope {scope!r} (choose 'placement', 'all' or give tensor names)")
+    model = weightless(model)  # shape inference would otherwise serialize and copy every weight
     producers = graph_producers(model)
-    initializers = {t.name for t in model.graph.initializer}
-    constants = {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
-    floats = _float_tensors(model)
     outputs = [o.name for o in model.graph.output if o.type.tensor_type.elem_type in
                (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)]
     if scope == "all":
+        initializers = {t.name for t in model.graph.initializer}
+        constants = {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+        floats = _float_tensors(model)
         names = [n for n, (prod, _, _) in producers.items()
                  if prod and n not in initializers and n not in constants and n in floats]
     else:
@@ -291,7 +318,125 @@ def position_mask(roles: Sequence[str], mask: np.ndarray) -> np.ndarray | None:
 
 
 # ---------------------------------------------------------------------------------------------
+# Real positions by slicing
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where a tensor's batch and sequence axes are (from its axis roles). ``split_axis``: a flattened
+    batch*seq axis, reshaped to (batch, seq) before slicing."""
+
+    batch_axis: int | None
+    repeat: int  # rows per text on the batch axis (heads folded into the batch: batch*k)
+    seq_axes: tuple[int, ...]
+    split_axis: int | None = None
+
+
+def _layout(roles: Sequence[str]) -> _Layout | None:
+    """Slicing plan for a tensor, or None when only a boolean mask can describe its real positions."""
+    seq = [ax for ax, role in enumerate(roles) if role == "seq"]
+    flat = [ax for ax, role in enumerate(roles) if role == "batch*seq"]
+    batch = next((ax for ax, role in enumerate(roles) if role == "batch"
+                  or (role.startswith("batch*") and role != "batch*seq")), None)
+    if flat:
+        if len(flat) > 1 or batch is not None:
+            return None
+        ax = flat[0]
+        return _Layout(batch_axis=ax, repeat=1, seq_axes=(ax + 1, *(s + 1 if s > ax else s for s in seq)),
+                       split_axis=ax)
+    repeat = 1 if batch is None or roles[batch] == "batch" else int(roles[batch].split("*")[1])
+    return _Layout(batch_axis=batch, repeat=repeat, seq_axes=tuple(seq))
+
+
+class _Rows:
+    """A batch's token mask as runs of consecutive rows with the same number of real tokens."""
+
+    def __init__(self, mask: np.ndarray) -> None:
+        self.mask = mask
+        self.batch, self.width = mask.shape
+        lengths = mask.sum(axis=1)
+        self.all_real = bool(lengths.min(initial=self.width) == self.width)
+        # real tokens first in every row: what iter_batches makes; anything else takes the boolean path
+        self.prefix = bool(np.array_equal(mask, np.arange(self.width)[None, :] < lengths[:, None]))
+        cuts = (np.flatnonzero(np.diff(lengths)) + 1).tolist()
+        self.groups = [(a, b, int(lengths[a])) for a, b in zip([0, *cuts], [*cuts, self.batch]) if b > a]
+        self.longest = int(lengths.max(initial=0))
+
+
+def _split_positions(name: str, value: np.ndarray, roles: Sequence[str], layout: _Layout | None,
+                     rows: _Rows) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(views holding the real positions, views holding the padded ones) of one batch's tensor; the
+    views are disjoint and together cover the tensor."""
+    if rows.all_real or layout is None or not rows.prefix:
+        keep = None if rows.all_real else position_mask(roles, rows.mask)
+        if keep is None:
+            return [value], []
+        keep = np.broadcast_to(keep, value.shape)
+        return [value[keep]], [value[~keep]]
+    if not layout.seq_axes:
+        return [value], []
+    if layout.split_axis is not None:
+        ax = layout.split_axis
+        if value.shape[ax] != rows.batch * rows.width:
+            raise InputError(f"tensor {name!r} has shape {value.shape}: axis {ax} should hold batch x sequence "
+                             f"= {rows.batch * rows.width} positions")
+        value = value.reshape(value.shape[:ax] + (rows.batch, rows.width) + value.shape[ax + 1:])
+    bad = [ax for ax in layout.seq_axes if value.shape[ax] != rows.width]
+    if layout.batch_axis is not None and value.shape[layout.batch_axis] != rows.batch * layout.repeat:
+        bad.append(layout.batch_axis)
+    if bad:
+        raise InputError(f"tensor {name!r} has shape {value.shape} in a batch of {rows.batch} x {rows.width} tokens: "
+                         f"axis {bad[0]} does not follow its probed role ({', '.join(roles)})")
+    groups = rows.groups if layout.batch_axis is not None else [(0, rows.batch, rows.longest)]
+    real, padded = [], []
+    for first, stop, length in groups:
+        base = [slice(None)] * value.ndim
+        if layout.batch_axis is not None:
+            base[layout.batch_axis] = slice(first * layout.repeat, stop * layout.repeat)
+        cut = list(base)
+        for ax in layout.seq_axes:
+            cut[ax] = slice(0, length)
+        real.append(value[tuple(cut)])
+        if length < rows.width:  # the rest, as disjoint slabs: seq axis i padded, axes before it real
+            for i, ax in enumerate(layout.seq_axes):
+                pad = list(base)
+                for before in layout.seq_axes[:i]:
+                    pad[before] = slice(0, length)
+                pad[ax] = slice(length, None)
+                padded.append(value[tuple(pad)])
+    return real, padded
+
+
+def _blocks(view: np.ndarray, limit: int) -> Iterator[np.ndarray]:
+    """Sub-views of ``view`` (split along leading axes) of at most ``limit`` elements each."""
+    if view.flags.c_contiguous:
+        view = view.reshape(-1)
+    if view.size <= limit:
+        yield view
+        return
+    inner = view.size // view.shape[0]
+    if inner <= limit:
+        step = limit // inner
+        for start in range(0, view.shape[0], step):
+            yield view[start : start + step]
+    else:
+        for row in view:
+            yield from _blocks(row, limit)
+
+
+# ---------------------------------------------------------------------------------------------
 # Accumulation
+
+
+class _Scratch:
+    """Per-thread work buffers of ``_CHUNK`` elements: gathered values, |x| scaled, bin indices."""
+
+    __slots__ = ("gather", "index", "scaled")
+
+    def __init__(self) -> None:
+        self.gather = np.empty(_CHUNK, np.float32)
+        self.scaled = np.empty(_CHUNK, np.float32)
+        self.index = np.empty(_CHUNK, np.intp)
 
 
 class _Accumulator:
@@ -308,30 +453,66 @@ class _Accumulator:
         self.count = self.nan = self.posinf = self.neginf = 0
 
     def count_nonfinite(self, values: np.ndarray) -> None:
-        """Count NaN / +inf / -inf anywhere in the tensor (padded positions included: they are
-        there at inference time, e.g. the -inf of an additive attention mask)."""
         self.nan += int(np.count_nonzero(np.isnan(values)))
         self.posinf += int(np.count_nonzero(values == np.inf))
         self.neginf += int(np.count_nonzero(values == -np.inf))
 
-    def add(self, values: np.ndarray, buf_f: np.ndarray, buf_i: np.ndarray, *, finite: bool,
-            bounds: tuple[float, float] | None = None, hist: bool = True) -> None:
-        """Accumulate a flat float32 array of real-position values; ``finite`` False filters
-        non-finite values out first; ``bounds`` = (min, max) when already known."""
-        if not finite:
-            values = values[np.isfinite(values)]
-            bounds = None
-        if values.size == 0:
+    def check_padding(self, views: Sequence[np.ndarray]) -> None:
+        """Count NaN / +inf / -inf at padded positions too: they are there at inference time (e.g. the
+        -inf of an additive attention mask), so the tensor is flagged, though they never enter ranges."""
+        for view in views:
+            if view.size and not (math.isfinite(view.min()) and math.isfinite(view.max())):  # NaN propagates
+                self.count_nonfinite(view)
+
+    def add_views(self, views: Sequence[np.ndarray], scratch: _Scratch, *, hist: bool, count: bool) -> None:
+        """Accumulate the values of ``views`` (any shapes and strides): contiguous blocks in place, small
+        or strided ones gathered into one scratch chunk first so each numpy call has work to do."""
+        gather, filled = scratch.gather, 0
+        for view in views:
+            for block in _blocks(view, _CHUNK):
+                n = block.size
+                if n >= _DIRECT and block.flags.c_contiguous:
+                    self.add_chunk(block.reshape(-1), scratch, hist=hist, count=count)
+                    continue
+                if filled + n > _CHUNK:
+                    self.add_chunk(gather[:filled], scratch, hist=hist, count=count)
+                    filled = 0
+                np.copyto(gather[filled : filled + n].reshape(block.shape), block)
+                filled += n
+        if filled:
+            self.add_chunk(gather[:filled], scratch, hist=hist, count=count)
+
+    def add_chunk(self, chunk: np.ndarray, scratch: _Scratch, *, hist: bool, count: bool) -> None:
+        """Accumulate a flat float32 array of at most ``_CHUNK`` real-position values; ``count`` False
+        skips counting non-finite values (already counted, in two-pass mode's range pass)."""
+        if chunk.size == 0:
             return
-        lo, hi = bounds if bounds is not None else (float(values.min()), float(values.max()))
-        self.count += values.size
+        lo, hi = float(chunk.min()), float(chunk.max())
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            if count:
+                self.count_nonfinite(chunk)
+            chunk = chunk[np.isfinite(chunk)]
+            if chunk.size == 0:
+                return
+            lo, hi = float(chunk.min()), float(chunk.max())
+        self.count += chunk.size
         self.min, self.max = min(self.min, lo), max(self.max, hi)
         if not hist:
             return
         absmax = max(-lo, hi)
         if self.fixed_range is None and absmax >= self.range and absmax > 0:
             self._grow(absmax)
-        self._histogram(values, buf_f, buf_i)
+        if self.range == 0:  # every finite value so far is 0
+            self.hist[0] += chunk.size
+            return
+        n = chunk.size
+        scaled = np.abs(chunk, out=scratch.scaled[:n])
+        np.multiply(scaled, np.float32(self.bins / self.range), out=scaled)
+        index = scratch.index[:n]
+        np.copyto(index, scaled, casting="unsafe")  # truncation == floor for values >= 0
+        if self.fixed_range is not None:  # x == absmax lands on index `bins` in two-pass mode
+            np.minimum(index, self.bins - 1, out=index)
+        self.hist += np.bincount(index, minlength=self.bins)
 
     def _grow(self, absmax: float) -> None:
         # smallest power of two above absmax; at least 2**-100 so bins/range stays finite in float32
@@ -343,24 +524,6 @@ class _Accumulator:
                 self.hist[:] = 0
                 self.hist[: len(merged)] = merged
         self.range = new_range
-
-    def _histogram(self, values: np.ndarray, buf_f: np.ndarray, buf_i: np.ndarray) -> None:
-        if self.range == 0:  # every finite value so far is 0
-            self.hist[0] += values.size
-            return
-        scale = np.float32(self.bins / self.range)
-        last = self.bins - 1
-        clip = self.fixed_range is not None  # x == absmax lands on index `bins` in two-pass mode
-        for start in range(0, values.size, _CHUNK):
-            chunk = values[start : start + _CHUNK]
-            n = chunk.size
-            scaled = np.abs(chunk, out=buf_f[:n])
-            np.multiply(scaled, scale, out=scaled)
-            idx = buf_i[:n]
-            np.copyto(idx, scaled, casting="unsafe")  # truncation == floor for values >= 0
-            if clip:
-                np.minimum(idx, last, out=idx)
-            self.hist += np.bincount(idx, minlength=self.bins)
 
     def result(self, name: str, producer: str, op_type: str, roles: tuple[str, ...]) -> TensorStats:
         return TensorStats(name=name, producer=producer, op_type=op_type, axis_roles=roles, count=self.count,
@@ -389,6 +552,68 @@ def _probe_feeds(encoded: Encoded, input_dtypes: Mapping[str, type], batch: int,
     return {k: arrays[k].astype(dt) for k, dt in input_dtypes.items()}
 
 
+def _tensor_types(model: onnx.ModelProto) -> dict[str, int]:
+    """ONNX element type of every tensor whose type shape inference can tell (best effort)."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # noqa: BLE001 - onnx raises several types; unknown types are exposed as float
+        inferred = model
+    return {v.name: v.type.tensor_type.elem_type
+            for v in (*inferred.graph.input, *inferred.graph.output, *inferred.graph.value_info)
+            if v.type.tensor_type.elem_type}
+
+
+def _exposing_session(onnx_path: Path, graph: onnx.ModelProto, names: Sequence[str], cfg: StatsConfig):
+    """An ORT session of the model with ``names`` as extra graph outputs. The weights are not
+    re-serialized unless they live in external files (then the model is loaded and re-serialized)."""
+    from calib.engines.ort import OrtSessionLoader, expose_outputs, exposed_model_bytes
+
+    spinning = False if cfg.overlap else None  # idle ORT threads must not busy-wait on the accumulator's core
+    external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.graph.initializer)
+    if external:
+        model: onnx.ModelProto | bytes = expose_outputs(read_onnx(onnx_path), names)
+    else:
+        model = exposed_model_bytes(onnx_path, names, elem_types=_tensor_types(graph),
+                                    known=[o.name for o in graph.graph.output])
+    return OrtSessionLoader(model, threads=cfg.threads, optimization=cfg.optimization, spinning=spinning)()
+
+
+def _run_batches(session, names: Sequence[str], batches: Iterator[Batch],
+                 work: Callable[[list[np.ndarray], Batch], None], *, overlap: bool,
+                 after: Callable[[Batch], None]) -> None:
+    """Run every batch and hand its outputs to ``work``. With ``overlap``, ``work`` on batch k runs in a
+    background thread while ORT (which releases the GIL) runs batch k+1; at most two batches of
+    activations exist at once. Outputs are numpy views of ORT's own buffers (no copy)."""
+    from onnxruntime import OrtValue
+
+    def run(batch: Batch) -> tuple[list, list[np.ndarray]]:
+        feeds = {k: OrtValue.ortvalue_from_numpy(v) for k, v in batch.feeds.items()}
+        values = session.run_with_ort_values(list(names), feeds)
+        return values, [v.numpy() for v in values]  # the OrtValues own the memory: keep them alive
+
+    if not overlap:
+        for batch in batches:
+            _, arrays = run(batch)
+            work(arrays, batch)
+            del arrays, _
+            after(batch)
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="calib-stats") as pool:
+        pending: Future | None = None
+        pending_batch: Batch | None = None
+        for batch in batches:
+            values, arrays = run(batch)
+            if pending is not None:
+                pending.result()  # re-raises the worker's error
+                after(pending_batch)
+            pending = pool.submit(lambda a=arrays, v=values, b=batch: work(a, b))
+            pending_batch = batch
+            del values, arrays
+        if pending is not None:
+            pending.result()
+            after(pending_batch)
+
+
 def collect_statistics(
     model: str | Path | ModelSpec,
     encoded: Encoded,
@@ -405,10 +630,8 @@ def collect_statistics(
     """Run ``encoded`` through the FP32 model in length-bucketed batches and accumulate statistics.
 
     ``tensors`` None takes ``config.tensors`` (default: placement activations + float outputs).
-    ``config`` (if given) supplies batch size, histogram mode, bins, optimisation and threads.
+    ``config`` (if given) supplies batch size, histogram mode, bins, optimisation, threads and overlap.
     """
-    from calib.engines.ort import OrtSessionLoader, expose_outputs
-
     cfg = config or StatsConfig(batch_size=batch_size, histogram=histogram, bins=bins)
     if cfg.histogram not in HISTOGRAM_MODES:
         raise InputError(f"unknown histogram mode {cfg.histogram!r} (choose {' or '.join(HISTOGRAM_MODES)})")
@@ -420,12 +643,13 @@ def collect_statistics(
     if len(encoded) == 0:
         raise InputError("the calibration set is empty: no texts to run")
     onnx_path = Path(model.onnx_path if isinstance(model, ModelSpec) else model)
-    proto = read_onnx(onnx_path)
+    t0 = time.perf_counter()
+    graph = weightless(read_onnx(onnx_path, load_weights=False))  # the weights are only needed by ORT
     sha = model.sha256 if isinstance(model, ModelSpec) else sha256_file(onnx_path)
-    input_dtypes = model.input_dtypes if isinstance(model, ModelSpec) else _input_dtypes(proto)
-    producers = graph_producers(proto)
+    input_dtypes = model.input_dtypes if isinstance(model, ModelSpec) else _input_dtypes(graph)
+    producers = graph_producers(graph)
     if tensors is None:
-        tensors = cfg.tensors if not isinstance(cfg.tensors, str) else default_tensors(proto, cfg.tensors, cfg.placement)
+        tensors = cfg.tensors if not isinstance(cfg.tensors, str) else default_tensors(graph, cfg.tensors, cfg.placement)
     names = list(dict.fromkeys(tensors))
     unknown = [n for n in names if n not in producers]
     if unknown:
@@ -434,11 +658,7 @@ def collect_statistics(
     if not names:
         raise InputError(f"no tensors to collect statistics for in model {onnx_path.name}")
 
-    t0 = time.perf_counter()
-    exposed = expose_outputs(proto, names)
-    del proto
-    session = OrtSessionLoader(exposed, threads=cfg.threads, optimization=cfg.optimization)()
-    del exposed
+    session = _exposing_session(onnx_path, graph, names, cfg)
     float_out = {o.name for o in session.get_outputs() if o.type in ("tensor(float)", "tensor(float16)")}
     skipped = {n: "not a float tensor" for n in names if n not in float_out}
     names = [n for n in names if n in float_out]
@@ -453,48 +673,47 @@ def collect_statistics(
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InputError(f"model {onnx_path.name} does not run on dynamic (batch, sequence) feeds: {first}") from exc
     roles = {n: classify_axes(a.shape, b.shape) for n, a, b in zip(names, *probes)}
+    layouts = {n: _layout(roles[n]) for n in names}
     del probes
 
     passes = ["range", "histogram"] if cfg.histogram == "two-pass" else ["stream"]
     total_batches = -(-len(encoded) // cfg.batch_size) * len(passes)
-    done = 0
     accs = {n: _Accumulator(nbins) for n in names}
-    buf_f = np.empty(_CHUNK, np.float32)
-    buf_i = np.empty(_CHUNK, np.intp)
-    tokens = batches = 0
+    scratch = _Scratch()
+    seen = {"done": 0, "tokens": 0, "batches": 0}
     for pass_name in passes:
         if pass_name == "histogram":
             first = accs
             accs = {n: _Accumulator(nbins, fixed_range=acc_range(a)) for n, a in first.items()}
             for n, acc in accs.items():  # non-finite values were counted in the range pass
                 acc.nan, acc.posinf, acc.neginf = first[n].nan, first[n].posinf, first[n].neginf
-        for batch in iter_batches(encoded, input_dtypes, cfg.batch_size, order=order, seed=seed,
-                                  pad_multiple=cfg.pad_multiple):
-            outputs = session.run(names, batch.feeds)
-            for name, value in zip(names, outputs):
-                value = np.asarray(value, dtype=np.float32)
-                lo, hi = (float(value.min()), float(value.max())) if value.size else (0.0, 0.0)
-                finite = bool(np.isfinite(lo) and np.isfinite(hi))  # NaN propagates through min/max
-                if not finite and pass_name != "histogram":
-                    accs[name].count_nonfinite(value)
-                keep = position_mask(roles[name], batch.mask)
-                if keep is None:
-                    accs[name].add(value.reshape(-1), buf_f, buf_i, finite=finite,
-                                   bounds=(lo, hi) if finite else None, hist=pass_name != "range")
-                else:
-                    accs[name].add(value[np.broadcast_to(keep, value.shape)], buf_f, buf_i, finite=finite,
-                                   hist=pass_name != "range")
-            del outputs
+        hist, count = pass_name != "range", pass_name != "histogram"
+
+        def work(arrays: list[np.ndarray], batch: Batch, accs=accs, hist=hist, count=count) -> None:
+            rows = _Rows(batch.mask)
+            for name, value in zip(names, arrays):
+                if value.dtype != np.float32:
+                    value = value.astype(np.float32)
+                real, padded = _split_positions(name, value, roles[name], layouts[name], rows)
+                if count:
+                    accs[name].check_padding(padded)
+                accs[name].add_views(real, scratch, hist=hist, count=count)
+
+        def after(batch: Batch, pass_name=pass_name) -> None:
             if pass_name != "range":
-                tokens += int(batch.mask.sum())
-                batches += 1
-            done += 1
+                seen["tokens"] += int(batch.mask.sum())
+                seen["batches"] += 1
+            seen["done"] += 1
             if progress is not None:
-                progress(done / total_batches, f"{pass_name} pass: batch {done}/{total_batches}")
+                progress(seen["done"] / total_batches, f"{pass_name} pass: batch {seen['done']}/{total_batches}")
+
+        batches = iter_batches(encoded, input_dtypes, cfg.batch_size, order=order, seed=seed,
+                               pad_multiple=cfg.pad_multiple)
+        _run_batches(session, names, batches, work, overlap=cfg.overlap, after=after)
     seconds = time.perf_counter() - t0
     results = tuple(accs[n].result(n, producers[n][0], producers[n][1], roles[n]) for n in names)
-    return ActivationStats(model_sha256=sha, tensors=results, bins=nbins, histogram=cfg.histogram,
-                           texts=len(encoded), tokens=tokens, batches=batches, seconds=seconds, skipped=skipped)
+    return ActivationStats(model_sha256=sha, tensors=results, bins=nbins, histogram=cfg.histogram, texts=len(encoded),
+                           tokens=seen["tokens"], batches=seen["batches"], seconds=seconds, skipped=skipped)
 
 
 def acc_range(acc: _Accumulator) -> float:
@@ -504,7 +723,6 @@ def acc_range(acc: _Accumulator) -> float:
     return max(abs(acc.min), abs(acc.max))
 
 
-
 def tensor_stats_from_arrays(name: str, batches: Sequence[np.ndarray] | np.ndarray, *, bins: int = DEFAULT_BINS["stream"],
                              fixed_range: float | None = None) -> TensorStats:
     """Statistics of plain arrays (every element counts), with the same accumulator as the model
@@ -512,11 +730,7 @@ def tensor_stats_from_arrays(name: str, batches: Sequence[np.ndarray] | np.ndarr
     if isinstance(batches, np.ndarray):
         batches = [batches]
     acc = _Accumulator(bins, fixed_range)
-    buf_f, buf_i = np.empty(_CHUNK, np.float32), np.empty(_CHUNK, np.intp)
+    scratch = _Scratch()
     for array in batches:
-        flat = np.ascontiguousarray(array, dtype=np.float32).reshape(-1)
-        finite = bool(np.isfinite(flat).all())
-        if not finite:
-            acc.count_nonfinite(flat)
-        acc.add(flat, buf_f, buf_i, finite=finite)
+        acc.add_views([np.ascontiguousarray(array, dtype=np.float32)], scratch, hist=True, count=True)
     return acc.result(name, "", "", ("other",))

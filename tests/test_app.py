@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("streamlit")
-from streamlit.testing.v1 import AppTest  # noqa: E402
+from streamlit.testing.v1 import AppTest
 
 REPO = Path(__file__).resolve().parent.parent
 APP = REPO / "app"
@@ -103,8 +103,9 @@ def test_sanitize_upload_names():
 
 
 def test_store_upload_checks_kind_and_size(workspace):
-    from calib.errors import InputError
     from lib import uploads
+
+    from calib.errors import InputError
 
     path = uploads.store_upload(workspace, "abc123abc123", uploads.DATASET, "../x/my data.csv", b"text,label\na,b\n")
     assert path.parent == workspace.uploads_dir / "abc123abc123"
@@ -121,8 +122,9 @@ def test_store_upload_checks_kind_and_size(workspace):
 
 
 def test_job_pool_records_progress_and_errors(workspace):
-    from calib.errors import InputError
     from lib.jobs import JobPool
+
+    from calib.errors import InputError
 
     class Done:
         def summary(self):
@@ -258,6 +260,27 @@ def test_runs_page_history_compare_and_reports(app_workspace):
     at.toggle(key="runs-all").set_value(False).run()
     no_crash(at)
     assert any("No runs yet" in i.value for i in at.info)
+
+
+@pytest.mark.parametrize("page, widgets, empty", [
+    ("calibset", ["cs-strategy", "cs-size", "cs-seed", "cs-edges", "cs-shortfall", "cs-assemble"],
+     "No calibration set yet"),
+    ("calibrate", [], "No calibration set yet"),
+    ("build", [], "No calibration yet"),
+    ("validate", [], "No INT8 build yet"),
+    ("runs", ["runs-stages", "runs-status", "runs-all"], "No runs yet"),
+])
+def test_pages_before_any_run(app_workspace, tiny_model_path, tiny_tokenizer_dir, tiny_csv, page, widgets, empty):
+    at = use_tiny_project(open_app("project"), tiny_model_path, tiny_tokenizer_dir, tiny_csv)
+    at.switch_page(PAGES[page]).run()
+    no_crash(at)
+    assert not errors(at), errors(at)
+    for key in widgets:
+        assert at.get("selectbox") is not None
+        found = [w for kind in ("selectbox", "number_input", "text_input", "button", "multiselect", "toggle")
+                 for w in at.get(kind) if getattr(w, "key", None) == key]
+        assert found, f"{page}: no widget {key}"
+    assert any(empty in i.value for i in at.info), [i.value for i in at.info]
 
 
 def test_failed_run_shows_the_library_error(app_workspace, tiny_model_path, tiny_tokenizer_dir, tiny_csv):

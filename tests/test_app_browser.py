@@ -26,7 +26,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 STEP_TIMEOUT_MS = 300_000  # one stage on the real demo model, on a shared 2-core machine
 
-pytestmark = pytest.mark.demo
+pytestmark = [pytest.mark.demo, pytest.mark.browser]
 
 
 def _unavailable(reason: str) -> None:
@@ -49,30 +49,30 @@ def app_server(demo_workspace, tmp_path):
     (root / "demo").symlink_to(Path(demo_workspace) / "demo", target_is_directory=True)
     port = _free_port()
     env = dict(os.environ, CALIB_WORKSPACE=str(root), CALIB_THREADS=os.environ.get("CALIB_THREADS", "1"))
-    log = open(tmp_path / "streamlit.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(REPO / "app" / "Home.py"), "--server.port", str(port),
-         "--server.address", "localhost", "--server.headless", "true", "--browser.gatherUsageStats", "false"],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("localhost", port), timeout=0.5).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    log.flush()
-                    pytest.fail("streamlit did not start:\n" + (tmp_path / "streamlit.log").read_text()[-2000:])
-                time.sleep(0.2)
-        yield f"http://localhost:{port}", root
-    finally:
-        proc.terminate()
+    log_path = tmp_path / "streamlit.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", str(REPO / "app" / "Home.py"), "--server.port", str(port),
+             "--server.address", "localhost", "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    socket.create_connection(("localhost", port), timeout=0.5).close()
+                    break
+                except OSError:
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        log.flush()
+                        pytest.fail("streamlit did not start:\n" + log_path.read_text()[-2000:])
+                    time.sleep(0.2)
+            yield f"http://localhost:{port}", root
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 def _shot(page, name: str) -> Path:
@@ -204,10 +204,12 @@ def test_demo_walkthrough_in_chromium(app_server):
             # Runs & reports: the history (checked in the registry below), the report opens inline
             open_page("Runs_and_reports")
             expect(page.get_by_text("Run details")).to_be_visible()
+            _settle(page)
+            _shot(page, "9-runs-history")
             page.get_by_role("tab", name="Reports").click()
             expect(page.locator("iframe").first).to_be_visible()
             _no_exception(page)
-            _shot(page, "9-runs-and-reports")
+            _shot(page, "10-report")
         finally:
             browser.close()
 

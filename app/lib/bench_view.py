@@ -7,10 +7,9 @@ import pandas as pd
 import streamlit as st
 
 from calib.bench import BenchConfig, BenchResult, benchmark
-
 from lib.context import attempt
 from lib.project import data_spec, model_spec
-from lib.ui import job_section, last_outcome, submit
+from lib.ui import run_button
 
 
 def bench_section(page, run, art) -> None:
@@ -33,11 +32,8 @@ def bench_section(page, run, art) -> None:
                          split=eval_spec.split, text_column=eval_spec.text_column, max_length=int(spec.max_length),
                          max_texts=int(max_texts), batch_sizes=batch_sizes, repeats=int(repeats),
                          workspace=str(page.ws.root))
-    last_outcome(page, "bench")
-    if job_section(page, "bench", "Benchmarking") is None:
-        if st.button("Measure FP32 vs INT8", key="bench-run", icon=":material/speed:"):
-            submit(page, "bench", benchmark, config, parents=(run.id,))
-            st.rerun()
+    run_button(page, "bench", "Benchmarking", "Measure FP32 vs INT8", key="bench-run", fn=benchmark, config=config,
+               parents=(run.id,), icon=":material/speed:", button_type="secondary")
     done = [r for r in page.ws.list_runs(stage="bench", status="finished", limit=200)
             if run.id in r.parents and r.dir.is_dir()]
     if not done:

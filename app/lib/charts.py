@@ -61,7 +61,7 @@ def bucket_bars(buckets: Sequence[str], shares: Mapping[str, Sequence[float]], *
             for b, v in zip(buckets, values)]
     frame = pd.DataFrame(rows)
     chart = alt.Chart(frame).mark_bar().encode(
-        x=alt.X("bucket:N", sort=list(buckets), title="length bucket (tokens)"),
+        x=alt.X("bucket:N", sort=list(buckets), title="length bucket (tokens)", axis=alt.Axis(labelAngle=0)),
         xOffset=alt.XOffset("series:N", sort=list(shares)),
         y=alt.Y("share:Q", axis=alt.Axis(format="%"), title="share of texts"),
         color=alt.Color("series:N", title=None, sort=list(shares),

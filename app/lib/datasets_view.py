@@ -73,7 +73,7 @@ def _peek(source: str, split: str | None, mtime: float) -> Peek:
                              "Parquet or a save_to_disk folder)")
     except InputError:
         raise
-    except Exception as exc:  # noqa: BLE001 - parser errors of every kind become one line
+    except Exception as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InputError(f"dataset {source} cannot be read: {first}") from exc
     return Peek(tuple(str(c) for c in head.columns), (), head)

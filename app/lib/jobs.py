@@ -8,6 +8,7 @@ for a free worker has no registry row yet; the pool reports it as ``queued``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -96,10 +97,8 @@ class JobPool:
         with self._lock:
             entry = self._futures.get(run_id)
         if entry is not None:
-            try:
+            with contextlib.suppress(Exception):  # the registry holds the outcome
                 entry[2].result(timeout=timeout)
-            except Exception:  # noqa: BLE001 - the registry holds the outcome
-                pass
 
     def active_ids(self, session: str | None = None) -> list[str]:
         """Runs submitted to the pool that have not ended (of one session, or of all)."""

@@ -17,7 +17,6 @@ from calib.data import DataSpec
 from calib.errors import InputError
 from calib.model import ModelSpec, load_model
 from calib.workspace import Workspace
-
 from lib.context import load_session_state, save_session_value
 
 DEFAULT_TASK = "bbc-topic"

@@ -8,7 +8,6 @@ from typing import Any
 import pandas as pd
 
 from calib.workspace import RunRecord
-
 from lib.context import STAGE_TITLES
 
 

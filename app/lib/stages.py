@@ -11,7 +11,6 @@ import streamlit as st
 from calib.data import DataSpec
 from calib.errors import InputError
 from calib.workspace import Workspace
-
 from lib.project import Project, data_spec, model_spec
 
 REPO = Path(__file__).resolve().parents[2]

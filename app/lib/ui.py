@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,10 +10,16 @@ from typing import Any
 
 import streamlit as st
 
+from calib.errors import WorkspaceError
 from calib.workspace import RunRecord, Workspace
-
-from lib.context import (STAGE_TITLES, load_session_state, save_session_value, session_id, setup_page,
-                         workspace)
+from lib.context import (
+    STAGE_TITLES,
+    load_session_state,
+    save_session_value,
+    session_id,
+    setup_page,
+    workspace,
+)
 from lib.jobs import active_run, job_pool, show_progress
 from lib.project import Project, current_project
 
@@ -107,12 +114,10 @@ def pick_run(page: Page, stage: str, label: str, *, key: str, help: str | None =
     runs = finished_runs(page, stage, all_sessions=all_sessions, model_sha256=model_sha256)
     current = current_run_id(page, stage)
     if current and all(r.id != current for r in runs):
-        try:
+        with contextlib.suppress(WorkspaceError):  # a run deleted from the registry is simply not offered
             run = page.ws.get_run(current)
             if run.status == "finished" and run.dir.is_dir():
                 runs.insert(0, run)
-        except Exception:  # noqa: BLE001 - a deleted run is simply not offered
-            pass
     if not runs:
         return None
     ids = [r.id for r in runs]
@@ -160,6 +165,19 @@ def submit(page: Page, stage: str, fn: Any, config: Any, *, parents: tuple[str, 
     return rid
 
 
+def run_button(page: Page, stage: str, progress_title: str, label: str, *, key: str, fn: Any, config: Any,
+               parents: tuple[str, ...] = (), run_label: str = "", icon: str = ":material/play_arrow:",
+               button_type: str = "primary") -> None:
+    """The outcome of this session's last run of ``stage``, then either its live progress or a
+    button that starts a new run of ``fn(config)`` in the background."""
+    last_outcome(page, stage)
+    if job_section(page, stage, progress_title) is not None:
+        return
+    if st.button(label, type=button_type, key=key, icon=icon):
+        submit(page, stage, fn, config, parents=parents, label=run_label)
+        st.rerun()
+
+
 def download_file(label: str, path: Path, *, mime: str = "application/octet-stream", key: str,
                   file_name: str | None = None) -> None:
     if not path.is_file():
@@ -181,7 +199,7 @@ def age(iso: str | None) -> str:
         then = dt.datetime.fromisoformat(iso)
     except ValueError:
         return iso
-    seconds = (dt.datetime.now(dt.timezone.utc) - then).total_seconds()
+    seconds = (dt.datetime.now(dt.UTC) - then).total_seconds()
     for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
         if seconds >= size:
             return f"{int(seconds // size)} {unit} ago"

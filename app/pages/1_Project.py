@@ -10,15 +10,22 @@ APP_DIR = Path(__file__).resolve().parents[1]
 if str(APP_DIR) not in sys.path:
     sys.path.insert(0, str(APP_DIR))
 
-import pandas as pd  # noqa: E402
-import streamlit as st  # noqa: E402
-
-from lib import uploads  # noqa: E402
-from lib.context import attempt, show_error, shown_errors  # noqa: E402
-from lib.datasets_view import peek, summary_frame  # noqa: E402
-from lib.project import (Project, data_spec, demo_description, demo_ready, demo_task, demo_tasks,  # noqa: E402
-                         model_spec, set_project)
-from lib.ui import job_section, last_outcome, start_page, submit  # noqa: E402
+import pandas as pd
+import streamlit as st
+from lib import uploads
+from lib.context import attempt, show_error, shown_errors
+from lib.datasets_view import peek, summary_frame
+from lib.project import (
+    Project,
+    data_spec,
+    demo_description,
+    demo_ready,
+    demo_task,
+    demo_tasks,
+    model_spec,
+    set_project,
+)
+from lib.ui import run_button, start_page
 
 page = start_page("Project", ":material/folder_open:", "Which model to quantize and which texts to calibrate and evaluate it on.")
 ws, project = page.ws, page.project
@@ -80,14 +87,10 @@ if mode == "Demo task":
         st.info(f"The demo task **{task}** is not prepared in `{ws.demo_dir}` yet. Preparing exports the "
                 "MiniLM encoder to ONNX, trains its classification head and writes the data splits "
                 "(offline; a few minutes on a small CPU).", icon=":material/info:")
-        last_outcome(page, "demo")
-        if job_section(page, "demo", "Preparing the demo") is None:
-            if st.button("Prepare the demo assets", type="primary", key="prepare-demo"):
-                from calib.demo import DemoConfig
+        from calib.demo import DemoConfig
 
-                submit(page, "demo", prepare_demo_stage, DemoConfig(workspace=str(ws.root), tasks=(task,)),
-                       label=task)
-                st.rerun()
+        run_button(page, "demo", "Preparing the demo", "Prepare the demo assets", key="prepare-demo",
+                   fn=prepare_demo_stage, config=DemoConfig(workspace=str(ws.root), tasks=(task,)), run_label=task)
         st.stop()
     with shown_errors("Reading the demo task"):
         demo = demo_task(ws, task)
@@ -191,8 +194,9 @@ else:
                             max_length=int(max_length), labels=labels)
         try:
             if not labels and label_col:
-                from calib.data import label_names
                 from lib.datasets_view import rows
+
+                from calib.data import label_names
 
                 spec = data_spec(ws, candidate, "pool")
                 candidate = dataclasses.replace(candidate, labels=tuple(label_names(rows(spec), spec)))

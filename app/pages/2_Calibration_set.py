@@ -10,24 +10,22 @@ APP_DIR = Path(__file__).resolve().parents[1]
 if str(APP_DIR) not in sys.path:
     sys.path.insert(0, str(APP_DIR))
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import streamlit as st  # noqa: E402
+import numpy as np
+import pandas as pd
+import streamlit as st
+from lib import uploads
+from lib.charts import bucket_bars, length_histogram
+from lib.context import attempt, show_error, shown_errors
+from lib.project import data_spec, model_spec
+from lib.stages import RECIPES_SUBDIR, assemble_base, dataset_lengths, eval_target, lengths_file, list_recipes
+from lib.ui import download_file, pick_run, run_button, start_page
 
-from calib.buckets import DEFAULT_EDGES, bucket_labels, check_edges  # noqa: E402
-from calib.calibset import CalibrationSet, assemble, config_from_dict, load_recipe, save_recipe  # noqa: E402
-from calib.coverage import TABLE_HEADERS  # noqa: E402
-from calib.errors import InputError  # noqa: E402
-from calib.pipeline import config_params  # noqa: E402
-from calib.sampling import STRATEGIES  # noqa: E402
-
-from lib import uploads  # noqa: E402
-from lib.charts import bucket_bars, length_histogram  # noqa: E402
-from lib.context import attempt, show_error, shown_errors  # noqa: E402
-from lib.project import data_spec, model_spec  # noqa: E402
-from lib.stages import (RECIPES_SUBDIR, assemble_base, dataset_lengths, eval_target, lengths_file,  # noqa: E402
-                        list_recipes)
-from lib.ui import download_file, job_section, last_outcome, pick_run, start_page, submit  # noqa: E402
+from calib.buckets import DEFAULT_EDGES, bucket_labels, check_edges
+from calib.calibset import CalibrationSet, assemble, config_from_dict, load_recipe, save_recipe
+from calib.coverage import TABLE_HEADERS
+from calib.errors import InputError
+from calib.pipeline import config_params
+from calib.sampling import STRATEGIES
 
 page = start_page("Calibration set", ":material/bar_chart:",
                   "INT8 ranges are only as good as the texts they are measured on: match the token lengths "
@@ -163,12 +161,8 @@ config = attempt(config_from_dict, config_values, what="Checking the settings")
 if config is None:
     st.stop()
 
-last_outcome(page, "calibset")
-active = job_section(page, "calibset", "Assembling the calibration set")
-if active is None and st.button("Assemble the calibration set", type="primary", key="cs-assemble",
-                                icon=":material/play_arrow:"):
-    submit(page, "calibset", assemble, config, label=f"{strategy} {size}")
-    st.rerun()
+run_button(page, "calibset", "Assembling the calibration set", "Assemble the calibration set", key="cs-assemble",
+           fn=assemble, config=config, run_label=f"{strategy} {size}")
 
 # -- result --------------------------------------------------------------------------------------
 st.divider()

@@ -10,21 +10,20 @@ APP_DIR = Path(__file__).resolve().parents[1]
 if str(APP_DIR) not in sys.path:
     sys.path.insert(0, str(APP_DIR))
 
-import altair as alt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import streamlit as st  # noqa: E402
+import altair as alt
+import numpy as np
+import pandas as pd
+import streamlit as st
+from lib.charts import method_color
+from lib.context import attempt, shown_errors
+from lib.project import model_spec
+from lib.ui import download_file, pick_run, run_button, start_page
 
-from calib.calibrate import Calibration, CalibrateConfig, calibrate  # noqa: E402
-from calib.calibrators import METHODS  # noqa: E402
-from calib.placement import PRESETS  # noqa: E402
-from calib.stats import HISTOGRAM_MODES  # noqa: E402
-from calib.trtcache import DEFAULT_TRT_VERSION  # noqa: E402
-
-from lib.charts import method_color  # noqa: E402
-from lib.context import attempt, shown_errors  # noqa: E402
-from lib.project import model_spec  # noqa: E402
-from lib.ui import download_file, job_section, last_outcome, pick_run, start_page, submit  # noqa: E402
+from calib.calibrate import CalibrateConfig, Calibration, calibrate
+from calib.calibrators import METHODS
+from calib.placement import PRESETS
+from calib.stats import HISTOGRAM_MODES
+from calib.trtcache import DEFAULT_TRT_VERSION
 
 page = start_page("Calibrate", ":material/straighten:",
                   "One FP32 pass over the calibration set collects per-tensor histograms; every calibrator "
@@ -60,11 +59,8 @@ else:
     config = CalibrateConfig(calibration_set=str(cs_run.dir), methods=tuple(methods), percentile=float(percentile),
                              placement=placement, tensors=scope, batch_size=int(batch_size), trt_version=trt_version,
                              histogram=histogram, entropy_damp_zero_bin=bool(damp))
-    last_outcome(page, "calibrate")
-    if job_section(page, "calibrate", "Calibrating") is None:
-        if st.button("Run all calibrators", type="primary", key="cal-run", icon=":material/play_arrow:"):
-            submit(page, "calibrate", calibrate, config, parents=(cs_run.id,), label=", ".join(methods))
-            st.rerun()
+    run_button(page, "calibrate", "Calibrating", "Run all calibrators", key="cal-run", fn=calibrate, config=config,
+               parents=(cs_run.id,), run_label=", ".join(methods))
 
 # -- results -------------------------------------------------------------------------------------
 st.divider()
@@ -135,7 +131,7 @@ t = stats[chosen]
 hist = t.covering_hist().astype(np.float64)
 width = t.width
 if width > 0 and len(hist):
-    group = int(math.ceil(len(hist) / 256))  # at most 256 bars on screen
+    group = math.ceil(len(hist) / 256)  # at most 256 bars on screen
     pad = (-len(hist)) % group
     merged = np.pad(hist, (0, pad)).reshape(-1, group).sum(axis=1)
     lo = np.arange(len(merged)) * width * group

@@ -10,17 +10,16 @@ APP_DIR = Path(__file__).resolve().parents[1]
 if str(APP_DIR) not in sys.path:
     sys.path.insert(0, str(APP_DIR))
 
-import pandas as pd  # noqa: E402
-import streamlit as st  # noqa: E402
+import pandas as pd
+import streamlit as st
+from lib.context import shown_errors
+from lib.stages import graph_nodes, tensorrt_state
+from lib.ui import download_file, pick_run, run_button, start_page
 
-from calib.build import BuildConfig, EngineArtifact, build  # noqa: E402
-from calib.calibrate import Calibration  # noqa: E402
-from calib.placement import PRESETS  # noqa: E402
-from calib.trtcache import DEFAULT_TRT_VERSION  # noqa: E402
-
-from lib.context import shown_errors  # noqa: E402
-from lib.stages import graph_nodes, tensorrt_state  # noqa: E402
-from lib.ui import download_file, job_section, last_outcome, pick_run, start_page, submit  # noqa: E402
+from calib.build import BuildConfig, EngineArtifact, build
+from calib.calibrate import Calibration
+from calib.placement import PRESETS
+from calib.trtcache import DEFAULT_TRT_VERSION
 
 page = start_page("Build", ":material/construction:",
                   "Put Q/DQ where TensorRT would run INT8, with the calibrated ranges. Here the INT8 model runs "
@@ -83,12 +82,9 @@ else:
                          exclude_nodes=tuple(exact_pattern(n) for n in excluded) + extra,
                          exclude_op_types=tuple(exclude_ops), per_channel=bool(per_channel), backend=backend,
                          trt_version=trt_version)
-    last_outcome(page, "build")
-    if job_section(page, "build", "Building") is None:
-        if st.button("Build the INT8 model", type="primary", key="build-run", icon=":material/play_arrow:"):
-            submit(page, "build", build, config, parents=(cal_run.id,),
-                   label=f"{method} {preset}" + (f" -{len(config.exclude_nodes)} nodes" if config.exclude_nodes else ""))
-            st.rerun()
+    run_button(page, "build", "Building", "Build the INT8 model", key="build-run", fn=build, config=config,
+               parents=(cal_run.id,), run_label=f"{method} {preset}" + (
+                   f" -{len(config.exclude_nodes)} nodes" if config.exclude_nodes else ""))
 
 # -- result --------------------------------------------------------------------------------------
 st.divider()
@@ -149,6 +145,6 @@ st.caption(f"Calibration cache header `{meta['calibration_cache']['header']}` ·
 
 # -- speed ---------------------------------------------------------------------------------------
 st.markdown("**Latency and throughput**")
-from lib.bench_view import bench_section  # noqa: E402
+from lib.bench_view import bench_section
 
 bench_section(page, run, art)

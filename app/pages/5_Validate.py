@@ -11,20 +11,25 @@ APP_DIR = Path(__file__).resolve().parents[1]
 if str(APP_DIR) not in sys.path:
     sys.path.insert(0, str(APP_DIR))
 
-import altair as alt  # noqa: E402
-import pandas as pd  # noqa: E402
-import streamlit as st  # noqa: E402
+import altair as alt
+import pandas as pd
+import streamlit as st
+from lib.charts import method_color
+from lib.context import attempt, shown_errors
+from lib.project import data_spec, model_spec
+from lib.ui import download_file, job_section, last_outcome, pick_run, run_button, start_page, submit
 
-from calib.build import BuildConfig, EngineArtifact, build  # noqa: E402
-from calib.report import Report, ReportConfig, make_report  # noqa: E402
-from calib.sensitivity import (GRANULARITIES, RANKINGS, SensitivityConfig, SensitivityResult,  # noqa: E402
-                               analyze_sensitivity, exact_pattern)
-from calib.validate import Evaluation, ValidateConfig, validate  # noqa: E402
-
-from lib.charts import method_color  # noqa: E402
-from lib.context import attempt, shown_errors  # noqa: E402
-from lib.project import data_spec, model_spec  # noqa: E402
-from lib.ui import download_file, job_section, last_outcome, pick_run, start_page, submit  # noqa: E402
+from calib.build import BuildConfig, EngineArtifact, build
+from calib.report import Report, ReportConfig, make_report
+from calib.sensitivity import (
+    GRANULARITIES,
+    RANKINGS,
+    SensitivityConfig,
+    SensitivityResult,
+    analyze_sensitivity,
+    exact_pattern,
+)
+from calib.validate import Evaluation, ValidateConfig, validate
 
 page = start_page("Validate", ":material/fact_check:",
                   "The INT8 model against FP32 on the evaluation data: accuracy, top-1 agreement, per length "
@@ -79,11 +84,8 @@ else:
         text_pair_column=eval_spec.text_pair_column, split=eval_spec.split, workspace=str(ws.root),
         labels=tuple(spec.labels), max_length=int(spec.max_length), limit=int(limit), layers=bool(layers_on),
         layer_rows=int(layer_rows), calibration=calibration, bootstrap=int(bootstrap))
-    last_outcome(page, "validate")
-    if job_section(page, "validate", "Validating") is None:
-        if st.button("Validate", type="primary", key="val-run", icon=":material/play_arrow:"):
-            submit(page, "validate", validate, config, parents=(build_run.id,), label=build_run.label)
-            st.rerun()
+    run_button(page, "validate", "Validating", "Validate", key="val-run", fn=validate, config=config,
+               parents=(build_run.id,), run_label=build_run.label)
 
 st.divider()
 st.subheader("Results")
@@ -96,14 +98,18 @@ with shown_errors("Opening the validation"):
 o = ev.overall
 agreement = o["agreement"]
 m = st.columns(6)
+ci_text = ""
 if ev.labelled:
     acc32, acc8 = o["fp32"]["accuracy"], o["int8"]["accuracy"]
     drop = o.get("accuracy_drop_points")
     ci = o.get("accuracy_diff_ci") or {}
     m[0].metric("FP32 accuracy", f"{acc32 * 100:.2f} %")
-    m[1].metric("INT8 accuracy", f"{acc8 * 100:.2f} %", delta=f"{-drop:+.2f} points" if drop is not None else None)
+    m[1].metric("INT8 accuracy", f"{acc8 * 100:.2f} %")
+    if drop is not None:
+        m[2].metric("Accuracy drop", f"{round(drop, 2) + 0.0:.2f} pts", help="FP32 − INT8, in accuracy points")
     if ci.get("low") is not None:
-        m[2].metric("95 % interval of INT8 − FP32", f"[{ci['low'] * 100:+.2f}, {ci['high'] * 100:+.2f}] pts")
+        ci_text = (f" · INT8 − FP32 accuracy, 95 % interval [{ci['low'] * 100:+.2f}, {ci['high'] * 100:+.2f}] "
+                   "points (paired bootstrap)")
 else:
     m[0].metric("Labels", "none")
     st.caption(ev.data["dataset"].get("note") or "The evaluation data has no labels: agreement only.")
@@ -112,7 +118,7 @@ m[4].metric("KL(FP32‖INT8)", f"{agreement['kl_softmax']:.2e}")
 if "embedding_cosine" in o:
     m[5].metric("Embedding cosine", f"{o['embedding_cosine']['mean']:.4f}")
 st.caption(f"{o['n']} texts · engine {ev.data['engine'].get('name')} · calibrator "
-           f"{ev.data['engine'].get('calibrator') or '?'} · run `{run.id}`")
+           f"{ev.data['engine'].get('calibrator') or '?'} · run `{run.id}`{ci_text}")
 
 tab_buckets, tab_layers, tab_sens, tab_report = st.tabs(
     ["Per length bucket", "Per layer", "Sensitivity", "Report"])
@@ -132,7 +138,7 @@ with tab_buckets:
     long = frame.melt(id_vars=["bucket", "texts"], value_vars=value_cols, var_name="measure", value_name="value")
     long = long.dropna(subset=["value"])
     bars = alt.Chart(long).mark_bar().encode(
-        x=alt.X("bucket:N", sort=order, title="length bucket (tokens, before truncation)"),
+        x=alt.X("bucket:N", sort=order, title="length bucket (tokens, before truncation)", axis=alt.Axis(labelAngle=0)),
         xOffset=alt.XOffset("measure:N", sort=value_cols),
         y=alt.Y("value:Q", axis=alt.Axis(format="%"), scale=alt.Scale(zero=False), title=None),
         color=alt.Color("measure:N", sort=value_cols, title=None,
@@ -224,11 +230,8 @@ with tab_sens:
             granularity=granularity, ranking=ranking, max_drop=float(max_drop), min_agreement=float(min_agree),
             min_embedding_cosine=float(min_cos) if min_cos > 0 else None,
             max_evaluations=int(budget), limit=int(s_limit))
-        last_outcome(page, "sensitivity")
-        if job_section(page, "sensitivity", "Sensitivity analysis") is None:
-            if st.button("Find the layers to keep in float", type="primary", key="sens-run", icon=":material/search:"):
-                submit(page, "sensitivity", analyze_sensitivity, sconfig, parents=(src_run.id, run.id))
-                st.rerun()
+        run_button(page, "sensitivity", "Sensitivity analysis", "Find the layers to keep in float", key="sens-run",
+                   fn=analyze_sensitivity, config=sconfig, parents=(src_run.id, run.id), icon=":material/search:")
     srun = pick_run(page, "sensitivity", "Sensitivity run", key="sens-pick")
     if srun is not None:
         with shown_errors("Opening the sensitivity analysis"):
@@ -279,12 +282,8 @@ with tab_report:
     title = st.text_input("Title", value=f"INT8 accuracy report — {project.title}", key="rep-title")
     rconfig = ReportConfig(evaluations=(str(run.dir),) + tuple(str(ws.run_dir(r)) for r in compare),
                            sensitivity=str(ws.run_dir(sens_pick)) if sens_pick else None, title=title)
-    last_outcome(page, "report")
-    if job_section(page, "report", "Writing the report") is None:
-        if st.button("Make the report", type="primary", key="rep-run", icon=":material/description:"):
-            submit(page, "report", make_report, rconfig, parents=(run.id,) + tuple(compare)
-                   + ((sens_pick,) if sens_pick else ()))
-            st.rerun()
+    run_button(page, "report", "Writing the report", "Make the report", key="rep-run", fn=make_report, config=rconfig,
+               parents=(run.id, *compare, *((sens_pick,) if sens_pick else ())), icon=":material/description:")
     rep_run = pick_run(page, "report", "Report", key="rep-pick")
     if rep_run is not None:
         report = attempt(Report.load, rep_run.dir, what="Opening the report")

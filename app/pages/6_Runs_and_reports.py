@@ -9,12 +9,11 @@ APP_DIR = Path(__file__).resolve().parents[1]
 if str(APP_DIR) not in sys.path:
     sys.path.insert(0, str(APP_DIR))
 
-import pandas as pd  # noqa: E402
-import streamlit as st  # noqa: E402
-
-from lib.context import STAGE_TITLES  # noqa: E402
-from lib.runs import comparison_frame, flatten, history_frame  # noqa: E402
-from lib.ui import age, download_file, start_page  # noqa: E402
+import pandas as pd
+import streamlit as st
+from lib.context import STAGE_TITLES
+from lib.runs import comparison_frame, flatten, history_frame
+from lib.ui import age, download_file, start_page
 
 page = start_page("Runs & reports", ":material/history:",
                   "Every run is recorded in the workspace registry with its parameters, status and files "
@@ -110,6 +109,6 @@ with tab_reports:
                               file_name=f"{run.id}-{name}")
         html = run.dir / "report.html"
         if html.is_file():
-            st.iframe(html, height=900, alt=f"Report {run.id}")
+            st.iframe(html, alt=f"Report {run.id}")
         elif (run.dir / "report.md").is_file():
             st.markdown((run.dir / "report.md").read_text(encoding="utf-8"))

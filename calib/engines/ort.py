@@ -50,7 +50,26 @@ def expose_outputs(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelPr
     return exposed
 
 
-def _model_bytes(model: onnx.ModelProto | str | Path) -> bytes | str:
+def exposed_model_bytes(path: str | Path, names: Iterable[str], *, elem_types: Mapping[str, int] | None = None,
+                        known: Iterable[str] = ()) -> bytes:
+    """The serialized model at ``path`` with the given tensors appended as extra graph outputs, without
+    re-serializing its weights: a second ``ModelProto`` holding only ``graph.output`` entries is appended
+    to the file's bytes, and protobuf parsing merges it (repeated fields are concatenated).
+    ``elem_types``: ONNX element type per name (default float32); ``known``: names already graph outputs
+    (skipped). Only for models whose weights are inside the file (no external data)."""
+    present = set(known)
+    types = elem_types or {}
+    extra = onnx.ModelProto()
+    for name in dict.fromkeys(names):
+        if name not in present:
+            elem = types.get(name, onnx.TensorProto.FLOAT)
+            extra.graph.output.append(onnx.helper.make_tensor_value_info(name, elem, None))
+    return Path(path).read_bytes() + extra.SerializeToString()
+
+
+def _model_bytes(model: onnx.ModelProto | str | Path | bytes) -> bytes | str:
+    if isinstance(model, bytes):
+        return model
     if isinstance(model, onnx.ModelProto):
         return model.SerializeToString()
     return str(model)
@@ -58,25 +77,34 @@ def _model_bytes(model: onnx.ModelProto | str | Path) -> bytes | str:
 
 @dataclass(frozen=True)
 class OrtSessionLoader:
-    """Callable that makes an ``InferenceSession`` for a model path (or proto), optionally with
-    extra intermediate outputs exposed. Graph optimisations stay at 'basic' when intermediates are
-    exposed so the named tensors still exist."""
+    """Callable that makes an ``InferenceSession`` for a model path (or proto, or serialized bytes),
+    optionally with extra intermediate outputs exposed. Graph optimisations stay at 'basic' when
+    intermediates are exposed so the named tensors still exist. (Exposing tensors by serializing the
+    model with them as graph outputs, as :func:`exposed_model_bytes` does, keeps them at every level:
+    ORT never fuses away a graph output.) ``spinning`` False stops idle intra-op threads from
+    busy-waiting (useful when another thread of the process needs the cores); None keeps ORT's default."""
 
-    model: str | Path | onnx.ModelProto
+    model: str | Path | onnx.ModelProto | bytes
     intermediates: tuple[str, ...] = ()
     threads: int | None = None
     optimization: str = "all"  # all | basic | disabled
+    spinning: bool | None = None
 
     def __call__(self):
         import onnxruntime as ort
 
         opts = session_options(self.threads)
+        if self.spinning is not None:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spinning else "0")
         level = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
                  "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
                  "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}[self.optimization]
         model = self.model
         if self.intermediates:
-            proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
+            if isinstance(model, bytes):
+                proto = onnx.load_from_string(model)
+            else:
+                proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
             model = expose_outputs(proto, self.intermediates)
             if level != ort.GraphOptimizationLevel.ORT_DISABLE_ALL:  # fusions would remove the named tensors
                 level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
@@ -84,7 +112,7 @@ class OrtSessionLoader:
         try:
             return ort.InferenceSession(_model_bytes(model), sess_options=opts, providers=["CPUExecutionProvider"])
         except Exception as exc:
-            where = "" if isinstance(self.model, onnx.ModelProto) else f" {self.model}"
+            where = "" if isinstance(self.model, (onnx.ModelProto, bytes)) else f" {self.model}"
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise InputError(f"ONNX Runtime cannot load model{where}: {first}") from exc
 
