@@ -221,8 +221,12 @@ def run_gate(args: argparse.Namespace) -> int:
     from calib.cli.common import workspace_of
     from calib.gate import check_gate, load_report_data
 
+    from calib.errors import InputError
+
     path = Path(args.report)
     if not path.exists():
+        if path.suffix == ".json" or "/" in args.report:
+            raise InputError(f"report {path} does not exist (give a report.json, a report folder or a report run id)")
         path = workspace_of(args).resolve_run(args.report, "report")
     result = check_gate(load_report_data(path), max_drop=args.max_drop, min_agreement=args.min_agreement,
                         min_embedding_cosine=args.min_embedding_cosine, use_ci=args.use_ci)
