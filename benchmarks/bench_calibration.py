@@ -24,6 +24,7 @@ Any model:
 from __future__ import annotations
 
 import argparse
+import resource
 import json
 import os
 import subprocess
@@ -138,7 +139,12 @@ def run_case(args: argparse.Namespace, case: str, n: int) -> dict:
             cmd += [f"--{flag.replace('_', '-')}", str(value)]
     start = time.perf_counter()
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
+        cap = int(args.mem_cap_gb * 2**30)
+
+        def limit_memory() -> None:  # ORT's own calibrators can exceed the machine's memory; cap the child
+            resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, preexec_fn=limit_memory)
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
         wall = time.perf_counter() - start
@@ -153,6 +159,8 @@ def run_case(args: argparse.Namespace, case: str, n: int) -> dict:
     else:
         last = [line for line in stderr.strip().splitlines() if line.strip()]
         row["crash"] = (last[-1] if last else f"killed by signal {-proc.returncode}")[:160]
+        if any(word in stderr for word in ("MemoryError", "bad_alloc", "Failed to allocate", "Cannot allocate")):
+            row["crash"] = f"out of memory at the {args.mem_cap_gb:g} GB cap: " + row["crash"]
     return row
 
 
@@ -186,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--threads", type=int, help="ORT intra-op threads (default: all cores / $CALIB_THREADS)")
+    p.add_argument("--mem-cap-gb", type=float, default=14.0,
+                   help="address-space cap per case (GB); a case that needs more is recorded as a crash")
     p.add_argument("--json", type=Path, help="also write the raw rows as JSON")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, help=argparse.SUPPRESS)

@@ -2,22 +2,40 @@
 
 ``analyze_sensitivity(SensitivityConfig, out_dir)``:
 
-1. Runs the FP32 model once on a subset of the evaluation texts and keeps its logits/embeddings.
-2. Quantizes the model with the given ranges and placement (ONNX Runtime's Q/DQ quantizer through
-   :func:`calib.quantize.quantize_qdq`) and evaluates it against those FP32 outputs.
+1. Runs the FP32 model once on a seeded subset of the evaluation texts (``limit``) and keeps its
+   logits/embeddings; every candidate below is compared with these cached outputs.
+2. Quantizes the model once with the given ranges and placement (ONNX Runtime's Q/DQ quantizer
+   through :func:`calib.quantize.quantize_qdq`): the *baseline*. Under input-only placements
+   (``tensorrt``) a candidate that keeps some nodes in float is derived from that Q/DQ graph by
+   reconnecting those nodes to the float tensors their Q/DQ pairs read (:func:`keep_in_float`: the
+   graph the quantizer writes when they are excluded, without re-running it per candidate); under
+   placements that quantize outputs (``all``) each candidate is rebuilt by the quantizer.
 3. Ranks the quantized units (nodes, or transformer blocks: nodes grouped by their layer prefix):
+   - ``quantize-one``: each unit quantized alone on a smaller fixed subset (``rank_rows`` texts);
+     score = its share of the baseline's softmax KL plus its share of the baseline's embedding
+     error (1 - cosine). These shares add up almost linearly on transformer encoders, so the ranking
+     also predicts how many units the budget needs (the search starts there).
+   - ``exclude-one``: evaluate the full set minus each unit; score = KL reduction.
    - ``local``: one instrumented run; each node scores the worst local quantization noise of the
      Q/DQ pairs on its inputs/outputs (noise-to-signal of DequantizeLinear vs its QuantizeLinear
-     input; an infinite or non-finite range counts as the worst). No extra evaluations.
-   - ``exclude-one``: evaluate the full set minus each unit; score = KL reduction.
-   - ``quantize-one``: evaluate each unit quantized alone; score = KL it causes.
+     input; an infinite or non-finite range counts as the worst). No evaluations, but blind to how
+     much a node's output error is amplified downstream (e.g. the key projections, which share their
+     input tensor and its noise with the query and value projections).
+   ``auto``: ``exclude-one`` when the units fit in half of ``max_evaluations``, else
+   ``quantize-one`` up to ``max_rank_units`` units (input-only placements), else ``local``.
 4. Searches the fewest top-ranked units to keep in float so that the accuracy drop is within
    ``max_drop`` points AND top-1 agreement ≥ ``min_agreement`` (AND embedding cosine ≥
-   ``min_embedding_cosine`` when set): a doubling search over the ranked prefix, a bisection, then a
-   pruning pass that puts back units the budget does not need. Every evaluation is counted and the
-   total never exceeds ``max_evaluations``.
+   ``min_embedding_cosine`` when set): the predicted prefix first (√n without a prediction),
+   doubling while it fails, a
+   bisection between the longest failing and the shortest passing prefix, then a pruning pass that
+   puts back units the budget does not need. Every search evaluation (on the ``limit`` texts) is
+   counted and their total, with the baseline and the final check, never exceeds ``max_evaluations``.
+5. With ``verify`` (derived candidates only), the recommendation is rebuilt by
+   :func:`calib.quantize.quantize_qdq` (what ``calib build`` makes) and evaluated once more (within
+   ``max_evaluations``); its numbers are the ones recommended.
 
-The result, ``sensitivity.json``, lists the ranking, every evaluation, and the recommended
+The result, ``sensitivity.json``, lists the ranking, every evaluation, warnings (e.g. placement
+tensors without a range: the calibration did not cover this placement), and the recommended
 exclusions (exact node names, usable as ``Placement.exclude_nodes`` by the build stage).
 """
 
@@ -27,6 +45,7 @@ import dataclasses
 import re
 import tempfile
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +64,7 @@ SCHEMA = "calib.sensitivity/1"
 GRANULARITIES = ("node", "block")
 RANKINGS = ("auto", "local", "exclude-one", "quantize-one")
 _BLOCK_RX = re.compile(r"(?:^|[/._])((?:layers?|blocks?|h|encoder_layer)[._/]?\d+)(?=$|[/._])")
+NO_RANGE = "no range for this tensor in the range set"  # calib.quantize's reason for a tensor missing from the ranges
 
 
 @dataclass(frozen=True)
@@ -52,7 +72,8 @@ class SensitivityConfig:
     """Model, ranges, placement, evaluation subset and the budget.
 
     ``ranges``: a calibration folder (with ``method``) or a JSON file ``{tensor: amax}`` (or
-    ``{"amax": {...}}``). ``limit``: evaluation texts used for every candidate (seeded sample).
+    ``{"amax": {...}}``). ``limit``: evaluation texts used for every search candidate (seeded
+    sample). ``rank_rows``: texts (a fixed subset of those) for the quantize-one ranking.
     """
 
     model: str
@@ -73,7 +94,7 @@ class SensitivityConfig:
     include_op_types: tuple[str, ...] = ()
     exclude_op_types: tuple[str, ...] = ()
     granularity: str = "node"
-    ranking: str = "auto"  # auto: exclude-one when the units fit the budget of evaluations, else local
+    ranking: str = "auto"  # see the module docstring
     max_drop: float = 0.5  # accuracy points
     min_agreement: float = 0.99
     min_embedding_cosine: float | None = None
@@ -83,6 +104,9 @@ class SensitivityConfig:
     batch_size: int = 16
     seed: int = 0
     threads: int | None = None
+    rank_rows: int = 64  # texts for the quantize-one ranking (0 = all ``limit`` texts)
+    max_rank_units: int = 96  # auto: quantize-one ranking up to this many units, local ranking beyond
+    verify: bool = True  # re-check the recommendation on a model rebuilt by calib.quantize
 
     @property
     def placement(self) -> Placement:
@@ -135,16 +159,83 @@ class Unit:
     nodes: tuple[str, ...]
 
 
-class _Evaluator:
-    """Quantize with some units kept in float and compare with the cached FP32 outputs."""
+def keep_in_float(qdq_model: onnx.ModelProto, nodes: Sequence[str] | set[str]) -> onnx.ModelProto:
+    """A copy of an input-only Q/DQ model written by :func:`calib.quantize.quantize_qdq` in which
+    ``nodes`` are left in float, as the quantizer leaves them when told to exclude them.
 
-    def __init__(self, config: SensitivityConfig, spec, amax: Mapping[str, float], data, fp32: dict,
-                 workdir: Path, max_evaluations: int, progress: ProgressFn) -> None:
-        self.config, self.spec, self.amax, self.data, self.fp32 = config, spec, dict(amax), data, fp32
+    Under input-only placements every quantized reader has its own Q/DQ pair (weights included) and
+    nobody else reads it, so leaving a node in float means reconnecting its inputs to the float
+    tensors its QuantizeLinears read; pairs nothing reads any more are dropped. (Placements that
+    quantize outputs share pairs and their scales between readers in ways ONNX Runtime decides in
+    graph order; their candidates are rebuilt by the quantizer instead.)
+    """
+    model = onnx.ModelProto()
+    model.CopyFrom(qdq_model)
+    floating = set(nodes)
+    graph_outputs = {o.name for o in model.graph.output}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    for node in model.graph.node:
+        if node.name not in floating:
+            continue
+        for i, name in enumerate(node.input):
+            dq = producer.get(name)
+            if dq is None or dq.op_type != "DequantizeLinear":
+                continue
+            q = producer.get(dq.input[0])
+            if q is not None and q.op_type == "QuantizeLinear":
+                node.input[i] = q.input[0]
+    producer_index = {o: i for i, n in enumerate(model.graph.node) for o in n.output}
+    needed = set(graph_outputs)
+    live: set[int] = set()
+    stack = list(needed)
+    while stack:  # walk back from the outputs (the quantizer's graph is not always in topological order)
+        index = producer_index.get(stack.pop())
+        if index is None or index in live:
+            continue
+        live.add(index)
+        for name in model.graph.node[index].input:
+            if name not in needed:
+                needed.add(name)
+                stack.append(name)
+    if len(live) != len(model.graph.node):
+        kept = [n for i, n in enumerate(model.graph.node) if i in live]
+        del model.graph.node[:]
+        model.graph.node.extend(kept)
+        declared = {i.name for i in model.graph.input}
+        keep_init = [t for t in model.graph.initializer if t.name in needed or t.name in declared]
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(keep_init)
+    return model
+
+
+def fp32_entry() -> dict:
+    """What keeping every unit in float gives: the FP32 model itself (no evaluation needed)."""
+    return {"evaluation": None, "why": "every unit in float (the FP32 model)", "excluded": [], "only": None,
+            "quantized_nodes": 0, "seconds": 0.0, "top1_agreement": 1.0, "kl_softmax": 0.0,
+            "accuracy_drop_points": 0.0, "embedding_cosine": 1.0, "passes": True}
+
+
+class _Evaluator:
+    """Candidates derived from one Q/DQ model, compared with the cached FP32 outputs.
+
+    ``search`` evaluations use all the subset's texts and count against ``max_evaluations``;
+    ``rank`` evaluations use the ``rank_rows`` subset and are logged apart."""
+
+    def __init__(self, config: SensitivityConfig, spec, data, fp32: dict, qdq_model: onnx.ModelProto | None,
+                 quantized_nodes: Sequence[str], shared_pairs: bool, amax: Mapping[str, float], workdir: Path,
+                 max_evaluations: int, progress: ProgressFn) -> None:
+        self.config, self.spec, self.data, self.fp32, self.qdq = config, spec, data, fp32, qdq_model
+        self.shared_pairs, self.amax = shared_pairs, dict(amax)
+        self.quantized = tuple(quantized_nodes)
         self.workdir, self.max_evaluations, self.progress = workdir, max_evaluations, progress
         self.cache: dict[tuple, dict] = {}
         self.log: list[dict] = []
-        self.last_qdq: Path | None = None
+        self.rank_log: list[dict] = []
+        self.rank_total = 0  # planned rank evaluations, for progress
+        n = len(data.encoded)
+        rank_n = n if not config.rank_rows or config.rank_rows >= n else config.rank_rows
+        self.rank_idx = np.sort(np.random.default_rng(config.seed + 7).permutation(n)[:rank_n])
+        self.rank_encoded = data.encoded.subset(self.rank_idx) if rank_n < n else data.encoded
 
     @property
     def used(self) -> int:
@@ -154,45 +245,98 @@ class _Evaluator:
     def left(self) -> int:
         return self.max_evaluations - self.used
 
-    def __call__(self, excluded: Sequence[str], *, only: Sequence[str] | None = None, why: str) -> dict | None:
-        """Metrics with ``excluded`` nodes in float (or, with ``only``, only those nodes quantized).
-
-        Returns None when the evaluation budget is used up. Repeated requests are free."""
-        from calib.quantize import quantize_qdq
+    def _run(self, model: Path | bytes, rows: str) -> dict:
         from calib.validate import compare_engines, run_outputs
 
-        key = (tuple(sorted(excluded)), None if only is None else tuple(sorted(only)))
-        if key in self.cache:
-            return self.cache[key]
-        if self.left <= 0:
-            return None
+        engine = OrtEngine(OrtSessionLoader(model, threads=self.config.threads), name="onnxruntime-int8")
+        if rows == "rank":
+            encoded = self.rank_encoded
+            fp32 = {k: v[self.rank_idx] for k, v in self.fp32.items()}
+            labels = None if self.data.labels is None else self.data.labels[self.rank_idx]
+        else:
+            encoded, fp32, labels = self.data.encoded, self.fp32, self.data.labels
+        int8 = run_outputs(engine, encoded, self.spec.input_dtypes, list(fp32), batch_size=self.config.batch_size)
+        return compare_engines(fp32, int8, self.spec.logits_output, labels, encoded.full_lengths,
+                               fp32[self.spec.logits_output].shape[1], edges=(0, 1 << 30), n_resamples=0,
+                               seed=self.config.seed)["overall"]
+
+    def _candidate(self, floating: set[str], only: Sequence[str] | None) -> bytes | Path | str:
+        """The Q/DQ model with ``floating`` nodes in float: derived from the full model, or rebuilt by
+        the quantizer for placements whose pairs are shared between readers (a str: why that failed)."""
+        if self.qdq is not None:
+            return keep_in_float(self.qdq, floating).SerializeToString()
+        from calib.quantize import quantize_qdq
+
         placement = self.config.placement
         if only is not None:
             placement = dataclasses.replace(placement, include_nodes=tuple(exact_pattern(n) for n in only))
-        placement = placement.with_exclusions(exact_pattern(n) for n in excluded)
-        path = self.workdir / f"candidate_{self.used}.onnx"
+        placement = placement.with_exclusions(exact_pattern(n) for n in floating if only is None)
+        path = self.workdir / "candidate.qdq.onnx"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                quantize_qdq(self.spec.onnx_path, self.amax, placement, path)
+            except (InputError, ValueError) as exc:  # e.g. ONNX Runtime wants a range it was not given
+                return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return path
+
+    def __call__(self, excluded: Sequence[str], *, only: Sequence[str] | None = None, why: str,
+                 rows: str = "search") -> dict | None:
+        """Metrics with ``excluded`` nodes in float (or, with ``only``, only those nodes quantized).
+
+        Returns None when the search budget is used up. Repeated requests are free."""
+        floating = set(excluded) if only is None else set(self.quantized) - set(only)
+        key = (rows, tuple(sorted(floating & set(self.quantized))))
+        if key in self.cache:
+            return self.cache[key]
+        if rows == "search" and self.left <= 0:
+            return None
+        if rows == "search" and not set(self.quantized) - floating:
+            return fp32_entry()
         t0 = time.monotonic()
-        result = quantize_qdq(self.spec.onnx_path, self.amax, placement, path)
-        engine = OrtEngine(OrtSessionLoader(path, threads=self.config.threads), name="onnxruntime-int8")
-        int8 = run_outputs(engine, self.data.encoded, self.spec.input_dtypes, list(self.fp32),
-                           batch_size=self.config.batch_size)
-        metrics = compare_engines(self.fp32, int8, self.spec.logits_output, self.data.labels,
-                                  self.data.encoded.full_lengths, self.fp32[self.spec.logits_output].shape[1],
-                                  edges=(0, 1 << 30), n_resamples=0, seed=self.config.seed)["overall"]
-        entry = {
-            "evaluation": self.used + 1, "why": why, "excluded": list(key[0]), "only": None if only is None else list(only),
-            "quantized_nodes": len(result.quantized_nodes), "seconds": round(time.monotonic() - t0, 2),
-            **headline(metrics),
-        }
+        candidate = self._candidate(floating, only)
+        if isinstance(candidate, str):  # the quantizer refused this candidate: it counts, and fails
+            entry = {"evaluation": self.used + 1, "why": why, "excluded": sorted(excluded),
+                     "only": None if only is None else list(only), "quantized_nodes": None, "rows": 0,
+                     "seconds": round(time.monotonic() - t0, 2), "top1_agreement": 0.0, "kl_softmax": float("inf"),
+                     "accuracy_drop_points": None, "passes": False, "error": candidate}
+            if rows == "search":
+                self.log.append(entry)
+            else:
+                self.rank_log.append(entry)
+            self.cache[key] = entry
+            return entry
+        metrics = self._run(candidate, rows)
+        entry = {"why": why, "excluded": sorted(excluded), "only": None if only is None else list(only),
+                 "quantized_nodes": len(set(self.quantized) - floating), "rows": int(metrics["n"]),
+                 "seconds": round(time.monotonic() - t0, 2), **headline(metrics)}
         entry["passes"] = passes(entry, self.config)
-        self.log.append(entry)
+        if rows == "rank":
+            entry = {"evaluation": len(self.rank_log) + 1, **entry}
+            self.rank_log.append(entry)
+            done = len(self.rank_log) / max(self.rank_total, 1)
+            self.progress(0.1 + 0.4 * min(done, 1.0), f"ranking {len(self.rank_log)}/{self.rank_total}: {why}")
+        else:
+            entry = {"evaluation": self.used + 1, **entry}
+            self.log.append(entry)
+            self.progress(0.5 + 0.45 * self.used / self.max_evaluations,
+                          f"evaluation {self.used}/{self.max_evaluations}: {why}")
         self.cache[key] = entry
-        if self.last_qdq is not None and self.last_qdq != path:
-            self.last_qdq.unlink(missing_ok=True)
-        self.last_qdq = path
-        self.progress(0.1 + 0.85 * self.used / self.max_evaluations, f"evaluation {self.used}/{self.max_evaluations}: {why}")
-        self.quantize_result = result
         return entry
+
+    def record(self, entry: dict) -> dict:
+        """Log an evaluation made outside the candidate path (the baseline, the verification)."""
+        entry = {"evaluation": self.used + 1, **entry}
+        self.log.append(entry)
+        return entry
+
+    def evaluate_model(self, path: Path, *, why: str, excluded: Sequence[str], quantized: int) -> dict:
+        t0 = time.monotonic()
+        metrics = self._run(path, "search")
+        entry = {"why": why, "excluded": sorted(excluded), "only": None, "quantized_nodes": quantized,
+                 "rows": int(metrics["n"]), "seconds": round(time.monotonic() - t0, 2), **headline(metrics)}
+        entry["passes"] = passes(entry, self.config)
+        return self.record(entry)
 
 
 def headline(overall: Mapping) -> dict:
@@ -230,7 +374,8 @@ def local_scores(model_path: Path, qdq_path: Path, quantized_nodes: Sequence[str
     """Per quantized node: the worst local noise-to-signal ratio of the Q/DQ pairs around it.
 
     Non-finite ranges (e.g. a ``-inf`` attention mask) score infinity; nodes left out of the Q/DQ
-    graph for lack of a usable range are not scored (they are already in float)."""
+    graph for lack of a usable range are not scored (they are already in float). A tensor quantized
+    once per consumer (dedicated pairs) scores every one of those consumers."""
     from calib.batching import iter_batches
     from calib.layers import LayerAnalysis, producer_order, quantized_tensors
 
@@ -242,6 +387,15 @@ def local_scores(model_path: Path, qdq_path: Path, quantized_nodes: Sequence[str
     for batch in iter_batches(encoded, input_dtypes, batch_size):
         values = int8.run(batch.feeds, list(analysis.int8_names))
         analysis.add(values, values, batch.mask)  # FP32 side unused here: only the local pairs matter
+    readers: dict[str, set[str]] = {}  # source tensor -> nodes reading any of its Q/DQ pairs
+    producer = {o: n for n in qdq.graph.node for o in n.output}
+    for node in qdq.graph.node:
+        for name in node.input:
+            dq = producer.get(name)
+            if dq is not None and dq.op_type == "DequantizeLinear":
+                q = producer.get(dq.input[0])
+                if q is not None and q.op_type == "QuantizeLinear":
+                    readers.setdefault(q.input[0], set()).add(node.name)
     quantized = set(quantized_nodes)
     scores = {n: 0.0 for n in quantized_nodes}
     for t in tensors:
@@ -252,7 +406,7 @@ def local_scores(model_path: Path, qdq_path: Path, quantized_nodes: Sequence[str
             nsr = local.se2 / local.sx2
         else:
             nsr = 0.0
-        for node in (t.producer, *t.consumers):
+        for node in {t.producer, *t.consumers, *readers.get(t.name, ())}:
             if node in quantized:
                 scores[node] = max(scores[node], nsr)
     return scores
@@ -299,16 +453,14 @@ class SensitivityResult:
         rec = self.data["recommended"]
         return {"passes": rec["passes"], "exclusions": len(rec["exclude_nodes"]),
                 "evaluations": self.data["evaluations_used"], "max_evaluations": self.data["budget"]["max_evaluations"],
+                "ranking_evaluations": self.data.get("ranking_evaluations_used", 0),
                 "top1_agreement": rec.get("top1_agreement"), "accuracy_drop_points": rec.get("accuracy_drop_points"),
-                "baseline_top1_agreement": self.data["baseline"].get("top1_agreement")}
+                "embedding_cosine": rec.get("embedding_cosine"),
+                "baseline_top1_agreement": self.data["baseline"].get("top1_agreement"),
+                "seconds": self.data.get("seconds")}
 
 
-def analyze_sensitivity(config: SensitivityConfig, out_dir: Path, *, progress: ProgressFn | None = None) -> SensitivityResult:
-    """Rank quantized units by the loss they cause and find the fewest to keep in float (see module doc)."""
-    from calib.validate import EMBEDDING_OUTPUT, ValidateConfig, load_eval_data, logits_width, run_outputs
-
-    t0 = time.monotonic()
-    report = progress or (lambda f, m="": None)
+def _check_config(config: SensitivityConfig) -> None:
     if config.granularity not in GRANULARITIES:
         raise InputError(f"unknown granularity {config.granularity!r} (choose from {', '.join(GRANULARITIES)})")
     if config.ranking not in RANKINGS:
@@ -317,6 +469,98 @@ def analyze_sensitivity(config: SensitivityConfig, out_dir: Path, *, progress: P
         raise InputError(f"max evaluations must be at least 2 (baseline + one candidate), got {config.max_evaluations}")
     if not 0 <= config.min_agreement <= 1 or config.max_drop < 0:
         raise InputError("the budget needs max drop >= 0 points and 0 <= min agreement <= 1")
+    if config.min_embedding_cosine is not None and not -1 <= config.min_embedding_cosine <= 1:
+        raise InputError(f"min embedding cosine must be in [-1, 1], got {config.min_embedding_cosine}")
+    if config.limit < 0 or config.rank_rows < 0 or config.local_rows < 0:
+        raise InputError("limit, rank rows and local rows must be 0 (all) or positive")
+
+
+def scope_warnings(result, config: SensitivityConfig) -> list[str]:
+    """Why nodes of the placement silently stay in float: tensors with no range (the calibration did not
+    cover this placement) or with an unusable (non-finite / zero) range."""
+    out = []
+    reasons = dict(result.skipped_tensors)
+    missing = sorted(t for t, why in reasons.items() if why == NO_RANGE)
+    blocked = [n for n, why in result.excluded_nodes.items() if NO_RANGE in why]
+    if missing:
+        out.append(
+            f"WARNING calibration scope: {len(missing)} tensor(s) the {config.preset!r} placement quantizes have no range in "
+            f"{config.ranges} (e.g. {missing[0]}), so {len(blocked)} node(s) stay in float without being analysed; "
+            f"calibrate with --placement {config.preset} (or --tensors all) to cover them")
+    unusable = sorted(t for t, why in reasons.items() if why != NO_RANGE)
+    stuck = [n for n, why in result.excluded_nodes.items() if any(t in why for t in unusable)]
+    if unusable and stuck:
+        out.append(f"note: {len(unusable)} tensor(s) have an unusable range (non-finite or zero, e.g. {unusable[0]}: "
+                   f"{reasons[unusable[0]]}); their {len(stuck)} node(s) stay in float")
+    return out
+
+
+def _quantize_one_ranking(evaluate: _Evaluator, units: Sequence[Unit]) -> tuple[dict[str, float], list[dict]]:
+    """Each unit quantized alone on the rank subset; score = its share of the baseline's KL + its
+    share of the baseline's embedding error. Returns the scores and per-unit details."""
+    evaluate.rank_total = len(units) + 1
+    def rank(excluded: list[str], only: list[str] | None, why: str) -> dict:
+        entry = evaluate(excluded, only=only, why=why, rows="rank")
+        assert entry is not None  # ranking evaluations are not bounded by the search budget
+        return entry
+
+    base = rank([], None, "full placement (ranking texts)")
+    base_err = 1.0 - base["embedding_cosine"] if "embedding_cosine" in base else None
+    details, scores = [], {}
+    for u in units:
+        e = rank([], list(u.nodes), f"quantize only {u.name}")
+        kl_share = e["kl_softmax"] / base["kl_softmax"] if base["kl_softmax"] > 0 else 0.0
+        cos_share = 0.0
+        if base_err and "embedding_cosine" in e:
+            cos_share = max(0.0, 1.0 - e["embedding_cosine"]) / base_err
+        scores[u.name] = kl_share + cos_share
+        details.append({"unit": u.name, "kl_share": kl_share, "embedding_error_share": cos_share if base_err else None,
+                        "top1_agreement": e["top1_agreement"], "kl_softmax": e["kl_softmax"],
+                        "embedding_cosine": e.get("embedding_cosine")})
+    return scores, details
+
+
+def predicted_start(ranked: Sequence[Unit], details: Mapping[str, dict], baseline: dict, config: SensitivityConfig) -> int:
+    """Smallest prefix whose removal the additive model (quantize-one shares) expects to bring the
+    embedding error and the KL within reach of the budget; √n when nothing can be predicted (the
+    doubling then reaches n, and the bisection 1, in about the same number of steps)."""
+    n = len(ranked)
+    if n == 0:
+        return 1
+    if not details:  # nothing to predict from: start midway (in doubling steps) between 1 and n
+        return max(1, round(float(np.sqrt(n))))
+    needs = []
+    err = 1.0 - baseline["embedding_cosine"] if "embedding_cosine" in baseline else None
+    if config.min_embedding_cosine is not None and err and err > 1.0 - config.min_embedding_cosine:
+        needs.append(("embedding_error_share", (1.0 - config.min_embedding_cosine) / err))
+    if baseline["top1_agreement"] < config.min_agreement and baseline["top1_agreement"] < 1:
+        # flips grow with the perturbation's amplitude, i.e. with the square root of the KL
+        needs.append(("kl_share", ((1.0 - config.min_agreement) / (1.0 - baseline["top1_agreement"])) ** 2))
+    if not needs:
+        return 1
+    k_needed = 1
+    for key, keep_fraction in needs:
+        shares = [float(details[u.name].get(key) or 0.0) for u in ranked]
+        total = sum(shares)
+        if total <= 0:
+            continue
+        remaining = total
+        k = 0
+        while k < n and remaining / total > keep_fraction:
+            remaining -= shares[k]
+            k += 1
+        k_needed = max(k_needed, k)
+    return max(1, min(k_needed, n))
+
+
+def analyze_sensitivity(config: SensitivityConfig, out_dir: Path, *, progress: ProgressFn | None = None) -> SensitivityResult:
+    """Rank quantized units by the loss they cause and find the fewest to keep in float (see module doc)."""
+    from calib.quantize import quantize_qdq
+    from calib.validate import EMBEDDING_OUTPUT, ValidateConfig, load_eval_data, logits_width, run_outputs
+
+    t0 = time.monotonic()
+    report = progress or (lambda f, m="": None)
+    _check_config(config)
     spec = load_model(config.model, config.tokenizer, max_length=config.max_length, labels=config.labels)
     amax = load_amax(config.ranges, config.method)
     vconfig = ValidateConfig(engine="", model=config.model, tokenizer=config.tokenizer, data=config.data,
@@ -328,52 +572,88 @@ def analyze_sensitivity(config: SensitivityConfig, out_dir: Path, *, progress: P
     outputs = [spec.logits_output] + ([EMBEDDING_OUTPUT] if EMBEDDING_OUTPUT in spec.output_names else [])
     fp32_engine = OrtEngine(OrtSessionLoader(spec.onnx_path, threads=config.threads))
     fp32 = run_outputs(fp32_engine, data.encoded, spec.input_dtypes, outputs, batch_size=config.batch_size,
-                       progress=report, start=0.0, span=0.08)
+                       progress=report, start=0.0, span=0.06)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".candidates-") as tmp:
-        evaluate = _Evaluator(config, spec, amax, data, fp32, Path(tmp), config.max_evaluations, report)
-        baseline = evaluate([], why="full placement")
-        base_nodes = list(evaluate.quantize_result.quantized_nodes)
-        base_qdq = evaluate.last_qdq
+        report(0.06, "quantizing the full placement")
+        base_path = Path(tmp) / "baseline.qdq.onnx"
+        with warnings.catch_warnings():  # ranges for tensors absent from the model are listed by the build stage
+            warnings.simplefilter("ignore")
+            base_result = quantize_qdq(spec.onnx_path, amax, config.placement, base_path)
+        base_nodes = list(base_result.quantized_nodes)
+        notes = scope_warnings(base_result, config)
+        # the `all` preset quantizes outputs too (calib.placement): there pairs are shared by every reader
+        shared_pairs = config.preset == "all"
+        reserve = 1 if config.verify and not shared_pairs else 0  # rebuilt candidates need no check
+        evaluate = _Evaluator(config, spec, data, fp32, None if shared_pairs else onnx.load(str(base_path)), base_nodes,
+                              shared_pairs, amax, Path(tmp), config.max_evaluations - reserve, report)
+        baseline = evaluate.evaluate_model(base_path, why="full placement", excluded=[], quantized=len(base_nodes))
         units = make_units(base_nodes, config.granularity)
         ranking_kind = config.ranking
         if ranking_kind == "auto":
-            ranking_kind = "exclude-one" if len(units) <= config.max_evaluations // 2 else "local"
+            if len(units) <= config.max_evaluations // 2:
+                ranking_kind = "exclude-one"
+            elif len(units) <= config.max_rank_units and not shared_pairs:  # cheap derived candidates only
+                ranking_kind = "quantize-one"
+            else:
+                ranking_kind = "local"
         scores: dict[str, float] = {}
-        local = None
+        details: dict[str, dict] = {}
         if not baseline["passes"] and units:
             if ranking_kind == "local":
                 enc = data.encoded
                 if config.local_rows and config.local_rows < len(enc):
                     enc = enc.subset(np.random.default_rng(config.seed).choice(len(enc), config.local_rows, replace=False))
                 report(0.1, "ranking nodes by local quantization noise")
-                local = local_scores(spec.onnx_path, base_qdq, base_nodes, enc, spec.input_dtypes,
+                local = local_scores(spec.onnx_path, base_path, base_nodes, enc, spec.input_dtypes,
                                      config.batch_size, config.threads)
                 scores = {u.name: max(local.get(n, 0.0) for n in u.nodes) for u in units}
+            elif ranking_kind == "quantize-one":
+                scores, rows = _quantize_one_ranking(evaluate, units)
+                details = {r["unit"]: r for r in rows}
             else:
                 if len(units) > evaluate.left - 1:
                     raise InputError(
                         f"{ranking_kind} ranking needs {len(units)} evaluations but only {evaluate.left - 1} are left "
                         f"within max evaluations {config.max_evaluations}; use --ranking local or --granularity block")
                 for u in units:
-                    if ranking_kind == "exclude-one":
-                        e = evaluate(list(u.nodes), why=f"exclude {u.name}")
-                        scores[u.name] = baseline["kl_softmax"] - e["kl_softmax"]
-                    else:
-                        e = evaluate([], only=list(u.nodes), why=f"quantize only {u.name}")
-                        scores[u.name] = e["kl_softmax"]
+                    e = evaluate(list(u.nodes), why=f"exclude {u.name}")
+                    scores[u.name] = baseline["kl_softmax"] - e["kl_softmax"]
         # units that help most first; the search extends into the rest only when the top ones do not suffice
         ranked = sorted(units, key=lambda u: -scores.get(u.name, 0.0)) if scores else list(units)
         chosen: list[Unit] = []
         best = baseline
         reachable = baseline["passes"]
+        start = 1
         if not baseline["passes"] and ranked:
-            report(0.5, "searching the fewest exclusions")
-            chosen, best, reachable = _search(evaluate, ranked)
-        if evaluate.last_qdq is not None:
-            evaluate.last_qdq.unlink(missing_ok=True)
+            start = predicted_start(ranked, details, baseline, config)
+            report(0.5, f"searching the fewest exclusions (starting at {start})")
+            chosen, best, reachable = _search(evaluate, ranked, start)
+        evaluate.max_evaluations = config.max_evaluations  # the reserved evaluation is the verification's
+        verification = None
+        if chosen and reserve:
+            report(0.95, "rebuilding the recommendation with calib.quantize")
+            nodes = _prefix_nodes(chosen, len(chosen))
+            check_path = Path(tmp) / "recommended.qdq.onnx"
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                rebuilt = quantize_qdq(spec.onnx_path, amax, config.placement.with_exclusions(
+                    exact_pattern(n) for n in nodes), check_path)
+            verification = evaluate.evaluate_model(check_path, why="verify: rebuilt by calib.quantize", excluded=nodes,
+                                                   quantized=len(rebuilt.quantized_nodes))
+            if reachable and not verification["passes"]:
+                notes.append("the model rebuilt with the recommended exclusions misses the budget although the "
+                             "derived candidate met it; treat the recommendation as unconfirmed")
+                reachable = False
+            best = verification
     nodes_out = _prefix_nodes(chosen, len(chosen))
+    ranking_rows = []
+    for u in ranked:
+        row = {"unit": u.name, "nodes": list(u.nodes), "score": scores.get(u.name)}
+        if u.name in details:
+            row.update({k: v for k, v in details[u.name].items() if k != "unit"})
+        ranking_rows.append(row)
     data_out = {
         "schema": SCHEMA,
         "model": {"path": str(spec.onnx_path), "sha256": spec.sha256},
@@ -384,14 +664,21 @@ def analyze_sensitivity(config: SensitivityConfig, out_dir: Path, *, progress: P
                    "min_embedding_cosine": config.min_embedding_cosine, "max_evaluations": config.max_evaluations},
         "granularity": config.granularity,
         "ranking_method": ranking_kind if not baseline["passes"] else "none (baseline within budget)",
+        "ranking_rows": len(evaluate.rank_idx) if evaluate.rank_log else 0,
         "baseline": baseline,
         "quantized_nodes": base_nodes,
-        "ranking": [{"unit": u.name, "nodes": list(u.nodes), "score": scores.get(u.name)} for u in ranked],
+        "float_nodes": base_result.excluded_nodes,
+        "warnings": notes,
+        "ranking": ranking_rows,
+        "search_start": start,
+        "ranking_evaluations": evaluate.rank_log,
+        "ranking_evaluations_used": len(evaluate.rank_log),
         "evaluations": evaluate.log,
         "evaluations_used": evaluate.used,
+        "verification": verification,
         "recommended": {**{k: v for k, v in best.items() if k not in ("excluded", "only", "why", "evaluation")},
                         "units": [u.name for u in chosen], "exclude_nodes": nodes_out, "passes": bool(reachable),
-                        "note": _note(baseline, best, reachable, nodes_out, evaluate)},
+                        "note": _note(baseline, reachable, nodes_out, evaluate, notes)},
         "seconds": round(time.monotonic() - t0, 2),
     }
     atomic_write_json(out_dir / "sensitivity.json", data_out)
@@ -399,23 +686,30 @@ def analyze_sensitivity(config: SensitivityConfig, out_dir: Path, *, progress: P
     return SensitivityResult.load(out_dir)
 
 
-def _note(baseline: dict, best: dict, reachable: bool, nodes: list[str], evaluate: _Evaluator) -> str:
+def _note(baseline: dict, reachable: bool, nodes: list[str], evaluate: _Evaluator, notes: Sequence[str]) -> str:
     if baseline["passes"]:
-        return "the full placement is already within budget: no exclusions needed"
-    if reachable:
-        return (f"keeping {len(nodes)} node(s) in float brings the build within budget "
-                f"({evaluate.used} of {evaluate.max_evaluations} evaluations)")
-    return (f"no exclusion set within budget was found in {evaluate.used} evaluations; the best one tried is "
-            "recommended; raise --max-evaluations, the budget, or change the placement")
+        text = "the full placement is already within budget: no exclusions needed"
+    elif reachable:
+        text = (f"keeping {len(nodes)} node(s) in float brings the build within budget "
+                f"({evaluate.used} of {evaluate.max_evaluations} evaluations"
+                + (f", plus {len(evaluate.rank_log)} ranking evaluations on {len(evaluate.rank_idx)} texts"
+                   if evaluate.rank_log else "") + ")")
+    else:
+        text = (f"no exclusion set within budget was found in {evaluate.used} evaluations; the best one tried is "
+                "recommended; raise --max-evaluations, the budget, or change the placement")
+    return "; ".join([*notes, text])
 
 
-def _search(evaluate: _Evaluator, ranked: Sequence[Unit]) -> tuple[list[Unit], dict, bool]:
-    """Fewest top-ranked units whose exclusion passes, then prune; bounded by the evaluator's budget."""
+def _search(evaluate: _Evaluator, ranked: Sequence[Unit], start: int = 1) -> tuple[list[Unit], dict, bool]:
+    """Fewest top-ranked units whose exclusion passes, then prune; bounded by the evaluator's budget.
+
+    Prefix ``n`` (every unit in float) is the FP32 model and passes without an evaluation, but is
+    not a recommendation: then nothing would be quantized."""
     n = len(ranked)
     best_fail: dict | None = None
-    low, high, high_entry = 0, None, None  # prefix `low` known to fail; `high` known to pass
-    k = 1
-    while k <= n:  # doubling: 1, 2, 4, ... then all
+    low, high, high_entry = 0, n, fp32_entry()  # prefix `low` known to fail; `high` known to pass
+    k = max(1, min(start, n))
+    while k < n:  # the predicted prefix, then doubling while it fails
         e = evaluate(_prefix_nodes(ranked, k), why=f"keep top {k} ranked unit(s) in float")
         if e is None:
             break
@@ -424,11 +718,7 @@ def _search(evaluate: _Evaluator, ranked: Sequence[Unit]) -> tuple[list[Unit], d
             break
         best_fail = _better(best_fail, e)
         low = k
-        if k == n:
-            break
         k = min(2 * k, n)
-    if high is None:
-        return (list(ranked[:low]) if best_fail else []), (best_fail or evaluate.cache[((), None)]), False
     while high - low > 1:  # bisection between a failing and a passing prefix
         mid = (low + high) // 2
         e = evaluate(_prefix_nodes(ranked, mid), why=f"keep top {mid} ranked unit(s) in float")
@@ -437,15 +727,21 @@ def _search(evaluate: _Evaluator, ranked: Sequence[Unit]) -> tuple[list[Unit], d
         if e["passes"]:
             high, high_entry = mid, e
         else:
+            best_fail = _better(best_fail, e)
             low = mid
     chosen = list(ranked[:high])
-    for unit in reversed(list(ranked[:high])):  # put back units the budget does not need
+    for unit in reversed(list(ranked[:high])):  # put back units the budget does not need, least important first
         if len(chosen) <= 1 or evaluate.left <= 0:
             break
         trial = [u for u in chosen if u is not unit]
         e = evaluate([x for u in trial for x in u.nodes], why=f"put {unit.name} back in INT8")
         if e is not None and e["passes"]:
             chosen, high_entry = trial, e
+    if len(chosen) == n:  # only the FP32 model passed: recommend the best failing candidate tried
+        if best_fail is None:
+            return [], evaluate.log[0], False
+        excluded = set(best_fail["excluded"])
+        return [u for u in ranked if set(u.nodes) <= excluded], best_fail, False
     return chosen, high_entry, True
 
 
@@ -453,4 +749,3 @@ def _better(a: dict | None, b: dict) -> dict:
     if a is None:
         return b
     return b if (b["top1_agreement"], -b["kl_softmax"]) > (a["top1_agreement"], -a["kl_softmax"]) else a
-

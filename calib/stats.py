@@ -2,7 +2,9 @@
 
 For every requested tensor we keep, over real (non-padded) token positions only: min, max, element
 count, NaN / +inf / -inf counts, and a histogram of ``|x|`` over finite values. Nothing grows with the
-calibration set: memory is one batch of activations plus ``bins`` counters per tensor.
+calibration set: memory is at most two batches of activations (one accumulated while ORT computes
+the next; one when a batch's activations exceed ``StatsConfig.overlap_max_mb``) plus ``bins`` counters
+per tensor.
 
 Histogram modes (``StatsConfig.histogram``):
 
@@ -20,11 +22,27 @@ feeds with batch/sequence sizes (3, 11) and (5, 13) and classifies each tensor a
 takes (batch, sequence, flattened batch*sequence, batch*k, fixed, other). Each batch then keeps the
 positions whose batch row and every sequence index are real tokens (e.g. attention probabilities
 (B, heads, T, T) are masked on both T axes). Flattened batch*sequence axes are assumed batch-major.
+
+Cost (the pass must stay close to plain ORT inference; see benchmarks/bench_calibration.py):
+
+- ORT runs the model at full graph optimisation with the tensors appended as graph outputs (ORT never
+  fuses a graph output away); the model file's bytes are reused rather than re-serialized, shape
+  inference and placement run on a weightless copy of the graph, and outputs are read as numpy views
+  of ORT's buffers (no copy).
+- Real positions are cut out by slicing (batches put real tokens first), runs of rows with the same
+  length at a time, never by boolean masks; values go through min/max, ``|x|`` scaling and
+  ``bincount`` in L2-sized chunks. Padded positions are only checked for NaN/inf.
+- With two or more threads and ``overlap`` (default), batch k is accumulated in a background thread
+  while ORT, which releases the GIL, runs batch k+1; a batch too large to keep two of is accumulated
+  between runs with its tensors split over the threads. Idle ORT threads then sleep instead of
+  spinning. Every schedule gives identical statistics (each tensor has one accumulator, fed by one
+  thread at a time; the histogram merge is order-independent).
 """
 
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -35,6 +53,7 @@ import numpy as np
 import onnx
 
 from calib.batching import Batch, Encoded, iter_batches
+from calib.engines.ort import default_threads
 from calib.errors import InputError
 from calib.io import atomic_save_npz, atomic_write_json, read_json, sha256_file
 from calib.model import ModelSpec, read_onnx
@@ -64,9 +83,13 @@ class StatsConfig:
     histogram: str = "stream"
     bins: int | None = None  # default per mode: 4096 (stream) / 2048 (two-pass)
     optimization: str = "all"  # ORT graph optimisation; exposed tensors are graph outputs, so kept
-    threads: int | None = None
+    threads: int | None = None  # cores: ORT intra-op threads and accumulating threads (default: all)
     pad_multiple: int = 8
-    overlap: bool = True  # accumulate batch k in a background thread while ORT runs batch k+1
+    # With threads >= 2: accumulate batch k in a background thread while ORT runs batch k+1, for batches
+    # whose exposed activations take at most overlap_max_mb; larger batches are accumulated in between
+    # runs, split over `threads` threads, so only one of them is alive at a time.
+    overlap: bool = True
+    overlap_max_mb: float = 192.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -361,6 +384,7 @@ class _Rows:
         cuts = (np.flatnonzero(np.diff(lengths)) + 1).tolist()
         self.groups = [(a, b, int(lengths[a])) for a, b in zip([0, *cuts], [*cuts, self.batch]) if b > a]
         self.longest = int(lengths.max(initial=0))
+        self.mostly_padding = lengths.sum() < 0.7 * mask.size  # then check whole tensors for inf/NaN
 
 
 def _split_positions(name: str, value: np.ndarray, roles: Sequence[str], layout: _Layout | None,
@@ -436,7 +460,7 @@ class _Scratch:
     def __init__(self) -> None:
         self.gather = np.empty(_CHUNK, np.float32)
         self.scaled = np.empty(_CHUNK, np.float32)
-        self.index = np.empty(_CHUNK, np.intp)
+        self.index = np.empty(_CHUNK, np.int32)  # float32 -> int32 casts vectorise; -> int64 does not
 
 
 class _Accumulator:
@@ -457,9 +481,12 @@ class _Accumulator:
         self.posinf += int(np.count_nonzero(values == np.inf))
         self.neginf += int(np.count_nonzero(values == -np.inf))
 
-    def check_padding(self, views: Sequence[np.ndarray]) -> None:
+    def check_padding(self, views: Sequence[np.ndarray], whole: np.ndarray | None = None) -> None:
         """Count NaN / +inf / -inf at padded positions too: they are there at inference time (e.g. the
-        -inf of an additive attention mask), so the tensor is flagged, though they never enter ranges."""
+        -inf of an additive attention mask), so the tensor is flagged, though they never enter ranges.
+        ``whole``: the full tensor, checked first in two fast contiguous passes (when mostly padding)."""
+        if whole is not None and math.isfinite(whole.min()) and math.isfinite(whole.max()):
+            return
         for view in views:
             if view.size and not (math.isfinite(view.min()) and math.isfinite(view.max())):  # NaN propagates
                 self.count_nonfinite(view)
@@ -568,7 +595,7 @@ def _exposing_session(onnx_path: Path, graph: onnx.ModelProto, names: Sequence[s
     re-serialized unless they live in external files (then the model is loaded and re-serialized)."""
     from calib.engines.ort import OrtSessionLoader, expose_outputs, exposed_model_bytes
 
-    spinning = False if cfg.overlap else None  # idle ORT threads must not busy-wait on the accumulator's core
+    spinning = False if cfg.overlap else None  # idle ORT threads must not busy-wait on the accumulators' cores
     external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.graph.initializer)
     if external:
         model: onnx.ModelProto | bytes = expose_outputs(read_onnx(onnx_path), names)
@@ -578,27 +605,44 @@ def _exposing_session(onnx_path: Path, graph: onnx.ModelProto, names: Sequence[s
     return OrtSessionLoader(model, threads=cfg.threads, optimization=cfg.optimization, spinning=spinning)()
 
 
+def _balanced_parts(sizes: Sequence[int], parts: int) -> list[list[int]]:
+    """Indices of ``sizes`` split into ``parts`` groups of similar total size (largest first, greedy)."""
+    groups: list[list[int]] = [[] for _ in range(parts)]
+    totals = [0] * parts
+    for i in sorted(range(len(sizes)), key=lambda i: -sizes[i]):
+        k = totals.index(min(totals))
+        groups[k].append(i)
+        totals[k] += sizes[i]
+    return [g for g in groups if g]
+
+
 def _run_batches(session, names: Sequence[str], batches: Iterator[Batch],
-                 work: Callable[[list[np.ndarray], Batch], None], *, overlap: bool,
-                 after: Callable[[Batch], None]) -> None:
-    """Run every batch and hand its outputs to ``work``. With ``overlap``, ``work`` on batch k runs in a
-    background thread while ORT (which releases the GIL) runs batch k+1; at most two batches of
-    activations exist at once. Outputs are numpy views of ORT's own buffers (no copy)."""
+                 work: Callable[[list[np.ndarray], Batch, Sequence[int]], None], *, workers: int,
+                 after: Callable[[Batch], None], overlap_max_bytes: float = np.inf) -> None:
+    """Run every batch and hand its outputs to ``work(arrays, batch, tensor_indices)``.
+
+    ``workers`` 1: everything in the calling thread. Otherwise, a batch whose outputs take at most
+    ``overlap_max_bytes`` is accumulated by one background thread while ORT (which releases the GIL)
+    runs the next batch (two batches of activations alive); a larger one is accumulated before the
+    next run, its tensors split over ``workers`` threads (one batch alive). Outputs are numpy views of
+    ORT's own buffers (no copy)."""
     from onnxruntime import OrtValue
+
+    everything = range(len(names))
 
     def run(batch: Batch) -> tuple[list, list[np.ndarray]]:
         feeds = {k: OrtValue.ortvalue_from_numpy(v) for k, v in batch.feeds.items()}
         values = session.run_with_ort_values(list(names), feeds)
         return values, [v.numpy() for v in values]  # the OrtValues own the memory: keep them alive
 
-    if not overlap:
+    if workers < 2:
         for batch in batches:
             _, arrays = run(batch)
-            work(arrays, batch)
+            work(arrays, batch, everything)
             del arrays, _
             after(batch)
         return
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="calib-stats") as pool:
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="calib-stats") as pool:
         pending: Future | None = None
         pending_batch: Batch | None = None
         for batch in batches:
@@ -606,8 +650,16 @@ def _run_batches(session, names: Sequence[str], batches: Iterator[Batch],
             if pending is not None:
                 pending.result()  # re-raises the worker's error
                 after(pending_batch)
-            pending = pool.submit(lambda a=arrays, v=values, b=batch: work(a, b))
-            pending_batch = batch
+                pending = None
+            sizes = [a.nbytes for a in arrays]
+            if sum(sizes) > overlap_max_bytes:
+                jobs = [pool.submit(work, arrays, batch, part) for part in _balanced_parts(sizes, workers)]
+                for job in jobs:
+                    job.result()
+                after(batch)
+            else:
+                pending = pool.submit(lambda a=arrays, v=values, b=batch: work(a, b, everything))
+                pending_batch = batch
             del values, arrays
         if pending is not None:
             pending.result()
@@ -679,7 +731,8 @@ def collect_statistics(
     passes = ["range", "histogram"] if cfg.histogram == "two-pass" else ["stream"]
     total_batches = -(-len(encoded) // cfg.batch_size) * len(passes)
     accs = {n: _Accumulator(nbins) for n in names}
-    scratch = _Scratch()
+    local = threading.local()  # one _Scratch per accumulating thread
+    workers = (cfg.threads or default_threads()) if cfg.overlap else 1
     seen = {"done": 0, "tokens": 0, "batches": 0}
     for pass_name in passes:
         if pass_name == "histogram":
@@ -689,14 +742,18 @@ def collect_statistics(
                 acc.nan, acc.posinf, acc.neginf = first[n].nan, first[n].posinf, first[n].neginf
         hist, count = pass_name != "range", pass_name != "histogram"
 
-        def work(arrays: list[np.ndarray], batch: Batch, accs=accs, hist=hist, count=count) -> None:
+        def work(arrays: list[np.ndarray], batch: Batch, indices: Sequence[int], accs=accs, hist=hist,
+                 count=count) -> None:
+            scratch = getattr(local, "scratch", None) or _Scratch()
+            local.scratch = scratch
             rows = _Rows(batch.mask)
-            for name, value in zip(names, arrays):
+            for i in indices:
+                name, value = names[i], arrays[i]
                 if value.dtype != np.float32:
                     value = value.astype(np.float32)
                 real, padded = _split_positions(name, value, roles[name], layouts[name], rows)
-                if count:
-                    accs[name].check_padding(padded)
+                if count and padded:
+                    accs[name].check_padding(padded, value if rows.mostly_padding else None)
                 accs[name].add_views(real, scratch, hist=hist, count=count)
 
         def after(batch: Batch, pass_name=pass_name) -> None:
@@ -709,7 +766,8 @@ def collect_statistics(
 
         batches = iter_batches(encoded, input_dtypes, cfg.batch_size, order=order, seed=seed,
                                pad_multiple=cfg.pad_multiple)
-        _run_batches(session, names, batches, work, overlap=cfg.overlap, after=after)
+        _run_batches(session, names, batches, work, workers=workers, after=after,
+                     overlap_max_bytes=cfg.overlap_max_mb * 2**20)
     seconds = time.perf_counter() - t0
     results = tuple(accs[n].result(n, producers[n][0], producers[n][1], roles[n]) for n in names)
     return ActivationStats(model_sha256=sha, tensors=results, bins=nbins, histogram=cfg.histogram, texts=len(encoded),

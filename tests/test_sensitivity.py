@@ -90,3 +90,85 @@ def test_bad_sensitivity_inputs(tiny_spec, tiny_csv, broken_ranges, tmp_path):
     assert block_of("/embeddings/LayerNorm/LayerNormalization") == "embeddings"
     assert block_of("classifier/MatMul") == "classifier"
     assert exact_pattern("a/b") == "a/b" and exact_pattern("x[1]").startswith("re:^")
+
+
+def test_derived_candidates_match_the_quantizer(tiny_spec, tmp_path):
+    """Under the input-only placement, a candidate derived from the full Q/DQ model (keep_in_float)
+    computes what calib.quantize writes when the same nodes are excluded (or only some included)."""
+    import warnings
+
+    import numpy as np
+    import onnx
+
+    from calib.batching import encode, iter_batches
+    from calib.engines.ort import OrtEngine, OrtSessionLoader
+    from calib.model import load_tokenizer
+    from calib.placement import Placement
+    from calib.quantize import quantize_qdq
+    from calib.sensitivity import exact_pattern, keep_in_float
+
+    texts, _ = tinymodel.make_texts(48, seed=2)
+    preset = "tensorrt"
+    amax = absmax_ranges(tiny_spec, texts, "all")
+    amax[BROKEN[0]] /= 30
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        full = quantize_qdq(tiny_spec.onnx_path, amax, Placement(preset), tmp_path / "full.onnx")
+    nodes = list(full.quantized_nodes)
+    rng = np.random.default_rng(0)
+    enc = encode(load_tokenizer(str(tiny_spec.tokenizer_dir)), texts, max_length=64)
+    batch = next(iter_batches(enc, tiny_spec.input_dtypes, 48))
+    cases = [("exclude", [n for n in nodes if "output/dense" in n or "gelu" in n]),
+             ("exclude", list(rng.choice(nodes, size=len(nodes) // 3, replace=False))),
+             ("only", [n for n in nodes if n.startswith("layer.0/")])]
+    for kind, chosen in cases:
+        placement = (Placement(preset).with_exclusions(exact_pattern(n) for n in chosen) if kind == "exclude"
+                     else Placement(preset, include_nodes=tuple(exact_pattern(n) for n in chosen)))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            rebuilt = quantize_qdq(tiny_spec.onnx_path, amax, placement, tmp_path / "rebuilt.onnx")
+        floating = chosen if kind == "exclude" else sorted(set(nodes) - set(chosen))
+        derived = keep_in_float(onnx.load(str(tmp_path / "full.onnx")), floating)
+        assert len(rebuilt.quantized_nodes) == len(nodes) - len(set(floating) & set(nodes))
+        want = OrtEngine(OrtSessionLoader(tmp_path / "rebuilt.onnx")).run(batch.feeds, ["logits", "embedding"])
+        got = OrtEngine(OrtSessionLoader(derived.SerializeToString())).run(batch.feeds, ["logits", "embedding"])
+        for name in ("logits", "embedding"):
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-5, err_msg=f"{preset} {kind} {name}")
+        full_out = OrtEngine(OrtSessionLoader(tmp_path / "full.onnx")).run(batch.feeds, ["logits"])["logits"]
+        assert not np.allclose(full_out, got["logits"], atol=1e-6)  # the exclusion changed something
+
+
+def test_quantize_one_ranking_on_input_only_placement(tiny_spec, tiny_csv, broken_ranges, tmp_path):
+    """tensorrt placement, node granularity: ranked by quantizing each MatMul alone on a text subset
+    (derived candidates), the search starts at the predicted prefix and the recommendation is
+    re-checked on a model rebuilt by the quantizer."""
+    from calib.sensitivity import analyze_sensitivity
+
+    res = analyze_sensitivity(sconfig(tiny_spec, tiny_csv, broken_ranges, preset="tensorrt", max_evaluations=10,
+                                      rank_rows=48, min_embedding_cosine=0.99), tmp_path / "s")
+    data = res.data
+    assert data["ranking_method"] == "quantize-one"
+    assert data["ranking_evaluations_used"] == len(data["ranking"]) + 1 and data["ranking_rows"] == 48
+    # the readers of the two broken ranges (GELU output, attention probabilities) come first
+    assert {r["unit"] for r in data["ranking"][:2]} == {"layer.0/output/dense/MatMul", "layer.1/attention/context/MatMul"}
+    assert data["evaluations_used"] <= 10 and data["search_start"] >= 1
+    assert res.found, data["recommended"]["note"]
+    assert "layer.0/output/dense/MatMul" in res.exclusions and len(res.exclusions) <= 4
+    assert data["verification"]["why"].startswith("verify") and data["verification"]["passes"]
+    assert data["recommended"]["embedding_cosine"] >= 0.99
+    assert data["warnings"] == []
+
+
+def test_note_warns_when_the_placement_lacks_ranges(tiny_spec, tiny_csv, tmp_path):
+    """Ranges calibrated for the tensorrt placement only, analysed on the all placement: most of its
+    nodes silently stay in float, and the note says so (the calibration scope trap)."""
+    from calib.sensitivity import analyze_sensitivity
+
+    texts, _ = tinymodel.make_texts(64, seed=1)
+    path = tmp_path / "trt.json"
+    path.write_text(json.dumps(absmax_ranges(tiny_spec, texts, "tensorrt")))
+    res = analyze_sensitivity(sconfig(tiny_spec, tiny_csv, path, preset="all", max_drop=100, min_agreement=0,
+                                      max_evaluations=2), tmp_path / "s")
+    note = res.data["recommended"]["note"]
+    assert note.startswith("WARNING calibration scope") and "--placement all" in note
+    assert any(w.startswith("WARNING calibration scope") for w in res.data["warnings"])

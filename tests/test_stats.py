@@ -155,3 +155,132 @@ def test_bad_requests(tiny_spec, encoded):
         collect_statistics(tiny_spec, encoded, ["logits"], histogram="exact")
     with pytest.raises(InputError, match="empty"):
         collect_statistics(tiny_spec, encoded.subset([]), ["logits"])
+
+
+# --- fast path: sliced padding, weightless graph, exposed-output sessions, overlapped accumulation
+
+
+@pytest.mark.parametrize("roles, shape", [
+    (("batch", "seq", "fixed"), (4, 7, 3)),
+    (("batch", "fixed", "seq", "seq"), (4, 2, 7, 7)),
+    (("batch*2", "seq", "fixed"), (8, 7, 3)),
+    (("batch*seq", "fixed"), (28, 3)),
+    (("fixed", "seq", "fixed"), (1, 7, 3)),
+    (("batch", "fixed"), (4, 5)),
+])
+def test_sliced_positions_match_the_boolean_mask(roles, shape, rng):
+    from calib.stats import _layout, _Rows, _split_positions
+
+    value = rng.standard_normal(shape).astype(np.float32)
+    for lengths in ([7, 7, 3, 1], [2, 5, 5, 7], [7, 7, 7, 7]):
+        mask = np.arange(7)[None, :] < np.array(lengths)[:, None]
+        real, padded = _split_positions("t", value, roles, _layout(roles), _Rows(mask))
+        keep = position_mask(roles, mask)
+        keep = np.ones(shape, bool) if keep is None else np.broadcast_to(keep, shape)
+        got_real = np.sort(np.concatenate([v.ravel() for v in real]))
+        got_pad = np.sort(np.concatenate([v.ravel() for v in padded])) if padded else np.zeros(0, np.float32)
+        assert np.array_equal(got_real, np.sort(value[keep])), (roles, lengths)
+        assert np.array_equal(got_pad, np.sort(value[~keep])), (roles, lengths)
+
+
+def test_mask_with_holes_takes_the_boolean_path(rng):
+    from calib.stats import _layout, _Rows, _split_positions
+
+    roles = ("batch", "seq", "fixed")
+    value = rng.standard_normal((2, 4, 3)).astype(np.float32)
+    mask = np.array([[1, 0, 1, 1], [1, 1, 0, 0]], bool)  # not real-tokens-first: no slicing
+    rows = _Rows(mask)
+    assert not rows.prefix
+    real, padded = _split_positions("t", value, roles, _layout(roles), rows)
+    assert np.array_equal(np.sort(real[0]), np.sort(value[mask].ravel()))
+    assert np.array_equal(np.sort(padded[0]), np.sort(value[~mask].ravel()))
+    with pytest.raises(InputError, match="does not follow"):
+        _split_positions("t", value[:, :3], roles, _layout(roles), _Rows(np.array([[1, 1, 1, 0], [1, 0, 0, 0]], bool)))
+
+
+def test_chunked_accumulation_of_strided_views_is_exact(rng):
+    from calib.stats import _CHUNK, _Accumulator, _Scratch
+
+    big = rng.standard_normal((3, 5, 40000)).astype(np.float32) * 3  # blocks above the chunk size
+    big[1, 2, 7] = np.nan
+    big[2, 0, 9] = -np.inf
+    views = [big[:, :, :30001], big[0, 1:3, 35000:], big[2, :, ::7]]  # strided, small and large
+    acc = _Accumulator(4096)
+    acc.add_views(views, _Scratch(), hist=True, count=True)
+    values = np.concatenate([v.ravel() for v in views])
+    finite = values[np.isfinite(values)]
+    direct = tensor_stats_from_arrays("t", [finite], bins=4096)
+    assert views[0].size > _CHUNK
+    assert (acc.nan, acc.neginf, acc.count) == (1, int(np.isneginf(values).sum()), finite.size)
+    assert (acc.min, acc.max, acc.range) == (direct.min, direct.max, direct.hist_range)
+    assert np.array_equal(acc.hist, direct.hist)
+
+
+def test_weightless_graph_gives_the_same_tensors(tiny_model_path):
+    from calib.placement import _float_tensors
+    from calib.stats import weightless
+
+    model = onnx.load(str(tiny_model_path))
+    light = weightless(model, keep_elements=8)
+    stripped = [t for t in light.graph.initializer if not (t.raw_data or t.float_data or t.int64_data)]
+    assert stripped and all(len(t.dims) for t in stripped)  # shapes kept, data dropped
+    assert len(light.graph.initializer) == len(model.graph.initializer)
+    assert light.ByteSize() < model.ByteSize() // 2
+    assert _float_tensors(light) == _float_tensors(model)
+    for scope in ("placement", "all"):
+        assert default_tensors(light, scope) == default_tensors(model, scope)
+
+
+def test_exposed_outputs_identical_across_optimisation_levels(tiny_model_path, tiny_spec):
+    """Tensors appended as graph outputs survive ORT's full optimisation with the values the
+    'basic' level (no fusions) computes, and the appended-bytes model equals the re-serialized one."""
+    from calib.engines.ort import OrtSessionLoader, expose_outputs, exposed_model_bytes
+    from calib.stats import _tensor_types, weightless
+
+    model = onnx.load(str(tiny_model_path))
+    names = list(default_tensors(model, "all"))
+    known = [o.name for o in model.graph.output]
+    appended = exposed_model_bytes(tiny_model_path, names, elem_types=_tensor_types(weightless(model)), known=known)
+    sessions = {
+        "basic": OrtSessionLoader(tiny_model_path, intermediates=tuple(names), threads=1)(),
+        "all": OrtSessionLoader(appended, threads=1, optimization="all")(),
+        "all-proto": OrtSessionLoader(expose_outputs(model, names), threads=1, optimization="all")(),
+        "all-nospin": OrtSessionLoader(appended, threads=2, optimization="all", spinning=False)(),
+    }
+    outputs = [o.name for o in sessions["all"].get_outputs()]
+    assert outputs == [o.name for o in sessions["all-proto"].get_outputs()] and set(names) <= set(outputs)
+    ids = np.random.default_rng(1).integers(5, 40, (3, 9))
+    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    feeds = {k: feeds[k].astype(dt) for k, dt in tiny_spec.input_dtypes.items()}
+    results = {k: s.run(names, feeds) for k, s in sessions.items()}
+    for level, values in results.items():
+        for name, a, b in zip(names, results["basic"], values):
+            assert np.array_equal(a, b, equal_nan=True), (level, name)
+
+
+def test_overlapped_split_and_sequential_passes_agree(tiny_spec, encoded, stats):
+    """One thread, two threads overlapping every batch, and a mixed schedule (0.3 MB: the longer
+    batches are accumulated between runs, their tensors split over both threads) give the same."""
+    schedules = [{"threads": 1}, {"threads": 2}, {"threads": 2, "overlap_max_mb": 0.3}]
+    for mode in ("stream", "two-pass"):
+        runs = [collect_statistics(tiny_spec, encoded, config=StatsConfig(
+            histogram=mode, batch_size=16, tensors=stats.names, **schedule)) for schedule in schedules]
+        reference = stats if mode == "stream" else runs[0]
+        for other in runs:
+            assert other.names == reference.names and other.tokens == reference.tokens
+            for a, b in zip(reference.tensors, other.tensors):
+                assert (a.count, a.min, a.max, a.hist_range, a.nonfinite) == (
+                    b.count, b.min, b.max, b.hist_range, b.nonfinite)
+                assert np.array_equal(a.hist, b.hist), (mode, a.name)
+
+
+def test_worker_errors_reach_the_caller(tiny_spec, encoded, monkeypatch):
+    import calib.stats as stats_module
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("accumulator failed")
+
+    monkeypatch.setattr(stats_module._Accumulator, "add_views", broken)
+    for schedule in ({"threads": 1}, {"threads": 2}, {"threads": 2, "overlap_max_mb": 0.0}):
+        with pytest.raises(RuntimeError, match="accumulator failed"):
+            collect_statistics(tiny_spec, encoded, ["logits"], config=StatsConfig(**schedule))

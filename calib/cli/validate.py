@@ -101,6 +101,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--min-agreement", type=float, default=0.99, help="top-1 agreement target (default 0.99)")
     s.add_argument("--min-embedding-cosine", type=float, help="embedding cosine target (optional)")
     s.add_argument("--max-evaluations", type=int, default=24, help="bound on quantize+evaluate rounds (default 24)")
+    s.add_argument("--rank-rows", type=int, default=64,
+                   help="texts for the quantize-one ranking, a subset of --limit (default 64; 0 = all)")
+    s.add_argument("--no-verify", action="store_true",
+                   help="do not re-check the recommendation on a model rebuilt by the quantizer")
     s.add_argument("--json", action="store_true", help="print the summary as JSON")
     s.set_defaults(handler=run_sensitivity)
 
@@ -177,7 +181,7 @@ def run_sensitivity(args: argparse.Namespace) -> int:
                                max_drop=args.max_drop, min_agreement=args.min_agreement,
                                min_embedding_cosine=args.min_embedding_cosine, max_evaluations=args.max_evaluations,
                                limit=args.limit if args.limit is not None else 256, batch_size=args.batch_size,
-                               seed=args.seed, **values)
+                               seed=args.seed, rank_rows=args.rank_rows, verify=not args.no_verify, **values)
     run_id, result = run_stage(ws, "sensitivity", analyze_sensitivity, config, parents=parents, label=args.label,
                                progress=ProgressBar("sensitivity"))
     if args.json:
@@ -186,6 +190,11 @@ def run_sensitivity(args: argparse.Namespace) -> int:
     rec = result.data["recommended"]
     print(f"run {run_id}: {result.dir}")
     print(rec["note"])
+    cos = rec.get("embedding_cosine")
+    print(f"ranking: {result.data['ranking_method']} ({result.data.get('ranking_evaluations_used', 0)} evaluations on "
+          f"{result.data.get('ranking_rows', 0)} texts); search: {result.data['evaluations_used']} of "
+          f"{result.data['budget']['max_evaluations']} evaluations; {result.data['seconds']:.0f} s"
+          + ("" if cos is None else f"; recommended embedding cosine {cos:.4f}"))
     print(f"baseline: agreement {result.data['baseline']['top1_agreement']:.4f}, drop "
           f"{_num(result.data['baseline'].get('accuracy_drop_points'))} points; recommended: agreement "
           f"{rec['top1_agreement']:.4f}, drop {_num(rec.get('accuracy_drop_points'))} points")
@@ -219,9 +228,8 @@ def run_report(args: argparse.Namespace) -> int:
 
 def run_gate(args: argparse.Namespace) -> int:
     from calib.cli.common import workspace_of
-    from calib.gate import check_gate, load_report_data
-
     from calib.errors import InputError
+    from calib.gate import check_gate, load_report_data
 
     path = Path(args.report)
     if not path.exists():
