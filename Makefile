@@ -47,8 +47,11 @@ typecheck: install
 lint: install
 	$(BIN)/python -m ruff check calib app tests benchmarks
 
+# The measurements behind BENCHMARKS.md (long: run on a quiet machine).
 bench: install
-	$(BIN)/python benchmarks/bench_calibration.py
+	$(BIN)/calib --workspace $(WORKSPACE) demo prepare
+	$(BIN)/python benchmarks/bench_calibration.py --task rt-sentiment --workspace $(WORKSPACE) --sizes 256 2048
+	CALIB_THREADS=1 $(BIN)/python benchmarks/bench_accuracy.py --workspace $(WORKSPACE) --json $(WORKSPACE)/accuracy.json
 
 clean:
 	rm -rf $(VENV) .cache test-artifacts

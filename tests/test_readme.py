@@ -23,3 +23,22 @@ def test_readme_library_example_runs(tmp_path, monkeypatch, tiny_model_path, tin
     runs = namespace["ws"].list_runs()  # type: ignore[attr-defined]
     assert [r.stage for r in runs] == ["validate", "build", "calibrate", "calibset"]
     assert all(r.status == "finished" for r in runs)
+
+
+def test_readme_cli_commands_parse():
+    """Every `calib ...` line of the README's workflow block is accepted by the real argument parser
+    (placeholders such as <calibrate run id> filled in, [optional parts] included)."""
+    import shlex
+
+    from calib.cli import build_parser
+
+    block = re.search(r"```bash\n(.*?)```", README.read_text(), flags=re.S)
+    assert block, "README has no bash workflow block"
+    lines = [line.split("#", 1)[0].strip() for line in block.group(1).splitlines()]
+    commands = [line for line in lines if line.startswith("calib ")]
+    assert len(commands) >= 10
+    parser = build_parser()
+    for command in commands:
+        filled = re.sub(r"<[^>]+>", "RUN", command.replace("[", "").replace("]", ""))
+        args = parser.parse_args(shlex.split(filled)[1:])
+        assert getattr(args, "handler", None), command

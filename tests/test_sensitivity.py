@@ -172,3 +172,38 @@ def test_note_warns_when_the_placement_lacks_ranges(tiny_spec, tiny_csv, tmp_pat
     note = res.data["recommended"]["note"]
     assert note.startswith("WARNING calibration scope") and "--placement all" in note
     assert any(w.startswith("WARNING calibration scope") for w in res.data["warnings"])
+
+
+def test_cli_sensitivity_then_build_with_its_exclusions(tiny_spec, tiny_csv, broken_ranges, tmp_path, capsys):
+    """The recommended exclusions feed `calib build --exclude-from` and end up in float in the engine."""
+    from calib.cli import main
+    from calib.ranges import Ranges
+
+    ws = ["--workspace", str(tmp_path / "ws")]
+    assert main(ws + ["sensitivity", "--model", str(tiny_spec.onnx_path), "--tokenizer", str(tiny_spec.tokenizer_dir),
+                      "--data", str(tiny_csv), "--labels", ",".join(tinymodel.LABELS), "--max-length", "64",
+                      "--limit", "120", "--ranges", str(broken_ranges), "--preset", "all", "--max-evaluations", "12",
+                      "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    sens_run = summary["run"]
+    from calib.sensitivity import SensitivityResult
+    from calib.workspace import Workspace
+
+    exclusions = SensitivityResult.load(Workspace(tmp_path / "ws").resolve_run(sens_run)).exclusions
+    assert exclusions
+    amax = json.loads(broken_ranges.read_text())
+    ranges = Ranges(method="minmax", params={}, model_sha256=tiny_spec.sha256,
+                    amax={k: (v if v == v and abs(v) != float("inf") else 0.0) for k, v in amax.items()})
+    ranges_path = ranges.save(tmp_path / "minmax.json")
+    assert main(ws + ["build", "--model", str(tiny_spec.onnx_path), "--ranges", str(ranges_path), "--placement", "all",
+                      "--exclude-from", sens_run]) == 0
+    capsys.readouterr()
+    workspace = Workspace(tmp_path / "ws")
+    (build_run,) = [r for r in workspace.list_runs() if r.stage == "build"]
+    meta = json.loads((build_run.dir / "engine.json").read_text())
+    assert set(exclusions) <= set(meta["excluded_nodes"])
+    assert sens_run in build_run.parents
+    # a run of another stage is refused with a one-line reason
+    assert main(ws + ["build", "--model", str(tiny_spec.onnx_path), "--ranges", str(ranges_path),
+                      "--exclude-from", build_run.id]) != 0
+    assert "expected a 'sensitivity' run" in capsys.readouterr().err

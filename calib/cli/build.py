@@ -19,6 +19,7 @@ _EXAMPLES = """examples:
   calib build --calibration cal-20250101-abcd --method entropy --placement tensorrt
   calib build --model model.onnx --ranges ranges/entropy.json --exclude 're:layer\\.0/.*output/dense' --backend ort
   calib build --calibration cal-... --placement all          # every op: shows why naive INT8 fails
+  calib build --calibration cal-... --exclude-from sens-...   # keep a sensitivity run's recommendation in float
   calib build --calibration cal-... --backend tensorrt        # TensorRT + GPU, else trtexec.sh
   calib bench --engine eng-20250101-abcd --demo bbc-topic --batch-size 1 8 16
 """
@@ -45,6 +46,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="tensorrt: inputs of MatMul/Gemm/Conv only (default); all: every supported op")
     p.add_argument("--exclude", nargs="+", default=[], metavar="PATTERN",
                    help="node names to keep in float (glob, or re:REGEX)")
+    p.add_argument("--exclude-from", metavar="SENSITIVITY_RUN",
+                   help="also keep in float the exclusions a sensitivity run recommends (calib sensitivity)")
     p.add_argument("--include", nargs="+", default=[], metavar="PATTERN", help="quantize only matching nodes")
     p.add_argument("--exclude-op", nargs="+", default=[], metavar="OP", help="op types to keep in float")
     p.add_argument("--op", nargs="+", default=[], metavar="OP", help="op types to quantize (replaces the preset's)")
@@ -102,10 +105,18 @@ def _config(args: argparse.Namespace, ws) -> tuple:
         from calib.errors import InputError
 
         raise InputError("give --model with --ranges (the FP32 ONNX model the ranges were calibrated on)")
+    exclude = list(args.exclude)
+    if args.exclude_from:
+        from calib.sensitivity import SensitivityResult, exact_pattern
+
+        sens_dir = ws.resolve_run(args.exclude_from, stage="sensitivity")
+        if not Path(args.exclude_from).exists():
+            parents.append(args.exclude_from)
+        exclude += [exact_pattern(n) for n in SensitivityResult.load(sens_dir).exclusions]
     config = BuildConfig(
         model=str(Path(model).resolve()), ranges=str(Path(args.ranges).resolve()) if args.ranges else "",
         calibration=calibration, method=args.method, placement=args.placement,
-        include_nodes=tuple(args.include), exclude_nodes=tuple(args.exclude), include_op_types=tuple(args.op),
+        include_nodes=tuple(args.include), exclude_nodes=tuple(exclude), include_op_types=tuple(args.op),
         exclude_op_types=tuple(args.exclude_op), per_channel=not args.per_tensor_weights, backend=args.backend,
         calibration_set=calibration_set, profile=tuple(args.profile or ()), trt_version=args.trt_version,
         trt_mode=args.trt_mode, timing_cache=str(ws.cache_dir / "tensorrt-timing.cache"),
