@@ -105,6 +105,23 @@ def read_json(path: str | Path) -> Any:
         return json.load(handle)
 
 
+def read_artifact_json(path: Path, schema: str, hint: str) -> dict:
+    """A saved artifact's JSON document, checked: it exists, parses and carries ``schema``.
+    ``hint`` ends the one-line error (what to give instead), e.g. "give a validate run folder"."""
+    from calib.errors import InputError
+
+    if not path.is_file():
+        raise InputError(f"{path.parent} holds no {path.name}; {hint}")
+    try:
+        data = read_json(path)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path} is not valid JSON ({exc}); {hint}") from None
+    found = data.get("schema") if isinstance(data, dict) else None
+    if found != schema:
+        raise InputError(f"{path} has schema {found!r}, expected {schema!r}")
+    return data
+
+
 def atomic_save_npz(path: str | Path, **arrays: np.ndarray) -> Path:
     """Write a compressed .npz atomically (numpy would otherwise append '.npz' to the temp name)."""
     with atomic_path(path) as tmp:

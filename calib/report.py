@@ -19,7 +19,7 @@ from importlib import metadata
 from pathlib import Path
 
 from calib.errors import InputError
-from calib.io import atomic_write_json, atomic_write_text, read_json
+from calib.io import atomic_write_json, atomic_write_text, read_artifact_json
 from calib.model import check_same_model
 from calib.validate import Evaluation
 from calib.workspace import ProgressFn
@@ -553,11 +553,7 @@ class Report:
     def load(cls, directory: str | Path) -> Report:
         directory = Path(directory)
         path = directory / "report.json" if directory.is_dir() else directory
-        if not path.is_file():
-            raise InputError(f"{directory} holds no report.json; give a report run folder or file")
-        data = read_json(path)
-        if data.get("schema") != SCHEMA:
-            raise InputError(f"{path} has schema {data.get('schema')!r}, expected {SCHEMA!r}")
+        data = read_artifact_json(path, SCHEMA, "give a report run folder or file")
         return cls(path.parent, data)
 
     def summary(self) -> dict:

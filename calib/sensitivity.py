@@ -55,7 +55,7 @@ import onnx
 
 from calib.engines.ort import OrtEngine, OrtSessionLoader
 from calib.errors import InputError
-from calib.io import atomic_write_json, read_json
+from calib.io import atomic_write_json, read_artifact_json, read_json
 from calib.model import load_model
 from calib.placement import Placement
 from calib.workspace import ProgressFn
@@ -426,13 +426,8 @@ class SensitivityResult:
     @classmethod
     def load(cls, directory: str | Path) -> SensitivityResult:
         directory = Path(directory)
-        path = directory / "sensitivity.json"
-        if not path.is_file():
-            raise InputError(f"{directory} holds no sensitivity.json; give a sensitivity run folder")
-        data = read_json(path)
-        if data.get("schema") != SCHEMA:
-            raise InputError(f"{path} has schema {data.get('schema')!r}, expected {SCHEMA!r}")
-        return cls(directory, data)
+        return cls(directory, read_artifact_json(directory / "sensitivity.json", SCHEMA,
+                                                 "give a sensitivity run folder"))
 
     @property
     def exclusions(self) -> tuple[str, ...]:

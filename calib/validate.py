@@ -26,7 +26,7 @@ import onnx
 from calib.buckets import DEFAULT_EDGES, check_edges
 from calib.engines.ort import OrtEngine, OrtSessionLoader
 from calib.errors import InputError, ModelMismatchError
-from calib.io import atomic_save_npz, atomic_write_json, read_json, sha256_file
+from calib.io import atomic_save_npz, atomic_write_json, read_artifact_json, read_json, sha256_file
 from calib.metrics import bucketed_comparison, row_cosine
 from calib.model import ModelSpec, check_same_model, load_model, load_tokenizer
 from calib.workspace import ProgressFn
@@ -354,12 +354,7 @@ class Evaluation:
     @classmethod
     def load(cls, directory: str | Path) -> Evaluation:
         directory = Path(directory)
-        path = directory / "evaluation.json"
-        if not path.is_file():
-            raise InputError(f"{directory} holds no evaluation.json; give a validate run folder")
-        data = read_json(path)
-        if data.get("schema") != SCHEMA:
-            raise InputError(f"{path} has schema {data.get('schema')!r}, expected {SCHEMA!r}")
+        data = read_artifact_json(directory / "evaluation.json", SCHEMA, "give a validate run folder")
         layers_path = directory / "layers.json"
         return cls(directory, data, read_json(layers_path) if layers_path.is_file() else None)
 

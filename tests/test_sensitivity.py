@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import tinymodel
@@ -193,7 +194,7 @@ def test_cli_sensitivity_then_build_with_its_exclusions(tiny_spec, tiny_csv, bro
     assert exclusions
     amax = json.loads(broken_ranges.read_text())
     ranges = Ranges(method="minmax", params={}, model_sha256=tiny_spec.sha256,
-                    amax={k: (v if v == v and abs(v) != float("inf") else 0.0) for k, v in amax.items()})
+                    amax={k: (v if math.isfinite(v) else 0.0) for k, v in amax.items()})
     ranges_path = ranges.save(tmp_path / "minmax.json")
     assert main(ws + ["build", "--model", str(tiny_spec.onnx_path), "--ranges", str(ranges_path), "--placement", "all",
                       "--exclude-from", sens_run]) == 0
