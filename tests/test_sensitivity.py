@@ -184,9 +184,11 @@ def test_cli_sensitivity_then_build_with_its_exclusions(tiny_spec, tiny_csv, bro
     assert main(ws + ["sensitivity", "--model", str(tiny_spec.onnx_path), "--tokenizer", str(tiny_spec.tokenizer_dir),
                       "--data", str(tiny_csv), "--labels", ",".join(tinymodel.LABELS), "--max-length", "64",
                       "--limit", "120", "--ranges", str(broken_ranges), "--preset", "all", "--max-evaluations", "12",
-                      "--json"]) == 0
-    summary = json.loads(capsys.readouterr().out)
-    sens_run = summary["run"]
+                      ]) == 0
+    out = capsys.readouterr().out
+    sens_run = out.split()[1].rstrip(":")
+    hint = next(line for line in out.splitlines() if line.startswith("build with: "))
+    assert hint.endswith(f"--placement all --exclude-from {sens_run}") and f"--ranges {broken_ranges}" in hint
     from calib.sensitivity import SensitivityResult
     from calib.workspace import Workspace
 

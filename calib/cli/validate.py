@@ -200,7 +200,13 @@ def run_sensitivity(args: argparse.Namespace) -> int:
           f"{rec['top1_agreement']:.4f}, drop {_num(rec.get('accuracy_drop_points'))} points")
     for node in result.exclusions:
         print(f"  exclude {node}")
-    print(f"build with: --exclude {','.join(result.exclusions)}" if result.exclusions else "no exclusions")
+    if result.exclusions:
+        source = (f"--ranges {args.ranges} --model {config.model}" if Path(args.ranges).is_file()
+                  else f"--calibration {args.ranges}")
+        print(f"build with: calib build {source} --method {args.method} --placement {args.preset} "
+              f"--exclude-from {run_id}")
+    else:
+        print("no exclusions")
     return 0
 
 
