@@ -1,0 +1,117 @@
+"""Short-only vs length-matched calibration: what a calibration set that does not look like the
+evaluation traffic costs, per length bucket (issue 6's check, on the full eval split).
+
+Per demo task:
+  1. ``short``: the ``--size`` shortest texts of the calibration pool, taken as they are (strategy
+     ``natural`` over that short-only pool), with coverage computed against the eval split, so the
+     coverage warnings say what is missing;
+  2. ``matched``: ``--size`` texts of the full pool, strategy ``match`` against the eval split's lengths,
+     stratified by label;
+  3. each set: one statistics pass (``tensorrt`` placement), then per calibrator a Q/DQ build and a
+     validation on the full eval split (ONNX Runtime CPU INT8), per length bucket.
+
+Every step is a registered run (``calib.pipeline.run_stage``), so the reports can be opened in the app.
+
+Usage (the lead's measurement):
+  CALIB_THREADS=1 python benchmarks/bench_length_mismatch.py --workspace .cache/test-workspace
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import numpy as np
+
+
+def _sets(ws, task: str, args: argparse.Namespace) -> dict[str, object]:
+    """The two calibration-set configs: short-only (coverage against eval) and length-matched."""
+    from calib.calibset import config_from_dict, demo_values, token_lengths
+    from calib.data import load_rows
+    from calib.model import load_model
+
+    values = demo_values(task, ws.root)
+    base = config_from_dict({**values, "size": args.size, "seed": args.seed, "target_kind": "eval"})
+    model = load_model(base.model, base.tokenizer, max_length=base.max_length)
+    lengths = token_lengths(model, base.data_spec(), ws).lengths
+    shortest = sorted(np.argsort(lengths, kind="stable")[: args.size].tolist())
+    short_pool = ws.cache_dir / f"bench-short-pool-{task}-{args.size}"
+    if not short_pool.exists():
+        load_rows(base.data_spec()).select(shortest).save_to_disk(str(short_pool))
+    short = config_from_dict({**values, "source": str(short_pool), "split": None, "size": args.size,
+                              "seed": args.seed, "strategy": "natural", "target_kind": "dataset",
+                              "target_source": values["source"], "target_split": "eval"})
+    matched = config_from_dict({**values, "size": args.size, "seed": args.seed, "strategy": "match",
+                                "stratify": True, "target_kind": "eval"})
+    return {"short": short, "matched": matched}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workspace", required=True, help="workspace with prepared demo assets (calib demo prepare)")
+    parser.add_argument("--tasks", nargs="+", default=["bbc-topic"])
+    parser.add_argument("--methods", nargs="+", default=["minmax", "entropy"])
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--limit", type=int, default=0, help="eval texts (default 0 = the full eval split)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    from calib.build import BuildConfig, build
+    from calib.calibrate import CalibrateConfig, calibrate
+    from calib.calibset import assemble
+    from calib.demo import load_demo_task
+    from calib.pipeline import run_stage
+    from calib.validate import ValidateConfig, validate
+    from calib.workspace import Workspace
+
+    ws = Workspace(args.workspace)
+    overall = ["| task | calibration set | coverage vs eval | calibrator | drop pts | top-1 agreement | emb. cosine "
+               "| KL |", "|---|---|---|---|---:|---:|---:|---:|"]
+    per_bucket = ["| task | calibration set | calibrator | bucket | n | drop pts | top-1 agreement | emb. cosine | KL |",
+                  "|---|---|---|---|---:|---:|---:|---:|---:|"]
+    for task in args.tasks:
+        demo = load_demo_task(task, ws.root)
+        spec = demo.data("eval")
+        for name, set_config in _sets(ws, task, args).items():
+            t0 = time.monotonic()
+            set_id, cset = run_stage(ws, "calibset", assemble, set_config, label=f"bench-length {task} {name}")
+            cov = cset.coverage
+            lens = cset.lengths
+            coverage = (f"KS {cov.ks:.2f}, lengths {lens.min()}–{lens.max()}, {len(cov.warnings)} warning(s)")
+            for warning in cov.warnings:
+                print(f"[{task} {name}] coverage: {warning}", file=sys.stderr)
+            cal_id, cal = run_stage(ws, "calibrate", calibrate, CalibrateConfig(
+                calibration_set=str(cset.dir), methods=tuple(args.methods), placement="tensorrt"),
+                parents=[set_id], label=f"bench-length {task} {name}")
+            for method in args.methods:
+                build_id, engine = run_stage(ws, "build", build, BuildConfig(
+                    model=str(demo.model.onnx_path), calibration=str(cal.dir), method=method, placement="tensorrt"),
+                    parents=[cal_id], label=f"bench-length {task} {name} {method}")
+                _, ev = run_stage(ws, "validate", validate, ValidateConfig(
+                    engine=str(engine.dir), model=str(demo.model.onnx_path), tokenizer=str(demo.model.tokenizer_dir),
+                    data=spec.source, split=spec.split, workspace=spec.workspace, labels=tuple(demo.model.labels),
+                    text_column=spec.text_column, label_column=spec.label_column, max_length=demo.model.max_length,
+                    limit=args.limit, layers=False, bootstrap=200, seed=args.seed),
+                    parents=[build_id], label=f"bench-length {task} {name} {method}")
+                s = ev.summary()
+                overall.append(f"| {task} | {name} | {coverage} | {method} | {s.get('accuracy_drop_points'):+.2f} | "
+                               f"{s['top1_agreement']:.4f} | {s.get('embedding_cosine'):.4f} | {s['kl_softmax']:.4f} |")
+                for b in ev.buckets:
+                    if not b["n"]:
+                        continue
+                    a = b["agreement"]
+                    drop = b.get("accuracy_drop_points")
+                    per_bucket.append(
+                        f"| {task} | {name} | {method} | {b['bucket']} | {b['n']} | "
+                        f"{'-' if drop is None else format(drop, '+.2f')} | {a['top1_agreement']:.4f} | "
+                        f"{(a.get('embedding_cosine') or {}).get('mean', float('nan')):.4f} | {a['kl_softmax']:.4f} |")
+                print(f"[{task}] {name} {method}: {s} ({time.monotonic() - t0:.0f} s)", file=sys.stderr)
+    print("\n".join(overall))
+    print()
+    print("\n".join(per_bucket))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
