@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from calib.engines.trtexec import TRTEXEC_CACHE_ALGORITHM, ShapeProfile, trtexec_commands, write_text
-from calib.errors import BackendUnavailableError, InputError
+from calib.errors import BackendUnavailableError, InputError, check_choice
 from calib.io import atomic_write_json, read_json, sha256_file
 from calib.model import check_same_model, read_onnx
 from calib.placement import PRESETS, Placement
@@ -100,10 +100,8 @@ def _profile(config: BuildConfig, calibration_dir: Path | None) -> tuple[ShapePr
 
 
 def _check(config: BuildConfig) -> None:
-    if config.backend not in BACKENDS:
-        raise InputError(f"unknown backend {config.backend!r} (choose from {', '.join(BACKENDS)})")
-    if config.placement not in PRESETS:
-        raise InputError(f"unknown placement preset {config.placement!r} (choose from {', '.join(PRESETS)})")
+    check_choice(config.backend, BACKENDS, "backend")
+    check_choice(config.placement, PRESETS, "placement preset")
     if config.trt_mode not in ("auto", "explicit", "implicit"):
         raise InputError(f"unknown TensorRT build mode {config.trt_mode!r} (auto, explicit or implicit)")
     header(config.trt_version, TRTEXEC_CACHE_ALGORITHM)  # validates the version early

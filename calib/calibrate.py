@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from calib.calibrators import DEFAULT_PARAMS, METHODS, compute_ranges
-from calib.errors import InputError
+from calib.errors import InputError, check_choice
 from calib.io import atomic_write_json, read_json, sha256_file
 from calib.model import check_same_model, read_onnx
 from calib.pipeline import config_params
@@ -73,16 +73,12 @@ def _check(config: CalibrateConfig) -> None:
     if not config.methods:
         raise InputError("choose at least one calibration method (" + ", ".join(METHODS) + ")")
     for method in config.methods:
-        if method not in METHODS:
-            raise InputError(f"unknown calibration method {method!r} (choose from {', '.join(METHODS)})")
+        check_choice(method, METHODS, "calibration method")
     if not 0 < config.percentile <= 100:
         raise InputError(f"percentile must be in (0, 100], got {config.percentile}")
-    if config.placement not in PRESETS:
-        raise InputError(f"unknown placement preset {config.placement!r} (choose from {', '.join(PRESETS)})")
-    if config.tensors not in TENSOR_SCOPES:
-        raise InputError(f"unknown tensor scope {config.tensors!r} (choose from {', '.join(TENSOR_SCOPES)})")
-    if config.histogram not in HISTOGRAM_MODES:
-        raise InputError(f"unknown histogram mode {config.histogram!r} (choose from {', '.join(HISTOGRAM_MODES)})")
+    check_choice(config.placement, PRESETS, "placement preset")
+    check_choice(config.tensors, TENSOR_SCOPES, "tensor scope")
+    check_choice(config.histogram, HISTOGRAM_MODES, "histogram mode")
     if config.batch_size < 1:
         raise InputError(f"batch size must be at least 1, got {config.batch_size}")
     header(config.trt_version, "EntropyCalibration2")  # validates the version before any work

@@ -29,7 +29,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from calib.errors import InputError
+from calib.errors import InputError, check_choice
 from calib.stats import ActivationStats, TensorStats
 
 METHODS = ("entropy", "minmax", "percentile", "mse")
@@ -235,8 +235,7 @@ def compute_ranges(stats: ActivationStats, method: str, **params: object):
     """Per-tensor amax for one method from the same statistics -> :class:`calib.ranges.Ranges`."""
     from calib.ranges import Ranges
 
-    if method not in METHODS:
-        raise InputError(f"unknown calibration method {method!r} (choose from {', '.join(METHODS)})")
+    check_choice(method, METHODS, "calibration method")
     unknown = set(params) - set(DEFAULT_PARAMS[method])
     if unknown:
         raise InputError(f"calibration method {method!r} takes no parameter {min(unknown)!r}")

@@ -25,7 +25,7 @@ from calib.batching import Encoded, iter_batches
 from calib.buckets import DEFAULT_EDGES, bucket_labels, check_edges
 from calib.coverage import Coverage, coverage
 from calib.data import DataSpec, load_rows, texts_of
-from calib.errors import InputError
+from calib.errors import InputError, check_choice
 from calib.io import atomic_dir, atomic_save_npz, atomic_write_json, read_json
 from calib.lengths import LengthTable, load_length_target, token_lengths
 from calib.model import ModelSpec, check_same_model, load_model, load_tokenizer
@@ -100,12 +100,10 @@ def parse_target(text: str | None) -> tuple[str, str | None, str | None]:
 
 
 def _check_config(config: AssembleConfig) -> tuple[int, ...]:
-    if config.strategy not in STRATEGIES:
-        raise InputError(f"unknown strategy {config.strategy!r} (choose {', '.join(STRATEGIES)})")
+    check_choice(config.strategy, STRATEGIES, "strategy")
     if config.shortfall not in SHORTFALL_MODES:
         raise InputError(f"unknown shortfall handling {config.shortfall!r} (choose neighbours or replace)")
-    if config.target_kind not in TARGET_KINDS:
-        raise InputError(f"unknown target kind {config.target_kind!r} (choose {', '.join(TARGET_KINDS)})")
+    check_choice(config.target_kind, TARGET_KINDS, "target kind")
     if config.target_kind in ("dataset", "lengths") and not config.target_source:
         raise InputError(f"target {config.target_kind} needs a source (dataset:SOURCE or lengths:FILE)")
     if config.size < 1:

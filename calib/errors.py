@@ -7,6 +7,8 @@ traceback and exits 2; the app shows it as a message.
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 
 class CalibError(Exception):
     """A problem with the user's input or environment, explained in one line."""
@@ -26,3 +28,10 @@ class BackendUnavailableError(CalibError, RuntimeError):
 
 class WorkspaceError(CalibError, OSError):
     """The workspace cannot be used (not writable, corrupt registry, unknown run)."""
+
+
+def check_choice(value: object, choices: Collection[object], what: str) -> None:
+    """Raise a one-line :class:`InputError` unless ``value`` is one of ``choices``
+    ("unknown placement preset 'x' (choose from tensorrt, all)")."""
+    if value not in choices:
+        raise InputError(f"unknown {what} {value!r} (choose from {', '.join(map(str, choices))})")

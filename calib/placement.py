@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from calib.errors import InputError
+from calib.errors import InputError, check_choice
 
 PRESETS = ("tensorrt", "all")
 INPUT_ONLY_OPS = ("MatMul", "Gemm", "Conv", "ConvTranspose")
@@ -111,8 +111,7 @@ def _float_tensors(model: onnx.ModelProto) -> set[str]:
 
 def resolve_placement(model: onnx.ModelProto, placement: Placement) -> ResolvedPlacement:
     """Apply ``placement`` to ``model``: the nodes to quantize and the activations that need ranges."""
-    if placement.preset not in PRESETS:
-        raise InputError(f"unknown placement preset {placement.preset!r} (choose from {', '.join(PRESETS)})")
+    check_choice(placement.preset, PRESETS, "placement preset")
     ensure_node_names(model)
     nodes = list(model.graph.node)
     names = [n.name for n in nodes]

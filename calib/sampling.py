@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from calib.buckets import DEFAULT_EDGES, bucket_index, bucket_labels, check_edges
-from calib.errors import InputError
+from calib.errors import InputError, check_choice
 
 STRATEGIES = ("natural", "match", "uniform", "custom")
 SHORTFALL_MODES = ("neighbours", "replace")
@@ -87,8 +87,7 @@ def _check_inputs(lengths: np.ndarray, labels: np.ndarray | None, size: int, str
     labels = np.full(len(lengths), -1, np.int64) if labels is None else np.asarray(labels, dtype=np.int64)
     if labels.shape != lengths.shape:
         raise InputError(f"{len(labels)} labels for {len(lengths)} lengths")
-    if strategy not in STRATEGIES:
-        raise InputError(f"unknown sampling strategy {strategy!r} (choose {', '.join(STRATEGIES)})")
+    check_choice(strategy, STRATEGIES, "sampling strategy")
     if shortfall not in SHORTFALL_MODES:
         raise InputError(f"unknown shortfall handling {shortfall!r} (choose neighbours or replace)")
     if int(size) != size or size < 1:

@@ -54,7 +54,7 @@ import numpy as np
 import onnx
 
 from calib.engines.ort import OrtEngine, OrtSessionLoader
-from calib.errors import InputError
+from calib.errors import InputError, check_choice
 from calib.io import atomic_write_json, read_artifact_json, read_json
 from calib.model import load_model
 from calib.placement import Placement
@@ -456,10 +456,8 @@ class SensitivityResult:
 
 
 def _check_config(config: SensitivityConfig) -> None:
-    if config.granularity not in GRANULARITIES:
-        raise InputError(f"unknown granularity {config.granularity!r} (choose from {', '.join(GRANULARITIES)})")
-    if config.ranking not in RANKINGS:
-        raise InputError(f"unknown ranking {config.ranking!r} (choose from {', '.join(RANKINGS)})")
+    check_choice(config.granularity, GRANULARITIES, "granularity")
+    check_choice(config.ranking, RANKINGS, "ranking")
     if config.max_evaluations < 2:
         raise InputError(f"max evaluations must be at least 2 (baseline + one candidate), got {config.max_evaluations}")
     if not 0 <= config.min_agreement <= 1 or config.max_drop < 0:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from calib.errors import InputError
+from calib.errors import InputError, check_choice
 from calib.io import atomic_write_text
 
 ALGORITHMS = ("EntropyCalibration2", "MinMaxCalibration", "EntropyCalibration", "LegacyCalibration")
@@ -59,8 +59,7 @@ def version_string(code: int) -> str:
 
 
 def header(trt_version: str, algorithm: str) -> str:
-    if algorithm not in ALGORITHMS:
-        raise InputError(f"unknown TensorRT calibration algorithm {algorithm!r} (choose from {', '.join(ALGORITHMS)})")
+    check_choice(algorithm, ALGORITHMS, "TensorRT calibration algorithm")
     return f"TRT-{version_code(trt_version)}-{algorithm}"
 
 

@@ -26,7 +26,7 @@ import numpy as np
 from calib.demo import export as demo_export
 from calib.demo import sources
 from calib.demo.tasks import CARD_FILE, DEMO_TASKS, RECIPE_VERSION, SPLITS, TaskRecipe
-from calib.errors import CalibError, InputError
+from calib.errors import CalibError, InputError, check_choice
 from calib.io import atomic_dir, atomic_write_json, read_json, sha256_file
 from calib.workspace import ProgressFn, Workspace
 
@@ -83,8 +83,7 @@ def _validate(config: DemoConfig) -> None:
     if not config.tasks:
         raise InputError(f"no demo task chosen (choose from {', '.join(DEMO_TASKS)})")
     for task in config.tasks:
-        if task not in DEMO_TASKS:
-            raise InputError(f"unknown demo task {task!r} (choose from {', '.join(DEMO_TASKS)})")
+        check_choice(task, DEMO_TASKS, "demo task")
     if isinstance(config.seed, bool) or not isinstance(config.seed, int) or config.seed < 0:
         raise InputError(f"demo seed must be a non-negative integer, got {config.seed!r}")
 

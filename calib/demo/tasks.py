@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from calib.data import DataSpec
-from calib.errors import InputError
+from calib.errors import InputError, check_choice
 from calib.io import read_json
 from calib.model import ModelSpec, load_model
 from calib.workspace import default_workspace_path
@@ -53,8 +53,7 @@ DEMO_TASKS: types.MappingProxyType[str, TaskRecipe] = types.MappingProxyType({
 
 
 def _recipe(task: str) -> TaskRecipe:
-    if task not in DEMO_TASKS:
-        raise InputError(f"unknown demo task {task!r} (choose from {', '.join(DEMO_TASKS)})")
+    check_choice(task, DEMO_TASKS, "demo task")
     return DEMO_TASKS[task]
 
 
