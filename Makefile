@@ -52,6 +52,7 @@ bench: install
 	$(BIN)/calib --workspace $(WORKSPACE) demo prepare
 	$(BIN)/python benchmarks/bench_calibration.py --task rt-sentiment --workspace $(WORKSPACE) --sizes 256 2048
 	CALIB_THREADS=1 $(BIN)/python benchmarks/bench_accuracy.py --workspace $(WORKSPACE) --json $(WORKSPACE)/accuracy.json
+	$(BIN)/python benchmarks/bench_length_mismatch.py --workspace $(WORKSPACE)
 
 clean:
 	rm -rf $(VENV) .cache test-artifacts

@@ -7,6 +7,8 @@ Per demo task:
      coverage warnings say what is missing;
   2. ``matched``: ``--size`` texts of the full pool, strategy ``match`` against the eval split's lengths,
      stratified by label;
+     (and ``<other task> texts``: ``--size`` texts of the other demo task's calibration pool, e.g. short
+     movie-review snippets to calibrate the news-topic model: traffic that looks nothing like production);
   3. each set: one statistics pass (``tensorrt`` placement), then per calibrator a Q/DQ build and a
      validation on the full eval split (ONNX Runtime CPU INT8), per length bucket.
 
@@ -44,7 +46,16 @@ def _sets(ws, task: str, args: argparse.Namespace) -> dict[str, object]:
                               "target_source": values["source"], "target_split": "eval"})
     matched = config_from_dict({**values, "size": args.size, "seed": args.seed, "strategy": "match",
                                 "stratify": True, "target_kind": "eval"})
-    return {"short": short, "matched": matched}
+    sets = {"short": short, "matched": matched}
+    other = next((t for t in ("rt-sentiment", "bbc-topic") if t != task), None)
+    if args.other_task and other:
+        # a calibration set of another task's (short) texts: the wrong traffic altogether
+        theirs = demo_values(other, ws.root)
+        sets[f"{other} texts"] = config_from_dict({
+            **values, "source": theirs["source"], "split": theirs["split"], "label_column": None, "labels": (),
+            "size": args.size, "seed": args.seed, "strategy": "natural", "target_kind": "dataset",
+            "target_source": values["source"], "target_split": "eval"})
+    return sets
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--limit", type=int, default=0, help="eval texts (default 0 = the full eval split)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-other-task", dest="other_task", action="store_false",
+                        help="skip the calibration set made of the other demo task's texts")
     args = parser.parse_args(argv)
 
     from calib.build import BuildConfig, build
@@ -105,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                     per_bucket.append(
                         f"| {task} | {name} | {method} | {b['bucket']} | {b['n']} | "
                         f"{'-' if drop is None else format(drop, '+.2f')} | {a['top1_agreement']:.4f} | "
-                        f"{(a.get('embedding_cosine') or {}).get('mean', float('nan')):.4f} | {a['kl_softmax']:.4f} |")
+                        f"{(b.get('embedding_cosine') or {}).get('mean', float('nan')):.4f} | {a['kl_softmax']:.4f} |")
                 print(f"[{task}] {name} {method}: {s} ({time.monotonic() - t0:.0f} s)", file=sys.stderr)
     print("\n".join(overall))
     print()

@@ -138,7 +138,7 @@ def test_demo_walkthrough_in_chromium(app_server):
             size = page.get_by_label("Size (texts)")
             size.fill("32")
             size.press("Enter")
-            page.wait_for_timeout(1000)
+            _settle(page)  # the rerun the new size triggers must finish, or it swallows the click
             page.get_by_role("button", name="Assemble the calibration set").click()
             expect(page.get_by_text("Coverage by length bucket")).to_be_visible(timeout=STEP_TIMEOUT_MS)
             _no_exception(page)
@@ -187,7 +187,7 @@ def test_demo_walkthrough_in_chromium(app_server):
             rows = page.get_by_label("Texts for the per-layer analysis")
             rows.fill("16")
             rows.press("Enter")
-            page.wait_for_timeout(1000)
+            _settle(page)
             page.get_by_role("button", name="Validate", exact=True).click()
             expect(page.get_by_role("tab", name="Per length bucket")).to_be_visible(timeout=STEP_TIMEOUT_MS)
             _settle(page)
@@ -210,6 +210,25 @@ def test_demo_walkthrough_in_chromium(app_server):
             expect(page.locator("iframe").first).to_be_visible()
             _no_exception(page)
             _shot(page, "10-report")
+
+            # The report file itself, opened from disk with every network request refused: charts render.
+            (report_html,) = (root / "runs").glob("report-*/report.html")
+            offline = browser.new_context(viewport={"width": 1400, "height": 1000})
+            requested: list[str] = []
+
+            def refuse(route) -> None:
+                requested.append(route.request.url)
+                route.abort()
+
+            offline.route("http*://**/*", refuse)
+            report_page = offline.new_page()
+            report_page.goto(report_html.as_uri())
+            expect(report_page.get_by_role("heading", name="Per length bucket")).to_be_visible()
+            charts = report_page.locator("svg")
+            assert charts.count() >= 4 and all(charts.nth(i).bounding_box()["height"] > 50 for i in range(4))
+            assert requested == [], requested
+            report_page.screenshot(path=str(SHOTS / "11-report-file-offline.png"), full_page=True)
+            offline.close()
         finally:
             browser.close()
 
