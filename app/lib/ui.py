@@ -6,7 +6,8 @@ import contextlib
 import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import streamlit as st
 
@@ -18,10 +19,13 @@ from lib.context import (
     save_session_value,
     session_id,
     setup_page,
+    shown_errors,
     workspace,
 )
 from lib.jobs import active_run, job_pool, show_progress
 from lib.project import Project, current_project
+
+T = TypeVar("T")
 
 CURRENT_KEY = "calib_current_runs"
 LAZY_DOWNLOAD_BYTES = 4 << 20
@@ -105,6 +109,19 @@ def finished_runs(page: Page, stage: str, *, all_sessions: bool = False,
     if model_sha256:
         runs = [r for r in runs if r.summary.get("model_sha256") in (None, "", model_sha256)]
     return [r for r in runs if r.dir.is_dir()]
+
+
+def open_picked_run(page: Page, stage: str, label: str, loader: Callable[[Path], T], *, key: str, empty: str,
+                    what: str, model_sha256: str | None = None) -> tuple[RunRecord, T]:
+    """:func:`pick_run`, then ``loader(run.dir)``. Without a run the page says ``empty`` and stops there;
+    a run that cannot be opened is shown as an error message (``what``) and stops the page too."""
+    run = pick_run(page, stage, label, key=key, model_sha256=model_sha256)
+    if run is None:
+        st.info(empty, icon=":material/info:")
+        st.stop()
+    with shown_errors(what):
+        return run, loader(run.dir)
+    raise AssertionError("unreachable: shown_errors stops the page")  # for type checkers
 
 
 def pick_run(page: Page, stage: str, label: str, *, key: str, help: str | None = None,

@@ -18,7 +18,7 @@ from lib.charts import bucket_bars, length_histogram
 from lib.context import attempt, show_error, shown_errors
 from lib.project import data_spec, model_spec
 from lib.stages import RECIPES_SUBDIR, assemble_base, dataset_lengths, eval_target, lengths_file, list_recipes
-from lib.ui import download_file, pick_run, run_button, start_page
+from lib.ui import download_file, open_picked_run, run_button, start_page
 
 from calib.buckets import DEFAULT_EDGES, bucket_labels, check_edges
 from calib.calibset import CalibrationSet, assemble, config_from_dict, load_recipe, save_recipe
@@ -167,12 +167,9 @@ run_button(page, "calibset", "Assembling the calibration set", "Assemble the cal
 # -- result --------------------------------------------------------------------------------------
 st.divider()
 st.subheader("Calibration set")
-run = pick_run(page, "calibset", "Calibration set run", key="cs-run", model_sha256=None)
-if run is None:
-    st.info("No calibration set yet: choose a strategy and assemble one.", icon=":material/info:")
-    st.stop()
-with shown_errors("Opening the calibration set"):
-    cs = CalibrationSet.load(run.dir)
+run, cs = open_picked_run(page, "calibset", "Calibration set run", CalibrationSet.load, key="cs-run",
+                          empty="No calibration set yet: choose a strategy and assemble one.",
+                          what="Opening the calibration set")
 cov = cs.coverage
 if cs.model_sha256 != spec.sha256:
     st.warning("This calibration set was made for another model than the project's; the next pages will "

@@ -14,7 +14,7 @@ import pandas as pd
 import streamlit as st
 from lib.context import shown_errors
 from lib.stages import graph_nodes, tensorrt_state
-from lib.ui import download_file, pick_run, run_button, start_page
+from lib.ui import download_file, open_picked_run, pick_run, run_button, start_page
 
 from calib.build import BuildConfig, EngineArtifact, build
 from calib.calibrate import Calibration
@@ -89,12 +89,8 @@ else:
 # -- result --------------------------------------------------------------------------------------
 st.divider()
 st.subheader("INT8 build")
-run = pick_run(page, "build", "Build run", key="build-run-pick")
-if run is None:
-    st.info("No build yet.", icon=":material/info:")
-    st.stop()
-with shown_errors("Opening the build"):
-    art = EngineArtifact.load(run.dir)
+run, art = open_picked_run(page, "build", "Build run", EngineArtifact.load, key="build-run-pick",
+                           empty="No build yet.", what="Opening the build")
 meta = art.meta
 m = st.columns(5)
 m[0].metric("Backend", meta["backend"])

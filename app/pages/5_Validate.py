@@ -17,7 +17,7 @@ import streamlit as st
 from lib.charts import method_color
 from lib.context import attempt, shown_errors
 from lib.project import data_spec, model_spec
-from lib.ui import download_file, job_section, last_outcome, pick_run, run_button, start_page, submit
+from lib.ui import download_file, job_section, last_outcome, open_picked_run, pick_run, run_button, start_page, submit
 
 from calib.build import BuildConfig, EngineArtifact, build
 from calib.report import Report, ReportConfig, make_report
@@ -89,12 +89,8 @@ else:
 
 st.divider()
 st.subheader("Results")
-run = pick_run(page, "validate", "Validation run", key="val-pick")
-if run is None:
-    st.info("No validation yet.", icon=":material/info:")
-    st.stop()
-with shown_errors("Opening the validation"):
-    ev = Evaluation.load(run.dir)
+run, ev = open_picked_run(page, "validate", "Validation run", Evaluation.load, key="val-pick",
+                          empty="No validation yet.", what="Opening the validation")
 o = ev.overall
 agreement = o["agreement"]
 m = st.columns(6)
