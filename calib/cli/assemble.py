@@ -112,6 +112,7 @@ def build_config(args: argparse.Namespace, workspace_root: Path) -> tuple[Any, s
 
 
 def print_result(run_id: str, cset: Any) -> None:
+    from calib import formatting as fmt
     from calib.cli.common import format_table
     from calib.coverage import TABLE_HEADERS
 
@@ -119,15 +120,15 @@ def print_result(run_id: str, cset: Any) -> None:
     cov = cset.coverage
     data = m["dataset"]
     where = data["source"] + (f"[{data['split']}]" if data["split"] else "")
-    print(f"run {run_id}: {cset.size} texts from {where} ({data['num_rows']} rows), strategy {m['strategy']}, "
+    print(f"run {run_id}: {fmt.count(cset.size)} texts from {where} ({fmt.count(data['num_rows'])} rows), strategy {m['strategy']}, "
           f"seed {m['seed']}" + (", stratified by label" if m["stratify"] else ""))
     print(f"pool: p50 {data['lengths']['p50']:.0f}, p95 {data['lengths']['p95']:.0f}, max {data['lengths']['max']:.0f} "
-          f"tokens; {data['truncation_rate'] * 100:.1f} % longer than max length {cset.max_length}")
+          f"tokens; {fmt.percent(data['truncation_rate'], 1)} longer than max length {cset.max_length}")
     target = m["target"]
     print(f"\ncoverage against the {cov.target_name} lengths ({target['num_lengths']} texts):")
     print(format_table(TABLE_HEADERS, cov.table_rows()))
     ts, cs = cov.target_stats, cov.calib_stats
-    print(f"KS {cov.ks:.3f}, Wasserstein {cov.wasserstein:.1f} tokens; longest calibration text "
+    print(f"KS {fmt.ratio(cov.ks)}, Wasserstein {fmt.number(cov.wasserstein, 3)} tokens; longest calibration text "
           f"{cov.longest_covered} tokens vs {cov.target_name} p95 {ts['p95']:.0f} / p99 {ts['p99']:.0f} / "
           f"max {ts['max']:.0f} (lengths capped at {cset.max_length}); calibration p50 {cs['p50']:.0f}")
     if cov.label_names and any(cov.target_label_counts):

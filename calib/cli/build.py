@@ -163,6 +163,7 @@ def run_build(args: argparse.Namespace) -> int:
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    from calib import formatting as fmt
     from calib.bench import BenchConfig, benchmark
     from calib.cli.common import ProgressBar, format_table, workspace_of
     from calib.errors import InputError
@@ -191,13 +192,13 @@ def run_bench(args: argparse.Namespace) -> int:
                                progress=ProgressBar("bench"))
     rows = [(r["kind"], r["batch_size"], r["p50_ms"], r["p95_ms"], r["texts_per_s"], r["peak_rss_mb"])
             for r in result.rows]
-    print(f"run {run_id}: {result.rows[0]['texts']} texts, lengths p50 {result.meta['lengths']['p50']:.0f} "
+    print(f"run {run_id}: {fmt.count(result.rows[0]['texts'])} texts, lengths p50 {result.meta['lengths']['p50']:.0f} "
           f"p95 {result.meta['lengths']['p95']:.0f} tokens")
     print(format_table(("engine", "batch", "p50 ms", "p95 ms", "texts/s", "peak MB"), rows))
-    sizes = result.meta["sizes"]
-    print(f"model size: FP32 {sizes['fp32_model_mb']:.1f} MB, Q/DQ file {sizes['qdq_model_mb']:.1f} MB, "
-          f"INT8 weights {sizes['int8_weights_mb']:.1f} MB")
+    sizes = {k: fmt.size(v * 2**20) for k, v in result.meta["sizes"].items()}
+    print(f"model size: FP32 {sizes['fp32_model_mb']}, Q/DQ file {sizes['qdq_model_mb']}, "
+          f"INT8 weights {sizes['int8_weights_mb']}")
     for b in config.batch_sizes:
         if (s := result.speedup(b)) is not None:
-            print(f"INT8 / FP32 throughput at batch {b}: {s:.2f}x")
+            print(f"INT8 / FP32 throughput at batch {b}: {fmt.factor(s)}")
     return 0

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
+from calib import formatting as fmt
 from calib.errors import InputError
 
 _EXAMPLES = """examples:
@@ -60,20 +60,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.set_defaults(handler=lambda args: (r.print_help(), 1)[1])
 
 
-def _fmt(value: float | None) -> str:
-    if value is None:
-        return "-"
-    if math.isinf(value):
-        return "inf"
-    return f"{value:.4g}"
-
-
 def diff_table(rows: list[dict], top: int) -> str:
     from calib.cli.common import format_table
 
     shown = rows[:top] if top > 0 else rows
     return format_table(("tensor", "amax A", "amax B", "B / A"),
-                        [(r["tensor"], _fmt(r["amax_a"]), _fmt(r["amax_b"]), _fmt(r["ratio"])) for r in shown])
+                        [(r["tensor"], fmt.number(r["amax_a"]), fmt.number(r["amax_b"]), fmt.number(r["ratio"])) for r in shown])
 
 
 def load_ranges_ref(ref: str, workspace, method: str):
@@ -110,16 +102,16 @@ def run(args: argparse.Namespace) -> int:
                             progress=ProgressBar("calibrate"))
     meta = cal.meta
     st = meta["stats"]
-    print(f"run {run_id}: {meta['tensors']} tensors from {st['texts']} texts ({st['tokens']} real tokens, "
-          f"{st['batches']} batches); statistics {meta['timings']['stats_seconds']:.2f} s, "
-          f"calibrators {meta['timings']['calibrators_seconds']:.2f} s")
+    print(f"run {run_id}: {meta['tensors']} tensors from {fmt.count(st['texts'])} texts ({fmt.count(st['tokens'])} "
+          f"real tokens, {st['batches']} batches); statistics {fmt.seconds(meta['timings']['stats_seconds'])}, "
+          f"calibrators {fmt.seconds(meta['timings']['calibrators_seconds'])}")
     rows = []
     for method in cal.methods:
         info = meta["methods"][method]
         ranges = cal.ranges(method)
         amax = [a for a in ranges.amax.values() if a > 0]
-        rows.append((method, len(ranges.usable()), _fmt(min(amax)) if amax else "-",
-                     _fmt(sorted(amax)[len(amax) // 2]) if amax else "-", _fmt(max(amax)) if amax else "-",
+        rows.append((method, len(ranges.usable()), fmt.number(min(amax)) if amax else "-",
+                     fmt.number(sorted(amax)[len(amax) // 2]) if amax else "-", fmt.number(max(amax)) if amax else "-",
                      info["cache_header"], info["cache"]))
     print(format_table(("method", "tensors", "min amax", "median", "max amax", "cache header", "cache"), rows))
     if meta["nonfinite"]:

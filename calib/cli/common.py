@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from collections.abc import Sequence
 
+from calib.formatting import cell
 from calib.workspace import Workspace
 
 
@@ -34,17 +36,20 @@ class ProgressBar:
         print(line[:160].ljust(100) if self.tty else line[:160], end=end, file=sys.stderr, flush=True)
 
 
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """A plain-text table with right-aligned numbers."""
-    def cell(v: object) -> str:
-        if isinstance(v, float):
-            return f"{v:.4g}"
-        return str(v)
+_NUMERIC_TEXT = re.compile(r"^([+-]?(\d|inf|nan)|–$)")
 
+
+def _right_aligned(raw: object, text: str) -> bool:
+    """Numbers and already-formatted figures ('+0.39 pts', '97.25 %', '–') align right."""
+    return isinstance(raw, (int, float)) or bool(_NUMERIC_TEXT.match(text))
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A plain-text table; numbers are written by :func:`calib.formatting.cell` and right-aligned."""
     text = [[cell(v) for v in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in text)) if text else len(h) for i, h in enumerate(headers)]
     out = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)), "  ".join("-" * w for w in widths)]
     for row, raw in zip(text, rows):
-        out.append("  ".join(c.rjust(w) if isinstance(v, (int, float)) else c.ljust(w)
+        out.append("  ".join(c.rjust(w) if _right_aligned(v, c) else c.ljust(w)
                              for c, w, v in zip(row, widths, raw)))
     return "\n".join(out)

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from calib import formatting as fmt
 from calib.cli.common import ProgressBar, format_table
 from calib.workspace import default_workspace_path
 
@@ -29,7 +30,7 @@ def _rows(cards: dict[str, dict[str, Any]], root: Path) -> list[list[object]]:
     rows: list[list[object]] = []
     for task, card in cards.items():
         splits = card["splits"]
-        rows.append([task, len(card["labels"]), card["max_length"], f"{100 * card['fp32_eval_accuracy']:.2f}%",
+        rows.append([task, len(card["labels"]), card["max_length"], fmt.percent(card['fp32_eval_accuracy']),
                      f"{splits['train']}/{splits['calibration']}/{splits['eval']}", str(root / "demo" / task)])
     return rows
 
@@ -45,10 +46,10 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     manifest = prepare_demo(config, progress=ProgressBar("demo"))
     print(format_table(_HEADERS, _rows(dict(manifest.cards), manifest.workspace)))
     if manifest.built:
-        print(f"built {', '.join(manifest.built)} in {manifest.seconds:.1f}s", end="")
+        print(f"built {', '.join(manifest.built)} in {fmt.seconds(manifest.seconds)}", end="")
         print(f"; already prepared: {', '.join(manifest.reused)}" if manifest.reused else "")
     else:
-        print(f"already prepared and intact (checked in {manifest.seconds:.1f}s); use --force to rebuild")
+        print(f"already prepared and intact (checked in {fmt.seconds(manifest.seconds)}); use --force to rebuild")
     return 0
 
 

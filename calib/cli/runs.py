@@ -7,7 +7,8 @@ import json
 from typing import Any
 
 from calib.cli.common import format_table, workspace_of
-from calib.workspace import STATUSES
+from calib.formatting import headline
+from calib.workspace import STATUSES, RunRecord
 
 
 def register(subparsers: Any) -> None:
@@ -35,10 +36,16 @@ def cmd_list(args: argparse.Namespace) -> int:
     if not runs:
         print(f"no runs in {ws.root}" + (f" for stage {args.stage!r}" if args.stage else ""))
         return 0
-    rows = [[r.id, r.stage, r.status, r.created_at, r.finished_at or "", r.label,
-             (r.error or r.message)[:60]] for r in runs]
-    print(format_table(("id", "stage", "status", "created", "finished", "label", "note"), rows))
+    rows = [[r.id, r.stage, r.status, r.created_at, r.finished_at or "", r.label, _note(r)[:60]] for r in runs]
+    print(format_table(("id", "stage", "status", "created", "finished", "label", "result"), rows))
     return 0
+
+
+def _note(run: RunRecord) -> str:
+    """A finished run's headline figure (drop, agreement, KS, ...); otherwise its error or last message."""
+    if run.status == "finished":
+        return headline(run.stage, run.summary) or run.message
+    return run.error or run.message
 
 
 def cmd_show(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from calib import formatting as fmt
 from calib.errors import InputError
 
 _VALIDATE_EXAMPLES = """examples:
@@ -146,7 +147,7 @@ def run_validate(args: argparse.Namespace) -> int:
                                    progress=ProgressBar("validate"))
     summary = evaluation.summary()
     if args.json:
-        print(json.dumps({"run": run_id, **summary}, indent=2))
+        print(json.dumps(fmt.clean({"run": run_id, **summary}), indent=2))
         return 0
     print(f"run {run_id}: {evaluation.dir}")
     if not evaluation.labelled:
@@ -155,16 +156,23 @@ def run_validate(args: argparse.Namespace) -> int:
 
     rows = []
     for b in evaluation.buckets:
-        rows.append([b["bucket"], b["n"], _num(b.get("fp32", {}).get("accuracy")), _num(b.get("int8", {}).get("accuracy")),
-                     _num(b.get("accuracy_drop_points")), _num(b["agreement"]["top1_agreement"]),
-                     _num((b.get("embedding_cosine") or {}).get("mean"))])
+        rows.append([b["bucket"], b["n"], fmt.percent(b.get("fp32", {}).get("accuracy")),
+                     fmt.percent(b.get("int8", {}).get("accuracy")), fmt.points(b.get("accuracy_drop_points"), unit=False),
+                     fmt.percent(b["agreement"]["top1_agreement"]),
+                     fmt.ratio((b.get("embedding_cosine") or {}).get("mean"))])
     print(format_table(["bucket", "n", "acc FP32", "acc INT8", "drop pts", "agreement", "emb cos"], rows))
-    print(", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items()))
+    print(summary_line(summary))
     return 0
 
 
-def _num(v):
-    return "-" if v is None else float(v)
+_SUMMARY_FORMATS = {"accuracy_fp32": fmt.percent, "accuracy_int8": fmt.percent, "accuracy_drop_points": fmt.points,
+                    "top1_agreement": fmt.percent, "embedding_cosine": fmt.ratio, "kl_softmax": fmt.number}
+
+
+def summary_line(summary: dict) -> str:
+    """A validate summary as one line: percentages, signed points and ratios with their units."""
+    return ", ".join(f"{k} {_SUMMARY_FORMATS.get(k, fmt.cell)(v) if v is not None else fmt.MISSING}"
+                     for k, v in summary.items())
 
 
 def run_sensitivity(args: argparse.Namespace) -> int:
@@ -185,7 +193,8 @@ def run_sensitivity(args: argparse.Namespace) -> int:
     run_id, result = run_stage(ws, "sensitivity", analyze_sensitivity, config, parents=parents, label=args.label,
                                progress=ProgressBar("sensitivity"))
     if args.json:
-        print(json.dumps({"run": run_id, **result.summary(), "exclude_nodes": list(result.exclusions)}, indent=2))
+        print(json.dumps(fmt.clean({"run": run_id, **result.summary(), "exclude_nodes": list(result.exclusions)}),
+                         indent=2))
         return 0
     rec = result.data["recommended"]
     print(f"run {run_id}: {result.dir}")
@@ -193,11 +202,11 @@ def run_sensitivity(args: argparse.Namespace) -> int:
     cos = rec.get("embedding_cosine")
     print(f"ranking: {result.data['ranking_method']} ({result.data.get('ranking_evaluations_used', 0)} evaluations on "
           f"{result.data.get('ranking_rows', 0)} texts); search: {result.data['evaluations_used']} of "
-          f"{result.data['budget']['max_evaluations']} evaluations; {result.data['seconds']:.0f} s"
-          + ("" if cos is None else f"; recommended embedding cosine {cos:.4f}"))
-    print(f"baseline: agreement {result.data['baseline']['top1_agreement']:.4f}, drop "
-          f"{_num(result.data['baseline'].get('accuracy_drop_points'))} points; recommended: agreement "
-          f"{rec['top1_agreement']:.4f}, drop {_num(rec.get('accuracy_drop_points'))} points")
+          f"{result.data['budget']['max_evaluations']} evaluations; {fmt.seconds(result.data['seconds'])}"
+          + ("" if cos is None else f"; recommended embedding cosine {fmt.ratio(cos)}"))
+    print(f"baseline: agreement {fmt.percent(result.data['baseline']['top1_agreement'])}, drop "
+          f"{fmt.points(result.data['baseline'].get('accuracy_drop_points'))}; recommended: agreement "
+          f"{fmt.percent(rec['top1_agreement'])}, drop {fmt.points(rec.get('accuracy_drop_points'))}")
     for node in result.exclusions:
         print(f"  exclude {node}")
     if result.exclusions:
