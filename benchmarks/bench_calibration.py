@@ -95,7 +95,7 @@ def run_child(args: argparse.Namespace) -> dict:
         for batch in iter_batches(encoded, spec.input_dtypes, args.batch_size, **batching):
             engine.run(batch.feeds, [spec.logits_output])
     elif case in ("calib", "calib-padded"):
-        from calib.calibrators import compute_ranges
+        from calib.methods import compute_ranges
         from calib.stats import StatsConfig, collect_statistics
 
         cfg = StatsConfig(batch_size=args.batch_size, threads=args.threads,

@@ -14,13 +14,21 @@ Writes into ``out_dir``::
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from calib.calibrators import DEFAULT_PARAMS, METHODS, compute_ranges
 from calib.errors import InputError, check_choice
 from calib.io import atomic_write_json, read_json, sha256_file
+from calib.methods import (
+    DEFAULT_PERCENTILE,
+    REGISTRY,
+    cache_algorithm,
+    compute_ranges,
+    default_methods,
+    get_method,
+)
 from calib.model import check_same_model, read_onnx
 from calib.pipeline import config_params
 from calib.placement import PRESETS
@@ -40,18 +48,16 @@ META_FILE = "calibration.json"
 FORMAT = "calib.calibration/1"
 
 
-def cache_algorithm(method: str) -> str:
-    """TensorRT cache header algorithm for a method: entropy is EntropyCalibration2, the rest MinMax."""
-    return "EntropyCalibration2" if method == "entropy" else "MinMaxCalibration"
-
-
 @dataclass(frozen=True)
 class CalibrateConfig:
-    """One statistics pass over ``calibration_set`` (a CalibrationSet folder), then ``methods``."""
+    """One statistics pass over ``calibration_set`` (a CalibrationSet folder), then ``methods``
+    (names in :data:`calib.methods.REGISTRY`). ``percentile`` and ``entropy_damp_zero_bin`` set those
+    methods' parameters; ``method_params`` holds any method's parameters by name
+    (``{"percentile": {"percentile": 99.9}}``) and wins over the fields."""
 
     calibration_set: str
-    methods: tuple[str, ...] = METHODS
-    percentile: float = 99.99
+    methods: tuple[str, ...] = field(default_factory=default_methods)
+    percentile: float = DEFAULT_PERCENTILE
     placement: str = "tensorrt"
     tensors: str = "placement"  # 'placement' (inputs of quantized ops + outputs) or 'all'
     batch_size: int = 16
@@ -60,22 +66,26 @@ class CalibrateConfig:
     bins: int | None = None
     entropy_damp_zero_bin: bool = True
     threads: int | None = None
+    params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def method_params(self, method: str) -> dict[str, Any]:
-        if method == "percentile":
-            return {"percentile": float(self.percentile)}
-        if method == "entropy":
-            return {"damp_zero_bin": bool(self.entropy_damp_zero_bin)}
-        return {}
+        """The parameters given for ``method`` (its registry entry's config fields, then ``params``),
+        merged with its defaults and checked."""
+        entry = get_method(method)
+        given = {param: getattr(self, fld) for param, fld in entry.config_fields.items()}
+        given.update(self.params.get(method, {}))
+        return entry.params(given)
 
 
 def _check(config: CalibrateConfig) -> None:
     if not config.methods:
-        raise InputError("choose at least one calibration method (" + ", ".join(METHODS) + ")")
+        raise InputError("choose at least one calibration method (" + ", ".join(REGISTRY) + ")")
+    for method in config.params:
+        if method not in config.methods:
+            raise InputError(f"parameters given for calibration method {method!r}, which is not run "
+                             f"(running: {', '.join(config.methods)})")
     for method in config.methods:
-        check_choice(method, METHODS, "calibration method")
-    if not 0 < config.percentile <= 100:
-        raise InputError(f"percentile must be in (0, 100], got {config.percentile}")
+        config.method_params(method)  # unknown method, unknown parameter, bad value: one line, before any work
     check_choice(config.placement, PRESETS, "placement preset")
     check_choice(config.tensors, TENSOR_SCOPES, "tensor scope")
     check_choice(config.histogram, HISTOGRAM_MODES, "histogram mode")
@@ -206,7 +216,7 @@ def write_calibration(config: CalibrateConfig, stats: ActivationStats, out_dir: 
         "nonfinite": nonfinite,
         "zero_range": zero_range,
         "skipped": stats.skipped,
-        "defaults": {m: DEFAULT_PARAMS[m] for m in config.methods},
+        "defaults": {m: dict(get_method(m).defaults) for m in config.methods},
     }
     atomic_write_json(out_dir / META_FILE, meta)
     report(1.0, f"{len(stats.tensors)} tensors, {len(config.methods)} methods")

@@ -1,5 +1,8 @@
 """Calibrators: per-tensor amax from the |x| histograms of one statistics pass, vectorised with numpy.
 
+The formulas only; :mod:`calib.methods` registers them as calibration methods (names, defaults,
+parameter checks, TensorRT cache algorithm).
+
 - ``minmax``: amax = max |x| over finite values.
 - ``entropy``: TensorRT's EntropyCalibration2 (GTC 2017 S7310; NVIDIA pytorch-quantization's
   ``_compute_amax_entropy``). For each candidate ``i`` (number of kept bins) the reference P is
@@ -25,24 +28,16 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping
 
 import numpy as np
 
-from calib.errors import InputError, check_choice
-from calib.stats import ActivationStats, TensorStats
+from calib.errors import InputError
+from calib.stats import TensorStats
 
-METHODS = ("entropy", "minmax", "percentile", "mse")
 QMAX = 127  # symmetric INT8
 ENTROPY_LEVELS = 128
 TRT_BINS = 2048  # TensorRT's histogram size; sets the smallest candidate threshold (absmax / 16)
 _BLOCK = 128  # candidates per block: keeps the (block, 129) work arrays in cache
-DEFAULT_PARAMS: dict[str, dict[str, object]] = {
-    "entropy": {"levels": ENTROPY_LEVELS, "damp_zero_bin": True},
-    "minmax": {},
-    "percentile": {"percentile": 99.99},
-    "mse": {},
-}
 
 
 def _table_size(nbins: int) -> int:
@@ -206,44 +201,15 @@ def mse_amax(stats: TensorStats, qmax: int = QMAX) -> float:
     return float(min(cands[tied[-1]] * stats.width, stats.absmax))
 
 
-def tensor_amax(stats: TensorStats, method: str, params: Mapping[str, object]) -> float:
-    if method == "minmax":
-        return stats.absmax
-    if method == "entropy":
-        return entropy_amax(stats, levels=int(params.get("levels", ENTROPY_LEVELS)),  # type: ignore[arg-type]
-                            damp_zero_bin=bool(params.get("damp_zero_bin", True)))
-    if method == "percentile":
-        return percentile_amax(stats, float(params.get("percentile", 99.99)))  # type: ignore[arg-type]
-    if method == "mse":
-        return mse_amax(stats)
-    raise InputError(f"unknown calibration method {method!r} (choose from {', '.join(METHODS)})")
+def __getattr__(name: str):
+    """``METHODS``, ``DEFAULT_PARAMS``, ``tensor_amax``, ``tensor_flags`` and ``compute_ranges`` live in
+    :mod:`calib.methods` (the method registry); these names are forwarded for older imports."""
+    from calib import methods
 
-
-def tensor_flags(stats: TensorStats) -> dict[str, object]:
-    """Flags worth a warning: non-finite values seen, an all-zero range, no values at all."""
-    flags: dict[str, object] = {}
-    if stats.nonfinite:
-        flags["nonfinite"] = {"nan": stats.nan, "posinf": stats.posinf, "neginf": stats.neginf}
-    if stats.count == 0:
-        flags["empty"] = True
-    elif stats.absmax == 0:
-        flags["zero_range"] = True
-    return flags
-
-
-def compute_ranges(stats: ActivationStats, method: str, **params: object):
-    """Per-tensor amax for one method from the same statistics -> :class:`calib.ranges.Ranges`."""
-    from calib.ranges import Ranges
-
-    check_choice(method, METHODS, "calibration method")
-    unknown = set(params) - set(DEFAULT_PARAMS[method])
-    if unknown:
-        raise InputError(f"calibration method {method!r} takes no parameter {min(unknown)!r}")
-    full = {**DEFAULT_PARAMS[method], **params}
-    if method == "percentile":
-        p = float(full["percentile"])  # type: ignore[arg-type]
-        if not 0 < p <= 100:
-            raise InputError(f"percentile must be in (0, 100], got {p}")
-    amax = {t.name: float(tensor_amax(t, method, full)) for t in stats.tensors}
-    flags = {t.name: f for t in stats.tensors if (f := tensor_flags(t))}
-    return Ranges(method=method, params=full, model_sha256=stats.model_sha256, amax=amax, flags=flags)
+    if name == "METHODS":
+        return methods.method_names()
+    if name == "DEFAULT_PARAMS":
+        return {n: dict(m.defaults) for n, m in methods.REGISTRY.items()}
+    if name in ("tensor_amax", "tensor_flags", "compute_ranges"):
+        return getattr(methods, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

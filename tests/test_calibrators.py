@@ -9,7 +9,6 @@ import pytest
 from scipy.stats import entropy as scipy_kl
 
 from calib.calibrators import (
-    compute_ranges,
     entropy_amax,
     entropy_divergences,
     mse_amax,
@@ -17,6 +16,7 @@ from calib.calibrators import (
     percentile_amax,
 )
 from calib.errors import InputError
+from calib.methods import compute_ranges
 from calib.stats import ActivationStats, TensorStats, tensor_stats_from_arrays
 
 

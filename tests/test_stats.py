@@ -8,7 +8,7 @@ import pytest
 import tinymodel
 
 from calib.batching import encode
-from calib.calibrators import compute_ranges
+from calib.methods import compute_ranges
 from calib.errors import InputError
 from calib.model import load_tokenizer
 from calib.stats import (

@@ -20,7 +20,7 @@ from lib.project import model_spec
 from lib.ui import download_file, pick_run, run_button, start_page
 
 from calib.calibrate import CalibrateConfig, Calibration, calibrate
-from calib.calibrators import METHODS
+from calib.methods import DEFAULT_PERCENTILE, default_methods, method_names
 from calib.placement import PRESETS
 from calib.stats import HISTOGRAM_MODES
 from calib.trtcache import DEFAULT_TRT_VERSION
@@ -41,8 +41,8 @@ else:
     st.caption(f"{s.get('size', '?')} texts · {s.get('strategy', '?')} · KS {s.get('ks', '?')} · "
                f"profile sequence min/opt/max {s.get('profile_seq', '?')}")
     c1, c2, c3, c4 = st.columns(4)
-    methods = c1.multiselect("Calibrators", list(METHODS), default=list(METHODS), key="cal-methods")
-    percentile = c2.number_input("Percentile", min_value=90.0, max_value=100.0, value=99.99, step=0.001,
+    methods = c1.multiselect("Calibrators", list(method_names()), default=list(default_methods()), key="cal-methods")
+    percentile = c2.number_input("Percentile", min_value=90.0, max_value=100.0, value=DEFAULT_PERCENTILE, step=0.001,
                                  format="%.3f", key="cal-pct")
     placement = c3.selectbox("Placement (which tensors get ranges)", list(PRESETS), key="cal-placement",
                              help="tensorrt: inputs of MatMul/Gemm (TensorRT-style). all: every quantizable op.")

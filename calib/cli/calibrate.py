@@ -17,7 +17,7 @@ _EXAMPLES = """examples:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from calib.calibrators import METHODS
+    from calib.methods import DEFAULT_PERCENTILE, default_methods, method_names
     from calib.placement import PRESETS
     from calib.stats import HISTOGRAM_MODES, TENSOR_SCOPES
     from calib.trtcache import DEFAULT_TRT_VERSION
@@ -31,8 +31,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--calibration-set", required=True, metavar="RUN_ID_OR_DIR",
                    help="calibration set: a calibset run id or a folder holding manifest.json")
-    p.add_argument("--method", nargs="+", choices=METHODS, default=list(METHODS), help="calibrators (default: all)")
-    p.add_argument("--percentile", type=float, default=99.99, help="percentile for --method percentile (default 99.99)")
+    p.add_argument("--method", nargs="+", choices=method_names(), default=list(default_methods()),
+                   help=f"calibrators (default: {' '.join(default_methods())})")
+    p.add_argument("--percentile", type=float, default=DEFAULT_PERCENTILE,
+                   help=f"percentile for --method percentile (default {DEFAULT_PERCENTILE:g})")
     p.add_argument("--trt-version", default=DEFAULT_TRT_VERSION,
                    help=f"TensorRT version written in cache headers (default {DEFAULT_TRT_VERSION}; e.g. 8.6.1)")
     p.add_argument("--placement", choices=PRESETS, default="tensorrt", help="quantization placement preset")
