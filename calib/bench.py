@@ -18,8 +18,12 @@ from typing import Any
 
 import numpy as np
 
+from calib.batching import Encoded, iter_batches
+from calib.data import DataSpec
 from calib.errors import InputError
+from calib.evaluation import EvalData, load_eval_data
 from calib.io import atomic_write_json, read_json
+from calib.model import load_model
 from calib.workspace import ProgressFn
 
 BENCH_FILE = "bench.json"
@@ -46,18 +50,12 @@ class BenchConfig:
     workspace: str | None = None
 
 
-def _texts(config: BenchConfig) -> list[str]:
-    from calib.data import DataSpec, load_rows, texts_of
-
-    spec = DataSpec(source=config.data, text_column=config.text_column, label_column=None, split=config.split,
+def _eval_data(config: BenchConfig, model_path: Path) -> EvalData:
+    """The texts to time, encoded once: at most ``max_texts``, every k-th row to keep the split's length mix."""
+    spec = load_model(model_path, config.tokenizer, max_length=config.max_length)
+    data = DataSpec(source=config.data, text_column=config.text_column, label_column=None, split=config.split,
                     workspace=config.workspace)
-    texts, _ = texts_of(load_rows(spec), spec)
-    if config.max_texts and len(texts) > config.max_texts:
-        # every k-th text keeps the split's length mix
-        texts = [texts[i] for i in np.linspace(0, len(texts) - 1, config.max_texts).astype(int)]
-    if not texts:
-        raise InputError(f"dataset {config.data} ({config.split}) has no texts to benchmark")
-    return texts
+    return load_eval_data(data, spec, limit=config.max_texts, sampling="spread")
 
 
 def _peak_rss_mb() -> float:
@@ -66,16 +64,14 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
-def measure_engine(config: BenchConfig, kind: str, texts: list[str]) -> list[dict[str, Any]]:
+def measure_engine(config: BenchConfig, kind: str, encoded: Encoded,
+                   dtypes: dict[str, type]) -> list[dict[str, Any]]:
     """Rows for one engine kind (runs in a child process)."""
-    from calib.batching import encode, iter_batches
     from calib.build import EngineArtifact
-    from calib.model import load_model, load_tokenizer
 
     artifact = EngineArtifact.load(config.engine)
     engine = artifact.engine(kind, threads=config.threads)
-    encoded = encode(load_tokenizer(config.tokenizer), texts, max_length=config.max_length)
-    dtypes = load_model(artifact.model_path, config.tokenizer, max_length=config.max_length).input_dtypes
+    n_texts = len(encoded)
     rows = []
     for batch_size in config.batch_sizes:
         batches = list(iter_batches(encoded, dtypes, batch_size))
@@ -91,9 +87,9 @@ def measure_engine(config: BenchConfig, kind: str, texts: list[str]) -> list[dic
         total = time.perf_counter() - started
         lat = np.asarray(latencies) * 1000.0
         rows.append({
-            "engine": engine.name, "kind": kind, "batch_size": batch_size, "texts": len(texts),
+            "engine": engine.name, "kind": kind, "batch_size": batch_size, "texts": n_texts,
             "batches": len(batches), "p50_ms": float(np.percentile(lat, 50)), "p95_ms": float(np.percentile(lat, 95)),
-            "texts_per_s": len(texts) * config.repeats / total, "peak_rss_mb": _peak_rss_mb(),
+            "texts_per_s": n_texts * config.repeats / total, "peak_rss_mb": _peak_rss_mb(),
         })
     return rows
 
@@ -159,15 +155,16 @@ def benchmark(config: BenchConfig, out_dir: Path, *, progress: ProgressFn | None
         raise InputError(f"repeats must be at least 1, got {config.repeats}")
     artifact = EngineArtifact.load(config.engine)
     artifact.engine("fp32", threads=1)  # validates the FP32 model (exists, same sha256) up front
-    texts = _texts(config)
+    data = _eval_data(config, artifact.model_path)
+    dtypes = load_model(artifact.model_path, config.tokenizer, max_length=config.max_length).input_dtypes
     rows: list[dict[str, Any]] = []
     context = multiprocessing.get_context("spawn")
     for i, kind in enumerate(KINDS):
-        report(i / len(KINDS), f"{kind}: {len(texts)} texts x batch sizes {list(config.batch_sizes)}")
+        report(i / len(KINDS), f"{kind}: {len(data)} texts x batch sizes {list(config.batch_sizes)}")
         with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-            rows += pool.submit(measure_engine, config, kind, texts).result()
+            rows += pool.submit(measure_engine, config, kind, data.encoded, dtypes).result()
     sizes = model_sizes(artifact)
-    lengths = _length_mix(config, texts)
+    lengths = _length_mix(data.encoded)
     meta = {"format": FORMAT, "config": config_params(config), "engine_summary": artifact.summary(),
             "rows": rows, "sizes": sizes, "lengths": lengths}
     atomic_write_json(Path(out_dir) / BENCH_FILE, meta)
@@ -175,11 +172,7 @@ def benchmark(config: BenchConfig, out_dir: Path, *, progress: ProgressFn | None
     return BenchResult.load(out_dir)
 
 
-def _length_mix(config: BenchConfig, texts: list[str]) -> dict[str, float]:
-    from calib.batching import encode
-    from calib.model import load_tokenizer
-
-    encoded = encode(load_tokenizer(config.tokenizer), texts, max_length=config.max_length)
+def _length_mix(encoded: Encoded) -> dict[str, float]:
     lengths = encoded.lengths
     return {"p50": float(np.percentile(lengths, 50)), "p95": float(np.percentile(lengths, 95)),
             "max": float(lengths.max()), "truncated": float(encoded.truncation_rate)}

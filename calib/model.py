@@ -30,6 +30,28 @@ class TensorInfo:
     shape: tuple[int | str | None, ...]  # ints for fixed dims, names for symbolic dims
 
 
+POOLINGS = ("none", "mean", "cls")
+
+
+@dataclass(frozen=True)
+class OutputRoles:
+    """Which model outputs evaluation reads, and how.
+
+    ``logits``: (B, C) class scores (None for an embedding model). ``embedding``: (B, D) pooled
+    embedding, or (B, T, D) token states pooled with the attention mask when ``pooling`` is
+    ``mean`` (or take the first token: ``cls``); None when the model has none.
+    """
+
+    logits: str | None = None
+    embedding: str | None = None
+    pooling: str = "none"
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Output names to run, logits first, without repeats."""
+        return tuple(dict.fromkeys(n for n in (self.logits, self.embedding) if n))
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """A validated model: paths, identity (sha256) and I/O signature. Cheap to pass around."""
@@ -56,6 +78,12 @@ class ModelSpec:
     @property
     def output_names(self) -> tuple[str, ...]:
         return tuple(t.name for t in self.outputs)
+
+    @property
+    def roles(self) -> OutputRoles:
+        """The outputs evaluation reads: the logits, and ``embedding`` when the model has one."""
+        embedding = "embedding" if "embedding" in self.output_names and self.logits_output != "embedding" else None
+        return OutputRoles(self.logits_output, embedding)
 
     def to_dict(self) -> dict[str, object]:
         return {

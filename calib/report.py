@@ -64,14 +64,7 @@ def _pts(x: float | None) -> float | None:
 
 
 def _worst_bucket(ev: Evaluation) -> dict | None:
-    rows = [b for b in ev.buckets if b["n"]]
-    if not rows:
-        return None
-    if ev.labelled:
-        b = max(rows, key=lambda r: r["accuracy_drop_points"])
-        return {"bucket": b["bucket"], "n": b["n"], "accuracy_drop_points": b["accuracy_drop_points"]}
-    b = min(rows, key=lambda r: r["agreement"]["top1_agreement"])
-    return {"bucket": b["bucket"], "n": b["n"], "top1_agreement": b["agreement"]["top1_agreement"]}
+    return ev.metrics.worst_bucket()
 
 
 def _calibrator(ev: Evaluation) -> str | None:

@@ -53,8 +53,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from calib.data import DataSpec
 from calib.engines.ort import OrtEngine, OrtSessionLoader
 from calib.errors import InputError, check_choice
+from calib.evaluation import EngineOutputs, EvalData, Metrics, compare, load_eval_data, run_engine
 from calib.io import atomic_write_json, read_artifact_json, read_json
 from calib.model import load_model
 from calib.placement import Placement
@@ -107,6 +109,10 @@ class SensitivityConfig:
     rank_rows: int = 64  # texts for the quantize-one ranking (0 = all ``limit`` texts)
     max_rank_units: int = 96  # auto: quantize-one ranking up to this many units, local ranking beyond
     verify: bool = True  # re-check the recommendation on a model rebuilt by calib.quantize
+
+    def data_spec(self) -> DataSpec:
+        return DataSpec(self.data, self.text_column, self.label_column, self.text_pair_column, self.split,
+                        self.workspace)
 
     @property
     def placement(self) -> Placement:
@@ -221,7 +227,7 @@ class _Evaluator:
     ``search`` evaluations use all the subset's texts and count against ``max_evaluations``;
     ``rank`` evaluations use the ``rank_rows`` subset and are logged apart."""
 
-    def __init__(self, config: SensitivityConfig, spec, data, fp32: dict, qdq_model: onnx.ModelProto | None,
+    def __init__(self, config: SensitivityConfig, spec, data: EvalData, fp32: EngineOutputs, qdq_model: onnx.ModelProto | None,
                  quantized_nodes: Sequence[str], shared_pairs: bool, amax: Mapping[str, float], workdir: Path,
                  max_evaluations: int, progress: ProgressFn) -> None:
         self.config, self.spec, self.data, self.fp32, self.qdq = config, spec, data, fp32, qdq_model
@@ -235,7 +241,7 @@ class _Evaluator:
         n = len(data.encoded)
         rank_n = n if not config.rank_rows or config.rank_rows >= n else config.rank_rows
         self.rank_idx = np.sort(np.random.default_rng(config.seed + 7).permutation(n)[:rank_n])
-        self.rank_encoded = data.encoded.subset(self.rank_idx) if rank_n < n else data.encoded
+        self.rank_data, self.rank_fp32 = data.subset(self.rank_idx), fp32.subset(self.rank_idx)
 
     @property
     def used(self) -> int:
@@ -245,20 +251,14 @@ class _Evaluator:
     def left(self) -> int:
         return self.max_evaluations - self.used
 
-    def _run(self, model: Path | bytes, rows: str) -> dict:
-        from calib.validate import compare_engines, run_outputs
-
+    def _run(self, model: Path | bytes, rows: str) -> Metrics:
         engine = OrtEngine(OrtSessionLoader(model, threads=self.config.threads), name="onnxruntime-int8")
         if rows == "rank":
-            encoded = self.rank_encoded
-            fp32 = {k: v[self.rank_idx] for k, v in self.fp32.items()}
-            labels = None if self.data.labels is None else self.data.labels[self.rank_idx]
+            data, fp32 = self.rank_data, self.rank_fp32
         else:
-            encoded, fp32, labels = self.data.encoded, self.fp32, self.data.labels
-        int8 = run_outputs(engine, encoded, self.spec.input_dtypes, list(fp32), batch_size=self.config.batch_size)
-        return compare_engines(fp32, int8, self.spec.logits_output, labels, encoded.full_lengths,
-                               fp32[self.spec.logits_output].shape[1], edges=(0, 1 << 30), n_resamples=0,
-                               seed=self.config.seed)["overall"]
+            data, fp32 = self.data, self.fp32
+        int8 = run_engine(engine, data.encoded, self.spec.input_dtypes, self.spec.roles, batch_size=self.config.batch_size)
+        return compare(fp32, int8, data, edges=(0, 1 << 30), n_resamples=0, seed=self.config.seed)
 
     def _candidate(self, floating: set[str], only: Sequence[str] | None) -> bytes | Path | str:
         """The Q/DQ model with ``floating`` nodes in float: derived from the full model, or rebuilt by
@@ -308,8 +308,8 @@ class _Evaluator:
             return entry
         metrics = self._run(candidate, rows)
         entry = {"why": why, "excluded": sorted(excluded), "only": None if only is None else list(only),
-                 "quantized_nodes": len(set(self.quantized) - floating), "rows": int(metrics["n"]),
-                 "seconds": round(time.monotonic() - t0, 2), **headline(metrics)}
+                 "quantized_nodes": len(set(self.quantized) - floating), "rows": metrics.n,
+                 "seconds": round(time.monotonic() - t0, 2), **metrics.headline()}
         entry["passes"] = passes(entry, self.config)
         if rows == "rank":
             entry = {"evaluation": len(self.rank_log) + 1, **entry}
@@ -334,20 +334,9 @@ class _Evaluator:
         t0 = time.monotonic()
         metrics = self._run(path, "search")
         entry = {"why": why, "excluded": sorted(excluded), "only": None, "quantized_nodes": quantized,
-                 "rows": int(metrics["n"]), "seconds": round(time.monotonic() - t0, 2), **headline(metrics)}
+                 "rows": metrics.n, "seconds": round(time.monotonic() - t0, 2), **metrics.headline()}
         entry["passes"] = passes(entry, self.config)
         return self.record(entry)
-
-
-def headline(overall: Mapping) -> dict:
-    """The numbers the budget is checked on, from an ``overall`` metrics block."""
-    out = {"top1_agreement": overall["agreement"]["top1_agreement"], "kl_softmax": overall["agreement"]["kl_softmax"],
-           "accuracy_drop_points": overall.get("accuracy_drop_points")}
-    if "fp32" in overall:
-        out["accuracy_fp32"], out["accuracy_int8"] = overall["fp32"]["accuracy"], overall["int8"]["accuracy"]
-    if "embedding_cosine" in overall:
-        out["embedding_cosine"] = overall["embedding_cosine"]["mean"]
-    return out
 
 
 def passes(entry: Mapping, config: SensitivityConfig) -> bool:
@@ -549,23 +538,16 @@ def predicted_start(ranked: Sequence[Unit], details: Mapping[str, dict], baselin
 def analyze_sensitivity(config: SensitivityConfig, out_dir: Path, *, progress: ProgressFn | None = None) -> SensitivityResult:
     """Rank quantized units by the loss they cause and find the fewest to keep in float (see module doc)."""
     from calib.quantize import quantize_qdq
-    from calib.validate import EMBEDDING_OUTPUT, ValidateConfig, load_eval_data, logits_width, run_outputs
 
     t0 = time.monotonic()
     report = progress or (lambda f, m="": None)
     _check_config(config)
     spec = load_model(config.model, config.tokenizer, max_length=config.max_length, labels=config.labels)
     amax = load_amax(config.ranges, config.method)
-    vconfig = ValidateConfig(engine="", model=config.model, tokenizer=config.tokenizer, data=config.data,
-                             text_column=config.text_column, label_column=config.label_column,
-                             text_pair_column=config.text_pair_column, split=config.split,
-                             workspace=config.workspace, labels=config.labels, max_length=config.max_length,
-                             limit=config.limit, seed=config.seed)
-    data = load_eval_data(vconfig, spec, logits_width(spec))
-    outputs = [spec.logits_output] + ([EMBEDDING_OUTPUT] if EMBEDDING_OUTPUT in spec.output_names else [])
+    data = load_eval_data(config.data_spec(), spec, limit=config.limit, seed=config.seed)
     fp32_engine = OrtEngine(OrtSessionLoader(spec.onnx_path, threads=config.threads))
-    fp32 = run_outputs(fp32_engine, data.encoded, spec.input_dtypes, outputs, batch_size=config.batch_size,
-                       progress=report, start=0.0, span=0.06)
+    fp32 = run_engine(fp32_engine, data.encoded, spec.input_dtypes, spec.roles, batch_size=config.batch_size,
+                      progress=report, start=0.0, span=0.06)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".candidates-") as tmp:

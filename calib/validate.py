@@ -13,26 +13,24 @@ keeps only per-row logits and per-row embedding cosines, and writes an :class:`E
 
 from __future__ import annotations
 
-import dataclasses
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
 
 from calib.buckets import DEFAULT_EDGES, check_edges
+from calib.data import DataSpec
 from calib.engines.ort import OrtEngine, OrtSessionLoader
 from calib.errors import InputError, ModelMismatchError
+from calib.evaluation import Metrics, compare, load_eval_data, run_engine
 from calib.io import atomic_save_npz, atomic_write_json, read_artifact_json, read_json, sha256_file
-from calib.metrics import bucketed_comparison, row_cosine
-from calib.model import ModelSpec, check_same_model, load_model, load_tokenizer
+from calib.model import ModelSpec, check_same_model, load_model
 from calib.workspace import ProgressFn
 
 SCHEMA = "calib.evaluation/1"
-EMBEDDING_OUTPUT = "embedding"
 QDQ_MODEL_FILE = "model.qdq.onnx"
 ENGINE_FILE = "engine.json"
 
@@ -69,6 +67,10 @@ class ValidateConfig:
     bootstrap: int = 1000
     seed: int = 0
     threads: int | None = None
+
+    def data_spec(self) -> DataSpec:
+        return DataSpec(self.data, self.text_column, self.label_column, self.text_pair_column, self.split,
+                        self.workspace)
 
 
 @dataclass(frozen=True)
@@ -167,122 +169,6 @@ def int8_engine(source: EngineSource, threads: int | None = None):
     return OrtEngine(OrtSessionLoader(source.qdq_path, threads=threads), name="onnxruntime-int8")
 
 
-# -- data --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class EvalData:
-    """Encoded evaluation texts with their labels (or none) and provenance."""
-
-    encoded: Any  # calib.batching.Encoded
-    labels: np.ndarray | None  # (N,) class ids into ``classes``; None when the set has no labels
-    classes: tuple[str, ...]
-    rows: np.ndarray  # (N,) row numbers in the source split
-    info: dict
-
-
-def load_eval_data(config: ValidateConfig, spec: ModelSpec, n_logits: int | None) -> EvalData:
-    """Load, check and encode the evaluation rows; map labels onto the model's classes."""
-    from calib.batching import encode
-    from calib.data import DataSpec, fingerprint, label_ids, label_names, load_rows, texts_of
-
-    base = DataSpec(config.data, config.text_column, None, config.text_pair_column, config.split, config.workspace)
-    ds = load_rows(base)
-    total = len(ds)
-    data_fingerprint = fingerprint(ds)
-    note = ""
-    label_column = config.label_column
-    if label_column is not None and label_column not in ds.column_names:
-        note = (f"the eval set has no label column {label_column!r}: agreement-only report "
-                "(no accuracy, F1 or accuracy drop)")
-        label_column = None
-    elif label_column is None:
-        note = "no label column given: agreement-only report (no accuracy, F1 or accuracy drop)"
-    rows = np.arange(total)
-    if config.limit and config.limit < total:
-        rows = np.sort(np.random.default_rng(config.seed).choice(total, size=config.limit, replace=False))
-        ds = ds.select(rows.tolist())
-    spec_l = dataclasses.replace(base, label_column=label_column)
-
-    classes = tuple(spec.labels)
-    labels = None
-    if label_column is not None:
-        data_classes = label_names(ds, spec_l)
-        if classes:
-            unknown = [c for c in data_classes if c not in classes]
-            if unknown:
-                raise InputError(
-                    f"eval set {base.describe()} column {label_column!r} has labels {unknown} that are not "
-                    f"classes of the model ({list(classes)}); use the model's label names")
-        else:
-            if n_logits is not None and len(data_classes) != n_logits:
-                raise InputError(
-                    f"eval set {base.describe()} column {label_column!r} has {len(data_classes)} classes "
-                    f"{data_classes} but the model outputs {n_logits} logits; give the model's labels in logit order")
-            classes = tuple(data_classes)
-        labels = label_ids(ds, spec_l, list(classes))
-        bad = int(np.count_nonzero(labels < 0))
-        if bad:
-            raise InputError(f"eval set {base.describe()} column {label_column!r} has {bad} rows with an empty or "
-                             "unknown label; clean them or drop the column for an agreement-only report")
-    if classes and n_logits is not None and len(classes) != n_logits:
-        raise InputError(f"the model has {len(classes)} labels {list(classes)} but outputs {n_logits} logits")
-    texts, pairs = texts_of(ds, base)
-    encoded = encode(load_tokenizer(str(spec.tokenizer_dir)), texts, pairs, max_length=spec.max_length)
-    info = {
-        "source": config.data, "split": config.split, "fingerprint": data_fingerprint, "rows_total": total, "rows_evaluated": len(rows),
-        "limit": config.limit, "seed": config.seed, "text_column": config.text_column,
-        "label_column": label_column, "labelled": labels is not None, "note": note,
-        "truncation_rate": encoded.truncation_rate, "max_length": spec.max_length,
-    }
-    return EvalData(encoded, labels, classes, rows, info)
-
-
-def logits_width(spec: ModelSpec) -> int | None:
-    for out in spec.outputs:
-        if out.name == spec.logits_output and len(out.shape) == 2 and isinstance(out.shape[1], int):
-            return int(out.shape[1])
-    return None
-
-
-# -- running -----------------------------------------------------------------------------------
-
-
-def run_outputs(engine, encoded, input_dtypes: Mapping[str, type], names: Sequence[str], *, batch_size: int,
-                progress: ProgressFn | None = None, start: float = 0.0, span: float = 1.0) -> dict[str, np.ndarray]:
-    """Run ``engine`` over ``encoded`` in length-bucketed batches; per-row outputs in row order.
-
-    Only small per-row outputs (logits (N, C), embeddings (N, D)) should be asked for here.
-    """
-    from calib.batching import iter_batches
-
-    n = len(encoded)
-    out: dict[str, np.ndarray] = {}
-    done = 0
-    for batch in iter_batches(encoded, input_dtypes, batch_size):
-        values = engine.run(batch.feeds, list(names))
-        for name in names:
-            v = np.asarray(values[name])
-            if name not in out:
-                out[name] = np.zeros((n, *v.shape[1:]), dtype=np.float32)
-            out[name][batch.rows] = v
-        done += len(batch.rows)
-        if progress is not None:
-            progress(start + span * done / max(n, 1), f"{done}/{n} texts")
-    return out
-
-
-def compare_engines(fp32: Mapping[str, np.ndarray], int8: Mapping[str, np.ndarray], logits: str,
-                    labels: np.ndarray | None, lengths: np.ndarray, n_classes: int, *,
-                    edges: Sequence[int] = DEFAULT_EDGES, n_resamples: int = 1000, seed: int = 0) -> dict:
-    """Bucketed metrics from per-row FP32 and INT8 outputs (embedding cosine when both have one)."""
-    cos = None
-    if EMBEDDING_OUTPUT in fp32 and EMBEDDING_OUTPUT in int8:
-        cos = row_cosine(fp32[EMBEDDING_OUTPUT], int8[EMBEDDING_OUTPUT])
-    return bucketed_comparison(fp32[logits], int8[logits], labels, lengths, n_classes, edges=edges,
-                               embedding_cosine=cos, n_resamples=n_resamples, seed=seed)
-
-
 def calibrated_amax(calibration: str | Path, model_sha256: str = "") -> tuple[dict[str, dict[str, float]], dict]:
     """``{tensor: {method: amax}}`` for every method of a calibration run, and what it was made from."""
     from calib.calibrate import Calibration
@@ -359,6 +245,10 @@ class Evaluation:
         return cls(directory, data, read_json(layers_path) if layers_path.is_file() else None)
 
     @property
+    def metrics(self) -> Metrics:
+        return Metrics.from_dict(self.data["metrics"])
+
+    @property
     def labelled(self) -> bool:
         return bool(self.data["dataset"]["labelled"])
 
@@ -375,14 +265,15 @@ class Evaluation:
             return {k: npz[k] for k in npz.files}
 
     def summary(self) -> dict:
-        o = self.overall
-        s = {"rows": o["n"], "labelled": self.labelled,
-             "top1_agreement": o["agreement"]["top1_agreement"], "kl_softmax": o["agreement"]["kl_softmax"]}
-        if "embedding_cosine" in o:
-            s["embedding_cosine"] = o["embedding_cosine"]["mean"]
+        m = self.metrics
+        s = {"rows": m.n, "labelled": self.labelled}
+        if m.top1_agreement is not None:
+            s.update(top1_agreement=m.top1_agreement, kl_softmax=m.kl_softmax)
+        if m.embedding_cosine is not None:
+            s["embedding_cosine"] = m.embedding_cosine
         if self.labelled:
-            s.update({"accuracy_fp32": o["fp32"]["accuracy"], "accuracy_int8": o["int8"]["accuracy"],
-                      "accuracy_drop_points": o["accuracy_drop_points"]})
+            s.update({"accuracy_fp32": m.accuracy_fp32, "accuracy_int8": m.accuracy_int8,
+                      "accuracy_drop_points": m.accuracy_drop_points})
         if self.layers:
             s["first_degraded_tensor"] = self.layers.get("first_degraded")
         return s
@@ -403,30 +294,26 @@ def validate(config: ValidateConfig, out_dir: Path, *, progress: ProgressFn | No
     ranged, calibration_info = ({}, None)
     if config.calibration:
         ranged, calibration_info = calibrated_amax(config.calibration, spec.sha256)
-    data = load_eval_data(config, spec, logits_width(spec))
+    data = load_eval_data(config.data_spec(), spec, limit=config.limit, seed=config.seed)
     report = progress or (lambda f, m="": None)
-    report(0.02, f"{len(data.encoded)} texts loaded")
+    report(0.02, f"{len(data)} texts loaded")
 
-    outputs = [spec.logits_output] + ([EMBEDDING_OUTPUT] if EMBEDDING_OUTPUT in spec.output_names
-                                      and EMBEDDING_OUTPUT != spec.logits_output else [])
+    roles = spec.roles
     fp32_engine = OrtEngine(OrtSessionLoader(spec.onnx_path, threads=config.threads), name="onnxruntime-fp32")
     engine = int8_engine(source, config.threads)
     split = 0.45 if config.layers else 0.5
-    fp32 = run_outputs(fp32_engine, data.encoded, spec.input_dtypes, outputs, batch_size=config.batch_size,
-                       progress=report, start=0.02, span=split * 0.98)
-    int8 = run_outputs(engine, data.encoded, spec.input_dtypes, outputs, batch_size=config.batch_size,
-                       progress=report, start=0.02 + split * 0.98, span=split * 0.98)
-    n_classes = fp32[spec.logits_output].shape[1]
-    if data.classes and len(data.classes) != n_classes:
-        raise InputError(f"the model has {len(data.classes)} labels but outputs {n_classes} logits")
-    lengths = data.encoded.full_lengths
-    metrics = compare_engines(fp32, int8, spec.logits_output, data.labels, lengths, n_classes, edges=edges,
-                              n_resamples=config.bootstrap, seed=config.seed)
+    fp32 = run_engine(fp32_engine, data.encoded, spec.input_dtypes, roles, batch_size=config.batch_size,
+                      progress=report, start=0.02, span=split * 0.98)
+    int8 = run_engine(engine, data.encoded, spec.input_dtypes, roles, batch_size=config.batch_size,
+                      progress=report, start=0.02 + split * 0.98, span=split * 0.98)
+    if fp32.logits is not None and data.classes and len(data.classes) != fp32.logits.shape[1]:
+        raise InputError(f"the model has {len(data.classes)} labels but outputs {fp32.logits.shape[1]} logits")
+    metrics = compare(fp32, int8, data, edges=edges, n_resamples=config.bootstrap, seed=config.seed)
     t_run = time.monotonic() - t0
 
     layers = None
     if config.layers:
-        rows = np.arange(len(data.encoded))
+        rows = np.arange(len(data))
         if config.layer_rows and config.layer_rows < len(rows):
             rows = np.sort(np.random.default_rng(config.seed + 1).choice(len(rows), config.layer_rows, replace=False))
         layers = layer_analysis(spec.onnx_path, source, data.encoded.subset(rows), spec.input_dtypes, ranged,
@@ -436,25 +323,23 @@ def validate(config: ValidateConfig, out_dir: Path, *, progress: ProgressFn | No
 
     evaluation = {
         "schema": SCHEMA,
-        "model": {"path": str(spec.onnx_path), "sha256": spec.sha256, "logits_output": spec.logits_output,
+        "model": {"path": str(spec.onnx_path), "sha256": spec.sha256, "logits_output": roles.logits,
                   "classes": list(data.classes), "max_length": spec.max_length,
-                  "has_embedding": EMBEDDING_OUTPUT in outputs},
+                  "has_embedding": roles.embedding is not None},
         "engine": {**source.describe(), "name": getattr(engine, "name", "int8")},
         "dataset": data.info,
         "calibration": calibration_info,
         "config": config_params(config),
-        "metrics": metrics,
+        "metrics": metrics.to_dict(),
         "layers": None if layers is None else {"rows": layers["rows"], "first_degraded": layers["first_degraded"],
                                                "tensors": len(layers["tensors"])},
         "seconds": {"outputs": round(t_run, 2), "total": round(time.monotonic() - t0, 2)},
     }
     out_dir = Path(out_dir)
-    atomic_save_npz(out_dir / "predictions.npz", fp32_logits=fp32[spec.logits_output],
-                    int8_logits=int8[spec.logits_output],
-                    labels=data.labels if data.labels is not None else np.full(len(lengths), -1, np.int64),
-                    lengths=lengths, rows=data.rows,
-                    embedding_cosine=(row_cosine(fp32[EMBEDDING_OUTPUT], int8[EMBEDDING_OUTPUT])
-                                      if EMBEDDING_OUTPUT in outputs else np.zeros(0)))
+    atomic_save_npz(out_dir / "predictions.npz", fp32_logits=fp32.logits, int8_logits=int8.logits,
+                    labels=data.labels if data.labels is not None else np.full(len(data), -1, np.int64),
+                    lengths=data.lengths, rows=data.rows,
+                    embedding_cosine=metrics.row_cosine if metrics.row_cosine is not None else np.zeros(0))
     if layers is not None:
         atomic_write_json(out_dir / "layers.json", layers)
     atomic_write_json(out_dir / "evaluation.json", evaluation)

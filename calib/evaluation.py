@@ -1,0 +1,317 @@
+"""The evaluation core shared by validate, sensitivity, bench and report.
+
+Three typed steps, each usable on its own:
+
+- :func:`load_eval_data` — read, check and tokenise the evaluation rows of a :class:`~calib.data.DataSpec`
+  for a :class:`~calib.model.ModelSpec` (a seeded sample of ``limit`` rows), mapping labels onto
+  the model's classes: an :class:`EvalData`;
+- :func:`run_engine` — run any :class:`~calib.engines.base.Engine` over those texts in length-bucketed
+  batches and keep only the small per-row outputs the model's :class:`~calib.model.OutputRoles` name
+  (logits (N, C), an embedding (N, D), token states pooled with the attention mask): an
+  :class:`EngineOutputs`;
+- :func:`compare` — FP32 vs INT8 metrics overall and per token-length bucket: a :class:`Metrics`,
+  whose ``to_dict()`` is the ``metrics`` block of ``evaluation.json`` (and ``Metrics.from_dict``
+  reads the blocks older versions wrote).
+
+No stage builds another stage's config to reach this code: each passes its own ``DataSpec``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from calib.batching import Encoded, encode, iter_batches
+from calib.buckets import DEFAULT_EDGES
+from calib.data import DataSpec, fingerprint, label_ids, label_names, load_rows, texts_of
+from calib.errors import InputError, check_choice
+from calib.metrics import bucketed_comparison, row_cosine
+from calib.model import ModelSpec, OutputRoles, load_tokenizer
+from calib.workspace import ProgressFn
+
+CLASSIFIER = "classifier"
+EMBEDDING = "embedding"
+
+
+# -- data --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EvalData:
+    """Encoded evaluation texts with their labels (or none) and where they came from.
+
+    ``labels`` (N,) are class ids into ``classes`` (None: the set has no labels); ``rows`` (N,) the
+    row numbers in the source split; ``info`` the provenance written into artifacts.
+    """
+
+    encoded: Encoded
+    labels: np.ndarray | None
+    classes: tuple[str, ...]
+    rows: np.ndarray
+    info: dict = field(compare=False)
+
+    def __len__(self) -> int:
+        return len(self.encoded)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """(N,) token counts before truncation (what length buckets use)."""
+        return self.encoded.full_lengths
+
+    def subset(self, index: Sequence[int] | np.ndarray) -> EvalData:
+        """The rows ``index`` (positions in this set), same classes and provenance."""
+        index = np.asarray(index, dtype=np.int64)
+        return EvalData(self.encoded.subset(index), None if self.labels is None else self.labels[index],
+                        self.classes, self.rows[index], self.info)
+
+
+SAMPLINGS = ("random", "spread")
+
+
+def sample_rows(total: int, limit: int, seed: int = 0, how: str = "random") -> np.ndarray:
+    """Sorted row numbers of ``limit`` of ``total`` rows (all rows when 0 or ≥ total): a seeded
+    random sample, or ``spread``: every k-th row (keeps a split's order-dependent mix, used by bench)."""
+    if not limit or limit >= total:
+        return np.arange(total)
+    if how == "spread":
+        return np.linspace(0, total - 1, limit).astype(np.int64)
+    return np.sort(np.random.default_rng(seed).choice(total, size=limit, replace=False))
+
+
+def logits_width(spec: ModelSpec) -> int | None:
+    """Number of classes of the model's logits output when its shape says so (else None)."""
+    name = spec.roles.logits
+    for out in spec.outputs:
+        if out.name == name and len(out.shape) == 2 and isinstance(out.shape[1], int):
+            return int(out.shape[1])
+    return None
+
+
+def load_eval_data(data: DataSpec, spec: ModelSpec, *, limit: int = 0, seed: int = 0,
+                   sampling: str = "random") -> EvalData:
+    """Load, check and encode the evaluation rows; map labels onto the model's classes.
+
+    ``data.label_column`` may be None or absent from the set: then there are no labels and
+    ``info["note"]`` says what that means for the report. Raises :class:`InputError` for labels
+    that are not classes of the model or a class count that differs from the logits' width.
+    """
+    if limit < 0:
+        raise InputError("limit must be 0 (all) or positive")
+    check_choice(sampling, SAMPLINGS, "sampling")
+    base = dataclasses.replace(data, label_column=None)
+    ds = load_rows(base)
+    total = len(ds)
+    data_fingerprint = fingerprint(ds)
+    note = ""
+    label_column = data.label_column
+    if label_column is not None and label_column not in ds.column_names:
+        note = (f"the eval set has no label column {label_column!r}: agreement-only report "
+                "(no accuracy, F1 or accuracy drop)")
+        label_column = None
+    elif label_column is None:
+        note = "no label column given: agreement-only report (no accuracy, F1 or accuracy drop)"
+    rows = sample_rows(total, limit, seed, sampling)
+    if len(rows) < total:
+        ds = ds.select(rows.tolist())
+    labelled = dataclasses.replace(base, label_column=label_column)
+
+    n_logits = logits_width(spec)
+    classes = tuple(spec.labels)
+    labels = None
+    if label_column is not None:
+        data_classes = label_names(ds, labelled)
+        if classes:
+            unknown = [c for c in data_classes if c not in classes]
+            if unknown:
+                raise InputError(
+                    f"eval set {base.describe()} column {label_column!r} has labels {unknown} that are not "
+                    f"classes of the model ({list(classes)}); use the model's label names")
+        else:
+            if n_logits is not None and len(data_classes) != n_logits:
+                raise InputError(
+                    f"eval set {base.describe()} column {label_column!r} has {len(data_classes)} classes "
+                    f"{data_classes} but the model outputs {n_logits} logits; give the model's labels in logit order")
+            classes = tuple(data_classes)
+        labels = label_ids(ds, labelled, list(classes))
+        bad = int(np.count_nonzero(labels < 0))
+        if bad:
+            raise InputError(f"eval set {base.describe()} column {label_column!r} has {bad} rows with an empty or "
+                             "unknown label; clean them or drop the column for an agreement-only report")
+    if classes and n_logits is not None and len(classes) != n_logits:
+        raise InputError(f"the model has {len(classes)} labels {list(classes)} but outputs {n_logits} logits")
+    texts, pairs = texts_of(ds, base)
+    encoded = encode(load_tokenizer(str(spec.tokenizer_dir)), texts, pairs, max_length=spec.max_length)
+    info = {
+        "source": data.source, "split": data.split, "fingerprint": data_fingerprint, "rows_total": total,
+        "rows_evaluated": len(rows), "limit": limit, "seed": seed, "text_column": data.text_column,
+        "label_column": label_column, "labelled": labels is not None, "note": note,
+        "truncation_rate": encoded.truncation_rate, "max_length": spec.max_length,
+    }
+    return EvalData(encoded, labels, classes, rows, info)
+
+
+# -- running -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EngineOutputs:
+    """Per-row outputs of one engine, in row order: ``logits`` (N, C) and/or ``embedding`` (N, D)."""
+
+    logits: np.ndarray | None
+    embedding: np.ndarray | None
+
+    def __len__(self) -> int:
+        for values in (self.logits, self.embedding):
+            if values is not None:
+                return len(values)
+        return 0
+
+    def subset(self, index: Sequence[int] | np.ndarray) -> EngineOutputs:
+        index = np.asarray(index, dtype=np.int64)
+        return EngineOutputs(None if self.logits is None else self.logits[index],
+                             None if self.embedding is None else self.embedding[index])
+
+
+def pool_tokens(states: np.ndarray, mask: np.ndarray, pooling: str) -> np.ndarray:
+    """(B, T, D) token states → (B, D): ``mean`` over real tokens (``mask`` (B, T) bool) or ``cls`` (first token)."""
+    if pooling == "cls":
+        return np.asarray(states[:, 0, :], dtype=np.float32)
+    m = mask[:, : states.shape[1], None].astype(np.float32)
+    return (np.sum(states * m, axis=1) / np.maximum(m.sum(axis=1), 1.0)).astype(np.float32)
+
+
+def run_engine(engine, encoded: Encoded, input_dtypes: Mapping[str, type], roles: OutputRoles, *,
+               batch_size: int, progress: ProgressFn | None = None, start: float = 0.0,
+               span: float = 1.0) -> EngineOutputs:
+    """Run ``engine`` over ``encoded`` in length-bucketed batches; keep the outputs ``roles`` name.
+
+    Token states (B, T, D) named as the embedding are pooled per batch with the attention mask as
+    ``roles.pooling`` says, so nothing of size N × T × D is ever held.
+    """
+    names = list(roles.names)
+    n = len(encoded)
+    out: dict[str, np.ndarray] = {}
+    done = 0
+    for batch in iter_batches(encoded, input_dtypes, batch_size):
+        values = engine.run(batch.feeds, names)
+        for name in names:
+            v = np.asarray(values[name])
+            if name == roles.embedding and roles.pooling != "none":
+                v = pool_tokens(v, batch.mask, roles.pooling)
+            if name not in out:
+                out[name] = np.zeros((n, *v.shape[1:]), dtype=np.float32)
+            out[name][batch.rows] = v
+        done += len(batch.rows)
+        if progress is not None:
+            progress(start + span * done / max(n, 1), f"{done}/{n} texts")
+    return EngineOutputs(out.get(roles.logits) if roles.logits else None,
+                         out.get(roles.embedding) if roles.embedding else None)
+
+
+# -- comparing ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """FP32-vs-INT8 metrics overall and per length bucket.
+
+    ``overall`` and each of ``buckets`` hold the group's numbers (``n``; ``agreement`` for
+    classifiers; ``embedding_cosine``; ``fp32``/``int8``/``accuracy_drop_points``/``accuracy_diff_ci``
+    when labelled). ``row_cosine`` (N,) is the per-text embedding cosine (not part of the JSON).
+    """
+
+    kind: str  # CLASSIFIER or EMBEDDING
+    edges: tuple[int, ...]
+    overall: dict
+    buckets: tuple[dict, ...]
+    row_cosine: np.ndarray | None = field(default=None, compare=False)
+
+    def to_dict(self) -> dict:
+        """The ``metrics`` block of ``evaluation.json``."""
+        return {"kind": self.kind, "edges": list(self.edges), "overall": self.overall, "buckets": list(self.buckets)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Metrics:
+        """Read a ``metrics`` block, including those written before ``kind`` was recorded (classifiers)."""
+        kind = data.get("kind") or (CLASSIFIER if "agreement" in data["overall"] else EMBEDDING)
+        return cls(kind, tuple(data.get("edges") or ()), dict(data["overall"]), tuple(data["buckets"]))
+
+    @property
+    def n(self) -> int:
+        return int(self.overall["n"])
+
+    @property
+    def labelled(self) -> bool:
+        return "fp32" in self.overall
+
+    @property
+    def top1_agreement(self) -> float | None:
+        return (self.overall.get("agreement") or {}).get("top1_agreement")
+
+    @property
+    def kl_softmax(self) -> float | None:
+        return (self.overall.get("agreement") or {}).get("kl_softmax")
+
+    @property
+    def accuracy_fp32(self) -> float | None:
+        return (self.overall.get("fp32") or {}).get("accuracy")
+
+    @property
+    def accuracy_int8(self) -> float | None:
+        return (self.overall.get("int8") or {}).get("accuracy")
+
+    @property
+    def accuracy_drop_points(self) -> float | None:
+        return self.overall.get("accuracy_drop_points")
+
+    @property
+    def embedding_cosine(self) -> float | None:
+        """Mean per-text embedding cosine FP32 vs INT8 (None without an embedding output)."""
+        return (self.overall.get("embedding_cosine") or {}).get("mean")
+
+    def headline(self) -> dict:
+        """The flat numbers budgets are checked on (sensitivity, run listings)."""
+        out: dict[str, Any] = {}
+        if "agreement" in self.overall:
+            out.update(top1_agreement=self.top1_agreement, kl_softmax=self.kl_softmax)
+        out["accuracy_drop_points"] = self.accuracy_drop_points
+        if self.labelled:
+            out.update(accuracy_fp32=self.accuracy_fp32, accuracy_int8=self.accuracy_int8)
+        if "embedding_cosine" in self.overall:
+            out["embedding_cosine"] = self.embedding_cosine
+        return out
+
+    def worst_bucket(self) -> dict | None:
+        """The length bucket that fares worst (largest accuracy drop, else lowest agreement, else lowest
+        cosine), or None when there is nothing to single out: fewer than two non-empty buckets, or
+        every bucket scores the same."""
+        rows = [b for b in self.buckets if b["n"]]
+        if self.labelled:
+            key, name, worst = (lambda b: b["accuracy_drop_points"]), "accuracy_drop_points", max
+        elif "agreement" in self.overall:
+            key, name, worst = (lambda b: b["agreement"]["top1_agreement"]), "top1_agreement", min
+        else:
+            key, name, worst = (lambda b: b["embedding_cosine"]["mean"]), "embedding_cosine", min
+        values = [key(b) for b in rows]
+        if len(rows) < 2 or max(values) - min(values) <= 1e-12:
+            return None
+        b = worst(rows, key=key)
+        return {"bucket": b["bucket"], "n": b["n"], name: key(b)}
+
+
+def compare(fp32: EngineOutputs, int8: EngineOutputs, data: EvalData, *, edges: Sequence[int] = DEFAULT_EDGES,
+            n_resamples: int = 1000, seed: int = 0) -> Metrics:
+    """Bucketed FP32-vs-INT8 metrics: agreement/KL and task metrics on the logits (when labelled),
+    plus the per-text embedding cosine when both sides have an embedding."""
+    if fp32.logits is None or int8.logits is None:
+        raise InputError("the model has no logits output to compare; name it with --logits-output")
+    cos = None
+    if fp32.embedding is not None and int8.embedding is not None:
+        cos = row_cosine(fp32.embedding, int8.embedding)
+    block = bucketed_comparison(fp32.logits, int8.logits, data.labels, data.lengths, fp32.logits.shape[1],
+                                edges=edges, embedding_cosine=cos, n_resamples=n_resamples, seed=seed)
+    return Metrics(CLASSIFIER, tuple(block["edges"]), block["overall"], tuple(block["buckets"]), cos)

@@ -1,0 +1,118 @@
+"""The evaluation core (calib.evaluation) and artifacts written by earlier versions."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tinymodel
+
+from calib.errors import InputError
+
+FIXTURES = Path(__file__).parent / "fixtures" / "v1"  # written by the version before calib.evaluation existed
+
+
+def test_artifacts_of_the_previous_version_still_load(tmp_path):
+    from calib.evaluation import CLASSIFIER
+    from calib.report import Report, ReportConfig, make_report
+    from calib.sensitivity import SensitivityResult
+    from calib.validate import Evaluation
+
+    ev = Evaluation.load(FIXTURES / "validate")
+    m = ev.metrics
+    assert m.kind == CLASSIFIER and m.n == 40 and m.labelled
+    assert m.top1_agreement == pytest.approx(0.925) and m.accuracy_drop_points == pytest.approx(7.5)
+    assert ev.summary()["top1_agreement"] == m.top1_agreement and ev.summary()["embedding_cosine"] == m.embedding_cosine
+    assert m.worst_bucket() == {"bucket": "0-7", "n": 11, "accuracy_drop_points": pytest.approx(27.2727, abs=1e-3)}
+    assert ev.predictions()["fp32_logits"].shape == (40, 2)
+    sens = SensitivityResult.load(FIXTURES / "sensitivity")
+    assert sens.summary()["evaluations"] == sens.data["evaluations_used"] and sens.placement().preset == "all"
+    old = Report.load(FIXTURES / "report")
+    assert old.summary()["labelled"] is True
+    # today's report stage reads the old validate and sensitivity runs
+    rep = make_report(ReportConfig(evaluations=(str(FIXTURES / "validate"),), sensitivity=str(FIXTURES / "sensitivity")),
+                      tmp_path / "r")
+    assert rep.data["headline"]["top1_agreement"] == pytest.approx(0.925)
+    assert rep.data["headline"]["accuracy_drop_points"] == old.data["headline"]["accuracy_drop_points"]
+
+
+def test_no_stage_builds_another_stages_config():
+    import calib.bench
+    import calib.sensitivity
+
+    for module in (calib.sensitivity, calib.bench):
+        source = inspect.getsource(module)
+        assert "ValidateConfig" not in source and "calib.validate" not in source
+
+
+def test_sample_rows():
+    from calib.evaluation import sample_rows
+
+    assert sample_rows(10, 0, 0).tolist() == list(range(10))
+    assert sample_rows(10, 20, 0).tolist() == list(range(10))
+    a = sample_rows(100, 10, seed=3)
+    assert len(a) == 10 and (np.diff(a) > 0).all() and a.tolist() == sample_rows(100, 10, seed=3).tolist()
+    assert sample_rows(10, 4, how="spread").tolist() == [0, 3, 6, 9]
+
+
+def test_eval_data_subset_and_engine_run(tiny_spec, tiny_csv):
+    from calib.data import DataSpec
+    from calib.engines.ort import OrtEngine, OrtSessionLoader
+    from calib.evaluation import EngineOutputs, compare, load_eval_data, run_engine
+
+    data = load_eval_data(DataSpec(str(tiny_csv)), tiny_spec, limit=50, seed=1)
+    assert len(data) == 50 and data.labels.shape == (50,) and data.classes == tinymodel.LABELS
+    assert data.info["rows_evaluated"] == 50 and data.info["labelled"]
+    part = data.subset([3, 1])
+    assert part.rows.tolist() == data.rows[[3, 1]].tolist() and part.lengths.tolist() == data.lengths[[3, 1]].tolist()
+    engine = OrtEngine(OrtSessionLoader(tiny_spec.onnx_path, threads=1))
+    out = run_engine(engine, data.encoded, tiny_spec.input_dtypes, tiny_spec.roles, batch_size=7)
+    assert isinstance(out, EngineOutputs) and out.logits.shape == (50, 2) and out.embedding.shape == (50, 16)
+    # row order is the data's, whatever the batch order: one text alone gives the same outputs
+    alone = run_engine(engine, data.encoded.subset([5]), tiny_spec.input_dtypes, tiny_spec.roles, batch_size=1)
+    np.testing.assert_allclose(alone.logits[0], out.logits[5], rtol=1e-5, atol=1e-5)
+    same = compare(out, out, data, edges=(0, 16), n_resamples=0)
+    assert same.top1_agreement == 1.0 and same.embedding_cosine == pytest.approx(1.0)
+    assert same.accuracy_drop_points == 0.0 and same.worst_bucket() is None
+    assert same.row_cosine.shape == (50,)
+    with pytest.raises(InputError, match="limit"):
+        load_eval_data(DataSpec(str(tiny_csv)), tiny_spec, limit=-1)
+
+
+def test_pool_tokens_uses_the_mask():
+    from calib.evaluation import pool_tokens
+
+    states = np.arange(2 * 3 * 2, dtype=np.float32).reshape(2, 3, 2)
+    mask = np.array([[True, True, False], [True, False, False]])
+    np.testing.assert_allclose(pool_tokens(states, mask, "mean"), [[1.0, 2.0], [6.0, 7.0]])
+    np.testing.assert_allclose(pool_tokens(states, mask, "cls"), [[0.0, 1.0], [6.0, 7.0]])
+
+
+def test_metrics_round_trip_and_worst_bucket():
+    from calib.evaluation import EngineOutputs, EvalData, Metrics, compare
+
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((40, 3))
+    noisy = logits.copy()
+    noisy[:5] = -noisy[:5]  # the 5 shortest texts change their prediction
+    lengths = np.arange(40)
+    data = EvalData(_FakeEncoded(lengths), rng.integers(0, 3, 40), ("a", "b", "c"), np.arange(40), {})
+    m = compare(EngineOutputs(logits, None), EngineOutputs(noisy, None), data, edges=(0, 10, 20), n_resamples=0)
+    again = Metrics.from_dict(m.to_dict())
+    assert again == m and again.to_dict() == m.to_dict()
+    worst = m.worst_bucket()
+    assert worst is not None and worst["bucket"] == "0-9"
+    legacy = {k: v for k, v in m.to_dict().items() if k != "kind"}
+    assert Metrics.from_dict(legacy).kind == "classifier"
+
+
+class _FakeEncoded:
+    """Only what compare() reads: the untruncated lengths."""
+
+    def __init__(self, lengths):
+        self.full_lengths = np.asarray(lengths)
+
+    def __len__(self):
+        return len(self.full_lengths)
