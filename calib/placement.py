@@ -147,3 +147,34 @@ def resolve_placement(model: onnx.ModelProto, placement: Placement) -> ResolvedP
         op_types=op_types, quantize_outputs=quantize_outputs, nodes=tuple(chosen), excluded=excluded,
         activation_tensors=tuple(tensors), unmatched_patterns=tuple(unmatched_inc + unmatched_exc),
     )
+
+
+@dataclass(frozen=True)
+class WeightedMatMul:
+    """A MatMul (or Gemm without transA) computing ``X @ W`` with a constant 2-D weight ``W`` (K, N)
+    (Gemm with ``transB``: stored as (N, K)). ``activation`` is X, whose last axis is the K channels."""
+
+    node: str
+    activation: str
+    weight: str
+    transposed: bool = False  # Gemm transB=1: W is stored (N, K)
+
+
+def weighted_matmuls(model: onnx.ModelProto) -> dict[str, list[WeightedMatMul]]:
+    """Activation tensor -> the weighted MatMul/Gemm nodes that read it as X, in graph order.
+
+    Only 2-D initializer weights count (attention's activation x activation MatMuls do not)."""
+    ensure_node_names(model)
+    weights = {t.name: tuple(t.dims) for t in model.graph.initializer}
+    out: dict[str, list[WeightedMatMul]] = {}
+    for node in model.graph.node:
+        if node.op_type not in ("MatMul", "Gemm") or len(node.input) < 2:
+            continue
+        x, w = node.input[0], node.input[1]
+        if x in weights or len(weights.get(w, ())) != 2:
+            continue
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type == "Gemm" and attrs.get("transA", 0):
+            continue
+        out.setdefault(x, []).append(WeightedMatMul(node.name, x, w, bool(attrs.get("transB", 0))))
+    return out

@@ -6,6 +6,12 @@ calibration set: memory is at most two batches of activations (one accumulated w
 the next; one when a batch's activations exceed ``StatsConfig.overlap_max_mb``) plus ``bins`` counters
 per tensor.
 
+For every tensor that is the input X of a weighted MatMul (``X @ W``, W a constant matrix) the same
+pass also keeps :class:`ChannelStats`: per-channel ``max |X_j|`` and mean over real positions, and a
+uniform reservoir sample of ``sample_rows`` token vectors (default 512) — fixed memory, ``K`` floats
+plus ``sample_rows x K`` per tensor. Outlier migration (``calib.smooth``), the error-driven range
+choice and bias correction read them; no second pass over the calibration set is needed.
+
 Histogram modes (``StatsConfig.histogram``):
 
 - ``stream`` (default, one model pass): each tensor's histogram covers ``[0, R)`` where ``R`` is the
@@ -44,6 +50,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -57,7 +64,7 @@ from calib.engines.ort import default_threads
 from calib.errors import InputError
 from calib.io import atomic_save_npz, atomic_write_json, read_json, sha256_file
 from calib.model import ModelSpec, read_onnx
-from calib.placement import Placement, _float_tensors, ensure_node_names, resolve_placement
+from calib.placement import Placement, _float_tensors, ensure_node_names, resolve_placement, weighted_matmuls
 
 ProgressFn = Callable[[float, str], None]
 
@@ -90,6 +97,10 @@ class StatsConfig:
     # runs, split over `threads` threads, so only one of them is alive at a time.
     overlap: bool = True
     overlap_max_mb: float = 192.0
+    # Per-channel absmax / mean and a uniform sample of token vectors for the inputs of weighted
+    # MatMuls (K floats each + sample_rows x K); 0 rows keeps no sample.
+    channel_stats: bool = True
+    sample_rows: int = 512
 
 
 @dataclass(frozen=True, eq=False)
@@ -108,6 +119,7 @@ class TensorStats:
     max: float  # over finite values; -inf when none
     hist: np.ndarray  # (bins,) int64
     hist_range: float  # upper edge R of the histogram (0 when every finite value was 0)
+    channels: ChannelStats | None = None  # inputs of weighted MatMuls only (see ChannelStats)
 
     @property
     def absmax(self) -> float:
@@ -130,6 +142,24 @@ class TensorStats:
 
 
 @dataclass(frozen=True, eq=False)
+class ChannelStats:
+    """Per-channel statistics of a weighted MatMul's input X (..., K), over real positions only, from
+    the same pass as the histograms: ``absmax[j] = max |X[..., j]|`` and ``mean[j]`` (float64, shape
+    (K,)), over ``rows`` token vectors; ``sample``: up to ``StatsConfig.sample_rows`` of those vectors
+    drawn uniformly at random (reservoir, fixed seed), float32 (n, K), for error measurements at the
+    MatMul's output (outlier migration, range choice, bias correction)."""
+
+    absmax: np.ndarray
+    mean: np.ndarray
+    rows: int
+    sample: np.ndarray
+
+    @property
+    def size(self) -> int:
+        return len(self.absmax)
+
+
+@dataclass(frozen=True, eq=False)
 class ActivationStats:
     """Per-tensor statistics from one calibration pass, in graph order."""
 
@@ -142,6 +172,7 @@ class ActivationStats:
     batches: int
     seconds: float
     skipped: dict[str, str] = field(default_factory=dict)  # tensor -> why no statistics
+    has_channels: bool = True  # False: written before per-channel statistics existed
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -156,6 +187,18 @@ class ActivationStats:
     def __len__(self) -> int:
         return len(self.tensors)
 
+    def channels(self, name: str, *, recompute: str = "calib calibrate --calibration-set <calibration set>") -> ChannelStats:
+        """Per-channel statistics of ``name``; a one-line InputError naming ``recompute`` (the command
+        that writes them) when this run predates them or the tensor is not a weighted MatMul input."""
+        if not self.has_channels:
+            raise InputError(f"these statistics have no per-channel input statistics (written by an older calib); "
+                             f"recompute them with: {recompute}")
+        stats = self[name]
+        if stats.channels is None:
+            raise InputError(f"no per-channel statistics for tensor {name!r}: it is not the input of a weighted "
+                             f"MatMul in the calibrated graph; recompute with: {recompute}")
+        return stats.channels
+
     def summary(self) -> dict[str, object]:
         return {
             "tensors": len(self.tensors), "texts": self.texts, "tokens": self.tokens,
@@ -163,6 +206,7 @@ class ActivationStats:
             "seconds": round(self.seconds, 3),
             "nonfinite_tensors": sum(1 for t in self.tensors if t.nonfinite),
             "zero_range_tensors": sum(1 for t in self.tensors if t.absmax == 0),
+            "channel_tensors": sum(1 for t in self.tensors if t.channels is not None),
         }
 
     def save(self, directory: str | Path) -> Path:
@@ -180,15 +224,18 @@ class ActivationStats:
             nan=np.array([t.nan for t in self.tensors], np.int64),
             posinf=np.array([t.posinf for t in self.tensors], np.int64),
             neginf=np.array([t.neginf for t in self.tensors], np.int64),
+            **_pack_channels(self.tensors),
         )
         meta = {
             "model_sha256": self.model_sha256, "bins": self.bins, "histogram": self.histogram,
             "texts": self.texts, "tokens": self.tokens, "batches": self.batches, "seconds": self.seconds,
-            "skipped": self.skipped,
+            "skipped": self.skipped, "has_channels": self.has_channels,
             "tensors": [
                 {"name": t.name, "producer": t.producer, "op_type": t.op_type, "axis_roles": list(t.axis_roles),
                  "count": t.count, "nan": t.nan, "posinf": t.posinf, "neginf": t.neginf,
-                 "min": t.min if t.count else None, "max": t.max if t.count else None, "absmax": t.absmax}
+                 "min": t.min if t.count else None, "max": t.max if t.count else None, "absmax": t.absmax,
+                 **({"channels": t.channels.size, "channel_rows": t.channels.rows,
+                     "sample_rows": len(t.channels.sample)} if t.channels is not None else {})}
                 for t in self.tensors
             ],
         }
@@ -203,18 +250,51 @@ class ActivationStats:
         meta = read_json(directory / META_FILE)
         with np.load(directory / STATS_FILE) as arrays:
             data = {k: arrays[k] for k in arrays.files}
+        has_channels = bool(meta.get("has_channels", False)) and "channel_offsets" in data
+        channels = _unpack_channels(data, meta["tensors"]) if has_channels else [None] * len(meta["tensors"])
         tensors = tuple(
             TensorStats(
                 name=m["name"], producer=m["producer"], op_type=m["op_type"], axis_roles=tuple(m["axis_roles"]),
                 count=int(data["count"][i]), nan=int(data["nan"][i]), posinf=int(data["posinf"][i]),
                 neginf=int(data["neginf"][i]), min=float(data["min"][i]), max=float(data["max"][i]),
-                hist=data["hist"][i], hist_range=float(data["hist_range"][i]),
+                hist=data["hist"][i], hist_range=float(data["hist_range"][i]), channels=channels[i],
             )
             for i, m in enumerate(meta["tensors"])
         )
         return cls(model_sha256=meta["model_sha256"], tensors=tensors, bins=int(meta["bins"]),
                    histogram=meta["histogram"], texts=int(meta["texts"]), tokens=int(meta["tokens"]),
-                   batches=int(meta["batches"]), seconds=float(meta["seconds"]), skipped=dict(meta["skipped"]))
+                   batches=int(meta["batches"]), seconds=float(meta["seconds"]), skipped=dict(meta["skipped"]),
+                   has_channels=has_channels)
+
+
+def _pack_channels(tensors: Sequence[TensorStats]) -> dict[str, np.ndarray]:
+    """Ragged per-channel arrays as flat arrays + offsets (tensors without channel stats: empty)."""
+    chans = [t.channels for t in tensors]
+    sizes = [c.size if c is not None else 0 for c in chans]
+    samples = [c.sample.reshape(-1) if c is not None else np.zeros(0, np.float32) for c in chans]
+    return {
+        "channel_offsets": np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
+        "channel_absmax": np.concatenate([c.absmax for c in chans if c is not None] or [np.zeros(0)]),
+        "channel_mean": np.concatenate([c.mean for c in chans if c is not None] or [np.zeros(0)]),
+        "channel_rows": np.array([c.rows if c is not None else 0 for c in chans], np.int64),
+        "sample_offsets": np.concatenate([[0], np.cumsum([len(x) for x in samples])]).astype(np.int64),
+        "samples": np.concatenate(samples).astype(np.float32) if samples else np.zeros(0, np.float32),
+    }
+
+
+def _unpack_channels(data: Mapping[str, np.ndarray], metas: Sequence[Mapping]) -> list[ChannelStats | None]:
+    out: list[ChannelStats | None] = []
+    co, so = data["channel_offsets"], data["sample_offsets"]
+    for i, m in enumerate(metas):
+        k = int(co[i + 1] - co[i])
+        if not k or "channels" not in m:
+            out.append(None)
+            continue
+        sample = data["samples"][so[i] : so[i + 1]].reshape(-1, k)
+        out.append(ChannelStats(absmax=data["channel_absmax"][co[i] : co[i + 1]],
+                                mean=data["channel_mean"][co[i] : co[i + 1]], rows=int(data["channel_rows"][i]),
+                                sample=sample))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -552,10 +632,75 @@ class _Accumulator:
                 self.hist[: len(merged)] = merged
         self.range = new_range
 
-    def result(self, name: str, producer: str, op_type: str, roles: tuple[str, ...]) -> TensorStats:
+    def result(self, name: str, producer: str, op_type: str, roles: tuple[str, ...],
+               channels: ChannelStats | None = None) -> TensorStats:
         return TensorStats(name=name, producer=producer, op_type=op_type, axis_roles=roles, count=self.count,
                            nan=self.nan, posinf=self.posinf, neginf=self.neginf, min=self.min, max=self.max,
-                           hist=self.hist.copy(), hist_range=float(self.range))
+                           hist=self.hist.copy(), hist_range=float(self.range), channels=channels)
+
+
+class _ChannelAccumulator:
+    """Per-channel absmax and sum of a (rows, K) stream, plus a uniform reservoir sample of rows:
+    each row gets a random key and the ``cap`` smallest keys seen so far are kept, so the sample is
+    uniform over all rows whatever the batch sizes, and deterministic for a fixed seed and order."""
+
+    __slots__ = ("cap", "keys", "maximum", "minimum", "rng", "rows", "sample", "total")
+
+    def __init__(self, size: int, cap: int, seed: int) -> None:
+        self.maximum = np.full(size, -np.inf, np.float32)
+        self.minimum = np.full(size, np.inf, np.float32)
+        self.total = np.zeros(size, np.float64)
+        self.rows = 0
+        self.cap = cap
+        self.rng = np.random.default_rng(seed)
+        self.sample = np.zeros((0, size), np.float32)
+        self.keys = np.zeros(0)
+
+    def add(self, rows: np.ndarray) -> None:
+        """Accumulate real-position token vectors, shape (n, K); non-finite entries count as 0."""
+        if not rows.size:
+            return
+        high, low = rows.max(axis=0), rows.min(axis=0)
+        if not (np.isfinite(high).all() and np.isfinite(low).all()):  # NaN propagates into max/min
+            rows = np.where(np.isfinite(rows), rows, np.float32(0))
+            high, low = rows.max(axis=0), rows.min(axis=0)
+        np.maximum(self.maximum, high, out=self.maximum)
+        np.minimum(self.minimum, low, out=self.minimum)
+        self.total += rows.sum(axis=0)  # float32 within a batch, float64 across batches
+        self.rows += len(rows)
+        if not self.cap:
+            return
+        keys = self.rng.random(len(rows))
+        if len(keys) > self.cap:
+            pick = np.argpartition(keys, self.cap)[: self.cap]
+            keys, rows = keys[pick], rows[pick]
+        keys = np.concatenate([self.keys, keys])
+        if len(keys) > self.cap:
+            keep = np.argpartition(keys, self.cap)[: self.cap]
+            self.sample = np.concatenate([self.sample, rows])[keep]
+            self.keys = keys[keep]
+        else:
+            self.sample = np.concatenate([self.sample, rows])
+            self.keys = keys
+
+    def result(self) -> ChannelStats:
+        absmax = np.maximum(self.maximum, -self.minimum).astype(np.float64) if self.rows else np.zeros(len(self.total))
+        order = np.argsort(self.keys, kind="stable")  # a canonical row order
+        return ChannelStats(absmax=absmax, mean=self.total / max(self.rows, 1), rows=self.rows,
+                            sample=np.ascontiguousarray(self.sample[order]))
+
+
+def _channel_rows(value: np.ndarray, real: Sequence[np.ndarray], roles: Sequence[str], rows: _Rows) -> list[np.ndarray]:
+    """The real positions of ``value`` (..., K) as (n, K) token vectors: the sliced real views of
+    :func:`_split_positions` reshaped, or (boolean path) the rows kept by the position mask."""
+    k = value.shape[-1]
+    if all(v.ndim >= 2 and v.shape[-1] == k for v in real):
+        return [v.reshape(-1, k) for v in real]
+    keep = position_mask(roles, rows.mask)
+    if keep is None:
+        return [value.reshape(-1, k)]
+    keep = np.broadcast_to(keep, value.shape)[..., 0]
+    return [value[keep]]
 
 
 def _input_dtypes(model: onnx.ModelProto) -> dict[str, type]:
@@ -726,6 +871,13 @@ def collect_statistics(
         raise InputError(f"model {onnx_path.name} does not run on dynamic (batch, sequence) feeds: {first}") from exc
     roles = {n: classify_axes(a.shape, b.shape) for n, a, b in zip(names, *probes)}
     layouts = {n: _layout(roles[n]) for n in names}
+    if cfg.sample_rows < 0:
+        raise InputError(f"sample rows must be >= 0, got {cfg.sample_rows}")
+    weighted = weighted_matmuls(graph) if cfg.channel_stats else {}
+    channel_sizes = {n: probes[1][i].shape[-1] for i, n in enumerate(names)
+                     if n in weighted and roles[n] and roles[n][-1] == "fixed"}
+    chans = {n: _ChannelAccumulator(k, cfg.sample_rows, seed=zlib.crc32(n.encode()) + seed)
+             for n, k in channel_sizes.items()}
     del probes
 
     passes = ["range", "histogram"] if cfg.histogram == "two-pass" else ["stream"]
@@ -755,6 +907,9 @@ def collect_statistics(
                 if count and padded:
                     accs[name].check_padding(padded, value if rows.mostly_padding else None)
                 accs[name].add_views(real, scratch, hist=hist, count=count)
+                if hist and name in chans:
+                    for block in _channel_rows(value, real, roles[name], rows):
+                        chans[name].add(block)
 
         def after(batch: Batch, pass_name=pass_name) -> None:
             if pass_name != "range":
@@ -769,9 +924,11 @@ def collect_statistics(
         _run_batches(session, names, batches, work, workers=workers, after=after,
                      overlap_max_bytes=cfg.overlap_max_mb * 2**20)
     seconds = time.perf_counter() - t0
-    results = tuple(accs[n].result(n, producers[n][0], producers[n][1], roles[n]) for n in names)
+    results = tuple(accs[n].result(n, producers[n][0], producers[n][1], roles[n],
+                                   chans[n].result() if n in chans else None) for n in names)
     return ActivationStats(model_sha256=sha, tensors=results, bins=nbins, histogram=cfg.histogram, texts=len(encoded),
-                           tokens=seen["tokens"], batches=seen["batches"], seconds=seconds, skipped=skipped)
+                           tokens=seen["tokens"], batches=seen["batches"], seconds=seconds, skipped=skipped,
+                           has_channels=cfg.channel_stats)
 
 
 def acc_range(acc: _Accumulator) -> float:

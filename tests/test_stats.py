@@ -8,8 +8,8 @@ import pytest
 import tinymodel
 
 from calib.batching import encode
-from calib.methods import compute_ranges
 from calib.errors import InputError
+from calib.methods import compute_ranges
 from calib.model import load_tokenizer
 from calib.stats import (
     ActivationStats,
