@@ -71,7 +71,7 @@ def test_channel_stats_only_for_weighted_matmul_inputs_and_independent_of_order(
     shuffled = collect_statistics(tiny_spec, encoded, [LN], config=StatsConfig(batch_size=7, sample_rows=40),
                                   order="shuffle", seed=3)
     np.testing.assert_array_equal(shuffled.channels(LN).absmax, stats.channels(LN).absmax)
-    np.testing.assert_allclose(shuffled.channels(LN).mean, stats.channels(LN).mean, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(shuffled.channels(LN).mean, stats.channels(LN).mean, rtol=1e-5, atol=1e-6)
     again = collect_statistics(tiny_spec, encoded, [LN], config=StatsConfig(batch_size=16, sample_rows=40))
     np.testing.assert_array_equal(again.channels(LN).sample, stats.channels(LN).sample)  # deterministic
 
