@@ -88,15 +88,34 @@ class AssembleConfig:
 
 
 def parse_target(text: str | None) -> tuple[str, str | None, str | None]:
-    """``pool`` | ``eval`` | ``eval:SPLIT`` | ``dataset:SRC`` | ``lengths:FILE`` -> (kind, source, split)."""
+    """``pool`` | ``eval[:SPLIT]`` | ``dataset:SOURCE[:SPLIT]`` | ``lengths:FILE`` -> (kind, source, split).
+
+    A dataset source may itself hold a colon (``demo:bbc-topic``), so ``dataset:demo:bbc-topic:eval``
+    is source ``demo:bbc-topic``, split ``eval``; an existing file or folder is never split.
+    """
     if not text or text == "pool":
         return "pool", None, None
     kind, _, rest = text.partition(":")
     if kind == "eval":
         return "eval", None, rest or None
-    if kind in ("dataset", "lengths") and rest:
+    if kind == "dataset" and rest:
+        source, split = _source_and_split(rest)
+        if source:
+            return kind, source, split
+    if kind == "lengths" and rest:
         return kind, rest, None
-    raise InputError(f"target {text!r}: use eval, eval:SPLIT, dataset:SOURCE, lengths:FILE or pool")
+    raise InputError(f"target {text!r}: use eval, eval:SPLIT, dataset:SOURCE, dataset:SOURCE:SPLIT, lengths:FILE or pool")
+
+
+def _source_and_split(text: str) -> tuple[str, str | None]:
+    """``SOURCE[:SPLIT]`` -> (source, split); ``demo:TASK`` counts as one source."""
+    if Path(text).expanduser().exists():
+        return text, None
+    if text.startswith("demo:"):
+        task, _, split = text[len("demo:"):].partition(":")
+        return f"demo:{task}", split or None
+    source, sep, split = text.rpartition(":")
+    return (source, split or None) if sep else (text, None)
 
 
 def _check_config(config: AssembleConfig) -> tuple[int, ...]:
@@ -181,7 +200,13 @@ def assemble(config: AssembleConfig, out_dir: Path, *, progress: ProgressFn | No
         raise InputError(f"requested {config.size} texts but {data.describe()} has only {len(rows)}; "
                          "lower the size or choose shortfall 'replace' to sample with replacement")
     target_spec = config.target_spec()
-    target_rows = load_rows(target_spec) if target_spec is not None else None
+    try:
+        target_rows = load_rows(target_spec) if target_spec is not None else None
+    except InputError as exc:
+        if config.target_kind == "dataset" and config.target_split is None and "name one with --split" in str(exc):
+            raise InputError(str(exc).replace("name one with --split",
+                                              f"name the target's one as dataset:{config.target_source}:SPLIT")) from exc
+        raise
     if config.target_kind == "eval" and target_rows is not None:
         from calib.data import fingerprint
 

@@ -38,6 +38,8 @@ ProgressFn = Callable[[float, str], None]
 
 DEFAULT_WORKSPACE_ENV = "CALIB_WORKSPACE"
 STATUSES = ("running", "finished", "failed", "interrupted")
+LATEST = "latest"
+"""Run reference keyword: the newest finished run of the stage asked for (``latest:LABEL`` filters by label)."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -318,12 +320,45 @@ class Workspace:
                 bad.append(art.path)
         return bad
 
+    def find_run_id(self, ref: str, stage: str | None = None) -> str:
+        """The id of the run ``ref`` names: an exact run id; ``latest`` (the newest finished run of
+        ``stage``) or ``latest:LABEL`` (the newest finished one with that label); or a unique prefix
+        of a run id (among runs of ``stage`` when there are any). One-line error otherwise."""
+        keyword, _, label = ref.partition(":")
+        with self._connect() as conn:
+            if keyword == LATEST:
+                sql, args = "SELECT id FROM runs WHERE status = 'finished'", []
+                if stage is not None:
+                    sql, args = sql + " AND stage = ?", [stage]
+                if label:
+                    sql, args = sql + " AND label = ?", [*args, label]
+                row = conn.execute(sql + " ORDER BY created_at DESC, rowid DESC LIMIT 1", args).fetchone()
+                if row is None:
+                    what = " ".join(filter(None, ["finished", stage, "run"]))
+                    raise WorkspaceError(f"no {what}{f' labelled {label!r}' if label else ''} in workspace {self.root}")
+                return row[0]
+            if conn.execute("SELECT 1 FROM runs WHERE id = ?", (ref,)).fetchone() is not None:
+                return ref
+            found = conn.execute("SELECT id, stage FROM runs WHERE substr(id, 1, ?) = ? ORDER BY created_at DESC",
+                                 (len(ref), ref)).fetchall()
+        if stage is not None and any(s == stage for _, s in found):
+            found = [(i, s) for i, s in found if s == stage]
+        if not found:
+            raise WorkspaceError(f"no run {ref!r} in workspace {self.root} (give a run id, a unique id prefix, "
+                                 f"{LATEST} or {LATEST}:LABEL)")
+        if len(found) > 1:
+            names = ", ".join(i for i, _ in found[:8]) + (f" and {len(found) - 8} more" if len(found) > 8 else "")
+            raise WorkspaceError(f"run prefix {ref!r} is ambiguous: {names}")
+        return found[0][0]
+
     def resolve_run(self, ref: str | Path, stage: str | None = None) -> Path:
-        """A run folder from a run id, or a path given directly (for artifacts outside the workspace)."""
+        """A run folder from a run reference (see :meth:`find_run_id`), or a path given directly (for
+        artifacts outside the workspace). ``latest`` is always the keyword; write ``./latest`` for a folder."""
         path = Path(ref)
-        if path.exists():
+        if path.exists() and str(ref).partition(":")[0] != LATEST:
             return path
-        run = self.get_run(str(ref))
+        ref = self.find_run_id(str(ref), stage)
+        run = self.get_run(ref)
         if stage is not None and run.stage != stage:
             raise WorkspaceError(f"run {ref} is a {run.stage!r} run, expected a {stage!r} run")
         if run.status != "finished":

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from calib.cli import main as cli_main
 from calib.workspace import Workspace
 
@@ -23,3 +26,204 @@ def test_runs_list_shows_each_runs_headline_figure(workspace, capsys):
     assert "drop +0.40 pts, agreement 98.13 %" in lines[val]
     assert "128 texts, KS 0.0312, 1 warning" in lines[cs]
     assert "0.40000000000000036" not in out and " done" not in out
+
+
+# -- run references: latest, latest:LABEL, unique prefixes -------------------------------------------
+
+def test_find_run_id_latest_label_and_prefixes(workspace):
+    import pytest
+
+    from calib.errors import WorkspaceError
+
+    first = _finished(workspace, "calibrate", {}, label="nightly")
+    second = _finished(workspace, "calibrate", {})
+    build = _finished(workspace, "build", {})
+    with pytest.raises(RuntimeError), workspace.start_run("calibrate", {}) as ctx:
+        raise RuntimeError("boom")
+    assert workspace.find_run_id("latest", "calibrate") == second  # the failed one is never "latest"
+    assert workspace.find_run_id("latest:nightly", "calibrate") == first
+    assert workspace.find_run_id("latest") == build
+    assert workspace.find_run_id(second, "calibrate") == second
+    assert workspace.find_run_id(build[:-2], "build") == build
+    assert workspace.find_run_id("b", "build") == build  # prefix shared with no other build run
+    with pytest.raises(WorkspaceError, match="ambiguous: ") as err:
+        workspace.find_run_id("calibrate-", "calibrate")
+    assert first in str(err.value) and second in str(err.value) and ctx.id in str(err.value)
+    assert "\n" not in str(err.value)
+    with pytest.raises(WorkspaceError, match="no finished build run labelled 'weekly'"):
+        workspace.find_run_id("latest:weekly", "build")
+    with pytest.raises(WorkspaceError, match="unique id prefix"):
+        workspace.find_run_id("zzz", "build")
+    assert workspace.resolve_run("latest:nightly", "calibrate") == workspace.run_dir(first)
+    with pytest.raises(WorkspaceError, match="is failed, not finished"):
+        workspace.resolve_run(ctx.id, "calibrate")
+    with pytest.raises(WorkspaceError, match="is a 'build' run, expected a 'calibrate' run"):
+        workspace.resolve_run(build[:12], "calibrate")
+
+
+# -- the whole pipeline scripted: latest / prefixes, --json on every stage, exit codes ------------------
+
+def _json_run(capsys, argv: list[str], code: int = 0) -> dict:
+    import json
+
+    assert cli_main(argv) == code
+    out = capsys.readouterr().out
+    payload = json.loads(out)  # exactly one JSON object on stdout, nothing else
+    for path in payload.get("outputs", {}).values():
+        assert Path(path).exists(), path
+    for path in payload.get("artifacts", []):
+        assert Path(path).is_file(), path
+    return payload
+
+
+def test_scripted_pipeline_with_latest_prefixes_and_json(tiny_spec, tiny_csv, workspace, capsys):
+    ws = ["--workspace", str(workspace.root)]
+    model = ["--model", str(tiny_spec.onnx_path), "--tokenizer", str(tiny_spec.tokenizer_dir), "--max-length", "64"]
+    cs = _json_run(capsys, ws + ["assemble", *model, "--data", str(tiny_csv), "--size", "32", "--label", "rel",
+                                 "--json"])
+    assert cs["stage"] == "calibset" and cs["label"] == "rel" and cs["summary"]["size"] == 32
+    assert Path(cs["outputs"]["manifest"]).name == "manifest.json"
+
+    cal = _json_run(capsys, ws + ["calibrate", "--calibration-set", "latest:rel", "--method", "minmax", "entropy",
+                                  "--json"])
+    assert cal["parents"] == [cs["run"]]  # the resolved id is the lineage, not the word "latest"
+    assert set(cal["outputs"]) >= {"ranges_minmax", "cache_entropy", "record"}
+    assert cal["cache_headers"]["entropy"].startswith("TRT-")
+
+    eng = _json_run(capsys, ws + ["build", "--calibration", cal["run"][:-3], "--method", "minmax",
+                                  "--profile", "1", "8", "16", "8", "32", "64", "--json"])
+    assert eng["parents"] == [cal["run"]] and eng["summary"]["method"] == "minmax"
+    assert Path(eng["outputs"]["trtexec_script"]).name == "trtexec.sh"
+
+    val = _json_run(capsys, ws + ["validate", "--engine", "latest", *model, "--data", str(tiny_csv), "--labels",
+                                  "neg,pos", "--limit", "40", "--bootstrap", "50", "--no-layers", "--json"])
+    assert val["parents"] == [eng["run"]]
+    assert {"accuracy_drop_points", "top1_agreement"} <= set(val["summary"])
+    assert "evaluation" in val["outputs"]
+
+    rep = _json_run(capsys, ws + ["report", "latest", "--json"])
+    assert rep["parents"] == [val["run"]] and Path(rep["outputs"]["report_html"]).is_file()
+
+    gate = _json_run(capsys, ws + ["gate", "latest", "--max-drop", "100", "--min-agreement", "0", "--json"])
+    assert gate["passed"] is True and gate["checks"]
+    gate = _json_run(capsys, ws + ["gate", rep["run"][:-2], "--min-agreement", "1.01", "--json"], code=1)
+    assert gate["passed"] is False and gate["reason"].startswith("FAIL")
+
+    assert cli_main(ws + ["ranges", "diff", "latest:minmax", "latest:rel:entropy"]) == 2  # no such label
+    assert "no finished calibrate run labelled 'rel'" in capsys.readouterr().err
+    assert cli_main(ws + ["ranges", "diff", "latest:minmax", "latest:entropy"]) == 0
+    assert "A: minmax" in capsys.readouterr().out
+    assert cli_main(ws + ["runs", "show", "latest:rel"]) == 0
+    assert cs["run"] in capsys.readouterr().out
+
+
+def test_build_json_without_tensorrt_exits_3_with_one_json_object(tiny_spec, workspace, tmp_path, capsys):
+    import json
+
+    import tinymodel
+    from absmax import absmax_ranges
+
+    from calib.ranges import Ranges
+
+    amax = absmax_ranges(tiny_spec, tinymodel.make_texts(16, seed=7)[0], preset="tensorrt")
+    ranges = tmp_path / "ranges.json"
+    Ranges(method="minmax", params={}, model_sha256=tiny_spec.sha256, amax=amax).save(ranges)
+    code = cli_main(["--workspace", str(workspace.root), "build", "--model", str(tiny_spec.onnx_path),
+                     "--ranges", str(ranges), "--backend", "tensorrt", "--profile", "1", "8", "16", "8", "32", "64",
+                     "--json"])
+    captured = capsys.readouterr()
+    assert code == 3
+    payload = json.loads(captured.out)
+    assert payload["tensorrt_unavailable"] and "TensorRT is not usable here" in captured.err
+
+
+def test_exit_codes(workspace, capsys, monkeypatch):
+    ws = ["--workspace", str(workspace.root)]
+    assert cli_main(ws) == 2  # no command: usage
+    assert "usage" in capsys.readouterr().err
+    assert cli_main(ws + ["gate", "nope", "--max-drop", "1"]) == 2
+    assert "no run 'nope'" in capsys.readouterr().err
+    for _ in range(2):
+        _finished(workspace, "report", {})
+    assert cli_main(ws + ["gate", "report-", "--max-drop", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "ambiguous" in err and err.count("\n") == 1
+
+    import calib.cli.runs as runs_cli
+
+    def broken(args):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(runs_cli, "cmd_list", broken)
+    assert cli_main(ws + ["runs", "list"]) == 4
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "internal error (ZeroDivisionError)" in err
+
+
+def test_help_documents_exit_codes_and_run_references(capsys):
+    import pytest
+
+    from calib.cli.common import EXIT_CODES
+
+    with pytest.raises(SystemExit):
+        cli_main(["--help"])
+    out = capsys.readouterr().out
+    assert "latest:LABEL" in out and "--json" in out
+    for code, _ in EXIT_CODES:
+        assert f"\n  {code:<4} " in out
+
+
+def test_every_stage_command_has_json():
+    from calib.cli import build_parser
+
+    parser = build_parser()
+    for command in ("assemble", "calibrate", "build", "bench", "validate", "sensitivity", "report", "gate"):
+        args = parser.parse_args([command, "--json", *_required(command)])
+        assert args.json is True, command
+
+
+def _required(command: str) -> list[str]:
+    return {"calibrate": ["--calibration-set", "latest"], "build": ["--calibration", "latest"],
+            "bench": ["--engine", "latest"], "validate": ["--engine", "latest"], "sensitivity": ["--ranges", "latest"],
+            "report": ["latest"], "gate": ["latest"]}.get(command, [])
+
+
+def test_target_names_its_split(tmp_path, tiny_spec, tiny_csv, workspace, capsys):
+    import pytest
+
+    from calib.calibset import parse_target
+    from calib.errors import InputError
+
+    assert parse_target("dataset:demo:bbc-topic:eval") == ("dataset", "demo:bbc-topic", "eval")
+    assert parse_target("dataset:demo:bbc-topic") == ("dataset", "demo:bbc-topic", None)
+    assert parse_target("dataset:reviews.csv:test") == ("dataset", "reviews.csv", "test")
+    assert parse_target("dataset:user/hub-set:validation") == ("dataset", "user/hub-set", "validation")
+    odd = tmp_path / "a:b.csv"  # an existing file is never split at its colon
+    odd.write_text("text\nx\n")
+    assert parse_target(f"dataset:{odd}") == ("dataset", str(odd), None)
+    with pytest.raises(InputError, match="dataset:SOURCE:SPLIT"):
+        parse_target("dataset:")
+
+    payload = _json_run(capsys, ["--workspace", str(workspace.root), "assemble", "--model", str(tiny_spec.onnx_path),
+                                 "--tokenizer", str(tiny_spec.tokenizer_dir), "--max-length", "64", "--data",
+                                 str(tiny_csv), "--size", "16", "--target", f"dataset:{tiny_csv}:train", "--json"])
+    manifest = json.loads(Path(payload["outputs"]["manifest"]).read_text())
+    assert manifest["target"]["kind"] == "dataset" and manifest["target"]["source"] == str(tiny_csv)
+
+
+def test_multi_split_target_without_split_says_how_to_name_it(tmp_path, tiny_spec, tiny_csv, workspace, capsys):
+    import pandas as pd
+
+    import datasets
+
+    frame = pd.read_csv(tiny_csv)
+    folder = tmp_path / "two-splits"
+    datasets.DatasetDict({"dev": datasets.Dataset.from_pandas(frame[:40]),
+                          "test": datasets.Dataset.from_pandas(frame[40:80])}).save_to_disk(str(folder))
+    argv = ["--workspace", str(workspace.root), "assemble", "--model", str(tiny_spec.onnx_path), "--tokenizer",
+            str(tiny_spec.tokenizer_dir), "--max-length", "64", "--data", str(tiny_csv), "--size", "16", "--target"]
+    assert cli_main([*argv, f"dataset:{folder}"]) == 2
+    err = capsys.readouterr().err
+    assert f"name the target's one as dataset:{folder}:SPLIT" in err
+    payload = _json_run(capsys, [*argv, f"dataset:{folder}:test", "--json"])
+    assert payload["run"].startswith("calibset-")

@@ -1,8 +1,9 @@
 """The ``calib`` command line: a thin layer over the library.
 
 Each subcommand lives in its own module here and exposes ``register(subparsers)``; the handler it
-sets gets the parsed arguments and returns an exit code. Errors a user can cause
-(:class:`~calib.errors.CalibError`) print one line and exit 2.
+sets gets the parsed arguments and returns an exit code (:data:`calib.cli.common.EXIT_CODES`).
+Errors a user can cause (:class:`~calib.errors.CalibError`) print one line and exit 2, or 3 for a
+missing backend.
 """
 
 from __future__ import annotations
@@ -11,16 +12,34 @@ import argparse
 import importlib
 import importlib.util
 import sys
+import textwrap
+import traceback
 
-from calib.errors import CalibError
+from calib.cli.common import (
+    EXIT_BACKEND_UNAVAILABLE,
+    EXIT_BAD_INPUT,
+    EXIT_CODES,
+    EXIT_INTERNAL_ERROR,
+    EXIT_INTERRUPTED,
+)
+from calib.errors import BackendUnavailableError, CalibError
 
 COMMAND_MODULES = ("demo", "assemble", "calibrate", "build", "validate", "runs")
+
+_EPILOG = """run references: wherever a command takes a run id it also takes a unique prefix of one,
+`latest` (the newest finished run of the stage it needs) or `latest:LABEL` (the newest with that --label).
+Every stage command has --json: one JSON object on stdout, progress on stderr.
+
+exit status:
+""" + "\n".join(textwrap.fill(meaning, 100, initial_indent=f"  {code:<4} ", subsequent_indent=" " * 7)
+                for code, meaning in EXIT_CODES)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="calib",
         description="INT8 calibration and accuracy validation for transformer text models (TensorRT / ONNX Runtime).",
+        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--workspace", default=None,
                         help="workspace folder for runs, caches and the demo (default: $CALIB_WORKSPACE or ./workspace)")
@@ -35,16 +54,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
-        parser.print_help()
-        return 1
+        parser.print_help(sys.stderr)
+        return EXIT_BAD_INPUT
     try:
         return int(args.handler(args) or 0)
+    except BackendUnavailableError as exc:
+        print(f"calib: error: {exc}", file=sys.stderr)
+        return EXIT_BACKEND_UNAVAILABLE
     except CalibError as exc:
         print(f"calib: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("calib: interrupted; finished runs are kept in the workspace", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001  (a bug: keep the traceback for the report, but a status of its own)
+        traceback.print_exc()
+        print(f"calib: internal error ({type(exc).__name__}); this is a bug in calib, please report it "
+              "with the traceback above; finished runs are kept", file=sys.stderr)
+        return EXIT_INTERNAL_ERROR
 
 
 if __name__ == "__main__":  # pragma: no cover

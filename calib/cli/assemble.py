@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from calib.cli.common import json_arg
 from calib.errors import InputError
 
 _EXAMPLES = """examples:
@@ -52,8 +53,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     how = p.add_argument_group("sampling")
     how.add_argument("--size", type=int, help="number of texts (default 128)")
     how.add_argument("--strategy", choices=("natural", "match", "uniform", "custom"), help="default natural")
-    how.add_argument("--target", help="what to match and compare against: eval[:SPLIT], dataset:SOURCE, "
-                     "lengths:FILE (CSV/JSON lengths or histogram) or pool (default; eval with --demo)")
+    how.add_argument("--target", help="what to match and compare against: eval[:SPLIT], dataset:SOURCE[:SPLIT] "
+                     "(e.g. dataset:demo:bbc-topic:eval), lengths:FILE (CSV/JSON lengths or histogram) or pool "
+                     "(default; eval with --demo)")
     how.add_argument("--weights", type=_float_list, help="bucket weights for --strategy custom, e.g. 1,1,2,2,1,0")
     how.add_argument("--stratify", action=argparse.BooleanOptionalAction, default=None,
                      help="keep the label shares of the target (within one text)")
@@ -65,7 +67,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     out.add_argument("--recipe", type=Path, help="replay a saved recipe (other options override it)")
     out.add_argument("--save-recipe", type=Path, metavar="FILE", help="save the settings as a recipe after the run")
     out.add_argument("--export-npz", type=Path, metavar="FILE", help="also write length-bucketed feed batches (.npz)")
-    out.add_argument("--label", default="", help="label for the run in the registry")
+    out.add_argument("--label", default="", help="label for the run in the registry (find it again with latest:LABEL)")
+    json_arg(out)
     p.set_defaults(handler=run)
 
 
@@ -148,18 +151,25 @@ def print_result(run_id: str, cset: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from calib.calibset import assemble, save_recipe
-    from calib.cli.common import ProgressBar, workspace_of
+    from calib.cli.common import ProgressBar, print_run_json, workspace_of
     from calib.pipeline import run_stage
 
     ws = workspace_of(args)
     config, demo = build_config(args, ws.root)
     run_id, cset = run_stage(ws, "calibset", assemble, config, label=args.label,
                              progress=ProgressBar("assemble"))
-    print_result(run_id, cset)
+    if not args.json:
+        print_result(run_id, cset)
+    outputs = {"manifest": cset.dir / "manifest.json"}
     if args.export_npz is not None:
-        path = cset.export_npz(args.export_npz, batch_size=int(cset.profile["batch"]["opt"]))
-        print(f"feed batches written to {path}")
+        outputs["feed_batches"] = cset.export_npz(args.export_npz, batch_size=int(cset.profile["batch"]["opt"]))
+        if not args.json:
+            print(f"feed batches written to {outputs['feed_batches']}")
     if args.save_recipe is not None:
         save_recipe(config, args.save_recipe, demo=demo)
-        print(f"recipe written to {args.save_recipe}")
+        outputs["recipe"] = args.save_recipe
+        if not args.json:
+            print(f"recipe written to {args.save_recipe}")
+    if args.json:
+        print_run_json(ws, run_id, outputs, warnings=list(cset.coverage.warnings), notes=list(cset.notes))
     return 0

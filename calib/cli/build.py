@@ -13,7 +13,9 @@ import dataclasses
 import sys
 from pathlib import Path
 
-EXIT_NO_TENSORRT = 3
+from calib.cli.common import EXIT_BACKEND_UNAVAILABLE, json_arg, run_folder
+
+EXIT_NO_TENSORRT = EXIT_BACKEND_UNAVAILABLE
 
 _EXAMPLES = """examples:
   calib build --calibration cal-20250101-abcd --method entropy --placement tensorrt
@@ -38,7 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--calibration", metavar="RUN_ID_OR_DIR", help="calibration run (ranges per method)")
+    src.add_argument("--calibration", metavar="RUN", help="calibration run (id, unique prefix, latest, latest:LABEL "
+                     "or folder): ranges per method")
     src.add_argument("--ranges", metavar="JSON", help="a ranges JSON file (calib.ranges format)")
     p.add_argument("--model", help="FP32 ONNX model (default: the calibration set's model)")
     p.add_argument("--method", default="entropy", help="range set of the calibration run (default entropy)")
@@ -60,6 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--trt-mode", choices=("auto", "explicit", "implicit"), default="auto",
                    help="TensorRT build: explicit (Q/DQ), implicit (FP32 + cache; <= 10.x); auto picks by version")
     p.add_argument("--label", default="", help="label for the run in the registry")
+    json_arg(p)
     p.set_defaults(handler=run_build)
 
     b = subparsers.add_parser(
@@ -67,7 +71,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Run an engine folder's FP32 and INT8 engines over an evaluation split's length mix.",
         epilog=_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    b.add_argument("--engine", required=True, metavar="RUN_ID_OR_DIR", help="engine run (calib build)")
+    b.add_argument("--engine", required=True, metavar="RUN", help="engine run (calib build): id, unique prefix, "
+                   "latest, latest:LABEL or folder")
     b.add_argument("--demo", metavar="TASK", help="use a demo task's eval split and tokenizer")
     b.add_argument("--data", help="dataset source (file, folder, demo:TASK)")
     b.add_argument("--split", default="eval")
@@ -79,6 +84,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--repeats", type=int, default=2)
     b.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: $CALIB_THREADS or all cores)")
     b.add_argument("--label", default="")
+    json_arg(b)
     b.set_defaults(handler=run_bench)
 
 
@@ -90,9 +96,7 @@ def _config(args: argparse.Namespace, ws) -> tuple:
     model = args.model or ""
     calibration_set = ""
     if args.calibration:
-        calibration = str(Path(ws.resolve_run(args.calibration, stage="calibrate")).resolve())
-        if not Path(args.calibration).exists():
-            parents.append(args.calibration)
+        calibration = str(Path(run_folder(ws, args.calibration, "calibrate", parents)).resolve())
         if not model:
             from calib.calibrate import Calibration
             from calib.calibset import CalibrationSet
@@ -100,7 +104,7 @@ def _config(args: argparse.Namespace, ws) -> tuple:
             cs_dir = Calibration.load(calibration).meta["calibration_set"]["dir"]
             model = str(CalibrationSet.load(cs_dir).model_spec().onnx_path)
     if args.calibration_set:
-        calibration_set = str(Path(ws.resolve_run(args.calibration_set, stage="calibset")).resolve())
+        calibration_set = str(Path(run_folder(ws, args.calibration_set, "calibset")).resolve())
     if not model:
         from calib.errors import InputError
 
@@ -109,9 +113,7 @@ def _config(args: argparse.Namespace, ws) -> tuple:
     if args.exclude_from:
         from calib.sensitivity import SensitivityResult, exact_pattern
 
-        sens_dir = ws.resolve_run(args.exclude_from, stage="sensitivity")
-        if not Path(args.exclude_from).exists():
-            parents.append(args.exclude_from)
+        sens_dir = run_folder(ws, args.exclude_from, "sensitivity", parents)
         exclude += [exact_pattern(n) for n in SensitivityResult.load(sens_dir).exclusions]
     config = BuildConfig(
         model=str(Path(model).resolve()), ranges=str(Path(args.ranges).resolve()) if args.ranges else "",
@@ -125,8 +127,8 @@ def _config(args: argparse.Namespace, ws) -> tuple:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from calib.build import SCRIPT_FILE, build
-    from calib.cli.common import ProgressBar, workspace_of
+    from calib.build import CACHE_FILE, ENGINE_FILE, PLAN_FILE, SCRIPT_FILE, build
+    from calib.cli.common import ProgressBar, print_run_json, workspace_of
     from calib.engines.tensorrt import tensorrt_status
     from calib.pipeline import run_stage
 
@@ -141,6 +143,28 @@ def run_build(args: argparse.Namespace) -> int:
     run_id, artifact = run_stage(ws, "build", build, config, parents=parents, label=args.label,
                                  progress=ProgressBar("build"))
     meta = artifact.meta
+    if args.json:
+        outputs = {"qdq_model": artifact.qdq_path, "trtexec_script": artifact.dir / SCRIPT_FILE,
+                   "record": artifact.dir / ENGINE_FILE}
+        for key, name in (("calibration_cache", CACHE_FILE), ("tensorrt_plan", PLAN_FILE)):
+            if (artifact.dir / name).is_file():
+                outputs[key] = artifact.dir / name
+        print_run_json(ws, run_id, outputs, tensorrt_unavailable=missing_tensorrt or None)
+    else:
+        print_build(run_id, artifact)
+    if missing_tensorrt:
+        print(f"\nTensorRT is not usable here: {missing_tensorrt}.", file=sys.stderr)
+        print(f"No TensorRT engine was built. On the GPU machine run `bash {artifact.dir / SCRIPT_FILE} 11` "
+              f"(TensorRT 11) or `... 10` (TensorRT 8.6-10.x); the TensorRT 11 command is:\n"
+              f"{meta['trtexec']['trt11']}", file=sys.stderr)
+        return EXIT_NO_TENSORRT
+    return 0
+
+
+def print_build(run_id: str, artifact) -> None:
+    from calib.build import SCRIPT_FILE
+
+    meta = artifact.meta
     print(f"run {run_id}: {len(meta['quantized_nodes'])} nodes quantized ({meta['placement']['preset']} placement, "
           f"{meta['ranges']['method']} ranges), {len(meta['excluded_nodes'])} left in float, "
           f"{len(meta['skipped_tensors'])} tensors without a usable range")
@@ -153,24 +177,18 @@ def run_build(args: argparse.Namespace) -> int:
               f"{', '.join(meta['unknown_tensors'][:5])}")
     print(f"INT8 model: {artifact.qdq_path}")
     print(f"TensorRT commands: {artifact.dir / SCRIPT_FILE}")
-    if missing_tensorrt:
-        print(f"\nTensorRT is not usable here: {missing_tensorrt}.", file=sys.stderr)
-        print(f"No TensorRT engine was built. On the GPU machine run `bash {artifact.dir / SCRIPT_FILE} 11` "
-              f"(TensorRT 11) or `... 10` (TensorRT 8.6-10.x); the TensorRT 11 command is:\n"
-              f"{meta['trtexec']['trt11']}", file=sys.stderr)
-        return EXIT_NO_TENSORRT
-    return 0
 
 
 def run_bench(args: argparse.Namespace) -> int:
     from calib import formatting as fmt
-    from calib.bench import BenchConfig, benchmark
-    from calib.cli.common import ProgressBar, format_table, workspace_of
+    from calib.bench import BENCH_FILE, BenchConfig, benchmark
+    from calib.cli.common import ProgressBar, format_table, print_run_json, workspace_of
     from calib.errors import InputError
     from calib.pipeline import run_stage
 
     ws = workspace_of(args)
-    engine_dir = str(Path(ws.resolve_run(args.engine, stage="build")).resolve())
+    parents: list[str] = []
+    engine_dir = str(Path(run_folder(ws, args.engine, "build", parents)).resolve())
     data, tokenizer, max_length, text_column = args.data, args.tokenizer, args.max_length, args.text_column
     if args.demo:
         from calib.demo import load_demo_task
@@ -187,9 +205,11 @@ def run_bench(args: argparse.Namespace) -> int:
                          text_column=text_column, max_length=max_length or 128, max_texts=args.max_texts,
                          batch_sizes=tuple(args.batch_size), repeats=args.repeats, threads=args.threads,
                          workspace=str(ws.root))
-    parents = [] if Path(args.engine).exists() else [args.engine]
     run_id, result = run_stage(ws, "bench", benchmark, config, parents=parents, label=args.label,
                                progress=ProgressBar("bench"))
+    if args.json:
+        print_run_json(ws, run_id, {"record": result.dir / BENCH_FILE}, rows=result.rows, sizes_mb=result.meta["sizes"])
+        return 0
     rows = [(r["kind"], r["batch_size"], r["p50_ms"], r["p95_ms"], r["texts_per_s"], r["peak_rss_mb"])
             for r in result.rows]
     print(f"run {run_id}: {fmt.count(result.rows[0]['texts'])} texts, lengths p50 {result.meta['lengths']['p50']:.0f} "

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from calib import formatting as fmt
+from calib.cli.common import json_arg
 from calib.errors import InputError
 
 _EXAMPLES = """examples:
@@ -29,8 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "ranges JSON, ONNX Runtime TensorsData JSON and TensorRT calibration caches.",
         epilog=_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--calibration-set", required=True, metavar="RUN_ID_OR_DIR",
-                   help="calibration set: a calibset run id or a folder holding manifest.json")
+    p.add_argument("--calibration-set", required=True, metavar="RUN",
+                   help="calibration set: a calibset run id (or unique prefix, latest, latest:LABEL) or a folder "
+                        "holding manifest.json")
     p.add_argument("--method", nargs="+", choices=method_names(), default=list(default_methods()),
                    help=f"calibrators (default: {' '.join(default_methods())})")
     p.add_argument("--percentile", type=float, default=DEFAULT_PERCENTILE,
@@ -48,13 +50,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="entropy: keep bins[0] as is (default damps it to bins[1], as NVIDIA's implementation)")
     p.add_argument("--top", type=int, default=10, help="rows of the entropy-vs-minmax diff to print")
     p.add_argument("--label", default="", help="label for the run in the registry")
+    json_arg(p)
     p.set_defaults(handler=run)
 
     r = subparsers.add_parser("ranges", help="inspect range sets (diff)", epilog=_EXAMPLES,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     rsub = r.add_subparsers(dest="ranges_command", metavar="ACTION")
     d = rsub.add_parser("diff", help="compare two range sets, biggest changes first")
-    d.add_argument("a", help="ranges JSON file, calibration run folder/id with :METHOD (e.g. RUN:entropy)")
+    d.add_argument("a", help="ranges JSON file, or a calibration run folder/id/prefix/latest with an optional "
+                   ":METHOD (e.g. RUN:entropy, latest:minmax)")
     d.add_argument("b", help="the same for the second range set")
     d.add_argument("--method", default="entropy", help="method when A/B name a run without :METHOD (default entropy)")
     d.add_argument("--top", type=int, default=20, help="rows to print (0 = all)")
@@ -71,30 +75,32 @@ def diff_table(rows: list[dict], top: int) -> str:
 
 
 def load_ranges_ref(ref: str, workspace, method: str):
-    """Ranges from a JSON path, a calibration folder or run id, optionally suffixed ':METHOD'."""
+    """Ranges from a JSON path, or a calibration folder or run reference optionally suffixed ':METHOD'
+    (``RUN:entropy``, ``latest:minmax``, ``latest:LABEL:mse``)."""
     from calib.calibrate import Calibration
+    from calib.cli.common import run_folder
+    from calib.methods import method_names
     from calib.ranges import Ranges
+    from calib.workspace import LATEST
 
     path = Path(ref)
     if path.is_file():
         return Ranges.load(path)
-    if not path.exists() and ":" in ref:
-        ref, method = ref.rsplit(":", 1)
-    return Calibration.load(workspace.resolve_run(ref, stage="calibrate")).ranges(method)
+    head, sep, tail = ref.rpartition(":")
+    if sep and not path.exists() and (tail in method_names() or head.partition(":")[0] != LATEST):
+        ref, method = head, tail  # RUN:METHOD, latest:METHOD, latest:LABEL:METHOD (not latest:LABEL)
+    return Calibration.load(run_folder(workspace, ref, "calibrate")).ranges(method)
 
 
 def run(args: argparse.Namespace) -> int:
     from calib.calibrate import CalibrateConfig, calibrate
-    from calib.cli.common import ProgressBar, format_table, workspace_of
+    from calib.cli.common import ProgressBar, format_table, print_run_json, run_folder, workspace_of
     from calib.pipeline import run_stage
     from calib.ranges import diff_ranges
 
     ws = workspace_of(args)
-    ref = args.calibration_set
     parents: list[str] = []
-    cs_dir = ws.resolve_run(ref, stage="calibset")
-    if not Path(ref).exists():
-        parents.append(ref)
+    cs_dir = run_folder(ws, args.calibration_set, "calibset", parents)
     config = CalibrateConfig(
         calibration_set=str(Path(cs_dir).resolve()), methods=tuple(dict.fromkeys(args.method)),
         percentile=args.percentile, placement=args.placement, tensors=args.tensors, batch_size=args.batch_size,
@@ -103,6 +109,13 @@ def run(args: argparse.Namespace) -> int:
     run_id, cal = run_stage(ws, "calibrate", calibrate, config, parents=parents, label=args.label,
                             progress=ProgressBar("calibrate"))
     meta = cal.meta
+    if args.json:
+        outputs = {"record": cal.dir / "calibration.json"}
+        for method in cal.methods:
+            outputs[f"ranges_{method}"] = cal.dir / meta["methods"][method]["ranges"]
+            outputs[f"cache_{method}"] = cal.cache_path(method)
+        print_run_json(ws, run_id, outputs, cache_headers={m: meta["methods"][m]["cache_header"] for m in cal.methods})
+        return 0
     st = meta["stats"]
     print(f"run {run_id}: {meta['tensors']} tensors from {fmt.count(st['texts'])} texts ({fmt.count(st['tokens'])} "
           f"real tokens, {st['batches']} batches); statistics {fmt.seconds(meta['timings']['stats_seconds'])}, "

@@ -1,19 +1,73 @@
-"""Helpers shared by the subcommands: workspace, progress bar, tables."""
+"""Helpers shared by the subcommands: exit codes, workspace and run references, ``--json``
+output, progress bar, tables."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
-from calib.formatting import cell
-from calib.workspace import Workspace
+from calib.formatting import cell, clean
+from calib.workspace import LATEST, Workspace
+
+EXIT_OK = 0
+EXIT_FAILED_CHECK = 1
+EXIT_BAD_INPUT = 2
+EXIT_BACKEND_UNAVAILABLE = 3
+EXIT_INTERNAL_ERROR = 4
+EXIT_INTERRUPTED = 130
+EXIT_CODES = (
+    (EXIT_OK, "success"),
+    (EXIT_FAILED_CHECK, "a check failed: gate over budget, runs verify found a changed artifact, "
+                        + "demo info found a task not prepared"),
+    (EXIT_BAD_INPUT, "bad input or usage: unknown or ambiguous run, missing file, bad option (one line on stderr)"),
+    (EXIT_BACKEND_UNAVAILABLE, "backend unavailable: no TensorRT or no GPU (build still writes the portable part)"),
+    (EXIT_INTERNAL_ERROR, "internal error: a bug in calib (traceback on stderr; finished runs are kept)"),
+    (EXIT_INTERRUPTED, "interrupted (Ctrl-C); finished runs are kept"),
+)
+"""Exit status of every ``calib`` command, with its meaning (shown in ``calib --help`` and the README)."""
 
 
 def workspace_of(args: argparse.Namespace) -> Workspace:
     return Workspace(args.workspace)
+
+
+def run_folder(ws: Workspace, ref: str, stage: str, parents: list[str] | None = None) -> Path:
+    """The folder a run reference names: a path, a run id, a unique id prefix, ``latest`` or
+    ``latest:LABEL`` (see :meth:`Workspace.find_run_id`). When ``ref`` named a registered run, its
+    full id is appended to ``parents`` (the new run's lineage)."""
+    folder = ws.resolve_run(ref, stage)
+    names_run = ref.partition(":")[0] == LATEST or not Path(ref).exists()
+    if parents is not None and names_run:
+        parents.append(folder.name)
+    return folder
+
+
+def json_arg(parser: argparse.ArgumentParser) -> None:
+    """The ``--json`` flag every stage command has."""
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON object on stdout (run id, folder, artifact paths, headline "
+                             "numbers) instead of the text summary; progress stays on stderr")
+
+
+def print_run_json(ws: Workspace, run_id: str, outputs: Mapping[str, Any] | None = None,
+                   **extra: Any) -> None:
+    """The machine-readable result of a stage command: ``{"run", "stage", "label", "dir", "outputs",
+    "artifacts", "summary", ...extra}`` with absolute paths and noise-free numbers, on stdout."""
+    run = ws.get_run(run_id)
+    payload = {
+        "run": run.id, "stage": run.stage, "label": run.label, "status": run.status,
+        "dir": str(run.dir.resolve()), "parents": run.parents,
+        "outputs": {k: str(Path(v).resolve()) for k, v in (outputs or {}).items() if v is not None},
+        "artifacts": [str((run.dir / a.path).resolve()) for a in run.artifacts],
+        "summary": run.summary, **extra,
+    }
+    print(json.dumps(clean(payload), indent=2))
 
 
 class ProgressBar:

@@ -22,11 +22,11 @@ def register(subparsers: Any) -> None:
     listing.set_defaults(handler=cmd_list)
 
     show = sub.add_parser("show", help="a run's parameters, status, summary and artifacts (with sha256)")
-    show.add_argument("run_id", metavar="ID")
+    show.add_argument("run_id", metavar="ID", help="run id, unique prefix, latest or latest:LABEL")
     show.set_defaults(handler=cmd_show)
 
     verify = sub.add_parser("verify", help="re-hash a run's artifacts; exit 1 if any is missing or changed, or the run did not finish")
-    verify.add_argument("run_id", metavar="ID")
+    verify.add_argument("run_id", metavar="ID", help="run id, unique prefix, latest or latest:LABEL")
     verify.set_defaults(handler=cmd_verify)
 
 
@@ -50,7 +50,7 @@ def _note(run: RunRecord) -> str:
 
 def cmd_show(args: argparse.Namespace) -> int:
     ws = workspace_of(args)
-    run = ws.get_run(args.run_id)
+    run = ws.get_run(ws.find_run_id(args.run_id))
     print(f"run       {run.id}")
     print(f"stage     {run.stage}" + (f"  label {run.label}" if run.label else ""))
     print(f"status    {run.status}" + ("" if run.status == "finished" else f" ({run.error or run.message})"))
@@ -70,8 +70,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     ws = workspace_of(args)
-    run = ws.get_run(args.run_id)
-    bad = ws.verify(args.run_id)
+    run = ws.get_run(ws.find_run_id(args.run_id))
+    bad = ws.verify(run.id)
     if run.status != "finished":
         print(f"run {run.id} is {run.status}, not finished ({run.error or run.message}); nothing to verify")
         return 1

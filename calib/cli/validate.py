@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from calib import formatting as fmt
+from calib.cli.common import json_arg, run_folder
 from calib.errors import InputError
 
 _VALIDATE_EXAMPLES = """examples:
@@ -78,14 +79,15 @@ def _common(args: argparse.Namespace, ws) -> dict:
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("validate", help="FP32 vs INT8 on the eval split: per bucket, per layer (stage validate)",
                               epilog=_VALIDATE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--engine", required=True, help="build run id/folder, or a Q/DQ .onnx file")
+    p.add_argument("--engine", required=True, help="build run (id, unique prefix, latest, latest:LABEL, folder) "
+                   "or a Q/DQ .onnx file")
     _model_data_args(p)
     p.add_argument("--calibration", help="calibrate run id/folder: show every method's amax per tensor")
     p.add_argument("--edges", type=_int_list, help="length bucket edges (default 0,32,64,128,256,512)")
     p.add_argument("--no-layers", action="store_true", help="skip the per-layer analysis")
     p.add_argument("--layer-rows", type=int, default=128, help="texts for the per-layer analysis (0 = all)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CI")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    json_arg(p)
     p.set_defaults(handler=run_validate)
 
     s = subparsers.add_parser("sensitivity", help="rank quantized nodes and find the fewest to keep in float",
@@ -106,7 +108,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="texts for the quantize-one ranking, a subset of --limit (default 64; 0 = all)")
     s.add_argument("--no-verify", action="store_true",
                    help="do not re-check the recommendation on a model rebuilt by the quantizer")
-    s.add_argument("--json", action="store_true", help="print the summary as JSON")
+    json_arg(s)
     s.set_defaults(handler=run_sensitivity)
 
     r = subparsers.add_parser("report", help="release report (HTML, Markdown, JSON) from validate runs")
@@ -114,31 +116,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--sensitivity", help="a sensitivity run id/folder to include")
     r.add_argument("--title", default="INT8 accuracy report")
     r.add_argument("--label", default="")
+    json_arg(r)
     r.set_defaults(handler=run_report)
 
     g = subparsers.add_parser("gate", help="exit non-zero when a report fails the accuracy budget")
-    g.add_argument("report", help="report.json, a report run folder or run id")
+    g.add_argument("report", help="report.json, a report run folder, or a report run id (unique prefix, latest, "
+                   "latest:LABEL)")
     g.add_argument("--max-drop", type=float, help="largest allowed accuracy drop in points")
     g.add_argument("--min-agreement", type=float, help="smallest allowed top-1 agreement (0-1)")
     g.add_argument("--min-embedding-cosine", type=float, help="smallest allowed mean embedding cosine")
     g.add_argument("--use-ci", action="store_true", help="check the upper 95 %% bound of the drop, not the estimate")
+    g.add_argument("--json", action="store_true", help="print {passed, reason, report} as one JSON object on stdout")
     g.set_defaults(handler=run_gate)
 
 
 def run_validate(args: argparse.Namespace) -> int:
-    from calib.cli.common import ProgressBar, workspace_of
+    from calib.cli.common import ProgressBar, print_run_json, workspace_of
     from calib.pipeline import run_stage
     from calib.validate import ValidateConfig, validate
 
     ws = workspace_of(args)
     values = _common(args, ws)
-    engine = ws.resolve_run(args.engine, "build")
-    parents = [args.engine] if not Path(args.engine).exists() else []
+    parents: list[str] = []
+    engine = run_folder(ws, args.engine, "build", parents)
     calibration = None
     if args.calibration:
-        calibration = str(ws.resolve_run(args.calibration, "calibrate"))
-        if not Path(args.calibration).exists():
-            parents.append(args.calibration)
+        calibration = str(run_folder(ws, args.calibration, "calibrate", parents))
     config = ValidateConfig(engine=str(engine), calibration=calibration, batch_size=args.batch_size,
                             limit=args.limit or 0, layers=not args.no_layers, layer_rows=args.layer_rows,
                             bootstrap=args.bootstrap, seed=args.seed,
@@ -147,7 +150,9 @@ def run_validate(args: argparse.Namespace) -> int:
                                    progress=ProgressBar("validate"))
     summary = evaluation.summary()
     if args.json:
-        print(json.dumps(fmt.clean({"run": run_id, **summary}), indent=2))
+        outputs = {name.split(".")[0]: evaluation.dir / name for name in ("evaluation.json", "layers.json", "predictions.npz")
+                   if (evaluation.dir / name).is_file()}
+        print_run_json(ws, run_id, outputs)
         return 0
     print(f"run {run_id}: {evaluation.dir}")
     if not evaluation.labelled:
@@ -176,14 +181,14 @@ def summary_line(summary: dict) -> str:
 
 
 def run_sensitivity(args: argparse.Namespace) -> int:
-    from calib.cli.common import ProgressBar, workspace_of
+    from calib.cli.common import ProgressBar, print_run_json, workspace_of
     from calib.pipeline import run_stage
     from calib.sensitivity import SensitivityConfig, analyze_sensitivity
 
     ws = workspace_of(args)
     values = _common(args, ws)
-    ranges = args.ranges if Path(args.ranges).exists() else str(ws.resolve_run(args.ranges, "calibrate"))
-    parents = [] if Path(args.ranges).exists() else [args.ranges]
+    parents: list[str] = []
+    ranges = str(run_folder(ws, args.ranges, "calibrate", parents))
     config = SensitivityConfig(ranges=ranges, method=args.method, preset=args.preset, exclude_nodes=args.exclude,
                                include_nodes=args.include, granularity=args.granularity, ranking=args.ranking,
                                max_drop=args.max_drop, min_agreement=args.min_agreement,
@@ -193,8 +198,7 @@ def run_sensitivity(args: argparse.Namespace) -> int:
     run_id, result = run_stage(ws, "sensitivity", analyze_sensitivity, config, parents=parents, label=args.label,
                                progress=ProgressBar("sensitivity"))
     if args.json:
-        print(json.dumps(fmt.clean({"run": run_id, **result.summary(), "exclude_nodes": list(result.exclusions)}),
-                         indent=2))
+        print_run_json(ws, run_id, {"record": result.dir / "sensitivity.json"}, exclude_nodes=list(result.exclusions))
         return 0
     rec = result.data["recommended"]
     print(f"run {run_id}: {result.dir}")
@@ -220,21 +224,23 @@ def run_sensitivity(args: argparse.Namespace) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from calib.cli.common import ProgressBar, workspace_of
+    from calib.cli.common import ProgressBar, print_run_json, workspace_of
     from calib.pipeline import run_stage
     from calib.report import ReportConfig, make_report
 
     ws = workspace_of(args)
-    folders = [str(ws.resolve_run(e, "validate")) for e in args.evaluations]
-    parents = [e for e in args.evaluations if not Path(e).exists()]
+    parents: list[str] = []
+    folders = [str(run_folder(ws, e, "validate", parents)) for e in args.evaluations]
     sensitivity = None
     if args.sensitivity:
-        sensitivity = str(ws.resolve_run(args.sensitivity, "sensitivity"))
-        if not Path(args.sensitivity).exists():
-            parents.append(args.sensitivity)
+        sensitivity = str(run_folder(ws, args.sensitivity, "sensitivity", parents))
     config = ReportConfig(evaluations=tuple(folders), sensitivity=sensitivity, title=args.title)
     run_id, report = run_stage(ws, "report", make_report, config, parents=parents, label=args.label,
                                progress=ProgressBar("report"))
+    if args.json:
+        print_run_json(ws, run_id, {name.replace(".", "_"): report.dir / name
+                                    for name in ("report.html", "report.md", "report.json")})
+        return 0
     print(f"run {run_id}:")
     for name in ("report.html", "report.md", "report.json"):
         print(f"  {report.dir / name}")
@@ -242,7 +248,7 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def run_gate(args: argparse.Namespace) -> int:
-    from calib.cli.common import workspace_of
+    from calib.cli.common import EXIT_FAILED_CHECK, EXIT_OK, workspace_of
     from calib.errors import InputError
     from calib.gate import check_gate, load_report_data
 
@@ -250,8 +256,13 @@ def run_gate(args: argparse.Namespace) -> int:
     if not path.exists():
         if path.suffix == ".json" or "/" in args.report:
             raise InputError(f"report {path} does not exist (give a report.json, a report folder or a report run id)")
-        path = workspace_of(args).resolve_run(args.report, "report")
+        path = run_folder(workspace_of(args), args.report, "report")
     result = check_gate(load_report_data(path), max_drop=args.max_drop, min_agreement=args.min_agreement,
                         min_embedding_cosine=args.min_embedding_cosine, use_ci=args.use_ci)
-    print(result.reason, file=sys.stdout if result.passed else sys.stderr)
-    return 0 if result.passed else 1
+    if args.json:
+        checks = [{"name": name, "passed": ok, "detail": detail} for name, ok, detail in result.checks]
+        print(json.dumps(fmt.clean({"passed": result.passed, "reason": result.reason, "checks": checks,
+                                    "report": str(Path(path).resolve())}), indent=2))
+    else:
+        print(result.reason, file=sys.stdout if result.passed else sys.stderr)
+    return EXIT_OK if result.passed else EXIT_FAILED_CHECK
