@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from calib.errors import InputError
+from calib.verdict import ReleaseBudget, judge
 
 
 @dataclass(frozen=True)
@@ -31,36 +32,13 @@ def check_gate(report: dict, *, max_drop: float | None = None, min_agreement: fl
     """Check the headline of a report (``calib.report/1`` data) against the budget.
 
     ``max_drop`` is in accuracy points (FP32 − INT8). With ``use_ci`` the upper end of the 95 %
-    interval of the drop must be within budget, not just the point estimate. A report without
-    labels cannot pass a ``max_drop`` check: that is said, not assumed.
+    interval of the drop must be within budget too, not just the point estimate. A report without
+    labels cannot pass a ``max_drop`` check: that is said, not assumed. The decision is
+    :func:`calib.verdict.judge`, the same that the report and the app show.
     """
     if max_drop is None and min_agreement is None and min_embedding_cosine is None:
         raise InputError("the gate needs a budget: give --max-drop, --min-agreement and/or --min-embedding-cosine")
-    h = report["headline"]
-    checks: list[tuple[str, bool, str]] = []
-    if max_drop is not None:
-        drop = h.get("accuracy_drop_points")
-        if not h.get("labelled") or drop is None:
-            checks.append(("max_drop", False, ("the report has no accuracy (eval set without labels); "
-                                               "gate on --min-agreement instead or evaluate on a labelled set")))
-        else:
-            value = -h["ci_low_points"] if use_ci and h.get("ci_low_points") is not None else drop
-            what = "upper 95 % bound of the accuracy drop" if use_ci else "accuracy drop"
-            checks.append(("max_drop", value <= max_drop + 1e-9,
-                           f"{what} {value:.2f} points {'<=' if value <= max_drop + 1e-9 else '>'} budget {max_drop:g}"))
-    if min_agreement is not None:
-        agreement = h["top1_agreement"]
-        ok = agreement >= min_agreement - 1e-12
-        checks.append(("min_agreement", ok, f"top-1 agreement {agreement:.4f} {'>=' if ok else '<'} {min_agreement:g}"))
-    if min_embedding_cosine is not None:
-        cos = h.get("embedding_cosine")
-        if cos is None:
-            checks.append(("min_embedding_cosine", False, "the model has no embedding output to check"))
-        else:
-            ok = cos >= min_embedding_cosine
-            checks.append(("min_embedding_cosine", ok,
-                           f"embedding cosine {cos:.4f} {'>=' if ok else '<'} {min_embedding_cosine:g}"))
-    failed = [c for c in checks if not c[1]]
-    if failed:
-        return GateResult(False, "FAIL: " + "; ".join(c[2] for c in failed), tuple(checks))
-    return GateResult(True, "PASS: " + "; ".join(c[2] for c in checks), tuple(checks))
+    budget = ReleaseBudget(max_drop=max_drop, min_agreement=min_agreement,
+                           min_embedding_cosine=min_embedding_cosine, use_ci=use_ci)
+    verdict = judge(report["headline"], budget)
+    return GateResult(verdict.passed, verdict.reason, tuple((c.name, c.passed, c.detail) for c in verdict.criteria))

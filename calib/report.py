@@ -12,19 +12,34 @@ import datetime as dt
 import html
 import os
 import platform
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
+
 from calib.errors import InputError
 from calib.io import atomic_write_json, atomic_write_text, read_artifact_json
+from calib.layers import DEGRADED_SQNR_DB
 from calib.model import check_same_model
 from calib.validate import Evaluation
+from calib.verdict import (
+    MIN_BUCKET_TEXTS,
+    ReleaseBudget,
+    default_budget,
+    gate_command,
+    judge,
+    recommend,
+    resolution_warning,
+)
 from calib.workspace import ProgressFn
 
 SCHEMA = "calib.report/1"
+DROP_CONVENTION = ("drop = FP32 − INT8 accuracy in points (positive: INT8 is worse); its 95 % interval is the "
+                   "paired bootstrap interval of the same difference")
 LIBRARIES = ("calib", "numpy", "onnx", "onnxruntime", "scikit-learn", "datasets", "tokenizers",
              "transformers", "tensorrt")
 
@@ -32,12 +47,14 @@ LIBRARIES = ("calib", "numpy", "onnx", "onnxruntime", "scikit-learn", "datasets"
 @dataclass(frozen=True)
 class ReportConfig:
     """``evaluations``: validate run folders, the release candidate first. ``sensitivity``: an optional
-    sensitivity run folder. ``layers``: how many per-layer rows to list (worst SQNR first in tables)."""
+    sensitivity run folder. ``layers``: how many per-layer rows to list (worst SQNR first).
+    ``budget``: the release budget the verdict is judged against (recorded in the report)."""
 
     evaluations: tuple[str, ...]
     sensitivity: str | None = None
     title: str = "INT8 accuracy report"
     layers: int = 25
+    budget: ReleaseBudget | None = None  # None: calib.verdict.default_budget for the release candidate
 
 
 # -- data model --------------------------------------------------------------------------------
@@ -61,6 +78,42 @@ def environment() -> dict:
 
 def _pts(x: float | None) -> float | None:
     return None if x is None else 100.0 * x
+
+
+def _drop_ci(ci: dict) -> dict:
+    """The 95 % interval in both conventions: ``ci_*`` INT8 − FP32 (kept for older readers) and
+    ``drop_ci_*`` FP32 − INT8, the convention of the drop itself (what reports show)."""
+    low, high = _pts(ci.get("low")), _pts(ci.get("high"))
+    return {"ci_low_points": low, "ci_high_points": high,
+            "drop_ci_low_points": None if high is None else -high, "drop_ci_high_points": None if low is None else -low}
+
+
+def headline_of(ev: Evaluation) -> dict:
+    """The headline figures of one evaluation (what the verdict judges and reports show first)."""
+    o = ev.overall
+    ci = o.get("accuracy_diff_ci") or {}
+    return {
+        "labelled": ev.labelled,
+        "note": ev.data["dataset"].get("note") or "",
+        "rows": o["n"],
+        "accuracy_fp32": o.get("fp32", {}).get("accuracy"),
+        "accuracy_int8": o.get("int8", {}).get("accuracy"),
+        "macro_f1_fp32": o.get("fp32", {}).get("macro_f1"),
+        "macro_f1_int8": o.get("int8", {}).get("macro_f1"),
+        "accuracy_drop_points": o.get("accuracy_drop_points"),
+        **_drop_ci(ci),
+        "ci_confidence": ci.get("confidence"),
+        **{k: o["agreement"][k] for k in ("top1_agreement", "logit_cosine", "max_abs_diff", "mean_abs_diff", "kl_softmax")},
+        "embedding_cosine": (o.get("embedding_cosine") or {}).get("mean"),
+        "embedding_cosine_min": (o.get("embedding_cosine") or {}).get("min"),
+    }
+
+
+def budget_for(ev: Evaluation, budget: ReleaseBudget | None) -> ReleaseBudget:
+    """``budget``, or the default budget for what ``ev`` can measure."""
+    if budget is not None:
+        return budget
+    return default_budget(has_embedding="embedding_cosine" in ev.overall, labelled=ev.labelled)
 
 
 def _worst_bucket(ev: Evaluation) -> dict | None:
@@ -99,7 +152,7 @@ def compare_evaluations(evaluations: Sequence[Evaluation | str | Path]) -> list[
         ci = o.get("accuracy_diff_ci") or {}
         cal = ev.data.get("calibration") or {}
         rows.append({
-            "run": ev.dir.name,
+            "run": _run_name(ev.dir),
             "engine": ev.data["engine"].get("path"),
             "calibrator": _calibrator(ev),
             "placement": _placement(ev),
@@ -107,10 +160,11 @@ def compare_evaluations(evaluations: Sequence[Evaluation | str | Path]) -> list[
             "calibration_set": _calibset_of(cal),
             "dataset_fingerprint": ev.data["dataset"]["fingerprint"],
             "rows": o["n"],
+            "labelled": ev.labelled,
             "accuracy_fp32": o.get("fp32", {}).get("accuracy"),
             "accuracy_int8": o.get("int8", {}).get("accuracy"),
             "accuracy_drop_points": o.get("accuracy_drop_points"),
-            "ci_low_points": _pts(ci.get("low")), "ci_high_points": _pts(ci.get("high")),
+            **_drop_ci(ci),
             "top1_agreement": o["agreement"]["top1_agreement"],
             "kl_softmax": o["agreement"]["kl_softmax"],
             "embedding_cosine": (o.get("embedding_cosine") or {}).get("mean"),
@@ -118,6 +172,13 @@ def compare_evaluations(evaluations: Sequence[Evaluation | str | Path]) -> list[
             "first_degraded_tensor": (ev.data.get("layers") or {}).get("first_degraded"),
         })
     return rows
+
+
+def _run_name(folder: Path) -> str:
+    """A run folder's name; an evaluation inside a comparison run is named ``<run>/<method>``."""
+    if folder.name == "evaluation" and (folder.parent.parent / "comparison.json").is_file():
+        return f"{folder.parent.parent.name}/{folder.parent.name}"
+    return folder.name
 
 
 def _calibset_of(calibration: dict) -> str | None:
@@ -157,34 +218,21 @@ def _layer_rows(layers: dict | None) -> list[dict]:
 
 
 def report_data(evaluations: Sequence[Evaluation], sensitivity: dict | None = None, *,
-                title: str = "INT8 accuracy report") -> dict:
+                title: str = "INT8 accuracy report", budget: ReleaseBudget | None = None) -> dict:
     """The report as plain data (the JSON form; HTML and Markdown are rendered from it)."""
     ev = evaluations[0]
     o = ev.overall
-    ci = o.get("accuracy_diff_ci") or {}
-    headline = {
-        "labelled": ev.labelled,
-        "note": ev.data["dataset"].get("note") or "",
-        "rows": o["n"],
-        "accuracy_fp32": o.get("fp32", {}).get("accuracy"),
-        "accuracy_int8": o.get("int8", {}).get("accuracy"),
-        "macro_f1_fp32": o.get("fp32", {}).get("macro_f1"),
-        "macro_f1_int8": o.get("int8", {}).get("macro_f1"),
-        "accuracy_drop_points": o.get("accuracy_drop_points"),
-        "ci_low_points": _pts(ci.get("low")), "ci_high_points": _pts(ci.get("high")),
-        "ci_confidence": ci.get("confidence"),
-        **{k: o["agreement"][k] for k in ("top1_agreement", "logit_cosine", "max_abs_diff", "mean_abs_diff", "kl_softmax")},
-        "embedding_cosine": (o.get("embedding_cosine") or {}).get("mean"),
-        "embedding_cosine_min": (o.get("embedding_cosine") or {}).get("min"),
-    }
+    headline = headline_of(ev)
+    budget = budget_for(ev, budget)
+    verdict = judge(headline, budget)
     buckets = []
     for b in ev.buckets:
         bci = b.get("accuracy_diff_ci") or {}
         buckets.append({
-            "bucket": b["bucket"], "n": b["n"],
+            "bucket": b["bucket"], "n": b["n"], "few_texts": b["n"] < MIN_BUCKET_TEXTS,
             "accuracy_fp32": (b.get("fp32") or {}).get("accuracy"), "accuracy_int8": (b.get("int8") or {}).get("accuracy"),
             "accuracy_drop_points": b.get("accuracy_drop_points"),
-            "ci_low_points": _pts(bci.get("low")), "ci_high_points": _pts(bci.get("high")),
+            **_drop_ci(bci),
             "top1_agreement": b["agreement"]["top1_agreement"], "kl_softmax": b["agreement"]["kl_softmax"],
             "embedding_cosine": (b.get("embedding_cosine") or {}).get("mean"),
         })
@@ -206,10 +254,20 @@ def report_data(evaluations: Sequence[Evaluation], sensitivity: dict | None = No
                                                          "kl_softmax")},
                 "ranking": sensitivity["ranking"][:20],
                 "placement": sensitivity["placement"]}
+    comparison = compare_evaluations(evaluations) if len(evaluations) > 1 else []
+    for row in comparison:
+        row["verdict"] = judge(row, budget).status
+    recommendation = recommend(comparison, budget).to_dict() if comparison else None
     return {
         "schema": SCHEMA,
         "title": title,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "verdict": verdict.to_dict(),
+        "budget": budget.to_dict(),
+        "gate_command": gate_command("report.json", budget),
+        "drop_convention": DROP_CONVENTION,
+        "resolution_warning": resolution_warning(headline, budget),
+        "min_bucket_texts": MIN_BUCKET_TEXTS,
         "model": {"sha256": ev.data["model"]["sha256"], "path": ev.data["model"]["path"], "classes": classes},
         "dataset": ev.data["dataset"],
         "calibration": _calibration_recipe(ev),
@@ -225,13 +283,14 @@ def report_data(evaluations: Sequence[Evaluation], sensitivity: dict | None = No
                       "int8": o.get("int8", {}).get("confusion")},
         "layers": {"first_degraded": (ev.layers or {}).get("first_degraded"),
                    "rows": _layer_rows(ev.layers)} if ev.layers else None,
-        "comparison": compare_evaluations(evaluations) if len(evaluations) > 1 else [],
+        "comparison": comparison,
+        "recommendation": recommendation,
         "sensitivity": sens,
         "environment": environment(),
     }
 
 
-# -- rendering ---------------------------------------------------------------------------------
+# -- rendering: one list of sections, rendered as Markdown and as HTML (same content) --------------
 
 
 def _fmt(v, spec: str = ".4g", none: str = "–") -> str:
@@ -247,77 +306,237 @@ def _pct(v) -> str:
 
 
 def _ci(row: dict) -> str:
-    if row.get("ci_low_points") is None:
+    """The drop's 95 % interval, FP32 − INT8 in points (older reports: derived from INT8 − FP32)."""
+    low, high = row.get("drop_ci_low_points"), row.get("drop_ci_high_points")
+    if low is None and row.get("ci_low_points") is not None:
+        low, high = -row["ci_high_points"], -row["ci_low_points"]
+    if low is None or high is None:
         return "–"
-    return f"[{row['ci_low_points']:+.2f}, {row['ci_high_points']:+.2f}]"
+    return f"[{_drop(low)}, {_drop(high)}]"
 
 
 def _drop(v) -> str:
-    return "–" if v is None else f"{v:+.2f}"
+    """Signed points with two decimals; never ``-0.00``."""
+    return "–" if v is None else f"{round(v, 2) + 0.0:+.2f}"
+
+
+_LAYER_RE = re.compile(r"(?:^|/)(?:encoder/)?(?:layers?|block|h)[._]?(\d+)/", re.IGNORECASE)
+
+
+def short_tensor_name(name: str, max_chars: int = 32) -> str:
+    """A readable tensor name for axes and narrow tables: ``/encoder/layer.3/attention/self/Softmax_output_0``
+    → ``L3 attention/self/Softmax``; long names keep their end (the op), prefixed with ``…``."""
+    text = re.sub(r"_output_\d+$", "", name).lstrip("/")
+    prefix = ""
+    m = _LAYER_RE.search("/" + text)
+    if m:
+        prefix, text = f"L{m.group(1)} ", ("/" + text)[m.end():]
+    room = max(8, max_chars - len(prefix))
+    if len(text) > room:
+        text = "…" + text[-(room - 1):]
+    return prefix + text
+
+
+@dataclass(frozen=True)
+class Section:
+    """A report section: a heading, paragraphs and an optional table (``muted`` rows shown greyed)."""
+
+    title: str
+    notes: tuple[str, ...] = ()
+    headers: tuple[str, ...] = ()
+    rows: tuple[tuple[str, ...], ...] = ()
+    muted: tuple[bool, ...] = ()
+    chart: str = ""  # which HTML charts go with it: verdict | buckets | layers | comparison
+    level: int = 2
+    tone: str = ""  # pass | fail | note
+
+
+def _verdict_section(data: dict) -> Section:
+    v = data["verdict"]
+    rows = tuple((c["label"], f"{c['comparison']} {c['threshold']:g}" + (" pts" if c["unit"] == "pts" else ""),
+                  "not measured" if c["value"] is None else (f"{_drop(c['value'])} pts" if c["unit"] == "pts"
+                                                             else f"{c['value']:.4f}"),
+                  c["status"]) for c in v["criteria"])
+    notes = [v["reason"], (f"Release budget: {ReleaseBudget.from_dict(data['budget']).describe()}. "
+             f"Reproduce in a pipeline (in the report's folder): `{data['gate_command']}`")]
+    if data.get("resolution_warning"):
+        notes.append("Warning: " + data["resolution_warning"] + ".")
+    return Section(f"Verdict: {v['status']}", tuple(notes), ("criterion", "threshold", "value", "status"), rows,
+                   tone="pass" if v["passed"] else "fail")
+
+
+def _headline_section(data: dict) -> Section:
+    h = data["headline"]
+    rows: list[tuple[str, str]] = []
+    if h["labelled"]:
+        rows += [("accuracy FP32", _pct(h["accuracy_fp32"])), ("accuracy INT8", _pct(h["accuracy_int8"])),
+                 ("accuracy drop (FP32 − INT8, points)", _drop(h["accuracy_drop_points"])),
+                 ("drop, 95 % interval (FP32 − INT8, points)", _ci(h)),
+                 ("macro-F1 FP32 / INT8", f"{_fmt(h['macro_f1_fp32'], '.4f')} / {_fmt(h['macro_f1_int8'], '.4f')}")]
+    rows += [("top-1 agreement", _pct(h["top1_agreement"])), ("logit cosine", _fmt(h["logit_cosine"], ".5f")),
+             ("KL(softmax FP32 ‖ INT8)", _fmt(h["kl_softmax"], ".3g")),
+             ("max / mean |logit diff|", f"{_fmt(h['max_abs_diff'], '.3g')} / {_fmt(h['mean_abs_diff'], '.3g')}")]
+    if h["embedding_cosine"] is not None:
+        rows.append(("embedding cosine (mean / min)",
+                     f"{_fmt(h['embedding_cosine'], '.5f')} / {_fmt(h['embedding_cosine_min'], '.5f')}"))
+    rows.append(("texts", f"{h['rows']:,}"))
+    notes = [f"Agreement-only report: {h['note']}"] if not h["labelled"] else []
+    notes.append("Sign convention: " + data.get("drop_convention", DROP_CONVENTION) + ".")
+    return Section("Headline", tuple(notes), ("metric", "value"), tuple(rows))
+
+
+def _comparison_section(data: dict) -> Section | None:
+    rows = data.get("comparison") or []
+    if not rows:
+        return None
+    rec = data.get("recommendation") or {}
+    notes = []
+    if rec:
+        notes.append(f"Recommended: {rec['reason']}.")
+        if rec.get("default_note"):
+            notes.append(rec["default_note"] + ".")
+    notes.append("The first row is the release candidate the verdict above is about; each row is judged against "
+                 "the same budget.")
+    table = tuple((r["run"], _fmt(r["calibrator"]), _fmt(r["placement"]), str(r["exclusions"]), _pct(r["accuracy_int8"]),
+                   _drop(r["accuracy_drop_points"]), _ci(r), _pct(r["top1_agreement"]),
+                   _fmt(r["embedding_cosine"], ".4f"), r.get("verdict", "–"), (r["worst_bucket"] or {}).get("bucket", "–"))
+                  for r in rows)
+    return Section("Runs compared", tuple(notes), ("run", "calibrator", "placement", "excl.", "acc INT8",
+                                                   "drop (pts)", "drop 95 % CI (pts)", "agreement", "emb. cosine",
+                                                   "verdict", "worst bucket"), table, chart="comparison")
+
+
+def _bucket_section(data: dict) -> Section:
+    h, few = data["headline"], data.get("min_bucket_texts", MIN_BUCKET_TEXTS)
+    buckets = data["buckets"]
+
+    def name(b: dict) -> str:
+        return f"{b['bucket']} (few texts)" if b["n"] < few else b["bucket"]
+
+    if h["labelled"]:
+        headers = ("bucket", "n", "acc FP32", "acc INT8", "drop (pts)", "drop 95 % CI (pts)", "agreement", "KL",
+                   "emb. cosine")
+        rows = tuple((name(b), str(b["n"]), _pct(b["accuracy_fp32"]), _pct(b["accuracy_int8"]),
+                      _drop(b["accuracy_drop_points"]), _ci(b), _pct(b["top1_agreement"]), _fmt(b["kl_softmax"], ".3g"),
+                      _fmt(b["embedding_cosine"], ".4f")) for b in buckets)
+    else:
+        headers = ("bucket", "n", "agreement", "KL", "emb. cosine")
+        rows = tuple((name(b), str(b["n"]), _pct(b["top1_agreement"]), _fmt(b["kl_softmax"], ".3g"),
+                      _fmt(b["embedding_cosine"], ".4f")) for b in buckets)
+    notes = ("Token counts before truncation. Drop and interval: FP32 − INT8 in points.",
+             f"Buckets with fewer than {few} texts are marked “few texts” (greyed in HTML): their figures are noise.")
+    return Section("Per length bucket", notes, headers, rows, tuple(b["n"] < few for b in buckets), chart="buckets")
+
+
+def _class_sections(data: dict) -> list[Section]:
+    if not data["per_class"]:
+        return []
+    out = [Section("Per class", (), ("class", "support", "precision FP32", "recall FP32", "precision INT8", "recall INT8"),
+                   tuple((c["class"], str(c["support"]), _fmt(c["precision_fp32"], ".3f"), _fmt(c["recall_fp32"], ".3f"),
+                          _fmt(c["precision_int8"], ".3f"), _fmt(c["recall_int8"], ".3f")) for c in data["per_class"]))]
+    conf = data["confusion"]
+    for kind in ("fp32", "int8"):
+        if conf.get(kind):
+            out.append(Section(f"Confusion matrix {kind.upper()}", ("Rows: true class; columns: predicted class.",),
+                               ("truth \\ predicted", *conf["classes"]),
+                               tuple((c, *map(str, r)) for c, r in zip(conf["classes"], conf[kind])), level=3))
+    return out
+
+
+def layer_summary(rows: Sequence[dict], threshold_db: float = DEGRADED_SQNR_DB) -> str:
+    """``N of M quantized tensors under 20 dB SQNR`` for per-layer rows (report data or layers.json)."""
+    q = [r for r in rows if r.get("quantized")]
+    low = [r for r in q if r.get("sqnr_db") is not None and r["sqnr_db"] < threshold_db]
+    return f"{len(low)} of {len(q)} quantized tensors under {threshold_db:g} dB SQNR"
+
+
+def _layer_section(data: dict, layers: int) -> Section | None:
+    lay = data.get("layers")
+    if not lay:
+        return None
+    q = [r for r in lay["rows"] if r["quantized"]]
+    methods = sorted({m for r in lay["rows"] for m in r["amax"] if m != "engine"})
+    worst = sorted(q, key=lambda r: (r["sqnr_db"] if r["sqnr_db"] is not None else -1e9))[:layers]
+    cut = (f"The {len(worst)} of {len(q)} quantized tensors with the lowest SQNR, worst first (all {len(q)} are in "
+           "report.json)." if len(worst) < len(q) else f"All {len(q)} quantized tensors, lowest SQNR first.")
+    ratio = "entropy" in methods and "minmax" in methods
+    notes = ((f"{layer_summary(lay['rows'])}. First degraded tensor in network order: "
+             f"{lay['first_degraded'] or 'none'} (SQNR below {DEGRADED_SQNR_DB:g} dB or cosine below 0.99)."),
+             cut + " Clipped: share of |x| above each calibrator's amax on the evaluation texts."
+             + (" entropy ÷ minmax: how much smaller the entropy range is." if ratio else ""))
+    headers = ("#", "tensor", "SQNR dB", "cosine", "local SQNR dB", "FP32 absmax", "FP32 p99.99", "amax engine",
+               *[f"amax {m}" for m in methods], *[f"clipped {m}" for m in methods],
+               *(("entropy ÷ minmax",) if ratio else ()))
+
+    def ratio_of(r: dict) -> str:
+        e, m = r["amax"].get("entropy"), r["amax"].get("minmax")
+        return _fmt(e / m, ".3f") if e is not None and m else "–"
+
+    rows = tuple((str(r["order"]), r["tensor"], _fmt(r["sqnr_db"], ".1f"), _fmt(r["cosine"], ".5f"),
+                  _fmt(r["local_sqnr_db"], ".1f"), _fmt(r["fp32_absmax"], ".4g"), _fmt(r["fp32_p9999"], ".4g"),
+                  _fmt(r["amax"].get("engine"), ".4g"), *[_fmt(r["amax"].get(m), ".4g") for m in methods],
+                  *[_fmt(r["saturation_rate"].get(m), ".2e") for m in methods], *((ratio_of(r),) if ratio else ()))
+                 for r in worst)
+    return Section("Per layer", notes, headers, rows, chart="layers")
+
+
+def _sensitivity_section(data: dict) -> Section | None:
+    s = data.get("sensitivity")
+    if not s:
+        return None
+    notes = (s["note"], (f"Budget: drop ≤ {s['budget']['max_drop']} points, agreement ≥ {s['budget']['min_agreement']}; "
+             f"{s['evaluations_used']} of {s['budget']['max_evaluations']} evaluations; ranking: {s['ranking_method']}."),
+             "Recommended exclusions (keep in float):")
+    return Section("Sensitivity and fallback", notes, ("node",), tuple((n,) for n in s["exclude_nodes"]) or (("none",),),
+                   tone="pass" if s["passes"] else "fail")
+
+
+def _provenance_section(data: dict) -> Section:
+    b, env = data["build"], data["environment"]
+    rows = (("model sha256", data["model"]["sha256"]),
+            ("dataset", (f"{data['dataset']['source']} [{data['dataset'].get('split')}] fingerprint "
+                        f"{data['dataset']['fingerprint']}")),
+            ("calibration", _fmt((data.get("calibration") or {}).get("calibration"))),
+            ("calibration set", _calibset_text(data)),
+            ("calibrator", _fmt(b["calibrator"])), ("placement", _fmt(_placement_text(b["placement"]))),
+            ("exclusions", ", ".join(b["exclusions"]) or "none"),
+            ("engine", f"{_fmt(b['engine_name'])} ({_fmt(b['backend'])})"), ("Q/DQ sha256", _fmt(b["qdq_sha256"])),
+            ("libraries", ", ".join(f"{k} {v}" for k, v in env["libraries"].items() if v)),
+            ("machine", f"{env['machine']['platform']}, {env['machine']['cpu_count']} CPUs, Python {env['python']}"),
+            ("created", data["created"]))
+    return Section("Provenance", (), ("what", "value"), rows)
+
+
+def report_sections(data: dict, layers: int = 25) -> list[Section]:
+    """Everything a report shows, in order; Markdown and HTML render exactly these sections."""
+    sections = [_verdict_section(data) if data.get("verdict") else None, _headline_section(data),
+                _comparison_section(data), _bucket_section(data), *_class_sections(data),
+                _layer_section(data, layers), _sensitivity_section(data), _provenance_section(data)]
+    return [s for s in sections if s is not None]
+
+
+def _md_cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
 
 
 def render_markdown(data: dict, layers: int = 25) -> str:
-    """Markdown for a pull request: headline, per-bucket table, worst layers, comparison, provenance."""
-    h = data["headline"]
+    """Markdown for a pull request: the same sections as the HTML report, without the charts."""
     lines = [f"# {data['title']}", ""]
-    if not h["labelled"]:
-        lines += [f"> **Agreement-only report:** {h['note']}", ""]
-    lines += ["| metric | value |", "|---|---|"]
-    if h["labelled"]:
-        lines += [f"| accuracy FP32 | {_pct(h['accuracy_fp32'])} |", f"| accuracy INT8 | {_pct(h['accuracy_int8'])} |",
-                  f"| accuracy drop (points, FP32 − INT8) | {_drop(h['accuracy_drop_points'])} |",
-                  f"| INT8 − FP32, 95 % CI (points) | {_ci(h)} |",
-                  f"| macro-F1 FP32 / INT8 | {_fmt(h['macro_f1_fp32'])} / {_fmt(h['macro_f1_int8'])} |"]
-    lines += [f"| top-1 agreement | {_pct(h['top1_agreement'])} |", f"| logit cosine | {_fmt(h['logit_cosine'], '.5f')} |",
-              f"| KL(softmax) | {_fmt(h['kl_softmax'])} |", f"| max / mean abs logit diff | {_fmt(h['max_abs_diff'])} / {_fmt(h['mean_abs_diff'])} |"]
-    if h["embedding_cosine"] is not None:
-        lines.append(f"| embedding cosine (mean / min) | {_fmt(h['embedding_cosine'], '.5f')} / {_fmt(h['embedding_cosine_min'], '.5f')} |")
-    lines += [f"| texts | {h['rows']} |", "", "## Per length bucket (tokens before truncation)", ""]
-    if h["labelled"]:
-        lines += ["| bucket | n | acc FP32 | acc INT8 | drop (pts) | 95 % CI (pts) | agreement | emb. cosine |",
-                  "|---|---:|---:|---:|---:|---|---:|---:|"]
-        for b in data["buckets"]:
-            lines.append(f"| {b['bucket']} | {b['n']} | {_pct(b['accuracy_fp32'])} | {_pct(b['accuracy_int8'])} | "
-                         f"{_drop(b['accuracy_drop_points'])} | {_ci(b)} | {_pct(b['top1_agreement'])} | {_fmt(b['embedding_cosine'], '.4f')} |")
-    else:
-        lines += ["| bucket | n | agreement | KL | emb. cosine |", "|---|---:|---:|---:|---:|"]
-        for b in data["buckets"]:
-            lines.append(f"| {b['bucket']} | {b['n']} | {_pct(b['top1_agreement'])} | {_fmt(b['kl_softmax'])} | "
-                         f"{_fmt(b['embedding_cosine'], '.4f')} |")
-    if data.get("layers"):
-        lay = data["layers"]
-        lines += ["", "## Per layer (network order)", "",
-                  f"First degraded tensor: **{lay['first_degraded'] or 'none'}**", "",
-                  "| # | tensor | SQNR dB | cosine | local SQNR dB | amax (engine) | FP32 absmax | FP32 p99.99 | saturation |",
-                  "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
-        for r in [r for r in lay["rows"] if r["quantized"]][:layers]:
-            lines.append(f"| {r['order']} | `{r['tensor']}` | {_fmt(r['sqnr_db'], '.1f')} | {_fmt(r['cosine'], '.5f')} | "
-                         f"{_fmt(r['local_sqnr_db'], '.1f')} | {_fmt(r['amax'].get('engine'))} | {_fmt(r['fp32_absmax'])} | "
-                         f"{_fmt(r['fp32_p9999'])} | {_fmt(r['saturation_rate'].get('engine'), '.2e')} |")
-    if data["comparison"]:
-        lines += ["", "## Runs compared", "", "| run | calibrator | placement | excl. | drop (pts) | agreement | emb. cosine | worst bucket |",
-                  "|---|---|---|---:|---:|---:|---:|---|"]
-        for r in data["comparison"]:
-            wb = r["worst_bucket"] or {}
-            lines.append(f"| {r['run']} | {_fmt(r['calibrator'])} | {_fmt(r['placement'])} | {r['exclusions']} | "
-                         f"{_drop(r['accuracy_drop_points'])} | {_pct(r['top1_agreement'])} | {_fmt(r['embedding_cosine'], '.4f')} | "
-                         f"{wb.get('bucket', '–')} |")
-    if data.get("sensitivity"):
-        s = data["sensitivity"]
-        lines += ["", "## Sensitivity and fallback", "", s["note"], "",
-                  (f"Budget: drop ≤ {s['budget']['max_drop']} points, agreement ≥ {s['budget']['min_agreement']}; "
-                   f"{s['evaluations_used']} of {s['budget']['max_evaluations']} evaluations; ranking: {s['ranking_method']}."), ""]
-        lines += [f"- `{n}`" for n in s["exclude_nodes"]] or ["- (no exclusions)"]
-    b, env = data["build"], data["environment"]
-    lines += ["", "## Provenance", "", f"- model sha256: `{data['model']['sha256']}`",
-              f"- dataset: {data['dataset']['source']} split {data['dataset'].get('split')} fingerprint `{data['dataset']['fingerprint']}`",
-              f"- calibration: {_fmt((data.get('calibration') or {}).get('calibration'))}; calibration set: {_calibset_text(data)}",
-              (f"- calibrator: {_fmt(b['calibrator'])}; placement: {_fmt(_placement_text(b['placement']))}; "
-               f"exclusions: {len(b['exclusions'])}"),
-              f"- engine: {_fmt(b['engine_name'])} ({_fmt(b['backend'])}), Q/DQ sha256 `{_fmt(b['qdq_sha256'])}`",
-              "- libraries: " + ", ".join(f"{k} {v}" for k, v in env["libraries"].items() if v),
-              f"- machine: {env['machine']['platform']}, {env['machine']['cpu_count']} CPUs, Python {env['python']}", ""]
+    for sec in report_sections(data, layers):
+        lines += [f"{'#' * sec.level} {sec.title}", ""]
+        for note in sec.notes:
+            lines += [f"**{note}**" if sec.tone and note == sec.notes[0] else note, ""]
+        if sec.headers:
+            numeric = [all(_looks_numeric(r[i]) for r in sec.rows) and i > 0 for i in range(len(sec.headers))]
+            lines.append("| " + " | ".join(_md_cell(h) for h in sec.headers) + " |")
+            lines.append("|" + "|".join("---:" if n else "---" for n in numeric) + "|")
+            lines += ["| " + " | ".join(_md_cell(c) for c in r) + " |" for r in sec.rows]
+            lines.append("")
     return "\n".join(lines)
+
+
+def _looks_numeric(text: str) -> bool:
+    return bool(re.fullmatch(r"[+\-−]?[\d.,]+(?:e[+\-]?\d+)?(?: ?%| pts)?|–", str(text)))
 
 
 def _calibset_text(data: dict) -> str:
@@ -344,8 +563,10 @@ _COLORS = ("#4c78a8", "#f58518", "#54a24b", "#e45756")
 
 def svg_grouped_bars(categories: Sequence[str], series: dict[str, Sequence[float | None]], *, title: str,
                      y_label: str, y_min: float | None = None, y_max: float | None = None,
-                     width: int = 640, height: int = 260) -> str:
-    """Grouped bar chart as an inline ``<svg>``; ``None`` values leave a gap."""
+                     width: int = 640, height: int = 260, threshold: float | None = None,
+                     threshold_label: str = "") -> str:
+    """Grouped bar chart as an inline ``<svg>``; ``None`` values leave a gap; a value at the axis floor
+    still shows a sliver; an optional labelled threshold line."""
     values = [v for vs in series.values() for v in vs if v is not None]
     lo = y_min if y_min is not None else min([0.0, *values])
     hi = y_max if y_max is not None else (max(values) if values else 1.0)
@@ -376,11 +597,17 @@ def svg_grouped_bars(categories: Sequence[str], series: dict[str, Sequence[float
                 continue
             base = y(max(lo, min(0.0, hi)) if lo < 0 < hi else lo)
             top_y = y(v)
-            parts.append(f'<rect x="{gx + si * bar:.1f}" y="{min(top_y, base):.1f}" width="{bar * 0.92:.1f}" '
-                         f'height="{abs(base - top_y):.1f}" fill="{_COLORS[si % len(_COLORS)]}">'
+            h = max(abs(base - top_y), 1.5 if v != 0 else 0.0)  # a value at the floor is not an empty slot
+            parts.append(f'<rect x="{gx + si * bar:.1f}" y="{min(top_y, base - h if top_y <= base else base):.1f}" '
+                         f'width="{bar * 0.92:.1f}" height="{h:.1f}" fill="{_COLORS[si % len(_COLORS)]}">'
                          f'<title>{html.escape(name)} {html.escape(cat)}: {v:.4g}</title></rect>')
         parts.append(f'<text x="{left + ci * group + group / 2:.1f}" y="{top + ph + 14}" font-size="10" '
                      f'text-anchor="middle">{html.escape(cat)}</text>')
+    if threshold is not None:
+        ty = y(threshold)
+        parts.append(f'<line x1="{left}" x2="{left + pw}" y1="{ty:.1f}" y2="{ty:.1f}" stroke="#e45756" '
+                     f'stroke-dasharray="4 3"/><text x="{left + pw - 2}" y="{ty - 3:.1f}" font-size="10" '
+                     f'text-anchor="end" fill="#e45756">{html.escape(threshold_label or f"{threshold:g}")}</text>')
     for si, name in enumerate(series):
         lx = left + si * 120
         parts.append(f'<rect x="{lx}" y="{height - 14}" width="10" height="10" fill="{_COLORS[si % len(_COLORS)]}"/>'
@@ -390,14 +617,15 @@ def svg_grouped_bars(categories: Sequence[str], series: dict[str, Sequence[float
 
 
 def svg_line(points: Sequence[float | None], labels: Sequence[str], *, title: str, y_label: str,
-             threshold: float | None = None, width: int = 760, height: int = 260) -> str:
-    """Line chart over tensors in network order; points at ``None`` are skipped; optional threshold line."""
+             threshold: float | None = None, threshold_label: str = "", width: int = 900, height: int = 380) -> str:
+    """Line chart over tensors in network order, tensor names (``labels``) on the x axis; points at
+    ``None`` are skipped; optional labelled threshold line."""
     values = [v for v in points if v is not None]
     lo = min([*values, threshold if threshold is not None else min(values or [0.0])]) if values else 0.0
     hi = max([*values, threshold if threshold is not None else max(values or [1.0])]) if values else 1.0
     if hi <= lo:
         hi = lo + 1.0
-    left, right, top, bottom = 56, 12, 28, 24
+    left, right, top, bottom = 56, 12, 28, 140
     pw, ph = width - left - right, height - top - bottom
     n = max(len(points) - 1, 1)
 
@@ -415,7 +643,9 @@ def svg_line(points: Sequence[float | None], labels: Sequence[str], *, title: st
                  f'text-anchor="middle">{html.escape(y_label)}</text>')
     if threshold is not None:
         _, ty = xy(0, threshold)
-        parts.append(f'<line x1="{left}" x2="{left + pw}" y1="{ty:.1f}" y2="{ty:.1f}" stroke="#e45756" stroke-dasharray="4 3"/>')
+        parts.append(f'<line x1="{left}" x2="{left + pw}" y1="{ty:.1f}" y2="{ty:.1f}" stroke="#e45756" stroke-dasharray="4 3"/>'
+                     f'<text x="{left + pw - 2}" y="{ty - 3:.1f}" font-size="10" text-anchor="end" fill="#e45756">'
+                     f'{html.escape(threshold_label or f"{threshold:g}")}</text>')
     path = " ".join(f"{'M' if j == 0 else 'L'}{x:.1f},{y:.1f}"
                     for j, (x, y) in enumerate(xy(i, v) for i, v in enumerate(points) if v is not None))
     if path:
@@ -425,13 +655,21 @@ def svg_line(points: Sequence[float | None], labels: Sequence[str], *, title: st
             x, y = xy(i, v)
             parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.5" fill="{_COLORS[0]}">'
                          f'<title>{html.escape(labels[i])}: {v:.4g}</title></circle>')
-    parts.append(f'<text x="{left}" y="{height - 6}" font-size="10">network order →</text></svg>')
+    step = max(1, int(np.ceil(len(points) / 60)))  # at most ~60 names, each readable
+    for i in range(0, len(points), step):
+        x, _ = xy(i, lo)
+        yb = top + ph + 6
+        parts.append(f'<text x="{x:.1f}" y="{yb:.1f}" font-size="8" text-anchor="end" '
+                     f'transform="rotate(-60 {x:.1f} {yb:.1f})">{html.escape(labels[i])}</text>')
+    parts.append(f'<text x="{left}" y="{height - 4}" font-size="10">network order →'
+                 + ("" if step == 1 else f" (every {step}th name shown)") + "</text></svg>")
     return "".join(parts)
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], muted: Sequence[bool] = ()) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+    body = "".join(("<tr class=\"muted\">" if i < len(muted) and muted[i] else "<tr>")
+                   + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for i, r in enumerate(rows))
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -439,100 +677,89 @@ _CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans
 padding:0 1em;color:#222}table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:13px}th,td{border:1px solid #ccc;
 padding:3px 8px;text-align:right}th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}
 .note{background:#fff5d6;border-left:4px solid #f5b800;padding:.5em 1em}code{font-size:12px}svg{display:block;margin:1em 0}
-.pass{color:#2a7a2a}.fail{color:#b00020}"""
+.pass{color:#2a7a2a}.fail{color:#b00020}tr.muted td{color:#999;background:#fafafa}
+.banner{padding:.6em 1em;border-radius:4px;margin:1em 0}.banner.pass{background:#e6f4e6;border-left:6px solid #2a7a2a}
+.banner.fail{background:#fdecee;border-left:6px solid #b00020}.banner h2{margin:.2em 0}
+td.PASS{color:#2a7a2a;font-weight:bold}td.FAIL{color:#b00020;font-weight:bold}"""
+
+
+def _charts(data: dict, key: str) -> list[str]:
+    h = data["headline"]
+    if key == "buckets":
+        buckets = data["buckets"]
+        names = [f"{b['bucket']} (n={b['n']})" for b in buckets]
+        out = []
+        if h["labelled"]:
+            out.append(svg_grouped_bars(names, {"FP32 accuracy": [b["accuracy_fp32"] for b in buckets],
+                                                "INT8 accuracy": [b["accuracy_int8"] for b in buckets]},
+                                        title="Accuracy per length bucket", y_label="accuracy", y_min=0.0, y_max=1.0))
+            out.append(svg_grouped_bars(names, {"accuracy drop (points)": [b["accuracy_drop_points"] for b in buckets]},
+                                        title="Accuracy drop per length bucket (FP32 − INT8, points)", y_label="points"))
+        values = [v for b in buckets for v in (b["top1_agreement"], b["embedding_cosine"]) if v is not None]
+        out.append(svg_grouped_bars(names, {"top-1 agreement": [b["top1_agreement"] for b in buckets],
+                                            "embedding cosine": [b["embedding_cosine"] for b in buckets]},
+                                    title="Agreement with FP32 per length bucket", y_label="agreement / cosine",
+                                    y_min=_padded_floor(values), y_max=1.0))
+        return out
+    if key == "layers":
+        q = [r for r in data["layers"]["rows"] if r["quantized"]]
+        names = [short_tensor_name(r["tensor"]) for r in q]
+        return [svg_line([r["sqnr_db"] for r in q], names, title="SQNR of quantized tensors vs FP32 (dB)",
+                         y_label="SQNR dB", threshold=DEGRADED_SQNR_DB,
+                         threshold_label=f"{DEGRADED_SQNR_DB:g} dB: degraded below"),
+                svg_line([r["saturation_rate"].get("engine") for r in q], names,
+                         title="Clipped share (|x| above the engine amax)", y_label="share")]
+    if key == "comparison":
+        rows = data["comparison"]
+        names = [f"{r['calibrator'] or r['run']}" for r in rows]
+        values = [v for r in rows for v in (r["top1_agreement"], r["embedding_cosine"]) if v is not None]
+        series = {"top-1 agreement": [r["top1_agreement"] for r in rows]}
+        if any(r["embedding_cosine"] is not None for r in rows):
+            series["embedding cosine"] = [r["embedding_cosine"] for r in rows]
+        budget = data.get("budget") or {}
+        return [svg_grouped_bars(names, series, title="Agreement with FP32 per run", y_label="agreement / cosine",
+                                 y_min=_padded_floor([*values, *(v for v in (budget.get("min_agreement"),) if v)]),
+                                 y_max=1.0, threshold=budget.get("min_agreement"),
+                                 threshold_label=f"min agreement {budget.get('min_agreement')}")]
+    return []
+
+
+def _padded_floor(values: Sequence[float]) -> float:
+    """A y-axis floor below the smallest value, so the smallest bar keeps a visible height."""
+    if not values:
+        return 0.0
+    low = min(values)
+    return max(0.0, low - max(0.02, 0.25 * (1.0 - low)))
 
 
 def render_html(data: dict, layers: int = 25) -> str:
-    """A self-contained HTML page: inline CSS and SVG, no scripts, no external references."""
-    h = data["headline"]
+    """A self-contained HTML page: inline CSS and SVG, no scripts, no external references; the same
+    sections as the Markdown report, plus charts."""
     out = [(f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(data['title'])}</title>"
             f"<style>{_CSS}</style></head><body><h1>{html.escape(data['title'])}</h1>")]
-    if not h["labelled"]:
-        out.append(f'<p class="note"><b>Agreement-only report:</b> {html.escape(h["note"])}</p>')
-    rows = []
-    if h["labelled"]:
-        rows += [["accuracy FP32", _pct(h["accuracy_fp32"])], ["accuracy INT8", _pct(h["accuracy_int8"])],
-                 ["accuracy drop (points, FP32 − INT8)", _drop(h["accuracy_drop_points"])],
-                 ["INT8 − FP32, 95 % CI (points)", _ci(h)],
-                 ["macro-F1 FP32 / INT8", f"{_fmt(h['macro_f1_fp32'])} / {_fmt(h['macro_f1_int8'])}"]]
-    rows += [["top-1 agreement", _pct(h["top1_agreement"])], ["logit cosine", _fmt(h["logit_cosine"], ".5f")],
-             ["KL(softmax)", _fmt(h["kl_softmax"])], ["max / mean |logit diff|", f"{_fmt(h['max_abs_diff'])} / {_fmt(h['mean_abs_diff'])}"]]
-    if h["embedding_cosine"] is not None:
-        rows.append(["embedding cosine (mean / min)", f"{_fmt(h['embedding_cosine'], '.5f')} / {_fmt(h['embedding_cosine_min'], '.5f')}"])
-    rows.append(["texts", str(h["rows"])])
-    out.append("<h2>Headline</h2>" + _table(["metric", "value"], rows))
-
-    buckets = data["buckets"]
-    names = [f"{b['bucket']} (n={b['n']})" for b in buckets]
-    out.append("<h2>Per length bucket</h2><p>Token counts before truncation.</p>")
-    if h["labelled"]:
-        out.append(svg_grouped_bars(names, {"FP32 accuracy": [b["accuracy_fp32"] for b in buckets],
-                                            "INT8 accuracy": [b["accuracy_int8"] for b in buckets]},
-                                    title="Accuracy per length bucket", y_label="accuracy", y_min=0.0, y_max=1.0))
-        out.append(svg_grouped_bars(names, {"accuracy drop (points)": [b["accuracy_drop_points"] for b in buckets]},
-                                    title="Accuracy drop per length bucket (FP32 − INT8, points)", y_label="points"))
-    out.append(svg_grouped_bars(names, {"top-1 agreement": [b["top1_agreement"] for b in buckets],
-                                        "embedding cosine": [b["embedding_cosine"] for b in buckets]},
-                                title="Agreement with FP32 per length bucket", y_label="agreement / cosine",
-                                y_min=min([0.9, *[v for b in buckets for v in (b["top1_agreement"], b["embedding_cosine"]) if v is not None]]),
-                                y_max=1.0))
-    out.append(_table(["bucket", "n", "acc FP32", "acc INT8", "drop (pts)", "95 % CI (pts)", "agreement", "KL", "emb. cosine"],
-                      [[b["bucket"], str(b["n"]), _pct(b["accuracy_fp32"]), _pct(b["accuracy_int8"]),
-                        _drop(b["accuracy_drop_points"]), _ci(b), _pct(b["top1_agreement"]), _fmt(b["kl_softmax"]),
-                        _fmt(b["embedding_cosine"], ".4f")] for b in buckets]))
-    if data["per_class"]:
-        out.append("<h2>Per class</h2>" + _table(
-            ["class", "support", "precision FP32", "recall FP32", "precision INT8", "recall INT8"],
-            [[c["class"], str(c["support"]), _fmt(c["precision_fp32"], ".3f"), _fmt(c["recall_fp32"], ".3f"),
-              _fmt(c["precision_int8"], ".3f"), _fmt(c["recall_int8"], ".3f")] for c in data["per_class"]]))
-        conf = data["confusion"]
-        out.append("<p>Confusion matrix INT8 (rows = truth):</p>" + _table(
-            ["truth \\ predicted", *conf["classes"]], [[c, *map(str, r)] for c, r in zip(conf["classes"], conf["int8"])]))
-    if data.get("layers"):
-        lay = data["layers"]
-        q = [r for r in lay["rows"] if r["quantized"]]
-        out.append(f"<h2>Per layer</h2><p>First degraded tensor: <b>{html.escape(str(lay['first_degraded'] or 'none'))}</b> "
-                   "(SQNR below 20 dB or cosine below 0.99).</p>")
-        out.append(svg_line([r["sqnr_db"] for r in q], [r["tensor"] for r in q], title="SQNR of quantized tensors vs FP32 (dB)",
-                            y_label="SQNR dB", threshold=20.0))
-        out.append(svg_line([r["saturation_rate"].get("engine") for r in q], [r["tensor"] for r in q],
-                            title="Saturation rate (share of |x| above the engine amax)", y_label="share"))
-        methods = sorted({m for r in lay["rows"] for m in r["amax"]})
-        worst = sorted(q, key=lambda r: (r["sqnr_db"] if r["sqnr_db"] is not None else -1e9))[:layers]
-        out.append(f"<p>The {len(worst)} quantized tensors with the lowest SQNR:</p>" + _table(
-            ["#", "tensor", "SQNR dB", "cosine", "local SQNR dB", "FP32 absmax", "FP32 p99.99",
-             *[f"amax {m}" for m in methods], *[f"sat. {m}" for m in methods]],
-            [[str(r["order"]), r["tensor"], _fmt(r["sqnr_db"], ".1f"), _fmt(r["cosine"], ".5f"), _fmt(r["local_sqnr_db"], ".1f"),
-              _fmt(r["fp32_absmax"]), _fmt(r["fp32_p9999"]), *[_fmt(r["amax"].get(m)) for m in methods],
-              *[_fmt(r["saturation_rate"].get(m), ".2e") for m in methods]] for r in worst]))
-    if data["comparison"]:
-        out.append("<h2>Runs compared</h2>" + _table(
-            ["run", "calibrator", "placement", "excl.", "acc INT8", "drop (pts)", "95 % CI", "agreement", "emb. cosine", "worst bucket"],
-            [[r["run"], _fmt(r["calibrator"]), _fmt(r["placement"]), str(r["exclusions"]), _pct(r["accuracy_int8"]),
-              _drop(r["accuracy_drop_points"]), _ci(r), _pct(r["top1_agreement"]), _fmt(r["embedding_cosine"], ".4f"),
-              (r["worst_bucket"] or {}).get("bucket", "–")] for r in data["comparison"]]))
-    if data.get("sensitivity"):
-        s = data["sensitivity"]
-        cls = "pass" if s["passes"] else "fail"
-        out.append(f'<h2>Sensitivity and fallback</h2><p class="{cls}">{html.escape(s["note"])}</p>'
-                   f"<p>Budget: drop ≤ {s['budget']['max_drop']} points, agreement ≥ {s['budget']['min_agreement']}; "
-                   f"{s['evaluations_used']} of {s['budget']['max_evaluations']} evaluations; ranking: {html.escape(s['ranking_method'])}.</p>")
-        out.append("<p>Recommended exclusions (keep in float):</p><ul>" +
-                   ("".join(f"<li><code>{html.escape(n)}</code></li>" for n in s["exclude_nodes"]) or "<li>none</li>") + "</ul>")
-    b, env = data["build"], data["environment"]
-    prov = [["model sha256", data["model"]["sha256"]],
-            ["dataset", f"{data['dataset']['source']} [{data['dataset'].get('split')}] fingerprint {data['dataset']['fingerprint']}"],
-            ["calibration", _fmt((data.get("calibration") or {}).get("calibration"))],
-            ["calibration set", _calibset_text(data)],
-            ["calibrator", _fmt(b["calibrator"])], ["placement", _fmt(_placement_text(b["placement"]))],
-            ["exclusions", ", ".join(b["exclusions"]) or "none"],
-            ["engine", f"{_fmt(b['engine_name'])} ({_fmt(b['backend'])})"], ["Q/DQ sha256", _fmt(b["qdq_sha256"])],
-            ["libraries", ", ".join(f"{k} {v}" for k, v in env["libraries"].items() if v)],
-            ["machine", f"{env['machine']['platform']}, {env['machine']['cpu_count']} CPUs, Python {env['python']}"],
-            ["created", data["created"]]]
-    out.append("<h2>Provenance</h2>" + _table(["what", "value"], prov))
+    for sec in report_sections(data, layers):
+        tag = f"h{sec.level}"
+        notes = "".join(f"<p>{_inline_code(n)}</p>" for n in sec.notes)
+        table = ""
+        if sec.headers:
+            table = _table(sec.headers, sec.rows, sec.muted)
+            if sec.title.startswith("Verdict"):  # colour the status cells
+                for status in ("PASS", "FAIL"):
+                    table = table.replace(f"<td>{status}</td>", f'<td class="{status}">{status}</td>')
+        charts = "".join(_charts(data, sec.chart)) if sec.chart else ""
+        if sec.title.startswith("Verdict"):
+            out.append(f'<div class="banner {sec.tone}"><{tag}>{html.escape(sec.title)}</{tag}>{notes}{table}</div>')
+        else:
+            cls = f' class="{sec.tone}"' if sec.tone else ""
+            out.append(f"<{tag}{cls}>{html.escape(sec.title)}</{tag}>{notes}{charts}{table}")
     out.append("</body></html>")
     return "\n".join(out)
+
+
+def _inline_code(text: str) -> str:
+    """Escape ``text``; spans between backticks become ``<code>``."""
+    parts = html.escape(text).split("`")
+    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
 
 
 @dataclass(frozen=True)
@@ -551,7 +778,9 @@ class Report:
 
     def summary(self) -> dict:
         h = self.data["headline"]
-        return {k: h.get(k) for k in ("accuracy_drop_points", "top1_agreement", "embedding_cosine", "labelled")}
+        verdict = (self.data.get("verdict") or {}).get("status")
+        return {"verdict": verdict, **{k: h.get(k) for k in ("accuracy_drop_points", "top1_agreement",
+                                                              "embedding_cosine", "labelled")}}
 
 
 def make_report(config: ReportConfig, out_dir: Path, *, progress: ProgressFn | None = None) -> Report:
@@ -567,7 +796,7 @@ def make_report(config: ReportConfig, out_dir: Path, *, progress: ProgressFn | N
         check_same_model(evaluations[0].data["model"]["sha256"], sens.data["model"]["sha256"],
                          f"sensitivity run {config.sensitivity}")
         sensitivity = sens.data
-    data = report_data(evaluations, sensitivity, title=config.title)
+    data = report_data(evaluations, sensitivity, title=config.title, budget=config.budget)
     out_dir = Path(out_dir)
     atomic_write_json(out_dir / "report.json", data)
     atomic_write_text(out_dir / "report.md", render_markdown(data, config.layers))

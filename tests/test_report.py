@@ -109,3 +109,86 @@ def test_compare_and_bad_inputs(evaluations, tmp_path):
     assert not (tmp_path / "r2").exists()
     svg = svg_grouped_bars(["a", "b"], {"x": [0.5, None]}, title="t <&>", y_label="y")
     assert svg.startswith("<svg") and "t &lt;&amp;&gt;" in svg
+
+
+def test_report_verdict_budget_and_gate_command(evaluations, tmp_path):
+    from calib.gate import check_gate
+    from calib.report import ReportConfig, make_report
+    from calib.verdict import ReleaseBudget
+
+    budget = ReleaseBudget(max_drop=100.0, min_agreement=1.01, min_embedding_cosine=None)
+    rep = make_report(ReportConfig(evaluations=(str(evaluations[0].dir), str(evaluations[1].dir)), budget=budget),
+                      tmp_path / "r")
+    v = rep.data["verdict"]
+    assert v["status"] == "FAIL" and rep.data["budget"] == budget.to_dict()
+    assert [(c["name"], c["status"]) for c in v["criteria"]] == [("max_drop", "PASS"), ("min_agreement", "FAIL")]
+    assert rep.data["gate_command"] == "calib gate report.json --max-drop 100 --min-agreement 1.01"
+    # the gate with the recorded budget reproduces the report's verdict
+    gate = check_gate(rep.data, **{k: v for k, v in rep.data["budget"].items()})
+    assert gate.passed is v["passed"] and gate.reason == v["reason"]
+    assert rep.summary()["verdict"] == "FAIL"
+    assert [r["verdict"] for r in rep.data["comparison"]] == ["FAIL", "FAIL"]
+    assert rep.data["recommendation"]["index"] in (0, 1) and not rep.data["recommendation"]["passes"]
+    for name in ("report.md", "report.html"):
+        text = (tmp_path / "r" / name).read_text()
+        assert "Verdict: FAIL" in text and "calib gate report.json --max-drop 100 --min-agreement 1.01" in text
+        assert text.index("Verdict: FAIL") < text.index("Headline")
+    # default budget: what the evaluation can measure
+    rep = make_report(ReportConfig(evaluations=(str(evaluations[0].dir),)), tmp_path / "d")
+    assert rep.data["budget"] == ReleaseBudget().to_dict()
+    rep = make_report(ReportConfig(evaluations=(str(evaluations[2].dir),)), tmp_path / "u")  # no labels
+    assert rep.data["budget"]["max_drop"] is None and rep.data["verdict"]["criteria"][0]["name"] == "min_agreement"
+
+
+def test_markdown_and_html_show_the_same_content(evaluations, tmp_path):
+    from calib.report import ReportConfig, make_report, report_sections
+
+    rep = make_report(ReportConfig(evaluations=(str(evaluations[1].dir),), layers=3), tmp_path / "r")
+    md = (tmp_path / "r" / "report.md").read_text()
+    page = (tmp_path / "r" / "report.html").read_text()
+    sections = report_sections(rep.data, 3)
+    titles = [s.title for s in sections]
+    assert {"Per class", "Confusion matrix FP32", "Confusion matrix INT8", "Per layer", "Per length bucket"} <= set(titles)
+    for sec in sections:
+        assert sec.title in md and sec.title in page
+        for row in sec.rows:  # every cell of every table is in both forms
+            for cell in row:
+                assert cell.replace("|", "\\|") in md, cell
+                assert html_escape(cell) in page, cell
+    # the worst tensors by SQNR, with a note when the table is cut
+    layer = next(s for s in sections if s.title == "Per layer")
+    sqnr = [float(r[2]) for r in layer.rows]
+    assert len(layer.rows) == 3 and sqnr == sorted(sqnr)
+    quantized = [r for r in rep.data["layers"]["rows"] if r["quantized"]]
+    assert min(r["sqnr_db"] for r in quantized) == pytest.approx(sqnr[0], abs=0.05)
+    assert f"The 3 of {len(quantized)} quantized tensors with the lowest SQNR" in md
+    assert "under 20 dB SQNR" in md
+    # one sign convention for the drop and its interval, labelled
+    h = rep.data["headline"]
+    assert h["drop_ci_low_points"] == pytest.approx(-h["ci_high_points"])
+    assert h["drop_ci_low_points"] <= h["accuracy_drop_points"] <= h["drop_ci_high_points"]
+    assert "drop, 95 % interval (FP32 − INT8, points)" in md and "drop, 95 % interval (FP32 − INT8, points)" in page
+    assert "INT8 − FP32" not in md and "INT8 − FP32" not in page
+    # buckets with few texts are marked in both
+    few = [b for b in rep.data["buckets"] if b["n"] < 30]
+    if few:
+        assert f"{few[0]['bucket']} (few texts)" in md and 'class="muted"' in page
+
+
+def html_escape(text: str) -> str:
+    import html
+
+    return html.escape(text)
+
+
+def test_short_tensor_names_and_padded_bars():
+    from calib.report import short_tensor_name, svg_grouped_bars
+
+    assert short_tensor_name("/bert/encoder/layer.0/attention/self/Softmax_output_0") == "L0 attention/self/Softmax"
+    assert short_tensor_name("/encoder/layers.11/mlp/fc2/MatMul_output_0") == "L11 mlp/fc2/MatMul"
+    long = short_tensor_name("/bert/encoder/layer.3/attention/output/LayerNorm/LayerNormalization_output_0")
+    assert long.startswith("L3 …") and long.endswith("LayerNormalization") and len(long) <= 32
+    # a value at the axis floor still has a visible bar
+    svg = svg_grouped_bars(["a", "b"], {"x": [0.9, 0.95]}, title="t", y_label="y", y_min=0.9, y_max=1.0)
+    heights = [float(h) for h in re.findall(r'<rect x="[\d.]+" y="[\d.]+" width="[\d.]+" height="([\d.]+)"', svg)]
+    assert min(heights[:2]) >= 1.5

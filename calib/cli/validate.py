@@ -28,6 +28,30 @@ def _int_list(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {text!r}") from None
 
 
+_NONE = "none"
+
+
+def _budget_value(text: str) -> float | str:
+    if text.strip().lower() in ("none", "off"):
+        return _NONE
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'none', got {text!r}") from None
+
+
+def budget_from_args(args: argparse.Namespace):
+    """The release budget given on the command line, or None (the report's default) when no option is set."""
+    from calib.verdict import ReleaseBudget
+
+    given = {k: getattr(args, k) for k in ("max_drop", "min_agreement", "min_embedding_cosine")}
+    if all(v is None for v in given.values()) and not args.use_ci:
+        return None
+    defaults = ReleaseBudget()
+    values = {k: (getattr(defaults, k) if v is None else None if v == _NONE else v) for k, v in given.items()}
+    return ReleaseBudget(**values, use_ci=args.use_ci)
+
+
 def _str_list(text: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in text.split(",") if v.strip())
 
@@ -79,10 +103,19 @@ def _common(args: argparse.Namespace, ws) -> dict:
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("validate", help="FP32 vs INT8 on the eval split: per bucket, per layer (stage validate)",
                               epilog=_VALIDATE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--engine", required=True, help="build run (id, unique prefix, latest, latest:LABEL, folder) "
-                   "or a Q/DQ .onnx file")
+    p.add_argument("--engine", help="build run (id, unique prefix, latest, latest:LABEL, folder) or a Q/DQ .onnx "
+                   "file; or give --calibration RUN --method all to compare every calibrator")
     _model_data_args(p)
     p.add_argument("--calibration", help="calibrate run id/folder: show every method's amax per tensor")
+    p.add_argument("--method", nargs="+", metavar="METHOD",
+                   help="instead of --engine: build and validate these range sets of --calibration side by side "
+                        "('all': every method it has), then recommend one against the release budget")
+    p.add_argument("--placement", default="tensorrt", help="placement preset of the builds made by --method")
+    p.add_argument("--max-drop", type=_budget_value, help="with --method: release budget, largest drop in points")
+    p.add_argument("--min-agreement", type=_budget_value, help="with --method: release budget, smallest agreement")
+    p.add_argument("--min-embedding-cosine", type=_budget_value,
+                   help="with --method: release budget, smallest embedding cosine")
+    p.add_argument("--use-ci", action="store_true", help="with --method: the drop's upper 95 %% bound must pass too")
     p.add_argument("--edges", type=_int_list, help="length bucket edges (default 0,32,64,128,256,512)")
     p.add_argument("--no-layers", action="store_true", help="skip the per-layer analysis")
     p.add_argument("--layer-rows", type=int, default=128, help="texts for the per-layer analysis (0 = all)")
@@ -112,11 +145,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.set_defaults(handler=run_sensitivity)
 
     r = subparsers.add_parser("report", help="release report (HTML, Markdown, JSON) from validate runs")
-    r.add_argument("evaluations", nargs="+", help="validate run ids/folders; the first is the release candidate")
+    r.add_argument("evaluations", nargs="*", help="validate run ids/folders; the first is the release candidate")
+    r.add_argument("--comparison", help="a calibrator comparison run (calib validate --method): every method, the "
+                   "recommended one as the release candidate")
     r.add_argument("--sensitivity", help="a sensitivity run id/folder to include")
     r.add_argument("--title", default="INT8 accuracy report")
     r.add_argument("--label", default="")
     json_arg(r)
+    b = r.add_argument_group("release budget (the verdict; default: drop ≤ 0.5 points, agreement ≥ 0.99, embedding "
+                             "cosine ≥ 0.99 where measurable; 'none' leaves a criterion out)")
+    b.add_argument("--max-drop", type=_budget_value, help="largest allowed accuracy drop, FP32 − INT8, in points")
+    b.add_argument("--min-agreement", type=_budget_value, help="smallest allowed top-1 agreement (0-1)")
+    b.add_argument("--min-embedding-cosine", type=_budget_value, help="smallest allowed mean embedding cosine")
+    b.add_argument("--use-ci", action="store_true", help="the upper 95 %% bound of the drop must be within budget too")
     r.set_defaults(handler=run_report)
 
     g = subparsers.add_parser("gate", help="exit non-zero when a report fails the accuracy budget")
@@ -136,6 +177,10 @@ def run_validate(args: argparse.Namespace) -> int:
     from calib.validate import ValidateConfig, validate
 
     ws = workspace_of(args)
+    if args.method:
+        return run_compare(args, ws)
+    if not args.engine:
+        raise InputError("give --engine (a build run) or --calibration RUN --method all (every calibrator side by side)")
     values = _common(args, ws)
     parents: list[str] = []
     engine = run_folder(ws, args.engine, "build", parents)
@@ -178,6 +223,52 @@ def summary_line(summary: dict) -> str:
     """A validate summary as one line: percentages, signed points and ratios with their units."""
     return ", ".join(f"{k} {_SUMMARY_FORMATS.get(k, fmt.cell)(v) if v is not None else fmt.MISSING}"
                      for k, v in summary.items())
+
+
+def run_compare(args: argparse.Namespace, ws) -> int:
+    """``calib validate --calibration RUN --method all``: every range set built, validated and judged."""
+    from calib.cli.common import ProgressBar, format_table
+    from calib.compare import CompareConfig, compare_calibrators
+    from calib.pipeline import run_stage
+    from calib.validate import ValidateConfig
+
+    if args.engine:
+        raise InputError("give either --engine (one build) or --method (build every range set), not both")
+    if not args.calibration:
+        raise InputError("--method needs --calibration (the calibrate run whose range sets to compare)")
+    values = _common(args, ws)
+    parents: list[str] = []
+    calibration = str(run_folder(ws, args.calibration, "calibrate", parents))
+    methods = () if [m.lower() for m in args.method] == ["all"] else tuple(args.method)
+    validation = ValidateConfig(engine="", batch_size=args.batch_size, limit=args.limit or 0, layers=not args.no_layers,
+                                layer_rows=args.layer_rows, bootstrap=args.bootstrap, seed=args.seed,
+                                **({"edges": args.edges} if args.edges else {}), **values)
+    config = CompareConfig(calibration=calibration, validation=validation, methods=methods, placement=args.placement,
+                           budget=budget_from_args(args))
+    run_id, comparison = run_stage(ws, "compare", compare_calibrators, config, parents=parents, label=args.label,
+                                   progress=ProgressBar("compare"))
+    data = comparison.data
+    rec = data["recommendation"]
+    if args.json:
+        print(json.dumps(fmt.clean({"run": run_id, **comparison.summary(), "recommendation": rec,
+                          "rows": [{k: r.get(k) for k in ("calibrator", "accuracy_drop_points", "drop_ci_low_points",
+                                                          "drop_ci_high_points", "top1_agreement", "embedding_cosine")}
+                                   | {"verdict": r["verdict"]["status"]} for r in data["rows"]]}), indent=2))
+        return 0
+    print(f"run {run_id}: {comparison.dir}")
+    rows = [[r["calibrator"], fmt.percent(r.get("accuracy_int8")), fmt.points(r.get("accuracy_drop_points"), unit=False),
+             fmt.MISSING if r.get("drop_ci_low_points") is None else
+             f"[{fmt.points(r['drop_ci_low_points'], unit=False)}, {fmt.points(r['drop_ci_high_points'], unit=False)}]",
+             fmt.percent(r["top1_agreement"]), fmt.ratio(r.get("embedding_cosine")), r["verdict"]["status"]]
+            for r in data["rows"]]
+    print(format_table(["calibrator", "acc INT8", "drop pts (FP32-INT8)", "drop 95% CI", "agreement", "emb cos", "verdict"],
+                       rows))
+    print(f"recommended: {rec['reason']}")
+    if rec["default_note"]:
+        print(f"note: {rec['default_note']}")
+    print(f"report: calib report --comparison {run_id}")
+    return 0
+
 
 
 def run_sensitivity(args: argparse.Namespace) -> int:
@@ -231,10 +322,20 @@ def run_report(args: argparse.Namespace) -> int:
     ws = workspace_of(args)
     parents: list[str] = []
     folders = [str(run_folder(ws, e, "validate", parents)) for e in args.evaluations]
+    budget = budget_from_args(args)
+    if args.comparison:
+        from calib.compare import CalibratorComparison
+        from calib.verdict import ReleaseBudget
+
+        comparison = CalibratorComparison.load(run_folder(ws, args.comparison, "compare", parents))
+        folders = [str(d) for d in comparison.evaluation_dirs()] + folders
+        budget = budget or ReleaseBudget.from_dict(comparison.data["budget"])
+    if not folders:
+        raise InputError("give validate runs or --comparison RUN to report on")
     sensitivity = None
     if args.sensitivity:
         sensitivity = str(run_folder(ws, args.sensitivity, "sensitivity", parents))
-    config = ReportConfig(evaluations=tuple(folders), sensitivity=sensitivity, title=args.title)
+    config = ReportConfig(evaluations=tuple(folders), sensitivity=sensitivity, title=args.title, budget=budget)
     run_id, report = run_stage(ws, "report", make_report, config, parents=parents, label=args.label,
                                progress=ProgressBar("report"))
     if args.json:
@@ -244,6 +345,11 @@ def run_report(args: argparse.Namespace) -> int:
     print(f"run {run_id}:")
     for name in ("report.html", "report.md", "report.json"):
         print(f"  {report.dir / name}")
+    verdict = report.data["verdict"]
+    print(f"verdict: {verdict['reason']}")
+    from calib.verdict import ReleaseBudget, gate_command
+
+    print(f"reproduce: {gate_command(str(report.dir / 'report.json'), ReleaseBudget.from_dict(report.data['budget']))}")
     return 0
 
 

@@ -1,0 +1,128 @@
+"""Calibrators side by side: build and validate every range set of one calibration run, then judge
+them against one release budget and recommend one.
+
+``compare_calibrators(CompareConfig, out_dir)`` runs the build stage (:func:`calib.build.build`) and
+the validate stage (:func:`calib.validate.validate`) once per calibration method, each into its own
+sub-folder (``<method>/engine``, ``<method>/evaluation``), and writes ``comparison.json``: one row per
+method (headline figures, the drop's interval, the verdict), the recommended method and why, and
+whether TensorRT's default calibrator (entropy) is the best choice for this model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from calib.errors import InputError
+from calib.io import atomic_write_json, read_artifact_json
+from calib.validate import Evaluation, ValidateConfig
+from calib.verdict import Recommendation, ReleaseBudget, judge, recommend
+from calib.workspace import ProgressFn
+
+SCHEMA = "calib.comparison/1"
+ENGINE_DIR, EVALUATION_DIR = "engine", "evaluation"
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """``calibration``: a calibrate run folder. ``validation``: how to validate each engine (its
+    ``engine`` and ``calibration`` fields are filled per method). ``methods``: which range sets (empty:
+    every method of the calibration). ``placement``: the Q/DQ placement preset of every build.
+    ``budget``: the release budget (None: the default for what the evaluations can measure)."""
+
+    calibration: str
+    validation: ValidateConfig
+    methods: tuple[str, ...] = ()
+    placement: str = "tensorrt"
+    budget: ReleaseBudget | None = None
+
+
+@dataclass(frozen=True)
+class CalibratorComparison:
+    """A saved comparison: ``comparison.json`` plus one engine and one evaluation folder per method."""
+
+    dir: Path
+    data: dict
+
+    @classmethod
+    def load(cls, directory: str | Path) -> CalibratorComparison:
+        directory = Path(directory)
+        data = read_artifact_json(directory / "comparison.json", SCHEMA, "give a calibrator comparison run folder")
+        return cls(directory, data)
+
+    @property
+    def methods(self) -> list[str]:
+        return [r["calibrator"] for r in self.data["rows"]]
+
+    @property
+    def recommendation(self) -> Recommendation:
+        return Recommendation(**self.data["recommendation"])
+
+    def evaluation_dir(self, method: str) -> Path:
+        if method not in self.methods:
+            raise InputError(f"comparison {self.dir} has no method {method!r}; it has {', '.join(self.methods)}")
+        return self.dir / method / EVALUATION_DIR
+
+    def evaluation_dirs(self, *, recommended_first: bool = True) -> list[Path]:
+        """Every method's evaluation folder; the recommended one first (the report's release candidate)."""
+        methods = self.methods
+        if recommended_first:
+            best = self.data["recommendation"]["name"]
+            methods = [best, *[m for m in methods if m != best]]
+        return [self.evaluation_dir(m) for m in methods]
+
+    def summary(self) -> dict:
+        rec = self.data["recommendation"]
+        return {"recommended": rec["name"], "recommended_passes": rec["passes"], "methods": self.methods,
+                "passing": [r["calibrator"] for r in self.data["rows"] if r["verdict"]["passed"]],
+                "placement": self.data["placement"], "model_sha256": self.data["model_sha256"]}
+
+
+def compare_calibrators(config: CompareConfig, out_dir: Path, *,
+                        progress: ProgressFn | None = None) -> CalibratorComparison:
+    """Build and validate each method's ranges; write ``comparison.json`` with the recommendation."""
+    from calib.build import BuildConfig, build
+    from calib.calibrate import Calibration
+    from calib.report import budget_for, compare_evaluations, headline_of
+    from calib.validate import validate
+
+    report = progress or (lambda fraction, message="": None)
+    calibration = Calibration.load(config.calibration)
+    methods = tuple(config.methods) or tuple(calibration.methods)
+    unknown = [m for m in methods if m not in calibration.methods]
+    if unknown:
+        raise InputError(f"calibration {config.calibration} has no ranges for {', '.join(unknown)}; it has "
+                         f"{', '.join(calibration.methods)}")
+    if len(set(methods)) != len(methods):
+        raise InputError(f"methods repeat: {', '.join(methods)}")
+    out_dir = Path(out_dir)
+    evaluations: list[Evaluation] = []
+    for i, method in enumerate(methods):
+        start, span = i / len(methods), 1.0 / len(methods)  # build ≈ 30 % of a method's time, validate 70 %
+
+        engine_dir = out_dir / method / ENGINE_DIR
+        build(BuildConfig(model=config.validation.model, calibration=config.calibration, method=method,
+                          placement=config.placement), engine_dir,
+              progress=lambda f, m="", _s=start, _w=span, _m=method, _i=i: report(
+                  _s + _w * 0.3 * f, f"{_m} ({_i + 1}/{len(methods)}): build: {m}"))
+        vconfig = dataclasses.replace(config.validation, engine=str(engine_dir), calibration=config.calibration)
+        evaluations.append(validate(vconfig, out_dir / method / EVALUATION_DIR,
+                                    progress=lambda f, m="", _s=start, _w=span, _m=method, _i=i: report(
+                                        _s + _w * (0.3 + 0.7 * f), f"{_m} ({_i + 1}/{len(methods)}): validate: {m}")))
+    rows = compare_evaluations(evaluations)
+    budget = budget_for(evaluations[0], config.budget)
+    for row, ev in zip(rows, evaluations):
+        row["run"] = row["calibrator"] or row["run"]
+        row["verdict"] = judge(row, budget).to_dict()
+        row["evaluation"] = f"{row['calibrator']}/{EVALUATION_DIR}"
+        row["bucket_drops"] = [{"bucket": b["bucket"], "n": b["n"], "top1_agreement": b["agreement"]["top1_agreement"],
+                                "accuracy_drop_points": b.get("accuracy_drop_points")} for b in ev.buckets]
+        row["headline"] = headline_of(ev)
+    rec = recommend(rows, budget)
+    data = {"schema": SCHEMA, "calibration": str(Path(config.calibration).resolve()), "placement": config.placement,
+            "model_sha256": evaluations[0].data["model"]["sha256"], "dataset": evaluations[0].data["dataset"],
+            "budget": budget.to_dict(), "rows": rows, "recommendation": rec.to_dict()}
+    atomic_write_json(out_dir / "comparison.json", data)
+    report(1.0, f"recommended: {rec.name}")
+    return CalibratorComparison.load(out_dir)

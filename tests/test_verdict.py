@@ -1,0 +1,101 @@
+"""Release budget, verdict, recommendation among candidates and the eval-set resolution warning."""
+
+from __future__ import annotations
+
+import pytest
+
+from calib.errors import InputError
+from calib.verdict import (
+    ReleaseBudget,
+    Verdict,
+    default_budget,
+    gate_command,
+    judge,
+    recommend,
+    resolution_warning,
+    texts_needed,
+)
+
+HEAD = {"labelled": True, "rows": 1000, "accuracy_drop_points": 0.3, "drop_ci_low_points": -0.9,
+        "drop_ci_high_points": 1.4, "top1_agreement": 0.89, "embedding_cosine": 0.995}
+
+
+def test_each_criterion_has_threshold_value_and_status():
+    v = judge(HEAD, ReleaseBudget(max_drop=0.5, min_agreement=0.99, min_embedding_cosine=0.99))
+    assert not v.passed and v.status == "FAIL"
+    by_name = {c.name: c for c in v.criteria}
+    assert [c.name for c in v.criteria] == ["max_drop", "min_agreement", "min_embedding_cosine"]
+    assert by_name["max_drop"].passed and by_name["max_drop"].value == 0.3 and by_name["max_drop"].threshold == 0.5
+    assert not by_name["min_agreement"].passed and by_name["min_agreement"].status == "FAIL"
+    assert by_name["min_embedding_cosine"].passed
+    assert v.reason == "FAIL: top-1 agreement 0.8900 < 0.99"  # only the failed criteria
+    ok = judge(HEAD, ReleaseBudget(max_drop=0.5, min_agreement=0.85, min_embedding_cosine=None))
+    assert ok.passed and ok.reason.startswith("PASS: accuracy drop 0.30 points <= budget 0.5")
+
+
+def test_upper_interval_bound_is_its_own_criterion():
+    v = judge(HEAD, ReleaseBudget(max_drop=1.0, min_agreement=None, min_embedding_cosine=None, use_ci=True))
+    assert [(c.name, c.passed) for c in v.criteria] == [("max_drop", True), ("max_drop_ci", False)]
+    assert v.criteria[1].value == 1.4
+    # an older report with only the INT8 − FP32 interval: the drop's upper bound is −low
+    old = {"labelled": True, "accuracy_drop_points": 0.3, "ci_low_points": -0.8, "ci_high_points": 0.2,
+           "top1_agreement": 1.0}
+    assert judge(old, ReleaseBudget(max_drop=1.0, use_ci=True, min_embedding_cosine=None)).passed
+
+
+def test_unmeasurable_criteria_fail_with_the_reason():
+    unlabelled = {"labelled": False, "rows": 50, "accuracy_drop_points": None, "top1_agreement": 1.0,
+                  "embedding_cosine": None}
+    v = judge(unlabelled, ReleaseBudget())
+    assert not v.passed
+    assert "no accuracy" in v.criteria[0].detail and v.criteria[0].value is None
+    assert "no embedding output" in v.criteria[-1].detail
+    assert judge(unlabelled, default_budget(has_embedding=False, labelled=False)).passed
+    with pytest.raises(InputError):
+        judge(HEAD, ReleaseBudget(max_drop=None, min_agreement=None, min_embedding_cosine=None))
+
+
+def test_budget_round_trip_flags_and_gate_command():
+    b = ReleaseBudget(max_drop=0.25, min_agreement=0.995, min_embedding_cosine=None, use_ci=True)
+    assert ReleaseBudget.from_dict(b.to_dict()) == b
+    assert ReleaseBudget.from_dict(None) == ReleaseBudget()
+    assert ReleaseBudget.from_dict({"max_drop": "1", "unknown": 3}).max_drop == 1.0
+    assert gate_command("report.json", b) == "calib gate report.json --max-drop 0.25 --min-agreement 0.995 --use-ci"
+    assert b.describe() == "drop ≤ 0.25 pts (upper 95 % bound too), agreement ≥ 0.995"
+    v = judge(HEAD, b)
+    assert Verdict.from_dict(v.to_dict()) == v
+    with pytest.raises(InputError):
+        ReleaseBudget(max_drop=-1)
+    with pytest.raises(InputError):
+        ReleaseBudget(max_drop=None, use_ci=True)
+
+
+def test_resolution_warning_gives_the_size_that_would_do():
+    budget = ReleaseBudget(max_drop=0.5)
+    text = resolution_warning({**HEAD, "drop_ci_low_points": -1.5, "drop_ci_high_points": 2.5}, budget)
+    # ±2 points on 1,000 texts; intervals shrink as 1/sqrt(n): 1000 × (2 / 0.5)² = 16,000
+    assert text == ("1,000 texts cannot show a 0.5-point drop: the 95 % interval of the drop is ±2.00 points; "
+                    "about 16,000 texts would narrow it to ±0.5")
+    assert texts_needed(1000, 2.0, 0.5) == 16000
+    assert resolution_warning({**HEAD, "drop_ci_low_points": 0.1, "drop_ci_high_points": 0.5}, budget) is None
+    assert resolution_warning({**HEAD, "labelled": False}, budget) is None
+
+
+def test_recommend_prefers_passing_then_agreement_and_says_when_entropy_is_not_best():
+    rows = [{"calibrator": "entropy", "labelled": True, "accuracy_drop_points": 0.6, "top1_agreement": 0.89,
+             "embedding_cosine": 0.91},
+            {"calibrator": "minmax", "labelled": True, "accuracy_drop_points": 0.0, "top1_agreement": 0.95,
+             "embedding_cosine": 0.978},
+            {"calibrator": "mse", "labelled": True, "accuracy_drop_points": 0.2, "top1_agreement": 0.954,
+             "embedding_cosine": 0.983}]
+    strict = ReleaseBudget(max_drop=0.5, min_agreement=0.99, min_embedding_cosine=0.99)
+    rec = recommend(rows, strict)
+    assert rec.index == 2 and rec.name == "mse" and not rec.passes
+    assert rec.reason.startswith("none of the 3 passes the budget") and "mse comes closest" in rec.reason
+    assert "TensorRT's default calibrator (entropy) is not the best choice" in rec.default_note
+    loose = ReleaseBudget(max_drop=0.1, min_agreement=0.9, min_embedding_cosine=None)
+    rec = recommend(rows, loose)  # mse has the better agreement but fails the drop
+    assert rec.name == "minmax" and rec.passes and "passes the budget" in rec.reason
+    assert recommend(rows[:1], strict).default_note == ""
+    with pytest.raises(InputError):
+        recommend([], strict)
