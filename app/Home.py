@@ -15,8 +15,14 @@ if str(APP_DIR) not in sys.path:
 
 import streamlit as st
 from lib.context import STAGE_TITLES
-from lib.project import demo_ready
-from lib.ui import age, start_page
+from lib.project import demo_ready, release_budget
+from lib.ui import age, current_run_id, run_label, run_title, start_page
+from lib.verdict_view import verdict_banner
+
+from calib.errors import CalibError
+from calib.report import headline_of
+from calib.validate import Evaluation
+from calib.verdict import judge, resolution_warning
 
 page = start_page("calib workbench", ":material/tune:",
                   "INT8 calibration and accuracy validation for transformer text models that ship on "
@@ -41,6 +47,31 @@ if page.project.kind == "demo" and not demo_ready(page.ws, page.project.task):
     st.info(f"The demo task **{page.project.task}** is not prepared in this workspace yet. "
             "Open **Project** to prepare it (a few minutes, all offline).", icon=":material/info:")
 
+def latest_validation():
+    """The validation this session looks at (else the newest finished one of any session)."""
+    current = current_run_id(page, "validate")
+    runs = page.ws.list_runs(stage="validate", status="finished", limit=50)
+    chosen = next((r for r in runs if r.id == current), None) or next(iter(runs), None)
+    return chosen if chosen is not None and chosen.dir.is_dir() else None
+
+
+st.subheader("Ship or not")
+last = latest_validation()
+if last is None:
+    st.caption("No validation yet: the verdict against the release budget appears here once an INT8 build is "
+               "validated.")
+else:
+    try:
+        ev = Evaluation.load(last.dir)
+    except (CalibError, OSError, KeyError) as exc:
+        st.caption(f"The latest validation cannot be read: {exc}")
+    else:
+        budget = release_budget(page.ws, page.project)
+        headline = headline_of(ev)
+        verdict_banner(judge(headline, budget), subject=run_title(last, page.ws),
+                       warning=resolution_warning(headline, budget), key="home")
+        st.page_link("pages/5_Validate.py", label="Open it on Validate", icon=":material/fact_check:")
+
 st.subheader("Workflow")
 for path, title, icon, text in STEPS:
     with st.container(border=True):
@@ -54,8 +85,8 @@ for path, title, icon, text in STEPS:
             with right:
                 if runs:
                     run = runs[0]
-                    st.markdown(f"Last {STAGE_TITLES[stage].lower()} run: `{run.id}` · **{run.status}** "
-                                f"· {age(run.created_at)}")
+                    st.markdown(f"Last {STAGE_TITLES[stage].lower()} run: {run_label(run, page.ws)} · "
+                                f"**{run.status}** · {age(run.created_at)}")
                 else:
                     st.caption("No run in this session yet.")
 

@@ -212,6 +212,16 @@ def gate_command(report: str, budget: ReleaseBudget) -> str:
 MIN_BUCKET_TEXTS = 30  # below this a bucket's figures are noise: shown greyed, never ranked
 
 
+def proportion_interval(p: float | None, n: int, z: float = 1.96) -> tuple[float, float] | None:
+    """Wilson 95 % interval of a share ``p`` measured on ``n`` texts (e.g. top-1 agreement, accuracy)."""
+    if p is None or n <= 0:
+        return None
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def drop_ci_half_width(headline: Mapping[str, Any]) -> float | None:
     """Half the width of the drop's 95 % interval, in points (None without an interval)."""
     low, high = headline.get("drop_ci_low_points"), headline.get("drop_ci_high_points")

@@ -437,3 +437,71 @@ def test_sensitivity_exclusions_rebuild_in_one_click(app_workspace, tiny_model_p
 
     art = EngineArtifact.load(Workspace(app_workspace).run_dir(rebuilt))
     assert len(art.meta["placement"]["exclude_nodes"]) == int(excluded.value)
+
+
+def test_release_budget_is_saved_with_the_project(app_workspace, tiny_model_path, tiny_tokenizer_dir, tiny_csv):
+    at = use_tiny_project(open_app("project"), tiny_model_path, tiny_tokenizer_dir, tiny_csv)
+    assert at.checkbox(key="budget-drop-on").value and at.number_input(key="budget-drop").value == 0.5
+    at.number_input(key="budget-agree").set_value(0.95).run()
+    at.checkbox(key="budget-ci").set_value(True).run()
+    no_crash(at)
+    # a refreshed page (new Streamlit session, same ?session=) finds the saved budget
+    again = AppTest.from_file(str(HOME), default_timeout=60)
+    again.query_params["session"] = at.query_params["session"]
+    again.run()
+    again.switch_page(PAGES["project"]).run()
+    no_crash(again)
+    assert again.number_input(key="budget-agree").value == 0.95 and again.checkbox(key="budget-ci").value
+    # no criterion at all is refused with a message, and the saved budget is kept
+    for key in ("budget-drop-on", "budget-agree-on", "budget-cos-on"):
+        again.checkbox(key=key).set_value(False)
+    again.run()
+    assert any("at least one criterion" in e for e in errors(again))
+    from lib.context import load_session_state
+    from lib.project import Project
+
+    from calib.workspace import Workspace
+
+    saved = load_session_state(Workspace(app_workspace), at.query_params["session"])["project"]
+    assert Project.from_dict(saved).budget.min_agreement == 0.95 and Project.from_dict(saved).budget.use_ci
+
+
+def test_calibrators_side_by_side_verdict_and_report(app_workspace, tiny_model_path, tiny_tokenizer_dir, tiny_csv):
+    """One action validates every range set; the table, the recommendation and a FAIL banner show; the
+    report made from it carries the verdict of the project's budget."""
+    at = use_tiny_project(open_app("project"), tiny_model_path, tiny_tokenizer_dir, tiny_csv)
+    at.checkbox(key="budget-cos-on").set_value(True).run()
+    at.number_input(key="budget-cos").set_value(1.0).run()  # no INT8 engine reaches a cosine of exactly 1
+    at.switch_page(PAGES["calibset"]).run()
+    at.number_input(key="cs-size").set_value(32)
+    at.button(key="cs-assemble").click().run()
+    at = wait_for_jobs(at)
+    at.switch_page(PAGES["calibrate"]).run()
+    at.multiselect(key="cal-methods").set_value(["entropy", "minmax"])
+    at.button(key="cal-run").click().run()
+    at = wait_for_jobs(at)
+    at.switch_page(PAGES["validate"]).run()
+    no_crash(at)
+    assert at.multiselect(key="cmp-methods").value == ["entropy", "minmax"]
+    at.number_input(key="cmp-limit").set_value(48)
+    at.button(key="cmp-run").click().run()
+    at = wait_for_jobs(at)
+    no_crash(at)
+    table = next(d.value for d in at.dataframe if "verdict" in d.value.columns)
+    assert list(table["calibrator"]) == ["entropy", "minmax"] and set(table["verdict"]) == {"FAIL"}
+    texts = [m.value for m in at.markdown]
+    assert any("FAIL" in t and "recommended:" in t for t in texts), texts
+    assert any(w.value.startswith("Recommended: none of the 2 passes") for w in at.warning)
+    at.button(key="cmp-report").click().run()
+    at = wait_for_jobs(at)
+    no_crash(at)
+    assert any(e.value.startswith("FAIL: ") and "embedding cosine" in e.value for e in at.error)
+    assert any("calib gate" in c.value and "--min-embedding-cosine 1" in c.value for c in at.code)
+    from calib.report import Report
+    from calib.workspace import Workspace
+
+    ws = Workspace(app_workspace)
+    report = Report.load(ws.list_runs(stage="report", limit=1)[0].dir)
+    assert report.data["verdict"]["status"] == "FAIL" and report.data["budget"]["min_embedding_cosine"] == 1.0
+    assert len(report.data["comparison"]) == 2
+    assert report.data["build"]["calibrator"] == report.data["recommendation"]["name"]

@@ -12,6 +12,7 @@ from calib.verdict import (
     gate_command,
     judge,
     recommend,
+    proportion_interval,
     resolution_warning,
     texts_needed,
 )
@@ -99,3 +100,10 @@ def test_recommend_prefers_passing_then_agreement_and_says_when_entropy_is_not_b
     assert recommend(rows[:1], strict).default_note == ""
     with pytest.raises(InputError):
         recommend([], strict)
+
+
+def test_proportion_interval():
+    low, high = proportion_interval(0.89, 1000)
+    assert low < 0.89 < high and high - low == pytest.approx(2 * 1.96 * (0.89 * 0.11 / 1000) ** 0.5, rel=0.02)
+    assert proportion_interval(1.0, 50)[1] == 1.0 and proportion_interval(1.0, 50)[0] > 0.9
+    assert proportion_interval(None, 10) is None and proportion_interval(0.5, 0) is None

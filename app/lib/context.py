@@ -33,6 +33,7 @@ STAGE_TITLES = {
     "calibrate": "Calibration",
     "build": "Build",
     "validate": "Validation",
+    "compare": "Calibrators side by side",
     "sensitivity": "Sensitivity",
     "report": "Report",
     "bench": "Benchmark",

@@ -16,6 +16,7 @@ import streamlit as st
 from calib.data import DataSpec
 from calib.errors import InputError
 from calib.model import ModelSpec, load_model
+from calib.verdict import ReleaseBudget, default_budget
 from calib.workspace import Workspace
 from lib.context import load_session_state, save_session_value
 
@@ -42,6 +43,7 @@ class Project:
     text_pair_column: str | None = None
     max_length: int = 0  # 0: the demo card's / 128
     labels: tuple[str, ...] = ()
+    budget: ReleaseBudget | None = None  # the release budget; None: the default for the model and data
 
     @property
     def title(self) -> str:
@@ -59,6 +61,8 @@ class Project:
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in names}
         kwargs["labels"] = tuple(kwargs.get("labels") or ())
+        budget = kwargs.get("budget")
+        kwargs["budget"] = ReleaseBudget.from_dict(budget) if isinstance(budget, dict) else None
         return cls(**kwargs)
 
 
@@ -158,3 +162,18 @@ def data_spec(ws: Workspace, project: Project, role: str) -> DataSpec:
         raise InputError("no dataset chosen yet: pick one on the Project page")
     return DataSpec(source=source, text_column=project.text_column, label_column=project.label_column,
                     text_pair_column=project.text_pair_column, split=split, workspace=str(ws.root))
+
+
+def release_budget(ws: Workspace, project: Project) -> ReleaseBudget:
+    """The project's release budget: the one saved with the project, else the default for what the
+    model and the evaluation data can measure (no embedding criterion without an embedding output, no
+    drop criterion without labels)."""
+    if project.budget is not None:
+        return project.budget
+    try:
+        spec = model_spec(ws, project)
+        has_embedding = "embedding" in spec.output_names
+        labelled = data_spec(ws, project, "eval").label_column is not None
+    except InputError:
+        return ReleaseBudget()
+    return default_budget(has_embedding=has_embedding, labelled=labelled)

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any, TypeVar
 
 import streamlit as st
 
 from calib.errors import WorkspaceError
+from calib.naming import registry_lookup, run_name
 from calib.workspace import RunRecord, Workspace
 from lib.context import (
     STAGE_TITLES,
@@ -97,10 +98,14 @@ def current_run_id(page: Page, stage: str) -> str | None:
     return _current(page.ws, page.session).get(stage)
 
 
-def run_label(run: RunRecord) -> str:
-    when = run.created_at.replace("T", " ")[:16]
-    extra = f" · {run.label}" if run.label else ""
-    return f"{run.id} ({when}{extra})"
+def run_label(run: RunRecord, ws: Workspace | None = None) -> str:
+    """What a run is (stage · calibrator · placement · size · label · time), its id in brackets."""
+    return run_name(run, registry_lookup(ws) if ws is not None else None)
+
+
+def run_title(run: RunRecord, ws: Workspace | None = None) -> str:
+    """:func:`run_label` without the id (for headings)."""
+    return run_name(run, registry_lookup(ws) if ws is not None else None, with_id=False)
 
 
 def finished_runs(page: Page, stage: str, *, all_sessions: bool = False,
@@ -143,7 +148,9 @@ def pick_run(page: Page, stage: str, label: str, *, key: str, help: str | None =
         # the current run changed elsewhere (a run just finished, another page chose one): show it
         st.session_state[key] = current if current in ids else ids[0]
     st.session_state[seen_key] = current
-    chosen = st.selectbox(label, ids, key=key, help=help, format_func=lambda rid: run_label(runs[ids.index(rid)]))
+    lookup = registry_lookup(page.ws)
+    names = {r.id: run_name(r, lookup) for r in runs}
+    chosen = st.selectbox(label, ids, key=key, help=help, format_func=names.__getitem__)
     if chosen != current:
         set_current_run(page, stage, chosen)
         st.session_state[seen_key] = chosen

@@ -26,6 +26,7 @@ from lib.project import (
     set_project,
 )
 from lib.ui import run_button, start_page
+from lib.verdict_view import budget_editor
 
 page = start_page("Project", ":material/folder_open:", "Which model to quantize and which texts to calibrate and evaluate it on.")
 ws, project = page.ws, page.project
@@ -96,14 +97,16 @@ if mode == "Demo task":
         demo = demo_task(ws, task)
     card = card_dict(demo.card)
     default_len = int(card.get("max_length") or demo.model.max_length)
+    # one widget per task, so switching the task shows that task's own max length
     max_length = st.number_input("Max length (tokens)", min_value=8, max_value=512, step=8,
                                  value=int(project.max_length or default_len) if project.task == task
-                                 else default_len, key="project-demo-maxlen",
+                                 else default_len, key=f"project-demo-maxlen-{task}",
                                  help="Texts are truncated to this many tokens.")
-    chosen = Project(kind="demo", task=task, max_length=int(max_length))
+    chosen = Project(kind="demo", task=task, max_length=int(max_length),
+                     budget=project.budget if project.kind == "demo" and project.task == task else None)
     if chosen != project:
         set_project(ws, page.session, chosen)
-        project = chosen
+        st.rerun()  # the sidebar, drawn before this widget, names the new project
     facts = st.columns(4)
     facts[0].metric("Task", task)
     facts[1].metric("Classes", len(card.get("labels") or demo.model.labels))
@@ -191,7 +194,7 @@ else:
                             pool_source=pool_source.strip(), pool_split=pool_split, eval_source=eval_source.strip(),
                             eval_split=eval_split, text_column=text_column, label_column=label_col,
                             text_pair_column=None if pair_column == NONE else pair_column,
-                            max_length=int(max_length), labels=labels)
+                            max_length=int(max_length), labels=labels, budget=project.budget)
         try:
             if not labels and label_col:
                 from lib.datasets_view import rows
@@ -223,6 +226,7 @@ for role, title in (("pool", "Calibration pool"), ("eval", "Evaluation set")):
         show_data(role, title)
     except Exception as exc:  # noqa: BLE001
         show_error(exc, f"Reading the {title.lower()}")
+budget_editor(ws, page.session, project)
 if project.kind == "custom" and not project.eval_source and project.pool_split == project.eval_split:
     st.warning("Calibration and evaluation use the same rows; accuracy measured on them is optimistic. "
                "Give a separate evaluation split or file.", icon=":material/warning:")

@@ -16,11 +16,25 @@ import pandas as pd
 import streamlit as st
 from lib.charts import method_color
 from lib.context import attempt, shown_errors
-from lib.project import data_spec, model_spec
-from lib.ui import download_file, job_section, last_outcome, open_picked_run, pick_run, run_button, start_page, submit
+from lib.project import data_spec, model_spec, release_budget
+from lib.ui import (
+    download_file,
+    job_section,
+    last_outcome,
+    pick_run,
+    run_button,
+    run_title,
+    start_page,
+    submit,
+)
+from lib.verdict_view import bucket_frame, comparison_chart, comparison_frame, headline_tiles, verdict_banner
 
+from calib import formatting as fmt
 from calib.build import BuildConfig, EngineArtifact, build
-from calib.report import Report, ReportConfig, make_report
+from calib.compare import CalibratorComparison, CompareConfig, compare_calibrators
+from calib.methods import method_names
+from calib.placement import PRESETS
+from calib.report import Report, ReportConfig, headline_of, make_report
 from calib.sensitivity import (
     GRANULARITIES,
     RANKINGS,
@@ -30,6 +44,7 @@ from calib.sensitivity import (
     exact_pattern,
 )
 from calib.validate import Evaluation, ValidateConfig, validate
+from calib.verdict import MIN_BUCKET_TEXTS, ReleaseBudget, Verdict, gate_command, judge, resolution_warning
 
 page = start_page("Validate", ":material/fact_check:",
                   "The INT8 model against FP32 on the evaluation data: accuracy, top-1 agreement, per length "
@@ -57,8 +72,111 @@ def calibration_of(build_run) -> str | None:
     return cal if cal and Path(cal).is_dir() else None
 
 
-# -- validate ------------------------------------------------------------------------------------
-st.subheader("Validate an INT8 build")
+def report_verdict(rep_run, *, key: str) -> None:
+    """A report's recorded verdict, the gate command that reproduces it, and its three downloads."""
+    report = attempt(Report.load, rep_run.dir, what="Opening the report")
+    if report is None:
+        return
+    verdict = report.data.get("verdict")
+    if verdict:
+        (st.success if verdict["passed"] else st.error)(verdict["reason"], icon=":material/verified:"
+                                                        if verdict["passed"] else ":material/block:")
+        st.code(gate_command(str(rep_run.dir / "report.json"), ReleaseBudget.from_dict(report.data["budget"])),
+                language="bash")
+    else:
+        st.caption("This report was written before reports carried a verdict.")
+    cols = st.columns(3)
+    for col, (name, mime) in zip(cols, (("report.html", "text/html"), ("report.md", "text/markdown"),
+                                        ("report.json", "application/json"))):
+        with col:
+            download_file(f"Download {name}", rep_run.dir / name, mime=mime, key=f"{key}-{name}",
+                          file_name=f"{rep_run.id}-{name}")
+
+
+# -- verdict -------------------------------------------------------------------------------------
+budget = release_budget(ws, project)
+st.subheader("Verdict")
+run = pick_run(page, "validate", "Validation run", key="val-pick")
+ev = None
+if run is None:
+    st.info("No validation yet: validate an INT8 build below, or every calibrator of a calibration side by side.",
+            icon=":material/info:")
+else:
+    with shown_errors("Opening the validation"):
+        ev = Evaluation.load(run.dir)
+    headline = headline_of(ev)
+    verdict_banner(judge(headline, budget), subject=run_title(run, ws), warning=resolution_warning(headline, budget),
+                   key="val")
+    headline_tiles(headline, has_embedding="embedding_cosine" in ev.overall)
+    if not ev.labelled:
+        st.caption(ev.data["dataset"].get("note") or "The evaluation data has no labels: agreement only.")
+    st.caption(f"{fmt.count(ev.overall['n'])} texts · engine {ev.data['engine'].get('name')} · KL(FP32‖INT8) "
+               f"{fmt.number(ev.overall['agreement']['kl_softmax'])} · run `{run.id}`")
+
+# -- calibrators side by side --------------------------------------------------------------------
+st.divider()
+st.subheader("Calibrators side by side")
+st.caption("Build and validate every range set of one calibration run with the same placement and texts, judged "
+           "against the release budget. TensorRT's own default is entropy; on this project's demo tasks it is the "
+           "worst of the four (BENCHMARKS.md), so look before you ship it.")
+last_outcome(page, "compare")
+cal_run = pick_run(page, "calibrate", "Calibration run", key="cmp-cal", model_sha256=spec.sha256)
+if cal_run is None:
+    st.info("No calibration yet: calibrate on the Calibrate page first.", icon=":material/info:")
+else:
+    methods_available = list(cal_run.params.get("methods") or []) or list(method_names())
+    c1, c2, c3 = st.columns([3, 1, 1])
+    methods = c1.multiselect("Range sets to compare", methods_available, default=methods_available, key="cmp-methods")
+    placement = c2.selectbox("Placement", list(PRESETS), key="cmp-placement")
+    cmp_limit = c3.number_input("Texts to evaluate (0 = all)", min_value=0, value=0, step=32, key="cmp-limit")
+    if len(methods) < 1:
+        st.warning("Pick at least one range set.", icon=":material/warning:")
+    else:
+        cconfig = CompareConfig(
+            calibration=str(cal_run.dir), methods=tuple(methods), placement=placement, budget=budget,
+            validation=ValidateConfig(
+                engine="", model=str(spec.onnx_path), tokenizer=str(spec.tokenizer_dir), data=eval_spec.source,
+                text_column=eval_spec.text_column, label_column=eval_spec.label_column,
+                text_pair_column=eval_spec.text_pair_column, split=eval_spec.split, workspace=str(ws.root),
+                labels=tuple(spec.labels), max_length=int(spec.max_length), limit=int(cmp_limit), layers=False))
+        run_button(page, "compare", "Validating every calibrator", f"Validate {len(methods)} calibrators side by side",
+                   key="cmp-run", fn=compare_calibrators, config=cconfig, parents=(cal_run.id,),
+                   icon=":material/compare:")
+cmp_run = pick_run(page, "compare", "Comparison", key="cmp-pick", model_sha256=spec.sha256)
+if cmp_run is not None:
+    comparison = attempt(CalibratorComparison.load, cmp_run.dir, what="Opening the comparison")
+    if comparison is not None:
+        cbudget = ReleaseBudget.from_dict(comparison.data["budget"])
+        rec = comparison.data["recommendation"]
+        best = comparison.data["rows"][rec["index"]]
+        verdict_banner(Verdict.from_dict(best["verdict"]), subject=f"recommended: {rec['name']}", key="cmp")
+        (st.success if rec["passes"] else st.warning)(f"Recommended: {rec['reason']}.",
+                                                     icon=":material/thumb_up:" if rec["passes"] else ":material/warning:")
+        if rec["default_note"]:
+            st.info(rec["default_note"] + ".", icon=":material/info:")
+        left, right = st.columns([3, 2])
+        with left:
+            st.dataframe(comparison_frame(comparison.data["rows"]), hide_index=True, width="stretch", key="cmp-table")
+        with right:
+            st.altair_chart(comparison_chart(comparison.data["rows"], cbudget), width="stretch")
+        if cbudget != budget:
+            st.caption(f"Judged with the budget of its time ({cbudget.describe()}); the project's is now "
+                       f"{budget.describe()}.")
+        st.caption(f"{comparison.data['placement']} placement · {fmt.count(best['rows'])} texts · run `{cmp_run.id}`")
+        rconfig_cmp = ReportConfig(evaluations=tuple(str(d) for d in comparison.evaluation_dirs()), budget=budget,
+                                   title=f"INT8 accuracy report — {project.title} — {len(comparison.methods)} calibrators")
+        run_button(page, "report", "Writing the report", "Make the report of this comparison", key="cmp-report",
+                   fn=make_report, config=rconfig_cmp, parents=(cmp_run.id,), icon=":material/description:",
+                   button_type="secondary")
+        cmp_reports = [r for r in ws.list_runs(stage="report", status="finished", limit=200)
+                       if cmp_run.id in r.parents and r.dir.is_dir()]
+        if cmp_reports:
+            st.caption(f"Latest report of this comparison: `{cmp_reports[0].id}`")
+            report_verdict(cmp_reports[0], key="cmp-rep")
+
+# -- validate one build ---------------------------------------------------------------------------
+st.divider()
+st.subheader("Validate one INT8 build")
 last_outcome(page, "build")  # a rebuild started below becomes the build to validate once it is done
 build_run = pick_run(page, "build", "INT8 build", key="val-build", model_sha256=None)
 if build_run is None:
@@ -87,62 +205,37 @@ else:
     run_button(page, "validate", "Validating", "Validate", key="val-run", fn=validate, config=config,
                parents=(build_run.id,), run_label=build_run.label)
 
+if ev is None:
+    st.stop()
 st.divider()
-st.subheader("Results")
-run, ev = open_picked_run(page, "validate", "Validation run", Evaluation.load, key="val-pick",
-                          empty="No validation yet.", what="Opening the validation")
-o = ev.overall
-agreement = o["agreement"]
-m = st.columns(6)
-ci_text = ""
-if ev.labelled:
-    acc32, acc8 = o["fp32"]["accuracy"], o["int8"]["accuracy"]
-    drop = o.get("accuracy_drop_points")
-    ci = o.get("accuracy_diff_ci") or {}
-    m[0].metric("FP32 accuracy", f"{acc32 * 100:.2f} %")
-    m[1].metric("INT8 accuracy", f"{acc8 * 100:.2f} %")
-    if drop is not None:
-        m[2].metric("Accuracy drop", f"{round(drop, 2) + 0.0:.2f} pts", help="FP32 − INT8, in accuracy points")
-    if ci.get("low") is not None:
-        ci_text = (f" · INT8 − FP32 accuracy, 95 % interval [{ci['low'] * 100:+.2f}, {ci['high'] * 100:+.2f}] "
-                   "points (paired bootstrap)")
-else:
-    m[0].metric("Labels", "none")
-    st.caption(ev.data["dataset"].get("note") or "The evaluation data has no labels: agreement only.")
-m[3].metric("Top-1 agreement", f"{agreement['top1_agreement'] * 100:.2f} %")
-m[4].metric("KL(FP32‖INT8)", f"{agreement['kl_softmax']:.2e}")
-if "embedding_cosine" in o:
-    m[5].metric("Embedding cosine", f"{o['embedding_cosine']['mean']:.4f}")
-st.caption(f"{o['n']} texts · engine {ev.data['engine'].get('name')} · calibrator "
-           f"{ev.data['engine'].get('calibrator') or '?'} · run `{run.id}`{ci_text}")
-
+st.subheader("Details of the validation")
 tab_buckets, tab_layers, tab_sens, tab_report = st.tabs(
     ["Per length bucket", "Per layer", "Sensitivity", "Report"])
 
 with tab_buckets:
-    rows = []
-    for b in ev.buckets:
-        row = {"bucket": b["bucket"], "texts": b["n"], "agreement": b["agreement"]["top1_agreement"] if b["n"] else None}
-        if ev.labelled and b["n"]:
-            row.update({"FP32 accuracy": (b.get("fp32") or {}).get("accuracy"),
-                        "INT8 accuracy": (b.get("int8") or {}).get("accuracy"),
-                        "drop (points)": b.get("accuracy_drop_points")})
-        rows.append(row)
-    frame = pd.DataFrame(rows)
+    frame = bucket_frame(ev.buckets, ev.labelled)
     order = list(frame["bucket"])
     value_cols = [c for c in ("FP32 accuracy", "INT8 accuracy", "agreement") if c in frame.columns]
-    long = frame.melt(id_vars=["bucket", "texts"], value_vars=value_cols, var_name="measure", value_name="value")
+    long = frame.melt(id_vars=["bucket", "texts", "few"], value_vars=value_cols, var_name="measure", value_name="value")
     long = long.dropna(subset=["value"])
     bars = alt.Chart(long).mark_bar().encode(
-        x=alt.X("bucket:N", sort=order, title="length bucket (tokens, before truncation)", axis=alt.Axis(labelAngle=0)),
+        x=alt.X("bucket:N", sort=order, title="length bucket (tokens, before truncation)",
+                axis=alt.Axis(labelAngle=0, labelOverlap=False, labelLimit=200)),
         xOffset=alt.XOffset("measure:N", sort=value_cols),
         y=alt.Y("value:Q", axis=alt.Axis(format="%"), scale=alt.Scale(zero=False), title=None),
         color=alt.Color("measure:N", sort=value_cols, title=None,
                         scale=alt.Scale(domain=value_cols, range=["#9aa5b1", "#4c78a8", "#54a24b"][:len(value_cols)])),
+        opacity=alt.condition(alt.datum.few, alt.value(0.3), alt.value(1.0)),
         tooltip=["bucket", "texts", "measure", alt.Tooltip("value:Q", format=".2%")])
     st.altair_chart(bars.properties(height=300), width="stretch")
-    st.dataframe(frame, hide_index=True, width="stretch",
-                 column_config={c: st.column_config.NumberColumn(c, format="percent") for c in value_cols})
+    few = frame["few"].tolist()
+    styled = frame.drop(columns=["few"]).style.apply(
+        lambda row: ["color: #9aa0a6; background-color: #f6f6f6" if few[row.name] else "" for _ in row], axis=1)
+    st.dataframe(styled, hide_index=True, width="stretch", key="val-buckets",
+                 column_config={**{c: st.column_config.NumberColumn(c, format="percent") for c in value_cols},
+                                "drop (pts)": st.column_config.NumberColumn("drop (pts)", format="%+.2f")})
+    st.caption(f"Greyed: buckets with fewer than {MIN_BUCKET_TEXTS} texts; their figures are noise. Drop and its 95 % "
+               "interval: FP32 − INT8 in accuracy points.")
 
 with tab_layers:
     layers = ev.layers
@@ -205,17 +298,20 @@ with tab_sens:
     else:
         bconf = build_config_of(src_run)
         c1, c2, c3, c4 = st.columns(4)
-        max_drop = c1.number_input("Max accuracy drop (points)", min_value=0.0, value=0.5, step=0.1, key="sens-drop")
-        min_agree = c2.number_input("Min top-1 agreement", min_value=0.0, max_value=1.0, value=0.99, step=0.005,
+        # the search aims at the project's release budget (editable here for one search)
+        max_drop = c1.number_input("Max accuracy drop (points)", min_value=0.0, step=0.1, key="sens-drop",
+                                   value=float(budget.max_drop if budget.max_drop is not None else 0.5))
+        min_agree = c2.number_input("Min top-1 agreement", min_value=0.0, max_value=1.0, step=0.005,
+                                    value=float(budget.min_agreement if budget.min_agreement is not None else 0.99),
                                     format="%.3f", key="sens-agree")
-        budget = c3.number_input("Max evaluations", min_value=2, value=24, step=2, key="sens-budget")
+        max_evals = c3.number_input("Max evaluations", min_value=2, value=24, step=2, key="sens-budget")
         s_limit = c4.number_input("Texts per evaluation", min_value=8, value=256, step=32, key="sens-limit")
         c1, c2, c3 = st.columns(3)
         granularity = c1.selectbox("Granularity", list(GRANULARITIES), key="sens-gran",
                                    format_func={"node": "single nodes", "block": "transformer blocks"}.get)
         ranking = c2.selectbox("Ranking", list(RANKINGS), key="sens-rank")
-        min_cos = c3.number_input("Min embedding cosine (0 = no check)", min_value=0.0, max_value=1.0, value=0.0,
-                                  step=0.001, format="%.3f", key="sens-cos", disabled="embedding" not in spec.output_names)
+        min_cos = c3.number_input("Min embedding cosine (0 = no check)", min_value=0.0, max_value=1.0,
+                                  value=float(budget.min_embedding_cosine or 0.0), step=0.001, format="%.3f", key="sens-cos", disabled="embedding" not in spec.output_names)
         sconfig = SensitivityConfig(
             model=str(spec.onnx_path), tokenizer=str(spec.tokenizer_dir), data=eval_spec.source,
             ranges=bconf.calibration or bconf.ranges, method=bconf.method, text_column=eval_spec.text_column,
@@ -225,7 +321,7 @@ with tab_sens:
             include_op_types=bconf.include_op_types, exclude_op_types=bconf.exclude_op_types,
             granularity=granularity, ranking=ranking, max_drop=float(max_drop), min_agreement=float(min_agree),
             min_embedding_cosine=float(min_cos) if min_cos > 0 else None,
-            max_evaluations=int(budget), limit=int(s_limit))
+            max_evaluations=int(max_evals), limit=int(s_limit))
         run_button(page, "sensitivity", "Sensitivity analysis", "Find the layers to keep in float", key="sens-run",
                    fn=analyze_sensitivity, config=sconfig, parents=(src_run.id, run.id), icon=":material/search:")
     srun = pick_run(page, "sensitivity", "Sensitivity run", key="sens-pick")
@@ -277,27 +373,11 @@ with tab_report:
                              format_func=lambda v: "(none)" if v is None else v)
     title = st.text_input("Title", value=f"INT8 accuracy report — {project.title}", key="rep-title")
     rconfig = ReportConfig(evaluations=(str(run.dir),) + tuple(str(ws.run_dir(r)) for r in compare),
-                           sensitivity=str(ws.run_dir(sens_pick)) if sens_pick else None, title=title)
+                           sensitivity=str(ws.run_dir(sens_pick)) if sens_pick else None, title=title, budget=budget)
+    st.caption(f"The report's verdict uses the project's release budget: {budget.describe()}.")
     run_button(page, "report", "Writing the report", "Make the report", key="rep-run", fn=make_report, config=rconfig,
                parents=(run.id, *compare, *((sens_pick,) if sens_pick else ())), icon=":material/description:")
     rep_run = pick_run(page, "report", "Report", key="rep-pick")
     if rep_run is not None:
-        report = attempt(Report.load, rep_run.dir, what="Opening the report")
-        if report is not None:
-            from calib.gate import check_gate
-
-            c1, c2 = st.columns(2)
-            gate_drop = c1.number_input("Gate: max drop (points)", min_value=0.0, value=0.5, step=0.1, key="gate-drop")
-            gate_agree = c2.number_input("Gate: min agreement", min_value=0.0, max_value=1.0, value=0.99, step=0.005,
-                                         format="%.3f", key="gate-agree")
-            gate = check_gate(report.data, max_drop=gate_drop if report.data["headline"]["labelled"] else None,
-                              min_agreement=gate_agree)
-            (st.success if gate.passed else st.error)(gate.reason, icon=":material/verified:" if gate.passed
-                                                      else ":material/block:")
-            cols = st.columns(3)
-            for col, (name, mime) in zip(cols, (("report.html", "text/html"), ("report.md", "text/markdown"),
-                                                ("report.json", "application/json"))):
-                with col:
-                    download_file(f"Download {name}", rep_run.dir / name, mime=mime, key=f"val-rep-{name}",
-                                  file_name=f"{rep_run.id}-{name}")
-            st.page_link("pages/6_Runs_and_reports.py", label="Open it on Runs & reports", icon=":material/history:")
+        report_verdict(rep_run, key="val-rep")
+        st.page_link("pages/6_Runs_and_reports.py", label="Open it on Runs & reports", icon=":material/history:")

@@ -1,0 +1,193 @@
+"""The ship decision on a page: the verdict banner, the headline tiles with their intervals, and the
+calibrators-side-by-side table. Decisions come from ``calib.verdict``; this module only lays them out."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from calib import formatting as fmt
+from calib.errors import InputError
+from calib.verdict import MIN_BUCKET_TEXTS, Criterion, ReleaseBudget, Verdict, proportion_interval
+from calib.workspace import Workspace
+from lib.context import show_error
+from lib.project import Project, release_budget, set_project
+
+PASS_COLOUR, FAIL_COLOUR = "#2a7a2a", "#b00020"
+
+
+def criterion_text(c: Criterion) -> str:
+    """``0.9075 ≥ 0.99`` style: value, comparison, threshold (or why it was not measured)."""
+    if c.value is None:
+        return c.detail
+    value = fmt.points(c.value) if c.unit == "pts" else fmt.ratio(c.value)
+    threshold = fmt.points(c.threshold, unit=True).lstrip("+") if c.unit == "pts" else f"{c.threshold:g}"
+    return f"{value} (needs {c.comparison} {threshold})"
+
+
+def verdict_banner(verdict: Verdict, *, subject: str = "", warning: str | None = None, key: str = "verdict") -> None:
+    """A bordered banner: PASS/FAIL in colour, then each criterion with its threshold, value and status."""
+    colour = "green" if verdict.passed else "red"
+    icon = ":material/verified:" if verdict.passed else ":material/block:"
+    with st.container(border=True, key=f"{key}-banner"):
+        st.markdown(f"#### {icon} :{colour}[**{verdict.status}**]" + (f" · {subject}" if subject else ""))
+        cols = st.columns(max(len(verdict.criteria), 1))
+        for col, c in zip(cols, verdict.criteria):
+            cc = "green" if c.passed else "red"
+            col.markdown(f"{c.label}  \n:{cc}[**{c.status}**] {criterion_text(c)}")
+        st.caption(f"Release budget: {verdict.budget.describe()} (set on the Project page).")
+        if warning:
+            st.warning(f"The eval set is too small for this budget: {warning}.", icon=":material/warning:")
+
+
+def headline_tiles(headline: Mapping, *, has_embedding: bool) -> None:
+    """Accuracy, drop, agreement and embedding cosine tiles, each with its 95 % interval below."""
+    n = int(headline.get("rows") or 0)
+    m = st.columns(5)
+    if headline.get("labelled"):
+        acc32, acc8 = headline.get("accuracy_fp32"), headline.get("accuracy_int8")
+        m[0].metric("FP32 accuracy", fmt.percent(acc32), help=_interval_help(acc32, n))
+        m[1].metric("INT8 accuracy", fmt.percent(acc8), help=_interval_help(acc8, n))
+        low, high = headline.get("drop_ci_low_points"), headline.get("drop_ci_high_points")
+        ci = f"95 % CI [{fmt.points(low, unit=False)}, {fmt.points(high, unit=False)}]" if low is not None else ""
+        m[2].metric("Accuracy drop", fmt.points(headline.get("accuracy_drop_points")),
+                    help="FP32 − INT8 accuracy in points (positive: INT8 is worse); the interval is a paired "
+                         "bootstrap of the same difference.")
+        if ci:
+            m[2].caption(ci)
+        for col, value in ((m[0], acc32), (m[1], acc8)):
+            if (iv := proportion_interval(value, n)) is not None:
+                col.caption(f"95 % CI {fmt.percent(iv[0])} – {fmt.percent(iv[1])}")
+    else:
+        m[0].metric("Labels", "none")
+    agreement = headline.get("top1_agreement")
+    m[3].metric("Top-1 agreement", fmt.percent(agreement), help="Share of texts where INT8 predicts FP32's class.")
+    if (iv := proportion_interval(agreement, n)) is not None:
+        m[3].caption(f"95 % CI {fmt.percent(iv[0])} – {fmt.percent(iv[1])}")
+    if has_embedding and headline.get("embedding_cosine") is not None:
+        m[4].metric("Embedding cosine", fmt.ratio(headline["embedding_cosine"]),
+                    help="Mean cosine between FP32 and INT8 embeddings.")
+        m[4].caption(f"lowest text {fmt.ratio(headline.get('embedding_cosine_min'))}")
+
+
+def _interval_help(p: float | None, n: int) -> str | None:
+    iv = proportion_interval(p, n)
+    return None if iv is None else f"95 % interval (Wilson) on {fmt.count(n)} texts: {fmt.percent(iv[0])} – {fmt.percent(iv[1])}"
+
+
+def comparison_frame(rows: Sequence[Mapping]) -> pd.DataFrame:
+    """One row per calibrator: the figures the decision rests on, formatted once."""
+    out = []
+    for r in rows:
+        v = r["verdict"]
+        low, high = r.get("drop_ci_low_points"), r.get("drop_ci_high_points")
+        out.append({
+            "calibrator": r["calibrator"], "verdict": v["status"] if isinstance(v, Mapping) else v,
+            "INT8 accuracy": fmt.percent(r.get("accuracy_int8")),
+            "drop (pts, FP32 − INT8)": fmt.points(r.get("accuracy_drop_points"), unit=False),
+            "drop 95 % CI": (f"[{fmt.points(low, unit=False)}, {fmt.points(high, unit=False)}]"
+                             if low is not None else fmt.MISSING),
+            "top-1 agreement": fmt.percent(r.get("top1_agreement")),
+            "embedding cosine": fmt.ratio(r.get("embedding_cosine")),
+            "worst bucket": (r.get("worst_bucket") or {}).get("bucket", fmt.MISSING),
+        })
+    return pd.DataFrame(out)
+
+
+def comparison_chart(rows: Sequence[Mapping], budget: ReleaseBudget) -> alt.Chart:
+    """Agreement and embedding cosine per calibrator, bars coloured by verdict, budget lines labelled."""
+    long = []
+    for r in rows:
+        status = r["verdict"]["status"] if isinstance(r["verdict"], Mapping) else r["verdict"]
+        for measure, key in (("top-1 agreement", "top1_agreement"), ("embedding cosine", "embedding_cosine")):
+            if r.get(key) is not None:
+                long.append({"calibrator": r["calibrator"], "measure": measure, "value": float(r[key]),
+                             "verdict": status})
+    frame = pd.DataFrame(long)
+    low = min([*frame["value"], *(v for v in (budget.min_agreement, budget.min_embedding_cosine) if v)], default=0.0)
+    floor = max(0.0, low - max(0.02, 0.25 * (1 - low)))
+    bars = alt.Chart(frame).mark_bar().encode(
+        x=alt.X("calibrator:N", title=None, axis=alt.Axis(labelAngle=0)),
+        xOffset=alt.XOffset("measure:N"),
+        y=alt.Y("value:Q", title=None, scale=alt.Scale(domain=[floor, 1.0], clamp=True)),
+        color=alt.Color("measure:N", title=None, scale=alt.Scale(range=["#4c78a8", "#72b7b2"])),
+        opacity=alt.condition(alt.datum.verdict == "PASS", alt.value(1.0), alt.value(0.55)),
+        tooltip=["calibrator", "measure", alt.Tooltip("value:Q", format=".4f"), "verdict"])
+    layers = [bars]
+    lines = [(f"min agreement {budget.min_agreement:g}", budget.min_agreement),
+             (f"min embedding cosine {budget.min_embedding_cosine:g}", budget.min_embedding_cosine)]
+    lines = [(label, v) for label, v in lines if v is not None]
+    if lines:
+        rules = pd.DataFrame({"y": [v for _, v in lines], "label": [label for label, _ in lines]})
+        layers.append(alt.Chart(rules).mark_rule(color="#e45756", strokeDash=[4, 3]).encode(y="y:Q"))
+        layers.append(alt.Chart(rules).mark_text(align="right", dy=-5, color="#e45756", x="width").encode(
+            y="y:Q", text="label:N"))
+    return alt.layer(*layers).properties(height=260)
+
+
+def bucket_frame(buckets: Sequence[Mapping], labelled: bool) -> pd.DataFrame:
+    """Per length bucket: texts, accuracy, drop with its 95 % interval, agreement; buckets with fewer
+    than ``MIN_BUCKET_TEXTS`` texts are flagged (the page greys them)."""
+    rows = []
+    for b in buckets:
+        few = b["n"] < MIN_BUCKET_TEXTS
+        row = {"bucket": b["bucket"] + (" (few texts)" if few and b["n"] else " (empty)" if not b["n"] else ""),
+               "texts": b["n"], "few": few,
+               "agreement": (b.get("agreement") or {}).get("top1_agreement") if b["n"] else None}
+        if labelled:
+            ci = b.get("accuracy_diff_ci") or {}
+            row.update({
+                "FP32 accuracy": (b.get("fp32") or {}).get("accuracy") if b["n"] else None,
+                "INT8 accuracy": (b.get("int8") or {}).get("accuracy") if b["n"] else None,
+                "drop (pts)": b.get("accuracy_drop_points") if b["n"] else None,
+                "drop 95 % CI (pts)": (f"[{fmt.points(-100 * ci['high'], unit=False)}, "
+                                       f"{fmt.points(-100 * ci['low'], unit=False)}]"
+                                       if b["n"] and ci.get("low") is not None else fmt.MISSING),
+            })
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def budget_editor(ws: Workspace, session: str, project: Project) -> Project:
+    """The project's release budget: each criterion on/off with its threshold; saved with the project."""
+    import dataclasses
+
+    current = release_budget(ws, project)
+    st.subheader("Release budget")
+    st.caption("The thresholds an INT8 build must meet to ship. Validate, the reports and `calib gate` judge "
+               "every run against them; they are saved with the project and recorded in each report.")
+    c1, c2, c3, c4 = st.columns(4)
+    on_drop = c1.checkbox("Accuracy drop", value=current.max_drop is not None, key="budget-drop-on")
+    max_drop = c1.number_input("Max drop (points, FP32 − INT8)", min_value=0.0, max_value=100.0, step=0.1,
+                               value=float(current.max_drop if current.max_drop is not None else 0.5),
+                               key="budget-drop", disabled=not on_drop)
+    on_agree = c2.checkbox("Top-1 agreement", value=current.min_agreement is not None, key="budget-agree-on")
+    min_agree = c2.number_input("Min agreement (0–1)", min_value=0.0, max_value=1.0, step=0.005, format="%.3f",
+                                value=float(current.min_agreement if current.min_agreement is not None else 0.99),
+                                key="budget-agree", disabled=not on_agree)
+    on_cos = c3.checkbox("Embedding cosine", value=current.min_embedding_cosine is not None, key="budget-cos-on")
+    min_cos = c3.number_input("Min embedding cosine", min_value=0.0, max_value=1.0, step=0.001, format="%.3f",
+                              value=float(current.min_embedding_cosine if current.min_embedding_cosine is not None
+                                          else 0.99), key="budget-cos", disabled=not on_cos)
+    use_ci = c4.checkbox("Upper 95 % bound of the drop too", value=current.use_ci, key="budget-ci",
+                         disabled=not on_drop, help="Stricter: the whole interval of the drop must be within budget, "
+                                                    "not only the estimate.")
+    try:
+        chosen = ReleaseBudget(max_drop=float(max_drop) if on_drop else None,
+                               min_agreement=float(min_agree) if on_agree else None,
+                               min_embedding_cosine=float(min_cos) if on_cos else None,
+                               use_ci=bool(use_ci and on_drop))
+        if chosen.empty:
+            raise InputError("the release budget needs at least one criterion")
+    except InputError as exc:
+        show_error(exc)
+        return project
+    if chosen != current or (project.budget is None and chosen != current):
+        project = dataclasses.replace(project, budget=chosen)
+        set_project(ws, session, project)
+        st.toast("Release budget saved with the project.", icon=":material/save:")
+    st.caption(f"Now: {chosen.describe()}.")
+    return project

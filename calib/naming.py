@@ -1,0 +1,98 @@
+"""Names people can tell runs apart by: what a run is (stage · calibrator · placement · size · label ·
+time), with the id secondary. Built from the registry record (parameters and summary) and, for a
+validation, from the build it validated."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from calib.workspace import RunRecord
+
+STAGE_NAMES = {
+    "demo": "Demo assets", "calibset": "Calibration set", "calibrate": "Calibration", "build": "Build",
+    "bench": "Benchmark", "validate": "Validation", "compare": "Calibrators side by side",
+    "sensitivity": "Sensitivity", "report": "Report",
+}
+
+Lookup = Callable[[str], "RunRecord | None"]
+
+
+def short_time(iso: str | None) -> str:
+    """``2026-11-25T16:49:49+00:00`` → ``25 Nov 16:49`` (UTC, as recorded)."""
+    if not iso:
+        return ""
+    try:
+        return dt.datetime.fromisoformat(iso).strftime("%d %b %H:%M")
+    except ValueError:
+        return iso[:16]
+
+
+def _texts(n: Any) -> str | None:
+    return f"{int(n):,} texts" if isinstance(n, (int, float)) and n else None
+
+
+def _build_facts(params: Mapping[str, Any], summary: Mapping[str, Any]) -> list[str | None]:
+    excluded = summary.get("excluded_nodes") or len(params.get("exclude_nodes") or ())
+    method = params.get("method") if params.get("calibration") else (Path(params["ranges"]).stem if params.get("ranges")
+                                                                       else params.get("method"))
+    return [method, params.get("placement"), f"{excluded} in float" if excluded else None]
+
+
+def run_facts(run: RunRecord, lookup: Lookup | None = None) -> list[str]:
+    """The few facts that tell this run from its siblings (without stage, label and time)."""
+    p, s = run.params, run.summary
+    facts: list[str | None]
+    if run.stage == "calibset":
+        facts = [p.get("strategy"), _texts(p.get("size")), f"seed {p['seed']}" if p.get("seed") else None]
+    elif run.stage == "calibrate":
+        methods = p.get("methods") or s.get("methods") or []
+        facts = [" + ".join(methods) if len(methods) <= 2 else f"{len(methods)} calibrators", p.get("placement"),
+                 _texts(s.get("texts"))]
+    elif run.stage == "build":
+        facts = _build_facts(p, s)
+    elif run.stage in ("validate", "bench"):
+        build = lookup(Path(str(p.get("engine", ""))).name) if lookup and p.get("engine") else None
+        facts = (_build_facts(build.params, build.summary) if build is not None
+                 else [Path(str(p.get("engine", ""))).name or None])
+        facts.append(_texts(s.get("rows")) or (_texts(p.get("limit")) if run.stage == "validate" else None))
+    elif run.stage == "compare":
+        methods = p.get("methods") or s.get("methods") or []
+        facts = [f"{len(methods)} calibrators" if methods else "every calibrator", p.get("placement"),
+                 _texts((p.get("validation") or {}).get("limit")),
+                 f"best {s['recommended']}" if s.get("recommended") else None]
+    elif run.stage == "sensitivity":
+        facts = [p.get("method"), p.get("preset"), p.get("granularity")]
+    elif run.stage == "report":
+        facts = [s.get("verdict"), f"{len(p.get('evaluations') or [])} runs" if len(p.get("evaluations") or []) > 1
+                 else None]
+    else:
+        facts = []
+    return [str(f) for f in facts if f]
+
+
+def run_name(run: RunRecord, lookup: Lookup | None = None, *, with_id: bool = True) -> str:
+    """``Validation · minmax · tensorrt · 400 texts · my label · 25 Nov 16:49 (validate-2026…-1db8b0)``."""
+    parts = [STAGE_NAMES.get(run.stage, run.stage), *run_facts(run, lookup)]
+    if run.label:
+        parts.append(f"“{run.label}”")
+    parts.append(short_time(run.created_at))
+    name = " · ".join(p for p in parts if p)
+    return f"{name} ({run.id})" if with_id else name
+
+
+def registry_lookup(workspace: Any) -> Lookup:
+    """A cached ``run id → RunRecord | None`` over a workspace's registry."""
+    cache: dict[str, RunRecord | None] = {}
+
+    def lookup(run_id: str) -> RunRecord | None:
+        if run_id not in cache:
+            try:
+                cache[run_id] = workspace.get_run(run_id)
+            except Exception:  # noqa: BLE001 - a deleted or foreign run is simply not described
+                cache[run_id] = None
+        return cache[run_id]
+
+    return lookup
