@@ -1,6 +1,9 @@
 """Stage ``build``: calibrated ranges -> an INT8 engine folder.
 
 Writes, inside ``out_dir``:
+- ``model.smooth.onnx`` (with ``smooth``): the FP32 model after outlier migration (:mod:`calib.smooth`),
+  same outputs as the original, what the Q/DQ model is made from; engine.json records its sha256 and
+  its parent's, every migrated tensor's alpha, and the max |output delta| measured against the original;
 - ``model.qdq.onnx``: the Q/DQ model (ONNX Runtime's quantizer fed our ranges, :mod:`calib.quantize`);
   it is the INT8 engine here (ONNX Runtime CPU) and what TensorRT 11 builds from;
 - ``calibration.cache``: a TensorRT 8.6-10.x calibration cache of the quantized tensors;
@@ -18,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from calib.calibrate import Calibration
 from calib.engines.trtexec import TRTEXEC_CACHE_ALGORITHM, ShapeProfile, trtexec_commands, write_text
 from calib.errors import BackendUnavailableError, InputError, check_choice
 from calib.io import atomic_write_json, read_json, sha256_file
@@ -25,12 +29,14 @@ from calib.model import check_same_model, read_onnx
 from calib.placement import PRESETS, Placement
 from calib.quantize import quantize_qdq
 from calib.ranges import Ranges
+from calib.smooth import input_means, parse_alpha, smooth_calibrated
 from calib.trtcache import DEFAULT_TRT_VERSION, header, write_trt_cache
 from calib.workspace import ProgressFn
 
 BACKENDS = ("ort", "tensorrt")
 ENGINE_FILE = "engine.json"
 QDQ_FILE = "model.qdq.onnx"
+SMOOTH_FILE = "model.smooth.onnx"
 CACHE_FILE = "calibration.cache"
 SCRIPT_FILE = "trtexec.sh"
 PLAN_FILE = "model.plan"
@@ -62,6 +68,11 @@ class BuildConfig:
     trt_version: str = DEFAULT_TRT_VERSION  # cache header for trtexec (8.6-10.x)
     trt_mode: str = "auto"  # auto (explicit on >= 11, implicit cache replay before) | explicit | implicit
     timing_cache: str = ""  # TensorRT timing cache reused between builds
+    # Outlier migration before Q/DQ: "" (off), "auto" (alpha per tensor by simulated INT8 error) or an
+    # alpha in (0, 1). Needs `calibration` (its per-channel statistics and calibration set).
+    smooth: str | float = ""
+    # Fold the expected output shift of INT8 weights into each quantized MatMul's bias (calibration means).
+    bias_correction: bool = False
 
     def placement_spec(self) -> Placement:
         return Placement(self.placement, tuple(self.include_nodes), tuple(self.exclude_nodes),
@@ -74,8 +85,6 @@ def _load_ranges(config: BuildConfig) -> tuple[Ranges, str, Path | None]:
         raise InputError("give exactly one of a ranges file (--ranges) or a calibration run (--calibration)")
     if config.ranges:
         return Ranges.load(config.ranges), str(Path(config.ranges).resolve()), None
-    from calib.calibrate import Calibration
-
     calibration = Calibration.load(config.calibration)
     ranges = calibration.ranges(config.method)
     return ranges, f"{Path(config.calibration).resolve()} ({config.method})", calibration.dir
@@ -105,6 +114,9 @@ def _check(config: BuildConfig) -> None:
     if config.trt_mode not in ("auto", "explicit", "implicit"):
         raise InputError(f"unknown TensorRT build mode {config.trt_mode!r} (auto, explicit or implicit)")
     header(config.trt_version, TRTEXEC_CACHE_ALGORITHM)  # validates the version early
+    if (parse_alpha(config.smooth) is not None or config.bias_correction) and not config.calibration:
+        raise InputError("smoothing and bias correction need a calibration run (--calibration), not a ranges file: "
+                         "they read its per-channel statistics")
 
 
 def unavailable_message(reason: str) -> str:
@@ -131,31 +143,47 @@ def build(config: BuildConfig, out_dir: Path, *, progress: ProgressFn | None = N
     profile, profile_source = _profile(config, calibration_dir)
     inputs = tuple(i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer})
 
+    alpha = parse_alpha(config.smooth)
+    source, amax, smoothed, means = model_path, dict(ranges.amax), None, None
+    recompute = _recompute_command(calibration_dir)
+    if alpha is not None:
+        report(0.05, "migrating activation outliers into the weights")
+        smoothed = smooth_calibrated(model_path, calibration_dir, ranges, alpha, out_dir / SMOOTH_FILE)
+        if smoothed.result.migrated:
+            source = out_dir / SMOOTH_FILE
+            amax.update(smoothed.amax)
+        else:
+            (out_dir / SMOOTH_FILE).unlink(missing_ok=True)
+    if config.bias_correction:
+        means = input_means(Calibration.load(calibration_dir).stats, smoothed.result.plan if smoothed else None,
+                            recompute=recompute)
+
     report(0.1, "quantizing")
     started = time.perf_counter()
     with warnings.catch_warnings(record=True):  # unknown tensors are listed in engine.json instead
         warnings.simplefilter("always")
-        result = quantize_qdq(model_path, ranges.amax, config.placement_spec(), out_dir / QDQ_FILE,
-                              per_channel=config.per_channel)
+        result = quantize_qdq(source, amax, config.placement_spec(), out_dir / QDQ_FILE,
+                              per_channel=config.per_channel, input_means=means)
     quantize_seconds = time.perf_counter() - started
 
     report(0.6, "writing calibration cache and trtexec commands")
-    cache_amax = {t: ranges.amax[t] for t in result.quantized_tensors if t in ranges.amax}
+    cache_amax = {t: amax[t] for t in result.quantized_tensors if t in amax}
     write_trt_cache(out_dir / CACHE_FILE, cache_amax, algorithm=TRTEXEC_CACHE_ALGORITHM, trt_version=config.trt_version)
     commands = trtexec_commands(
-        fp32_onnx=str(model_path), qdq_onnx=QDQ_FILE, cache=CACHE_FILE, inputs=inputs, profile=profile,
+        fp32_onnx=SMOOTH_FILE if source != model_path else str(model_path), qdq_onnx=QDQ_FILE, cache=CACHE_FILE, inputs=inputs, profile=profile,
         op_types=result.placement_op_types, nodes_to_exclude=tuple(result.excluded_nodes),
     )
     write_text(out_dir / SCRIPT_FILE, commands.script(header=(
         f"model: {model_path} (sha256 {model_sha})",
         f"ranges: {ranges_source}, method {ranges.method}; placement {config.placement}",
+        *([smoothed.result.summary() + f" -> {SMOOTH_FILE} (sha256 {smoothed.result.sha256})"] if smoothed else []),
         f"calibration cache header: {header(config.trt_version, TRTEXEC_CACHE_ALGORITHM)} (for trtexec --calib)",
     )), executable=True)
 
     plan: dict[str, Any] | None = None
     if config.backend == "tensorrt":
         report(0.7, "building TensorRT engine")
-        plan = _build_tensorrt(config, out_dir, model_path, model_sha, inputs, profile)
+        plan = _build_tensorrt(config, out_dir, Path(source), model_sha, inputs, profile)
 
     meta = {
         "format": FORMAT,
@@ -181,10 +209,24 @@ def build(config: BuildConfig, out_dir: Path, *, progress: ProgressFn | None = N
         "tensorrt": {"available": status.available, "reason": status.reason, "version": status.version,
                      "engine": plan},
         "seconds": {"quantize": round(quantize_seconds, 3)},
+        "smooth": None if smoothed is None else {
+            "file": SMOOTH_FILE if source != model_path else None, "summary": smoothed.result.summary(),
+            **smoothed.to_dict()},
+        "bias_correction": None if means is None else {"nodes": len(result.bias_corrected),
+                                                       "max_shift": result.bias_corrected},
     }
     atomic_write_json(out_dir / ENGINE_FILE, meta)
-    report(1.0, f"{len(result.quantized_nodes)} nodes quantized, {len(result.excluded_nodes)} left in float")
+    report(1.0, f"{len(result.quantized_nodes)} nodes quantized, {len(result.excluded_nodes)} left in float"
+           + (f"; {smoothed.result.summary()}" if smoothed else ""))
     return EngineArtifact.load(out_dir)
+
+
+def _recompute_command(calibration_dir: Path | None) -> str:
+    """The command that rewrites a calibration run with per-channel statistics."""
+    if calibration_dir is None:
+        return "calib calibrate --calibration-set <calibration set>"
+    meta = read_json(calibration_dir / "calibration.json")
+    return f"calib calibrate --calibration-set {meta.get('calibration_set', {}).get('dir') or '<calibration set>'}"
 
 
 def _build_tensorrt(config: BuildConfig, out_dir: Path, model_path: Path, model_sha: str,

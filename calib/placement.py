@@ -5,6 +5,10 @@ Placement decides INT8 accuracy more than the calibrator does. Presets:
 - ``tensorrt``: quantize the inputs of MatMul / Gemm / Conv only (weights per channel, activations
   per tensor); LayerNorm, Softmax, GELU and residual Adds stay in float, as TensorRT's own INT8
   transformer kernels do.
+- ``tensorrt-residual``: ``tensorrt`` plus the inputs of every residual Add (an Add of two
+  activations whose output feeds a LayerNormalization). TensorRT's Q/DQ guidance: the residual
+  input's precision decides whether a GEMM with a fused residual can write INT8, so this is the
+  faster TensorRT layout, at an accuracy cost measured in BENCHMARKS.md.
 - ``all``: every op ONNX Runtime's Q/DQ quantizer can handle, inputs and outputs. Useful to show why
   naive full quantization fails (attention masks holding -inf, saturated FFN outputs).
 
@@ -22,7 +26,7 @@ import onnx
 
 from calib.errors import InputError, check_choice
 
-PRESETS = ("tensorrt", "all")
+PRESETS = ("tensorrt", "tensorrt-residual", "all")
 INPUT_ONLY_OPS = ("MatMul", "Gemm", "Conv", "ConvTranspose")
 # Ops ONNX Runtime's QDQ quantizer knows (its QDQRegistry plus the element-wise ops its base
 # operator quantizer handles); the 'all' preset quantizes every one of these found in the graph.
@@ -115,7 +119,8 @@ def resolve_placement(model: onnx.ModelProto, placement: Placement) -> ResolvedP
     ensure_node_names(model)
     nodes = list(model.graph.node)
     names = [n.name for n in nodes]
-    op_types = placement.include_op_types or (INPUT_ONLY_OPS if placement.preset == "tensorrt" else ALL_PRESET_OPS)
+    preset_ops = {"tensorrt": INPUT_ONLY_OPS, "tensorrt-residual": (*INPUT_ONLY_OPS, "Add")}
+    op_types = placement.include_op_types or preset_ops.get(placement.preset, ALL_PRESET_OPS)
     op_types = tuple(t for t in op_types if t not in placement.exclude_op_types)
     included, unmatched_inc = match_nodes(names, placement.include_nodes) if placement.include_nodes else (set(names), [])
     excluded_by_name, unmatched_exc = match_nodes(names, placement.exclude_nodes)
@@ -123,9 +128,12 @@ def resolve_placement(model: onnx.ModelProto, placement: Placement) -> ResolvedP
     constants = {o for n in nodes if n.op_type == "Constant" for o in n.output}
     floats = _float_tensors(model)
     quantize_outputs = placement.preset == "all"
+    residual_adds = residual_add_nodes(model) if placement.preset == "tensorrt-residual" else set()
 
     chosen, excluded, tensors = [], {}, {}
     for node in nodes:
+        if placement.preset == "tensorrt-residual" and node.op_type == "Add" and node.name not in residual_adds:
+            continue  # bias Adds, the attention-mask Add: not part of this preset
         if node.op_type not in op_types:
             if node.name in included and placement.include_nodes and node.op_type in ALL_PRESET_OPS:
                 excluded[node.name] = f"op type {node.op_type} is not quantized by this placement"
@@ -147,6 +155,35 @@ def resolve_placement(model: onnx.ModelProto, placement: Placement) -> ResolvedP
         op_types=op_types, quantize_outputs=quantize_outputs, nodes=tuple(chosen), excluded=excluded,
         activation_tensors=tuple(tensors), unmatched_patterns=tuple(unmatched_inc + unmatched_exc),
     )
+
+
+def residual_add_nodes(model: onnx.ModelProto) -> set[str]:
+    """Names of residual Adds: an Add of two computed tensors (no initializer or Constant input), one
+    of them a GEMM's output (a MatMul/Gemm, or its bias Add), whose output is read by a
+    LayerNormalization (post-LN BERT) or a ReduceMean (a decomposed LayerNorm). The embeddings' sum
+    before the first LayerNorm is not one: no GEMM output to fuse it into."""
+    ensure_node_names(model)
+    constants = {t.name for t in model.graph.initializer} | {o for n in model.graph.node if n.op_type == "Constant"
+                                                              for o in n.output}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    readers: dict[str, set[str]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, set()).add(node.op_type)
+
+    def gemm_output(name: str) -> bool:
+        node = producer.get(name)
+        if node is None:
+            return False
+        if node.op_type in ("MatMul", "Gemm"):
+            return True
+        return node.op_type == "Add" and any(i in constants for i in node.input) and any(
+            i in producer and producer[i].op_type in ("MatMul", "Gemm") for i in node.input)
+
+    return {n.name for n in model.graph.node
+            if n.op_type == "Add" and len(n.input) == 2 and not (set(n.input) & constants)
+            and any(gemm_output(i) for i in n.input)
+            and readers.get(n.output[0], set()) & {"LayerNormalization", "ReduceMean"}}
 
 
 @dataclass(frozen=True)

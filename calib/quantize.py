@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from calib.errors import InputError
 from calib.io import atomic_path, sha256_file
@@ -64,6 +65,7 @@ class QuantizeResult:
     qdq_counts: dict[str, int] = field(default_factory=dict)  # QuantizeLinear / DequantizeLinear counts
     quantized_tensors: tuple[str, ...] = ()  # activations that got a Q/DQ pair
     placement_op_types: tuple[str, ...] = ()  # op types the placement handed to the quantizer
+    bias_corrected: dict[str, float] = field(default_factory=dict)  # MatMul -> max |bias shift| folded in
 
     def to_dict(self) -> dict[str, object]:
         data = asdict(self)
@@ -280,10 +282,13 @@ def quantize_qdq(
     *,
     per_channel: bool = True,
     dedicated_pairs: bool = True,
+    input_means: Mapping[str, np.ndarray] | None = None,
 ) -> QuantizeResult:
     """Write a Q/DQ INT8 copy of ``model_path`` to ``out_path`` using per-tensor ``amax`` ranges.
 
     ``amax`` maps activation tensor names to their absolute range (symmetric: [-amax, amax]).
+    ``input_means`` (activation tensor -> per-channel mean over the calibration set, (K,)) turns on
+    bias correction (:func:`correct_bias`) for the quantized MatMuls reading those tensors.
     Raises :class:`InputError` for an unreadable model, an empty range set, or a placement that
     quantizes nothing.
     """
@@ -351,6 +356,7 @@ def quantize_qdq(
     _remove_isolation(qdq_model, isolated)
     if dedicated_pairs:
         _unshare_pair_params(qdq_model)
+    corrected = correct_bias(qdq_model, input_means) if input_means else {}
     with atomic_path(out_path) as tmp:
         onnx.save(qdq_model, str(tmp))
     counts = Counter(n.op_type for n in qdq_model.graph.node if n.op_type in QDQ_OP_TYPES)
@@ -360,7 +366,75 @@ def quantize_qdq(
         excluded_nodes=excluded, skipped_tensors=skipped, unknown_tensors=tuple(unknown),
         unmatched_patterns=resolved.unmatched_patterns, qdq_counts=dict(counts),
         quantized_tensors=_qdq_activations(qdq_model), placement_op_types=tuple(resolved.op_types),
+        bias_corrected=corrected,
     )
+
+
+def _fake_quant_weight(weight: np.ndarray, scale: np.ndarray, axis: int, zero_point: np.ndarray | None) -> np.ndarray:
+    """What a weight Q -> DQ pair computes: ``(clip(round(w / s) + zp, -128, 127) - zp) * s`` per ``axis``."""
+    shape = [1] * weight.ndim
+    if scale.ndim:
+        shape[axis] = -1
+    s = scale.astype(np.float64).reshape(shape)
+    zp = np.zeros_like(s) if zero_point is None else zero_point.astype(np.float64).reshape(shape)
+    return (np.clip(np.round(weight / s) + zp, -128, 127) - zp) * s
+
+
+def correct_bias(model: onnx.ModelProto, input_means: Mapping[str, np.ndarray]) -> dict[str, float]:
+    """Fold the expected output shift caused by weight quantization into each MatMul's bias (in place).
+
+    For ``Y = X @ W + b`` with INT8 weights ``Q(W)``: ``E[X @ Q(W)] - E[X @ W] = mean(X) @ (Q(W) - W)``
+    (mean over the calibration set, per input channel), so ``b <- b - mean(X) @ (Q(W) - W)`` makes the
+    quantized layer's output right on average. Applies to MatMuls whose weight has a Q/DQ pair, whose
+    activation (before its own Q/DQ) has a mean in ``input_means``, and whose output feeds exactly one
+    Add with a constant bias of N values. Returns {MatMul: max |shift|}."""
+    inits = {t.name: t for t in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    uses: Counter[str] = Counter()
+    for node in model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+            uses[name] += 1
+    out: dict[str, float] = {}
+    for node in list(model.graph.node):
+        if node.op_type != "MatMul":
+            continue
+        dq_w = producer.get(node.input[1])
+        if dq_w is None or dq_w.op_type != "DequantizeLinear":
+            continue
+        q_w = producer.get(dq_w.input[0])
+        if q_w is None or q_w.op_type != "QuantizeLinear" or q_w.input[0] not in inits:
+            continue
+        x = node.input[0]
+        dq_x = producer.get(x)
+        if dq_x is not None and dq_x.op_type == "DequantizeLinear" and dq_x.input[0] in producer:
+            x = producer[dq_x.input[0]].input[0]
+        mean = input_means.get(x)
+        adds = readers.get(node.output[0], [])
+        if mean is None or len(adds) != 1 or adds[0].op_type != "Add":
+            continue
+        bias_name = next((i for i in adds[0].input if i in inits), None)
+        weight = numpy_helper.to_array(inits[q_w.input[0]]).astype(np.float64)
+        if bias_name is None or weight.ndim != 2 or len(mean) != weight.shape[0]:
+            continue
+        bias = numpy_helper.to_array(inits[bias_name])
+        if bias.shape != (weight.shape[1],):
+            continue
+        axis = next((a.i for a in q_w.attribute if a.name == "axis"), 1)
+        scale = numpy_helper.to_array(inits[q_w.input[1]])
+        zero = numpy_helper.to_array(inits[q_w.input[2]]) if len(q_w.input) > 2 and q_w.input[2] in inits else None
+        shift = np.asarray(mean, np.float64) @ (_fake_quant_weight(weight, scale, axis % 2, zero) - weight)
+        corrected = (bias - shift).astype(bias.dtype)
+        if uses[bias_name] > 1:  # a shared bias gets its own copy
+            name = f"{bias_name}::bias_corrected:{node.name}"
+            model.graph.initializer.append(numpy_helper.from_array(corrected, name))
+            adds[0].input[list(adds[0].input).index(bias_name)] = name
+            uses[bias_name] -= 1
+        else:
+            inits[bias_name].CopyFrom(numpy_helper.from_array(corrected, bias_name))
+        out[node.name] = float(np.abs(shift).max(initial=0.0))
+    return out
 
 
 def quantized_around(model: onnx.ModelProto, op_types: tuple[str, ...],

@@ -55,6 +55,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--exclude-op", nargs="+", default=[], metavar="OP", help="op types to keep in float")
     p.add_argument("--op", nargs="+", default=[], metavar="OP", help="op types to quantize (replaces the preset's)")
     p.add_argument("--per-tensor-weights", action="store_true", help="one weight scale per tensor (default per channel)")
+    p.add_argument("--smooth", nargs="?", const="auto", default="", metavar="ALPHA|auto",
+                   help="migrate activation outliers into the weights before Q/DQ (ONNX rewrite, FP32 outputs "
+                        "unchanged): an alpha in (0, 1), or auto (alpha per tensor by simulated INT8 error; the "
+                        "default when the flag has no value); needs --calibration")
+    p.add_argument("--bias-correction", action="store_true",
+                   help="fold the expected output shift of INT8 weights into each quantized MatMul's bias "
+                        "(calibration-set input means); needs --calibration")
     p.add_argument("--backend", choices=BACKENDS, default="ort", help="ort (INT8 on this CPU, default) or tensorrt")
     p.add_argument("--profile", nargs=6, type=int, metavar=("MINB", "OPTB", "MAXB", "MINT", "OPTT", "MAXT"),
                    help="optimisation profile (default: the calibration set's)")
@@ -122,6 +129,7 @@ def _config(args: argparse.Namespace, ws) -> tuple:
         exclude_op_types=tuple(args.exclude_op), per_channel=not args.per_tensor_weights, backend=args.backend,
         calibration_set=calibration_set, profile=tuple(args.profile or ()), trt_version=args.trt_version,
         trt_mode=args.trt_mode, timing_cache=str(ws.cache_dir / "tensorrt-timing.cache"),
+        smooth=args.smooth, bias_correction=args.bias_correction,
     )
     return config, parents
 
@@ -175,6 +183,12 @@ def print_build(run_id: str, artifact) -> None:
     if meta["unknown_tensors"]:
         print(f"warning: {len(meta['unknown_tensors'])} ranged tensors are not in the model: "
               f"{', '.join(meta['unknown_tensors'][:5])}")
+    smooth = meta.get("smooth")
+    if smooth:
+        delta = max(smooth["max_abs_output_delta"].values(), default=0.0)
+        print(smooth["summary"] + (f"; FP32 outputs unchanged (max |delta| {delta:.2e})" if smooth["migrated"] else ""))
+    if meta.get("bias_correction"):
+        print(f"bias correction: {meta['bias_correction']['nodes']} MatMul biases corrected")
     print(f"INT8 model: {artifact.qdq_path}")
     print(f"TensorRT commands: {artifact.dir / SCRIPT_FILE}")
 

@@ -1,0 +1,431 @@
+"""Outlier migration (SmoothQuant-style) as an ONNX rewrite before Q/DQ.
+
+Per-tensor INT8 activations lose most of their resolution to a few outlier channels (BERT's
+LayerNorm outputs and the GELU output feeding the FFN down-projection). For a weighted MatMul
+``Y = X @ W`` (X: (..., K), W: (K, N)) and per-channel scales ``s`` (K,)::
+
+    Y = (X / s) @ (s[:, None] * W)          exactly, in real arithmetic
+
+so dividing X's channels by ``s_j = max|X_j|^alpha / max|W_j|^(1 - alpha)`` (``max|W_j|`` over row j
+of every weight reading X) flattens the activation's channels and moves the outliers into the
+weights, which are quantized per output channel and absorb them far better.
+
+The rewrite inserts one explicit per-channel ``Mul(X, 1/s)`` per migrated tensor, read by all its
+weighted MatMuls (output ``<X>::smooth``), and scales those MatMuls' weight rows by ``s``. Every other
+reader of X (BERT is post-LN: the LayerNorm output also feeds the next residual Add) still reads
+the original X, so the FP32 function is unchanged (up to float rounding; :func:`max_output_delta`
+measures it). Standard ONNX ops only; TensorRT fuses the pointwise Mul. Folding ``1/s`` into the
+LayerNorm's gamma/beta instead would need a compensating ``Mul(s)`` on the residual branch, so it
+saves nothing here; a GELU output has no linear producer to fold into at all.
+
+Which tensors: every activation read as X by a weighted MatMul (:func:`calib.placement.weighted_matmuls`)
+whose per-channel statistics exist: in BERT the LayerNorm outputs (Q/K/V projections, FFN
+up-projection), the GELU outputs (FFN down-projection), the attention context (attention output
+projection) and the pooled embedding (a classifier head).
+
+``alpha``: one value in (0, 1) for every tensor, or ``"auto"``: per tensor, the alpha of
+:data:`AUTO_ALPHAS` (or no migration at all) whose simulated INT8 MatMul output is closest to FP32
+on the calibration sample of X (:class:`calib.stats.ChannelStats`): activations quantized per tensor
+with the chosen calibrator's amax, weights per output channel, error = ||Y_int8 - Y||^2 / ||Y||^2.
+
+The per-tensor range of ``<X>::smooth`` must describe the migrated values, not X: the build stage
+re-runs the statistics pass for the migrated tensors on the rewritten model (``calib.build``); for
+minmax that equals ``max_j absmax_j / s_j`` from the per-channel statistics (tested).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from calib.batching import iter_batches
+from calib.calibrate import Calibration
+from calib.calibset import CalibrationSet
+from calib.engines.ort import OrtSessionLoader
+from calib.errors import InputError
+from calib.io import atomic_path, sha256_file
+from calib.methods import compute_ranges, get_method, method_names
+from calib.model import read_onnx
+from calib.placement import WeightedMatMul, weighted_matmuls
+from calib.ranges import Ranges
+from calib.stats import (
+    ActivationStats,
+    ChannelStats,
+    StatsConfig,
+    collect_statistics,
+    tensor_stats_from_arrays,
+)
+
+SUFFIX = "::smooth"
+SCALE_SUFFIX = "::smooth_inv_scale"
+AUTO_ALPHAS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
+AUTO_ROWS = 256  # sampled token vectors per tensor used to score each alpha (the sample is in random order)
+QMAX = 127
+_SCALE_CLIP = (1e-4, 1e4)  # keeps 1/s and s*W finite and representable in float32
+
+
+def parse_alpha(value: object) -> float | str | None:
+    """``None``/``""``/``"off"`` -> None (no migration); ``"auto"``; or a float strictly in (0, 1)."""
+    if value is None or value == "" or value == "off":
+        return None
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        alpha = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise InputError(f"smoothing alpha must be a number in (0, 1) or 'auto', got {value!r}") from None
+    if not (math.isfinite(alpha) and 0 < alpha < 1):
+        raise InputError(f"smoothing alpha must be strictly between 0 and 1 (or 'auto'), got {value}")
+    return alpha
+
+
+@dataclass(frozen=True)
+class MigratedTensor:
+    """One migrated activation: ``tensor`` -> ``smoothed`` (= tensor / scales) read by ``nodes``."""
+
+    tensor: str
+    smoothed: str
+    nodes: tuple[str, ...]
+    alpha: float | None  # None: auto chose not to migrate (then nothing is inserted)
+    channels: int
+    absmax_before: float  # max |X| over the calibration set
+    absmax_after: float  # max_j absmax_j / s_j: the migrated tensor's max |X / s|
+    error_before: float | None = None  # relative INT8 output error without / with migration (auto only)
+    error_after: float | None = None
+
+
+@dataclass(frozen=True)
+class MigrationPlan:
+    """Per-channel scales for each migrated tensor (``scales[tensor]``: (K,) float64)."""
+
+    alpha: float | str
+    tensors: tuple[MigratedTensor, ...]
+    scales: Mapping[str, np.ndarray] = field(default_factory=dict)
+    not_migrated: Mapping[str, str] = field(default_factory=dict)  # tensor -> why
+
+    @property
+    def migrated(self) -> tuple[MigratedTensor, ...]:
+        return tuple(t for t in self.tensors if t.alpha is not None)
+
+
+def smoothing_scales(act_absmax: np.ndarray, weight_absmax: np.ndarray, alpha: float) -> np.ndarray:
+    """``s_j = a_j^alpha / w_j^(1-alpha)`` (K,), 1 where a channel is all zero (nothing to balance)."""
+    a = np.asarray(act_absmax, np.float64)
+    w = np.asarray(weight_absmax, np.float64)
+    ok = (a > 0) & (w > 0) & np.isfinite(a) & np.isfinite(w)
+    s = np.ones_like(a)
+    s[ok] = a[ok] ** alpha / w[ok] ** (1.0 - alpha)
+    return np.clip(s, *_SCALE_CLIP)
+
+
+def _weight_rows(weight: np.ndarray, transposed: bool) -> np.ndarray:
+    """W as (K, N) whatever its storage."""
+    return weight.T if transposed else weight
+
+
+def fake_quant_weight(w: np.ndarray) -> np.ndarray:
+    """Symmetric INT8 per output channel (columns of a (K, N) weight), as the build quantizes weights."""
+    amax = np.abs(w).max(axis=0, keepdims=True)
+    scale = np.where(amax > 0, amax / QMAX, 1.0).astype(w.dtype)
+    return np.clip(np.round(w / scale), -QMAX, QMAX) * scale
+
+
+def fake_quant_activation(x: np.ndarray, amax: float) -> np.ndarray:
+    """Symmetric INT8 per tensor with range [-amax, amax]."""
+    if not amax > 0:
+        return np.zeros_like(x)
+    scale = x.dtype.type(amax / QMAX)
+    return np.clip(np.round(x / scale), -QMAX, QMAX) * scale
+
+
+def output_error(x: np.ndarray, w: np.ndarray, amax: float, reference: np.ndarray | None = None,
+                 wq: np.ndarray | None = None) -> float:
+    """Relative squared error ``||Q(x) @ Q(w) - x @ w||^2 / ||x @ w||^2`` of one MatMul (x (n, K), w (K, N))."""
+    ref = x @ w if reference is None else reference
+    approx = fake_quant_activation(x, amax) @ (fake_quant_weight(w) if wq is None else wq)
+    denom = float(np.square(ref, dtype=np.float64).sum()) or 1.0
+    return float(np.square(approx - ref, dtype=np.float64).sum()) / denom
+
+
+def _sample_amax(values: np.ndarray, exact_absmax: float, method: str, params: Mapping[str, Any]) -> float:
+    """The calibrator's amax for ``values`` (capped at the exact absmax over the calibration set;
+    minmax is exact)."""
+    if method == "minmax":
+        return exact_absmax
+    stats = tensor_stats_from_arrays("sample", values)
+    try:
+        amax = float(get_method(method).amax(stats, **get_method(method).params(params)))
+    except InputError:
+        amax = stats.absmax
+    return min(amax, exact_absmax) if amax > 0 else exact_absmax
+
+
+def plan_migration(model: onnx.ModelProto, stats: ActivationStats, alpha: float | str, *,
+                   method: str = "minmax", method_params: Mapping[str, Any] | None = None,
+                   alphas: Sequence[float] = AUTO_ALPHAS, tensors: Sequence[str] | None = None,
+                   recompute: str = "calib calibrate --calibration-set <calibration set>") -> MigrationPlan:
+    """Choose the per-channel scales of every migratable tensor of ``model`` (weights loaded).
+
+    ``stats``: the calibration statistics of this model (per-channel statistics required);
+    ``method``/``method_params``: the calibrator whose per-tensor amax auto-alpha simulates;
+    ``tensors``: restrict to these activations. Raises InputError when per-channel statistics are
+    missing (naming ``recompute``)."""
+    alpha = parse_alpha(alpha)
+    if alpha is None:
+        raise InputError("no smoothing alpha given (a number in (0, 1) or 'auto')")
+    params = dict(method_params or {})
+    get_method(method).params(params)  # validates before any work
+    if not stats.has_channels:
+        stats.channels("", recompute=recompute)  # raises the one-line "recompute" error
+    inits = {t.name: t for t in model.graph.initializer}
+    readers = weighted_matmuls(model)
+    planned: list[MigratedTensor] = []
+    scales: dict[str, np.ndarray] = {}
+    skipped: dict[str, str] = {}
+    wanted = set(tensors) if tensors is not None else None
+    for tensor, mms in readers.items():
+        if wanted is not None and tensor not in wanted:
+            continue
+        if tensor not in stats.names:
+            skipped[tensor] = "no statistics for this tensor in the calibration run"
+            continue
+        ch = stats[tensor].channels
+        if ch is None:
+            skipped[tensor] = "no per-channel statistics (its last axis is not a fixed channel axis)"
+            continue
+        weights = [_weight_rows(numpy_helper.to_array(inits[m.weight]).astype(np.float64), m.transposed) for m in mms]
+        if any(w.shape[0] != ch.size for w in weights):
+            skipped[tensor] = f"weight rows do not match the tensor's {ch.size} channels"
+            continue
+        w_all = np.concatenate(weights, axis=1)  # (K, N_total): every reader of X at once
+        w_absmax = np.abs(w_all).max(axis=1)
+        nodes = tuple(m.node for m in mms)
+        before = float(ch.absmax.max()) if ch.size else 0.0
+        if alpha == "auto":
+            chosen, err0, err1 = _choose_alpha(ch, w_all, w_absmax, alphas, method, params)
+        else:
+            chosen, err0, err1 = float(alpha), None, None
+        if chosen is None:
+            planned.append(MigratedTensor(tensor, tensor, nodes, None, ch.size, before, before, err0, err1))
+            skipped[tensor] = "auto: migration did not lower the simulated INT8 error"
+            continue
+        s = smoothing_scales(ch.absmax, w_absmax, chosen)
+        scales[tensor] = s
+        after = float((ch.absmax / s).max()) if ch.size else 0.0
+        planned.append(MigratedTensor(tensor, tensor + SUFFIX, nodes, chosen, ch.size, before, after, err0, err1))
+    return MigrationPlan(alpha=alpha, tensors=tuple(planned), scales=scales, not_migrated=skipped)
+
+
+def _choose_alpha(ch: ChannelStats, w_all: np.ndarray, w_absmax: np.ndarray, alphas: Sequence[float],
+                  method: str, params: Mapping[str, Any]) -> tuple[float | None, float | None, float | None]:
+    """(best alpha or None for "leave as is", error without migration, error of the choice)."""
+    x = ch.sample[:AUTO_ROWS].astype(np.float32)  # float32 GEMMs: the error is a ratio, float32 resolves it
+    if not len(x):
+        raise InputError("auto alpha needs the per-channel row sample (StatsConfig.sample_rows > 0)")
+    w_all = w_all.astype(np.float32)
+    reference = x @ w_all
+    exact = float(ch.absmax.max())
+    base = output_error(x, w_all, _sample_amax(x, exact, method, params), reference)
+    best, best_err = None, base
+    for a in alphas:
+        s = smoothing_scales(ch.absmax, w_absmax, a).astype(np.float32)
+        xs = x / s
+        err = output_error(xs, w_all * s[:, None], _sample_amax(xs, float((ch.absmax / s).max()), method, params),
+                           reference)
+        if err < best_err:
+            best, best_err = float(a), err
+    return best, base, best_err
+
+
+def apply_migration(model: onnx.ModelProto, plan: MigrationPlan) -> onnx.ModelProto:
+    """A copy of ``model`` with each planned tensor divided by its scales (one ``Mul`` before its
+    weighted MatMuls) and those MatMuls' weight rows multiplied by them."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    inits = {t.name: t for t in graph.initializer}
+    uses: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+    by_node = {n.name: n for n in graph.node}
+    readers = weighted_matmuls(out)
+    inserts: dict[str, onnx.NodeProto] = {}
+    for t in plan.migrated:
+        s = plan.scales[t.tensor]
+        scale_name = t.tensor + SCALE_SUFFIX
+        graph.initializer.append(numpy_helper.from_array((1.0 / s).astype(np.float32), scale_name))
+        inserts[t.tensor] = onnx.helper.make_node("Mul", [t.tensor, scale_name], [t.smoothed],
+                                                  name=t.tensor + SUFFIX)
+        for mm in readers[t.tensor]:
+            if mm.node not in t.nodes:
+                continue
+            node = by_node[mm.node]
+            node.input[0] = t.smoothed
+            _scale_weight(graph, inits, uses, node, mm, s)
+    if inserts:  # each Mul right after the producer of its input keeps the graph topologically sorted
+        ordered: list[onnx.NodeProto] = []
+        pending = dict(inserts)
+        graph_inputs = [i.name for i in graph.input]
+        for name in graph_inputs:
+            if name in pending:
+                ordered.append(pending.pop(name))
+        for node in graph.node:
+            ordered.append(node)
+            for o in node.output:
+                if o in pending:
+                    ordered.append(pending.pop(o))
+        del graph.node[:]
+        graph.node.extend(ordered)
+    return out
+
+
+def _scale_weight(graph: onnx.GraphProto, inits: dict[str, onnx.TensorProto], uses: dict[str, int],
+                  node: onnx.NodeProto, mm: WeightedMatMul, s: np.ndarray) -> None:
+    """Multiply the weight rows (input channels) of ``node`` by ``s``; a shared weight gets a copy."""
+    tensor = inits[mm.weight]
+    w = numpy_helper.to_array(tensor)
+    scaled = (w * s[None, :] if mm.transposed else w * s[:, None]).astype(w.dtype)
+    if uses.get(mm.weight, 0) > 1:
+        name = f"{mm.weight}{SUFFIX}:{node.name}"
+        graph.initializer.append(numpy_helper.from_array(scaled, name))
+        node.input[1] = name
+        uses[mm.weight] -= 1
+    else:
+        tensor.CopyFrom(numpy_helper.from_array(scaled, mm.weight))
+
+
+@dataclass(frozen=True)
+class SmoothResult:
+    """What :func:`smooth_model` wrote: the rewritten FP32 model and its identity chain."""
+
+    path: Path
+    sha256: str
+    parent_sha256: str
+    plan: MigrationPlan
+
+    @property
+    def migrated(self) -> dict[str, str]:
+        """original tensor -> migrated tensor (the name the quantizer ranges)."""
+        return {t.tensor: t.smoothed for t in self.plan.migrated}
+
+    def summary(self) -> str:
+        n = len(self.plan.migrated)
+        if not n:
+            return "smoothing: nothing was migrated (" + (
+                "no weighted MatMul input with per-channel statistics" if not self.plan.tensors
+                else "auto kept every tensor as is") + ")"
+        alphas = sorted({t.alpha for t in self.plan.migrated if t.alpha is not None})
+        return (f"smoothing: {n} of {len(self.plan.tensors)} weighted-MatMul inputs migrated "
+                f"(alpha {self.plan.alpha if self.plan.alpha != 'auto' else 'auto: ' + ', '.join(f'{a:g}' for a in alphas)})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "sha256": self.sha256, "parent_sha256": self.parent_sha256, "alpha": self.plan.alpha,
+            "migrated": len(self.plan.migrated), "candidates": len(self.plan.tensors),
+            "tensors": [asdict(t) for t in self.plan.tensors], "not_migrated": dict(self.plan.not_migrated),
+        }
+
+
+def smooth_model(model_path: str | Path, stats: ActivationStats, out_path: str | Path, alpha: float | str, *,
+                 method: str = "minmax", method_params: Mapping[str, Any] | None = None,
+                 recompute: str = "calib calibrate --calibration-set <calibration set>") -> SmoothResult:
+    """Plan and apply the migration to ``model_path``; write the FP32 rewrite to ``out_path``.
+
+    A model with nothing to migrate is still written (unchanged) and says so in :meth:`SmoothResult.summary`."""
+    model_path, out_path = Path(model_path), Path(out_path)
+    model = read_onnx(model_path)
+    plan = plan_migration(model, stats, alpha, method=method, method_params=method_params, recompute=recompute)
+    rewritten = apply_migration(model, plan)
+    with atomic_path(out_path) as tmp:
+        onnx.save(rewritten, str(tmp))
+    return SmoothResult(path=out_path, sha256=sha256_file(out_path), parent_sha256=sha256_file(model_path), plan=plan)
+
+
+def max_output_delta(original: str | Path, rewritten: str | Path, feeds: Sequence[Mapping[str, np.ndarray]], *,
+                     threads: int | None = None) -> dict[str, float]:
+    """max |rewritten - original| per float graph output over the given feeds (FP32, ONNX Runtime,
+    graph optimisations off so both run the same arithmetic)."""
+    a = OrtSessionLoader(Path(original), threads=threads, optimization="disabled")()
+    b = OrtSessionLoader(Path(rewritten), threads=threads, optimization="disabled")()
+    names = [o.name for o in a.get_outputs() if o.type in ("tensor(float)", "tensor(float16)")]
+    delta = dict.fromkeys(names, 0.0)
+    for feed in feeds:
+        for name, x, y in zip(names, a.run(names, dict(feed)), b.run(names, dict(feed))):
+            delta[name] = max(delta[name], float(np.abs(x.astype(np.float64) - y).max(initial=0.0)))
+    return delta
+
+
+@dataclass(frozen=True)
+class SmoothedModel:
+    """A migration applied for a build: the rewritten FP32 model, the ranges of its migrated tensors
+    (recomputed on the rewritten model by the range set's own method), and the FP32 check."""
+
+    result: SmoothResult
+    amax: dict[str, float]  # migrated tensor (``<X>::smooth``) -> amax
+    max_abs_delta: dict[str, float]  # float graph output -> max |rewritten - original| on calibration batches
+    texts: int  # calibration texts the migrated ranges were recomputed on
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.result.to_dict(), "max_abs_output_delta": self.max_abs_delta,
+                "ranges_recomputed_on_texts": self.texts, "seconds": round(self.seconds, 2),
+                "migrated_amax": self.amax}
+
+
+def smooth_calibrated(model_path: str | Path, calibration_dir: str | Path, ranges: Ranges, alpha: float | str,
+                      out_path: str | Path, *, threads: int | None = None, check_batches: int = 2) -> SmoothedModel:
+    """Migrate ``model_path`` with the statistics of a calibration run, then range the migrated tensors.
+
+    ``ranges`` (a range set of that run) names the method whose amax the migrated tensors get (minmax
+    when it is not a registered method): their statistics are collected on the rewritten model over
+    the run's own calibration set (those tensors only), with the run's batch size and histogram
+    settings. ``check_batches`` calibration batches measure the FP32 outputs' max |delta|."""
+    started = time.perf_counter()
+    cal = Calibration.load(calibration_dir)
+    set_dir = str(cal.meta.get("calibration_set", {}).get("dir", ""))
+    recompute = f"calib calibrate --calibration-set {set_dir or '<calibration set>'}"
+    method, params = (ranges.method, ranges.params) if ranges.method in method_names() else ("minmax", {})
+    result = smooth_model(model_path, cal.stats, out_path, alpha, method=method, method_params=params,
+                          recompute=recompute)
+    migrated = result.migrated
+    if not migrated:
+        return SmoothedModel(result, {}, {}, 0, time.perf_counter() - started)
+    if not set_dir or not Path(set_dir).is_dir():
+        raise InputError(f"the calibration set {set_dir or '(unknown)'} of calibration run {cal.dir.name} no longer "
+                         "exists: smoothing needs it to range the migrated tensors")
+    cset = CalibrationSet.load(set_dir)
+    spec = cset.model_spec()
+    encoded = cset.encode(spec)
+    conf = cal.meta.get("config", {})
+    stats_config = StatsConfig(batch_size=int(conf.get("batch_size", 16)), histogram=conf.get("histogram", "stream"),
+                               bins=conf.get("bins"), threads=threads, channel_stats=False)
+    fresh = collect_statistics(Path(out_path), encoded, list(migrated.values()), config=stats_config)
+    amax = compute_ranges(fresh, method, **params).amax
+    batches = iter_batches(encoded, spec.input_dtypes, stats_config.batch_size)
+    feeds = [batch.feeds for batch, _ in zip(batches, range(check_batches))]
+    delta = max_output_delta(model_path, out_path, feeds, threads=threads)
+    return SmoothedModel(result, dict(amax), delta, len(encoded), time.perf_counter() - started)
+
+
+def input_means(stats: ActivationStats, plan: MigrationPlan | None = None, *,
+                recompute: str = "calib calibrate --calibration-set <calibration set>") -> dict[str, np.ndarray]:
+    """Per-channel calibration-set means of every weighted-MatMul input (for bias correction); a
+    migrated tensor ``<X>::smooth`` gets ``mean(X) / s``. InputError (naming ``recompute``) when the
+    statistics predate per-channel statistics."""
+    if not stats.has_channels:
+        stats.channels("", recompute=recompute)
+    means = {t.name: t.channels.mean for t in stats.tensors if t.channels is not None}
+    if plan is not None:
+        for t in plan.migrated:
+            if t.tensor in means:
+                means[t.smoothed] = means[t.tensor] / plan.scales[t.tensor]
+    return means

@@ -1,0 +1,139 @@
+"""Outlier migration as an ONNX rewrite: FP32-exact, ranges of the migrated tensors, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import tinymodel
+from onnx import TensorProto, helper, numpy_helper
+
+from calib.batching import encode, iter_batches
+from calib.errors import InputError
+from calib.methods import compute_ranges
+from calib.model import load_tokenizer
+from calib.placement import weighted_matmuls
+from calib.smooth import (
+    SUFFIX,
+    max_output_delta,
+    output_error,
+    parse_alpha,
+    plan_migration,
+    smooth_model,
+    smoothing_scales,
+)
+from calib.stats import ActivationStats, StatsConfig, collect_statistics
+
+LN = "embeddings/LayerNorm_out"
+
+
+def _outlier_model(tmp_path):
+    """The tiny classifier with two embedding channels blown up 30x (BERT-like outlier channels)."""
+    model = tinymodel.build_model()
+    for t in model.graph.initializer:
+        if t.name in ("emb_ln_g", "layer.0.ln1_g"):
+            g = numpy_helper.to_array(t).copy()
+            g[[3, 11]] = 30.0
+            t.CopyFrom(numpy_helper.from_array(g, t.name))
+    path = tmp_path / "outliers.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def encoded(tiny_spec):
+    texts, _ = tinymodel.make_texts(60, seed=3)
+    return encode(load_tokenizer(tiny_spec.tokenizer_dir), texts, max_length=tiny_spec.max_length)
+
+
+@pytest.fixture(scope="module")
+def outlier(tmp_path_factory, tiny_spec, encoded):
+    path = _outlier_model(tmp_path_factory.mktemp("smooth"))
+    stats = collect_statistics(path, encoded, config=StatsConfig(batch_size=16, sample_rows=256))
+    return path, stats
+
+
+def _feeds(tiny_spec, encoded, n=3):
+    return [b.feeds for b, _ in zip(iter_batches(encoded, tiny_spec.input_dtypes, 16), range(n))]
+
+
+def test_parse_alpha():
+    assert parse_alpha("auto") == "auto" and parse_alpha("0.5") == 0.5 and parse_alpha(None) is None
+    for bad in ("0", "1", "1.5", "-0.2", "nan", "high", 0.0, 1.0):
+        with pytest.raises(InputError):
+            parse_alpha(bad)
+
+
+def test_scales_formula():
+    s = smoothing_scales(np.array([4.0, 1.0, 0.0]), np.array([1.0, 4.0, 2.0]), 0.5)
+    np.testing.assert_allclose(s, [2.0, 0.5, 1.0])
+
+
+@pytest.mark.parametrize("alpha", [0.5, 0.8, "auto"])
+def test_rewrite_keeps_fp32_outputs(tiny_spec, encoded, outlier, tmp_path, alpha):
+    path, stats = outlier
+    result = smooth_model(path, stats, tmp_path / "s.onnx", alpha)
+    model = onnx.load(str(result.path))
+    onnx.checker.check_model(model)
+    assert {n.op_type for n in model.graph.node} <= {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert result.parent_sha256 != result.sha256
+    migrated = result.migrated
+    if alpha != "auto":  # every weighted MatMul input with channel statistics, incl. GELU -> FFN down
+        assert set(migrated) == set(weighted_matmuls(onnx.load(str(path))))
+    assert LN in migrated  # the outlier tensor is always worth migrating
+    readers = [n for n in model.graph.node if LN + SUFFIX in n.input]
+    assert {n.name for n in readers} == {f"layer.0/attention/{p}/MatMul" for p in ("query", "key", "value")}
+    assert any(n.op_type == "Add" and LN in n.input for n in model.graph.node)  # the residual keeps X
+    delta = max_output_delta(path, result.path, _feeds(tiny_spec, encoded))
+    assert set(delta) == {"logits", "embedding"} and max(delta.values()) < 1e-4, delta
+
+
+def test_migrated_range_and_error_drop(tiny_spec, encoded, outlier, tmp_path):
+    path, stats = outlier
+    result = smooth_model(path, stats, tmp_path / "s.onnx", 0.5)
+    t = next(t for t in result.plan.migrated if t.tensor == LN)
+    assert t.absmax_after < t.absmax_before / 3  # the 30x channels were flattened
+    # the range of the migrated tensor, recomputed on the rewritten model, is max_j absmax_j / s_j
+    again = collect_statistics(result.path, encoded, [t.smoothed], config=StatsConfig(batch_size=16, channel_stats=False))
+    assert compute_ranges(again, "minmax").amax[t.smoothed] == pytest.approx(t.absmax_after, rel=1e-5)
+    # simulated INT8 error at the Q/K/V outputs drops
+    ch = stats.channels(LN)
+    model = onnx.load(str(path))
+    w = np.concatenate([numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == m.weight))
+                        for m in weighted_matmuls(model)[LN]], axis=1).astype(np.float64)
+    s = result.plan.scales[LN]
+    x = ch.sample.astype(np.float64)
+    assert output_error(x / s, w * s[:, None], t.absmax_after, x @ w) < 0.5 * output_error(x, w, t.absmax_before)
+    auto = smooth_model(path, stats, tmp_path / "a.onnx", "auto")
+    ta = next(t for t in auto.plan.tensors if t.tensor == LN)
+    assert ta.alpha is not None and ta.error_after < ta.error_before
+    for t in auto.plan.tensors:
+        if t.alpha is None:
+            assert t.tensor not in auto.migrated and t.tensor in auto.plan.not_migrated
+
+
+def test_bad_input(tiny_spec, encoded, outlier, tmp_path):
+    path, stats = outlier
+    with pytest.raises(InputError, match="between 0 and 1"):
+        smooth_model(path, stats, tmp_path / "x.onnx", 1.2)
+    # statistics written before per-channel statistics existed
+    stats.save(tmp_path / "old")
+    old = ActivationStats(stats.model_sha256, tuple(t for t in ActivationStats.load(tmp_path / "old").tensors), stats.bins,
+                          stats.histogram, stats.texts, stats.tokens, stats.batches, stats.seconds, has_channels=False)
+    with pytest.raises(InputError, match="calib calibrate --calibration-set cs-1"):
+        plan_migration(onnx.load(str(path)), old, 0.5, recompute="calib calibrate --calibration-set cs-1")
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_graph_without_a_migratable_pattern_says_nothing_was_migrated(tmp_path, encoded, tiny_spec):
+    x = helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"])
+    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "sequence"])
+    nodes = [helper.make_node("Cast", ["input_ids"], ["f"], to=TensorProto.FLOAT, name="cast"),
+             helper.make_node("Add", ["f", "one"], ["logits"], name="add")]
+    graph = helper.make_graph(nodes, "plain", [x], [y], [numpy_helper.from_array(np.array(1.0, np.float32), "one")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "plain.onnx"))
+    stats = ActivationStats("sha", (), 4096, "stream", 0, 0, 0, 0.0)
+    result = smooth_model(tmp_path / "plain.onnx", stats, tmp_path / "p.onnx", 0.5)
+    assert not result.migrated and "nothing was migrated" in result.summary()
