@@ -13,7 +13,7 @@ from calib.build import SMOOTH_FILE, BuildConfig, EngineArtifact, build
 from calib.calibrate import CalibrateConfig, calibrate
 from calib.errors import InputError
 from calib.io import sha256_file
-from calib.placement import Placement, resolve_placement, residual_add_nodes
+from calib.placement import Placement, residual_add_nodes, resolve_placement
 from calib.stats import ActivationStats
 from calib.trtcache import read_trt_cache
 from tests.test_calibrate_demo import tiny_calibset  # noqa: F401 - fixture
