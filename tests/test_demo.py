@@ -4,7 +4,6 @@ prepared tasks (`demo`-marked: MiniLM-L6 on BBC News and Rotten Tomatoes)."""
 from __future__ import annotations
 
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from calib.demo import export as demo_export
 from calib.demo.prepare import fit_head, intact_card, split_rows
 from calib.demo.tasks import CARD_FILE
 from calib.engines.ort import OrtSessionLoader
-from calib.errors import BackendUnavailableError, InputError, WorkspaceError
+from calib.errors import InputError, WorkspaceError
 from calib.io import atomic_write_json, sha256_file
 
 # -- splits ----------------------------------------------------------------------------------------------
@@ -165,12 +164,6 @@ def test_missing_asset_package_names_the_install_command():
         sources.package_file("numpy", "1.0", "no/such/file.bin")
 
 
-def test_missing_torch_is_named(monkeypatch):
-    monkeypatch.setitem(sys.modules, "torch", None)  # makes `import torch` raise ImportError
-    with pytest.raises(BackendUnavailableError, match=r"pip install torch==2\.13\.0"):
-        demo_export._import_torch()
-
-
 def test_cli_demo_info_on_empty_workspace(tmp_path, capsys):
     assert cli_main(["--workspace", str(tmp_path / "ws"), "demo", "info"]) == 1
     out = capsys.readouterr().out
@@ -197,7 +190,11 @@ def test_demo_card_and_model(demo_workspace, task):
     assert card["splits"]["calibration"] >= 1000
     assert card["model"]["sha256"] == loaded.model.sha256 == sha256_file(loaded.dir / "model.onnx")
     assert card["source"]["model_safetensors_sha256"] == sources.MODEL_SAFETENSORS_SHA256
-    assert card["model"]["opset"] >= 17 and card["model"]["encoder_max_abs_diff_vs_torch"] < 1e-4
+    assert card["model"]["opset"] >= 17
+    # built with onnx + numpy and checked against the numpy reference; a workspace prepared by an
+    # earlier version keeps its torch export, checked against torch
+    check = card["model"].get("encoder_max_abs_diff_vs_reference", card["model"].get("encoder_max_abs_diff_vs_torch"))
+    assert check is not None and check < 1e-4
     for rel, digest in card["files"].items():
         assert sha256_file(loaded.dir / rel) == digest, rel
     assert loaded.model.labels == tuple(card["labels"]) and len(card["labels"]) == (5 if task == "bbc-topic" else 2)

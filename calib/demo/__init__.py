@@ -4,7 +4,7 @@
 5 topics, 256 tokens) and ``rt-sentiment`` (Rotten Tomatoes, fresh vs rotten, 128 tokens);
 ``load_demo_task(task, workspace)`` gives the task's :class:`~calib.model.ModelSpec` and the
 :class:`~calib.data.DataSpec` of its ``train`` / ``calibration`` / ``eval`` splits.
-Importing this package is cheap: torch, datasets and scikit-learn load only when preparing.
+Importing this package is cheap: datasets, scikit-learn and safetensors load only when preparing.
 """
 
 from calib.demo.prepare import DemoConfig, DemoManifest, prepare_demo
