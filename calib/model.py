@@ -8,6 +8,7 @@ float output is taken as the logits unless a name is given.
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,9 +185,20 @@ def load_model(
     )
 
 
+class _NoTorchAdvice(logging.Filter):
+    """Drops transformers' import-time advice that PyTorch is missing: calib only uses its tokenizers."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "PyTorch was not found" not in record.getMessage()
+
+
+_NO_TORCH_ADVICE = _NoTorchAdvice()
+
+
 @functools.lru_cache(maxsize=8)
 def load_tokenizer(tokenizer_dir: str | Path):  # -> transformers.PreTrainedTokenizerFast
     """A fast tokenizer from a local directory; never downloads, never runs remote code."""
+    logging.getLogger("transformers").addFilter(_NO_TORCH_ADVICE)  # the same filter is added once
     from transformers import AutoTokenizer
 
     tok_dir = check_tokenizer_dir(tokenizer_dir)
