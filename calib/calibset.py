@@ -74,6 +74,9 @@ class AssembleConfig:
     labels: tuple[str, ...] = ()  # class names in logit order, when known
     opt_percentile: float = 95.0  # length percentile for the TensorRT "opt" shape
     batch_sizes: tuple[int, int, int] = (1, 16, 32)  # TensorRT profile min / opt / max batch
+    logits_output: str | None = None  # output roles (calib.model.resolve_roles): checked here, recorded
+    embedding_output: str | None = None
+    pooling: str | None = None
 
     def data_spec(self) -> DataSpec:
         return DataSpec(self.source, self.text_column, self.label_column, self.pair_column, self.split,
@@ -193,7 +196,9 @@ def assemble(config: AssembleConfig, out_dir: Path, *, progress: ProgressFn | No
         return inner
 
     edges = _check_config(config)
-    spec = load_model(config.model, config.tokenizer, max_length=config.max_length, labels=config.labels)
+    spec = load_model(config.model, config.tokenizer, max_length=config.max_length, labels=config.labels,
+                      logits_output=config.logits_output, embedding_output=config.embedding_output,
+                      pooling=config.pooling)
     data = config.data_spec()
     rows = load_rows(data)
     if config.size > len(rows) and config.shortfall != "replace":
@@ -273,6 +278,7 @@ def assemble(config: AssembleConfig, out_dir: Path, *, progress: ProgressFn | No
         "model": {
             "onnx_path": str(spec.onnx_path), "sha256": spec.sha256, "tokenizer_dir": str(spec.tokenizer_dir),
             "tokenizer_hash": pool.tokenizer_hash, "max_length": spec.max_length, "labels": list(spec.labels),
+            "roles": spec.roles.to_dict(),
         },
         "tokenizer_hash": pool.tokenizer_hash,
         "row_ids": result.rows.tolist(),
@@ -386,7 +392,10 @@ class CalibrationSet:
     def model_spec(self) -> ModelSpec:
         """The model this set was drawn for; refuses a model file whose sha256 changed since."""
         m = self.manifest["model"]
-        spec = load_model(m["onnx_path"], m["tokenizer_dir"], max_length=int(m["max_length"]), labels=m["labels"])
+        roles = m.get("roles") or {}  # recorded since output roles exist; older sets detect them again
+        spec = load_model(m["onnx_path"], m["tokenizer_dir"], max_length=int(m["max_length"]), labels=m["labels"],
+                          logits_output=roles.get("logits"), embedding_output=roles.get("embedding"),
+                          pooling=roles.get("pooling"))
         check_same_model(m["sha256"], spec.sha256, f"calibration set {self.dir}")
         return spec
 

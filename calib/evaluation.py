@@ -29,7 +29,7 @@ from calib.batching import Encoded, encode, iter_batches
 from calib.buckets import DEFAULT_EDGES
 from calib.data import DataSpec, fingerprint, label_ids, label_names, load_rows, texts_of
 from calib.errors import InputError, check_choice
-from calib.metrics import bucketed_comparison, row_cosine
+from calib.metrics import bucketed_comparison, bucketed_embedding_comparison, row_cosine
 from calib.model import ModelSpec, OutputRoles, load_tokenizer
 from calib.workspace import ProgressFn
 
@@ -108,12 +108,13 @@ def load_eval_data(data: DataSpec, spec: ModelSpec, *, limit: int = 0, seed: int
     data_fingerprint = fingerprint(ds)
     note = ""
     label_column = data.label_column
+    without = ("agreement-only report (no accuracy, F1 or accuracy drop)" if spec.roles.logits
+               else "embedding comparison without the k-NN accuracy")
     if label_column is not None and label_column not in ds.column_names:
-        note = (f"the eval set has no label column {label_column!r}: agreement-only report "
-                "(no accuracy, F1 or accuracy drop)")
+        note = f"the eval set has no label column {label_column!r}: {without}"
         label_column = None
     elif label_column is None:
-        note = "no label column given: agreement-only report (no accuracy, F1 or accuracy drop)"
+        note = f"no label column given: {without}"
     rows = sample_rows(total, limit, seed, sampling)
     if len(rows) < total:
         ds = ds.select(rows.tolist())
@@ -200,8 +201,13 @@ def run_engine(engine, encoded: Encoded, input_dtypes: Mapping[str, type], roles
         values = engine.run(batch.feeds, names)
         for name in names:
             v = np.asarray(values[name])
-            if name == roles.embedding and roles.pooling != "none":
+            if name == roles.embedding and roles.pooling != "none" and v.ndim == 3:
                 v = pool_tokens(v, batch.mask, roles.pooling)
+            if v.ndim != 2:
+                option = (f"--embedding-output {name} --pool mean" if v.ndim == 3 else "--logits-output / --embedding-output")
+                role = "logits" if name == roles.logits else "embedding"
+                raise InputError(f"output {name!r} read as the {role} gives shape {v.shape}, not (batch, n); "
+                                 f"use {option}")
             if name not in out:
                 out[name] = np.zeros((n, *v.shape[1:]), dtype=np.float32)
             out[name][batch.rows] = v
@@ -219,9 +225,13 @@ def run_engine(engine, encoded: Encoded, input_dtypes: Mapping[str, type], roles
 class Metrics:
     """FP32-vs-INT8 metrics overall and per length bucket.
 
-    ``overall`` and each of ``buckets`` hold the group's numbers (``n``; ``agreement`` for
-    classifiers; ``embedding_cosine``; ``fp32``/``int8``/``accuracy_drop_points``/``accuracy_diff_ci``
-    when labelled). ``row_cosine`` (N,) is the per-text embedding cosine (not part of the JSON).
+    ``overall`` and each of ``buckets`` hold the group's numbers: ``n``; for classifiers
+    ``agreement`` (top-1, KL, logit differences), ``embedding_cosine`` {mean, min} when the model also
+    has an embedding, and ``fp32``/``int8``/``accuracy_drop_points``/``accuracy_diff_ci`` when
+    labelled; for embedding models ``embedding_cosine`` {mean, p1, min, CI}, ``neighbours``
+    {k, recall_at_1, recall_at_k, CIs}, ``similarity_spearman`` {mean, CI} and, when labelled,
+    ``knn`` {k, accuracy_fp32, accuracy_int8, accuracy_drop_points, accuracy_diff_ci} (see
+    :mod:`calib.metrics`). ``row_cosine`` (N,) is the per-text embedding cosine (not in the JSON).
     """
 
     kind: str  # CLASSIFIER or EMBEDDING
@@ -243,6 +253,10 @@ class Metrics:
     @property
     def n(self) -> int:
         return int(self.overall["n"])
+
+    @property
+    def is_classifier(self) -> bool:
+        return self.kind == CLASSIFIER
 
     @property
     def labelled(self) -> bool:
@@ -273,16 +287,50 @@ class Metrics:
         """Mean per-text embedding cosine FP32 vs INT8 (None without an embedding output)."""
         return (self.overall.get("embedding_cosine") or {}).get("mean")
 
+    @property
+    def embedding_cosine_p1(self) -> float | None:
+        return (self.overall.get("embedding_cosine") or {}).get("p1")
+
+    @property
+    def neighbour_recall_at_1(self) -> float | None:
+        return (self.overall.get("neighbours") or {}).get("recall_at_1")
+
+    @property
+    def neighbour_recall_at_k(self) -> float | None:
+        return (self.overall.get("neighbours") or {}).get("recall_at_k")
+
+    @property
+    def neighbour_k(self) -> int | None:
+        return (self.overall.get("neighbours") or {}).get("k")
+
+    @property
+    def similarity_spearman(self) -> float | None:
+        return (self.overall.get("similarity_spearman") or {}).get("mean")
+
+    @property
+    def knn(self) -> dict | None:
+        """k-NN accuracy on FP32 vs INT8 embeddings (labelled embedding models), else None."""
+        return self.overall.get("knn")
+
     def headline(self) -> dict:
-        """The flat numbers budgets are checked on (sensitivity, run listings)."""
+        """The flat numbers budgets are checked on (sensitivity, run listings): agreement, KL and the
+        accuracy drop for classifiers; cosine, neighbour recall, similarity correlation and the k-NN
+        accuracy for embedding models."""
         out: dict[str, Any] = {}
-        if "agreement" in self.overall:
-            out.update(top1_agreement=self.top1_agreement, kl_softmax=self.kl_softmax)
-        out["accuracy_drop_points"] = self.accuracy_drop_points
-        if self.labelled:
-            out.update(accuracy_fp32=self.accuracy_fp32, accuracy_int8=self.accuracy_int8)
-        if "embedding_cosine" in self.overall:
-            out["embedding_cosine"] = self.embedding_cosine
+        if self.is_classifier:
+            out.update(top1_agreement=self.top1_agreement, kl_softmax=self.kl_softmax,
+                       accuracy_drop_points=self.accuracy_drop_points)
+            if self.labelled:
+                out.update(accuracy_fp32=self.accuracy_fp32, accuracy_int8=self.accuracy_int8)
+            if "embedding_cosine" in self.overall:
+                out["embedding_cosine"] = self.embedding_cosine
+            return out
+        out.update(embedding_cosine=self.embedding_cosine, embedding_cosine_p1=self.embedding_cosine_p1,
+                   neighbour_recall_at_1=self.neighbour_recall_at_1, neighbour_recall_at_k=self.neighbour_recall_at_k,
+                   similarity_spearman=self.similarity_spearman)
+        if self.knn:
+            out.update(knn_accuracy_fp32=self.knn["accuracy_fp32"], knn_accuracy_int8=self.knn["accuracy_int8"],
+                       knn_accuracy_drop_points=self.knn["accuracy_drop_points"])
         return out
 
     def worst_bucket(self) -> dict | None:
@@ -304,11 +352,19 @@ class Metrics:
 
 
 def compare(fp32: EngineOutputs, int8: EngineOutputs, data: EvalData, *, edges: Sequence[int] = DEFAULT_EDGES,
-            n_resamples: int = 1000, seed: int = 0) -> Metrics:
-    """Bucketed FP32-vs-INT8 metrics: agreement/KL and task metrics on the logits (when labelled),
-    plus the per-text embedding cosine when both sides have an embedding."""
+            n_resamples: int = 1000, seed: int = 0, k: int = 10, knn_k: int = 5) -> Metrics:
+    """Bucketed FP32-vs-INT8 metrics. A classifier (logits on both sides): agreement/KL and task
+    metrics on the logits (when labelled), plus the per-text embedding cosine when both sides have an
+    embedding. An embedding model: cosine, neighbour recall@1/@``k``, similarity Spearman and (when
+    labelled) ``knn_k``-NN accuracy, each with bootstrap CIs."""
     if fp32.logits is None or int8.logits is None:
-        raise InputError("the model has no logits output to compare; name it with --logits-output")
+        if fp32.embedding is None or int8.embedding is None:
+            raise InputError("the model has neither logits nor an embedding to compare; name one with "
+                             "--logits-output or --embedding-output")
+        block, cos = bucketed_embedding_comparison(fp32.embedding, int8.embedding, data.labels, data.lengths,
+                                                   edges=edges, k=k, knn_k=knn_k, n_resamples=n_resamples,
+                                                   seed=seed)
+        return Metrics(EMBEDDING, tuple(block["edges"]), block["overall"], tuple(block["buckets"]), cos)
     cos = None
     if fp32.embedding is not None and int8.embedding is not None:
         cos = row_cosine(fp32.embedding, int8.embedding)

@@ -1,8 +1,15 @@
-"""Task and agreement metrics for FP32 vs INT8 predictions, overall and per token-length bucket.
+"""Task, agreement and embedding metrics for FP32 vs INT8 outputs, overall and per token-length bucket.
 
 Everything here works on fixed arrays (no model runs), so it is tested on predictions with known
 answers. Shapes: ``logits`` (N, C) float, ``labels`` (N,) int class ids (-1 = unlabelled),
-``lengths`` (N,) untruncated token counts, ``embedding_cosine`` (N,) per-row cosines.
+``lengths`` (N,) untruncated token counts, ``embedding_cosine`` (N,) per-row cosines, embeddings
+(N, D) float.
+
+Classifiers get task metrics and FP32/INT8 agreement on the logits. Embedding models get
+:func:`embedding_row_metrics`: per text, the cosine of its FP32 and INT8 embeddings, whether it keeps
+its FP32 nearest neighbours within the evaluated set (recall@1, recall@k), the Spearman correlation
+of its similarities to every other text, and (when labelled) whether a leave-one-out k-NN vote
+classifies it correctly on FP32 and on INT8 embeddings; groups report means with bootstrap CIs.
 """
 
 from __future__ import annotations
@@ -105,6 +112,18 @@ def paired_bootstrap_diff(
     if n == 0:
         return {"diff": None, "low": None, "high": None, "n_resamples": 0, "confidence": confidence, "seed": seed}
     per_row = y - x
+    low, high = bootstrap_mean_ci(per_row, n_resamples=n_resamples, confidence=confidence, seed=seed)
+    return {"diff": float(per_row.mean()), "low": low, "high": high,
+            "n_resamples": int(n_resamples), "confidence": float(confidence), "seed": int(seed)}
+
+
+def bootstrap_mean_ci(values: np.ndarray, *, n_resamples: int = 1000, confidence: float = 0.95,
+                      seed: int = 0) -> tuple[float | None, float | None]:
+    """Percentile bootstrap interval of the mean of (N,) per-row values; (None, None) without resamples."""
+    per_row = np.asarray(values, dtype=np.float64)
+    n = len(per_row)
+    if n == 0 or n_resamples <= 0:
+        return None, None
     rng = np.random.default_rng(seed)
     means = np.empty(n_resamples, dtype=np.float64)
     chunk = max(1, 2_000_000 // n)  # bound the index matrix to ~16 MB
@@ -114,8 +133,7 @@ def paired_bootstrap_diff(
         means[start:stop] = per_row[idx].mean(axis=1)
     alpha = (1.0 - confidence) / 2.0
     low, high = np.quantile(means, [alpha, 1.0 - alpha])
-    return {"diff": float(per_row.mean()), "low": float(low), "high": float(high),
-            "n_resamples": int(n_resamples), "confidence": float(confidence), "seed": int(seed)}
+    return float(low), float(high)
 
 
 def compare_outputs(
@@ -190,3 +208,139 @@ def bucketed_comparison(
         rows = np.flatnonzero(index == b)
         buckets.append({"bucket": name, "low": low, "high": high, **group(rows)})
     return {"edges": list(edges), "overall": group(np.arange(n)), "buckets": buckets}
+
+
+# -- embedding models ----------------------------------------------------------------------------
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def _rank_rows(x: np.ndarray) -> np.ndarray:
+    """Average ranks (ties share their mean rank) along axis 1 of a (c, M) array."""
+    from scipy.stats import rankdata
+
+    return rankdata(x, axis=1)
+
+
+def embedding_row_metrics(fp32: np.ndarray, int8: np.ndarray, labels: np.ndarray | None = None, *,
+                          k: int = 10, knn_k: int = 5, chunk: int = 256) -> dict[str, np.ndarray]:
+    """Per-text comparison of FP32 and INT8 embeddings (N, D); every array returned is (N,).
+
+    Neighbours are the other texts of the set ranked by cosine similarity (self excluded):
+    ``recall_at_1`` 1 when the INT8 nearest neighbour is the FP32 one; ``recall_at_k`` the share of
+    the FP32 top-``k`` (``k`` capped at N − 1) found in the INT8 top-``k``; ``spearman`` the rank
+    correlation of the text's N − 1 similarities under FP32 and INT8; ``knn_correct_fp32`` /
+    ``knn_correct_int8`` (with ``labels``) whether a leave-one-out vote of the ``knn_k`` nearest
+    texts (ties go to the nearer neighbours) gives the text's label. Memory O(chunk × N).
+    """
+    a, b = _unit_rows(fp32), _unit_rows(int8)
+    if a.shape != b.shape:
+        raise InputError(f"FP32 embeddings {a.shape} and INT8 embeddings {b.shape} differ in shape")
+    n = len(a)
+    out: dict[str, np.ndarray] = {"cosine": np.clip(np.einsum("nd,nd->n", a, b), -1.0, 1.0)}
+    if n < 2:
+        return out
+    kk, vk = min(k, n - 1), min(knn_k, n - 1)
+    r1, rk, rho = np.zeros(n), np.zeros(n), np.zeros(n)
+    knn32 = np.zeros(n, dtype=bool) if labels is not None else None
+    knn8 = np.zeros(n, dtype=bool) if labels is not None else None
+    lab = None if labels is None else np.asarray(labels, dtype=np.int64)
+    n_classes = 0 if lab is None else int(lab.max()) + 1
+    cols = np.arange(n - 1)
+    for start in range(0, n, chunk):
+        rows = np.arange(start, min(start + chunk, n))
+        others = cols[None, :] + (cols[None, :] >= rows[:, None])  # (c, N-1): every index but the row's own
+        s32 = np.take_along_axis(a[rows] @ a.T, others, axis=1)
+        s8 = np.take_along_axis(b[rows] @ b.T, others, axis=1)
+        top32 = np.take_along_axis(others, np.argsort(-s32, axis=1, kind="stable")[:, :max(kk, vk)], axis=1)
+        top8 = np.take_along_axis(others, np.argsort(-s8, axis=1, kind="stable")[:, :max(kk, vk)], axis=1)
+        r1[rows] = top32[:, 0] == top8[:, 0]
+        hit = (top32[:, :kk, None] == top8[:, None, :kk]).any(axis=2)
+        rk[rows] = hit.sum(axis=1) / kk
+        q32, q8 = _rank_rows(s32), _rank_rows(s8)
+        q32 -= q32.mean(axis=1, keepdims=True)
+        q8 -= q8.mean(axis=1, keepdims=True)
+        denom = np.sqrt((q32 ** 2).sum(axis=1) * (q8 ** 2).sum(axis=1))
+        rho[rows] = np.where(denom > 0, (q32 * q8).sum(axis=1) / np.where(denom > 0, denom, 1.0), 1.0)
+        if lab is not None:
+            weights = 1.0 + 1e-6 * np.arange(vk, 0, -1)  # one vote each; nearer neighbours break ties
+            for top, correct in ((top32, knn32), (top8, knn8)):
+                votes = np.zeros((len(rows), n_classes))
+                np.add.at(votes, (np.repeat(np.arange(len(rows)), vk), lab[top[:, :vk]].ravel()),
+                          np.tile(weights, len(rows)))
+                correct[rows] = votes.argmax(axis=1) == lab[rows]
+    out.update(recall_at_1=r1, recall_at_k=rk, spearman=rho)
+    out["k"] = np.asarray(kk)
+    if lab is not None:
+        out["knn_correct_fp32"], out["knn_correct_int8"] = knn32, knn8
+        out["knn_k"] = np.asarray(vk)
+    return out
+
+
+def _mean_with_ci(values: np.ndarray, n_resamples: int, seed: int) -> dict:
+    if len(values) == 0:
+        return {"mean": None, "ci_low": None, "ci_high": None}
+    low, high = bootstrap_mean_ci(values, n_resamples=n_resamples, seed=seed)
+    return {"mean": float(np.mean(values)), "ci_low": low, "ci_high": high}
+
+
+def embedding_group(per_row: dict[str, np.ndarray], rows: np.ndarray, *, n_resamples: int = 1000,
+                    seed: int = 0) -> dict:
+    """Metrics of one group of rows from :func:`embedding_row_metrics` (means with bootstrap CIs)."""
+    cos = per_row["cosine"][rows]
+    out: dict = {"n": len(rows), "embedding_cosine": {
+        **_mean_with_ci(cos, n_resamples, seed),
+        "p1": float(np.percentile(cos, 1)) if len(cos) else None,
+        "min": float(cos.min()) if len(cos) else None}}
+    if "recall_at_1" in per_row:
+        r1, rk = _mean_with_ci(per_row["recall_at_1"][rows], n_resamples, seed), \
+            _mean_with_ci(per_row["recall_at_k"][rows], n_resamples, seed)
+        out["neighbours"] = {"k": int(per_row["k"]), "recall_at_1": r1["mean"], "recall_at_1_ci": [r1["ci_low"], r1["ci_high"]],
+                             "recall_at_k": rk["mean"], "recall_at_k_ci": [rk["ci_low"], rk["ci_high"]]}
+        out["similarity_spearman"] = _mean_with_ci(per_row["spearman"][rows], n_resamples, seed)
+    if "knn_correct_fp32" in per_row:
+        c32, c8 = per_row["knn_correct_fp32"][rows], per_row["knn_correct_int8"][rows]
+        acc32 = float(c32.mean()) if len(rows) else None
+        acc8 = float(c8.mean()) if len(rows) else None
+        out["knn"] = {"k": int(per_row["knn_k"]), "accuracy_fp32": acc32, "accuracy_int8": acc8,
+                      "accuracy_drop_points": None if acc32 is None else 100.0 * (acc32 - acc8),
+                      "accuracy_diff_ci": paired_bootstrap_diff(c32, c8, n_resamples=n_resamples, seed=seed)}
+    return out
+
+
+def bucketed_embedding_comparison(
+    fp32_embedding: np.ndarray,
+    int8_embedding: np.ndarray,
+    labels: np.ndarray | None,
+    lengths: np.ndarray,
+    *,
+    edges: Sequence[int] = DEFAULT_EDGES,
+    k: int = 10,
+    knn_k: int = 5,
+    n_resamples: int = 1000,
+    seed: int = 0,
+) -> tuple[dict, np.ndarray]:
+    """:func:`embedding_group` overall and per token-length bucket (same layout as
+    :func:`bucketed_comparison`). Neighbours are always searched in the whole set; a bucket averages
+    its own texts. Also returns the per-text cosines (N,)."""
+    lengths = np.asarray(lengths)
+    n = len(lengths)
+    for name, arr in (("FP32 embeddings", fp32_embedding), ("INT8 embeddings", int8_embedding), ("labels", labels)):
+        if arr is not None and len(arr) != n:
+            raise InputError(f"{name} have {len(arr)} rows but there are {n} lengths")
+    if labels is not None and np.any(np.asarray(labels) < 0):
+        raise InputError("labels hold ids < 0 (unknown classes); map every label to a model class first")
+    per_row = embedding_row_metrics(fp32_embedding, int8_embedding, labels, k=k, knn_k=knn_k)
+    edges = tuple(edges)
+    index = bucket_index(lengths, edges)
+    bounds = list(zip(edges, (*edges[1:], None)))
+    buckets = []
+    for b, (name, (low, high)) in enumerate(zip(bucket_labels(edges), bounds)):
+        rows = np.flatnonzero(index == b)
+        buckets.append({"bucket": name, "low": low, "high": high,
+                        **embedding_group(per_row, rows, n_resamples=n_resamples, seed=seed)})
+    overall = embedding_group(per_row, np.arange(n), n_resamples=n_resamples, seed=seed)
+    return {"edges": list(edges), "overall": overall, "buckets": buckets}, per_row["cosine"]

@@ -1,14 +1,17 @@
 """The model under calibration: an ONNX file plus the tokenizer directory it was trained with.
 
 Any BERT-like text model loads the same way, the demo included: ``load_model(onnx, tokenizer_dir)``.
-Inputs are recognised by name (``input_ids``, ``attention_mask``, ``token_type_ids``); the first
-float output is taken as the logits unless a name is given.
+Inputs are recognised by name (``input_ids``, ``attention_mask``, ``token_type_ids``). Which outputs
+evaluation reads (:class:`OutputRoles`: class logits and/or a sentence embedding) is named by the user
+or detected only when unambiguous (:func:`resolve_roles`); a model nothing can be scored on is refused
+when it is first loaded, with one line saying which output to name.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +35,9 @@ class TensorInfo:
 
 
 POOLINGS = ("none", "mean", "cls")
+_LOGITS_NAME = re.compile(r"logit|score|classif|predict", re.IGNORECASE)
+_EMBEDDING_NAME = re.compile(r"embed|pool|sentence|vector|feature", re.IGNORECASE)
+_FLOAT_TYPES = ("float32", "float16", "float64")
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,14 @@ class OutputRoles:
         """Output names to run, logits first, without repeats."""
         return tuple(dict.fromkeys(n for n in (self.logits, self.embedding) if n))
 
+    @property
+    def kind(self) -> str:
+        """``classifier`` (has logits) or ``embedding`` (an embedding only)."""
+        return "classifier" if self.logits else "embedding"
+
+    def to_dict(self) -> dict[str, object]:
+        return {"logits": self.logits, "embedding": self.embedding, "pooling": self.pooling}
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -62,11 +76,13 @@ class ModelSpec:
     sha256: str
     inputs: tuple[TensorInfo, ...]
     outputs: tuple[TensorInfo, ...]
-    logits_output: str
+    logits_output: str | None  # None: an embedding model (no class scores)
     max_length: int = 128
     labels: tuple[str, ...] = ()  # class names in logit order, when known
     name: str = ""
     extra: dict[str, object] = field(default_factory=dict, compare=False, hash=False)
+    embedding_output: str | None = None
+    pooling: str = "none"  # how embedding_output becomes (B, D): none (already pooled), mean, cls
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -82,15 +98,14 @@ class ModelSpec:
 
     @property
     def roles(self) -> OutputRoles:
-        """The outputs evaluation reads: the logits, and ``embedding`` when the model has one."""
-        embedding = "embedding" if "embedding" in self.output_names and self.logits_output != "embedding" else None
-        return OutputRoles(self.logits_output, embedding)
+        """The outputs evaluation reads (logits and/or embedding, and the pooling)."""
+        return OutputRoles(self.logits_output, self.embedding_output, self.pooling)
 
     def to_dict(self) -> dict[str, object]:
         return {
             "onnx_path": str(self.onnx_path), "tokenizer_dir": str(self.tokenizer_dir),
             "sha256": self.sha256, "logits_output": self.logits_output, "max_length": self.max_length,
-            "labels": list(self.labels), "name": self.name,
+            "labels": list(self.labels), "name": self.name, "roles": self.roles.to_dict(),
             "inputs": [t.__dict__ for t in self.inputs], "outputs": [t.__dict__ for t in self.outputs],
         }
 
@@ -145,11 +160,15 @@ def load_model(
     logits_output: str | None = None,
     labels: Sequence[str] = (),
     name: str = "",
+    embedding_output: str | None = None,
+    pooling: str | None = None,
 ) -> ModelSpec:
     """Validate an ONNX text model and its tokenizer directory and describe them.
 
-    Raises :class:`InputError` naming the file for a missing/corrupt ONNX file, a model without an
-    ``input_ids`` input, or a tokenizer directory without tokenizer files.
+    ``logits_output`` / ``embedding_output`` / ``pooling`` name the output roles (see
+    :func:`resolve_roles`; detected when unambiguous). Raises :class:`InputError` naming the file for
+    a missing/corrupt ONNX file, a model without an ``input_ids`` input, a tokenizer directory
+    without tokenizer files, or outputs nothing can be scored on.
     """
     onnx_path = Path(onnx_path)
     model = read_onnx(onnx_path, load_weights=False)
@@ -169,19 +188,15 @@ def load_model(
     for t in inputs:
         if t.dtype not in ("int64", "int32"):
             raise InputError(f"ONNX model {onnx_path}: input {t.name!r} is {t.dtype}, expected int64 or int32")
-    float_outputs = [t.name for t in outputs if t.dtype in ("float32", "float16")]
-    if logits_output is None:
-        if not float_outputs:
-            raise InputError(f"ONNX model {onnx_path} has no float output to read logits from")
-        logits_output = "logits" if "logits" in float_outputs else float_outputs[0]
-    elif logits_output not in {t.name for t in outputs}:
-        raise InputError(f"ONNX model {onnx_path} has no output {logits_output!r} (outputs: {[t.name for t in outputs]})")
+    roles = resolve_roles(outputs, logits=logits_output, embedding=embedding_output, pooling=pooling,
+                          n_labels=len(labels), where=f"ONNX model {onnx_path}")
     if max_length < 8:
         raise InputError(f"max length {max_length} is too small (use at least 8 tokens)")
     return ModelSpec(
         onnx_path=onnx_path.resolve(), tokenizer_dir=tok_dir.resolve(), sha256=sha256_file(onnx_path),
-        inputs=inputs, outputs=outputs, logits_output=logits_output, max_length=int(max_length),
+        inputs=inputs, outputs=outputs, logits_output=roles.logits, max_length=int(max_length),
         labels=tuple(str(x) for x in labels), name=name or onnx_path.stem,
+        embedding_output=roles.embedding, pooling=roles.pooling,
     )
 
 
@@ -193,6 +208,88 @@ class _NoTorchAdvice(logging.Filter):
 
 
 _NO_TORCH_ADVICE = _NoTorchAdvice()
+
+
+def _describe(t: TensorInfo) -> str:
+    dims = ", ".join("?" if d is None else str(d) for d in t.shape) if t.shape else "?"
+    return f"{t.name} ({dims}) {t.dtype}"
+
+
+def resolve_roles(outputs: Sequence[TensorInfo], *, logits: str | None = None, embedding: str | None = None,
+                  pooling: str | None = None, n_labels: int = 0, where: str = "the model") -> OutputRoles:
+    """Which outputs are the class logits and the sentence embedding.
+
+    Named outputs are checked (exist, float, logits (B, C); an embedding (B, D), or (B, T, D) token
+    states with ``pooling`` ``mean``/``cls``). Unnamed roles are detected only when unambiguous:
+    logits = the one (B, C) float output named like logits (or, with ``n_labels`` known, the one
+    (B, n_labels) output); embedding = the one other (B, D) float output (or the one named like an
+    embedding), or with ``pooling`` given the one (B, T, D) output. Raises :class:`InputError` (one
+    line: which output to name and with which option) when nothing can be scored.
+    """
+    if pooling is not None and pooling not in POOLINGS:
+        raise InputError(f"unknown pooling {pooling!r} (choose {', '.join(POOLINGS)})")
+    by_name = {t.name: t for t in outputs}
+    listing = "; ".join(_describe(t) for t in outputs)
+
+    def named(name: str, option: str) -> TensorInfo:
+        if name not in by_name:
+            raise InputError(f"{where} has no output {name!r} for {option} (outputs: {listing})")
+        t = by_name[name]
+        if t.dtype not in _FLOAT_TYPES:
+            raise InputError(f"{where}: output {name!r} is {t.dtype}, not float; {option} needs a float output "
+                             f"(outputs: {listing})")
+        return t
+
+    floats = [t for t in outputs if t.dtype in _FLOAT_TYPES]
+    pooled = [t for t in floats if len(t.shape) == 2]
+    tokens = [t for t in floats if len(t.shape) == 3]
+
+    if logits is not None:
+        t = named(logits, "--logits-output")
+        if t.shape and len(t.shape) != 2:
+            raise InputError(f"{where}: output {_describe(t)} is not (batch, classes) logits; name a (B, C) output "
+                             "with --logits-output, or score it as an embedding with --embedding-output "
+                             f"{t.name}" + (" --pool mean" if len(t.shape) == 3 else ""))
+    else:
+        like = [t for t in pooled if _LOGITS_NAME.search(t.name)]
+        if not like and n_labels:
+            like = [t for t in pooled if t.shape[1] == n_labels]
+        if not like:  # no shape recorded: an output literally named "logits" is still the logits
+            like = [t for t in floats if t.name == "logits" and not t.shape]
+        if len(like) == 1 and like[0].name != embedding:
+            logits = like[0].name
+
+    if embedding is not None:
+        t = named(embedding, "--embedding-output")
+        if embedding == logits:
+            raise InputError(f"{where}: output {embedding!r} cannot be both the logits and the embedding")
+        if len(t.shape) == 3:
+            if pooling in (None, "none"):
+                raise InputError(f"{where}: output {_describe(t)} holds token states (batch, sequence, D); add "
+                                 "--pool mean (or --pool cls) to pool them into one embedding per text")
+        elif len(t.shape) == 2 and pooling not in (None, "none"):
+            raise InputError(f"{where}: output {_describe(t)} is already pooled (batch, D); drop --pool {pooling}")
+        elif t.shape and len(t.shape) not in (2, 3):
+            raise InputError(f"{where}: output {_describe(t)} is neither (batch, D) nor (batch, sequence, D)")
+    elif pooling in ("mean", "cls"):
+        if len(tokens) != 1:
+            raise InputError(f"{where}: --pool {pooling} needs one (batch, sequence, D) output, found "
+                             f"{len(tokens)}; name it with --embedding-output (outputs: {listing})")
+        embedding = tokens[0].name
+    else:
+        others = [t for t in pooled if t.name != logits]
+        if len(others) > 1:
+            others = [t for t in others if _EMBEDDING_NAME.search(t.name)]
+        if len(others) == 1:
+            embedding = others[0].name
+
+    if logits is None and embedding is None:
+        hint = ""
+        if tokens:
+            hint = f"; for token states use --embedding-output {tokens[0].name} --pool mean"
+        raise InputError(f"{where}: cannot tell which output to score (outputs: {listing}); name the class scores "
+                         f"with --logits-output NAME or the sentence embedding with --embedding-output NAME{hint}")
+    return OutputRoles(logits, embedding, pooling if embedding is not None and pooling else "none")
 
 
 @functools.lru_cache(maxsize=8)

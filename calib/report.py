@@ -103,16 +103,32 @@ def headline_of(ev: Evaluation) -> dict:
         "accuracy_drop_points": o.get("accuracy_drop_points"),
         **_drop_ci(ci),
         "ci_confidence": ci.get("confidence"),
-        **{k: o["agreement"][k] for k in ("top1_agreement", "logit_cosine", "max_abs_diff", "mean_abs_diff", "kl_softmax")},
+        **{k: (o.get("agreement") or {}).get(k)
+           for k in ("top1_agreement", "logit_cosine", "max_abs_diff", "mean_abs_diff", "kl_softmax")},
         "embedding_cosine": (o.get("embedding_cosine") or {}).get("mean"),
         "embedding_cosine_min": (o.get("embedding_cosine") or {}).get("min"),
+        **_embedding_headline(ev),
     }
+
+
+def _embedding_headline(ev: Evaluation) -> dict:
+    """Headline numbers of an embedding model (no logits): cosine, neighbours, similarity ranks, k-NN."""
+    m = ev.metrics
+    if m.is_classifier:
+        return {"model_kind": m.kind}
+    knn = m.knn or {}
+    return {"model_kind": m.kind, "embedding_cosine_p1": m.embedding_cosine_p1, "neighbour_k": m.neighbour_k,
+            "neighbour_recall_at_1": m.neighbour_recall_at_1, "neighbour_recall_at_k": m.neighbour_recall_at_k,
+            "similarity_spearman": m.similarity_spearman, "knn_accuracy_fp32": knn.get("accuracy_fp32"),
+            "knn_accuracy_int8": knn.get("accuracy_int8"), "knn_accuracy_drop_points": knn.get("accuracy_drop_points")}
 
 
 def budget_for(ev: Evaluation, budget: ReleaseBudget | None) -> ReleaseBudget:
     """``budget``, or the default budget for what ``ev`` can measure."""
     if budget is not None:
         return budget
+    if not ev.metrics.is_classifier:  # no logits: neither agreement nor accuracy applies
+        return ReleaseBudget(min_embedding_cosine=0.99)
     return default_budget(has_embedding="embedding_cosine" in ev.overall, labelled=ev.labelled)
 
 
@@ -165,8 +181,8 @@ def compare_evaluations(evaluations: Sequence[Evaluation | str | Path]) -> list[
             "accuracy_int8": o.get("int8", {}).get("accuracy"),
             "accuracy_drop_points": o.get("accuracy_drop_points"),
             **_drop_ci(ci),
-            "top1_agreement": o["agreement"]["top1_agreement"],
-            "kl_softmax": o["agreement"]["kl_softmax"],
+            "top1_agreement": (o.get("agreement") or {}).get("top1_agreement"),
+            "kl_softmax": (o.get("agreement") or {}).get("kl_softmax"),
             "embedding_cosine": (o.get("embedding_cosine") or {}).get("mean"),
             "worst_bucket": _worst_bucket(ev),
             "first_degraded_tensor": (ev.data.get("layers") or {}).get("first_degraded"),
@@ -233,12 +249,16 @@ def report_data(evaluations: Sequence[Evaluation], sensitivity: dict | None = No
             "accuracy_fp32": (b.get("fp32") or {}).get("accuracy"), "accuracy_int8": (b.get("int8") or {}).get("accuracy"),
             "accuracy_drop_points": b.get("accuracy_drop_points"),
             **_drop_ci(bci),
-            "top1_agreement": b["agreement"]["top1_agreement"], "kl_softmax": b["agreement"]["kl_softmax"],
+            "top1_agreement": (b.get("agreement") or {}).get("top1_agreement"),
+            "kl_softmax": (b.get("agreement") or {}).get("kl_softmax"),
             "embedding_cosine": (b.get("embedding_cosine") or {}).get("mean"),
+            "embedding_cosine_p1": (b.get("embedding_cosine") or {}).get("p1"),
+            "neighbour_recall_at_k": (b.get("neighbours") or {}).get("recall_at_k"),
+            "similarity_spearman": (b.get("similarity_spearman") or {}).get("mean"),
         })
     classes = ev.data["model"]["classes"]
     per_class = []
-    if ev.labelled:
+    if ev.labelled and "fp32" in o:
         for i, name in enumerate(classes):
             per_class.append({"class": name, "support": o["fp32"]["support"][i],
                               "precision_fp32": o["fp32"]["precision"][i], "recall_fp32": o["fp32"]["recall"][i],
@@ -365,8 +385,28 @@ def _verdict_section(data: dict) -> Section:
                    tone="pass" if v["passed"] else "fail")
 
 
+def _embedding_headline_section(data: dict) -> Section:
+    h = data["headline"]
+    rows = [("embedding cosine mean / p1 / min",
+             (f"{_fmt(h['embedding_cosine'], '.5f')} / {_fmt(h['embedding_cosine_p1'], '.5f')} / "
+             f"{_fmt(h['embedding_cosine_min'], '.5f')}")),
+            ("nearest-neighbour recall@1", _pct(h["neighbour_recall_at_1"])),
+            (f"nearest-neighbour recall@{h['neighbour_k']}", _pct(h["neighbour_recall_at_k"])),
+            ("similarity Spearman (per text)", _fmt(h["similarity_spearman"], ".4f"))]
+    if h.get("knn_accuracy_fp32") is not None:
+        rows += [("k-NN accuracy FP32 / INT8", f"{_pct(h['knn_accuracy_fp32'])} / {_pct(h['knn_accuracy_int8'])}"),
+                 ("k-NN accuracy drop (FP32 − INT8, points)", _drop(h["knn_accuracy_drop_points"]))]
+    rows.append(("texts", f"{h['rows']:,}"))
+    notes = ["Embedding model: FP32 vs INT8 embeddings of the evaluated texts (no logits, so no agreement or KL); "
+             "neighbours and similarities are taken within the evaluated texts"
+             + ("; k-NN accuracy from the labels." if h.get("knn_accuracy_fp32") is not None else ".")]
+    return Section("Headline", tuple(notes), ("metric", "value"), tuple(rows))
+
+
 def _headline_section(data: dict) -> Section:
     h = data["headline"]
+    if h.get("model_kind") == "embedding":
+        return _embedding_headline_section(data)
     rows: list[tuple[str, str]] = []
     if h["labelled"]:
         rows += [("accuracy FP32", _pct(h["accuracy_fp32"])), ("accuracy INT8", _pct(h["accuracy_int8"])),
@@ -413,7 +453,11 @@ def _bucket_section(data: dict) -> Section:
     def name(b: dict) -> str:
         return f"{b['bucket']} (few texts)" if b["n"] < few else b["bucket"]
 
-    if h["labelled"]:
+    if h.get("model_kind") == "embedding":
+        headers = ("bucket", "n", "emb. cosine", "cosine p1", f"recall@{h['neighbour_k']}", "similarity Spearman")
+        rows = tuple((name(b), str(b["n"]), _fmt(b["embedding_cosine"], ".4f"), _fmt(b["embedding_cosine_p1"], ".4f"),
+                      _pct(b["neighbour_recall_at_k"]), _fmt(b["similarity_spearman"], ".4f")) for b in buckets)
+    elif h["labelled"]:
         headers = ("bucket", "n", "acc FP32", "acc INT8", "drop (pts)", "drop 95 % CI (pts)", "agreement", "KL",
                    "emb. cosine")
         rows = tuple((name(b), str(b["n"]), _pct(b["accuracy_fp32"]), _pct(b["accuracy_int8"]),
@@ -689,6 +733,12 @@ def _charts(data: dict, key: str) -> list[str]:
         buckets = data["buckets"]
         names = [f"{b['bucket']} (n={b['n']})" for b in buckets]
         out = []
+        if h.get("model_kind") == "embedding":
+            series = {"embedding cosine": [b["embedding_cosine"] for b in buckets],
+                      f"recall@{h['neighbour_k']}": [b["neighbour_recall_at_k"] for b in buckets]}
+            values = [v for vs in series.values() for v in vs if v is not None]
+            return [svg_grouped_bars(names, series, title="INT8 embeddings against FP32 per length bucket",
+                                     y_label="cosine / recall", y_min=_padded_floor(values), y_max=1.0)]
         if h["labelled"]:
             out.append(svg_grouped_bars(names, {"FP32 accuracy": [b["accuracy_fp32"] for b in buckets],
                                                 "INT8 accuracy": [b["accuracy_int8"] for b in buckets]},

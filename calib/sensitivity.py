@@ -109,6 +109,9 @@ class SensitivityConfig:
     rank_rows: int = 64  # texts for the quantize-one ranking (0 = all ``limit`` texts)
     max_rank_units: int = 96  # auto: quantize-one ranking up to this many units, local ranking beyond
     verify: bool = True  # re-check the recommendation on a model rebuilt by calib.quantize
+    logits_output: str | None = None  # output roles (calib.model.resolve_roles); None: detected
+    embedding_output: str | None = None
+    pooling: str | None = None
 
     def data_spec(self) -> DataSpec:
         return DataSpec(self.data, self.text_column, self.label_column, self.text_pair_column, self.split,
@@ -339,11 +342,29 @@ class _Evaluator:
         return self.record(entry)
 
 
+DEFAULT_EMBEDDING_COSINE = 0.99  # the budget of an embedding model when none is given
+
+
+def budget_statement(config: SensitivityConfig, kind: str) -> str:
+    """The budget in words, as it applies to a ``classifier`` or an ``embedding`` model."""
+    if kind == "embedding":
+        cos = config.min_embedding_cosine
+        return (f"embedding model (no logits): mean FP32-vs-INT8 embedding cosine >= "
+                f"{cos if cos is not None else DEFAULT_EMBEDDING_COSINE}"
+                + (" (the default for embedding models)" if cos is None else "")
+                + "; agreement and accuracy budgets do not apply")
+    text = f"accuracy drop <= {config.max_drop:g} points and top-1 agreement >= {config.min_agreement:g}"
+    if config.min_embedding_cosine is not None:
+        text += f" and embedding cosine >= {config.min_embedding_cosine:g}"
+    return text
+
+
 def passes(entry: Mapping, config: SensitivityConfig) -> bool:
     drop = entry.get("accuracy_drop_points")
     if drop is not None and drop > config.max_drop + 1e-9:
         return False
-    if entry["top1_agreement"] < config.min_agreement - 1e-12:
+    agreement = entry.get("top1_agreement")  # None for embedding models (no logits)
+    if agreement is not None and agreement < config.min_agreement - 1e-12:
         return False
     cos = entry.get("embedding_cosine")
     return not (config.min_embedding_cosine is not None and cos is not None and cos < config.min_embedding_cosine)
@@ -491,13 +512,13 @@ def _quantize_one_ranking(evaluate: _Evaluator, units: Sequence[Unit]) -> tuple[
     details, scores = [], {}
     for u in units:
         e = rank([], list(u.nodes), f"quantize only {u.name}")
-        kl_share = e["kl_softmax"] / base["kl_softmax"] if base["kl_softmax"] > 0 else 0.0
+        kl_share = (e["kl_softmax"] or 0.0) / base["kl_softmax"] if (base["kl_softmax"] or 0.0) > 0 else 0.0
         cos_share = 0.0
         if base_err and "embedding_cosine" in e:
             cos_share = max(0.0, 1.0 - e["embedding_cosine"]) / base_err
         scores[u.name] = kl_share + cos_share
         details.append({"unit": u.name, "kl_share": kl_share, "embedding_error_share": cos_share if base_err else None,
-                        "top1_agreement": e["top1_agreement"], "kl_softmax": e["kl_softmax"],
+                        "top1_agreement": e.get("top1_agreement"), "kl_softmax": e.get("kl_softmax"),
                         "embedding_cosine": e.get("embedding_cosine")})
     return scores, details
 
@@ -515,9 +536,10 @@ def predicted_start(ranked: Sequence[Unit], details: Mapping[str, dict], baselin
     err = 1.0 - baseline["embedding_cosine"] if "embedding_cosine" in baseline else None
     if config.min_embedding_cosine is not None and err and err > 1.0 - config.min_embedding_cosine:
         needs.append(("embedding_error_share", (1.0 - config.min_embedding_cosine) / err))
-    if baseline["top1_agreement"] < config.min_agreement and baseline["top1_agreement"] < 1:
+    agreement = baseline.get("top1_agreement")
+    if agreement is not None and agreement < config.min_agreement and agreement < 1:
         # flips grow with the perturbation's amplitude, i.e. with the square root of the KL
-        needs.append(("kl_share", ((1.0 - config.min_agreement) / (1.0 - baseline["top1_agreement"])) ** 2))
+        needs.append(("kl_share", ((1.0 - config.min_agreement) / (1.0 - agreement)) ** 2))
     if not needs:
         return 1
     k_needed = 1
@@ -542,7 +564,12 @@ def analyze_sensitivity(config: SensitivityConfig, out_dir: Path, *, progress: P
     t0 = time.monotonic()
     report = progress or (lambda f, m="": None)
     _check_config(config)
-    spec = load_model(config.model, config.tokenizer, max_length=config.max_length, labels=config.labels)
+    spec = load_model(config.model, config.tokenizer, max_length=config.max_length, labels=config.labels,
+                      logits_output=config.logits_output, embedding_output=config.embedding_output,
+                      pooling=config.pooling)
+    budget_note = budget_statement(config, spec.roles.kind)
+    if spec.roles.kind == "embedding" and config.min_embedding_cosine is None:
+        config = dataclasses.replace(config, min_embedding_cosine=DEFAULT_EMBEDDING_COSINE)
     amax = load_amax(config.ranges, config.method)
     data = load_eval_data(config.data_spec(), spec, limit=config.limit, seed=config.seed)
     fp32_engine = OrtEngine(OrtSessionLoader(spec.onnx_path, threads=config.threads))
@@ -594,7 +621,7 @@ def analyze_sensitivity(config: SensitivityConfig, out_dir: Path, *, progress: P
                         f"within max evaluations {config.max_evaluations}; use --ranking local or --granularity block")
                 for u in units:
                     e = evaluate(list(u.nodes), why=f"exclude {u.name}")
-                    scores[u.name] = baseline["kl_softmax"] - e["kl_softmax"]
+                    scores[u.name] = _loss(baseline) - _loss(e)
         # units that help most first; the search extends into the rest only when the top ones do not suffice
         ranked = sorted(units, key=lambda u: -scores.get(u.name, 0.0)) if scores else list(units)
         chosen: list[Unit] = []
@@ -636,7 +663,8 @@ def analyze_sensitivity(config: SensitivityConfig, out_dir: Path, *, progress: P
         "placement": dataclasses.asdict(config.placement),
         "dataset": data.info,
         "budget": {"max_drop": config.max_drop, "min_agreement": config.min_agreement,
-                   "min_embedding_cosine": config.min_embedding_cosine, "max_evaluations": config.max_evaluations},
+                   "min_embedding_cosine": config.min_embedding_cosine, "max_evaluations": config.max_evaluations,
+                   "model_kind": spec.roles.kind, "statement": budget_note},
         "granularity": config.granularity,
         "ranking_method": ranking_kind if not baseline["passes"] else "none (baseline within budget)",
         "ranking_rows": len(evaluate.rank_idx) if evaluate.rank_log else 0,
@@ -723,4 +751,16 @@ def _search(evaluate: _Evaluator, ranked: Sequence[Unit], start: int = 1) -> tup
 def _better(a: dict | None, b: dict) -> dict:
     if a is None:
         return b
-    return b if (b["top1_agreement"], -b["kl_softmax"]) > (a["top1_agreement"], -a["kl_softmax"]) else a
+    return b if _rank_key(b) > _rank_key(a) else a
+
+
+def _loss(entry: Mapping) -> float:
+    """What a candidate loses against FP32: the softmax KL for classifiers, 1 − embedding cosine otherwise."""
+    if entry.get("kl_softmax") is not None:
+        return float(entry["kl_softmax"])
+    return 1.0 - float(entry.get("embedding_cosine") or 0.0)
+
+
+def _rank_key(entry: Mapping) -> tuple[float, float]:
+    agreement = entry.get("top1_agreement")
+    return (agreement if agreement is not None else 1.0, -_loss(entry))

@@ -4,9 +4,11 @@
 through the FP32 baseline and the INT8 engine (a build artifact folder or a Q/DQ ONNX file),
 keeps only per-row logits and per-row embedding cosines, and writes an :class:`Evaluation`:
 
-- ``evaluation.json`` — task metrics (if the eval set is labelled), agreement, embedding cosine and
-  the paired bootstrap CI of the accuracy difference, overall and per length bucket, plus what was
-  compared (model sha256, engine, placement, dataset fingerprint, calibration);
+- ``evaluation.json`` — for classifiers: task metrics (if the eval set is labelled), agreement,
+  embedding cosine and the paired bootstrap CI of the accuracy difference; for embedding models:
+  cosine, nearest-neighbour recall, similarity Spearman and k-NN accuracy (see
+  :mod:`calib.evaluation`); overall and per length bucket, plus what was compared (model sha256 and
+  output roles, engine, placement, dataset fingerprint, calibration);
 - ``layers.json`` — per-tensor ranges and error through the network (:mod:`calib.layers`);
 - ``predictions.npz`` — per-row logits, labels, lengths and embedding cosines (for comparisons).
 """
@@ -67,6 +69,9 @@ class ValidateConfig:
     bootstrap: int = 1000
     seed: int = 0
     threads: int | None = None
+    logits_output: str | None = None  # output roles (calib.model.resolve_roles); None: detected
+    embedding_output: str | None = None
+    pooling: str | None = None
 
     def data_spec(self) -> DataSpec:
         return DataSpec(self.data, self.text_column, self.label_column, self.text_pair_column, self.split,
@@ -267,7 +272,9 @@ class Evaluation:
     def summary(self) -> dict:
         m = self.metrics
         s = {"rows": m.n, "labelled": self.labelled}
-        if m.top1_agreement is not None:
+        if not m.is_classifier:
+            s.update({k: v for k, v in m.headline().items() if v is not None})
+        elif m.top1_agreement is not None:
             s.update(top1_agreement=m.top1_agreement, kl_softmax=m.kl_softmax)
         if m.embedding_cosine is not None:
             s["embedding_cosine"] = m.embedding_cosine
@@ -289,7 +296,9 @@ def validate(config: ValidateConfig, out_dir: Path, *, progress: ProgressFn | No
         raise InputError("limit and layer rows must be 0 (all) or positive")
     source = resolve_engine(config.engine)
     labels = config.labels or tuple(source.build.get("labels", ()) or ())
-    spec = load_model(config.model, config.tokenizer, max_length=config.max_length, labels=labels)
+    spec = load_model(config.model, config.tokenizer, max_length=config.max_length, labels=labels,
+                      logits_output=config.logits_output, embedding_output=config.embedding_output,
+                      pooling=config.pooling)
     check_engine_model(source, spec)
     ranged, calibration_info = ({}, None)
     if config.calibration:
@@ -325,7 +334,7 @@ def validate(config: ValidateConfig, out_dir: Path, *, progress: ProgressFn | No
         "schema": SCHEMA,
         "model": {"path": str(spec.onnx_path), "sha256": spec.sha256, "logits_output": roles.logits,
                   "classes": list(data.classes), "max_length": spec.max_length,
-                  "has_embedding": roles.embedding is not None},
+                  "has_embedding": roles.embedding is not None, "kind": metrics.kind, "roles": roles.to_dict()},
         "engine": {**source.describe(), "name": getattr(engine, "name", "int8")},
         "dataset": data.info,
         "calibration": calibration_info,
@@ -336,7 +345,12 @@ def validate(config: ValidateConfig, out_dir: Path, *, progress: ProgressFn | No
         "seconds": {"outputs": round(t_run, 2), "total": round(time.monotonic() - t0, 2)},
     }
     out_dir = Path(out_dir)
-    atomic_save_npz(out_dir / "predictions.npz", fp32_logits=fp32.logits, int8_logits=int8.logits,
+    none = np.zeros((len(data), 0), np.float32)
+    arrays = {"fp32_logits": none if fp32.logits is None else fp32.logits,
+              "int8_logits": none if int8.logits is None else int8.logits}
+    if not metrics.is_classifier:  # embedding models: keep the embeddings for later comparisons
+        arrays.update(fp32_embedding=fp32.embedding, int8_embedding=int8.embedding)
+    atomic_save_npz(out_dir / "predictions.npz", **arrays,
                     labels=data.labels if data.labels is not None else np.full(len(data), -1, np.int64),
                     lengths=data.lengths, rows=data.rows,
                     embedding_cosine=metrics.row_cosine if metrics.row_cosine is not None else np.zeros(0))

@@ -37,7 +37,11 @@ def write_tokenizer(directory: Path) -> Path:
 
 
 def build_model(vocab_size: int = len(WORDS) + 5, hidden: int = 16, heads: int = 2, ffn: int = 32,
-                layers: int = 2, classes: int = len(LABELS), max_pos: int = 512, seed: int = 0) -> onnx.ModelProto:
+                layers: int = 2, classes: int = len(LABELS), max_pos: int = 512, seed: int = 0,
+                encoder_only: bool = False) -> onnx.ModelProto:
+    """The tiny classifier, or with ``encoder_only`` an encoder without a head whose outputs are
+    ``last_hidden_state`` (B, T, H) float, ``sentence_embedding`` (B, H) float (mean-pooled, L2-normed)
+    and ``token_ids`` (B, T) int64 (a pass-through of ``input_ids``), as sentence-embedding exports have."""
     rng = np.random.default_rng(seed)
     inits: list[onnx.TensorProto] = []
     nodes: list[onnx.NodeProto] = []
@@ -121,12 +125,24 @@ def build_model(vocab_size: int = len(WORDS) + 5, hidden: int = 16, heads: int =
     norm = node("ReduceSum", [sq, "zero_i"], "pool/normsq_out", keepdims=1) if False else node(
         "ReduceSum", [sq, "axes_1"], "pool/normsq_out", keepdims=1)
     norm = node("Sqrt", [norm], "pool/norm_out")
+    ids = [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "sequence"])
+           for n in ("input_ids", "attention_mask", "token_type_ids")]
+    if encoder_only:
+        nodes.append(helper.make_node("Div", [mean, norm], ["sentence_embedding"], name="pool/normalize"))
+        nodes.append(helper.make_node("Identity", [x], ["last_hidden_state"], name="encoder/output"))
+        nodes.append(helper.make_node("Identity", ["input_ids"], ["token_ids"], name="encoder/token_ids"))
+        outs = [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ["batch", "sequence", hidden]),
+                helper.make_tensor_value_info("sentence_embedding", TensorProto.FLOAT, ["batch", hidden]),
+                helper.make_tensor_value_info("token_ids", TensorProto.INT64, ["batch", "sequence"])]
+        model = helper.make_model(helper.make_graph(nodes, "tiny_encoder", ids, outs, inits),
+                                  opset_imports=[helper.make_opsetid("", 17)], producer_name="calib-tests")
+        model.ir_version = 8
+        onnx.checker.check_model(model)
+        return model
     nodes.append(helper.make_node("Div", [mean, norm], ["embedding"], name="pool/normalize"))
     nodes.append(helper.make_node("MatMul", ["embedding", w("classifier.weight", (hidden, classes), 2.0)], ["classifier/MatMul_out"], name="classifier/MatMul"))
     nodes.append(helper.make_node("Add", ["classifier/MatMul_out", w("classifier.bias", (classes,), 0.1)], ["logits"], name="classifier/Add"))
 
-    ids = [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "sequence"])
-           for n in ("input_ids", "attention_mask", "token_type_ids")]
     outs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes]),
             helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", hidden])]
     graph = helper.make_graph(nodes, "tiny_bert", ids, outs, inits)

@@ -44,6 +44,9 @@ class Project:
     max_length: int = 0  # 0: the demo card's / 128
     labels: tuple[str, ...] = ()
     budget: ReleaseBudget | None = None  # the release budget; None: the default for the model and data
+    logits_output: str = ""  # output roles (calib.model.resolve_roles); empty: detected
+    embedding_output: str = ""
+    pooling: str = ""
 
     @property
     def title(self) -> str:
@@ -115,8 +118,11 @@ def _file_key(path: str | Path) -> tuple[str, float, int]:
 
 
 @st.cache_resource(show_spinner="Reading the model…", max_entries=16)
-def _load_custom_model(onnx_key: tuple, tokenizer_dir: str, max_length: int, labels: tuple[str, ...]) -> ModelSpec:
-    return load_model(onnx_key[0], tokenizer_dir, max_length=max_length, labels=labels)
+def _load_custom_model(onnx_key: tuple, tokenizer_dir: str, max_length: int, labels: tuple[str, ...],
+                       roles: tuple[str, str, str] = ("", "", "")) -> ModelSpec:
+    logits, embedding, pooling = (r or None for r in roles)
+    return load_model(onnx_key[0], tokenizer_dir, max_length=max_length, labels=labels, logits_output=logits,
+                      embedding_output=embedding, pooling=pooling)
 
 
 @st.cache_resource(show_spinner="Reading the demo task…", max_entries=8)
@@ -146,7 +152,8 @@ def model_spec(ws: Workspace, project: Project) -> ModelSpec:
     if not project.tokenizer_dir:
         raise InputError("no tokenizer directory chosen yet: pick one on the Project page")
     return _load_custom_model(_file_key(project.onnx_path), project.tokenizer_dir,
-                              int(project.max_length or 128), tuple(project.labels))
+                              int(project.max_length or 128), tuple(project.labels),
+                              (project.logits_output, project.embedding_output, project.pooling))
 
 
 def data_spec(ws: Workspace, project: Project, role: str) -> DataSpec:

@@ -25,7 +25,8 @@ def assemble_base(ws: Workspace, project: Project) -> dict[str, Any]:
         "model": str(spec.onnx_path), "tokenizer": str(spec.tokenizer_dir), "max_length": int(spec.max_length),
         "labels": tuple(spec.labels), "source": pool.source, "split": pool.split,
         "text_column": pool.text_column, "label_column": pool.label_column, "pair_column": pool.text_pair_column,
-        "workspace": str(ws.root),
+        "workspace": str(ws.root), "logits_output": spec.logits_output, "embedding_output": spec.embedding_output,
+        "pooling": spec.pooling,
     }
 
 

@@ -56,7 +56,10 @@ def show_model(spec) -> None:
     cols[1].metric("Outputs", len(spec.outputs))
     cols[2].metric("Max length", f"{spec.max_length} tokens")
     cols[3].metric("Classes", len(spec.labels) or "?")
-    st.caption(f"`{spec.onnx_path}` · sha256 `{spec.sha256[:16]}…` · logits from `{spec.logits_output}`")
+    st.caption(f"`{spec.onnx_path}` · sha256 `{spec.sha256[:16]}…` · scored outputs: "
+               + ", ".join(f"{role} `{name}`" for role, name in (("logits", spec.logits_output),
+                                                                 ("embedding", spec.embedding_output)) if name)
+               + (f" (pooled: {spec.pooling})" if spec.pooling != "none" else ""))
     io_rows = [{"kind": kind, "name": t.name, "dtype": t.dtype, "shape": " × ".join(str(d) for d in t.shape)}
                for kind, tensors in (("input", spec.inputs), ("output", spec.outputs)) for t in tensors]
     st.dataframe(pd.DataFrame(io_rows), hide_index=True, width="stretch")
@@ -187,6 +190,12 @@ else:
     labels_text = st.text_input("Class names in logit order (comma separated; empty: taken from the data)",
                                 value=", ".join(project.labels) if project.kind == "custom" else "",
                                 key="project-labels")
+    r1, r2, r3 = st.columns(3)  # which outputs are scored; empty: detected when unambiguous
+    logits_output = r1.text_input("Logits output (empty: detect)", value=project.logits_output, key="project-logits-out")
+    embedding_output = r2.text_input("Embedding output (empty: detect)", value=project.embedding_output,
+                                     key="project-embedding-out")
+    pooling = r3.selectbox("Pool token states", ["", "mean", "cls"], key="project-pool",
+                           format_func=lambda p: p or "no (already pooled)")
     if st.button("Use this model and data", type="primary", key="project-apply"):
         label_col = None if label_column == NONE else label_column
         labels = tuple(x.strip() for x in labels_text.split(",") if x.strip())
@@ -194,7 +203,9 @@ else:
                             pool_source=pool_source.strip(), pool_split=pool_split, eval_source=eval_source.strip(),
                             eval_split=eval_split, text_column=text_column, label_column=label_col,
                             text_pair_column=None if pair_column == NONE else pair_column,
-                            max_length=int(max_length), labels=labels, budget=project.budget)
+                            max_length=int(max_length), labels=labels, budget=project.budget,
+                            logits_output=logits_output.strip(), embedding_output=embedding_output.strip(),
+                            pooling=pooling)
         try:
             if not labels and label_col:
                 from lib.datasets_view import rows

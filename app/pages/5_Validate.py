@@ -107,11 +107,27 @@ else:
     headline = headline_of(ev)
     verdict_banner(judge(headline, budget), subject=run_title(run, ws), warning=resolution_warning(headline, budget),
                    key="val")
-    headline_tiles(headline, has_embedding="embedding_cosine" in ev.overall)
-    if not ev.labelled:
-        st.caption(ev.data["dataset"].get("note") or "The evaluation data has no labels: agreement only.")
-    st.caption(f"{fmt.count(ev.overall['n'])} texts · engine {ev.data['engine'].get('name')} · KL(FP32‖INT8) "
-               f"{fmt.number(ev.overall['agreement']['kl_softmax'])} · run `{run.id}`")
+    if ev.metrics.is_classifier:
+        headline_tiles(headline, has_embedding="embedding_cosine" in ev.overall)
+        if not ev.labelled:
+            st.caption(ev.data["dataset"].get("note") or "The evaluation data has no labels: agreement only.")
+        st.caption(f"{fmt.count(ev.overall['n'])} texts · engine {ev.data['engine'].get('name')} · KL(FP32‖INT8) "
+                   f"{fmt.number(ev.overall['agreement']['kl_softmax'])} · run `{run.id}`")
+    else:  # an embedding model: no logits, so no agreement; cosine and neighbours instead
+        emb = ev.metrics
+        cols = st.columns(4)
+        cols[0].metric("Embedding cosine (mean)", fmt.ratio(emb.embedding_cosine),
+                       help=f"lowest 1 % of texts: {fmt.ratio(emb.embedding_cosine_p1)}")
+        cols[1].metric("Neighbour recall@1", fmt.percent(emb.neighbour_recall_at_1))
+        cols[2].metric(f"Neighbour recall@{emb.neighbour_k}", fmt.percent(emb.neighbour_recall_at_k))
+        cols[3].metric("Similarity Spearman", fmt.ratio(emb.similarity_spearman))
+        st.caption(f"{fmt.count(emb.n)} texts · embedding model (output `{ev.data['model']['roles']['embedding']}`) · "
+                   f"run `{run.id}`")
+        st.dataframe(pd.DataFrame([{"bucket": b["bucket"], "texts": b["n"], "cosine": b["embedding_cosine"]["mean"],
+                                    "recall@k": (b.get("neighbours") or {}).get("recall_at_k"),
+                                    "spearman": (b.get("similarity_spearman") or {}).get("mean")}
+                                   for b in ev.buckets]), hide_index=True, width="stretch")
+        ev = None  # the details below are the classifier's
 
 # -- calibrators side by side --------------------------------------------------------------------
 st.divider()
@@ -201,7 +217,8 @@ else:
         data=eval_spec.source, text_column=eval_spec.text_column, label_column=eval_spec.label_column,
         text_pair_column=eval_spec.text_pair_column, split=eval_spec.split, workspace=str(ws.root),
         labels=tuple(spec.labels), max_length=int(spec.max_length), limit=int(limit), layers=bool(layers_on),
-        layer_rows=int(layer_rows), calibration=calibration, bootstrap=int(bootstrap))
+        layer_rows=int(layer_rows), calibration=calibration, bootstrap=int(bootstrap),
+        logits_output=spec.logits_output, embedding_output=spec.embedding_output, pooling=spec.pooling)
     run_button(page, "validate", "Validating", "Validate", key="val-run", fn=validate, config=config,
                parents=(build_run.id,), run_label=build_run.label)
 
@@ -311,7 +328,7 @@ with tab_sens:
                                    format_func={"node": "single nodes", "block": "transformer blocks"}.get)
         ranking = c2.selectbox("Ranking", list(RANKINGS), key="sens-rank")
         min_cos = c3.number_input("Min embedding cosine (0 = no check)", min_value=0.0, max_value=1.0,
-                                  value=float(budget.min_embedding_cosine or 0.0), step=0.001, format="%.3f", key="sens-cos", disabled="embedding" not in spec.output_names)
+                                  value=float(budget.min_embedding_cosine or 0.0), step=0.001, format="%.3f", key="sens-cos", disabled=spec.embedding_output is None)
         sconfig = SensitivityConfig(
             model=str(spec.onnx_path), tokenizer=str(spec.tokenizer_dir), data=eval_spec.source,
             ranges=bconf.calibration or bconf.ranges, method=bconf.method, text_column=eval_spec.text_column,
@@ -321,7 +338,8 @@ with tab_sens:
             include_op_types=bconf.include_op_types, exclude_op_types=bconf.exclude_op_types,
             granularity=granularity, ranking=ranking, max_drop=float(max_drop), min_agreement=float(min_agree),
             min_embedding_cosine=float(min_cos) if min_cos > 0 else None,
-            max_evaluations=int(max_evals), limit=int(s_limit))
+            max_evaluations=int(max_evals), limit=int(s_limit), logits_output=spec.logits_output,
+            embedding_output=spec.embedding_output, pooling=spec.pooling)
         run_button(page, "sensitivity", "Sensitivity analysis", "Find the layers to keep in float", key="sens-run",
                    fn=analyze_sensitivity, config=sconfig, parents=(src_run.id, run.id), icon=":material/search:")
     srun = pick_run(page, "sensitivity", "Sensitivity run", key="sens-pick")

@@ -33,6 +33,21 @@ EXIT_CODES = (
 """Exit status of every ``calib`` command, with its meaning (shown in ``calib --help`` and the README)."""
 
 
+def add_role_args(group) -> None:
+    """``--logits-output``, ``--embedding-output`` and ``--pool``: which model outputs are scored."""
+    group.add_argument("--logits-output", metavar="NAME", help="model output holding the class logits (B, C)")
+    group.add_argument("--embedding-output", metavar="NAME",
+                       help="model output holding the sentence embedding (B, D), or token states (B, T, D) with --pool")
+    group.add_argument("--pool", choices=("none", "mean", "cls"), default=None,
+                       help="pool (B, T, D) token states into one embedding per text with the attention mask")
+
+
+def role_values(args: argparse.Namespace) -> dict:
+    """The config fields ``logits_output``, ``embedding_output``, ``pooling`` the role options give."""
+    values = {"logits_output": args.logits_output, "embedding_output": args.embedding_output, "pooling": args.pool}
+    return {k: v for k, v in values.items() if v is not None}
+
+
 def workspace_of(args: argparse.Namespace) -> Workspace:
     return Workspace(args.workspace)
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from calib import formatting as fmt
-from calib.cli.common import json_arg, run_folder
+from calib.cli.common import add_role_args, json_arg, role_values, run_folder
 from calib.errors import InputError
 
 _VALIDATE_EXAMPLES = """examples:
@@ -69,6 +69,7 @@ def _model_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--text-column", default=None, help="text column (default text)")
     g.add_argument("--pair-column", default=None, help="second text column for sentence pairs")
     g.add_argument("--label-column", default=None, help="label column (default label; 'none' for agreement only)")
+    add_role_args(g)
     g.add_argument("--limit", type=int, help="evaluate a seeded sample of this many texts (default: all / 256)")
     g.add_argument("--batch-size", type=int, default=16)
     g.add_argument("--seed", type=int, default=0)
@@ -90,6 +91,7 @@ def _common(args: argparse.Namespace, ws) -> dict:
                 "data": args.data, "split": args.split, "text_column": args.text_column,
                 "text_pair_column": args.pair_column}
     values.update({k: v for k, v in explicit.items() if v is not None})
+    values.update(role_values(args))
     if args.label_column is not None:
         values["label_column"] = None if args.label_column.lower() == "none" else args.label_column
     missing = [f"--{k.replace('_', '-')}" for k in ("model", "tokenizer", "data") if not values.get(k)]
@@ -205,6 +207,20 @@ def run_validate(args: argparse.Namespace) -> int:
     from calib.cli.common import format_table
 
     rows = []
+    if not evaluation.metrics.is_classifier:
+        print(f"embedding model (output {evaluation.data['model']['roles']['embedding']!r}): cosine, nearest-neighbour "
+              "recall within the evaluated texts and similarity rank correlation, FP32 vs INT8")
+        for b in evaluation.buckets:
+            nb, knn = b.get("neighbours") or {}, b.get("knn") or {}
+            rows.append([b["bucket"], b["n"], fmt.ratio(b["embedding_cosine"]["mean"]), fmt.ratio(b["embedding_cosine"]["p1"]),
+                         fmt.percent(nb.get("recall_at_1")), fmt.percent(nb.get("recall_at_k")),
+                         fmt.ratio((b.get("similarity_spearman") or {}).get("mean")),
+                         fmt.points(knn.get("accuracy_drop_points"), unit=False)])
+        k = evaluation.metrics.neighbour_k
+        print(format_table(["bucket", "n", "cosine", "cos p1", "recall@1", f"recall@{k}", "spearman", "kNN drop pts"],
+                           rows))
+        print(summary_line(summary))
+        return 0
     for b in evaluation.buckets:
         rows.append([b["bucket"], b["n"], fmt.percent(b.get("fp32", {}).get("accuracy")),
                      fmt.percent(b.get("int8", {}).get("accuracy")), fmt.points(b.get("accuracy_drop_points"), unit=False),
@@ -216,7 +232,11 @@ def run_validate(args: argparse.Namespace) -> int:
 
 
 _SUMMARY_FORMATS = {"accuracy_fp32": fmt.percent, "accuracy_int8": fmt.percent, "accuracy_drop_points": fmt.points,
-                    "top1_agreement": fmt.percent, "embedding_cosine": fmt.ratio, "kl_softmax": fmt.number}
+                    "top1_agreement": fmt.percent, "embedding_cosine": fmt.ratio, "kl_softmax": fmt.number,
+                    "embedding_cosine_p1": fmt.ratio, "neighbour_recall_at_1": fmt.percent,
+                    "neighbour_recall_at_k": fmt.percent, "similarity_spearman": fmt.ratio,
+                    "knn_accuracy_fp32": fmt.percent, "knn_accuracy_int8": fmt.percent,
+                    "knn_accuracy_drop_points": fmt.points}
 
 
 def summary_line(summary: dict) -> str:
@@ -294,14 +314,26 @@ def run_sensitivity(args: argparse.Namespace) -> int:
     rec = result.data["recommended"]
     print(f"run {run_id}: {result.dir}")
     print(rec["note"])
+    budget, searched = result.data["budget"], result.data["dataset"]
+    if budget.get("statement"):
+        print(f"budget: {budget['statement']}")
+    print(f"searched on {fmt.count(searched['rows_evaluated'])} of {fmt.count(searched['rows_total'])} rows of "
+          f"{searched['source']}" + (f" [{searched['split']}]" if searched.get("split") else "")
+          + (" (a seeded sample, --limit)" if searched["rows_evaluated"] < searched["rows_total"] else "")
+          + "; numbers on the full split may differ: check the build with calib validate")
     cos = rec.get("embedding_cosine")
     print(f"ranking: {result.data['ranking_method']} ({result.data.get('ranking_evaluations_used', 0)} evaluations on "
           f"{result.data.get('ranking_rows', 0)} texts); search: {result.data['evaluations_used']} of "
           f"{result.data['budget']['max_evaluations']} evaluations; {fmt.seconds(result.data['seconds'])}"
           + ("" if cos is None else f"; recommended embedding cosine {fmt.ratio(cos)}"))
-    print(f"baseline: agreement {fmt.percent(result.data['baseline']['top1_agreement'])}, drop "
-          f"{fmt.points(result.data['baseline'].get('accuracy_drop_points'))}; recommended: agreement "
-          f"{fmt.percent(rec['top1_agreement'])}, drop {fmt.points(rec.get('accuracy_drop_points'))}")
+    base = result.data["baseline"]
+    if base.get("top1_agreement") is None:  # an embedding model
+        print(f"baseline: embedding cosine {fmt.ratio(base.get('embedding_cosine'))}; recommended: embedding cosine "
+              f"{fmt.ratio(cos)}")
+    else:
+        print(f"baseline: agreement {fmt.percent(base['top1_agreement'])}, drop "
+              f"{fmt.points(base.get('accuracy_drop_points'))}; recommended: agreement "
+              f"{fmt.percent(rec['top1_agreement'])}, drop {fmt.points(rec.get('accuracy_drop_points'))}")
     for node in result.exclusions:
         print(f"  exclude {node}")
     if result.exclusions:

@@ -1,0 +1,152 @@
+"""Bring your own model: output roles, embedding models end to end, hand-checked neighbour metrics."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pandas as pd
+import pytest
+import tinymodel
+
+from calib.errors import InputError
+from calib.model import OutputRoles, TensorInfo, resolve_roles
+
+
+def out(name: str, *shape, dtype: str = "float32") -> TensorInfo:
+    return TensorInfo(name, dtype, tuple(shape))
+
+
+def test_roles_detected_only_when_unambiguous():
+    classifier = [out("logits", "batch", 2), out("embedding", "batch", 16)]
+    assert resolve_roles(classifier) == OutputRoles("logits", "embedding", "none")
+    encoder = [out("last_hidden_state", "batch", "seq", 16), out("sentence_embedding", "batch", 16),
+               out("token_ids", "batch", "seq", dtype="int64")]
+    assert resolve_roles(encoder) == OutputRoles(None, "sentence_embedding", "none")
+    assert resolve_roles(encoder, embedding="last_hidden_state", pooling="mean") == \
+        OutputRoles(None, "last_hidden_state", "mean")
+    assert resolve_roles(encoder[:1] + encoder[2:], pooling="mean") == OutputRoles(None, "last_hidden_state", "mean")
+    # a generic (B, C) output is the logits when the model's labels say how many classes there are
+    assert resolve_roles([out("output", "batch", 3)], n_labels=3).logits == "output"
+    # two pooled outputs, none named like an embedding, and no logits: ambiguous
+    with pytest.raises(InputError, match="--logits-output NAME or the sentence embedding with --embedding-output"):
+        resolve_roles([out("a", "batch", 8), out("b", "batch", 8)])
+    # token states only: say how to pool them
+    with pytest.raises(InputError, match="--embedding-output last_hidden_state --pool mean"):
+        resolve_roles(encoder[:1] + encoder[2:])
+    with pytest.raises(InputError, match="token states.*--pool mean"):
+        resolve_roles(encoder, embedding="last_hidden_state")
+    with pytest.raises(InputError, match="not \\(batch, classes\\) logits.*--embedding-output last_hidden_state --pool mean"):
+        resolve_roles(encoder, logits="last_hidden_state")
+    with pytest.raises(InputError, match="int64, not float"):
+        resolve_roles(encoder, embedding="token_ids")
+    with pytest.raises(InputError, match="already pooled"):
+        resolve_roles(encoder, embedding="sentence_embedding", pooling="mean")
+    with pytest.raises(InputError, match="no output 'nope'"):
+        resolve_roles(encoder, logits="nope")
+
+
+def _unit(degrees):
+    r = np.radians(degrees)
+    return np.stack([np.cos(r), np.sin(r)], axis=1)
+
+
+def test_neighbour_metrics_hand_computed():
+    """Four texts on the unit circle; INT8 moves text 2 from 60° to 30°.
+
+    FP32 neighbours (nearest first): 0 → 1,2,3; 1 → 0,2,3; 2 → 3,1,0; 3 → 2,1,0.
+    INT8 neighbours:                 0 → 1,2,3; 1 → 0,2,3; 2 → 1,0,3; 3 → 2,1,0.
+    recall@1 = 3/4; recall@2: text 2 keeps {1} of {3, 1} → (1 + 1 + 0.5 + 1) / 4 = 0.875.
+    Spearman of text 2's similarities to (0, 1, 3): ranks (1, 2, 3) vs (2, 3, 1) → 1 − 6·6/(3·8) = −0.5;
+    mean (1 + 1 − 0.5 + 1) / 4 = 0.625. 1-NN with labels (0, 0, 1, 1): FP32 4/4, INT8 3/4 (text 2 → text 1).
+    """
+    from calib.metrics import bucketed_embedding_comparison, embedding_row_metrics
+
+    fp32, int8 = _unit([0, 10, 60, 90]), _unit([0, 10, 30, 90])
+    labels = np.array([0, 0, 1, 1])
+    rows = embedding_row_metrics(fp32, int8, labels, k=2, knn_k=1)
+    np.testing.assert_allclose(rows["cosine"], [1, 1, np.cos(np.radians(30)), 1])
+    assert rows["recall_at_1"].tolist() == [1, 1, 0, 1]
+    assert rows["recall_at_k"].tolist() == [1, 1, 0.5, 1]
+    np.testing.assert_allclose(rows["spearman"], [1, 1, -0.5, 1])
+    assert rows["knn_correct_fp32"].tolist() == [True] * 4
+    assert rows["knn_correct_int8"].tolist() == [True, True, False, True]
+
+    block, cos = bucketed_embedding_comparison(fp32, int8, labels, np.array([5, 5, 40, 40]), edges=(0, 32), k=2,
+                                               knn_k=1, n_resamples=200)
+    o = block["overall"]
+    assert o["neighbours"]["recall_at_1"] == 0.75 and o["neighbours"]["recall_at_k"] == 0.875 and o["neighbours"]["k"] == 2
+    assert o["similarity_spearman"]["mean"] == pytest.approx(0.625)
+    assert o["embedding_cosine"]["min"] == pytest.approx(np.cos(np.radians(30)))
+    assert o["knn"]["accuracy_fp32"] == 1.0 and o["knn"]["accuracy_int8"] == 0.75
+    assert o["knn"]["accuracy_drop_points"] == pytest.approx(25.0)
+    low, high = o["neighbours"]["recall_at_1_ci"]
+    assert 0 <= low <= 0.75 <= high <= 1
+    short, long = block["buckets"]
+    assert short["neighbours"]["recall_at_1"] == 1.0 and long["neighbours"]["recall_at_1"] == 0.5
+    assert long["similarity_spearman"]["mean"] == pytest.approx(0.25)
+    assert cos.shape == (4,)
+
+
+@pytest.fixture(scope="module")
+def encoder(tmp_path_factory):
+    """The tiny encoder (token states + pooled embedding + int pass-through), its tokenizer and data."""
+    root = tmp_path_factory.mktemp("encoder")
+    onnx.save(tinymodel.build_model(encoder_only=True), str(root / "encoder.onnx"))
+    tinymodel.write_tokenizer(root / "tokenizer")
+    texts, labels = tinymodel.make_texts(160, seed=4)
+    pd.DataFrame({"text": texts, "label": [tinymodel.LABELS[i] for i in labels]}).to_csv(root / "data.csv", index=False)
+    return root
+
+
+def test_encoder_only_model_through_the_cli(encoder, tmp_path, capsys):
+    from calib.cli import main
+
+    ws = ["--workspace", str(tmp_path / "ws")]
+    model = ["--model", str(encoder / "encoder.onnx"), "--tokenizer", str(encoder / "tokenizer"), "--max-length", "64"]
+    data = ["--data", str(encoder / "data.csv")]
+
+    def run(*argv) -> str:
+        assert main([*ws, *argv]) == 0, capsys.readouterr().err
+        return capsys.readouterr().out
+
+    # naming token states as the logits is refused at the first stage, in one line
+    assert main([*ws, "assemble", *model, *data, "--size", "32", "--logits-output", "last_hidden_state"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--embedding-output last_hidden_state --pool mean" in err
+    out = run("assemble", *model, *data, "--size", "48")
+    calset = out.split()[1].rstrip(":")
+    manifest = json.loads((tmp_path / "ws" / "runs" / calset / "manifest.json").read_text())
+    assert manifest["model"]["roles"] == {"logits": None, "embedding": "sentence_embedding", "pooling": "none"}
+    calibration = run("calibrate", "--calibration-set", calset, "--method", "minmax").split()[1].rstrip(":")
+    engine = run("build", "--calibration", calibration, "--method", "minmax").split()[1].rstrip(":")
+    out = run("validate", "--engine", engine, *model, *data, "--limit", "80", "--bootstrap", "50")
+    assert "embedding model (output 'sentence_embedding')" in out and "recall@1" in out and "agreement" not in out
+    evaluation = out.split()[1].rstrip(":")
+    ev = json.loads((tmp_path / "ws" / "runs" / evaluation / "evaluation.json").read_text())
+    overall = ev["metrics"]["overall"]
+    assert ev["metrics"]["kind"] == "embedding" and "agreement" not in overall
+    assert overall["embedding_cosine"]["mean"] > 0.9 and 0 <= overall["neighbours"]["recall_at_k"] <= 1
+    assert overall["knn"]["accuracy_fp32"] is not None  # the data is labelled: k-NN accuracy on both
+    # token states pooled with the attention mask: the same mean pooling the graph does, before its L2 norm
+    out = run("validate", "--engine", engine, *model, *data, "--limit", "40", "--bootstrap", "0", "--no-layers",
+              "--embedding-output", "last_hidden_state", "--pool", "mean")
+    assert "embedding model (output 'last_hidden_state')" in out
+    out = run("sensitivity", *model, *data, "--ranges", calibration, "--method", "minmax", "--limit", "40",
+              "--max-evaluations", "4")
+    assert "budget: embedding model (no logits): mean FP32-vs-INT8 embedding cosine >= 0.99" in out
+    assert "searched on 40 of 160 rows" in out and "full split may differ" in out
+    sensitivity = out.split()[1].rstrip(":")
+    out = run("report", evaluation, "--sensitivity", sensitivity)
+    report_json = next(line.strip() for line in out.splitlines() if line.strip().endswith("report.json"))
+    report = json.loads(open(report_json).read())
+    assert report["headline"]["model_kind"] == "embedding" and report["headline"]["neighbour_recall_at_1"] is not None
+    md = open(report_json.replace("report.json", "report.md")).read()
+    assert "Embedding model" in md and "nearest-neighbour recall@1" in md and "top-1 agreement" not in md
+    assert main([*ws, "gate", report_json, "--min-embedding-cosine", "0.5"]) == 0
+    capsys.readouterr()
+    assert main([*ws, "gate", report_json, "--min-agreement", "0.9"]) == 1
+    assert "no top-1 agreement" in capsys.readouterr().err
+    # the report's own verdict judges the embedding model on its cosine (no agreement or accuracy criteria)
+    assert [c["name"] for c in report["verdict"]["criteria"]] == ["min_embedding_cosine"]
