@@ -128,7 +128,7 @@ def budget_for(ev: Evaluation, budget: ReleaseBudget | None) -> ReleaseBudget:
     if budget is not None:
         return budget
     if not ev.metrics.is_classifier:  # no logits: neither agreement nor accuracy applies
-        return ReleaseBudget(min_embedding_cosine=0.99)
+        return ReleaseBudget(max_drop=None, min_agreement=None, min_embedding_cosine=0.99)
     return default_budget(has_embedding="embedding_cosine" in ev.overall, labelled=ev.labelled)
 
 
@@ -528,7 +528,9 @@ def _sensitivity_section(data: dict) -> Section | None:
     s = data.get("sensitivity")
     if not s:
         return None
-    notes = (s["note"], (f"Budget: drop ≤ {s['budget']['max_drop']} points, agreement ≥ {s['budget']['min_agreement']}; "
+    stated = s["budget"].get("statement") or (f"drop ≤ {s['budget']['max_drop']} points, agreement ≥ "
+                                              f"{s['budget']['min_agreement']}")
+    notes = (s["note"], (f"Budget: {stated}; "
              f"{s['evaluations_used']} of {s['budget']['max_evaluations']} evaluations; ranking: {s['ranking_method']}."),
              "Recommended exclusions (keep in float):")
     return Section("Sensitivity and fallback", notes, ("node",), tuple((n,) for n in s["exclude_nodes"]) or (("none",),),
