@@ -7,7 +7,10 @@ Writes, inside ``out_dir``:
 - ``model.qdq.onnx``: the Q/DQ model (ONNX Runtime's quantizer fed our ranges, :mod:`calib.quantize`);
   it is the INT8 engine here (ONNX Runtime CPU) and what TensorRT 11 builds from;
 - ``calibration.cache``: a TensorRT 8.6-10.x calibration cache of the quantized tensors;
-- ``trtexec.sh``: the exact trtexec / ModelOpt command lines for a GPU machine;
+- ``model.fp32.onnx``: the FP32 model (a hard link, or a copy across file systems; plus its external
+  data files if any), so that the folder is self-contained;
+- ``trtexec.sh``: the exact trtexec / ModelOpt command lines for a GPU machine, naming only files in
+  this folder (``bash trtexec.sh 10 --dry-run`` checks them and prints the command);
 - ``engine.json``: placement, quantized and excluded nodes (with why), skipped tensors, the ranges'
   source and method, model and Q/DQ sha256, backend, TensorRT availability and reason;
 - with ``backend="tensorrt"`` (TensorRT and a GPU present): ``model.plan`` + its metadata and log.
@@ -22,7 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from calib.calibrate import Calibration
-from calib.engines.trtexec import TRTEXEC_CACHE_ALGORITHM, ShapeProfile, trtexec_commands, write_text
+from calib.engines.trtexec import (
+    FP32_FILE,
+    TRTEXEC_CACHE_ALGORITHM,
+    ShapeProfile,
+    bundle_model,
+    trtexec_commands,
+    write_text,
+)
 from calib.errors import BackendUnavailableError, InputError, check_choice
 from calib.io import atomic_write_json, read_json, sha256_file
 from calib.model import check_same_model, read_onnx
@@ -166,15 +176,17 @@ def build(config: BuildConfig, out_dir: Path, *, progress: ProgressFn | None = N
                               per_channel=config.per_channel, input_means=means)
     quantize_seconds = time.perf_counter() - started
 
-    report(0.6, "writing calibration cache and trtexec commands")
+    report(0.6, "writing calibration cache and trtexec commands; FP32 model into the folder")
     cache_amax = {t: amax[t] for t in result.quantized_tensors if t in amax}
     write_trt_cache(out_dir / CACHE_FILE, cache_amax, algorithm=TRTEXEC_CACHE_ALGORITHM, trt_version=config.trt_version)
+    bundled = bundle_model(model_path, model, out_dir)
     commands = trtexec_commands(
-        fp32_onnx=SMOOTH_FILE if source != model_path else str(model_path), qdq_onnx=QDQ_FILE, cache=CACHE_FILE, inputs=inputs, profile=profile,
+        fp32_onnx=SMOOTH_FILE if source != model_path else FP32_FILE, qdq_onnx=QDQ_FILE, cache=CACHE_FILE,
+        inputs=inputs, profile=profile,
         op_types=result.placement_op_types, nodes_to_exclude=tuple(result.excluded_nodes),
     )
     write_text(out_dir / SCRIPT_FILE, commands.script(header=(
-        f"model: {model_path} (sha256 {model_sha})",
+        f"model: {FP32_FILE} = {model_path} (sha256 {model_sha})",
         f"ranges: {ranges_source}, method {ranges.method}; placement {config.placement}",
         *([smoothed.result.summary() + f" -> {SMOOTH_FILE} (sha256 {smoothed.result.sha256})"] if smoothed else []),
         f"calibration cache header: {header(config.trt_version, TRTEXEC_CACHE_ALGORITHM)} (for trtexec --calib)",
@@ -188,7 +200,7 @@ def build(config: BuildConfig, out_dir: Path, *, progress: ProgressFn | None = N
     meta = {
         "format": FORMAT,
         "backend": config.backend,
-        "model": {"path": str(model_path), "sha256": model_sha},
+        "model": {"path": str(model_path), "sha256": model_sha, "bundled": bundled},
         "qdq": {"file": QDQ_FILE, "sha256": result.sha256, "counts": result.qdq_counts,
                 "per_channel": config.per_channel},
         "ranges": {"source": ranges_source, "method": ranges.method, "params": ranges.params,
@@ -274,6 +286,10 @@ class EngineArtifact:
 
     @property
     def model_path(self) -> Path:
+        """The FP32 model: the folder's own copy (``model.fp32.onnx``), else where it was built from."""
+        bundled = self.meta["model"].get("bundled")
+        if bundled and (self.dir / bundled["file"]).is_file():
+            return self.dir / bundled["file"]
         return Path(self.meta["model"]["path"])
 
     @property

@@ -26,10 +26,12 @@ from calib.buckets import DEFAULT_EDGES, bucket_labels, check_edges
 from calib.coverage import Coverage, coverage
 from calib.data import DataSpec, load_rows, texts_of
 from calib.errors import InputError, check_choice
+from calib.formatting import ratio
 from calib.io import atomic_dir, atomic_save_npz, atomic_write_json, read_json
 from calib.lengths import LengthTable, load_length_target, token_lengths
 from calib.model import ModelSpec, check_same_model, load_model, load_tokenizer
 from calib.pipeline import config_params
+from calib.progress import Phases
 from calib.sampling import SHORTFALL_MODES, STRATEGIES, sample
 from calib.workspace import ProgressFn, Workspace
 
@@ -190,11 +192,6 @@ def assemble(config: AssembleConfig, out_dir: Path, *, progress: ProgressFn | No
         if progress is not None:
             progress(fraction, message)
 
-    def scaled(start: float, span: float) -> ProgressFn:
-        def inner(fraction: float, message: str = "") -> None:
-            report(start + span * fraction, message)
-        return inner
-
     edges = _check_config(config)
     spec = load_model(config.model, config.tokenizer, max_length=config.max_length, labels=config.labels,
                       logits_output=config.logits_output, embedding_output=config.embedding_output,
@@ -225,16 +222,15 @@ def assemble(config: AssembleConfig, out_dir: Path, *, progress: ProgressFn | No
             raise InputError(f"bucket weights must be non-negative with a positive sum, got {list(config.weights)}")
     workspace = Workspace(config.workspace) if config.workspace else None
 
+    phases = Phases(report, [("pool lengths", len(rows)),
+                             *([("target lengths", len(target_rows))] if target_rows is not None else [])], span=0.9)
     report(0.0, "token lengths of the pool")
-    pool = token_lengths(spec, data, workspace, rows=rows,
-                         progress=scaled(0.0, 0.6))
+    pool = token_lengths(spec, data, workspace, rows=rows, progress=phases.phase("pool lengths"))
     names = list(pool.label_names)
     target_labels = None
     target_fingerprint = None
     if target_spec is not None:
-        report(0.6, "token lengths of the target")
-        table = token_lengths(spec, target_spec, workspace, rows=target_rows,
-                              progress=scaled(0.6, 0.3))
+        table = token_lengths(spec, target_spec, workspace, rows=target_rows, progress=phases.phase("target lengths"))
         target_lengths, target_labels, target_fingerprint = table.lengths, _remap_labels(table, names), table.fingerprint
     elif file_lengths is not None:
         target_lengths = file_lengths
@@ -299,7 +295,7 @@ def assemble(config: AssembleConfig, out_dir: Path, *, progress: ProgressFn | No
     with atomic_dir(out_dir / "rows") as tmp:
         rows.select(result.rows.tolist()).save_to_disk(str(tmp))
     atomic_write_json(out_dir / "manifest.json", manifest)
-    report(1.0, f"{config.size} texts, KS {cov.ks:.3f}, {len(cov.warnings)} warnings")
+    report(1.0, f"{config.size} texts, KS {ratio(cov.ks)}, {len(cov.warnings)} warnings")
     return CalibrationSet.load(out_dir)
 
 

@@ -30,9 +30,13 @@ from calib.errors import InputError, ModelMismatchError
 from calib.evaluation import Metrics, compare, load_eval_data, run_engine
 from calib.io import atomic_save_npz, atomic_write_json, read_artifact_json, read_json, sha256_file
 from calib.model import ModelSpec, check_same_model, load_model
+from calib.progress import FP32_PASS, INT8_PASS, LAYER_PASS, Phases
 from calib.workspace import ProgressFn
 
 SCHEMA = "calib.evaluation/1"
+LAYER_PASS_COST = 10.0
+"""Time of one text in the per-layer pass (both models, every quantized tensor exposed) relative to
+one text of the plain FP32 pass; weights the progress phases (measured, see BENCHMARKS.md)."""
 QDQ_MODEL_FILE = "model.qdq.onnx"
 ENGINE_FILE = "engine.json"
 
@@ -214,9 +218,11 @@ def layer_analysis(fp32_model: Path, source: EngineSource, encoded, input_dtypes
     order = producer_order(ref)
     present = {k: v for k, v in ranged.items() if k in order}
     analysis = LayerAnalysis(present, tensors, order)
+    n, done = len(encoded), 0
+    if progress is not None:
+        progress(start, f"0/{n} texts (preparing sessions that expose {len(analysis.fp32_names)} tensors)")
     fp32 = OrtEngine(OrtSessionLoader(fp32_model, intermediates=analysis.fp32_names, threads=threads))
     int8 = OrtEngine(OrtSessionLoader(source.qdq_path, intermediates=analysis.int8_names, threads=threads))
-    n, done = len(encoded), 0
     for batch in iter_batches(encoded, input_dtypes, batch_size):
         a = fp32.run(batch.feeds, list(analysis.fp32_names))
         b = int8.run(batch.feeds, list(analysis.int8_names))
@@ -224,7 +230,7 @@ def layer_analysis(fp32_model: Path, source: EngineSource, encoded, input_dtypes
         del a, b
         done += len(batch.rows)
         if progress is not None:
-            progress(start + span * done / max(n, 1), f"layers {done}/{n} texts")
+            progress(start + span * done / max(n, 1), f"{done}/{n} texts")
     result = analysis.result()
     result["rows"] = int(n)
     result["ranged_not_in_model"] = sorted(set(ranged) - set(present))
@@ -306,15 +312,18 @@ def validate(config: ValidateConfig, out_dir: Path, *, progress: ProgressFn | No
     data = load_eval_data(config.data_spec(), spec, limit=config.limit, seed=config.seed)
     report = progress or (lambda f, m="": None)
     report(0.02, f"{len(data)} texts loaded")
+    layer_rows = min(config.layer_rows or len(data), len(data)) if config.layers else 0
+    phases = Phases(report, [(FP32_PASS, len(data)), (INT8_PASS, len(data)),
+                             *([(LAYER_PASS, LAYER_PASS_COST * layer_rows)] if config.layers else [])],
+                    start=0.02, span=0.97)
 
     roles = spec.roles
     fp32_engine = OrtEngine(OrtSessionLoader(spec.onnx_path, threads=config.threads), name="onnxruntime-fp32")
     engine = int8_engine(source, config.threads)
-    split = 0.45 if config.layers else 0.5
     fp32 = run_engine(fp32_engine, data.encoded, spec.input_dtypes, roles, batch_size=config.batch_size,
-                      progress=report, start=0.02, span=split * 0.98)
+                      progress=phases.phase(FP32_PASS))
     int8 = run_engine(engine, data.encoded, spec.input_dtypes, roles, batch_size=config.batch_size,
-                      progress=report, start=0.02 + split * 0.98, span=split * 0.98)
+                      progress=phases.phase(INT8_PASS))
     if fp32.logits is not None and data.classes and len(data.classes) != fp32.logits.shape[1]:
         raise InputError(f"the model has {len(data.classes)} labels but outputs {fp32.logits.shape[1]} logits")
     metrics = compare(fp32, int8, data, edges=edges, n_resamples=config.bootstrap, seed=config.seed)
@@ -326,8 +335,8 @@ def validate(config: ValidateConfig, out_dir: Path, *, progress: ProgressFn | No
         if config.layer_rows and config.layer_rows < len(rows):
             rows = np.sort(np.random.default_rng(config.seed + 1).choice(len(rows), config.layer_rows, replace=False))
         layers = layer_analysis(spec.onnx_path, source, data.encoded.subset(rows), spec.input_dtypes, ranged,
-                                batch_size=config.batch_size, threads=config.threads, progress=report,
-                                start=0.02 + 2 * split * 0.98, span=1 - (0.02 + 2 * split * 0.98))
+                                batch_size=config.batch_size, threads=config.threads,
+                                progress=phases.phase(LAYER_PASS))
     from calib.pipeline import config_params
 
     evaluation = {
@@ -357,5 +366,5 @@ def validate(config: ValidateConfig, out_dir: Path, *, progress: ProgressFn | No
     if layers is not None:
         atomic_write_json(out_dir / "layers.json", layers)
     atomic_write_json(out_dir / "evaluation.json", evaluation)
-    report(1.0, "done")
+    report(1.0, "written")
     return Evaluation.load(out_dir)

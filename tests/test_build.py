@@ -40,7 +40,8 @@ def engine_dir(tiny_spec, ranges_file, tmp_path_factory):
 def test_engine_folder_contents(engine_dir, tiny_spec, ranges_file):
     art = EngineArtifact.load(engine_dir)
     meta = json.loads((engine_dir / "engine.json").read_text())
-    assert {p.name for p in engine_dir.iterdir()} == {"model.qdq.onnx", "engine.json", "trtexec.sh", "calibration.cache"}
+    assert {p.name for p in engine_dir.iterdir()} == {"model.qdq.onnx", "engine.json", "trtexec.sh", "calibration.cache",
+                                                     "model.fp32.onnx"}
     assert meta["model"]["sha256"] == tiny_spec.sha256
     assert meta["qdq"]["sha256"] == sha256_file(engine_dir / "model.qdq.onnx")
     assert meta["ranges"]["method"] == "minmax" and str(ranges_file) in meta["ranges"]["source"]
@@ -75,7 +76,7 @@ def test_int8_engine_runs_and_agrees_with_fp32(engine_dir, tiny_spec):
 def test_trtexec_script_runs_the_right_files(engine_dir, tiny_spec):
     script = (engine_dir / "trtexec.sh").read_text()
     assert "--onnx=model.qdq.onnx" in script and "--calib=calibration.cache" in script
-    assert f"--onnx={tiny_spec.onnx_path}" in script
+    assert "--onnx=model.fp32.onnx" in script and str(tiny_spec.onnx_path.parent) not in script.split("set -euo")[1]
     assert "--minShapes=input_ids:1x8,attention_mask:1x8,token_type_ids:1x8" in script
     assert "--calibration_cache_path=calibration.cache" in script
     assert subprocess.run(["bash", "-n", str(engine_dir / "trtexec.sh")], check=False).returncode == 0
@@ -147,3 +148,72 @@ def test_cli_bench_writes_latency_table(tiny_spec, ranges_file, tiny_csv, worksp
         assert row["texts"] == 48 and 0 < row["p50_ms"] <= row["p95_ms"] and row["texts_per_s"] > 0
         assert row["peak_rss_mb"] > 10
     assert result.speedup(16) is not None and result.speedup(16) > 0
+
+
+def _dry_run(folder, route):
+    return subprocess.run(["bash", str(folder / "trtexec.sh"), route, "--dry-run"], capture_output=True, text=True,
+                          check=False)
+
+
+_PATH_FLAGS = ("--onnx=", "--calib=", "--onnx_path=", "--calibration_cache_path=")
+
+
+def test_engine_folder_is_portable_every_route_reads_only_files_inside_the_copy(engine_dir, tiny_spec, tmp_path):
+    import shlex
+    import shutil
+
+    copy = tmp_path / "elsewhere" / "engine copy"
+    shutil.copytree(engine_dir, copy)
+    art = EngineArtifact.load(copy)
+    assert art.model_path == copy / "model.fp32.onnx"
+    assert sha256_file(art.model_path) == tiny_spec.sha256
+    for route in ("11", "10", "modelopt"):
+        done = _dry_run(copy, route)
+        assert done.returncode == 0, done.stderr
+        lines = done.stdout.splitlines()
+        reads = [line[len("reads "):] for line in lines if line.startswith("reads ")]
+        assert reads and all(r.startswith(str(copy) + "/") for r in reads), lines
+        assert lines[len(reads)] == f"in {copy}:"
+        words = shlex.split(lines[len(reads) + 1])
+        named = [w.split("=", 1)[1] for w in words if w.startswith(_PATH_FLAGS)]
+        assert named, words
+        for name in named:
+            assert not name.startswith("/") and (copy / name).is_file(), (route, name)
+        assert {str(copy / n) for n in named} == set(reads)
+    (copy / "calibration.cache").unlink()
+    done = _dry_run(copy, "10")
+    assert done.returncode == 1 and f"missing {copy}/calibration.cache" in done.stderr
+    assert _dry_run(copy, "11").returncode == 0
+
+
+def test_fp32_model_is_copied_when_it_cannot_be_hard_linked(tiny_spec, ranges_file, tmp_path, monkeypatch):
+    import os
+
+    def refuse(src, dst):
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", refuse)
+    art = build(BuildConfig(model=str(tiny_spec.onnx_path), ranges=str(ranges_file)), tmp_path / "out")
+    assert art.meta["model"]["bundled"] == {"file": "model.fp32.onnx", "how": "copy", "external_data": []}
+    assert (tmp_path / "out" / "model.fp32.onnx").stat().st_ino != tiny_spec.onnx_path.stat().st_ino
+
+
+def test_model_with_external_data_is_bundled_with_it(tiny_spec, ranges_file, tmp_path):
+    import shutil
+
+    source = tmp_path / "src"
+    (source / "weights").mkdir(parents=True)
+    model = onnx.load(str(tiny_spec.onnx_path))
+    onnx.save(model, str(source / "model.onnx"), save_as_external_data=True, location="weights/model.data",
+              size_threshold=0)
+    ranges = Ranges.load(ranges_file)
+    own = tmp_path / "ranges.json"
+    Ranges(method=ranges.method, params={}, model_sha256=sha256_file(source / "model.onnx"), amax=ranges.amax).save(own)
+    art = build(BuildConfig(model=str(source / "model.onnx"), ranges=str(own)), tmp_path / "out")
+    assert art.meta["model"]["bundled"]["external_data"] == ["weights/model.data"]
+    copy = tmp_path / "copy"
+    shutil.copytree(tmp_path / "out", copy)
+    shutil.rmtree(source)  # the original is gone: the copy still has everything route 10 reads
+    assert _dry_run(copy, "10").returncode == 0
+    assert (copy / "weights" / "model.data").is_file()
+    onnx.checker.check_model(str(copy / "model.fp32.onnx"))

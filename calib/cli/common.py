@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from calib.formatting import cell, clean
+from calib.formatting import cell, clean, seconds
 from calib.workspace import LATEST, Workspace
 
 EXIT_OK = 0
@@ -86,23 +86,54 @@ def print_run_json(ws: Workspace, run_id: str, outputs: Mapping[str, Any] | None
 
 
 class ProgressBar:
-    """A one-line text progress bar on stderr; a callable ``(fraction, message)``."""
+    """A text progress bar on stderr; a :data:`~calib.workspace.ProgressFn`.
 
-    def __init__(self, title: str, width: int = 30) -> None:
+    The phase of a message is its part before the first colon (``"INT8 pass (2/3): 64/256 texts"``).
+    On a terminal the bar redraws one line, and a new phase starts a new line so the finished pass
+    stays on screen. In a log (stderr not a terminal) it writes a line when the phase changes, at
+    every 10 %, and otherwise at least every :attr:`heartbeat` seconds while the stage reports, so
+    a long pass is never silent. An ETA shows once the estimate means something.
+    """
+
+    heartbeat = 15.0  # seconds
+
+    def __init__(self, title: str, width: int = 30, *, stream=None) -> None:
         self.title, self.width = title, width
+        self.stream = stream if stream is not None else sys.stderr
         self.start = time.monotonic()
-        self.tty = sys.stderr.isatty()
+        self.tty = self.stream.isatty()
         self._last_pct = -1
+        self._last_line = -float("inf")
+        self._phase: str | None = None
+        self._open_line = False
 
     def __call__(self, fraction: float, message: str = "") -> None:
+        now = time.monotonic()
+        fraction = min(max(float(fraction), 0.0), 1.0)
         pct = int(fraction * 100)
-        if not self.tty and pct // 10 == self._last_pct // 10 and fraction < 1:
+        phase = message.partition(":")[0] if ":" in message else ""
+        new_phase = self._phase is not None and phase != self._phase
+        due = (new_phase or self._phase is None or pct // 10 != self._last_pct // 10 or fraction >= 1
+               or now - self._last_line >= self.heartbeat)
+        self._phase = phase
+        if not self.tty and not due:
             return
-        self._last_pct = pct
+        self._last_pct, self._last_line = pct, now
+        elapsed = now - self.start
+        eta = ""
+        if 0.05 <= fraction < 1 and elapsed >= 3:
+            eta = f" ETA {seconds(elapsed * (1 - fraction) / fraction)}"
         filled = int(self.width * fraction)
-        line = f"{self.title} [{'#' * filled}{'.' * (self.width - filled)}] {pct:3d}% {time.monotonic() - self.start:6.1f}s {message}"
-        end = "\r" if self.tty and fraction < 1 else "\n"
-        print(line[:160].ljust(100) if self.tty else line[:160], end=end, file=sys.stderr, flush=True)
+        line = (f"{self.title} [{'#' * filled}{'.' * (self.width - filled)}] {pct:3d}% "
+                f"{seconds(elapsed):>9}{eta}  {message}")[:160]
+        if not self.tty:
+            print(line, file=self.stream, flush=True)
+            return
+        if new_phase and self._open_line:
+            self.stream.write("\n")  # keep the finished phase's last line on screen
+        self.stream.write("\r" + line.ljust(100) + ("\n" if fraction >= 1 else ""))
+        self.stream.flush()
+        self._open_line = fraction < 1
 
 
 _NUMERIC_TEXT = re.compile(r"^([+-]?(\d|inf|nan)|–$)")

@@ -1,5 +1,11 @@
 """Command lines for building the engine on a GPU machine, when TensorRT is not available here.
 
+An engine folder is portable: ``trtexec.sh`` names only files inside it (the FP32 model is
+hard-linked into the folder as ``model.fp32.onnx``, or copied when the workspace is on another
+file system, together with any external-data files it refers to), and it ``cd``s to its own folder
+first, so the folder can be copied to the GPU machine as it is. ``bash trtexec.sh 10 --dry-run``
+checks that every file the route reads exists and prints the resolved command instead of running it.
+
 Three routes, all from files written next to each other in an engine folder:
 
 - TensorRT 11.x: ``trtexec --onnx=<Q/DQ model>`` (explicit quantization; networks are always
@@ -13,15 +19,21 @@ Three routes, all from files written next to each other in an engine folder:
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
-from collections.abc import Sequence
-from dataclasses import dataclass
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+
+import onnx
 
 from calib.errors import InputError
 
 TRTEXEC_CACHE_ALGORITHM = "EntropyCalibration2"  # the calibrator trtexec --calib instantiates
+FP32_FILE = "model.fp32.onnx"  # the FP32 model's name inside an engine folder
+ROUTES = ("11", "10", "modelopt")
 
 
 @dataclass(frozen=True)
@@ -81,30 +93,63 @@ def _join(args: Sequence[str]) -> str:
     return " \\\n    ".join(quoted)
 
 
+_ROUTE_COMMENTS = {
+    "11": "TensorRT 11.x: explicit quantization from the Q/DQ ONNX (strongly typed)",
+    "10": "TensorRT 8.6-10.x: implicit INT8 from the FP32 ONNX and our calibration cache",
+    "modelopt": "NVIDIA ModelOpt (releases with --calibration_cache_path) imports our cache",
+}
+_USAGE = "usage: bash trtexec.sh [11|10|modelopt] [--dry-run]"
+
+
 @dataclass(frozen=True)
 class TrtexecCommands:
     trt11: str  # build from the Q/DQ model (explicit quantization)
     trt10: str  # build from the FP32 model with our calibration cache (implicit quantization)
     modelopt: str  # ModelOpt Q/DQ model from our calibration cache
+    reads: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # route -> files it reads
+
+    def command(self, route: str) -> str:
+        return {"11": self.trt11, "10": self.trt10, "modelopt": self.modelopt}[route]
 
     def script(self, *, header: Sequence[str] = ()) -> str:
-        """A bash script (``trtexec.sh``) holding the three routes; pass ``11``, ``10`` or ``modelopt``."""
+        """A bash script (``trtexec.sh``) holding the three routes; pass ``11``, ``10`` or ``modelopt``,
+        and ``--dry-run`` to check the files and print the resolved command without running it."""
         comments = "".join(f"# {line}\n" for line in header)
+        routes = "".join(
+            f"  {route})  # {_ROUTE_COMMENTS[route]}\n"
+            f"    need {' '.join(shlex.quote(f) for f in self.reads.get(route, ())) or '-'}\n"
+            f"    run {self.command(route)}\n    ;;\n"
+            for route in ROUTES)
         return (
             "#!/usr/bin/env bash\n"
             "# Build a TensorRT engine from this folder on a machine with an NVIDIA GPU and TensorRT.\n"
+            "# Every file it reads is in this folder: copy the folder to the GPU machine as it is.\n"
             f"{comments}"
-            "# Usage: bash trtexec.sh [11|10|modelopt]   (default 11)\n"
+            f"# Usage: bash trtexec.sh [11|10|modelopt] [--dry-run]   (default 11)\n"
+            "#   --dry-run: check the files the route reads, print the command, run nothing\n"
             "set -euo pipefail\n"
             'cd "$(dirname "$0")"\n'
-            'case "${1:-11}" in\n'
-            "  11)  # TensorRT 11.x: explicit quantization from the Q/DQ ONNX (strongly typed)\n"
-            f"    {self.trt11}\n    ;;\n"
-            "  10)  # TensorRT 8.6-10.x: implicit INT8 from the FP32 ONNX and our calibration cache\n"
-            f"    {self.trt10}\n    ;;\n"
-            "  modelopt)  # NVIDIA ModelOpt (releases with --calibration_cache_path) imports our cache\n"
-            f"    {self.modelopt}\n    ;;\n"
-            '  *) echo "usage: bash trtexec.sh [11|10|modelopt]" >&2; exit 2 ;;\n'
+            "route=11\n"
+            "dry_run=0\n"
+            'for arg in "$@"; do\n'
+            '  case "$arg" in\n'
+            "    --dry-run) dry_run=1 ;;\n"
+            "    11|10|modelopt) route=$arg ;;\n"
+            f'    *) echo "{_USAGE}" >&2; exit 2 ;;\n'
+            "  esac\n"
+            "done\n"
+            "need() {\n"
+            '  for file in "$@"; do\n'
+            '    [ "$file" = - ] && continue\n'
+            '    if [ ! -f "$file" ]; then echo "trtexec.sh: missing $PWD/$file" >&2; exit 1; fi\n'
+            '    if [ "$dry_run" = 1 ]; then echo "reads $PWD/$file"; fi\n'
+            "  done\n"
+            "}\n"
+            "run() {\n"
+            '  if [ "$dry_run" = 1 ]; then echo "in $PWD:"; printf \'%q \' "$@"; echo; else "$@"; fi\n'
+            "}\n"
+            'case "$route" in\n'
+            f"{routes}"
             "esac\n"
         )
 
@@ -121,7 +166,8 @@ def trtexec_commands(
     op_types: Sequence[str] = ("MatMul", "Gemm"),
     nodes_to_exclude: Sequence[str] = (),
 ) -> TrtexecCommands:
-    """The exact command lines; paths are used as given (relative to the engine folder)."""
+    """The exact command lines; paths are used as given (relative to the engine folder: keep
+    them inside it, see :func:`bundle_model`)."""
     if not inputs:
         raise InputError("the model has no inputs to shape; cannot write trtexec commands")
     shapes = _profile_args(inputs, profile)
@@ -136,7 +182,58 @@ def trtexec_commands(
         modelopt_args += ["--op_types_to_quantize", *op_types]
     if nodes_to_exclude:
         modelopt_args += ["--nodes_to_exclude", *(f"^{re.escape(name)}$" for name in nodes_to_exclude)]
-    return TrtexecCommands(trt11=trt11, trt10=trt10, modelopt=_join(modelopt_args))
+    reads = {"11": (qdq_onnx,), "10": (fp32_onnx, cache), "modelopt": (fp32_onnx, cache)}
+    return TrtexecCommands(trt11=trt11, trt10=trt10, modelopt=_join(modelopt_args), reads=reads)
+
+
+def external_data_files(model: onnx.ModelProto) -> tuple[str, ...]:
+    """Relative paths of the external-data files a model's tensors live in (models over 2 GB)."""
+    def tensors(graph: onnx.GraphProto):
+        yield from graph.initializer
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.HasField("t"):
+                    yield attr.t
+                yield from attr.tensors
+                for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                    yield from tensors(sub)
+
+    found: dict[str, None] = {}
+    for tensor in tensors(model.graph):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            location = next((e.value for e in tensor.external_data if e.key == "location"), None)
+            if location:
+                found[location] = None
+    return tuple(found)
+
+
+def link_or_copy(src: Path, dst: Path) -> str:
+    """Put ``src`` at ``dst``: a hard link when both are on one file system (no extra disk), else a
+    copy. Returns ``"hard link"`` or ``"copy"``."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+        return "hard link"
+    except OSError:  # another file system, or links not allowed there
+        shutil.copyfile(src, dst)
+        return "copy"
+
+
+def bundle_model(model_path: Path, model: onnx.ModelProto, out_dir: Path, name: str = FP32_FILE) -> dict:
+    """Place the FP32 model (and its external-data files, same relative paths) in ``out_dir`` so the
+    engine folder is self-contained; returns ``{"file", "how", "external_data"}`` for the record."""
+    model_path = Path(model_path)
+    extra = external_data_files(model)
+    for location in extra:
+        source = (model_path.parent / location).resolve()
+        target = (out_dir / location).resolve()
+        if not source.is_file():
+            raise InputError(f"ONNX model {model_path} refers to external data {location} that does not exist")
+        if out_dir.resolve() not in target.parents:
+            raise InputError(f"ONNX model {model_path}: external data path {location!r} leaves the model's folder")
+        link_or_copy(source, target)
+    how = link_or_copy(model_path, out_dir / name)
+    return {"file": name, "how": how, "external_data": list(extra)}
 
 
 def write_text(path: Path, text: str, *, executable: bool = False) -> Path:
