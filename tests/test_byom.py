@@ -150,3 +150,74 @@ def test_encoder_only_model_through_the_cli(encoder, tmp_path, capsys):
     assert "no top-1 agreement" in capsys.readouterr().err
     # the report's own verdict judges the embedding model on its cosine (no agreement or accuracy criteria)
     assert [c["name"] for c in report["verdict"]["criteria"]] == ["min_embedding_cosine"]
+
+
+def test_head_fit_round_trip(encoder, tmp_path, capsys):
+    """calib head fit: the classifier's ONNX logits equal scikit-learn's decision function (1e-5)."""
+    from sklearn.linear_model import LogisticRegression
+
+    from calib.batching import encode
+    from calib.cli import main
+    from calib.engines.ort import OrtEngine, OrtSessionLoader
+    from calib.evaluation import run_engine
+    from calib.head import HeadArtifact
+    from calib.model import load_model, load_tokenizer
+
+    texts, _ = tinymodel.make_texts(90, seed=7)
+    classes = ("alpha", "beta", "gamma")
+    y = [classes[len(t.split()) % 3] for t in texts]  # learnable from the embedding: length leaks into it
+    pd.DataFrame({"review": texts, "y": y}).to_csv(tmp_path / "train.csv", index=False)
+    tok = str(encoder / "tokenizer")
+    assert main(["--workspace", str(tmp_path / "ws"), "head", "fit", "--model", str(encoder / "encoder.onnx"),
+                 "--tokenizer", tok, "--data", str(tmp_path / "train.csv"), "--text-column", "review",
+                 "--label-column", "y", "--folds", "3", "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    head = HeadArtifact.load(payload["dir"])
+    card = head.card
+    assert head.classes == classes and card["model"]["outputs"] == ["logits", "embedding"]
+    assert card["encoder"]["embedding_output"] == "sentence_embedding" and card["head"]["cv_folds"] == 3
+    assert 0 <= card["fp32"]["cv_accuracy"] <= 1 and card["head"]["C"] in card["head"]["c_values"]
+    # the classifier loads as one: logits and embedding detected, classes from the card
+    spec = load_model(head.model_path, tok, labels=head.classes)
+    assert (spec.logits_output, spec.embedding_output) == ("logits", "embedding")
+    # independent check: the encoder's embeddings, a scikit-learn fit with the chosen C, its decision function
+    encoder_spec = load_model(encoder / "encoder.onnx", tok)
+    encoded = encode(load_tokenizer(tok), texts, max_length=128)
+    emb = run_engine(OrtEngine(OrtSessionLoader(encoder / "encoder.onnx")), encoded, encoder_spec.input_dtypes,
+                     encoder_spec.roles, batch_size=16).embedding
+    labels = np.array([classes.index(v) for v in y])
+    clf = LogisticRegression(C=card["head"]["C"], max_iter=3000, random_state=0).fit(emb, labels)
+    out = run_engine(OrtEngine(OrtSessionLoader(head.model_path)), encoded, spec.input_dtypes, spec.roles,
+                     batch_size=16)
+    np.testing.assert_allclose(out.logits, clf.decision_function(emb), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(out.embedding, emb, atol=1e-6)
+
+
+def test_head_on_token_states_pools_with_the_mask(encoder, tmp_path):
+    """--embedding-output last_hidden_state --pool mean: the classifier's embedding is the masked mean,
+    i.e. the encoder's own sentence embedding before its L2 normalisation (cosine 1)."""
+    from calib.batching import encode
+    from calib.engines.ort import OrtEngine, OrtSessionLoader
+    from calib.evaluation import run_engine
+    from calib.head import HeadConfig, fit_head
+    from calib.metrics import row_cosine
+    from calib.model import load_model, load_tokenizer
+
+    tok = str(encoder / "tokenizer")
+    head = fit_head(HeadConfig(model=str(encoder / "encoder.onnx"), tokenizer=tok, data=str(encoder / "data.csv"),
+                               embedding_output="last_hidden_state", pooling="mean", c_values=(1.0,), folds=2),
+                    tmp_path / "h")
+    assert head.card["encoder"]["pooling"] == "mean"
+    texts = pd.read_csv(encoder / "data.csv")["text"].tolist()[:20]
+    encoded = encode(load_tokenizer(tok), texts, max_length=128)
+    spec = load_model(head.model_path, tok)
+    mine = run_engine(OrtEngine(OrtSessionLoader(head.model_path)), encoded, spec.input_dtypes, spec.roles,
+                      batch_size=7).embedding
+    enc_spec = load_model(encoder / "encoder.onnx", tok)
+    ref = run_engine(OrtEngine(OrtSessionLoader(encoder / "encoder.onnx")), encoded, enc_spec.input_dtypes,
+                     enc_spec.roles, batch_size=7).embedding
+    np.testing.assert_allclose(row_cosine(mine, ref), 1.0, atol=1e-6)
+    with pytest.raises(InputError, match="at least 2"):
+        pd.DataFrame({"text": texts[:5], "label": ["a"] * 5}).to_csv(tmp_path / "one.csv", index=False)
+        fit_head(HeadConfig(model=str(encoder / "encoder.onnx"), tokenizer=tok, data=str(tmp_path / "one.csv")),
+                 tmp_path / "x")

@@ -24,7 +24,7 @@ from calib.cli.common import (
 )
 from calib.errors import BackendUnavailableError, CalibError
 
-COMMAND_MODULES = ("demo", "assemble", "calibrate", "build", "validate", "runs")
+COMMAND_MODULES = ("demo", "assemble", "calibrate", "build", "validate", "head", "runs")
 
 _EPILOG = """run references: wherever a command takes a run id it also takes a unique prefix of one,
 `latest` (the newest finished run of the stage it needs) or `latest:LABEL` (the newest with that --label).

@@ -1,0 +1,76 @@
+"""``calib head fit``: attach a logistic-regression classification head to an encoder."""
+
+from __future__ import annotations
+
+import argparse
+
+from calib import formatting as fmt
+from calib.cli.common import json_arg
+
+_EXAMPLES = """examples:
+  calib head fit --model encoder.onnx --tokenizer tok/ --data train.csv --label-column y
+  calib head fit --model encoder.onnx --tokenizer tok/ --data train.tsv --text-column review --label-column stars \\
+      --embedding-output last_hidden_state --pool mean
+"""
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    head = subparsers.add_parser("head", help="attach a classification head to an encoder (stage head)")
+    sub = head.add_subparsers(dest="head_command", metavar="COMMAND", required=True)
+    p = sub.add_parser(
+        "fit", help="fit a logistic-regression head on the encoder's FP32 embeddings; write a classifier ONNX",
+        description="Run the FP32 encoder over labelled texts, fit a scikit-learn logistic regression on the pooled "
+                    "embeddings (C chosen by stratified cross-validation) and write encoder + pooling + head as one "
+                    "ONNX with outputs logits and embedding, plus a model card.",
+        epilog=_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="encoder ONNX model")
+    p.add_argument("--tokenizer", required=True, help="tokenizer directory")
+    p.add_argument("--data", required=True, help="labelled texts: file, save_to_disk folder, demo:TASK or hub id")
+    p.add_argument("--split", help="split of a multi-split dataset")
+    p.add_argument("--text-column", default="text", help="text column (default text)")
+    p.add_argument("--pair-column", help="second text column for sentence pairs")
+    p.add_argument("--label-column", default="label", help="label column (default label)")
+    p.add_argument("--max-length", type=int, default=128, help="max sequence length in tokens (default 128)")
+    p.add_argument("--embedding-output", metavar="NAME", help="encoder output holding the embedding (default: detected)")
+    p.add_argument("--pool", choices=("none", "mean", "cls"), help="pool (B, T, D) token states with the attention mask")
+    p.add_argument("--c-values", type=_floats, default=None, help="C values to cross-validate (default 0.01,0.1,1,10,100)")
+    p.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--label", default="", help="label for the run in the registry")
+    json_arg(p)
+    p.set_defaults(handler=run_fit)
+
+
+def run_fit(args: argparse.Namespace) -> int:
+    from calib.cli.common import ProgressBar, print_run_json, workspace_of
+    from calib.head import HeadConfig, fit_head
+    from calib.pipeline import run_stage
+
+    ws = workspace_of(args)
+    config = HeadConfig(model=args.model, tokenizer=args.tokenizer, data=args.data, label_column=args.label_column,
+                        text_column=args.text_column, text_pair_column=args.pair_column, split=args.split,
+                        workspace=str(ws.root), max_length=args.max_length, embedding_output=args.embedding_output,
+                        pooling=args.pool, folds=args.folds, seed=args.seed, batch_size=args.batch_size,
+                        **({"c_values": args.c_values} if args.c_values else {}))
+    run_id, head = run_stage(ws, "head", fit_head, config, label=args.label, progress=ProgressBar("head fit"))
+    if args.json:
+        print_run_json(ws, run_id, {"model": head.model_path, "card": head.dir / "card.json"})
+        return 0
+    card = head.card
+    print(f"run {run_id}: {head.dir}")
+    print(f"classifier: {head.model_path} (outputs logits, embedding; sha256 {card['model']['sha256'][:12]}…)")
+    print(f"classes (logit order): {', '.join(head.classes)}")
+    print(f"C {card['head']['C']:g} by {card['head']['cv_folds']}-fold cross-validation: FP32 accuracy "
+          f"{fmt.percent(card['fp32']['cv_accuracy'])} (training {fmt.percent(card['fp32']['train_accuracy'])}) on "
+          f"{fmt.count(card['data']['rows'])} texts; |ONNX − scikit-learn| ≤ {card['head']['max_abs_diff_vs_sklearn']:.1e}")
+    print(f"next: calib assemble --model {head.model_path} --tokenizer {args.tokenizer} --labels "
+          f"{','.join(head.classes)} --data ...")
+    return 0
