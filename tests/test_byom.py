@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -140,9 +141,9 @@ def test_encoder_only_model_through_the_cli(encoder, tmp_path, capsys):
     sensitivity = out.split()[1].rstrip(":")
     out = run("report", evaluation, "--sensitivity", sensitivity)
     report_json = next(line.strip() for line in out.splitlines() if line.strip().endswith("report.json"))
-    report = json.loads(open(report_json).read())
+    report = json.loads(Path(report_json).read_text())
     assert report["headline"]["model_kind"] == "embedding" and report["headline"]["neighbour_recall_at_1"] is not None
-    md = open(report_json.replace("report.json", "report.md")).read()
+    md = (Path(report_json).parent / "report.md").read_text()
     assert "Embedding model" in md and "nearest-neighbour recall@1" in md and "top-1 agreement" not in md
     assert main([*ws, "gate", report_json, "--min-embedding-cosine", "0.5"]) == 0
     capsys.readouterr()

@@ -15,10 +15,11 @@ from onnx import TensorProto, helper
 from calib.cli import main as cli_main
 from calib.demo import DEMO_TASKS, SPLITS, DemoConfig, demo_task_dir, load_demo_task, prepare_demo, sources
 from calib.demo import export as demo_export
-from calib.demo.prepare import fit_head, intact_card, split_rows
+from calib.demo.prepare import intact_card, split_rows
 from calib.demo.tasks import CARD_FILE
 from calib.engines.ort import OrtSessionLoader
 from calib.errors import InputError, WorkspaceError
+from calib.head import attach_head, logistic_head
 from calib.io import atomic_write_json, sha256_file
 
 # -- splits ----------------------------------------------------------------------------------------------
@@ -65,7 +66,7 @@ def test_fit_head_matches_sklearn(n_classes):
     centers = rng.standard_normal((n_classes, 8))
     y = rng.integers(0, n_classes, 400)
     x = (centers[y] + 0.8 * rng.standard_normal((400, 8))).astype(np.float32)
-    weight, bias = fit_head(x, y, n_classes, c=2.0, seed=0)
+    weight, bias = logistic_head(x, y, n_classes, c=2.0, seed=0)
     assert weight.shape == (n_classes, 8) and bias.shape == (n_classes,)
     logits = x @ weight.T + bias
     reference = LogisticRegression(C=2.0, max_iter=3000, random_state=0).fit(x, y)
@@ -84,7 +85,7 @@ def test_with_head_appends_logits_to_an_embedding_graph(tmp_path):
     encoder = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     rng = np.random.default_rng(1)
     weight, bias = rng.standard_normal((3, hidden)).astype(np.float32), rng.standard_normal(3).astype(np.float32)
-    model = demo_export.with_head(encoder, weight, bias)
+    model = attach_head(encoder, weight, bias)
     assert [o.name for o in model.graph.output] == ["logits", "embedding"]
     assert len(encoder.graph.node) == 1  # the encoder proto is not modified
     path = tmp_path / "clf.onnx"

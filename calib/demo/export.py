@@ -301,32 +301,3 @@ def export_encoder(files: MiniLMFiles, out_path: Path, tokenizer: Any, *, thread
         "max_abs_diff_vs_reference": worst,
         "export_seconds": round(export_seconds, 2), "seconds": round(time.monotonic() - start, 2),
     }
-
-
-def with_head(encoder: onnx.ModelProto, weight: np.ndarray, bias: np.ndarray) -> onnx.ModelProto:
-    """The encoder graph plus ``logits = embedding @ weight.T + bias``.
-
-    ``weight`` (C, H) and ``bias`` (C,) float32. Outputs: ``logits`` (batch, C), ``embedding`` (batch, H).
-    """
-    weight = np.asarray(weight, dtype=np.float32)
-    bias = np.asarray(bias, dtype=np.float32)
-    n_classes, hidden = weight.shape
-    model = onnx.ModelProto()
-    model.CopyFrom(encoder)
-    graph = model.graph
-    graph.initializer.extend([
-        numpy_helper.from_array(np.ascontiguousarray(weight.T), "head.weight"),  # (H, C)
-        numpy_helper.from_array(bias, "head.bias"),
-    ])
-    graph.node.extend([
-        helper.make_node("MatMul", [EMBEDDING_OUTPUT, "head.weight"], ["/head/MatMul_output_0"], name="/head/MatMul"),
-        helper.make_node("Add", ["/head/MatMul_output_0", "head.bias"], [LOGITS_OUTPUT], name="/head/Add"),
-    ])
-    del graph.output[:]
-    graph.output.extend([
-        helper.make_tensor_value_info(LOGITS_OUTPUT, TensorProto.FLOAT, ["batch", n_classes]),
-        helper.make_tensor_value_info(EMBEDDING_OUTPUT, TensorProto.FLOAT, ["batch", hidden]),
-    ])
-    graph.name = "minilm_l6_classifier"
-    onnx.checker.check_model(model)
-    return model

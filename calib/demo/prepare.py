@@ -27,6 +27,7 @@ from calib.demo import export as demo_export
 from calib.demo import sources
 from calib.demo.tasks import CARD_FILE, DEMO_TASKS, RECIPE_VERSION, SPLITS, TaskRecipe
 from calib.errors import CalibError, InputError, check_choice
+from calib.head import attach_head, logistic_head
 from calib.io import atomic_dir, atomic_write_json, read_json, sha256_file
 from calib.workspace import ProgressFn, Workspace
 
@@ -163,22 +164,6 @@ def run_rows(session: Any, encoded: Any, outputs: list[str], progress: ProgressF
     return result
 
 
-def fit_head(embeddings: np.ndarray, label_ids: np.ndarray, n_classes: int, c: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Logistic regression on (N, H) embeddings → head ``weight`` (C, H) and ``bias`` (C,) whose
-    argmax equals the regression's prediction and whose softmax equals its probabilities."""
-    from sklearn.linear_model import LogisticRegression
-
-    clf = LogisticRegression(C=c, max_iter=3000, random_state=seed)
-    clf.fit(embeddings, label_ids)
-    if list(clf.classes_) != list(range(n_classes)):
-        raise CalibError(f"the demo train split lacks some classes (has {list(clf.classes_)})")
-    weight, bias = clf.coef_.astype(np.float32), clf.intercept_.astype(np.float32)
-    if n_classes == 2:  # one logit z for class 1: logits (-z/2, z/2) give softmax = sigmoid(z)
-        weight = np.concatenate([-weight / 2, weight / 2])
-        bias = np.concatenate([-bias / 2, bias / 2])
-    return weight, bias
-
-
 def _length_stats(encoded: Any) -> dict[str, float]:
     full = encoded.full_lengths
     return {"p50_tokens": round(float(np.median(full)), 1), "p95_tokens": round(float(np.percentile(full, 95)), 1),
@@ -265,14 +250,14 @@ def _build_task(recipe: TaskRecipe, corpus: sources.LabelledTexts, seed: int, ta
     lap("embed_train")
 
     progress(0.05 + train_share, f"{name}: fitting the logistic-regression head")
-    weight, bias = fit_head(embedded["embedding"], label_ids[rows["train"]], len(corpus.labels),
+    weight, bias = logistic_head(embedded["embedding"], label_ids[rows["train"]], len(corpus.labels),
                             recipe.head_c, seed)
     train_accuracy = float(np.mean(np.argmax(embedded["embedding"] @ weight.T + bias, axis=1)
                                    == label_ids[rows["train"]]))
     lap("fit_head")
 
     with atomic_dir(task_dir) as tmp:
-        model = demo_export.with_head(onnx.load(str(encoder_path)), weight, bias)
+        model = attach_head(onnx.load(str(encoder_path)), weight, bias, graph_name="minilm_l6_classifier")
         onnx.save(model, str(tmp / "model.onnx"))
         del model
         classifier = OrtSessionLoader(tmp / "model.onnx")()
