@@ -14,10 +14,13 @@ Writes into ``out_dir``::
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import onnx
 
 from calib.errors import InputError, check_choice
 from calib.io import atomic_write_json, read_json, sha256_file
@@ -164,14 +167,17 @@ def calibrate(config: CalibrateConfig, out_dir: Path, *, progress: ProgressFn | 
                                histogram=config.histogram, bins=config.bins, threads=config.threads)
     stats = collect_statistics(spec, encoded, tensors, config=stats_config,
                                progress=lambda f, m="": report(0.9 * f, m))
+    # whole-set methods (auto) need the weights, loaded after the pass so they never sit beside its activations
+    model = read_onnx(spec.onnx_path) if any(get_method(m).choose for m in config.methods) else None
     return write_calibration(config, stats, out_dir, calibration_set=calibration_set.dir,
-                             manifest=calibration_set.manifest, progress=report)
+                             manifest=calibration_set.manifest, progress=report, model=model)
 
 
 def write_calibration(config: CalibrateConfig, stats: ActivationStats, out_dir: Path, *,
                       calibration_set: Path, manifest: dict[str, Any],
-                      progress: ProgressFn | None = None) -> Calibration:
-    """Compute every method's ranges from ``stats`` and write stats, ranges, caches and the record."""
+                      progress: ProgressFn | None = None, model: onnx.ModelProto | None = None) -> Calibration:
+    """Compute every method's ranges from ``stats`` and write stats, ranges, caches and the record.
+    ``model`` (weights loaded) is needed by whole-set methods such as ``auto``."""
     report = progress or (lambda fraction, message="": None)
     out_dir = Path(out_dir)
     stats.save(out_dir)
@@ -180,7 +186,7 @@ def write_calibration(config: CalibrateConfig, stats: ActivationStats, out_dir: 
     for n, method in enumerate(config.methods):
         report(0.9 + 0.1 * n / len(config.methods), f"{method} ranges")
         t0 = time.perf_counter()
-        ranges = compute_ranges(stats, method, **config.method_params(method))
+        ranges = compute_ranges(stats, method, model=model, **config.method_params(method))
         timings[method] = time.perf_counter() - t0
         ranges_path = ranges.save(out_dir / "ranges" / f"{method}.json")
         ort_path = ranges.save_ort(out_dir / "ranges" / f"{method}.ort.json")
@@ -192,6 +198,7 @@ def write_calibration(config: CalibrateConfig, stats: ActivationStats, out_dir: 
             "ort": str(ort_path.relative_to(out_dir)), "cache": str(cache_path.relative_to(out_dir)),
             "cache_header": header(config.trt_version, algorithm), "cache_omitted": omitted,
             "seconds": round(timings[method], 4),
+            **({"chosen": dict(Counter(c["method"] for c in ranges.choices.values()))} if ranges.choices else {}),
         }
     nonfinite = {t.name: {"nan": t.nan, "posinf": t.posinf, "neginf": t.neginf} for t in stats.tensors if t.nonfinite}
     zero_range = [t.name for t in stats.tensors if t.absmax == 0]

@@ -25,6 +25,8 @@ The built-in methods (formulas in :mod:`calib.calibrators`):
 - ``percentile``: amax at the given percentile of |x|. Default **99.999**, NVIDIA's BERT INT8
   recipe; on the demo encoder 99.99 clips too much (BENCHMARKS.md, "Percentile default").
 - ``mse``: amax minimising the INT8 squared error over the histogram.
+- ``auto`` (not run unless named): per tensor, the candidate among the above with the smallest
+  error at the consuming MatMul's output (:mod:`calib.autorange`); needs the model's weights.
 
 TensorRT only reads the scales of a cache; its header algorithm must match the builder's, so every
 method but entropy writes ``MinMaxCalibration``.
@@ -37,6 +39,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import onnx
+
+from calib import autorange
 from calib.calibrators import ENTROPY_LEVELS, entropy_amax, mse_amax, percentile_amax
 from calib.errors import InputError, check_choice
 from calib.ranges import Ranges
@@ -48,18 +53,22 @@ DEFAULT_PERCENTILE = 99.999
 
 @dataclass(frozen=True)
 class CalibrationMethod:
-    """One calibrator. ``amax(stats, **params)`` gets the merged parameters (defaults + given);
+    """One calibrator. ``amax(stats, **params)`` gets the merged parameters (defaults + given) (or,
+    for a method that needs every tensor and the model's weights, ``choose``);
     ``check(params)`` raises :class:`InputError` for a bad value; ``config_fields`` maps a
     parameter to the ``CalibrateConfig`` field that sets it (``{"percentile": "percentile"}``)."""
 
     name: str
-    amax: AmaxFn
+    amax: AmaxFn | None  # None for a whole-set method (``choose``)
     defaults: Mapping[str, Any] = field(default_factory=dict)
     check: Callable[[Mapping[str, Any]], None] | None = None
     trt_algorithm: str = "MinMaxCalibration"
     description: str = ""
     config_fields: Mapping[str, str] = field(default_factory=dict)
     default_run: bool = True  # computed by `calib calibrate` when no method is named
+    # Whole-set methods: (stats, model, **params) -> (amax per tensor, record per tensor). They see every
+    # tensor and the model's weights at once (e.g. ``auto``: ranges chosen by the error at the MatMul output).
+    choose: Callable[..., tuple[dict[str, float], dict[str, dict[str, Any]]]] | None = None
 
     def params(self, given: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Defaults merged with ``given``, checked: unknown names and bad values raise InputError."""
@@ -154,11 +163,17 @@ register(CalibrationMethod(
     check=lambda p: check_percentile(p["percentile"]), config_fields={"percentile": "percentile"},
     description="amax at a percentile of |x| (default 99.999, NVIDIA's BERT recipe)"))
 register(CalibrationMethod("mse", _mse, description="amax minimising the INT8 squared error over the histogram"))
+register(CalibrationMethod(
+    "auto", None, defaults=autorange.DEFAULTS, check=autorange.check_params, choose=autorange.choose_ranges,
+    default_run=False, description="per tensor, the candidate (minmax, percentile 99.9/99.99/99.999, MSE, entropy) "
+                                   "with the smallest error at the consuming MatMul's output"))
 
 
 def tensor_amax(stats: TensorStats, method: str, params: Mapping[str, Any] | None = None) -> float:
     """amax of one tensor by ``method`` (parameters merged with the method's defaults and checked)."""
     m = get_method(method)
+    if m.amax is None:
+        raise InputError(f"calibration method {method!r} chooses ranges for a whole set of tensors: use compute_ranges")
     return float(m.amax(stats, **m.params(params)))
 
 
@@ -174,10 +189,18 @@ def tensor_flags(stats: TensorStats) -> dict[str, object]:
     return flags
 
 
-def compute_ranges(stats: ActivationStats, method: str, **params: Any) -> Ranges:
-    """Per-tensor amax for one method from the same statistics -> :class:`calib.ranges.Ranges`."""
+def compute_ranges(stats: ActivationStats, method: str, *, model: onnx.ModelProto | None = None,
+                   **params: Any) -> Ranges:
+    """Per-tensor amax for one method from the same statistics -> :class:`calib.ranges.Ranges`.
+    ``model`` (the calibrated ONNX model, weights loaded) is needed by whole-set methods (``auto``)."""
     m = get_method(method)
     full = m.params(params)
-    amax = {t.name: float(m.amax(t, **full)) for t in stats.tensors}
+    choices: dict[str, dict[str, Any]] = {}
+    if m.choose is not None:
+        chosen, choices = m.choose(stats, model, **full)
+        amax = {t.name: float(chosen[t.name]) for t in stats.tensors}
+    else:
+        amax = {t.name: float(m.amax(t, **full)) for t in stats.tensors}  # type: ignore[misc]
     flags = {t.name: f for t in stats.tensors if (f := tensor_flags(t))}
-    return Ranges(method=method, params=full, model_sha256=stats.model_sha256, amax=amax, flags=flags)
+    return Ranges(method=method, params=full, model_sha256=stats.model_sha256, amax=amax, flags=flags,
+                  choices=choices)

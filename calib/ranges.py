@@ -30,6 +30,8 @@ class Ranges:
     model_sha256: str
     amax: dict[str, float]
     flags: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # whole-set methods (auto): per tensor, the chosen candidate, the criterion and every candidate's error
+    choices: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -44,7 +46,8 @@ class Ranges:
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": FORMAT, "method": self.method, "params": self.params, "model_sha256": self.model_sha256,
-                "tensors": [{"name": n, "amax": a, **({"flags": self.flags[n]} if n in self.flags else {})}
+                "tensors": [{"name": n, "amax": a, **({"flags": self.flags[n]} if n in self.flags else {}),
+                             **({"choice": self.choices[n]} if n in self.choices else {})}
                             for n, a in self.amax.items()]}
 
     def save(self, path: str | Path) -> Path:
@@ -54,7 +57,7 @@ class Ranges:
     def from_dict(cls, data: dict[str, Any], where: str = "ranges") -> Ranges:
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise InputError(f"{where} is not a calib ranges file (expected format {FORMAT!r})")
-        amax, flags = {}, {}
+        amax, flags, choices = {}, {}, {}
         for row in data["tensors"]:
             value = row.get("amax")
             if value is None or not isinstance(value, (int, float)):
@@ -62,8 +65,10 @@ class Ranges:
             amax[row["name"]] = float(value)
             if row.get("flags"):
                 flags[row["name"]] = row["flags"]
+            if row.get("choice"):
+                choices[row["name"]] = row["choice"]
         return cls(method=data["method"], params=dict(data.get("params", {})),
-                   model_sha256=data.get("model_sha256", ""), amax=amax, flags=flags)
+                   model_sha256=data.get("model_sha256", ""), amax=amax, flags=flags, choices=choices)
 
     @classmethod
     def load(cls, path: str | Path) -> Ranges:
@@ -106,15 +111,17 @@ def load_ort_ranges(path: str | Path) -> dict[str, tuple[float, float]]:
 
 def diff_ranges(a: Ranges, b: Ranges, *, check_model: bool = True) -> list[dict[str, Any]]:
     """Per-tensor comparison, biggest relative change first: rows with ``tensor``, ``amax_a``,
-    ``amax_b``, ``ratio`` (b / a) and ``log2_ratio``. Tensors present in only one set come first
-    (ratio None); tensors where both are 0 have ratio 1."""
+    ``amax_b``, ``ratio`` (b / a) and ``log2_ratio``, and ``choice_a`` / ``choice_b`` (the candidate a
+    whole-set method such as auto chose, with its error; None otherwise). Tensors present in only
+    one set come first (ratio None); tensors where both are 0 have ratio 1."""
     if check_model:
         check_same_model(a.model_sha256, b.model_sha256, f"ranges ({b.method})")
     rows = []
     for name in dict.fromkeys([*a.amax, *b.amax]):
         va, vb = a.amax.get(name), b.amax.get(name)
+        choice = {"choice_a": a.choices.get(name), "choice_b": b.choices.get(name)}
         if va is None or vb is None:
-            rows.append({"tensor": name, "amax_a": va, "amax_b": vb, "ratio": None, "log2_ratio": None})
+            rows.append({"tensor": name, "amax_a": va, "amax_b": vb, "ratio": None, "log2_ratio": None, **choice})
             continue
         if va == vb:
             ratio = 1.0
@@ -123,7 +130,7 @@ def diff_ranges(a: Ranges, b: Ranges, *, check_model: bool = True) -> list[dict[
         else:
             ratio = math.inf if vb > va else 0.0
         log2 = math.log2(ratio) if 0 < ratio < math.inf else (math.inf if ratio else -math.inf)
-        rows.append({"tensor": name, "amax_a": va, "amax_b": vb, "ratio": ratio, "log2_ratio": log2})
+        rows.append({"tensor": name, "amax_a": va, "amax_b": vb, "ratio": ratio, "log2_ratio": log2, **choice})
     order = {n: i for i, n in enumerate(dict.fromkeys([*a.amax, *b.amax]))}
     rows.sort(key=lambda r: (r["ratio"] is not None, -abs(r["log2_ratio"]) if r["ratio"] is not None else 0.0,
                              order[r["tensor"]]))

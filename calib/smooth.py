@@ -35,6 +35,7 @@ minmax that equals ``max_j absmax_j / s_j`` from the per-channel statistics (tes
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -51,6 +52,7 @@ from calib.calibrate import Calibration
 from calib.calibset import CalibrationSet
 from calib.engines.ort import OrtSessionLoader
 from calib.errors import InputError
+from calib.fakequant import output_error
 from calib.io import atomic_path, sha256_file
 from calib.methods import compute_ranges, get_method, method_names
 from calib.model import read_onnx
@@ -68,7 +70,6 @@ SUFFIX = "::smooth"
 SCALE_SUFFIX = "::smooth_inv_scale"
 AUTO_ALPHAS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
 AUTO_ROWS = 256  # sampled token vectors per tensor used to score each alpha (the sample is in random order)
-QMAX = 127
 _SCALE_CLIP = (1e-4, 1e4)  # keeps 1/s and s*W finite and representable in float32
 
 
@@ -129,30 +130,6 @@ def smoothing_scales(act_absmax: np.ndarray, weight_absmax: np.ndarray, alpha: f
 def _weight_rows(weight: np.ndarray, transposed: bool) -> np.ndarray:
     """W as (K, N) whatever its storage."""
     return weight.T if transposed else weight
-
-
-def fake_quant_weight(w: np.ndarray) -> np.ndarray:
-    """Symmetric INT8 per output channel (columns of a (K, N) weight), as the build quantizes weights."""
-    amax = np.abs(w).max(axis=0, keepdims=True)
-    scale = np.where(amax > 0, amax / QMAX, 1.0).astype(w.dtype)
-    return np.clip(np.round(w / scale), -QMAX, QMAX) * scale
-
-
-def fake_quant_activation(x: np.ndarray, amax: float) -> np.ndarray:
-    """Symmetric INT8 per tensor with range [-amax, amax]."""
-    if not amax > 0:
-        return np.zeros_like(x)
-    scale = x.dtype.type(amax / QMAX)
-    return np.clip(np.round(x / scale), -QMAX, QMAX) * scale
-
-
-def output_error(x: np.ndarray, w: np.ndarray, amax: float, reference: np.ndarray | None = None,
-                 wq: np.ndarray | None = None) -> float:
-    """Relative squared error ``||Q(x) @ Q(w) - x @ w||^2 / ||x @ w||^2`` of one MatMul (x (n, K), w (K, N))."""
-    ref = x @ w if reference is None else reference
-    approx = fake_quant_activation(x, amax) @ (fake_quant_weight(w) if wq is None else wq)
-    denom = float(np.square(ref, dtype=np.float64).sum()) or 1.0
-    return float(np.square(approx - ref, dtype=np.float64).sum()) / denom
 
 
 def _sample_amax(values: np.ndarray, exact_absmax: float, method: str, params: Mapping[str, Any]) -> float:
@@ -226,20 +203,26 @@ def plan_migration(model: onnx.ModelProto, stats: ActivationStats, alpha: float 
 
 def _choose_alpha(ch: ChannelStats, w_all: np.ndarray, w_absmax: np.ndarray, alphas: Sequence[float],
                   method: str, params: Mapping[str, Any]) -> tuple[float | None, float | None, float | None]:
-    """(best alpha or None for "leave as is", error without migration, error of the choice)."""
-    x = ch.sample[:AUTO_ROWS].astype(np.float32)  # float32 GEMMs: the error is a ratio, float32 resolves it
+    """(best alpha or None for "leave as is", error without migration, error of the choice), on the
+    sampled token vectors plus the outlier tokens (:meth:`ChannelStats.weighted_rows`)."""
+    x, row_weights = ch.weighted_rows(AUTO_ROWS)
     if not len(x):
         raise InputError("auto alpha needs the per-channel row sample (StatsConfig.sample_rows > 0)")
+    x = x.astype(np.float32)  # float32 GEMMs: the error is a ratio, float32 resolves it
     w_all = w_all.astype(np.float32)
     reference = x @ w_all
     exact = float(ch.absmax.max())
-    base = output_error(x, w_all, _sample_amax(x, exact, method, params), reference)
+    # a whole-set method (auto) is simulated by MSE; its own choice is made on the rewritten model later
+    proxy = "mse" if method not in method_names() or get_method(method).amax is None else method
+    proxy_params = params if proxy == method else {}
+    base = output_error(x, w_all, _sample_amax(x, exact, proxy, proxy_params), reference=reference,
+                        row_weights=row_weights)
     best, best_err = None, base
     for a in alphas:
         s = smoothing_scales(ch.absmax, w_absmax, a).astype(np.float32)
         xs = x / s
-        err = output_error(xs, w_all * s[:, None], _sample_amax(xs, float((ch.absmax / s).max()), method, params),
-                           reference)
+        amax = _sample_amax(xs, float((ch.absmax / s).max()), proxy, proxy_params)
+        err = output_error(xs, w_all * s[:, None], amax, reference=reference, row_weights=row_weights)
         if err < best_err:
             best, best_err = float(a), err
     return best, base, best_err
@@ -374,11 +357,12 @@ class SmoothedModel:
     max_abs_delta: dict[str, float]  # float graph output -> max |rewritten - original| on calibration batches
     texts: int  # calibration texts the migrated ranges were recomputed on
     seconds: float
+    choices: dict[str, dict[str, Any]] = field(default_factory=dict)  # whole-set methods' record per migrated tensor
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.result.to_dict(), "max_abs_output_delta": self.max_abs_delta,
                 "ranges_recomputed_on_texts": self.texts, "seconds": round(self.seconds, 2),
-                "migrated_amax": self.amax}
+                "migrated_amax": self.amax, **({"migrated_choices": self.choices} if self.choices else {})}
 
 
 def smooth_calibrated(model_path: str | Path, calibration_dir: str | Path, ranges: Ranges, alpha: float | str,
@@ -394,7 +378,8 @@ def smooth_calibrated(model_path: str | Path, calibration_dir: str | Path, range
     set_dir = str(cal.meta.get("calibration_set", {}).get("dir", ""))
     recompute = f"calib calibrate --calibration-set {set_dir or '<calibration set>'}"
     method, params = (ranges.method, ranges.params) if ranges.method in method_names() else ("minmax", {})
-    result = smooth_model(model_path, cal.stats, out_path, alpha, method=method, method_params=params,
+    stats = cal.stats
+    result = smooth_model(model_path, stats, out_path, alpha, method=method, method_params=params,
                           recompute=recompute)
     migrated = result.migrated
     if not migrated:
@@ -409,11 +394,19 @@ def smooth_calibrated(model_path: str | Path, calibration_dir: str | Path, range
     stats_config = StatsConfig(batch_size=int(conf.get("batch_size", 16)), histogram=conf.get("histogram", "stream"),
                                bins=conf.get("bins"), threads=threads, channel_stats=False)
     fresh = collect_statistics(Path(out_path), encoded, list(migrated.values()), config=stats_config)
-    amax = compute_ranges(fresh, method, **params).amax
+    # per-channel statistics of X / s follow exactly from X's (whole-set methods such as auto use them)
+    plan = result.plan
+    source = {t.smoothed: t.tensor for t in plan.migrated}
+    fresh = dataclasses.replace(fresh, tensors=tuple(
+        dataclasses.replace(t, channels=stats[source[t.name]].channels.scaled(plan.scales[source[t.name]]))
+        for t in fresh.tensors))
+    whole_set = get_method(method).choose is not None
+    ranged = compute_ranges(fresh, method, model=read_onnx(out_path) if whole_set else None, **params)
+    amax = ranged.amax
     batches = iter_batches(encoded, spec.input_dtypes, stats_config.batch_size)
     feeds = [batch.feeds for batch, _ in zip(batches, range(check_batches))]
     delta = max_output_delta(model_path, out_path, feeds, threads=threads)
-    return SmoothedModel(result, dict(amax), delta, len(encoded), time.perf_counter() - started)
+    return SmoothedModel(result, dict(amax), delta, len(encoded), time.perf_counter() - started, ranged.choices)
 
 
 def input_means(stats: ActivationStats, plan: MigrationPlan | None = None, *,

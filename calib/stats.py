@@ -101,6 +101,7 @@ class StatsConfig:
     # MatMuls (K floats each + sample_rows x K); 0 rows keeps no sample.
     channel_stats: bool = True
     sample_rows: int = 512
+    outlier_rows: int = 64  # plus the rows with the largest max |x|, exactly (see ChannelStats)
 
 
 @dataclass(frozen=True, eq=False)
@@ -147,12 +148,45 @@ class ChannelStats:
     the same pass as the histograms: ``absmax[j] = max |X[..., j]|`` and ``mean[j]`` (float64, shape
     (K,)), over ``rows`` token vectors; ``sample``: up to ``StatsConfig.sample_rows`` of those vectors
     drawn uniformly at random (reservoir, fixed seed), float32 (n, K), for error measurements at the
-    MatMul's output (outlier migration, range choice, bias correction)."""
+    MatMul's output (outlier migration, range choice, bias correction); ``outliers``: the
+    ``StatsConfig.outlier_rows`` token vectors with the largest max |x| over the whole set, largest
+    first, so estimates over all ``rows`` count the rare extreme tokens exactly (:meth:`weighted_rows`)."""
 
     absmax: np.ndarray
     mean: np.ndarray
     rows: int
     sample: np.ndarray
+    outliers: np.ndarray | None = None
+    sample_rest: np.ndarray | None = None  # bool (n,): sample rows below the outliers' smallest peak
+
+    def rest_mask(self) -> np.ndarray:
+        """Sample rows that are not outlier tokens (peak below the smallest outlier peak)."""
+        if self.sample_rest is not None:
+            return self.sample_rest
+        if self.outliers is None or not len(self.outliers) or not len(self.sample):
+            return np.ones(len(self.sample), bool)
+        return np.abs(self.sample).max(axis=1) < float(np.abs(self.outliers).max(axis=1).min())
+
+    def scaled(self, divisor: np.ndarray) -> ChannelStats:
+        """The statistics of ``X / divisor`` (per channel), exactly: same rows, same stratification."""
+        d = np.asarray(divisor, np.float64)
+        return ChannelStats(absmax=self.absmax / d, mean=self.mean / d, rows=self.rows,
+                            sample=(self.sample / d).astype(np.float32),
+                            outliers=None if self.outliers is None else (self.outliers / d).astype(np.float32),
+                            sample_rest=self.rest_mask())
+
+    def weighted_rows(self, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Token vectors and weights whose weighted sum estimates a sum over all ``rows`` vectors:
+        the outlier rows count once each; the uniform sample rows below the outliers' smallest peak
+        stand for the remaining rows (weight ``(rows - outliers) / n``). ``limit``: sample rows used."""
+        sample = self.sample[:limit] if limit else self.sample
+        top = self.outliers if self.outliers is not None else sample[:0]
+        if not len(top):
+            return sample, np.full(len(sample), self.rows / max(len(sample), 1))
+        rest = sample[self.rest_mask()[: len(sample)]]
+        remaining = max(self.rows - len(top), 0)
+        weights = np.concatenate([np.ones(len(top)), np.full(len(rest), remaining / max(len(rest), 1))])
+        return np.concatenate([top, rest]), weights
 
     @property
     def size(self) -> int:
@@ -272,6 +306,8 @@ def _pack_channels(tensors: Sequence[TensorStats]) -> dict[str, np.ndarray]:
     chans = [t.channels for t in tensors]
     sizes = [c.size if c is not None else 0 for c in chans]
     samples = [c.sample.reshape(-1) if c is not None else np.zeros(0, np.float32) for c in chans]
+    outliers = [c.outliers.reshape(-1) if c is not None and c.outliers is not None else np.zeros(0, np.float32)
+                for c in chans]
     return {
         "channel_offsets": np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
         "channel_absmax": np.concatenate([c.absmax for c in chans if c is not None] or [np.zeros(0)]),
@@ -279,6 +315,8 @@ def _pack_channels(tensors: Sequence[TensorStats]) -> dict[str, np.ndarray]:
         "channel_rows": np.array([c.rows if c is not None else 0 for c in chans], np.int64),
         "sample_offsets": np.concatenate([[0], np.cumsum([len(x) for x in samples])]).astype(np.int64),
         "samples": np.concatenate(samples).astype(np.float32) if samples else np.zeros(0, np.float32),
+        "outlier_offsets": np.concatenate([[0], np.cumsum([len(x) for x in outliers])]).astype(np.int64),
+        "outliers": np.concatenate(outliers).astype(np.float32) if outliers else np.zeros(0, np.float32),
     }
 
 
@@ -291,9 +329,13 @@ def _unpack_channels(data: Mapping[str, np.ndarray], metas: Sequence[Mapping]) -
             out.append(None)
             continue
         sample = data["samples"][so[i] : so[i + 1]].reshape(-1, k)
+        outliers = None
+        if "outlier_offsets" in data:
+            oo = data["outlier_offsets"]
+            outliers = data["outliers"][oo[i] : oo[i + 1]].reshape(-1, k)
         out.append(ChannelStats(absmax=data["channel_absmax"][co[i] : co[i + 1]],
                                 mean=data["channel_mean"][co[i] : co[i + 1]], rows=int(data["channel_rows"][i]),
-                                sample=sample))
+                                sample=sample, outliers=outliers))
     return out
 
 
@@ -644,9 +686,9 @@ class _ChannelAccumulator:
     each row gets a random key and the ``cap`` smallest keys seen so far are kept, so the sample is
     uniform over all rows whatever the batch sizes, and deterministic for a fixed seed and order."""
 
-    __slots__ = ("cap", "keys", "maximum", "minimum", "rng", "rows", "sample", "total")
+    __slots__ = ("cap", "keys", "maximum", "minimum", "rng", "rows", "sample", "top", "top_cap", "top_keys", "total")
 
-    def __init__(self, size: int, cap: int, seed: int) -> None:
+    def __init__(self, size: int, cap: int, seed: int, top_cap: int = 0) -> None:
         self.maximum = np.full(size, -np.inf, np.float32)
         self.minimum = np.full(size, np.inf, np.float32)
         self.total = np.zeros(size, np.float64)
@@ -655,6 +697,9 @@ class _ChannelAccumulator:
         self.rng = np.random.default_rng(seed)
         self.sample = np.zeros((0, size), np.float32)
         self.keys = np.zeros(0)
+        self.top_cap = top_cap
+        self.top = np.zeros((0, size), np.float32)
+        self.top_keys = np.zeros(0, np.float32)
 
     def add(self, rows: np.ndarray) -> None:
         """Accumulate real-position token vectors, shape (n, K); non-finite entries count as 0."""
@@ -668,6 +713,8 @@ class _ChannelAccumulator:
         np.minimum(self.minimum, low, out=self.minimum)
         self.total += rows.sum(axis=0)  # float32 within a batch, float64 across batches
         self.rows += len(rows)
+        if self.top_cap:
+            self._add_top(rows)
         if not self.cap:
             return
         keys = self.rng.random(len(rows))
@@ -683,11 +730,28 @@ class _ChannelAccumulator:
             self.sample = np.concatenate([self.sample, rows])
             self.keys = keys
 
+    def _add_top(self, rows: np.ndarray) -> None:
+        """Keep the ``top_cap`` rows with the largest max |x| (the rare outlier tokens a uniform sample misses)."""
+        peak = np.maximum(rows.max(axis=1), -rows.min(axis=1))
+        if len(self.top_keys) >= self.top_cap:
+            hit = peak > self.top_keys.min()
+            if not hit.any():
+                return
+            rows, peak = rows[hit], peak[hit]
+        keys = np.concatenate([self.top_keys, peak])
+        stacked = np.concatenate([self.top, rows])
+        if len(keys) > self.top_cap:
+            keep = np.argpartition(-keys, self.top_cap)[: self.top_cap]
+            keys, stacked = keys[keep], stacked[keep]
+        self.top_keys, self.top = keys, np.ascontiguousarray(stacked)
+
     def result(self) -> ChannelStats:
         absmax = np.maximum(self.maximum, -self.minimum).astype(np.float64) if self.rows else np.zeros(len(self.total))
         order = np.argsort(self.keys, kind="stable")  # a canonical row order
+        top_order = np.argsort(-self.top_keys, kind="stable")
         return ChannelStats(absmax=absmax, mean=self.total / max(self.rows, 1), rows=self.rows,
-                            sample=np.ascontiguousarray(self.sample[order]))
+                            sample=np.ascontiguousarray(self.sample[order]),
+                            outliers=np.ascontiguousarray(self.top[top_order]))
 
 
 def _channel_rows(value: np.ndarray, real: Sequence[np.ndarray], roles: Sequence[str], rows: _Rows) -> list[np.ndarray]:
@@ -876,7 +940,7 @@ def collect_statistics(
     weighted = weighted_matmuls(graph) if cfg.channel_stats else {}
     channel_sizes = {n: probes[1][i].shape[-1] for i, n in enumerate(names)
                      if n in weighted and roles[n] and roles[n][-1] == "fixed"}
-    chans = {n: _ChannelAccumulator(k, cfg.sample_rows, seed=zlib.crc32(n.encode()) + seed)
+    chans = {n: _ChannelAccumulator(k, cfg.sample_rows, seed=zlib.crc32(n.encode()) + seed, top_cap=cfg.outlier_rows)
              for n, k in channel_sizes.items()}
     del probes
 

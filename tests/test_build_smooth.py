@@ -124,3 +124,14 @@ def test_cli_build_smooth_flag(tiny_calibset, workspace, capsys):  # noqa: F811
     assert "weighted-MatMul inputs migrated (alpha auto" in out and "FP32 outputs unchanged" in out
     art = EngineArtifact.load(workspace.run_dir(workspace.find_run_id("latest", stage="build")))
     assert art.meta["smooth"]["alpha"] == "auto"
+
+
+def test_auto_ranges_with_auto_migration(tiny_calibset, tiny_spec, tmp_path):  # noqa: F811
+    _, cs_dir = tiny_calibset
+    cal = calibrate(CalibrateConfig(calibration_set=str(cs_dir), methods=("auto",)), tmp_path / "cal")
+    art = _build(cal, tiny_spec, tmp_path / "e", method="auto", smooth="auto")
+    sm = art.meta["smooth"]
+    if sm["migrated"]:  # the migrated tensors' ranges are chosen by auto on the rewritten model too
+        assert set(sm["migrated_choices"]) == set(sm["migrated_amax"])
+        assert all(c["criterion"] == "matmul-output" for c in sm["migrated_choices"].values())
+    assert art.meta["ranges"]["method"] == "auto" and len(art.quantized_nodes) > 0

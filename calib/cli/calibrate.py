@@ -70,8 +70,17 @@ def diff_table(rows: list[dict], top: int) -> str:
     from calib.cli.common import format_table
 
     shown = rows[:top] if top > 0 else rows
-    return format_table(("tensor", "amax A", "amax B", "B / A"),
-                        [(r["tensor"], fmt.number(r["amax_a"]), fmt.number(r["amax_b"]), fmt.number(r["ratio"])) for r in shown])
+    sides = [side for side in ("a", "b") if any(r.get(f"choice_{side}") for r in rows)]
+    head = ("tensor", "amax A", "amax B", "B / A", *(f"{s.upper()} chose (error)" for s in sides))
+    return format_table(head, [(r["tensor"], fmt.number(r["amax_a"]), fmt.number(r["amax_b"]), fmt.number(r["ratio"]),
+                                *(_choice(r.get(f"choice_{s}")) for s in sides)) for r in shown])
+
+
+def _choice(choice: dict | None) -> str:
+    """'percentile-99.999 (3.1e-04, matmul-output)' for an auto range choice."""
+    if not choice:
+        return "-"
+    return f"{choice['method']} ({choice.get('error', 0.0):.2e}, {choice.get('criterion', '')})"
 
 
 def load_ranges_ref(ref: str, workspace, method: str):
