@@ -267,6 +267,13 @@ def headline(stage: str, summary: Mapping[str, Any]) -> str:
             parts.append(f"{count(s['excluded_nodes'])} in float")
         if s.get("method"):
             parts.append(str(s["method"]))
+    elif stage == "compare":
+        if s.get("recommended"):
+            passing = s.get("passing") or []
+            parts.append(f"recommends {s['recommended']}"
+                         + ("" if s.get("recommended_passes") else " (none passes the budget)"))
+            if "methods" in s:
+                parts.append(f"{len(passing)} of {len(s['methods'])} pass")
     elif stage == "bench":
         speedups = sorted(((int(k[len("speedup_b"):]), v) for k, v in s.items()
                            if k.startswith("speedup_b") and k[len("speedup_b"):].isdigit() and v is not None))

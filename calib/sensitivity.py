@@ -60,6 +60,7 @@ from calib.evaluation import EngineOutputs, EvalData, Metrics, compare, load_eva
 from calib.io import atomic_write_json, read_artifact_json, read_json
 from calib.model import load_model
 from calib.placement import Placement
+from calib.progress import FP32_PASS
 from calib.workspace import ProgressFn
 
 SCHEMA = "calib.sensitivity/1"
@@ -574,7 +575,7 @@ def analyze_sensitivity(config: SensitivityConfig, out_dir: Path, *, progress: P
     data = load_eval_data(config.data_spec(), spec, limit=config.limit, seed=config.seed)
     fp32_engine = OrtEngine(OrtSessionLoader(spec.onnx_path, threads=config.threads))
     fp32 = run_engine(fp32_engine, data.encoded, spec.input_dtypes, spec.roles, batch_size=config.batch_size,
-                      progress=report, start=0.0, span=0.06)
+                      progress=lambda f, m="": report(0.06 * f, f"{FP32_PASS} (baseline): {m}"))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".candidates-") as tmp:

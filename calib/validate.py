@@ -34,9 +34,13 @@ from calib.progress import FP32_PASS, INT8_PASS, LAYER_PASS, Phases
 from calib.workspace import ProgressFn
 
 SCHEMA = "calib.evaluation/1"
-LAYER_PASS_COST = 10.0
-"""Time of one text in the per-layer pass (both models, every quantized tensor exposed) relative to
-one text of the plain FP32 pass; weights the progress phases (measured, see BENCHMARKS.md)."""
+LAYER_PASS_COST = 20.0
+"""Time of one text in the per-layer pass (both models, every quantized tensor exposed and
+histogrammed) relative to one text of the plain FP32 pass; weights the progress phases (measured
+12-27 on the demo, see BENCHMARKS.md)."""
+LAYER_BATCH = 4
+"""Largest batch of the per-layer pass: it holds every quantized tensor of both models for the whole
+batch, so small batches keep memory low and report progress every few texts."""
 QDQ_MODEL_FILE = "model.qdq.onnx"
 ENGINE_FILE = "engine.json"
 
@@ -335,7 +339,7 @@ def validate(config: ValidateConfig, out_dir: Path, *, progress: ProgressFn | No
         if config.layer_rows and config.layer_rows < len(rows):
             rows = np.sort(np.random.default_rng(config.seed + 1).choice(len(rows), config.layer_rows, replace=False))
         layers = layer_analysis(spec.onnx_path, source, data.encoded.subset(rows), spec.input_dtypes, ranged,
-                                batch_size=config.batch_size, threads=config.threads,
+                                batch_size=min(config.batch_size, LAYER_BATCH), threads=config.threads,
                                 progress=phases.phase(LAYER_PASS))
     from calib.pipeline import config_params
 

@@ -81,6 +81,12 @@ def test_progress_bar_on_a_terminal_keeps_each_finished_phase_on_its_own_line():
     assert "FP32 pass (1/2): 16/16 texts" in lines[0].split("\r")[-1]
     assert text.endswith("\n") and text.count("\n") == 3
 
+    stream = _Tty()
+    bar = ProgressBar("sensitivity", stream=stream)
+    for i in range(1, 4):  # a counter inside the phase name does not make a new phase per step
+        bar(0.5 + i / 10, f"evaluation {i}/24: without layer.{i}")
+    assert stream.getvalue().count("\n") == 0
+
 
 def test_validate_reports_three_named_counted_passes(tiny_spec, tiny_csv, tmp_path):
     from absmax import absmax_ranges

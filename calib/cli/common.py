@@ -88,7 +88,8 @@ def print_run_json(ws: Workspace, run_id: str, outputs: Mapping[str, Any] | None
 class ProgressBar:
     """A text progress bar on stderr; a :data:`~calib.workspace.ProgressFn`.
 
-    The phase of a message is its part before the first colon (``"INT8 pass (2/3): 64/256 texts"``).
+    The phase of a message is its part before the first colon (``"INT8 pass (2/3): 64/256 texts"``),
+    numbers aside (``"evaluation 3/24: ..."`` and ``"evaluation 4/24: ..."`` are one phase).
     On a terminal the bar redraws one line, and a new phase starts a new line so the finished pass
     stays on screen. In a log (stderr not a terminal) it writes a line when the phase changes, at
     every 10 %, and otherwise at least every :attr:`heartbeat` seconds while the stage reports, so
@@ -111,7 +112,7 @@ class ProgressBar:
         now = time.monotonic()
         fraction = min(max(float(fraction), 0.0), 1.0)
         pct = int(fraction * 100)
-        phase = message.partition(":")[0] if ":" in message else ""
+        phase = _DIGITS.sub("#", message.partition(":")[0]) if ":" in message else ""  # "evaluation #/#"
         new_phase = self._phase is not None and phase != self._phase
         due = (new_phase or self._phase is None or pct // 10 != self._last_pct // 10 or fraction >= 1
                or now - self._last_line >= self.heartbeat)
@@ -136,6 +137,7 @@ class ProgressBar:
         self._open_line = fraction < 1
 
 
+_DIGITS = re.compile(r"\d+")
 _NUMERIC_TEXT = re.compile(r"^([+-]?(\d|inf|nan)|–$)")
 
 

@@ -247,7 +247,7 @@ def summary_line(summary: dict) -> str:
 
 def run_compare(args: argparse.Namespace, ws) -> int:
     """``calib validate --calibration RUN --method all``: every range set built, validated and judged."""
-    from calib.cli.common import ProgressBar, format_table
+    from calib.cli.common import ProgressBar, format_table, print_run_json
     from calib.compare import CompareConfig, compare_calibrators
     from calib.pipeline import run_stage
     from calib.validate import ValidateConfig
@@ -270,10 +270,10 @@ def run_compare(args: argparse.Namespace, ws) -> int:
     data = comparison.data
     rec = data["recommendation"]
     if args.json:
-        print(json.dumps(fmt.clean({"run": run_id, **comparison.summary(), "recommendation": rec,
-                          "rows": [{k: r.get(k) for k in ("calibrator", "accuracy_drop_points", "drop_ci_low_points",
-                                                          "drop_ci_high_points", "top1_agreement", "embedding_cosine")}
-                                   | {"verdict": r["verdict"]["status"]} for r in data["rows"]]}), indent=2))
+        rows = [{k: r.get(k) for k in ("calibrator", "accuracy_drop_points", "drop_ci_low_points",
+                                       "drop_ci_high_points", "top1_agreement", "embedding_cosine")}
+                | {"verdict": r["verdict"]["status"]} for r in data["rows"]]
+        print_run_json(ws, run_id, {"record": comparison.dir / "comparison.json"}, recommendation=rec, rows=rows)
         return 0
     print(f"run {run_id}: {comparison.dir}")
     rows = [[r["calibrator"], fmt.percent(r.get("accuracy_int8")), fmt.points(r.get("accuracy_drop_points"), unit=False),
