@@ -9,6 +9,7 @@ unless ``$CI`` is set (then it fails).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -179,8 +180,48 @@ def test_demo_walkthrough_in_chromium(app_server):
             _no_exception(page)
             _shot(page, "5-build")
 
-            # Validate on a subset, then write the report
+            # The verdict flow: every calibrator of the calibration side by side (two of them), a FAIL banner
+            # against the default release budget, a report of the comparison whose JSON carries the verdict
             open_page("Validate")
+            expect(page.get_by_role("heading", name="Calibrators side by side")).to_be_visible()
+            chooser = page.get_by_label("Range sets to compare")  # entropy, minmax, percentile, mse
+            chooser.click()
+            chooser.press("Backspace")
+            chooser.press("Backspace")
+            chooser.press("Escape")
+            _settle(page)
+            per_method = page.get_by_label("Texts per calibrator (0 = all)")
+            per_method.fill("32")
+            per_method.press("Enter")
+            _settle(page)
+            page.get_by_role("button", name="Validate 2 calibrators side by side").click()
+            banner = page.locator(".st-key-cmp-banner")
+            expect(banner).to_be_visible(timeout=STEP_TIMEOUT_MS)
+            _settle(page)
+            expect(banner.get_by_text("FAIL").first).to_be_visible()
+            expect(page.get_by_text("Recommended: none of the 2 passes")).to_be_visible()
+            expect(page.get_by_text("TensorRT's default calibrator (entropy) is not the best choice")).to_be_visible()
+            _no_exception(page)
+            _shot(page, "6a-validate-side-by-side")
+            page.get_by_role("button", name="Make the report of this comparison").click()
+            report_json = page.locator(".st-key-cmp-rep-report-json").get_by_role("button")
+            expect(report_json).to_be_visible(timeout=STEP_TIMEOUT_MS)
+            _settle(page)
+            with page.expect_download() as download_info:
+                report_json.click()
+            target = SHOTS.parent / "downloads" / "comparison-report.json"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            download_info.value.save_as(target)
+            data = json.loads(target.read_text())
+            assert data["verdict"]["status"] == "FAIL", data["verdict"]
+            assert {c["name"] for c in data["verdict"]["criteria"]} >= {"max_drop", "min_agreement", "min_embedding_cosine"}
+            assert data["gate_command"].startswith("calib gate report.json --max-drop 0.5 --min-agreement 0.99")
+            assert sorted(r["calibrator"] for r in data["comparison"]) == ["entropy", "minmax"]
+            assert data["recommendation"]["name"] in ("entropy", "minmax")
+            _no_exception(page)
+            _shot(page, "6b-validate-comparison-report")
+
+            # Validate one build on a subset, then write the report
             limit = page.get_by_label("Texts to evaluate (0 = all)")
             limit.fill("48")
             limit.press("Enter")
@@ -191,13 +232,15 @@ def test_demo_walkthrough_in_chromium(app_server):
             page.get_by_role("button", name="Validate", exact=True).click()
             expect(page.get_by_role("tab", name="Per length bucket")).to_be_visible(timeout=STEP_TIMEOUT_MS)
             _settle(page)
+            expect(page.locator(".st-key-val-banner")).to_be_visible()
             _no_exception(page)
             _shot(page, "6-validate")
             page.get_by_role("tab", name="Per layer").click()
             _shot(page, "7-validate-layers")
             page.get_by_role("tab", name="Report").click()
-            page.get_by_role("button", name="Make the report").click()
-            expect(page.get_by_role("button", name="Download report.html")).to_be_visible(timeout=STEP_TIMEOUT_MS)
+            page.get_by_role("button", name="Make the report", exact=True).click()
+            expect(page.locator(".st-key-val-rep-report-html").get_by_role("button")).to_be_visible(
+                timeout=STEP_TIMEOUT_MS)
             _no_exception(page)
             _shot(page, "8-validate-report")
 
@@ -235,5 +278,5 @@ def test_demo_walkthrough_in_chromium(app_server):
     from calib.workspace import Workspace
 
     runs = Workspace(root).list_runs(session=session)
-    assert {r.stage for r in runs} >= {"calibset", "calibrate", "build", "validate", "report"}
+    assert {r.stage for r in runs} >= {"calibset", "calibrate", "build", "compare", "validate", "report"}
     assert all(r.status == "finished" for r in runs), [(r.id, r.status, r.error) for r in runs]

@@ -20,6 +20,7 @@ from calib.build import BuildConfig, EngineArtifact, build
 from calib.calibrate import Calibration
 from calib.placement import PRESETS
 from calib.trtcache import DEFAULT_TRT_VERSION
+from calib.verdict import PREFERRED_CALIBRATOR, TENSORRT_DEFAULT_CALIBRATOR
 
 page = start_page("Build", ":material/construction:",
                   "Put Q/DQ where TensorRT would run INT8, with the calibrated ranges. Here the INT8 model runs "
@@ -51,8 +52,14 @@ else:
         nodes = graph_nodes(model_path)
     methods = list(cal.methods)
     c1, c2, c3 = st.columns(3)
-    method = c1.selectbox("Calibrator", methods, index=methods.index("entropy") if "entropy" in methods else 0,
-                          key="build-method")
+    preferred = PREFERRED_CALIBRATOR if PREFERRED_CALIBRATOR in methods else methods[0]
+    method = c1.selectbox("Calibrator", methods, index=methods.index(preferred), key="build-method",
+                          help=f"Default {preferred}: on both demo tasks {TENSORRT_DEFAULT_CALIBRATOR} (TensorRT's "
+                               "default) is the worst calibrator (BENCHMARKS.md). Compare them all for your model "
+                               "on the Validate page.")
+    if method == TENSORRT_DEFAULT_CALIBRATOR:
+        c1.caption(f"{TENSORRT_DEFAULT_CALIBRATOR} is TensorRT's default but the worst on both demo tasks; check it "
+                   "against the others with *Calibrators side by side* on the Validate page.")
     preset = c2.selectbox("Placement preset", list(PRESETS), key="build-preset",
                           format_func={"tensorrt": "tensorrt — MatMul/Gemm inputs only (recommended)",
                                        "all": "all — every quantizable op (shows why naive INT8 fails)"}.get)
