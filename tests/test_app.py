@@ -505,3 +505,40 @@ def test_calibrators_side_by_side_verdict_and_report(app_workspace, tiny_model_p
     assert report.data["verdict"]["status"] == "FAIL" and report.data["budget"]["min_embedding_cosine"] == 1.0
     assert len(report.data["comparison"]) == 2
     assert report.data["build"]["calibrator"] == report.data["recommendation"]["name"]
+
+
+def test_compare_view_overlays_validations_with_a_pinned_baseline(app_workspace, tiny_spec, tiny_csv):
+    from test_validate import absmax_ranges, vconfig
+
+    import tinymodel
+    from calib.pipeline import run_stage
+    from calib.placement import Placement
+    from calib.quantize import quantize_qdq
+    from calib.validate import validate
+    from calib.workspace import Workspace
+
+    ws = Workspace(app_workspace)
+    texts, _ = tinymodel.make_texts(48, seed=3)
+    ids = []
+    for preset in ("tensorrt", "all"):
+        qdq = app_workspace / f"{preset}.qdq.onnx"
+        quantize_qdq(tiny_spec.onnx_path, absmax_ranges(tiny_spec, texts, preset), Placement(preset), qdq)
+        rid, _ = run_stage(ws, "validate", validate, vconfig(tiny_spec, qdq, tiny_csv, limit=60, bootstrap=50,
+                                                             layer_rows=16), label=preset)
+        ids.append(rid)
+    at = open_app("runs")
+    no_crash(at)
+    history = at.dataframe[0].value
+    assert {"name", "agreement", "drop (pts)", "run"} <= set(history.columns)
+    assert history["agreement"].dtype.kind == "f"  # numbers, so the column sorts
+    assert all(n.startswith("Validation · ") for n in history["name"])
+    baseline = at.selectbox(key="compare-baseline")
+    assert len(baseline.options) == 2
+    deltas = next(d.value for d in at.dataframe if "Δ agreement" in d.value.columns)
+    assert deltas["run"].str.endswith("(baseline)").sum() == 1
+    assert (deltas["Δ agreement"] == "–").sum() == 1  # the baseline has no difference to itself
+    at.radio(key="compare-measure").set_value("drop").run()
+    no_crash(at)
+    at.selectbox(key="compare-baseline").set_value(baseline.options[1]).run()
+    no_crash(at)
+    assert len(at.get("vega_lite_chart")) >= 2  # buckets and per-layer SQNR, overlaid

@@ -150,9 +150,9 @@ def test_demo_walkthrough_in_chromium(app_server):
             page.get_by_role("button", name="Run all calibrators").click()
             running_or_done = page.get_by_text("the run continues and its progress is kept").or_(
                 page.get_by_text("Histogram of one tensor"))
-            expect(running_or_done.first).to_be_visible()
+            expect(running_or_done.first).to_be_visible(timeout=60_000)
             page.reload()
-            expect(running_or_done.first).to_be_visible()
+            expect(running_or_done.first).to_be_visible(timeout=60_000)  # a reload on a busy machine takes a while
             expect(page.get_by_text("Histogram of one tensor")).to_be_visible(timeout=STEP_TIMEOUT_MS)
             _settle(page)
             _no_exception(page)

@@ -7,6 +7,8 @@ from typing import Any
 
 import pandas as pd
 
+from calib import formatting as fmt
+from calib.naming import run_name
 from calib.workspace import RunRecord
 from lib.context import STAGE_TITLES
 
@@ -27,16 +29,100 @@ def flatten(data: Mapping[str, Any], prefix: str = "", max_items: int = 12) -> d
     return out
 
 
-def history_frame(runs: Sequence[RunRecord], session: str) -> pd.DataFrame:
+# numeric summary figures shown as their own (sortable) columns in the history
+METRIC_COLUMNS = {
+    "accuracy_drop_points": "drop (pts)", "top1_agreement": "agreement", "embedding_cosine": "emb. cosine",
+    "accuracy_int8": "INT8 accuracy", "ks": "KS", "rows": "texts",
+}
+
+
+def history_frame(runs: Sequence[RunRecord], session: str, lookup=None) -> pd.DataFrame:
+    """One row per run: its name (what it is), status, time, the headline metrics as numbers (so the
+    table sorts by them), verdict, notes and the id."""
     rows = []
     for run in runs:
-        summary = ", ".join(f"{k}={_short(v)}" for k, v in list(flatten(run.summary).items())[:4])
-        rows.append({
-            "run": run.id, "stage": STAGE_TITLES.get(run.stage, run.stage), "status": run.status,
-            "progress": float(run.progress), "started": run.created_at.replace("T", " ")[:19],
-            "session": ("this" if run.session == session else run.session) or "(cli)",
-            "label": run.label, "summary / error": run.error or run.message if run.status != "finished" else summary,
-        })
+        row: dict[str, Any] = {
+            "name": run_name(run, lookup, with_id=False), "stage": STAGE_TITLES.get(run.stage, run.stage),
+            "status": run.status, "progress": float(run.progress),
+            "started": run.created_at.replace("T", " ")[:19],
+        }
+        for key, column in METRIC_COLUMNS.items():
+            value = run.summary.get(key)
+            row[column] = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+        row["verdict"] = run.summary.get("verdict") or (
+            ("PASS" if run.summary.get("recommended_passes") else "FAIL") if "recommended_passes" in run.summary else "")
+        row["result / error"] = (fmt.headline(run.stage, run.summary) if run.status == "finished"
+                                 else run.error or run.message)
+        row["session"] = ("this" if run.session == session else run.session) or "(cli)"
+        row["run"] = run.id
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    empty = [c for c in METRIC_COLUMNS.values() if c in frame and frame[c].isna().all()]
+    return frame.drop(columns=empty)
+
+
+def history_column_config(st) -> dict:
+    """Number formats of the history's metric columns (percentages, signed points, ratios)."""
+    cc = st.column_config
+    return {"progress": cc.ProgressColumn("progress", min_value=0, max_value=1, format="percent"),
+            "drop (pts)": cc.NumberColumn("drop (pts)", format="%+.2f", help="FP32 − INT8 accuracy in points"),
+            "agreement": cc.NumberColumn("agreement", format="percent"),
+            "INT8 accuracy": cc.NumberColumn("INT8 accuracy", format="percent"),
+            "emb. cosine": cc.NumberColumn("emb. cosine", format="%.4f"),
+            "KS": cc.NumberColumn("KS", format="%.4f"), "texts": cc.NumberColumn("texts", format="%d")}
+
+
+def overlay_frame(evaluations: Mapping[str, Any], measure: str) -> pd.DataFrame:
+    """Long frame (run, bucket, texts, value) of one per-bucket measure for several evaluations:
+    ``agreement``, ``drop`` (points, FP32 − INT8) or ``cosine``."""
+    rows = []
+    for name, ev in evaluations.items():
+        for b in ev.buckets:
+            if not b["n"]:
+                continue
+            if measure == "agreement":
+                value = (b.get("agreement") or {}).get("top1_agreement")
+            elif measure == "drop":
+                value = b.get("accuracy_drop_points")
+            else:
+                value = (b.get("embedding_cosine") or {}).get("mean")
+            if value is not None:
+                rows.append({"run": name, "bucket": b["bucket"], "texts": b["n"], "value": float(value)})
+    return pd.DataFrame(rows, columns=["run", "bucket", "texts", "value"])
+
+
+def layer_overlay_frame(evaluations: Mapping[str, Any]) -> pd.DataFrame:
+    """Long frame (run, #, tensor, SQNR dB) of every quantized tensor for several evaluations."""
+    rows = []
+    for name, ev in evaluations.items():
+        q = [t for t in ((ev.layers or {}).get("tensors") or []) if t.get("quantized")]
+        for i, t in enumerate(q):
+            if t.get("sqnr_db") is not None:
+                rows.append({"run": name, "#": i, "tensor": t["tensor"], "SQNR (dB)": float(t["sqnr_db"])})
+    return pd.DataFrame(rows, columns=["run", "#", "tensor", "SQNR (dB)"])
+
+
+def baseline_deltas(evaluations: Mapping[str, Any], baseline: str) -> pd.DataFrame:
+    """Headline figures of each run and their difference to the pinned ``baseline`` run."""
+    from calib.report import headline_of
+
+    heads = {name: headline_of(ev) for name, ev in evaluations.items()}
+    base = heads[baseline]
+    rows = []
+    for name, h in heads.items():
+        row: dict[str, Any] = {"run": name + (" (baseline)" if name == baseline else "")}
+        for key, label, conv in (("accuracy_drop_points", "drop (pts)", fmt.points),
+                                 ("top1_agreement", "agreement", fmt.percent),
+                                 ("embedding_cosine", "emb. cosine", fmt.ratio)):
+            v, b = h.get(key), base.get(key)
+            row[label] = conv(v)
+            if name != baseline and v is not None and b is not None:
+                delta = (v - b) * (100 if key == "top1_agreement" else 1)
+                row[f"Δ {label}"] = fmt.signed(delta, 4 if key == "embedding_cosine" else 2) + (
+                    " pts" if key != "embedding_cosine" else "")
+            else:
+                row[f"Δ {label}"] = fmt.MISSING
+        rows.append(row)
     return pd.DataFrame(rows)
 
 

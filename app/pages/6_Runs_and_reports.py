@@ -9,18 +9,77 @@ APP_DIR = Path(__file__).resolve().parents[1]
 if str(APP_DIR) not in sys.path:
     sys.path.insert(0, str(APP_DIR))
 
+import altair as alt
 import pandas as pd
 import streamlit as st
 from lib.context import STAGE_TITLES
-from lib.runs import comparison_frame, flatten, history_frame
+from lib.runs import (
+    baseline_deltas,
+    comparison_frame,
+    flatten,
+    history_column_config,
+    history_frame,
+    layer_overlay_frame,
+    overlay_frame,
+)
 from lib.ui import age, download_file, start_page
+
+from calib.naming import registry_lookup, run_name
+from calib.validate import Evaluation
+
+RUN_COLOURS = ["#4c78a8", "#f58518", "#54a24b", "#b279a2", "#e45756", "#72b7b2", "#eeca3b", "#9d755d"]
 
 page = start_page("Runs & reports", ":material/history:",
                   "Every run is recorded in the workspace registry with its parameters, status and files "
                   "(sha256). Compare runs side by side and open or download their reports.")
 ws = page.ws
+lookup = registry_lookup(ws)
 
 REPORT_FILES = (("report.html", "text/html"), ("report.md", "text/markdown"), ("report.json", "application/json"))
+
+def overlay_section(chosen_runs) -> None:
+    """The same charts for every chosen validation, overlaid, with a pinned baseline and deltas to it."""
+    evaluations = {}
+    for r in chosen_runs:
+        try:
+            evaluations[run_name(r, lookup, with_id=False) + f" · {r.id[-6:]}"] = Evaluation.load(r.dir)
+        except Exception:  # noqa: BLE001, S112 - an unreadable run is listed in the table below, not charted
+            continue
+    if not evaluations:
+        return
+    names = list(evaluations)
+    baseline = st.selectbox("Pinned baseline", names, key="compare-baseline",
+                            help="Drawn dashed in black; the table gives every other run's difference to it.")
+    st.dataframe(baseline_deltas(evaluations, baseline), hide_index=True, width="stretch")
+    measure = st.radio("Per length bucket", ["agreement", "drop", "cosine"], horizontal=True, key="compare-measure",
+                       format_func={"agreement": "top-1 agreement", "drop": "accuracy drop (pts, FP32 − INT8)",
+                                    "cosine": "embedding cosine"}.get)
+    frame = overlay_frame(evaluations, measure)
+    if not frame.empty:
+        order = list(dict.fromkeys(frame["bucket"]))
+        others = [n for n in names if n != baseline]
+        colour = alt.Color("run:N", title=None, sort=names,
+                           scale=alt.Scale(domain=[baseline, *others], range=["#222222", *RUN_COLOURS]))
+        base = alt.Chart(frame).encode(
+            x=alt.X("bucket:N", sort=order, title="length bucket (tokens)",
+                    axis=alt.Axis(labelAngle=0, labelOverlap=False)),
+            y=alt.Y("value:Q", title=measure, scale=alt.Scale(zero=measure == "drop")), color=colour,
+            strokeDash=alt.condition(alt.datum.run == baseline, alt.value([6, 4]), alt.value([1, 0])),
+            tooltip=["run", "bucket", "texts", alt.Tooltip("value:Q", format=".4f")])
+        st.altair_chart((base.mark_line(point=True)).properties(height=280), width="stretch")
+    layers = layer_overlay_frame(evaluations)
+    if not layers.empty:
+        chart = alt.Chart(layers).mark_line(point=alt.OverlayMarkDef(size=20)).encode(
+            x=alt.X("#:Q", title="quantized tensor (network order)"), y=alt.Y("SQNR (dB):Q"),
+            color=alt.Color("run:N", title=None, sort=names,
+                            scale=alt.Scale(domain=[baseline, *[n for n in names if n != baseline]],
+                                            range=["#222222", *RUN_COLOURS])),
+            strokeDash=alt.condition(alt.datum.run == baseline, alt.value([6, 4]), alt.value([1, 0])),
+            tooltip=["run", "tensor", alt.Tooltip("SQNR (dB):Q", format=".1f")])
+        rule = alt.Chart(pd.DataFrame({"y": [20.0]})).mark_rule(color="#e45756", strokeDash=[4, 3]).encode(y="y:Q")
+        st.altair_chart((chart + rule).properties(height=280, title="SQNR per quantized tensor (20 dB line)"),
+                        width="stretch")
+
 
 tab_history, tab_compare, tab_reports = st.tabs(["History", "Compare", "Reports"])
 
@@ -37,12 +96,14 @@ with tab_history:
     if not runs:
         st.info("No runs yet. Start with the Calibration set page.", icon=":material/info:")
     else:
-        frame = history_frame(runs, page.session)
+        frame = history_frame(runs, page.session, lookup)
         st.dataframe(frame, hide_index=True, width="stretch", height=min(600, 38 + 35 * len(frame)),
-                     column_config={"progress": st.column_config.ProgressColumn("progress", min_value=0,
-                                                                                 max_value=1, format="percent")})
+                     column_config=history_column_config(st))
+        st.caption("Click a column header to sort (drop, agreement, cosine, KS…); names say what each run is, "
+                   "the id is in the last column.")
         ids = [r.id for r in runs]
-        chosen = st.selectbox("Run details", ids, key="runs-detail", index=0)
+        names = {r.id: run_name(r, lookup) for r in runs}
+        chosen = st.selectbox("Run details", ids, key="runs-detail", index=0, format_func=names.__getitem__)
         run = ws.get_run(chosen)
         left, right = st.columns(2)
         with left:
@@ -84,9 +145,13 @@ with tab_compare:
         stage = st.selectbox("Stage", stage_options, index=stage_options.index(default_stage), key="compare-stage",
                              format_func=lambda s: STAGE_TITLES.get(s, s))
         same = [r for r in candidates if r.stage == stage]
-        picked = st.multiselect("Runs", [r.id for r in same], default=[r.id for r in same[:2]], key="compare-runs")
+        cnames = {r.id: run_name(r, lookup) for r in same}
+        picked = st.multiselect("Runs", [r.id for r in same], default=[r.id for r in same[:2]], key="compare-runs",
+                                format_func=cnames.__getitem__)
         if len(picked) >= 1:
             chosen_runs = [r for r in same if r.id in picked]
+            if stage == "validate":
+                overlay_section(chosen_runs)
             only_diff = st.checkbox("Only rows that differ", value=len(chosen_runs) > 1, key="compare-diff")
             st.dataframe(comparison_frame(chosen_runs, only_differences=only_diff), width="stretch")
 
@@ -98,9 +163,9 @@ with tab_reports:
     else:
         mine = [r for r in reports if r.session == page.session] or reports
         ids = [r.id for r in reports]
-        rid = st.selectbox("Report", ids, index=ids.index(mine[0].id), key="report-pick",
-                           format_func=lambda i: f"{i}" + (" (this session)" if ws.get_run(i).session == page.session
-                                                           else ""))
+        rnames = {r.id: run_name(r, lookup) + (" · this session" if r.session == page.session else "")
+                  for r in reports}
+        rid = st.selectbox("Report", ids, index=ids.index(mine[0].id), key="report-pick", format_func=rnames.__getitem__)
         run = next(r for r in reports if r.id == rid)
         cols = st.columns(len(REPORT_FILES))
         for col, (name, mime) in zip(cols, REPORT_FILES):
