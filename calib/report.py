@@ -215,6 +215,12 @@ def _calibration_recipe(ev: Evaluation) -> dict | None:
             "config": cal.get("config")}
 
 
+def layer_rows(layers: dict | None) -> list[dict]:
+    """Per-tensor rows of a ``layers.json``: error (SQNR, cosine, local SQNR), FP32 range and, per
+    calibrator (and ``engine``: what the build used), amax, clipped share and utilisation."""
+    return _layer_rows(layers)
+
+
 def _layer_rows(layers: dict | None) -> list[dict]:
     if not layers:
         return []
@@ -605,6 +611,17 @@ def _placement_text(p) -> str | None:
 
 # SVG charts: hand-made, inline, no scripts and no external references.
 _COLORS = ("#4c78a8", "#f58518", "#54a24b", "#e45756")
+# One colour per calibrator, the same in the app's charts and in the report's.
+METHOD_COLORS = {"entropy": "#4c78a8", "minmax": "#f58518", "percentile": "#54a24b", "mse": "#b279a2",
+                 "engine": "#222222", "fp32 absmax": "#9aa5b1"}
+_SPARE_COLORS = ("#72b7b2", "#eeca3b", "#9d755d", "#ff9da6", "#bab0ac")
+
+
+def method_colour(name: str) -> str:
+    """The colour of a calibrator (or ``engine`` / ``fp32 absmax``); other names get a spare colour."""
+    if name in METHOD_COLORS:
+        return METHOD_COLORS[name]
+    return _SPARE_COLORS[sum(map(ord, name)) % len(_SPARE_COLORS)]
 
 
 def svg_grouped_bars(categories: Sequence[str], series: dict[str, Sequence[float | None]], *, title: str,
@@ -662,11 +679,15 @@ def svg_grouped_bars(categories: Sequence[str], series: dict[str, Sequence[float
     return "".join(parts)
 
 
-def svg_line(points: Sequence[float | None], labels: Sequence[str], *, title: str, y_label: str,
-             threshold: float | None = None, threshold_label: str = "", width: int = 900, height: int = 380) -> str:
+def svg_line(points: Sequence[float | None] | dict[str, Sequence[float | None]], labels: Sequence[str], *,
+             title: str, y_label: str, threshold: float | None = None, threshold_label: str = "",
+             width: int = 900, height: int = 380) -> str:
     """Line chart over tensors in network order, tensor names (``labels``) on the x axis; points at
-    ``None`` are skipped; optional labelled threshold line."""
-    values = [v for v in points if v is not None]
+    ``None`` are skipped; optional labelled threshold line. ``points`` may be ``{series: values}``
+    (e.g. one line per calibrator, in its :func:`method_colour`, with a legend)."""
+    series = dict(points) if isinstance(points, dict) else {"": list(points)}
+    points = next(iter(series.values()), [])
+    values = [v for vs in series.values() for v in vs if v is not None]
     lo = min([*values, threshold if threshold is not None else min(values or [0.0])]) if values else 0.0
     hi = max([*values, threshold if threshold is not None else max(values or [1.0])]) if values else 1.0
     if hi <= lo:
@@ -692,15 +713,22 @@ def svg_line(points: Sequence[float | None], labels: Sequence[str], *, title: st
         parts.append(f'<line x1="{left}" x2="{left + pw}" y1="{ty:.1f}" y2="{ty:.1f}" stroke="#e45756" stroke-dasharray="4 3"/>'
                      f'<text x="{left + pw - 2}" y="{ty - 3:.1f}" font-size="10" text-anchor="end" fill="#e45756">'
                      f'{html.escape(threshold_label or f"{threshold:g}")}</text>')
-    path = " ".join(f"{'M' if j == 0 else 'L'}{x:.1f},{y:.1f}"
-                    for j, (x, y) in enumerate(xy(i, v) for i, v in enumerate(points) if v is not None))
-    if path:
-        parts.append(f'<path d="{path}" fill="none" stroke="{_COLORS[0]}" stroke-width="1.5"/>')
-    for i, v in enumerate(points):
-        if v is not None:
-            x, y = xy(i, v)
-            parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.5" fill="{_COLORS[0]}">'
-                         f'<title>{html.escape(labels[i])}: {v:.4g}</title></circle>')
+    for k, (name, vs) in enumerate(series.items()):
+        colour = method_colour(name) if name else _COLORS[0]
+        path = " ".join(f"{'M' if j == 0 else 'L'}{x:.1f},{y:.1f}"
+                        for j, (x, y) in enumerate(xy(i, v) for i, v in enumerate(vs) if v is not None))
+        if path:
+            parts.append(f'<path d="{path}" fill="none" stroke="{colour}" stroke-width="1.5"/>')
+        for i, v in enumerate(vs):
+            if v is not None:
+                x, y = xy(i, v)
+                parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.5" fill="{colour}">'
+                             f'<title>{html.escape(name + " " if name else "")}{html.escape(labels[i])}: {v:.4g}'
+                             f'</title></circle>')
+        if name:
+            lx = left + 8 + k * 110
+            parts.append(f'<rect x="{lx}" y="{top + 2}" width="10" height="10" fill="{colour}"/>'
+                         f'<text x="{lx + 14}" y="{top + 11}" font-size="10">{html.escape(name)}</text>')
     step = max(1, int(np.ceil(len(points) / 60)))  # at most ~60 names, each readable
     for i in range(0, len(points), step):
         x, _ = xy(i, lo)
@@ -759,8 +787,11 @@ def _charts(data: dict, key: str) -> list[str]:
         return [svg_line([r["sqnr_db"] for r in q], names, title="SQNR of quantized tensors vs FP32 (dB)",
                          y_label="SQNR dB", threshold=DEGRADED_SQNR_DB,
                          threshold_label=f"{DEGRADED_SQNR_DB:g} dB: degraded below"),
-                svg_line([r["saturation_rate"].get("engine") for r in q], names,
-                         title="Clipped share (|x| above the engine amax)", y_label="share")]
+                svg_line({m: [r["saturation_rate"].get(m) for r in q]
+                          for m in sorted({m for r in q for m in r["saturation_rate"]}) if m != "engine"} or
+                         {"engine": [r["saturation_rate"].get("engine") for r in q]}, names,
+                         title="Clipped share per calibrator (|x| above its amax on the evaluation texts)",
+                         y_label="share")]
     if key == "comparison":
         rows = data["comparison"]
         names = [f"{r['calibrator'] or r['run']}" for r in rows]

@@ -115,10 +115,11 @@ def test_demo_walkthrough_in_chromium(app_server):
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
             page.set_default_timeout(60_000)
+            expect.set_options(timeout=30_000)  # a shared 2-core machine: pages can take seconds to render
 
             # Home: the workflow, and a session id in the URL
             page.goto(base + "/")
-            expect(page.get_by_role("heading", name="Workflow")).to_be_visible()
+            expect(page.get_by_role("heading", name="Workflow")).to_be_visible(timeout=60_000)  # first import
             page.wait_for_url("**session=*")
             session = page.url.split("session=")[1].split("&")[0]
             _no_exception(page)
@@ -183,7 +184,7 @@ def test_demo_walkthrough_in_chromium(app_server):
             # The verdict flow: every calibrator of the calibration side by side (two of them), a FAIL banner
             # against the default release budget, a report of the comparison whose JSON carries the verdict
             open_page("Validate")
-            expect(page.get_by_role("heading", name="Calibrators side by side")).to_be_visible()
+            expect(page.get_by_role("heading", name="Calibrators side by side")).to_be_visible(timeout=60_000)
             chooser = page.get_by_label("Range sets to compare")  # entropy, minmax, percentile, mse
             chooser.click()
             chooser.press("Backspace")

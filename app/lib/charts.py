@@ -8,9 +8,9 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
+from calib.report import method_colour, short_tensor_name  # one palette and one naming for app and report
+
 SERIES_COLORS = {"pool": "#9aa5b1", "target": "#e45756", "calibration set": "#4c78a8"}
-METHOD_COLORS = {"entropy": "#4c78a8", "minmax": "#f58518", "percentile": "#54a24b", "mse": "#b279a2",
-                 "engine": "#222222"}
 
 
 def length_bins(max_length: int, longest: float) -> np.ndarray:
@@ -73,4 +73,23 @@ def bucket_bars(buckets: Sequence[str], shares: Mapping[str, Sequence[float]], *
 
 def method_color(methods: Sequence[str]) -> alt.Color:
     return alt.Color("method:N", title="calibrator", sort=list(methods),
-                     scale=alt.Scale(domain=list(methods), range=[METHOD_COLORS.get(m, "#72b7b2") for m in methods]))
+                     scale=alt.Scale(domain=list(methods), range=[method_colour(m) for m in methods]))
+
+
+def layer_frame(rows: Sequence[Mapping], methods: Sequence[str]) -> pd.DataFrame:
+    """Quantized tensors in network order (``calib.report.layer_rows``): shortened name for axes, error,
+    amax and clipped share per calibrator, and entropy ÷ minmax when both exist."""
+    out = []
+    for i, r in enumerate(rows):
+        row = {"#": i, "name": f"{i:02d} {short_tensor_name(r['tensor'])}", "tensor": r["tensor"],
+               "SQNR (dB)": r.get("sqnr_db"), "cosine": r.get("cosine"), "local SQNR (dB)": r.get("local_sqnr_db"),
+               "FP32 absmax": r.get("fp32_absmax")}
+        for m in methods:
+            row[f"amax {m}"] = r["amax"].get(m)
+        for m in methods:
+            row[f"clipped {m}"] = r["saturation_rate"].get(m)
+        if "entropy" in methods and "minmax" in methods:
+            e, mm = r["amax"].get("entropy"), r["amax"].get("minmax")
+            row["entropy ÷ minmax"] = e / mm if e is not None and mm else None
+        out.append(row)
+    return pd.DataFrame(out)

@@ -179,7 +179,7 @@ def release_budget(ws: Workspace, project: Project) -> ReleaseBudget:
         return project.budget
     try:
         spec = model_spec(ws, project)
-        has_embedding = "embedding" in spec.output_names
+        has_embedding = spec.embedding_output is not None
         labelled = data_spec(ws, project, "eval").label_column is not None
     except InputError:
         return ReleaseBudget()

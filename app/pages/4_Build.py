@@ -60,9 +60,11 @@ else:
     if method == TENSORRT_DEFAULT_CALIBRATOR:
         c1.caption(f"{TENSORRT_DEFAULT_CALIBRATOR} is TensorRT's default but the worst on both demo tasks; check it "
                    "against the others with *Calibrators side by side* on the Validate page.")
+    preset_labels = {"tensorrt": "tensorrt — MatMul/Gemm inputs only (recommended)",
+                     "tensorrt-residual": "tensorrt-residual — MatMul/Gemm plus the residual Adds",
+                     "all": "all — every quantizable op (shows why naive INT8 fails)"}
     preset = c2.selectbox("Placement preset", list(PRESETS), key="build-preset",
-                          format_func={"tensorrt": "tensorrt — MatMul/Gemm inputs only (recommended)",
-                                       "all": "all — every quantizable op (shows why naive INT8 fails)"}.get)
+                          format_func=lambda p: preset_labels.get(p, p))
     backend = c3.selectbox("Backend", ["ort", "tensorrt"], key="build-backend",
                            format_func={"ort": "ONNX Runtime Q/DQ (CPU)", "tensorrt": "TensorRT engine"}.get,
                            help=None if trt.available else f"TensorRT: {trt.reason}")

@@ -3,7 +3,6 @@ layers to keep in float; write the report."""
 
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 
@@ -14,7 +13,7 @@ if str(APP_DIR) not in sys.path:
 import altair as alt
 import pandas as pd
 import streamlit as st
-from lib.charts import method_color
+from lib.charts import layer_frame, method_color
 from lib.context import attempt, shown_errors
 from lib.project import data_spec, model_spec, release_budget
 from lib.ui import (
@@ -34,7 +33,15 @@ from calib.build import BuildConfig, EngineArtifact, build
 from calib.compare import CalibratorComparison, CompareConfig, compare_calibrators
 from calib.methods import method_names
 from calib.placement import PRESETS
-from calib.report import Report, ReportConfig, headline_of, make_report
+from calib.report import (
+    Report,
+    ReportConfig,
+    headline_of,
+    layer_rows,
+    layer_summary,
+    make_report,
+    method_colour,
+)
 from calib.sensitivity import (
     GRANULARITIES,
     RANKINGS,
@@ -154,7 +161,8 @@ else:
                 engine="", model=str(spec.onnx_path), tokenizer=str(spec.tokenizer_dir), data=eval_spec.source,
                 text_column=eval_spec.text_column, label_column=eval_spec.label_column,
                 text_pair_column=eval_spec.text_pair_column, split=eval_spec.split, workspace=str(ws.root),
-                labels=tuple(spec.labels), max_length=int(spec.max_length), limit=int(cmp_limit), layers=False))
+                labels=tuple(spec.labels), max_length=int(spec.max_length), limit=int(cmp_limit), layers=False,
+                logits_output=spec.logits_output, embedding_output=spec.embedding_output, pooling=spec.pooling))
         run_button(page, "compare", "Validating every calibrator", f"Validate {len(methods)} calibrators side by side",
                    key="cmp-run", fn=compare_calibrators, config=cconfig, parents=(cal_run.id,),
                    icon=":material/compare:")
@@ -207,7 +215,7 @@ else:
     c1, c2, c3, c4 = st.columns(4)
     limit = c1.number_input("Texts to evaluate (0 = all)", min_value=0, value=0, step=32, key="val-limit")
     layers_on = c2.checkbox("Per-layer analysis", value=True, key="val-layers")
-    layer_rows = c3.number_input("Texts for the per-layer analysis", min_value=1, value=64, step=16,
+    layer_texts = c3.number_input("Texts for the per-layer analysis", min_value=1, value=64, step=16,
                                  key="val-layer-rows", disabled=not layers_on)
     bootstrap = c4.number_input("Bootstrap resamples (confidence intervals)", min_value=0, value=1000, step=100,
                                 key="val-bootstrap")
@@ -217,7 +225,7 @@ else:
         data=eval_spec.source, text_column=eval_spec.text_column, label_column=eval_spec.label_column,
         text_pair_column=eval_spec.text_pair_column, split=eval_spec.split, workspace=str(ws.root),
         labels=tuple(spec.labels), max_length=int(spec.max_length), limit=int(limit), layers=bool(layers_on),
-        layer_rows=int(layer_rows), calibration=calibration, bootstrap=int(bootstrap),
+        layer_rows=int(layer_texts), calibration=calibration, bootstrap=int(bootstrap),
         logits_output=spec.logits_output, embedding_output=spec.embedding_output, pooling=spec.pooling)
     run_button(page, "validate", "Validating", "Validate", key="val-run", fn=validate, config=config,
                parents=(build_run.id,), run_label=build_run.label)
@@ -259,48 +267,53 @@ with tab_layers:
     if not layers:
         st.info("This validation ran without the per-layer analysis.", icon=":material/info:")
     else:
+        rows = layer_rows(layers)
+        q = [r for r in rows if r["quantized"]]
+        threshold = float(layers["degraded_sqnr_db"])
         first = layers.get("first_degraded")
+        summary = layer_summary(rows, threshold)
         if first:
-            st.warning(f"First degraded tensor in network order: `{first}` (SQNR below "
-                       f"{layers['degraded_sqnr_db']:g} dB or cosine below {layers['degraded_cosine']:g}).",
-                       icon=":material/warning:")
+            st.warning(f"{summary}. First degraded tensor in network order: `{first}` (SQNR below {threshold:g} dB "
+                       f"or cosine below {layers['degraded_cosine']:g}).", icon=":material/warning:")
         else:
-            st.success("No quantized tensor is degraded (all above the SQNR and cosine thresholds).",
-                       icon=":material/check_circle:")
-        q = [r for r in layers["tensors"] if r.get("quantized")]
-        sq = pd.DataFrame([{"#": i, "tensor": r["tensor"], "SQNR (dB)": r.get("sqnr_db"),
-                            "cosine": r.get("cosine"), "local SQNR (dB)": r.get("local_sqnr_db"),
-                            "engine amax": r.get("engine_amax"), "non-finite": r.get("nonfinite", 0)}
-                           for i, r in enumerate(q)])
-        if not sq.empty:
-            line = alt.Chart(sq.dropna(subset=["SQNR (dB)"])).mark_line(point=True).encode(
-                x=alt.X("#:Q", title="quantized tensor (network order)"),
-                y=alt.Y("SQNR (dB):Q", title="SQNR vs FP32 (dB)"),
+            st.success(f"{summary}: no quantized tensor is degraded.", icon=":material/check_circle:")
+        methods = sorted({m for r in rows for m in r["amax"] if m != "engine"})
+        frame = layer_frame(q, methods)
+        if not frame.empty:
+            order = list(frame["name"])
+            x = alt.X("name:N", sort=order, title=None, axis=alt.Axis(labelAngle=-60, labelLimit=220,
+                                                                       labelOverlap=False, labelFontSize=9))
+            line = alt.Chart(frame.dropna(subset=["SQNR (dB)"])).mark_line(point=True, color=method_colour("engine")).encode(
+                x=x, y=alt.Y("SQNR (dB):Q", title="SQNR vs FP32 (dB)"),
                 tooltip=["tensor", alt.Tooltip("SQNR (dB):Q", format=".1f"), alt.Tooltip("cosine:Q", format=".4f")])
-            rule = alt.Chart(pd.DataFrame({"y": [layers["degraded_sqnr_db"]]})).mark_rule(
-                color="#e45756", strokeDash=[4, 4]).encode(y="y:Q")
-            st.altair_chart((line + rule).properties(height=280, title="SQNR per quantized tensor"), width="stretch")
-        range_rows = []
-        for i, r in enumerate(layers["tensors"]):
-            rng = r.get("ranges")
-            if not rng:
-                continue
-            range_rows.append({"#": i, "tensor": r["tensor"], "method": "fp32 absmax", "amax": rng.get("fp32_absmax")})
-            for method, info in rng["methods"].items():
-                range_rows.append({"#": i, "tensor": r["tensor"], "method": method, "amax": info.get("amax")})
-        rf = pd.DataFrame(range_rows)
-        if not rf.empty:
-            rf = rf[rf["amax"].map(lambda v: v is not None and math.isfinite(v) and v > 0)]
-            methods = list(dict.fromkeys(rf["method"]))
-            chart = alt.Chart(rf).mark_point(filled=True, size=30).encode(
-                x=alt.X("#:Q", title="tensor (network order)"),
-                y=alt.Y("amax:Q", scale=alt.Scale(type="log"), title="range (log)"),
-                color=method_color(methods) if "fp32 absmax" not in methods else alt.Color("method:N", title=None),
-                shape=alt.Shape("method:N", title=None),
-                tooltip=["tensor", "method", alt.Tooltip("amax:Q", format=".4g")])
-            st.altair_chart(chart.properties(height=280, title="Per-layer ranges: observed absmax vs calibrated amax"),
+            rule_df = pd.DataFrame({"y": [threshold], "label": [f"{threshold:g} dB: degraded below"]})
+            rule = alt.Chart(rule_df).mark_rule(color="#e45756", strokeDash=[4, 4]).encode(y="y:Q")
+            label = alt.Chart(rule_df).mark_text(align="left", dx=4, dy=-6, color="#e45756", x=0).encode(
+                y="y:Q", text="label:N")
+            st.altair_chart((line + rule + label).properties(height=340, title="SQNR per quantized tensor"),
                             width="stretch")
-        st.dataframe(sq, hide_index=True, width="stretch", height=300)
+            clipped = frame.melt(id_vars=["#", "name", "tensor"], value_vars=[f"clipped {m}" for m in methods],
+                                 var_name="method", value_name="clipped").dropna(subset=["clipped"])
+            clipped["method"] = clipped["method"].str.removeprefix("clipped ")
+            if not clipped.empty:
+                chart = alt.Chart(clipped).mark_line(point=True).encode(
+                    x=x, y=alt.Y("clipped:Q", title="share of |x| above amax",
+                                 scale=alt.Scale(type="symlog", constant=1e-5), axis=alt.Axis(format=".1e")),
+                    color=method_color(methods),
+                    tooltip=["tensor", "method", alt.Tooltip("clipped:Q", format=".2e")])
+                st.altair_chart(chart.properties(height=300, title="Clipped share per calibrator (evaluation texts)"),
+                                width="stretch")
+            st.caption("Worst SQNR first. Clipped: share of |x| above each calibrator's amax on the evaluation texts. "
+                       + ("entropy ÷ minmax: how much smaller the entropy range is (1 = the same)."
+                          if "entropy ÷ minmax" in frame else ""))
+            st.dataframe(frame.sort_values("SQNR (dB)").drop(columns=["name"]), hide_index=True, width="stretch",
+                         height=320, column_config={
+                             **{f"clipped {m}": st.column_config.NumberColumn(f"clipped {m}", format="%.2e")
+                                for m in methods},
+                             "SQNR (dB)": st.column_config.NumberColumn("SQNR (dB)", format="%.1f"),
+                             "local SQNR (dB)": st.column_config.NumberColumn("local SQNR (dB)", format="%.1f"),
+                             "cosine": st.column_config.NumberColumn("cosine", format="%.4f"),
+                             "entropy ÷ minmax": st.column_config.NumberColumn("entropy ÷ minmax", format="%.3f")})
 
 with tab_sens:
     st.markdown("Rank the quantized layers by the loss they cause and search the fewest to keep in float "
