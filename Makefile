@@ -33,8 +33,11 @@ chromium:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
 	  else echo "note: install Debian's chromium (sudo apt-get install chromium) for the browser test"; fi; }
 
+# One prepared demo for both commands: the demo tests use the one in $(WORKSPACE) (which `make demo`
+# serves); their runs go to .cache/test-workspace, whose demo/ links to it.
 test: install chromium
-	$(BIN)/python -m pytest -q
+	$(BIN)/calib --workspace $(WORKSPACE) demo prepare
+	CALIB_TEST_DEMO_WORKSPACE=$(WORKSPACE) $(BIN)/python -m pytest -q
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not demo and not browser"

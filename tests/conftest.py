@@ -54,16 +54,41 @@ def workspace(tmp_path):
     return Workspace(tmp_path / "ws")
 
 
+REPO = Path(__file__).resolve().parent.parent
+
+
+def share_prepared_demo(test_root: Path, demo_root: Path) -> None:
+    """Make ``test_root/demo`` a link to the demo prepared in the workspace ``demo_root`` (preparing
+    it there first if needed), so that the tests and `make demo` use one prepared copy while test
+    runs stay in their own registry. A ``test_root/demo`` that already holds files is left alone."""
+    from calib.demo import DemoConfig, prepare_demo
+
+    link = test_root / "demo"
+    if link.is_symlink() or (link.is_dir() and any(link.iterdir())):
+        return
+    prepare_demo(DemoConfig(workspace=str(demo_root)))
+    test_root.mkdir(parents=True, exist_ok=True)
+    if link.is_dir():
+        link.rmdir()  # the empty folder an earlier Workspace() made
+    link.symlink_to((demo_root / "demo").resolve(), target_is_directory=True)
+
+
 @pytest.fixture(scope="session")
 def demo_workspace() -> Path:
-    """A workspace with the real demo prepared (MiniLM export, both tasks). Prepared once and
-    cached in $CALIB_TEST_WORKSPACE (default: .cache/test-workspace in the repository)."""
+    """A workspace with the real demo prepared (MiniLM-L6 ONNX, both tasks), prepared once.
+
+    ``$CALIB_TEST_WORKSPACE`` if set (prepared there). Otherwise ``.cache/test-workspace`` in the
+    repository, whose ``demo`` links to the demo of ``$CALIB_TEST_DEMO_WORKSPACE`` (default
+    ``./workspace``, the one `make demo` prepares and serves)."""
     from calib.demo import DemoConfig, prepare_demo
     from calib.workspace import Workspace
 
-    root = Path(os.environ.get("CALIB_TEST_WORKSPACE", Path(__file__).resolve().parent.parent / ".cache" / "test-workspace"))
+    explicit = os.environ.get("CALIB_TEST_WORKSPACE")
+    root = Path(explicit) if explicit else REPO / ".cache" / "test-workspace"
+    if not explicit:
+        share_prepared_demo(root, Path(os.environ.get("CALIB_TEST_DEMO_WORKSPACE") or REPO / "workspace"))
     ws = Workspace(root)
-    prepare_demo(DemoConfig(workspace=str(ws.root)))
+    prepare_demo(DemoConfig(workspace=str(ws.root)))  # checks the prepared files; no work when intact
     return ws.root
 
 
