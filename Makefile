@@ -22,10 +22,10 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 demo: install
 	$(BIN)/calib --workspace $(WORKSPACE) demo prepare
-	CALIB_WORKSPACE=$(WORKSPACE) $(BIN)/streamlit run app/Home.py --server.address localhost --server.port $(PORT)
+	$(BIN)/calib --workspace $(WORKSPACE) app --port $(PORT)
 
 app: install
-	CALIB_WORKSPACE=$(WORKSPACE) $(BIN)/streamlit run app/Home.py --server.address localhost --server.port $(PORT)
+	$(BIN)/calib --workspace $(WORKSPACE) app --port $(PORT)
 
 # Debian's Chromium for the real-browser test (Playwright drives it; it never downloads a browser).
 chromium:

@@ -133,6 +133,11 @@ def _check_config(config: AssembleConfig) -> tuple[int, ...]:
     if config.size < 1:
         raise InputError(f"calibration set size must be at least 1, got {config.size}")
     edges = check_edges(config.edges)
+    if config.weights and config.strategy != "custom":
+        raise InputError(f"bucket weights apply to strategy custom only (strategy is {config.strategy}); "
+                         "add --strategy custom or drop --weights")
+    if config.seed < 0:
+        raise InputError(f"seed must be 0 or positive, got {config.seed}")
     if config.strategy == "custom" and len(config.weights) != len(edges):
         raise InputError(f"strategy custom needs {len(edges)} bucket weights (buckets {', '.join(bucket_labels(edges))}), "
                          f"got {len(config.weights)}")

@@ -140,7 +140,22 @@ def label_names(ds: datasets.Dataset, spec: DataSpec) -> list[str]:
     feature = ds.features[spec.label_column]
     if isinstance(feature, datasets.ClassLabel):
         return list(feature.names)
+    names = sorted({str(v) for v in ds[spec.label_column] if v is not None and str(v).strip()})
+    numbers = [n for n in names if _is_int(n)]
+    if numbers and len(numbers) < len(names):
+        words = [n for n in names if not _is_int(n)]
+        raise InputError(f"label column {spec.label_column!r} of {spec.describe()} mixes class numbers "
+                         f"({', '.join(numbers[:5])}) and class names ({', '.join(words[:5])}); make it one or the "
+                         "other (or give --label-column none for an agreement-only run)")
     return sorted({str(v) for v in ds[spec.label_column]})
+
+
+def _is_int(text: str) -> bool:
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
 
 
 def label_ids(ds: datasets.Dataset, spec: DataSpec, names: list[str]) -> np.ndarray:

@@ -32,8 +32,9 @@ def check_gate(report: dict, *, max_drop: float | None = None, min_agreement: fl
     """Check the headline of a report (``calib.report/1`` data) against the budget.
 
     ``max_drop`` is in accuracy points (FP32 − INT8). With ``use_ci`` the upper end of the 95 %
-    interval of the drop must be within budget too, not just the point estimate. A report without
-    labels cannot pass a ``max_drop`` check: that is said, not assumed. The decision is
+    interval of the drop must be within budget too, not just the point estimate; a report without that
+    interval (validated with ``--bootstrap 0``) FAILs ``use_ci`` rather than falling back to the
+    estimate. A report without labels cannot pass a ``max_drop`` check: that is said, not assumed. The decision is
     :func:`calib.verdict.judge`, the same that the report and the app show.
     """
     if max_drop is None and min_agreement is None and min_embedding_cosine is None:

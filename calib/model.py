@@ -141,6 +141,22 @@ def read_onnx(path: str | Path, *, load_weights: bool = True) -> onnx.ModelProto
     return model
 
 
+def max_positions(model: onnx.ModelProto) -> tuple[int, str] | None:
+    """The longest sequence the graph's learned position embeddings allow, with the initializer it
+    was read from: the rows of a 2-D ``*position*embed*`` table, else the length of a
+    ``*position_ids*`` buffer. None when the graph has neither (e.g. rotary or relative positions)."""
+    tables, buffers = [], []
+    for init in model.graph.initializer:
+        name = init.name.lower()
+        dims = list(init.dims)
+        if "position" in name and "embed" in name and len(dims) == 2 and dims[0] > 0:
+            tables.append((int(dims[0]), init.name))
+        elif "position_ids" in name and len(dims) in (1, 2) and dims[-1] > 0:
+            buffers.append((int(dims[-1]), init.name))
+    found = tables or buffers
+    return min(found) if found else None
+
+
 def check_tokenizer_dir(tokenizer_dir: str | Path) -> Path:
     path = Path(tokenizer_dir)
     if not path.is_dir():
@@ -192,6 +208,10 @@ def load_model(
                           n_labels=len(labels), where=f"ONNX model {onnx_path}")
     if max_length < 8:
         raise InputError(f"max length {max_length} is too small (use at least 8 tokens)")
+    positions = max_positions(model)
+    if positions is not None and max_length > positions[0]:
+        raise InputError(f"max length {max_length} exceeds the {positions[0]} positions ONNX model {onnx_path} "
+                         f"has embeddings for (initializer {positions[1]!r}); use --max-length {positions[0]} or less")
     return ModelSpec(
         onnx_path=onnx_path.resolve(), tokenizer_dir=tok_dir.resolve(), sha256=sha256_file(onnx_path),
         inputs=inputs, outputs=outputs, logits_output=roles.logits, max_length=int(max_length),

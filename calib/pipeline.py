@@ -47,11 +47,19 @@ def run_stage(
 ) -> tuple[str, A]:
     """Run ``fn(config, out_dir, progress=...)`` as a registered run; return (run id, artifact).
 
+    Before the stage starts, every upstream artifact ``config`` names is checked against the sha256
+    recorded when it was made (:meth:`Workspace.check_inputs`); a changed file stops the run with one
+    line naming it, unless the workspace was opened with ``trust_changed`` -- then the changed files
+    are recorded in the run's params (``trust_changed``).
     ``artifact.summary()`` (if defined) is stored in the registry for listings and comparisons.
     The returned artifact is re-loaded from its final folder (``type(artifact).load(run_dir)``) so
     its paths point at ``runs/<id>/``, not at the staging folder it was written in.
     """
-    with workspace.start_run(stage, config_params(config), parents=parents, label=label,
+    params = config_params(config)
+    changed = workspace.check_inputs(params)  # refuses a changed upstream artifact unless trusted
+    if changed:
+        params["trust_changed"] = changed
+    with workspace.start_run(stage, params, parents=parents, label=label,
                              session=session, run_id=run_id) as ctx:
         def report(fraction: float, message: str = "") -> None:
             ctx.progress(fraction, message)

@@ -85,7 +85,8 @@ def _drop_ci(ci: dict) -> dict:
     ``drop_ci_*`` FP32 − INT8, the convention of the drop itself (what reports show)."""
     low, high = _pts(ci.get("low")), _pts(ci.get("high"))
     return {"ci_low_points": low, "ci_high_points": high,
-            "drop_ci_low_points": None if high is None else -high, "drop_ci_high_points": None if low is None else -low}
+            "drop_ci_low_points": None if high is None else -high, "drop_ci_high_points": None if low is None else -low,
+            "ci_resamples": ci.get("n_resamples")}  # 0: validated without an interval (--bootstrap 0)
 
 
 def headline_of(ev: Evaluation) -> dict:
@@ -337,7 +338,7 @@ def _ci(row: dict) -> str:
     if low is None and row.get("ci_low_points") is not None:
         low, high = -row["ci_high_points"], -row["ci_low_points"]
     if low is None or high is None:
-        return "–"
+        return "no CI (bootstrap 0)" if row.get("ci_resamples") == 0 else "–"
     return f"[{_drop(low)}, {_drop(high)}]"
 
 

@@ -11,7 +11,8 @@ Version code: 8.x (and 7.x) ``major*1000 + minor*100 + patch`` (8.6.1 -> 8601); 
 ``major*10000 + minor*100 + patch`` (10.3.0 -> 100300). TensorRT ignores a cache whose header does
 not match its own version and algorithm, so both are configurable and recorded.
 Tensors with a zero, negative or non-finite amax are left out (TensorRT then keeps them in higher
-precision) and reported by :func:`write_trt_cache`.
+precision) and reported by :func:`write_trt_cache`; the reader refuses such scales and a tensor named
+twice, which TensorRT would take silently.
 """
 
 from __future__ import annotations
@@ -140,9 +141,17 @@ def parse_trt_cache(text: str, where: str = "cache") -> TrtCache:
         if not sep or not name.strip():
             raise InputError(f"TensorRT cache {where} line {number}: expected '<tensor>: <hex scale>', got {line[:60]!r}")
         try:
-            scales[name.strip()] = hex_to_scale(value)
+            scale = hex_to_scale(value)
         except InputError as exc:
             raise InputError(f"TensorRT cache {where} line {number}: {exc}") from exc
+        tensor = name.strip()
+        if not (math.isfinite(scale) and scale > 0):
+            raise InputError(f"TensorRT cache {where} line {number}: tensor {tensor!r} has scale {scale!r}; "
+                             "a scale must be finite and positive (recalibrate, or remove the line)")
+        if tensor in scales:
+            raise InputError(f"TensorRT cache {where} line {number}: tensor {tensor!r} appears twice; "
+                             "a cache holds one scale per tensor")
+        scales[tensor] = scale
     return TrtCache(version_code=int(match.group(1)), algorithm=match.group(2), scales=scales)
 
 

@@ -304,6 +304,10 @@ def validate(config: ValidateConfig, out_dir: Path, *, progress: ProgressFn | No
         raise InputError(f"batch size must be at least 1, got {config.batch_size}")
     if config.limit < 0 or config.layer_rows < 0:
         raise InputError("limit and layer rows must be 0 (all) or positive")
+    if config.bootstrap < 0:
+        raise InputError(f"bootstrap resamples must be 0 (no confidence interval) or more, got {config.bootstrap}")
+    if config.seed < 0:
+        raise InputError(f"seed must be 0 or positive, got {config.seed}")
     source = resolve_engine(config.engine)
     labels = config.labels or tuple(source.build.get("labels", ()) or ())
     spec = load_model(config.model, config.tokenizer, max_length=config.max_length, labels=labels,

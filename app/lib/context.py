@@ -82,7 +82,7 @@ def attempt(fn: Callable[..., T], *args: Any, what: str = "", **kwargs: Any) -> 
 
 @st.cache_resource(show_spinner=False)
 def _open_workspace(root: str) -> Workspace:
-    return Workspace(root)
+    return Workspace(root, read_only=None)  # read-only when it cannot be written: history still shows
 
 
 def workspace() -> Workspace:
@@ -126,6 +126,8 @@ def load_session_state(ws: Workspace, sid: str) -> dict[str, Any]:
 
 
 def save_session_value(ws: Workspace, sid: str, key: str, value: Any) -> None:
+    if ws.read_only:  # a read-only workspace keeps no session state; pages still show what is there
+        return
     data = load_session_state(ws, sid)
     data[key] = value
     atomic_write_json(_state_file(ws, sid), data)

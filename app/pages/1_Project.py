@@ -123,7 +123,7 @@ else:
     if src == "Upload":
         up = st.file_uploader("ONNX model (.onnx)", type=["onnx"], key="project-onnx-upload")
         if up is not None:
-            stored = attempt(uploads.store_upload, ws, page.session, uploads.MODEL, up.name, up.getvalue(),
+            stored = attempt(uploads.store_upload, ws, page.session, uploads.MODEL, up.name, up,
                              what="Storing the model")
             onnx_path = str(stored) if stored else ""
     else:
@@ -136,7 +136,7 @@ else:
                                "special_tokens_map.json)", type=["json", "txt"], accept_multiple_files=True,
                                key="project-tok-upload")
         if ups:
-            stored = attempt(uploads.store_tokenizer, ws, page.session, [(u.name, u.getvalue()) for u in ups],
+            stored = attempt(uploads.store_tokenizer, ws, page.session, [(u.name, u) for u in ups],
                              what="Storing the tokenizer")
             tokenizer_dir = str(stored) if stored else ""
     else:
@@ -150,7 +150,7 @@ else:
         up = st.file_uploader("Dataset (CSV, TSV, JSON, JSONL, Parquet)",
                               type=["csv", "tsv", "json", "jsonl", "parquet"], key="project-data-upload")
         if up is not None:
-            stored = attempt(uploads.store_upload, ws, page.session, uploads.DATASET, up.name, up.getvalue(),
+            stored = attempt(uploads.store_upload, ws, page.session, uploads.DATASET, up.name, up,
                              what="Storing the dataset")
             pool_source = str(stored) if stored else ""
     else:

@@ -57,7 +57,7 @@ with st.expander("Load a saved recipe", icon=":material/upload_file:"):
     if st.button("Apply the recipe", key="cs-recipe-apply", disabled=not (choice or up)):
         try:
             path = Path(choice) if choice else uploads.store_upload(
-                ws, page.session, uploads.UploadKind("recipe", (".json",), uploads.MB), up.name, up.getvalue())
+                ws, page.session, uploads.UploadKind("recipe", (".json",), uploads.MB), up.name, up)
             cfg = load_recipe(path, workspace=ws.root)
             if cfg.source != base["source"]:
                 st.warning(f"This recipe was made for {cfg.source}; only its sampling settings are used "
@@ -95,7 +95,7 @@ with shown_errors("Counting tokens"):
         typed = c2.text_input("…or a path on the server", key="cs-lengths-path")
         path = None
         if up is not None:
-            path = str(uploads.store_upload(ws, page.session, uploads.LENGTHS, up.name, up.getvalue()))
+            path = str(uploads.store_upload(ws, page.session, uploads.LENGTHS, up.name, up))
         elif typed.strip():
             path = typed.strip()
         if path is None:

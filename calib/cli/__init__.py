@@ -23,8 +23,11 @@ from calib.cli.common import (
     EXIT_INTERRUPTED,
 )
 from calib.errors import BackendUnavailableError, CalibError
+from calib.workspace import OUT_OF_SPACE, default_workspace_path
 
-COMMAND_MODULES = ("demo", "assemble", "calibrate", "build", "validate", "head", "runs")
+COMMAND_MODULES = ("demo", "assemble", "calibrate", "build", "validate", "head", "runs", "app")
+# Commands that read upstream artifacts: each checks them against their recorded sha256 first.
+READS_ARTIFACTS = ("assemble", "calibrate", "build", "bench", "validate", "sensitivity", "report", "gate", "head")
 
 _EPILOG = """run references: wherever a command takes a run id it also takes a unique prefix of one,
 `latest` (the newest finished run of the stage it needs) or `latest:LABEL` (the newest with that --label).
@@ -47,6 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     for name in COMMAND_MODULES:
         if importlib.util.find_spec(f"calib.cli.{name}") is not None:
             importlib.import_module(f"calib.cli.{name}").register(sub)
+    for name in READS_ARTIFACTS:
+        if name in sub.choices:
+            sub.choices[name].add_argument(
+                "--trust-changed", action="store_true",
+                help="use upstream artifacts whose sha256 changed since they were recorded (the run records which)")
     return parser
 
 
@@ -68,6 +76,11 @@ def main(argv: list[str] | None = None) -> int:
         print("calib: interrupted; finished runs are kept in the workspace", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:  # noqa: BLE001  (a bug: keep the traceback for the report, but a status of its own)
+        if isinstance(exc, OSError) and exc.errno in OUT_OF_SPACE:  # the disk, not calib
+            where = args.workspace or default_workspace_path()
+            print(f"calib: error: no space left on the device ({exc.filename or where}); free space or choose "
+                  f"another folder with --workspace (workspace {where})", file=sys.stderr)
+            return EXIT_BAD_INPUT
         traceback.print_exc()
         print(f"calib: internal error ({type(exc).__name__}); this is a bug in calib, please report it "
               "with the traceback above; finished runs are kept", file=sys.stderr)

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from calib.cli.common import add_role_args, json_arg, role_values
+from calib.cli.common import add_role_args, json_arg, non_negative_int, role_values
 from calib.errors import InputError
 
 _EXAMPLES = """examples:
@@ -63,7 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     how.add_argument("--shortfall", choices=("neighbours", "replace"),
                      help="when a bucket is short: take from neighbouring buckets (default) or sample with replacement")
     how.add_argument("--edges", type=_int_list, help="bucket edges in tokens (default 0,32,64,128,256,512)")
-    how.add_argument("--seed", type=int, help="random seed (default 0)")
+    how.add_argument("--seed", type=non_negative_int, help="random seed (default 0)")
     out = p.add_argument_group("recipes and output")
     out.add_argument("--recipe", type=Path, help="replay a saved recipe (other options override it)")
     out.add_argument("--save-recipe", type=Path, metavar="FILE", help="save the settings as a recipe after the run")

@@ -48,8 +48,21 @@ def role_values(args: argparse.Namespace) -> dict:
     return {k: v for k, v in values.items() if v is not None}
 
 
-def workspace_of(args: argparse.Namespace) -> Workspace:
-    return Workspace(args.workspace)
+def non_negative_int(text: str) -> int:
+    """argparse type: a whole number >= 0 (seeds, resample counts)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def workspace_of(args: argparse.Namespace, *, read_only: bool | None = False) -> Workspace:
+    """The ``--workspace`` (``read_only=None``: read-only when it cannot be written, for inspection);
+    ``--trust-changed`` (where the command has it) lets stages use changed upstream artifacts."""
+    return Workspace(args.workspace, read_only=read_only, trust_changed=bool(getattr(args, "trust_changed", False)))
 
 
 def run_folder(ws: Workspace, ref: str, stage: str, parents: list[str] | None = None) -> Path:

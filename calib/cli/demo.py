@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from calib import formatting as fmt
-from calib.cli.common import ProgressBar, format_table
+from calib.cli.common import ProgressBar, format_table, non_negative_int
 from calib.workspace import default_workspace_path
 
 
@@ -19,7 +19,7 @@ def register(subparsers: Any) -> None:
     prepare.add_argument("--task", action="append", dest="tasks", metavar="TASK",
                          help="task to prepare (repeatable; default: all of bbc-topic, rt-sentiment)")
     prepare.add_argument("--force", action="store_true", help="rebuild even when the prepared files are intact")
-    prepare.add_argument("--seed", type=int, default=0, help="seed of the train/calibration/eval split (default 0)")
+    prepare.add_argument("--seed", type=non_negative_int, default=0, help="seed of the train/calibration/eval split (default 0)")
     prepare.set_defaults(handler=cmd_prepare)
 
     info = sub.add_parser("info", help="list the prepared demo tasks with their FP32 accuracy and paths")

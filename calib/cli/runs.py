@@ -1,4 +1,7 @@
-"""``calib runs list|show|verify``: the run registry of the workspace."""
+"""``calib runs list|show|verify|recover|delete``: the run registry of the workspace.
+
+``list``, ``show`` and ``verify`` only read, so they also work on a workspace without write access.
+"""
 
 from __future__ import annotations
 
@@ -29,9 +32,18 @@ def register(subparsers: Any) -> None:
     verify.add_argument("run_id", metavar="ID", help="run id, unique prefix, latest or latest:LABEL")
     verify.set_defaults(handler=cmd_verify)
 
+    recover = sub.add_parser("recover", help="settle runs whose process is gone (running -> interrupted; "
+                             "finishing -> finished if every file verifies); never touches a live run")
+    recover.set_defaults(handler=cmd_recover)
+
+    delete = sub.add_parser("delete", help="remove a run's folder and registry entry (refuses a live run)")
+    delete.add_argument("run_id", metavar="ID")
+    delete.add_argument("--force", action="store_true", help="also when other runs were made from it")
+    delete.set_defaults(handler=cmd_delete)
+
 
 def cmd_list(args: argparse.Namespace) -> int:
-    ws = workspace_of(args)
+    ws = workspace_of(args, read_only=None)
     runs = ws.list_runs(stage=args.stage, status=args.status, limit=max(1, args.limit))
     if not runs:
         print(f"no runs in {ws.root}" + (f" for stage {args.stage!r}" if args.stage else ""))
@@ -49,13 +61,17 @@ def _note(run: RunRecord) -> str:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    ws = workspace_of(args)
+    ws = workspace_of(args, read_only=None)
     run = ws.get_run(ws.find_run_id(args.run_id))
     print(f"run       {run.id}")
     print(f"stage     {run.stage}" + (f"  label {run.label}" if run.label else ""))
     print(f"status    {run.status}" + ("" if run.status == "finished" else f" ({run.error or run.message})"))
     print(f"created   {run.created_at}   finished {run.finished_at or '-'}")
     print(f"folder    {run.dir}")
+    if run.status in ("running", "finishing"):
+        alive = "alive (holds its run lock)" if ws.is_live(run.id) else "gone (run `calib runs recover`)"
+        print(f"process   pid {run.pid}" + (f" on {run.host}" if run.host else "")
+              + f", {alive}; last heartbeat {run.heartbeat_at or '-'}")
     if run.parents:
         print(f"parents   {', '.join(run.parents)}")
     print("params    " + json.dumps(run.params, indent=2, sort_keys=True).replace("\n", "\n          "))
@@ -69,7 +85,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    ws = workspace_of(args)
+    ws = workspace_of(args, read_only=None)
     run = ws.get_run(ws.find_run_id(args.run_id))
     bad = ws.verify(run.id)
     if run.status != "finished":
@@ -81,4 +97,24 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(f"{len(bad)} of {len(run.artifacts)} artifacts of run {run.id} do not match their recorded sha256")
         return 1
     print(f"ok: all {len(run.artifacts)} artifacts of run {run.id} match their recorded sha256")
+    return 0
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    ws = workspace_of(args)  # opening already recovers; this says what was done
+    settled = list(dict.fromkeys([*ws.recovered, *ws.recover()]))
+    if not settled:
+        live = [r.id for r in ws.list_runs(status="running", limit=100000) if ws.is_live(r.id)]
+        print(f"nothing to recover in {ws.root}" + (f"; {len(live)} run(s) live: {', '.join(live[:5])}" if live else ""))
+        return 0
+    for run_id in settled:
+        run = ws.get_run(run_id)
+        print(f"{run_id}: {run.status} ({run.error or run.message})")
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    ws = workspace_of(args)
+    folder = ws.delete_run(args.run_id, force=args.force)
+    print(f"deleted run {args.run_id} ({folder})")
     return 0

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from calib import formatting as fmt
-from calib.cli.common import add_role_args, json_arg, role_values, run_folder
+from calib.cli.common import add_role_args, json_arg, non_negative_int, role_values, run_folder
 from calib.errors import InputError
 
 _VALIDATE_EXAMPLES = """examples:
@@ -72,7 +72,7 @@ def _model_data_args(p: argparse.ArgumentParser) -> None:
     add_role_args(g)
     g.add_argument("--limit", type=int, help="evaluate a seeded sample of this many texts (default: all / 256)")
     g.add_argument("--batch-size", type=int, default=16)
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=non_negative_int, default=0)
     g.add_argument("--label", default="", help="label for the run in the registry")
 
 
@@ -121,7 +121,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--edges", type=_int_list, help="length bucket edges (default 0,32,64,128,256,512)")
     p.add_argument("--no-layers", action="store_true", help="skip the per-layer analysis")
     p.add_argument("--layer-rows", type=int, default=128, help="texts for the per-layer analysis (0 = all)")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CI")
+    p.add_argument("--bootstrap", type=non_negative_int, default=1000,
+                   help="bootstrap resamples for the 95 %% CI of the drop (default 1000; 0 = no CI)")
     json_arg(p)
     p.set_defaults(handler=run_validate)
 
