@@ -177,21 +177,38 @@ class _NoLocks(Exception):
     """The filesystem does not support flock (some network filesystems)."""
 
 
-def _try_lock(path: Path) -> int | None:
-    """An fd holding an exclusive flock on ``path`` (created if missing), or None if another open
-    file description holds it. Raises :class:`_NoLocks` where flock is unsupported."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+def _try_lock(path: Path, wait_seconds: float = 0.0) -> int | None:
+    """An fd holding an exclusive flock on the file at ``path`` (created if missing), or None if
+    another open file description holds it (after waiting up to ``wait_seconds``). Raises
+    :class:`_NoLocks` where flock is unsupported.
+
+    A holder may unlink the file before releasing it, so after locking, the fd must still be the
+    file at ``path``; otherwise the lock is on a dead inode and the current file is tried instead.
+    """
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.01)
+            continue
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+                raise _NoLocks(str(exc)) from exc
+            raise
+        held = os.fstat(fd)
+        try:
+            current = os.stat(path)
+        except FileNotFoundError:
+            current = None
+        if current is not None and (current.st_ino, current.st_dev) == (held.st_ino, held.st_dev):
+            return fd
         os.close(fd)
-        return None
-    except OSError as exc:
-        os.close(fd)
-        if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
-            raise _NoLocks(str(exc)) from exc
-        raise
-    return fd
 
 
 def _lock_is_held(path: Path) -> bool:
@@ -514,8 +531,8 @@ class Workspace:
         if not run_id or "/" in run_id or "\\" in run_id or run_id.startswith(".") or "\x00" in run_id:
             raise InputError(f"run id {run_id!r} is not a plain name")
         lock_path = self._lock_path(run_id)
-        try:
-            lock_fd = _try_lock(lock_path)
+        try:  # a recovery that is looking at this (fresh) id holds its lock for a moment at most
+            lock_fd = _try_lock(lock_path, wait_seconds=30.0)
         except _NoLocks:
             lock_fd = -1  # liveness falls back to the heartbeat
         except OSError as exc:
