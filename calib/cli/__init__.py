@@ -38,6 +38,14 @@ exit status:
                 for code, meaning in EXIT_CODES)
 
 
+def _leaves(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """The parsers that take a command's options: ``parser`` itself, or its sub-commands' leaves."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        return [parser]
+    return [leaf for action in subs for child in dict.fromkeys(action.choices.values()) for leaf in _leaves(child)]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="calib",
@@ -52,9 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
             importlib.import_module(f"calib.cli.{name}").register(sub)
     for name in READS_ARTIFACTS:
         if name in sub.choices:
-            sub.choices[name].add_argument(
-                "--trust-changed", action="store_true",
-                help="use upstream artifacts whose sha256 changed since they were recorded (the run records which)")
+            for leaf in _leaves(sub.choices[name]):
+                leaf.add_argument("--trust-changed", action="store_true",
+                                  help="use upstream artifacts whose sha256 changed since they were recorded "
+                                       "(the run records which)")
     return parser
 
 
