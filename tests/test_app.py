@@ -418,7 +418,7 @@ def test_sensitivity_exclusions_rebuild_in_one_click(app_workspace, tiny_model_p
     at.checkbox(key="val-layers").set_value(False)
     at.button(key="val-run").click().run()
     at = wait_for_jobs(at)
-    at.number_input(key="sens-cos").set_value(0.999)
+    at.number_input(key="sens-cos").set_value(0.9999)
     at.number_input(key="sens-limit").set_value(48)
     at.number_input(key="sens-budget").set_value(30)
     at.selectbox(key="sens-gran").set_value("block")
