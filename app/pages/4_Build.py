@@ -84,13 +84,16 @@ else:
         per_channel = a1.checkbox("Per-channel weight scales", value=True, key="build-per-channel")
         trt_version = a2.text_input("TensorRT version for the calibration cache header", value=DEFAULT_TRT_VERSION,
                                     key="build-trt-version")
+        smooth = a1.selectbox("Outlier migration (alpha)", ["off", "auto", "0.5", "0.8", "0.9"], key="build-smooth",
+                              help="Move activation outliers into the weights before Q/DQ (FP32 outputs unchanged); "
+                                   "auto picks alpha per tensor by simulated INT8 error.")
     extra = tuple(p.strip() for p in re.split(r",", patterns) if p.strip())
     from calib.sensitivity import exact_pattern
 
     config = BuildConfig(model=str(model_path), calibration=str(cal_run.dir), method=method, placement=preset,
                          exclude_nodes=tuple(exact_pattern(n) for n in excluded) + extra,
                          exclude_op_types=tuple(exclude_ops), per_channel=bool(per_channel), backend=backend,
-                         trt_version=trt_version)
+                         trt_version=trt_version, smooth="" if smooth == "off" else smooth)
     run_button(page, "build", "Building", "Build the INT8 model", key="build-run", fn=build, config=config,
                parents=(cal_run.id,), run_label=f"{method} {preset}" + (
                    f" -{len(config.exclude_nodes)} nodes" if config.exclude_nodes else ""))
