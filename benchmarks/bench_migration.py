@@ -72,6 +72,10 @@ def parse_variant(name: str) -> dict:
 
 def run_task(ws: str, task: str, variants: list[str], args: argparse.Namespace, rows: list[dict]) -> None:
     t0 = time.monotonic()
+    if args.calibration:  # reuse finished calibration runs (main [p99.99]) of an earlier invocation
+        cal = dict(zip(("main", "p9999"), args.calibration))
+        print(f"[{task}] reusing calibrations {cal}", file=sys.stderr)
+        return _variants(ws, task, variants, cal, args, rows)
     cs = calib(ws, "assemble", "--demo", task, "--size", str(args.size), "--strategy", "match", "--stratify",
                "--seed", str(args.seed), "--label", f"bench-migration {task}")["run"]
     methods = [m for m in METHODS if any(parse_variant(v)["method"] == m and parse_variant(v)["calibration"] == "main"
@@ -83,6 +87,11 @@ def run_task(ws: str, task: str, variants: list[str], args: argparse.Namespace, 
                              "--method", "percentile", "--percentile", "99.99",
                              "--label", f"bench-migration {task} p99.99")["run"]
     print(f"[{task}] calibration set {cs}, calibrations {cal} ({time.monotonic() - t0:.0f} s)", file=sys.stderr)
+    _variants(ws, task, variants, cal, args, rows)
+
+
+def _variants(ws: str, task: str, variants: list[str], cal: dict[str, str], args: argparse.Namespace,
+              rows: list[dict]) -> None:
     for variant in variants:
         o = parse_variant(variant)
         started = time.monotonic()
@@ -159,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
     parser.add_argument("--size", type=int, default=128, help="calibration texts (default 128)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--calibration", nargs="+", default=[], metavar="RUN",
+                        help="reuse calibrate runs of an earlier invocation (one task): main [percentile-99.99]")
     args = parser.parse_args(argv)
     for v in args.variants:
         parse_variant(v)

@@ -30,7 +30,7 @@ from onnx import numpy_helper
 
 from calib.calibrators import entropy_amax, mse_amax, mse_errors, percentile_amax
 from calib.errors import InputError
-from calib.fakequant import fake_quant_weight, output_error
+from calib.fakequant import fake_quant_activation, fake_quant_weight, output_error
 from calib.placement import weighted_matmuls
 from calib.stats import ActivationStats, TensorStats
 
@@ -101,6 +101,20 @@ def _matmul_errors(t: TensorStats, cands: Mapping[str, float], mms, inits, rows:
     w = np.concatenate([v.T if m.transposed else v for v, m in zip(ws, mms)], axis=1)
     if w.shape[0] != x.shape[1]:
         raise InputError(f"tensor {t.name!r}: its readers' weights have {w.shape[0]} rows for {x.shape[1]} channels")
-    reference = x @ w
     wq = fake_quant_weight(w)
-    return {n: output_error(x, w, a, reference=reference, wq=wq, row_weights=row_weights) for n, a in cands.items()}
+    if w.shape[0] >= w.shape[1]:  # K >= N: the direct GEMM per candidate is the cheaper one
+        reference = x @ w
+        return {n: output_error(x, w, a, reference=reference, wq=wq, row_weights=row_weights) for n, a in cands.items()}
+    # K < N: with D = Q(X) - X and C = X (Q(W) - W), the error Q(X) Q(W) - X W = D Q(W) + C has per-row
+    # squared norm d G d^T + 2 d . p + |c|^2 (G = Q(W) Q(W)^T, K x K; p = C Q(W)^T): one K x K GEMM per candidate
+    c = x @ (wq - w)
+    gram, p = wq @ wq.T, c @ wq.T
+    const = np.square(c, dtype=np.float64).sum(axis=1)
+    energy = float((np.square(x @ w, dtype=np.float64).sum(axis=1) * row_weights).sum()) or 1.0
+    out = {}
+    for n, a in cands.items():
+        d = fake_quant_activation(x, a) - x
+        rows_err = (np.einsum("ij,ij->i", d @ gram, d, dtype=np.float64) + 2 * np.einsum("ij,ij->i", d, p, dtype=np.float64)
+                    + const)
+        out[n] = float((np.maximum(rows_err, 0.0) * row_weights).sum()) / energy
+    return out
