@@ -24,7 +24,7 @@ import numpy as np
 from calib.batching import Encoded, iter_batches
 from calib.buckets import DEFAULT_EDGES, bucket_labels, check_edges
 from calib.coverage import Coverage, coverage
-from calib.data import DataSpec, load_rows, texts_of
+from calib.data import DataSpec, load_table, preparation_mismatch, texts_of
 from calib.errors import InputError, check_choice
 from calib.formatting import ratio
 from calib.io import atomic_dir, atomic_save_npz, atomic_write_json, read_json
@@ -79,10 +79,12 @@ class AssembleConfig:
     logits_output: str | None = None  # output roles (calib.model.resolve_roles): checked here, recorded
     embedding_output: str | None = None
     pooling: str | None = None
+    drop_empty: bool = False  # data hygiene (calib.data.DataSpec), for the pool and a dataset target
+    normalize: str = "none"
 
     def data_spec(self) -> DataSpec:
         return DataSpec(self.source, self.text_column, self.label_column, self.pair_column, self.split,
-                        self.workspace)
+                        self.workspace, self.drop_empty, self.normalize)
 
     def target_spec(self) -> DataSpec | None:
         if self.target_kind == "eval":
@@ -202,13 +204,13 @@ def assemble(config: AssembleConfig, out_dir: Path, *, progress: ProgressFn | No
                       logits_output=config.logits_output, embedding_output=config.embedding_output,
                       pooling=config.pooling)
     data = config.data_spec()
-    rows = load_rows(data)
+    rows, pool_loaded = load_table(data)
     if config.size > len(rows) and config.shortfall != "replace":
         raise InputError(f"requested {config.size} texts but {data.describe()} has only {len(rows)}; "
                          "lower the size or choose shortfall 'replace' to sample with replacement")
     target_spec = config.target_spec()
     try:
-        target_rows = load_rows(target_spec) if target_spec is not None else None
+        target_rows, target_loaded = load_table(target_spec) if target_spec is not None else (None, None)
     except InputError as exc:
         if config.target_kind == "dataset" and config.target_split is None and "name one with --split" in str(exc):
             raise InputError(str(exc).replace("name one with --split",
@@ -252,6 +254,10 @@ def assemble(config: AssembleConfig, out_dir: Path, *, progress: ProgressFn | No
     cov = coverage(chosen_lengths, target_lengths, edges, chosen_labels,
                    target_labels if target_labels is not None else None, names, spec.max_length,
                    target_name=_TARGET_NAMES[config.target_kind])
+    mismatch = preparation_mismatch(pool_loaded, target_loaded, ("calibration", cov.target_name)) \
+        if target_loaded is not None else None
+    if mismatch:
+        cov = dataclasses.replace(cov, warnings=(*cov.warnings, mismatch))
     profile = derive_profile(chosen_lengths, spec.max_length, spec.input_names, traffic=target_lengths,
                              opt_percentile=config.opt_percentile, batch_sizes=config.batch_sizes)
     manifest = {
@@ -269,6 +275,7 @@ def assemble(config: AssembleConfig, out_dir: Path, *, progress: ProgressFn | No
             "pair_column": config.pair_column, "label_column": config.label_column,
             "fingerprint": pool.fingerprint, "num_rows": len(pool),
             "truncation_rate": pool.truncation_rate(spec.max_length), "lengths": pool.percentiles(),
+            "resolved": pool_loaded.resolved, "split_used": pool_loaded.split, "hygiene": pool_loaded.to_dict(),
         },
         "target": {
             "kind": config.target_kind, "source": config.target_source if config.target_kind != "eval" else config.source,
@@ -291,7 +298,8 @@ def assemble(config: AssembleConfig, out_dir: Path, *, progress: ProgressFn | No
         "repeats": result.repeats,
         "truncation_rate": float(np.mean(chosen_lengths > spec.max_length)),
         "coverage": cov.to_dict(),
-        "notes": list(result.notes),
+        "notes": [*pool_loaded.notes(), *(target_loaded.notes() if target_loaded is not None else []),
+                  *result.notes],
         "profile": profile,
         "config": config_params(config),
     }

@@ -24,6 +24,7 @@ BUCKET_UNDER_RATIO = 0.5  # ... with under half that share in calibration is und
 KS_WARN = 0.2
 LABEL_MIN_TARGET_SHARE = 0.05
 LABEL_UNDER_RATIO = 0.5
+TRUNCATED_WARN = 0.10  # a share of texts cut at max_length worth a warning
 
 TABLE_HEADERS = ("bucket (tokens)", "calibration", "calib %", "target", "target %", "difference (points)")
 
@@ -164,6 +165,12 @@ def coverage(
         warnings.append(f"calibration lengths differ from {tname} lengths (KS statistic {ks.statistic:.2f}); "
                         f"calibration texts run {direction} (mean {np.mean(seen_c):.0f} vs "
                         f"{np.mean(seen_t):.0f} tokens)")
+    if max_length:
+        cut_t, cut_c = float(np.mean(target > max_length)), float(np.mean(calib > max_length))
+        if max(cut_t, cut_c) >= TRUNCATED_WARN:
+            warnings.append(f"{_pct(cut_t)} of {tname} texts and {_pct(cut_c)} of calibration texts are longer than "
+                            f"the max length of {max_length} tokens and are truncated: the model never sees their "
+                            "ends (raise --max-length if the model allows it)")
     if c_labels and t_labels and sum(t_labels) and sum(c_labels):
         nc, nt = sum(c_labels), sum(t_labels)
         for name, c, t in zip(label_names, c_labels, t_labels):

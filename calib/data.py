@@ -4,11 +4,20 @@ A :class:`DataSpec` names where the rows come from and which columns hold the te
 second text (sentence pairs) and the label. Sources: a local CSV, JSON/JSONL or Parquet file, a
 directory written by ``save_to_disk``, a demo task (``demo:bbc-topic``, ``demo:rt-sentiment``), or
 a hub id when the network allows.
+
+Hygiene (:func:`load_table`, which :func:`load_rows` wraps): rows with an empty (null or blank) text
+or label are refused with their count, or dropped and counted with ``drop_empty`` (an empty label
+never becomes a class named "None"); texts holding HTML entities or markup, or wrapped in quotes
+(triple-quoted CSV fields), are counted and reported (:class:`LoadReport`), and with
+``normalize="html"`` entities are unescaped, ``<br>`` becomes a space and other tags are removed.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import html
+import math
+import re
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +29,13 @@ if TYPE_CHECKING:
     import datasets
 
 _FILE_BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+NORMALIZATIONS = ("none", "html")
+_ENTITY = re.compile(r"&(?:[A-Za-z][A-Za-z0-9]{1,31}|#[0-9]{1,7}|#[xX][0-9A-Fa-f]{1,6});")
+_MARKUP = re.compile(r"</?(?:br|p|div|span|a|b|i|em|strong|u|li|ul|ol|h[1-6]|font|img|table|tr|td)\b[^<>]*>",
+                     re.IGNORECASE)
+_BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
+_TAG = re.compile(r"</?[A-Za-z][^<>]*>")
+_QUOTED = re.compile(r'^\s*(?:"{3}.*"{3}|\'{3}.*\'{3}|".*")\s*$', re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -32,9 +48,88 @@ class DataSpec:
     text_pair_column: str | None = None
     split: str | None = None  # for DatasetDict sources: train / calibration / eval / ...
     workspace: str | None = None  # where demo tasks live (default workspace if None)
+    drop_empty: bool = False  # drop rows with an empty text or label (counted) instead of refusing them
+    normalize: str = "none"  # "html": unescape entities and strip markup in the text columns
 
     def describe(self) -> str:
         return self.source + (f"[{self.split}]" if self.split else "")
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    """What :func:`load_table` read: where from (resolved path, split used), rows read and kept, and
+    what the texts look like (counts of texts with HTML entities, markup, or wrapped in quotes)."""
+
+    source: str
+    resolved: str  # absolute path of a file or folder (the demo task's data folder), else the hub id
+    split: str | None  # the split actually used (also when the source has a single split)
+    rows_read: int
+    rows: int
+    label_column: str | None = None  # the label column read (None: none asked for, or absent and optional)
+    dropped_empty_texts: int = 0
+    dropped_empty_labels: int = 0
+    texts_with_entities: int = 0
+    texts_with_markup: int = 0
+    quoted_texts: int = 0
+    normalized: str = "none"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def share(self, count: int) -> float:
+        return count / self.rows if self.rows else 0.0
+
+    def notes(self) -> list[str]:
+        """Plain-language lines about the rows dropped and the texts' preparation."""
+        out = []
+        where = self.source + (f"[{self.split}]" if self.split else "")
+        if self.dropped_empty_texts:
+            out.append(f"{self.dropped_empty_texts} row(s) of {where} with an empty text were dropped (--drop-empty)")
+        if self.dropped_empty_labels:
+            out.append(f"{self.dropped_empty_labels} row(s) of {where} with an empty label were dropped (--drop-empty)")
+        for count, what in ((self.texts_with_entities, "HTML entities (e.g. &amp;, &#39;)"),
+                            (self.texts_with_markup, "HTML markup (e.g. <br />)"),
+                            (self.quoted_texts, "the whole text wrapped in quotes (e.g. triple-quoted CSV fields)")):
+            if count:
+                done = " (unescaped: --normalize html)" if self.normalized == "html" and "HTML" in what else ""
+                hint = "" if done or "HTML" not in what else "; --normalize html unescapes them"
+                out.append(f"{count} of {self.rows} texts of {where} ({100 * self.share(count):.1f} %) hold {what}"
+                           f"{done}{hint}")
+        return out
+
+
+def preparation_mismatch(a: LoadReport, b: LoadReport, names: tuple[str, str] = ("calibration", "evaluation"),
+                         ratio: float = 5.0, floor: float = 0.01) -> str | None:
+    """A warning when two text sets were prepared differently: one has HTML entities, markup or
+    quote-wrapped texts in at least ``floor`` of its rows and the other ``ratio`` times fewer (HTML
+    counts of a set loaded with ``normalize="html"`` count as none: they were unescaped)."""
+    def share(r: LoadReport, attr: str) -> float:
+        return 0.0 if r.normalized == "html" and attr != "quoted_texts" else r.share(getattr(r, attr))
+
+    for attr, what in (("texts_with_entities", "HTML entities"), ("texts_with_markup", "HTML markup"),
+                       ("quoted_texts", "quote-wrapped texts")):
+        sa, sb = share(a, attr), share(b, attr)
+        hi, lo = max(sa, sb), min(sa, sb)
+        if hi >= floor and hi > ratio * lo:
+            more, less = (names[0], names[1]) if sa > sb else (names[1], names[0])
+            return (f"{what} in {100 * hi:.1f} % of {more} texts but {100 * lo:.1f} % of {less} texts: the two were "
+                    "prepared differently, so INT8 ranges are calibrated on inputs unlike those evaluated (clean both "
+                    "the same way, e.g. --normalize html on both)")
+    return None
+
+
+def normalize_html(text: str) -> str:
+    """Entities unescaped, ``<br>`` as a space, other tags removed, runs of spaces collapsed."""
+    text = html.unescape(_TAG.sub("", _BREAK.sub(" ", text)))
+    return re.sub(r"[ \t]{2,}", " ", text).strip()
+
+
+def _is_empty(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, float) and math.isnan(value):
+        return True
+    return isinstance(value, str) and not value.strip()
 
 
 def _select_split(obj: Any, spec: DataSpec) -> datasets.Dataset:
@@ -52,12 +147,33 @@ def _select_split(obj: Any, spec: DataSpec) -> datasets.Dataset:
 
 
 def load_rows(spec: DataSpec) -> datasets.Dataset:
-    """Load the rows of ``spec`` and check that the named columns exist and hold text.
+    """Load the rows of ``spec`` and check that the named columns exist and hold text (see :func:`load_table`)."""
+    return load_table(spec)[0]
 
-    Raises :class:`InputError` for a missing file, an empty dataset, an unknown column or a text
-    column that holds something other than strings.
+
+def _resolved(spec: DataSpec) -> str:
+    if spec.source.startswith("demo:"):
+        from calib.demo import demo_task_dir
+
+        return str((demo_task_dir(spec.source[5:], spec.workspace) / "data").resolve())
+    path = Path(spec.source).expanduser()
+    return str(path.resolve()) if path.exists() else spec.source
+
+
+def load_table(spec: DataSpec, *, label_optional: bool = False) -> tuple[datasets.Dataset, LoadReport]:
+    """Load the rows of ``spec``, check them, apply the hygiene it asks for, and say what was read.
+
+    With ``label_optional`` a label column the table does not have is ignored (``LoadReport.label_column``
+    is then None). Raises :class:`InputError` for a missing file, an empty dataset, an unknown column,
+    a text column that holds something other than strings, or (without ``drop_empty``) rows with an
+    empty text or label.
     """
+    import dataclasses
+
     import datasets
+
+    if spec.normalize not in NORMALIZATIONS:
+        raise InputError(f"unknown text normalization {spec.normalize!r} (choose {', '.join(NORMALIZATIONS)})")
 
     datasets.disable_progress_bars()
     source = spec.source
@@ -97,9 +213,44 @@ def load_rows(spec: DataSpec) -> datasets.Dataset:
         if "corresponds to no data" in first:  # datasets' words for a file with a header and no rows
             raise InputError(f"dataset {source} is empty (no rows)") from exc
         raise InputError(f"dataset {source} cannot be loaded: {first}") from exc
+    split = spec.split
+    if isinstance(ds, datasets.DatasetDict) and split is None and len(ds) == 1:
+        split = next(iter(ds))
     ds = _select_split(ds, spec)
+    if label_optional and spec.label_column is not None and spec.label_column not in ds.column_names:
+        spec = dataclasses.replace(spec, label_column=None)
     check_columns(ds, spec)
-    return ds
+    rows_read = len(ds)
+    empty_text = np.zeros(rows_read, dtype=bool)
+    for name in (spec.text_column, spec.text_pair_column):
+        if name is not None:
+            empty_text |= np.fromiter((_is_empty(v) for v in ds[name]), dtype=bool, count=rows_read)
+    empty_label = np.zeros(rows_read, dtype=bool)
+    if spec.label_column is not None and not isinstance(ds.features[spec.label_column], datasets.ClassLabel):
+        empty_label = np.fromiter((_is_empty(v) for v in ds[spec.label_column]), dtype=bool, count=rows_read)
+    for mask, what, column in ((empty_text, "text", spec.text_column), (empty_label, "label", spec.label_column)):
+        if mask.any() and not spec.drop_empty:
+            raise InputError(f"dataset {spec.describe()}: {what} column {column!r} has {int(mask.sum())} empty (null) "
+                             f"or blank rows; drop them with --drop-empty or fill them")
+    dropped_texts = int(empty_text.sum())
+    dropped_labels = int((empty_label & ~empty_text).sum())
+    if dropped_texts or dropped_labels:
+        ds = ds.select(np.flatnonzero(~(empty_text | empty_label)).tolist())
+        if len(ds) == 0:
+            raise InputError(f"dataset {spec.describe()}: every row has an empty text or label")
+    texts = ds[spec.text_column]
+    report = LoadReport(
+        source=spec.source, resolved=_resolved(spec), split=split, rows_read=rows_read, rows=len(ds),
+        label_column=spec.label_column,
+        dropped_empty_texts=dropped_texts, dropped_empty_labels=dropped_labels,
+        texts_with_entities=sum(1 for t in texts if _ENTITY.search(t)),
+        texts_with_markup=sum(1 for t in texts if _MARKUP.search(t)),
+        quoted_texts=sum(1 for t in texts if _QUOTED.match(t)), normalized=spec.normalize)
+    if spec.normalize == "html":
+        columns = [c for c in (spec.text_column, spec.text_pair_column) if c is not None]
+        ds = ds.map(lambda batch: {c: [normalize_html(t) for t in batch[c]] for c in columns}, batched=True,
+                    keep_in_memory=True, desc=None)
+    return ds, report
 
 
 def check_columns(ds: datasets.Dataset, spec: DataSpec) -> None:
@@ -120,9 +271,6 @@ def check_columns(ds: datasets.Dataset, spec: DataSpec) -> None:
                 f"dataset {spec.describe()}: column {name!r} holds {dtype or type(feature).__name__}, not text; "
                 "name the column that holds the texts"
             )
-        missing = sum(1 for v in ds[name] if v is None)
-        if missing:
-            raise InputError(f"dataset {spec.describe()}: text column {name!r} has {missing} empty (null) rows")
 
 
 def texts_of(ds: datasets.Dataset, spec: DataSpec) -> tuple[list[str], list[str] | None]:

@@ -27,7 +27,7 @@ import numpy as np
 
 from calib.batching import Encoded, encode, iter_batches
 from calib.buckets import DEFAULT_EDGES
-from calib.data import DataSpec, fingerprint, label_ids, label_names, load_rows, texts_of
+from calib.data import DataSpec, fingerprint, label_ids, label_names, load_table, texts_of
 from calib.errors import InputError, check_choice
 from calib.metrics import bucketed_comparison, bucketed_embedding_comparison, row_cosine
 from calib.model import ModelSpec, OutputRoles, load_tokenizer
@@ -103,16 +103,15 @@ def load_eval_data(data: DataSpec, spec: ModelSpec, *, limit: int = 0, seed: int
         raise InputError("limit must be 0 (all) or positive")
     check_choice(sampling, SAMPLINGS, "sampling")
     base = dataclasses.replace(data, label_column=None)
-    ds = load_rows(base)
+    ds, loaded = load_table(data, label_optional=True)
     total = len(ds)
     data_fingerprint = fingerprint(ds)
     note = ""
-    label_column = data.label_column
+    label_column = loaded.label_column
     without = ("agreement-only report (no accuracy, F1 or accuracy drop)" if spec.roles.logits
                else "embedding comparison without the k-NN accuracy")
-    if label_column is not None and label_column not in ds.column_names:
-        note = f"the eval set has no label column {label_column!r}: {without}"
-        label_column = None
+    if data.label_column is not None and label_column is None:
+        note = f"the eval set has no label column {data.label_column!r}: {without}"
     elif label_column is None:
         note = f"no label column given: {without}"
     rows = sample_rows(total, limit, seed, sampling)
@@ -151,6 +150,8 @@ def load_eval_data(data: DataSpec, spec: ModelSpec, *, limit: int = 0, seed: int
         "rows_evaluated": len(rows), "limit": limit, "seed": seed, "text_column": data.text_column,
         "label_column": label_column, "labelled": labels is not None, "note": note,
         "truncation_rate": encoded.truncation_rate, "max_length": spec.max_length,
+        "resolved": loaded.resolved, "split_used": loaded.split, "hygiene": loaded.to_dict(),
+        "notes": loaded.notes(),
     }
     return EvalData(encoded, labels, classes, rows, info)
 

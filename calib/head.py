@@ -67,10 +67,12 @@ class HeadConfig:
     seed: int = 0
     batch_size: int = 16
     threads: int | None = None
+    drop_empty: bool = False  # data hygiene (calib.data.DataSpec)
+    normalize: str = "none"
 
     def data_spec(self) -> DataSpec:
         return DataSpec(self.data, self.text_column, self.label_column, self.text_pair_column, self.split,
-                        self.workspace)
+                        self.workspace, self.drop_empty, self.normalize)
 
 
 def head_weights(coef: np.ndarray, intercept: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:

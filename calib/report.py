@@ -544,11 +544,21 @@ def _sensitivity_section(data: dict) -> Section | None:
                    tone="pass" if s["passes"] else "fail")
 
 
+def _dataset_text(d: dict) -> str:
+    """Source as given, the resolved path and the split actually used (older evaluations: as given),
+    the rows evaluated of the split, and the fingerprint."""
+    split = d.get("split_used", d.get("split"))
+    resolved = d.get("resolved")
+    where = d["source"] + (f" ({resolved})" if resolved and resolved != d["source"] else "")
+    rows = (f"; {d['rows_evaluated']:,} of {d['rows_total']:,} rows" if d.get("rows_total") is not None
+            and d.get("rows_evaluated") is not None else "")
+    return f"{where} split {split or '(none)'}{rows}; fingerprint {d['fingerprint']}"
+
+
 def _provenance_section(data: dict) -> Section:
     b, env = data["build"], data["environment"]
     rows = (("model sha256", data["model"]["sha256"]),
-            ("dataset", (f"{data['dataset']['source']} [{data['dataset'].get('split')}] fingerprint "
-                        f"{data['dataset']['fingerprint']}")),
+            ("dataset", _dataset_text(data["dataset"])),
             ("calibration", _fmt((data.get("calibration") or {}).get("calibration"))),
             ("calibration set", _calibset_text(data)),
             ("calibrator", _fmt(b["calibrator"])), ("placement", _fmt(_placement_text(b["placement"]))),

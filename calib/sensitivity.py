@@ -113,10 +113,12 @@ class SensitivityConfig:
     logits_output: str | None = None  # output roles (calib.model.resolve_roles); None: detected
     embedding_output: str | None = None
     pooling: str | None = None
+    drop_empty: bool = False  # data hygiene (calib.data.DataSpec)
+    normalize: str = "none"
 
     def data_spec(self) -> DataSpec:
         return DataSpec(self.data, self.text_column, self.label_column, self.text_pair_column, self.split,
-                        self.workspace)
+                        self.workspace, self.drop_empty, self.normalize)
 
     @property
     def placement(self) -> Placement:

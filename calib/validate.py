@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 
 from calib.buckets import DEFAULT_EDGES, check_edges
-from calib.data import DataSpec
+from calib.data import DataSpec, LoadReport, preparation_mismatch
 from calib.engines.ort import OrtEngine, OrtSessionLoader
 from calib.errors import InputError, ModelMismatchError
 from calib.evaluation import Metrics, compare, load_eval_data, run_engine
@@ -80,10 +80,12 @@ class ValidateConfig:
     logits_output: str | None = None  # output roles (calib.model.resolve_roles); None: detected
     embedding_output: str | None = None
     pooling: str | None = None
+    drop_empty: bool = False  # data hygiene (calib.data.DataSpec)
+    normalize: str = "none"
 
     def data_spec(self) -> DataSpec:
         return DataSpec(self.data, self.text_column, self.label_column, self.text_pair_column, self.split,
-                        self.workspace)
+                        self.workspace, self.drop_empty, self.normalize)
 
 
 @dataclass(frozen=True)
@@ -296,6 +298,20 @@ class Evaluation:
         return s
 
 
+def _preparation_warnings(calibration_info: Mapping | None, dataset_info: Mapping) -> list[str]:
+    """A warning when the calibration set's texts were prepared unlike the evaluated ones (entities,
+    markup, quotes), when the calibration run is known and recorded how its texts looked."""
+    calset = (calibration_info or {}).get("calibration_set") or {}
+    manifest = Path(str(calset.get("dir") or "")) / "manifest.json"
+    if not calset.get("dir") or not manifest.is_file():
+        return []
+    recorded = (read_json(manifest).get("dataset") or {}).get("hygiene")
+    if not recorded or not dataset_info.get("hygiene"):
+        return []
+    mismatch = preparation_mismatch(LoadReport(**recorded), LoadReport(**dataset_info["hygiene"]))
+    return [mismatch] if mismatch else []
+
+
 def validate(config: ValidateConfig, out_dir: Path, *, progress: ProgressFn | None = None) -> Evaluation:
     """Compare the INT8 engine with the FP32 baseline on the eval split and save an :class:`Evaluation`."""
     t0 = time.monotonic()
@@ -318,6 +334,7 @@ def validate(config: ValidateConfig, out_dir: Path, *, progress: ProgressFn | No
     if config.calibration:
         ranged, calibration_info = calibrated_amax(config.calibration, spec.sha256)
     data = load_eval_data(config.data_spec(), spec, limit=config.limit, seed=config.seed)
+    data.info["warnings"] = _preparation_warnings(calibration_info, data.info)
     report = progress or (lambda f, m="": None)
     report(0.02, f"{len(data)} texts loaded")
     layer_rows = min(config.layer_rows or len(data), len(data)) if config.layers else 0

@@ -306,7 +306,8 @@ def test_demo_short_only_natural_set_is_flagged_and_match_is_not(demo_workspace,
     assert any("no calibration text longer than" in w for w in natural.coverage.warnings)
 
     match = assemble(dataclasses.replace(base, strategy="match", stratify=True), tmp_path / "match")
-    assert match.coverage.warnings == (), match.coverage.warnings
+    # nothing but the truncation note (most BBC articles are longer than the model's window)
+    assert [w for w in match.coverage.warnings if "are truncated" not in w] == [], match.coverage.warnings
     assert match.coverage.ks < natural.coverage.ks
     assert match.profile["sequence"]["max"] == base.max_length
 

@@ -235,7 +235,10 @@ def test_lengths_beyond_max_length_count_as_max_length():
     calib = np.concatenate([np.full(60, 100), np.full(40, 150)])
     target = np.concatenate([np.full(59, 100), np.full(41, 300)])
     cov = coverage(calib, target, EDGES, max_length=128)
-    assert cov.warnings == ()
+    # no long-tail warning; only the share of texts cut at max length is worth saying
+    assert cov.warnings == (("41 % of evaluation texts and 40 % of calibration texts are longer than the max length "
+                            "of 128 tokens and are truncated: the model never sees their ends (raise --max-length if "
+                            "the model allows it)"),)
     assert cov.longest_covered == 128 and cov.target_share_beyond == 0
     assert cov.target_truncated == pytest.approx(0.41) and cov.calib_truncated == pytest.approx(0.40)
     # the bucket table still shows what production sends

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from calib.cli.common import add_role_args, json_arg, non_negative_int, role_values
+from calib.cli.common import add_hygiene_args, add_role_args, hygiene_values, json_arg, non_negative_int, role_values
 from calib.errors import InputError
 
 _EXAMPLES = """examples:
@@ -51,6 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     src.add_argument("--pair-column", help="second text column, for sentence-pair models")
     src.add_argument("--label-column", help="label column (default label; 'none' for no labels)")
     add_role_args(src)
+    add_hygiene_args(src)
     how = p.add_argument_group("sampling")
     how.add_argument("--size", type=int, help="number of texts (default 128)")
     how.add_argument("--strategy", choices=("natural", "match", "uniform", "custom"), help="default natural")
@@ -81,7 +82,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
               "source": args.data, "split": args.split, "text_column": args.text_column,
               "pair_column": args.pair_column, "size": args.size, "strategy": args.strategy,
               "weights": args.weights, "stratify": args.stratify, "shortfall": args.shortfall,
-              "edges": args.edges, "seed": args.seed, **role_values(args)}
+              "edges": args.edges, "seed": args.seed, **role_values(args),
+              **hygiene_values(args)}
     values.update({k: v for k, v in direct.items() if v is not None})
     if args.label_column is not None:
         values["label_column"] = None if args.label_column.lower() in ("", "none") else args.label_column

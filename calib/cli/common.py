@@ -42,6 +42,20 @@ def add_role_args(group) -> None:
                        help="pool (B, T, D) token states into one embedding per text with the attention mask")
 
 
+def add_hygiene_args(group) -> None:
+    """``--drop-empty`` and ``--normalize``: what to do with empty rows and HTML-escaped texts."""
+    group.add_argument("--drop-empty", action="store_true", default=None,
+                       help="drop rows with an empty text or label (counted) instead of refusing the dataset")
+    group.add_argument("--normalize", choices=("none", "html"), default=None,
+                       help="html: unescape HTML entities and strip markup in the texts (default none)")
+
+
+def hygiene_values(args: argparse.Namespace) -> dict:
+    """The config fields ``drop_empty`` and ``normalize`` the hygiene options give (only those set)."""
+    values = {"drop_empty": args.drop_empty, "normalize": args.normalize}
+    return {k: v for k, v in values.items() if v is not None}
+
+
 def role_values(args: argparse.Namespace) -> dict:
     """The config fields ``logits_output``, ``embedding_output``, ``pooling`` the role options give."""
     values = {"logits_output": args.logits_output, "embedding_output": args.embedding_output, "pooling": args.pool}

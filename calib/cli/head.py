@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from calib import formatting as fmt
-from calib.cli.common import json_arg
+from calib.cli.common import add_hygiene_args, hygiene_values, json_arg
 
 _EXAMPLES = """examples:
   calib head fit --model encoder.onnx --tokenizer tok/ --data train.csv --label-column y
@@ -38,6 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--pair-column", help="second text column for sentence pairs")
     p.add_argument("--label-column", default="label", help="label column (default label)")
     p.add_argument("--max-length", type=int, default=128, help="max sequence length in tokens (default 128)")
+    add_hygiene_args(p)
     p.add_argument("--embedding-output", metavar="NAME", help="encoder output holding the embedding (default: detected)")
     p.add_argument("--pool", choices=("none", "mean", "cls"), help="pool (B, T, D) token states with the attention mask")
     p.add_argument("--c-values", type=_floats, default=None, help="C values to cross-validate (default 0.01,0.1,1,10,100)")
@@ -58,7 +59,7 @@ def run_fit(args: argparse.Namespace) -> int:
     config = HeadConfig(model=args.model, tokenizer=args.tokenizer, data=args.data, label_column=args.label_column,
                         text_column=args.text_column, text_pair_column=args.pair_column, split=args.split,
                         workspace=str(ws.root), max_length=args.max_length, embedding_output=args.embedding_output,
-                        pooling=args.pool, folds=args.folds, seed=args.seed, batch_size=args.batch_size,
+                        pooling=args.pool, folds=args.folds, **hygiene_values(args), seed=args.seed, batch_size=args.batch_size,
                         **({"c_values": args.c_values} if args.c_values else {}))
     run_id, head = run_stage(ws, "head", fit_head, config, label=args.label, progress=ProgressBar("head fit"))
     if args.json:

@@ -8,7 +8,15 @@ import sys
 from pathlib import Path
 
 from calib import formatting as fmt
-from calib.cli.common import add_role_args, json_arg, non_negative_int, role_values, run_folder
+from calib.cli.common import (
+    add_hygiene_args,
+    add_role_args,
+    hygiene_values,
+    json_arg,
+    non_negative_int,
+    role_values,
+    run_folder,
+)
 from calib.errors import InputError
 
 _VALIDATE_EXAMPLES = """examples:
@@ -70,6 +78,7 @@ def _model_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--pair-column", default=None, help="second text column for sentence pairs")
     g.add_argument("--label-column", default=None, help="label column (default label; 'none' for agreement only)")
     add_role_args(g)
+    add_hygiene_args(g)
     g.add_argument("--limit", type=int, help="evaluate a seeded sample of this many texts (default: all / 256)")
     g.add_argument("--batch-size", type=int, default=16)
     g.add_argument("--seed", type=non_negative_int, default=0)
@@ -92,6 +101,7 @@ def _common(args: argparse.Namespace, ws) -> dict:
                 "text_pair_column": args.pair_column}
     values.update({k: v for k, v in explicit.items() if v is not None})
     values.update(role_values(args))
+    values.update(hygiene_values(args))
     if args.label_column is not None:
         values["label_column"] = None if args.label_column.lower() == "none" else args.label_column
     missing = [f"--{k.replace('_', '-')}" for k in ("model", "tokenizer", "data") if not values.get(k)]
@@ -205,6 +215,10 @@ def run_validate(args: argparse.Namespace) -> int:
     print(f"run {run_id}: {evaluation.dir}")
     if not evaluation.labelled:
         print(f"note: {evaluation.data['dataset']['note']}")
+    for note in evaluation.data["dataset"].get("notes") or []:
+        print(f"note: {note}")
+    for warning in evaluation.data["dataset"].get("warnings") or []:
+        print(f"WARNING: {warning}")
     from calib.cli.common import format_table
 
     rows = []

@@ -1,0 +1,84 @@
+"""Data hygiene: empty labels and texts, HTML entities and markup, quoted fields, preparation mismatch."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import tinymodel
+
+from calib.data import DataSpec, LoadReport, label_names, load_table, normalize_html, preparation_mismatch
+from calib.errors import InputError
+
+
+def test_empty_labels_are_refused_or_dropped_never_a_class_named_none(tmp_path):
+    path = tmp_path / "reviews.csv"
+    path.write_text("text,label\ngreat film,pos\nawful film,\nfine film,neg\nboring film,  \nnice plot,pos\n")
+    with pytest.raises(InputError, match=r"label column 'label' has 2 empty \(null\) or blank rows; drop them with "
+                                         r"--drop-empty"):
+        load_table(DataSpec(str(path)))
+    ds, report = load_table(DataSpec(str(path), drop_empty=True))
+    assert len(ds) == 3 and report.rows_read == 5 and report.dropped_empty_labels == 2
+    assert label_names(ds, DataSpec(str(path))) == ["neg", "pos"]  # no "None", no ""
+    assert any("2 row(s)" in n and "empty label were dropped" in n for n in report.notes())
+
+
+def test_empty_texts_are_refused_or_dropped(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"text": "good", "label": "pos"}\n{"text": null, "label": "neg"}\n{"text": "   ", "label": "neg"}\n'
+                    '{"text": "bad", "label": "neg"}\n')
+    with pytest.raises(InputError, match=r"text column 'text' has 2 empty"):
+        load_table(DataSpec(str(path)))
+    ds, report = load_table(DataSpec(str(path), drop_empty=True))
+    assert ds["text"] == ["good", "bad"] and report.dropped_empty_texts == 2 and report.dropped_empty_labels == 0
+
+
+def test_html_and_quoted_texts_are_reported_and_normalized_on_request(tmp_path):
+    path = tmp_path / "drugs.tsv"
+    rows = ['"""It&#039;s great &amp; cheap"""', "No side effects<br /><br />at all", "plain text here",
+            "&quot;Works&quot; fine"]
+    pd.DataFrame({"review": rows, "rating": ["pos", "pos", "neg", "pos"]}).to_csv(path, sep="\t", index=False)
+    spec = DataSpec(str(path), text_column="review", label_column="rating")
+    ds, report = load_table(spec)
+    assert report.texts_with_entities == 2 and report.texts_with_markup == 1 and report.quoted_texts >= 1
+    assert ds["review"][1] == "No side effects<br /><br />at all"  # reported, not changed
+    notes = " ".join(report.notes())
+    assert "HTML entities" in notes and "--normalize html unescapes them" in notes and "wrapped in quotes" in notes
+    clean, report = load_table(DataSpec(str(path), text_column="review", label_column="rating", normalize="html"))
+    assert clean["review"][1] == "No side effects at all" and clean["review"][3] == '"Works" fine'
+    assert "It's great & cheap" in clean["review"][0] and report.normalized == "html"
+    assert normalize_html("a &lt;b&gt; <i>c</i>") == "a <b> c"
+    with pytest.raises(InputError, match="unknown text normalization"):
+        load_table(DataSpec(str(path), text_column="review", normalize="latex"))
+
+
+def test_preparation_mismatch_is_warned():
+    a = LoadReport("pool.csv", "/x/pool.csv", None, 200, 200, texts_with_entities=60)
+    b = LoadReport("eval.csv", "/x/eval.csv", None, 100, 100, texts_with_entities=0)
+    warning = preparation_mismatch(a, b)
+    assert warning and warning.startswith("HTML entities in 30.0 % of calibration texts but 0.0 % of evaluation texts")
+    assert preparation_mismatch(a, a) is None
+    assert preparation_mismatch(b, b) is None
+
+
+def test_assemble_reports_hygiene_and_mismatch(tiny_model_path, tiny_tokenizer_dir, tmp_path, capsys):
+    from calib.cli import main
+
+    texts, labels = tinymodel.make_texts(80, seed=2)
+    escaped = [t.replace(" the ", " &quot;the&quot; ") + " &amp; more" for t in texts]
+    pool = pd.DataFrame({"text": escaped, "label": [tinymodel.LABELS[i] for i in labels]})
+    pool.loc[3, "label"] = None
+    pool.to_csv(tmp_path / "pool.csv", index=False)
+    pd.DataFrame({"text": texts, "label": [tinymodel.LABELS[i] for i in labels]}).to_csv(tmp_path / "eval.csv",
+                                                                                          index=False)
+    ws = ["--workspace", str(tmp_path / "ws")]
+    common = ["assemble", "--model", str(tiny_model_path), "--tokenizer", str(tiny_tokenizer_dir), "--data",
+              str(tmp_path / "pool.csv"), "--size", "32", "--max-length", "64", "--target", f"dataset:{tmp_path / 'eval.csv'}"]
+    assert main([*ws, *common]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "1 empty (null) or blank rows" in err and "--drop-empty" in err
+    assert main([*ws, *common, "--drop-empty"]) == 0
+    out = capsys.readouterr().out
+    assert "note: 1 row(s) of" in out and "empty label were dropped" in out
+    assert "WARNING: HTML entities in 100.0 % of calibration texts but 0.0 % of target texts" in out
+    assert main([*ws, *common, "--drop-empty", "--normalize", "html"]) == 0
+    assert "HTML entities in" not in capsys.readouterr().out.split("coverage against")[1]
