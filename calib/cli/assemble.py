@@ -7,7 +7,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from calib.cli.common import add_hygiene_args, add_role_args, hygiene_values, json_arg, non_negative_int, role_values
+from calib.cli.common import (
+    add_hygiene_args,
+    add_role_args,
+    hygiene_values,
+    json_arg,
+    non_negative_int,
+    role_values,
+)
 from calib.errors import InputError
 
 _EXAMPLES = """examples:
