@@ -95,6 +95,12 @@ def test_scripted_pipeline_with_latest_prefixes_and_json(tiny_spec, tiny_csv, wo
     assert eng["parents"] == [cal["run"]] and eng["summary"]["method"] == "minmax"
     assert Path(eng["outputs"]["trtexec_script"]).name == "trtexec.sh"
 
+    bench = _json_run(capsys, ws + ["bench", "--engine", "latest", "--data", str(tiny_csv), "--tokenizer",
+                                    str(tiny_spec.tokenizer_dir), "--split", "train", "--max-length", "64",
+                                    "--max-texts", "16", "--batch-size", "8", "--repeats", "1", "--threads", "1",
+                                    "--json"])
+    assert bench["parents"] == [eng["run"]] and {r["kind"] for r in bench["rows"]} == {"fp32", "int8"}
+
     val = _json_run(capsys, ws + ["validate", "--engine", "latest", *model, "--data", str(tiny_csv), "--labels",
                                   "neg,pos", "--limit", "40", "--bootstrap", "50", "--no-layers", "--json"])
     assert val["parents"] == [eng["run"]]
@@ -227,3 +233,15 @@ def test_multi_split_target_without_split_says_how_to_name_it(tmp_path, tiny_spe
     assert f"name the target's one as dataset:{folder}:SPLIT" in err
     payload = _json_run(capsys, [*argv, f"dataset:{folder}:test", "--json"])
     assert payload["run"].startswith("calibset-")
+
+
+def test_tables_right_align_figures_only():
+    from calib.cli.common import format_table
+
+    table = format_table(("name", "value"), [("a", "+0.39 pts"), ("bb", "97.25 %"), ("c", "12 texts, KS 0.1"),
+                                             ("d", "–"), ("e", 3), ("f", "1,024")])
+    rows = table.splitlines()[2:]
+    width = len(rows[0])
+    assert rows[0].endswith("+0.39 pts") and rows[1].endswith("  97.25 %") and rows[3].endswith(" –")
+    assert rows[2].index("12 texts") == len("name  ") and rows[4].endswith(" 3") and rows[5].endswith("1,024")
+    assert all(len(r.rstrip()) <= width for r in rows)

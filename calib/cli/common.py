@@ -165,12 +165,12 @@ class ProgressBar:
 
 
 _DIGITS = re.compile(r"\d+")
-_NUMERIC_TEXT = re.compile(r"^([+-]?(\d|inf|nan)|–$)")
+_NUMERIC_TEXT = re.compile(r"[+-]?(\d[\d,]*(\.\d+)?(e[+-]?\d+)?|inf|nan)( ?(%|pts|×|ms|s|KB|MB|GB|TB|B))?|–")
 
 
 def _right_aligned(raw: object, text: str) -> bool:
     """Numbers and already-formatted figures ('+0.39 pts', '97.25 %', '–') align right."""
-    return isinstance(raw, (int, float)) or bool(_NUMERIC_TEXT.match(text))
+    return isinstance(raw, (int, float)) or bool(_NUMERIC_TEXT.fullmatch(text))
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
