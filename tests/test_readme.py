@@ -10,7 +10,7 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 def test_readme_library_example_runs(tmp_path, monkeypatch, tiny_model_path, tiny_tokenizer_dir, tiny_csv, capsys):
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
     assert blocks, "README has no python example"
     shutil.copy(tiny_model_path, tmp_path / "model.onnx")
     shutil.copytree(tiny_tokenizer_dir, tmp_path / "tokenizer")
@@ -26,15 +26,15 @@ def test_readme_library_example_runs(tmp_path, monkeypatch, tiny_model_path, tin
 
 
 def test_readme_cli_commands_parse():
-    """Every `calib ...` line of the README's workflow block is accepted by the real argument parser
-    (placeholders such as <calibrate run id> filled in, [optional parts] included)."""
+    """Every `calib ...` line of the README's bash blocks (the workflow and the set-up) is accepted by
+    the real argument parser (placeholders such as <calibrate run id> filled in, [optional parts] included)."""
     import shlex
 
     from calib.cli import build_parser
 
-    block = re.search(r"```bash\n(.*?)```", README.read_text(), flags=re.S)
-    assert block, "README has no bash workflow block"
-    lines = [line.split("#", 1)[0].strip() for line in block.group(1).splitlines()]
+    blocks = re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.DOTALL)
+    assert blocks, "README has no bash block"
+    lines = [line.split("#", 1)[0].strip() for block in blocks for line in block.splitlines()]
     commands = [line for line in lines if line.startswith("calib ")]
     assert len(commands) >= 10
     parser = build_parser()
