@@ -56,7 +56,15 @@ import onnx
 from calib.data import DataSpec
 from calib.engines.ort import OrtEngine, OrtSessionLoader
 from calib.errors import InputError, check_choice
-from calib.evaluation import EngineOutputs, EvalData, Metrics, compare, load_eval_data, run_engine
+from calib.evaluation import (
+    EngineOutputs,
+    EvalData,
+    Metrics,
+    compare,
+    load_eval_data,
+    recorded_roles,
+    run_engine,
+)
 from calib.io import atomic_write_json, read_artifact_json, read_json
 from calib.model import load_model
 from calib.placement import Placement
@@ -567,9 +575,11 @@ def analyze_sensitivity(config: SensitivityConfig, out_dir: Path, *, progress: P
     t0 = time.monotonic()
     report = progress or (lambda f, m="": None)
     _check_config(config)
-    spec = load_model(config.model, config.tokenizer, max_length=config.max_length, labels=config.labels,
-                      logits_output=config.logits_output, embedding_output=config.embedding_output,
-                      pooling=config.pooling)
+    roles = {"logits_output": config.logits_output, "embedding_output": config.embedding_output,
+             "pooling": config.pooling}
+    if all(v is None for v in roles.values()):  # as the calibration set recorded them, else detected
+        roles = recorded_roles(config.ranges) or roles
+    spec = load_model(config.model, config.tokenizer, max_length=config.max_length, labels=config.labels, **roles)
     budget_note = budget_statement(config, spec.roles.kind)
     if spec.roles.kind == "embedding" and config.min_embedding_cosine is None:
         config = dataclasses.replace(config, min_embedding_cosine=DEFAULT_EMBEDDING_COSINE)

@@ -27,7 +27,7 @@ from calib.buckets import DEFAULT_EDGES, check_edges
 from calib.data import DataSpec, LoadReport, preparation_mismatch
 from calib.engines.ort import OrtEngine, OrtSessionLoader
 from calib.errors import InputError, ModelMismatchError
-from calib.evaluation import Metrics, compare, load_eval_data, run_engine
+from calib.evaluation import Metrics, compare, load_eval_data, recorded_roles, run_engine
 from calib.io import atomic_save_npz, atomic_write_json, read_artifact_json, read_json, sha256_file
 from calib.model import ModelSpec, check_same_model, load_model
 from calib.progress import FP32_PASS, INT8_PASS, LAYER_PASS, Phases
@@ -326,9 +326,12 @@ def validate(config: ValidateConfig, out_dir: Path, *, progress: ProgressFn | No
         raise InputError(f"seed must be 0 or positive, got {config.seed}")
     source = resolve_engine(config.engine)
     labels = config.labels or tuple(source.build.get("labels", ()) or ())
-    spec = load_model(config.model, config.tokenizer, max_length=config.max_length, labels=labels,
-                      logits_output=config.logits_output, embedding_output=config.embedding_output,
-                      pooling=config.pooling)
+    roles = {"logits_output": config.logits_output, "embedding_output": config.embedding_output,
+             "pooling": config.pooling}
+    if all(v is None for v in roles.values()):  # as the calibration set recorded them, else detected
+        ranges = source.build.get("ranges") if isinstance(source.build.get("ranges"), Mapping) else {}
+        roles = recorded_roles(config.calibration or ranges.get("source")) or roles
+    spec = load_model(config.model, config.tokenizer, max_length=config.max_length, labels=labels, **roles)
     check_engine_model(source, spec)
     ranged, calibration_info = ({}, None)
     if config.calibration:
