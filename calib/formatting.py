@@ -267,6 +267,11 @@ def headline(stage: str, summary: Mapping[str, Any]) -> str:
             parts.append(f"{count(s['excluded_nodes'])} in float")
         if s.get("method"):
             parts.append(str(s["method"]))
+    elif stage == "head":
+        if s.get("classes") is not None:
+            parts.append(f"{s['classes']} classes")
+        if s.get("cv_accuracy") is not None:
+            parts.append(f"CV accuracy {percent(s['cv_accuracy'])}")
     elif stage == "compare":
         if s.get("recommended"):
             passing = s.get("passing") or []

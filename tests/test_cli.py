@@ -183,15 +183,17 @@ def test_every_stage_command_has_json():
     from calib.cli import build_parser
 
     parser = build_parser()
-    for command in ("assemble", "calibrate", "build", "bench", "validate", "sensitivity", "report", "gate"):
-        args = parser.parse_args([command, "--json", *_required(command)])
+    for command in ("assemble", "calibrate", "build", "bench", "validate", "sensitivity", "report", "gate",
+                    "head fit"):
+        args = parser.parse_args([*command.split(), "--json", *_required(command)])
         assert args.json is True, command
 
 
 def _required(command: str) -> list[str]:
     return {"calibrate": ["--calibration-set", "latest"], "build": ["--calibration", "latest"],
             "bench": ["--engine", "latest"], "validate": ["--engine", "latest"], "sensitivity": ["--ranges", "latest"],
-            "report": ["latest"], "gate": ["latest"]}.get(command, [])
+            "report": ["latest"], "gate": ["latest"],
+            "head fit": ["--model", "m.onnx", "--tokenizer", "tok", "--data", "d.csv"]}.get(command, [])
 
 
 def test_target_names_its_split(tmp_path, tiny_spec, tiny_csv, workspace, capsys):

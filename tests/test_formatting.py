@@ -87,6 +87,8 @@ def test_headline_per_stage():
     assert fmt.headline("build", {"quantized_nodes": 36, "excluded_nodes": 2, "method": "entropy"}) == \
         "36 nodes INT8, 2 in float, entropy"
     assert fmt.headline("bench", {}) == ""
+    assert fmt.headline("head", {"classes": 5, "C": 1.0, "cv_accuracy": 0.9712, "rows": 900}) == \
+        "5 classes, CV accuracy 97.12 %"
     assert fmt.headline("compare", {"recommended": "minmax", "recommended_passes": True, "methods": ["a", "b", "c"],
                                     "passing": ["minmax"]}) == "recommends minmax, 1 of 3 pass"
     assert fmt.headline("compare", {"recommended": "mse", "recommended_passes": False, "methods": ["mse"],
