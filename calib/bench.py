@@ -24,6 +24,7 @@ from calib.errors import InputError
 from calib.evaluation import EvalData, load_eval_data
 from calib.io import atomic_write_json, read_json
 from calib.model import load_model
+from calib.progress import Phases
 from calib.workspace import ProgressFn
 
 BENCH_FILE = "bench.json"
@@ -65,26 +66,38 @@ def _peak_rss_mb() -> float:
 
 
 def measure_engine(config: BenchConfig, kind: str, encoded: Encoded,
-                   dtypes: dict[str, type]) -> list[dict[str, Any]]:
-    """Rows for one engine kind (runs in a child process)."""
+                   dtypes: dict[str, type], progress_queue: Any = None) -> list[dict[str, Any]]:
+    """Rows for one engine kind (runs in a child process). After each pass over the texts it puts
+    ``(fraction of this engine's passes, message)`` on ``progress_queue`` (a manager queue) if given."""
     from calib.build import EngineArtifact
 
     artifact = EngineArtifact.load(config.engine)
     engine = artifact.engine(kind, threads=config.threads)
     n_texts = len(encoded)
     rows = []
+    passes, done = len(config.batch_sizes) * (1 + config.repeats), 0
+
+    def tick(message: str) -> None:
+        nonlocal done
+        done += 1
+        if progress_queue is not None:
+            progress_queue.put((done / passes, message))
+
     for batch_size in config.batch_sizes:
         batches = list(iter_batches(encoded, dtypes, batch_size))
         for batch in batches:  # warm-up: every shape once
             engine.run(batch.feeds)
+        tick(f"batch size {batch_size}: warm-up pass done")
         latencies = []
-        started = time.perf_counter()
-        for _ in range(config.repeats):
+        total = 0.0  # timed passes only, so reporting progress costs nothing measured
+        for repeat in range(config.repeats):
+            started = time.perf_counter()
             for batch in batches:
                 t0 = time.perf_counter()
                 engine.run(batch.feeds)
                 latencies.append(time.perf_counter() - t0)
-        total = time.perf_counter() - started
+            total += time.perf_counter() - started
+            tick(f"batch size {batch_size}: timed pass {repeat + 1}/{config.repeats} done")
         lat = np.asarray(latencies) * 1000.0
         rows.append({
             "engine": engine.name, "kind": kind, "batch_size": batch_size, "texts": n_texts,
@@ -159,10 +172,16 @@ def benchmark(config: BenchConfig, out_dir: Path, *, progress: ProgressFn | None
     dtypes = load_model(artifact.model_path, config.tokenizer, max_length=config.max_length).input_dtypes
     rows: list[dict[str, Any]] = []
     context = multiprocessing.get_context("spawn")
-    for i, kind in enumerate(KINDS):
-        report(i / len(KINDS), f"{kind}: {len(data)} texts x batch sizes {list(config.batch_sizes)}")
-        with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-            rows += pool.submit(measure_engine, config, kind, data.encoded, dtypes).result()
+    phases = Phases(report, [(_engine_phase(kind), 1.0) for kind in KINDS], span=0.98)
+    with context.Manager() as manager:
+        queue = manager.Queue()
+        for kind in KINDS:
+            phase = phases.phase(_engine_phase(kind))
+            phase(0.0, f"{len(data)} texts x batch sizes {list(config.batch_sizes)}, {config.repeats} timed passes each")
+            with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+                future = pool.submit(measure_engine, config, kind, data.encoded, dtypes, queue)
+                _relay(queue, future, phase)
+                rows += future.result()
     sizes = model_sizes(artifact)
     lengths = _length_mix(data.encoded)
     meta = {"format": FORMAT, "config": config_params(config), "engine_summary": artifact.summary(),
@@ -170,6 +189,22 @@ def benchmark(config: BenchConfig, out_dir: Path, *, progress: ProgressFn | None
     atomic_write_json(Path(out_dir) / BENCH_FILE, meta)
     report(1.0, "done")
     return BenchResult.load(out_dir)
+
+
+def _engine_phase(kind: str) -> str:
+    return f"{kind.upper()} engine"
+
+
+def _relay(queue: Any, future: concurrent.futures.Future, progress: ProgressFn) -> None:
+    """Pass the child's progress messages on until it has finished (and its last messages are read)."""
+    import queue as queue_module
+
+    while True:
+        try:
+            progress(*queue.get(timeout=0.5))
+        except queue_module.Empty:
+            if future.done():
+                break
 
 
 def _length_mix(encoded: Encoded) -> dict[str, float]:

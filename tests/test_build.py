@@ -217,3 +217,20 @@ def test_model_with_external_data_is_bundled_with_it(tiny_spec, ranges_file, tmp
     assert _dry_run(copy, "10").returncode == 0
     assert (copy / "weights" / "model.data").is_file()
     onnx.checker.check_model(str(copy / "model.fp32.onnx"))
+
+
+def test_bench_reports_each_engine_pass_as_it_goes(engine_dir, tiny_spec, tiny_csv, tmp_path):
+    from calib.bench import BenchConfig, benchmark
+
+    seen: list[tuple[float, str]] = []
+    config = BenchConfig(engine=str(engine_dir), data=str(tiny_csv), tokenizer=str(tiny_spec.tokenizer_dir), split=None,
+                         max_length=64, max_texts=24, batch_sizes=(1, 8), repeats=2, threads=1)
+    result = benchmark(config, tmp_path / "bench", progress=lambda f, m="": seen.append((f, m)))
+    assert len(result.rows) == 4
+    fractions = [f for f, _ in seen]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    for place, kind in ((1, "FP32"), (2, "INT8")):
+        messages = [m for _, m in seen if m.startswith(f"{kind} engine ({place}/2): ")]
+        assert any(m.endswith("batch size 1: warm-up pass done") for m in messages), messages
+        assert messages[-1].endswith("batch size 8: timed pass 2/2 done"), messages
+        assert len(messages) == 1 + 2 * 3  # the announcement + a warm-up and two timed passes per batch size
