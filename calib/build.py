@@ -35,6 +35,7 @@ from calib.engines.trtexec import (
 )
 from calib.errors import BackendUnavailableError, InputError, check_choice
 from calib.io import atomic_write_json, read_json, sha256_file
+from calib.methods import DEFAULT_BUILD_METHOD
 from calib.model import check_same_model, read_onnx
 from calib.placement import PRESETS, Placement
 from calib.quantize import quantize_qdq
@@ -65,7 +66,7 @@ class BuildConfig:
     model: str
     ranges: str = ""
     calibration: str = ""
-    method: str = "entropy"
+    method: str = DEFAULT_BUILD_METHOD
     placement: str = "tensorrt"
     include_nodes: tuple[str, ...] = ()
     exclude_nodes: tuple[str, ...] = ()

@@ -29,6 +29,7 @@ _EXAMPLES = """examples:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from calib.build import BACKENDS
+    from calib.methods import DEFAULT_BUILD_METHOD
     from calib.placement import PRESETS
     from calib.trtcache import DEFAULT_TRT_VERSION
 
@@ -44,7 +45,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      "or folder): ranges per method")
     src.add_argument("--ranges", metavar="JSON", help="a ranges JSON file (calib.ranges format)")
     p.add_argument("--model", help="FP32 ONNX model (default: the calibration set's model)")
-    p.add_argument("--method", default="entropy", help="range set of the calibration run (default entropy)")
+    p.add_argument("--method", default=DEFAULT_BUILD_METHOD,
+                   help=f"range set of the calibration run (default {DEFAULT_BUILD_METHOD})")
     p.add_argument("--placement", choices=PRESETS, default="tensorrt",
                    help="tensorrt: inputs of MatMul/Gemm/Conv only (default); all: every supported op")
     p.add_argument("--exclude", nargs="+", default=[], metavar="PATTERN",
