@@ -94,6 +94,7 @@ def test_scripted_pipeline_with_latest_prefixes_and_json(tiny_spec, tiny_csv, wo
                                   "--profile", "1", "8", "16", "8", "32", "64", "--json"])
     assert eng["parents"] == [cal["run"]] and eng["summary"]["method"] == "minmax"
     assert Path(eng["outputs"]["trtexec_script"]).name == "trtexec.sh"
+    assert eng["outputs"]["fp32_model"] == str(Path(eng["dir"]) / "model.fp32.onnx")
 
     bench = _json_run(capsys, ws + ["bench", "--engine", "latest", "--data", str(tiny_csv), "--tokenizer",
                                     str(tiny_spec.tokenizer_dir), "--split", "train", "--max-length", "64",

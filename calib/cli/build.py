@@ -154,8 +154,8 @@ def run_build(args: argparse.Namespace) -> int:
                                  progress=ProgressBar("build"))
     meta = artifact.meta
     if args.json:
-        outputs = {"qdq_model": artifact.qdq_path, "trtexec_script": artifact.dir / SCRIPT_FILE,
-                   "record": artifact.dir / ENGINE_FILE}
+        outputs = {"qdq_model": artifact.qdq_path, "fp32_model": artifact.model_path,
+                   "trtexec_script": artifact.dir / SCRIPT_FILE, "record": artifact.dir / ENGINE_FILE}
         for key, name in (("calibration_cache", CACHE_FILE), ("tensorrt_plan", PLAN_FILE)):
             if (artifact.dir / name).is_file():
                 outputs[key] = artifact.dir / name
