@@ -67,11 +67,26 @@ def test_build_from_a_tampered_ranges_json_is_refused(pipeline):
     assert Workspace(pipeline.root).verify(pipeline.calibration) == []
 
 
+def _edited_weights(path: Path) -> bytes:
+    """``path``'s ONNX model with its first float initializer doubled: loads and runs, different numbers."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    for index, init in enumerate(model.graph.initializer):
+        array = numpy_helper.to_array(init)
+        if array.dtype == np.float32 and array.size > 1:
+            model.graph.initializer[index].CopyFrom(numpy_helper.from_array(array * 2, init.name))
+            break
+    return model.SerializeToString()
+
+
 @pytest.mark.reliability("honest")
 def test_validate_of_a_tampered_qdq_model_is_refused(pipeline, tmp_path):
     qdq = pipeline.root / "runs" / pipeline.build / "model.qdq.onnx"
     args = ["--no-layers", "--bootstrap", "0", "--limit", "16", *pipeline.model_args()]
-    with _Tampered(qdq):
+    with _Tampered(qdq, _edited_weights(qdq)):  # still a valid model: only the check can tell
         expect_clear_error(pipeline.ws("validate", "--engine", pipeline.build, *args), "model.qdq.onnx", "changed")
         expect_clear_error(pipeline.ws("validate", "--engine", str(qdq.parent), *args), "model.qdq.onnx")
         expect_clear_error(pipeline.ws("validate", "--engine", str(qdq), *args), "model.qdq.onnx")
@@ -79,7 +94,7 @@ def test_validate_of_a_tampered_qdq_model_is_refused(pipeline, tmp_path):
     outside = tmp_path / "engine-copy"
     shutil.copytree(qdq.parent, outside)
     assert (outside / MANIFEST_FILE).is_file()
-    with _Tampered(outside / "model.qdq.onnx"):
+    with _Tampered(outside / "model.qdq.onnx", _edited_weights(outside / "model.qdq.onnx")):
         expect_clear_error(pipeline.ws("validate", "--engine", str(outside), *args), str(outside / "model.qdq.onnx"),
                            MANIFEST_FILE)
     cli_ok(*pipeline.ws("validate", "--engine", str(outside), *args))
