@@ -30,6 +30,11 @@ class WorkspaceError(CalibError, OSError):
     """The workspace cannot be used (not writable, corrupt registry, unknown run)."""
 
 
+class RunCancelled(CalibError):
+    """A run stopped because someone asked it to (raised from its progress callback, so the stage
+    stops at its next progress report and its unfinished files are removed like any failed run's)."""
+
+
 def check_choice(value: object, choices: Collection[object], what: str) -> None:
     """Raise a one-line :class:`InputError` unless ``value`` is one of ``choices``
     ("unknown placement preset 'x' (choose from tensorrt, all)")."""

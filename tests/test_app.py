@@ -121,6 +121,39 @@ def test_store_upload_checks_kind_and_size(workspace):
     assert (folder / "vocab.txt").is_file() and folder.parent == workspace.uploads_dir / "abc123abc123"
 
 
+def test_job_pool_cancels_a_run_and_removes_its_files(workspace):
+    import threading
+
+    from lib.jobs import JobPool, elapsed_and_eta
+
+    started, release = threading.Event(), threading.Event()
+
+    def slow(config, out_dir, progress=None):
+        (out_dir / "partial.bin").write_bytes(b"x" * 10)
+        for i in range(1000):
+            progress(i / 1000, f"step {i}")
+            started.set()
+            release.wait(0.01)
+        return None
+
+    pool = JobPool(workers=1)
+    rid = pool.submit(workspace, "calibset", slow, {"n": 1})
+    queued = pool.submit(workspace, "calibset", slow, {"n": 2})  # waits for the only worker
+    assert started.wait(30)
+    pool.cancel(queued)
+    pool.cancel(rid)
+    pool.wait(rid, timeout=30)
+    run = workspace.get_run(rid)
+    assert run.status in ("cancelled", "failed") and "cancelled" in run.error
+    assert not run.dir.exists() and not list(workspace.runs_dir.glob(f".{rid}*"))
+    status = pool.status(workspace, queued)
+    assert status.status == "cancelled" and not status.active
+    assert pool.cancelled(rid) and not pool.cancelled("other")
+    # elapsed and ETA: nothing before 5 %, then the remaining share at the rate so far
+    assert elapsed_and_eta("2026-01-01T00:00:00+00:00", 0.01, now=1767225610.0) == (10.0, None)
+    assert elapsed_and_eta("2026-01-01T00:00:00+00:00", 0.25, now=1767225610.0) == (10.0, 30.0)
+
+
 def test_job_pool_records_progress_and_errors(workspace):
     from lib.jobs import JobPool
 

@@ -19,7 +19,8 @@ from typing import Any
 
 import streamlit as st
 
-from calib.errors import CalibError, WorkspaceError
+from calib import formatting as fmt
+from calib.errors import CalibError, RunCancelled, WorkspaceError
 from calib.pipeline import run_stage
 from calib.workspace import Workspace
 
@@ -50,6 +51,7 @@ class JobPool:
     def __init__(self, workers: int = WORKERS) -> None:
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="calib-job")
         self._futures: dict[str, tuple[str, str, Future]] = {}  # run id -> (stage, session, future)
+        self._cancelled: set[str] = set()
         self._lock = threading.Lock()
 
     def submit(self, ws: Workspace, stage: str, fn: Callable[..., Any], config: Any, *,
@@ -57,10 +59,14 @@ class JobPool:
         """Queue ``run_stage(ws, stage, fn, config, ...)``; return the run id it will have."""
         run_id = ws.new_run_id(stage)
 
+        def stop_when_cancelled(fraction: float, message: str = "") -> None:
+            if run_id in self._cancelled:
+                raise RunCancelled(f"{stage} run {run_id} cancelled at {fraction:.0%} ({message or 'starting'})")
+
         def work() -> Any:
             try:
                 return run_stage(ws, stage, fn, config, parents=parents, label=label,
-                                 session=session, run_id=run_id)
+                                 session=session, run_id=run_id, progress=stop_when_cancelled)
             except CalibError:
                 raise  # recorded in the registry as the run's error
             except Exception:
@@ -78,6 +84,8 @@ class JobPool:
         try:
             run = ws.get_run(run_id)
         except WorkspaceError:
+            if future is not None and future.cancelled():
+                return JobStatus(run_id, stage, "cancelled", 0.0, "", "cancelled before it started")
             if future is None:
                 return JobStatus(run_id, stage, "failed", 0.0, "", f"no run {run_id} in this workspace")
             if future.done() and future.exception() is not None:
@@ -91,6 +99,19 @@ class JobPool:
             if exc is not None and not isinstance(exc, CalibError):
                 error = f"{type(exc).__name__}: {error}"
         return JobStatus(run_id, run.stage, run.status, float(run.progress), run.message, error)
+
+    def cancel(self, run_id: str) -> None:
+        """Stop a run: a queued one never starts; a running one stops at its next progress report
+        (its staging folder is removed and the registry records why)."""
+        with self._lock:
+            self._cancelled.add(run_id)
+            entry = self._futures.get(run_id)
+        if entry is not None:
+            entry[2].cancel()  # only succeeds while it waits for a worker
+
+    def cancelled(self, run_id: str) -> bool:
+        with self._lock:
+            return run_id in self._cancelled
 
     def wait(self, run_id: str, timeout: float | None = None) -> None:
         """Block until the run ends (used by tests and scripts, never by a page)."""
@@ -135,8 +156,16 @@ def show_progress(ws: Workspace, run_id: str, title: str) -> None:
             st.rerun(scope="app")
         label = f"{title}: {status.message or status.status}"
         st.progress(min(max(status.progress, 0.0), 1.0), text=label)
-        st.caption(f"Run `{run_id}` · {status.status} · {int(status.progress * 100)} %. "
-                   "You can leave this page; the run continues and its progress is kept.")
+        left, right = st.columns([5, 1])
+        left.caption(f"Run `{run_id}` · {status.status} · {int(status.progress * 100)} % · "
+                     f"{timing_text(ws, run_id, status.progress)}. "
+                     "You can leave this page; the run continues and its progress is kept.")
+        if pool.cancelled(run_id):
+            right.caption("Cancelling…")
+        elif right.button("Cancel", key=f"cancel-{run_id}", icon=":material/cancel:",
+                          help="Stop this run; its unfinished files are removed and the registry records it."):
+            pool.cancel(run_id)
+            st.rerun(scope="fragment")
 
     panel()
 
@@ -147,3 +176,27 @@ def wait_until_idle(ws: Workspace, timeout: float = 300.0) -> None:
     pool = job_pool()
     for rid in pool.active_ids():
         pool.wait(rid, timeout=max(0.0, deadline - time.monotonic()))
+
+
+def elapsed_and_eta(started_iso: str | None, fraction: float, now: float | None = None) -> tuple[float, float | None]:
+    """Seconds since ``started_iso`` and the estimated seconds left at ``fraction`` done (None until 5 %
+    is done: the first batches load models and say little about the rest)."""
+    import datetime as dt
+
+    if not started_iso:
+        return 0.0, None
+    started = dt.datetime.fromisoformat(started_iso).timestamp()
+    elapsed = max(0.0, (time.time() if now is None else now) - started)
+    if fraction < 0.05 or fraction >= 1.0:
+        return elapsed, None
+    return elapsed, elapsed * (1.0 - fraction) / fraction
+
+
+def timing_text(ws: Workspace, run_id: str, fraction: float) -> str:
+    """``running for 1 min 12 s, about 2 min 5 s left`` (or ``waiting for a free worker``)."""
+    try:
+        run = ws.get_run(run_id)
+    except WorkspaceError:
+        return "waiting for a free worker"
+    elapsed, eta = elapsed_and_eta(run.created_at, fraction)
+    return f"running for {fmt.seconds(elapsed)}" + ("" if eta is None else f", about {fmt.seconds(eta)} left")

@@ -23,7 +23,7 @@ from lib.context import (
     shown_errors,
     workspace,
 )
-from lib.jobs import active_run, job_pool, show_progress
+from lib.jobs import active_run, job_pool, show_progress, timing_text
 from lib.project import Project, current_project
 
 T = TypeVar("T")
@@ -78,6 +78,7 @@ def running_now(ws: Workspace, sid: str) -> None:
             st.caption(f"{title}: waiting for a free worker")
         else:
             st.progress(min(max(status.progress, 0.0), 1.0), text=f"{title}: {status.message or 'starting'}")
+            st.caption(timing_text(ws, status.run_id, status.progress))
 
 
 # -- current runs --------------------------------------------------------------------------------
@@ -178,6 +179,9 @@ def last_outcome(page: Page, stage: str) -> None:
         set_current_run(page, stage, rid)
         st.session_state.pop(key, None)
         st.toast(f"{STAGE_TITLES.get(stage, stage)} run {rid} finished", icon=":material/check_circle:")
+    elif status.status == "cancelled" or job_pool().cancelled(rid):
+        st.info(f"{STAGE_TITLES.get(stage, stage)} run {rid} was cancelled; its unfinished files were removed.",
+                icon=":material/cancel:")
     else:
         st.error(f"{STAGE_TITLES.get(stage, stage)} run {rid} {status.status}: {status.error}", icon=":material/error:")
 
