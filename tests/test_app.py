@@ -339,11 +339,13 @@ def test_two_sessions_do_not_mix(app_workspace, tiny_model_path, tiny_tokenizer_
     first, second = wait_for_jobs(first), wait_for_jobs(second)
     for at, size in ((first, 16), (second, 24)):
         no_crash(at)
-        assert at.selectbox(key="cs-run").options and len(at.selectbox(key="cs-run").options) == 1
+        # pickers list every session's runs (a new tab is never empty), each session shows its own run
+        assert len(at.selectbox(key="cs-run").options) == 2
         assert any(m.label == "Texts" and m.value == str(size) for m in at.metric)
-    # the other session's run is one toggle away
-    first.toggle(key="cs-run-all").set_value(True).run()
-    assert len(first.selectbox(key="cs-run").options) == 2
+    # this session's runs only: one toggle away
+    first.toggle(key="cs-run-all").set_value(False).run()
+    assert len(first.selectbox(key="cs-run").options) == 1
+    assert any(m.label == "Texts" and m.value == "16" for m in first.metric)
 
 
 def test_tiny_flow_through_every_page(app_workspace, tiny_model_path, tiny_tokenizer_dir, tiny_csv):
@@ -575,3 +577,34 @@ def test_compare_view_overlays_validations_with_a_pinned_baseline(app_workspace,
     at.selectbox(key="compare-baseline").set_value(baseline.options[1]).run()
     no_crash(at)
     assert len(at.get("vega_lite_chart")) >= 2  # buckets and per-layer SQNR, overlaid
+
+
+def test_new_tab_reopens_the_last_project(app_workspace, tiny_model_path, tiny_tokenizer_dir, tiny_csv):
+    first = use_tiny_project(open_app("project"), tiny_model_path, tiny_tokenizer_dir, tiny_csv)
+    fresh = open_app("project")  # a new tab: no ?session= in its URL
+    no_crash(fresh)
+    assert fresh.query_params["session"] != first.query_params["session"]
+    assert fresh.radio(key="project-mode").value == "My own model"
+    assert fresh.text_input(key="project-onnx-path").value == str(tiny_model_path)
+
+
+def test_csv_without_a_text_column_asks_which(app_workspace, tiny_model_path, tiny_tokenizer_dir, tiny_csv, tmp_path):
+    import pandas as pd
+
+    data = pd.read_csv(tiny_csv)
+    odd = tmp_path / "odd.csv"
+    pd.DataFrame({"id": range(len(data)), "body": data["text"], "label": data["label"]}).to_csv(odd, index=False)
+    at = open_app("project")
+    at.radio(key="project-mode").set_value("My own model").run()
+    at.text_input(key="project-onnx-path").set_value(str(tiny_model_path))
+    at.text_input(key="project-tok-path").set_value(str(tiny_tokenizer_dir))
+    at.text_input(key="project-data-path").set_value(str(odd)).run()
+    no_crash(at)
+    assert at.selectbox(key="project-text-col").value is None
+    assert any("Which column holds the texts?" in i.value for i in at.info)
+    assert not [b for b in at.button if b.key == "project-apply"]
+    at.selectbox(key="project-text-col").set_value("body").run()
+    at.number_input(key="project-maxlen").set_value(64)
+    at.button(key="project-apply").click().run()
+    no_crash(at)
+    assert not errors(at) and at.success

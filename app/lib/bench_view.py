@@ -44,9 +44,11 @@ def bench_section(page, run, art) -> None:
     if result is None:
         return
     rows = pd.DataFrame(result.rows)
-    table = rows[["kind", "batch_size", "p50_ms", "p95_ms", "texts_per_s", "peak_rss_mb"]].rename(columns={
+    # peak memory is a high-water mark of each engine's process, so it is one figure per engine, not per row
+    peaks = rows.groupby("kind")["peak_rss_mb"].max().to_dict() if "peak_rss_mb" in rows else {}
+    table = rows[["kind", "batch_size", "p50_ms", "p95_ms", "texts_per_s"]].rename(columns={
         "kind": "engine", "batch_size": "batch", "p50_ms": "latency p50 (ms)", "p95_ms": "latency p95 (ms)",
-        "texts_per_s": "throughput (texts/s)", "peak_rss_mb": "peak memory (MB)"})
+        "texts_per_s": "throughput (texts/s)"})
     left, right = st.columns([3, 2])
     with left:
         st.dataframe(table, hide_index=True, width="stretch",
@@ -56,7 +58,13 @@ def bench_section(page, run, art) -> None:
                              if (s := result.speedup(b)) is not None)
         st.caption(f"INT8 / FP32 throughput: {speedups or '—'} · model sizes: FP32 "
                    f"{sizes.get('fp32_model_mb', 0):.1f} MB, Q/DQ {sizes.get('qdq_model_mb', 0):.1f} MB, INT8 weights "
-                   f"{sizes.get('int8_weights_mb', 0):.1f} MB · run `{done[0].id}`")
+                   f"{sizes.get('int8_weights_mb', 0):.1f} MB · peak memory of each engine's process: "
+                   + ", ".join(f"{k} {v:.0f} MB" for k, v in sorted(peaks.items())) + f" · run `{done[0].id}`")
+        repeats_done = int(result.meta["config"].get("repeats", 1))
+        st.warning("CPU timings on a shared machine vary by about ±5 % from run to run"
+                   + (" and this is a single repeat: use 3 or more repeats before comparing speed-ups."
+                      if repeats_done < 3 else f"; {repeats_done} repeats were averaged."),
+                   icon=":material/speed:")
     with right:
         chart = alt.Chart(rows).mark_bar().encode(
             x=alt.X("batch_size:O", title="batch size"),

@@ -125,6 +125,21 @@ def load_session_state(ws: Workspace, sid: str) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def latest_session_value(ws: Workspace, key: str, *, other_than: str = "") -> Any:
+    """``key`` as the most recently active browser session saved it (a new tab reopens the last project)."""
+    folder = ws.cache_dir / "app-sessions"
+    if not folder.is_dir():
+        return None
+    files = sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for path in files:
+        if path.stem == other_than:
+            continue
+        value = load_session_state(ws, path.stem).get(key)
+        if value is not None:
+            return value
+    return None
+
+
 def save_session_value(ws: Workspace, sid: str, key: str, value: Any) -> None:
     if ws.read_only:  # a read-only workspace keeps no session state; pages still show what is there
         return

@@ -18,7 +18,7 @@ from calib.errors import InputError
 from calib.model import ModelSpec, load_model
 from calib.verdict import ReleaseBudget, default_budget
 from calib.workspace import Workspace
-from lib.context import load_session_state, save_session_value
+from lib.context import latest_session_value, load_session_state, save_session_value
 
 DEFAULT_TASK = "bbc-topic"
 PROJECT_KEY = "calib_project"
@@ -93,6 +93,8 @@ def demo_ready(ws: Workspace, task: str) -> bool:
 def current_project(ws: Workspace, session: str) -> Project:
     if PROJECT_KEY not in st.session_state:
         saved = load_session_state(ws, session).get("project")
+        if saved is None:  # a new tab (no ?session=): reopen the project last worked on
+            saved = latest_session_value(ws, "project", other_than=session)
         project = Project()
         if isinstance(saved, dict):
             try:

@@ -106,3 +106,15 @@ def tensorrt_state():
     from calib.engines.tensorrt import tensorrt_status
 
     return tensorrt_status()
+
+
+def profile_warning(profile: dict, max_length: int) -> str | None:
+    """A warning when a build's TensorRT profile cannot take the project's longest inputs: its max
+    sequence (derived from the calibration set's lengths) is shorter than the max length."""
+    max_seq = profile.get("max_seq")
+    if not isinstance(max_seq, int) or max_seq >= max_length:
+        return None
+    return (f"The TensorRT optimisation profile's max sequence is {max_seq} tokens (from {profile.get('source', '?')}) "
+            f"but texts are truncated at {max_length}: an engine built with these shapes refuses longer inputs. "
+            f"Raise --maxShapes to {max_length} in trtexec.sh, or build with a profile (calib build --profile … "
+            f"{max_length}).")

@@ -45,11 +45,23 @@ def start_page(title: str, icon: str, intro: str = "") -> Page:
     ws = workspace()
     sid = session_id()
     project = current_project(ws, sid)
+    page = Page(ws, sid, project)
+    adopt_finished_runs(page)
     sidebar(ws, sid, project)
     st.title(f"{icon} {title}")
     if intro:
         st.caption(intro)
-    return Page(ws, sid, project)
+    return page
+
+
+def adopt_finished_runs(page: Page) -> None:
+    """Runs this session started that have finished since become the current run of their stage,
+    whichever page is open when they end (so returning to their page shows them selected)."""
+    pool = job_pool()
+    for key in [k for k in list(st.session_state.keys()) if str(k).startswith("calib_submitted_")]:
+        stage, rid = str(key).removeprefix("calib_submitted_"), st.session_state.get(key)
+        if rid and pool.status(page.ws, rid).status == "finished" and current_run_id(page, stage) != rid:
+            set_current_run(page, stage, rid)
 
 
 def sidebar(ws: Workspace, sid: str, project: Project) -> None:
@@ -133,7 +145,8 @@ def open_picked_run(page: Page, stage: str, label: str, loader: Callable[[Path],
 def pick_run(page: Page, stage: str, label: str, *, key: str, help: str | None = None,
              model_sha256: str | None = None) -> RunRecord | None:
     """A select box of finished runs of ``stage`` (this session's first); remembers the choice."""
-    all_sessions = st.toggle("Include runs of other sessions", key=f"{key}-all", value=False)
+    all_sessions = st.toggle("Include runs of other sessions", key=f"{key}-all", value=True,
+                             help="Off: only the runs started from this browser tab's session.")
     runs = finished_runs(page, stage, all_sessions=all_sessions, model_sha256=model_sha256)
     current = current_run_id(page, stage)
     if current and all(r.id != current for r in runs):

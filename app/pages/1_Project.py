@@ -177,8 +177,10 @@ else:
         eval_split = c2.selectbox("Evaluation split", splits, key="project-eval-split",
                                   index=splits.index("eval") if "eval" in splits else len(splits) - 1)
     c1, c2, c3 = st.columns(3)
-    guess_text = next((c for c in ("text", "sentence", "review", "content") if c in columns), columns[0])
-    text_column = c1.selectbox("Text column", columns, index=columns.index(guess_text), key="project-text-col")
+    # a well-known text column name is taken; otherwise ask (never silently take an id column)
+    guess_text = next((c for c in ("text", "sentence", "review", "content") if c in columns), None)
+    text_column = c1.selectbox("Text column", columns, index=None if guess_text is None else columns.index(guess_text),
+                               key="project-text-col", placeholder="Choose the column with the texts")
     label_options = [NONE] + columns
     guess_label = next((c for c in ("label", "labels", "category", "class", "target") if c in columns), NONE)
     label_column = c2.selectbox("Label column", label_options, index=label_options.index(guess_label),
@@ -196,6 +198,10 @@ else:
                                      key="project-embedding-out")
     pooling = r3.selectbox("Pool token states", ["", "mean", "cls"], key="project-pool",
                            format_func=lambda p: p or "no (already pooled)")
+    if text_column is None:
+        st.info(f"Which column holds the texts? None is called text, sentence, review or content "
+                f"(columns: {', '.join(columns)}).", icon=":material/help:")
+        st.stop()
     if st.button("Use this model and data", type="primary", key="project-apply"):
         label_col = None if label_column == NONE else label_column
         labels = tuple(x.strip() for x in labels_text.split(",") if x.strip())

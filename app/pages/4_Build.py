@@ -12,8 +12,9 @@ if str(APP_DIR) not in sys.path:
 
 import pandas as pd
 import streamlit as st
-from lib.context import shown_errors
-from lib.stages import graph_nodes, tensorrt_state
+from lib.context import attempt, shown_errors
+from lib.project import model_spec
+from lib.stages import graph_nodes, profile_warning, tensorrt_state
 from lib.ui import download_file, open_picked_run, pick_run, run_button, start_page
 
 from calib.build import BuildConfig, EngineArtifact, build
@@ -150,6 +151,9 @@ st.caption(f"Calibration cache header `{meta['calibration_cache']['header']}` ·
            f"{prof.get('min_batch')}/{prof.get('opt_batch')}/{prof.get('max_batch')} × sequence "
            f"{prof.get('min_seq')}/{prof.get('opt_seq')}/{prof.get('max_seq')} (min/opt/max, from "
            f"{prof.get('source', '?')})")
+project_spec = attempt(model_spec, page.ws, page.project, what="Reading the model")
+if project_spec is not None and (shape_warning := profile_warning(prof, int(project_spec.max_length))):
+    st.warning(shape_warning, icon=":material/warning:")
 
 # -- speed ---------------------------------------------------------------------------------------
 st.markdown("**Latency and throughput**")
