@@ -131,7 +131,7 @@ def test_demo_walkthrough_in_chromium(app_server):
             # Project: the demo is preselected and described
             open_page("Project")
             expect(page.get_by_text("Calibration pool", exact=False).first).to_be_visible()
-            expect(page.get_by_text("logits from").first).to_be_visible()
+            expect(page.get_by_text("scored outputs").first).to_be_visible()
             _no_exception(page)
             _shot(page, "2-project")
 

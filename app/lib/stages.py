@@ -41,19 +41,35 @@ def eval_target(ws: Workspace, project: Project) -> dict[str, Any] | None:
     return {"target_kind": "dataset", "target_source": ev.source, "target_split": ev.split}
 
 
-@st.cache_data(show_spinner="Counting tokens…", max_entries=32)
-def _lengths(model_sha: str, tokenizer_dir: str, data: DataSpec, ws_root: str, _spec: Any) -> tuple[np.ndarray, np.ndarray]:
-    from calib.lengths import token_lengths
+LENGTH_CACHE_ENTRIES = 32
 
-    table = token_lengths(_spec, data, Workspace(ws_root))
-    return table.lengths, table.labels
+
+@st.cache_resource(show_spinner=False)
+def _length_cache() -> dict:
+    """Token lengths already counted in this server process (the workspace also caches them on disk)."""
+    return {}
 
 
 def dataset_lengths(ws: Workspace, project: Project, data: DataSpec) -> np.ndarray:
-    """Untruncated token lengths (N,) of a dataset under the project's tokenizer (cached)."""
+    """Untruncated token lengths (N,) of a dataset under the project's tokenizer (cached), with a
+    progress bar that counts the texts while they are tokenised."""
+    from calib.lengths import token_lengths
+
     spec = model_spec(ws, project)
-    lengths, _ = _lengths(spec.sha256, str(spec.tokenizer_dir), data, str(ws.root), spec)
-    return lengths
+    key = (spec.sha256, str(spec.tokenizer_dir), data, str(ws.root))
+    cache = _length_cache()
+    if key not in cache:
+        bar = st.progress(0.0, text=f"Counting tokens of {data.describe()}…")
+
+        def progress(fraction: float, message: str = "") -> None:
+            bar.progress(min(max(fraction, 0.0), 1.0), text=f"Counting tokens of {data.describe()}: {message}")
+
+        table = token_lengths(spec, data, ws, progress=progress)
+        bar.empty()
+        while len(cache) >= LENGTH_CACHE_ENTRIES:
+            cache.pop(next(iter(cache)))
+        cache[key] = table.lengths
+    return cache[key]
 
 
 @st.cache_data(show_spinner="Reading the lengths file…", max_entries=16)
