@@ -61,7 +61,7 @@ ProgressFn = Callable[[float, str], None]
 """Progress callback: (fraction done in [0, 1], short message)."""
 
 DEFAULT_WORKSPACE_ENV = "CALIB_WORKSPACE"
-STATUSES = ("running", "finishing", "finished", "failed", "interrupted")
+STATUSES = ("running", "finishing", "finished", "failed", "interrupted", "cancelled")
 LATEST = "latest"
 """Run reference keyword: the newest finished run of the stage asked for (``latest:LABEL`` filters by label)."""
 MANIFEST_FILE = ".calib-manifest.json"
@@ -97,6 +97,12 @@ CREATE TABLE IF NOT EXISTS artifacts (
     PRIMARY KEY (run_id, path)
 );
 CREATE INDEX IF NOT EXISTS runs_stage ON runs(stage, created_at);
+CREATE TABLE IF NOT EXISTS run_notes (
+    run_id TEXT PRIMARY KEY REFERENCES runs(id),
+    note TEXT NOT NULL DEFAULT '',
+    tags TEXT NOT NULL DEFAULT '[]',
+    updated_at TEXT NOT NULL
+);
 """
 _ADDED_COLUMNS = {"heartbeat_at": "TEXT", "host": "TEXT NOT NULL DEFAULT ''"}
 
@@ -586,7 +592,10 @@ class Workspace:
         """Record how the run ended (before its lock is released) and remove its unfinished files."""
         shutil.rmtree(staging, ignore_errors=True)
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        from calib.errors import RunCancelled
+
+        status = ("interrupted" if isinstance(exc, KeyboardInterrupt)
+                  else "cancelled" if isinstance(exc, RunCancelled) else "failed")
         try:
             with self._connect() as conn:
                 conn.execute("BEGIN")
@@ -653,6 +662,7 @@ class Workspace:
             with self._connect() as conn:
                 conn.execute("BEGIN")
                 conn.execute("DELETE FROM artifacts WHERE run_id = ?", (run_id,))
+                conn.execute("DELETE FROM run_notes WHERE run_id = ?", (run_id,))
                 conn.execute("DELETE FROM runs WHERE id = ?", (run_id,))
                 conn.execute("COMMIT")
         finally:
@@ -661,6 +671,28 @@ class Workspace:
                     lock_path.unlink()
                 os.close(fd)
         return run.dir
+
+    # -- notes and tags: what people write about a run (kept beside it, not among its artifacts) --
+    def set_notes(self, run_id: str, note: str = "", tags: Sequence[str] = ()) -> None:
+        """Replace the free-text note and the tags of a run (tags trimmed, de-duplicated, in order)."""
+        self._require_writable("write notes")
+        self.get_run(run_id)  # an unknown run is refused with the usual message
+        clean = list(dict.fromkeys(t.strip() for t in tags if t and t.strip()))
+        with self._connect() as conn:
+            conn.execute("INSERT INTO run_notes (run_id, note, tags, updated_at) VALUES (?, ?, ?, ?) "
+                         "ON CONFLICT(run_id) DO UPDATE SET note = excluded.note, tags = excluded.tags, "
+                         "updated_at = excluded.updated_at", (run_id, note.strip(), json.dumps(clean), _now()))
+
+    def notes(self, run_ids: Sequence[str] | None = None) -> dict[str, tuple[str, tuple[str, ...]]]:
+        """``{run id: (note, tags)}`` for the runs that have any (all runs, or those of ``run_ids``)."""
+        with self._connect() as conn:
+            try:
+                rows = conn.execute("SELECT run_id, note, tags FROM run_notes").fetchall()
+            except sqlite3.OperationalError:  # a registry written before notes existed, opened read-only
+                return {}
+        wanted = None if run_ids is None else set(run_ids)
+        return {str(r[0]): (str(r[1]), tuple(json.loads(r[2] or "[]"))) for r in rows
+                if wanted is None or r[0] in wanted}
 
     # -- reading -------------------------------------------------------------------------------
     def get_run(self, run_id: str) -> RunRecord:

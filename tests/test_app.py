@@ -576,6 +576,15 @@ def test_compare_view_overlays_validations_with_a_pinned_baseline(app_workspace,
     no_crash(at)
     at.selectbox(key="compare-baseline").set_value(baseline.options[1]).run()
     no_crash(at)
+    # notes and tags on a run, shown in the history and used to filter it
+    at.text_area(key=f"runs-note-{history['run'][0]}").set_value("looks best")
+    at.text_input(key=f"runs-tags-{history['run'][0]}").set_value("candidate, tensorrt")
+    next(b for b in at.button if b.label == "Save note and tags").click().run()
+    no_crash(at)
+    assert ws.notes() == {history["run"][0]: ("looks best", ("candidate", "tensorrt"))}
+    assert at.dataframe[0].value["tags"].tolist().count("candidate, tensorrt") == 1
+    at.multiselect(key="runs-tags").set_value(["candidate"]).run()
+    assert list(at.dataframe[0].value["run"]) == [history["run"][0]]
     assert len(at.get("vega_lite_chart")) >= 2  # buckets and per-layer SQNR, overlaid
 
 

@@ -236,3 +236,33 @@ def test_cli_runs_verify_of_failed_run_fails(workspace, capsys):
         raise RuntimeError("no engine")
     assert cli_main(["--workspace", str(workspace.root), "runs", "verify", ctx.id]) == 1
     assert "failed, not finished (no engine)" in capsys.readouterr().out
+
+
+def test_notes_and_tags_on_a_run(workspace):
+    from calib.errors import WorkspaceError
+
+    with workspace.start_run("validate", {"x": 1}) as ctx:
+        (ctx.dir / "a.txt").write_text("a")
+    rid = ctx.id
+    assert workspace.notes() == {}
+    workspace.set_notes(rid, " release candidate ", ["rc", " entropy ", "rc", ""])
+    assert workspace.notes() == {rid: ("release candidate", ("rc", "entropy"))}
+    workspace.set_notes(rid, "", ["rejected"])
+    assert workspace.notes([rid]) == {rid: ("", ("rejected",))} and workspace.notes(["other"]) == {}
+    assert workspace.verify(rid) == []  # notes are not artifacts: the run's files are untouched
+    with pytest.raises(WorkspaceError):
+        workspace.set_notes("validate-nope", "x")
+    workspace.delete_run(rid)
+    assert workspace.notes() == {}
+
+
+def test_a_cancelled_run_is_recorded_as_cancelled(workspace):
+    from calib.errors import RunCancelled
+
+    with pytest.raises(RunCancelled):
+        with workspace.start_run("calibset", {}) as ctx:
+            (ctx.dir / "partial").write_text("x")
+            raise RunCancelled("calibset run cancelled at 40 %")
+    run = workspace.get_run(ctx.id)
+    assert run.status == "cancelled" and "cancelled at 40 %" in run.error
+    assert not run.dir.exists() and not list(workspace.runs_dir.glob(f".{ctx.id}*"))

@@ -36,7 +36,8 @@ METRIC_COLUMNS = {
 }
 
 
-def history_frame(runs: Sequence[RunRecord], session: str, lookup=None) -> pd.DataFrame:
+def history_frame(runs: Sequence[RunRecord], session: str, lookup=None,
+                  notes: Mapping[str, tuple[str, tuple[str, ...]]] | None = None) -> pd.DataFrame:
     """One row per run: its name (what it is), status, time, the headline metrics as numbers (so the
     table sorts by them), verdict, notes and the id."""
     rows = []
@@ -53,6 +54,9 @@ def history_frame(runs: Sequence[RunRecord], session: str, lookup=None) -> pd.Da
             ("PASS" if run.summary.get("recommended_passes") else "FAIL") if "recommended_passes" in run.summary else "")
         row["result / error"] = (fmt.headline(run.stage, run.summary) if run.status == "finished"
                                  else run.error or run.message)
+        note, tags = (notes or {}).get(run.id, ("", ()))
+        row["tags"] = ", ".join(tags)
+        row["note"] = note
         row["session"] = ("this" if run.session == session else run.session) or "(cli)"
         row["run"] = run.id
         rows.append(row)

@@ -12,7 +12,7 @@ if str(APP_DIR) not in sys.path:
 import altair as alt
 import pandas as pd
 import streamlit as st
-from lib.context import STAGE_TITLES
+from lib.context import STAGE_TITLES, attempt, shown_errors
 from lib.runs import (
     baseline_deltas,
     comparison_frame,
@@ -87,7 +87,7 @@ with tab_history:
     c1, c2, c3 = st.columns([2, 2, 1])
     stages = c1.multiselect("Stages", list(STAGE_TITLES), default=[], key="runs-stages",
                             format_func=lambda s: STAGE_TITLES[s], placeholder="All stages")
-    statuses = c2.multiselect("Status", ["running", "finished", "failed", "interrupted"], default=[],
+    statuses = c2.multiselect("Status", ["running", "finished", "failed", "interrupted", "cancelled"], default=[],
                               key="runs-status", placeholder="Any status")
     everyone = c3.toggle("All sessions", value=True, key="runs-all",
                          help="Off: only the runs started from this browser session.")
@@ -96,7 +96,12 @@ with tab_history:
     if not runs:
         st.info("No runs yet. Start with the Calibration set page.", icon=":material/info:")
     else:
-        frame = history_frame(runs, page.session, lookup)
+        all_notes = attempt(ws.notes, what="Reading the notes") or {}
+        tag_filter = st.multiselect("Tags", sorted({t for _, tags in all_notes.values() for t in tags}),
+                                    key="runs-tags", placeholder="Any tag")
+        if tag_filter:
+            runs = [r for r in runs if set(tag_filter) <= set(all_notes.get(r.id, ("", ()))[1])]
+        frame = history_frame(runs, page.session, lookup, all_notes)
         st.dataframe(frame, hide_index=True, width="stretch", height=min(600, 38 + 35 * len(frame)),
                      column_config=history_column_config(st))
         st.caption("Click a column header to sort (drop, agreement, cosine, KS…); names say what each run is, "
@@ -113,6 +118,16 @@ with tab_history:
                 st.error(run.error, icon=":material/error:")
             if run.parents:
                 st.caption("Made from: " + ", ".join(f"`{p}`" for p in run.parents))
+            note, tags = all_notes.get(run.id, ("", ()))
+            with st.form(key=f"notes-{run.id}", border=True):
+                new_note = st.text_area("Note", value=note, key=f"runs-note-{run.id}", height=80,
+                                        placeholder="What this run is for, what you concluded…")
+                new_tags = st.text_input("Tags (comma-separated)", value=", ".join(tags), key=f"runs-tags-{run.id}",
+                                         placeholder="release-candidate, rejected, …")
+                if st.form_submit_button("Save note and tags", icon=":material/save:"):
+                    with shown_errors("Saving the note"):
+                        ws.set_notes(run.id, new_note, [t for t in new_tags.split(",")])
+                    st.rerun()
             st.markdown("Parameters")
             st.json(run.params, expanded=False)
             if run.summary:
