@@ -169,6 +169,9 @@ def compare_evaluations(evaluations: Sequence[Evaluation | str | Path]) -> list[
         ci = o.get("accuracy_diff_ci") or {}
         cal = ev.data.get("calibration") or {}
         rows.append({
+            "name": " · ".join(str(p) for p in (_calibrator(ev), _placement(ev),
+                                                 f"{len(_exclusions(ev))} in float" if _exclusions(ev) else None,
+                                                 f"{o['n']:,} texts") if p),
             "run": _run_name(ev.dir),
             "engine": ev.data["engine"].get("path"),
             "calibrator": _calibrator(ev),
@@ -444,13 +447,13 @@ def _comparison_section(data: dict) -> Section | None:
             notes.append(rec["default_note"] + ".")
     notes.append("The first row is the release candidate the verdict above is about; each row is judged against "
                  "the same budget.")
-    table = tuple((r["run"], _fmt(r["calibrator"]), _fmt(r["placement"]), str(r["exclusions"]), _pct(r["accuracy_int8"]),
+    table = tuple((r.get("name") or r["run"], r.get("verdict", "–"), _pct(r["accuracy_int8"]),
                    _drop(r["accuracy_drop_points"]), _ci(r), _pct(r["top1_agreement"]),
-                   _fmt(r["embedding_cosine"], ".4f"), r.get("verdict", "–"), (r["worst_bucket"] or {}).get("bucket", "–"))
+                   _fmt(r["embedding_cosine"], ".4f"), (r["worst_bucket"] or {}).get("bucket", "–"), r["run"])
                   for r in rows)
-    return Section("Runs compared", tuple(notes), ("run", "calibrator", "placement", "excl.", "acc INT8",
-                                                   "drop (pts)", "drop 95 % CI (pts)", "agreement", "emb. cosine",
-                                                   "verdict", "worst bucket"), table, chart="comparison")
+    return Section("Runs compared", tuple(notes), ("what", "verdict", "acc INT8", "drop (pts)", "drop 95 % CI (pts)",
+                                                   "agreement", "emb. cosine", "worst bucket", "run"), table,
+                   chart="comparison")
 
 
 def _bucket_section(data: dict) -> Section:
