@@ -117,9 +117,11 @@ def comparison_chart(rows: Sequence[Mapping], budget: ReleaseBudget) -> alt.Char
         opacity=alt.condition(alt.datum.verdict == "PASS", alt.value(1.0), alt.value(0.55)),
         tooltip=["calibrator", "measure", alt.Tooltip("value:Q", format=".4f"), "verdict"])
     layers = [bars]
-    lines = [(f"min agreement {budget.min_agreement:g}", budget.min_agreement),
-             (f"min embedding cosine {budget.min_embedding_cosine:g}", budget.min_embedding_cosine)]
-    lines = [(label, v) for label, v in lines if v is not None]
+    lines: dict[float, list[str]] = {}  # one labelled line per threshold value (equal ones share it)
+    for name, v in (("agreement", budget.min_agreement), ("embedding cosine", budget.min_embedding_cosine)):
+        if v is not None:
+            lines.setdefault(float(v), []).append(name)
+    lines = [(f"min {' / '.join(names)} {v:g}", v) for v, names in lines.items()]
     if lines:
         rules = pd.DataFrame({"y": [v for _, v in lines], "label": [label for label, _ in lines]})
         layers.append(alt.Chart(rules).mark_rule(color="#e45756", strokeDash=[4, 3]).encode(y="y:Q"))

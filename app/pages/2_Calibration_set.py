@@ -162,7 +162,7 @@ if config is None:
     st.stop()
 
 run_button(page, "calibset", "Assembling the calibration set", "Assemble the calibration set", key="cs-assemble",
-           fn=assemble, config=config, run_label=f"{strategy} {size}")
+           fn=assemble, config=config)  # the run is named by what it is (strategy · size · time)
 
 # -- result --------------------------------------------------------------------------------------
 st.divider()

@@ -60,7 +60,7 @@ else:
                              placement=placement, tensors=scope, batch_size=int(batch_size), trt_version=trt_version,
                              histogram=histogram, entropy_damp_zero_bin=bool(damp))
     run_button(page, "calibrate", "Calibrating", "Run all calibrators", key="cal-run", fn=calibrate, config=config,
-               parents=(cs_run.id,), run_label=", ".join(methods))
+               parents=(cs_run.id,))
 
 # -- results -------------------------------------------------------------------------------------
 st.divider()

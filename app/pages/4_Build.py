@@ -96,8 +96,7 @@ else:
                          exclude_op_types=tuple(exclude_ops), per_channel=bool(per_channel), backend=backend,
                          trt_version=trt_version, smooth="" if smooth == "off" else smooth)
     run_button(page, "build", "Building", "Build the INT8 model", key="build-run", fn=build, config=config,
-               parents=(cal_run.id,), run_label=f"{method} {preset}" + (
-                   f" -{len(config.exclude_nodes)} nodes" if config.exclude_nodes else ""))
+               parents=(cal_run.id,))
 
 # -- result --------------------------------------------------------------------------------------
 st.divider()

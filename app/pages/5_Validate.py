@@ -178,10 +178,9 @@ if cmp_run is not None:
                                                      icon=":material/thumb_up:" if rec["passes"] else ":material/warning:")
         if rec["default_note"]:
             st.info(rec["default_note"] + ".", icon=":material/info:")
-        left, right = st.columns([3, 2])
+        st.dataframe(comparison_frame(comparison.data["rows"]), hide_index=True, width="stretch", key="cmp-table")
+        left, _ = st.columns([3, 2])
         with left:
-            st.dataframe(comparison_frame(comparison.data["rows"]), hide_index=True, width="stretch", key="cmp-table")
-        with right:
             st.altair_chart(comparison_chart(comparison.data["rows"], cbudget), width="stretch")
         if cbudget != budget:
             st.caption(f"Judged with the budget of its time ({cbudget.describe()}); the project's is now "
@@ -390,7 +389,7 @@ with tab_sens:
                     new_config = BuildConfig(**{**{f: getattr(base_config, f) for f in base_config.__dataclass_fields__},
                                                 "exclude_nodes": placement.exclude_nodes})
                     rid = submit(page, "build", build, new_config, parents=tuple(prun.parents) + (srun.id,),
-                                 label=f"{prun.label} + {len(rec['exclude_nodes'])} float".strip())
+                                 label=prun.label)  # its name says how many nodes stay in float
                     st.toast(f"Rebuilding as {rid}; validate it above when it is done.", icon=":material/construction:")
                     st.rerun()
 
