@@ -134,7 +134,6 @@ def test_job_pool_cancels_a_run_and_removes_its_files(workspace):
             progress(i / 1000, f"step {i}")
             started.set()
             release.wait(0.01)
-        return None
 
     pool = JobPool(workers=1)
     rid = pool.submit(workspace, "calibset", slow, {"n": 1})
@@ -543,9 +542,9 @@ def test_calibrators_side_by_side_verdict_and_report(app_workspace, tiny_model_p
 
 
 def test_compare_view_overlays_validations_with_a_pinned_baseline(app_workspace, tiny_spec, tiny_csv):
+    import tinymodel
     from test_validate import absmax_ranges, vconfig
 
-    import tinymodel
     from calib.pipeline import run_stage
     from calib.placement import Placement
     from calib.quantize import quantize_qdq

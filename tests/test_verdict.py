@@ -11,8 +11,8 @@ from calib.verdict import (
     default_budget,
     gate_command,
     judge,
-    recommend,
     proportion_interval,
+    recommend,
     resolution_warning,
     texts_needed,
 )

@@ -259,10 +259,9 @@ def test_notes_and_tags_on_a_run(workspace):
 def test_a_cancelled_run_is_recorded_as_cancelled(workspace):
     from calib.errors import RunCancelled
 
-    with pytest.raises(RunCancelled):
-        with workspace.start_run("calibset", {}) as ctx:
-            (ctx.dir / "partial").write_text("x")
-            raise RunCancelled("calibset run cancelled at 40 %")
+    with pytest.raises(RunCancelled), workspace.start_run("calibset", {}) as ctx:
+        (ctx.dir / "partial").write_text("x")
+        raise RunCancelled("calibset run cancelled at 40 %")
     run = workspace.get_run(ctx.id)
     assert run.status == "cancelled" and "cancelled at 40 %" in run.error
     assert not run.dir.exists() and not list(workspace.runs_dir.glob(f".{ctx.id}*"))
