@@ -248,3 +248,21 @@ def test_tables_right_align_figures_only():
     assert rows[0].endswith("+0.39 pts") and rows[1].endswith("  97.25 %") and rows[3].endswith(" –")
     assert rows[2].index("12 texts") == len("name  ") and rows[4].endswith(" 3") and rows[5].endswith("1,024")
     assert all(len(r.rstrip()) <= width for r in rows)
+
+
+def test_json_stdout_holds_only_the_json_object_even_when_a_library_prints(workspace, capsys, monkeypatch):
+    import calib.cli.validate as validate_cli
+    from calib.cli.common import emit_json
+
+    def chatty_gate(args):
+        print("a third-party library's stray line")
+        emit_json({"passed": True, "margin": 0.1 + 0.2})
+        return 0
+
+    monkeypatch.setattr(validate_cli, "run_gate", chatty_gate)
+    assert cli_main(["--workspace", str(workspace.root), "gate", "latest", "--max-drop", "1", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == {"passed": True, "margin": 0.3}
+    assert "stray line" in captured.err
+    assert cli_main(["--workspace", str(workspace.root), "gate", "latest", "--max-drop", "1"]) == 0
+    assert "stray line" in capsys.readouterr().out  # without --json, stdout is left alone

@@ -21,6 +21,7 @@ from calib.cli.common import (
     EXIT_CODES,
     EXIT_INTERNAL_ERROR,
     EXIT_INTERRUPTED,
+    json_stdout,
 )
 from calib.errors import BackendUnavailableError, CalibError
 from calib.workspace import OUT_OF_SPACE, default_workspace_path
@@ -74,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_BAD_INPUT
     try:
+        if getattr(args, "json", False):
+            with json_stdout():
+                return int(args.handler(args) or 0)
         return int(args.handler(args) or 0)
     except BackendUnavailableError as exc:
         print(f"calib: error: {exc}", file=sys.stderr)

@@ -4,13 +4,14 @@ output, progress bar, tables."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from calib.formatting import cell, clean, seconds
 from calib.workspace import LATEST, Workspace
@@ -109,7 +110,28 @@ def print_run_json(ws: Workspace, run_id: str, outputs: Mapping[str, Any] | None
         "artifacts": [str((run.dir / a.path).resolve()) for a in run.artifacts],
         "summary": run.summary, **extra,
     }
-    print(json.dumps(clean(payload), indent=2))
+    emit_json(payload)
+
+
+_json_stream: list[TextIO] = []  # the real stdout while a --json command runs (see json_stdout)
+
+
+@contextlib.contextmanager
+def json_stdout() -> Iterator[None]:
+    """While a ``--json`` command runs, anything else written to stdout (a library's stray print)
+    goes to stderr, so stdout carries exactly the one JSON object :func:`emit_json` writes."""
+    _json_stream.append(sys.stdout)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        _json_stream.pop()
+
+
+def emit_json(payload: Any) -> None:
+    """Write ``payload`` (floats cleaned of noise) as the command's one JSON object on stdout."""
+    stream = _json_stream[-1] if _json_stream else sys.stdout
+    print(json.dumps(clean(payload), indent=2), file=stream, flush=True)
 
 
 class ProgressBar:

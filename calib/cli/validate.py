@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -401,7 +400,7 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def run_gate(args: argparse.Namespace) -> int:
-    from calib.cli.common import EXIT_FAILED_CHECK, EXIT_OK, workspace_of
+    from calib.cli.common import EXIT_FAILED_CHECK, EXIT_OK, emit_json, workspace_of
     from calib.errors import InputError
     from calib.gate import check_gate, load_report_data
 
@@ -414,8 +413,8 @@ def run_gate(args: argparse.Namespace) -> int:
                         min_embedding_cosine=args.min_embedding_cosine, use_ci=args.use_ci)
     if args.json:
         checks = [{"name": name, "passed": ok, "detail": detail} for name, ok, detail in result.checks]
-        print(json.dumps(fmt.clean({"passed": result.passed, "reason": result.reason, "checks": checks,
-                                    "report": str(Path(path).resolve())}), indent=2))
+        emit_json({"passed": result.passed, "reason": result.reason, "checks": checks,
+                   "report": str(Path(path).resolve())})
     else:
         print(result.reason, file=sys.stdout if result.passed else sys.stderr)
     return EXIT_OK if result.passed else EXIT_FAILED_CHECK
