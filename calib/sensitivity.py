@@ -523,7 +523,8 @@ def _quantize_one_ranking(evaluate: _Evaluator, units: Sequence[Unit]) -> tuple[
     details, scores = [], {}
     for u in units:
         e = rank([], list(u.nodes), f"quantize only {u.name}")
-        kl_share = (e["kl_softmax"] or 0.0) / base["kl_softmax"] if (base["kl_softmax"] or 0.0) > 0 else 0.0
+        base_kl = base.get("kl_softmax") or 0.0  # embedding models have no KL: their share is the cosine's
+        kl_share = (e.get("kl_softmax") or 0.0) / base_kl if base_kl > 0 else 0.0
         cos_share = 0.0
         if base_err and "embedding_cosine" in e:
             cos_share = max(0.0, 1.0 - e["embedding_cosine"]) / base_err

@@ -226,3 +226,32 @@ def test_head_on_token_states_pools_with_the_mask(encoder, tmp_path):
         pd.DataFrame({"text": texts[:5], "label": ["a"] * 5}).to_csv(tmp_path / "one.csv", index=False)
         fit_head(HeadConfig(model=str(encoder / "encoder.onnx"), tokenizer=tok, data=str(tmp_path / "one.csv")),
                  tmp_path / "x")
+
+
+def test_sensitivity_of_an_embedding_model_searches_on_cosine(encoder, tmp_path):
+    """Broken ranges on the encoder: ranked by each unit's share of the embedding error (no KL), searched
+    against the default cosine budget, recommendation within it."""
+    from test_validate import absmax_ranges
+
+    from calib.model import load_model
+    from calib.sensitivity import DEFAULT_EMBEDDING_COSINE, SensitivityConfig, analyze_sensitivity
+
+    spec = load_model(encoder / "encoder.onnx", encoder / "tokenizer", max_length=64)
+    texts, _ = tinymodel.make_texts(64, seed=1)
+    amax = absmax_ranges(spec, texts, "tensorrt")
+    amax["layer.0/intermediate/gelu/Mul_1_out"] /= 40
+    amax["layer.1/attention/context_merge_out"] /= 40
+    path = tmp_path / "amax.json"
+    path.write_text(json.dumps(amax))
+    res = analyze_sensitivity(SensitivityConfig(
+        model=str(spec.onnx_path), tokenizer=str(spec.tokenizer_dir), data=str(encoder / "data.csv"), ranges=str(path),
+        max_length=64, limit=96, ranking="quantize-one", max_evaluations=10), tmp_path / "s")
+    budget = res.data["budget"]
+    assert budget["model_kind"] == "embedding" and budget["min_embedding_cosine"] == DEFAULT_EMBEDDING_COSINE
+    assert "embedding model (no logits)" in budget["statement"]
+    base = res.data["baseline"]
+    assert "top1_agreement" not in base and base["embedding_cosine"] < DEFAULT_EMBEDDING_COSINE and not base["passes"]
+    assert all(r["kl_share"] == 0 and r["embedding_error_share"] is not None for r in res.data["ranking"])
+    # the two MatMuls reading the broken tensors, and nothing else
+    assert res.found and set(res.exclusions) == {"layer.0/output/dense/MatMul", "layer.1/attention/output/dense/MatMul"}
+    assert res.data["recommended"]["embedding_cosine"] >= DEFAULT_EMBEDDING_COSINE
