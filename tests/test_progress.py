@@ -112,3 +112,29 @@ def test_validate_reports_three_named_counted_passes(tiny_spec, tiny_csv, tmp_pa
     layer_start = next(f for f, m in seen if m.startswith(LAYER_PASS))
     assert layer_start < 0.9  # the per-layer pass has its own share of the bar, not the last 10 %
     json.loads((tmp_path / "ev" / "layers.json").read_text())
+
+
+def test_watchdog_speaks_when_a_step_is_long_and_stops_when_the_command_ends():
+    import time
+
+    from calib.cli.common import close_progress_bars
+
+    stream = io.StringIO()
+    bar = ProgressBar("validate", stream=stream)
+    bar.quiet = 0.2
+    bar(0.5, "per-layer pass (3/3): 8/64 texts")
+    deadline = time.monotonic() + 10
+    while "still working" not in stream.getvalue() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "per-layer pass (3/3): 8/64 texts (still working; last update" in stream.getvalue()
+    watchdog = bar._watchdog
+    close_progress_bars()
+    assert watchdog is not None and not watchdog.is_alive()
+    said = stream.getvalue()
+    time.sleep(0.5)
+    assert stream.getvalue() == said  # silent once the command has ended
+
+    done = ProgressBar("build", stream=io.StringIO())
+    done(0.5, "quantizing")
+    done(1.0, "written")  # finishing stops the watchdog by itself
+    assert not done._watchdog.is_alive()

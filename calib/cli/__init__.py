@@ -21,6 +21,7 @@ from calib.cli.common import (
     EXIT_CODES,
     EXIT_INTERNAL_ERROR,
     EXIT_INTERRUPTED,
+    close_progress_bars,
     json_stdout,
 )
 from calib.errors import BackendUnavailableError, CalibError
@@ -98,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"calib: internal error ({type(exc).__name__}); this is a bug in calib, please report it "
               "with the traceback above; finished runs are kept", file=sys.stderr)
         return EXIT_INTERNAL_ERROR
+    finally:
+        close_progress_bars()
 
 
 if __name__ == "__main__":  # pragma: no cover

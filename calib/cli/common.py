@@ -8,6 +8,7 @@ import contextlib
 import json
 import re
 import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -141,11 +142,14 @@ class ProgressBar:
     numbers aside (``"evaluation 3/24: ..."`` and ``"evaluation 4/24: ..."`` are one phase).
     On a terminal the bar redraws one line, and a new phase starts a new line so the finished pass
     stays on screen. In a log (stderr not a terminal) it writes a line when the phase changes, at
-    every 10 %, and otherwise at least every :attr:`heartbeat` seconds while the stage reports, so
-    a long pass is never silent. An ETA shows once the estimate means something.
+    every 10 %, and otherwise at least every :attr:`heartbeat` seconds while the stage reports. When
+    the stage has not reported for :attr:`quiet` seconds (one long step), a watchdog thread repeats
+    the last state with how long ago it came, so the bar is never silent. An ETA shows once the
+    estimate means something. :func:`close_progress_bars` (called when a command ends) stops watchdogs.
     """
 
-    heartbeat = 15.0  # seconds
+    heartbeat = 15.0  # seconds between log lines while reports keep coming
+    quiet = 30.0  # seconds without a report before the watchdog speaks
 
     def __init__(self, title: str, width: int = 30, *, stream=None) -> None:
         self.title, self.width = title, width
@@ -154,20 +158,35 @@ class ProgressBar:
         self.tty = self.stream.isatty()
         self._last_pct = -1
         self._last_line = -float("inf")
+        self._last_report = self.start
+        self._last: tuple[float, str] = (0.0, "")
         self._phase: str | None = None
         self._open_line = False
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._watchdog: threading.Thread | None = None
 
     def __call__(self, fraction: float, message: str = "") -> None:
         now = time.monotonic()
         fraction = min(max(float(fraction), 0.0), 1.0)
         pct = int(fraction * 100)
         phase = _DIGITS.sub("#", message.partition(":")[0]) if ":" in message else ""  # "evaluation #/#"
-        new_phase = self._phase is not None and phase != self._phase
-        due = (new_phase or self._phase is None or pct // 10 != self._last_pct // 10 or fraction >= 1
-               or now - self._last_line >= self.heartbeat)
-        self._phase = phase
-        if not self.tty and not due:
-            return
+        with self._lock:
+            new_phase = self._phase is not None and phase != self._phase
+            due = (new_phase or self._phase is None or pct // 10 != self._last_pct // 10 or fraction >= 1
+                   or now - self._last_line >= self.heartbeat)
+            self._phase, self._last, self._last_report = phase, (fraction, message), now
+            if self.tty or due:
+                self._draw(now, fraction, message, new_phase)
+        if fraction >= 1:
+            self.close()
+        elif self._watchdog is None:
+            self._watchdog = threading.Thread(target=self._watch, name=f"progress-{self.title}", daemon=True)
+            _OPEN_BARS.append(self)
+            self._watchdog.start()
+
+    def _draw(self, now: float, fraction: float, message: str, new_phase: bool = False) -> None:
+        pct = int(fraction * 100)
         self._last_pct, self._last_line = pct, now
         elapsed = now - self.start
         eta = ""
@@ -175,7 +194,7 @@ class ProgressBar:
             eta = f" ETA {seconds(elapsed * (1 - fraction) / fraction)}"
         filled = int(self.width * fraction)
         line = (f"{self.title} [{'#' * filled}{'.' * (self.width - filled)}] {pct:3d}% "
-                f"{seconds(elapsed):>9}{eta}  {message}")[:160]
+                f"{seconds(elapsed):>9}{eta}  {message}")[:200]
         if not self.tty:
             print(line, file=self.stream, flush=True)
             return
@@ -184,6 +203,31 @@ class ProgressBar:
         self.stream.write("\r" + line.ljust(100) + ("\n" if fraction >= 1 else ""))
         self.stream.flush()
         self._open_line = fraction < 1
+
+    def _watch(self) -> None:
+        while not self._stop.wait(min(self.quiet, 5.0)):
+            with self._lock:
+                now = time.monotonic()
+                if now - self._last_report >= self.quiet and now - self._last_line >= self.quiet:
+                    fraction, message = self._last
+                    self._draw(now, fraction, f"{message} (still working; last update {seconds(now - self._last_report)} ago)")
+
+    def close(self) -> None:
+        """Stop the watchdog (idempotent)."""
+        self._stop.set()
+        if self in _OPEN_BARS:
+            _OPEN_BARS.remove(self)
+        if self._watchdog is not None and self._watchdog is not threading.current_thread():
+            self._watchdog.join(timeout=1.0)
+
+
+_OPEN_BARS: list[ProgressBar] = []
+
+
+def close_progress_bars() -> None:
+    """Stop every progress bar's watchdog: the command has ended (finished, failed or interrupted)."""
+    while _OPEN_BARS:
+        _OPEN_BARS[-1].close()  # removes itself
 
 
 _DIGITS = re.compile(r"\d+")
