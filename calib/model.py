@@ -149,10 +149,11 @@ def max_positions(model: onnx.ModelProto) -> tuple[int, str] | None:
     for init in model.graph.initializer:
         name = init.name.lower()
         dims = list(init.dims)
-        if "position" in name and "embed" in name and len(dims) == 2 and dims[0] > 0:
+        if "position_ids" in name:  # e.g. bert.embeddings.position_ids (1, N): a buffer, not a table
+            if len(dims) in (1, 2) and dims[-1] > 0:
+                buffers.append((int(dims[-1]), init.name))
+        elif "position" in name and "embed" in name and len(dims) == 2 and dims[0] > 0:
             tables.append((int(dims[0]), init.name))
-        elif "position_ids" in name and len(dims) in (1, 2) and dims[-1] > 0:
-            buffers.append((int(dims[-1]), init.name))
     found = tables or buffers
     return min(found) if found else None
 

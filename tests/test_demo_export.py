@@ -115,6 +115,21 @@ def test_graph_interface_and_op_patterns():
     assert len(adds) == layers and all(n.name.endswith("attention/self/Add") for n in adds)
 
 
+def test_max_positions_reads_the_position_table_not_the_position_ids_buffer():
+    """The graph holds ``bert.embeddings.position_ids`` (1, 64) next to the (64, H) table: the
+    model's length limit is 64, not the buffer's first dimension."""
+    from calib.model import max_positions
+
+    model = build_encoder(BertShape.from_config(SMALL), random_bert(SMALL))
+    assert max_positions(model) == (64, "bert.embeddings.position_embeddings.weight")
+    buffer_only = onnx.ModelProto()
+    buffer_only.CopyFrom(model)
+    keep = [t for t in buffer_only.graph.initializer if t.name != "bert.embeddings.position_embeddings.weight"]
+    del buffer_only.graph.initializer[:]
+    buffer_only.graph.initializer.extend(keep)
+    assert max_positions(buffer_only) == (64, "bert.embeddings.position_ids")
+
+
 @pytest.mark.parametrize("lengths", [[7, 3, 12, 1], [5]])
 def test_graph_matches_numpy_reference(lengths):
     weights = random_bert(SMALL, seed=1)
