@@ -838,7 +838,7 @@ class Workspace:
         seen.add(str(path))
         runs = self.runs_dir.resolve()
         if path == runs or runs not in path.parents:
-            self._check_manifest(path, trust, changed)
+            check_manifest(path, trust_changed=trust, changed=changed)
             return
         rel = path.relative_to(runs)
         run_id, under = rel.parts[0], "/".join(rel.parts[1:])
@@ -854,44 +854,49 @@ class Workspace:
             raise InputError(f"run {run_id} is {run.status}, not finished ({run.error or run.message}); "
                              f"its files in {run.dir} cannot be used")
         for rel_path in self._changed_files(run_id, run.dir, under):
-            self._changed(run.dir / rel_path, f"run {run_id}", trust, changed)
+            _changed(run.dir / rel_path, f"run {run_id}", trust, changed)
         if depth < 16 and f"run:{run_id}" not in seen:
             seen.add(f"run:{run_id}")
             for value in _strings(run.params):  # the runs this run was made from
                 self._check_path(value, trust, changed, seen, depth + 1)
 
-    def _check_manifest(self, path: Path, trust: bool, changed: list[str]) -> None:
-        """Outside the registry: check against the manifest of the run folder ``path`` is in (if any)."""
-        folder = path if path.is_dir() else path.parent
-        for candidate in (folder, *list(folder.parents)[:3]):
-            manifest_path = candidate / MANIFEST_FILE
-            if not manifest_path.is_file():
+def check_manifest(path: str | Path, *, trust_changed: bool = False, changed: list[str] | None = None) -> list[str]:
+    """Check ``path`` (a file or folder outside any registry) against the ``.calib-manifest.json`` of
+    the run folder it is in or was copied from, if any; a changed or missing file raises one line
+    naming it, unless ``trust_changed`` (then it is returned). No manifest: nothing to check."""
+    changed = [] if changed is None else changed
+    path = Path(path).resolve()
+    folder = path if path.is_dir() else path.parent
+    for candidate in (folder, *list(folder.parents)[:3]):
+        manifest_path = candidate / MANIFEST_FILE
+        if not manifest_path.is_file():
+            continue
+        try:
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+            files = manifest["files"] if manifest.get("schema") == MANIFEST_SCHEMA else None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            files = None
+        if not isinstance(files, dict):
+            raise InputError(f"{manifest_path} is not a readable calib run manifest; restore it or remove it")
+        under = path.relative_to(candidate).as_posix() if path != candidate else ""
+        for rel, entry in sorted(files.items()):
+            if under and rel != under and not rel.startswith(under + "/"):
                 continue
-            try:
-                manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-                files = manifest["files"] if manifest.get("schema") == MANIFEST_SCHEMA else None
-            except (OSError, ValueError, KeyError, TypeError, AttributeError):
-                files = None
-            if not isinstance(files, dict):
-                raise InputError(f"{manifest_path} is not a readable calib run manifest; restore it or remove it")
-            under = path.relative_to(candidate).as_posix() if path != candidate else ""
-            for rel, entry in sorted(files.items()):
-                if under and rel != under and not rel.startswith(under + "/"):
-                    continue
-                file = candidate / rel
-                digest = entry.get("sha256") if isinstance(entry, dict) else None
-                if not file.is_file() or _sha256_memo(file) != digest:
-                    self._changed(file, f"run {manifest.get('run', '?')} (its {MANIFEST_FILE})", trust, changed)
-            return
+            file = candidate / rel
+            digest = entry.get("sha256") if isinstance(entry, dict) else None
+            if not file.is_file() or _sha256_memo(file) != digest:
+                _changed(file, f"run {manifest.get('run', '?')} (its {MANIFEST_FILE})", trust_changed, changed)
+        break
+    return changed
 
-    @staticmethod
-    def _changed(path: Path, recorder: str, trust: bool, changed: list[str]) -> None:
-        what = "is missing" if not path.exists() else "changed"
-        if not trust:
-            raise InputError(f"{path} {what} since {recorder} recorded its sha256; rerun the stage that made it, "
-                             "or pass --trust-changed to use it anyway")
-        log.warning("using %s although it %s since %s recorded it (--trust-changed)", path, what, recorder)
-        changed.append(str(path))
+
+def _changed(path: Path, recorder: str, trust: bool, changed: list[str]) -> None:
+    what = "is missing" if not path.exists() else "changed"
+    if not trust:
+        raise InputError(f"{path} {what} since {recorder} recorded its sha256; rerun the stage that made it, "
+                         "or pass --trust-changed to use it anyway")
+    log.warning("using %s although it %s since %s recorded it (--trust-changed)", path, what, recorder)
+    changed.append(str(path))
 
 
 def _strings(value: Any) -> Iterable[str]:

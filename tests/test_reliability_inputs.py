@@ -137,6 +137,24 @@ def test_run_stage_checks_inputs_for_the_app_too(workspace):
 
 # -- the gate ---------------------------------------------------------------------------------------
 @pytest.mark.reliability("honest")
+def test_gate_refuses_an_edited_report(pipeline, tmp_path):
+    report = pipeline.root / "runs" / pipeline.report_no_ci / "report.json"
+    data = json.loads(report.read_text())
+    data["headline"]["accuracy_drop_points"] = 0.0  # the edit a hurried release would want
+    outside = tmp_path / "report-copy"
+    shutil.copytree(report.parent, outside)
+    with _Tampered(report, json.dumps(data).encode()):
+        for ref in (pipeline.report_no_ci, str(report), str(report.parent)):
+            expect_clear_error(pipeline.ws("gate", ref, "--max-drop", "100"), "report.json", "changed")
+    with _Tampered(outside / "report.json", json.dumps(data).encode()):
+        expect_clear_error(["--workspace", str(tmp_path / "nowhere"), "gate", str(outside / "report.json"),
+                            "--max-drop", "100"], MANIFEST_FILE)
+        assert not (tmp_path / "nowhere").exists()  # gating a file creates no workspace
+    code, out, _ = run_cli(["--workspace", str(tmp_path / "nowhere"), "gate", str(outside), "--max-drop", "100"])
+    assert code == 0 and "PASS" in out
+
+
+@pytest.mark.reliability("honest")
 def test_gate_use_ci_without_an_interval_fails_explicitly(pipeline):
     code, out, err = run_cli(pipeline.ws("gate", pipeline.report_no_ci, "--max-drop", "100", "--use-ci"))
     assert "Traceback" not in err, f"TRACEBACK: {err}"

@@ -408,7 +408,15 @@ def run_gate(args: argparse.Namespace) -> int:
     if not path.exists():
         if path.suffix == ".json" or "/" in args.report:
             raise InputError(f"report {path} does not exist (give a report.json, a report folder or a report run id)")
-        path = run_folder(workspace_of(args), args.report, "report")
+        path = run_folder(workspace_of(args, read_only=None), args.report, "report")
+    else:  # a report given by path is checked too: against the registry, or the manifest it was copied with
+        from calib.workspace import check_manifest, default_workspace_path
+
+        root = Path(args.workspace) if args.workspace else default_workspace_path()
+        if (root / "registry.sqlite").is_file():
+            workspace_of(args, read_only=None).check_inputs([str(path)])
+        else:
+            check_manifest(path, trust_changed=args.trust_changed)
     result = check_gate(load_report_data(path), max_drop=args.max_drop, min_agreement=args.min_agreement,
                         min_embedding_cosine=args.min_embedding_cosine, use_ci=args.use_ci)
     if args.json:
