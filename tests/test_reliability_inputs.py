@@ -64,7 +64,11 @@ def test_build_from_a_tampered_ranges_json_is_refused(pipeline):
                                    "--trust-changed"))
         run = Workspace(pipeline.root).get_run(run_id_of(out))
         assert run.params["trust_changed"] == [str(ranges)], "SILENT: the override was not recorded"
+        code, out, _ = run_cli(pipeline.ws("runs", "verify", pipeline.build))  # built from the original ranges
+        assert code == 1 and f"UPSTREAM CHANGED    {ranges}" in out, f"SILENT: {out}"
     assert Workspace(pipeline.root).verify(pipeline.calibration) == []
+    code, out, _ = run_cli(pipeline.ws("runs", "verify", pipeline.build))
+    assert code == 0 and "its inputs too" in out, out
 
 
 def _edited_weights(path: Path) -> bytes:

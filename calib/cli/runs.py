@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 from calib.cli.common import format_table, workspace_of
+from calib.errors import CalibError
 from calib.formatting import headline
 from calib.workspace import STATUSES, RunRecord
 
@@ -28,7 +29,8 @@ def register(subparsers: Any) -> None:
     show.add_argument("run_id", metavar="ID", help="run id, unique prefix, latest or latest:LABEL")
     show.set_defaults(handler=cmd_show)
 
-    verify = sub.add_parser("verify", help="re-hash a run's artifacts; exit 1 if any is missing or changed, or the run did not finish")
+    verify = sub.add_parser("verify", help="re-hash a run's artifacts and those of the runs it was made from; exit 1 if "
+                            "any is missing or changed, or the run did not finish")
     verify.add_argument("run_id", metavar="ID", help="run id, unique prefix, latest or latest:LABEL")
     verify.set_defaults(handler=cmd_verify)
 
@@ -93,10 +95,22 @@ def cmd_verify(args: argparse.Namespace) -> int:
         return 1
     for path in bad:
         print(f"CHANGED or MISSING  {run.dir / path}")
+    try:  # the runs and files this run was made from, as far as they were recorded
+        upstream, problem = ws.check_inputs(run.params, trust_changed=True), ""
+    except CalibError as exc:
+        upstream, problem = [], str(exc)
+    for path in upstream:
+        print(f"UPSTREAM CHANGED    {path}")
+    if problem:
+        print(f"UPSTREAM            {problem}")
     if bad:
         print(f"{len(bad)} of {len(run.artifacts)} artifacts of run {run.id} do not match their recorded sha256")
         return 1
-    print(f"ok: all {len(run.artifacts)} artifacts of run {run.id} match their recorded sha256")
+    if upstream or problem:
+        print(f"all {len(run.artifacts)} artifacts of run {run.id} match their recorded sha256, but what it was "
+              "made from changed since")
+        return 1
+    print(f"ok: all {len(run.artifacts)} artifacts of run {run.id} match their recorded sha256; its inputs too")
     return 0
 
 
