@@ -330,6 +330,8 @@ def test_cli_inspects_a_workspace_on_a_read_only_mount(tmp_path):
         (ctx.dir / "ranges.json").write_text('{"a": 1}')
     with ws.start_run("calibrate", {}) as ctx2:  # keep the WAL files around as a live server would
         (ctx2.dir / "b").write_text("b")
+    dead = python(_DIES, str(root))  # a run whose process died; nobody recovers it before the mount
+    dead_id = dead.communicate(timeout=60)[0].strip()
     for extra in root.glob("registry.sqlite-*"):
         extra.unlink()  # and the harder case: no -shm/-wal to open read-only with
     done = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", _RO_INSPECT, "sh",
@@ -338,6 +340,8 @@ def test_cli_inspects_a_workspace_on_a_read_only_mount(tmp_path):
     assert "Traceback" not in done.stderr, f"TRACEBACK: {done.stderr[-3000:]}"
     assert done.returncode == 0, f"SILENT: {done.stdout[-2000:]}\n{done.stderr[-2000:]}"
     assert ctx.id in done.stdout and "ok: all 1 artifacts" in done.stdout and "ranges.json" in done.stdout
+    assert f"{dead_id}  calibrate  running (process gone)" in done.stdout, f"SILENT: {done.stdout}"
+    assert "is read-only here" in done.stdout
     assert "not writable" in done.stderr and "Read-only file system" in done.stderr  # the refused delete, one line
 
 

@@ -12,7 +12,7 @@ from typing import Any
 from calib.cli.common import format_table, workspace_of
 from calib.errors import CalibError
 from calib.formatting import headline
-from calib.workspace import STATUSES, RunRecord
+from calib.workspace import STATUSES, RunRecord, Workspace
 
 
 def register(subparsers: Any) -> None:
@@ -50,9 +50,19 @@ def cmd_list(args: argparse.Namespace) -> int:
     if not runs:
         print(f"no runs in {ws.root}" + (f" for stage {args.stage!r}" if args.stage else ""))
         return 0
-    rows = [[r.id, r.stage, r.status, r.created_at, r.finished_at or "", r.label, _note(r)[:60]] for r in runs]
+    rows = [[r.id, r.stage, _status(ws, r), r.created_at, r.finished_at or "", r.label, _note(r)[:60]] for r in runs]
     print(format_table(("id", "stage", "status", "created", "finished", "label", "result"), rows))
+    if ws.read_only:
+        print(f"(workspace {ws.root} is read-only here: shown as recorded, nothing recovered)")
     return 0
+
+
+def _status(ws: Workspace, run: RunRecord) -> str:
+    """The recorded status; a run recorded as running whose process is gone says so (a read-only
+    workspace is never recovered, so its registry can still say ``running``)."""
+    if run.status in ("running", "finishing") and not ws.is_live(run.id):
+        return f"{run.status} (process gone)"
+    return run.status
 
 
 def _note(run: RunRecord) -> str:
