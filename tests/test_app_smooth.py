@@ -1,0 +1,28 @@
+"""Build page: the outlier-migration option reaches the build (AppTest on the tiny model)."""
+
+from __future__ import annotations
+
+from test_app import PAGES, app_workspace, no_crash, open_app, use_tiny_project, wait_for_jobs  # noqa: F401
+
+from calib.build import EngineArtifact
+from calib.workspace import Workspace
+
+
+def test_build_page_migrates_outliers(app_workspace, tiny_model_path, tiny_tokenizer_dir, tiny_csv):  # noqa: F811
+    at = use_tiny_project(open_app("project"), tiny_model_path, tiny_tokenizer_dir, tiny_csv)
+    at.switch_page(PAGES["calibset"]).run()
+    at.number_input(key="cs-size").set_value(16)
+    at.button(key="cs-assemble").click().run()
+    at = wait_for_jobs(at)
+    at.switch_page(PAGES["calibrate"]).run()
+    at.button(key="cal-run").click().run()
+    at = wait_for_jobs(at)
+    at.switch_page(PAGES["build"]).run()
+    no_crash(at)
+    at.selectbox(key="build-smooth").set_value("0.5")
+    at.button(key="build-run").click().run()
+    at = wait_for_jobs(at)
+    no_crash(at)
+    build_run = Workspace(app_workspace).list_runs(stage="build")[0]
+    smooth = EngineArtifact.load(build_run.dir).meta["smooth"]
+    assert smooth["alpha"] == 0.5 and smooth["migrated"] > 0 and max(smooth["max_abs_output_delta"].values()) < 1e-4
