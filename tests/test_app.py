@@ -616,3 +616,14 @@ def test_csv_without_a_text_column_asks_which(app_workspace, tiny_model_path, ti
     at.button(key="project-apply").click().run()
     no_crash(at)
     assert not errors(at) and at.success
+
+
+def test_error_messages_name_uploads_as_the_user_did():
+    from lib.context import public_message
+
+    assert public_message("dataset /srv/ws/uploads/abc123abc123/0a1b2c3d4e5f-data.csv has no text column 'txt'") == \
+        "dataset data.csv has no text column 'txt'"
+    assert public_message("ONNX model '/x/uploads/s1/0a1b2c3d4e5f-m.onnx' cannot be read") == \
+        "ONNX model 'm.onnx' cannot be read"
+    assert "uploads" not in public_message("tokenizer /w/uploads/s1/tokenizer-0a1b2c3d4e5f/ has no vocab.txt")
+    assert public_message("dataset /data/texts.csv has no column x") == "dataset /data/texts.csv has no column x"

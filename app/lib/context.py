@@ -50,15 +50,25 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+# an uploaded file lives at <workspace>/uploads/<session>/<sha12>-<name>: messages name it by <name> only
+_UPLOAD_PATH = re.compile(r"""[^\s'"`(]*/uploads/[^/\s'"`]+/(?:[0-9a-f]{12}-|tokenizer-[0-9a-f]{12}/?)""")
+
+
+def public_message(text: str) -> str:
+    """``text`` with the server's storage paths of uploaded files reduced to the names the user gave."""
+    return _UPLOAD_PATH.sub(lambda m: "(uploaded tokenizer)/" if "/tokenizer-" in m.group(0) else "", text)
+
+
 def show_error(exc: BaseException, what: str = "") -> None:
     """A library error as a readable message; unexpected errors are logged with their traceback
-    on the server and shown as one line (never a traceback in the page)."""
+    on the server and shown as one line (never a traceback in the page, never the server's paths of
+    uploaded files)."""
     if isinstance(exc, CalibError):
-        st.error(first_line(exc), icon=":material/error:")
+        st.error(public_message(first_line(exc)), icon=":material/error:")
     else:
         log.error("unexpected error%s", f" in {what}" if what else "", exc_info=exc)
         prefix = f"{what} failed" if what else "Something went wrong"
-        st.error(f"{prefix}: {type(exc).__name__}: {first_line(exc)}", icon=":material/error:")
+        st.error(public_message(f"{prefix}: {type(exc).__name__}: {first_line(exc)}"), icon=":material/error:")
 
 
 @contextlib.contextmanager
