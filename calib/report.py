@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from calib import formatting as fmt
 from calib.errors import InputError
 from calib.io import atomic_write_json, atomic_write_text, read_artifact_json
 from calib.layers import DEGRADED_SQNR_DB
@@ -323,16 +324,21 @@ def report_data(evaluations: Sequence[Evaluation], sensitivity: dict | None = No
 # -- rendering: one list of sections, rendered as Markdown and as HTML (same content) --------------
 
 
-def _fmt(v, spec: str = ".4g", none: str = "–") -> str:
+def _fmt(v, spec: str = ".4g", none: str = fmt.MISSING) -> str:
+    """A table cell through the one number formatter (``.Nf``: N decimals, ``.Ng``: N significant digits)."""
     if v is None:
         return none
     if isinstance(v, float):
+        if spec.endswith("f") and spec[1:-1].isdigit():
+            return fmt.ratio(v, int(spec[1:-1]))
+        if spec.endswith("g") and spec[1:-1].isdigit():
+            return fmt.number(v, int(spec[1:-1]))
         return format(v, spec)
     return str(v)
 
 
 def _pct(v) -> str:
-    return "–" if v is None else f"{100 * v:.2f} %"
+    return fmt.percent(v)
 
 
 def _ci(row: dict) -> str:
@@ -347,7 +353,7 @@ def _ci(row: dict) -> str:
 
 def _drop(v) -> str:
     """Signed points with two decimals; never ``-0.00``."""
-    return "–" if v is None else f"{round(v, 2) + 0.0:+.2f}"
+    return fmt.points(v, unit=False)
 
 
 _LAYER_RE = re.compile(r"(?:^|/)(?:encoder/)?(?:layers?|block|h)[._]?(\d+)/", re.IGNORECASE)
