@@ -125,6 +125,10 @@ defaults = {"cs-strategy": "match" if target != "pool" else "natural", "cs-size"
             "cs-stratify": bool(pool_spec.label_column), "cs-shortfall": "neighbours", "cs-opt-pct": 95.0}
 for key, value in defaults.items():  # widgets take their values from here (a loaded recipe sets them too)
     st.session_state.setdefault(key, value)
+if not str(st.session_state.get("cs-edges") or "").strip():
+    # an emptied field means the default edges (a browser can hand back an empty text input after a
+    # run ends and the page reruns; the edges must never silently become "none")
+    st.session_state["cs-edges"] = defaults["cs-edges"]
 c1, c2, c3, c4 = st.columns(4)
 strategy = c1.selectbox("Strategy", list(STRATEGIES), key="cs-strategy",
                         format_func=lambda s: f"{s} — {STRATEGY_HELP[s]}")
