@@ -57,24 +57,27 @@ from calib.data import DataSpec
 from calib.engines.ort import OrtEngine, OrtSessionLoader
 from calib.errors import InputError, check_choice
 from calib.evaluation import (
+    CLASSIFIER,
     EngineOutputs,
     EvalData,
     Metrics,
     compare,
     load_eval_data,
+    pool_tokens,
     recorded_roles,
     run_engine,
 )
 from calib.io import atomic_write_json, read_artifact_json, read_json
+from calib.metrics import row_cosine
 from calib.model import load_model
 from calib.placement import Placement
 from calib.progress import FP32_PASS
+from calib.segments import SegmentationError, SegmentRunner, layer_block
 from calib.workspace import ProgressFn
 
 SCHEMA = "calib.sensitivity/1"
 GRANULARITIES = ("node", "block")
-RANKINGS = ("auto", "local", "exclude-one", "quantize-one")
-_BLOCK_RX = re.compile(r"(?:^|[/._])((?:layers?|blocks?|h|encoder_layer)[._/]?\d+)(?=$|[/._])")
+RANKINGS = ("auto", "block-local", "local", "exclude-one", "quantize-one")
 NO_RANGE = "no range for this tensor in the range set"  # calib.quantize's reason for a tensor missing from the ranges
 
 
@@ -123,6 +126,9 @@ class SensitivityConfig:
     pooling: str | None = None
     drop_empty: bool = False  # data hygiene (calib.data.DataSpec)
     normalize: str = "none"
+    cache_mb: int = 1024  # activations kept at block cuts (0 = run whole models)
+    rank_check: int = 8  # block-local ranking: units also ranked by quantize-one (Spearman reported; -1 = all)
+    block_rows: int = 32  # block-local ranking: texts (of the rank_rows) for each unit's block-output error
 
     def data_spec(self) -> DataSpec:
         return DataSpec(self.data, self.text_column, self.label_column, self.text_pair_column, self.split,
@@ -156,9 +162,9 @@ def load_amax(ranges: str | Path, method: str) -> dict[str, float]:
 def block_of(node_name: str) -> str:
     """Transformer block of a node: ``layer.3`` for ``/encoder/layer.3/attention/...``; else the
     first path component (``embeddings``, ``pooler``, ``classifier``) or the name itself."""
-    match = _BLOCK_RX.search(node_name)
-    if match:
-        return match.group(1)
+    block = layer_block(node_name)
+    if block is not None:
+        return block
     parts = [p for p in re.split(r"[/]", node_name) if p]
     if len(parts) > 1:
         return parts[0]
@@ -256,6 +262,21 @@ class _Evaluator:
         rank_n = n if not config.rank_rows or config.rank_rows >= n else config.rank_rows
         self.rank_idx = np.sort(np.random.default_rng(config.seed + 7).permutation(n)[:rank_n])
         self.rank_data, self.rank_fp32 = data.subset(self.rank_idx), fp32.subset(self.rank_idx)
+        self.runner: SegmentRunner | None = None
+        self.segmentation = "whole models (derived candidates off)" if qdq_model is None else "whole models (cache off)"
+        if qdq_model is not None and config.cache_mb > 0:
+            try:
+                self.runner = SegmentRunner(
+                    qdq_model, self.quantized, onnx.load(str(spec.onnx_path), load_external_data=False),
+                    keep_in_float, lambda b: OrtEngine(OrtSessionLoader(b, threads=config.threads)),
+                    cache_bytes=config.cache_mb << 20)
+                self.segmentation = f"{len(self.runner.segments)} segments"
+            except SegmentationError as exc:
+                self.segmentation = f"whole models ({exc})"
+        from calib.batching import iter_batches
+
+        self.batches = {"search": list(iter_batches(data.encoded, spec.input_dtypes, config.batch_size)),
+                        "rank": list(iter_batches(self.rank_data.encoded, spec.input_dtypes, config.batch_size))}
 
     @property
     def used(self) -> int:
@@ -265,18 +286,93 @@ class _Evaluator:
     def left(self) -> int:
         return self.max_evaluations - self.used
 
-    def _run(self, model: Path | bytes, rows: str) -> Metrics:
-        engine = OrtEngine(OrtSessionLoader(model, threads=self.config.threads), name="onnxruntime-int8")
-        if rows == "rank":
-            data, fp32 = self.rank_data, self.rank_fp32
+    def _rows(self, rows: str) -> tuple[EvalData, EngineOutputs]:
+        return (self.rank_data, self.rank_fp32) if rows == "rank" else (self.data, self.fp32)
+
+    def _run(self, model: Path | bytes | set[str], rows: str, early_stop: bool = False) -> Metrics:
+        """Metrics of a model file/bytes, or (a set) of the derived candidate with those nodes in float,
+        run segment by segment from the cached cuts (``early_stop``: abandoned once it surely fails)."""
+        data, fp32 = self._rows(rows)
+        if isinstance(model, (set, frozenset)):
+            assert self.runner is not None
+            stop, seen = self._stopper(rows) if early_stop else (None, {})
+            per_batch = self.runner.run(model, rows, self.batches[rows], stop=stop)
+            if per_batch is None:  # a certain failure: the remaining texts cannot change that
+                n = len(data)
+                overall: dict = {"n": n, "agreement": {"top1_agreement": (n - seen["flips"]) / n,
+                                                       "kl_softmax": float("inf")}}
+                if fp32.embedding is not None:
+                    overall["embedding_cosine"] = {"mean": 1.0 - seen["cos_loss"] / n}
+                return Metrics(CLASSIFIER, (0, 1 << 30), {**overall, "stopped_early": seen["why"]}, ())
+            int8 = self.assemble(per_batch, rows)
         else:
-            data, fp32 = self.data, self.fp32
-        int8 = run_engine(engine, data.encoded, self.spec.input_dtypes, self.spec.roles, batch_size=self.config.batch_size)
+            engine = OrtEngine(OrtSessionLoader(model, threads=self.config.threads), name="onnxruntime-int8")
+            int8 = run_engine(engine, data.encoded, self.spec.input_dtypes, self.spec.roles,
+                              batch_size=self.config.batch_size)
         return compare(fp32, int8, data, edges=(0, 1 << 30), n_resamples=0, seed=self.config.seed)
 
-    def _candidate(self, floating: set[str], only: Sequence[str] | None) -> bytes | Path | str:
-        """The Q/DQ model with ``floating`` nodes in float: derived from the full model, or rebuilt by
-        the quantizer for placements whose pairs are shared between readers (a str: why that failed)."""
+    def _batch_outputs(self, values: Mapping[str, np.ndarray], batch) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(logits, pooled embedding) of one batch's graph outputs, as :func:`calib.evaluation.run_engine` keeps them."""
+        roles = self.spec.roles
+        logits = np.asarray(values[roles.logits]) if roles.logits else None
+        embedding = None
+        if roles.embedding:
+            embedding = np.asarray(values[roles.embedding])
+            if roles.pooling != "none":
+                embedding = pool_tokens(embedding, batch.mask, roles.pooling)
+        return logits, embedding
+
+    def assemble(self, per_batch: Sequence[Mapping[str, np.ndarray]], rows: str) -> EngineOutputs:
+        """Per-row outputs (row order) from a segmented run's per-batch graph outputs."""
+        n = len(self._rows(rows)[0])
+        out: dict[str, np.ndarray] = {}
+        for batch, values in zip(self.batches[rows], per_batch):
+            for name, v in zip(("logits", "embedding"), self._batch_outputs(values, batch)):
+                if v is None:
+                    continue
+                if name not in out:
+                    out[name] = np.zeros((n, *v.shape[1:]), dtype=np.float32)
+                out[name][batch.rows] = v
+        return EngineOutputs(out.get("logits"), out.get("embedding"))
+
+    def _stopper(self, rows: str):
+        """For search evaluations: a callback that stops a candidate as soon as it cannot meet the
+        agreement or embedding-cosine budget whatever the remaining texts give (top-1 flips and
+        ``1 - cosine`` only accumulate), and the running counts it keeps."""
+        seen = {"flips": 0, "cos_loss": 0.0, "rows": 0, "why": ""}
+        data, fp32 = self._rows(rows)
+        if rows != "search" or fp32.logits is None:
+            return None, seen
+        n = len(data)
+        fp32_top = np.argmax(fp32.logits, axis=1)
+        max_flips = int(np.floor((1.0 - self.config.min_agreement) * n + 1e-9))
+        min_cos = self.config.min_embedding_cosine
+        max_cos_loss = None if min_cos is None or fp32.embedding is None else (1.0 - min_cos) * n
+        batches = self.batches[rows]
+
+        def stop(index: int, values: Mapping[str, np.ndarray]) -> bool:
+            batch = batches[index]
+            logits, embedding = self._batch_outputs(values, batch)
+            seen["flips"] += int(np.count_nonzero(np.argmax(logits, axis=1) != fp32_top[batch.rows]))
+            seen["rows"] += len(batch.rows)
+            if max_cos_loss is not None and embedding is not None:
+                seen["cos_loss"] += float(np.sum(1.0 - row_cosine(fp32.embedding[batch.rows], embedding)))
+            if seen["flips"] > max_flips:
+                seen["why"] = (f"{seen['flips']} top-1 flips after {seen['rows']} of {n} texts: agreement cannot reach "
+                               f"{self.config.min_agreement}")
+            elif max_cos_loss is not None and seen["cos_loss"] > max_cos_loss:
+                seen["why"] = (f"embedding error after {seen['rows']} of {n} texts already exceeds what a mean cosine "
+                               f"of {min_cos} allows")
+            return bool(seen["why"]) and seen["rows"] < n
+
+        return stop, seen
+
+    def _candidate(self, floating: set[str], only: Sequence[str] | None) -> set[str] | bytes | Path | str:
+        """The Q/DQ model with ``floating`` nodes in float: the float set itself when candidates run
+        segment by segment, derived from the full model, or rebuilt by the quantizer for placements
+        whose pairs are shared between readers (a str: why that failed)."""
+        if self.runner is not None:
+            return floating & set(self.quantized)
         if self.qdq is not None:
             return keep_in_float(self.qdq, floating).SerializeToString()
         from calib.quantize import quantize_qdq
@@ -320,10 +416,12 @@ class _Evaluator:
                 self.rank_log.append(entry)
             self.cache[key] = entry
             return entry
-        metrics = self._run(candidate, rows)
+        metrics = self._run(candidate, rows, early_stop=True)
         entry = {"why": why, "excluded": sorted(excluded), "only": None if only is None else list(only),
                  "quantized_nodes": len(set(self.quantized) - floating), "rows": metrics.n,
                  "seconds": round(time.monotonic() - t0, 2), **metrics.headline()}
+        if metrics.overall.get("stopped_early"):
+            entry["stopped_early"] = metrics.overall["stopped_early"]  # agreement/cosine are upper bounds
         entry["passes"] = passes(entry, self.config)
         if rows == "rank":
             entry = {"evaluation": len(self.rank_log) + 1, **entry}
@@ -487,6 +585,8 @@ def _check_config(config: SensitivityConfig) -> None:
         raise InputError(f"min embedding cosine must be in [-1, 1], got {config.min_embedding_cosine}")
     if config.limit < 0 or config.rank_rows < 0 or config.local_rows < 0:
         raise InputError("limit, rank rows and local rows must be 0 (all) or positive")
+    if config.cache_mb < 0 or config.rank_check < -1 or config.block_rows < 0:
+        raise InputError("cache MB and block rows must be 0 (off / all) or positive, rank check -1 (all), 0 or positive")
 
 
 def scope_warnings(result, config: SensitivityConfig) -> list[str]:
@@ -533,6 +633,124 @@ def _quantize_one_ranking(evaluate: _Evaluator, units: Sequence[Unit]) -> tuple[
                         "top1_agreement": e.get("top1_agreement"), "kl_softmax": e.get("kl_softmax"),
                         "embedding_cosine": e.get("embedding_cosine")})
     return scores, details
+
+
+def relative_error(values: Sequence[Mapping[str, np.ndarray]], reference: Sequence[Mapping[str, np.ndarray]],
+                   names: Sequence[str], batches: Sequence) -> float:
+    """Squared error / squared FP32 value, summed over float tensors ``names`` of every batch (token
+    positions of padding left out where a tensor is (batch, tokens, ...); non-finite FP32 values skipped)."""
+    se = ss = 0.0
+    for batch, got, ref in zip(batches, values, reference):
+        for name in names:
+            a, b = np.asarray(got[name]), np.asarray(ref[name])
+            if a.dtype.kind != "f" or a.ndim < 2:
+                continue
+            keep = np.isfinite(b)
+            if a.shape[:2] == batch.mask.shape:
+                keep &= batch.mask.reshape(batch.mask.shape + (1,) * (a.ndim - 2))
+            d = np.where(keep, a - b, 0.0)
+            se += float(np.sum(np.square(d, dtype=np.float64)))
+            ss += float(np.sum(np.square(np.where(keep, b, 0.0), dtype=np.float64)))
+    return se / ss if ss > 0 else 0.0
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float | None:
+    """Spearman rank correlation (average ranks for ties); None for fewer than 3 pairs or a constant side."""
+    if len(a) < 3:
+        return None
+    from scipy.stats import rankdata
+
+    ra, rb = rankdata(np.asarray(a, float)), rankdata(np.asarray(b, float))
+    if np.std(ra) == 0 or np.std(rb) == 0:
+        return None
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def _block_local_ranking(evaluate: _Evaluator, units: Sequence[Unit]) -> tuple[dict[str, float], list[dict], dict]:
+    """Quantize-one shares predicted from each unit's error at the end of its own block.
+
+    Per segment ``k``: one evaluation with only segment ``k`` quantized gives its KL and embedding-error
+    shares (as the quantize-one ranking defines them) and its relative error at the cut after it;
+    each unit of the segment is then run through segment ``k`` alone, from the cached FP32 cut, and
+    its shares are the segment's scaled by its share of that error. Units spanning several segments
+    are evaluated exactly. ``rank_check`` units, evenly spaced over the result, are also evaluated by
+    quantize-one, and the Spearman correlation of the two scorings is returned with them."""
+    runner = evaluate.runner
+    assert runner is not None
+    batches = evaluate.batches["rank"]
+    allq = set(evaluate.quantized)
+    by_segment: dict[int, list[Unit]] = {}
+    exact: list[Unit] = []
+    for u in units:
+        segs = {runner.segment_of(n) for n in u.nodes}
+        if len(segs) == 1:
+            by_segment.setdefault(segs.pop(), []).append(u)
+        else:
+            exact.append(u)
+    check = evaluate.config.rank_check
+    planned_checks = len(units) if check < 0 else min(check, len(units))
+    evaluate.rank_total = 1 + len(by_segment) + len(exact) + planned_checks
+
+    def rank(excluded: list[str], only: list[str] | None, why: str) -> dict:
+        entry = evaluate(excluded, only=only, why=why, rows="rank")
+        assert entry is not None  # ranking evaluations are not bounded by the search budget
+        return entry
+
+    base = rank([], None, "full placement (ranking texts)")
+    base_err = 1.0 - base["embedding_cosine"] if "embedding_cosine" in base else None
+
+    def shares(e: dict) -> tuple[float, float]:
+        kl = e["kl_softmax"] / base["kl_softmax"] if base["kl_softmax"] > 0 else 0.0
+        cos = max(0.0, 1.0 - e["embedding_cosine"]) / base_err if base_err and "embedding_cosine" in e else 0.0
+        return kl, cos
+
+    details, scores = [], {}
+    t0 = time.monotonic()
+    per_batch = max(len(b.rows) for b in batches) if batches else 1
+    wanted = len(batches) if not evaluate.config.block_rows else -(-evaluate.config.block_rows // per_batch)
+    picks = np.unique(np.round(np.linspace(0, len(batches) - 1, min(wanted, len(batches)))).astype(int))
+    few = [batches[i] for i in picks]  # spread over the length-sorted batches
+    for k, members in sorted(by_segment.items()):
+        seg = runner.segments[k]
+        reference = runner.run(allq, "rank-block", few, upto=k + 1)
+        e = rank([], sorted(runner.quantized_in[k]), f"quantize only segment {seg.name}")
+        seg_kl, seg_cos = shares(e)
+        seg_err = relative_error(runner.run(allq - runner.quantized_in[k], "rank-block", few, upto=k + 1), reference,
+                                 seg.outputs, few)
+        for i, u in enumerate(members):
+            evaluate.progress(0.1 + 0.4 * min(len(evaluate.rank_log) / max(evaluate.rank_total, 1), 1.0),
+                              f"ranking: block {seg.name} unit {i + 1}/{len(members)}")
+            err = relative_error(runner.run(allq - set(u.nodes), "rank-block", few, upto=k + 1, store=False), reference,
+                                 seg.outputs, few)
+            frac = err / seg_err if seg_err > 0 else 0.0
+            kl_share, cos_share = seg_kl * frac, seg_cos * frac
+            scores[u.name] = kl_share + cos_share
+            details.append({"unit": u.name, "kl_share": kl_share, "embedding_error_share": cos_share if base_err else None,
+                            "segment": seg.name, "block_output_error": err, "predicted": True})
+    for u in exact:
+        e = rank([], list(u.nodes), f"quantize only {u.name}")
+        kl_share, cos_share = shares(e)
+        scores[u.name] = kl_share + cos_share
+        details.append({"unit": u.name, "kl_share": kl_share, "embedding_error_share": cos_share if base_err else None,
+                        "top1_agreement": e["top1_agreement"], "kl_softmax": e["kl_softmax"],
+                        "embedding_cosine": e.get("embedding_cosine"), "predicted": False})
+    rank_seconds = time.monotonic() - t0
+    ordered = sorted(units, key=lambda u: -scores[u.name])
+    predicted = [u for u in ordered if u.name in {d["unit"] for d in details if d["predicted"]}]
+    if planned_checks >= len(predicted):
+        sample = predicted
+    else:
+        picks = np.unique(np.round(np.linspace(0, len(predicted) - 1, planned_checks)).astype(int)) if planned_checks else []
+        sample = [predicted[i] for i in picks]
+    t1 = time.monotonic()
+    checked = []
+    for u in sample:
+        kl_share, cos_share = shares(rank([], list(u.nodes), f"check: quantize only {u.name}"))
+        checked.append({"unit": u.name, "predicted": scores[u.name], "quantize_one": kl_share + cos_share})
+    rho = spearman([c["predicted"] for c in checked], [c["quantize_one"] for c in checked])
+    check_info = {"units": len(checked), "spearman": rho, "rows": checked,
+                  "ranking_seconds": round(rank_seconds, 2), "check_seconds": round(time.monotonic() - t1, 2)}
+    return scores, details, check_info
 
 
 def predicted_start(ranked: Sequence[Unit], details: Mapping[str, dict], baseline: dict, config: SensitivityConfig) -> int:
@@ -604,20 +822,30 @@ def analyze_sensitivity(config: SensitivityConfig, out_dir: Path, *, progress: P
         reserve = 1 if config.verify and not shared_pairs else 0  # rebuilt candidates need no check
         evaluate = _Evaluator(config, spec, data, fp32, None if shared_pairs else onnx.load(str(base_path)), base_nodes,
                               shared_pairs, amax, Path(tmp), config.max_evaluations - reserve, report)
-        baseline = evaluate.evaluate_model(base_path, why="full placement", excluded=[], quantized=len(base_nodes))
+        baseline = evaluate.evaluate_model(set() if evaluate.runner is not None else base_path, why="full placement",
+                                           excluded=[], quantized=len(base_nodes))
         units = make_units(base_nodes, config.granularity)
         ranking_kind = config.ranking
         if ranking_kind == "auto":
             if len(units) <= config.max_evaluations // 2:
                 ranking_kind = "exclude-one"
+            elif len(units) <= config.max_rank_units and evaluate.runner is not None:
+                ranking_kind = "block-local"
             elif len(units) <= config.max_rank_units and not shared_pairs:  # cheap derived candidates only
                 ranking_kind = "quantize-one"
             else:
                 ranking_kind = "local"
+        if ranking_kind == "block-local" and evaluate.runner is None:
+            raise InputError(f"block-local ranking needs a model cut into transformer blocks ({evaluate.segmentation}); "
+                             "use --ranking quantize-one or local")
         scores: dict[str, float] = {}
         details: dict[str, dict] = {}
+        ranking_check = None
         if not baseline["passes"] and units:
-            if ranking_kind == "local":
+            if ranking_kind == "block-local":
+                scores, rows, ranking_check = _block_local_ranking(evaluate, units)
+                details = {r["unit"]: r for r in rows}
+            elif ranking_kind == "local":
                 enc = data.encoded
                 if config.local_rows and config.local_rows < len(enc):
                     enc = enc.subset(np.random.default_rng(config.seed).choice(len(enc), config.local_rows, replace=False))
@@ -688,6 +916,10 @@ def analyze_sensitivity(config: SensitivityConfig, out_dir: Path, *, progress: P
         "warnings": notes,
         "ranking": ranking_rows,
         "search_start": start,
+        "ranking_check": ranking_check,
+        "segments": {"how": evaluate.segmentation, "cache_mb": config.cache_mb,
+                     "cache_hits": evaluate.runner.cache.hits if evaluate.runner else 0,
+                     "segment_runs": round(evaluate.runner.segment_runs, 2) if evaluate.runner else 0},
         "ranking_evaluations": evaluate.rank_log,
         "ranking_evaluations_used": len(evaluate.rank_log),
         "evaluations": evaluate.log,

@@ -146,7 +146,7 @@ def test_quantize_one_ranking_on_input_only_placement(tiny_spec, tiny_csv, broke
     from calib.sensitivity import analyze_sensitivity
 
     res = analyze_sensitivity(sconfig(tiny_spec, tiny_csv, broken_ranges, preset="tensorrt", max_evaluations=10,
-                                      rank_rows=48, min_embedding_cosine=0.99), tmp_path / "s")
+                                      rank_rows=48, min_embedding_cosine=0.99, ranking="quantize-one"), tmp_path / "s")
     data = res.data
     assert data["ranking_method"] == "quantize-one"
     assert data["ranking_evaluations_used"] == len(data["ranking"]) + 1 and data["ranking_rows"] == 48
@@ -210,3 +210,110 @@ def test_cli_sensitivity_then_build_with_its_exclusions(tiny_spec, tiny_csv, bro
     assert main(ws + ["build", "--model", str(tiny_spec.onnx_path), "--ranges", str(ranges_path),
                       "--exclude-from", build_run.id]) != 0
     assert "expected a 'sensitivity' run" in capsys.readouterr().err
+
+
+def _tiny_qdq(tiny_spec, tmp_path, preset="tensorrt"):
+    import warnings
+
+    import onnx
+
+    from calib.placement import Placement
+    from calib.quantize import quantize_qdq
+
+    texts, _ = tinymodel.make_texts(48, seed=2)
+    amax = absmax_ranges(tiny_spec, texts, "all")
+    amax[BROKEN[0]] /= 30
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        full = quantize_qdq(tiny_spec.onnx_path, amax, Placement(preset), tmp_path / "full.onnx")
+    return onnx.load(str(tmp_path / "full.onnx")), list(full.quantized_nodes), texts
+
+
+def test_segments_cut_at_blocks_and_forward_only(tiny_spec, tmp_path):
+    import onnx
+
+    from calib.segments import SegmentationError, plan_segments
+
+    qdq, nodes, _ = _tiny_qdq(tiny_spec, tmp_path)
+    segments = plan_segments(qdq, onnx.load(str(tiny_spec.onnx_path)))
+    assert [s.name for s in segments] == ["(start)", "layer.0", "layer.1"]
+    member = {qdq.graph.node[i].name: k for k, s in enumerate(segments) for i in s.nodes}
+    assert sorted(member) == sorted(n.name for n in qdq.graph.node)  # every node in exactly one segment
+    assert all(member[n] == 1 for n in nodes if n.startswith("layer.0/"))
+    # a Q/DQ pair sits in its reader's segment, so the tensors crossing a cut are float tensors of the FP32 graph
+    fp32_tensors = {o for n in onnx.load(str(tiny_spec.onnx_path)).graph.node for o in n.output}
+    for seg in segments[1:]:
+        assert seg.inputs and set(seg.inputs) <= fp32_tensors
+    assert segments[0].inputs == ()
+    assert set(segments[-1].outputs) | set(segments[-1].carried) == {"logits", "embedding"}
+    one_block = onnx.load(str(tiny_spec.onnx_path))
+    for n in one_block.graph.node:
+        n.name = n.name.replace("layer.1", "layer.0")
+    with pytest.raises(SegmentationError, match="two"):
+        plan_segments(one_block)
+
+
+def test_segment_runner_matches_whole_candidates(tiny_spec, tmp_path):
+    """Candidates run segment by segment from cached cuts give the outputs of the whole derived model,
+    and a candidate that changes only the last block re-runs only that block."""
+    import numpy as np
+    import onnx
+
+    from calib.batching import encode, iter_batches
+    from calib.engines.ort import OrtEngine, OrtSessionLoader
+    from calib.model import load_tokenizer
+    from calib.segments import SegmentRunner
+    from calib.sensitivity import keep_in_float
+
+    qdq, nodes, texts = _tiny_qdq(tiny_spec, tmp_path)
+    original = onnx.load(str(tiny_spec.onnx_path))
+    runner = SegmentRunner(qdq, nodes, original, keep_in_float, lambda b: OrtEngine(OrtSessionLoader(b)),
+                           cache_bytes=64 << 20)
+    enc = encode(load_tokenizer(str(tiny_spec.tokenizer_dir)), texts, max_length=64)
+    batches = list(iter_batches(enc, tiny_spec.input_dtypes, 16))
+    rng = np.random.default_rng(3)
+    cases = [set(), set(nodes), {n for n in nodes if n.startswith("layer.1/")},
+             set(rng.choice(nodes, size=len(nodes) // 2, replace=False)), {"layer.0/output/dense/MatMul"}]
+    for floating in cases:
+        got = runner.run(floating, "t", batches)
+        whole = OrtEngine(OrtSessionLoader(keep_in_float(qdq, floating).SerializeToString()))
+        for batch, values in zip(batches, got):
+            want = whole.run(batch.feeds, ["logits", "embedding"])
+            for name in ("logits", "embedding"):
+                np.testing.assert_allclose(values[name], want[name], rtol=1e-4, atol=1e-5, err_msg=f"{sorted(floating)}")
+    runs = runner.segment_runs
+    runner.run(set(nodes) - {"layer.1/output/dense/MatMul"}, "t", batches)  # differs from the FP32 path in layer.1 only
+    assert runner.segment_runs == runs + 1 and runner.cache.hits > 0
+    tiny = SegmentRunner(qdq, nodes, original, keep_in_float, lambda b: OrtEngine(OrtSessionLoader(b)), cache_bytes=1)
+    tiny.run(set(), "t", batches)
+    assert tiny.cache.bytes == 0 and not tiny.cache.entries  # nothing fits: nothing kept, still correct
+
+
+def test_block_local_ranking_agrees_with_quantize_one(tiny_spec, tiny_csv, broken_ranges, tmp_path):
+    """The default ranking on an input-only placement predicts quantize-one from block-output errors:
+    the broken ranges' readers come first, the check against quantize-one on every unit is reported
+    as a Spearman correlation, and the search still meets the budget (verified on a rebuilt model)."""
+    from calib.sensitivity import analyze_sensitivity
+
+    res = analyze_sensitivity(sconfig(tiny_spec, tiny_csv, broken_ranges, preset="tensorrt", max_evaluations=10,
+                                      rank_rows=48, min_embedding_cosine=0.99, rank_check=-1), tmp_path / "s")
+    data = res.data
+    assert data["ranking_method"] == "block-local"
+    assert data["segments"]["how"] == "3 segments" and data["segments"]["cache_hits"] > 0
+    assert {r["unit"] for r in data["ranking"][:2]} == {"layer.0/output/dense/MatMul", "layer.1/attention/context/MatMul"}
+    check = data["ranking_check"]
+    assert check["units"] == len(data["ranking"]) and check["spearman"] is not None and check["spearman"] > 0.6
+    # predicted for every unit in one block, from one evaluation per block plus block-only runs
+    assert all(r["predicted"] for r in data["ranking"])
+    assert data["ranking_evaluations_used"] == 1 + 2 + len(data["ranking"])  # base + one per block + the check
+    assert res.found and data["verification"]["passes"], data["recommended"]["note"]
+    assert "layer.0/output/dense/MatMul" in res.exclusions and len(res.exclusions) <= 4
+    off = analyze_sensitivity(sconfig(tiny_spec, tiny_csv, broken_ranges, preset="tensorrt", max_evaluations=10,
+                                      rank_rows=48, min_embedding_cosine=0.99, cache_mb=0, ranking="quantize-one"),
+                              tmp_path / "off")
+    assert off.data["segments"]["how"].startswith("whole models")
+    assert off.data["baseline"]["top1_agreement"] == pytest.approx(data["baseline"]["top1_agreement"])
+    assert off.data["baseline"]["kl_softmax"] == pytest.approx(data["baseline"]["kl_softmax"], rel=1e-3)
+    with pytest.raises(InputError, match="block-local"):
+        analyze_sensitivity(sconfig(tiny_spec, tiny_csv, broken_ranges, preset="tensorrt", cache_mb=0,
+                                    ranking="block-local"), tmp_path / "bad")

@@ -144,7 +144,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--exclude", type=_str_list, default=(), help="node patterns already kept in float")
     s.add_argument("--include", type=_str_list, default=(), help="node patterns to restrict quantization to")
     s.add_argument("--granularity", choices=("node", "block"), default="node")
-    s.add_argument("--ranking", choices=("auto", "local", "exclude-one", "quantize-one"), default="auto")
+    s.add_argument("--ranking", choices=("auto", "block-local", "local", "exclude-one", "quantize-one"), default="auto",
+                   help="auto: block-local when the model splits into transformer blocks (see calib.sensitivity)")
+    s.add_argument("--rank-check", type=int, default=8,
+                   help="block-local ranking: units also ranked by quantize-one, Spearman reported (default 8; -1 = all)")
+    s.add_argument("--cache-mb", type=int, default=1024,
+                   help="memory for activations cached at transformer-block cuts (default 1024; 0 = run whole models)")
     s.add_argument("--max-drop", type=float, default=0.5, help="accuracy budget in points (default 0.5)")
     s.add_argument("--min-agreement", type=float, default=0.99, help="top-1 agreement target (default 0.99)")
     s.add_argument("--min-embedding-cosine", type=float, help="embedding cosine target (optional)")
@@ -319,7 +324,8 @@ def run_sensitivity(args: argparse.Namespace) -> int:
                                max_drop=args.max_drop, min_agreement=args.min_agreement,
                                min_embedding_cosine=args.min_embedding_cosine, max_evaluations=args.max_evaluations,
                                limit=args.limit if args.limit is not None else 256, batch_size=args.batch_size,
-                               seed=args.seed, rank_rows=args.rank_rows, verify=not args.no_verify, **values)
+                               seed=args.seed, rank_rows=args.rank_rows, verify=not args.no_verify,
+                               rank_check=args.rank_check, cache_mb=args.cache_mb, **values)
     run_id, result = run_stage(ws, "sensitivity", analyze_sensitivity, config, parents=parents, label=args.label,
                                progress=ProgressBar("sensitivity"))
     if args.json:

@@ -89,11 +89,13 @@ class OrtSessionLoader:
     threads: int | None = None
     optimization: str = "all"  # all | basic | disabled
     spinning: bool | None = None
+    arena: bool = True  # False: no CPU memory arena (many small sessions alive at once)
 
     def __call__(self):
         import onnxruntime as ort
 
         opts = session_options(self.threads)
+        opts.enable_cpu_mem_arena = self.arena
         if self.spinning is not None:
             opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spinning else "0")
         level = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
