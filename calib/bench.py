@@ -65,6 +65,30 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
+def throughput(engine: Any, batches: list, repeats: int, tick: Any = None) -> dict[str, Any]:
+    """Time ``repeats`` passes over ``batches`` after one warm-up pass (every shape once): per-batch
+    latency p50/p95 (ms), texts/s over the timed passes, and texts/s of the fastest pass (the figure
+    least disturbed by other processes on a shared machine). ``tick(message)`` after each pass."""
+    for batch in batches:
+        engine.run(batch.feeds)
+    if tick is not None:
+        tick("warm-up pass done")
+    latencies, passes = [], []
+    texts = sum(len(b.rows) for b in batches)
+    for repeat in range(repeats):
+        started = time.perf_counter()
+        for batch in batches:
+            t0 = time.perf_counter()
+            engine.run(batch.feeds)
+            latencies.append(time.perf_counter() - t0)
+        passes.append(time.perf_counter() - started)  # timed passes only: reporting progress costs nothing measured
+        if tick is not None:
+            tick(f"timed pass {repeat + 1}/{repeats} done")
+    lat = np.asarray(latencies) * 1000.0
+    return {"batches": len(batches), "p50_ms": float(np.percentile(lat, 50)), "p95_ms": float(np.percentile(lat, 95)),
+            "texts_per_s": texts * repeats / sum(passes), "best_texts_per_s": texts / min(passes)}
+
+
 def measure_engine(config: BenchConfig, kind: str, encoded: Encoded,
                    dtypes: dict[str, type], progress_queue: Any = None) -> list[dict[str, Any]]:
     """Rows for one engine kind (runs in a child process). After each pass over the texts it puts
@@ -84,26 +108,11 @@ def measure_engine(config: BenchConfig, kind: str, encoded: Encoded,
             progress_queue.put((done / passes, message))
 
     for batch_size in config.batch_sizes:
-        batches = list(iter_batches(encoded, dtypes, batch_size))
-        for batch in batches:  # warm-up: every shape once
-            engine.run(batch.feeds)
-        tick(f"batch size {batch_size}: warm-up pass done")
-        latencies = []
-        total = 0.0  # timed passes only, so reporting progress costs nothing measured
-        for repeat in range(config.repeats):
-            started = time.perf_counter()
-            for batch in batches:
-                t0 = time.perf_counter()
-                engine.run(batch.feeds)
-                latencies.append(time.perf_counter() - t0)
-            total += time.perf_counter() - started
-            tick(f"batch size {batch_size}: timed pass {repeat + 1}/{config.repeats} done")
-        lat = np.asarray(latencies) * 1000.0
-        rows.append({
-            "engine": engine.name, "kind": kind, "batch_size": batch_size, "texts": n_texts,
-            "batches": len(batches), "p50_ms": float(np.percentile(lat, 50)), "p95_ms": float(np.percentile(lat, 95)),
-            "texts_per_s": n_texts * config.repeats / total, "peak_rss_mb": _peak_rss_mb(),
-        })
+        timing = throughput(engine, list(iter_batches(encoded, dtypes, batch_size)), config.repeats,
+                            tick=lambda message, b=batch_size: tick(f"batch size {b}: {message}"))
+        rows.append({"engine": engine.name, "kind": kind, "batch_size": batch_size, "texts": n_texts,
+                     "batches": timing["batches"], "p50_ms": timing["p50_ms"], "p95_ms": timing["p95_ms"],
+                     "texts_per_s": timing["texts_per_s"], "peak_rss_mb": _peak_rss_mb()})
     return rows
 
 

@@ -76,7 +76,7 @@ from calib.segments import SegmentationError, SegmentRunner, layer_block
 from calib.workspace import ProgressFn
 
 SCHEMA = "calib.sensitivity/1"
-GRANULARITIES = ("node", "block")
+GRANULARITIES = ("node", "tensor", "block", "auto")
 RANKINGS = ("auto", "block-local", "local", "exclude-one", "quantize-one")
 NO_RANGE = "no range for this tensor in the range set"  # calib.quantize's reason for a tensor missing from the ranges
 
@@ -129,6 +129,9 @@ class SensitivityConfig:
     cache_mb: int = 1024  # activations kept at block cuts (0 = run whole models)
     rank_check: int = 8  # block-local ranking: units also ranked by quantize-one (Spearman reported; -1 = all)
     block_rows: int = 32  # block-local ranking: texts (of the rank_rows) for each unit's block-output error
+    speed_texts: int = 16  # texts timed per point of the speed curve, in batches of speed_batch (0 = no curve)
+    speed_batch: int = 16
+    speed_repeats: int = 2
 
     def data_spec(self) -> DataSpec:
         return DataSpec(self.data, self.text_column, self.label_column, self.text_pair_column, self.split,
@@ -479,9 +482,38 @@ def passes(entry: Mapping, config: SensitivityConfig) -> bool:
     return not (config.min_embedding_cosine is not None and cos is not None and cos < config.min_embedding_cosine)
 
 
-def make_units(nodes: Sequence[str], granularity: str) -> list[Unit]:
+def activation_readers(qdq_model: onnx.ModelProto, nodes: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """Activation tensor (not a weight) -> the given nodes reading it through a Q/DQ pair, in node order."""
+    producer = {o: n for n in qdq_model.graph.node for o in n.output}
+    weights = {t.name for t in qdq_model.graph.initializer}
+    wanted = set(nodes)
+    readers: dict[str, list[str]] = {}
+    for node in qdq_model.graph.node:
+        if node.name not in wanted:
+            continue
+        for name in node.input:
+            dq = producer.get(name)
+            q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+            if q is not None and q.op_type == "QuantizeLinear" and q.input[0] not in weights:
+                readers.setdefault(q.input[0], []).append(node.name)
+    return {t: tuple(dict.fromkeys(r)) for t, r in readers.items()}
+
+
+def make_units(nodes: Sequence[str], granularity: str, qdq_model: onnx.ModelProto | None = None) -> list[Unit]:
+    """Units the search keeps in float: single nodes, transformer blocks, or activation tensors (every
+    quantized reader of one tensor's Q/DQ pairs; needs ``qdq_model``; a node reading two quantized
+    activations, e.g. an attention MatMul, belongs to both tensors' units; identical units are merged)."""
     if granularity == "node":
         return [Unit(n, (n,)) for n in nodes]
+    if granularity == "tensor":
+        assert qdq_model is not None
+        units, seen, covered = [], set(), set()
+        for tensor, readers in activation_readers(qdq_model, nodes).items():
+            covered.update(readers)
+            if frozenset(readers) not in seen:
+                seen.add(frozenset(readers))
+                units.append(Unit(tensor, readers))
+        return units + [Unit(n, (n,)) for n in nodes if n not in covered]
     groups: dict[str, list[str]] = {}
     for n in nodes:
         groups.setdefault(block_of(n), []).append(n)
@@ -532,7 +564,7 @@ def local_scores(model_path: Path, qdq_path: Path, quantized_nodes: Sequence[str
 
 
 def _prefix_nodes(units: Sequence[Unit], k: int) -> list[str]:
-    return [n for u in units[:k] for n in u.nodes]
+    return list(dict.fromkeys(n for u in units[:k] for n in u.nodes))
 
 
 @dataclass(frozen=True)
@@ -585,6 +617,8 @@ def _check_config(config: SensitivityConfig) -> None:
         raise InputError(f"min embedding cosine must be in [-1, 1], got {config.min_embedding_cosine}")
     if config.limit < 0 or config.rank_rows < 0 or config.local_rows < 0:
         raise InputError("limit, rank rows and local rows must be 0 (all) or positive")
+    if config.speed_texts < 0 or config.speed_batch < 1 or config.speed_repeats < 1:
+        raise InputError("speed texts must be 0 (no curve) or positive; speed batch and repeats at least 1")
     if config.cache_mb < 0 or config.rank_check < -1 or config.block_rows < 0:
         raise InputError("cache MB and block rows must be 0 (off / all) or positive, rank check -1 (all), 0 or positive")
 
@@ -700,7 +734,7 @@ def _block_local_ranking(evaluate: _Evaluator, units: Sequence[Unit]) -> tuple[d
     base_err = 1.0 - base["embedding_cosine"] if "embedding_cosine" in base else None
 
     def shares(e: dict) -> tuple[float, float]:
-        kl = e["kl_softmax"] / base["kl_softmax"] if base["kl_softmax"] > 0 else 0.0
+        kl = (e.get("kl_softmax") or 0.0) / base["kl_softmax"] if (base.get("kl_softmax") or 0.0) > 0 else 0.0
         cos = max(0.0, 1.0 - e["embedding_cosine"]) / base_err if base_err and "embedding_cosine" in e else 0.0
         return kl, cos
 
@@ -732,7 +766,7 @@ def _block_local_ranking(evaluate: _Evaluator, units: Sequence[Unit]) -> tuple[d
         kl_share, cos_share = shares(e)
         scores[u.name] = kl_share + cos_share
         details.append({"unit": u.name, "kl_share": kl_share, "embedding_error_share": cos_share if base_err else None,
-                        "top1_agreement": e["top1_agreement"], "kl_softmax": e["kl_softmax"],
+                        "top1_agreement": e.get("top1_agreement"), "kl_softmax": e.get("kl_softmax"),
                         "embedding_cosine": e.get("embedding_cosine"), "predicted": False})
     rank_seconds = time.monotonic() - t0
     ordered = sorted(units, key=lambda u: -scores[u.name])
@@ -751,6 +785,66 @@ def _block_local_ranking(evaluate: _Evaluator, units: Sequence[Unit]) -> tuple[d
     check_info = {"units": len(checked), "spearman": rho, "rows": checked,
                   "ranking_seconds": round(rank_seconds, 2), "check_seconds": round(time.monotonic() - t1, 2)}
     return scores, details, check_info
+
+
+def speed_curve(evaluate: _Evaluator, spec, chosen: Sequence[Unit], verified: Path | None,
+                baseline_path: Path, progress: ProgressFn) -> dict | None:
+    """INT8 throughput along the fallback: every INT8 node, then each recommended unit put in float in
+    ranking order (the recommendation last), against FP32, on ``speed_texts`` texts (spread over the
+    evaluated texts' lengths) in batches of ``speed_batch``: the accuracy-vs-speed trade-off of each
+    fallback step. Under placements with shared Q/DQ pairs only the two ends and the verified
+    recommendation are timed. Throughput is the fastest of ``speed_repeats`` passes (see
+    :func:`calib.bench.throughput`)."""
+    from calib.batching import iter_batches
+    from calib.bench import throughput
+
+    config = evaluate.config
+    if not config.speed_texts:
+        return None
+    n = len(evaluate.data)
+    rows = np.unique(np.linspace(0, n - 1, min(config.speed_texts, n)).astype(int))
+    batches = list(iter_batches(evaluate.data.encoded.subset(rows), spec.input_dtypes, config.speed_batch))
+
+    def timed(model) -> float:
+        engine = OrtEngine(OrtSessionLoader(model, threads=config.threads))
+        return throughput(engine, batches, config.speed_repeats)["best_texts_per_s"]
+
+    points: list[tuple[str, list[str], object]] = [("all INT8", [], baseline_path)]
+    if evaluate.qdq is not None:
+        for k in range(1, len(chosen) + 1):
+            nodes = _prefix_nodes(chosen, k)
+            model = verified if k == len(chosen) and verified is not None else keep_in_float(evaluate.qdq, nodes).SerializeToString()
+            points.append((f"+ {chosen[k - 1].name} in float", nodes, model))
+    elif chosen and verified is not None:
+        points.append(("recommendation", _prefix_nodes(chosen, len(chosen)), verified))
+    t0 = time.monotonic()
+    fp32_tps = timed(spec.onnx_path)
+    curve = []
+    for i, (label, nodes, model) in enumerate(points):
+        progress(0.96 + 0.04 * i / len(points), f"speed curve {i + 1}/{len(points)}")
+        tps = timed(model)
+        known = evaluate.cache.get(("search", tuple(sorted(set(nodes) & set(evaluate.quantized)))))
+        curve.append({"step": i, "change": label, "float_nodes": len(nodes), "texts_per_s": round(tps, 3),
+                      "int8_over_fp32": round(tps / fp32_tps, 3) if fp32_tps else None,
+                      **({k: known.get(k) for k in ("top1_agreement", "accuracy_drop_points", "embedding_cosine",
+                                                     "passes")} if known and not known.get("stopped_early") else {})})
+    return {"texts": len(rows), "batch_size": config.speed_batch, "repeats": config.speed_repeats,
+            "threads": config.threads, "fp32_texts_per_s": round(fp32_tps, 3), "points": curve,
+            "seconds": round(time.monotonic() - t0, 2)}
+
+
+def _grouped_scores(units: Sequence[Unit], scores: Mapping[str, float], details: Mapping[str, dict]
+                    ) -> tuple[dict[str, float], dict[str, dict]]:
+    """Scores and predicted shares of grouped units from those of their single nodes (additive)."""
+    out_scores, out_details = {}, {}
+    for u in units:
+        out_scores[u.name] = sum(scores.get(n, 0.0) for n in u.nodes)
+        row = {"unit": u.name}
+        for key in ("kl_share", "embedding_error_share"):
+            values = [details[n].get(key) for n in u.nodes if n in details]
+            row[key] = sum(v for v in values if v is not None) if any(v is not None for v in values) else None
+        out_details[u.name] = row
+    return out_scores, out_details
 
 
 def predicted_start(ranked: Sequence[Unit], details: Mapping[str, dict], baseline: dict, config: SensitivityConfig) -> int:
@@ -791,7 +885,7 @@ def analyze_sensitivity(config: SensitivityConfig, out_dir: Path, *, progress: P
     """Rank quantized units by the loss they cause and find the fewest to keep in float (see module doc)."""
     from calib.quantize import quantize_qdq
 
-    t0 = time.monotonic()
+    t0, cpu0 = time.monotonic(), time.process_time()
     report = progress or (lambda f, m="": None)
     _check_config(config)
     roles = {"logits_output": config.logits_output, "embedding_output": config.embedding_output,
@@ -824,7 +918,9 @@ def analyze_sensitivity(config: SensitivityConfig, out_dir: Path, *, progress: P
                               shared_pairs, amax, Path(tmp), config.max_evaluations - reserve, report)
         baseline = evaluate.evaluate_model(set() if evaluate.runner is not None else base_path, why="full placement",
                                            excluded=[], quantized=len(base_nodes))
-        units = make_units(base_nodes, config.granularity)
+        base_qdq = evaluate.qdq if evaluate.qdq is not None or config.granularity != "tensor" else onnx.load(str(base_path))
+        # auto: rank single nodes, then search by node and by activation tensor
+        units = make_units(base_nodes, "node" if config.granularity == "auto" else config.granularity, base_qdq)
         ranking_kind = config.ranking
         if ranking_kind == "auto":
             if len(units) <= config.max_evaluations // 2:
@@ -864,22 +960,34 @@ def analyze_sensitivity(config: SensitivityConfig, out_dir: Path, *, progress: P
                 for u in units:
                     e = evaluate(list(u.nodes), why=f"exclude {u.name}")
                     scores[u.name] = _loss(baseline) - _loss(e)
-        # units that help most first; the search extends into the rest only when the top ones do not suffice
-        ranked = sorted(units, key=lambda u: -scores.get(u.name, 0.0)) if scores else list(units)
-        chosen: list[Unit] = []
-        best = baseline
-        reachable = baseline["passes"]
-        start = 1
-        if not baseline["passes"] and ranked:
-            start = predicted_start(ranked, details, baseline, config)
-            report(0.5, f"searching the fewest exclusions (starting at {start})")
-            chosen, best, reachable = _search(evaluate, ranked, start)
+        searches = [("node" if config.granularity == "auto" else config.granularity, units, scores, details)]
+        if config.granularity == "auto" and base_qdq is not None:
+            tensor_units = make_units(base_nodes, "tensor", base_qdq)
+            searches.append(("tensor", tensor_units, *_grouped_scores(tensor_units, scores, details)))
+        tried: list[dict] = []  # one search per granularity (two under auto)
+        outcomes = []
+        for kind, kind_units, kind_scores, kind_details in searches:
+            # units that help most first; the search extends into the rest only when the top ones do not suffice
+            ranked = sorted(kind_units, key=lambda u: -kind_scores.get(u.name, 0.0)) if kind_scores else list(kind_units)
+            chosen, best, reachable, start = [], baseline, bool(baseline["passes"]), 1
+            if not baseline["passes"] and ranked:
+                start = predicted_start(ranked, kind_details, baseline, config)
+                report(0.5, f"searching the fewest exclusions by {kind} (starting at {start})")
+                used = evaluate.used
+                chosen, best, reachable = _search(evaluate, ranked, start)
+                tried.append({"granularity": kind, "passes": bool(reachable), "evaluations": evaluate.used - used,
+                              "float_nodes": len(_prefix_nodes(chosen, len(chosen))), "units": [u.name for u in chosen]})
+            outcomes.append((ranked, chosen, best, reachable, start, kind_scores, kind_details))
+        if len(tried) > 1:  # the one proving the budget with fewer float nodes (the finer unit on a tie)
+            pick = min(range(len(tried)), key=lambda i: (not tried[i]["passes"], tried[i]["float_nodes"]))
+            tried[pick]["chosen"] = True
+            outcomes = [outcomes[pick]]
+        ranked, chosen, best, reachable, start, scores, details = outcomes[0]
         evaluate.max_evaluations = config.max_evaluations  # the reserved evaluation is the verification's
-        verification = None
+        verification, check_path = None, Path(tmp) / "recommended.qdq.onnx"
         if chosen and reserve:
             report(0.95, "rebuilding the recommendation with calib.quantize")
             nodes = _prefix_nodes(chosen, len(chosen))
-            check_path = Path(tmp) / "recommended.qdq.onnx"
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 rebuilt = quantize_qdq(spec.onnx_path, amax, config.placement.with_exclusions(
@@ -891,6 +999,8 @@ def analyze_sensitivity(config: SensitivityConfig, out_dir: Path, *, progress: P
                              "derived candidate met it; treat the recommendation as unconfirmed")
                 reachable = False
             best = verification
+        search_seconds = round(time.monotonic() - t0, 2)
+        speed = speed_curve(evaluate, spec, chosen, check_path if verification is not None else None, base_path, report)
     nodes_out = _prefix_nodes(chosen, len(chosen))
     ranking_rows = []
     for u in ranked:
@@ -916,6 +1026,7 @@ def analyze_sensitivity(config: SensitivityConfig, out_dir: Path, *, progress: P
         "warnings": notes,
         "ranking": ranking_rows,
         "search_start": start,
+        "searches": tried,
         "ranking_check": ranking_check,
         "segments": {"how": evaluate.segmentation, "cache_mb": config.cache_mb,
                      "cache_hits": evaluate.runner.cache.hits if evaluate.runner else 0,
@@ -928,7 +1039,10 @@ def analyze_sensitivity(config: SensitivityConfig, out_dir: Path, *, progress: P
         "recommended": {**{k: v for k, v in best.items() if k not in ("excluded", "only", "why", "evaluation")},
                         "units": [u.name for u in chosen], "exclude_nodes": nodes_out, "passes": bool(reachable),
                         "note": _note(baseline, reachable, nodes_out, evaluate, notes)},
+        "speed_curve": speed,
         "seconds": round(time.monotonic() - t0, 2),
+        "search_seconds": search_seconds,  # FP32 reference, ranking, search and verification; not the speed curve
+        "cpu_seconds": round(time.process_time() - cpu0, 2),
     }
     atomic_write_json(out_dir / "sensitivity.json", data_out)
     report(1.0, "done")

@@ -317,3 +317,36 @@ def test_block_local_ranking_agrees_with_quantize_one(tiny_spec, tiny_csv, broke
     with pytest.raises(InputError, match="block-local"):
         analyze_sensitivity(sconfig(tiny_spec, tiny_csv, broken_ranges, preset="tensorrt", cache_mb=0,
                                     ranking="block-local"), tmp_path / "bad")
+
+
+def test_tensor_units_and_auto_granularity_with_speed_curve(tiny_spec, tiny_csv, broken_ranges, tmp_path):
+    """Tensor units group every reader of one activation's Q/DQ pairs; auto searches by node and by
+    tensor and keeps the one with fewer float nodes; the speed curve times every fallback step."""
+    from calib.sensitivity import activation_readers, analyze_sensitivity, make_units
+
+    qdq, nodes, _ = _tiny_qdq(tiny_spec, tmp_path)
+    readers = activation_readers(qdq, nodes)
+    qkv = [r for r in readers.values() if len(r) == 3]
+    assert qkv and all({n.split("/")[-2] for n in r} == {"query", "key", "value"} for r in qkv)
+    units = make_units(nodes, "tensor", qdq)
+    assert {n for u in units for n in u.nodes} == set(nodes) and len(units) < len(nodes)
+    assert len({frozenset(u.nodes) for u in units}) == len(units)
+
+    res = analyze_sensitivity(sconfig(tiny_spec, tiny_csv, broken_ranges, preset="tensorrt", max_evaluations=16,
+                                      rank_rows=48, granularity="auto", rank_check=0, speed_texts=32), tmp_path / "s")
+    data = res.data
+    searches = data["searches"]
+    assert [s["granularity"] for s in searches] == ["node", "tensor"]
+    (picked,) = [s for s in searches if s.get("chosen")]
+    others = [s for s in searches if not s.get("chosen")]
+    assert all((not o["passes"]) or o["float_nodes"] >= picked["float_nodes"] for o in others)
+    assert res.found and len(res.exclusions) == picked["float_nodes"]
+    assert data["evaluations_used"] <= 16
+    curve = data["speed_curve"]
+    assert curve["texts"] == 32 and curve["fp32_texts_per_s"] > 0
+    points = curve["points"]
+    assert points[0]["float_nodes"] == 0 and points[0]["change"] == "all INT8"
+    assert [p["float_nodes"] for p in points] == sorted(p["float_nodes"] for p in points)
+    assert points[-1]["float_nodes"] == len(res.exclusions) and all(p["texts_per_s"] > 0 for p in points)
+    assert points[-1].get("passes") is True  # the recommendation's own evaluation is attached to its point
+    assert data["search_seconds"] <= data["seconds"] and data["cpu_seconds"] > 0

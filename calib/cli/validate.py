@@ -143,11 +143,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--preset", default="tensorrt", help="placement preset (tensorrt, all)")
     s.add_argument("--exclude", type=_str_list, default=(), help="node patterns already kept in float")
     s.add_argument("--include", type=_str_list, default=(), help="node patterns to restrict quantization to")
-    s.add_argument("--granularity", choices=("node", "block"), default="node")
+    s.add_argument("--granularity", choices=("node", "tensor", "block", "auto"), default="node",
+                   help="fallback unit: node, tensor (every reader of one activation's Q/DQ pairs), block, or auto "
+                        "(search by node and by tensor, keep the fewer float nodes)")
     s.add_argument("--ranking", choices=("auto", "block-local", "local", "exclude-one", "quantize-one"), default="auto",
                    help="auto: block-local when the model splits into transformer blocks (see calib.sensitivity)")
     s.add_argument("--rank-check", type=int, default=8,
                    help="block-local ranking: units also ranked by quantize-one, Spearman reported (default 8; -1 = all)")
+    s.add_argument("--speed-texts", type=int, default=16,
+                   help="texts timed per step of the INT8 speed curve along the fallback (default 16; 0 = no curve)")
     s.add_argument("--cache-mb", type=int, default=1024,
                    help="memory for activations cached at transformer-block cuts (default 1024; 0 = run whole models)")
     s.add_argument("--max-drop", type=float, default=0.5, help="accuracy budget in points (default 0.5)")
@@ -325,7 +329,8 @@ def run_sensitivity(args: argparse.Namespace) -> int:
                                min_embedding_cosine=args.min_embedding_cosine, max_evaluations=args.max_evaluations,
                                limit=args.limit if args.limit is not None else 256, batch_size=args.batch_size,
                                seed=args.seed, rank_rows=args.rank_rows, verify=not args.no_verify,
-                               rank_check=args.rank_check, cache_mb=args.cache_mb, **values)
+                               rank_check=args.rank_check, cache_mb=args.cache_mb, speed_texts=args.speed_texts,
+                               **values)
     run_id, result = run_stage(ws, "sensitivity", analyze_sensitivity, config, parents=parents, label=args.label,
                                progress=ProgressBar("sensitivity"))
     if args.json:
@@ -354,6 +359,18 @@ def run_sensitivity(args: argparse.Namespace) -> int:
         print(f"baseline: agreement {fmt.percent(base['top1_agreement'])}, drop "
               f"{fmt.points(base.get('accuracy_drop_points'))}; recommended: agreement "
               f"{fmt.percent(rec['top1_agreement'])}, drop {fmt.points(rec.get('accuracy_drop_points'))}")
+    check = result.data.get("ranking_check")
+    if check and check.get("units"):
+        print(f"ranking check: Spearman {fmt.ratio(check['spearman'])} against quantize-one on {check['units']} unit(s)")
+    for search in result.data.get("searches") or []:
+        print(f"search by {search['granularity']}: {search['float_nodes']} float node(s), "
+              f"{'passes' if search['passes'] else 'misses the budget'}" + (" (chosen)" if search.get("chosen") else ""))
+    curve = result.data.get("speed_curve")
+    if curve:
+        print(f"INT8 speed along the fallback ({curve['texts']} texts, batch {curve['batch_size']}; FP32 "
+              f"{fmt.number(curve['fp32_texts_per_s'])} texts/s):")
+        for p in curve["points"]:
+            print(f"  {p['float_nodes']:>3} float  {fmt.factor(p['int8_over_fp32'])} FP32  {p['change']}")
     for node in result.exclusions:
         print(f"  exclude {node}")
     if result.exclusions:
