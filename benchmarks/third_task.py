@@ -11,9 +11,10 @@ headline. Links are removed (their shortener domain names the outlet), whitespac
 duplicates dropped; the splits are stratified and seeded like the demo's (train for the head,
 eval, the rest a calibration pool). The encoder is the demo's MiniLM-L6 (``calib demo prepare``
 must have run in the workspace: its exported encoder and tokenizer are reused), the head a logistic
-regression on FP32 embeddings of the train split with C chosen by 5-fold cross-validation on the
-train split only. The result is a plain model folder + ``save_to_disk`` dataset that every calib
-command takes with ``--model/--tokenizer/--data/--split`` (it is not part of ``calib demo``).
+regression fitted by ``calib head fit`` on the train split only (C by stratified cross-validation).
+The result is a plain model + ``save_to_disk`` dataset that every calib command takes with
+``--model/--tokenizer/--data/--split`` (it is not part of ``calib demo``):
+``OUT/head/model.onnx``, ``OUT/tokenizer``, ``OUT/data`` (splits train, eval, calibration).
 
 Usage:
   python benchmarks/third_task.py --workspace .cache/test-workspace --out .cache/test-workspace/extra/health-tweets
@@ -64,19 +65,13 @@ def read_tweets(outlets: int) -> tuple[list[str], list[int], list[str], tuple[st
 
 def build(workspace: Path, out: Path, outlets: int, n_train: int, n_eval: int, pool: int, seed: int,
           max_length: int) -> dict:
-    import onnx
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import cross_val_score
-
+    """Write the splits (``out/data``, a ``save_to_disk`` folder) and fit the classifier with
+    ``calib head fit`` on the train split (``out/head``: model.onnx + card.json); a summary."""
     import datasets
-    from calib.batching import encode
-    from calib.demo import export as demo_export
-    from calib.demo.prepare import ENCODER_CACHE, fit_head, run_rows, split_rows
+    from calib.cli import main as calib_main
+    from calib.demo.prepare import ENCODER_CACHE, split_rows
     from calib.demo.tasks import load_demo_task
-    from calib.engines.ort import OrtSessionLoader
     from calib.errors import InputError
-    from calib.io import atomic_write_json, sha256_file
-    from calib.model import load_tokenizer
 
     t0 = time.monotonic()
     encoder_path = workspace / "cache" / ENCODER_CACHE / "encoder.onnx"
@@ -87,19 +82,9 @@ def build(workspace: Path, out: Path, outlets: int, n_train: int, n_eval: int, p
     label_ids = np.asarray(label_ids, dtype=np.int64)
     rows = split_rows(label_ids, n_train, n_eval, seed)
     rows["calibration"] = rows["calibration"][:pool]
-    tokenizer = load_tokenizer(str(tokenizer_dir))
-    train_enc = encode(tokenizer, [texts[i] for i in rows["train"]], max_length=max_length)
-    embedded = run_rows(OrtSessionLoader(encoder_path)(), train_enc, [demo_export.EMBEDDING_OUTPUT],
-                        lambda f, m="": None)["embedding"]
-    y = label_ids[rows["train"]]
-    cv = {c: float(np.mean(cross_val_score(LogisticRegression(C=c, max_iter=3000, random_state=seed), embedded, y, cv=5)))
-          for c in (1.0, 3.0, 10.0, 30.0, 100.0)}
-    best_c = max(cv, key=cv.get)
-    weight, bias = fit_head(embedded, y, len(labels), best_c, seed)
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    onnx.save(demo_export.with_head(onnx.load(str(encoder_path)), weight, bias), str(out / "model.onnx"))
     shutil.copytree(tokenizer_dir, out / "tokenizer")
     features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=list(labels)),
                                   "id": datasets.Value("string")})
@@ -107,17 +92,21 @@ def build(workspace: Path, out: Path, outlets: int, n_train: int, n_eval: int, p
         split: datasets.Dataset.from_dict({"text": [texts[i] for i in r], "label": label_ids[r].tolist(),
                                            "id": [ids[i] for i in r]}, features=features)
         for split, r in rows.items()}).save_to_disk(str(out / "data"))
-    eval_enc = encode(tokenizer, [texts[i] for i in rows["eval"]], max_length=max_length)
-    logits = run_rows(OrtSessionLoader(out / "model.onnx")(), eval_enc, [demo_export.LOGITS_OUTPUT],
-                      lambda f, m="": None)["logits"]
+    head_ws = out / "workspace"
+    code = calib_main(["--workspace", str(head_ws), "head", "fit", "--model", str(encoder_path), "--tokenizer",
+                       str(out / "tokenizer"), "--data", str(out / "data"), "--split", "train",
+                       "--max-length", str(max_length), "--seed", str(seed), "--label", "health-tweets head"])
+    if code != 0:
+        raise SystemExit(f"calib head fit failed ({code})")
+    (head_dir,) = [p for p in (head_ws / "runs").iterdir() if p.is_dir()]
+    shutil.copytree(head_dir, out / "head")
     card = {"task": "health-tweets", "labels": list(labels), "max_length": max_length,
             "source": f"{PACKAGE}=={VERSION}:{FILE}", "rows_after_dedup": len(texts),
-            "splits": {k: len(v) for k, v in rows.items()}, "head": {"C": best_c, "cv_accuracy": cv},
-            "fp32_eval_accuracy": float(np.mean(np.argmax(logits, axis=1) == label_ids[rows["eval"]])),
-            "tokens_p50": {k: float(np.median(encode(tokenizer, [texts[i] for i in v[:500]], max_length=max_length).lengths))
-                           for k, v in rows.items()},
-            "model_sha256": sha256_file(out / "model.onnx"), "seconds": round(time.monotonic() - t0, 1)}
-    atomic_write_json(out / "card.json", card)
+            "splits": {k: len(v) for k, v in rows.items()}, "model": str(out / "head" / "model.onnx"),
+            "tokenizer": str(out / "tokenizer"), "data": str(out / "data"),
+            "head_card": json.loads((out / "head" / "card.json").read_text()),
+            "seconds": round(time.monotonic() - t0, 1)}
+    (out / "task.json").write_text(json.dumps(card, indent=1))
     return card
 
 

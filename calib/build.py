@@ -37,6 +37,7 @@ from calib.errors import BackendUnavailableError, InputError, check_choice
 from calib.io import atomic_write_json, read_json, sha256_file
 from calib.methods import DEFAULT_BUILD_METHOD
 from calib.model import check_same_model, read_onnx
+from calib.pipeline import config_params
 from calib.placement import PRESETS, Placement
 from calib.quantize import quantize_qdq
 from calib.ranges import Ranges
@@ -222,6 +223,7 @@ def build(config: BuildConfig, out_dir: Path, *, progress: ProgressFn | None = N
         "tensorrt": {"available": status.available, "reason": status.reason, "version": status.version,
                      "engine": plan},
         "seconds": {"quantize": round(quantize_seconds, 3)},
+        "config": config_params(config),  # to rebuild this engine with changes (calib.sensitivity)
         "smooth": None if smoothed is None else {
             "file": SMOOTH_FILE if source != model_path else None, "summary": smoothed.result.summary(),
             **smoothed.to_dict()},

@@ -5,12 +5,24 @@
 1. Runs the FP32 model once on a seeded subset of the evaluation texts (``limit``) and keeps its
    logits/embeddings; every candidate below is compared with these cached outputs.
 2. Quantizes the model once with the given ranges and placement (ONNX Runtime's Q/DQ quantizer
-   through :func:`calib.quantize.quantize_qdq`): the *baseline*. Under input-only placements
+   through :func:`calib.quantize.quantize_qdq`): the *baseline* — or, with ``start_from``, takes a
+   build folder's Q/DQ model as it is (outlier migration, per-tensor ``auto`` ranges, bias
+   correction: whatever that build used) as the baseline. Under input-only placements
    (``tensorrt``) a candidate that keeps some nodes in float is derived from that Q/DQ graph by
    reconnecting those nodes to the float tensors their Q/DQ pairs read (:func:`keep_in_float`: the
    graph the quantizer writes when they are excluded, without re-running it per candidate); under
    placements that quantize outputs (``all``) each candidate is rebuilt by the quantizer.
-3. Ranks the quantized units (nodes, or transformer blocks: nodes grouped by their layer prefix):
+   Derived candidates run segment by segment (:mod:`calib.segments`): the activations crossing
+   each transformer-block cut are cached per candidate prefix (``cache_mb``), so a candidate that
+   changes nothing before block ``k`` re-runs blocks ``k``…end only; a search candidate is abandoned
+   as soon as its top-1 flips or its embedding error already exceed what the budget allows.
+3. Ranks the quantized units (nodes; activation tensors: every reader of one tensor's Q/DQ pairs;
+   or transformer blocks: nodes grouped by their layer prefix):
+   - ``block-local``: the quantize-one shares (below) predicted from one evaluation per block (only
+     that block quantized) and each unit's relative error at its block's output cut, run through
+     that block alone from the cached FP32 cut on ``block_rows`` texts (about 1/blocks of a forward
+     pass per unit instead of a whole one). ``rank_check`` units spread over the result are also
+     ranked by quantize-one and the Spearman correlation of the two scorings is reported.
    - ``quantize-one``: each unit quantized alone on a smaller fixed subset (``rank_rows`` texts);
      score = its share of the baseline's softmax KL plus its share of the baseline's embedding
      error (1 - cosine). These shares add up almost linearly on transformer encoders, so the ranking
@@ -22,7 +34,8 @@
      much a node's output error is amplified downstream (e.g. the key projections, which share their
      input tensor and its noise with the query and value projections).
    ``auto``: ``exclude-one`` when the units fit in half of ``max_evaluations``, else
-   ``quantize-one`` up to ``max_rank_units`` units (input-only placements), else ``local``.
+   ``block-local`` (models cut into blocks) or ``quantize-one`` up to ``max_rank_units`` units
+   (input-only placements), else ``local``.
 4. Searches the fewest top-ranked units to keep in float so that the accuracy drop is within
    ``max_drop`` points AND top-1 agreement ≥ ``min_agreement`` (AND embedding cosine ≥
    ``min_embedding_cosine`` when set): the predicted prefix first (√n without a prediction),
@@ -30,9 +43,15 @@
    bisection between the longest failing and the shortest passing prefix, then a pruning pass that
    puts back units the budget does not need. Every search evaluation (on the ``limit`` texts) is
    counted and their total, with the baseline and the final check, never exceeds ``max_evaluations``.
+   Granularity ``auto`` searches by node and by activation tensor and keeps the recommendation
+   with fewer float nodes.
 5. With ``verify`` (derived candidates only), the recommendation is rebuilt by
-   :func:`calib.quantize.quantize_qdq` (what ``calib build`` makes) and evaluated once more (within
-   ``max_evaluations``); its numbers are the ones recommended.
+   :func:`calib.quantize.quantize_qdq` (what ``calib build`` makes; with ``start_from``, by
+   :func:`calib.build.build` with the start build's recorded settings plus the exclusions) and
+   evaluated once more (within ``max_evaluations``); its numbers are the ones recommended.
+6. The speed curve (``speed_texts``): INT8 throughput with every node quantized, then after each
+   recommended unit is put in float, against FP32, at batch ``speed_batch`` — what each fallback
+   step costs (:func:`calib.bench.throughput`).
 
 The result, ``sensitivity.json``, lists the ranking, every evaluation, warnings (e.g. placement
 tensors without a range: the calibration did not cover this placement), and the recommended
@@ -43,6 +62,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import shutil
 import tempfile
 import time
 import warnings
@@ -69,7 +89,7 @@ from calib.evaluation import (
 )
 from calib.io import atomic_write_json, read_artifact_json, read_json
 from calib.metrics import row_cosine
-from calib.model import load_model
+from calib.model import check_same_model, load_model
 from calib.placement import Placement
 from calib.progress import FP32_PASS
 from calib.segments import SegmentationError, SegmentRunner, layer_block
@@ -129,6 +149,7 @@ class SensitivityConfig:
     cache_mb: int = 1024  # activations kept at block cuts (0 = run whole models)
     rank_check: int = 8  # block-local ranking: units also ranked by quantize-one (Spearman reported; -1 = all)
     block_rows: int = 32  # block-local ranking: texts (of the rank_rows) for each unit's block-output error
+    start_from: str = ""  # a build folder whose Q/DQ model is the all-INT8 start (ranges/method/placement unused)
     speed_texts: int = 16  # texts timed per point of the speed curve, in batches of speed_batch (0 = no curve)
     speed_batch: int = 16
     speed_repeats: int = 2
@@ -787,6 +808,39 @@ def _block_local_ranking(evaluate: _Evaluator, units: Sequence[Unit]) -> tuple[d
     return scores, details, check_info
 
 
+def _start_build(config: SensitivityConfig, spec):
+    """The build folder to start from, checked: same FP32 model, an input-only placement, and the
+    settings recorded (to rebuild it with exclusions)."""
+    from calib.build import EngineArtifact
+
+    start = EngineArtifact.load(config.start_from)
+    check_same_model(start.model_sha256, spec.sha256, f"build {config.start_from}")
+    if (start.meta.get("placement") or {}).get("preset") == "all":
+        raise InputError(f"build {config.start_from} quantizes op outputs (placement all): the search derives its "
+                         "candidates from input-only placements; start from a tensorrt build")
+    if not isinstance(start.meta.get("config"), dict):
+        raise InputError(f"build {config.start_from} does not record its settings (made by an older calib); rebuild it "
+                         "with calib build to start a search from it")
+    return start
+
+
+def _rebuild(start, nodes: Sequence[str], out_dir: Path) -> tuple[Path, int]:
+    """``start``'s build settings with ``nodes`` also kept in float, built again by :func:`calib.build.build`;
+    (its Q/DQ model, quantized node count)."""
+    from calib.build import BuildConfig, build
+
+    recorded = dict(start.meta["config"])
+    known = {f.name: f for f in dataclasses.fields(BuildConfig)}
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in recorded.items() if k in known}
+    kwargs["exclude_nodes"] = tuple(kwargs.get("exclude_nodes", ())) + tuple(exact_pattern(n) for n in nodes)
+    kwargs["backend"] = "ort"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        artifact = build(BuildConfig(**kwargs), out_dir)
+    return artifact.qdq_path, len(artifact.quantized_nodes)
+
+
 def speed_curve(evaluate: _Evaluator, spec, chosen: Sequence[Unit], verified: Path | None,
                 baseline_path: Path, progress: ProgressFn) -> dict | None:
     """INT8 throughput along the fallback: every INT8 node, then each recommended unit put in float in
@@ -896,7 +950,8 @@ def analyze_sensitivity(config: SensitivityConfig, out_dir: Path, *, progress: P
     budget_note = budget_statement(config, spec.roles.kind)
     if spec.roles.kind == "embedding" and config.min_embedding_cosine is None:
         config = dataclasses.replace(config, min_embedding_cosine=DEFAULT_EMBEDDING_COSINE)
-    amax = load_amax(config.ranges, config.method)
+    start_build = _start_build(config, spec) if config.start_from else None
+    amax = load_amax(config.ranges, config.method) if start_build is None else {}
     data = load_eval_data(config.data_spec(), spec, limit=config.limit, seed=config.seed)
     fp32_engine = OrtEngine(OrtSessionLoader(spec.onnx_path, threads=config.threads))
     fp32 = run_engine(fp32_engine, data.encoded, spec.input_dtypes, spec.roles, batch_size=config.batch_size,
@@ -908,11 +963,15 @@ def analyze_sensitivity(config: SensitivityConfig, out_dir: Path, *, progress: P
         base_path = Path(tmp) / "baseline.qdq.onnx"
         with warnings.catch_warnings():  # ranges for tensors absent from the model are listed by the build stage
             warnings.simplefilter("ignore")
-            base_result = quantize_qdq(spec.onnx_path, amax, config.placement, base_path)
-        base_nodes = list(base_result.quantized_nodes)
-        notes = scope_warnings(base_result, config)
+            if start_build is None:
+                base_result = quantize_qdq(spec.onnx_path, amax, config.placement, base_path)
+                base_nodes, float_nodes = list(base_result.quantized_nodes), dict(base_result.excluded_nodes)
+                notes = scope_warnings(base_result, config)
+            else:
+                shutil.copyfile(start_build.qdq_path, base_path)
+                base_nodes, float_nodes, notes = list(start_build.quantized_nodes), dict(start_build.excluded_nodes), []
         # the `all` preset quantizes outputs too (calib.placement): there pairs are shared by every reader
-        shared_pairs = config.preset == "all"
+        shared_pairs = config.preset == "all" and start_build is None
         reserve = 1 if config.verify and not shared_pairs else 0  # rebuilt candidates need no check
         evaluate = _Evaluator(config, spec, data, fp32, None if shared_pairs else onnx.load(str(base_path)), base_nodes,
                               shared_pairs, amax, Path(tmp), config.max_evaluations - reserve, report)
@@ -986,14 +1045,19 @@ def analyze_sensitivity(config: SensitivityConfig, out_dir: Path, *, progress: P
         evaluate.max_evaluations = config.max_evaluations  # the reserved evaluation is the verification's
         verification, check_path = None, Path(tmp) / "recommended.qdq.onnx"
         if chosen and reserve:
-            report(0.95, "rebuilding the recommendation with calib.quantize")
             nodes = _prefix_nodes(chosen, len(chosen))
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                rebuilt = quantize_qdq(spec.onnx_path, amax, config.placement.with_exclusions(
-                    exact_pattern(n) for n in nodes), check_path)
-            verification = evaluate.evaluate_model(check_path, why="verify: rebuilt by calib.quantize", excluded=nodes,
-                                                   quantized=len(rebuilt.quantized_nodes))
+            if start_build is None:
+                report(0.95, "rebuilding the recommendation with calib.quantize")
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    rebuilt = quantize_qdq(spec.onnx_path, amax, config.placement.with_exclusions(
+                        exact_pattern(n) for n in nodes), check_path)
+                how, n_quantized = "verify: rebuilt by calib.quantize", len(rebuilt.quantized_nodes)
+            else:
+                report(0.95, "rebuilding the recommendation with calib build")
+                check_path, n_quantized = _rebuild(start_build, nodes, Path(tmp) / "verify-build")
+                how = "verify: rebuilt by calib build with the start build's settings"
+            verification = evaluate.evaluate_model(check_path, why=how, excluded=nodes, quantized=n_quantized)
             if reachable and not verification["passes"]:
                 notes.append("the model rebuilt with the recommended exclusions misses the budget although the "
                              "derived candidate met it; treat the recommendation as unconfirmed")
@@ -1011,8 +1075,15 @@ def analyze_sensitivity(config: SensitivityConfig, out_dir: Path, *, progress: P
     data_out = {
         "schema": SCHEMA,
         "model": {"path": str(spec.onnx_path), "sha256": spec.sha256},
-        "ranges": {"source": str(config.ranges), "method": config.method if Path(config.ranges).is_dir() else "file"},
-        "placement": dataclasses.asdict(config.placement),
+        "ranges": ({"source": str(config.ranges), "method": config.method if Path(config.ranges).is_dir() else "file"}
+                   if start_build is None else start_build.meta.get("ranges")),
+        "placement": dataclasses.asdict(config.placement) if start_build is None else start_build.meta["placement"],
+        "start_from": None if start_build is None else {
+            "build": str(start_build.dir), "qdq_sha256": (start_build.meta.get("qdq") or {}).get("sha256"),
+            "method": (start_build.meta.get("ranges") or {}).get("method"),
+            "smooth": (start_build.meta.get("smooth") or {}).get("summary"),
+            "bias_correction": (start_build.meta.get("bias_correction") or {}).get("nodes"),
+            "config": start_build.meta.get("config")},
         "dataset": data.info,
         "budget": {"max_drop": config.max_drop, "min_agreement": config.min_agreement,
                    "min_embedding_cosine": config.min_embedding_cosine, "max_evaluations": config.max_evaluations,
@@ -1022,7 +1093,7 @@ def analyze_sensitivity(config: SensitivityConfig, out_dir: Path, *, progress: P
         "ranking_rows": len(evaluate.rank_idx) if evaluate.rank_log else 0,
         "baseline": baseline,
         "quantized_nodes": base_nodes,
-        "float_nodes": base_result.excluded_nodes,
+        "float_nodes": float_nodes,
         "warnings": notes,
         "ranking": ranking_rows,
         "search_start": start,

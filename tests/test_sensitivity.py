@@ -350,3 +350,40 @@ def test_tensor_units_and_auto_granularity_with_speed_curve(tiny_spec, tiny_csv,
     assert points[-1]["float_nodes"] == len(res.exclusions) and all(p["texts_per_s"] > 0 for p in points)
     assert points[-1].get("passes") is True  # the recommendation's own evaluation is attached to its point
     assert data["search_seconds"] <= data["seconds"] and data["cpu_seconds"] > 0
+
+
+def test_search_starts_from_a_build(tiny_spec, tiny_csv, broken_ranges, tmp_path, capsys):
+    """--start-from: the search starts from a build's own INT8 model (whatever it was built with), and
+    the recommendation is verified by calib build with that build's settings plus the exclusions."""
+    from calib.build import BuildConfig, build
+    from calib.cli import main
+    from calib.ranges import Ranges
+    from calib.sensitivity import analyze_sensitivity
+
+    amax = json.loads(broken_ranges.read_text())
+    ranges = Ranges(method="minmax", params={}, model_sha256=tiny_spec.sha256,
+                    amax={k: (v if math.isfinite(v) else 0.0) for k, v in amax.items()})
+    ranges_path = ranges.save(tmp_path / "broken.json")
+    start = build(BuildConfig(model=str(tiny_spec.onnx_path), ranges=str(ranges_path), placement="tensorrt"),
+                  tmp_path / "build")
+    assert start.meta["config"]["placement"] == "tensorrt"
+    res = analyze_sensitivity(sconfig(tiny_spec, tiny_csv, "", preset="tensorrt", max_evaluations=10, rank_rows=48,
+                                      start_from=str(start.dir), rank_check=0, speed_texts=0), tmp_path / "s")
+    data = res.data
+    assert data["start_from"]["build"] == str(start.dir) and data["quantized_nodes"] == list(start.quantized_nodes)
+    assert data["baseline"]["quantized_nodes"] == len(start.quantized_nodes) and not data["baseline"]["passes"]
+    assert res.found and "layer.0/output/dense/MatMul" in res.exclusions
+    assert data["verification"]["why"].startswith("verify: rebuilt by calib build") and data["verification"]["passes"]
+    assert data["verification"]["quantized_nodes"] == len(start.quantized_nodes) - len(res.exclusions)
+    assert data["speed_curve"] is None
+    # the CLI refuses both or neither of --ranges / --start-from, and prints the build command to reuse
+    ws = ["--workspace", str(tmp_path / "ws")]
+    common = ["sensitivity", "--model", str(tiny_spec.onnx_path), "--tokenizer", str(tiny_spec.tokenizer_dir),
+              "--data", str(tiny_csv), "--labels", ",".join(tinymodel.LABELS), "--max-length", "64", "--limit", "120"]
+    assert main(ws + common) == 2
+    assert "exactly one of --ranges" in capsys.readouterr().err
+    assert main(ws + common + ["--start-from", str(start.dir), "--max-evaluations", "10", "--speed-texts", "0",
+                               "--rank-check", "0"]) == 0
+    out = capsys.readouterr().out
+    hint = next(line for line in out.splitlines() if line.startswith("build with: "))
+    assert f"--ranges {ranges_path}" in hint and "--placement tensorrt" in hint and "--exclude-from" in hint

@@ -138,7 +138,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s = subparsers.add_parser("sensitivity", help="rank quantized nodes and find the fewest to keep in float",
                               epilog=_SENS_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     _model_data_args(s)
-    s.add_argument("--ranges", required=True, help="calibrate run id/folder, or a JSON file {tensor: amax}")
+    s.add_argument("--ranges", help="calibrate run id/folder, or a JSON file {tensor: amax} (or --start-from)")
+    s.add_argument("--start-from", metavar="BUILD_RUN",
+                   help="a build run (e.g. with --smooth, --method auto, --bias-correction) whose INT8 model the "
+                        "search starts from, instead of --ranges/--method/--preset")
     s.add_argument("--method", default="entropy", help="calibration method whose ranges to use (default entropy)")
     s.add_argument("--preset", default="tensorrt", help="placement preset (tensorrt, all)")
     s.add_argument("--exclude", type=_str_list, default=(), help="node patterns already kept in float")
@@ -322,7 +325,10 @@ def run_sensitivity(args: argparse.Namespace) -> int:
     ws = workspace_of(args)
     values = _common(args, ws)
     parents: list[str] = []
-    ranges = str(run_folder(ws, args.ranges, "calibrate", parents))
+    if bool(args.ranges) == bool(args.start_from):
+        raise InputError("give exactly one of --ranges (a calibration) or --start-from (a build run)")
+    ranges = str(run_folder(ws, args.ranges, "calibrate", parents)) if args.ranges else ""
+    start_from = str(run_folder(ws, args.start_from, "build", parents)) if args.start_from else ""
     config = SensitivityConfig(ranges=ranges, method=args.method, preset=args.preset, exclude_nodes=args.exclude,
                                include_nodes=args.include, granularity=args.granularity, ranking=args.ranking,
                                max_drop=args.max_drop, min_agreement=args.min_agreement,
@@ -330,6 +336,7 @@ def run_sensitivity(args: argparse.Namespace) -> int:
                                limit=args.limit if args.limit is not None else 256, batch_size=args.batch_size,
                                seed=args.seed, rank_rows=args.rank_rows, verify=not args.no_verify,
                                rank_check=args.rank_check, cache_mb=args.cache_mb, speed_texts=args.speed_texts,
+                               start_from=start_from,
                                **values)
     run_id, result = run_stage(ws, "sensitivity", analyze_sensitivity, config, parents=parents, label=args.label,
                                progress=ProgressBar("sensitivity"))
@@ -373,7 +380,15 @@ def run_sensitivity(args: argparse.Namespace) -> int:
             print(f"  {p['float_nodes']:>3} float  {fmt.factor(p['int8_over_fp32'])} FP32  {p['change']}")
     for node in result.exclusions:
         print(f"  exclude {node}")
-    if result.exclusions:
+    if result.exclusions and start_from:
+        cfg = (result.data.get("start_from") or {}).get("config") or {}
+        source = (f"--calibration {cfg['calibration']}" if cfg.get("calibration")
+                  else f"--ranges {cfg.get('ranges')} --model {cfg.get('model')}")
+        extra = (f" --smooth {cfg['smooth']}" if cfg.get("smooth") else "") + (
+            " --bias-correction" if cfg.get("bias_correction") else "")
+        print(f"build with: calib build {source} --method {cfg.get('method')} --placement {cfg.get('placement')}{extra} "
+              f"--exclude-from {run_id}")
+    elif result.exclusions:
         source = (f"--ranges {args.ranges} --model {config.model}" if Path(args.ranges).is_file()
                   else f"--calibration {args.ranges}")
         print(f"build with: calib build {source} --method {args.method} --placement {args.preset} "
