@@ -20,8 +20,8 @@ Per task (the demo tasks, plus any ``--extra`` task written by ``benchmarks/thir
 
 Scoring: FP32 outputs once per task, then every INT8 model over the same eval texts with the
 evaluation core (:mod:`calib.evaluation`, what ``calib validate`` computes); speed is INT8 / FP32
-throughput at batch 16 on ``--speed-texts`` eval texts (fastest of ``--speed-repeats`` passes,
-:func:`calib.bench.throughput`; the machine is shared, so the best pass is the least disturbed).
+throughput at batch 16 on ``--speed-texts`` eval texts (:class:`Timer`, :func:`calib.bench.throughput`;
+with CALIB_THREADS=1 per CPU-second, which the other processes of a shared machine hardly disturb).
 
 Usage (the figures in BENCHMARKS.md):
   CALIB_THREADS=1 python benchmarks/bench_automatic.py --workspace .cache/test-workspace --tasks bbc-topic --json a.json
@@ -80,51 +80,89 @@ class Task:
             self.bench = [*common, "--data", data, "--split", "eval"]
 
 
-class Scorer:
-    """FP32 outputs once; each INT8 model scored on the same eval texts and timed at batch 16."""
+class Timer:
+    """INT8 / FP32 throughput at batch 16 on ``--speed-texts`` eval texts, FP32 timed right before each
+    INT8 model (a paired ratio). With one ONNX Runtime thread (CALIB_THREADS=1) the ratio is of texts
+    per CPU-second of the process (other processes on the shared machine hardly move it); else of the
+    fastest pass's wall time."""
 
     def __init__(self, task: Task, args: argparse.Namespace) -> None:
         import numpy as np
 
         from calib.batching import iter_batches
-        from calib.bench import throughput
-        from calib.engines.ort import OrtEngine, OrtSessionLoader
-        from calib.evaluation import load_eval_data, run_engine
+        from calib.engines.ort import OrtEngine, OrtSessionLoader, default_threads
+        from calib.evaluation import load_eval_data
         from calib.model import load_model
 
         self.spec = load_model(task.model, task.tokenizer, max_length=task.max_length, labels=task.labels)
         self.data = load_eval_data(task.eval_spec, self.spec)
-        self.fp32 = run_engine(OrtEngine(OrtSessionLoader(self.spec.onnx_path)), self.data.encoded,
-                               self.spec.input_dtypes, self.spec.roles, batch_size=16)
         n = len(self.data)
         rows = np.unique(np.linspace(0, n - 1, min(args.speed_texts, n)).astype(int))
         self.batches = list(iter_batches(self.data.encoded.subset(rows), self.spec.input_dtypes, 16))
         self.repeats = args.speed_repeats
+        self.key = "cpu_texts_per_s" if default_threads() == 1 else "best_texts_per_s"
         self.fp32_engine = OrtEngine(OrtSessionLoader(self.spec.onnx_path))
-        self.fp32_tps = throughput(self.fp32_engine, self.batches, self.repeats)["best_texts_per_s"]
-        self.matmuls = {n.name for n in __import__("onnx").load(str(self.spec.onnx_path), load_external_data=False)
-                        .graph.node if n.op_type in ("MatMul", "Gemm")}
+
+    def __call__(self, engine) -> dict:
+        from calib.bench import throughput
+
+        fp32 = throughput(self.fp32_engine, self.batches, self.repeats)[self.key]
+        int8 = throughput(engine, self.batches, self.repeats)[self.key]
+        return {"int8_texts_per_s": round(int8, 2), "fp32_texts_per_s": round(fp32, 2),
+                "speedup_b16": round(int8 / fp32, 3), "speed_measure": self.key}
+
+
+class Scorer:
+    """FP32 outputs once; each INT8 model scored on the same eval texts (and timed by a :class:`Timer`)."""
+
+    def __init__(self, task: Task, args: argparse.Namespace) -> None:
+        import onnx
+
+        from calib.evaluation import run_engine
+
+        self.timer = Timer(task, args)
+        self.spec, self.data = self.timer.spec, self.timer.data
+        self.fp32 = run_engine(self.timer.fp32_engine, self.data.encoded, self.spec.input_dtypes, self.spec.roles,
+                               batch_size=16)
+        self.matmuls = {n.name for n in onnx.load(str(self.spec.onnx_path), load_external_data=False).graph.node
+                        if n.op_type in ("MatMul", "Gemm")}
 
     def __call__(self, qdq_path: Path) -> dict:
         import onnx
 
-        from calib.bench import throughput
         from calib.engines.ort import OrtEngine, OrtSessionLoader
         from calib.evaluation import compare, run_engine
 
         engine = OrtEngine(OrtSessionLoader(qdq_path))
         int8 = run_engine(engine, self.data.encoded, self.spec.input_dtypes, self.spec.roles, batch_size=16)
         m = compare(self.fp32, int8, self.data, n_resamples=0)
-        # FP32 timed again right before: a paired ratio, less exposed to the shared machine's load swings
-        fp32_tps = throughput(self.fp32_engine, self.batches, self.repeats)["best_texts_per_s"]
-        tps = throughput(engine, self.batches, self.repeats)["best_texts_per_s"]
         model = onnx.load(str(qdq_path), load_external_data=False)
         producer = {o: n for n in model.graph.node for o in n.output}
         int8_matmuls = {n.name for n in model.graph.node if n.name in self.matmuls
                         and any(getattr(producer.get(i), "op_type", "") == "DequantizeLinear" for i in n.input)}
         return {"rows": m.n, **m.headline(), "float_matmuls": len(self.matmuls - int8_matmuls),
-                "matmuls": len(self.matmuls), "int8_texts_per_s": round(tps, 2),
-                "fp32_texts_per_s": round(fp32_tps, 2), "speedup_b16": round(tps / fp32_tps, 3)}
+                "matmuls": len(self.matmuls), **self.timer(engine)}
+
+
+def rescore_speed(ws: str, path: Path, args: argparse.Namespace) -> None:
+    """Time every row of an earlier result again (e.g. with one thread, by CPU time); rows keep their accuracy."""
+    from calib.engines.ort import OrtEngine, OrtSessionLoader
+
+    out = json.loads(path.read_text())
+    timers: dict[str, Timer] = {}
+    for row in out["rows"]:
+        qdq = (Path(ws) / "runs" / row["build_run"] / "model.qdq.onnx" if row.get("build_run")
+               else path.with_suffix(f".{row['task']}.ort-{row['variant'].split()[-1]}.onnx"))
+        if "top1_agreement" not in row or not qdq.is_file():
+            continue
+        if row["task"] not in timers:
+            extra = next((Path(p) for p in args.extra if json.loads(Path(p).read_text())["task"] == row["task"]), None)
+            timers[row["task"]] = Timer(Task(row["task"], ws, extra), args)
+        row.update(timers[row["task"]](OrtEngine(OrtSessionLoader(qdq))))
+        print(f"[{row['task']}] {row['variant']}: x{row['speedup_b16']}", file=sys.stderr)
+    out["markdown"] = markdown(out["rows"])
+    path.write_text(json.dumps(out, indent=1))
+    print(out["markdown"])
 
 
 def _engine_dir(built: dict) -> Path:
@@ -134,13 +172,16 @@ def _engine_dir(built: dict) -> Path:
 def run_task(ws: str, task: Task, args: argparse.Namespace, out: dict) -> None:
     rows, notes = out["rows"], out["notes"]
     t0 = time.monotonic()
-    cs = calib(ws, "assemble", *task.assemble, "--size", str(args.size), "--strategy", "match", "--stratify",
-               "--label", f"bench-automatic {task.name}")["run"]
-    cal = calib(ws, "calibrate", "--calibration-set", cs, "--placement", "tensorrt-residual", "--method",
-                "entropy", "minmax", "percentile", "mse", "auto", "--label", f"bench-automatic {task.name}")["run"]
+    if args.reuse:  # an earlier run's calibration set and calibration (CALIBSET_RUN CALIBRATE_RUN)
+        cs, cal = args.reuse
+    else:
+        cs = calib(ws, "assemble", *task.assemble, "--size", str(args.size), "--strategy", "match", "--stratify",
+                   "--label", f"bench-automatic {task.name}")["run"]
+        cal = calib(ws, "calibrate", "--calibration-set", cs, "--placement", "tensorrt-residual", "--method",
+                    "entropy", "minmax", "percentile", "mse", "auto", "--label", f"bench-automatic {task.name}")["run"]
     out["calibrations"][task.name] = {"calibration_set": cs, "calibrate": cal, "seconds": round(time.monotonic() - t0, 1)}
     scorer = Scorer(task, args)
-    print(f"[{task.name}] calibration {cal}; FP32 {scorer.fp32_tps:.1f} texts/s", file=sys.stderr)
+    print(f"[{task.name}] calibration {cal}", file=sys.stderr)
     builds: dict[str, str] = {}
 
     def record(kind: str, name: str, qdq: Path, extra: dict) -> None:
@@ -153,7 +194,7 @@ def run_task(ws: str, task: Task, args: argparse.Namespace, out: dict) -> None:
               file=sys.stderr)
         Path(args.json).write_text(json.dumps({**out, "partial": True}, indent=1))
 
-    for variant in args.variants:
+    def build_variant(variant: str) -> None:
         o = parse_variant(variant)
         started = time.monotonic()
         b = ["build", "--calibration", cal, "--method", o["method"], "--placement", o["placement"],
@@ -164,36 +205,52 @@ def run_task(ws: str, task: Task, args: argparse.Namespace, out: dict) -> None:
         builds[variant] = built["run"]
         record("ablation", variant, _engine_dir(built) / "model.qdq.onnx",
                {"build_run": built["run"], "build_seconds": round(time.monotonic() - started, 1)})
+
+    # the automatic result and the peers first (the slow machine may not finish the whole ablation)
+    if START in args.variants:
+        build_variant(START)
     if args.fallback and START in builds:
-        started = time.monotonic()
-        sens = calib(ws, "sensitivity", *task.args, "--start-from", builds[START], *BUDGET, "--granularity",
-                     args.granularity, "--limit", str(args.search_limit), "--label", f"bench-automatic {task.name}")
-        sens_data = json.loads((Path(sens["dir"]) / "sensitivity.json").read_text())
-        o = parse_variant(START)
-        b = ["build", "--calibration", cal, "--method", o["method"], "--placement", o["placement"],
-             "--exclude-from", sens["run"], "--label", f"bench-automatic {task.name} automatic"]
-        b += ["--smooth", o["smooth"]] if o["smooth"] else []
-        b += ["--bias-correction"] if o["bc"] else []
-        built = calib(ws, *b)
-        rec = sens_data["recommended"]
-        record("automatic", f"{START} + fallback", _engine_dir(built) / "model.qdq.onnx", {
-            "build_run": built["run"], "sensitivity_run": sens["run"], "search_found": rec["passes"],
-            "search_seconds": sens_data.get("search_seconds"), "search_cpu_seconds": sens_data.get("cpu_seconds"),
-            "sensitivity_seconds": sens_data.get("seconds"), "ranking": sens_data.get("ranking_method"),
-            "ranking_check": sens_data.get("ranking_check"), "searches": sens_data.get("searches"),
-            "evaluations": sens_data.get("evaluations_used"), "speed_curve": sens_data.get("speed_curve"),
-            "search_texts": sens_data["baseline"].get("rows"), "seconds": round(time.monotonic() - started, 1)})
+        fallback(ws, task, args, cal, builds[START], record)
     if args.peers:
-        encoded_path = Path(args.json).with_suffix(f".{task.name}.calib.npz")
-        _save_calibration_feeds(ws, cs, encoded_path)
-        for method in PEERS:
-            q = Path(args.json).with_suffix(f".{task.name}.ort-{method}.onnx")
-            peer = _run_peer(task, method, encoded_path, q, args.peer_mem_gb)
-            if peer.get("error"):
-                notes.append(f"{task.name}: ORT quantize_static {method} failed: {peer['error']}")
-                rows.append({"task": task.name, "kind": "peer", "variant": f"ORT {method}", **peer})
-                continue
-            record("peer", f"ORT quantize_static {method}", q, peer)
+        peers(ws, task, args, cs, record, out["rows"], notes)
+    for variant in args.variants:
+        if variant != START:
+            build_variant(variant)
+
+
+def fallback(ws: str, task: Task, args: argparse.Namespace, cal: str, start_build: str, record) -> None:
+    """calib sensitivity --start-from the START build, then calib build --exclude-from; scored as a row."""
+    started = time.monotonic()
+    sens = calib(ws, "sensitivity", *task.args, "--start-from", start_build, *BUDGET, "--granularity",
+                 args.granularity, "--limit", str(args.search_limit), "--label", f"bench-automatic {task.name}")
+    sens_data = json.loads((Path(sens["dir"]) / "sensitivity.json").read_text())
+    o = parse_variant(START)
+    b = ["build", "--calibration", cal, "--method", o["method"], "--placement", o["placement"],
+         "--exclude-from", sens["run"], "--label", f"bench-automatic {task.name} automatic"]
+    b += ["--smooth", o["smooth"]] if o["smooth"] else []
+    b += ["--bias-correction"] if o["bc"] else []
+    built = calib(ws, *b)
+    rec = sens_data["recommended"]
+    record("automatic", f"{START} + fallback", _engine_dir(built) / "model.qdq.onnx", {
+        "build_run": built["run"], "sensitivity_run": sens["run"], "search_found": rec["passes"],
+        "search_seconds": sens_data.get("search_seconds"), "search_cpu_seconds": sens_data.get("cpu_seconds"),
+        "sensitivity_seconds": sens_data.get("seconds"), "ranking": sens_data.get("ranking_method"),
+        "ranking_check": sens_data.get("ranking_check"), "searches": sens_data.get("searches"),
+        "evaluations": sens_data.get("evaluations_used"), "speed_curve": sens_data.get("speed_curve"),
+        "search_texts": sens_data["baseline"].get("rows"), "seconds": round(time.monotonic() - started, 1)})
+
+
+def peers(ws: str, task: Task, args: argparse.Namespace, cs: str, record, rows: list, notes: list) -> None:
+    encoded_path = Path(args.json).with_suffix(f".{task.name}.calib.npz")
+    _save_calibration_feeds(ws, cs, encoded_path)
+    for method in PEERS:
+        q = Path(args.json).with_suffix(f".{task.name}.ort-{method}.onnx")
+        peer = _run_peer(task, method, encoded_path, q, args.peer_mem_gb)
+        if peer.get("error"):
+            notes.append(f"{task.name}: ORT quantize_static {method} failed: {peer['error']}")
+            rows.append({"task": task.name, "kind": "peer", "variant": f"ORT {method}", **peer})
+            continue
+        record("peer", f"ORT quantize_static {method}", q, peer)
 
 
 def _save_calibration_feeds(ws: str, calibset_run: str, path: Path) -> None:
@@ -291,6 +348,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=128, help="calibration texts (default 128)")
     parser.add_argument("--speed-texts", type=int, default=48)
     parser.add_argument("--speed-repeats", type=int, default=3)
+    parser.add_argument("--reuse", nargs=2, metavar=("CALIBSET_RUN", "CALIBRATE_RUN"),
+                        help="reuse an earlier calibration set and calibration (one task only)")
+    parser.add_argument("--rescore", type=Path, help="only time every row of this earlier result again")
     parser.add_argument("--peer-child", choices=PEERS, help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--feeds", type=Path, help=argparse.SUPPRESS)
@@ -298,6 +358,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.peer_child:
         return peer_child(args.peer_child, args.model, args.feeds, args.out, args.peer_mem_gb)
+    if args.rescore and args.workspace:
+        rescore_speed(args.workspace, args.rescore, args)
+        return 0
     if not args.workspace or not args.json:
         parser.error("--workspace and --json are required")
     for v in args.variants:

@@ -74,7 +74,7 @@ import numpy as np
 import onnx
 
 from calib.data import DataSpec
-from calib.engines.ort import OrtEngine, OrtSessionLoader
+from calib.engines.ort import OrtEngine, OrtSessionLoader, default_threads
 from calib.errors import InputError, check_choice
 from calib.evaluation import (
     CLASSIFIER,
@@ -797,14 +797,15 @@ def _block_local_ranking(evaluate: _Evaluator, units: Sequence[Unit]) -> tuple[d
     else:
         picks = np.unique(np.round(np.linspace(0, len(predicted) - 1, planned_checks)).astype(int)) if planned_checks else []
         sample = [predicted[i] for i in picks]
-    t1 = time.monotonic()
+    t1, c1 = time.monotonic(), time.process_time()
     checked = []
     for u in sample:
         kl_share, cos_share = shares(rank([], list(u.nodes), f"check: quantize only {u.name}"))
         checked.append({"unit": u.name, "predicted": scores[u.name], "quantize_one": kl_share + cos_share})
     rho = spearman([c["predicted"] for c in checked], [c["quantize_one"] for c in checked])
     check_info = {"units": len(checked), "spearman": rho, "rows": checked,
-                  "ranking_seconds": round(rank_seconds, 2), "check_seconds": round(time.monotonic() - t1, 2)}
+                  "ranking_seconds": round(rank_seconds, 2), "check_seconds": round(time.monotonic() - t1, 2),
+                  "check_cpu_seconds": round(time.process_time() - c1, 2)}
     return scores, details, check_info
 
 
@@ -859,9 +860,12 @@ def speed_curve(evaluate: _Evaluator, spec, chosen: Sequence[Unit], verified: Pa
     rows = np.unique(np.linspace(0, n - 1, min(config.speed_texts, n)).astype(int))
     batches = list(iter_batches(evaluate.data.encoded.subset(rows), spec.input_dtypes, config.speed_batch))
 
+    key = "cpu_texts_per_s" if config.threads == 1 or (config.threads is None and default_threads() == 1) \
+        else "best_texts_per_s"
+
     def timed(model) -> float:
         engine = OrtEngine(OrtSessionLoader(model, threads=config.threads))
-        return throughput(engine, batches, config.speed_repeats)["best_texts_per_s"]
+        return throughput(engine, batches, config.speed_repeats)[key]
 
     points: list[tuple[str, list[str], object]] = [("all INT8", [], baseline_path)]
     if evaluate.qdq is not None:
@@ -883,7 +887,7 @@ def speed_curve(evaluate: _Evaluator, spec, chosen: Sequence[Unit], verified: Pa
                       **({k: known.get(k) for k in ("top1_agreement", "accuracy_drop_points", "embedding_cosine",
                                                      "passes")} if known and not known.get("stopped_early") else {})})
     return {"texts": len(rows), "batch_size": config.speed_batch, "repeats": config.speed_repeats,
-            "threads": config.threads, "fp32_texts_per_s": round(fp32_tps, 3), "points": curve,
+            "threads": config.threads, "measure": key, "fp32_texts_per_s": round(fp32_tps, 3), "points": curve,
             "seconds": round(time.monotonic() - t0, 2)}
 
 
