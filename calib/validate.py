@@ -290,7 +290,7 @@ class Evaluation:
             s.update(top1_agreement=m.top1_agreement, kl_softmax=m.kl_softmax)
         if m.embedding_cosine is not None:
             s["embedding_cosine"] = m.embedding_cosine
-        if self.labelled:
+        if self.labelled and m.is_classifier:
             s.update({"accuracy_fp32": m.accuracy_fp32, "accuracy_int8": m.accuracy_int8,
                       "accuracy_drop_points": m.accuracy_drop_points})
         if self.layers:
