@@ -178,6 +178,9 @@ def test_negative_bootstrap_and_seed_are_refused(pipeline):
                        "--seed: must be 0 or more")
     expect_usage_error(pipeline.ws("assemble", "--model", str(pipeline.model), "--tokenizer", str(pipeline.tokenizer),
                                    "--data", str(pipeline.data), "--seed", "-1"), "--seed: must be 0 or more")
+    expect_usage_error(pipeline.ws("head", "fit", "--model", str(pipeline.model), "--tokenizer", str(pipeline.tokenizer),
+                                   "--data", str(pipeline.data), "--seed", "-2"), "--seed: must be 0 or more")
+    expect_usage_error(pipeline.ws("demo", "prepare", "--seed", "-5"), "--seed: must be 0 or more")
 
 
 # -- bad input the probe found ---------------------------------------------------------------------

@@ -44,11 +44,13 @@ def _stage_argv(p: Pipeline, stage: str) -> list[str]:
         "bench": ["bench", "--engine", p.build, "--data", str(p.data), "--tokenizer", str(p.tokenizer),
                   "--max-length", "64", "--max-texts", "16", "--batch-size", "1", "4"],
         "report": ["report", p.validate_no_ci],
+        "head": ["head", "fit", *model, "--data", str(p.data), "--embedding-output", "embedding", "--folds", "2"],
     }[stage]
 
 
 @pytest.mark.reliability("no-loss")
-@pytest.mark.parametrize("stage", ["calibset", "calibrate", "build", "validate", "sensitivity", "bench", "report"])
+@pytest.mark.parametrize("stage", ["calibset", "calibrate", "build", "validate", "sensitivity", "bench", "report",
+                                   "head"])
 def test_kill_9_during_a_stage_loses_nothing(pipeline, stage):
     before = {r.id for r in Workspace(pipeline.root).list_runs(status="finished", limit=10000)}
     proc = python(_SLOW_CLI, *pipeline.ws(*_stage_argv(pipeline, stage)))

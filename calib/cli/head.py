@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from calib import formatting as fmt
-from calib.cli.common import add_hygiene_args, hygiene_values, json_arg
+from calib.cli.common import add_hygiene_args, hygiene_values, json_arg, non_negative_int
 
 _EXAMPLES = """examples:
   calib head fit --model encoder.onnx --tokenizer tok/ --data train.csv --label-column y
@@ -43,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--pool", choices=("none", "mean", "cls"), help="pool (B, T, D) token states with the attention mask")
     p.add_argument("--c-values", type=_floats, default=None, help="C values to cross-validate (default 0.01,0.1,1,10,100)")
     p.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the cross-validation folds (default 0)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--label", default="", help="label for the run in the registry")
     json_arg(p)
