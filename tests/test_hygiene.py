@@ -82,3 +82,20 @@ def test_assemble_reports_hygiene_and_mismatch(tiny_model_path, tiny_tokenizer_d
     assert "WARNING: HTML entities in 100.0 % of calibration texts but 0.0 % of target texts" in out
     assert main([*ws, *common, "--drop-empty", "--normalize", "html"]) == 0
     assert "HTML entities in" not in capsys.readouterr().out.split("coverage against")[1]
+
+
+def test_provenance_names_the_resolved_path_and_the_split_used(tiny_spec, tmp_path, monkeypatch):
+    """A one-split save_to_disk folder given by a relative path and no split: the evaluation records
+    the absolute path and the split it actually read; the report's provenance shows both."""
+    import datasets
+    from calib.evaluation import load_eval_data
+    from calib.report import _dataset_text
+
+    texts, labels = tinymodel.make_texts(12, seed=3)
+    datasets.DatasetDict({"test": datasets.Dataset.from_dict(
+        {"text": texts, "label": [tinymodel.LABELS[i] for i in labels]})}).save_to_disk(str(tmp_path / "folder"))
+    monkeypatch.chdir(tmp_path)
+    data = load_eval_data(DataSpec("folder"), tiny_spec, limit=5)
+    assert data.info["resolved"] == str((tmp_path / "folder").resolve()) and data.info["split_used"] == "test"
+    text = _dataset_text({**data.info, "fingerprint": "abc"})
+    assert text == f"folder ({(tmp_path / 'folder').resolve()}) split test; 5 of 12 rows; fingerprint abc"
