@@ -560,6 +560,8 @@ def test_compare_view_overlays_validations_with_a_pinned_baseline(app_workspace,
         rid, _ = run_stage(ws, "validate", validate, vconfig(tiny_spec, qdq, tiny_csv, limit=60, bootstrap=50,
                                                              layer_rows=16), label=preset)
         ids.append(rid)
+    home = open_app()  # Home opens with the verdict of the newest validation against the project's budget
+    assert any(("PASS" in m.value or "FAIL" in m.value) and "Validation · " in m.value for m in home.markdown)
     at = open_app("runs")
     no_crash(at)
     history = at.dataframe[0].value
