@@ -222,6 +222,17 @@ def proportion_interval(p: float | None, n: int, z: float = 1.96) -> tuple[float
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def mean_interval(values, z: float = 1.96) -> tuple[float, float] | None:
+    """Normal 95 % interval of the mean of per-text values (e.g. embedding cosines), (N,) array-like."""
+    import numpy as np
+
+    v = np.asarray(values, dtype=np.float64)
+    if v.size < 2:
+        return None
+    half = z * float(v.std(ddof=1)) / math.sqrt(v.size)
+    return float(v.mean()) - half, float(v.mean()) + half
+
+
 def drop_ci_half_width(headline: Mapping[str, Any]) -> float | None:
     """Half the width of the drop's 95 % interval, in points (None without an interval)."""
     low, high = headline.get("drop_ci_low_points"), headline.get("drop_ci_high_points")

@@ -380,6 +380,8 @@ def test_tiny_flow_through_every_page(app_workspace, tiny_model_path, tiny_token
     at = wait_for_jobs(at)
     no_crash(at)
     assert any(m.label == "Top-1 agreement" for m in at.metric)
+    assert not errors(at), errors(at)
+    assert any(c.value.startswith("95 % CI") for c in at.caption)  # the tiles carry their intervals
     at.number_input(key="sens-limit").set_value(16)
     at.number_input(key="sens-budget").set_value(4)
     at.button(key="sens-run").click().run()

@@ -11,6 +11,7 @@ from calib.verdict import (
     default_budget,
     gate_command,
     judge,
+    mean_interval,
     proportion_interval,
     recommend,
     resolution_warning,
@@ -107,3 +108,9 @@ def test_proportion_interval():
     assert low < 0.89 < high and high - low == pytest.approx(2 * 1.96 * (0.89 * 0.11 / 1000) ** 0.5, rel=0.02)
     assert proportion_interval(1.0, 50)[1] == 1.0 and proportion_interval(1.0, 50)[0] > 0.9
     assert proportion_interval(None, 10) is None and proportion_interval(0.5, 0) is None
+
+
+def test_mean_interval():
+    low, high = mean_interval([0.9, 1.0] * 50)
+    assert low < 0.95 < high and high - low == pytest.approx(2 * 1.96 * 0.05025 / 10, rel=0.01)
+    assert mean_interval([0.5]) is None

@@ -11,7 +11,14 @@ import streamlit as st
 
 from calib import formatting as fmt
 from calib.errors import InputError
-from calib.verdict import MIN_BUCKET_TEXTS, Criterion, ReleaseBudget, Verdict, proportion_interval
+from calib.verdict import (
+    MIN_BUCKET_TEXTS,
+    Criterion,
+    ReleaseBudget,
+    Verdict,
+    mean_interval,
+    proportion_interval,
+)
 from calib.workspace import Workspace
 from lib.context import show_error
 from lib.project import Project, release_budget, set_project
@@ -43,7 +50,7 @@ def verdict_banner(verdict: Verdict, *, subject: str = "", warning: str | None =
             st.warning(f"The eval set is too small for this budget: {warning}.", icon=":material/warning:")
 
 
-def headline_tiles(headline: Mapping, *, has_embedding: bool) -> None:
+def headline_tiles(headline: Mapping, *, has_embedding: bool, row_cosines=None) -> None:
     """Accuracy, drop, agreement and embedding cosine tiles, each with its 95 % interval below."""
     n = int(headline.get("rows") or 0)
     m = st.columns(5)
@@ -70,7 +77,9 @@ def headline_tiles(headline: Mapping, *, has_embedding: bool) -> None:
     if has_embedding and headline.get("embedding_cosine") is not None:
         m[4].metric("Embedding cosine", fmt.ratio(headline["embedding_cosine"]),
                     help="Mean cosine between FP32 and INT8 embeddings.")
-        m[4].caption(f"lowest text {fmt.ratio(headline.get('embedding_cosine_min'))}")
+        iv = mean_interval(row_cosines) if row_cosines is not None else None
+        m[4].caption((f"95 % CI {fmt.ratio(iv[0])} – {fmt.ratio(iv[1])} · " if iv else "")
+                     + f"lowest text {fmt.ratio(headline.get('embedding_cosine_min'))}")
 
 
 def _interval_help(p: float | None, n: int) -> str | None:

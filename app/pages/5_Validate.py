@@ -115,7 +115,9 @@ else:
     verdict_banner(judge(headline, budget), subject=run_title(run, ws), warning=resolution_warning(headline, budget),
                    key="val")
     if ev.metrics.is_classifier:
-        headline_tiles(headline, has_embedding="embedding_cosine" in ev.overall)
+        cosines = attempt(lambda: ev.predictions().get("embedding_cosine"), what="Reading the per-text cosines")
+        headline_tiles(headline, has_embedding="embedding_cosine" in ev.overall,
+                       row_cosines=cosines if cosines is not None and len(cosines) else None)
         if not ev.labelled:
             st.caption(ev.data["dataset"].get("note") or "The evaluation data has no labels: agreement only.")
         st.caption(f"{fmt.count(ev.overall['n'])} texts · engine {ev.data['engine'].get('name')} · KL(FP32‖INT8) "
