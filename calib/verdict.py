@@ -271,10 +271,6 @@ def resolution_warning(headline: Mapping[str, Any], budget: ReleaseBudget) -> st
 # -- choosing among candidates (e.g. one engine per calibrator) ----------------------------------
 
 TENSORRT_DEFAULT_CALIBRATOR = "entropy"  # TensorRT's IInt8EntropyCalibrator2 is its default
-# What the app proposes first: on both demo tasks minmax keeps the accuracy (drop ≤ 0 points) with top-1
-# agreement 0.985 / 0.946 and embedding cosine 0.973 / 0.978, where entropy is the worst calibrator
-# (BENCHMARKS.md, section 3); `calib validate --method all` checks it for any other model.
-PREFERRED_CALIBRATOR = "minmax"
 
 
 @dataclass(frozen=True)

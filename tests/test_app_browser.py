@@ -159,6 +159,7 @@ def test_demo_walkthrough_in_chromium(app_server):
             _no_exception(page)
             caches = {}
             buttons = page.get_by_role("button", name="TensorRT cache")
+            expect(buttons).to_have_count(4)  # one per default calibrator, once the page has finished drawing
             for i in range(buttons.count()):
                 with page.expect_download() as download_info:
                     buttons.nth(i).click()

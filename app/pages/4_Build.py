@@ -19,9 +19,10 @@ from lib.ui import download_file, open_picked_run, pick_run, run_button, start_p
 
 from calib.build import BuildConfig, EngineArtifact, build
 from calib.calibrate import Calibration
+from calib.methods import DEFAULT_BUILD_METHOD
 from calib.placement import PRESETS
 from calib.trtcache import DEFAULT_TRT_VERSION
-from calib.verdict import PREFERRED_CALIBRATOR, TENSORRT_DEFAULT_CALIBRATOR
+from calib.verdict import TENSORRT_DEFAULT_CALIBRATOR
 
 page = start_page("Build", ":material/construction:",
                   "Put Q/DQ where TensorRT would run INT8, with the calibrated ranges. Here the INT8 model runs "
@@ -53,7 +54,7 @@ else:
         nodes = graph_nodes(model_path)
     methods = list(cal.methods)
     c1, c2, c3 = st.columns(3)
-    preferred = PREFERRED_CALIBRATOR if PREFERRED_CALIBRATOR in methods else methods[0]
+    preferred = DEFAULT_BUILD_METHOD if DEFAULT_BUILD_METHOD in methods else methods[0]
     method = c1.selectbox("Calibrator", methods, index=methods.index(preferred), key="build-method",
                           help=f"Default {preferred}: on both demo tasks {TENSORRT_DEFAULT_CALIBRATOR} (TensorRT's "
                                "default) is the worst calibrator (BENCHMARKS.md). Compare them all for your model "
