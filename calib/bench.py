@@ -10,8 +10,11 @@ Each engine runs in its own child process so its peak memory is its own.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import multiprocessing
+import sys
 import time
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -168,6 +171,28 @@ def model_sizes(artifact: Any) -> dict[str, float]:
             "int8_weights_mb": weight_bytes / 2**20}
 
 
+@contextlib.contextmanager
+def bare_main():
+    """Start worker processes from a bare ``__main__``.
+
+    multiprocessing's *spawn* re-runs the parent's main script in every child before the target (which
+    lives in this module, so the child needs nothing from it). A host that runs user scripts as
+    ``__main__`` — the Streamlit app runs each page so — would have every worker execute the page,
+    outside any UI (hundreds of "missing ScriptRunContext" warnings, and the page's work twice).
+    """
+    main = sys.modules.get("__main__")
+    if main is None or getattr(main, "__spec__", None) is not None or not getattr(main, "__file__", None):
+        yield
+        return
+    bare = types.ModuleType("__main__")
+    sys.modules["__main__"] = bare
+    try:
+        yield
+    finally:
+        if sys.modules.get("__main__") is bare:  # unless the host swapped in its own since
+            sys.modules["__main__"] = main
+
+
 def benchmark(config: BenchConfig, out_dir: Path, *, progress: ProgressFn | None = None) -> BenchResult:
     """Measure FP32 and INT8 at each batch size; write ``bench.json`` into ``out_dir``."""
     from calib.build import EngineArtifact
@@ -185,13 +210,16 @@ def benchmark(config: BenchConfig, out_dir: Path, *, progress: ProgressFn | None
     rows: list[dict[str, Any]] = []
     context = multiprocessing.get_context("spawn")
     phases = Phases(report, [(_engine_phase(kind), 1.0) for kind in KINDS], span=0.98)
-    with context.Manager() as manager:
+    with bare_main():
+        manager = context.Manager()  # started here (its server is a process of its own)
+    with manager:
         queue = manager.Queue()
         for kind in KINDS:
             phase = phases.phase(_engine_phase(kind))
             phase(0.0, f"{len(data)} texts x batch sizes {list(config.batch_sizes)}, {config.repeats} timed passes each")
             with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-                future = pool.submit(measure_engine, config, kind, data.encoded, dtypes, queue)
+                with bare_main():  # the worker process starts here
+                    future = pool.submit(measure_engine, config, kind, data.encoded, dtypes, queue)
                 _relay(queue, future, phase)
                 rows += future.result()
     sizes = model_sizes(artifact)
