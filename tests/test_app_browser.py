@@ -257,7 +257,8 @@ def test_demo_walkthrough_in_chromium(app_server):
             _shot(page, "10-report")
 
             # The report file itself, opened from disk with every network request refused: charts render.
-            (report_html,) = (root / "runs").glob("report-*/report.html")
+            # the single-build report (made last; the comparison's report came first)
+            report_html = max((root / "runs").glob("report-*/report.html"), key=lambda p: p.stat().st_mtime)
             offline = browser.new_context(viewport={"width": 1400, "height": 1000})
             requested: list[str] = []
 
@@ -269,6 +270,8 @@ def test_demo_walkthrough_in_chromium(app_server):
             report_page = offline.new_page()
             report_page.goto(report_html.as_uri())
             expect(report_page.get_by_role("heading", name="Per length bucket")).to_be_visible()
+            expect(report_page.get_by_role("heading", name="Verdict: FAIL").or_(
+                report_page.get_by_role("heading", name="Verdict: PASS"))).to_be_visible()
             charts = report_page.locator("svg")
             assert charts.count() >= 4 and all(charts.nth(i).bounding_box()["height"] > 50 for i in range(4))
             assert requested == [], requested
