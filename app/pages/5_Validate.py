@@ -100,6 +100,10 @@ def report_verdict(rep_run, *, key: str) -> None:
                           file_name=f"{rep_run.id}-{name}")
 
 
+GRANULARITY_LABELS = {"node": "single nodes", "block": "transformer blocks", "tensor": "activation tensors",
+                      "auto": "auto (the search chooses)"}
+
+
 # -- verdict -------------------------------------------------------------------------------------
 budget = release_budget(ws, project)
 st.subheader("Verdict")
@@ -339,7 +343,7 @@ with tab_sens:
         s_limit = c4.number_input("Texts per evaluation", min_value=8, value=256, step=32, key="sens-limit")
         c1, c2, c3 = st.columns(3)
         granularity = c1.selectbox("Granularity", list(GRANULARITIES), key="sens-gran",
-                                   format_func=lambda g: {"node": "single nodes", "block": "transformer blocks"}.get(g, g))
+                                   format_func=lambda g: GRANULARITY_LABELS.get(g, g))
         ranking = c2.selectbox("Ranking", list(RANKINGS), key="sens-rank")
         min_cos = c3.number_input("Min embedding cosine (0 = no check)", min_value=0.0, max_value=1.0,
                                   value=float(budget.min_embedding_cosine or 0.0), step=0.001, format="%.3f", key="sens-cos", disabled=spec.embedding_output is None)
