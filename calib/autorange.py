@@ -71,6 +71,8 @@ def choose_ranges(stats: ActivationStats, model: onnx.ModelProto | None, *, rows
     ``model``: the calibrated ONNX model with its weights (for the weighted MatMuls' W)."""
     if model is None:
         raise InputError("calibration method 'auto' needs the model's weights (pass model= to compute_ranges)")
+    if not stats.has_channels:
+        stats.channels("")  # statistics from before per-channel statistics: one line naming the command
     readers = weighted_matmuls(model)
     inits = {t.name: t for t in model.graph.initializer}
     amax: dict[str, float] = {}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import onnx
 import pytest
@@ -64,6 +66,8 @@ def test_auto_needs_the_model_and_checks_its_parameters(stats):
         compute_ranges(stats, "auto")
     with pytest.raises(InputError, match="rows"):
         compute_ranges(stats, "auto", rows=0)
+    with pytest.raises(InputError, match="calib calibrate --calibration-set"):
+        compute_ranges(dataclasses.replace(stats, has_channels=False), "auto", model=onnx.ModelProto())
 
 
 def test_choices_round_trip_and_show_in_diff(tiny_spec, stats, tmp_path):
