@@ -25,8 +25,10 @@ projection) and the pooled embedding (a classifier head).
 
 ``alpha``: one value in (0, 1) for every tensor, or ``"auto"``: per tensor, the alpha of
 :data:`AUTO_ALPHAS` (or no migration at all) whose simulated INT8 MatMul output is closest to FP32
-on the calibration sample of X (:class:`calib.stats.ChannelStats`): activations quantized per tensor
-with the chosen calibrator's amax, weights per output channel, error = ||Y_int8 - Y||^2 / ||Y||^2.
+on the calibration sample of X (256 sampled plus the 64 outlier token vectors of
+:class:`calib.stats.ChannelStats`, weighted to stand for the whole set): activations quantized per
+tensor with the chosen calibrator's amax (MSE's for ``auto`` ranges, which are chosen afterwards on
+the rewritten model), weights per output channel, error = ||Y_int8 - Y||^2 / ||Y||^2.
 
 The per-tensor range of ``<X>::smooth`` must describe the migrated values, not X: the build stage
 re-runs the statistics pass for the migrated tensors on the rewritten model (``calib.build``); for
