@@ -49,6 +49,7 @@ ABLATION = ("entropy", "minmax", "percentile", "mse", "auto", "smooth0.5-auto", 
             "smoothauto-auto-bc")
 START = "smoothauto-auto-bc"  # the automatic recipe's start: every lever on
 PEERS = ("percentile", "minmax")
+PEER_ACTIVATIONS = ("int8-symmetric", "ort-default")  # as TensorRT runs them; ONNX Runtime's own default (uint8, asymmetric)
 BUDGET = ("--max-drop", "0.5", "--min-agreement", "0.99", "--min-embedding-cosine", "0.99")
 
 
@@ -243,14 +244,15 @@ def fallback(ws: str, task: Task, args: argparse.Namespace, cal: str, start_buil
 def peers(ws: str, task: Task, args: argparse.Namespace, cs: str, record, rows: list, notes: list) -> None:
     encoded_path = Path(args.json).with_suffix(f".{task.name}.calib.npz")
     _save_calibration_feeds(ws, cs, encoded_path)
-    for method in PEERS:
+    suffix = "" if args.peer_activations == "int8-symmetric" else " (uint8 asymmetric activations)"
+    for method in args.peer_methods:
         q = Path(args.json).with_suffix(f".{task.name}.ort-{method}.onnx")
-        peer = _run_peer(task, method, encoded_path, q, args.peer_mem_gb)
+        peer = _run_peer(task, method, encoded_path, q, args.peer_mem_gb, args.peer_activations)
         if peer.get("error"):
-            notes.append(f"{task.name}: ORT quantize_static {method} failed: {peer['error']}")
-            rows.append({"task": task.name, "kind": "peer", "variant": f"ORT {method}", **peer})
+            notes.append(f"{task.name}: ORT quantize_static {method}{suffix} failed: {peer['error']}")
+            rows.append({"task": task.name, "kind": "peer", "variant": f"ORT {method}{suffix}", **peer})
             continue
-        record("peer", f"ORT quantize_static {method}", q, peer)
+        record("peer", f"ORT quantize_static {method}{suffix}", q, peer)
 
 
 def _save_calibration_feeds(ws: str, calibset_run: str, path: Path) -> None:
@@ -262,9 +264,9 @@ def _save_calibration_feeds(ws: str, calibset_run: str, path: Path) -> None:
     cset.export_npz(path, batch_size=16)
 
 
-def _run_peer(task: Task, method: str, feeds: Path, out: Path, mem_gb: float) -> dict:
+def _run_peer(task: Task, method: str, feeds: Path, out: Path, mem_gb: float, activations: str) -> dict:
     cmd = [sys.executable, __file__, "--peer-child", method, "--model", task.model, "--feeds", str(feeds),
-           "--out", str(out), "--peer-mem-gb", str(mem_gb)]
+           "--out", str(out), "--peer-mem-gb", str(mem_gb), "--peer-activations", activations]
     started = time.monotonic()
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     info = {"wall_seconds": round(time.monotonic() - started, 1)}
@@ -275,7 +277,7 @@ def _run_peer(task: Task, method: str, feeds: Path, out: Path, mem_gb: float) ->
     return info
 
 
-def peer_child(method: str, model: str, feeds: Path, out: Path, mem_gb: float) -> int:
+def peer_child(method: str, model: str, feeds: Path, out: Path, mem_gb: float, activations: str) -> int:
     """quantize_static in this process under an address-space cap; prints one JSON line."""
     import numpy as np
     from onnxruntime.quantization import (
@@ -304,10 +306,12 @@ def peer_child(method: str, model: str, feeds: Path, out: Path, mem_gb: float) -
     calibrate_method = {"percentile": CalibrationMethod.Percentile, "minmax": CalibrationMethod.MinMax}[method]
     started = time.monotonic()
     try:
+        symmetric = activations == "int8-symmetric"
         quantize_static(model, str(out), Reader(), quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul"],
-                        per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=calibrate_method,
-                        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "CalibPercentile": 99.999})
+                        per_channel=True, activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, calibrate_method=calibrate_method,
+                        extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True,
+                                       "CalibPercentile": 99.999})
     except MemoryError:
         print(json.dumps({"error": f"out of memory under the {mem_gb:g} GB cap"}))
         return 0
@@ -345,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--search-limit", type=int, default=0, help="sensitivity --limit (default 0: the eval split)")
     parser.add_argument("--peers", action="store_true", help="also run ONNX Runtime quantize_static peers")
     parser.add_argument("--peer-mem-gb", type=float, default=15.0)
+    parser.add_argument("--peer-methods", nargs="+", default=list(PEERS), choices=PEERS)
+    parser.add_argument("--peer-activations", default=PEER_ACTIVATIONS[0], choices=PEER_ACTIVATIONS)
     parser.add_argument("--size", type=int, default=128, help="calibration texts (default 128)")
     parser.add_argument("--speed-texts", type=int, default=48)
     parser.add_argument("--speed-repeats", type=int, default=3)
@@ -357,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.peer_child:
-        return peer_child(args.peer_child, args.model, args.feeds, args.out, args.peer_mem_gb)
+        return peer_child(args.peer_child, args.model, args.feeds, args.out, args.peer_mem_gb, args.peer_activations)
     if args.rescore and args.workspace:
         rescore_speed(args.workspace, args.rescore, args)
         return 0
