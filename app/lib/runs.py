@@ -62,7 +62,11 @@ def history_frame(runs: Sequence[RunRecord], session: str, lookup=None,
         rows.append(row)
     frame = pd.DataFrame(rows)
     empty = [c for c in METRIC_COLUMNS.values() if c in frame and frame[c].isna().all()]
-    return frame.drop(columns=empty)
+    frame = frame.drop(columns=empty)
+    # what people sort and read first: the name, the outcome and the figures; bookkeeping last
+    first = ["name", "status", "verdict", *[c for c in METRIC_COLUMNS.values() if c in frame], "result / error",
+             "tags", "note"]
+    return frame[[c for c in first if c in frame] + [c for c in frame.columns if c not in first]]
 
 
 def history_column_config(st) -> dict:

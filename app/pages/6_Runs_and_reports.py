@@ -24,6 +24,7 @@ from lib.runs import (
 )
 from lib.ui import age, download_file, start_page
 
+from calib import formatting as fmt
 from calib.naming import registry_lookup, run_name
 from calib.validate import Evaluation
 
@@ -132,7 +133,7 @@ with tab_history:
             st.json(run.params, expanded=False)
             if run.summary:
                 st.markdown("Summary")
-                st.dataframe(pd.DataFrame([{"key": k, "value": str(v)} for k, v in flatten(run.summary).items()]),
+                st.dataframe(pd.DataFrame([{"key": k, "value": fmt.cell(v)} for k, v in flatten(run.summary).items()]),
                              hide_index=True, width="stretch")
         with right:
             if run.artifacts:
