@@ -156,18 +156,19 @@ def show_progress(ws: Workspace, run_id: str, title: str) -> None:
             st.rerun(scope="app")
         label = f"{title}: {status.message or status.status}"
         st.progress(min(max(status.progress, 0.0), 1.0), text=label)
-        left, right = st.columns([5, 1])
-        left.caption(f"Run `{run_id}` · {status.status} · {int(status.progress * 100)} % · "
-                     f"{timing_text(ws, run_id, status.progress)}. "
-                     "You can leave this page; the run continues and its progress is kept.")
-        if pool.cancelled(run_id):
-            right.caption("Cancelling…")
-        elif right.button("Cancel", key=f"cancel-{run_id}", icon=":material/cancel:",
-                          help="Stop this run; its unfinished files are removed and the registry records it."):
-            pool.cancel(run_id)
-            st.rerun(scope="fragment")
+        st.caption(f"Run `{run_id}` · {status.status} · {int(status.progress * 100)} % · "
+                   f"{timing_text(ws, run_id, status.progress)}. "
+                   + ("Cancelling…" if pool.cancelled(run_id) else
+                      "You can leave this page; the run continues and its progress is kept."))
 
     panel()
+    # the button lives outside the self-refreshing panel: a widget inside a fragment that reruns the
+    # whole app when the run ends can disturb the page's other widgets
+    if not pool.cancelled(run_id) and st.button(
+            "Cancel", key=f"cancel-{run_id}", icon=":material/cancel:",
+            help="Stop this run; its unfinished files are removed and the registry records it as cancelled."):
+        pool.cancel(run_id)
+        st.rerun()
 
 
 def wait_until_idle(ws: Workspace, timeout: float = 300.0) -> None:
