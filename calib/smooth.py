@@ -399,7 +399,7 @@ def smooth_calibrated(model_path: str | Path, calibration_dir: str | Path, range
     # per-channel statistics of X / s follow exactly from X's (whole-set methods such as auto use them)
     plan = result.plan
     source = {t.smoothed: t.tensor for t in plan.migrated}
-    fresh = dataclasses.replace(fresh, tensors=tuple(
+    fresh = dataclasses.replace(fresh, has_channels=True, tensors=tuple(
         dataclasses.replace(t, channels=stats[source[t.name]].channels.scaled(plan.scales[source[t.name]]))
         for t in fresh.tensors))
     whole_set = get_method(method).choose is not None
