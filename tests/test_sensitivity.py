@@ -350,6 +350,10 @@ def test_tensor_units_and_auto_granularity_with_speed_curve(tiny_spec, tiny_csv,
     assert points[-1]["float_nodes"] == len(res.exclusions) and all(p["texts_per_s"] > 0 for p in points)
     assert points[-1].get("passes") is True  # the recommendation's own evaluation is attached to its point
     assert data["search_seconds"] <= data["seconds"] and data["cpu_seconds"] > 0
+    # a candidate that surely fails stops early: its bound already misses the budget, it never passes
+    stopped = [e for e in data["evaluations"] if e.get("stopped_early")]
+    assert stopped and all(not e["passes"] and e["top1_agreement"] < 0.99 for e in stopped)
+    assert all("flips after" in e["stopped_early"] or "embedding error after" in e["stopped_early"] for e in stopped)
 
 
 def test_search_starts_from_a_build(tiny_spec, tiny_csv, broken_ranges, tmp_path, capsys):
