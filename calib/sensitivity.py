@@ -1033,6 +1033,10 @@ def analyze_sensitivity(config: SensitivityConfig, out_dir: Path, *, progress: P
             # units that help most first; the search extends into the rest only when the top ones do not suffice
             ranked = sorted(kind_units, key=lambda u: -kind_scores.get(u.name, 0.0)) if kind_scores else list(kind_units)
             chosen, best, reachable, start = [], baseline, bool(baseline["passes"]), 1
+            if tried and evaluate.left <= 0:  # auto's second search: nothing left to prove anything with
+                tried.append({"granularity": kind, "passes": False, "evaluations": 0, "float_nodes": None,
+                              "units": [], "skipped": "no evaluations left within max evaluations"})
+                continue
             if not baseline["passes"] and ranked:
                 start = predicted_start(ranked, kind_details, baseline, config)
                 report(0.5, f"searching the fewest exclusions by {kind} (starting at {start})")
@@ -1041,8 +1045,9 @@ def analyze_sensitivity(config: SensitivityConfig, out_dir: Path, *, progress: P
                 tried.append({"granularity": kind, "passes": bool(reachable), "evaluations": evaluate.used - used,
                               "float_nodes": len(_prefix_nodes(chosen, len(chosen))), "units": [u.name for u in chosen]})
             outcomes.append((ranked, chosen, best, reachable, start, kind_scores, kind_details))
-        if len(tried) > 1:  # the one proving the budget with fewer float nodes (the finer unit on a tie)
-            pick = min(range(len(tried)), key=lambda i: (not tried[i]["passes"], tried[i]["float_nodes"]))
+        ran = [i for i, t in enumerate(tried) if not t.get("skipped")]
+        if len(ran) > 1:  # the one proving the budget with fewer float nodes (the finer unit on a tie)
+            pick = min(ran, key=lambda i: (not tried[i]["passes"], tried[i]["float_nodes"]))
             tried[pick]["chosen"] = True
             outcomes = [outcomes[pick]]
         ranked, chosen, best, reachable, start, scores, details = outcomes[0]

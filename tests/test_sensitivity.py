@@ -354,6 +354,13 @@ def test_tensor_units_and_auto_granularity_with_speed_curve(tiny_spec, tiny_csv,
     stopped = [e for e in data["evaluations"] if e.get("stopped_early")]
     assert stopped and all(not e["passes"] and e["top1_agreement"] < 0.99 for e in stopped)
     assert all("flips after" in e["stopped_early"] or "embedding error after" in e["stopped_early"] for e in stopped)
+    # when the node search used up the bound, the tensor search is reported as not run, never as a result
+    tight = analyze_sensitivity(sconfig(tiny_spec, tiny_csv, broken_ranges, preset="tensorrt", max_evaluations=3,
+                                        rank_rows=48, granularity="auto", rank_check=0, speed_texts=0), tmp_path / "t")
+    node, tensor = tight.data["searches"]
+    assert node["granularity"] == "node" and tensor == {**tensor, "granularity": "tensor", "evaluations": 0}
+    assert tensor["skipped"].startswith("no evaluations left") and not tensor.get("chosen")
+    assert tight.data["evaluations_used"] <= 3
 
 
 def test_search_starts_from_a_build(tiny_spec, tiny_csv, broken_ranges, tmp_path, capsys):

@@ -370,6 +370,9 @@ def run_sensitivity(args: argparse.Namespace) -> int:
     if check and check.get("units"):
         print(f"ranking check: Spearman {fmt.ratio(check['spearman'])} against quantize-one on {check['units']} unit(s)")
     for search in result.data.get("searches") or []:
+        if search.get("skipped"):
+            print(f"search by {search['granularity']}: not run ({search['skipped']})")
+            continue
         print(f"search by {search['granularity']}: {search['float_nodes']} float node(s), "
               f"{'passes' if search['passes'] else 'misses the budget'}" + (" (chosen)" if search.get("chosen") else ""))
     curve = result.data.get("speed_curve")
