@@ -6,7 +6,7 @@ imports and tokenisation included) and the child's peak RSS (``os.wait4`` rusage
 "work s" is the child's own time for the case after the model and texts are loaded. A crash (non-zero exit, e.g. ORT Entropy's "supplied range
 of [-inf, inf] is not finite", or the OOM killer) is recorded as a crash with its last error line.
 
-Cases (DESIGN.md peer set-up: MiniLM demo model, batches of 16 padded to 128 tokens):
+Cases (the usual peer set-up: MiniLM demo model, batches of 16 padded to 128 tokens):
   ort-floor            plain ORT FP32 inference, batches padded to --max-length
   ort-floor-bucketed   plain ORT FP32 inference, calib's length-bucketed batches
   calib-padded         calib statistics pass (placement tensors) + entropy/minmax/percentile/mse,

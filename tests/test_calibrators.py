@@ -31,7 +31,7 @@ def make_stats(hist, width: float = 1.0, absmax: float | None = None, name: str 
 
 
 def reference_kl(hist: np.ndarray, i: int, levels: int = 128, damp: bool = True) -> float:
-    """DESIGN.md's EntropyCalibration2 step for one candidate, written as plainly as possible."""
+    """TensorRT's published EntropyCalibration2 step for one candidate, written as plainly as possible."""
     bins = hist.astype(np.float64).copy()
     if damp:
         bins[0] = bins[1]
