@@ -668,26 +668,43 @@ def _quantize_one_ranking(evaluate: _Evaluator, units: Sequence[Unit]) -> tuple[
     """Each unit quantized alone on the rank subset; score = its share of the baseline's KL + its
     share of the baseline's embedding error. Returns the scores and per-unit details."""
     evaluate.rank_total = len(units) + 1
+    rank, shares, has_embedding = _ranking_baseline(evaluate)
+    details, scores = [], {}
+    for u in units:
+        e = rank([], list(u.nodes), f"quantize only {u.name}")
+        kl_share, cos_share = shares(e)
+        scores[u.name] = kl_share + cos_share
+        details.append(_quantize_one_detail(u.name, e, kl_share, cos_share, has_embedding))
+    return scores, details
+
+
+def _ranking_baseline(evaluate: _Evaluator):
+    """The ranking's evaluation (on the rank subset, not bounded by the search budget), run first on
+    the full placement, and ``shares(entry) -> (kl_share, embedding_error_share)``: the fractions of
+    that baseline's KL and embedding error (1 - cosine) an evaluation shows. Returns
+    ``(rank, shares, has_embedding)``."""
     def rank(excluded: list[str], only: list[str] | None, why: str) -> dict:
         entry = evaluate(excluded, only=only, why=why, rows="rank")
         assert entry is not None  # ranking evaluations are not bounded by the search budget
         return entry
 
     base = rank([], None, "full placement (ranking texts)")
+    base_kl = base.get("kl_softmax") or 0.0  # embedding models have no KL: their share is the cosine's
     base_err = 1.0 - base["embedding_cosine"] if "embedding_cosine" in base else None
-    details, scores = [], {}
-    for u in units:
-        e = rank([], list(u.nodes), f"quantize only {u.name}")
-        base_kl = base.get("kl_softmax") or 0.0  # embedding models have no KL: their share is the cosine's
-        kl_share = (e.get("kl_softmax") or 0.0) / base_kl if base_kl > 0 else 0.0
-        cos_share = 0.0
-        if base_err and "embedding_cosine" in e:
-            cos_share = max(0.0, 1.0 - e["embedding_cosine"]) / base_err
-        scores[u.name] = kl_share + cos_share
-        details.append({"unit": u.name, "kl_share": kl_share, "embedding_error_share": cos_share if base_err else None,
-                        "top1_agreement": e.get("top1_agreement"), "kl_softmax": e.get("kl_softmax"),
-                        "embedding_cosine": e.get("embedding_cosine")})
-    return scores, details
+
+    def shares(entry: Mapping) -> tuple[float, float]:
+        kl = (entry.get("kl_softmax") or 0.0) / base_kl if base_kl > 0 else 0.0
+        cos = max(0.0, 1.0 - entry["embedding_cosine"]) / base_err if base_err and "embedding_cosine" in entry else 0.0
+        return kl, cos
+
+    return rank, shares, bool(base_err)
+
+
+def _quantize_one_detail(unit: str, entry: Mapping, kl_share: float, cos_share: float, has_embedding: bool) -> dict:
+    """One unit's quantize-one evaluation as the ranking records it."""
+    return {"unit": unit, "kl_share": kl_share, "embedding_error_share": cos_share if has_embedding else None,
+            "top1_agreement": entry.get("top1_agreement"), "kl_softmax": entry.get("kl_softmax"),
+            "embedding_cosine": entry.get("embedding_cosine")}
 
 
 def relative_error(values: Sequence[Mapping[str, np.ndarray]], reference: Sequence[Mapping[str, np.ndarray]],
@@ -746,19 +763,7 @@ def _block_local_ranking(evaluate: _Evaluator, units: Sequence[Unit]) -> tuple[d
     planned_checks = len(units) if check < 0 else min(check, len(units))
     evaluate.rank_total = 1 + len(by_segment) + len(exact) + planned_checks
 
-    def rank(excluded: list[str], only: list[str] | None, why: str) -> dict:
-        entry = evaluate(excluded, only=only, why=why, rows="rank")
-        assert entry is not None  # ranking evaluations are not bounded by the search budget
-        return entry
-
-    base = rank([], None, "full placement (ranking texts)")
-    base_err = 1.0 - base["embedding_cosine"] if "embedding_cosine" in base else None
-
-    def shares(e: dict) -> tuple[float, float]:
-        kl = (e.get("kl_softmax") or 0.0) / base["kl_softmax"] if (base.get("kl_softmax") or 0.0) > 0 else 0.0
-        cos = max(0.0, 1.0 - e["embedding_cosine"]) / base_err if base_err and "embedding_cosine" in e else 0.0
-        return kl, cos
-
+    rank, shares, has_embedding = _ranking_baseline(evaluate)
     details, scores = [], {}
     t0 = time.monotonic()
     per_batch = max(len(b.rows) for b in batches) if batches else 1
@@ -780,15 +785,13 @@ def _block_local_ranking(evaluate: _Evaluator, units: Sequence[Unit]) -> tuple[d
             frac = err / seg_err if seg_err > 0 else 0.0
             kl_share, cos_share = seg_kl * frac, seg_cos * frac
             scores[u.name] = kl_share + cos_share
-            details.append({"unit": u.name, "kl_share": kl_share, "embedding_error_share": cos_share if base_err else None,
+            details.append({"unit": u.name, "kl_share": kl_share, "embedding_error_share": cos_share if has_embedding else None,
                             "segment": seg.name, "block_output_error": err, "predicted": True})
     for u in exact:
         e = rank([], list(u.nodes), f"quantize only {u.name}")
         kl_share, cos_share = shares(e)
         scores[u.name] = kl_share + cos_share
-        details.append({"unit": u.name, "kl_share": kl_share, "embedding_error_share": cos_share if base_err else None,
-                        "top1_agreement": e.get("top1_agreement"), "kl_softmax": e.get("kl_softmax"),
-                        "embedding_cosine": e.get("embedding_cosine"), "predicted": False})
+        details.append({**_quantize_one_detail(u.name, e, kl_share, cos_share, has_embedding), "predicted": False})
     rank_seconds = time.monotonic() - t0
     ordered = sorted(units, key=lambda u: -scores[u.name])
     predicted = [u for u in ordered if u.name in {d["unit"] for d in details if d["predicted"]}]
