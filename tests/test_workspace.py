@@ -231,6 +231,22 @@ def test_cli_runs_list_show_verify(workspace, capsys):
     assert "no run 'missing-id'" in capsys.readouterr().err
 
 
+def test_cli_runs_show_prints_figures_without_float_noise(workspace, capsys):
+    with workspace.start_run("validate", {"threshold": 0.1 + 0.2}) as ctx:
+        (ctx.dir / "evaluation.json").write_text("{}")
+        ctx.summary["accuracy_drop_points"] = 1.6666666666666663
+        run_id = ctx.id
+    assert cli_main(["--workspace", str(workspace.root), "runs", "show", run_id]) == 0
+    out = capsys.readouterr().out
+    assert "1.66666666667" in out and "1.6666666666666663" not in out
+    assert '"threshold": 0.3' in out and "0.30000000000000004" not in out
+    with workspace.start_run("build", {}) as live:
+        assert cli_main(["--workspace", str(workspace.root), "runs", "show", live.id]) == 0
+        status = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("status"))
+        assert status.split() == ["status", "running"]  # no empty "()" when there is no message yet
+        (live.dir / "engine.json").write_text("{}")
+
+
 def test_cli_runs_verify_of_failed_run_fails(workspace, capsys):
     with pytest.raises(RuntimeError), workspace.start_run("build", {}) as ctx:
         raise RuntimeError("no engine")

@@ -11,7 +11,7 @@ from typing import Any
 
 from calib.cli.common import format_table, workspace_of
 from calib.errors import CalibError
-from calib.formatting import headline
+from calib.formatting import clean, headline
 from calib.workspace import STATUSES, RunRecord, Workspace
 
 
@@ -39,7 +39,7 @@ def register(subparsers: Any) -> None:
     recover.set_defaults(handler=cmd_recover)
 
     delete = sub.add_parser("delete", help="remove a run's folder and registry entry (refuses a live run)")
-    delete.add_argument("run_id", metavar="ID")
+    delete.add_argument("run_id", metavar="ID", help="the full run id (no prefix, no latest: deleting takes the exact id)")
     delete.add_argument("--force", action="store_true", help="also when other runs were made from it")
     delete.set_defaults(handler=cmd_delete)
 
@@ -77,7 +77,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     run = ws.get_run(ws.find_run_id(args.run_id))
     print(f"run       {run.id}")
     print(f"stage     {run.stage}" + (f"  label {run.label}" if run.label else ""))
-    print(f"status    {run.status}" + ("" if run.status == "finished" else f" ({run.error or run.message})"))
+    detail = "" if run.status == "finished" else (run.error or run.message)
+    print(f"status    {run.status}" + (f" ({detail})" if detail else ""))
     print(f"created   {run.created_at}   finished {run.finished_at or '-'}")
     print(f"folder    {run.dir}")
     if run.status in ("running", "finishing"):
@@ -86,9 +87,9 @@ def cmd_show(args: argparse.Namespace) -> int:
               + f", {alive}; last heartbeat {run.heartbeat_at or '-'}")
     if run.parents:
         print(f"parents   {', '.join(run.parents)}")
-    print("params    " + json.dumps(run.params, indent=2, sort_keys=True).replace("\n", "\n          "))
-    if run.summary:
-        print("summary   " + json.dumps(run.summary, indent=2, sort_keys=True).replace("\n", "\n          "))
+    print("params    " + json.dumps(clean(run.params), indent=2, sort_keys=True).replace("\n", "\n          "))
+    if run.summary:  # floats without noise, as every other CLI output (calib.formatting.clean)
+        print("summary   " + json.dumps(clean(run.summary), indent=2, sort_keys=True).replace("\n", "\n          "))
     if run.artifacts:
         print(format_table(("artifact", "bytes", "sha256"), [[a.path, a.bytes, a.sha256] for a in run.artifacts]))
     else:
