@@ -15,6 +15,8 @@ from calib.methods import compute_ranges
 from calib.model import load_tokenizer
 from calib.placement import weighted_matmuls
 from calib.smooth import (
+    _relative_output_delta,
+    find_attention_folds,
     SUFFIX,
     max_output_delta,
     parse_alpha,
@@ -137,3 +139,59 @@ def test_graph_without_a_migratable_pattern_says_nothing_was_migrated(tmp_path, 
     stats = ActivationStats("sha", (), 4096, "stream", 0, 0, 0, 0.0)
     result = smooth_model(tmp_path / "plain.onnx", stats, tmp_path / "p.onnx", 0.5)
     assert not result.migrated and "nothing was migrated" in result.summary()
+
+
+def _mul_count(path) -> int:
+    return sum(n.op_type == "Mul" for n in onnx.load(str(path)).graph.node)
+
+
+def test_attention_folds_are_exact_and_add_no_op(tiny_spec, encoded, outlier, tmp_path):
+    path, stats = outlier
+    folds = find_attention_folds(onnx.load(str(path)))
+    assert [(f.kind, f.matmul) for f in folds] == [
+        (kind, f"layer.{i}/attention/{name}/MatMul") for i in range(2) for kind, name in (("qk", "scores"), ("pv", "context"))]
+    plain = smooth_model(path, stats, tmp_path / "plain.onnx", 0.5)
+    feeds = _feeds(tiny_spec, encoded)
+    folded = smooth_model(path, stats, tmp_path / "fold.onnx", 0.5, attention=True, check_feeds=feeds)
+    assert not folded.attention_dropped
+    assert {f.kind for f in folded.plan.attention} == {"qk", "pv"}
+    contexts = [t for t in folded.plan.migrated if t.via == "fold"]
+    assert {t.tensor for t in contexts} == {f"layer.{i}/attention/context_merge_out" for i in range(2)}
+    assert all(t.smoothed == t.tensor for t in contexts)
+    # the contexts' Mul ops are gone: their scales live in V's weights and biases
+    assert _mul_count(tmp_path / "fold.onnx") == _mul_count(tmp_path / "plain.onnx") - len(contexts)
+    assert _relative_output_delta(path, folded.path, feeds) < 5e-4  # float rounding (scores of this outlier model are large)
+    # the folds rescale Q, K and V: their values change, and those tensors are listed for re-ranging
+    changed = set(folded.plan.changed_tensors)
+    assert {"layer.0/attention/q_t_out", "layer.0/attention/k_t_out", "layer.0/attention/v_t_out"} <= changed
+    again = collect_statistics(folded.path, encoded, ["layer.0/attention/v_t_out"],
+                               config=StatsConfig(batch_size=16, channel_stats=False))
+    assert again["layer.0/attention/v_t_out"].absmax != pytest.approx(stats["layer.0/attention/v_t_out"].absmax, rel=1e-3)
+    # Q/K: the exponent is chosen by simulated score error and never makes it worse
+    for fold in folded.plan.attention:
+        if fold.kind == "qk" and fold.exponent is not None:
+            assert fold.error_after < fold.error_before
+
+
+def test_attention_fold_on_another_head_layout_is_dropped(tiny_spec, encoded, outlier, tmp_path):
+    """K split as (dh, heads) instead of (heads, dh): Q's channel c no longer meets K's channel c, so
+    folding the same per-channel scales into both would change the scores. The check drops the folds."""
+    path, stats = outlier
+    model = onnx.load(str(path))
+    model.graph.initializer.append(numpy_helper.from_array(np.array([0, 0, 8, 2], np.int64), "shape_heads_swapped"))
+    for node in model.graph.node:
+        if node.output[0] == "layer.0/attention/k_reshape_out":
+            node.input[1] = "shape_heads_swapped"
+        if node.output[0] == "layer.0/attention/k_t_out":
+            del node.attribute[:]
+            node.attribute.append(helper.make_attribute("perm", [0, 3, 2, 1]))
+    swapped = tmp_path / "swapped.onnx"
+    onnx.save(model, str(swapped))
+    swapped_stats = collect_statistics(swapped, encoded, config=StatsConfig(batch_size=16, sample_rows=256))
+    feeds = _feeds(tiny_spec, encoded)
+    result = smooth_model(swapped, swapped_stats, tmp_path / "s.onnx", 0.5, attention=True, check_feeds=feeds)
+    assert "dropped" in result.attention_dropped and not result.plan.attention
+    assert all(t.via == "mul" for t in result.plan.migrated)
+    assert _relative_output_delta(swapped, result.path, feeds) < 1e-5
+    with pytest.raises(InputError, match="calibration feeds"):
+        smooth_model(path, stats, tmp_path / "n.onnx", 0.5, attention=True)
