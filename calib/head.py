@@ -29,6 +29,7 @@ from calib.data import DataSpec, fingerprint, label_ids, label_names, load_rows,
 from calib.engines.ort import OrtEngine, OrtSessionLoader
 from calib.errors import InputError
 from calib.evaluation import run_engine
+from calib.formatting import percent
 from calib.io import atomic_path, atomic_write_json, read_artifact_json, sha256_file
 from calib.model import OutputRoles, load_model, load_tokenizer, read_onnx
 from calib.workspace import ProgressFn
@@ -282,5 +283,5 @@ def fit_head(config: HeadConfig, out_dir: Path, *, progress: ProgressFn | None =
         "seconds": round(time.monotonic() - t0, 2),
     }
     atomic_write_json(out_dir / CARD_FILE, card)
-    report(1.0, f"C {chosen['C']:g}: cross-validated FP32 accuracy {chosen['cv_accuracy']:.2%}")
+    report(1.0, f"C {chosen['C']:g}: cross-validated FP32 accuracy {percent(chosen['cv_accuracy'])}")
     return HeadArtifact.load(out_dir)

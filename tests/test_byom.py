@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -209,10 +210,13 @@ def test_head_on_token_states_pools_with_the_mask(encoder, tmp_path):
     from calib.model import load_model, load_tokenizer
 
     tok = str(encoder / "tokenizer")
+    messages: list[str] = []
     head = fit_head(HeadConfig(model=str(encoder / "encoder.onnx"), tokenizer=tok, data=str(encoder / "data.csv"),
                                embedding_output="last_hidden_state", pooling="mean", c_values=(1.0,), folds=2),
-                    tmp_path / "h")
+                    tmp_path / "h", progress=lambda f, m: messages.append(m))
     assert head.card["encoder"]["pooling"] == "mean"
+    # the one number formatter: a percentage with its unit after a space ("51.25 %"), as everywhere else
+    assert re.search(r"cross-validated FP32 accuracy \d+\.\d\d %$", messages[-1]), messages[-1]
     texts = pd.read_csv(encoder / "data.csv")["text"].tolist()[:20]
     encoded = encode(load_tokenizer(tok), texts, max_length=128)
     spec = load_model(head.model_path, tok)

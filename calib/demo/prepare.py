@@ -27,6 +27,7 @@ from calib.demo import export as demo_export
 from calib.demo import sources
 from calib.demo.tasks import CARD_FILE, DEMO_TASKS, RECIPE_VERSION, SPLITS, TaskRecipe
 from calib.errors import CalibError, InputError, check_choice
+from calib.formatting import percent
 from calib.head import attach_head, logistic_head
 from calib.io import atomic_dir, atomic_write_json, read_json, sha256_file
 from calib.workspace import ProgressFn, Workspace
@@ -310,7 +311,7 @@ def _build_task(recipe: TaskRecipe, corpus: sources.LabelledTexts, seed: int, ta
             "files": _file_hashes(tmp),
         }
         atomic_write_json(tmp / CARD_FILE, card)
-    progress(1.0, f"{name}: FP32 eval accuracy {eval_accuracy:.2%}")
+    progress(1.0, f"{name}: FP32 eval accuracy {percent(eval_accuracy)}")
     return card
 
 
