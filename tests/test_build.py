@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 
 import numpy as np
@@ -186,16 +187,18 @@ def test_engine_folder_is_portable_every_route_reads_only_files_inside_the_copy(
     assert _dry_run(copy, "11").returncode == 0
 
 
-def test_fp32_model_is_copied_when_it_cannot_be_hard_linked(tiny_spec, ranges_file, tmp_path, monkeypatch):
-    import os
-
-    def refuse(src, dst):
-        raise OSError(18, "Invalid cross-device link")
-
-    monkeypatch.setattr(os, "link", refuse)
-    art = build(BuildConfig(model=str(tiny_spec.onnx_path), ranges=str(ranges_file)), tmp_path / "out")
-    assert art.meta["model"]["bundled"] == {"file": "model.fp32.onnx", "how": "copy", "external_data": []}
-    assert (tmp_path / "out" / "model.fp32.onnx").stat().st_ino != tiny_spec.onnx_path.stat().st_ino
+def test_fp32_model_in_the_build_survives_a_re_export_in_place(tiny_spec, ranges_file, tmp_path):
+    """The build folder holds its own FP32 model: re-exporting the source model to the same path
+    (onnx.save rewrites the file in place) leaves the finished build as it was."""
+    source = tmp_path / "user" / "model.onnx"
+    source.parent.mkdir()
+    shutil.copyfile(tiny_spec.onnx_path, source)
+    art = build(BuildConfig(model=str(source), ranges=str(ranges_file)), tmp_path / "out")
+    bundled = tmp_path / "out" / "model.fp32.onnx"
+    before = sha256_file(bundled)
+    onnx.save(tinymodel.build_model(seed=7), str(source))  # the user re-exports to the same path
+    assert sha256_file(source) != before and sha256_file(bundled) == before
+    assert art.meta["model"]["bundled"]["how"] in ("reflink", "copy")  # not "hard link"
 
 
 def test_model_with_external_data_is_bundled_with_it(tiny_spec, ranges_file, tmp_path):

@@ -1,8 +1,9 @@
 """Command lines for building the engine on a GPU machine, when TensorRT is not available here.
 
 An engine folder is portable: ``trtexec.sh`` names only files inside it (the FP32 model is
-hard-linked into the folder as ``model.fp32.onnx``, or copied when the workspace is on another
-file system, together with any external-data files it refers to), and it ``cd``s to its own folder
+cloned (copy-on-write, where the file system can) or copied into the folder as ``model.fp32.onnx``,
+together with any external-data files it refers to; never hard-linked, so a model re-exported in
+place does not change finished builds), and it ``cd``s to its own folder
 first, so the folder can be copied to the GPU machine as it is. ``bash trtexec.sh 10 --dry-run``
 checks that every file the route reads exists and prints the resolved command instead of running it.
 
@@ -19,7 +20,6 @@ Three routes, all from files written next to each other in an engine folder:
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import shutil
@@ -207,14 +207,25 @@ def external_data_files(model: onnx.ModelProto) -> tuple[str, ...]:
     return tuple(found)
 
 
+_FICLONE = 0x40049409  # ioctl(dst, FICLONE, src): a copy-on-write clone (Btrfs, XFS, bcachefs, ...)
+
+
 def link_or_copy(src: Path, dst: Path) -> str:
-    """Put ``src`` at ``dst``: a hard link when both are on one file system (no extra disk), else a
-    copy. Returns ``"hard link"`` or ``"copy"``."""
+    """Put an independent copy of ``src`` at ``dst``: a copy-on-write clone where the file system
+    supports one (no extra disk until either file changes), else a plain copy. Returns ``"reflink"``
+    or ``"copy"``.
+
+    Never a hard link: tools that save a model (``onnx.save``, ``torch.onnx.export``) rewrite the file
+    in place, so a re-export to the same path would change every finished build sharing its inode."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:
-        os.link(src, dst)
-        return "hard link"
-    except OSError:  # another file system, or links not allowed there
+        import fcntl
+
+        with open(src, "rb") as fin, open(dst, "wb") as fout:
+            fcntl.ioctl(fout.fileno(), _FICLONE, fin.fileno())
+        shutil.copystat(src, dst)
+        return "reflink"
+    except (OSError, ImportError):  # no clone here (ext4, tmpfs, another file system, not Linux)
         shutil.copyfile(src, dst)
         return "copy"
 
