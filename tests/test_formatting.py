@@ -94,3 +94,15 @@ def test_headline_per_stage():
     assert fmt.headline("compare", {"recommended": "mse", "recommended_passes": False, "methods": ["mse"],
                                     "passing": []}) == "recommends mse (none passes the budget), 0 of 1 pass"
     assert fmt.headline("unknown-stage", {"x": 1}) == ""
+
+
+def test_app_pages_format_percentages_and_points_through_calib_formatting():
+    """One number formatter for CLI, app and reports: no page multiplies by 100 and formats by hand."""
+    import re
+    from pathlib import Path
+
+    app = Path(__file__).resolve().parent.parent / "app"
+    by_hand = re.compile(r"\*\s*100\s*:\s*\+?\.\d+f\}")
+    found = [f"{path.relative_to(app)}:{n}" for path in sorted(app.rglob("*.py"))
+             for n, line in enumerate(path.read_text().splitlines(), 1) if by_hand.search(line)]
+    assert not found, f"format with calib.formatting.percent / points instead: {found}"

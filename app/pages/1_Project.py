@@ -28,6 +28,8 @@ from lib.project import (
 from lib.ui import run_button, start_page
 from lib.verdict_view import budget_editor
 
+from calib import formatting as fmt
+
 page = start_page("Project", ":material/folder_open:", "Which model to quantize and which texts to calibrate and evaluate it on.")
 ws, project = page.ws, page.project
 NONE = "(none)"
@@ -114,7 +116,7 @@ if mode == "Demo task":
     facts[0].metric("Task", task)
     facts[1].metric("Classes", len(card.get("labels") or demo.model.labels))
     acc = card.get("fp32_eval_accuracy")
-    facts[2].metric("FP32 eval accuracy", f"{acc * 100:.1f} %" if isinstance(acc, (int, float)) else "—")
+    facts[2].metric("FP32 eval accuracy", fmt.percent(acc, 1) if isinstance(acc, (int, float)) else "—")
     facts[3].metric("Card max length", f"{default_len} tokens")
 else:
     st.markdown("#### Model")

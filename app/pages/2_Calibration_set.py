@@ -20,6 +20,7 @@ from lib.project import data_spec, model_spec
 from lib.stages import RECIPES_SUBDIR, assemble_base, dataset_lengths, eval_target, lengths_file, list_recipes
 from lib.ui import download_file, open_picked_run, run_button, start_page
 
+from calib import formatting as fmt
 from calib.buckets import DEFAULT_EDGES, bucket_labels, check_edges
 from calib.calibset import CalibrationSet, assemble, config_from_dict, load_recipe, save_recipe
 from calib.coverage import TABLE_HEADERS
@@ -115,7 +116,7 @@ for name, values in series.items():
     facts.append({"": name, "texts": len(values), "p50": int(np.percentile(values, 50)),
                   "p95": int(np.percentile(values, 95)), "p99": int(np.percentile(values, 99)),
                   "longest": int(values.max()), f"over {spec.max_length} (truncated)":
-                  f"{np.mean(values > spec.max_length) * 100:.1f} %"})
+                  fmt.percent(float(np.mean(values > spec.max_length)), 1)})
 st.dataframe(pd.DataFrame(facts), hide_index=True, width="stretch")
 
 # -- strategy ------------------------------------------------------------------------------------

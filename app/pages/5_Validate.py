@@ -371,10 +371,10 @@ with tab_sens:
         c[0].metric("Recommended exclusions", len(rec["exclude_nodes"]))
         c[1].metric("Evaluations used", f"{sens.data['evaluations_used']} / {sens.data['budget']['max_evaluations']}")
         if rec.get("top1_agreement") is not None:
-            c[2].metric("Agreement with them", f"{rec['top1_agreement'] * 100:.2f} %",
-                        delta=f"{(rec['top1_agreement'] - sens.data['baseline']['top1_agreement']) * 100:+.2f} pts")
+            c[2].metric("Agreement with them", fmt.percent(rec["top1_agreement"]),
+                        delta=fmt.points((rec["top1_agreement"] - sens.data["baseline"]["top1_agreement"]) * 100))
         if rec.get("accuracy_drop_points") is not None:
-            c[3].metric("Accuracy drop with them", f"{rec['accuracy_drop_points']:.2f} pts")
+            c[3].metric("Accuracy drop with them", fmt.points(rec["accuracy_drop_points"]))
         ranking_rows = [{"rank": i + 1, "unit": r["unit"], "score": r["score"], "nodes": len(r["nodes"]),
                          "recommended": r["unit"] in rec["units"]} for i, r in enumerate(sens.data["ranking"])]
         st.markdown(f"**Ranking** ({sens.data['ranking_method']})")
