@@ -233,6 +233,10 @@ def test_project_page_upload(app_workspace, tiny_model_path, tiny_tokenizer_dir,
          if p.name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")])
     at.file_uploader(key="project-data-upload").set_value(("data.csv", tiny_csv.read_bytes(), "text/csv")).run()
     no_crash(at)
+    # each uploader carries its kind's limit, so the browser refuses an oversized file before sending it
+    limits = {key: at.file_uploader(key=key).proto.max_upload_size_mb
+              for key in ("project-onnx-upload", "project-tok-upload", "project-data-upload")}
+    assert limits == {"project-onnx-upload": 1024, "project-tok-upload": 64, "project-data-upload": 512}, limits
     at.button(key="project-apply").click().run()
     no_crash(at)
     assert not errors(at), errors(at)

@@ -45,6 +45,12 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "spec
 TOKENIZER = UploadKind("tokenizer file", (".json", ".txt"), 64 * MB)
 
 
+def widget_limit_mb(kind: UploadKind) -> int:
+    """The kind's limit for ``st.file_uploader(max_upload_size=...)`` (whole MB), so the browser refuses
+    an oversized file before sending a byte; the server-side cap stays ``server.maxUploadSize``."""
+    return max(1, kind.max_bytes // MB)
+
+
 def sanitize_name(name: str, max_chars: int = 80) -> str:
     """A safe file name: the base name only, ASCII letters/digits/``._-``, no leading dots."""
     base = re.split(r"[\\/]", name or "")[-1]

@@ -123,7 +123,8 @@ else:
     src = st.radio("ONNX model", ["Path on the server", "Upload"], horizontal=True, key="project-onnx-src")
     onnx_path = project.onnx_path if project.kind == "custom" else ""
     if src == "Upload":
-        up = st.file_uploader("ONNX model (.onnx)", type=["onnx"], key="project-onnx-upload")
+        up = st.file_uploader("ONNX model (.onnx)", type=["onnx"], key="project-onnx-upload",
+                              max_upload_size=uploads.widget_limit_mb(uploads.MODEL))
         if up is not None:
             stored = attempt(uploads.store_upload, ws, page.session, uploads.MODEL, up.name, up,
                              what="Storing the model")
@@ -136,7 +137,7 @@ else:
     if tsrc == "Upload files":
         ups = st.file_uploader("Tokenizer files (tokenizer.json, vocab.txt, tokenizer_config.json, "
                                "special_tokens_map.json)", type=["json", "txt"], accept_multiple_files=True,
-                               key="project-tok-upload")
+                               key="project-tok-upload", max_upload_size=uploads.widget_limit_mb(uploads.TOKENIZER))
         if ups:
             stored = attempt(uploads.store_tokenizer, ws, page.session, [(u.name, u) for u in ups],
                              what="Storing the tokenizer")
@@ -150,7 +151,8 @@ else:
     pool_source = project.pool_source if project.kind == "custom" else ""
     if dsrc == "Upload":
         up = st.file_uploader("Dataset (CSV, TSV, JSON, JSONL, Parquet)",
-                              type=["csv", "tsv", "json", "jsonl", "parquet"], key="project-data-upload")
+                              type=["csv", "tsv", "json", "jsonl", "parquet"], key="project-data-upload",
+                              max_upload_size=uploads.widget_limit_mb(uploads.DATASET))
         if up is not None:
             stored = attempt(uploads.store_upload, ws, page.session, uploads.DATASET, up.name, up,
                              what="Storing the dataset")

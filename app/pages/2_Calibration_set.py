@@ -54,7 +54,7 @@ with st.expander("Load a saved recipe", icon=":material/upload_file:"):
     choice = c1.selectbox("Recipe", [str(p) for p in recipes], index=None, key="cs-recipe-pick",
                           placeholder="saved in the workspace or shipped in datasets/recipes",
                           format_func=lambda p: Path(p).name)
-    up = c2.file_uploader("…or upload one (.json)", type=["json"], key="cs-recipe-upload")
+    up = c2.file_uploader("…or upload one (.json)", type=["json"], key="cs-recipe-upload", max_upload_size=1)
     if st.button("Apply the recipe", key="cs-recipe-apply", disabled=not (choice or up)):
         try:
             path = Path(choice) if choice else uploads.store_upload(
@@ -92,7 +92,8 @@ with shown_errors("Counting tokens"):
     elif target == "lengths":
         c1, c2 = st.columns(2)
         up = c1.file_uploader("Production lengths (CSV/TSV/TXT/JSON: lengths, length,count or start,end,count)",
-                              type=["csv", "tsv", "txt", "json"], key="cs-lengths-upload")
+                              type=["csv", "tsv", "txt", "json"], key="cs-lengths-upload",
+                              max_upload_size=uploads.widget_limit_mb(uploads.LENGTHS))
         typed = c2.text_input("…or a path on the server", key="cs-lengths-path")
         path = None
         if up is not None:
