@@ -15,9 +15,9 @@ from calib.methods import compute_ranges
 from calib.model import load_tokenizer
 from calib.placement import weighted_matmuls
 from calib.smooth import (
+    SUFFIX,
     _relative_output_delta,
     find_attention_folds,
-    SUFFIX,
     max_output_delta,
     parse_alpha,
     plan_migration,
@@ -150,7 +150,7 @@ def test_attention_folds_are_exact_and_add_no_op(tiny_spec, encoded, outlier, tm
     folds = find_attention_folds(onnx.load(str(path)))
     assert [(f.kind, f.matmul) for f in folds] == [
         (kind, f"layer.{i}/attention/{name}/MatMul") for i in range(2) for kind, name in (("qk", "scores"), ("pv", "context"))]
-    plain = smooth_model(path, stats, tmp_path / "plain.onnx", 0.5)
+    smooth_model(path, stats, tmp_path / "plain.onnx", 0.5)
     feeds = _feeds(tiny_spec, encoded)
     folded = smooth_model(path, stats, tmp_path / "fold.onnx", 0.5, attention=True, check_feeds=feeds)
     assert not folded.attention_dropped
