@@ -54,7 +54,7 @@ from calib.calibrate import Calibration
 from calib.calibset import CalibrationSet
 from calib.engines.ort import OrtSessionLoader
 from calib.errors import InputError
-from calib.fakequant import output_error
+from calib.fakequant import fake_quant_activation, output_error
 from calib.io import atomic_path, sha256_file
 from calib.methods import compute_ranges, get_method, method_names
 from calib.model import read_onnx
@@ -483,8 +483,6 @@ def _projection_sample(proj: Projection, stats: ActivationStats, inits: Mapping[
 
 def _qk_error(q: np.ndarray, k: np.ndarray, weights: np.ndarray, proxy: str, params: Mapping[str, Any]) -> float:
     """Relative error of Q @ K^T with both sides quantized per tensor (the calibrator's amax on the sample)."""
-    from calib.fakequant import fake_quant_activation
-
     ref = q @ k.T
     qq = fake_quant_activation(q, _sample_amax(q, float(np.abs(q).max()), proxy, params))
     kq = fake_quant_activation(k, _sample_amax(k, float(np.abs(k).max()), proxy, params))
