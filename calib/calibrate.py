@@ -22,6 +22,7 @@ from typing import Any
 
 import onnx
 
+from calib.cluster import Cluster, connect
 from calib.errors import InputError, check_choice
 from calib.io import atomic_write_json, read_json, sha256_file
 from calib.methods import (
@@ -70,6 +71,7 @@ class CalibrateConfig:
     entropy_damp_zero_bin: bool = True
     threads: int | None = None
     params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    cluster: str | None = None  # calib.cluster spec: None in this process, local[:N], ray://HOST:PORT, auto
 
     def method_params(self, method: str) -> dict[str, Any]:
         """The parameters given for ``method`` (its registry entry's config fields, then ``params``),
@@ -95,6 +97,7 @@ def _check(config: CalibrateConfig) -> None:
     if config.batch_size < 1:
         raise InputError(f"batch size must be at least 1, got {config.batch_size}")
     header(config.trt_version, "EntropyCalibration2")  # validates the version before any work
+    Cluster.parse(config.cluster)
 
 
 @dataclass(frozen=True)
@@ -146,6 +149,8 @@ class Calibration:
             "texts": self.meta["stats"]["texts"], "stats_seconds": self.meta["timings"]["stats_seconds"],
             "calibrators_seconds": self.meta["timings"]["calibrators_seconds"],
             "nonfinite_tensors": len(self.meta["nonfinite"]), "trt_header_version": self.meta["trt_version"],
+            **({"cluster": self.meta["cluster"]["spec"], "workers": self.meta["cluster"]["workers"]}
+               if self.meta.get("cluster") else {}),
         }
 
 
@@ -165,19 +170,29 @@ def calibrate(config: CalibrateConfig, out_dir: Path, *, progress: ProgressFn | 
     del model
     stats_config = StatsConfig(tensors=tensors, placement=config.placement, batch_size=config.batch_size,
                                histogram=config.histogram, bins=config.bins, threads=config.threads)
-    stats = collect_statistics(spec, encoded, tensors, config=stats_config,
-                               progress=lambda f, m="": report(0.9 * f, m))
+    with connect(config.cluster) as session:
+        if session is None:
+            stats = collect_statistics(spec, encoded, tensors, config=stats_config,
+                                       progress=lambda f, m="": report(0.9 * f, m))
+        else:  # sharded over the cluster's workers, merged (calib.distributed says what is identical)
+            from calib.distributed import collect_statistics_sharded
+
+            stats = collect_statistics_sharded(session, spec, encoded, tensors, config=stats_config,
+                                               progress=lambda f, m="": report(0.9 * f, m))
+        cluster = session.describe() if session is not None else None
     # whole-set methods (auto) need the weights, loaded after the pass so they never sit beside its activations
     model = read_onnx(spec.onnx_path) if any(get_method(m).choose for m in config.methods) else None
     return write_calibration(config, stats, out_dir, calibration_set=calibration_set.dir,
-                             manifest=calibration_set.manifest, progress=report, model=model)
+                             manifest=calibration_set.manifest, progress=report, model=model, cluster=cluster)
 
 
 def write_calibration(config: CalibrateConfig, stats: ActivationStats, out_dir: Path, *,
                       calibration_set: Path, manifest: dict[str, Any],
-                      progress: ProgressFn | None = None, model: onnx.ModelProto | None = None) -> Calibration:
+                      progress: ProgressFn | None = None, model: onnx.ModelProto | None = None,
+                      cluster: Mapping[str, Any] | None = None) -> Calibration:
     """Compute every method's ranges from ``stats`` and write stats, ranges, caches and the record.
-    ``model`` (weights loaded) is needed by whole-set methods such as ``auto``."""
+    ``model`` (weights loaded) is needed by whole-set methods such as ``auto``; ``cluster`` is where
+    the statistics pass ran (:meth:`calib.cluster.ClusterSession.describe`; None: this process)."""
     report = progress or (lambda fraction, message="": None)
     out_dir = Path(out_dir)
     stats.save(out_dir)
@@ -224,6 +239,7 @@ def write_calibration(config: CalibrateConfig, stats: ActivationStats, out_dir: 
         "zero_range": zero_range,
         "skipped": stats.skipped,
         "defaults": {m: dict(get_method(m).defaults) for m in config.methods},
+        **({"cluster": dict(cluster)} if cluster else {}),
     }
     atomic_write_json(out_dir / META_FILE, meta)
     report(1.0, f"{len(stats.tensors)} tensors, {len(config.methods)} methods")

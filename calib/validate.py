@@ -24,6 +24,7 @@ import numpy as np
 import onnx
 
 from calib.buckets import DEFAULT_EDGES, check_edges
+from calib.cluster import Cluster, connect
 from calib.data import DataSpec, LoadReport, preparation_mismatch
 from calib.engines.ort import OrtEngine, OrtSessionLoader
 from calib.errors import InputError, ModelMismatchError
@@ -82,6 +83,7 @@ class ValidateConfig:
     pooling: str | None = None
     drop_empty: bool = False  # data hygiene (calib.data.DataSpec)
     normalize: str = "none"
+    cluster: str | None = None  # calib.cluster spec: None in this process, local[:N], ray://HOST:PORT, auto
 
     def data_spec(self) -> DataSpec:
         return DataSpec(self.data, self.text_column, self.label_column, self.text_pair_column, self.split,
@@ -295,6 +297,8 @@ class Evaluation:
                       "accuracy_drop_points": m.accuracy_drop_points})
         if self.layers:
             s["first_degraded_tensor"] = self.layers.get("first_degraded")
+        if self.data.get("cluster"):
+            s.update(cluster=self.data["cluster"]["spec"], workers=self.data["cluster"]["workers"])
         return s
 
 
@@ -324,6 +328,7 @@ def validate(config: ValidateConfig, out_dir: Path, *, progress: ProgressFn | No
         raise InputError(f"bootstrap resamples must be 0 (no confidence interval) or more, got {config.bootstrap}")
     if config.seed < 0:
         raise InputError(f"seed must be 0 or positive, got {config.seed}")
+    Cluster.parse(config.cluster)
     source = resolve_engine(config.engine)
     labels = config.labels or tuple(source.build.get("labels", ()) or ())
     roles = {"logits_output": config.logits_output, "embedding_output": config.embedding_output,
@@ -341,17 +346,30 @@ def validate(config: ValidateConfig, out_dir: Path, *, progress: ProgressFn | No
     report = progress or (lambda f, m="": None)
     report(0.02, f"{len(data)} texts loaded")
     layer_rows = min(config.layer_rows or len(data), len(data)) if config.layers else 0
-    phases = Phases(report, [(FP32_PASS, len(data)), (INT8_PASS, len(data)),
-                             *([(LAYER_PASS, LAYER_PASS_COST * layer_rows)] if config.layers else [])],
+    sharded = f"{FP32_PASS} + {INT8_PASS}"  # on a cluster each shard runs both models
+    passes = ([(sharded, 2 * len(data))] if Cluster.parse(config.cluster)
+              else [(FP32_PASS, len(data)), (INT8_PASS, len(data))])
+    phases = Phases(report, [*passes, *([(LAYER_PASS, LAYER_PASS_COST * layer_rows)] if config.layers else [])],
                     start=0.02, span=0.97)
 
     roles = spec.roles
-    fp32_engine = OrtEngine(OrtSessionLoader(spec.onnx_path, threads=config.threads), name="onnxruntime-fp32")
-    engine = int8_engine(source, config.threads)
-    fp32 = run_engine(fp32_engine, data.encoded, spec.input_dtypes, roles, batch_size=config.batch_size,
-                      progress=phases.phase(FP32_PASS))
-    int8 = run_engine(engine, data.encoded, spec.input_dtypes, roles, batch_size=config.batch_size,
-                      progress=phases.phase(INT8_PASS))
+    cluster = None
+    with connect(config.cluster) as session:
+        if session is None:
+            fp32_engine = OrtEngine(OrtSessionLoader(spec.onnx_path, threads=config.threads), name="onnxruntime-fp32")
+            engine = int8_engine(source, config.threads)
+            fp32 = run_engine(fp32_engine, data.encoded, spec.input_dtypes, roles, batch_size=config.batch_size,
+                              progress=phases.phase(FP32_PASS))
+            int8 = run_engine(engine, data.encoded, spec.input_dtypes, roles, batch_size=config.batch_size,
+                              progress=phases.phase(INT8_PASS))
+            engine_name = getattr(engine, "name", "int8")
+        else:  # both passes shard by shard on the workers, gathered in row order (calib.distributed)
+            from calib.distributed import run_engines_sharded
+
+            fp32, int8, engine_name = run_engines_sharded(
+                session, spec.onnx_path, source.path, data.encoded, spec.input_dtypes, roles,
+                batch_size=config.batch_size, threads=config.threads, progress=phases.phase(sharded))
+            cluster = session.describe()
     if fp32.logits is not None and data.classes and len(data.classes) != fp32.logits.shape[1]:
         raise InputError(f"the model has {len(data.classes)} labels but outputs {fp32.logits.shape[1]} logits")
     metrics = compare(fp32, int8, data, edges=edges, n_resamples=config.bootstrap, seed=config.seed)
@@ -372,7 +390,8 @@ def validate(config: ValidateConfig, out_dir: Path, *, progress: ProgressFn | No
         "model": {"path": str(spec.onnx_path), "sha256": spec.sha256, "logits_output": roles.logits,
                   "classes": list(data.classes), "max_length": spec.max_length,
                   "has_embedding": roles.embedding is not None, "kind": metrics.kind, "roles": roles.to_dict()},
-        "engine": {**source.describe(), "name": getattr(engine, "name", "int8")},
+        "engine": {**source.describe(), "name": engine_name},
+        **({"cluster": cluster} if cluster else {}),
         "dataset": data.info,
         "calibration": calibration_info,
         "config": config_params(config),

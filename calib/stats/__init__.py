@@ -55,7 +55,7 @@ from __future__ import annotations
 import threading
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -117,6 +117,7 @@ __all__ = [
     "ChannelStats",
     "ProgressFn",
     "StatsConfig",
+    "StatsPass",
     "TensorStats",
     "_Accumulator",
     "_ChannelAccumulator",
@@ -164,102 +165,132 @@ def collect_statistics(
     ``config`` (if given) supplies batch size, histogram mode, bins, optimisation, threads and overlap.
     """
     cfg = config or StatsConfig(batch_size=batch_size, histogram=histogram, bins=bins)
-    if cfg.histogram not in HISTOGRAM_MODES:
-        raise InputError(f"unknown histogram mode {cfg.histogram!r} (choose {' or '.join(HISTOGRAM_MODES)})")
-    nbins = int(cfg.bins or DEFAULT_BINS[cfg.histogram])
-    if nbins < 256 or nbins & (nbins - 1):
-        raise InputError(f"histogram bins must be a power of two >= 256, got {nbins}")
-    if cfg.batch_size < 1:
-        raise InputError(f"batch size must be at least 1, got {cfg.batch_size}")
     if len(encoded) == 0:
         raise InputError("the calibration set is empty: no texts to run")
-    onnx_path = Path(model.onnx_path if isinstance(model, ModelSpec) else model)
     t0 = time.perf_counter()
-    graph = weightless(read_onnx(onnx_path, load_weights=False))  # the weights are only needed by ORT
-    sha = model.sha256 if isinstance(model, ModelSpec) else sha256_file(onnx_path)
-    input_dtypes = model.input_dtypes if isinstance(model, ModelSpec) else _input_dtypes(graph)
-    producers = graph_producers(graph)
-    if tensors is None:
-        tensors = cfg.tensors if not isinstance(cfg.tensors, str) else default_tensors(graph, cfg.tensors, cfg.placement)
-    names = list(dict.fromkeys(tensors))
-    unknown = [n for n in names if n not in producers]
-    if unknown:
-        raise InputError(f"tensor {unknown[0]!r} is not produced by any node or input of model {onnx_path.name}")
-    names.sort(key=lambda n: producers[n][2])
-    if not names:
-        raise InputError(f"no tensors to collect statistics for in model {onnx_path.name}")
+    stats_pass = StatsPass(model, encoded, tensors, config=cfg)
+    return stats_pass.collect(encoded, order=order, seed=seed, progress=progress, started=t0)
 
-    session = _exposing_session(onnx_path, graph, names, cfg)
-    float_out = {o.name for o in session.get_outputs() if o.type in ("tensor(float)", "tensor(float16)")}
-    skipped = {n: "not a float tensor" for n in names if n not in float_out}
-    names = [n for n in names if n in float_out]
-    if not names:
-        raise InputError(f"none of the requested tensors of model {onnx_path.name} is a float tensor")
 
-    try:
-        probes = [session.run(names, _probe_feeds(encoded, input_dtypes, b, t)) for b, t in PROBE_SHAPES]
-    except InputError:
-        raise
-    except Exception as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError(f"model {onnx_path.name} does not run on dynamic (batch, sequence) feeds: {first}") from exc
-    roles = {n: classify_axes(a.shape, b.shape) for n, a, b in zip(names, *probes)}
-    layouts = {n: _layout(roles[n]) for n in names}
-    if cfg.sample_rows < 0:
-        raise InputError(f"sample rows must be >= 0, got {cfg.sample_rows}")
-    weighted = weighted_matmuls(graph) if cfg.channel_stats else {}
-    channel_sizes = {n: probes[1][i].shape[-1] for i, n in enumerate(names)
-                     if n in weighted and roles[n] and roles[n][-1] == "fixed"}
-    chans = {n: _ChannelAccumulator(k, cfg.sample_rows, seed=zlib.crc32(n.encode()) + seed, top_cap=cfg.outlier_rows)
-             for n, k in channel_sizes.items()}
-    del probes
+class StatsPass:
+    """The prepared part of :func:`collect_statistics`: the ORT session exposing the tensors, their
+    axis roles (from probes fed with ``probe``'s tokens) and the per-channel tensors. Built once,
+    :meth:`collect` runs any number of encoded sets through it (a cluster worker runs its shards)."""
 
-    passes = ["range", "histogram"] if cfg.histogram == "two-pass" else ["stream"]
-    total_batches = -(-len(encoded) // cfg.batch_size) * len(passes)
-    accs = {n: _Accumulator(nbins) for n in names}
-    local = threading.local()  # one _Scratch per accumulating thread
-    workers = (cfg.threads or default_threads()) if cfg.overlap else 1
-    seen = {"done": 0, "tokens": 0, "batches": 0}
-    for pass_name in passes:
-        if pass_name == "histogram":
-            first = accs
-            accs = {n: _Accumulator(nbins, fixed_range=acc_range(a)) for n, a in first.items()}
-            for n, acc in accs.items():  # non-finite values were counted in the range pass
-                acc.nan, acc.posinf, acc.neginf = first[n].nan, first[n].posinf, first[n].neginf
-        hist, count = pass_name != "range", pass_name != "histogram"
+    def __init__(self, model: str | Path | ModelSpec, probe: Encoded, tensors: Sequence[str] | None = None, *,
+                 config: StatsConfig, sha256: str | None = None,
+                 input_dtypes: dict[str, type] | None = None) -> None:
+        cfg = config
+        if cfg.histogram not in HISTOGRAM_MODES:
+            raise InputError(f"unknown histogram mode {cfg.histogram!r} (choose {' or '.join(HISTOGRAM_MODES)})")
+        nbins = int(cfg.bins or DEFAULT_BINS[cfg.histogram])
+        if nbins < 256 or nbins & (nbins - 1):
+            raise InputError(f"histogram bins must be a power of two >= 256, got {nbins}")
+        if cfg.batch_size < 1:
+            raise InputError(f"batch size must be at least 1, got {cfg.batch_size}")
+        onnx_path = Path(model.onnx_path if isinstance(model, ModelSpec) else model)
+        graph = weightless(read_onnx(onnx_path, load_weights=False))  # the weights are only needed by ORT
+        sha = model.sha256 if isinstance(model, ModelSpec) else (sha256 or sha256_file(onnx_path))
+        if input_dtypes is None:
+            input_dtypes = model.input_dtypes if isinstance(model, ModelSpec) else _input_dtypes(graph)
+        producers = graph_producers(graph)
+        if tensors is None:
+            tensors = cfg.tensors if not isinstance(cfg.tensors, str) else default_tensors(graph, cfg.tensors, cfg.placement)
+        names = list(dict.fromkeys(tensors))
+        unknown = [n for n in names if n not in producers]
+        if unknown:
+            raise InputError(f"tensor {unknown[0]!r} is not produced by any node or input of model {onnx_path.name}")
+        names.sort(key=lambda n: producers[n][2])
+        if not names:
+            raise InputError(f"no tensors to collect statistics for in model {onnx_path.name}")
 
-        def work(arrays: list[np.ndarray], batch: Batch, indices: Sequence[int], accs=accs, hist=hist,
-                 count=count) -> None:
-            scratch = getattr(local, "scratch", None) or _Scratch()
-            local.scratch = scratch
-            rows = _Rows(batch.mask)
-            for i in indices:
-                name, value = names[i], arrays[i]
-                if value.dtype != np.float32:
-                    value = value.astype(np.float32)
-                real, padded = _split_positions(name, value, roles[name], layouts[name], rows)
-                if count and padded:
-                    accs[name].check_padding(padded, value if rows.mostly_padding else None)
-                accs[name].add_views(real, scratch, hist=hist, count=count)
-                if hist and name in chans:
-                    for block in _channel_rows(value, real, roles[name], rows):
-                        chans[name].add(block)
+        session = _exposing_session(onnx_path, graph, names, cfg)
+        float_out = {o.name for o in session.get_outputs() if o.type in ("tensor(float)", "tensor(float16)")}
+        skipped = {n: "not a float tensor" for n in names if n not in float_out}
+        names = [n for n in names if n in float_out]
+        if not names:
+            raise InputError(f"none of the requested tensors of model {onnx_path.name} is a float tensor")
 
-        def after(batch: Batch, pass_name=pass_name) -> None:
-            if pass_name != "range":
-                seen["tokens"] += int(batch.mask.sum())
-                seen["batches"] += 1
-            seen["done"] += 1
-            if progress is not None:
-                progress(seen["done"] / total_batches, f"{pass_name} pass: batch {seen['done']}/{total_batches}")
+        try:
+            probes = [session.run(names, _probe_feeds(probe, input_dtypes, b, t)) for b, t in PROBE_SHAPES]
+        except InputError:
+            raise
+        except Exception as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise InputError(f"model {onnx_path.name} does not run on dynamic (batch, sequence) feeds: {first}") from exc
+        roles = {n: classify_axes(a.shape, b.shape) for n, a, b in zip(names, *probes)}
+        if cfg.sample_rows < 0:
+            raise InputError(f"sample rows must be >= 0, got {cfg.sample_rows}")
+        weighted = weighted_matmuls(graph) if cfg.channel_stats else {}
+        self.channel_sizes = {n: probes[1][i].shape[-1] for i, n in enumerate(names)
+                              if n in weighted and roles[n] and roles[n][-1] == "fixed"}
+        del probes
+        self.cfg, self.nbins, self.sha, self.input_dtypes = cfg, nbins, sha, input_dtypes
+        self.producers, self.names, self.skipped, self.session = producers, names, skipped, session
+        self.roles, self.layouts = roles, {n: _layout(roles[n]) for n in names}
 
-        batches = iter_batches(encoded, input_dtypes, cfg.batch_size, order=order, seed=seed,
-                               pad_multiple=cfg.pad_multiple)
-        _run_batches(session, names, batches, work, workers=workers, after=after,
-                     overlap_max_bytes=cfg.overlap_max_mb * 2**20)
-    seconds = time.perf_counter() - t0
-    results = tuple(accs[n].result(n, producers[n][0], producers[n][1], roles[n],
-                                   chans[n].result() if n in chans else None) for n in names)
-    return ActivationStats(model_sha256=sha, tensors=results, bins=nbins, histogram=cfg.histogram, texts=len(encoded),
-                           tokens=seen["tokens"], batches=seen["batches"], seconds=seconds, skipped=skipped,
-                           has_channels=cfg.channel_stats)
+    def collect(self, encoded: Encoded, *, order: str = "length", seed: int = 0, progress: ProgressFn | None = None,
+                fixed_ranges: Mapping[str, float] | None = None, started: float | None = None) -> ActivationStats:
+        """Statistics of ``encoded``. ``fixed_ranges`` (tensor -> histogram range): one pass with
+        every histogram over ``[0, range)`` in ``bins`` bins (the second pass of two-pass mode, its
+        range pass done elsewhere, e.g. merged over a cluster's shards)."""
+        cfg, nbins, names, roles, layouts = self.cfg, self.nbins, self.names, self.roles, self.layouts
+        t0 = time.perf_counter() if started is None else started
+        if len(encoded) == 0:
+            raise InputError("the calibration set is empty: no texts to run")
+        chans = {n: _ChannelAccumulator(k, cfg.sample_rows, seed=zlib.crc32(n.encode()) + seed,
+                                        top_cap=cfg.outlier_rows)
+                 for n, k in self.channel_sizes.items()}
+        passes = ["range", "histogram"] if cfg.histogram == "two-pass" and fixed_ranges is None else ["stream"]
+        total_batches = -(-len(encoded) // cfg.batch_size) * len(passes)
+        if fixed_ranges is not None:
+            accs = {n: _Accumulator(nbins, fixed_range=float(fixed_ranges[n])) for n in names}
+        else:
+            accs = {n: _Accumulator(nbins) for n in names}
+        local = threading.local()  # one _Scratch per accumulating thread
+        workers = (cfg.threads or default_threads()) if cfg.overlap else 1
+        seen = {"done": 0, "tokens": 0, "batches": 0}
+        for pass_name in passes:
+            if pass_name == "histogram":
+                first = accs
+                accs = {n: _Accumulator(nbins, fixed_range=acc_range(a)) for n, a in first.items()}
+                for n, acc in accs.items():  # non-finite values were counted in the range pass
+                    acc.nan, acc.posinf, acc.neginf = first[n].nan, first[n].posinf, first[n].neginf
+            hist, count = pass_name != "range", pass_name != "histogram"
+
+            def work(arrays: list[np.ndarray], batch: Batch, indices: Sequence[int], accs=accs, hist=hist,
+                     count=count) -> None:
+                scratch = getattr(local, "scratch", None) or _Scratch()
+                local.scratch = scratch
+                rows = _Rows(batch.mask)
+                for i in indices:
+                    name, value = names[i], arrays[i]
+                    if value.dtype != np.float32:
+                        value = value.astype(np.float32)
+                    real, padded = _split_positions(name, value, roles[name], layouts[name], rows)
+                    if count and padded:
+                        accs[name].check_padding(padded, value if rows.mostly_padding else None)
+                    accs[name].add_views(real, scratch, hist=hist, count=count)
+                    if hist and name in chans:
+                        for block in _channel_rows(value, real, roles[name], rows):
+                            chans[name].add(block)
+
+            def after(batch: Batch, pass_name=pass_name) -> None:
+                if pass_name != "range":
+                    seen["tokens"] += int(batch.mask.sum())
+                    seen["batches"] += 1
+                seen["done"] += 1
+                if progress is not None:
+                    progress(seen["done"] / total_batches, f"{pass_name} pass: batch {seen['done']}/{total_batches}")
+
+            batches = iter_batches(encoded, self.input_dtypes, cfg.batch_size, order=order, seed=seed,
+                                   pad_multiple=cfg.pad_multiple)
+            _run_batches(self.session, names, batches, work, workers=workers, after=after,
+                         overlap_max_bytes=cfg.overlap_max_mb * 2**20)
+        seconds = time.perf_counter() - t0
+        producers = self.producers
+        results = tuple(accs[n].result(n, producers[n][0], producers[n][1], roles[n],
+                                       chans[n].result() if n in chans else None) for n in names)
+        return ActivationStats(model_sha256=self.sha, tensors=results, bins=nbins, histogram=cfg.histogram,
+                               texts=len(encoded), tokens=seen["tokens"], batches=seen["batches"], seconds=seconds,
+                               skipped=dict(self.skipped), has_channels=cfg.channel_stats)

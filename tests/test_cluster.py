@@ -1,0 +1,217 @@
+"""Scale-out on Ray (calib.cluster, calib.distributed): the cluster spec, the exact merge of shard
+statistics (in process, no Ray), and -- on one local Ray runtime with 2 workers for the whole module
+-- validation, the statistics pass and the sensitivity search giving the single-process results,
+a killed worker's shard retried, progress across workers, and an unreachable cluster refused."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+import pytest
+import tinymodel
+
+from calib.batching import encode, plan_batches
+from calib.cluster import FAULT_ENV, Cluster, parse_cluster
+from calib.distributed import StatsShardRunner, merge_statistics, rebin, shard_plan
+from calib.errors import BackendUnavailableError, InputError
+from calib.methods import compute_ranges
+from calib.model import load_tokenizer
+from calib.stats import StatsConfig, collect_statistics, default_tensors, tensor_stats_from_arrays
+
+METHODS = (("minmax", {}), ("entropy", {}), ("percentile", {"percentile": 99.99}), ("mse", {}))
+
+
+@pytest.fixture(scope="module")
+def encoded(tiny_spec):
+    texts, _ = tinymodel.make_texts(150, seed=7)
+    return encode(load_tokenizer(tiny_spec.tokenizer_dir), texts, max_length=tiny_spec.max_length)
+
+
+@pytest.fixture(scope="module")
+def tensors(tiny_spec):
+    import onnx
+
+    return default_tensors(onnx.load(str(tiny_spec.onnx_path)))
+
+
+def assert_same_stats(a, b, *, channels_exact: bool = False) -> None:
+    assert a.names == b.names and (a.texts, a.tokens, a.batches) == (b.texts, b.tokens, b.batches)
+    for x, y in zip(a.tensors, b.tensors):
+        assert (x.count, x.nan, x.posinf, x.neginf, x.min, x.max) == (y.count, y.nan, y.posinf, y.neginf, y.min, y.max)
+        assert x.hist_range == y.hist_range and np.array_equal(x.hist, y.hist), x.name
+        assert (x.channels is None) == (y.channels is None)
+        if x.channels is not None:
+            assert np.array_equal(x.channels.absmax, y.channels.absmax) and x.channels.rows == y.channels.rows
+            np.testing.assert_allclose(x.channels.mean, y.channels.mean, rtol=1e-12, atol=1e-15)
+            assert x.channels.sample.shape == y.channels.sample.shape
+            assert np.array_equal(np.sort(np.abs(x.channels.outliers).max(axis=1)),
+                                  np.sort(np.abs(y.channels.outliers).max(axis=1)))
+    for method, params in METHODS:
+        assert compute_ranges(a, method, **params).amax == compute_ranges(b, method, **params).amax, method
+
+
+# -- no Ray needed ---------------------------------------------------------------------------------
+
+
+def test_cluster_spec_parses_one_way():
+    assert Cluster.parse(None) is None and Cluster.parse("") is None and Cluster.parse(" none ") is None
+    assert Cluster.parse("local") == Cluster("local") and str(Cluster.parse("local:3")) == "local:3"
+    assert Cluster.parse("auto") == Cluster("join", address="auto")
+    assert parse_cluster("ray://head.example:10001") == "ray://head.example:10001"
+    for bad in ("local:0", "local:x", "ray://nohost", "http://h:1", "cluster"):
+        with pytest.raises(InputError, match="cluster"):
+            Cluster.parse(bad)
+
+
+def test_shards_are_runs_of_whole_batches_of_the_one_process_plan(encoded):
+    batches = plan_batches(encoded.lengths, 16)
+    shards = shard_plan(encoded.lengths, 16, 4)
+    assert 2 <= len(shards) <= 4
+    assert np.array_equal(np.concatenate(shards), np.concatenate(batches))  # same rows, same order
+    starts = {int(b[0]) for b in batches}
+    assert all(int(s[0]) in starts for s in shards)  # every shard starts at a batch boundary
+    assert 1 < len(shard_plan(encoded.lengths, 16, 99)) <= len(batches)  # never more shards than batches
+
+
+def test_rebinned_stream_histograms_sum_to_the_one_pass_histogram(rng):
+    parts = [rng.standard_normal(5000).astype(np.float32) * s for s in (0.3, 7.0, 40.0)]
+    whole = tensor_stats_from_arrays("x", parts, bins=1024)
+    each = [tensor_stats_from_arrays("x", [p], bins=1024) for p in parts]
+    top = max(t.hist_range for t in each)
+    assert top == whole.hist_range and len({t.hist_range for t in each}) == 3
+    assert np.array_equal(sum(rebin(t.hist, t.hist_range, top) for t in each), whole.hist)
+
+
+@pytest.mark.parametrize("histogram", ["stream", "two-pass"])
+def test_shard_statistics_merge_to_the_one_process_statistics(tiny_spec, encoded, tensors, histogram):
+    """The merge itself, shards run in this process: identical histograms, counts and ranges."""
+    cfg = StatsConfig(batch_size=16, histogram=histogram, threads=1)
+    one = collect_statistics(tiny_spec, encoded, tensors, config=cfg)
+    shards = shard_plan(encoded.lengths, 16, 3)
+    worker_cfg = dataclasses.replace(cfg, histogram="stream", bins=one.bins)
+    runner = StatsShardRunner(str(tiny_spec.onnx_path), tiny_spec.sha256, tiny_spec.input_dtypes,
+                              encoded.subset(shards[0][:16]), tensors, worker_cfg)
+    subsets = [encoded.subset(rows) for rows in shards]
+    fixed = None
+    if histogram == "two-pass":
+        first = [runner((s, None, k)) for k, s in enumerate(subsets)]
+        fixed = {t.name: max(max(abs(p[t.name].min), abs(p[t.name].max)) for p in first) for t in first[0].tensors}
+    parts = [runner((s, fixed, k)) for k, s in enumerate(subsets)]
+    merged = merge_statistics(parts, bins=one.bins, histogram=histogram, fixed=fixed)
+    assert_same_stats(merged, one)
+
+
+# -- on a local Ray runtime with 2 workers ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """One local Ray runtime (2 workers) for the module; FAULT_ENV is set before it starts so the
+    workers inherit it (a test arms the fault by creating the file)."""
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'calib[ray]')")
+    from calib.cluster import connect
+
+    marker = tmp_path_factory.mktemp("fault") / "kill-once"
+    old = os.environ.get(FAULT_ENV)
+    os.environ[FAULT_ENV] = str(marker)
+    try:
+        with connect("local:2") as session:
+            yield session, marker
+    finally:
+        if old is None:
+            os.environ.pop(FAULT_ENV, None)
+        else:
+            os.environ[FAULT_ENV] = old
+
+
+@pytest.fixture(scope="module")
+def qdq(tiny_spec, tmp_path_factory):
+    from test_validate import absmax_ranges
+
+    from calib.placement import Placement
+    from calib.quantize import quantize_qdq
+
+    texts, _ = tinymodel.make_texts(64, seed=3)
+    path = tmp_path_factory.mktemp("qdq") / "tiny.qdq.onnx"
+    quantize_qdq(tiny_spec.onnx_path, absmax_ranges(tiny_spec, texts, "tensorrt"), Placement("tensorrt"), path)
+    return path
+
+
+def vconfig(tiny_spec, engine, data, **kw):
+    from calib.validate import ValidateConfig
+
+    return ValidateConfig(engine=str(engine), model=str(tiny_spec.onnx_path), tokenizer=str(tiny_spec.tokenizer_dir),
+                          data=str(data), labels=tinymodel.LABELS, max_length=64, edges=(0, 8, 16, 32),
+                          layers=False, bootstrap=200, **kw)
+
+
+def test_sharded_validation_equals_one_process(cluster, tiny_spec, qdq, tiny_csv, tmp_path):
+    from calib.validate import validate
+
+    one = validate(vconfig(tiny_spec, qdq, tiny_csv), tmp_path / "one")
+    seen = []
+    many = validate(vconfig(tiny_spec, qdq, tiny_csv, cluster="local:2"), tmp_path / "many",
+                    progress=lambda f, m="": seen.append((f, m)))
+    a, b = one.predictions(), many.predictions()
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    assert one.data["metrics"] == many.data["metrics"]
+    assert many.data["cluster"]["workers"] == 2 and many.summary()["cluster"] == "local:2"
+    # one progress across workers: shards counted as they complete, never going back
+    shard_reports = [m for _, m in seen if "shards on 2 workers" in m]
+    assert len(shard_reports) >= 2 and [f for f, _ in seen] == sorted(f for f, _ in seen)
+
+
+def test_sharded_statistics_and_calibrate_run_record_the_cluster(cluster, tiny_spec, tiny_csv, workspace):
+    from calib.calibrate import CalibrateConfig, calibrate
+    from calib.calibset import AssembleConfig, assemble
+    from calib.pipeline import run_stage
+
+    _, cset = run_stage(workspace, "calibset", assemble, AssembleConfig(
+        model=str(tiny_spec.onnx_path), tokenizer=str(tiny_spec.tokenizer_dir), source=str(tiny_csv), max_length=64,
+        size=120, strategy="natural", labels=tinymodel.LABELS, workspace=str(workspace.root)))
+    for histogram in ("stream", "two-pass"):
+        base = CalibrateConfig(calibration_set=str(cset.dir), histogram=histogram, threads=1)
+        _, one = run_stage(workspace, "calibrate", calibrate, base)
+        run_id, many = run_stage(workspace, "calibrate", calibrate, dataclasses.replace(base, cluster="local:2"))
+        assert_same_stats(many.stats, one.stats)
+        for method in one.methods:
+            assert many.ranges(method).amax == one.ranges(method).amax, method
+        run = workspace.get_run(run_id)
+        assert run.params["cluster"] == "local:2" and run.summary["cluster"] == "local:2"
+        assert run.summary["workers"] == 2
+
+
+def test_killed_worker_is_retried_and_the_result_is_identical(cluster, tiny_spec, qdq, tiny_csv, tmp_path):
+    from calib.validate import validate
+
+    _, marker = cluster
+    one = validate(vconfig(tiny_spec, qdq, tiny_csv, limit=100), tmp_path / "one")
+    marker.write_text("armed")  # the first shard to start deletes it and SIGKILLs its own worker process
+    many = validate(vconfig(tiny_spec, qdq, tiny_csv, limit=100, cluster="local:2"), tmp_path / "many")
+    assert not marker.exists()  # the fault fired
+    a, b = one.predictions(), many.predictions()
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert one.data["metrics"] == many.data["metrics"]
+
+
+def test_unreachable_cluster_is_one_line_and_registers_nothing(tiny_spec, qdq, tiny_csv, workspace, monkeypatch):
+    """Outside any open session: joining an address where no cluster listens fails in one line."""
+    pytest.importorskip("ray", reason="Ray is not installed")
+    import calib.cluster as cl
+    from calib.pipeline import run_stage
+    from calib.validate import validate
+
+    monkeypatch.setattr(cl, "_OPEN", [])  # as if no session were open (the module's runtime stays up)
+    ray = cl.import_ray()
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+
+    def refuse(*args, **kwargs):
+        raise ConnectionError("Could not find any running Ray instance. Please specify the one to connect to")
+
+    monkeypatch.setattr(ray, "init", refuse)
+    with pytest.raises(BackendUnavailableError, match=r"^the Ray cluster auto cannot be reached: Could not find"):
+        run_stage(workspace, "validate", validate, vconfig(tiny_spec, qdq, tiny_csv, cluster="auto"))
+    assert [r.status for r in workspace.list_runs()] == ["failed"]
+    assert not any(p.name != ".locks" and not p.name.startswith(".") for p in (workspace.root / "runs").iterdir())
