@@ -215,3 +215,22 @@ def test_unreachable_cluster_is_one_line_and_registers_nothing(tiny_spec, qdq, t
         run_stage(workspace, "validate", validate, vconfig(tiny_spec, qdq, tiny_csv, cluster="auto"))
     assert [r.status for r in workspace.list_runs()] == ["failed"]
     assert not any(p.name != ".locks" and not p.name.startswith(".") for p in (workspace.root / "runs").iterdir())
+
+
+def test_cli_cluster_option(cluster, tiny_spec, tiny_csv, workspace, capsys):
+    """``--cluster`` on calibrate: a bad spec is exit 2 before anything runs; local:2 is recorded."""
+    import json
+
+    from calib.cli import main
+
+    ws = str(workspace.root)
+    assert main(["--workspace", ws, "assemble", "--model", str(tiny_spec.onnx_path), "--tokenizer",
+                 str(tiny_spec.tokenizer_dir), "--data", str(tiny_csv), "--size", "64", "--max-length", "64",
+                 "--strategy", "natural"]) == 0
+    capsys.readouterr()
+    assert main(["--workspace", ws, "calibrate", "--calibration-set", "latest", "--cluster", "local:0"]) == 2
+    assert "local:N needs a worker count" in capsys.readouterr().err
+    assert main(["--workspace", ws, "calibrate", "--calibration-set", "latest", "--cluster", "local:2",
+                 "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["summary"]["cluster"] == "local:2" and out["summary"]["workers"] == 2

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 from calib import formatting as fmt
-from calib.cli.common import json_arg
+from calib.cli.common import add_cluster_args, json_arg
 from calib.errors import InputError
 
 _EXAMPLES = """examples:
@@ -50,6 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="entropy: keep bins[0] as is (default damps it to bins[1], as NVIDIA's implementation)")
     p.add_argument("--top", type=int, default=10, help="rows of the entropy-vs-minmax diff to print")
     p.add_argument("--label", default="", help="label for the run in the registry")
+    add_cluster_args(p)
     json_arg(p)
     p.set_defaults(handler=run)
 
@@ -103,7 +105,14 @@ def load_ranges_ref(ref: str, workspace, method: str):
 
 def run(args: argparse.Namespace) -> int:
     from calib.calibrate import CalibrateConfig, calibrate
-    from calib.cli.common import ProgressBar, format_table, print_run_json, run_folder, workspace_of
+    from calib.cli.common import (
+        ProgressBar,
+        cluster_of,
+        format_table,
+        print_run_json,
+        run_folder,
+        workspace_of,
+    )
     from calib.pipeline import run_stage
     from calib.ranges import diff_ranges
 
@@ -115,8 +124,10 @@ def run(args: argparse.Namespace) -> int:
         percentile=args.percentile, placement=args.placement, tensors=args.tensors, batch_size=args.batch_size,
         trt_version=args.trt_version, histogram=args.histogram, entropy_damp_zero_bin=not args.no_zero_bin_damping,
     )
-    run_id, cal = run_stage(ws, "calibrate", calibrate, config, parents=parents, label=args.label,
-                            progress=ProgressBar("calibrate"))
+    with cluster_of(args) as cluster:
+        config = dataclasses.replace(config, cluster=cluster)
+        run_id, cal = run_stage(ws, "calibrate", calibrate, config, parents=parents, label=args.label,
+                                progress=ProgressBar("calibrate"))
     meta = cal.meta
     if args.json:
         outputs = {"record": cal.dir / "calibration.json"}

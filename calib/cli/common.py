@@ -44,6 +44,25 @@ def add_role_args(group) -> None:
                        help="pool (B, T, D) token states into one embedding per text with the attention mask")
 
 
+def add_cluster_args(parser) -> None:
+    """``--cluster``: where the stage's heavy passes run (:mod:`calib.cluster`; no flag: this process)."""
+    group = parser.add_argument_group("scale-out (needs the calib[ray] extra)")
+    group.add_argument("--cluster", metavar="SPEC", default=None,
+                       help="local[:N] (start a local Ray runtime with N workers), ray://HOST:PORT or auto "
+                            "(join a running cluster); default: this process only")
+
+
+@contextlib.contextmanager
+def cluster_of(args: argparse.Namespace) -> Iterator[str | None]:
+    """The canonical ``--cluster`` spec, its cluster connected for the block: an unreachable
+    cluster fails here in one line (exit 3), before any run is registered; the stage reuses it."""
+    from calib.cluster import connect, parse_cluster
+
+    spec = parse_cluster(getattr(args, "cluster", None))
+    with connect(spec):
+        yield spec
+
+
 def add_hygiene_args(group) -> None:
     """``--drop-empty`` and ``--normalize``: what to do with empty rows and HTML-escaped texts."""
     group.add_argument("--drop-empty", action="store_true", default=None,

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
 from calib import formatting as fmt
 from calib.cli.common import (
+    add_cluster_args,
     add_hygiene_args,
     add_role_args,
     hygiene_values,
@@ -132,6 +134,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--layer-rows", type=int, default=128, help="texts for the per-layer analysis (0 = all)")
     p.add_argument("--bootstrap", type=non_negative_int, default=1000,
                    help="bootstrap resamples for the 95 %% CI of the drop (default 1000; 0 = no CI)")
+    add_cluster_args(p)
     json_arg(p)
     p.set_defaults(handler=run_validate)
 
@@ -196,7 +199,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_validate(args: argparse.Namespace) -> int:
-    from calib.cli.common import ProgressBar, print_run_json, workspace_of
+    from calib.cli.common import ProgressBar, cluster_of, print_run_json, workspace_of
     from calib.pipeline import run_stage
     from calib.validate import ValidateConfig, validate
 
@@ -215,8 +218,10 @@ def run_validate(args: argparse.Namespace) -> int:
                             limit=args.limit or 0, layers=not args.no_layers, layer_rows=args.layer_rows,
                             bootstrap=args.bootstrap, seed=args.seed,
                             **({"edges": args.edges} if args.edges else {}), **values)
-    run_id, evaluation = run_stage(ws, "validate", validate, config, parents=parents, label=args.label,
-                                   progress=ProgressBar("validate"))
+    with cluster_of(args) as cluster:
+        config = dataclasses.replace(config, cluster=cluster)
+        run_id, evaluation = run_stage(ws, "validate", validate, config, parents=parents, label=args.label,
+                                       progress=ProgressBar("validate"))
     summary = evaluation.summary()
     if args.json:
         outputs = {name.split(".")[0]: evaluation.dir / name for name in ("evaluation.json", "layers.json", "predictions.npz")
