@@ -1,0 +1,88 @@
+"""Statistics pass and validation outputs: embedded vs a local Ray runtime with 1 and 2 workers.
+
+    .venv/bin/python benchmarks/bench_cluster.py --task rt-sentiment --workspace workspace \
+        --calibration 256 --eval 500 --workers 1 2
+
+Times (wall, seconds) the statistics pass (``collect_statistics`` vs ``collect_statistics_sharded``)
+and the FP32 outputs of validation (``run_engine`` vs the sharded path with the FP32 model standing
+in for the INT8 engine, so no build is needed), checks that each sharded result equals the embedded
+one, and prints one JSON object: per configuration the wall time, the Ray start-up time (not included
+in the pass times) and the per-shard times the projection in BENCHMARKS.md uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", default="rt-sentiment")
+    parser.add_argument("--workspace", default="workspace")
+    parser.add_argument("--calibration", type=int, default=256)
+    parser.add_argument("--eval", type=int, default=500)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    args = parser.parse_args()
+
+    import numpy as np
+    import onnx
+
+    from calib.batching import encode
+    from calib.cluster import connect
+    from calib.data import load_rows, texts_of
+    from calib.demo import load_demo_task
+    from calib.distributed import collect_statistics_sharded, run_engines_sharded
+    from calib.engines.ort import OrtEngine, OrtSessionLoader
+    from calib.evaluation import run_engine
+    from calib.model import load_tokenizer
+    from calib.stats import StatsConfig, collect_statistics, default_tensors
+
+    demo = load_demo_task(args.task, args.workspace)
+    spec = demo.model
+    tok = load_tokenizer(spec.tokenizer_dir)
+    cal_spec, eval_spec = demo.data("calibration"), demo.data("eval")
+    cal_texts = texts_of(load_rows(cal_spec), cal_spec)[0][: args.calibration]
+    eval_texts = texts_of(load_rows(eval_spec), eval_spec)[0][: args.eval]
+    cal = encode(tok, cal_texts, max_length=spec.max_length)
+    ev = encode(tok, eval_texts, max_length=spec.max_length)
+    cfg = StatsConfig(batch_size=16)
+    tensors = default_tensors(onnx.load(str(spec.onnx_path), load_external_data=False))
+    out: dict = {"task": args.task, "calibration_texts": len(cal), "eval_texts": len(ev), "runs": {}}
+
+    t0 = time.perf_counter()
+    one = collect_statistics(spec, cal, tensors, config=cfg)
+    stats_embedded = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    engine = OrtEngine(OrtSessionLoader(spec.onnx_path))
+    ref = run_engine(engine, ev, spec.input_dtypes, spec.roles, batch_size=16)
+    stand_in = OrtEngine(OrtSessionLoader(spec.onnx_path))  # the sharded path runs two models per shard too
+    run_engine(stand_in, ev, spec.input_dtypes, spec.roles, batch_size=16)
+    eval_embedded = time.perf_counter() - t0
+    out["runs"]["embedded"] = {"stats_seconds": round(stats_embedded, 2), "outputs_seconds_fp32_and_int8_standin": round(eval_embedded, 2)}
+
+    for workers in args.workers:
+        t0 = time.perf_counter()
+        with connect(f"local:{workers}") as session:
+            startup = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            many = collect_statistics_sharded(session, spec, cal, tensors, config=cfg)
+            stats_s = time.perf_counter() - t0
+            same = all(np.array_equal(a.hist, b.hist) and a.min == b.min and a.max == b.max
+                       for a, b in zip(one.tensors, many.tensors))
+            t0 = time.perf_counter()
+            fp32, _, _ = run_engines_sharded(session, spec.onnx_path, spec.onnx_path, ev, spec.input_dtypes,
+                                             spec.roles, batch_size=16)
+            eval_s = time.perf_counter() - t0
+        out["runs"][f"local:{workers}"] = {
+            "ray_startup_seconds": round(startup, 2), "stats_seconds": round(stats_s, 2),
+            "outputs_seconds_fp32_and_int8_standin": round(eval_s, 2), "stats_identical": bool(same),
+            "fp32_outputs_identical": bool(np.array_equal(fp32.logits, ref.logits)),
+        }
+        print(json.dumps(out["runs"][f"local:{workers}"]), flush=True)
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
