@@ -13,7 +13,8 @@ Writes, inside ``out_dir``:
   this folder (``bash trtexec.sh 10 --dry-run`` checks them and prints the command);
 - ``engine.json``: placement, quantized and excluded nodes (with why), skipped tensors, the ranges'
   source and method, model and Q/DQ sha256, backend, TensorRT availability and reason;
-- with ``backend="tensorrt"`` (TensorRT and a GPU present): ``model.plan`` + its metadata and log.
+- the backend's own engine file when it has one (``calib.engines.REGISTRY``): with
+  ``backend="tensorrt"`` (TensorRT and a GPU present) ``model.plan`` + its metadata and log.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from calib.calibrate import Calibration
+from calib.calibset import CalibrationSet
+from calib.engines import PLAN_FILE, EngineBuildRequest, backend_names, get_backend
+from calib.engines.ort import OrtEngine, OrtSessionLoader
 from calib.engines.trtexec import (
     FP32_FILE,
     TRTEXEC_CACHE_ALGORITHM,
@@ -45,13 +49,11 @@ from calib.smooth import input_means, parse_alpha, smooth_calibrated
 from calib.trtcache import DEFAULT_TRT_VERSION, header, write_trt_cache
 from calib.workspace import ProgressFn
 
-BACKENDS = ("ort", "tensorrt")
 ENGINE_FILE = "engine.json"
 QDQ_FILE = "model.qdq.onnx"
 SMOOTH_FILE = "model.smooth.onnx"
 CACHE_FILE = "calibration.cache"
 SCRIPT_FILE = "trtexec.sh"
-PLAN_FILE = "model.plan"
 FORMAT = "calib.engine/1"
 
 
@@ -83,9 +85,6 @@ class BuildConfig:
     # Outlier migration before Q/DQ: "" (off), "auto" (alpha per tensor by simulated INT8 error) or an
     # alpha in (0, 1). Needs `calibration` (its per-channel statistics and calibration set).
     smooth: str | float = ""
-    # With ``smooth``: also fold per-channel scales into attention's projections (Q/K equalized by
-    # simulated score error; the context's migration realised through V's projection instead of a Mul).
-    smooth_attention: bool = False
     # Fold the expected output shift of INT8 weights into each quantized MatMul's bias (calibration means).
     bias_correction: bool = False
 
@@ -115,8 +114,6 @@ def _profile(config: BuildConfig, calibration_dir: Path | None) -> tuple[ShapePr
         meta = read_json(calibration_dir / "calibration.json")
         source = str(meta.get("calibration_set", {}).get("dir", ""))
     if source and Path(source).is_dir():
-        from calib.calibset import CalibrationSet
-
         return ShapeProfile.from_calibration_set(CalibrationSet.load(source).profile), f"calibration set {source}"
     if config.calibration_set:
         raise InputError(f"calibration set {config.calibration_set} does not exist")
@@ -124,7 +121,7 @@ def _profile(config: BuildConfig, calibration_dir: Path | None) -> tuple[ShapePr
 
 
 def _check(config: BuildConfig) -> None:
-    check_choice(config.backend, BACKENDS, "backend")
+    check_choice(config.backend, backend_names(), "backend")
     check_choice(config.placement, PRESETS, "placement preset")
     if config.trt_mode not in ("auto", "explicit", "implicit"):
         raise InputError(f"unknown TensorRT build mode {config.trt_mode!r} (auto, explicit or implicit)")
@@ -142,14 +139,14 @@ def unavailable_message(reason: str) -> str:
 
 def build(config: BuildConfig, out_dir: Path, *, progress: ProgressFn | None = None) -> EngineArtifact:
     """Quantize ``config.model`` with the given ranges and write an engine folder into ``out_dir``."""
-    from calib.engines.tensorrt import tensorrt_status
-
     report = progress or (lambda fraction, message="": None)
     out_dir = Path(out_dir)
     _check(config)
-    status = tensorrt_status()
-    if config.backend == "tensorrt" and not status.available:
-        raise BackendUnavailableError(unavailable_message(status.reason))
+    backend = get_backend(config.backend)
+    backend_status = backend.status()
+    if not backend_status.available:
+        raise BackendUnavailableError(unavailable_message(backend_status.reason))
+    status = get_backend("tensorrt").status()  # the deployment target, recorded whatever the backend
     model_path = Path(config.model).resolve()
     model = read_onnx(model_path, load_weights=False)
     model_sha = sha256_file(model_path)
@@ -163,9 +160,8 @@ def build(config: BuildConfig, out_dir: Path, *, progress: ProgressFn | None = N
     recompute = _recompute_command(calibration_dir)
     if alpha is not None:
         report(0.05, "migrating activation outliers into the weights")
-        smoothed = smooth_calibrated(model_path, calibration_dir, ranges, alpha, out_dir / SMOOTH_FILE,
-                                     attention=config.smooth_attention)
-        if smoothed.result.rewritten:
+        smoothed = smooth_calibrated(model_path, calibration_dir, ranges, alpha, out_dir / SMOOTH_FILE)
+        if smoothed.result.migrated:
             source = out_dir / SMOOTH_FILE
             amax.update(smoothed.amax)
         else:
@@ -198,10 +194,14 @@ def build(config: BuildConfig, out_dir: Path, *, progress: ProgressFn | None = N
         f"calibration cache header: {header(config.trt_version, TRTEXEC_CACHE_ALGORITHM)} (for trtexec --calib)",
     )), executable=True)
 
-    plan: dict[str, Any] | None = None
-    if config.backend == "tensorrt":
-        report(0.7, "building TensorRT engine")
-        plan = _build_tensorrt(config, out_dir, Path(source), model_sha, inputs, profile)
+    built: dict[str, Any] | None = None
+    if backend.build is not None and backend.engine_file is not None:
+        report(0.7, f"building the {backend.title} engine")
+        built = backend.build(EngineBuildRequest(
+            out_dir=out_dir, engine_path=out_dir / backend.engine_file, qdq_model=out_dir / QDQ_FILE,
+            fp32_model=Path(source), model_sha256=model_sha, inputs=inputs, profile=profile,
+            calibration_cache=out_dir / CACHE_FILE, mode=config.trt_mode,
+            timing_cache=Path(config.timing_cache) if config.timing_cache else None))
 
     meta = {
         "format": FORMAT,
@@ -225,7 +225,10 @@ def build(config: BuildConfig, out_dir: Path, *, progress: ProgressFn | None = N
         "trtexec": {"script": SCRIPT_FILE, "trt11": commands.trt11, "trt10": commands.trt10,
                     "modelopt": commands.modelopt},
         "tensorrt": {"available": status.available, "reason": status.reason, "version": status.version,
-                     "engine": plan},
+                     "engine": built if config.backend == "tensorrt" else None},
+        # what EngineArtifact.engine("int8") runs: the backend's own file, or the Q/DQ model
+        "engine": {"backend": backend.name, "file": backend.engine_file or QDQ_FILE, "build": built,
+                   "status": backend_status.reason},
         "seconds": {"quantize": round(quantize_seconds, 3)},
         "config": config_params(config),  # to rebuild this engine with changes (calib.sensitivity)
         "smooth": None if smoothed is None else {
@@ -246,27 +249,6 @@ def _recompute_command(calibration_dir: Path | None) -> str:
         return "calib calibrate --calibration-set <calibration set>"
     meta = read_json(calibration_dir / "calibration.json")
     return f"calib calibrate --calibration-set {meta.get('calibration_set', {}).get('dir') or '<calibration set>'}"
-
-
-def _build_tensorrt(config: BuildConfig, out_dir: Path, model_path: Path, model_sha: str,
-                    inputs: tuple[str, ...], profile: ShapeProfile) -> dict[str, Any]:
-    import tensorrt as trt
-
-    from calib.engines.tensorrt import TrtBuildRequest, build_engine, major_version
-
-    mode = config.trt_mode
-    if mode == "auto":
-        mode = "explicit" if major_version(trt) >= 11 else "implicit"
-    explicit = mode == "explicit"
-    request = TrtBuildRequest(
-        onnx_path=out_dir / QDQ_FILE if explicit else model_path, engine_path=out_dir / PLAN_FILE,
-        profile=profile, input_names=inputs,
-        source_sha256=sha256_file(out_dir / QDQ_FILE) if explicit else model_sha, mode=mode,
-        calibration_cache=None if explicit else out_dir / CACHE_FILE,
-        timing_cache=Path(config.timing_cache) if config.timing_cache else None,
-        extra_metadata={"fp32_model_sha256": model_sha},
-    )
-    return build_engine(request)
 
 
 @dataclass(frozen=True)
@@ -316,17 +298,30 @@ class EngineArtifact:
         engine = self.meta["tensorrt"].get("engine")
         return self.dir / PLAN_FILE if engine and (self.dir / PLAN_FILE).is_file() else None
 
+    @property
+    def backend(self) -> str:
+        return str(self.meta["backend"])
+
+    @property
+    def engine_path(self) -> Path:
+        """The file the INT8 engine runs: the backend's own engine file, else the Q/DQ model. Folders
+        written before engine.json recorded it: the TensorRT plan when one was built, else the Q/DQ model."""
+        recorded = self.meta.get("engine")
+        if recorded:
+            return self.dir / recorded["file"]
+        return self.plan_path if self.plan_path is not None else self.qdq_path
+
     def engine(self, kind: str = "int8", *, threads: int | None = None):
-        """An :class:`~calib.engines.base.Engine`: ``int8`` (the TensorRT plan when one was built,
-        else ONNX Runtime over the Q/DQ model) or ``fp32`` (ONNX Runtime over the source model)."""
-        from calib.engines.ort import OrtEngine, OrtSessionLoader
-
+        """An :class:`~calib.engines.base.Engine`: ``int8`` (the build's backend, from
+        :data:`calib.engines.REGISTRY`, over :attr:`engine_path`) or ``fp32`` (ONNX Runtime over the
+        source model: the reference every backend is compared with)."""
         if kind == "int8":
-            if self.plan_path is not None:
-                from calib.engines.tensorrt import TensorRTEngine
-
-                return TensorRTEngine(self.plan_path, name="tensorrt-int8")
-            return OrtEngine(OrtSessionLoader(self.qdq_path, threads=threads), name="onnxruntime-int8")
+            recorded = self.meta.get("engine")
+            # before engine.json recorded it, a folder with a plan ran TensorRT and any other ONNX Runtime
+            name = recorded["backend"] if recorded else ("tensorrt" if self.plan_path is not None else "ort")
+            if not self.engine_path.is_file():
+                raise InputError(f"engine {self.dir.name} has no {self.engine_path.name} (its {name} engine file)")
+            return get_backend(name).load(self.engine_path, threads)
         if kind == "fp32":
             if not self.model_path.is_file():
                 raise InputError(f"the FP32 model {self.model_path} of engine {self.dir.name} no longer exists")

@@ -24,8 +24,11 @@ import numpy as np
 import onnx
 
 from calib.buckets import DEFAULT_EDGES, check_edges
+from calib.build import EngineArtifact
 from calib.cluster import Cluster, connect
 from calib.data import DataSpec, LoadReport, preparation_mismatch
+from calib.engines import get_backend
+from calib.engines.base import Engine
 from calib.engines.ort import OrtEngine, OrtSessionLoader
 from calib.errors import InputError, ModelMismatchError
 from calib.evaluation import Metrics, compare, load_eval_data, recorded_roles, run_engine
@@ -174,16 +177,12 @@ def check_engine_model(source: EngineSource, fp32: ModelSpec) -> None:
             raise ModelMismatchError(f"{where}: weight {tensor.name!r} differs; quantize this model (calib build)")
 
 
-def int8_engine(source: EngineSource, threads: int | None = None):
-    """The INT8 engine: the build artifact's own engine when calib.build provides it, else ORT on the Q/DQ model."""
+def int8_engine(source: EngineSource, threads: int | None = None) -> Engine:
+    """The INT8 engine: a build folder runs its backend's engine (``calib.engines.REGISTRY``, through
+    ``EngineArtifact.engine``); a bare Q/DQ ``.onnx`` runs on the ``ort`` backend."""
     if source.kind == "build":
-        try:
-            from calib.build import EngineArtifact
-        except ImportError:
-            EngineArtifact = None
-        if EngineArtifact is not None:
-            return EngineArtifact.load(source.path).engine("int8", threads=threads)
-    return OrtEngine(OrtSessionLoader(source.qdq_path, threads=threads), name="onnxruntime-int8")
+        return EngineArtifact.load(source.path).engine("int8", threads=threads)
+    return get_backend("ort").load(source.qdq_path, threads)
 
 
 def calibrated_amax(calibration: str | Path, model_sha256: str = "") -> tuple[dict[str, dict[str, float]], dict]:

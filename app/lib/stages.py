@@ -9,6 +9,7 @@ import numpy as np
 import streamlit as st
 
 from calib.data import DataSpec
+from calib.engines import get_backend
 from calib.errors import InputError
 from calib.workspace import Workspace
 from lib.project import Project, data_spec, model_spec
@@ -117,11 +118,15 @@ def graph_nodes(onnx_path: str | Path) -> list[tuple[str, str]]:
 
 
 @st.cache_resource(show_spinner=False, ttl=600)
-def tensorrt_state():
-    """``calib.engines.tensorrt.tensorrt_status()``, looked up once every ten minutes."""
-    from calib.engines.tensorrt import tensorrt_status
+def backend_state(name: str):
+    """``calib.engines.get_backend(name).status()`` (available, reason, version), looked up once every
+    ten minutes (TensorRT's probes the GPU)."""
+    return get_backend(name).status()
 
-    return tensorrt_status()
+
+def tensorrt_state():
+    """The TensorRT backend's status: the deployment target every build writes commands for."""
+    return backend_state("tensorrt")
 
 
 def profile_warning(profile: dict, max_length: int) -> str | None:

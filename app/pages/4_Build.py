@@ -14,11 +14,12 @@ import pandas as pd
 import streamlit as st
 from lib.context import attempt, shown_errors
 from lib.project import model_spec
-from lib.stages import graph_nodes, profile_warning, tensorrt_state
+from lib.stages import backend_state, graph_nodes, profile_warning, tensorrt_state
 from lib.ui import download_file, open_picked_run, pick_run, run_button, start_page
 
 from calib.build import BuildConfig, EngineArtifact, build
 from calib.calibrate import Calibration
+from calib.engines import backend_names, get_backend
 from calib.methods import DEFAULT_BUILD_METHOD
 from calib.placement import PRESETS
 from calib.trtcache import DEFAULT_TRT_VERSION
@@ -67,12 +68,13 @@ else:
                      "all": "all — every quantizable op (shows why naive INT8 fails)"}
     preset = c2.selectbox("Placement preset", list(PRESETS), key="build-preset",
                           format_func=lambda p: preset_labels.get(p, p))
-    backend = c3.selectbox("Backend", ["ort", "tensorrt"], key="build-backend",
-                           format_func={"ort": "ONNX Runtime Q/DQ (CPU)", "tensorrt": "TensorRT engine"}.get,
+    backend = c3.selectbox("Backend", list(backend_names()), key="build-backend",
+                           format_func=lambda name: get_backend(name).label,
                            help=None if trt.available else f"TensorRT: {trt.reason}")
-    if backend == "tensorrt" and not trt.available:
-        st.warning("TensorRT is not available here, so this build would fail; choose ONNX Runtime.",
-                   icon=":material/warning:")
+    chosen = backend_state(backend)
+    if not chosen.available:
+        st.warning(f"{get_backend(backend).title} is not available here ({chosen.reason}), so this build would "
+                   "fail; choose ONNX Runtime.", icon=":material/warning:")
     op_types = sorted({op for _, op in nodes})
     c1, c2 = st.columns(2)
     st.session_state.setdefault("build-exclude", [])

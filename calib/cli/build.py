@@ -3,7 +3,8 @@
 With ``--backend tensorrt`` on a machine without TensorRT (or without a GPU), ``calib build`` says
 so plainly, builds the portable part instead (Q/DQ model, calibration cache and ``trtexec.sh`` with
 the exact commands for the GPU machine, registered as a normal run) and exits with status 3, so a
-script that asked for a TensorRT engine notices it did not get one.
+script that asked for a TensorRT engine notices it did not get one. Any other registered backend
+(``calib.engines.REGISTRY``) that is unavailable here is handled the same way.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from calib.cli.common import EXIT_BACKEND_UNAVAILABLE, json_arg, run_folder
 
 EXIT_NO_TENSORRT = EXIT_BACKEND_UNAVAILABLE
+PORTABLE_BACKEND = "ort"  # what an unavailable backend falls back to: the Q/DQ model + trtexec.sh
 
 _EXAMPLES = """examples:
   calib build --calibration cal-20250101-abcd --method entropy --placement tensorrt
@@ -28,7 +30,7 @@ _EXAMPLES = """examples:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from calib.build import BACKENDS
+    from calib.engines import REGISTRY, backend_names
     from calib.methods import DEFAULT_BUILD_METHOD
     from calib.placement import PRESETS
     from calib.trtcache import DEFAULT_TRT_VERSION
@@ -61,14 +63,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="migrate activation outliers into the weights before Q/DQ (ONNX rewrite, FP32 outputs "
                         "unchanged): an alpha in (0, 1), or auto (alpha per tensor by simulated INT8 error; the "
                         "default when the flag has no value); needs --calibration")
-    p.add_argument("--smooth-attention", action="store_true",
-                   help="with --smooth: also fold per-channel scales into attention's Q/K/V projections (Q/K "
-                        "equalized for the score MatMul, the context migrated through V: no op added; checked "
-                        "to leave the FP32 outputs unchanged)")
     p.add_argument("--bias-correction", action="store_true",
                    help="fold the expected output shift of INT8 weights into each quantized MatMul's bias "
                         "(calibration-set input means); needs --calibration")
-    p.add_argument("--backend", choices=BACKENDS, default="ort", help="ort (INT8 on this CPU, default) or tensorrt")
+    p.add_argument("--backend", choices=backend_names(), default="ort",
+                   help="; ".join(f"{n}: {b.label}" for n, b in REGISTRY.items()) + " (default ort)")
     p.add_argument("--profile", nargs=6, type=int, metavar=("MINB", "OPTB", "MAXB", "MINT", "OPTT", "MAXT"),
                    help="optimisation profile (default: the calibration set's)")
     p.add_argument("--calibration-set", default="", help="calibration set run/folder for the profile")
@@ -135,7 +134,7 @@ def _config(args: argparse.Namespace, ws) -> tuple:
         exclude_op_types=tuple(args.exclude_op), per_channel=not args.per_tensor_weights, backend=args.backend,
         calibration_set=calibration_set, profile=tuple(args.profile or ()), trt_version=args.trt_version,
         trt_mode=args.trt_mode, timing_cache=str(ws.cache_dir / "tensorrt-timing.cache"),
-        smooth=args.smooth, smooth_attention=args.smooth_attention, bias_correction=args.bias_correction,
+        smooth=args.smooth, bias_correction=args.bias_correction,
     )
     return config, parents
 
@@ -143,17 +142,17 @@ def _config(args: argparse.Namespace, ws) -> tuple:
 def run_build(args: argparse.Namespace) -> int:
     from calib.build import CACHE_FILE, ENGINE_FILE, PLAN_FILE, SCRIPT_FILE, build
     from calib.cli.common import ProgressBar, print_run_json, workspace_of
-    from calib.engines.tensorrt import tensorrt_status
+    from calib.engines import get_backend
     from calib.pipeline import run_stage
 
     ws = workspace_of(args)
     config, parents = _config(args, ws)
-    missing_tensorrt = ""
-    if config.backend == "tensorrt":
-        status = tensorrt_status()
-        if not status.available:
-            missing_tensorrt = status.reason
-            config = dataclasses.replace(config, backend="ort")
+    missing, backend = "", get_backend(config.backend)
+    if backend.name != PORTABLE_BACKEND:
+        status = backend.status()
+        if not status.available:  # build the portable part, say so, exit 3
+            missing = status.reason
+            config = dataclasses.replace(config, backend=PORTABLE_BACKEND)
     run_id, artifact = run_stage(ws, "build", build, config, parents=parents, label=args.label,
                                  progress=ProgressBar("build"))
     meta = artifact.meta
@@ -163,12 +162,13 @@ def run_build(args: argparse.Namespace) -> int:
         for key, name in (("calibration_cache", CACHE_FILE), ("tensorrt_plan", PLAN_FILE)):
             if (artifact.dir / name).is_file():
                 outputs[key] = artifact.dir / name
-        print_run_json(ws, run_id, outputs, tensorrt_unavailable=missing_tensorrt or None)
+        print_run_json(ws, run_id, outputs, tensorrt_unavailable=(missing if backend.name == "tensorrt" else "") or None,
+                       backend_unavailable={"backend": backend.name, "reason": missing} if missing else None)
     else:
         print_build(run_id, artifact)
-    if missing_tensorrt:
-        print(f"\nTensorRT is not usable here: {missing_tensorrt}.", file=sys.stderr)
-        print(f"No TensorRT engine was built. On the GPU machine run `bash {artifact.dir / SCRIPT_FILE} 11` "
+    if missing:
+        print(f"\n{backend.title} is not usable here: {missing}.", file=sys.stderr)
+        print(f"No {backend.title} engine was built. On the GPU machine run `bash {artifact.dir / SCRIPT_FILE} 11` "
               f"(TensorRT 11) or `... 10` (TensorRT 8.6-10.x); the TensorRT 11 command is:\n"
               f"{meta['trtexec']['trt11']}", file=sys.stderr)
         return EXIT_NO_TENSORRT

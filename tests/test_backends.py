@@ -1,0 +1,146 @@
+"""The engine-backend registry (calib.engines.REGISTRY): a new backend is one module + one entry.
+
+A toy backend whose "engine" is the FP32 model run by ONNX Runtime under another name is registered
+and followed through build (its own engine file and record), EngineArtifact.engine, validate (the
+evaluation ran *its* engine: agreement exactly 1, zero drop, unlike the Q/DQ model), the CLI's
+--backend choices and the refusal of an unavailable backend."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tinymodel
+from absmax import absmax_ranges
+
+from calib.build import BuildConfig, EngineArtifact, build
+from calib.engines import (
+    REGISTRY,
+    Backend,
+    BackendStatus,
+    EngineBuildRequest,
+    backend_names,
+    get_backend,
+    register,
+)
+from calib.engines.ort import OrtEngine, OrtSessionLoader
+from calib.errors import BackendUnavailableError, InputError
+from calib.ranges import Ranges
+
+TOY_FILE = "model.toy.onnx"
+
+
+def _build_toy(request: EngineBuildRequest) -> dict:
+    """The toy backend's build: its engine file is a copy of the float model (no quantization)."""
+    shutil.copyfile(request.fp32_model, request.engine_path)
+    return {"source": Path(request.fp32_model).name, "inputs": list(request.inputs)}
+
+
+def _load_toy(path: Path, threads: int | None) -> OrtEngine:
+    return OrtEngine(OrtSessionLoader(path, threads=threads), name="toy-fp32")
+
+
+@pytest.fixture()
+def toy_backend():
+    entry = register(Backend("toy", title="Toy", label="Toy: FP32 through ONNX Runtime",
+                             status=lambda: BackendStatus(True, "always here", "0.1"), load=_load_toy,
+                             engine_name="toy-fp32", engine_file=TOY_FILE, build=_build_toy))
+    gone = register(Backend("toy-missing", title="Toy-missing", label="never here",
+                            status=lambda: BackendStatus(False, "Toy-missing needs hardware this machine lacks",
+                                                         None), load=_load_toy, engine_name="x"))
+    yield entry
+    for name in (entry.name, gone.name):
+        REGISTRY.pop(name, None)
+
+
+@pytest.fixture(scope="module")
+def ranges_file(tiny_spec, tmp_path_factory):
+    amax = absmax_ranges(tiny_spec, tinymodel.make_texts(48, seed=7)[0], preset="tensorrt")
+    path = tmp_path_factory.mktemp("ranges") / "minmax.json"
+    Ranges(method="minmax", params={}, model_sha256=tiny_spec.sha256, amax=amax).save(path)
+    return path
+
+
+def _config(tiny_spec, ranges_file, backend):
+    return BuildConfig(model=str(tiny_spec.onnx_path), ranges=str(ranges_file), backend=backend,
+                       profile=(1, 8, 16, 8, 32, 64))
+
+
+def test_builtin_backends_and_their_checks():
+    assert backend_names()[:2] == ("ort", "tensorrt")
+    assert get_backend("ort").status().available and get_backend("ort").engine_file is None
+    trt = get_backend("tensorrt")
+    assert trt.engine_file == "model.plan" and trt.build is not None
+    with pytest.raises(InputError, match="unknown backend"):
+        get_backend("nope")
+    with pytest.raises(InputError, match="already registered"):
+        register(get_backend("ort"))
+    with pytest.raises(InputError, match="engine file and a build function"):
+        register(Backend("half", title="h", label="h", status=lambda: BackendStatus(True, "", None),
+                         load=_load_toy, engine_name="h", engine_file="x.onnx"))
+    assert "half" not in REGISTRY
+
+
+def test_toy_backend_builds_loads_and_validates(toy_backend, tiny_spec, ranges_file, tiny_csv, tmp_path):
+    from calib.validate import Evaluation, ValidateConfig, validate
+
+    art = build(_config(tiny_spec, ranges_file, "toy"), tmp_path / "toy")
+    assert (art.dir / TOY_FILE).is_file() and (art.dir / "model.qdq.onnx").is_file()  # the portable part too
+    meta = json.loads((art.dir / "engine.json").read_text())
+    assert meta["backend"] == "toy" and art.backend == "toy"
+    assert meta["engine"] == {"backend": "toy", "file": TOY_FILE, "status": "always here",
+                              "build": {"source": tiny_spec.onnx_path.name, "inputs": list(tiny_spec.input_dtypes)}}
+    assert meta["tensorrt"]["engine"] is None and art.engine_path == art.dir / TOY_FILE
+    engine = art.engine("int8", threads=1)
+    assert engine.name == "toy-fp32"
+
+    def evaluate(folder, out):
+        validate(ValidateConfig(engine=str(folder), model=str(tiny_spec.onnx_path),
+                                tokenizer=str(tiny_spec.tokenizer_dir), data=str(tiny_csv), labels=tinymodel.LABELS,
+                                max_length=64, limit=64, bootstrap=50, layers=False, threads=1), out)
+        return Evaluation.load(out)
+
+    toy = evaluate(art.dir, tmp_path / "ev-toy")
+    assert toy.data["engine"]["name"] == "toy-fp32" and toy.data["engine"]["backend"] == "toy"
+    s = toy.summary()
+    assert s["top1_agreement"] == 1.0 and s["accuracy_drop_points"] == 0.0 and s["kl_softmax"] < 1e-9
+    # the same ranges on the ort backend run the Q/DQ model: a different engine, measurably not FP32
+    qdq = evaluate(build(_config(tiny_spec, ranges_file, "ort"), tmp_path / "ort").dir, tmp_path / "ev-ort")
+    assert qdq.data["engine"]["name"] == "onnxruntime-int8"
+    assert qdq.summary()["kl_softmax"] > 1e-9
+    assert not np.allclose(toy.predictions()["int8_logits"], qdq.predictions()["int8_logits"])
+
+
+def test_unavailable_backend_is_refused_and_the_cli_offers_every_backend(toy_backend, tiny_spec, ranges_file,
+                                                                        tmp_path, workspace, capsys):
+    with pytest.raises(BackendUnavailableError, match="needs hardware this machine lacks.*--backend ort"):
+        build(_config(tiny_spec, ranges_file, "toy-missing"), tmp_path / "no")
+    assert not (tmp_path / "no").exists() or not any((tmp_path / "no").iterdir())
+    from calib.cli import main as cli_main
+
+    base = ["--workspace", str(workspace.root), "build", "--model", str(tiny_spec.onnx_path),
+            "--ranges", str(ranges_file), "--profile", "1", "8", "16", "8", "32", "64", "--json"]
+    assert cli_main([*base, "--backend", "toy"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert EngineArtifact.load(payload["dir"]).engine("int8").name == "toy-fp32"
+    # unavailable: the portable part is built and registered, the command says so and exits 3
+    assert cli_main([*base, "--backend", "toy-missing"]) == 3
+    captured = capsys.readouterr()
+    payload = json.loads(captured.out)
+    assert payload["backend_unavailable"] == {"backend": "toy-missing",
+                                              "reason": "Toy-missing needs hardware this machine lacks"}
+    assert payload["tensorrt_unavailable"] is None
+    assert "Toy-missing is not usable here" in captured.err
+    assert EngineArtifact.load(payload["dir"]).backend == "ort"
+
+
+def test_engine_folders_written_before_the_engine_record_still_run(tiny_spec, ranges_file, tmp_path):
+    art = build(_config(tiny_spec, ranges_file, "ort"), tmp_path / "e")
+    meta = json.loads((art.dir / "engine.json").read_text())
+    del meta["engine"]  # as engine.json was written before the backend registry
+    (art.dir / "engine.json").write_text(json.dumps(meta))
+    old = EngineArtifact.load(art.dir)
+    assert old.engine_path == old.qdq_path and old.engine("int8", threads=1).name == "onnxruntime-int8"
