@@ -85,6 +85,9 @@ class BuildConfig:
     # Outlier migration before Q/DQ: "" (off), "auto" (alpha per tensor by simulated INT8 error) or an
     # alpha in (0, 1). Needs `calibration` (its per-channel statistics and calibration set).
     smooth: str | float = ""
+    # With ``smooth``: also fold per-channel scales into attention's projections (Q/K equalized by
+    # simulated score error; the context's migration realised through V's projection instead of a Mul).
+    smooth_attention: bool = False
     # Fold the expected output shift of INT8 weights into each quantized MatMul's bias (calibration means).
     bias_correction: bool = False
 
@@ -160,8 +163,9 @@ def build(config: BuildConfig, out_dir: Path, *, progress: ProgressFn | None = N
     recompute = _recompute_command(calibration_dir)
     if alpha is not None:
         report(0.05, "migrating activation outliers into the weights")
-        smoothed = smooth_calibrated(model_path, calibration_dir, ranges, alpha, out_dir / SMOOTH_FILE)
-        if smoothed.result.migrated:
+        smoothed = smooth_calibrated(model_path, calibration_dir, ranges, alpha, out_dir / SMOOTH_FILE,
+                                     attention=config.smooth_attention)
+        if smoothed.result.rewritten:
             source = out_dir / SMOOTH_FILE
             amax.update(smoothed.amax)
         else:

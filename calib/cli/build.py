@@ -63,6 +63,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="migrate activation outliers into the weights before Q/DQ (ONNX rewrite, FP32 outputs "
                         "unchanged): an alpha in (0, 1), or auto (alpha per tensor by simulated INT8 error; the "
                         "default when the flag has no value); needs --calibration")
+    p.add_argument("--smooth-attention", action="store_true",
+                   help="with --smooth: also fold per-channel scales into attention's Q/K/V projections (Q/K "
+                        "equalized for the score MatMul, the context migrated through V: no op added; checked "
+                        "to leave the FP32 outputs unchanged)")
     p.add_argument("--bias-correction", action="store_true",
                    help="fold the expected output shift of INT8 weights into each quantized MatMul's bias "
                         "(calibration-set input means); needs --calibration")
@@ -134,7 +138,7 @@ def _config(args: argparse.Namespace, ws) -> tuple:
         exclude_op_types=tuple(args.exclude_op), per_channel=not args.per_tensor_weights, backend=args.backend,
         calibration_set=calibration_set, profile=tuple(args.profile or ()), trt_version=args.trt_version,
         trt_mode=args.trt_mode, timing_cache=str(ws.cache_dir / "tensorrt-timing.cache"),
-        smooth=args.smooth, bias_correction=args.bias_correction,
+        smooth=args.smooth, smooth_attention=args.smooth_attention, bias_correction=args.bias_correction,
     )
     return config, parents
 
