@@ -135,3 +135,16 @@ def test_auto_ranges_with_auto_migration(tiny_calibset, tiny_spec, tmp_path):  #
         assert set(sm["migrated_choices"]) == set(sm["migrated_amax"])
         assert all(c["criterion"] == "matmul-output" for c in sm["migrated_choices"].values())
     assert art.meta["ranges"]["method"] == "auto" and len(art.quantized_nodes) > 0
+
+
+def test_smooth_attention_build_reranges_the_folded_tensors(calibration, tiny_spec, tmp_path):
+    plain = _build(calibration, tiny_spec, tmp_path / "p", method="minmax", smooth="0.5").meta
+    art = _build(calibration, tiny_spec, tmp_path / "a", method="minmax", smooth="0.5", smooth_attention=True)
+    sm = art.meta["smooth"]
+    assert "pv" in {a["kind"] for a in sm["attention"]}
+    assert max(sm["max_abs_output_delta"].values()) < 1e-4 and "attention:" in sm["summary"]
+    context = "layer.0/attention/context_merge_out"  # migrated through V: quantized under its own name, no Mul
+    assert context in art.meta["quantized_tensors"] and context + "::smooth" in plain["quantized_tensors"]
+    # V's values were rescaled by the fold, so its range was recomputed on the rewritten model
+    v = "layer.0/attention/v_t_out"
+    assert sm["migrated_amax"][v] != pytest.approx(calibration.ranges("minmax").amax[v], rel=1e-3)
