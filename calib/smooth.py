@@ -378,13 +378,17 @@ def _trace_projection(tensor: str, producers: Mapping[str, onnx.NodeProto], cons
     """Follow ``tensor`` back through single-consumer Reshape/Transpose nodes to a projection; the
     projection and the tensors on the way (projection output first). None when the chain is anything else."""
     chain = [tensor]
-    node = producers.get(tensor)
-    while node is not None and node.op_type in LAYOUT_OPS:
-        src = node.input[0]
+
+    def back(src: str) -> onnx.NodeProto | None:
+        """The producer of ``src`` when ``src`` has this one reader and is no graph output, else None."""
         if len(consumers.get(src, ())) != 1 or src in outputs:
             return None
         chain.append(src)
-        node = producers.get(src)
+        return producers.get(src)
+
+    node = producers.get(tensor)
+    while node is not None and node.op_type in LAYOUT_OPS:
+        node = back(node.input[0])
     if node is None:
         return None
     bias = bias_node = None
@@ -394,11 +398,7 @@ def _trace_projection(tensor: str, producers: Mapping[str, onnx.NodeProto], cons
         if len(consts) != 1 or len(others) != 1:
             return None
         bias, bias_node = consts[0], node.name
-        src = others[0]
-        if len(consumers.get(src, ())) != 1 or src in outputs:
-            return None
-        chain.append(src)
-        node = producers.get(src)
+        node = back(others[0])
         if node is None:
             return None
     if node.op_type not in ("MatMul", "Gemm") or len(node.input) < 2:
