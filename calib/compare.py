@@ -116,8 +116,7 @@ def compare_calibrators(config: CompareConfig, out_dir: Path, *,
         row["run"] = row["calibrator"] or row["run"]
         row["verdict"] = judge(row, budget).to_dict()
         row["evaluation"] = f"{row['calibrator']}/{EVALUATION_DIR}"
-        row["bucket_drops"] = [{"bucket": b["bucket"], "n": b["n"], "top1_agreement": b["agreement"]["top1_agreement"],
-                                "accuracy_drop_points": b.get("accuracy_drop_points")} for b in ev.buckets]
+        row["bucket_drops"] = [_bucket_figures(b) for b in ev.buckets]
         row["headline"] = headline_of(ev)
     rec = recommend(rows, budget)
     data = {"schema": SCHEMA, "calibration": str(Path(config.calibration).resolve()), "placement": config.placement,
@@ -126,3 +125,17 @@ def compare_calibrators(config: CompareConfig, out_dir: Path, *,
     atomic_write_json(out_dir / "comparison.json", data)
     report(1.0, f"recommended: {rec.name}")
     return CalibratorComparison.load(out_dir)
+
+
+def _bucket_figures(bucket: dict) -> dict:
+    """One length bucket's headline figures: agreement and drop for a classifier, the embedding cosine
+    (and neighbour recall@1) for an embedding model, whose buckets have no agreement."""
+    out = {"bucket": bucket["bucket"], "n": bucket["n"]}
+    if "agreement" in bucket:
+        out.update(top1_agreement=bucket["agreement"]["top1_agreement"],
+                   accuracy_drop_points=bucket.get("accuracy_drop_points"))
+    if isinstance(bucket.get("embedding_cosine"), dict):
+        out["embedding_cosine"] = bucket["embedding_cosine"].get("mean")
+    if isinstance(bucket.get("neighbours"), dict):
+        out["neighbour_recall_at_1"] = bucket["neighbours"].get("recall_at_1")
+    return out

@@ -317,7 +317,8 @@ def recommend(rows: list[Mapping[str, Any]], budget: ReleaseBudget, *, name_key:
 
     passing = sum(v.passed for v in verdicts)
     if verdict.passed:
-        reason = (f"{name}: passes the budget ({budget.describe()}) with the best agreement of the "
+        best_of = "agreement" if row.get("top1_agreement") is not None else "embedding cosine"
+        reason = (f"{name}: passes the budget ({budget.describe()}) with the best {best_of} of the "
                   f"{passing} that pass ({figures(row)})")
     else:
         reason = (f"none of the {len(rows)} passes the budget ({budget.describe()}); {name} comes closest "

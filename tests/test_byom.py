@@ -259,3 +259,29 @@ def test_sensitivity_of_an_embedding_model_searches_on_cosine(encoder, tmp_path)
     # the two MatMuls reading the broken tensors, and nothing else
     assert res.found and set(res.exclusions) == {"layer.0/output/dense/MatMul", "layer.1/attention/output/dense/MatMul"}
     assert res.data["recommended"]["embedding_cosine"] >= DEFAULT_EMBEDDING_COSINE
+
+
+def test_calibrators_side_by_side_on_an_embedding_model(encoder, tmp_path, capsys):
+    """`calib validate --method all` on a model without logits: judged and recommended on its cosine,
+    the table shows embedding metrics and no agreement or accuracy columns."""
+    from calib.cli import main
+
+    ws = ["--workspace", str(tmp_path / "ws")]
+    model = ["--model", str(encoder / "encoder.onnx"), "--tokenizer", str(encoder / "tokenizer"), "--max-length", "64"]
+    data = ["--data", str(encoder / "data.csv")]
+
+    def run(*argv) -> str:
+        assert main([*ws, *argv]) == 0, capsys.readouterr().err
+        return capsys.readouterr().out
+
+    calset = run("assemble", *model, *data, "--size", "48").split()[1].rstrip(":")
+    calibration = run("calibrate", "--calibration-set", calset, "--method", "minmax", "percentile").split()[1].rstrip(":")
+    out = run("validate", "--calibration", calibration, "--method", "all", *model, *data, "--limit", "40",
+              "--bootstrap", "0", "--no-layers")
+    header = next(line for line in out.splitlines() if line.startswith("calibrator"))
+    assert "emb cos" in header and "recall@1" in header and "agreement" not in header and "acc INT8" not in header
+    assert "best embedding cosine" in out or "no calibrator passes" in out
+    comparison = json.loads(next((tmp_path / "ws" / "runs").glob("compare-*/comparison.json")).read_text())
+    for row in comparison["rows"]:
+        assert [c["name"] for c in row["verdict"]["criteria"]] == ["min_embedding_cosine"]
+        assert all("embedding_cosine" in b and "top1_agreement" not in b for b in row["bucket_drops"])

@@ -307,13 +307,24 @@ def run_compare(args: argparse.Namespace, ws) -> int:
         print_run_json(ws, run_id, {"record": comparison.dir / "comparison.json"}, recommendation=rec, rows=rows)
         return 0
     print(f"run {run_id}: {comparison.dir}")
-    rows = [[r["calibrator"], fmt.percent(r.get("accuracy_int8")), fmt.points(r.get("accuracy_drop_points"), unit=False),
-             fmt.MISSING if r.get("drop_ci_low_points") is None else
-             f"[{fmt.points(r['drop_ci_low_points'], unit=False)}, {fmt.points(r['drop_ci_high_points'], unit=False)}]",
-             fmt.percent(r["top1_agreement"]), fmt.ratio(r.get("embedding_cosine")), r["verdict"]["status"]]
-            for r in data["rows"]]
-    print(format_table(["calibrator", "acc INT8", "drop pts (FP32-INT8)", "drop 95% CI", "agreement", "emb cos", "verdict"],
-                       rows))
+    if all((r.get("headline") or {}).get("model_kind") == "embedding" for r in data["rows"]):
+        # an embedding model: its own metrics, no agreement or accuracy columns (it has no logits)
+        heads = [r["headline"] for r in data["rows"]]
+        rows = [[r["calibrator"], fmt.ratio(h.get("embedding_cosine")), fmt.ratio(h.get("embedding_cosine_p1")),
+                 fmt.percent(h.get("neighbour_recall_at_1")), fmt.percent(h.get("neighbour_recall_at_k")),
+                 fmt.ratio(h.get("similarity_spearman")), fmt.points(h.get("knn_accuracy_drop_points"), unit=False),
+                 r["verdict"]["status"]] for r, h in zip(data["rows"], heads)]
+        k = heads[0].get("neighbour_k") or "k"
+        print(format_table(["calibrator", "emb cos", "cos p1", "recall@1", f"recall@{k}", "spearman", "kNN drop pts",
+                            "verdict"], rows))
+    else:
+        rows = [[r["calibrator"], fmt.percent(r.get("accuracy_int8")), fmt.points(r.get("accuracy_drop_points"), unit=False),
+                 fmt.MISSING if r.get("drop_ci_low_points") is None else
+                 f"[{fmt.points(r['drop_ci_low_points'], unit=False)}, {fmt.points(r['drop_ci_high_points'], unit=False)}]",
+                 fmt.percent(r["top1_agreement"]), fmt.ratio(r.get("embedding_cosine")), r["verdict"]["status"]]
+                for r in data["rows"]]
+        print(format_table(["calibrator", "acc INT8", "drop pts (FP32-INT8)", "drop 95% CI", "agreement", "emb cos",
+                            "verdict"], rows))
     print(f"recommended: {rec['reason']}")
     if rec["default_note"]:
         print(f"note: {rec['default_note']}")
