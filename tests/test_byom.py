@@ -102,7 +102,10 @@ def encoder(tmp_path_factory):
     return root
 
 
-def test_encoder_only_model_through_the_cli(encoder, tmp_path, capsys):
+@pytest.fixture()
+def encoder_cli(encoder, tmp_path, capsys):
+    """(run, workspace args, model args, data args) for the CLI on the tiny encoder in a fresh
+    workspace; ``run`` asserts exit 0 and returns stdout."""
     from calib.cli import main
 
     ws = ["--workspace", str(tmp_path / "ws")]
@@ -113,6 +116,13 @@ def test_encoder_only_model_through_the_cli(encoder, tmp_path, capsys):
         assert main([*ws, *argv]) == 0, capsys.readouterr().err
         return capsys.readouterr().out
 
+    return run, ws, model, data
+
+
+def test_encoder_only_model_through_the_cli(encoder_cli, tmp_path, capsys):
+    from calib.cli import main
+
+    run, ws, model, data = encoder_cli
     # naming token states as the logits is refused at the first stage, in one line
     assert main([*ws, "assemble", *model, *data, "--size", "32", "--logits-output", "last_hidden_state"]) == 2
     err = capsys.readouterr().err
@@ -261,19 +271,10 @@ def test_sensitivity_of_an_embedding_model_searches_on_cosine(encoder, tmp_path)
     assert res.data["recommended"]["embedding_cosine"] >= DEFAULT_EMBEDDING_COSINE
 
 
-def test_calibrators_side_by_side_on_an_embedding_model(encoder, tmp_path, capsys):
+def test_calibrators_side_by_side_on_an_embedding_model(encoder_cli, tmp_path):
     """`calib validate --method all` on a model without logits: judged and recommended on its cosine,
     the table shows embedding metrics and no agreement or accuracy columns."""
-    from calib.cli import main
-
-    ws = ["--workspace", str(tmp_path / "ws")]
-    model = ["--model", str(encoder / "encoder.onnx"), "--tokenizer", str(encoder / "tokenizer"), "--max-length", "64"]
-    data = ["--data", str(encoder / "data.csv")]
-
-    def run(*argv) -> str:
-        assert main([*ws, *argv]) == 0, capsys.readouterr().err
-        return capsys.readouterr().out
-
+    run, _, model, data = encoder_cli
     calset = run("assemble", *model, *data, "--size", "48").split()[1].rstrip(":")
     calibration = run("calibrate", "--calibration-set", calset, "--method", "minmax", "percentile").split()[1].rstrip(":")
     out = run("validate", "--calibration", calibration, "--method", "all", *model, *data, "--limit", "40",
