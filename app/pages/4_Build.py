@@ -91,13 +91,22 @@ else:
         smooth = a1.selectbox("Outlier migration (alpha)", ["off", "auto", "0.5", "0.8", "0.9"], key="build-smooth",
                               help="Move activation outliers into the weights before Q/DQ (FP32 outputs unchanged); "
                                    "auto picks alpha per tensor by simulated INT8 error.")
+        smooth_attention = a2.checkbox("Also fold scales into attention's projections", value=False,
+                                       key="build-smooth-attention", disabled=smooth == "off",
+                                       help="With outlier migration: equalize Q/K and migrate the attention context "
+                                            "through V's projection (FP32 outputs unchanged; opt-in, see BENCHMARKS.md).")
+        bias_correction = a2.checkbox("Bias correction", value=False, key="build-bias-correction",
+                                      help="Fold the output shift that weight quantization causes into each MatMul's "
+                                           "bias, from calibration-set input means.")
     extra = tuple(p.strip() for p in re.split(r",", patterns) if p.strip())
     from calib.sensitivity import exact_pattern
 
     config = BuildConfig(model=str(model_path), calibration=str(cal_run.dir), method=method, placement=preset,
                          exclude_nodes=tuple(exact_pattern(n) for n in excluded) + extra,
                          exclude_op_types=tuple(exclude_ops), per_channel=bool(per_channel), backend=backend,
-                         trt_version=trt_version, smooth="" if smooth == "off" else smooth)
+                         trt_version=trt_version, smooth="" if smooth == "off" else smooth,
+                         smooth_attention=bool(smooth_attention) and smooth != "off",
+                         bias_correction=bool(bias_correction))
     run_button(page, "build", "Building", "Build the INT8 model", key="build-run", fn=build, config=config,
                parents=(cal_run.id,))
 
