@@ -123,7 +123,7 @@ def compare_calibrators(config: CompareConfig, out_dir: Path, *,
             "model_sha256": evaluations[0].data["model"]["sha256"], "dataset": evaluations[0].data["dataset"],
             "budget": budget.to_dict(), "rows": rows, "recommendation": rec.to_dict()}
     atomic_write_json(out_dir / "comparison.json", data)
-    report(1.0, f"recommended: {rec.name}")
+    report(1.0, rec.headline)
     return CalibratorComparison.load(out_dir)
 
 

@@ -275,8 +275,8 @@ def headline(stage: str, summary: Mapping[str, Any]) -> str:
     elif stage == "compare":
         if s.get("recommended"):
             passing = s.get("passing") or []
-            parts.append(f"recommends {s['recommended']}"
-                         + ("" if s.get("recommended_passes") else " (none passes the budget)"))
+            parts.append(f"recommends {s['recommended']}" if s.get("recommended_passes")
+                         else f"none passes, closest {s['recommended']}")
             if "methods" in s:
                 parts.append(f"{len(passing)} of {len(s['methods'])} pass")
     elif stage == "bench":

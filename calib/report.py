@@ -29,6 +29,7 @@ from calib.model import check_same_model
 from calib.validate import Evaluation
 from calib.verdict import (
     MIN_BUCKET_TEXTS,
+    Recommendation,
     ReleaseBudget,
     default_budget,
     gate_command,
@@ -448,7 +449,7 @@ def _comparison_section(data: dict) -> Section | None:
     rec = data.get("recommendation") or {}
     notes = []
     if rec:
-        notes.append(f"Recommended: {rec['reason']}.")
+        notes.append(Recommendation(**rec).sentence)
         if rec.get("default_note"):
             notes.append(rec["default_note"] + ".")
     notes.append("The first row is the release candidate the verdict above is about; each row is judged against "

@@ -286,6 +286,17 @@ class Recommendation:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def headline(self) -> str:
+        """A few words for a banner: ``recommended: minmax`` only when it passes, otherwise
+        ``none passes · closest: minmax`` (a failing candidate is never called recommended)."""
+        return f"recommended: {self.name}" if self.passes else f"none passes · closest: {self.name}"
+
+    @property
+    def sentence(self) -> str:
+        """The recommendation as one sentence for the CLI, the app and the report."""
+        return f"Recommended: {self.reason}." if self.passes else f"{self.reason[:1].upper()}{self.reason[1:]}."
+
 
 def _rank_key(row: Mapping[str, Any], verdict: Verdict) -> tuple:
     agreement = row.get("top1_agreement")

@@ -530,8 +530,13 @@ def test_calibrators_side_by_side_verdict_and_report(app_workspace, tiny_model_p
     table = next(d.value for d in at.dataframe if "verdict" in d.value.columns)
     assert list(table["calibrator"]) == ["entropy", "minmax"] and set(table["verdict"]) == {"FAIL"}
     texts = [m.value for m in at.markdown]
-    assert any("FAIL" in t and "recommended:" in t for t in texts), texts
-    assert any(w.value.startswith("Recommended: none of the 2 passes") for w in at.warning)
+    # nothing passes: the banner names the closest calibrator and never calls it recommended
+    assert any("FAIL" in t and "none passes · closest:" in t for t in texts), texts
+    assert not any("recommended:" in t for t in texts), texts
+    # the page's Verdict section (at the top) judges the comparison just made, not "No validation yet"
+    assert not any(i.value.startswith("No validation yet") for i in at.info)
+    assert sum("FAIL" in t and "none passes · closest:" in t for t in texts) == 2, texts  # Verdict + side by side
+    assert any(w.value.startswith("None of the 2 passes") for w in at.warning)
     at.button(key="cmp-report").click().run()
     at = wait_for_jobs(at)
     no_crash(at)

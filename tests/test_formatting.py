@@ -92,7 +92,7 @@ def test_headline_per_stage():
     assert fmt.headline("compare", {"recommended": "minmax", "recommended_passes": True, "methods": ["a", "b", "c"],
                                     "passing": ["minmax"]}) == "recommends minmax, 1 of 3 pass"
     assert fmt.headline("compare", {"recommended": "mse", "recommended_passes": False, "methods": ["mse"],
-                                    "passing": []}) == "recommends mse (none passes the budget), 0 of 1 pass"
+                                    "passing": []}) == "none passes, closest mse, 0 of 1 pass"
     assert fmt.headline("unknown-stage", {"x": 1}) == ""
 
 

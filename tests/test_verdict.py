@@ -94,10 +94,14 @@ def test_recommend_prefers_passing_then_agreement_and_says_when_entropy_is_not_b
     rec = recommend(rows, strict)
     assert rec.index == 2 and rec.name == "mse" and not rec.passes
     assert rec.reason.startswith("none of the 3 passes the budget") and "mse comes closest" in rec.reason
+    # a failing candidate is never announced as "recommended" (the banner and the sentence say none passes)
+    assert rec.headline == "none passes · closest: mse" and "recommended" not in rec.headline
+    assert rec.sentence.startswith("None of the 3 passes the budget") and not rec.sentence.startswith("Recommended")
     assert "TensorRT's default calibrator (entropy) is not the best choice" in rec.default_note
     loose = ReleaseBudget(max_drop=0.1, min_agreement=0.9, min_embedding_cosine=None)
     rec = recommend(rows, loose)  # mse has the better agreement but fails the drop
     assert rec.name == "minmax" and rec.passes and "passes the budget" in rec.reason
+    assert rec.headline == "recommended: minmax" and rec.sentence.startswith("Recommended: minmax: passes the budget")
     assert recommend(rows[:1], strict).default_note == ""
     with pytest.raises(InputError):
         recommend([], strict)
@@ -114,3 +118,22 @@ def test_mean_interval():
     low, high = mean_interval([0.9, 1.0] * 50)
     assert low < 0.95 < high and high - low == pytest.approx(2 * 1.96 * 0.05025 / 10, rel=0.01)
     assert mean_interval([0.5]) is None
+
+
+def test_validate_page_judges_the_newer_of_validation_and_comparison():
+    """The Verdict section of the Validate page is about what was validated last: a side-by-side comparison
+    that finished after the picked validation run is judged (and vice versa); either alone is judged."""
+    import sys
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "app"))
+    from lib.ui import verdict_subject
+
+    validation = SimpleNamespace(stage="validate", created_at="2026-12-06T01:00:00", finished_at="2026-12-06T01:05:00")
+    comparison = SimpleNamespace(stage="compare", created_at="2026-12-06T01:02:00", finished_at="2026-12-06T01:09:00")
+    assert verdict_subject(validation, comparison) is comparison
+    older = SimpleNamespace(stage="compare", created_at="2026-12-06T00:00:00", finished_at="2026-12-06T00:30:00")
+    assert verdict_subject(validation, older) is validation
+    assert verdict_subject(None, comparison) is comparison and verdict_subject(validation, None) is validation
+    assert verdict_subject(None, None) is None

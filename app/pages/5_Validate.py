@@ -18,6 +18,7 @@ from lib.context import attempt, shown_errors
 from lib.project import data_spec, model_spec, release_budget
 from lib.ui import (
     download_file,
+    finished_runs,
     job_section,
     last_outcome,
     pick_run,
@@ -25,6 +26,7 @@ from lib.ui import (
     run_title,
     start_page,
     submit,
+    verdict_subject,
 )
 from lib.verdict_view import bucket_frame, comparison_chart, comparison_frame, headline_tiles, verdict_banner
 
@@ -108,15 +110,33 @@ GRANULARITY_LABELS = {"node": "single nodes", "block": "transformer blocks", "te
 budget = release_budget(ws, project)
 st.subheader("Verdict")
 run = pick_run(page, "validate", "Validation run", key="val-pick")
+comparisons = finished_runs(page, "compare", all_sessions=True, model_sha256=spec.sha256)
+judged = verdict_subject(run, comparisons[0] if comparisons else None)
+if run is not None and comparisons:
+    # both kinds exist: the newer one is judged, until the reader picks the other
+    seen = (run.id, comparisons[0].id)
+    if st.session_state.get("val-judge-seen") != seen:
+        st.session_state["val-judge"] = judged.stage
+        st.session_state["val-judge-seen"] = seen
+    choice = st.radio("Judge", ["validate", "compare"], key="val-judge", horizontal=True,
+                      format_func={"validate": "the validation run above",
+                                   "compare": f"the latest side-by-side comparison ({run_title(comparisons[0], ws)})"}.get)
+    judged = run if choice == "validate" else comparisons[0]
 ev = None
-if run is None:
+if judged is None:
     st.info("No validation yet: validate an INT8 build below, or every calibrator of a calibration side by side.",
             icon=":material/info:")
 else:
+    subject = run_title(judged, ws)
     with shown_errors("Opening the validation"):
-        ev = Evaluation.load(run.dir)
+        if judged.stage == "compare":
+            comparison = CalibratorComparison.load(judged.dir)
+            ev = Evaluation.load(comparison.evaluation_dir(comparison.recommendation.name))
+            subject = f"{comparison.recommendation.headline} ({subject})"
+        else:
+            ev = Evaluation.load(judged.dir)
     headline = headline_of(ev)
-    verdict_banner(judge(headline, budget), subject=run_title(run, ws), warning=resolution_warning(headline, budget),
+    verdict_banner(judge(headline, budget), subject=subject, warning=resolution_warning(headline, budget),
                    key="val")
     if ev.metrics.is_classifier:
         cosines = attempt(lambda: ev.predictions().get("embedding_cosine"), what="Reading the per-text cosines")
@@ -125,7 +145,7 @@ else:
         if not ev.labelled:
             st.caption(ev.data["dataset"].get("note") or "The evaluation data has no labels: agreement only.")
         st.caption(f"{fmt.count(ev.overall['n'])} texts · engine {ev.data['engine'].get('name')} · KL(FP32‖INT8) "
-                   f"{fmt.number(ev.overall['agreement']['kl_softmax'])} · run `{run.id}`")
+                   f"{fmt.number(ev.overall['agreement']['kl_softmax'])} · run `{judged.id}`")
     else:  # an embedding model: no logits, so no agreement; cosine and neighbours instead
         emb = ev.metrics
         cols = st.columns(4)
@@ -135,12 +155,16 @@ else:
         cols[2].metric(f"Neighbour recall@{emb.neighbour_k}", fmt.percent(emb.neighbour_recall_at_k))
         cols[3].metric("Similarity Spearman", fmt.ratio(emb.similarity_spearman))
         st.caption(f"{fmt.count(emb.n)} texts · embedding model (output `{ev.data['model']['roles']['embedding']}`) · "
-                   f"run `{run.id}`")
+                   f"run `{judged.id}`")
         st.dataframe(pd.DataFrame([{"bucket": b["bucket"], "texts": b["n"], "cosine": b["embedding_cosine"]["mean"],
                                     "recall@k": (b.get("neighbours") or {}).get("recall_at_k"),
                                     "spearman": (b.get("similarity_spearman") or {}).get("mean")}
                                    for b in ev.buckets]), hide_index=True, width="stretch")
         ev = None  # the details below are the classifier's
+    if judged is not run:
+        st.caption("The recommended (or closest) calibrator of that comparison; its table, chart and report are under "
+                   "“Calibrators side by side” below. Judge the validation run to see its details.")
+        ev = None  # the details below are of a validation run
 
 # -- calibrators side by side --------------------------------------------------------------------
 st.divider()
@@ -177,13 +201,13 @@ if cmp_run is not None:
     comparison = attempt(CalibratorComparison.load, cmp_run.dir, what="Opening the comparison")
     if comparison is not None:
         cbudget = ReleaseBudget.from_dict(comparison.data["budget"])
-        rec = comparison.data["recommendation"]
-        best = comparison.data["rows"][rec["index"]]
-        verdict_banner(Verdict.from_dict(best["verdict"]), subject=f"recommended: {rec['name']}", key="cmp")
-        (st.success if rec["passes"] else st.warning)(f"Recommended: {rec['reason']}.",
-                                                     icon=":material/thumb_up:" if rec["passes"] else ":material/warning:")
-        if rec["default_note"]:
-            st.info(rec["default_note"] + ".", icon=":material/info:")
+        rec = comparison.recommendation
+        best = comparison.data["rows"][rec.index]
+        verdict_banner(Verdict.from_dict(best["verdict"]), subject=rec.headline, key="cmp")
+        (st.success if rec.passes else st.warning)(rec.sentence,
+                                                  icon=":material/thumb_up:" if rec.passes else ":material/warning:")
+        if rec.default_note:
+            st.info(rec.default_note + ".", icon=":material/info:")
         st.dataframe(comparison_frame(comparison.data["rows"]), hide_index=True, width="stretch", key="cmp-table")
         left, _ = st.columns([3, 2])
         with left:

@@ -325,7 +325,7 @@ def run_compare(args: argparse.Namespace, ws) -> int:
                 for r in data["rows"]]
         print(format_table(["calibrator", "acc INT8", "drop pts (FP32-INT8)", "drop 95% CI", "agreement", "emb cos",
                             "verdict"], rows))
-    print(f"recommended: {rec['reason']}")
+    print(comparison.recommendation.sentence)
     if rec["default_note"]:
         print(f"note: {rec['default_note']}")
     print(f"report: calib report --comparison {run_id}")
