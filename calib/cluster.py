@@ -240,10 +240,13 @@ class WorkerPool:
                                           f"{_first_line(exc)}") from None
 
     def map(self, payloads: Sequence[Any], *, weights: Sequence[float] | None = None,
-            progress: ProgressFn | None = None, unit: str = "texts") -> list[Any]:
+            progress: ProgressFn | None = None, unit: str = "texts",
+            affinity: Sequence[int] | None = None) -> list[Any]:
         """Run every payload on some worker; results in payload order. One shard in flight per
-        worker (the next goes to whichever finishes first); ``progress(fraction, "k/n unit ...")``
-        after each shard, ``weights`` (e.g. texts per shard) giving the fraction."""
+        worker (the next goes to whichever finishes first; with ``affinity``, payload ``i`` always
+        goes to worker ``affinity[i] % workers``, so a worker sees the same shards again and can reuse
+        what it cached for them); ``progress(fraction, "k/n unit ...")`` after each shard,
+        ``weights`` (e.g. texts per shard) giving the fraction."""
         n = len(payloads)
         weights = list(weights) if weights is not None else [1.0] * n
         total = float(sum(weights)) or 1.0
@@ -252,10 +255,22 @@ class WorkerPool:
         idle = list(self.actors)
         pending: dict[Any, tuple[int, Any]] = {}
         done, finished = 0.0, 0
+
+        def next_for(actor: Any) -> int | None:
+            if affinity is None:
+                return queue.pop(0) if queue else None
+            mine = [i for i in queue if affinity[i] % len(self.actors) == self.actors.index(actor)]
+            if not mine:
+                return None
+            queue.remove(mine[0])
+            return mine[0]
+
         while queue or pending:
-            while idle and queue:
-                actor, index = idle.pop(0), queue.pop(0)
-                pending[actor.run.remote(payloads[index])] = (index, actor)
+            for actor in list(idle):
+                index = next_for(actor)
+                if index is not None:
+                    idle.remove(actor)
+                    pending[actor.run.remote(payloads[index])] = (index, actor)
             ready, _ = self._ray.wait(list(pending), num_returns=1)
             for ref in ready:
                 index, actor = pending.pop(ref)

@@ -114,6 +114,75 @@ def run_engines_sharded(session: ClusterSession, fp32_model: str | Path, engine:
             f"{parts[0][2]} on {session.cluster}")
 
 
+# -- sensitivity: candidate models with some nodes kept in float ------------------------------------
+
+
+class CandidateShardRunner:
+    """On a worker: the sensitivity search's base Q/DQ model loaded once (and, with ``cache_bytes``,
+    cut into transformer-block segments as :class:`calib.segments.SegmentRunner` does in one
+    process); a payload ``(candidate, rows, batches)`` → the per-batch output values (``names``).
+
+    ``candidate`` is ``("float", nodes)``: the base model with those nodes in float
+    (:func:`calib.sensitivity.keep_in_float`), or ``("path", file)``: a model file (a candidate the
+    quantizer rebuilt). ``rows`` names the batch list for the activation cache; the same name must
+    always come with the same batches. The batches are those of the one-process plan, so each batch's
+    outputs are the ones the driver would compute."""
+
+    def __init__(self, qdq_model: str | None, quantized: Sequence[str], reference: str, names: Sequence[str],
+                 cache_bytes: int, threads: int | None) -> None:
+        import onnx
+
+        self.names, self.threads = list(names), threads
+        self.base = onnx.load(qdq_model) if qdq_model else None
+        self.quantized = frozenset(quantized)
+        self.segments = None
+        self._last: tuple[frozenset[str], Any] | None = None  # the whole-model candidate last run
+        if self.base is not None and cache_bytes > 0:
+            from calib.segments import SegmentationError, SegmentRunner
+            from calib.sensitivity import keep_in_float
+
+            try:
+                self.segments = SegmentRunner(self.base, tuple(quantized), onnx.load(reference, load_external_data=False),
+                                              keep_in_float, self._engine, cache_bytes=cache_bytes)
+            except SegmentationError:
+                self.segments = None
+
+    def _engine(self, model: bytes | Path) -> Any:
+        from calib.engines.ort import OrtEngine, OrtSessionLoader
+
+        return OrtEngine(OrtSessionLoader(model, threads=self.threads), name="onnxruntime-int8")
+
+    def __call__(self, payload: tuple[tuple[str, Any], str, Sequence[Any]]) -> list[dict[str, np.ndarray]]:
+        (kind, value), rows, batches = payload
+        if kind == "float" and self.segments is not None:
+            per_batch = self.segments.run(frozenset(value) & self.quantized, rows, batches)
+            assert per_batch is not None  # no stop callback: always complete
+            return [{n: np.asarray(v[n]) for n in self.names} for v in per_batch]
+        if kind == "float":
+            from calib.sensitivity import keep_in_float
+
+            floating = frozenset(value) & self.quantized
+            if self._last is None or self._last[0] != floating:
+                self._last = (floating, self._engine(keep_in_float(self.base, floating).SerializeToString()))
+            engine = self._last[1]
+        else:
+            engine = self._engine(Path(value))
+        return [{n: np.asarray(v) for n, v in engine.run(b.feeds, self.names).items()} for b in batches]
+
+
+def batch_chunks(batches: Sequence[Any], chunks: int, pad_multiple: int = 8) -> list[tuple[int, int]]:
+    """``[start, stop)`` runs of consecutive ``batches`` with about the same padded token count
+    each (at most ``chunks``; every run non-empty)."""
+    if not batches:
+        return []
+    cost = np.array([b.mask.size for b in batches], float)
+    cumulative = np.cumsum(cost)
+    chunks = max(1, min(chunks, len(batches)))
+    cuts = [int(np.searchsorted(cumulative, cumulative[-1] * k / chunks)) + 1 for k in range(1, chunks)]
+    edges = sorted({0, *[min(max(c, 1), len(batches) - 1) for c in cuts], len(batches)})
+    return [(a, b) for a, b in itertools.pairwise(edges) if b > a]
+
+
 # -- statistics ----------------------------------------------------------------------------------
 
 

@@ -53,6 +53,15 @@
    recommended unit is put in float, against FP32, at batch ``speed_batch`` — what each fallback
    step costs (:func:`calib.bench.throughput`).
 
+On a cluster (``cluster``, :mod:`calib.cluster`) the candidate evaluations run on the workers, each
+holding the baseline Q/DQ model (cut into the same segments, with its own cut cache) and deriving
+candidates from it: a search evaluation's batches are split into runs of whole batches, each run
+always on the same worker; independent ranking candidates (quantize-one, the block-local ranking's
+segment evaluations and checks, exclude-one) run one per worker at once. The workers compute the
+batches one process would, and the early stop is replayed on the driver in batch order, so every
+evaluation, the evaluation count and the recommendation are those of the serial search (tested);
+the FP32 reference, the block-local unit errors and the speed curve stay in the driver.
+
 The result, ``sensitivity.json``, lists the ranking, every evaluation, warnings (e.g. placement
 tensors without a range: the calibration did not cover this placement), and the recommended
 exclusions (exact node names, usable as ``Placement.exclude_nodes`` by the build stage).
@@ -60,7 +69,9 @@ exclusions (exact node names, usable as ``Placement.exclude_nodes`` by the build
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import re
 import shutil
 import tempfile
@@ -73,7 +84,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from calib.cluster import Cluster, ClusterSession, connect
 from calib.data import DataSpec
+from calib.distributed import SHARDS_PER_WORKER, CandidateShardRunner
 from calib.engines.ort import OrtEngine, OrtSessionLoader, default_threads
 from calib.errors import InputError, check_choice
 from calib.evaluation import (
@@ -153,6 +166,7 @@ class SensitivityConfig:
     speed_texts: int = 16  # texts timed per point of the speed curve, in batches of speed_batch (0 = no curve)
     speed_batch: int = 16
     speed_repeats: int = 2
+    cluster: str | None = None  # calib.cluster spec: candidate evaluations on a Ray cluster's workers
 
     def data_spec(self) -> DataSpec:
         return DataSpec(self.data, self.text_column, self.label_column, self.text_pair_column, self.split,
@@ -301,6 +315,56 @@ class _Evaluator:
 
         self.batches = {"search": list(iter_batches(data.encoded, spec.input_dtypes, config.batch_size)),
                         "rank": list(iter_batches(self.rank_data.encoded, spec.input_dtypes, config.batch_size))}
+        self.pool = None  # a calib.cluster.WorkerPool of CandidateShardRunner (attach)
+        self.chunks = 1
+        self._ready: dict[tuple, tuple[list[dict[str, np.ndarray]], float]] = {}  # prefetched candidates
+        self._task_seconds: float | None = None
+
+    def attach(self, pool, chunks: int) -> None:
+        """Run candidates on ``pool``'s workers: a search evaluation's batches split into ``chunks``
+        runs of batches (each run always on the same worker, so its cached cuts are reused), and
+        independent ranking candidates one per worker (:meth:`prefetch`)."""
+        self.pool, self.chunks = pool, max(1, chunks)
+
+    def _remote(self, model: Path | set[str], rows: str) -> list[dict[str, np.ndarray]]:
+        """Per-batch output values of a candidate computed on the workers (the same batches, so the
+        same values, as one process)."""
+        from calib.distributed import batch_chunks
+
+        floating = isinstance(model, (set, frozenset))
+        key = (rows, tuple(sorted(model))) if floating else None
+        if key in self._ready:
+            per_batch, self._task_seconds = self._ready.pop(key)
+            return per_batch
+        desc = ("float", tuple(sorted(model))) if floating else ("path", str(model))
+        batches = self.batches[rows]
+        runs = batch_chunks(batches, self.chunks)
+        parts = self.pool.map([(desc, f"{rows}#{a}", batches[a:b]) for a, b in runs],
+                              weights=[b - a for a, b in runs], affinity=list(range(len(runs))), unit="batches")
+        return [values for part in parts for values in part]
+
+    def prefetch(self, requests: Sequence[tuple[Sequence[str], Sequence[str] | None]], rows: str) -> None:
+        """On a cluster: evaluate independent candidates ``(excluded, only)`` at once, each as one task
+        over all of ``rows``'s batches; the calls that follow (in any order) take their outputs
+        instead of running them, so logs, budget and numbers are those of one call at a time."""
+        if self.pool is None or self.qdq is None:  # rebuilt candidates share one file: one at a time
+            return
+        todo: dict[tuple, tuple[str, ...]] = {}
+        for excluded, only in requests:
+            floating = set(excluded) if only is None else set(self.quantized) - set(only)
+            nodes = tuple(sorted(floating & set(self.quantized)))
+            key = (rows, nodes)
+            if key in self.cache or key in self._ready or not set(self.quantized) - floating:
+                continue
+            todo[key] = nodes
+        if not todo:
+            return
+        batches = self.batches[rows]
+        t0 = time.monotonic()
+        parts = self.pool.map([(("float", nodes), f"{rows}#all", batches) for nodes in todo.values()], unit="candidates")
+        each = (time.monotonic() - t0) * len(self.pool.actors) / len(todo)  # about one task's wall time
+        for key, per_batch in zip(todo, parts):
+            self._ready[key] = (per_batch, round(each, 2))
 
     @property
     def used(self) -> int:
@@ -317,10 +381,18 @@ class _Evaluator:
         """Metrics of a model file/bytes, or (a set) of the derived candidate with those nodes in float,
         run segment by segment from the cached cuts (``early_stop``: abandoned once it surely fails)."""
         data, fp32 = self._rows(rows)
-        if isinstance(model, (set, frozenset)):
-            assert self.runner is not None
-            stop, seen = self._stopper(rows) if early_stop else (None, {})
-            per_batch = self.runner.run(model, rows, self.batches[rows], stop=stop)
+        derived = isinstance(model, (set, frozenset))
+        stop, seen = self._stopper(rows) if early_stop and derived and self.runner is not None else (None, {})
+        if self.pool is not None or derived:
+            if self.pool is not None:
+                per_batch = self._remote(model, rows)
+                for index, values in enumerate(per_batch):  # the one-process early stop, replayed in batch order
+                    if stop is not None and stop(index, values):
+                        per_batch = None
+                        break
+            else:
+                assert self.runner is not None
+                per_batch = self.runner.run(model, rows, self.batches[rows], stop=stop)
             if per_batch is None:  # a certain failure: the remaining texts cannot change that
                 n = len(data)
                 overall: dict = {"n": n, "agreement": {"top1_agreement": (n - seen["flips"]) / n,
@@ -395,8 +467,8 @@ class _Evaluator:
         """The Q/DQ model with ``floating`` nodes in float: the float set itself when candidates run
         segment by segment, derived from the full model, or rebuilt by the quantizer for placements
         whose pairs are shared between readers (a str: why that failed)."""
-        if self.runner is not None:
-            return floating & set(self.quantized)
+        if self.runner is not None or (self.pool is not None and self.qdq is not None):
+            return floating & set(self.quantized)  # run segment by segment, or derived on the workers
         if self.qdq is not None:
             return keep_in_float(self.qdq, floating).SerializeToString()
         from calib.quantize import quantize_qdq
@@ -440,10 +512,12 @@ class _Evaluator:
                 self.rank_log.append(entry)
             self.cache[key] = entry
             return entry
+        self._task_seconds = None
         metrics = self._run(candidate, rows, early_stop=True)
+        seconds = self._task_seconds if self._task_seconds is not None else round(time.monotonic() - t0, 2)
         entry = {"why": why, "excluded": sorted(excluded), "only": None if only is None else list(only),
                  "quantized_nodes": len(set(self.quantized) - floating), "rows": metrics.n,
-                 "seconds": round(time.monotonic() - t0, 2), **metrics.headline()}
+                 "seconds": seconds, **metrics.headline()}
         if metrics.overall.get("stopped_early"):
             entry["stopped_early"] = metrics.overall["stopped_early"]  # agreement/cosine are upper bounds
         entry["passes"] = passes(entry, self.config)
@@ -624,7 +698,9 @@ class SensitivityResult:
                 "top1_agreement": rec.get("top1_agreement"), "accuracy_drop_points": rec.get("accuracy_drop_points"),
                 "embedding_cosine": rec.get("embedding_cosine"),
                 "baseline_top1_agreement": self.data["baseline"].get("top1_agreement"),
-                "seconds": self.data.get("seconds")}
+                "seconds": self.data.get("seconds"),
+                **({"cluster": self.data["cluster"]["spec"], "workers": self.data["cluster"]["workers"]}
+                   if self.data.get("cluster") else {})}
 
 
 def _check_config(config: SensitivityConfig) -> None:
@@ -670,6 +746,7 @@ def _quantize_one_ranking(evaluate: _Evaluator, units: Sequence[Unit]) -> tuple[
     evaluate.rank_total = len(units) + 1
     rank, shares, has_embedding = _ranking_baseline(evaluate)
     details, scores = [], {}
+    evaluate.prefetch([([], u.nodes) for u in units], rows="rank")
     for u in units:
         e = rank([], list(u.nodes), f"quantize only {u.name}")
         kl_share, cos_share = shares(e)
@@ -770,6 +847,8 @@ def _block_local_ranking(evaluate: _Evaluator, units: Sequence[Unit]) -> tuple[d
     wanted = len(batches) if not evaluate.config.block_rows else -(-evaluate.config.block_rows // per_batch)
     picks = np.unique(np.round(np.linspace(0, len(batches) - 1, min(wanted, len(batches)))).astype(int))
     few = [batches[i] for i in picks]  # spread over the length-sorted batches
+    evaluate.prefetch([([], sorted(runner.quantized_in[k])) for k in sorted(by_segment)]
+                      + [([], u.nodes) for u in exact], rows="rank")
     for k, members in sorted(by_segment.items()):
         seg = runner.segments[k]
         reference = runner.run(allq, "rank-block", few, upto=k + 1)
@@ -802,6 +881,7 @@ def _block_local_ranking(evaluate: _Evaluator, units: Sequence[Unit]) -> tuple[d
         sample = [predicted[i] for i in picks]
     t1, c1 = time.monotonic(), time.process_time()
     checked = []
+    evaluate.prefetch([([], u.nodes) for u in sample], rows="rank")
     for u in sample:
         kl_share, cos_share = shares(rank([], list(u.nodes), f"check: quantize only {u.name}"))
         checked.append({"unit": u.name, "predicted": scores[u.name], "quantize_one": kl_share + cos_share})
@@ -944,11 +1024,18 @@ def predicted_start(ranked: Sequence[Unit], details: Mapping[str, dict], baselin
 
 def analyze_sensitivity(config: SensitivityConfig, out_dir: Path, *, progress: ProgressFn | None = None) -> SensitivityResult:
     """Rank quantized units by the loss they cause and find the fewest to keep in float (see module doc)."""
+    Cluster.parse(config.cluster)  # a bad spec fails before any work
+    _check_config(config)
+    with connect(config.cluster) as session:
+        return _analyze(config, Path(out_dir), progress, session)
+
+
+def _analyze(config: SensitivityConfig, out_dir: Path, progress: ProgressFn | None,
+             session: ClusterSession | None) -> SensitivityResult:
     from calib.quantize import quantize_qdq
 
     t0, cpu0 = time.monotonic(), time.process_time()
     report = progress or (lambda f, m="": None)
-    _check_config(config)
     roles = {"logits_output": config.logits_output, "embedding_output": config.embedding_output,
              "pooling": config.pooling}
     if all(v is None for v in roles.values()):  # as the calibration set recorded them, else detected
@@ -965,7 +1052,7 @@ def analyze_sensitivity(config: SensitivityConfig, out_dir: Path, *, progress: P
                       progress=lambda f, m="": report(0.06 * f, f"{FP32_PASS} (baseline): {m}"))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".candidates-") as tmp:
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".candidates-") as tmp, contextlib.ExitStack() as stack:
         report(0.06, "quantizing the full placement")
         base_path = Path(tmp) / "baseline.qdq.onnx"
         with warnings.catch_warnings():  # ranges for tensors absent from the model are listed by the build stage
@@ -982,6 +1069,12 @@ def analyze_sensitivity(config: SensitivityConfig, out_dir: Path, *, progress: P
         reserve = 1 if config.verify and not shared_pairs else 0  # rebuilt candidates need no check
         evaluate = _Evaluator(config, spec, data, fp32, None if shared_pairs else onnx.load(str(base_path)), base_nodes,
                               shared_pairs, amax, Path(tmp), config.max_evaluations - reserve, report)
+        if session is not None:
+            factory = functools.partial(
+                CandidateShardRunner, None if shared_pairs else str(base_path), tuple(base_nodes), str(spec.onnx_path),
+                tuple(spec.roles.names), (config.cache_mb << 20) if evaluate.runner is not None else 0,
+                config.threads or session.threads)
+            evaluate.attach(stack.enter_context(session.pool(factory)), session.workers * SHARDS_PER_WORKER)
         baseline = evaluate.evaluate_model(set() if evaluate.runner is not None else base_path, why="full placement",
                                            excluded=[], quantized=len(base_nodes))
         base_qdq = evaluate.qdq if evaluate.qdq is not None or config.granularity != "tensor" else onnx.load(str(base_path))
@@ -1023,6 +1116,7 @@ def analyze_sensitivity(config: SensitivityConfig, out_dir: Path, *, progress: P
                     raise InputError(
                         f"{ranking_kind} ranking needs {len(units)} evaluations but only {evaluate.left - 1} are left "
                         f"within max evaluations {config.max_evaluations}; use --ranking local or --granularity block")
+                evaluate.prefetch([(u.nodes, None) for u in units], rows="search")
                 for u in units:
                     e = evaluate(list(u.nodes), why=f"exclude {u.name}")
                     scores[u.name] = _loss(baseline) - _loss(e)
@@ -1123,6 +1217,7 @@ def analyze_sensitivity(config: SensitivityConfig, out_dir: Path, *, progress: P
                         "units": [u.name for u in chosen], "exclude_nodes": nodes_out, "passes": bool(reachable),
                         "note": _note(baseline, reachable, nodes_out, evaluate, notes)},
         "speed_curve": speed,
+        **({"cluster": session.describe()} if session is not None else {}),
         "seconds": round(time.monotonic() - t0, 2),
         "search_seconds": search_seconds,  # FP32 reference, ranking, search and verification; not the speed curve
         "cpu_seconds": round(time.process_time() - cpu0, 2),

@@ -11,6 +11,7 @@ import os
 import numpy as np
 import pytest
 import tinymodel
+from test_sensitivity import broken_ranges  # noqa: F401 - the fixture
 
 from calib.batching import encode, plan_batches
 from calib.cluster import FAULT_ENV, Cluster, parse_cluster
@@ -234,3 +235,48 @@ def test_cli_cluster_option(cluster, tiny_spec, tiny_csv, workspace, capsys):
                  "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["summary"]["cluster"] == "local:2" and out["summary"]["workers"] == 2
+
+
+# -- the sensitivity search on the cluster ---------------------------------------------------------
+
+
+def _search_record(result) -> dict:
+    """The search as it matters: every evaluation's question and answer, the ranking and the
+    recommendation (wall-clock seconds, folders and the cluster record left out)."""
+    def clean(entry):
+        return {k: v for k, v in entry.items() if k not in ("seconds",)}
+
+    d = result.data
+    return {"ranking": [{k: v for k, v in r.items()} for r in d["ranking"]],
+            "evaluations": [clean(e) for e in d["evaluations"]],
+            "ranking_evaluations": [clean(e) for e in d["ranking_evaluations"]],
+            "baseline": clean(d["baseline"]), "searches": d["searches"], "search_start": d["search_start"],
+            "recommended": {k: v for k, v in d["recommended"].items() if k != "seconds"},
+            "ranking_method": d["ranking_method"]}
+
+
+@pytest.mark.parametrize("settings", [
+    {"ranking": "quantize-one", "cache_mb": 0},  # whole candidate models, one task per ranking candidate
+    {"ranking": "block-local"},  # block segments with their cached cuts on each worker, early stops replayed
+    {"ranking": "exclude-one", "granularity": "block", "max_evaluations": 16},  # ranking on the search rows
+], ids=["quantize-one-whole-models", "block-local-segments", "exclude-one-blocks"])
+def test_sensitivity_search_on_the_cluster_is_the_serial_search(cluster, tiny_spec, tiny_csv, broken_ranges, tmp_path,  # noqa: F811
+                                                                settings):
+    """Same evaluations in the same order, the same numbers for each, the same evaluation count and
+    the same recommendation as the one-process search; the cluster is recorded."""
+    from test_sensitivity import sconfig
+
+    from calib.sensitivity import analyze_sensitivity
+
+    ranges = broken_ranges
+    kw = {"preset": "tensorrt", "max_evaluations": 12, "speed_texts": 0, **settings}
+    seen_one, seen = [], []
+    one = analyze_sensitivity(sconfig(tiny_spec, tiny_csv, ranges, **kw), tmp_path / "one",
+                              progress=lambda f, m="": seen_one.append(f))
+    many = analyze_sensitivity(sconfig(tiny_spec, tiny_csv, ranges, cluster="local:2", **kw), tmp_path / "many",
+                               progress=lambda f, m="": seen.append(f))
+    assert not one.data["baseline"]["passes"] and one.found  # a search that had something to find
+    assert _search_record(many) == _search_record(one)
+    assert many.exclusions == one.exclusions and many.data["evaluations_used"] == one.data["evaluations_used"]
+    assert many.data["cluster"]["workers"] == 2 and many.summary()["cluster"] == "local:2"
+    assert "cluster" not in one.data and seen == seen_one  # one progress, as the serial search reports it

@@ -168,6 +168,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="texts for the quantize-one ranking, a subset of --limit (default 64; 0 = all)")
     s.add_argument("--no-verify", action="store_true",
                    help="do not re-check the recommendation on a model rebuilt by the quantizer")
+    add_cluster_args(s)
     json_arg(s)
     s.set_defaults(handler=run_sensitivity)
 
@@ -334,7 +335,7 @@ def run_compare(args: argparse.Namespace, ws) -> int:
 
 
 def run_sensitivity(args: argparse.Namespace) -> int:
-    from calib.cli.common import ProgressBar, print_run_json, workspace_of
+    from calib.cli.common import ProgressBar, cluster_of, print_run_json, workspace_of
     from calib.pipeline import run_stage
     from calib.sensitivity import SensitivityConfig, analyze_sensitivity
 
@@ -354,8 +355,10 @@ def run_sensitivity(args: argparse.Namespace) -> int:
                                rank_check=args.rank_check, cache_mb=args.cache_mb, speed_texts=args.speed_texts,
                                start_from=start_from,
                                **values)
-    run_id, result = run_stage(ws, "sensitivity", analyze_sensitivity, config, parents=parents, label=args.label,
-                               progress=ProgressBar("sensitivity"))
+    with cluster_of(args) as cluster:
+        config = dataclasses.replace(config, cluster=cluster)
+        run_id, result = run_stage(ws, "sensitivity", analyze_sensitivity, config, parents=parents, label=args.label,
+                                   progress=ProgressBar("sensitivity"))
     if args.json:
         print_run_json(ws, run_id, {"record": result.dir / "sensitivity.json"}, exclude_nodes=list(result.exclusions))
         return 0
