@@ -34,6 +34,7 @@ import contextlib
 import os
 import re
 import signal
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Self
@@ -112,6 +113,7 @@ class ClusterSession:
     workers: int
     threads: int | None
     started: bool  # this session started the Ray runtime (and shuts it down)
+    users: int = 0  # open `connect` blocks using it (the runtime is shut down when the last one ends)
 
     def describe(self) -> dict[str, Any]:
         """What the registry and artifacts record about where the run ran."""
@@ -124,6 +126,7 @@ class ClusterSession:
 
 
 _OPEN: list[ClusterSession] = []
+_LOCK = threading.RLock()
 
 
 def _first_line(exc: BaseException) -> str:
@@ -134,15 +137,34 @@ def _first_line(exc: BaseException) -> str:
 @contextlib.contextmanager
 def connect(cluster: str | Cluster | None) -> Iterator[ClusterSession | None]:
     """Open the cluster ``cluster`` names for the duration of the block (``None``: embedded, yields
-    None without importing Ray). Inside an open session, any spec reuses it; a Ray runtime someone
-    else initialised in this process is used as it is and left running."""
+    None without importing Ray). While a session is open -- a nested call, or another thread (the
+    app runs two jobs at once) -- any spec reuses it, and the runtime stays up until the last block
+    using it ends; a Ray runtime someone else initialised in this process is used as it is and left
+    running."""
     spec = Cluster.parse(cluster)
     if spec is None:
         yield None
         return
-    if _OPEN:
-        yield _OPEN[-1]
-        return
+    with _LOCK:
+        if _OPEN:
+            session = _OPEN[-1]
+            session.users += 1
+        else:
+            session = _open(spec)
+    try:
+        yield session
+    finally:
+        with _LOCK:
+            session.users -= 1
+            if session.users <= 0:
+                if session in _OPEN:
+                    _OPEN.remove(session)
+                if session.started:
+                    import_ray().shutdown()
+
+
+def _open(spec: Cluster) -> ClusterSession:
+    """Start or join the runtime ``spec`` names; the session returned is registered, with one user."""
     ray = import_ray()
     started = False
     if not ray.is_initialized():
@@ -159,17 +181,15 @@ def connect(cluster: str | Cluster | None) -> Iterator[ClusterSession | None]:
         started = True
     try:
         cpus = int(ray.cluster_resources().get("CPU", 1))
-        workers = spec.workers if spec.kind == "local" and spec.workers else max(cpus, 1)
-        threads = max(1, (os.cpu_count() or 1) // workers) if spec.kind == "local" else None
-        session = ClusterSession(spec, workers, threads, started)
-        _OPEN.append(session)
-        try:
-            yield session
-        finally:
-            _OPEN.remove(session)
-    finally:
+    except Exception:
         if started:
             ray.shutdown()
+        raise
+    workers = spec.workers if spec.kind == "local" and spec.workers else max(cpus, 1)
+    threads = max(1, (os.cpu_count() or 1) // workers) if spec.kind == "local" else None
+    session = ClusterSession(spec, workers, threads, started, users=1)
+    _OPEN.append(session)
+    return session
 
 
 def active() -> ClusterSession | None:

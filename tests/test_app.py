@@ -640,3 +640,35 @@ def test_error_messages_name_uploads_as_the_user_did():
         "ONNX model 'm.onnx' cannot be read"
     assert "uploads" not in public_message("tokenizer /w/uploads/s1/tokenizer-0a1b2c3d4e5f/ has no vocab.txt")
     assert public_message("dataset /data/texts.csv has no column x") == "dataset /data/texts.csv has no column x"
+
+
+def test_project_cluster_setting_reaches_the_runs(app_workspace, tiny_model_path, tiny_tokenizer_dir, tiny_csv):
+    """The Project page's "where heavy passes run": a bad address is one line and not saved; local Ray
+    workers are saved with the project and the Calibrate run records them."""
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'calib[ray]')")
+    at = use_tiny_project(open_app("project"), tiny_model_path, tiny_tokenizer_dir, tiny_csv)
+    assert at.radio(key="cluster-kind").value == "This process"
+    at.radio(key="cluster-kind").set_value("Join a Ray cluster").run()
+    at.text_input(key="cluster-address").set_value("ray://nowhere").run()
+    assert any("unknown cluster 'ray://nowhere'" in e for e in errors(at))
+    at.radio(key="cluster-kind").set_value("Local Ray workers").run()
+    at.number_input(key="cluster-workers").set_value(2).run()
+    no_crash(at)
+    from lib.context import load_session_state
+    from lib.project import Project
+
+    from calib.workspace import Workspace
+
+    ws = Workspace(app_workspace)
+    assert Project.from_dict(load_session_state(ws, at.query_params["session"])["project"]).cluster == "local:2"
+    at.switch_page(PAGES["calibset"]).run()
+    at.number_input(key="cs-size").set_value(32)
+    at.button(key="cs-assemble").click().run()
+    at = wait_for_jobs(at)
+    at.switch_page(PAGES["calibrate"]).run()
+    at.multiselect(key="cal-methods").set_value(["minmax"])
+    at.button(key="cal-run").click().run()
+    at = wait_for_jobs(at)
+    no_crash(at)
+    run = next(r for r in ws.list_runs() if r.stage == "calibrate")
+    assert run.status == "finished" and run.params["cluster"] == "local:2" and run.summary["workers"] == 2

@@ -280,3 +280,39 @@ def test_sensitivity_search_on_the_cluster_is_the_serial_search(cluster, tiny_sp
     assert many.exclusions == one.exclusions and many.data["evaluations_used"] == one.data["evaluations_used"]
     assert many.data["cluster"]["workers"] == 2 and many.summary()["cluster"] == "local:2"
     assert "cluster" not in one.data and seen == seen_one  # one progress, as the serial search reports it
+
+
+def test_overlapping_connects_share_one_runtime_until_the_last_ends(monkeypatch):
+    """The app runs two jobs at once: a job that ends must not shut down the runtime another job
+    still uses (no Ray needed: a stand-in records init/shutdown)."""
+    import calib.cluster as cl
+
+    class FakeRay:
+        def __init__(self):
+            self.up, self.inits, self.shutdowns = False, 0, 0
+
+        def is_initialized(self):
+            return self.up
+
+        def init(self, **kw):
+            self.up, self.inits = True, self.inits + 1
+
+        def shutdown(self):
+            self.up, self.shutdowns = False, self.shutdowns + 1
+
+        def cluster_resources(self):
+            return {"CPU": 2.0}
+
+    fake = FakeRay()
+    monkeypatch.setattr(cl, "_OPEN", [])
+    monkeypatch.setattr(cl, "import_ray", lambda: fake)
+    first = cl.connect("local:2")
+    a = first.__enter__()
+    with cl.connect("local:1") as b:  # another job while the first runs: the same session
+        assert b is a and fake.inits == 1
+        first.__exit__(None, None, None)  # the first job ends
+        assert fake.shutdowns == 0 and cl.active() is a  # still up for the second
+    assert fake.shutdowns == 1 and cl.active() is None
+    with cl.connect("local:2") as c:  # a later job starts a fresh runtime
+        assert c is not a and fake.inits == 2
+    assert fake.shutdowns == 2

@@ -47,6 +47,7 @@ class Project:
     logits_output: str = ""  # output roles (calib.model.resolve_roles); empty: detected
     embedding_output: str = ""
     pooling: str = ""
+    cluster: str = ""  # where heavy passes run (calib.cluster spec); empty: in the app's process
 
     @property
     def title(self) -> str:

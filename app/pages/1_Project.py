@@ -26,6 +26,7 @@ from lib.project import (
     set_project,
 )
 from lib.ui import run_button, start_page
+from lib.cluster_view import cluster_editor
 from lib.verdict_view import budget_editor
 
 from calib import formatting as fmt
@@ -248,6 +249,7 @@ for role, title in (("pool", "Calibration pool"), ("eval", "Evaluation set")):
     except Exception as exc:  # noqa: BLE001
         show_error(exc, f"Reading the {title.lower()}")
 budget_editor(ws, page.session, project)
+cluster_editor(ws, page.session, project)
 if project.kind == "custom" and not project.eval_source and project.pool_split == project.eval_split:
     st.warning("Calibration and evaluation use the same rows; accuracy measured on them is optimistic. "
                "Give a separate evaluation split or file.", icon=":material/warning:")

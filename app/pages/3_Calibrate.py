@@ -58,7 +58,7 @@ else:
         damp = a4.checkbox("Entropy: damp the zero bin", value=True, key="cal-damp")
     config = CalibrateConfig(calibration_set=str(cs_run.dir), methods=tuple(methods), percentile=float(percentile),
                              placement=placement, tensors=scope, batch_size=int(batch_size), trt_version=trt_version,
-                             histogram=histogram, entropy_damp_zero_bin=bool(damp))
+                             histogram=histogram, entropy_damp_zero_bin=bool(damp), cluster=project.cluster or None)
     run_button(page, "calibrate", "Calibrating", "Run all calibrators", key="cal-run", fn=calibrate, config=config,
                parents=(cs_run.id,))
 

@@ -192,7 +192,8 @@ else:
                 text_column=eval_spec.text_column, label_column=eval_spec.label_column,
                 text_pair_column=eval_spec.text_pair_column, split=eval_spec.split, workspace=str(ws.root),
                 labels=tuple(spec.labels), max_length=int(spec.max_length), limit=int(cmp_limit), layers=False,
-                logits_output=spec.logits_output, embedding_output=spec.embedding_output, pooling=spec.pooling))
+                logits_output=spec.logits_output, embedding_output=spec.embedding_output, pooling=spec.pooling,
+                cluster=project.cluster or None))
         run_button(page, "compare", "Validating every calibrator", f"Validate {len(methods)} calibrators side by side",
                    key="cmp-run", fn=compare_calibrators, config=cconfig, parents=(cal_run.id,),
                    icon=":material/compare:")
@@ -255,7 +256,8 @@ else:
         text_pair_column=eval_spec.text_pair_column, split=eval_spec.split, workspace=str(ws.root),
         labels=tuple(spec.labels), max_length=int(spec.max_length), limit=int(limit), layers=bool(layers_on),
         layer_rows=int(layer_texts), calibration=calibration, bootstrap=int(bootstrap),
-        logits_output=spec.logits_output, embedding_output=spec.embedding_output, pooling=spec.pooling)
+        logits_output=spec.logits_output, embedding_output=spec.embedding_output, pooling=spec.pooling,
+        cluster=project.cluster or None)
     run_button(page, "validate", "Validating", "Validate", key="val-run", fn=validate, config=config,
                parents=(build_run.id,), run_label=build_run.label)
 
@@ -381,7 +383,7 @@ with tab_sens:
             granularity=granularity, ranking=ranking, max_drop=float(max_drop), min_agreement=float(min_agree),
             min_embedding_cosine=float(min_cos) if min_cos > 0 else None,
             max_evaluations=int(max_evals), limit=int(s_limit), logits_output=spec.logits_output,
-            embedding_output=spec.embedding_output, pooling=spec.pooling)
+            embedding_output=spec.embedding_output, pooling=spec.pooling, cluster=project.cluster or None)
         run_button(page, "sensitivity", "Sensitivity analysis", "Find the layers to keep in float", key="sens-run",
                    fn=analyze_sensitivity, config=sconfig, parents=(src_run.id, run.id), icon=":material/search:")
     srun = pick_run(page, "sensitivity", "Sensitivity run", key="sens-pick")
