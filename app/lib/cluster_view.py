@@ -6,12 +6,12 @@ import dataclasses
 import importlib.util
 
 import streamlit as st
-from lib.context import show_error
-from lib.project import Project, set_project
 
 from calib.cluster import SPEC_HELP, Cluster, parse_cluster
 from calib.errors import InputError
 from calib.workspace import Workspace
+from lib.context import show_error
+from lib.project import Project, set_project
 
 CHOICES = ("This process", "Local Ray workers", "Join a Ray cluster")
 

@@ -13,6 +13,7 @@ if str(APP_DIR) not in sys.path:
 import pandas as pd
 import streamlit as st
 from lib import uploads
+from lib.cluster_view import cluster_editor
 from lib.context import attempt, show_error, shown_errors
 from lib.datasets_view import peek, summary_frame
 from lib.project import (
@@ -26,7 +27,6 @@ from lib.project import (
     set_project,
 )
 from lib.ui import run_button, start_page
-from lib.cluster_view import cluster_editor
 from lib.verdict_view import budget_editor
 
 from calib import formatting as fmt
