@@ -13,6 +13,7 @@ in the pass times) and the per-shard times the projection in BENCHMARKS.md uses.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 
@@ -24,6 +25,10 @@ def main() -> None:
     parser.add_argument("--calibration", type=int, default=256)
     parser.add_argument("--eval", type=int, default=500)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--sensitivity-limit", type=int, default=0,
+                        help="also time the sensitivity search (minmax ranges of the statistics pass, all MatMuls "
+                             "quantized) on this many eval texts, embedded and per worker count (0: skip)")
+    parser.add_argument("--max-evaluations", type=int, default=24)
     args = parser.parse_args()
 
     import numpy as np
@@ -81,7 +86,48 @@ def main() -> None:
             "fp32_outputs_identical": bool(np.array_equal(fp32.logits, ref.logits)),
         }
         print(json.dumps(out["runs"][f"local:{workers}"]), flush=True)
+    if args.sensitivity_limit:
+        out["sensitivity"] = sensitivity_runs(args, demo, one)
     print(json.dumps(out, indent=2))
+
+
+def sensitivity_runs(args, demo, stats) -> dict:
+    """The sensitivity search embedded and on each worker count; the cluster runs must make the same
+    evaluations with the same answers and recommend the same exclusions."""
+    import tempfile
+    from pathlib import Path
+
+    from calib.io import atomic_write_json
+    from calib.methods import compute_ranges
+    from calib.sensitivity import SensitivityConfig, analyze_sensitivity
+
+    spec, ev = demo.model, demo.data("eval")
+    out: dict = {"limit": args.sensitivity_limit, "max_evaluations": args.max_evaluations, "runs": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        ranges = Path(tmp) / "minmax.json"
+        atomic_write_json(ranges, compute_ranges(stats, "minmax").amax)
+        base = SensitivityConfig(model=str(spec.onnx_path), tokenizer=str(spec.tokenizer_dir), data=ev.source,
+                                 ranges=str(ranges), method="minmax", text_column=ev.text_column,
+                                 label_column=ev.label_column, split=ev.split, workspace=args.workspace,
+                                 labels=tuple(spec.labels), max_length=spec.max_length, limit=args.sensitivity_limit,
+                                 max_evaluations=args.max_evaluations, speed_texts=0)
+        records = {}
+        for name in ["embedded", *[f"local:{w}" for w in args.workers]]:
+            config = base if name == "embedded" else dataclasses.replace(base, cluster=name)
+            t0 = time.perf_counter()
+            res = analyze_sensitivity(config, Path(tmp) / name.replace(":", "-"))
+            wall = time.perf_counter() - t0
+            d = res.data
+            records[name] = ([(e["why"], e.get("top1_agreement"), e.get("passes")) for e in d["evaluations"]],
+                             [(e["why"], e.get("kl_softmax")) for e in d["ranking_evaluations"]], res.exclusions)
+            out["runs"][name] = {"wall_seconds_with_ray_startup": round(wall, 2),
+                                 "search_seconds": d["search_seconds"], "ranking": d["ranking_method"],
+                                 "ranking_evaluations": d["ranking_evaluations_used"],
+                                 "evaluations": d["evaluations_used"], "float_nodes": len(res.exclusions),
+                                 "passes": res.found,
+                                 "same_as_embedded": records[name] == records["embedded"]}
+            print(json.dumps({name: out["runs"][name]}), flush=True)
+    return out
 
 
 if __name__ == "__main__":
