@@ -226,7 +226,8 @@ def fallback(ws: str, task: Task, args: argparse.Namespace, cal: str, start_buil
     """calib sensitivity --start-from the args.start build, then calib build --exclude-from; scored as a row."""
     started = time.monotonic()
     sens = calib(ws, "sensitivity", *task.args, "--start-from", start_build, *BUDGET, "--granularity",
-                 args.granularity, "--limit", str(args.search_limit), "--label", f"bench-automatic {task.name}")
+                 args.granularity, "--limit", str(args.search_limit), "--label", f"bench-automatic {task.name}",
+                 *(["--cluster", args.cluster] if args.cluster else []))
     sens_data = json.loads((Path(sens["dir"]) / "sensitivity.json").read_text())
     o = parse_variant(args.start)
     b = ["build", "--calibration", cal, "--method", o["method"], "--placement", o["placement"],
@@ -241,7 +242,7 @@ def fallback(ws: str, task: Task, args: argparse.Namespace, cal: str, start_buil
         "sensitivity_seconds": sens_data.get("seconds"), "ranking": sens_data.get("ranking_method"),
         "ranking_check": sens_data.get("ranking_check"), "searches": sens_data.get("searches"),
         "evaluations": sens_data.get("evaluations_used"), "speed_curve": sens_data.get("speed_curve"),
-        "search_texts": sens_data["baseline"].get("rows"), "seconds": round(time.monotonic() - started, 1)})
+        "search_texts": sens_data["baseline"].get("rows"), "cluster": sens_data.get("cluster"), "seconds": round(time.monotonic() - started, 1)})
 
 
 def peers(ws: str, task: Task, args: argparse.Namespace, cs: str, record, rows: list, notes: list) -> None:
@@ -351,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-fallback", dest="fallback", action="store_false")
     parser.add_argument("--granularity", default="node", help="sensitivity --granularity for the fallback")
     parser.add_argument("--search-limit", type=int, default=0, help="sensitivity --limit (default 0: the eval split)")
+    parser.add_argument("--cluster", help="calib sensitivity --cluster for the fallback search (e.g. local:2)")
     parser.add_argument("--peers", action="store_true", help="also run ONNX Runtime quantize_static peers")
     parser.add_argument("--peer-mem-gb", type=float, default=15.0)
     parser.add_argument("--peer-methods", nargs="+", default=list(PEERS), choices=PEERS)

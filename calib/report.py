@@ -789,7 +789,7 @@ def _charts(data: dict, key: str) -> list[str]:
                       f"recall@{h['neighbour_k']}": [b["neighbour_recall_at_k"] for b in buckets]}
             values = [v for vs in series.values() for v in vs if v is not None]
             return [svg_grouped_bars(names, series, title="INT8 embeddings against FP32 per length bucket",
-                                     y_label="cosine / recall", y_min=_padded_floor(values), y_max=1.0)]
+                                     y_label="cosine / recall", y_min=padded_floor(values), y_max=1.0)]
         if h["labelled"]:
             out.append(svg_grouped_bars(names, {"FP32 accuracy": [b["accuracy_fp32"] for b in buckets],
                                                 "INT8 accuracy": [b["accuracy_int8"] for b in buckets]},
@@ -800,7 +800,7 @@ def _charts(data: dict, key: str) -> list[str]:
         out.append(svg_grouped_bars(names, {"top-1 agreement": [b["top1_agreement"] for b in buckets],
                                             "embedding cosine": [b["embedding_cosine"] for b in buckets]},
                                     title="Agreement with FP32 per length bucket", y_label="agreement / cosine",
-                                    y_min=_padded_floor(values), y_max=1.0))
+                                    y_min=padded_floor(values), y_max=1.0))
         return out
     if key == "layers":
         q = [r for r in data["layers"]["rows"] if r["quantized"]]
@@ -822,13 +822,13 @@ def _charts(data: dict, key: str) -> list[str]:
             series["embedding cosine"] = [r["embedding_cosine"] for r in rows]
         budget = data.get("budget") or {}
         return [svg_grouped_bars(names, series, title="Agreement with FP32 per run", y_label="agreement / cosine",
-                                 y_min=_padded_floor([*values, *(v for v in (budget.get("min_agreement"),) if v)]),
+                                 y_min=padded_floor([*values, *(v for v in (budget.get("min_agreement"),) if v)]),
                                  y_max=1.0, threshold=budget.get("min_agreement"),
                                  threshold_label=f"min agreement {budget.get('min_agreement')}")]
     return []
 
 
-def _padded_floor(values: Sequence[float]) -> float:
+def padded_floor(values: Sequence[float]) -> float:
     """A y-axis floor below the smallest value, so the smallest bar keeps a visible height."""
     if not values:
         return 0.0

@@ -672,3 +672,18 @@ def test_project_cluster_setting_reaches_the_runs(app_workspace, tiny_model_path
     no_crash(at)
     run = next(r for r in ws.list_runs() if r.stage == "calibrate")
     assert run.status == "finished" and run.params["cluster"] == "local:2" and run.summary["workers"] == 2
+
+
+def test_bucket_bars_keep_every_bar_visible():
+    """The per-bucket bars' value axis starts below the smallest bar (it used to start at it, so the
+    lowest bar had zero height) and every bucket keeps its label."""
+    import pandas as pd
+    from lib.charts import bucket_measure_bars
+
+    long = pd.DataFrame({"bucket": ["0–16", "16–32", "32–64", "64–128"] * 2, "texts": [40, 50, 60, 30] * 2,
+                         "few": [False] * 8, "measure": ["FP32 accuracy"] * 4 + ["agreement"] * 4,
+                         "value": [0.91, 0.88, 0.86, 0.93, 0.99, 0.97, 0.955, 1.0]})
+    spec = bucket_measure_bars(long, ["0–16", "16–32", "32–64", "64–128"], ["FP32 accuracy", "agreement"]).to_dict()
+    low, high = spec["encoding"]["y"]["scale"]["domain"]
+    assert low < 0.86 - 0.01 and high == 1.0
+    assert spec["encoding"]["x"]["axis"]["labelOverlap"] is False and spec["encoding"]["x"]["sort"][-1] == "64–128"

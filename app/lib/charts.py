@@ -8,7 +8,11 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from calib.report import method_colour, short_tensor_name  # one palette and one naming for app and report
+from calib.report import (  # one palette and one naming for app and report
+    method_colour,
+    padded_floor,
+    short_tensor_name,
+)
 
 SERIES_COLORS = {"pool": "#9aa5b1", "target": "#e45756", "calibration set": "#4c78a8"}
 
@@ -93,3 +97,20 @@ def layer_frame(rows: Sequence[Mapping], methods: Sequence[str]) -> pd.DataFrame
             row["entropy ÷ minmax"] = e / mm if e is not None and mm else None
         out.append(row)
     return pd.DataFrame(out)
+
+
+def bucket_measure_bars(long: pd.DataFrame, order: Sequence[str], measures: Sequence[str]) -> alt.Chart:
+    """Grouped bars of shares (0–1) per length bucket: ``long`` has columns bucket, texts, few,
+    measure, value. The value axis starts below the smallest bar (:func:`calib.report.padded_floor`),
+    so every bar keeps a visible height; few-text buckets are faded."""
+    floor = padded_floor([float(v) for v in long["value"]])
+    return alt.Chart(long).mark_bar(clip=True).encode(
+        x=alt.X("bucket:N", sort=list(order), title="length bucket (tokens, before truncation)",
+                axis=alt.Axis(labelAngle=0, labelOverlap=False, labelLimit=200)),
+        xOffset=alt.XOffset("measure:N", sort=list(measures)),
+        y=alt.Y("value:Q", axis=alt.Axis(format="%"), scale=alt.Scale(domain=[floor, 1.0]), title=None),
+        color=alt.Color("measure:N", sort=list(measures), title=None,
+                        scale=alt.Scale(domain=list(measures),
+                                        range=["#9aa5b1", "#4c78a8", "#54a24b"][:len(measures)])),
+        opacity=alt.condition(alt.datum.few, alt.value(0.3), alt.value(1.0)),
+        tooltip=["bucket", "texts", "measure", alt.Tooltip("value:Q", format=".2%")])

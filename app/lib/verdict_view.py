@@ -11,6 +11,7 @@ import streamlit as st
 
 from calib import formatting as fmt
 from calib.errors import InputError
+from calib.report import padded_floor
 from calib.verdict import (
     MIN_BUCKET_TEXTS,
     Criterion,
@@ -116,8 +117,7 @@ def comparison_chart(rows: Sequence[Mapping], budget: ReleaseBudget) -> alt.Char
                 long.append({"calibrator": r["calibrator"], "measure": measure, "value": float(r[key]),
                              "verdict": status})
     frame = pd.DataFrame(long)
-    low = min([*frame["value"], *(v for v in (budget.min_agreement, budget.min_embedding_cosine) if v)], default=0.0)
-    floor = max(0.0, low - max(0.02, 0.25 * (1 - low)))
+    floor = padded_floor([*frame["value"], *(v for v in (budget.min_agreement, budget.min_embedding_cosine) if v)])
     bars = alt.Chart(frame).mark_bar().encode(
         x=alt.X("calibrator:N", title=None, axis=alt.Axis(labelAngle=0)),
         xOffset=alt.XOffset("measure:N"),

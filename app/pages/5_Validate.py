@@ -13,7 +13,7 @@ if str(APP_DIR) not in sys.path:
 import altair as alt
 import pandas as pd
 import streamlit as st
-from lib.charts import layer_frame, method_color
+from lib.charts import bucket_measure_bars, layer_frame, method_color
 from lib.context import attempt, shown_errors
 from lib.project import data_spec, model_spec, release_budget
 from lib.ui import (
@@ -274,16 +274,7 @@ with tab_buckets:
     value_cols = [c for c in ("FP32 accuracy", "INT8 accuracy", "agreement") if c in frame.columns]
     long = frame.melt(id_vars=["bucket", "texts", "few"], value_vars=value_cols, var_name="measure", value_name="value")
     long = long.dropna(subset=["value"])
-    bars = alt.Chart(long).mark_bar().encode(
-        x=alt.X("bucket:N", sort=order, title="length bucket (tokens, before truncation)",
-                axis=alt.Axis(labelAngle=0, labelOverlap=False, labelLimit=200)),
-        xOffset=alt.XOffset("measure:N", sort=value_cols),
-        y=alt.Y("value:Q", axis=alt.Axis(format="%"), scale=alt.Scale(zero=False), title=None),
-        color=alt.Color("measure:N", sort=value_cols, title=None,
-                        scale=alt.Scale(domain=value_cols, range=["#9aa5b1", "#4c78a8", "#54a24b"][:len(value_cols)])),
-        opacity=alt.condition(alt.datum.few, alt.value(0.3), alt.value(1.0)),
-        tooltip=["bucket", "texts", "measure", alt.Tooltip("value:Q", format=".2%")])
-    st.altair_chart(bars.properties(height=300), width="stretch")
+    st.altair_chart(bucket_measure_bars(long, order, value_cols).properties(height=300), width="stretch")
     few = frame["few"].tolist()
     styled = frame.drop(columns=["few"]).style.apply(
         lambda row: ["color: #9aa0a6; background-color: #f6f6f6" if few[row.name] else "" for _ in row], axis=1)
