@@ -72,7 +72,9 @@ def throughput(engine: Any, batches: list, repeats: int, tick: Any = None) -> di
     """Time ``repeats`` passes over ``batches`` after one warm-up pass (every shape once): per-batch
     latency p50/p95 (ms), texts/s over the timed passes, texts/s of the fastest pass, and texts per
     CPU-second of this process in its cheapest pass (with one ONNX Runtime thread, the figure other
-    processes on a shared machine disturb least). ``tick(message)`` after each pass."""
+    processes on a shared machine disturb least), and ``pass_spread``: (slowest − fastest pass) ÷
+    their mean, the run-to-run noise actually measured (None with one pass). ``tick(message)`` after
+    each pass."""
     for batch in batches:
         engine.run(batch.feeds)
     if tick is not None:
@@ -92,7 +94,8 @@ def throughput(engine: Any, batches: list, repeats: int, tick: Any = None) -> di
     lat = np.asarray(latencies) * 1000.0
     return {"batches": len(batches), "p50_ms": float(np.percentile(lat, 50)), "p95_ms": float(np.percentile(lat, 95)),
             "texts_per_s": texts * repeats / sum(passes), "best_texts_per_s": texts / min(passes),
-            "cpu_texts_per_s": texts / max(min(cpu), 1e-9)}
+            "cpu_texts_per_s": texts / max(min(cpu), 1e-9),
+            "pass_spread": (max(passes) - min(passes)) / (sum(passes) / len(passes)) if len(passes) > 1 else None}
 
 
 def measure_engine(config: BenchConfig, kind: str, encoded: Encoded,
@@ -118,7 +121,8 @@ def measure_engine(config: BenchConfig, kind: str, encoded: Encoded,
                             tick=lambda message, b=batch_size: tick(f"batch size {b}: {message}"))
         rows.append({"engine": engine.name, "kind": kind, "batch_size": batch_size, "texts": n_texts,
                      "batches": timing["batches"], "p50_ms": timing["p50_ms"], "p95_ms": timing["p95_ms"],
-                     "texts_per_s": timing["texts_per_s"], "peak_rss_mb": _peak_rss_mb()})
+                     "texts_per_s": timing["texts_per_s"], "pass_spread": timing["pass_spread"],
+                     "peak_rss_mb": _peak_rss_mb()})
     return rows
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -237,3 +238,22 @@ def test_bench_reports_each_engine_pass_as_it_goes(engine_dir, tiny_spec, tiny_c
         assert any(m.endswith("batch size 1: warm-up pass done") for m in messages), messages
         assert messages[-1].endswith("batch size 8: timed pass 2/2 done"), messages
         assert len(messages) == 1 + 2 * 3  # the announcement + a warm-up and two timed passes per batch size
+    spreads = [r["pass_spread"] for r in result.rows]  # the measured run-to-run noise of the timed passes
+    assert all(s is not None and 0 <= s < 5 for s in spreads)
+
+
+def test_bench_noise_note_comes_from_the_measured_passes():
+    """The app warns about timing noise only when the benchmark's own passes show it (or cannot)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "app"))
+    from lib.bench_view import timing_note
+
+    quiet = [{"pass_spread": 0.02}, {"pass_spread": 0.04}]
+    note, warn = timing_note(quiet, 3)
+    assert not warn and "within 4.0%" in note
+    note, warn = timing_note([*quiet, {"pass_spread": 0.31}], 3)
+    assert warn and "up to 31%" in note
+    note, warn = timing_note([{"pass_spread": None}], 1)
+    assert warn and "noise is unknown" in note
+    assert timing_note([{}], 3)[1]  # an older run without the figure: unknown, said so
