@@ -52,14 +52,20 @@ def shard_plan(lengths: np.ndarray, batch_size: int, shards: int, *, pad_multipl
     rows are in batch order, so running them with ``order='length'`` or ``'given'`` rebuilds the
     same batches."""
     batches = plan_batches(np.asarray(lengths), batch_size, order="length")
-    if not batches:
+    cost = [len(b) * -(-int(np.max(lengths[b])) // pad_multiple) * pad_multiple for b in batches]
+    return [np.concatenate(batches[a:b]) for a, b in balanced_runs(cost, shards)]
+
+
+def balanced_runs(cost: Sequence[float], parts: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` runs of consecutive items, at most ``parts`` and none empty, cut where the
+    cumulative ``cost`` (e.g. padded tokens per batch) is split evenly."""
+    if not len(cost):
         return []
-    shards = max(1, min(shards, len(batches)))
-    cost = np.array([len(b) * -(-int(np.max(lengths[b])) // pad_multiple) * pad_multiple for b in batches], float)
-    cumulative = np.cumsum(cost)
-    cuts = [int(np.searchsorted(cumulative, cumulative[-1] * k / shards)) + 1 for k in range(1, shards)]
-    edges = sorted({0, *[min(max(c, 1), len(batches) - 1) for c in cuts], len(batches)})
-    return [np.concatenate(batches[a:b]) for a, b in itertools.pairwise(edges) if b > a]
+    parts = max(1, min(parts, len(cost)))
+    cumulative = np.cumsum(np.asarray(cost, float))
+    cuts = [int(np.searchsorted(cumulative, cumulative[-1] * k / parts)) + 1 for k in range(1, parts)]
+    edges = sorted({0, *[min(max(c, 1), len(cost) - 1) for c in cuts], len(cost)})
+    return [(a, b) for a, b in itertools.pairwise(edges) if b > a]
 
 
 # -- validation: per-row outputs of FP32 and INT8 ------------------------------------------------
@@ -168,19 +174,6 @@ class CandidateShardRunner:
         else:
             engine = self._engine(Path(value))
         return [{n: np.asarray(v) for n, v in engine.run(b.feeds, self.names).items()} for b in batches]
-
-
-def batch_chunks(batches: Sequence[Any], chunks: int, pad_multiple: int = 8) -> list[tuple[int, int]]:
-    """``[start, stop)`` runs of consecutive ``batches`` with about the same padded token count
-    each (at most ``chunks``; every run non-empty)."""
-    if not batches:
-        return []
-    cost = np.array([b.mask.size for b in batches], float)
-    cumulative = np.cumsum(cost)
-    chunks = max(1, min(chunks, len(batches)))
-    cuts = [int(np.searchsorted(cumulative, cumulative[-1] * k / chunks)) + 1 for k in range(1, chunks)]
-    edges = sorted({0, *[min(max(c, 1), len(batches) - 1) for c in cuts], len(batches)})
-    return [(a, b) for a, b in itertools.pairwise(edges) if b > a]
 
 
 # -- statistics ----------------------------------------------------------------------------------

@@ -86,7 +86,7 @@ import onnx
 
 from calib.cluster import Cluster, ClusterSession, connect
 from calib.data import DataSpec
-from calib.distributed import SHARDS_PER_WORKER, CandidateShardRunner
+from calib.distributed import SHARDS_PER_WORKER, CandidateShardRunner, balanced_runs
 from calib.engines.ort import OrtEngine, OrtSessionLoader, default_threads
 from calib.errors import InputError, check_choice
 from calib.evaluation import (
@@ -329,8 +329,6 @@ class _Evaluator:
     def _remote(self, model: Path | set[str], rows: str) -> list[dict[str, np.ndarray]]:
         """Per-batch output values of a candidate computed on the workers (the same batches, so the
         same values, as one process)."""
-        from calib.distributed import batch_chunks
-
         floating = isinstance(model, (set, frozenset))
         key = (rows, tuple(sorted(model))) if floating else None
         if key in self._ready:
@@ -338,7 +336,7 @@ class _Evaluator:
             return per_batch
         desc = ("float", tuple(sorted(model))) if floating else ("path", str(model))
         batches = self.batches[rows]
-        runs = batch_chunks(batches, self.chunks)
+        runs = balanced_runs([b.mask.size for b in batches], self.chunks)  # padded tokens per batch
         parts = self.pool.map([(desc, f"{rows}#{a}", batches[a:b]) for a, b in runs],
                               weights=[b - a for a, b in runs], affinity=list(range(len(runs))), unit="batches")
         return [values for part in parts for values in part]
