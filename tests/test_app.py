@@ -91,6 +91,20 @@ def use_tiny_project(at: AppTest, tiny_model_path, tiny_tokenizer_dir, tiny_csv)
     return at
 
 
+def assemble_and_calibrate(at: AppTest, size: int = 32, methods: list[str] | None = None) -> AppTest:
+    """Assemble a calibration set of ``size`` texts and calibrate it (``methods``: the page's default
+    if None), each waited for; the app test at the Calibrate page."""
+    at.switch_page(PAGES["calibset"]).run()
+    at.number_input(key="cs-size").set_value(size)
+    at.button(key="cs-assemble").click().run()
+    at = wait_for_jobs(at)
+    at.switch_page(PAGES["calibrate"]).run()
+    if methods is not None:
+        at.multiselect(key="cal-methods").set_value(methods)
+    at.button(key="cal-run").click().run()
+    return wait_for_jobs(at)
+
+
 # -- infrastructure ------------------------------------------------------------------------------
 def test_sanitize_upload_names():
     from lib.uploads import sanitize_name
@@ -661,14 +675,7 @@ def test_project_cluster_setting_reaches_the_runs(app_workspace, tiny_model_path
 
     ws = Workspace(app_workspace)
     assert Project.from_dict(load_session_state(ws, at.query_params["session"])["project"]).cluster == "local:2"
-    at.switch_page(PAGES["calibset"]).run()
-    at.number_input(key="cs-size").set_value(32)
-    at.button(key="cs-assemble").click().run()
-    at = wait_for_jobs(at)
-    at.switch_page(PAGES["calibrate"]).run()
-    at.multiselect(key="cal-methods").set_value(["minmax"])
-    at.button(key="cal-run").click().run()
-    at = wait_for_jobs(at)
+    at = assemble_and_calibrate(at, 32, ["minmax"])
     no_crash(at)
     run = next(r for r in ws.list_runs() if r.stage == "calibrate")
     assert run.status == "finished" and run.params["cluster"] == "local:2" and run.summary["workers"] == 2
@@ -693,14 +700,7 @@ def test_build_page_benchmark_shows_its_measured_noise(app_workspace, tiny_model
     """Benchmark from the Build page: one peak-memory figure per engine process, and a timing-noise
     line from the run's own passes (a warning only when they disagree or cannot tell)."""
     at = use_tiny_project(open_app("project"), tiny_model_path, tiny_tokenizer_dir, tiny_csv)
-    at.switch_page(PAGES["calibset"]).run()
-    at.number_input(key="cs-size").set_value(32)
-    at.button(key="cs-assemble").click().run()
-    at = wait_for_jobs(at)
-    at.switch_page(PAGES["calibrate"]).run()
-    at.multiselect(key="cal-methods").set_value(["minmax"])
-    at.button(key="cal-run").click().run()
-    at = wait_for_jobs(at)
+    at = assemble_and_calibrate(at, 32, ["minmax"])
     at.switch_page(PAGES["build"]).run()
     at.button(key="build-run").click().run()
     at = wait_for_jobs(at)

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from test_app import PAGES, app_workspace, no_crash, open_app, use_tiny_project, wait_for_jobs  # noqa: F401
+from test_app import (  # noqa: F401
+    PAGES,
+    app_workspace,
+    assemble_and_calibrate,
+    no_crash,
+    open_app,
+    use_tiny_project,
+    wait_for_jobs,
+)
 
 from calib.build import EngineArtifact
 from calib.workspace import Workspace
@@ -10,13 +18,7 @@ from calib.workspace import Workspace
 
 def test_build_page_migrates_outliers(app_workspace, tiny_model_path, tiny_tokenizer_dir, tiny_csv):  # noqa: F811
     at = use_tiny_project(open_app("project"), tiny_model_path, tiny_tokenizer_dir, tiny_csv)
-    at.switch_page(PAGES["calibset"]).run()
-    at.number_input(key="cs-size").set_value(16)
-    at.button(key="cs-assemble").click().run()
-    at = wait_for_jobs(at)
-    at.switch_page(PAGES["calibrate"]).run()
-    at.button(key="cal-run").click().run()
-    at = wait_for_jobs(at)
+    at = assemble_and_calibrate(at, 16)
     at.switch_page(PAGES["build"]).run()
     no_crash(at)
     at.selectbox(key="build-smooth").set_value("0.5")
@@ -31,13 +33,7 @@ def test_build_page_migrates_outliers(app_workspace, tiny_model_path, tiny_token
 def test_build_page_attention_folds_and_bias_correction(app_workspace, tiny_model_path, tiny_tokenizer_dir,  # noqa: F811
                                                         tiny_csv):
     at = use_tiny_project(open_app("project"), tiny_model_path, tiny_tokenizer_dir, tiny_csv)
-    at.switch_page(PAGES["calibset"]).run()
-    at.number_input(key="cs-size").set_value(16)
-    at.button(key="cs-assemble").click().run()
-    at = wait_for_jobs(at)
-    at.switch_page(PAGES["calibrate"]).run()
-    at.button(key="cal-run").click().run()
-    at = wait_for_jobs(at)
+    at = assemble_and_calibrate(at, 16)
     at.switch_page(PAGES["build"]).run()
     assert at.checkbox(key="build-smooth-attention").disabled  # no migration chosen yet
     at.selectbox(key="build-smooth").set_value("auto").run()
