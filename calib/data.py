@@ -2,8 +2,14 @@
 
 A :class:`DataSpec` names where the rows come from and which columns hold the text, the optional
 second text (sentence pairs) and the label. Sources: a local CSV, JSON/JSONL or Parquet file, a
-directory written by ``save_to_disk``, a demo task (``demo:bbc-topic``, ``demo:rt-sentiment``), or
-a hub id when the network allows.
+directory written by ``save_to_disk``, a registered source scheme (``SCHEME:NAME``, a ``save_to_disk``
+folder found by the scheme's resolver: the demo registers ``demo:bbc-topic``), or a hub id when the
+network allows.
+
+Source schemes (:func:`register_source_scheme`): this module knows none by name. A package registers
+one when it is imported, and an installed distribution declares it under the ``calib.data_sources``
+entry-point group (``demo = "calib.demo.tasks:demo_data_folder"`` in calib's own ``pyproject.toml``),
+which is loaded the first time a source names a scheme not yet registered.
 
 Hygiene (:func:`load_table`, which :func:`load_rows` wraps): rows with an empty (null or blank) text
 or label are refused with their count, or dropped and counted with ``drop_empty`` (an empty label
@@ -17,7 +23,9 @@ from __future__ import annotations
 import html
 import math
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,17 +45,55 @@ _BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
 _TAG = re.compile(r"</?[A-Za-z][^<>]*>")
 _QUOTED = re.compile(r'^\s*(?:"{3}.*"{3}|\'{3}.*\'{3}|".*")\s*$', re.DOTALL)
 
+SourceResolver = Callable[[str, "str | None"], Path]  # (name after "SCHEME:", workspace) -> save_to_disk folder
+SOURCE_ENTRY_POINTS = "calib.data_sources"
+_SOURCE_SCHEMES: dict[str, SourceResolver] = {}
+_SCHEME = re.compile(r"^([a-z][a-z0-9_-]+):(?!//)(.+)$")  # two letters at least: never a Windows drive
+
+
+def register_source_scheme(scheme: str, resolver: SourceResolver) -> None:
+    """Make ``SCHEME:NAME`` a data source: ``resolver(NAME, workspace)`` returns its ``save_to_disk`` folder
+    (raising :class:`InputError` in one line when NAME is unknown or not there)."""
+    if not _SCHEME.match(f"{scheme}:x"):
+        raise ValueError(f"source scheme {scheme!r}: lower-case letters, digits, '-' or '_', two characters at least")
+    _SOURCE_SCHEMES[scheme] = resolver
+
+
+def source_schemes() -> tuple[str, ...]:
+    """Every registered source scheme (entry points included)."""
+    _load_scheme_plugins()
+    return tuple(sorted(_SOURCE_SCHEMES))
+
+
+def _load_scheme_plugins() -> None:
+    for ep in metadata.entry_points(group=SOURCE_ENTRY_POINTS):
+        if ep.name not in _SOURCE_SCHEMES:
+            _SOURCE_SCHEMES[ep.name] = ep.load()
+
+
+def scheme_folder(source: str, workspace: str | None) -> Path | None:
+    """The ``save_to_disk`` folder of a ``SCHEME:NAME`` source; None when ``source`` names no registered
+    scheme (a path or a hub id)."""
+    match = _SCHEME.match(source)
+    if match is None or Path(source).expanduser().exists():
+        return None
+    scheme, name = match.groups()
+    if scheme not in _SOURCE_SCHEMES:
+        _load_scheme_plugins()
+    resolver = _SOURCE_SCHEMES.get(scheme)
+    return None if resolver is None else Path(resolver(name, workspace))
+
 
 @dataclass(frozen=True)
 class DataSpec:
     """Where a dataset comes from and how to read it."""
 
-    source: str  # file, save_to_disk directory, "demo:<task>" or hub id
+    source: str  # file, save_to_disk directory, "SCHEME:NAME" (e.g. "demo:<task>") or hub id
     text_column: str = "text"
     label_column: str | None = "label"
     text_pair_column: str | None = None
     split: str | None = None  # for DatasetDict sources: train / calibration / eval / ...
-    workspace: str | None = None  # where demo tasks live (default workspace if None)
+    workspace: str | None = None  # handed to a source scheme's resolver (the demo's: where its tasks live)
     drop_empty: bool = False  # drop rows with an empty text or label (counted) instead of refusing them
     normalize: str = "none"  # "html": unescape entities and strip markup in the text columns
 
@@ -61,7 +107,7 @@ class LoadReport:
     what the texts look like (counts of texts with HTML entities, markup, or wrapped in quotes)."""
 
     source: str
-    resolved: str  # absolute path of a file or folder (the demo task's data folder), else the hub id
+    resolved: str  # absolute path of a file or folder (a scheme's folder), else the hub id
     split: str | None  # the split actually used (also when the source has a single split)
     rows_read: int
     rows: int
@@ -152,10 +198,8 @@ def load_rows(spec: DataSpec) -> datasets.Dataset:
 
 
 def _resolved(spec: DataSpec) -> str:
-    if spec.source.startswith("demo:"):
-        from calib.demo import demo_task_dir
-
-        return str((demo_task_dir(spec.source[5:], spec.workspace) / "data").resolve())
+    if (folder := scheme_folder(spec.source, spec.workspace)) is not None:
+        return str(folder.resolve())
     path = Path(spec.source).expanduser()
     return str(path.resolve()) if path.exists() else spec.source
 
@@ -179,10 +223,8 @@ def load_table(spec: DataSpec, *, label_optional: bool = False) -> tuple[dataset
     source = spec.source
     path = Path(source).expanduser()
     try:
-        if source.startswith("demo:"):
-            from calib.demo import demo_task_dir
-
-            ds = datasets.load_from_disk(str(demo_task_dir(source[5:], spec.workspace) / "data"))
+        if (folder := scheme_folder(source, spec.workspace)) is not None:
+            ds = datasets.load_from_disk(str(folder))
         elif path.is_dir():
             if not ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()
                     or (path / "state.json").exists()):

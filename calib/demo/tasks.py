@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from calib.data import DataSpec
+from calib.data import DataSpec, register_source_scheme
 from calib.errors import InputError, check_choice
 from calib.io import read_json
 from calib.model import ModelSpec, load_model
@@ -72,6 +72,14 @@ def demo_task_dir(task: str, workspace: str | Path | None = None) -> Path:
     if not (path / CARD_FILE).is_file():
         raise InputError(f"demo task {task} is not prepared in {path.parent}; run `calib demo prepare`")
     return path
+
+
+def demo_data_folder(task: str, workspace: str | None = None) -> Path:
+    """The ``save_to_disk`` folder behind the data source ``demo:<task>`` (its train / calibration / eval splits)."""
+    return demo_task_dir(task, workspace) / "data"
+
+
+register_source_scheme("demo", demo_data_folder)
 
 
 def read_card(task: str, workspace: str | Path | None = None) -> dict[str, Any]:

@@ -1,0 +1,114 @@
+"""The library's shape, checked: the generic data loader knows no source by name (schemes register
+themselves), and no module of ``calib/`` imports Streamlit or forms an import cycle at module level."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import datasets
+from calib import data as calib_data
+from calib.data import DataSpec, load_table, register_source_scheme, scheme_folder, source_schemes
+from calib.errors import InputError
+
+CALIB = Path(calib_data.__file__).resolve().parent
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(CALIB.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path, *, top_level_only: bool) -> set[str]:
+    """Names of calib modules imported by ``path`` (a ``from calib.x import y`` of a submodule ``y`` counts as
+    ``calib.x.y``, of a function as ``calib.x``); imports under ``if TYPE_CHECKING`` are left out."""
+    tree = ast.parse(path.read_text())
+    nodes = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))] if top_level_only else [
+        n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))]
+    names: set[str] = set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif node.module and node.level == 0:
+            names |= {f"{node.module}.{a.name}" for a in node.names} | {node.module}
+    return names
+
+
+def _graph(*, top_level_only: bool) -> dict[str, set[str]]:
+    files = {_module_name(p): p for p in CALIB.rglob("*.py")}
+    graph = {}
+    for name, path in files.items():
+        targets = {t for t in _imports(path, top_level_only=top_level_only) if t in files}
+        # a submodule imported as "from calib.pkg import sub" names calib.pkg too; keep the most specific
+        graph[name] = {t for t in targets if not any(o.startswith(t + ".") for o in targets)} - {name}
+    return graph
+
+
+def test_the_data_loader_does_not_know_the_demo():
+    graph = _graph(top_level_only=False)
+    assert not any(t == "calib.demo" or t.startswith("calib.demo.") for t in graph["calib.data"]), graph["calib.data"]
+    assert "from calib.demo" not in (CALIB / "data.py").read_text()
+
+
+def test_no_streamlit_and_no_module_level_import_cycle():
+    for path in CALIB.rglob("*.py"):
+        assert not any(n == "streamlit" or n.startswith("streamlit.") for n in _imports(path, top_level_only=False)), path
+    graph = _graph(top_level_only=True)
+    state: dict[str, int] = {}
+    cycles: list[list[str]] = []
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                cycles.append(stack[stack.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt, stack)
+        stack.pop()
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [])
+    assert not cycles, [" -> ".join(c) for c in cycles]
+
+
+def test_a_registered_source_scheme_is_read_like_a_folder(tmp_path):
+    folder = tmp_path / "shelf" / "reviews"
+    datasets.DatasetDict({"eval": datasets.Dataset.from_dict({"text": ["good", "bad", "fine"],
+                                                              "label": ["pos", "neg", "pos"]})}).save_to_disk(str(folder))
+
+    def shelf(name: str, workspace: str | None) -> Path:
+        path = Path(workspace or tmp_path) / "shelf" / name
+        if not path.is_dir():
+            raise InputError(f"shelf has no dataset {name!r}")
+        return path
+
+    register_source_scheme("shelf", shelf)
+    assert "shelf" in source_schemes()
+    table, report = load_table(DataSpec("shelf:reviews", split="eval", workspace=str(tmp_path)))
+    assert table["text"] == ["good", "bad", "fine"]
+    assert report.resolved == str(folder.resolve())
+    with pytest.raises(InputError, match="shelf has no dataset 'nothing'"):
+        load_table(DataSpec("shelf:nothing", split="eval", workspace=str(tmp_path)))
+    # a path that exists is a path, whatever its name looks like; a drive letter is never a scheme
+    assert scheme_folder(str(folder), None) is None and scheme_folder("C:/data/x.csv", None) is None
+    with pytest.raises(ValueError):
+        register_source_scheme("C", shelf)
+
+
+def test_the_demo_scheme_comes_from_its_entry_point_without_importing_the_demo_first():
+    code = ("import sys; from calib.data import scheme_folder; assert 'calib.demo' not in sys.modules; "
+            "print(scheme_folder('demo:bbc-topic', sys.argv[1]))")
+    with pytest.raises(subprocess.CalledProcessError) as excinfo:  # an empty workspace: the demo's own error
+        subprocess.run([sys.executable, "-c", code, "/nonexistent-workspace"], check=True, capture_output=True,
+                       text=True)
+    assert "demo task bbc-topic is not prepared" in excinfo.value.stderr
+    out = subprocess.run([sys.executable, "-c", "from calib.data import source_schemes; print(source_schemes())"],
+                         check=True, capture_output=True, text=True).stdout
+    assert "'demo'" in out
