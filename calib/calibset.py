@@ -29,7 +29,7 @@ from calib.errors import InputError, check_choice
 from calib.formatting import ratio
 from calib.io import atomic_dir, atomic_save_npz, atomic_write_json, read_json
 from calib.lengths import LengthTable, load_length_target, token_lengths
-from calib.model import ModelSpec, check_same_model, load_model, load_tokenizer
+from calib.model import ModelFields, ModelSpec, check_same_model, load_model, load_tokenizer
 from calib.pipeline import config_params
 from calib.progress import Phases
 from calib.sampling import SHORTFALL_MODES, STRATEGIES, sample
@@ -42,11 +42,13 @@ MANIFEST_FORMAT = "calib.calibset/1"
 RECIPE_FORMAT = "calib.assemble-recipe/1"
 TARGET_KINDS = ("pool", "eval", "dataset", "lengths")
 _TARGET_NAMES = {"pool": "pool", "eval": "evaluation", "dataset": "target", "lengths": "production"}
-_DEMO_FIELDS = ("model", "tokenizer", "source", "split", "text_column", "label_column", "pair_column")
+_DEMO_FIELDS = ("model", "tokenizer", "max_length", "labels", "source", "split", "text_column", "label_column",
+                "text_pair_column", "workspace")  # what a demo task fills (calib.inputs)
+_RENAMED = {"pair_column": "text_pair_column"}  # older recipes and run params: old name -> the one name
 
 
 @dataclass(frozen=True)
-class AssembleConfig:
+class AssembleConfig(ModelFields):
     """What to sample from, how, and what to compare against.
 
     ``target_kind``: ``pool`` (coverage against the pool itself), ``eval`` (split ``target_split``,
@@ -60,7 +62,7 @@ class AssembleConfig:
     max_length: int = 128
     text_column: str = "text"
     label_column: str | None = "label"
-    pair_column: str | None = None
+    text_pair_column: str | None = None  # second text of sentence pairs
     split: str | None = None
     size: int = 128
     strategy: str = "natural"
@@ -83,7 +85,7 @@ class AssembleConfig:
     normalize: str = "none"
 
     def data_spec(self) -> DataSpec:
-        return DataSpec(self.source, self.text_column, self.label_column, self.pair_column, self.split,
+        return DataSpec(self.source, self.text_column, self.label_column, self.text_pair_column, self.split,
                         self.workspace, self.drop_empty, self.normalize)
 
     def target_spec(self) -> DataSpec | None:
@@ -200,9 +202,7 @@ def assemble(config: AssembleConfig, out_dir: Path, *, progress: ProgressFn | No
             progress(fraction, message)
 
     edges = _check_config(config)
-    spec = load_model(config.model, config.tokenizer, max_length=config.max_length, labels=config.labels,
-                      logits_output=config.logits_output, embedding_output=config.embedding_output,
-                      pooling=config.pooling)
+    spec = config.model_ref().load()
     data = config.data_spec()
     rows, pool_loaded = load_table(data)
     if config.size > len(rows) and config.shortfall != "replace":
@@ -272,7 +272,7 @@ def assemble(config: AssembleConfig, out_dir: Path, *, progress: ProgressFn | No
         "buckets": bucket_labels(edges),
         "dataset": {
             "source": config.source, "split": config.split, "text_column": config.text_column,
-            "pair_column": config.pair_column, "label_column": config.label_column,
+            "text_pair_column": config.text_pair_column, "label_column": config.label_column,
             "fingerprint": pool.fingerprint, "num_rows": len(pool),
             "truncation_rate": pool.truncation_rate(spec.max_length), "lengths": pool.percentiles(),
             "resolved": pool_loaded.resolved, "split_used": pool_loaded.split, "hygiene": pool_loaded.to_dict(),
@@ -395,7 +395,8 @@ class CalibrationSet:
     def texts(self) -> tuple[list[str], list[str] | None]:
         """The texts (and second segments for sentence pairs), in manifest order."""
         ds = self.manifest["dataset"]
-        spec = DataSpec(ds["source"], ds["text_column"], ds["label_column"], ds["pair_column"])
+        spec = DataSpec(ds["source"], ds["text_column"], ds["label_column"],
+                        ds.get("text_pair_column", ds.get("pair_column")))  # the old name before 0.2
         return texts_of(self.rows(), spec)
 
     def model_spec(self) -> ModelSpec:
@@ -458,6 +459,7 @@ _TUPLE_FIELDS = {"edges", "weights", "labels", "batch_sizes"}
 def config_from_dict(values: dict[str, Any], *, where: str = "recipe") -> AssembleConfig:
     """An :class:`AssembleConfig` from plain JSON data (lists become tuples); unknown keys are errors."""
     fields = {f.name for f in dataclasses.fields(AssembleConfig)}
+    values = {_RENAMED.get(k, k): v for k, v in values.items()}
     unknown = sorted(set(values) - fields)
     if unknown:
         raise InputError(f"{where}: unknown settings {unknown} (known: {sorted(fields)})")
@@ -509,15 +511,9 @@ def load_recipe(path: str | Path, *, workspace: str | Path | None = None) -> Ass
 
 def demo_values(task: str, workspace: str | Path | None, *, split: str = "calibration") -> dict[str, Any]:
     """Model, tokenizer, data and max length of a prepared demo task, as AssembleConfig fields."""
-    from calib.demo import load_demo_task
+    from calib.inputs import demo_inputs, stage_fields
 
     ws = Workspace(workspace) if workspace is not None else Workspace()
-    demo = load_demo_task(task, ws.root)
-    data = demo.data(split)
-    return {
-        "model": str(demo.model.onnx_path), "tokenizer": str(demo.model.tokenizer_dir),
-        "max_length": int(demo.model.max_length), "labels": tuple(demo.model.labels),
-        "source": data.source, "split": data.split, "text_column": data.text_column,
-        "label_column": data.label_column, "pair_column": data.text_pair_column,
-        "workspace": str(ws.root),
-    }
+    model, data = demo_inputs(task, ws.root, split)
+    values = stage_fields(model, data, source_field="source") | {"workspace": str(ws.root)}
+    return {k: values[k] for k in _DEMO_FIELDS}

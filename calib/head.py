@@ -31,7 +31,7 @@ from calib.errors import InputError
 from calib.evaluation import run_engine
 from calib.formatting import percent
 from calib.io import atomic_path, atomic_write_json, read_artifact_json, sha256_file
-from calib.model import OutputRoles, load_model, load_tokenizer, read_onnx
+from calib.model import ModelFields, OutputRoles, load_tokenizer, read_onnx
 from calib.workspace import ProgressFn
 
 CARD_SCHEMA = "calib.head/1"
@@ -44,7 +44,7 @@ MAX_HEAD_ERROR = 1e-3  # |ONNX logits − scikit-learn decision function| beyond
 
 
 @dataclass(frozen=True)
-class HeadConfig:
+class HeadConfig(ModelFields):
     """The encoder, the labelled texts to fit on, and the cross-validation grid.
 
     ``embedding_output`` / ``pooling``: which encoder output is the embedding (detected when
@@ -222,8 +222,7 @@ def fit_head(config: HeadConfig, out_dir: Path, *, progress: ProgressFn | None =
         raise InputError(f"cross-validation needs at least 2 folds, got {config.folds}")
     if not config.label_column:
         raise InputError("a head is fitted on labelled texts: give --label-column")
-    spec = load_model(config.model, config.tokenizer, max_length=config.max_length,
-                      embedding_output=config.embedding_output, pooling=config.pooling)
+    spec = config.model_ref().load()
     roles = spec.roles
     if roles.embedding is None:
         raise InputError(f"ONNX model {config.model} has no embedding output to fit a head on; name it with "

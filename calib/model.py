@@ -169,6 +169,58 @@ def check_tokenizer_dir(tokenizer_dir: str | Path) -> Path:
     return path
 
 
+@dataclass(frozen=True)
+class ModelRef:
+    """Which FP32 model a stage reads, before it is loaded: the ONNX file, its tokenizer folder, the max
+    sequence length (tokens), the class names in logit order (empty: unknown) and the output roles
+    (None: detected by :func:`resolve_roles`). ``load()`` checks and describes it (:class:`ModelSpec`).
+
+    Every stage config that names a model gives its ``ModelRef`` with ``config.model_ref()``
+    (:class:`ModelFields`), so a stage never spells these fields out to load its model.
+    """
+
+    model: str
+    tokenizer: str
+    max_length: int = 128
+    labels: tuple[str, ...] = ()
+    logits_output: str | None = None
+    embedding_output: str | None = None
+    pooling: str | None = None
+
+    ROLE_FIELDS = ("logits_output", "embedding_output", "pooling")
+
+    @property
+    def roles_named(self) -> bool:
+        """Whether any output role is named (else they are detected, or read from what a run recorded)."""
+        return any(getattr(self, f) is not None for f in self.ROLE_FIELDS)
+
+    def load(self) -> ModelSpec:
+        return load_model(self.model, self.tokenizer, max_length=self.max_length, labels=self.labels,
+                          logits_output=self.logits_output, embedding_output=self.embedding_output,
+                          pooling=self.pooling)
+
+    def fields(self) -> dict[str, object]:
+        """The stage-config fields this reference fills (every stage uses these names)."""
+        return {"model": self.model, "tokenizer": self.tokenizer, "max_length": self.max_length,
+                "labels": self.labels, "logits_output": self.logits_output,
+                "embedding_output": self.embedding_output, "pooling": self.pooling}
+
+    @classmethod
+    def of(cls, spec: ModelSpec) -> ModelRef:
+        """The reference that loads ``spec`` again (its roles named as they were resolved)."""
+        return cls(str(spec.onnx_path), str(spec.tokenizer_dir), int(spec.max_length), tuple(spec.labels),
+                   spec.logits_output, spec.embedding_output, spec.pooling)
+
+
+class ModelFields:
+    """Mixin of the frozen stage configs holding ``model``, ``tokenizer`` and (optionally) ``max_length``,
+    ``labels`` and the output roles as plain fields (what their saved JSON has always held)."""
+
+    def model_ref(self) -> ModelRef:
+        return ModelRef(**{f: getattr(self, f) for f in ("model", "tokenizer", "max_length", "labels",
+                                                          *ModelRef.ROLE_FIELDS) if hasattr(self, f)})
+
+
 def load_model(
     onnx_path: str | Path,
     tokenizer_dir: str | Path,

@@ -102,7 +102,7 @@ from calib.evaluation import (
 )
 from calib.io import atomic_write_json, read_artifact_json, read_json
 from calib.metrics import row_cosine
-from calib.model import check_same_model, load_model
+from calib.model import ModelFields, check_same_model
 from calib.placement import Placement
 from calib.progress import FP32_PASS
 from calib.segments import SegmentationError, SegmentRunner, layer_block
@@ -115,7 +115,7 @@ NO_RANGE = "no range for this tensor in the range set"  # calib.quantize's reaso
 
 
 @dataclass(frozen=True)
-class SensitivityConfig:
+class SensitivityConfig(ModelFields):
     """Model, ranges, placement, evaluation subset and the budget.
 
     ``ranges``: a calibration folder (with ``method``) or a JSON file ``{tensor: amax}`` (or
@@ -1034,11 +1034,10 @@ def _analyze(config: SensitivityConfig, out_dir: Path, progress: ProgressFn | No
 
     t0, cpu0 = time.monotonic(), time.process_time()
     report = progress or (lambda f, m="": None)
-    roles = {"logits_output": config.logits_output, "embedding_output": config.embedding_output,
-             "pooling": config.pooling}
-    if all(v is None for v in roles.values()):  # as the calibration set recorded them, else detected
-        roles = recorded_roles(config.ranges) or roles
-    spec = load_model(config.model, config.tokenizer, max_length=config.max_length, labels=config.labels, **roles)
+    model = config.model_ref()
+    if not model.roles_named:  # as the calibration set recorded them, else detected
+        model = dataclasses.replace(model, **recorded_roles(config.ranges))
+    spec = model.load()
     budget_note = budget_statement(config, spec.roles.kind)
     if spec.roles.kind == "embedding" and config.min_embedding_cosine is None:
         config = dataclasses.replace(config, min_embedding_cosine=DEFAULT_EMBEDDING_COSINE)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +33,7 @@ from calib.engines.ort import OrtEngine, OrtSessionLoader
 from calib.errors import InputError, ModelMismatchError
 from calib.evaluation import Metrics, compare, load_eval_data, recorded_roles, run_engine
 from calib.io import atomic_save_npz, atomic_write_json, read_artifact_json, read_json, sha256_file
-from calib.model import ModelSpec, check_same_model, load_model
+from calib.model import ModelFields, ModelSpec, check_same_model
 from calib.progress import FP32_PASS, INT8_PASS, LAYER_PASS, Phases
 from calib.workspace import ProgressFn
 
@@ -50,7 +50,7 @@ ENGINE_FILE = "engine.json"
 
 
 @dataclass(frozen=True)
-class ValidateConfig:
+class ValidateConfig(ModelFields):
     """What to compare and on which texts.
 
     ``engine``: a build artifact folder (``engine.json`` + ``model.qdq.onnx``) or a Q/DQ ``.onnx``.
@@ -329,13 +329,12 @@ def validate(config: ValidateConfig, out_dir: Path, *, progress: ProgressFn | No
         raise InputError(f"seed must be 0 or positive, got {config.seed}")
     Cluster.parse(config.cluster)
     source = resolve_engine(config.engine)
-    labels = config.labels or tuple(source.build.get("labels", ()) or ())
-    roles = {"logits_output": config.logits_output, "embedding_output": config.embedding_output,
-             "pooling": config.pooling}
-    if all(v is None for v in roles.values()):  # as the calibration set recorded them, else detected
+    model = config.model_ref()
+    model = replace(model, labels=model.labels or tuple(source.build.get("labels", ()) or ()))
+    if not model.roles_named:  # as the calibration set recorded them, else detected
         ranges = source.build.get("ranges") if isinstance(source.build.get("ranges"), Mapping) else {}
-        roles = recorded_roles(config.calibration or ranges.get("source")) or roles
-    spec = load_model(config.model, config.tokenizer, max_length=config.max_length, labels=labels, **roles)
+        model = replace(model, **recorded_roles(config.calibration or ranges.get("source")))
+    spec = model.load()
     check_engine_model(source, spec)
     ranged, calibration_info = ({}, None)
     if config.calibration:

@@ -171,6 +171,25 @@ def test_bad_recipes(tmp_path, content, message):
         load_recipe(path)
 
 
+def test_recipes_and_sets_written_with_the_old_pair_column_name_still_load(cfg, tmp_path, workspace):
+    """0.1 wrote the second text column as ``pair_column``; the one name is now ``text_pair_column``."""
+    config = cfg()
+    path = save_recipe(config, tmp_path / "r.json")
+    recipe = json.loads(path.read_text())
+    recipe["config"]["pair_column"] = recipe["config"].pop("text_pair_column")
+    path.write_text(json.dumps(recipe))
+    assert load_recipe(path, workspace=workspace.root) == config
+    cset = assemble(config, tmp_path / "set")
+    manifest_path = cset.dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    assert "text_pair_column" in manifest["dataset"]
+    manifest["dataset"]["pair_column"] = manifest["dataset"].pop("text_pair_column")
+    manifest["config"]["pair_column"] = manifest["config"].pop("text_pair_column")
+    manifest_path.write_text(json.dumps(manifest))
+    old = CalibrationSet.load(cset.dir)
+    assert old.texts() == cset.texts() and old.config == config
+
+
 def test_shipped_recipes_are_valid():
     recipes = sorted(RECIPES.glob("*.json"))
     assert len(recipes) >= 3
@@ -321,7 +340,7 @@ def test_sentence_pairs_round_trip(tiny_model_path, tiny_tokenizer_dir, tmp_path
     path = tmp_path / "pairs.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows))
     config = AssembleConfig(model=str(tiny_model_path), tokenizer=str(tiny_tokenizer_dir), source=str(path),
-                            text_column="premise", pair_column="hypothesis", size=10, strategy="uniform",
+                            text_column="premise", text_pair_column="hypothesis", size=10, strategy="uniform",
                             edges=(0, 16, 32), max_length=64)
     cset = assemble(config, tmp_path / "set")
     texts, pairs = cset.texts()

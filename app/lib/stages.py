@@ -11,6 +11,8 @@ import streamlit as st
 from calib.data import DataSpec
 from calib.engines import get_backend
 from calib.errors import InputError
+from calib.inputs import stage_fields
+from calib.model import ModelRef
 from calib.workspace import Workspace
 from lib.project import Project, data_spec, model_spec
 
@@ -19,16 +21,14 @@ RECIPES_SUBDIR = "recipes"
 
 
 def assemble_base(ws: Workspace, project: Project) -> dict[str, Any]:
-    """AssembleConfig fields naming the model and the pool of the project."""
-    spec = model_spec(ws, project)
-    pool = data_spec(ws, project, "pool")
-    return {
-        "model": str(spec.onnx_path), "tokenizer": str(spec.tokenizer_dir), "max_length": int(spec.max_length),
-        "labels": tuple(spec.labels), "source": pool.source, "split": pool.split,
-        "text_column": pool.text_column, "label_column": pool.label_column, "pair_column": pool.text_pair_column,
-        "workspace": str(ws.root), "logits_output": spec.logits_output, "embedding_output": spec.embedding_output,
-        "pooling": spec.pooling,
-    }
+    """AssembleConfig fields naming the model and the pool of the project (roles as the project resolved them)."""
+    fields = stage_fields(ModelRef.of(model_spec(ws, project)), data_spec(ws, project, "pool"), source_field="source")
+    return fields | {"workspace": str(ws.root)}
+
+
+def eval_fields(ws: Workspace, project: Project) -> dict[str, Any]:
+    """ValidateConfig / SensitivityConfig fields naming the model and the evaluation data of the project."""
+    return stage_fields(ModelRef.of(model_spec(ws, project)), data_spec(ws, project, "eval")) | {"workspace": str(ws.root)}
 
 
 def eval_target(ws: Workspace, project: Project) -> dict[str, Any] | None:

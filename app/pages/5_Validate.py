@@ -16,6 +16,7 @@ import streamlit as st
 from lib.charts import bucket_measure_bars, layer_frame, method_color
 from lib.context import attempt, shown_errors
 from lib.project import data_spec, model_spec, release_budget
+from lib.stages import eval_fields
 from lib.ui import (
     download_file,
     finished_runs,
@@ -187,13 +188,8 @@ else:
     else:
         cconfig = CompareConfig(
             calibration=str(cal_run.dir), methods=tuple(methods), placement=placement, budget=budget,
-            validation=ValidateConfig(
-                engine="", model=str(spec.onnx_path), tokenizer=str(spec.tokenizer_dir), data=eval_spec.source,
-                text_column=eval_spec.text_column, label_column=eval_spec.label_column,
-                text_pair_column=eval_spec.text_pair_column, split=eval_spec.split, workspace=str(ws.root),
-                labels=tuple(spec.labels), max_length=int(spec.max_length), limit=int(cmp_limit), layers=False,
-                logits_output=spec.logits_output, embedding_output=spec.embedding_output, pooling=spec.pooling,
-                cluster=project.cluster or None))
+            validation=ValidateConfig(engine="", **eval_fields(ws, project), limit=int(cmp_limit), layers=False,
+                                      cluster=project.cluster or None))
         run_button(page, "compare", "Validating every calibrator", f"Validate {len(methods)} calibrators side by side",
                    key="cmp-run", fn=compare_calibrators, config=cconfig, parents=(cal_run.id,),
                    icon=":material/compare:")
@@ -251,13 +247,8 @@ else:
                                 key="val-bootstrap")
     calibration = calibration_of(build_run)
     config = ValidateConfig(
-        engine=str(build_run.dir), model=str(spec.onnx_path), tokenizer=str(spec.tokenizer_dir),
-        data=eval_spec.source, text_column=eval_spec.text_column, label_column=eval_spec.label_column,
-        text_pair_column=eval_spec.text_pair_column, split=eval_spec.split, workspace=str(ws.root),
-        labels=tuple(spec.labels), max_length=int(spec.max_length), limit=int(limit), layers=bool(layers_on),
-        layer_rows=int(layer_texts), calibration=calibration, bootstrap=int(bootstrap),
-        logits_output=spec.logits_output, embedding_output=spec.embedding_output, pooling=spec.pooling,
-        cluster=project.cluster or None)
+        engine=str(build_run.dir), **eval_fields(ws, project), limit=int(limit), layers=bool(layers_on),
+        layer_rows=int(layer_texts), calibration=calibration, bootstrap=int(bootstrap), cluster=project.cluster or None)
     run_button(page, "validate", "Validating", "Validate", key="val-run", fn=validate, config=config,
                parents=(build_run.id,), run_label=build_run.label)
 
@@ -365,16 +356,12 @@ with tab_sens:
         min_cos = c3.number_input("Min embedding cosine (0 = no check)", min_value=0.0, max_value=1.0,
                                   value=float(budget.min_embedding_cosine or 0.0), step=0.001, format="%.3f", key="sens-cos", disabled=spec.embedding_output is None)
         sconfig = SensitivityConfig(
-            model=str(spec.onnx_path), tokenizer=str(spec.tokenizer_dir), data=eval_spec.source,
-            ranges=bconf.calibration or bconf.ranges, method=bconf.method, text_column=eval_spec.text_column,
-            label_column=eval_spec.label_column, text_pair_column=eval_spec.text_pair_column, split=eval_spec.split,
-            workspace=str(ws.root), labels=tuple(spec.labels), max_length=int(spec.max_length),
+            **eval_fields(ws, project), ranges=bconf.calibration or bconf.ranges, method=bconf.method,
             preset=bconf.placement, include_nodes=bconf.include_nodes, exclude_nodes=bconf.exclude_nodes,
             include_op_types=bconf.include_op_types, exclude_op_types=bconf.exclude_op_types,
             granularity=granularity, ranking=ranking, max_drop=float(max_drop), min_agreement=float(min_agree),
             min_embedding_cosine=float(min_cos) if min_cos > 0 else None,
-            max_evaluations=int(max_evals), limit=int(s_limit), logits_output=spec.logits_output,
-            embedding_output=spec.embedding_output, pooling=spec.pooling, cluster=project.cluster or None)
+            max_evaluations=int(max_evals), limit=int(s_limit), cluster=project.cluster or None)
         run_button(page, "sensitivity", "Sensitivity analysis", "Find the layers to keep in float", key="sens-run",
                    fn=analyze_sensitivity, config=sconfig, parents=(src_run.id, run.id), icon=":material/search:")
     srun = pick_run(page, "sensitivity", "Sensitivity run", key="sens-pick")

@@ -87,7 +87,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     values: dict[str, Any] = {}
     direct = {"model": args.model, "tokenizer": args.tokenizer, "max_length": args.max_length,
               "source": args.data, "split": args.split, "text_column": args.text_column,
-              "pair_column": args.pair_column, "size": args.size, "strategy": args.strategy,
+              "text_pair_column": args.pair_column, "size": args.size, "strategy": args.strategy,
               "weights": args.weights, "stratify": args.stratify, "shortfall": args.shortfall,
               "edges": args.edges, "seed": args.seed, **role_values(args),
               **hygiene_values(args)}

@@ -92,7 +92,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--demo", metavar="TASK", help="use a demo task's eval split and tokenizer")
     b.add_argument("--data", help="dataset source (file, folder, demo:TASK)")
     b.add_argument("--split", default="eval")
-    b.add_argument("--text-column", default="text")
+    b.add_argument("--text-column", default=None, help="text column (default: the demo task's, else text)")
     b.add_argument("--tokenizer", help="tokenizer folder (default: the demo task's)")
     b.add_argument("--max-length", type=int, default=None)
     b.add_argument("--max-texts", type=int, default=256, help="texts to run (0 = all; default 256)")
@@ -207,28 +207,20 @@ def run_bench(args: argparse.Namespace) -> int:
     from calib import formatting as fmt
     from calib.bench import BENCH_FILE, BenchConfig, benchmark
     from calib.cli.common import ProgressBar, format_table, print_run_json, workspace_of
-    from calib.errors import InputError
+    from calib.inputs import given, resolve_inputs
     from calib.pipeline import run_stage
 
     ws = workspace_of(args)
     parents: list[str] = []
     engine_dir = str(Path(run_folder(ws, args.engine, "build", parents)).resolve())
-    data, tokenizer, max_length, text_column = args.data, args.tokenizer, args.max_length, args.text_column
-    if args.demo:
-        from calib.demo import load_demo_task
-
-        task = load_demo_task(args.demo, ws.root)
-        spec = task.data(args.split)
-        data = data or spec.source
-        text_column = spec.text_column
-        tokenizer = tokenizer or str(task.model.tokenizer_dir)
-        max_length = max_length or task.max_length
-    if not data or not tokenizer:
-        raise InputError("give --demo TASK, or --data and --tokenizer")
-    config = BenchConfig(engine=engine_dir, data=data, tokenizer=str(tokenizer), split=args.split,
-                         text_column=text_column, max_length=max_length or 128, max_texts=args.max_texts,
-                         batch_sizes=tuple(args.batch_size), repeats=args.repeats, threads=args.threads,
-                         workspace=str(ws.root))
+    model, data = resolve_inputs(ws.root, demo=args.demo, split=args.split, default_split="eval",
+                                 model=given(tokenizer=args.tokenizer, max_length=args.max_length),
+                                 data=given(source=args.data, text_column=args.text_column),
+                                 need=("tokenizer", "source"))
+    config = BenchConfig(engine=engine_dir, data=data.source, tokenizer=model.tokenizer, split=data.split,
+                         text_column=data.text_column, max_length=model.max_length,
+                         max_texts=args.max_texts, batch_sizes=tuple(args.batch_size), repeats=args.repeats,
+                         threads=args.threads, workspace=str(ws.root))
     run_id, result = run_stage(ws, "bench", benchmark, config, parents=parents, label=args.label,
                                progress=ProgressBar("bench"))
     if args.json:

@@ -88,29 +88,16 @@ def _model_data_args(p: argparse.ArgumentParser) -> None:
 
 def _common(args: argparse.Namespace, ws) -> dict:
     """Model/data fields shared by validate and sensitivity, from --demo or explicit options."""
-    values: dict = {}
-    if args.demo:
-        from calib.demo import load_demo_task
+    from calib.inputs import given, resolve_inputs, stage_fields
 
-        task = load_demo_task(args.demo, ws.root)
-        spec = task.data(args.split or "eval")
-        values.update(model=str(task.model.onnx_path), tokenizer=str(task.model.tokenizer_dir), labels=task.labels,
-                      max_length=task.max_length, data=spec.source, split=spec.split, workspace=spec.workspace,
-                      text_column=spec.text_column, label_column=spec.label_column)
-    explicit = {"model": args.model, "tokenizer": args.tokenizer, "labels": args.labels, "max_length": args.max_length,
-                "data": args.data, "split": args.split, "text_column": args.text_column,
-                "text_pair_column": args.pair_column}
-    values.update({k: v for k, v in explicit.items() if v is not None})
-    values.update(role_values(args))
-    values.update(hygiene_values(args))
+    data = {**given(source=args.data, text_column=args.text_column, text_pair_column=args.pair_column),
+            **hygiene_values(args)}
     if args.label_column is not None:
-        values["label_column"] = None if args.label_column.lower() == "none" else args.label_column
-    missing = [f"--{k.replace('_', '-')}" for k in ("model", "tokenizer", "data") if not values.get(k)]
-    if missing:
-        raise InputError(f"give {', '.join(missing)} (or --demo TASK)")
-    if args.demo is None:
-        values.setdefault("workspace", str(ws.root))
-    return values
+        data["label_column"] = None if args.label_column.lower() == "none" else args.label_column
+    model, spec = resolve_inputs(ws.root, demo=args.demo, split=args.split, default_split="eval",
+                                 model={**given(model=args.model, tokenizer=args.tokenizer, labels=args.labels,
+                                                max_length=args.max_length), **role_values(args)}, data=data)
+    return stage_fields(model, spec)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -1,0 +1,79 @@
+"""Where a stage's model and data come from: one resolver for a demo task or explicit values.
+
+``resolve_inputs`` turns ``--demo TASK`` and/or explicit values (CLI options, an app project) into a
+:class:`~calib.model.ModelRef` and a :class:`~calib.data.DataSpec`; explicit values override what the
+demo task fills. ``stage_fields`` spreads the two over a stage config's fields. This is the one place
+that knows how a demo task names its model and data (``calib.demo.load_demo_task``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from calib.data import DataSpec
+from calib.demo import load_demo_task
+from calib.errors import InputError
+from calib.model import ModelRef
+
+_MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(ModelRef))
+_DATA_FIELDS = tuple(f.name for f in dataclasses.fields(DataSpec))
+_FLAGS = {"model": "--model", "tokenizer": "--tokenizer", "source": "--data"}
+
+
+def demo_inputs(task: str, workspace: str | Path | None, split: str) -> tuple[ModelRef, DataSpec]:
+    """The model of a prepared demo task and one of its splits (``train`` / ``calibration`` / ``eval``)."""
+    demo = load_demo_task(task, workspace)
+    return ModelRef.of(demo.model), demo.data(split)
+
+
+def resolve_inputs(workspace: str | Path, *, demo: str | None = None, split: str | None = None,
+                   default_split: str = "eval", model: Mapping[str, Any] | None = None,
+                   data: Mapping[str, Any] | None = None, need: tuple[str, ...] = ("model", "tokenizer", "source"),
+                   hint: str = "or --demo TASK") -> tuple[ModelRef, DataSpec]:
+    """A ``ModelRef`` and ``DataSpec`` from a demo task (split ``split`` or ``default_split``) and/or
+    explicit values, which override the demo's: ``model`` keys are ModelRef fields, ``data`` keys DataSpec
+    fields (``source``, ``text_column``, ...; a None value is a value, e.g. ``label_column=None``: give
+    only what was given, :func:`given`). ``split`` None: the demo's default, or none.
+
+    Raises one :class:`InputError` naming the options still missing (``need``), e.g.
+    ``give --data (or --demo TASK)``.
+    """
+    model_values: dict[str, Any] = {}
+    data_values: dict[str, Any] = {}
+    if demo:
+        ref, spec = demo_inputs(demo, workspace, split or default_split)
+        model_values.update(ref.fields())
+        model_values.update({f: None for f in ModelRef.ROLE_FIELDS})  # detected, or as a calibration recorded
+        data_values.update(dataclasses.asdict(spec))
+    for key, value in (model or {}).items():
+        if key not in _MODEL_FIELDS:
+            raise TypeError(f"not a ModelRef field: {key}")
+        model_values[key] = tuple(value) if key == "labels" else value
+    for key, value in {**(data or {}), **given(split=split)}.items():
+        if key not in _DATA_FIELDS:
+            raise TypeError(f"not a DataSpec field: {key}")
+        data_values[key] = value
+    data_values.setdefault("workspace", str(workspace))
+    present = {**model_values, **data_values}
+    missing = [_FLAGS.get(k, k) for k in need if not present.get(k)]
+    if missing:
+        raise InputError(f"give {', '.join(missing)} ({hint})")
+    return (ModelRef(**{"model": "", "tokenizer": "", **model_values}),
+            DataSpec(**{"source": "", **data_values}))
+
+
+def given(**values: Any) -> dict[str, Any]:
+    """The values that are not None (options the user gave)."""
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def stage_fields(model: ModelRef, data: DataSpec, *, source_field: str = "data") -> dict[str, Any]:
+    """The stage-config fields naming ``model`` and ``data``: ModelRef's fields, then DataSpec's with its
+    ``source`` under ``source_field`` (``data`` for validate / sensitivity / bench / head, ``source`` for
+    assemble)."""
+    values = dataclasses.asdict(data)
+    values[source_field] = values.pop("source")
+    return {**model.fields(), **values}

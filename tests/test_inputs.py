@@ -1,0 +1,58 @@
+"""One resolver for "which model, which data": a demo task and/or explicit values -> ModelRef + DataSpec."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import tinymodel
+
+from calib.data import DataSpec
+from calib.errors import InputError
+from calib.inputs import given, resolve_inputs, stage_fields
+from calib.model import ModelRef, load_model
+from calib.sensitivity import SensitivityConfig
+from calib.validate import ValidateConfig
+
+
+def test_explicit_values_make_the_refs(tmp_path, tiny_model_path, tiny_tokenizer_dir, tiny_csv):
+    model, data = resolve_inputs(tmp_path, model={"model": str(tiny_model_path), "tokenizer": str(tiny_tokenizer_dir),
+                                                  "labels": list(tinymodel.LABELS), "max_length": 64},
+                                 data={"source": str(tiny_csv), "label_column": None})
+    assert model == ModelRef(str(tiny_model_path), str(tiny_tokenizer_dir), 64, tinymodel.LABELS)
+    assert data == DataSpec(str(tiny_csv), label_column=None, workspace=str(tmp_path))  # None is a value
+    spec = model.load()
+    assert spec.labels == tinymodel.LABELS and spec.max_length == 64
+    assert ModelRef.of(spec).load().sha256 == spec.sha256
+
+
+def test_missing_values_are_one_line_naming_the_options(tmp_path, tiny_model_path):
+    with pytest.raises(InputError, match=r"^give --tokenizer, --data \(or --demo TASK\)$"):
+        resolve_inputs(tmp_path, model={"model": str(tiny_model_path)})
+    with pytest.raises(InputError, match=r"^give --data \(or --demo TASK\)$"):
+        resolve_inputs(tmp_path, need=("source",))
+    with pytest.raises(TypeError):
+        resolve_inputs(tmp_path, model={"source": "x"})
+    assert given(a=None, b=0, c="") == {"b": 0, "c": ""}
+
+
+def test_stage_fields_fill_every_stage_config_and_read_back(tmp_path, tiny_model_path, tiny_tokenizer_dir, tiny_csv):
+    model = ModelRef(str(tiny_model_path), str(tiny_tokenizer_dir), 64, tinymodel.LABELS, pooling="mean")
+    data = DataSpec(str(tiny_csv), text_pair_column="pair", split="eval", workspace=str(tmp_path), normalize="html")
+    validate = ValidateConfig(engine="e", **stage_fields(model, data))
+    sensitivity = SensitivityConfig(ranges="r", **stage_fields(model, data))
+    for config in (validate, sensitivity):
+        assert config.model_ref() == model and config.data_spec() == data
+    assert {f.name for f in dataclasses.fields(ModelRef)} <= {f.name for f in dataclasses.fields(ValidateConfig)}
+
+
+@pytest.mark.demo
+def test_a_demo_task_fills_model_and_data_and_explicit_values_win(demo_workspace):
+    model, data = resolve_inputs(demo_workspace, demo="rt-sentiment")
+    spec = load_model(model.model, model.tokenizer, max_length=model.max_length, labels=model.labels)
+    assert data.source == "demo:rt-sentiment" and data.split == "eval" and spec.labels == model.labels
+    assert model.logits_output is None  # roles: detected, or as the calibration set recorded them
+    model2, data2 = resolve_inputs(demo_workspace, demo="rt-sentiment", split="calibration",
+                                   model={"max_length": 32}, data={"text_column": "other"})
+    assert (model2.max_length, data2.split, data2.text_column) == (32, "calibration", "other")
+    assert model2.model == model.model
