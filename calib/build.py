@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,7 @@ from calib.io import atomic_write_json, read_json, sha256_file
 from calib.methods import DEFAULT_BUILD_METHOD
 from calib.model import check_same_model, read_onnx
 from calib.pipeline import config_params
-from calib.placement import PRESETS, Placement
+from calib.placement import PRESETS, Placement, exact_pattern
 from calib.quantize import quantize_qdq
 from calib.ranges import Ranges
 from calib.smooth import input_means, parse_alpha, smooth_calibrated
@@ -94,6 +95,18 @@ class BuildConfig:
     def placement_spec(self) -> Placement:
         return Placement(self.placement, tuple(self.include_nodes), tuple(self.exclude_nodes),
                          tuple(self.include_op_types), tuple(self.exclude_op_types))
+
+    @classmethod
+    def from_params(cls, values: Mapping[str, Any]) -> BuildConfig:
+        """The config a build recorded (its run's registry params, or ``engine.json``'s ``config``): JSON
+        lists become tuples; keys this version does not know (written by a later one) are left out."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in known})
+
+    def with_float_nodes(self, nodes: Iterable[str]) -> BuildConfig:
+        """The same build with these node names (exactly, not as patterns) also kept in float."""
+        placement = self.placement_spec().with_exclusions(exact_pattern(n) for n in nodes)
+        return replace(self, exclude_nodes=placement.exclude_nodes)
 
 
 def _load_ranges(config: BuildConfig) -> tuple[Ranges, str, Path | None]:

@@ -22,6 +22,7 @@ from typing import Any
 
 import onnx
 
+from calib.calibset import CalibrationSet
 from calib.cluster import Cluster, connect
 from calib.errors import InputError, check_choice
 from calib.io import atomic_write_json, read_json, sha256_file
@@ -130,6 +131,11 @@ class Calibration:
     def stats(self) -> ActivationStats:
         return ActivationStats.load(self.dir)
 
+    def model_path(self) -> Path:
+        """The FP32 ONNX model this calibration was made for: its calibration set's model (checked against
+        the sha256 the set recorded)."""
+        return Path(CalibrationSet.load(self.meta["calibration_set"]["dir"]).model_spec().onnx_path)
+
     def ranges(self, method: str) -> Ranges:
         if method not in self.meta["methods"]:
             raise InputError(f"calibration {self.dir.name} has no {method!r} ranges (has: {', '.join(self.methods)})")
@@ -156,8 +162,6 @@ class Calibration:
 
 def calibrate(config: CalibrateConfig, out_dir: Path, *, progress: ProgressFn | None = None) -> Calibration:
     """Run the statistics pass and every calibrator; write the artifact into ``out_dir``."""
-    from calib.calibset import CalibrationSet
-
     report = progress or (lambda fraction, message="": None)
     _check(config)
     calibration_set = CalibrationSet.load(config.calibration_set)

@@ -39,6 +39,13 @@ ALL_PRESET_OPS = (
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
 
 
+def exact_pattern(name: str) -> str:
+    """A Placement pattern matching exactly ``name`` (glob metacharacters escaped)."""
+    if any(ch in name for ch in "*?[]") or name.startswith("re:"):
+        return "re:^" + re.escape(name) + "$"
+    return name
+
+
 @dataclass(frozen=True)
 class Placement:
     """Which nodes get Q/DQ. ``include_nodes`` (if given) restricts the preset to matching nodes;

@@ -103,7 +103,7 @@ from calib.evaluation import (
 from calib.io import atomic_write_json, read_artifact_json, read_json
 from calib.metrics import row_cosine
 from calib.model import ModelFields, check_same_model
-from calib.placement import Placement
+from calib.placement import Placement, exact_pattern
 from calib.progress import FP32_PASS
 from calib.segments import SegmentationError, SegmentRunner, layer_block
 from calib.workspace import ProgressFn
@@ -208,13 +208,6 @@ def block_of(node_name: str) -> str:
         return parts[0]
     head = re.split(r"[._]", node_name)[0]
     return head or node_name
-
-
-def exact_pattern(name: str) -> str:
-    """A Placement pattern matching exactly ``name`` (glob metacharacters escaped)."""
-    if any(ch in name for ch in "*?[]") or name.startswith("re:"):
-        return "re:^" + re.escape(name) + "$"
-    return name
 
 
 @dataclass(frozen=True)
@@ -911,15 +904,11 @@ def _rebuild(start, nodes: Sequence[str], out_dir: Path) -> tuple[Path, int]:
     (its Q/DQ model, quantized node count)."""
     from calib.build import BuildConfig, build
 
-    recorded = dict(start.meta["config"])
-    known = {f.name: f for f in dataclasses.fields(BuildConfig)}
-    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in recorded.items() if k in known}
-    kwargs["exclude_nodes"] = tuple(kwargs.get("exclude_nodes", ())) + tuple(exact_pattern(n) for n in nodes)
-    kwargs["backend"] = "ort"
+    config = dataclasses.replace(BuildConfig.from_params(start.meta["config"]).with_float_nodes(nodes), backend="ort")
     out_dir.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        artifact = build(BuildConfig(**kwargs), out_dir)
+        artifact = build(config, out_dir)
     return artifact.qdq_path, len(artifact.quantized_nodes)
 
 

@@ -707,6 +707,18 @@ class Workspace:
             ).fetchall()
         return self._record(dict(zip(names, row)), [ArtifactRecord(*a) for a in arts])
 
+    def parent_of(self, run: RunRecord, stage: str) -> RunRecord | None:
+        """The first of ``run``'s parents made by ``stage`` that is still in the workspace (its folder
+        there), by its registry row, never by its id's spelling; None when there is none."""
+        for parent in run.parents:
+            try:
+                record = self.get_run(parent)
+            except WorkspaceError:  # deleted since
+                continue
+            if record.stage == stage and record.dir.is_dir():
+                return record
+        return None
+
     def list_runs(self, stage: str | None = None, status: str | None = None,
                   session: str | None = None, limit: int = 500) -> list[RunRecord]:
         """Runs, newest first, optionally filtered."""

@@ -48,10 +48,7 @@ if cal_run is None:
 else:
     with shown_errors("Opening the calibration"):
         cal = Calibration.load(cal_run.dir)
-        cs_meta = cal.meta["calibration_set"]
-        from calib.calibset import CalibrationSet
-
-        model_path = CalibrationSet.load(cs_meta["dir"]).manifest["model"]["onnx_path"]
+        model_path = str(cal.model_path())
         nodes = graph_nodes(model_path)
     methods = list(cal.methods)
     c1, c2, c3 = st.columns(3)
@@ -99,7 +96,7 @@ else:
                                       help="Fold the output shift that weight quantization causes into each MatMul's "
                                            "bias, from calibration-set input means.")
     extra = tuple(p.strip() for p in re.split(r",", patterns) if p.strip())
-    from calib.sensitivity import exact_pattern
+    from calib.placement import exact_pattern
 
     config = BuildConfig(model=str(model_path), calibration=str(cal_run.dir), method=method, placement=preset,
                          exclude_nodes=tuple(exact_pattern(n) for n in excluded) + extra,

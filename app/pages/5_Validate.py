@@ -51,7 +51,6 @@ from calib.sensitivity import (
     SensitivityConfig,
     SensitivityResult,
     analyze_sensitivity,
-    exact_pattern,
 )
 from calib.validate import Evaluation, ValidateConfig, validate
 from calib.verdict import MIN_BUCKET_TEXTS, ReleaseBudget, Verdict, gate_command, judge, resolution_warning
@@ -66,18 +65,10 @@ with shown_errors("Reading the project"):
     eval_spec = data_spec(ws, project, "eval")
 
 
-def build_config_of(run) -> BuildConfig:
-    """The BuildConfig a build run was made with (its registry parameters)."""
-    values = dict(run.params)
-    for name in ("include_nodes", "exclude_nodes", "include_op_types", "exclude_op_types", "profile"):
-        values[name] = tuple(values.get(name) or ())
-    return BuildConfig(**values)
-
-
 def calibration_of(build_run) -> str | None:
-    for parent in build_run.parents:
-        if parent.startswith("calibrate-") and ws.run_dir(parent).is_dir():
-            return str(ws.run_dir(parent))
+    """The calibration run a build was made from (to show every method's amax per tensor), if still there."""
+    if (parent := ws.parent_of(build_run, "calibrate")) is not None:
+        return str(parent.dir)
     cal = build_run.params.get("calibration")
     return cal if cal and Path(cal).is_dir() else None
 
@@ -331,15 +322,11 @@ with tab_layers:
 with tab_sens:
     st.markdown("Rank the quantized layers by the loss they cause and search the fewest to keep in float "
                 "so that INT8 stays within the budget.")
-    source_build = run.parents[0] if run.parents and run.parents[0].startswith("build-") else None
-    try:
-        src_run = ws.get_run(source_build) if source_build else None
-    except Exception:  # noqa: BLE001 - the build was deleted
-        src_run = None
+    src_run = ws.parent_of(run, "build")
     if src_run is None:
         st.info("The build of this validation is not in the workspace; sensitivity needs it.", icon=":material/info:")
     else:
-        bconf = build_config_of(src_run)
+        bconf = BuildConfig.from_params(src_run.params)
         c1, c2, c3, c4 = st.columns(4)
         # the search aims at the project's release budget (editable here for one search)
         max_drop = c1.number_input("Max accuracy drop (points)", min_value=0.0, step=0.1, key="sens-drop",
@@ -385,19 +372,12 @@ with tab_sens:
         st.dataframe(pd.DataFrame(ranking_rows), hide_index=True, width="stretch", height=260)
         if rec["exclude_nodes"]:
             st.code("\n".join(rec["exclude_nodes"]), language=None)
-            parent_build = next((p for p in srun.parents if p.startswith("build-")), None)
-            try:
-                prun = ws.get_run(parent_build) if parent_build else None
-            except Exception:  # noqa: BLE001
-                prun = None
+            prun = ws.parent_of(srun, "build")
             if prun is not None:
                 active = job_section(page, "build", "Rebuilding")
                 if active is None and st.button("Rebuild with these exclusions", type="primary", key="sens-rebuild",
                                                 icon=":material/construction:"):
-                    base_config = build_config_of(prun)
-                    placement = base_config.placement_spec().with_exclusions(exact_pattern(n) for n in rec["exclude_nodes"])
-                    new_config = BuildConfig(**{**{f: getattr(base_config, f) for f in base_config.__dataclass_fields__},
-                                                "exclude_nodes": placement.exclude_nodes})
+                    new_config = BuildConfig.from_params(prun.params).with_float_nodes(rec["exclude_nodes"])
                     rid = submit(page, "build", build, new_config, parents=tuple(prun.parents) + (srun.id,),
                                  label=prun.label)  # its name says how many nodes stay in float
                     st.toast(f"Rebuilding as {rid}; validate it above when it is done.", icon=":material/construction:")

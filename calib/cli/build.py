@@ -115,10 +115,8 @@ def _config(args: argparse.Namespace, ws) -> tuple:
         calibration = str(Path(run_folder(ws, args.calibration, "calibrate", parents)).resolve())
         if not model:
             from calib.calibrate import Calibration
-            from calib.calibset import CalibrationSet
 
-            cs_dir = Calibration.load(calibration).meta["calibration_set"]["dir"]
-            model = str(CalibrationSet.load(cs_dir).model_spec().onnx_path)
+            model = str(Calibration.load(calibration).model_path())
     if args.calibration_set:
         calibration_set = str(Path(run_folder(ws, args.calibration_set, "calibset")).resolve())
     if not model:
@@ -127,7 +125,8 @@ def _config(args: argparse.Namespace, ws) -> tuple:
         raise InputError("give --model with --ranges (the FP32 ONNX model the ranges were calibrated on)")
     exclude = list(args.exclude)
     if args.exclude_from:
-        from calib.sensitivity import SensitivityResult, exact_pattern
+        from calib.placement import exact_pattern
+        from calib.sensitivity import SensitivityResult
 
         sens_dir = run_folder(ws, args.exclude_from, "sensitivity", parents)
         exclude += [exact_pattern(n) for n in SensitivityResult.load(sens_dir).exclusions]

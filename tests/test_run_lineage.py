@@ -1,0 +1,56 @@
+"""Decisions the app's Validate and Build pages used to make inline, now in the library: the build config a
+run recorded (and the same build with nodes kept in float), the parent run of a stage, the model of a
+calibration."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from calib.build import BuildConfig
+from calib.pipeline import config_params
+from calib.placement import exact_pattern
+from calib.workspace import Workspace
+
+
+def _run(ws: Workspace, stage: str, params: dict | None = None, parents: tuple[str, ...] = (),
+         run_id: str | None = None) -> str:
+    with ws.start_run(stage, params or {}, parents=parents, run_id=run_id) as ctx:
+        (ctx.dir / "x.json").write_text("{}")
+        return ctx.id
+
+
+def test_a_recorded_build_config_reads_back_and_keeps_nodes_in_float():
+    config = BuildConfig(model="m.onnx", calibration="cal", method="minmax", exclude_nodes=("a", "/l.0/MatMul"),
+                         profile=(1, 16, 32, 1, 64, 128), smooth="auto")
+    params = json.loads(json.dumps(config_params(config)))  # lists, as the registry stores them
+    assert BuildConfig.from_params({**params, "added_in_a_later_version": 1}) == config
+    fallback = config.with_float_nodes(["/l.0/MatMul", "/l[1]/MatMul*", "b"])
+    assert fallback.exclude_nodes == ("a", "/l.0/MatMul", exact_pattern("/l[1]/MatMul*"), "b")
+    assert exact_pattern("/l[1]/MatMul*").startswith("re:^") and fallback.method == "minmax"
+    assert fallback.placement_spec().exclude_nodes == fallback.exclude_nodes
+
+
+def test_the_parent_of_a_stage_is_found_by_its_record_not_its_id(tmp_path):
+    ws = Workspace(tmp_path / "ws")
+    cal = _run(ws, "calibrate", run_id="build-looks-like-a-build-but-is-a-calibration")
+    build = _run(ws, "build", parents=(cal,))
+    gone = _run(ws, "build")
+    validate = _run(ws, "validate", parents=(gone, cal, build))
+    ws.delete_run(gone, force=True)
+    record = ws.get_run(validate)
+    assert ws.parent_of(record, "build").id == build  # the deleted build is skipped
+    assert ws.parent_of(record, "calibrate").id == cal
+    assert ws.parent_of(ws.get_run(build), "build") is None
+    assert ws.parent_of(record, "sensitivity") is None
+
+
+@pytest.mark.demo
+def test_a_calibration_names_the_model_it_was_made_for(demo_workspace, tmp_path):
+    from calib.calibrate import CalibrateConfig, calibrate
+    from calib.calibset import assemble, config_from_dict, demo_values
+
+    cset = assemble(config_from_dict({**demo_values("rt-sentiment", demo_workspace), "size": 16}), tmp_path / "set")
+    cal = calibrate(CalibrateConfig(calibration_set=str(cset.dir), methods=("minmax",)), tmp_path / "cal")
+    assert cal.model_path() == cset.model_spec().onnx_path
