@@ -9,13 +9,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from calib.stages import stage_title
 from calib.workspace import RunRecord
-
-STAGE_NAMES = {
-    "demo": "Demo assets", "calibset": "Calibration set", "calibrate": "Calibration", "build": "Build",
-    "bench": "Benchmark", "validate": "Validation", "compare": "Calibrators side by side",
-    "sensitivity": "Sensitivity", "report": "Report",
-}
 
 Lookup = Callable[[str], "RunRecord | None"]
 
@@ -75,7 +70,7 @@ def run_facts(run: RunRecord, lookup: Lookup | None = None) -> list[str]:
 
 def run_name(run: RunRecord, lookup: Lookup | None = None, *, with_id: bool = True) -> str:
     """``Validation · minmax · tensorrt · 400 texts · my label · 25 Nov 16:49 (validate-2026…-1db8b0)``."""
-    parts = [STAGE_NAMES.get(run.stage, run.stage), *run_facts(run, lookup)]
+    parts = [stage_title(run.stage), *run_facts(run, lookup)]
     if run.label:
         parts.append(f"“{run.label}”")
     parts.append(short_time(run.created_at))

@@ -112,3 +112,31 @@ def test_the_demo_scheme_comes_from_its_entry_point_without_importing_the_demo_f
     out = subprocess.run([sys.executable, "-c", "from calib.data import source_schemes; print(source_schemes())"],
                          check=True, capture_output=True, text=True).stdout
     assert "'demo'" in out
+
+
+def test_every_stage_in_the_registry_keeps_the_stage_contract():
+    import dataclasses
+    import inspect
+
+    from calib.stages import STAGES
+
+    for stage in STAGES.values():
+        entry, config, artifact = stage.entry_fn(), stage.config_type(), stage.artifact_type()
+        params = list(inspect.signature(entry).parameters.values())
+        assert params[0].name == "config" and "progress" in [p.name for p in params], stage
+        assert dataclasses.is_dataclass(config) and config.__dataclass_params__.frozen, stage
+        if stage.run_folder:
+            assert params[1].name == "out_dir" and params[2].kind is inspect.Parameter.KEYWORD_ONLY, stage
+            assert callable(getattr(artifact, "load", None)) and callable(getattr(artifact, "summary", None)), stage
+
+
+def test_every_stage_the_cli_and_the_app_run_is_registered():
+    from calib.stages import STAGES
+
+    used: set[str] = set()
+    for path in [*CALIB.rglob("*.py"), *(CALIB.parent / "app").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")) in (
+                    "run_stage", "run_button", "pick_run", "submit", "open_picked_run"):
+                used |= {a.value for a in node.args[1:2] if isinstance(a, ast.Constant) and isinstance(a.value, str)}
+    assert used and used <= set(STAGES), used - set(STAGES)

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import streamlit as st
 
+from calib import stages
 from calib.errors import CalibError
 from calib.io import atomic_write_json, read_json
 from calib.workspace import Workspace, default_workspace_path
@@ -27,17 +28,7 @@ T = TypeVar("T")
 SESSION_KEY = "calib_session"
 _SESSION_RE = re.compile(r"[0-9a-f]{12}")
 
-STAGE_TITLES = {
-    "demo": "Demo assets",
-    "calibset": "Calibration set",
-    "calibrate": "Calibration",
-    "build": "Build",
-    "validate": "Validation",
-    "compare": "Calibrators side by side",
-    "sensitivity": "Sensitivity",
-    "report": "Report",
-    "bench": "Benchmark",
-}
+STAGE_TITLES = stages.STAGE_TITLES  # one registry of stages (calib.stages)
 
 
 def setup_page(title: str, icon: str = ":material/tune:") -> None:

@@ -12,6 +12,7 @@ from typing import Any
 from calib.cli.common import format_table, workspace_of
 from calib.errors import CalibError
 from calib.formatting import clean, headline
+from calib.stages import stage_names
 from calib.workspace import STATUSES, RunRecord, Workspace
 
 
@@ -20,7 +21,8 @@ def register(subparsers: Any) -> None:
     sub = parser.add_subparsers(dest="runs_command", metavar="ACTION", required=True)
 
     listing = sub.add_parser("list", help="runs, newest first")
-    listing.add_argument("--stage", help="only runs of this stage (calibset, calibrate, build, validate, ...)")
+    listing.add_argument("--stage", choices=stage_names(), metavar="STAGE",
+                         help=f"only runs of this stage ({', '.join(stage_names())})")
     listing.add_argument("--status", choices=STATUSES, help="only runs with this status")
     listing.add_argument("--limit", type=int, default=50, help="at most this many runs (default 50)")
     listing.set_defaults(handler=cmd_list)
