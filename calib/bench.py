@@ -22,11 +22,13 @@ from typing import Any
 import numpy as np
 
 from calib.batching import Encoded, iter_batches
+from calib.build import EngineArtifact
 from calib.data import DataSpec
 from calib.errors import InputError
 from calib.evaluation import EvalData, load_eval_data
 from calib.io import atomic_write_json, read_json
 from calib.model import load_model
+from calib.pipeline import config_params
 from calib.progress import Phases
 from calib.workspace import ProgressFn
 
@@ -102,8 +104,6 @@ def measure_engine(config: BenchConfig, kind: str, encoded: Encoded,
                    dtypes: dict[str, type], progress_queue: Any = None) -> list[dict[str, Any]]:
     """Rows for one engine kind (runs in a child process). After each pass over the texts it puts
     ``(fraction of this engine's passes, message)`` on ``progress_queue`` (a manager queue) if given."""
-    from calib.build import EngineArtifact
-
     artifact = EngineArtifact.load(config.engine)
     engine = artifact.engine(kind, threads=config.threads)
     n_texts = len(encoded)
@@ -199,9 +199,6 @@ def bare_main():
 
 def benchmark(config: BenchConfig, out_dir: Path, *, progress: ProgressFn | None = None) -> BenchResult:
     """Measure FP32 and INT8 at each batch size; write ``bench.json`` into ``out_dir``."""
-    from calib.build import EngineArtifact
-    from calib.pipeline import config_params
-
     report = progress or (lambda fraction, message="": None)
     if not config.batch_sizes or min(config.batch_sizes) < 1:
         raise InputError(f"batch sizes must be positive integers, got {config.batch_sizes}")

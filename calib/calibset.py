@@ -21,12 +21,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from calib.batching import Encoded, iter_batches
+from calib.batching import Encoded, encode, iter_batches
 from calib.buckets import DEFAULT_EDGES, bucket_labels, check_edges
 from calib.coverage import Coverage, coverage
 from calib.data import DataSpec, load_table, preparation_mismatch, texts_of
 from calib.errors import InputError, check_choice
 from calib.formatting import ratio
+from calib.inputs import demo_inputs, stage_fields
 from calib.io import atomic_dir, atomic_save_npz, atomic_write_json, read_json
 from calib.lengths import LengthTable, load_length_target, token_lengths
 from calib.model import ModelFields, ModelSpec, check_same_model, load_model, load_tokenizer
@@ -411,8 +412,6 @@ class CalibrationSet:
 
     def encode(self, spec: ModelSpec | None = None) -> Encoded:
         """Tokenise the texts with the model's tokenizer and max length."""
-        from calib.batching import encode
-
         spec = spec or self.model_spec()
         check_same_model(self.model_sha256, spec.sha256, f"calibration set {self.dir}")
         texts, pairs = self.texts()
@@ -511,8 +510,6 @@ def load_recipe(path: str | Path, *, workspace: str | Path | None = None) -> Ass
 
 def demo_values(task: str, workspace: str | Path | None, *, split: str = "calibration") -> dict[str, Any]:
     """Model, tokenizer, data and max length of a prepared demo task, as AssembleConfig fields."""
-    from calib.inputs import demo_inputs, stage_fields
-
     ws = Workspace(workspace) if workspace is not None else Workspace()
     model, data = demo_inputs(task, ws.root, split)
     values = stage_fields(model, data, source_field="source") | {"workspace": str(ws.root)}

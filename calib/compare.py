@@ -14,9 +14,12 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
+from calib.build import BuildConfig, build
+from calib.calibrate import Calibration
 from calib.errors import InputError
 from calib.io import atomic_write_json, read_artifact_json
-from calib.validate import Evaluation, ValidateConfig
+from calib.report import budget_for, compare_evaluations, headline_of
+from calib.validate import Evaluation, ValidateConfig, validate
 from calib.verdict import Recommendation, ReleaseBudget, judge, recommend
 from calib.workspace import ProgressFn
 
@@ -82,11 +85,6 @@ class CalibratorComparison:
 def compare_calibrators(config: CompareConfig, out_dir: Path, *,
                         progress: ProgressFn | None = None) -> CalibratorComparison:
     """Build and validate each method's ranges; write ``comparison.json`` with the recommendation."""
-    from calib.build import BuildConfig, build
-    from calib.calibrate import Calibration
-    from calib.report import budget_for, compare_evaluations, headline_of
-    from calib.validate import validate
-
     report = progress or (lambda fraction, message="": None)
     calibration = Calibration.load(config.calibration)
     methods = tuple(config.methods) or tuple(calibration.methods)

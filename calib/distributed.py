@@ -36,9 +36,12 @@ import numpy as np
 
 from calib.batching import Encoded, plan_batches
 from calib.cluster import ClusterSession
+from calib.engines.ort import OrtEngine, OrtSessionLoader
 from calib.errors import InputError
 from calib.evaluation import EngineOutputs, run_engine
 from calib.model import OutputRoles
+from calib.stats import DEFAULT_BINS, ActivationStats, ChannelStats, StatsConfig, StatsPass, TensorStats
+from calib.validate import int8_engine, resolve_engine
 from calib.workspace import ProgressFn
 
 SHARDS_PER_WORKER = 2
@@ -76,9 +79,6 @@ class EngineShardRunner:
 
     def __init__(self, fp32_model: str, engine: str, input_dtypes: Mapping[str, type], roles: OutputRoles,
                  batch_size: int, threads: int | None) -> None:
-        from calib.engines.ort import OrtEngine, OrtSessionLoader
-        from calib.validate import int8_engine, resolve_engine
-
         self.fp32 = OrtEngine(OrtSessionLoader(Path(fp32_model), threads=threads), name="onnxruntime-fp32")
         self.int8 = int8_engine(resolve_engine(engine), threads)
         self.input_dtypes, self.roles, self.batch_size = dict(input_dtypes), roles, batch_size
@@ -154,8 +154,6 @@ class CandidateShardRunner:
                 self.segments = None
 
     def _engine(self, model: bytes | Path) -> Any:
-        from calib.engines.ort import OrtEngine, OrtSessionLoader
-
         return OrtEngine(OrtSessionLoader(model, threads=self.threads), name="onnxruntime-int8")
 
     def __call__(self, payload: tuple[tuple[str, Any], str, Sequence[Any]]) -> list[dict[str, np.ndarray]]:
@@ -185,8 +183,6 @@ class StatsShardRunner:
 
     def __init__(self, model: str, sha256: str, input_dtypes: Mapping[str, type], probe: Encoded,
                  tensors: Sequence[str], config: Any) -> None:
-        from calib.stats import StatsPass
-
         self.stats_pass = StatsPass(model, probe, tensors, config=config, sha256=sha256,
                                     input_dtypes=dict(input_dtypes))
 
@@ -199,8 +195,6 @@ def collect_statistics_sharded(session: ClusterSession, spec: Any, encoded: Enco
                                config: Any, progress: ProgressFn | None = None, seed: int = 0):
     """The statistics pass of :func:`calib.stats.collect_statistics`, sharded over the cluster's
     workers and merged (:func:`merge_statistics`; the module docstring says what is identical)."""
-    from calib.stats import DEFAULT_BINS, StatsConfig
-
     cfg: StatsConfig = config
     if len(encoded) == 0:
         raise InputError("the calibration set is empty: no texts to run")
@@ -237,7 +231,6 @@ def _worker_config(cfg: Any, session: ClusterSession) -> Any:
     ``bins`` bins, with the session's threads unless the config names them."""
     import dataclasses
 
-    from calib.stats import DEFAULT_BINS
 
     return dataclasses.replace(cfg, histogram="stream", bins=int(cfg.bins or DEFAULT_BINS[cfg.histogram]),
                                threads=cfg.threads or session.threads)
@@ -262,8 +255,6 @@ def rebin(hist: np.ndarray, hist_range: float, target: float) -> np.ndarray:
 def merge_statistics(parts: Sequence[Any], *, bins: int, histogram: str, fixed: Mapping[str, float] | None = None,
                      sample_rows: int = 512, outlier_rows: int = 64, seconds: float = 0.0):
     """One :class:`~calib.stats.ActivationStats` from per-shard ones (same tensors, same model)."""
-    from calib.stats import ActivationStats, TensorStats
-
     first = parts[0]
     tensors = []
     for i, ref in enumerate(first.tensors):
@@ -291,8 +282,6 @@ def merge_statistics(parts: Sequence[Any], *, bins: int, histogram: str, fixed: 
 def merge_channels(parts: Sequence[Any], sample_rows: int, outlier_rows: int, name: str = ""):
     """Per-channel statistics of the union of shards: absmax by max, mean by the rows-weighted sum,
     outliers the top rows of the union, the sample a rows-proportional share of each shard's sample."""
-    from calib.stats import ChannelStats
-
     present = [c for c in parts if c is not None]
     if not present:
         return None

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from calib.errors import InputError
+from calib.report import Report
 from calib.verdict import ReleaseBudget, judge
 
 
@@ -22,8 +23,6 @@ class GateResult:
 
 
 def load_report_data(path: str | Path) -> dict:
-    from calib.report import Report
-
     return Report.load(path).data
 
 

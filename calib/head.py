@@ -25,6 +25,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from calib.batching import encode
 from calib.data import DataSpec, fingerprint, label_ids, label_names, load_rows, texts_of
 from calib.engines.ort import OrtEngine, OrtSessionLoader
 from calib.errors import InputError
@@ -32,6 +33,7 @@ from calib.evaluation import run_engine
 from calib.formatting import percent
 from calib.io import atomic_path, atomic_write_json, read_artifact_json, sha256_file
 from calib.model import ModelFields, OutputRoles, load_tokenizer, read_onnx
+from calib.pipeline import config_params
 from calib.workspace import ProgressFn
 
 CARD_SCHEMA = "calib.head/1"
@@ -235,7 +237,6 @@ def fit_head(config: HeadConfig, out_dir: Path, *, progress: ProgressFn | None =
         raise InputError(f"dataset {data.describe()} column {config.label_column!r} has {len(classes)} class(es); "
                          "a classifier needs at least 2")
     texts, pairs = texts_of(rows, data)
-    from calib.batching import encode
 
     encoded = encode(load_tokenizer(str(spec.tokenizer_dir)), texts, pairs, max_length=spec.max_length)
     report(0.02, f"embedding {len(texts)} texts")
@@ -262,7 +263,6 @@ def fit_head(config: HeadConfig, out_dir: Path, *, progress: ProgressFn | None =
         if head_error > MAX_HEAD_ERROR:
             raise InputError(f"the ONNX head disagrees with scikit-learn by {head_error:.3g}; the encoder's "
                              "embedding output may depend on the batch (report this model)")
-    from calib.pipeline import config_params
 
     card = {
         "schema": CARD_SCHEMA,

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from calib.errors import InputError
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -57,11 +59,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
     return Path(path)
 
 
@@ -108,8 +109,6 @@ def read_json(path: str | Path) -> Any:
 def read_artifact_json(path: Path, schema: str, hint: str) -> dict:
     """A saved artifact's JSON document, checked: it exists, parses and carries ``schema``.
     ``hint`` ends the one-line error (what to give instead), e.g. "give a validate run folder"."""
-    from calib.errors import InputError
-
     if not path.is_file():
         raise InputError(f"{path.parent} holds no {path.name}; {hint}")
     try:
@@ -124,9 +123,8 @@ def read_artifact_json(path: Path, schema: str, hint: str) -> dict:
 
 def atomic_save_npz(path: str | Path, **arrays: np.ndarray) -> Path:
     """Write a compressed .npz atomically (numpy would otherwise append '.npz' to the temp name)."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as handle:
-            np.savez_compressed(handle, **arrays)
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez_compressed(handle, **arrays)
     return Path(path)
 
 

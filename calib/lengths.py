@@ -19,10 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from calib.batching import encode
 from calib.data import DataSpec, fingerprint, label_ids, label_names, load_rows, texts_of
 from calib.errors import InputError
 from calib.io import atomic_save_npz
 from calib.model import ModelSpec, load_tokenizer, tokenizer_hash
+from calib.sampling import largest_remainder
 from calib.workspace import ProgressFn, Workspace
 
 if TYPE_CHECKING:
@@ -115,8 +117,6 @@ def token_lengths(
 
 
 def _count_tokens(spec: ModelSpec, ds: datasets.Dataset, data: DataSpec, progress: ProgressFn | None) -> np.ndarray:
-    from calib.batching import encode
-
     tokenizer = load_tokenizer(spec.tokenizer_dir)
     out = np.zeros(len(ds), dtype=np.int32)
     for start in range(0, len(ds), TOKENIZE_CHUNK):
@@ -156,7 +156,6 @@ def _expand_pairs(lengths: list[int], counts: list[int], where: str) -> np.ndarr
 def _scale_counts(counts: np.ndarray) -> np.ndarray:
     if counts.sum() <= MAX_EXPANDED:
         return counts
-    from calib.sampling import largest_remainder
 
     return largest_remainder(counts.astype(np.float64), MAX_EXPANDED)
 

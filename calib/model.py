@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from calib.errors import InputError
+from calib.errors import InputError, ModelMismatchError
 from calib.io import sha256_file
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json")
@@ -399,8 +399,6 @@ def tokenizer_hash(tokenizer_dir: str | Path) -> str:
 
 def check_same_model(expected_sha256: str, actual_sha256: str, what: str) -> None:
     """Refuse to combine artifacts from different models."""
-    from calib.errors import ModelMismatchError
-
     if expected_sha256 and actual_sha256 and expected_sha256 != actual_sha256:
         raise ModelMismatchError(
             f"{what} was made for model sha256 {expected_sha256[:12]}…, but this model is "

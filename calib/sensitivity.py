@@ -84,6 +84,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from calib.batching import iter_batches
+from calib.bench import throughput
+from calib.build import BuildConfig, EngineArtifact, build
 from calib.cluster import Cluster, ClusterSession, connect
 from calib.data import DataSpec
 from calib.distributed import SHARDS_PER_WORKER, CandidateShardRunner, balanced_runs
@@ -101,10 +104,12 @@ from calib.evaluation import (
     run_engine,
 )
 from calib.io import atomic_write_json, read_artifact_json, read_json
+from calib.layers import LayerAnalysis, producer_order, quantized_tensors
 from calib.metrics import row_cosine
 from calib.model import ModelFields, check_same_model
 from calib.placement import Placement, exact_pattern
 from calib.progress import FP32_PASS
+from calib.quantize import quantize_qdq
 from calib.segments import SegmentationError, SegmentRunner, layer_block
 from calib.workspace import ProgressFn
 
@@ -304,7 +309,6 @@ class _Evaluator:
                 self.segmentation = f"{len(self.runner.segments)} segments"
             except SegmentationError as exc:
                 self.segmentation = f"whole models ({exc})"
-        from calib.batching import iter_batches
 
         self.batches = {"search": list(iter_batches(data.encoded, spec.input_dtypes, config.batch_size)),
                         "rank": list(iter_batches(self.rank_data.encoded, spec.input_dtypes, config.batch_size))}
@@ -462,7 +466,6 @@ class _Evaluator:
             return floating & set(self.quantized)  # run segment by segment, or derived on the workers
         if self.qdq is not None:
             return keep_in_float(self.qdq, floating).SerializeToString()
-        from calib.quantize import quantize_qdq
 
         placement = self.config.placement
         if only is not None:
@@ -613,9 +616,6 @@ def local_scores(model_path: Path, qdq_path: Path, quantized_nodes: Sequence[str
     Non-finite ranges (e.g. a ``-inf`` attention mask) score infinity; nodes left out of the Q/DQ
     graph for lack of a usable range are not scored (they are already in float). A tensor quantized
     once per consumer (dedicated pairs) scores every one of those consumers."""
-    from calib.batching import iter_batches
-    from calib.layers import LayerAnalysis, producer_order, quantized_tensors
-
     ref = onnx.load(str(model_path))
     qdq = onnx.load(str(qdq_path))
     tensors = quantized_tensors(qdq, ref)
@@ -886,8 +886,6 @@ def _block_local_ranking(evaluate: _Evaluator, units: Sequence[Unit]) -> tuple[d
 def _start_build(config: SensitivityConfig, spec):
     """The build folder to start from, checked: same FP32 model, an input-only placement, and the
     settings recorded (to rebuild it with exclusions)."""
-    from calib.build import EngineArtifact
-
     start = EngineArtifact.load(config.start_from)
     check_same_model(start.model_sha256, spec.sha256, f"build {config.start_from}")
     if (start.meta.get("placement") or {}).get("preset") == "all":
@@ -902,8 +900,6 @@ def _start_build(config: SensitivityConfig, spec):
 def _rebuild(start, nodes: Sequence[str], out_dir: Path) -> tuple[Path, int]:
     """``start``'s build settings with ``nodes`` also kept in float, built again by :func:`calib.build.build`;
     (its Q/DQ model, quantized node count)."""
-    from calib.build import BuildConfig, build
-
     config = dataclasses.replace(BuildConfig.from_params(start.meta["config"]).with_float_nodes(nodes), backend="ort")
     out_dir.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
@@ -920,9 +916,6 @@ def speed_curve(evaluate: _Evaluator, spec, chosen: Sequence[Unit], verified: Pa
     fallback step. Under placements with shared Q/DQ pairs only the two ends and the verified
     recommendation are timed. Throughput is the fastest of ``speed_repeats`` passes (see
     :func:`calib.bench.throughput`)."""
-    from calib.batching import iter_batches
-    from calib.bench import throughput
-
     config = evaluate.config
     if not config.speed_texts:
         return None
@@ -1019,8 +1012,6 @@ def analyze_sensitivity(config: SensitivityConfig, out_dir: Path, *, progress: P
 
 def _analyze(config: SensitivityConfig, out_dir: Path, progress: ProgressFn | None,
              session: ClusterSession | None) -> SensitivityResult:
-    from calib.quantize import quantize_qdq
-
     t0, cpu0 = time.monotonic(), time.process_time()
     report = progress or (lambda f, m="": None)
     model = config.model_ref()

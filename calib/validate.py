@@ -23,8 +23,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from calib.batching import iter_batches
 from calib.buckets import DEFAULT_EDGES, check_edges
 from calib.build import EngineArtifact
+from calib.calibrate import Calibration
 from calib.cluster import Cluster, connect
 from calib.data import DataSpec, LoadReport, preparation_mismatch
 from calib.engines import get_backend
@@ -33,7 +35,9 @@ from calib.engines.ort import OrtEngine, OrtSessionLoader
 from calib.errors import InputError, ModelMismatchError
 from calib.evaluation import Metrics, compare, load_eval_data, recorded_roles, run_engine
 from calib.io import atomic_save_npz, atomic_write_json, read_artifact_json, read_json, sha256_file
+from calib.layers import LayerAnalysis, producer_order, quantized_tensors
 from calib.model import ModelFields, ModelSpec, check_same_model
+from calib.pipeline import config_params
 from calib.progress import FP32_PASS, INT8_PASS, LAYER_PASS, Phases
 from calib.workspace import ProgressFn
 
@@ -187,8 +191,6 @@ def int8_engine(source: EngineSource, threads: int | None = None) -> Engine:
 
 def calibrated_amax(calibration: str | Path, model_sha256: str = "") -> tuple[dict[str, dict[str, float]], dict]:
     """``{tensor: {method: amax}}`` for every method of a calibration run, and what it was made from."""
-    from calib.calibrate import Calibration
-
     cal = Calibration.load(Path(calibration))
     check_same_model(cal.model_sha256, model_sha256, f"calibration {calibration}")
     table: dict[str, dict[str, float]] = {}
@@ -216,9 +218,6 @@ def layer_analysis(fp32_model: Path, source: EngineSource, encoded, input_dtypes
     The INT8 side runs the Q/DQ model in ONNX Runtime with its intermediates exposed (Q/DQ
     evaluated in float, which is what integer kernels compute up to rounding).
     """
-    from calib.batching import iter_batches
-    from calib.layers import LayerAnalysis, producer_order, quantized_tensors
-
     ref = onnx.load(str(fp32_model))
     qdq = onnx.load(str(source.qdq_path))
     tensors = quantized_tensors(qdq, ref)
@@ -381,7 +380,6 @@ def validate(config: ValidateConfig, out_dir: Path, *, progress: ProgressFn | No
         layers = layer_analysis(spec.onnx_path, source, data.encoded.subset(rows), spec.input_dtypes, ranged,
                                 batch_size=min(config.batch_size, LAYER_BATCH), threads=config.threads,
                                 progress=phases.phase(LAYER_PASS))
-    from calib.pipeline import config_params
 
     evaluation = {
         "schema": SCHEMA,

@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from calib.errors import InputError, WorkspaceError
+from calib.errors import InputError, RunCancelled, WorkspaceError
 from calib.io import atomic_write_text, sha256_file, to_json
 
 log = logging.getLogger("calib.workspace")
@@ -592,7 +592,6 @@ class Workspace:
         """Record how the run ended (before its lock is released) and remove its unfinished files."""
         shutil.rmtree(staging, ignore_errors=True)
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        from calib.errors import RunCancelled
 
         status = ("interrupted" if isinstance(exc, KeyboardInterrupt)
                   else "cancelled" if isinstance(exc, RunCancelled) else "failed")

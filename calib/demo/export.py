@@ -35,7 +35,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from calib.demo.reference import sentence_embeddings
 from calib.demo.sources import MiniLMFiles
+from calib.engines.ort import OrtSessionLoader
 from calib.errors import CalibError, InputError
 
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
@@ -277,9 +279,6 @@ def export_encoder(files: MiniLMFiles, out_path: Path, tokenizer: Any, *, thread
     Returns facts for the model card: exporter, opset, max abs difference, seconds. Raises
     :class:`CalibError` if ONNX Runtime and the reference disagree by more than ``MAX_ABS_DIFF``.
     """
-    from calib.demo.reference import sentence_embeddings
-    from calib.engines.ort import OrtSessionLoader
-
     start = time.monotonic()
     config = read_config(files.config)
     weights = read_weights(files.weights)

@@ -23,9 +23,11 @@ from typing import Any
 
 import numpy as np
 
+from calib.batching import encode, iter_batches, plan_batches
 from calib.demo import export as demo_export
 from calib.demo import sources
 from calib.demo.tasks import CARD_FILE, DEMO_TASKS, RECIPE_VERSION, SPLITS, TaskRecipe
+from calib.engines.ort import OrtSessionLoader, default_threads
 from calib.errors import CalibError, InputError, check_choice
 from calib.formatting import percent
 from calib.head import attach_head, logistic_head
@@ -150,8 +152,6 @@ def run_rows(session: Any, encoded: Any, outputs: list[str], progress: ProgressF
              batch_size: int = BATCH_SIZE) -> dict[str, np.ndarray]:
     """Run ``session`` over every row of ``encoded`` in length-bucketed batches; outputs in row
     order, each (N, ...) float32."""
-    from calib.batching import iter_batches, plan_batches
-
     dtypes = {i.name: np.int64 for i in session.get_inputs()}
     n_batches = len(plan_batches(encoded.lengths, batch_size))
     result: dict[str, np.ndarray] = {}
@@ -176,8 +176,6 @@ def _length_stats(encoded: Any) -> dict[str, float]:
 def _encoder(ws: Workspace, files: sources.MiniLMFiles, tokenizer: Any, force: bool,
              progress: ProgressFn) -> tuple[Path, dict[str, Any]]:
     """The exported encoder (cached in the workspace) and facts about its export."""
-    from calib.engines.ort import default_threads
-
     cache = ws.cache_dir / ENCODER_CACHE
     meta_path, onnx_path = cache / "meta.json", cache / "encoder.onnx"
     if not force and meta_path.is_file() and onnx_path.is_file():
@@ -220,8 +218,6 @@ def _build_task(recipe: TaskRecipe, corpus: sources.LabelledTexts, seed: int, ta
     import onnx
 
     import datasets
-    from calib.batching import encode
-    from calib.engines.ort import OrtSessionLoader
 
     datasets.disable_progress_bars()
     timings: dict[str, float] = {}

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from calib.data import DataSpec, register_source_scheme
+from calib.demo.sources import MODEL_SAFETENSORS_SHA256
 from calib.errors import InputError, check_choice
 from calib.io import read_json
 from calib.model import ModelSpec, load_model
@@ -33,8 +34,6 @@ class TaskRecipe:
 
     def fingerprint(self, seed: int) -> dict[str, Any]:
         """What the prepared files depend on; a prepared task with another fingerprint is rebuilt."""
-        from calib.demo.sources import MODEL_SAFETENSORS_SHA256
-
         return {"recipe_version": RECIPE_VERSION, "task": self.name, "source": self.source,
                 "max_length": self.max_length, "n_train": self.n_train, "n_eval": self.n_eval,
                 "head_c": self.head_c, "seed": int(seed), "model_safetensors_sha256": MODEL_SAFETENSORS_SHA256}

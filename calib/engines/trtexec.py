@@ -30,6 +30,7 @@ from pathlib import Path
 import onnx
 
 from calib.errors import InputError
+from calib.io import atomic_write_text
 
 TRTEXEC_CACHE_ALGORITHM = "EntropyCalibration2"  # the calibrator trtexec --calib instantiates
 FP32_FILE = "model.fp32.onnx"  # the FP32 model's name inside an engine folder
@@ -248,8 +249,6 @@ def bundle_model(model_path: Path, model: onnx.ModelProto, out_dir: Path, name: 
 
 
 def write_text(path: Path, text: str, *, executable: bool = False) -> Path:
-    from calib.io import atomic_write_text
-
     atomic_write_text(path, text)
     if executable:
         path.chmod(0o755)
