@@ -160,6 +160,23 @@ class Calibration:
         }
 
 
+def recorded_roles(calibration: str | Path | None) -> dict[str, str | None]:
+    """The output roles the calibration set behind a calibration run recorded, as ``load_model``
+    keywords (``logits_output``, ``embedding_output``, ``pooling``); {} when unknown (no folder, an
+    older set, a ranges file)."""
+    if not calibration or not Path(calibration).is_dir():
+        return {}
+    try:
+        cset_dir = (Calibration.load(calibration).meta.get("calibration_set") or {}).get("dir")
+        roles = CalibrationSet.load(cset_dir).manifest["model"].get("roles") if cset_dir else None
+    except (InputError, OSError, ValueError, KeyError):  # provenance is best effort
+        return {}
+    if not roles:
+        return {}
+    return {"logits_output": roles.get("logits"), "embedding_output": roles.get("embedding"),
+            "pooling": roles.get("pooling")}
+
+
 def calibrate(config: CalibrateConfig, out_dir: Path, *, progress: ProgressFn | None = None) -> Calibration:
     """Run the statistics pass and every calibrator; write the artifact into ``out_dir``."""
     report = progress or (lambda fraction, message="": None)

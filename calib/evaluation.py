@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -155,26 +154,6 @@ def load_eval_data(data: DataSpec, spec: ModelSpec, *, limit: int = 0, seed: int
         "notes": loaded.notes(),
     }
     return EvalData(encoded, labels, classes, rows, info)
-
-
-def recorded_roles(calibration: str | Path | None) -> dict[str, str | None]:
-    """The output roles the calibration set behind a calibration run recorded, as ``load_model``
-    keywords (``logits_output``, ``embedding_output``, ``pooling``); {} when unknown (no folder, an
-    older set, a ranges file)."""
-    from calib.calibrate import Calibration
-    from calib.calibset import CalibrationSet
-
-    if not calibration or not Path(calibration).is_dir():
-        return {}
-    try:
-        cset_dir = (Calibration.load(calibration).meta.get("calibration_set") or {}).get("dir")
-        roles = CalibrationSet.load(cset_dir).manifest["model"].get("roles") if cset_dir else None
-    except (InputError, OSError, ValueError, KeyError):  # provenance is best effort
-        return {}
-    if not roles:
-        return {}
-    return {"logits_output": roles.get("logits"), "embedding_output": roles.get("embedding"),
-            "pooling": roles.get("pooling")}
 
 
 # -- running -----------------------------------------------------------------------------------

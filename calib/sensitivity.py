@@ -87,6 +87,7 @@ import onnx
 from calib.batching import iter_batches
 from calib.bench import throughput
 from calib.build import BuildConfig, EngineArtifact, build
+from calib.calibrate import Calibration, recorded_roles
 from calib.cluster import Cluster, ClusterSession, connect
 from calib.data import DataSpec
 from calib.distributed import SHARDS_PER_WORKER, CandidateShardRunner, balanced_runs
@@ -100,7 +101,6 @@ from calib.evaluation import (
     compare,
     load_eval_data,
     pool_tokens,
-    recorded_roles,
     run_engine,
 )
 from calib.io import atomic_write_json, read_artifact_json, read_json
@@ -187,8 +187,6 @@ def load_amax(ranges: str | Path, method: str) -> dict[str, float]:
     """Per-tensor amax from a calibration folder (``method``) or a JSON file."""
     path = Path(ranges)
     if path.is_dir():
-        from calib.calibrate import Calibration
-
         return {k: float(v) for k, v in Calibration.load(path).ranges(method).amax.items()}
     if path.is_file() and path.suffix.lower() == ".json":
         data = read_json(path)

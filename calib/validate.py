@@ -26,14 +26,14 @@ import onnx
 from calib.batching import iter_batches
 from calib.buckets import DEFAULT_EDGES, check_edges
 from calib.build import EngineArtifact
-from calib.calibrate import Calibration
+from calib.calibrate import Calibration, recorded_roles
 from calib.cluster import Cluster, connect
 from calib.data import DataSpec, LoadReport, preparation_mismatch
 from calib.engines import get_backend
 from calib.engines.base import Engine
 from calib.engines.ort import OrtEngine, OrtSessionLoader
 from calib.errors import InputError, ModelMismatchError
-from calib.evaluation import Metrics, compare, load_eval_data, recorded_roles, run_engine
+from calib.evaluation import Metrics, compare, load_eval_data, run_engine
 from calib.io import atomic_save_npz, atomic_write_json, read_artifact_json, read_json, sha256_file
 from calib.layers import LayerAnalysis, producer_order, quantized_tensors
 from calib.model import ModelFields, ModelSpec, check_same_model

@@ -132,7 +132,7 @@ def test_encoder_only_model_through_the_cli(encoder_cli, tmp_path, capsys):
     manifest = json.loads((tmp_path / "ws" / "runs" / calset / "manifest.json").read_text())
     assert manifest["model"]["roles"] == {"logits": None, "embedding": "sentence_embedding", "pooling": "none"}
     calibration = run("calibrate", "--calibration-set", calset, "--method", "minmax").split()[1].rstrip(":")
-    from calib.evaluation import recorded_roles  # later stages read the roles the calibration set recorded
+    from calib.calibrate import recorded_roles  # later stages read the roles the calibration set recorded
 
     assert recorded_roles(tmp_path / "ws" / "runs" / calibration) == {
         "logits_output": None, "embedding_output": "sentence_embedding", "pooling": "none"}
