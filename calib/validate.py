@@ -104,17 +104,17 @@ class EngineSource:
     kind: str  # "build" (artifact folder) or "onnx"
     path: Path  # the artifact folder or the .onnx file
     qdq_path: Path  # the Q/DQ ONNX run by ONNX Runtime (and used for the per-layer analysis)
-    build: dict  # engine.json content ({} for a bare .onnx)
+    artifact: EngineArtifact | None = None  # the build folder, read by EngineArtifact.load (None: a bare .onnx)
+
+    @property
+    def build(self) -> dict:
+        """engine.json's content ({} for a bare .onnx)."""
+        return self.artifact.meta if self.artifact is not None else {}
 
     @property
     def recorded_model_sha256(self) -> str:
-        for key in ("model_sha256", "source_sha256", "fp32_sha256"):
-            if isinstance(self.build.get(key), str):
-                return self.build[key]
-        model = self.build.get("model")
-        if isinstance(model, Mapping) and isinstance(model.get("sha256"), str):
-            return model["sha256"]
-        return ""
+        """The FP32 model's sha256 the build recorded ("" for a bare .onnx, which records none)."""
+        return self.artifact.model_sha256 if self.artifact is not None else ""
 
     def describe(self) -> dict:
         """Placement, exclusions and calibrator as the build recorded them (best effort)."""
@@ -138,16 +138,14 @@ def resolve_engine(path: str | Path) -> EngineSource:
         meta_path = path / ENGINE_FILE
         if not meta_path.is_file():
             raise InputError(f"engine folder {path} has no {ENGINE_FILE}; give a build run folder or a Q/DQ .onnx file")
-        build = read_json(meta_path)
-        qdq_meta = build.get("qdq") if isinstance(build.get("qdq"), Mapping) else {}
-        qdq = path / str(qdq_meta.get("file", QDQ_MODEL_FILE))
-        if not qdq.is_file():
-            raise InputError(f"engine folder {path} has no Q/DQ model {qdq.name}")
-        return EngineSource("build", path, qdq, build)
+        artifact = EngineArtifact.load(path)
+        if not artifact.qdq_path.is_file():
+            raise InputError(f"engine folder {path} has no Q/DQ model {artifact.qdq_path.name}")
+        return EngineSource("build", path, artifact.qdq_path, artifact)
     if path.suffix.lower() == ".onnx":
         if not path.is_file():
             raise InputError(f"INT8 model {path} does not exist")
-        return EngineSource("onnx", path, path, {})
+        return EngineSource("onnx", path, path)
     raise InputError(f"engine {path} is neither a build run folder nor a .onnx file")
 
 
@@ -184,8 +182,8 @@ def check_engine_model(source: EngineSource, fp32: ModelSpec) -> None:
 def int8_engine(source: EngineSource, threads: int | None = None) -> Engine:
     """The INT8 engine: a build folder runs its backend's engine (``calib.engines.REGISTRY``, through
     ``EngineArtifact.engine``); a bare Q/DQ ``.onnx`` runs on the ``ort`` backend."""
-    if source.kind == "build":
-        return EngineArtifact.load(source.path).engine("int8", threads=threads)
+    if source.artifact is not None:
+        return source.artifact.engine("int8", threads=threads)
     return get_backend("ort").load(source.qdq_path, threads)
 
 

@@ -129,7 +129,10 @@ def test_bad_inputs_are_refused_before_writing(tiny_spec, tiny_qdq, tiny_csv, tm
     build = tmp_path / "build"
     build.mkdir()
     (build / "model.qdq.onnx").write_bytes(tiny_qdq.read_bytes())
-    (build / "engine.json").write_text(json.dumps({"model_sha256": "0" * 64}))
+    from calib.build import FORMAT  # an engine record as calib build writes it, of another model
+
+    (build / "engine.json").write_text(json.dumps({"format": FORMAT, "qdq": {"file": "model.qdq.onnx"},
+                                                   "model": {"sha256": "0" * 64, "path": str(other)}}))
     with pytest.raises(ModelMismatchError):
         validate(vconfig(tiny_spec, build, tiny_csv), tmp_path / "c")
     with pytest.raises(InputError, match="neither"):
