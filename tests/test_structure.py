@@ -140,3 +140,10 @@ def test_every_stage_the_cli_and_the_app_run_is_registered():
                     "run_stage", "run_button", "pick_run", "submit", "open_picked_run"):
                 used |= {a.value for a in node.args[1:2] if isinstance(a, ast.Constant) and isinstance(a.value, str)}
     assert used and used <= set(STAGES), used - set(STAGES)
+
+
+def test_only_the_resolver_the_cli_and_the_demo_itself_import_the_demo():
+    graph = _graph(top_level_only=False)
+    importers = {m for m, targets in graph.items() if any(t == "calib.demo" or t.startswith("calib.demo.")
+                                                          for t in targets)}
+    assert {m for m in importers if not m.startswith(("calib.demo", "calib.cli"))} == {"calib.inputs"}, importers
