@@ -60,7 +60,7 @@ def resolve_inputs(workspace: str | Path, *, demo: str | None = None, split: str
     present = {**model_values, **data_values}
     missing = [_FLAGS.get(k, k) for k in need if not present.get(k)]
     if missing:
-        raise InputError(f"give {', '.join(missing)} ({hint})")
+        raise InputError(f"give {', '.join(missing)}" + (f" ({hint})" if hint else ""))
     return (ModelRef(**{"model": "", "tokenizer": "", **model_values}),
             DataSpec(**{"source": "", **data_values}))
 

@@ -7,14 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from calib.cli.common import (
-    add_hygiene_args,
-    add_role_args,
-    hygiene_values,
-    json_arg,
-    non_negative_int,
-    role_values,
-)
+from calib.cli.common import add_input_args, input_values, json_arg, non_negative_int
 from calib.errors import InputError
 
 _EXAMPLES = """examples:
@@ -46,19 +39,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "report its coverage against the evaluation data or production lengths.",
         epilog=_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    src = p.add_argument_group("model and data")
-    src.add_argument("--demo", metavar="TASK", help="use a prepared demo task (bbc-topic, rt-sentiment): "
-                     "fills model, tokenizer and data (split calibration; target eval)")
-    src.add_argument("--model", help="ONNX model file")
-    src.add_argument("--tokenizer", help="tokenizer directory (tokenizer.json / vocab.txt)")
-    src.add_argument("--max-length", type=int, help="model max sequence length in tokens (default 128)")
-    src.add_argument("--data", help="dataset: CSV/TSV/JSON/JSONL/Parquet file, save_to_disk folder, demo:TASK or hub id")
-    src.add_argument("--split", help="split of a multi-split dataset to draw from")
-    src.add_argument("--text-column", help="column holding the texts (default text)")
-    src.add_argument("--pair-column", help="second text column, for sentence-pair models")
-    src.add_argument("--label-column", help="label column (default label; 'none' for no labels)")
-    add_role_args(src)
-    add_hygiene_args(src)
+    add_input_args(p, demo="use a prepared demo task (bbc-topic, rt-sentiment): fills model, tokenizer and data "
+                   "(split calibration; target eval)", model="ONNX model file",
+                   split="split of a multi-split dataset to draw from",
+                   label_column="label column (default label; 'none' for no labels)", roles=True)
     how = p.add_argument_group("sampling")
     how.add_argument("--size", type=int, help="number of texts (default 128)")
     how.add_argument("--strategy", choices=("natural", "match", "uniform", "custom"), help="default natural")
@@ -84,16 +68,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     from calib.calibset import parse_target
 
-    values: dict[str, Any] = {}
-    direct = {"model": args.model, "tokenizer": args.tokenizer, "max_length": args.max_length,
-              "source": args.data, "split": args.split, "text_column": args.text_column,
-              "text_pair_column": args.pair_column, "size": args.size, "strategy": args.strategy,
-              "weights": args.weights, "stratify": args.stratify, "shortfall": args.shortfall,
-              "edges": args.edges, "seed": args.seed, **role_values(args),
-              **hygiene_values(args)}
+    model, data = input_values(args)  # ModelRef / DataSpec fields; DataSpec's source is AssembleConfig's too
+    values: dict[str, Any] = {**model, **data}
+    direct = {"split": args.split, "size": args.size, "strategy": args.strategy, "weights": args.weights,
+              "stratify": args.stratify, "shortfall": args.shortfall, "edges": args.edges, "seed": args.seed}
     values.update({k: v for k, v in direct.items() if v is not None})
-    if args.label_column is not None:
-        values["label_column"] = None if args.label_column.lower() in ("", "none") else args.label_column
     if args.target is not None:
         kind, source, split = parse_target(args.target)
         values.update(target_kind=kind, target_source=source, target_split=split)

@@ -14,7 +14,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from calib.cli.common import EXIT_BACKEND_UNAVAILABLE, json_arg, run_folder
+from calib.cli.common import EXIT_BACKEND_UNAVAILABLE, add_input_args, inputs_from_args, json_arg, run_folder
 
 EXIT_NO_TENSORRT = EXIT_BACKEND_UNAVAILABLE
 PORTABLE_BACKEND = "ort"  # what an unavailable backend falls back to: the Q/DQ model + trtexec.sh
@@ -89,12 +89,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     b.add_argument("--engine", required=True, metavar="RUN", help="engine run (calib build): id, unique prefix, "
                    "latest, latest:LABEL or folder")
-    b.add_argument("--demo", metavar="TASK", help="use a demo task's eval split and tokenizer")
-    b.add_argument("--data", help="dataset source (file, folder, demo:TASK)")
-    b.add_argument("--split", default="eval")
-    b.add_argument("--text-column", default=None, help="text column (default: the demo task's, else text)")
-    b.add_argument("--tokenizer", help="tokenizer folder (default: the demo task's)")
-    b.add_argument("--max-length", type=int, default=None)
+    add_input_args(b, demo="use a demo task's eval split and tokenizer", model=None,
+                   split="split of a multi-split dataset (default eval)", pairs=False, hygiene=False)
     b.add_argument("--max-texts", type=int, default=256, help="texts to run (0 = all; default 256)")
     b.add_argument("--batch-size", nargs="+", type=int, default=[1, 8, 16])
     b.add_argument("--repeats", type=int, default=2)
@@ -206,17 +202,13 @@ def run_bench(args: argparse.Namespace) -> int:
     from calib import formatting as fmt
     from calib.bench import BENCH_FILE, BenchConfig, benchmark
     from calib.cli.common import ProgressBar, format_table, print_run_json, workspace_of
-    from calib.inputs import given, resolve_inputs
     from calib.pipeline import run_stage
 
     ws = workspace_of(args)
     parents: list[str] = []
     engine_dir = str(Path(run_folder(ws, args.engine, "build", parents)).resolve())
-    model, data = resolve_inputs(ws.root, demo=args.demo, split=args.split, default_split="eval",
-                                 model=given(tokenizer=args.tokenizer, max_length=args.max_length),
-                                 data=given(source=args.data, text_column=args.text_column),
-                                 need=("tokenizer", "source"))
-    config = BenchConfig(engine=engine_dir, data=data.source, tokenizer=model.tokenizer, split=data.split,
+    model, data = inputs_from_args(args, ws.root, default_split="eval", need=("tokenizer", "source"))
+    config = BenchConfig(engine=engine_dir, data=data.source, tokenizer=model.tokenizer, split=data.split or "eval",
                          text_column=data.text_column, max_length=model.max_length,
                          max_texts=args.max_texts, batch_sizes=tuple(args.batch_size), repeats=args.repeats,
                          threads=args.threads, workspace=str(ws.root))

@@ -44,6 +44,73 @@ def add_role_args(group) -> None:
                        help="pool (B, T, D) token states into one embedding per text with the attention mask")
 
 
+def str_list(text: str) -> tuple[str, ...]:
+    """argparse type: comma-separated names (``a,b,c``)."""
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
+def add_input_args(parser, *, demo: str | None, model: str | None = "FP32 ONNX model", labels: bool = False,
+                   data: str = "dataset: CSV/TSV/JSON/JSONL/Parquet file, save_to_disk folder, SCHEME:NAME "
+                                "(demo:TASK) or hub id",
+                   split: str = "split of a multi-split dataset", pairs: bool = True,
+                   label_column: str | None = None, roles: bool = False, hygiene: bool = True) -> argparse._ArgumentGroup:
+    """The "model and data" options, one declaration for every command that reads a model and texts
+    (read back with :func:`inputs_from_args`): ``--demo`` (when ``demo`` gives its help), ``--model``,
+    ``--tokenizer``, ``--labels``, ``--max-length``, ``--data``, ``--split``, ``--text-column``,
+    ``--pair-column``, ``--label-column``, the output roles and the data hygiene options.
+    Unset options stay None, so a demo task or a recipe fills them."""
+    group = parser.add_argument_group("model and data")
+    if demo:
+        group.add_argument("--demo", metavar="TASK", help=demo)
+    if model:
+        group.add_argument("--model", help=model)
+    group.add_argument("--tokenizer", help="tokenizer directory (tokenizer.json / vocab.txt)")
+    if labels:
+        group.add_argument("--labels", type=str_list, help="model classes in logit order, comma-separated")
+    group.add_argument("--max-length", type=int, help="max sequence length in tokens (default: the demo task's, else 128)")
+    group.add_argument("--data", help=data)
+    group.add_argument("--split", help=split)
+    group.add_argument("--text-column", help="column holding the texts (default: the demo task's, else text)")
+    if pairs:
+        group.add_argument("--pair-column", help="second text column, for sentence-pair models")
+    if label_column:
+        group.add_argument("--label-column", help=label_column)
+    if roles:
+        add_role_args(group)
+    if hygiene:
+        add_hygiene_args(group)
+    return group
+
+
+def input_values(args: argparse.Namespace) -> tuple[dict, dict]:
+    """The ModelRef and DataSpec fields the "model and data" options set (only those given; ``--label-column
+    none`` is None, no labels)."""
+    from calib.inputs import given
+
+    model = given(model=getattr(args, "model", None), tokenizer=args.tokenizer, labels=getattr(args, "labels", None),
+                  max_length=args.max_length)
+    if hasattr(args, "pool"):
+        model.update(role_values(args))
+    data = given(source=args.data, text_column=args.text_column, text_pair_column=getattr(args, "pair_column", None))
+    if hasattr(args, "drop_empty"):
+        data.update(hygiene_values(args))
+    label_column = getattr(args, "label_column", None)
+    if label_column is not None:
+        data["label_column"] = None if label_column.strip().lower() in ("", "none") else label_column
+    return model, data
+
+
+def inputs_from_args(args: argparse.Namespace, workspace, *, default_split: str,
+                     need: tuple[str, ...] = ("model", "tokenizer", "source")):
+    """(ModelRef, DataSpec) from ``--demo`` and/or the explicit options (:func:`calib.inputs.resolve_inputs`)."""
+    from calib.inputs import resolve_inputs
+
+    model, data = input_values(args)
+    return resolve_inputs(workspace, demo=getattr(args, "demo", None), split=args.split, default_split=default_split,
+                          model=model, data=data, need=need,
+                          hint="or --demo TASK" if hasattr(args, "demo") else "")
+
+
 def add_cluster_args(parser) -> None:
     """``--cluster``: where the stage's heavy passes run (:mod:`calib.cluster`; no flag: this process)."""
     group = parser.add_argument_group("scale-out (needs the calib[ray] extra)")
@@ -79,7 +146,8 @@ def hygiene_values(args: argparse.Namespace) -> dict:
 
 def role_values(args: argparse.Namespace) -> dict:
     """The config fields ``logits_output``, ``embedding_output``, ``pooling`` the role options give."""
-    values = {"logits_output": args.logits_output, "embedding_output": args.embedding_output, "pooling": args.pool}
+    values = {"logits_output": getattr(args, "logits_output", None), "embedding_output": args.embedding_output,
+              "pooling": args.pool}
     return {k: v for k, v in values.items() if v is not None}
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from calib import formatting as fmt
-from calib.cli.common import add_hygiene_args, hygiene_values, json_arg, non_negative_int
+from calib.cli.common import add_input_args, inputs_from_args, json_arg, non_negative_int
 
 _EXAMPLES = """examples:
   calib head fit --model encoder.onnx --tokenizer tok/ --data train.csv --label-column y
@@ -30,17 +30,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "embeddings (C chosen by stratified cross-validation) and write encoder + pooling + head as one "
                     "ONNX with outputs logits and embedding, plus a model card.",
         epilog=_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="encoder ONNX model")
-    p.add_argument("--tokenizer", required=True, help="tokenizer directory")
-    p.add_argument("--data", required=True, help="labelled texts: file, save_to_disk folder, demo:TASK or hub id")
-    p.add_argument("--split", help="split of a multi-split dataset")
-    p.add_argument("--text-column", default="text", help="text column (default text)")
-    p.add_argument("--pair-column", help="second text column for sentence pairs")
-    p.add_argument("--label-column", default="label", help="label column (default label)")
-    p.add_argument("--max-length", type=int, default=128, help="max sequence length in tokens (default 128)")
-    add_hygiene_args(p)
-    p.add_argument("--embedding-output", metavar="NAME", help="encoder output holding the embedding (default: detected)")
-    p.add_argument("--pool", choices=("none", "mean", "cls"), help="pool (B, T, D) token states with the attention mask")
+    g = add_input_args(p, demo=None, model="encoder ONNX model",
+                       data="labelled texts: file, save_to_disk folder, SCHEME:NAME (demo:TASK) or hub id",
+                       label_column="label column (default label)")
+    g.add_argument("--embedding-output", metavar="NAME", help="encoder output holding the embedding (default: detected)")
+    g.add_argument("--pool", choices=("none", "mean", "cls"), help="pool (B, T, D) token states with the attention mask")
     p.add_argument("--c-values", type=_floats, default=None, help="C values to cross-validate (default 0.01,0.1,1,10,100)")
     p.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the cross-validation folds (default 0)")
@@ -56,10 +50,12 @@ def run_fit(args: argparse.Namespace) -> int:
     from calib.pipeline import run_stage
 
     ws = workspace_of(args)
-    config = HeadConfig(model=args.model, tokenizer=args.tokenizer, data=args.data, label_column=args.label_column,
-                        text_column=args.text_column, text_pair_column=args.pair_column, split=args.split,
-                        workspace=str(ws.root), max_length=args.max_length, embedding_output=args.embedding_output,
-                        pooling=args.pool, folds=args.folds, **hygiene_values(args), seed=args.seed, batch_size=args.batch_size,
+    model, data = inputs_from_args(args, ws.root, default_split="train")
+    config = HeadConfig(model=model.model, tokenizer=model.tokenizer, max_length=model.max_length, data=data.source,
+                        label_column=data.label_column, text_column=data.text_column,
+                        text_pair_column=data.text_pair_column, split=data.split, workspace=str(ws.root),
+                        drop_empty=data.drop_empty, normalize=data.normalize, embedding_output=args.embedding_output,
+                        pooling=args.pool, folds=args.folds, seed=args.seed, batch_size=args.batch_size,
                         **({"c_values": args.c_values} if args.c_values else {}))
     run_id, head = run_stage(ws, "head", fit_head, config, label=args.label, progress=ProgressBar("head fit"))
     if args.json:

@@ -10,13 +10,12 @@ from pathlib import Path
 from calib import formatting as fmt
 from calib.cli.common import (
     add_cluster_args,
-    add_hygiene_args,
-    add_role_args,
-    hygiene_values,
+    add_input_args,
+    inputs_from_args,
     json_arg,
     non_negative_int,
-    role_values,
     run_folder,
+    str_list,
 )
 from calib.errors import InputError
 
@@ -61,25 +60,12 @@ def budget_from_args(args: argparse.Namespace):
     return ReleaseBudget(**values, use_ci=args.use_ci)
 
 
-def _str_list(text: str) -> tuple[str, ...]:
-    return tuple(v.strip() for v in text.split(",") if v.strip())
-
-
 def _model_data_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("model and evaluation data")
-    g.add_argument("--demo", metavar="TASK", help="a prepared demo task: fills model, tokenizer, labels, max length "
-                   "and data (split eval)")
-    g.add_argument("--model", help="FP32 ONNX model (the baseline)")
-    g.add_argument("--tokenizer", help="tokenizer directory")
-    g.add_argument("--labels", type=_str_list, help="model classes in logit order, comma-separated")
-    g.add_argument("--max-length", type=int, help="max sequence length in tokens (default 128)")
-    g.add_argument("--data", help="eval data: file, save_to_disk folder, demo:TASK or hub id")
-    g.add_argument("--split", help="split of a multi-split dataset (default eval with --demo)")
-    g.add_argument("--text-column", default=None, help="text column (default text)")
-    g.add_argument("--pair-column", default=None, help="second text column for sentence pairs")
-    g.add_argument("--label-column", default=None, help="label column (default label; 'none' for agreement only)")
-    add_role_args(g)
-    add_hygiene_args(g)
+    g = add_input_args(p, demo="a prepared demo task: fills model, tokenizer, labels, max length and data (split eval)",
+                       model="FP32 ONNX model (the baseline)", labels=True,
+                       data="eval data: file, save_to_disk folder, SCHEME:NAME (demo:TASK) or hub id",
+                       split="split of a multi-split dataset (default eval with --demo)",
+                       label_column="label column (default label; 'none' for agreement only)", roles=True)
     g.add_argument("--limit", type=int, help="evaluate a seeded sample of this many texts (default: all / 256)")
     g.add_argument("--batch-size", type=int, default=16)
     g.add_argument("--seed", type=non_negative_int, default=0)
@@ -88,16 +74,9 @@ def _model_data_args(p: argparse.ArgumentParser) -> None:
 
 def _common(args: argparse.Namespace, ws) -> dict:
     """Model/data fields shared by validate and sensitivity, from --demo or explicit options."""
-    from calib.inputs import given, resolve_inputs, stage_fields
+    from calib.inputs import stage_fields
 
-    data = {**given(source=args.data, text_column=args.text_column, text_pair_column=args.pair_column),
-            **hygiene_values(args)}
-    if args.label_column is not None:
-        data["label_column"] = None if args.label_column.lower() == "none" else args.label_column
-    model, spec = resolve_inputs(ws.root, demo=args.demo, split=args.split, default_split="eval",
-                                 model={**given(model=args.model, tokenizer=args.tokenizer, labels=args.labels,
-                                                max_length=args.max_length), **role_values(args)}, data=data)
-    return stage_fields(model, spec)
+    return stage_fields(*inputs_from_args(args, ws.root, default_split="eval"))
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -134,8 +113,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "search starts from, instead of --ranges/--method/--preset")
     s.add_argument("--method", default="entropy", help="calibration method whose ranges to use (default entropy)")
     s.add_argument("--preset", default="tensorrt", help="placement preset (tensorrt, all)")
-    s.add_argument("--exclude", type=_str_list, default=(), help="node patterns already kept in float")
-    s.add_argument("--include", type=_str_list, default=(), help="node patterns to restrict quantization to")
+    s.add_argument("--exclude", type=str_list, default=(), help="node patterns already kept in float")
+    s.add_argument("--include", type=str_list, default=(), help="node patterns to restrict quantization to")
     s.add_argument("--granularity", choices=("node", "tensor", "block", "auto"), default="node",
                    help="fallback unit: node, tensor (every reader of one activation's Q/DQ pairs), block, or auto "
                         "(search by node and by tensor, keep the fewer float nodes)")
