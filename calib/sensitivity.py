@@ -140,7 +140,7 @@ class SensitivityConfig(ModelFields):
     workspace: str | None = None
     labels: tuple[str, ...] = ()
     max_length: int = 128
-    preset: str = "tensorrt"
+    placement: str = "tensorrt"  # placement preset (calib.placement.PRESETS), as BuildConfig.placement
     include_nodes: tuple[str, ...] = ()
     exclude_nodes: tuple[str, ...] = ()
     include_op_types: tuple[str, ...] = ()
@@ -177,9 +177,8 @@ class SensitivityConfig(ModelFields):
         return DataSpec(self.data, self.text_column, self.label_column, self.text_pair_column, self.split,
                         self.workspace, self.drop_empty, self.normalize)
 
-    @property
-    def placement(self) -> Placement:
-        return Placement(self.preset, tuple(self.include_nodes), tuple(self.exclude_nodes),
+    def placement_spec(self) -> Placement:
+        return Placement(self.placement, tuple(self.include_nodes), tuple(self.exclude_nodes),
                          tuple(self.include_op_types), tuple(self.exclude_op_types))
 
 
@@ -465,7 +464,7 @@ class _Evaluator:
         if self.qdq is not None:
             return keep_in_float(self.qdq, floating).SerializeToString()
 
-        placement = self.config.placement
+        placement = self.config.placement_spec()
         if only is not None:
             placement = dataclasses.replace(placement, include_nodes=tuple(exact_pattern(n) for n in only))
         placement = placement.with_exclusions(exact_pattern(n) for n in floating if only is None)
@@ -718,9 +717,9 @@ def scope_warnings(result, config: SensitivityConfig) -> list[str]:
     blocked = [n for n, why in result.excluded_nodes.items() if NO_RANGE in why]
     if missing:
         out.append(
-            f"WARNING calibration scope: {len(missing)} tensor(s) the {config.preset!r} placement quantizes have no range in "
+            f"WARNING calibration scope: {len(missing)} tensor(s) the {config.placement!r} placement quantizes have no range in "
             f"{config.ranges} (e.g. {missing[0]}), so {len(blocked)} node(s) stay in float without being analysed; "
-            f"calibrate with --placement {config.preset} (or --tensors all) to cover them")
+            f"calibrate with --placement {config.placement} (or --tensors all) to cover them")
     unusable = sorted(t for t, why in reasons.items() if why != NO_RANGE)
     stuck = [n for n, why in result.excluded_nodes.items() if any(t in why for t in unusable)]
     if unusable and stuck:
@@ -1033,14 +1032,14 @@ def _analyze(config: SensitivityConfig, out_dir: Path, progress: ProgressFn | No
         with warnings.catch_warnings():  # ranges for tensors absent from the model are listed by the build stage
             warnings.simplefilter("ignore")
             if start_build is None:
-                base_result = quantize_qdq(spec.onnx_path, amax, config.placement, base_path)
+                base_result = quantize_qdq(spec.onnx_path, amax, config.placement_spec(), base_path)
                 base_nodes, float_nodes = list(base_result.quantized_nodes), dict(base_result.excluded_nodes)
                 notes = scope_warnings(base_result, config)
             else:
                 shutil.copyfile(start_build.qdq_path, base_path)
                 base_nodes, float_nodes, notes = list(start_build.quantized_nodes), dict(start_build.excluded_nodes), []
         # the `all` preset quantizes outputs too (calib.placement): there pairs are shared by every reader
-        shared_pairs = config.preset == "all" and start_build is None
+        shared_pairs = config.placement == "all" and start_build is None
         reserve = 1 if config.verify and not shared_pairs else 0  # rebuilt candidates need no check
         evaluate = _Evaluator(config, spec, data, fp32, None if shared_pairs else onnx.load(str(base_path)), base_nodes,
                               shared_pairs, amax, Path(tmp), config.max_evaluations - reserve, report)
@@ -1131,7 +1130,7 @@ def _analyze(config: SensitivityConfig, out_dir: Path, progress: ProgressFn | No
                 report(0.95, "rebuilding the recommendation with calib.quantize")
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    rebuilt = quantize_qdq(spec.onnx_path, amax, config.placement.with_exclusions(
+                    rebuilt = quantize_qdq(spec.onnx_path, amax, config.placement_spec().with_exclusions(
                         exact_pattern(n) for n in nodes), check_path)
                 how, n_quantized = "verify: rebuilt by calib.quantize", len(rebuilt.quantized_nodes)
             else:
@@ -1158,7 +1157,7 @@ def _analyze(config: SensitivityConfig, out_dir: Path, progress: ProgressFn | No
         "model": {"path": str(spec.onnx_path), "sha256": spec.sha256},
         "ranges": ({"source": str(config.ranges), "method": config.method if Path(config.ranges).is_dir() else "file"}
                    if start_build is None else start_build.meta.get("ranges")),
-        "placement": dataclasses.asdict(config.placement) if start_build is None else start_build.meta["placement"],
+        "placement": dataclasses.asdict(config.placement_spec()) if start_build is None else start_build.meta["placement"],
         "start_from": None if start_build is None else {
             "build": str(start_build.dir), "qdq_sha256": (start_build.meta.get("qdq") or {}).get("sha256"),
             "method": (start_build.meta.get("ranges") or {}).get("method"),

@@ -269,7 +269,7 @@ def test_sensitivity_search_on_the_cluster_is_the_serial_search(cluster, tiny_sp
     from calib.sensitivity import analyze_sensitivity
 
     ranges = broken_ranges
-    kw = {"preset": "tensorrt", "max_evaluations": 12, "speed_texts": 0, **settings}
+    kw = {"placement": "tensorrt", "max_evaluations": 12, "speed_texts": 0, **settings}
     seen_one, seen = [], []
     one = analyze_sensitivity(sconfig(tiny_spec, tiny_csv, ranges, **kw), tmp_path / "one",
                               progress=lambda f, m="": seen_one.append(f))

@@ -28,7 +28,7 @@ def broken_ranges(tiny_spec, tmp_path_factory):
 def sconfig(tiny_spec, tiny_csv, ranges, **kw):
     from calib.sensitivity import SensitivityConfig
 
-    kw.setdefault("preset", "all")
+    kw.setdefault("placement", "all")
     return SensitivityConfig(model=str(tiny_spec.onnx_path), tokenizer=str(tiny_spec.tokenizer_dir), data=str(tiny_csv),
                              ranges=str(ranges), labels=tinymodel.LABELS, max_length=64, limit=120, **kw)
 
@@ -40,7 +40,7 @@ def test_search_finds_few_exclusions_within_budget(tiny_spec, tiny_csv, broken_r
     from calib.placement import Placement
     from calib.sensitivity import SensitivityResult, analyze_sensitivity
 
-    res = analyze_sensitivity(sconfig(tiny_spec, tiny_csv, broken_ranges, max_evaluations=12, preset="tensorrt"),
+    res = analyze_sensitivity(sconfig(tiny_spec, tiny_csv, broken_ranges, max_evaluations=12, placement="tensorrt"),
                               tmp_path / "s")
     again = SensitivityResult.load(tmp_path / "s")
     assert again.data == res.data
@@ -77,7 +77,7 @@ def test_already_within_budget_needs_no_exclusions(tiny_spec, tiny_csv, tmp_path
     texts, _ = tinymodel.make_texts(64, seed=1)
     path = tmp_path / "good.json"
     path.write_text(json.dumps({"amax": absmax_ranges(tiny_spec, texts, "tensorrt")}))
-    res = analyze_sensitivity(sconfig(tiny_spec, tiny_csv, path, preset="tensorrt", min_agreement=0.9, max_drop=5),
+    res = analyze_sensitivity(sconfig(tiny_spec, tiny_csv, path, placement="tensorrt", min_agreement=0.9, max_drop=5),
                               tmp_path / "s")
     assert res.data["baseline"]["passes"] and res.exclusions == () and res.data["evaluations_used"] == 1
 
@@ -151,7 +151,7 @@ def test_quantize_one_ranking_on_input_only_placement(tiny_spec, tiny_csv, broke
     re-checked on a model rebuilt by the quantizer."""
     from calib.sensitivity import analyze_sensitivity
 
-    res = analyze_sensitivity(sconfig(tiny_spec, tiny_csv, broken_ranges, preset="tensorrt", max_evaluations=10,
+    res = analyze_sensitivity(sconfig(tiny_spec, tiny_csv, broken_ranges, placement="tensorrt", max_evaluations=10,
                                       rank_rows=48, min_embedding_cosine=0.99, ranking="quantize-one"), tmp_path / "s")
     data = res.data
     assert data["ranking_method"] == "quantize-one"
@@ -174,7 +174,7 @@ def test_note_warns_when_the_placement_lacks_ranges(tiny_spec, tiny_csv, tmp_pat
     texts, _ = tinymodel.make_texts(64, seed=1)
     path = tmp_path / "trt.json"
     path.write_text(json.dumps(absmax_ranges(tiny_spec, texts, "tensorrt")))
-    res = analyze_sensitivity(sconfig(tiny_spec, tiny_csv, path, preset="all", max_drop=100, min_agreement=0,
+    res = analyze_sensitivity(sconfig(tiny_spec, tiny_csv, path, placement="all", max_drop=100, min_agreement=0,
                                       max_evaluations=2), tmp_path / "s")
     note = res.data["recommended"]["note"]
     assert note.startswith("WARNING calibration scope") and "--placement all" in note
@@ -301,7 +301,7 @@ def test_block_local_ranking_agrees_with_quantize_one(tiny_spec, tiny_csv, broke
     as a Spearman correlation, and the search still meets the budget (verified on a rebuilt model)."""
     from calib.sensitivity import analyze_sensitivity
 
-    res = analyze_sensitivity(sconfig(tiny_spec, tiny_csv, broken_ranges, preset="tensorrt", max_evaluations=10,
+    res = analyze_sensitivity(sconfig(tiny_spec, tiny_csv, broken_ranges, placement="tensorrt", max_evaluations=10,
                                       rank_rows=48, min_embedding_cosine=0.99, rank_check=-1), tmp_path / "s")
     data = res.data
     assert data["ranking_method"] == "block-local"
@@ -314,14 +314,14 @@ def test_block_local_ranking_agrees_with_quantize_one(tiny_spec, tiny_csv, broke
     assert data["ranking_evaluations_used"] == 1 + 2 + len(data["ranking"])  # base + one per block + the check
     assert res.found and data["verification"]["passes"], data["recommended"]["note"]
     assert "layer.0/output/dense/MatMul" in res.exclusions and len(res.exclusions) <= 4
-    off = analyze_sensitivity(sconfig(tiny_spec, tiny_csv, broken_ranges, preset="tensorrt", max_evaluations=10,
+    off = analyze_sensitivity(sconfig(tiny_spec, tiny_csv, broken_ranges, placement="tensorrt", max_evaluations=10,
                                       rank_rows=48, min_embedding_cosine=0.99, cache_mb=0, ranking="quantize-one"),
                               tmp_path / "off")
     assert off.data["segments"]["how"].startswith("whole models")
     assert off.data["baseline"]["top1_agreement"] == pytest.approx(data["baseline"]["top1_agreement"])
     assert off.data["baseline"]["kl_softmax"] == pytest.approx(data["baseline"]["kl_softmax"], rel=1e-3)
     with pytest.raises(InputError, match="block-local"):
-        analyze_sensitivity(sconfig(tiny_spec, tiny_csv, broken_ranges, preset="tensorrt", cache_mb=0,
+        analyze_sensitivity(sconfig(tiny_spec, tiny_csv, broken_ranges, placement="tensorrt", cache_mb=0,
                                     ranking="block-local"), tmp_path / "bad")
 
 
@@ -338,7 +338,7 @@ def test_tensor_units_and_auto_granularity_with_speed_curve(tiny_spec, tiny_csv,
     assert {n for u in units for n in u.nodes} == set(nodes) and len(units) < len(nodes)
     assert len({frozenset(u.nodes) for u in units}) == len(units)
 
-    res = analyze_sensitivity(sconfig(tiny_spec, tiny_csv, broken_ranges, preset="tensorrt", max_evaluations=16,
+    res = analyze_sensitivity(sconfig(tiny_spec, tiny_csv, broken_ranges, placement="tensorrt", max_evaluations=16,
                                       rank_rows=48, granularity="auto", rank_check=0, speed_texts=32), tmp_path / "s")
     data = res.data
     searches = data["searches"]
@@ -361,7 +361,7 @@ def test_tensor_units_and_auto_granularity_with_speed_curve(tiny_spec, tiny_csv,
     assert stopped and all(not e["passes"] and e["top1_agreement"] < 0.99 for e in stopped)
     assert all("flips after" in e["stopped_early"] or "embedding error after" in e["stopped_early"] for e in stopped)
     # when the node search used up the bound, the tensor search is reported as not run, never as a result
-    tight = analyze_sensitivity(sconfig(tiny_spec, tiny_csv, broken_ranges, preset="tensorrt", max_evaluations=3,
+    tight = analyze_sensitivity(sconfig(tiny_spec, tiny_csv, broken_ranges, placement="tensorrt", max_evaluations=3,
                                         rank_rows=48, granularity="auto", rank_check=0, speed_texts=0), tmp_path / "t")
     node, tensor = tight.data["searches"]
     assert node["granularity"] == "node" and tensor == {**tensor, "granularity": "tensor", "evaluations": 0}
@@ -384,7 +384,7 @@ def test_search_starts_from_a_build(tiny_spec, tiny_csv, broken_ranges, tmp_path
     start = build(BuildConfig(model=str(tiny_spec.onnx_path), ranges=str(ranges_path), placement="tensorrt"),
                   tmp_path / "build")
     assert start.meta["config"]["placement"] == "tensorrt"
-    res = analyze_sensitivity(sconfig(tiny_spec, tiny_csv, "", preset="tensorrt", max_evaluations=10, rank_rows=48,
+    res = analyze_sensitivity(sconfig(tiny_spec, tiny_csv, "", placement="tensorrt", max_evaluations=10, rank_rows=48,
                                       start_from=str(start.dir), rank_check=0, speed_texts=0), tmp_path / "s")
     data = res.data
     assert data["start_from"]["build"] == str(start.dir) and data["quantized_nodes"] == list(start.quantized_nodes)

@@ -97,7 +97,7 @@ def test_demo_sensitivity_on_all_placement_finds_exclusions(demo_workspace, tmp_
     cal = _calibrate(ws, base, tmp_path, "all", placement="all", strategy="match", methods=("minmax",))
     res = analyze_sensitivity(SensitivityConfig(
         model=base.model, tokenizer=base.tokenizer, data=values["source"], split="eval", workspace=values["workspace"],
-        labels=values["labels"], max_length=base.max_length, ranges=str(cal.dir), method="minmax", preset="all",
+        labels=values["labels"], max_length=base.max_length, ranges=str(cal.dir), method="minmax", placement="all",
         max_drop=0.5, min_agreement=0.97, limit=96, granularity="block", max_evaluations=5, batch_size=16),
         tmp_path / "sens")
     print(res.summary(), res.exclusions[:10])

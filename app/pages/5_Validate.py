@@ -344,7 +344,7 @@ with tab_sens:
                                   value=float(budget.min_embedding_cosine or 0.0), step=0.001, format="%.3f", key="sens-cos", disabled=spec.embedding_output is None)
         sconfig = SensitivityConfig(
             **eval_fields(ws, project), ranges=bconf.calibration or bconf.ranges, method=bconf.method,
-            preset=bconf.placement, include_nodes=bconf.include_nodes, exclude_nodes=bconf.exclude_nodes,
+            placement=bconf.placement, include_nodes=bconf.include_nodes, exclude_nodes=bconf.exclude_nodes,
             include_op_types=bconf.include_op_types, exclude_op_types=bconf.exclude_op_types,
             granularity=granularity, ranking=ranking, max_drop=float(max_drop), min_agreement=float(min_agree),
             min_embedding_cosine=float(min_cos) if min_cos > 0 else None,

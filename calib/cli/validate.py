@@ -24,7 +24,7 @@ _VALIDATE_EXAMPLES = """examples:
   calib validate --engine int8.qdq.onnx --model model.onnx --tokenizer tok/ --data eval.csv --labels neg,pos
 """
 _SENS_EXAMPLES = """examples:
-  calib sensitivity --demo bbc-topic --ranges <calibrate run id> --method minmax --preset all --max-drop 0.5
+  calib sensitivity --demo bbc-topic --ranges <calibrate run id> --method minmax --placement all --max-drop 0.5
   calib sensitivity --model m.onnx --tokenizer tok/ --data eval.csv --ranges amax.json --granularity block
 """
 
@@ -110,9 +110,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--ranges", help="calibrate run id/folder, or a JSON file {tensor: amax} (or --start-from)")
     s.add_argument("--start-from", metavar="BUILD_RUN",
                    help="a build run (e.g. with --smooth, --method auto, --bias-correction) whose INT8 model the "
-                        "search starts from, instead of --ranges/--method/--preset")
+                        "search starts from, instead of --ranges/--method/--placement")
     s.add_argument("--method", default="entropy", help="calibration method whose ranges to use (default entropy)")
-    s.add_argument("--preset", default="tensorrt", help="placement preset (tensorrt, all)")
+    s.add_argument("--placement", "--preset", dest="placement", default="tensorrt",
+                   help="placement preset, as calib build --placement (tensorrt, all, ...; --preset: the 0.1 name)")
     s.add_argument("--exclude", type=str_list, default=(), help="node patterns already kept in float")
     s.add_argument("--include", type=str_list, default=(), help="node patterns to restrict quantization to")
     s.add_argument("--granularity", choices=("node", "tensor", "block", "auto"), default="node",
@@ -312,7 +313,7 @@ def run_sensitivity(args: argparse.Namespace) -> int:
         raise InputError("give exactly one of --ranges (a calibration) or --start-from (a build run)")
     ranges = str(run_folder(ws, args.ranges, "calibrate", parents)) if args.ranges else ""
     start_from = str(run_folder(ws, args.start_from, "build", parents)) if args.start_from else ""
-    config = SensitivityConfig(ranges=ranges, method=args.method, preset=args.preset, exclude_nodes=args.exclude,
+    config = SensitivityConfig(ranges=ranges, method=args.method, placement=args.placement, exclude_nodes=args.exclude,
                                include_nodes=args.include, granularity=args.granularity, ranking=args.ranking,
                                max_drop=args.max_drop, min_agreement=args.min_agreement,
                                min_embedding_cosine=args.min_embedding_cosine, max_evaluations=args.max_evaluations,
@@ -379,7 +380,7 @@ def run_sensitivity(args: argparse.Namespace) -> int:
     elif result.exclusions:
         source = (f"--ranges {args.ranges} --model {config.model}" if Path(args.ranges).is_file()
                   else f"--calibration {args.ranges}")
-        print(f"build with: calib build {source} --method {args.method} --placement {args.preset} "
+        print(f"build with: calib build {source} --method {args.method} --placement {args.placement} "
               f"--exclude-from {run_id}")
     else:
         print("no exclusions")
