@@ -27,7 +27,6 @@ from calib.coverage import Coverage, coverage
 from calib.data import DataSpec, load_table, preparation_mismatch, texts_of
 from calib.errors import InputError, check_choice
 from calib.formatting import ratio
-from calib.inputs import demo_inputs, stage_fields
 from calib.io import atomic_dir, atomic_save_npz, atomic_write_json, read_json
 from calib.lengths import LengthTable, load_length_target, token_lengths
 from calib.model import ModelFields, ModelSpec, check_same_model, load_model, load_tokenizer
@@ -510,6 +509,11 @@ def load_recipe(path: str | Path, *, workspace: str | Path | None = None) -> Ass
 
 def demo_values(task: str, workspace: str | Path | None, *, split: str = "calibration") -> dict[str, Any]:
     """Model, tokenizer, data and max length of a prepared demo task, as AssembleConfig fields."""
+    from calib.inputs import (  # the resolver sits above the stages (it loads the demo)
+        demo_inputs,
+        stage_fields,
+    )
+
     ws = Workspace(workspace) if workspace is not None else Workspace()
     model, data = demo_inputs(task, ws.root, split)
     values = stage_fields(model, data, source_field="source") | {"workspace": str(ws.root)}
