@@ -147,3 +147,9 @@ def test_only_the_resolver_the_cli_and_the_demo_itself_import_the_demo():
     importers = {m for m, targets in graph.items() if any(t == "calib.demo" or t.startswith("calib.demo.")
                                                           for t in targets)}
     assert {m for m in importers if not m.startswith(("calib.demo", "calib.cli"))} == {"calib.inputs"}, importers
+
+
+def test_the_resolver_is_not_loaded_by_importing_a_stage():
+    """calib.inputs loads the demo; the stages below it may call it only from inside a function."""
+    graph = _graph(top_level_only=True)
+    assert {m for m, targets in graph.items() if "calib.inputs" in targets and not m.startswith("calib.cli")} == set()
