@@ -58,21 +58,24 @@ def _calibrate_task(ws, task: str, args: argparse.Namespace) -> tuple[str, objec
 def _case(ws, task: str, cal_id: str, cal, method: str, placement: str, args: argparse.Namespace) -> dict:
     from calib.build import BuildConfig, build
     from calib.demo import load_demo_task
+    from calib.evaluation import EvalSettings
+    from calib.model import ModelRef
     from calib.pipeline import run_stage
+    from calib.placement import Placement
     from calib.validate import ValidateConfig, validate
 
     demo = load_demo_task(task, ws.root)
     eval_spec = demo.data("eval")
     t0 = time.monotonic()
     build_id, engine = run_stage(ws, "build", build, BuildConfig(
-        model=str(demo.model.onnx_path), calibration=str(cal.dir), method=method, placement=placement),
+        model=str(demo.model.onnx_path), calibration=str(cal.dir), method=method,
+        placement=Placement(placement)),
         parents=[cal_id], label=f"bench-accuracy {task} {method} {placement}")
     t_build = time.monotonic() - t0
     eval_id, evaluation = run_stage(ws, "validate", validate, ValidateConfig(
-        engine=str(engine.dir), model=str(demo.model.onnx_path), tokenizer=str(demo.model.tokenizer_dir),
-        data=eval_spec.source, split=eval_spec.split, workspace=eval_spec.workspace, labels=tuple(demo.model.labels),
-        text_column=eval_spec.text_column, label_column=eval_spec.label_column, max_length=demo.model.max_length,
-        limit=args.limit, layers=False, bootstrap=args.bootstrap, seed=args.seed, batch_size=args.batch_size),
+        engine=str(engine.dir), model=ModelRef.of(demo.model), data=eval_spec,
+        settings=EvalSettings(limit=args.limit, layers=False, bootstrap=args.bootstrap, seed=args.seed,
+                              batch_size=args.batch_size)),
         parents=[build_id], label=f"bench-accuracy {task} {method} {placement}")
     s = evaluation.summary()
     o = evaluation.overall

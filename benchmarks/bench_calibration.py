@@ -24,9 +24,9 @@ Any model:
 from __future__ import annotations
 
 import argparse
-import resource
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile

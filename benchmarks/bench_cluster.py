@@ -123,6 +123,7 @@ def sensitivity_runs(args, demo, stats) -> dict:
 
     from calib.io import atomic_write_json
     from calib.methods import compute_ranges
+    from calib.model import ModelRef
     from calib.sensitivity import SensitivityConfig, analyze_sensitivity
 
     spec, ev = demo.model, demo.data("eval")
@@ -130,11 +131,8 @@ def sensitivity_runs(args, demo, stats) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         ranges = Path(tmp) / "minmax.json"
         atomic_write_json(ranges, compute_ranges(stats, "minmax").amax)
-        base = SensitivityConfig(model=str(spec.onnx_path), tokenizer=str(spec.tokenizer_dir), data=ev.source,
-                                 ranges=str(ranges), method="minmax", text_column=ev.text_column,
-                                 label_column=ev.label_column, split=ev.split, workspace=args.workspace,
-                                 labels=tuple(spec.labels), max_length=spec.max_length, limit=args.sensitivity_limit,
-                                 max_evaluations=args.max_evaluations, speed_texts=0)
+        base = SensitivityConfig(model=ModelRef.of(spec), data=ev, ranges=str(ranges), method="minmax",
+                                 limit=args.sensitivity_limit, max_evaluations=args.max_evaluations, speed_texts=0)
         records = {}
         for name in ["embedded", *[f"local:{w}" for w in args.workers]]:
             config = base if name == "embedded" else dataclasses.replace(base, cluster=name)

@@ -21,6 +21,7 @@ Usage (the lead's measurement):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 
@@ -35,15 +36,16 @@ def _sets(ws, task: str, args: argparse.Namespace) -> dict[str, object]:
 
     values = demo_values(task, ws.root)
     base = config_from_dict({**values, "size": args.size, "seed": args.seed, "target_kind": "eval"})
-    model = load_model(base.model, base.tokenizer, max_length=base.max_length)
-    lengths = token_lengths(model, base.data_spec(), ws).lengths
+    model = load_model(base.model.model, base.model.tokenizer, max_length=base.model.max_length)
+    lengths = token_lengths(model, base.data, ws).lengths
     shortest = sorted(np.argsort(lengths, kind="stable")[: args.size].tolist())
     short_pool = ws.cache_dir / f"bench-short-pool-{task}-{args.size}"
     if not short_pool.exists():
-        load_rows(base.data_spec()).select(shortest).save_to_disk(str(short_pool))
-    short = config_from_dict({**values, "source": str(short_pool), "split": None, "size": args.size,
-                              "seed": args.seed, "strategy": "natural", "target_kind": "dataset",
-                              "target_source": values["source"], "target_split": "eval"})
+        load_rows(base.data).select(shortest).save_to_disk(str(short_pool))
+    source = values["data"].source
+    short = config_from_dict({**values, "data": dataclasses.replace(values["data"], source=str(short_pool), split=None),
+                              "size": args.size, "seed": args.seed, "strategy": "natural", "target_kind": "dataset",
+                              "target_source": source, "target_split": "eval"})
     matched = config_from_dict({**values, "size": args.size, "seed": args.seed, "strategy": "match",
                                 "stratify": True, "target_kind": "eval"})
     sets = {"short": short, "matched": matched}
@@ -52,9 +54,10 @@ def _sets(ws, task: str, args: argparse.Namespace) -> dict[str, object]:
         # a calibration set of another task's (short) texts: the wrong traffic altogether
         theirs = demo_values(other, ws.root)
         sets[f"{other} texts"] = config_from_dict({
-            **values, "source": theirs["source"], "split": theirs["split"], "label_column": None, "labels": (),
+            "model": dataclasses.replace(values["model"], labels=()),
+            "data": dataclasses.replace(theirs["data"], label_column=None),
             "size": args.size, "seed": args.seed, "strategy": "natural", "target_kind": "dataset",
-            "target_source": values["source"], "target_split": "eval"})
+            "target_source": source, "target_split": "eval"})
     return sets
 
 
@@ -74,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     from calib.calibrate import CalibrateConfig, calibrate
     from calib.calibset import assemble
     from calib.demo import load_demo_task
+    from calib.evaluation import EvalSettings
+    from calib.model import ModelRef
     from calib.pipeline import run_stage
     from calib.validate import ValidateConfig, validate
     from calib.workspace import Workspace
@@ -99,13 +104,11 @@ def main(argv: list[str] | None = None) -> int:
                 parents=[set_id], label=f"bench-length {task} {name}")
             for method in args.methods:
                 build_id, engine = run_stage(ws, "build", build, BuildConfig(
-                    model=str(demo.model.onnx_path), calibration=str(cal.dir), method=method, placement="tensorrt"),
+                    model=str(demo.model.onnx_path), calibration=str(cal.dir), method=method),
                     parents=[cal_id], label=f"bench-length {task} {name} {method}")
                 _, ev = run_stage(ws, "validate", validate, ValidateConfig(
-                    engine=str(engine.dir), model=str(demo.model.onnx_path), tokenizer=str(demo.model.tokenizer_dir),
-                    data=spec.source, split=spec.split, workspace=spec.workspace, labels=tuple(demo.model.labels),
-                    text_column=spec.text_column, label_column=spec.label_column, max_length=demo.model.max_length,
-                    limit=args.limit, layers=False, bootstrap=200, seed=args.seed),
+                    engine=str(engine.dir), model=ModelRef.of(demo.model), data=spec,
+                    settings=EvalSettings(limit=args.limit, layers=False, bootstrap=200, seed=args.seed)),
                     parents=[build_id], label=f"bench-length {task} {name} {method}")
                 s = ev.summary()
                 overall.append(f"| {task} | {name} | {coverage} | {method} | {s.get('accuracy_drop_points'):+.2f} | "

@@ -18,6 +18,8 @@ from pathlib import Path
 
 def main(argv: list[str] | None = None) -> int:
     from calib.demo import load_demo_task
+    from calib.evaluation import EvalSettings
+    from calib.model import ModelRef
     from calib.progress import FP32_PASS, INT8_PASS, LAYER_PASS
     from calib.validate import ValidateConfig, validate
 
@@ -32,10 +34,8 @@ def main(argv: list[str] | None = None) -> int:
 
     task = load_demo_task(args.demo, args.workspace)
     data = task.data("eval")
-    config = ValidateConfig(engine=args.engine, model=str(task.model.onnx_path), tokenizer=str(task.model.tokenizer_dir),
-                            labels=task.labels, max_length=task.max_length, data=data.source, split=data.split,
-                            workspace=data.workspace, text_column=data.text_column, label_column=data.label_column,
-                            limit=args.limit, layer_rows=args.layer_rows, threads=args.threads)
+    config = ValidateConfig(engine=args.engine, model=ModelRef.of(task.model), data=data,
+                            settings=EvalSettings(limit=args.limit, layer_rows=args.layer_rows, threads=args.threads))
     seen: list[tuple[float, str]] = []
     with tempfile.TemporaryDirectory() as out:
         validate(config, Path(out) / "ev", progress=lambda f, m="": seen.append((time.monotonic(), m)))

@@ -15,7 +15,7 @@ import multiprocessing
 import sys
 import time
 import types
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,28 +39,23 @@ KINDS = ("fp32", "int8")
 
 @dataclass(frozen=True)
 class BenchConfig:
-    """``engine``: an engine folder (calib build). Texts: ``data`` (a calib.data source, e.g.
-    ``demo:bbc-topic``) with ``split`` and ``text_column``, tokenised with ``tokenizer`` at
-    ``max_length``; at most ``max_texts`` of them (0 = all)."""
+    """``engine``: an engine folder (calib build; its FP32 model is the baseline). Texts: ``data`` (labels
+    unused), tokenised with ``tokenizer`` at ``max_length``; at most ``max_texts`` of them (0 = all)."""
 
     engine: str
-    data: str
+    data: DataSpec
     tokenizer: str
-    split: str | None = "eval"
-    text_column: str = "text"
     max_length: int = 128
     max_texts: int = 256
     batch_sizes: tuple[int, ...] = (1, 8, 16)
     repeats: int = 2
     threads: int | None = None
-    workspace: str | None = None
 
 
 def _eval_data(config: BenchConfig, model_path: Path) -> EvalData:
     """The texts to time, encoded once: at most ``max_texts``, every k-th row to keep the split's length mix."""
     spec = load_model(model_path, config.tokenizer, max_length=config.max_length)
-    data = DataSpec(source=config.data, text_column=config.text_column, label_column=None, split=config.split,
-                    workspace=config.workspace)
+    data = replace(config.data, label_column=None)
     return load_eval_data(data, spec, limit=config.max_texts, sampling="spread")
 
 

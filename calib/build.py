@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ from calib.errors import BackendUnavailableError, InputError, check_choice
 from calib.io import atomic_write_json, read_json, sha256_file
 from calib.methods import DEFAULT_BUILD_METHOD
 from calib.model import check_same_model, read_onnx
-from calib.pipeline import config_params
+from calib.pipeline import config_from_params, config_params
 from calib.placement import PRESETS, Placement, exact_pattern
 from calib.quantize import quantize_qdq
 from calib.ranges import Ranges
@@ -71,11 +71,7 @@ class BuildConfig:
     ranges: str = ""
     calibration: str = ""
     method: str = DEFAULT_BUILD_METHOD
-    placement: str = "tensorrt"
-    include_nodes: tuple[str, ...] = ()
-    exclude_nodes: tuple[str, ...] = ()
-    include_op_types: tuple[str, ...] = ()
-    exclude_op_types: tuple[str, ...] = ()
+    placement: Placement = field(default_factory=Placement)  # which nodes get Q/DQ (preset, include, exclude)
     per_channel: bool = True
     backend: str = "ort"
     calibration_set: str = ""
@@ -92,21 +88,16 @@ class BuildConfig:
     # Fold the expected output shift of INT8 weights into each quantized MatMul's bias (calibration means).
     bias_correction: bool = False
 
-    def placement_spec(self) -> Placement:
-        return Placement(self.placement, tuple(self.include_nodes), tuple(self.exclude_nodes),
-                         tuple(self.include_op_types), tuple(self.exclude_op_types))
-
     @classmethod
     def from_params(cls, values: Mapping[str, Any]) -> BuildConfig:
-        """The config a build recorded (its run's registry params, or ``engine.json``'s ``config``): JSON
-        lists become tuples; keys this version does not know (written by a later one) are left out."""
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in known})
+        """The config a build recorded (its run's registry params, or ``engine.json``'s ``config``), in
+        today's layout or 0.1's flat one (:func:`calib.pipeline.config_from_params`); keys this version
+        does not know (written by a later one) are left out."""
+        return config_from_params(cls, values, where="build config")
 
     def with_float_nodes(self, nodes: Iterable[str]) -> BuildConfig:
         """The same build with these node names (exactly, not as patterns) also kept in float."""
-        placement = self.placement_spec().with_exclusions(exact_pattern(n) for n in nodes)
-        return replace(self, exclude_nodes=placement.exclude_nodes)
+        return replace(self, placement=self.placement.with_exclusions(exact_pattern(n) for n in nodes))
 
 
 def _load_ranges(config: BuildConfig) -> tuple[Ranges, str, Path | None]:
@@ -138,7 +129,7 @@ def _profile(config: BuildConfig, calibration_dir: Path | None) -> tuple[ShapePr
 
 def _check(config: BuildConfig) -> None:
     check_choice(config.backend, backend_names(), "backend")
-    check_choice(config.placement, PRESETS, "placement preset")
+    check_choice(config.placement.preset, PRESETS, "placement preset")
     if config.trt_mode not in ("auto", "explicit", "implicit"):
         raise InputError(f"unknown TensorRT build mode {config.trt_mode!r} (auto, explicit or implicit)")
     header(config.trt_version, TRTEXEC_CACHE_ALGORITHM)  # validates the version early
@@ -191,7 +182,7 @@ def build(config: BuildConfig, out_dir: Path, *, progress: ProgressFn | None = N
     started = time.perf_counter()
     with warnings.catch_warnings(record=True):  # unknown tensors are listed in engine.json instead
         warnings.simplefilter("always")
-        result = quantize_qdq(source, amax, config.placement_spec(), out_dir / QDQ_FILE,
+        result = quantize_qdq(source, amax, config.placement, out_dir / QDQ_FILE,
                               per_channel=config.per_channel, input_means=means)
     quantize_seconds = time.perf_counter() - started
 
@@ -206,7 +197,7 @@ def build(config: BuildConfig, out_dir: Path, *, progress: ProgressFn | None = N
     )
     write_text(out_dir / SCRIPT_FILE, commands.script(header=(
         f"model: {FP32_FILE} = {model_path} (sha256 {model_sha})",
-        f"ranges: {ranges_source}, method {ranges.method}; placement {config.placement}",
+        f"ranges: {ranges_source}, method {ranges.method}; placement {config.placement.preset}",
         *([smoothed.result.summary() + f" -> {SMOOTH_FILE} (sha256 {smoothed.result.sha256})"] if smoothed else []),
         f"calibration cache header: {header(config.trt_version, TRTEXEC_CACHE_ALGORITHM)} (for trtexec --calib)",
     )), executable=True)
@@ -228,7 +219,7 @@ def build(config: BuildConfig, out_dir: Path, *, progress: ProgressFn | None = N
                 "per_channel": config.per_channel},
         "ranges": {"source": ranges_source, "method": ranges.method, "params": ranges.params,
                    "model_sha256": ranges.model_sha256, "tensors": len(ranges.amax)},
-        "placement": asdict(config.placement_spec()),
+        "placement": asdict(config.placement),
         "quantized_nodes": list(result.quantized_nodes),
         "quantized_tensors": list(result.quantized_tensors),
         "excluded_nodes": result.excluded_nodes,

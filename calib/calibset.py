@@ -29,8 +29,8 @@ from calib.errors import InputError, check_choice
 from calib.formatting import ratio
 from calib.io import atomic_dir, atomic_save_npz, atomic_write_json, read_json
 from calib.lengths import LengthTable, load_length_target, token_lengths
-from calib.model import ModelFields, ModelSpec, check_same_model, load_model, load_tokenizer
-from calib.pipeline import config_params
+from calib.model import ModelRef, ModelSpec, check_same_model, load_model, load_tokenizer
+from calib.pipeline import config_from_params, config_params, nest_params
 from calib.progress import Phases
 from calib.sampling import SHORTFALL_MODES, STRATEGIES, sample
 from calib.workspace import ProgressFn, Workspace
@@ -42,13 +42,10 @@ MANIFEST_FORMAT = "calib.calibset/1"
 RECIPE_FORMAT = "calib.assemble-recipe/1"
 TARGET_KINDS = ("pool", "eval", "dataset", "lengths")
 _TARGET_NAMES = {"pool": "pool", "eval": "evaluation", "dataset": "target", "lengths": "production"}
-_DEMO_FIELDS = ("model", "tokenizer", "max_length", "labels", "source", "split", "text_column", "label_column",
-                "text_pair_column", "workspace")  # what a demo task fills (calib.inputs)
-_RENAMED = {"pair_column": "text_pair_column"}  # older recipes and run params: old name -> the one name
 
 
 @dataclass(frozen=True)
-class AssembleConfig(ModelFields):
+class AssembleConfig:
     """What to sample from, how, and what to compare against.
 
     ``target_kind``: ``pool`` (coverage against the pool itself), ``eval`` (split ``target_split``,
@@ -56,14 +53,8 @@ class AssembleConfig(ModelFields):
     columns, split ``target_split``) or ``lengths`` (a production-lengths file ``target_source``).
     """
 
-    model: str  # ONNX file
-    tokenizer: str  # tokenizer directory
-    source: str  # dataset: file, save_to_disk directory, demo:<task> or hub id
-    max_length: int = 128
-    text_column: str = "text"
-    label_column: str | None = "label"
-    text_pair_column: str | None = None  # second text of sentence pairs
-    split: str | None = None
+    model: ModelRef
+    data: DataSpec  # the pool to draw from (its workspace: for the token-length cache and demo sources)
     size: int = 128
     strategy: str = "natural"
     seed: int = 0
@@ -74,25 +65,14 @@ class AssembleConfig(ModelFields):
     weights: tuple[float, ...] = ()  # one per bucket, for strategy "custom"
     stratify: bool = False
     shortfall: str = "neighbours"
-    workspace: str | None = None  # for the token-length cache and demo sources
-    labels: tuple[str, ...] = ()  # class names in logit order, when known
     opt_percentile: float = 95.0  # length percentile for the TensorRT "opt" shape
     batch_sizes: tuple[int, int, int] = (1, 16, 32)  # TensorRT profile min / opt / max batch
-    logits_output: str | None = None  # output roles (calib.model.resolve_roles): checked here, recorded
-    embedding_output: str | None = None
-    pooling: str | None = None
-    drop_empty: bool = False  # data hygiene (calib.data.DataSpec), for the pool and a dataset target
-    normalize: str = "none"
-
-    def data_spec(self) -> DataSpec:
-        return DataSpec(self.source, self.text_column, self.label_column, self.text_pair_column, self.split,
-                        self.workspace, self.drop_empty, self.normalize)
 
     def target_spec(self) -> DataSpec | None:
         if self.target_kind == "eval":
-            return dataclasses.replace(self.data_spec(), split=self.target_split or "eval")
+            return dataclasses.replace(self.data, split=self.target_split or "eval")
         if self.target_kind == "dataset":
-            return dataclasses.replace(self.data_spec(), source=str(self.target_source), split=self.target_split)
+            return dataclasses.replace(self.data, source=str(self.target_source), split=self.target_split)
         return None
 
 
@@ -202,8 +182,8 @@ def assemble(config: AssembleConfig, out_dir: Path, *, progress: ProgressFn | No
             progress(fraction, message)
 
     edges = _check_config(config)
-    spec = config.model_ref().load()
-    data = config.data_spec()
+    spec = config.model.load()
+    data = config.data
     rows, pool_loaded = load_table(data)
     if config.size > len(rows) and config.shortfall != "replace":
         raise InputError(f"requested {config.size} texts but {data.describe()} has only {len(rows)}; "
@@ -220,14 +200,14 @@ def assemble(config: AssembleConfig, out_dir: Path, *, progress: ProgressFn | No
         from calib.data import fingerprint
 
         if fingerprint(target_rows) == fingerprint(rows):
-            raise InputError(f"target eval: dataset {config.source} has no separate {config.target_split or 'eval'!r} split "
+            raise InputError(f"target eval: dataset {data.source} has no separate {config.target_split or 'eval'!r} split "
                              "(use eval:SPLIT, dataset:SOURCE or lengths:FILE)")
     file_lengths = load_length_target(str(config.target_source)) if config.target_kind == "lengths" else None
     if config.strategy == "custom":
         w = np.asarray(config.weights, dtype=np.float64)
         if not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
             raise InputError(f"bucket weights must be non-negative with a positive sum, got {list(config.weights)}")
-    workspace = Workspace(config.workspace) if config.workspace else None
+    workspace = Workspace(data.workspace) if data.workspace else None
 
     phases = Phases(report, [("pool lengths", len(rows)),
                              *([("target lengths", len(target_rows))] if target_rows is not None else [])], span=0.9)
@@ -271,14 +251,14 @@ def assemble(config: AssembleConfig, out_dir: Path, *, progress: ProgressFn | No
         "edges": list(edges),
         "buckets": bucket_labels(edges),
         "dataset": {
-            "source": config.source, "split": config.split, "text_column": config.text_column,
-            "text_pair_column": config.text_pair_column, "label_column": config.label_column,
+            "source": data.source, "split": data.split, "text_column": data.text_column,
+            "text_pair_column": data.text_pair_column, "label_column": data.label_column,
             "fingerprint": pool.fingerprint, "num_rows": len(pool),
             "truncation_rate": pool.truncation_rate(spec.max_length), "lengths": pool.percentiles(),
             "resolved": pool_loaded.resolved, "split_used": pool_loaded.split, "hygiene": pool_loaded.to_dict(),
         },
         "target": {
-            "kind": config.target_kind, "source": config.target_source if config.target_kind != "eval" else config.source,
+            "kind": config.target_kind, "source": config.target_source if config.target_kind != "eval" else data.source,
             "split": target_spec.split if target_spec is not None else None, "fingerprint": target_fingerprint,
             "num_lengths": len(target_lengths),
             "truncation_rate": float(np.mean(target_lengths > spec.max_length)),
@@ -451,24 +431,21 @@ class CalibrationSet:
 
 # -- recipes -------------------------------------------------------------------------------------
 
-_TUPLE_FIELDS = {"edges", "weights", "labels", "batch_sizes"}
+_DEMO_MODEL_FIELDS = ("model", "tokenizer", "labels")  # what a demo recipe leaves out: filled from the demo task
+_DEMO_DATA_FIELDS = ("source", "workspace")
 
 
 def config_from_dict(values: dict[str, Any], *, where: str = "recipe") -> AssembleConfig:
-    """An :class:`AssembleConfig` from plain JSON data (lists become tuples); unknown keys are errors."""
-    fields = {f.name for f in dataclasses.fields(AssembleConfig)}
-    values = {_RENAMED.get(k, k): v for k, v in values.items()}
-    unknown = sorted(set(values) - fields)
-    if unknown:
-        raise InputError(f"{where}: unknown settings {unknown} (known: {sorted(fields)})")
-    missing = [name for name in ("model", "tokenizer", "source") if not values.get(name)]
+    """An :class:`AssembleConfig` from plain JSON data: today's nested layout or the flat one older recipes
+    and manifests hold (:func:`calib.pipeline.config_from_params`); unknown keys are errors."""
+    nested = nest_params(AssembleConfig, values)
+    model, data = nested.get("model"), nested.get("data")
+    missing = [name for name, part, key in (("model", model, "model"), ("tokenizer", model, "tokenizer"),
+                                            ("source", data, "source"))
+               if not (getattr(part, key, None) if dataclasses.is_dataclass(part) else (part or {}).get(key))]
     if missing:
         raise InputError(f"{where}: missing {', '.join(missing)}")
-    clean: dict[str, Any] = {k: (tuple(v) if k in _TUPLE_FIELDS and isinstance(v, list) else v) for k, v in values.items()}
-    try:
-        return AssembleConfig(**clean)
-    except TypeError as exc:
-        raise InputError(f"{where}: {exc}") from exc
+    return config_from_params(AssembleConfig, nested, strict=True, where=where)
 
 
 def save_recipe(config: AssembleConfig, path: str | Path, *, demo: str | None = None,
@@ -476,10 +453,11 @@ def save_recipe(config: AssembleConfig, path: str | Path, *, demo: str | None = 
     """Write ``config`` as a replayable JSON recipe. With ``demo``, model, tokenizer and data paths
     are left out and filled from the demo task when the recipe is loaded (portable across machines)."""
     values = config_params(config)
-    values.pop("workspace", None)
+    values["data"].pop("workspace", None)
     if demo:
-        for name in ("model", "tokenizer", "source", "labels"):
-            values.pop(name, None)
+        for name in (*_DEMO_MODEL_FIELDS, *ModelRef.ROLE_FIELDS):  # the demo task names its roles too
+            values["model"].pop(name, None)
+        values["data"].pop("source", None)
     recipe: dict[str, Any] = {"format": RECIPE_FORMAT, "description": description}
     if demo:
         recipe["demo"] = demo
@@ -498,23 +476,22 @@ def load_recipe(path: str | Path, *, workspace: str | Path | None = None) -> Ass
         raise InputError(f"recipe {path} is not valid JSON: {exc}") from exc
     if not isinstance(recipe, dict) or recipe.get("format") != RECIPE_FORMAT or not isinstance(recipe.get("config"), dict):
         raise InputError(f"recipe {path} is not a calib assemble recipe (expected format {RECIPE_FORMAT!r} and a config)")
-    values = dict(recipe["config"])
-    if workspace is not None:
-        values["workspace"] = str(workspace)
+    values = nest_params(AssembleConfig, recipe["config"])
+    model, data = dict(values.get("model") or {}), dict(values.get("data") or {})
     if recipe.get("demo"):
-        values = {**demo_values(str(recipe["demo"]), workspace, split=values.get("split") or "calibration"), **{
-            k: v for k, v in values.items() if k not in ("model", "tokenizer", "source", "labels")}}
-    return config_from_dict(values, where=f"recipe {path}")
+        demo = demo_values(str(recipe["demo"]), workspace, split=data.get("split") or "calibration")
+        model = {**demo["model"].fields(), **{k: v for k, v in model.items() if k not in _DEMO_MODEL_FIELDS}}
+        data = {**dataclasses.asdict(demo["data"]), **{k: v for k, v in data.items() if k not in _DEMO_DATA_FIELDS}}
+    if workspace is not None:
+        data["workspace"] = str(workspace)
+    return config_from_dict({**values, "model": model, "data": data}, where=f"recipe {path}")
 
 
 def demo_values(task: str, workspace: str | Path | None, *, split: str = "calibration") -> dict[str, Any]:
-    """Model, tokenizer, data and max length of a prepared demo task, as AssembleConfig fields."""
-    from calib.inputs import (  # the resolver sits above the stages (it loads the demo)
-        demo_inputs,
-        stage_fields,
-    )
+    """The ``model`` (ModelRef) and ``data`` (DataSpec of one split, read in the workspace) AssembleConfig
+    fields of a prepared demo task."""
+    from calib.inputs import demo_inputs  # the resolver sits above the stages (it loads the demo)
 
     ws = Workspace(workspace) if workspace is not None else Workspace()
     model, data = demo_inputs(task, ws.root, split)
-    values = stage_fields(model, data, source_field="source") | {"workspace": str(ws.root)}
-    return {k: values[k] for k in _DEMO_FIELDS}
+    return {"model": model, "data": dataclasses.replace(data, workspace=str(ws.root))}

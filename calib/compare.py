@@ -10,14 +10,17 @@ whether TensorRT's default calibrator (entropy) is the best choice for this mode
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from calib.build import BuildConfig, build
 from calib.calibrate import Calibration
+from calib.data import DataSpec
 from calib.errors import InputError
+from calib.evaluation import EvalSettings
 from calib.io import atomic_write_json, read_artifact_json
+from calib.model import ModelRef
+from calib.placement import Placement
 from calib.report import budget_for, compare_evaluations, headline_of
 from calib.validate import Evaluation, ValidateConfig, validate
 from calib.verdict import Recommendation, ReleaseBudget, judge, recommend
@@ -29,13 +32,16 @@ ENGINE_DIR, EVALUATION_DIR = "engine", "evaluation"
 
 @dataclass(frozen=True)
 class CompareConfig:
-    """``calibration``: a calibrate run folder. ``validation``: how to validate each engine (its
-    ``engine`` and ``calibration`` fields are filled per method). ``methods``: which range sets (empty:
-    every method of the calibration). ``placement``: the Q/DQ placement preset of every build.
-    ``budget``: the release budget (None: the default for what the evaluations can measure)."""
+    """``calibration``: a calibrate run folder. ``model`` / ``data`` / ``settings``: the FP32 baseline, the
+    evaluation rows and how every method's engine is evaluated (as :class:`~calib.validate.ValidateConfig`).
+    ``methods``: which range sets (empty: every method of the calibration). ``placement``: the Q/DQ
+    placement preset of every build. ``budget``: the release budget (None: the default for what the
+    evaluations can measure)."""
 
     calibration: str
-    validation: ValidateConfig
+    model: ModelRef
+    data: DataSpec
+    settings: EvalSettings = field(default_factory=EvalSettings)
     methods: tuple[str, ...] = ()
     placement: str = "tensorrt"
     budget: ReleaseBudget | None = None
@@ -100,11 +106,12 @@ def compare_calibrators(config: CompareConfig, out_dir: Path, *,
         start, span = i / len(methods), 1.0 / len(methods)  # build ≈ 30 % of a method's time, validate 70 %
 
         engine_dir = out_dir / method / ENGINE_DIR
-        build(BuildConfig(model=config.validation.model, calibration=config.calibration, method=method,
-                          placement=config.placement), engine_dir,
+        build(BuildConfig(model=config.model.model, calibration=config.calibration, method=method,
+                          placement=Placement(config.placement)), engine_dir,
               progress=lambda f, m="", _s=start, _w=span, _m=method, _i=i: report(
                   _s + _w * 0.3 * f, f"{_m} ({_i + 1}/{len(methods)}): build: {m}"))
-        vconfig = dataclasses.replace(config.validation, engine=str(engine_dir), calibration=config.calibration)
+        vconfig = ValidateConfig(engine=str(engine_dir), model=config.model, data=config.data,
+                                 settings=config.settings, calibration=config.calibration)
         evaluations.append(validate(vconfig, out_dir / method / EVALUATION_DIR,
                                     progress=lambda f, m="", _s=start, _w=span, _m=method, _i=i: report(
                                         _s + _w * (0.3 + 0.7 * f), f"{_m} ({_i + 1}/{len(methods)}): validate: {m}")))

@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 
 from calib.batching import Encoded, encode, iter_batches
-from calib.buckets import DEFAULT_EDGES
+from calib.buckets import DEFAULT_EDGES, check_edges
+from calib.cluster import Cluster
 from calib.data import DataSpec, fingerprint, label_ids, label_names, load_table, texts_of
 from calib.errors import InputError, check_choice
 from calib.metrics import bucketed_comparison, bucketed_embedding_comparison, row_cosine
@@ -35,6 +36,41 @@ from calib.workspace import ProgressFn
 
 CLASSIFIER = "classifier"
 EMBEDDING = "embedding"
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """How an FP32-vs-INT8 evaluation runs, whichever engine it scores (validate, and compare per method).
+
+    ``limit``: a seeded random sample of this many eval rows (0 = all). ``edges``: token-length bucket
+    edges. ``bootstrap``: resamples for the 95 % CI of the accuracy drop (0 = none). ``layers`` /
+    ``layer_rows``: the per-layer analysis and its rows (0 = every evaluated row). ``threads``: ONNX
+    Runtime intra-op threads (None: its default). ``cluster``: a :mod:`calib.cluster` spec (None: here).
+    """
+
+    edges: tuple[int, ...] = DEFAULT_EDGES
+    batch_size: int = 16
+    limit: int = 0
+    layers: bool = True
+    layer_rows: int = 128
+    bootstrap: int = 1000
+    seed: int = 0
+    threads: int | None = None
+    cluster: str | None = None
+
+    def check(self) -> tuple[int, ...]:
+        """Refuse impossible settings in one line each; return the checked bucket edges."""
+        edges = check_edges(self.edges)
+        if self.batch_size < 1:
+            raise InputError(f"batch size must be at least 1, got {self.batch_size}")
+        if self.limit < 0 or self.layer_rows < 0:
+            raise InputError("limit and layer rows must be 0 (all) or positive")
+        if self.bootstrap < 0:
+            raise InputError(f"bootstrap resamples must be 0 (no confidence interval) or more, got {self.bootstrap}")
+        if self.seed < 0:
+            raise InputError(f"seed must be 0 or positive, got {self.seed}")
+        Cluster.parse(self.cluster)
+        return edges
 
 
 # -- data --------------------------------------------------------------------------------------

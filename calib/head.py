@@ -32,7 +32,7 @@ from calib.errors import InputError
 from calib.evaluation import run_engine
 from calib.formatting import percent
 from calib.io import atomic_path, atomic_write_json, read_artifact_json, sha256_file
-from calib.model import ModelFields, OutputRoles, load_tokenizer, read_onnx
+from calib.model import ModelRef, OutputRoles, load_tokenizer, read_onnx
 from calib.pipeline import config_params
 from calib.workspace import ProgressFn
 
@@ -46,7 +46,7 @@ MAX_HEAD_ERROR = 1e-3  # |ONNX logits − scikit-learn decision function| beyond
 
 
 @dataclass(frozen=True)
-class HeadConfig(ModelFields):
+class HeadConfig:
     """The encoder, the labelled texts to fit on, and the cross-validation grid.
 
     ``embedding_output`` / ``pooling``: which encoder output is the embedding (detected when
@@ -54,28 +54,13 @@ class HeadConfig(ModelFields):
     regularisation strengths tried; ``folds``: stratified folds (fewer when a class has fewer texts).
     """
 
-    model: str
-    tokenizer: str
-    data: str
-    label_column: str = "label"
-    text_column: str = "text"
-    text_pair_column: str | None = None
-    split: str | None = None
-    workspace: str | None = None
-    max_length: int = 128
-    embedding_output: str | None = None
-    pooling: str | None = None
+    model: ModelRef  # the encoder (its embedding output and pooling: detected when unambiguous)
+    data: DataSpec  # the labelled texts (label_column must be set)
     c_values: tuple[float, ...] = DEFAULT_C_VALUES
     folds: int = 5
     seed: int = 0
     batch_size: int = 16
     threads: int | None = None
-    drop_empty: bool = False  # data hygiene (calib.data.DataSpec)
-    normalize: str = "none"
-
-    def data_spec(self) -> DataSpec:
-        return DataSpec(self.data, self.text_column, self.label_column, self.text_pair_column, self.split,
-                        self.workspace, self.drop_empty, self.normalize)
 
 
 def head_weights(coef: np.ndarray, intercept: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -222,19 +207,19 @@ def fit_head(config: HeadConfig, out_dir: Path, *, progress: ProgressFn | None =
         raise InputError(f"C values must be positive, got {list(config.c_values)}")
     if config.folds < 2:
         raise InputError(f"cross-validation needs at least 2 folds, got {config.folds}")
-    if not config.label_column:
+    if not config.data.label_column:
         raise InputError("a head is fitted on labelled texts: give --label-column")
-    spec = config.model_ref().load()
+    spec = config.model.load()
     roles = spec.roles
     if roles.embedding is None:
-        raise InputError(f"ONNX model {config.model} has no embedding output to fit a head on; name it with "
+        raise InputError(f"ONNX model {config.model.model} has no embedding output to fit a head on; name it with "
                          "--embedding-output (and --pool mean for (B, T, D) token states)")
-    data = config.data_spec()
+    data = config.data
     rows = load_rows(data)
     classes = label_names(rows, data)
     labels = label_ids(rows, data, classes)
     if len(classes) < 2:
-        raise InputError(f"dataset {data.describe()} column {config.label_column!r} has {len(classes)} class(es); "
+        raise InputError(f"dataset {data.describe()} column {data.label_column!r} has {len(classes)} class(es); "
                          "a classifier needs at least 2")
     texts, pairs = texts_of(rows, data)
 

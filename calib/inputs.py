@@ -2,7 +2,7 @@
 
 ``resolve_inputs`` turns ``--demo TASK`` and/or explicit values (CLI options, an app project) into a
 :class:`~calib.model.ModelRef` and a :class:`~calib.data.DataSpec`; explicit values override what the
-demo task fills. ``stage_fields`` spreads the two over a stage config's fields. This is the one place
+demo task fills; every stage config takes the two as its ``model`` and ``data``. This is the one place
 that knows how a demo task names its model and data (``calib.demo.load_demo_task``).
 """
 
@@ -32,14 +32,14 @@ def demo_inputs(task: str, workspace: str | Path | None, split: str) -> tuple[Mo
 def resolve_inputs(workspace: str | Path, *, demo: str | None = None, split: str | None = None,
                    default_split: str = "eval", model: Mapping[str, Any] | None = None,
                    data: Mapping[str, Any] | None = None, need: tuple[str, ...] = ("model", "tokenizer", "source"),
-                   hint: str = "or --demo TASK") -> tuple[ModelRef, DataSpec]:
+                   hint: str = "or --demo TASK", ask: str = "give") -> tuple[ModelRef, DataSpec]:
     """A ``ModelRef`` and ``DataSpec`` from a demo task (split ``split`` or ``default_split``) and/or
     explicit values, which override the demo's: ``model`` keys are ModelRef fields, ``data`` keys DataSpec
     fields (``source``, ``text_column``, ...; a None value is a value, e.g. ``label_column=None``: give
     only what was given, :func:`given`). ``split`` None: the demo's default, or none.
 
     Raises one :class:`InputError` naming the options still missing (``need``), e.g.
-    ``give --data (or --demo TASK)``.
+    ``give --data (or --demo TASK)`` (``ask`` and ``hint`` words it).
     """
     model_values: dict[str, Any] = {}
     data_values: dict[str, Any] = {}
@@ -60,7 +60,7 @@ def resolve_inputs(workspace: str | Path, *, demo: str | None = None, split: str
     present = {**model_values, **data_values}
     missing = [_FLAGS.get(k, k) for k in need if not present.get(k)]
     if missing:
-        raise InputError(f"give {', '.join(missing)}" + (f" ({hint})" if hint else ""))
+        raise InputError(f"{ask} {', '.join(missing)}" + (f" ({hint})" if hint else ""))
     return (ModelRef(**{"model": "", "tokenizer": "", **model_values}),
             DataSpec(**{"source": "", **data_values}))
 
@@ -68,12 +68,3 @@ def resolve_inputs(workspace: str | Path, *, demo: str | None = None, split: str
 def given(**values: Any) -> dict[str, Any]:
     """The values that are not None (options the user gave)."""
     return {k: v for k, v in values.items() if v is not None}
-
-
-def stage_fields(model: ModelRef, data: DataSpec, *, source_field: str = "data") -> dict[str, Any]:
-    """The stage-config fields naming ``model`` and ``data``: ModelRef's fields, then DataSpec's with its
-    ``source`` under ``source_field`` (``data`` for validate / sensitivity / bench / head, ``source`` for
-    assemble)."""
-    values = dataclasses.asdict(data)
-    values[source_field] = values.pop("source")
-    return {**model.fields(), **values}

@@ -175,8 +175,8 @@ class ModelRef:
     sequence length (tokens), the class names in logit order (empty: unknown) and the output roles
     (None: detected by :func:`resolve_roles`). ``load()`` checks and describes it (:class:`ModelSpec`).
 
-    Every stage config that names a model gives its ``ModelRef`` with ``config.model_ref()``
-    (:class:`ModelFields`), so a stage never spells these fields out to load its model.
+    Every stage config that names a model holds one as its ``model`` field, so a stage never spells
+    these fields out to load its model.
     """
 
     model: str
@@ -210,15 +210,6 @@ class ModelRef:
         """The reference that loads ``spec`` again (its roles named as they were resolved)."""
         return cls(str(spec.onnx_path), str(spec.tokenizer_dir), int(spec.max_length), tuple(spec.labels),
                    spec.logits_output, spec.embedding_output, spec.pooling)
-
-
-class ModelFields:
-    """Mixin of the frozen stage configs holding ``model``, ``tokenizer`` and (optionally) ``max_length``,
-    ``labels`` and the output roles as plain fields (what their saved JSON has always held)."""
-
-    def model_ref(self) -> ModelRef:
-        return ModelRef(**{f: getattr(self, f) for f in ("model", "tokenizer", "max_length", "labels",
-                                                          *ModelRef.ROLE_FIELDS) if hasattr(self, f)})
 
 
 def load_model(

@@ -29,11 +29,24 @@ def _texts(n: Any) -> str | None:
     return f"{int(n):,} texts" if isinstance(n, (int, float)) and n else None
 
 
+def _settings(params: Mapping[str, Any]) -> Mapping[str, Any]:
+    """An evaluation's settings in its run params: ``settings`` today; 0.1 kept them at the top level
+    (validate) or in a ``validation`` template (compare)."""
+    return params.get("settings") or params.get("validation") or params
+
+
+def _preset(params: Mapping[str, Any]) -> Any:
+    """The placement preset in run params: ``placement.preset`` today, ``placement`` / ``preset`` in 0.1."""
+    placement = params.get("placement")
+    return placement.get("preset") if isinstance(placement, Mapping) else placement or params.get("preset")
+
+
 def _build_facts(params: Mapping[str, Any], summary: Mapping[str, Any]) -> list[str | None]:
-    excluded = summary.get("excluded_nodes") or len(params.get("exclude_nodes") or ())
+    placement = params.get("placement") if isinstance(params.get("placement"), Mapping) else params
+    excluded = summary.get("excluded_nodes") or len(placement.get("exclude_nodes") or ())
     method = params.get("method") if params.get("calibration") else (Path(params["ranges"]).stem if params.get("ranges")
                                                                        else params.get("method"))
-    return [method, params.get("placement"), f"{excluded} in float" if excluded else None]
+    return [method, _preset(params), f"{excluded} in float" if excluded else None]
 
 
 def run_facts(run: RunRecord, lookup: Lookup | None = None) -> list[str]:
@@ -52,14 +65,14 @@ def run_facts(run: RunRecord, lookup: Lookup | None = None) -> list[str]:
         build = lookup(Path(str(p.get("engine", ""))).name) if lookup and p.get("engine") else None
         facts = (_build_facts(build.params, build.summary) if build is not None
                  else [Path(str(p.get("engine", ""))).name or None])
-        facts.append(_texts(s.get("rows")) or (_texts(p.get("limit")) if run.stage == "validate" else None))
+        facts.append(_texts(s.get("rows")) or (_texts(_settings(p).get("limit")) if run.stage == "validate" else None))
     elif run.stage == "compare":
         methods = p.get("methods") or s.get("methods") or []
         facts = [f"{len(methods)} calibrators" if methods else "every calibrator", p.get("placement"),
-                 _texts((p.get("validation") or {}).get("limit")),
+                 _texts(_settings(p).get("limit")),
                  f"best {s['recommended']}" if s.get("recommended") else None]
     elif run.stage == "sensitivity":
-        facts = [p.get("method"), p.get("preset"), p.get("granularity")]
+        facts = [p.get("method"), _preset(p), p.get("granularity")]
     elif run.stage == "report":
         facts = [s.get("verdict"), f"{len(p.get('evaluations') or [])} runs" if len(p.get("evaluations") or []) > 1
                  else None]

@@ -8,13 +8,17 @@ exactly the same thing.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from calib.errors import InputError
 from calib.workspace import ProgressFn, Workspace
 
 A = TypeVar("A")
+C = TypeVar("C")
 
 
 def config_params(config: Any) -> dict[str, Any]:
@@ -31,6 +35,81 @@ def config_params(config: Any) -> dict[str, Any]:
         return value
 
     return plain(config)
+
+
+def _part_type(hint: Any) -> type | None:
+    """The dataclass a config field holds (``ModelRef``, ``DataSpec``, ``ReleaseBudget | None``), else None."""
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    parts = [t for t in options if isinstance(t, type) and dataclasses.is_dataclass(t)]
+    return parts[0] if parts else None
+
+
+def _tuples(value: Any) -> Any:
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+RENAMED = {"pair_column": "text_pair_column", "preset": "placement"}
+"""Top-level keys calib 0.1 wrote under another name: old name -> the one name (read, never written)."""
+
+
+def nest_params(cls: type, values: Mapping[str, Any], *, renames: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Plain config data in today's layout: each part (a ``ModelRef``, ``DataSpec``, ``Placement``, ...) under
+    its own key as a dict, JSON lists as tuples, old top-level key names renamed (``renames``, default
+    :data:`RENAMED`).
+
+    Reads the flat layout earlier versions wrote, where a part's fields sat at the top level and the part's
+    own key held its first field (``"model": "m.onnx", "tokenizer": ...``; ``"data": "demo:x"``, or
+    ``"source": ...``). Keys ``cls`` does not know stay as they are (see :func:`config_from_params`).
+    A part given as a dataclass instance is kept.
+    """
+    hints = typing.get_type_hints(cls)
+    names = RENAMED if renames is None else renames
+    values = {names.get(k, k): v for k, v in values.items() if not (k in names and names[k] in values)}
+    out = {k: _tuples(v) for k, v in values.items()}
+    for f in dataclasses.fields(cls):
+        part = _part_type(hints[f.name])
+        value = values.get(f.name, dataclasses.MISSING)
+        if part is None or value is None or isinstance(value, part):
+            continue
+        if isinstance(value, Mapping):
+            out[f.name] = nest_params(part, value, renames={})
+            continue
+        part_fields = [p.name for p in dataclasses.fields(part)]
+        flat = {k: values[k] for k in part_fields if k in values}
+        if value is not dataclasses.MISSING:
+            flat[part_fields[0]] = value
+        if flat:
+            for k in part_fields:
+                if k not in {g.name for g in dataclasses.fields(cls)}:
+                    out.pop(k, None)
+            out[f.name] = nest_params(part, flat, renames={})
+    return out
+
+
+def config_from_params(cls: type[C], values: Mapping[str, Any], *, renames: Mapping[str, str] | None = None,
+                       strict: bool = False, where: str = "config") -> C:
+    """``cls`` from the plain data :func:`config_params` wrote (run params, a manifest's ``config``, a
+    recipe) or the flat layout of earlier versions (:func:`nest_params`). Keys ``cls`` does not know are
+    left out (written by a later version), or with ``strict`` (a user's recipe) refused in one
+    :class:`InputError`; so is a missing or mistyped setting."""
+    return _construct(cls, nest_params(cls, values, renames=renames), strict, where)
+
+
+def _construct(cls: type[C], values: Mapping[str, Any], strict: bool, where: str) -> C:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown and strict:
+        raise InputError(f"{where}: unknown settings {unknown} (known: {sorted(known)})")
+    kwargs = {}
+    for name in known & set(values):
+        part, value = _part_type(hints[name]), values[name]
+        kwargs[name] = (_construct(part, value, strict, f"{where}: {name}") if part is not None
+                        and isinstance(value, Mapping) else value)
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise InputError(f"{where}: {exc}") from exc
 
 
 def run_stage(

@@ -78,7 +78,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -106,7 +106,7 @@ from calib.evaluation import (
 from calib.io import atomic_write_json, read_artifact_json, read_json
 from calib.layers import LayerAnalysis, producer_order, quantized_tensors
 from calib.metrics import row_cosine
-from calib.model import ModelFields, check_same_model
+from calib.model import ModelRef, check_same_model
 from calib.placement import Placement, exact_pattern
 from calib.progress import FP32_PASS
 from calib.quantize import quantize_qdq
@@ -120,7 +120,7 @@ NO_RANGE = "no range for this tensor in the range set"  # calib.quantize's reaso
 
 
 @dataclass(frozen=True)
-class SensitivityConfig(ModelFields):
+class SensitivityConfig:
     """Model, ranges, placement, evaluation subset and the budget.
 
     ``ranges``: a calibration folder (with ``method``) or a JSON file ``{tensor: amax}`` (or
@@ -128,23 +128,11 @@ class SensitivityConfig(ModelFields):
     sample). ``rank_rows``: texts (a fixed subset of those) for the quantize-one ranking.
     """
 
-    model: str
-    tokenizer: str
-    data: str
+    model: ModelRef
+    data: DataSpec
     ranges: str
     method: str = "entropy"
-    text_column: str = "text"
-    label_column: str | None = "label"
-    text_pair_column: str | None = None
-    split: str | None = None
-    workspace: str | None = None
-    labels: tuple[str, ...] = ()
-    max_length: int = 128
-    placement: str = "tensorrt"  # placement preset (calib.placement.PRESETS), as BuildConfig.placement
-    include_nodes: tuple[str, ...] = ()
-    exclude_nodes: tuple[str, ...] = ()
-    include_op_types: tuple[str, ...] = ()
-    exclude_op_types: tuple[str, ...] = ()
+    placement: Placement = field(default_factory=Placement)  # the all-INT8 start's Q/DQ placement, as BuildConfig's
     granularity: str = "node"
     ranking: str = "auto"  # see the module docstring
     max_drop: float = 0.5  # accuracy points
@@ -159,11 +147,6 @@ class SensitivityConfig(ModelFields):
     rank_rows: int = 64  # texts for the quantize-one ranking (0 = all ``limit`` texts)
     max_rank_units: int = 96  # auto: quantize-one ranking up to this many units, local ranking beyond
     verify: bool = True  # re-check the recommendation on a model rebuilt by calib.quantize
-    logits_output: str | None = None  # output roles (calib.model.resolve_roles); None: detected
-    embedding_output: str | None = None
-    pooling: str | None = None
-    drop_empty: bool = False  # data hygiene (calib.data.DataSpec)
-    normalize: str = "none"
     cache_mb: int = 1024  # activations kept at block cuts (0 = run whole models)
     rank_check: int = 8  # block-local ranking: units also ranked by quantize-one (Spearman reported; -1 = all)
     block_rows: int = 32  # block-local ranking: texts (of the rank_rows) for each unit's block-output error
@@ -172,14 +155,6 @@ class SensitivityConfig(ModelFields):
     speed_batch: int = 16
     speed_repeats: int = 2
     cluster: str | None = None  # calib.cluster spec: candidate evaluations on a Ray cluster's workers
-
-    def data_spec(self) -> DataSpec:
-        return DataSpec(self.data, self.text_column, self.label_column, self.text_pair_column, self.split,
-                        self.workspace, self.drop_empty, self.normalize)
-
-    def placement_spec(self) -> Placement:
-        return Placement(self.placement, tuple(self.include_nodes), tuple(self.exclude_nodes),
-                         tuple(self.include_op_types), tuple(self.exclude_op_types))
 
 
 def load_amax(ranges: str | Path, method: str) -> dict[str, float]:
@@ -464,7 +439,7 @@ class _Evaluator:
         if self.qdq is not None:
             return keep_in_float(self.qdq, floating).SerializeToString()
 
-        placement = self.config.placement_spec()
+        placement = self.config.placement
         if only is not None:
             placement = dataclasses.replace(placement, include_nodes=tuple(exact_pattern(n) for n in only))
         placement = placement.with_exclusions(exact_pattern(n) for n in floating if only is None)
@@ -717,9 +692,9 @@ def scope_warnings(result, config: SensitivityConfig) -> list[str]:
     blocked = [n for n, why in result.excluded_nodes.items() if NO_RANGE in why]
     if missing:
         out.append(
-            f"WARNING calibration scope: {len(missing)} tensor(s) the {config.placement!r} placement quantizes have no range in "
+            f"WARNING calibration scope: {len(missing)} tensor(s) the {config.placement.preset!r} placement quantizes have no range in "
             f"{config.ranges} (e.g. {missing[0]}), so {len(blocked)} node(s) stay in float without being analysed; "
-            f"calibrate with --placement {config.placement} (or --tensors all) to cover them")
+            f"calibrate with --placement {config.placement.preset} (or --tensors all) to cover them")
     unusable = sorted(t for t, why in reasons.items() if why != NO_RANGE)
     stuck = [n for n, why in result.excluded_nodes.items() if any(t in why for t in unusable)]
     if unusable and stuck:
@@ -1011,7 +986,7 @@ def _analyze(config: SensitivityConfig, out_dir: Path, progress: ProgressFn | No
              session: ClusterSession | None) -> SensitivityResult:
     t0, cpu0 = time.monotonic(), time.process_time()
     report = progress or (lambda f, m="": None)
-    model = config.model_ref()
+    model = config.model
     if not model.roles_named:  # as the calibration set recorded them, else detected
         model = dataclasses.replace(model, **recorded_roles(config.ranges))
     spec = model.load()
@@ -1020,7 +995,7 @@ def _analyze(config: SensitivityConfig, out_dir: Path, progress: ProgressFn | No
         config = dataclasses.replace(config, min_embedding_cosine=DEFAULT_EMBEDDING_COSINE)
     start_build = _start_build(config, spec) if config.start_from else None
     amax = load_amax(config.ranges, config.method) if start_build is None else {}
-    data = load_eval_data(config.data_spec(), spec, limit=config.limit, seed=config.seed)
+    data = load_eval_data(config.data, spec, limit=config.limit, seed=config.seed)
     fp32_engine = OrtEngine(OrtSessionLoader(spec.onnx_path, threads=config.threads))
     fp32 = run_engine(fp32_engine, data.encoded, spec.input_dtypes, spec.roles, batch_size=config.batch_size,
                       progress=lambda f, m="": report(0.06 * f, f"{FP32_PASS} (baseline): {m}"))
@@ -1032,14 +1007,14 @@ def _analyze(config: SensitivityConfig, out_dir: Path, progress: ProgressFn | No
         with warnings.catch_warnings():  # ranges for tensors absent from the model are listed by the build stage
             warnings.simplefilter("ignore")
             if start_build is None:
-                base_result = quantize_qdq(spec.onnx_path, amax, config.placement_spec(), base_path)
+                base_result = quantize_qdq(spec.onnx_path, amax, config.placement, base_path)
                 base_nodes, float_nodes = list(base_result.quantized_nodes), dict(base_result.excluded_nodes)
                 notes = scope_warnings(base_result, config)
             else:
                 shutil.copyfile(start_build.qdq_path, base_path)
                 base_nodes, float_nodes, notes = list(start_build.quantized_nodes), dict(start_build.excluded_nodes), []
         # the `all` preset quantizes outputs too (calib.placement): there pairs are shared by every reader
-        shared_pairs = config.placement == "all" and start_build is None
+        shared_pairs = config.placement.preset == "all" and start_build is None
         reserve = 1 if config.verify and not shared_pairs else 0  # rebuilt candidates need no check
         evaluate = _Evaluator(config, spec, data, fp32, None if shared_pairs else onnx.load(str(base_path)), base_nodes,
                               shared_pairs, amax, Path(tmp), config.max_evaluations - reserve, report)
@@ -1130,7 +1105,7 @@ def _analyze(config: SensitivityConfig, out_dir: Path, progress: ProgressFn | No
                 report(0.95, "rebuilding the recommendation with calib.quantize")
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    rebuilt = quantize_qdq(spec.onnx_path, amax, config.placement_spec().with_exclusions(
+                    rebuilt = quantize_qdq(spec.onnx_path, amax, config.placement.with_exclusions(
                         exact_pattern(n) for n in nodes), check_path)
                 how, n_quantized = "verify: rebuilt by calib.quantize", len(rebuilt.quantized_nodes)
             else:
@@ -1157,7 +1132,7 @@ def _analyze(config: SensitivityConfig, out_dir: Path, progress: ProgressFn | No
         "model": {"path": str(spec.onnx_path), "sha256": spec.sha256},
         "ranges": ({"source": str(config.ranges), "method": config.method if Path(config.ranges).is_dir() else "file"}
                    if start_build is None else start_build.meta.get("ranges")),
-        "placement": dataclasses.asdict(config.placement_spec()) if start_build is None else start_build.meta["placement"],
+        "placement": dataclasses.asdict(config.placement) if start_build is None else start_build.meta["placement"],
         "start_from": None if start_build is None else {
             "build": str(start_build.dir), "qdq_sha256": (start_build.meta.get("qdq") or {}).get("sha256"),
             "method": (start_build.meta.get("ranges") or {}).get("method"),

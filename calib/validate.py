@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import onnx
 
 from calib.batching import iter_batches
-from calib.buckets import DEFAULT_EDGES, check_edges
 from calib.build import EngineArtifact
 from calib.calibrate import Calibration, recorded_roles
 from calib.cluster import Cluster, connect
@@ -33,10 +32,10 @@ from calib.engines import get_backend
 from calib.engines.base import Engine
 from calib.engines.ort import OrtEngine, OrtSessionLoader
 from calib.errors import InputError, ModelMismatchError
-from calib.evaluation import Metrics, compare, load_eval_data, run_engine
+from calib.evaluation import EvalSettings, Metrics, compare, load_eval_data, run_engine
 from calib.io import atomic_save_npz, atomic_write_json, read_artifact_json, read_json, sha256_file
 from calib.layers import LayerAnalysis, producer_order, quantized_tensors
-from calib.model import ModelFields, ModelSpec, check_same_model
+from calib.model import ModelRef, ModelSpec, check_same_model
 from calib.pipeline import config_params
 from calib.progress import FP32_PASS, INT8_PASS, LAYER_PASS, Phases
 from calib.workspace import ProgressFn
@@ -54,47 +53,21 @@ ENGINE_FILE = "engine.json"
 
 
 @dataclass(frozen=True)
-class ValidateConfig(ModelFields):
+class ValidateConfig:
     """What to compare and on which texts.
 
     ``engine``: a build artifact folder (``engine.json`` + ``model.qdq.onnx``) or a Q/DQ ``.onnx``.
-    ``model`` / ``tokenizer``: the FP32 baseline. ``labels``: the model's classes in logit order
-    (empty: taken from the build artifact, else from the dataset's label names).
-    ``limit``: evaluate a seeded random sample of this many rows (0 = all).
-    ``layer_rows``: rows used for the per-layer analysis (0 = all evaluated rows).
+    ``model``: the FP32 baseline (its ``labels``, the classes in logit order; empty: taken from the build
+    artifact, else from the dataset's label names). ``data``: the evaluation rows. ``settings``: sample,
+    buckets, bootstrap, per-layer analysis, threads, cluster (:class:`~calib.evaluation.EvalSettings`).
     ``calibration``: a calibration folder, to show the calibrated amax of every method per tensor.
     """
 
     engine: str
-    model: str
-    tokenizer: str
-    data: str
-    text_column: str = "text"
-    label_column: str | None = "label"
-    text_pair_column: str | None = None
-    split: str | None = None
-    workspace: str | None = None
-    labels: tuple[str, ...] = ()
-    max_length: int = 128
-    edges: tuple[int, ...] = DEFAULT_EDGES
-    batch_size: int = 16
-    limit: int = 0
-    layers: bool = True
-    layer_rows: int = 128
+    model: ModelRef
+    data: DataSpec
+    settings: EvalSettings = field(default_factory=EvalSettings)
     calibration: str | None = None
-    bootstrap: int = 1000
-    seed: int = 0
-    threads: int | None = None
-    logits_output: str | None = None  # output roles (calib.model.resolve_roles); None: detected
-    embedding_output: str | None = None
-    pooling: str | None = None
-    drop_empty: bool = False  # data hygiene (calib.data.DataSpec)
-    normalize: str = "none"
-    cluster: str | None = None  # calib.cluster spec: None in this process, local[:N], ray://HOST:PORT, auto
-
-    def data_spec(self) -> DataSpec:
-        return DataSpec(self.data, self.text_column, self.label_column, self.text_pair_column, self.split,
-                        self.workspace, self.drop_empty, self.normalize)
 
 
 @dataclass(frozen=True)
@@ -315,18 +288,10 @@ def _preparation_warnings(calibration_info: Mapping | None, dataset_info: Mappin
 def validate(config: ValidateConfig, out_dir: Path, *, progress: ProgressFn | None = None) -> Evaluation:
     """Compare the INT8 engine with the FP32 baseline on the eval split and save an :class:`Evaluation`."""
     t0 = time.monotonic()
-    edges = check_edges(config.edges)
-    if config.batch_size < 1:
-        raise InputError(f"batch size must be at least 1, got {config.batch_size}")
-    if config.limit < 0 or config.layer_rows < 0:
-        raise InputError("limit and layer rows must be 0 (all) or positive")
-    if config.bootstrap < 0:
-        raise InputError(f"bootstrap resamples must be 0 (no confidence interval) or more, got {config.bootstrap}")
-    if config.seed < 0:
-        raise InputError(f"seed must be 0 or positive, got {config.seed}")
-    Cluster.parse(config.cluster)
+    settings = config.settings
+    edges = settings.check()
     source = resolve_engine(config.engine)
-    model = config.model_ref()
+    model = config.model
     model = replace(model, labels=model.labels or tuple(source.build.get("labels", ()) or ()))
     if not model.roles_named:  # as the calibration set recorded them, else detected
         ranges = source.build.get("ranges") if isinstance(source.build.get("ranges"), Mapping) else {}
@@ -336,26 +301,26 @@ def validate(config: ValidateConfig, out_dir: Path, *, progress: ProgressFn | No
     ranged, calibration_info = ({}, None)
     if config.calibration:
         ranged, calibration_info = calibrated_amax(config.calibration, spec.sha256)
-    data = load_eval_data(config.data_spec(), spec, limit=config.limit, seed=config.seed)
+    data = load_eval_data(config.data, spec, limit=settings.limit, seed=settings.seed)
     data.info["warnings"] = _preparation_warnings(calibration_info, data.info)
     report = progress or (lambda f, m="": None)
     report(0.02, f"{len(data)} texts loaded")
-    layer_rows = min(config.layer_rows or len(data), len(data)) if config.layers else 0
+    layer_rows = min(settings.layer_rows or len(data), len(data)) if settings.layers else 0
     sharded = f"{FP32_PASS} + {INT8_PASS}"  # on a cluster each shard runs both models
-    passes = ([(sharded, 2 * len(data))] if Cluster.parse(config.cluster)
+    passes = ([(sharded, 2 * len(data))] if Cluster.parse(settings.cluster)
               else [(FP32_PASS, len(data)), (INT8_PASS, len(data))])
-    phases = Phases(report, [*passes, *([(LAYER_PASS, LAYER_PASS_COST * layer_rows)] if config.layers else [])],
+    phases = Phases(report, [*passes, *([(LAYER_PASS, LAYER_PASS_COST * layer_rows)] if settings.layers else [])],
                     start=0.02, span=0.97)
 
     roles = spec.roles
     cluster = None
-    with connect(config.cluster) as session:
+    with connect(settings.cluster) as session:
         if session is None:
-            fp32_engine = OrtEngine(OrtSessionLoader(spec.onnx_path, threads=config.threads), name="onnxruntime-fp32")
-            engine = int8_engine(source, config.threads)
-            fp32 = run_engine(fp32_engine, data.encoded, spec.input_dtypes, roles, batch_size=config.batch_size,
+            fp32_engine = OrtEngine(OrtSessionLoader(spec.onnx_path, threads=settings.threads), name="onnxruntime-fp32")
+            engine = int8_engine(source, settings.threads)
+            fp32 = run_engine(fp32_engine, data.encoded, spec.input_dtypes, roles, batch_size=settings.batch_size,
                               progress=phases.phase(FP32_PASS))
-            int8 = run_engine(engine, data.encoded, spec.input_dtypes, roles, batch_size=config.batch_size,
+            int8 = run_engine(engine, data.encoded, spec.input_dtypes, roles, batch_size=settings.batch_size,
                               progress=phases.phase(INT8_PASS))
             engine_name = getattr(engine, "name", "int8")
         else:  # both passes shard by shard on the workers, gathered in row order (calib.distributed)
@@ -363,20 +328,20 @@ def validate(config: ValidateConfig, out_dir: Path, *, progress: ProgressFn | No
 
             fp32, int8, engine_name = run_engines_sharded(
                 session, spec.onnx_path, source.path, data.encoded, spec.input_dtypes, roles,
-                batch_size=config.batch_size, threads=config.threads, progress=phases.phase(sharded))
+                batch_size=settings.batch_size, threads=settings.threads, progress=phases.phase(sharded))
             cluster = session.describe()
     if fp32.logits is not None and data.classes and len(data.classes) != fp32.logits.shape[1]:
         raise InputError(f"the model has {len(data.classes)} labels but outputs {fp32.logits.shape[1]} logits")
-    metrics = compare(fp32, int8, data, edges=edges, n_resamples=config.bootstrap, seed=config.seed)
+    metrics = compare(fp32, int8, data, edges=edges, n_resamples=settings.bootstrap, seed=settings.seed)
     t_run = time.monotonic() - t0
 
     layers = None
-    if config.layers:
+    if settings.layers:
         rows = np.arange(len(data))
-        if config.layer_rows and config.layer_rows < len(rows):
-            rows = np.sort(np.random.default_rng(config.seed + 1).choice(len(rows), config.layer_rows, replace=False))
+        if settings.layer_rows and settings.layer_rows < len(rows):
+            rows = np.sort(np.random.default_rng(settings.seed + 1).choice(len(rows), settings.layer_rows, replace=False))
         layers = layer_analysis(spec.onnx_path, source, data.encoded.subset(rows), spec.input_dtypes, ranged,
-                                batch_size=min(config.batch_size, LAYER_BATCH), threads=config.threads,
+                                batch_size=min(settings.batch_size, LAYER_BATCH), threads=settings.threads,
                                 progress=phases.phase(LAYER_PASS))
 
     evaluation = {

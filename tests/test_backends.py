@@ -28,6 +28,7 @@ from calib.engines import (
 )
 from calib.engines.ort import OrtEngine, OrtSessionLoader
 from calib.errors import BackendUnavailableError, InputError
+from calib.pipeline import config_from_params
 from calib.ranges import Ranges
 
 TOY_FILE = "model.toy.onnx"
@@ -98,9 +99,9 @@ def test_toy_backend_builds_loads_and_validates(toy_backend, tiny_spec, ranges_f
     assert engine.name == "toy-fp32"
 
     def evaluate(folder, out):
-        validate(ValidateConfig(engine=str(folder), model=str(tiny_spec.onnx_path),
+        validate(config_from_params(ValidateConfig, dict(engine=str(folder), model=str(tiny_spec.onnx_path),
                                 tokenizer=str(tiny_spec.tokenizer_dir), data=str(tiny_csv), labels=tinymodel.LABELS,
-                                max_length=64, limit=64, bootstrap=50, layers=False, threads=1), out)
+                                max_length=64, limit=64, bootstrap=50, layers=False, threads=1)), out)
         return Evaluation.load(out)
 
     toy = evaluate(art.dir, tmp_path / "ev-toy")

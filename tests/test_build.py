@@ -16,6 +16,8 @@ from absmax import absmax_ranges, run_both
 from calib.build import BuildConfig, EngineArtifact, build
 from calib.errors import BackendUnavailableError, InputError, ModelMismatchError
 from calib.io import sha256_file
+from calib.pipeline import config_from_params
+from calib.placement import Placement
 from calib.ranges import Ranges
 
 
@@ -34,7 +36,8 @@ def ranges_file(tiny_spec, tmp_path_factory):
 @pytest.fixture(scope="module")
 def engine_dir(tiny_spec, ranges_file, tmp_path_factory):
     out = tmp_path_factory.mktemp("engine")
-    build(BuildConfig(model=str(tiny_spec.onnx_path), ranges=str(ranges_file), exclude_nodes=("layer.1/output/*",),
+    build(BuildConfig(model=str(tiny_spec.onnx_path), ranges=str(ranges_file),
+                      placement=Placement(exclude_nodes=("layer.1/output/*",)),
                       profile=(1, 16, 32, 8, 64, 64)), out)
     return out
 
@@ -104,7 +107,7 @@ def test_range_set_for_another_model_is_refused(tiny_spec, ranges_file, tmp_path
 @pytest.mark.parametrize("change, match", [
     ({"ranges": ""}, "exactly one"),
     ({"backend": "cuda"}, "unknown backend"),
-    ({"placement": "everything"}, "unknown placement"),
+    ({"placement": Placement("everything")}, "unknown placement"),
     ({"profile": (16, 1, 32, 8, 64, 64)}, "min <= opt <= max"),
     ({"trt_version": "ten"}, "version"),
 ])
@@ -227,8 +230,8 @@ def test_bench_reports_each_engine_pass_as_it_goes(engine_dir, tiny_spec, tiny_c
     from calib.bench import BenchConfig, benchmark
 
     seen: list[tuple[float, str]] = []
-    config = BenchConfig(engine=str(engine_dir), data=str(tiny_csv), tokenizer=str(tiny_spec.tokenizer_dir), split=None,
-                         max_length=64, max_texts=24, batch_sizes=(1, 8), repeats=2, threads=1)
+    config = config_from_params(BenchConfig, dict(engine=str(engine_dir), data=str(tiny_csv), tokenizer=str(tiny_spec.tokenizer_dir), split=None,
+                         max_length=64, max_texts=24, batch_sizes=(1, 8), repeats=2, threads=1))
     result = benchmark(config, tmp_path / "bench", progress=lambda f, m="": seen.append((f, m)))
     assert len(result.rows) == 4
     fractions = [f for f, _ in seen]

@@ -81,7 +81,7 @@ def test_residual_placement_quantizes_residual_add_inputs_only(calibration, tiny
     assert residuals == {f"layer.{i}/{p}/residual" for i in range(2) for p in ("attention/output", "output")}
     resolved = resolve_placement(model, Placement("tensorrt-residual"))
     assert residuals <= set(resolved.nodes) and "layer.0/attention/scores/Add" not in resolved.nodes
-    art = _build(calibration, tiny_spec, tmp_path / "r", method="minmax", placement="tensorrt-residual")
+    art = _build(calibration, tiny_spec, tmp_path / "r", method="minmax", placement=Placement("tensorrt-residual"))
     assert residuals <= set(art.quantized_nodes)
     qdq = onnx.load(str(art.qdq_path))
     producer = {o: n for n in qdq.graph.node for o in n.output}

@@ -14,6 +14,7 @@ import tinymodel
 
 from calib.errors import InputError
 from calib.model import OutputRoles, TensorInfo, resolve_roles
+from calib.pipeline import config_from_params
 
 
 def out(name: str, *shape, dtype: str = "float32") -> TensorInfo:
@@ -221,8 +222,8 @@ def test_head_on_token_states_pools_with_the_mask(encoder, tmp_path):
 
     tok = str(encoder / "tokenizer")
     messages: list[str] = []
-    head = fit_head(HeadConfig(model=str(encoder / "encoder.onnx"), tokenizer=tok, data=str(encoder / "data.csv"),
-                               embedding_output="last_hidden_state", pooling="mean", c_values=(1.0,), folds=2),
+    head = fit_head(config_from_params(HeadConfig, dict(model=str(encoder / "encoder.onnx"), tokenizer=tok, data=str(encoder / "data.csv"),
+                               embedding_output="last_hidden_state", pooling="mean", c_values=(1.0,), folds=2)),
                     tmp_path / "h", progress=lambda f, m: messages.append(m))
     assert head.card["encoder"]["pooling"] == "mean"
     # the one number formatter: a percentage with its unit after a space ("51.25 %"), as everywhere else
@@ -238,7 +239,7 @@ def test_head_on_token_states_pools_with_the_mask(encoder, tmp_path):
     np.testing.assert_allclose(row_cosine(mine, ref), 1.0, atol=1e-6)
     with pytest.raises(InputError, match="at least 2"):
         pd.DataFrame({"text": texts[:5], "label": ["a"] * 5}).to_csv(tmp_path / "one.csv", index=False)
-        fit_head(HeadConfig(model=str(encoder / "encoder.onnx"), tokenizer=tok, data=str(tmp_path / "one.csv")),
+        fit_head(config_from_params(HeadConfig, dict(model=str(encoder / "encoder.onnx"), tokenizer=tok, data=str(tmp_path / "one.csv"))),
                  tmp_path / "x")
 
 
@@ -257,9 +258,9 @@ def test_sensitivity_of_an_embedding_model_searches_on_cosine(encoder, tmp_path)
     amax["layer.1/attention/context_merge_out"] /= 40
     path = tmp_path / "amax.json"
     path.write_text(json.dumps(amax))
-    res = analyze_sensitivity(SensitivityConfig(
+    res = analyze_sensitivity(config_from_params(SensitivityConfig, dict(
         model=str(spec.onnx_path), tokenizer=str(spec.tokenizer_dir), data=str(encoder / "data.csv"), ranges=str(path),
-        max_length=64, limit=96, ranking="quantize-one", max_evaluations=10), tmp_path / "s")
+        max_length=64, limit=96, ranking="quantize-one", max_evaluations=10)), tmp_path / "s")
     budget = res.data["budget"]
     assert budget["model_kind"] == "embedding" and budget["min_embedding_cosine"] == DEFAULT_EMBEDDING_COSINE
     assert "embedding model (no logits)" in budget["statement"]

@@ -11,6 +11,7 @@ import pytest
 
 from calib.calibrate import CalibrateConfig, Calibration, calibrate
 from calib.errors import InputError
+from calib.pipeline import config_from_params
 from calib.trtcache import read_trt_cache
 
 METHODS = ("entropy", "minmax", "percentile", "mse")
@@ -26,8 +27,8 @@ def _assemble(ws, model: Path, tokenizer: Path, source: str, size: int, max_leng
     from calib.calibset import AssembleConfig, assemble
     from calib.pipeline import run_stage
 
-    config = AssembleConfig(model=str(model), tokenizer=str(tokenizer), source=source, size=size,
-                            max_length=max_length, workspace=str(ws.root), **extra)
+    config = config_from_params(AssembleConfig, dict(model=str(model), tokenizer=str(tokenizer), source=source, size=size,
+                            max_length=max_length, workspace=str(ws.root), **extra))
     run_id, _ = run_stage(ws, "calibset", assemble, config)
     return run_id
 
@@ -120,12 +121,12 @@ def test_demo_entropy_within_minmax_and_cache_names(demo_workspace, tmp_path):
     from calib.workspace import Workspace
 
     ws = Workspace(demo_workspace)
-    values = demo_values("rt-sentiment", ws.root)
-    run_id = _assemble(ws, Path(values["model"]), Path(values["tokenizer"]), values["source"], 64,
-                       int(values["max_length"]), split=values["split"], text_column=values["text_column"],
-                       label_column=values["label_column"], labels=values["labels"])
+    model, data = demo_values("rt-sentiment", ws.root).values()
+    run_id = _assemble(ws, Path(model.model), Path(model.tokenizer), data.source, 64,
+                       int(model.max_length), split=data.split, text_column=data.text_column,
+                       label_column=data.label_column, labels=model.labels)
     cal = calibrate(CalibrateConfig(calibration_set=str(ws.run_dir(run_id))), tmp_path / "out")
-    _check_calibration(cal, Path(values["model"]))
+    _check_calibration(cal, Path(model.model))
     entropy, minmax = cal.ranges("entropy"), cal.ranges("minmax")
     assert all(entropy.amax[n] <= minmax.amax[n] for n in minmax.amax)
     assert len(cal.stats) >= 6 * 7  # per layer: q/k/v inputs, probs, context, FFN in/out

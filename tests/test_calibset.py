@@ -27,7 +27,7 @@ from calib.cli import main
 from calib.data import DataSpec
 from calib.errors import InputError, ModelMismatchError
 from calib.lengths import token_lengths
-from calib.pipeline import run_stage
+from calib.pipeline import config_from_params, run_stage
 
 EDGES = (0, 16, 32, 48, 64)
 RECIPES = Path(__file__).resolve().parent.parent / "datasets" / "recipes"
@@ -43,9 +43,10 @@ def long_eval_csv(tmp_path_factory) -> Path:
 
 
 def _config(tiny_model_path, tiny_tokenizer_dir, tiny_csv, **overrides) -> AssembleConfig:
-    base = AssembleConfig(model=str(tiny_model_path), tokenizer=str(tiny_tokenizer_dir), source=str(tiny_csv),
-                          max_length=64, size=48, edges=EDGES, labels=tinymodel.LABELS)
-    return dataclasses.replace(base, **overrides)
+    """The config the flat keyword values name (model and data fields at the top level, as 0.1 wrote them)."""
+    return config_from_params(AssembleConfig, {**dict(model=str(tiny_model_path), tokenizer=str(tiny_tokenizer_dir),
+                                                      source=str(tiny_csv), max_length=64, size=48, edges=EDGES,
+                                                      labels=tinymodel.LABELS), **overrides})
 
 
 @pytest.fixture()
@@ -171,12 +172,24 @@ def test_bad_recipes(tmp_path, content, message):
         load_recipe(path)
 
 
-def test_recipes_and_sets_written_with_the_old_pair_column_name_still_load(cfg, tmp_path, workspace):
-    """0.1 wrote the second text column as ``pair_column``; the one name is now ``text_pair_column``."""
+def _as_v01(values: dict) -> dict:
+    """A config in the layout calib 0.1 wrote: model and data fields at the top level, the pool as
+    ``source`` and the second text column as ``pair_column``."""
+    flat = {k: v for k, v in values.items() if k not in ("model", "data")}
+    flat.update(values.get("model") or {})
+    flat.update({("pair_column" if k == "text_pair_column" else k): v for k, v in (values.get("data") or {}).items()})
+    return flat
+
+
+def test_recipes_and_sets_written_by_0_1_still_load(cfg, tmp_path, workspace):
+    """0.1 wrote flat configs (model and data fields at the top level) and the second text column as
+    ``pair_column``; today's are nested (``model``, ``data``) with the one name ``text_pair_column``."""
     config = cfg()
     path = save_recipe(config, tmp_path / "r.json")
     recipe = json.loads(path.read_text())
-    recipe["config"]["pair_column"] = recipe["config"].pop("text_pair_column")
+    assert set(recipe["config"]["model"]) >= {"model", "tokenizer"} and "text_pair_column" in recipe["config"]["data"]
+    recipe["config"] = _as_v01(recipe["config"])
+    assert "pair_column" in recipe["config"] and "source" in recipe["config"]
     path.write_text(json.dumps(recipe))
     assert load_recipe(path, workspace=workspace.root) == config
     cset = assemble(config, tmp_path / "set")
@@ -184,7 +197,7 @@ def test_recipes_and_sets_written_with_the_old_pair_column_name_still_load(cfg, 
     manifest = json.loads(manifest_path.read_text())
     assert "text_pair_column" in manifest["dataset"]
     manifest["dataset"]["pair_column"] = manifest["dataset"].pop("text_pair_column")
-    manifest["config"]["pair_column"] = manifest["config"].pop("text_pair_column")
+    manifest["config"] = _as_v01(manifest["config"])
     manifest_path.write_text(json.dumps(manifest))
     old = CalibrationSet.load(cset.dir)
     assert old.texts() == cset.texts() and old.config == config
@@ -196,9 +209,11 @@ def test_shipped_recipes_are_valid():
     for path in recipes:
         recipe = json.loads(path.read_text())
         assert recipe["format"] == "calib.assemble-recipe/1" and recipe["description"]
-        values = {"model": "m.onnx", "tokenizer": "tok", "source": "data", **recipe["config"]}
+        values = recipe["config"]
+        values = {**values, "model": {"model": "m.onnx", "tokenizer": "tok", **values["model"]},
+                  "data": {"source": "data", **values["data"]}}
         config = config_from_dict(values, where=str(path))
-        assert config.strategy in ("natural", "match", "uniform", "custom")
+        assert config.strategy in ("natural", "match", "uniform", "custom") and config.data.source == "data"
     assert not (RECIPES.parent / "__init__.py").exists()
 
 
@@ -308,18 +323,19 @@ def test_demo_short_only_natural_set_is_flagged_and_match_is_not(demo_workspace,
     ws = Workspace(demo_workspace)
     values = demo_values("bbc-topic", ws.root)
     base = config_from_dict({**values, "size": 128, "seed": 0, "target_kind": "eval"})
-    spec_pool = base.data_spec()
+    spec_pool = base.data
     pool = load_rows(spec_pool)
-    model = load_model(base.model, base.tokenizer, max_length=base.max_length)
+    model = load_model(base.model.model, base.model.tokenizer, max_length=base.model.max_length)
     lengths = token_lengths(model, spec_pool, ws).lengths
     # BBC articles are long (none under 128 tokens): "short" here is shorter than the model's window
-    short = lengths < base.max_length
+    short = lengths < base.model.max_length
     assert short.sum() >= 128
     short_only = tmp_path / "short"
     pool.select(np.flatnonzero(short).tolist()).save_to_disk(str(short_only))
 
-    natural_cfg = dataclasses.replace(base, source=str(short_only), split=None, strategy="natural",
-                                      target_kind="dataset", target_source=values["source"], target_split="eval")
+    natural_cfg = dataclasses.replace(base, data=dataclasses.replace(base.data, source=str(short_only), split=None),
+                                      strategy="natural", target_kind="dataset", target_source=values["data"].source,
+                                      target_split="eval")
     natural = assemble(natural_cfg, tmp_path / "natural")
     assert natural.coverage.warnings, "a short-only natural set must be flagged"
     assert any("no calibration text longer than" in w for w in natural.coverage.warnings)
@@ -328,7 +344,7 @@ def test_demo_short_only_natural_set_is_flagged_and_match_is_not(demo_workspace,
     # nothing but the truncation note (most BBC articles are longer than the model's window)
     assert [w for w in match.coverage.warnings if "are truncated" not in w] == [], match.coverage.warnings
     assert match.coverage.ks < natural.coverage.ks
-    assert match.profile["sequence"]["max"] == base.max_length
+    assert match.profile["sequence"]["max"] == base.model.max_length
 
 
 def test_sentence_pairs_round_trip(tiny_model_path, tiny_tokenizer_dir, tmp_path):
@@ -339,9 +355,9 @@ def test_sentence_pairs_round_trip(tiny_model_path, tiny_tokenizer_dir, tmp_path
             for i in range(40)]
     path = tmp_path / "pairs.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows))
-    config = AssembleConfig(model=str(tiny_model_path), tokenizer=str(tiny_tokenizer_dir), source=str(path),
+    config = config_from_params(AssembleConfig, dict(model=str(tiny_model_path), tokenizer=str(tiny_tokenizer_dir), source=str(path),
                             text_column="premise", text_pair_column="hypothesis", size=10, strategy="uniform",
-                            edges=(0, 16, 32), max_length=64)
+                            edges=(0, 16, 32), max_length=64))
     cset = assemble(config, tmp_path / "set")
     texts, pairs = cset.texts()
     assert texts == [rows[i]["premise"] for i in cset.row_ids]

@@ -19,6 +19,7 @@ from calib.distributed import StatsShardRunner, merge_statistics, rebin, shard_p
 from calib.errors import BackendUnavailableError, InputError
 from calib.methods import compute_ranges
 from calib.model import load_tokenizer
+from calib.pipeline import config_from_params
 from calib.stats import StatsConfig, collect_statistics, default_tensors, tensor_stats_from_arrays
 
 METHODS = (("minmax", {}), ("entropy", {}), ("percentile", {"percentile": 99.99}), ("mse", {}))
@@ -143,9 +144,9 @@ def qdq(tiny_spec, tmp_path_factory):
 def vconfig(tiny_spec, engine, data, **kw):
     from calib.validate import ValidateConfig
 
-    return ValidateConfig(engine=str(engine), model=str(tiny_spec.onnx_path), tokenizer=str(tiny_spec.tokenizer_dir),
+    return config_from_params(ValidateConfig, dict(engine=str(engine), model=str(tiny_spec.onnx_path), tokenizer=str(tiny_spec.tokenizer_dir),
                           data=str(data), labels=tinymodel.LABELS, max_length=64, edges=(0, 8, 16, 32),
-                          layers=False, bootstrap=200, **kw)
+                          layers=False, bootstrap=200, **kw))
 
 
 def test_sharded_validation_equals_one_process(cluster, tiny_spec, qdq, tiny_csv, tmp_path):
@@ -169,9 +170,9 @@ def test_sharded_statistics_and_calibrate_run_record_the_cluster(cluster, tiny_s
     from calib.calibset import AssembleConfig, assemble
     from calib.pipeline import run_stage
 
-    _, cset = run_stage(workspace, "calibset", assemble, AssembleConfig(
+    _, cset = run_stage(workspace, "calibset", assemble, config_from_params(AssembleConfig, dict(
         model=str(tiny_spec.onnx_path), tokenizer=str(tiny_spec.tokenizer_dir), source=str(tiny_csv), max_length=64,
-        size=120, strategy="natural", labels=tinymodel.LABELS, workspace=str(workspace.root)))
+        size=120, strategy="natural", labels=tinymodel.LABELS, workspace=str(workspace.root))))
     for histogram in ("stream", "two-pass"):
         base = CalibrateConfig(calibration_set=str(cset.dir), histogram=histogram, threads=1)
         _, one = run_stage(workspace, "calibrate", calibrate, base)

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import tinymodel
 
 from calib.data import DataSpec
 from calib.errors import InputError
-from calib.inputs import given, resolve_inputs, stage_fields
+from calib.inputs import given, resolve_inputs
 from calib.model import ModelRef, load_model
-from calib.sensitivity import SensitivityConfig
-from calib.validate import ValidateConfig
 
 
 def test_explicit_values_make_the_refs(tmp_path, tiny_model_path, tiny_tokenizer_dir, tiny_csv):
@@ -34,16 +30,6 @@ def test_missing_values_are_one_line_naming_the_options(tmp_path, tiny_model_pat
     with pytest.raises(TypeError):
         resolve_inputs(tmp_path, model={"source": "x"})
     assert given(a=None, b=0, c="") == {"b": 0, "c": ""}
-
-
-def test_stage_fields_fill_every_stage_config_and_read_back(tmp_path, tiny_model_path, tiny_tokenizer_dir, tiny_csv):
-    model = ModelRef(str(tiny_model_path), str(tiny_tokenizer_dir), 64, tinymodel.LABELS, pooling="mean")
-    data = DataSpec(str(tiny_csv), text_pair_column="pair", split="eval", workspace=str(tmp_path), normalize="html")
-    validate = ValidateConfig(engine="e", **stage_fields(model, data))
-    sensitivity = SensitivityConfig(ranges="r", **stage_fields(model, data))
-    for config in (validate, sensitivity):
-        assert config.model_ref() == model and config.data_spec() == data
-    assert {f.name for f in dataclasses.fields(ModelRef)} <= {f.name for f in dataclasses.fields(ValidateConfig)}
 
 
 @pytest.mark.demo

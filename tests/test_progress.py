@@ -11,6 +11,7 @@ import tinymodel
 
 from calib import progress as progress_module
 from calib.cli.common import ProgressBar
+from calib.pipeline import config_from_params
 from calib.progress import FP32_PASS, INT8_PASS, LAYER_PASS, Phases
 
 
@@ -99,9 +100,9 @@ def test_validate_reports_three_named_counted_passes(tiny_spec, tiny_csv, tmp_pa
     quantize_qdq(tiny_spec.onnx_path, absmax_ranges(tiny_spec, tinymodel.make_texts(32, seed=3)[0], "tensorrt"),
                  Placement("tensorrt"), qdq)
     seen: list[tuple[float, str]] = []
-    config = ValidateConfig(engine=str(qdq), model=str(tiny_spec.onnx_path), tokenizer=str(tiny_spec.tokenizer_dir),
+    config = config_from_params(ValidateConfig, dict(engine=str(qdq), model=str(tiny_spec.onnx_path), tokenizer=str(tiny_spec.tokenizer_dir),
                             data=str(tiny_csv), labels=tinymodel.LABELS, max_length=64, limit=64, layer_rows=32,
-                            batch_size=8, bootstrap=20)
+                            batch_size=8, bootstrap=20))
     validate(config, tmp_path / "ev", progress=lambda f, m="": seen.append((f, m)))
     fractions = [f for f, _ in seen]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0

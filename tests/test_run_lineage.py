@@ -10,7 +10,7 @@ import pytest
 
 from calib.build import BuildConfig
 from calib.pipeline import config_params
-from calib.placement import exact_pattern
+from calib.placement import Placement, exact_pattern
 from calib.workspace import Workspace
 
 
@@ -22,14 +22,18 @@ def _run(ws: Workspace, stage: str, params: dict | None = None, parents: tuple[s
 
 
 def test_a_recorded_build_config_reads_back_and_keeps_nodes_in_float():
-    config = BuildConfig(model="m.onnx", calibration="cal", method="minmax", exclude_nodes=("a", "/l.0/MatMul"),
-                         profile=(1, 16, 32, 1, 64, 128), smooth="auto")
+    config = BuildConfig(model="m.onnx", calibration="cal", method="minmax",
+                         placement=Placement(exclude_nodes=("a", "/l.0/MatMul")), profile=(1, 16, 32, 1, 64, 128),
+                         smooth="auto")
     params = json.loads(json.dumps(config_params(config)))  # lists, as the registry stores them
     assert BuildConfig.from_params({**params, "added_in_a_later_version": 1}) == config
     fallback = config.with_float_nodes(["/l.0/MatMul", "/l[1]/MatMul*", "b"])
-    assert fallback.exclude_nodes == ("a", "/l.0/MatMul", exact_pattern("/l[1]/MatMul*"), "b")
+    assert fallback.placement.exclude_nodes == ("a", "/l.0/MatMul", exact_pattern("/l[1]/MatMul*"), "b")
     assert exact_pattern("/l[1]/MatMul*").startswith("re:^") and fallback.method == "minmax"
-    assert fallback.placement_spec().exclude_nodes == fallback.exclude_nodes
+    assert fallback.placement.preset == config.placement.preset
+    flat = {k: v for k, v in params.items() if k != "placement"} | {"placement": "tensorrt",
+                                                                     "exclude_nodes": ["a", "/l.0/MatMul"]}
+    assert BuildConfig.from_params(flat) == config  # the flat layout 0.1 recorded
 
 
 def test_the_parent_of_a_stage_is_found_by_its_record_not_its_id(tmp_path):

@@ -10,6 +10,8 @@ import tinymodel
 from test_validate import absmax_ranges
 
 from calib.errors import InputError
+from calib.pipeline import config_from_params
+from calib.placement import Placement
 
 BROKEN = ("layer.0/intermediate/gelu/Mul_1_out", "layer.1/attention/Softmax_out")
 
@@ -29,8 +31,8 @@ def sconfig(tiny_spec, tiny_csv, ranges, **kw):
     from calib.sensitivity import SensitivityConfig
 
     kw.setdefault("placement", "all")
-    return SensitivityConfig(model=str(tiny_spec.onnx_path), tokenizer=str(tiny_spec.tokenizer_dir), data=str(tiny_csv),
-                             ranges=str(ranges), labels=tinymodel.LABELS, max_length=64, limit=120, **kw)
+    return config_from_params(SensitivityConfig, dict(model=str(tiny_spec.onnx_path), tokenizer=str(tiny_spec.tokenizer_dir), data=str(tiny_csv),
+                             ranges=str(ranges), labels=tinymodel.LABELS, max_length=64, limit=120, **kw))
 
 
 def test_search_finds_few_exclusions_within_budget(tiny_spec, tiny_csv, broken_ranges, tmp_path):
@@ -381,9 +383,9 @@ def test_search_starts_from_a_build(tiny_spec, tiny_csv, broken_ranges, tmp_path
     ranges = Ranges(method="minmax", params={}, model_sha256=tiny_spec.sha256,
                     amax={k: (v if math.isfinite(v) else 0.0) for k, v in amax.items()})
     ranges_path = ranges.save(tmp_path / "broken.json")
-    start = build(BuildConfig(model=str(tiny_spec.onnx_path), ranges=str(ranges_path), placement="tensorrt"),
+    start = build(BuildConfig(model=str(tiny_spec.onnx_path), ranges=str(ranges_path), placement=Placement("tensorrt")),
                   tmp_path / "build")
-    assert start.meta["config"]["placement"] == "tensorrt"
+    assert start.meta["config"]["placement"]["preset"] == "tensorrt"
     res = analyze_sensitivity(sconfig(tiny_spec, tiny_csv, "", placement="tensorrt", max_evaluations=10, rank_rows=48,
                                       start_from=str(start.dir), rank_check=0, speed_texts=0), tmp_path / "s")
     data = res.data

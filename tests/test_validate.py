@@ -11,6 +11,7 @@ import pytest
 import tinymodel
 
 from calib.errors import InputError, ModelMismatchError
+from calib.pipeline import config_from_params
 
 
 def absmax_ranges(spec, texts, preset):
@@ -48,8 +49,8 @@ def tiny_qdq(tiny_spec, tmp_path_factory):
 def vconfig(tiny_spec, engine, data, **kw):
     from calib.validate import ValidateConfig
 
-    return ValidateConfig(engine=str(engine), model=str(tiny_spec.onnx_path), tokenizer=str(tiny_spec.tokenizer_dir),
-                          data=str(data), labels=tinymodel.LABELS, max_length=64, edges=(0, 8, 16, 32), **kw)
+    return config_from_params(ValidateConfig, dict(engine=str(engine), model=str(tiny_spec.onnx_path), tokenizer=str(tiny_spec.tokenizer_dir),
+                          data=str(data), labels=tinymodel.LABELS, max_length=64, edges=(0, 8, 16, 32), **kw))
 
 
 def test_validate_tiny(tiny_spec, tiny_qdq, tiny_csv, tmp_path):
@@ -148,8 +149,8 @@ def test_label_count_must_match_logits(tiny_spec, tiny_qdq, tmp_path):
 
     texts, _ = tinymodel.make_texts(12, seed=5)
     pd.DataFrame({"text": texts, "label": ["a", "b", "c"] * 4}).to_csv(tmp_path / "three.csv", index=False)
-    config = ValidateConfig(engine=str(tiny_qdq), model=str(tiny_spec.onnx_path), tokenizer=str(tiny_spec.tokenizer_dir),
-                            data=str(tmp_path / "three.csv"), max_length=64)
+    config = config_from_params(ValidateConfig, dict(engine=str(tiny_qdq), model=str(tiny_spec.onnx_path), tokenizer=str(tiny_spec.tokenizer_dir),
+                            data=str(tmp_path / "three.csv"), max_length=64))
     with pytest.raises(InputError, match="3 classes"):
         validate(config, tmp_path / "x")
 

@@ -31,6 +31,7 @@ def test_demo_short_vs_length_matched_calibration_per_bucket(demo_workspace, tmp
     from calib.build import BuildConfig, build
     from calib.calibset import config_from_dict, demo_values, token_lengths
     from calib.data import load_rows
+    from calib.evaluation import EvalSettings
     from calib.model import load_model
     from calib.report import ReportConfig, make_report
     from calib.validate import ValidateConfig, validate
@@ -39,27 +40,28 @@ def test_demo_short_vs_length_matched_calibration_per_bucket(demo_workspace, tmp
     ws = Workspace(demo_workspace)
     values = demo_values("bbc-topic", ws.root)
     base = config_from_dict({**values, "size": 48, "seed": 0, "target_kind": "eval"})
-    pool_spec = base.data_spec()
-    model = load_model(base.model, base.tokenizer, max_length=base.max_length)
+    pool_spec = base.data
+    model = load_model(base.model.model, base.model.tokenizer, max_length=base.model.max_length)
     lengths = token_lengths(model, pool_spec, ws).lengths
     short_dir = tmp_path / "short-pool"
     shortest = np.argsort(lengths, kind="stable")[:96]  # bbc has almost no text under 128 tokens
-    assert lengths[shortest].max() < base.max_length
+    assert lengths[shortest].max() < base.model.max_length
     load_rows(pool_spec).select(sorted(shortest.tolist())).save_to_disk(str(short_dir))
 
     cals = {
-        "short": _calibrate(ws, base, tmp_path, "short", source=str(short_dir), split=None, strategy="natural",
-                            target_kind="pool"),
+        "short": _calibrate(ws, base, tmp_path, "short", data=dataclasses.replace(base.data, source=str(short_dir),
+                                                                                   split=None),
+                            strategy="natural", target_kind="pool"),
         "matched": _calibrate(ws, base, tmp_path, "matched", strategy="match", stratify=True),
     }
     evals = {}
     for name, cal in cals.items():
-        engine = build(BuildConfig(model=base.model, calibration=str(cal.dir), method="minmax", placement="tensorrt"),
+        engine = build(BuildConfig(model=base.model.model, calibration=str(cal.dir), method="minmax"),
                        tmp_path / f"{name}-build")
         evals[name] = validate(ValidateConfig(
-            engine=str(engine.dir), model=base.model, tokenizer=base.tokenizer, data=values["source"], split="eval",
-            workspace=values["workspace"], labels=values["labels"], max_length=base.max_length, limit=EVAL_LIMIT,
-            layer_rows=8, calibration=str(cal.dir), bootstrap=300), tmp_path / f"{name}-eval")
+            engine=str(engine.dir), model=base.model, data=dataclasses.replace(values["data"], split="eval"),
+            settings=EvalSettings(limit=EVAL_LIMIT, layer_rows=8, bootstrap=300), calibration=str(cal.dir)),
+            tmp_path / f"{name}-eval")
 
     short, matched = evals["short"], evals["matched"]
     long_buckets = [i for i, b in enumerate(matched.buckets) if b["low"] >= 256 and b["n"]]
@@ -88,6 +90,7 @@ def test_demo_sensitivity_on_all_placement_finds_exclusions(demo_workspace, tmp_
     texts) keeps every candidate cheap; transformer blocks as units, ranked by local noise (no
     evaluations), keep the number of candidate rebuilds small."""
     from calib.calibset import config_from_dict, demo_values
+    from calib.placement import Placement
     from calib.sensitivity import SensitivityConfig, analyze_sensitivity
     from calib.workspace import Workspace
 
@@ -96,14 +99,13 @@ def test_demo_sensitivity_on_all_placement_finds_exclusions(demo_workspace, tmp_
     base = config_from_dict({**values, "size": 32, "seed": 0, "target_kind": "eval"})
     cal = _calibrate(ws, base, tmp_path, "all", placement="all", strategy="match", methods=("minmax",))
     res = analyze_sensitivity(SensitivityConfig(
-        model=base.model, tokenizer=base.tokenizer, data=values["source"], split="eval", workspace=values["workspace"],
-        labels=values["labels"], max_length=base.max_length, ranges=str(cal.dir), method="minmax", placement="all",
-        max_drop=0.5, min_agreement=0.97, limit=96, granularity="block", max_evaluations=5, batch_size=16),
-        tmp_path / "sens")
+        model=base.model, data=dataclasses.replace(values["data"], split="eval"), ranges=str(cal.dir), method="minmax",
+        placement=Placement("all"), max_drop=0.5, min_agreement=0.97, limit=96, granularity="block",
+        max_evaluations=5, batch_size=16), tmp_path / "sens")
     print(res.summary(), res.exclusions[:10])
     # every op the quantizer handles, not just MatMuls (the graph has no shape-computing subgraphs,
     # so the count is about 4x its 49 MatMuls rather than a number of int64 shape ops)
-    op_of = {n.name: n.op_type for n in onnx.load(str(base.model), load_external_data=False).graph.node}
+    op_of = {n.name: n.op_type for n in onnx.load(str(base.model.model), load_external_data=False).graph.node}
     quantized_ops = {op_of[n] for n in res.data["quantized_nodes"]}
     assert {"MatMul", "Add", "Mul", "Softmax", "LayerNormalization", "Erf", "Where", "Gather"} <= quantized_ops
     assert len(res.data["quantized_nodes"]) > 4 * sum(op == "MatMul" for op in op_of.values())

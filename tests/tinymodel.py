@@ -15,10 +15,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 WORDS = (
-    "the a movie film was great good bad awful boring fun plot story actor actors scene scenes "
-    "market shares bank profit growth economy team match goal win lost season player players "
-    "music band album song election minister party vote government phone software internet "
-    "and or but not very really quite too of to in on with for is are it this that".split()
+    ["the", "a", "movie", "film", "was", "great", "good", "bad", "awful", "boring", "fun", "plot", "story", "actor", "actors", "scene", "scenes", "market", "shares", "bank", "profit", "growth", "economy", "team", "match", "goal", "win", "lost", "season", "player", "players", "music", "band", "album", "song", "election", "minister", "party", "vote", "government", "phone", "software", "internet", "and", "or", "but", "not", "very", "really", "quite", "too", "of", "to", "in", "on", "with", "for", "is", "are", "it", "this", "that"]
 )
 LABELS = ("neg", "pos")
 

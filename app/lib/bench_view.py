@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import altair as alt
 import pandas as pd
 import streamlit as st
@@ -29,10 +31,9 @@ def bench_section(page, run, art) -> None:
     except ValueError:
         st.error("batch sizes: use whole numbers separated by commas", icon=":material/error:")
         return
-    config = BenchConfig(engine=str(run.dir), data=eval_spec.source, tokenizer=str(spec.tokenizer_dir),
-                         split=eval_spec.split, text_column=eval_spec.text_column, max_length=int(spec.max_length),
-                         max_texts=int(max_texts), batch_sizes=batch_sizes, repeats=int(repeats),
-                         workspace=str(page.ws.root))
+    config = BenchConfig(engine=str(run.dir), data=dataclasses.replace(eval_spec, workspace=str(page.ws.root)),
+                         tokenizer=str(spec.tokenizer_dir), max_length=int(spec.max_length),
+                         max_texts=int(max_texts), batch_sizes=batch_sizes, repeats=int(repeats))
     run_button(page, "bench", "Benchmarking", "Measure FP32 vs INT8", key="bench-run", fn=benchmark, config=config,
                parents=(run.id,), icon=":material/speed:", button_type="secondary")
     done = [r for r in page.ws.list_runs(stage="bench", status="finished", limit=200)

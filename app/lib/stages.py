@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,6 @@ import streamlit as st
 from calib.data import DataSpec
 from calib.engines import get_backend
 from calib.errors import InputError
-from calib.inputs import stage_fields
 from calib.model import ModelRef
 from calib.workspace import Workspace
 from lib.project import Project, data_spec, model_spec
@@ -20,15 +20,11 @@ REPO = Path(__file__).resolve().parents[2]
 RECIPES_SUBDIR = "recipes"
 
 
-def assemble_base(ws: Workspace, project: Project) -> dict[str, Any]:
-    """AssembleConfig fields naming the model and the pool of the project (roles as the project resolved them)."""
-    fields = stage_fields(ModelRef.of(model_spec(ws, project)), data_spec(ws, project, "pool"), source_field="source")
-    return fields | {"workspace": str(ws.root)}
-
-
-def eval_fields(ws: Workspace, project: Project) -> dict[str, Any]:
-    """ValidateConfig / SensitivityConfig fields naming the model and the evaluation data of the project."""
-    return stage_fields(ModelRef.of(model_spec(ws, project)), data_spec(ws, project, "eval")) | {"workspace": str(ws.root)}
+def project_inputs(ws: Workspace, project: Project, role: str = "eval") -> dict[str, Any]:
+    """The ``model`` (ModelRef, roles as the project resolved them) and ``data`` (DataSpec of the project's
+    ``pool`` or ``eval`` data, read in this workspace) every stage config takes."""
+    data = dataclasses.replace(data_spec(ws, project, role), workspace=str(ws.root))
+    return {"model": ModelRef.of(model_spec(ws, project)), "data": data}
 
 
 def eval_target(ws: Workspace, project: Project) -> dict[str, Any] | None:

@@ -17,7 +17,14 @@ from lib import uploads
 from lib.charts import bucket_bars, length_histogram
 from lib.context import attempt, show_error, shown_errors
 from lib.project import data_spec, model_spec
-from lib.stages import RECIPES_SUBDIR, assemble_base, dataset_lengths, eval_target, lengths_file, list_recipes
+from lib.stages import (
+    RECIPES_SUBDIR,
+    dataset_lengths,
+    eval_target,
+    lengths_file,
+    list_recipes,
+    project_inputs,
+)
 from lib.ui import download_file, open_picked_run, run_button, start_page
 
 from calib import formatting as fmt
@@ -43,7 +50,7 @@ TARGETS = {"eval": "Evaluation data", "pool": "The pool itself", "lengths": "Pro
 
 with shown_errors("Reading the project"):
     spec = model_spec(ws, project)
-    base = assemble_base(ws, project)
+    base = project_inputs(ws, project, "pool")
     pool_spec = data_spec(ws, project, "pool")
     eval_fields = eval_target(ws, project)
 
@@ -60,9 +67,9 @@ with st.expander("Load a saved recipe", icon=":material/upload_file:"):
             path = Path(choice) if choice else uploads.store_upload(
                 ws, page.session, uploads.UploadKind("recipe", (".json",), uploads.MB), up.name, up)
             cfg = load_recipe(path, workspace=ws.root)
-            if cfg.source != base["source"]:
-                st.warning(f"This recipe was made for {cfg.source}; only its sampling settings are used "
-                           f"with the project's data ({base['source']}).", icon=":material/warning:")
+            if cfg.data.source != base["data"].source:
+                st.warning(f"This recipe was made for {cfg.data.source}; only its sampling settings are used "
+                           f"with the project's data ({base['data'].source}).", icon=":material/warning:")
             st.session_state.update({
                 "cs-strategy": cfg.strategy, "cs-size": int(cfg.size), "cs-seed": int(cfg.seed),
                 "cs-edges": ", ".join(str(e) for e in cfg.edges), "cs-stratify": bool(cfg.stratify),
@@ -194,7 +201,7 @@ for note in cs.notes:
 
 left, right = st.columns([3, 2])
 with left:
-    run_series = {"pool": pool_lengths} if cs.manifest["dataset"]["source"] == base["source"] else {}
+    run_series = {"pool": pool_lengths} if cs.manifest["dataset"]["source"] == base["data"].source else {}
     if target_lengths is not None and cs.manifest["target"]["kind"] == target and target != "pool":
         run_series["target"] = target_lengths
     run_series["calibration set"] = cs.lengths

@@ -21,7 +21,7 @@ from calib.build import BuildConfig, EngineArtifact, build
 from calib.calibrate import Calibration
 from calib.engines import backend_names, get_backend
 from calib.methods import DEFAULT_BUILD_METHOD
-from calib.placement import PRESETS
+from calib.placement import PRESETS, Placement
 from calib.trtcache import DEFAULT_TRT_VERSION
 from calib.verdict import TENSORRT_DEFAULT_CALIBRATOR
 
@@ -98,9 +98,10 @@ else:
     extra = tuple(p.strip() for p in re.split(r",", patterns) if p.strip())
     from calib.placement import exact_pattern
 
-    config = BuildConfig(model=str(model_path), calibration=str(cal_run.dir), method=method, placement=preset,
-                         exclude_nodes=tuple(exact_pattern(n) for n in excluded) + extra,
-                         exclude_op_types=tuple(exclude_ops), per_channel=bool(per_channel), backend=backend,
+    placement = Placement(preset, exclude_nodes=tuple(exact_pattern(n) for n in excluded) + extra,
+                          exclude_op_types=tuple(exclude_ops))
+    config = BuildConfig(model=str(model_path), calibration=str(cal_run.dir), method=method, placement=placement,
+                         per_channel=bool(per_channel), backend=backend,
                          trt_version=trt_version, smooth="" if smooth == "off" else smooth,
                          smooth_attention=bool(smooth_attention) and smooth != "off",
                          bias_correction=bool(bias_correction))

@@ -16,7 +16,7 @@ import streamlit as st
 from lib.charts import bucket_measure_bars, layer_frame, method_color
 from lib.context import attempt, shown_errors
 from lib.project import data_spec, model_spec, release_budget
-from lib.stages import eval_fields
+from lib.stages import project_inputs
 from lib.ui import (
     download_file,
     finished_runs,
@@ -34,6 +34,7 @@ from lib.verdict_view import bucket_frame, comparison_chart, comparison_frame, h
 from calib import formatting as fmt
 from calib.build import BuildConfig, EngineArtifact, build
 from calib.compare import CalibratorComparison, CompareConfig, compare_calibrators
+from calib.evaluation import EvalSettings
 from calib.methods import method_names
 from calib.placement import PRESETS
 from calib.report import (
@@ -178,9 +179,8 @@ else:
         st.warning("Pick at least one range set.", icon=":material/warning:")
     else:
         cconfig = CompareConfig(
-            calibration=str(cal_run.dir), methods=tuple(methods), placement=placement, budget=budget,
-            validation=ValidateConfig(engine="", **eval_fields(ws, project), limit=int(cmp_limit), layers=False,
-                                      cluster=project.cluster or None))
+            calibration=str(cal_run.dir), **project_inputs(ws, project), methods=tuple(methods), placement=placement,
+            budget=budget, settings=EvalSettings(limit=int(cmp_limit), layers=False, cluster=project.cluster or None))
         run_button(page, "compare", "Validating every calibrator", f"Validate {len(methods)} calibrators side by side",
                    key="cmp-run", fn=compare_calibrators, config=cconfig, parents=(cal_run.id,),
                    icon=":material/compare:")
@@ -238,8 +238,9 @@ else:
                                 key="val-bootstrap")
     calibration = calibration_of(build_run)
     config = ValidateConfig(
-        engine=str(build_run.dir), **eval_fields(ws, project), limit=int(limit), layers=bool(layers_on),
-        layer_rows=int(layer_texts), calibration=calibration, bootstrap=int(bootstrap), cluster=project.cluster or None)
+        engine=str(build_run.dir), **project_inputs(ws, project), calibration=calibration,
+        settings=EvalSettings(limit=int(limit), layers=bool(layers_on), layer_rows=int(layer_texts),
+                              bootstrap=int(bootstrap), cluster=project.cluster or None))
     run_button(page, "validate", "Validating", "Validate", key="val-run", fn=validate, config=config,
                parents=(build_run.id,), run_label=build_run.label)
 
@@ -343,10 +344,8 @@ with tab_sens:
         min_cos = c3.number_input("Min embedding cosine (0 = no check)", min_value=0.0, max_value=1.0,
                                   value=float(budget.min_embedding_cosine or 0.0), step=0.001, format="%.3f", key="sens-cos", disabled=spec.embedding_output is None)
         sconfig = SensitivityConfig(
-            **eval_fields(ws, project), ranges=bconf.calibration or bconf.ranges, method=bconf.method,
-            placement=bconf.placement, include_nodes=bconf.include_nodes, exclude_nodes=bconf.exclude_nodes,
-            include_op_types=bconf.include_op_types, exclude_op_types=bconf.exclude_op_types,
-            granularity=granularity, ranking=ranking, max_drop=float(max_drop), min_agreement=float(min_agree),
+            **project_inputs(ws, project), ranges=bconf.calibration or bconf.ranges, method=bconf.method,
+            placement=bconf.placement, granularity=granularity, ranking=ranking, max_drop=float(max_drop), min_agreement=float(min_agree),
             min_embedding_cosine=float(min_cos) if min_cos > 0 else None,
             max_evaluations=int(max_evals), limit=int(s_limit), cluster=project.cluster or None)
         run_button(page, "sensitivity", "Sensitivity analysis", "Find the layers to keep in float", key="sens-run",

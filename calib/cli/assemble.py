@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from calib.cli.common import add_input_args, input_values, json_arg, non_negative_int
-from calib.errors import InputError
 
 _EXAMPLES = """examples:
   calib assemble --demo bbc-topic --size 128 --strategy match --target eval --stratify
@@ -65,14 +64,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run)
 
 
-def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+def _sampling(args: argparse.Namespace) -> dict[str, Any]:
+    """The AssembleConfig sampling settings the options give (only those given)."""
     from calib.calibset import parse_target
 
-    model, data = input_values(args)  # ModelRef / DataSpec fields; DataSpec's source is AssembleConfig's too
-    values: dict[str, Any] = {**model, **data}
-    direct = {"split": args.split, "size": args.size, "strategy": args.strategy, "weights": args.weights,
-              "stratify": args.stratify, "shortfall": args.shortfall, "edges": args.edges, "seed": args.seed}
-    values.update({k: v for k, v in direct.items() if v is not None})
+    values = {"size": args.size, "strategy": args.strategy, "weights": args.weights, "stratify": args.stratify,
+              "shortfall": args.shortfall, "edges": args.edges, "seed": args.seed}
+    values = {k: v for k, v in values.items() if v is not None}
     if args.target is not None:
         kind, source, split = parse_target(args.target)
         values.update(target_kind=kind, target_source=source, target_split=split)
@@ -80,27 +78,36 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def build_config(args: argparse.Namespace, workspace_root: Path) -> tuple[Any, str | None]:
-    """The AssembleConfig the arguments describe, and the demo task it uses (if any)."""
-    from calib.calibset import config_from_dict, demo_values, load_recipe
-    from calib.pipeline import config_params
+    """The AssembleConfig the arguments describe, and the demo task it uses (if any): a recipe's settings,
+    model and pool filled by ``--demo`` (or the recipe), then the options given on top."""
+    from calib.calibset import AssembleConfig, load_recipe
+    from calib.inputs import resolve_inputs
+    from calib.model import ModelRef
+    from calib.pipeline import config_from_params, config_params
 
-    values: dict[str, Any] = {}
+    settings: dict[str, Any] = {}
+    model: dict[str, Any] = {}
+    data: dict[str, Any] = {}
     demo = args.demo
     if args.recipe is not None:
-        values = config_params(load_recipe(args.recipe, workspace=workspace_root))
-        if demo is None:
+        recipe = load_recipe(args.recipe, workspace=workspace_root)
+        settings = config_params(recipe)
+        model, data = settings.pop("model"), settings.pop("data")
+        if args.demo:  # the demo names the model and the pool; the recipe keeps its columns and sampling
+            model = {k: v for k, v in model.items() if k not in ("model", "tokenizer", "labels", *ModelRef.ROLE_FIELDS)}
+            data = {k: v for k, v in data.items() if k not in ("source", "split", "text_column", "label_column",
+                                                                "text_pair_column")}
+        else:
             demo = json.loads(args.recipe.read_text(encoding="utf-8")).get("demo")
-    if args.demo:
-        values.update(demo_values(args.demo, workspace_root, split=args.split or "calibration"))
-        if args.recipe is None:
-            values.setdefault("target_kind", "eval")
-    values.update(_overrides(args))
-    values["workspace"] = str(workspace_root)
-    missing = [flag for flag, key in (("--model", "model"), ("--tokenizer", "tokenizer"), ("--data", "source"))
-               if not values.get(key)]
-    if missing:
-        raise InputError(f"calib assemble needs {', '.join(missing)} (or --demo TASK, or --recipe FILE)")
-    return config_from_dict(values, where="calib assemble"), demo
+    elif args.demo:
+        settings["target_kind"] = "eval"
+    given_model, given_data = input_values(args)
+    ref, spec = resolve_inputs(workspace_root, demo=args.demo, split=args.split, default_split="calibration",
+                               model={**model, **given_model}, data={**data, **given_data,
+                                                                     "workspace": str(workspace_root)},
+                               hint="or --demo TASK, or --recipe FILE", ask="calib assemble needs")
+    values = {**settings, **_sampling(args), "model": ref, "data": spec}
+    return config_from_params(AssembleConfig, values, strict=True, where="calib assemble"), demo
 
 
 def print_result(run_id: str, cset: Any) -> None:

@@ -102,6 +102,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _config(args: argparse.Namespace, ws) -> tuple:
     from calib.build import BuildConfig
+    from calib.placement import Placement
 
     parents: list[str] = []
     calibration = ""
@@ -128,9 +129,9 @@ def _config(args: argparse.Namespace, ws) -> tuple:
         exclude += [exact_pattern(n) for n in SensitivityResult.load(sens_dir).exclusions]
     config = BuildConfig(
         model=str(Path(model).resolve()), ranges=str(Path(args.ranges).resolve()) if args.ranges else "",
-        calibration=calibration, method=args.method, placement=args.placement,
-        include_nodes=tuple(args.include), exclude_nodes=tuple(exclude), include_op_types=tuple(args.op),
-        exclude_op_types=tuple(args.exclude_op), per_channel=not args.per_tensor_weights, backend=args.backend,
+        calibration=calibration, method=args.method,
+        placement=Placement(args.placement, include_nodes=tuple(args.include), exclude_nodes=tuple(exclude),
+                            include_op_types=tuple(args.op), exclude_op_types=tuple(args.exclude_op)), per_channel=not args.per_tensor_weights, backend=args.backend,
         calibration_set=calibration_set, profile=tuple(args.profile or ()), trt_version=args.trt_version,
         trt_mode=args.trt_mode, timing_cache=str(ws.cache_dir / "tensorrt-timing.cache"),
         smooth=args.smooth, smooth_attention=args.smooth_attention, bias_correction=args.bias_correction,
@@ -208,10 +209,9 @@ def run_bench(args: argparse.Namespace) -> int:
     parents: list[str] = []
     engine_dir = str(Path(run_folder(ws, args.engine, "build", parents)).resolve())
     model, data = inputs_from_args(args, ws.root, default_split="eval", need=("tokenizer", "source"))
-    config = BenchConfig(engine=engine_dir, data=data.source, tokenizer=model.tokenizer, split=data.split or "eval",
-                         text_column=data.text_column, max_length=model.max_length,
-                         max_texts=args.max_texts, batch_sizes=tuple(args.batch_size), repeats=args.repeats,
-                         threads=args.threads, workspace=str(ws.root))
+    config = BenchConfig(engine=engine_dir, data=dataclasses.replace(data, split=data.split or "eval"),
+                         tokenizer=model.tokenizer, max_length=model.max_length, max_texts=args.max_texts,
+                         batch_sizes=tuple(args.batch_size), repeats=args.repeats, threads=args.threads)
     run_id, result = run_stage(ws, "bench", benchmark, config, parents=parents, label=args.label,
                                progress=ProgressBar("bench"))
     if args.json:

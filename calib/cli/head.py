@@ -51,11 +51,7 @@ def run_fit(args: argparse.Namespace) -> int:
 
     ws = workspace_of(args)
     model, data = inputs_from_args(args, ws.root, default_split="train")
-    config = HeadConfig(model=model.model, tokenizer=model.tokenizer, max_length=model.max_length, data=data.source,
-                        label_column=data.label_column, text_column=data.text_column,
-                        text_pair_column=data.text_pair_column, split=data.split, workspace=str(ws.root),
-                        drop_empty=data.drop_empty, normalize=data.normalize, embedding_output=args.embedding_output,
-                        pooling=args.pool, folds=args.folds, seed=args.seed, batch_size=args.batch_size,
+    config = HeadConfig(model=model, data=data, folds=args.folds, seed=args.seed, batch_size=args.batch_size,
                         **({"c_values": args.c_values} if args.c_values else {}))
     run_id, head = run_stage(ws, "head", fit_head, config, label=args.label, progress=ProgressBar("head fit"))
     if args.json:

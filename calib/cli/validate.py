@@ -72,11 +72,18 @@ def _model_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--label", default="", help="label for the run in the registry")
 
 
-def _common(args: argparse.Namespace, ws) -> dict:
-    """Model/data fields shared by validate and sensitivity, from --demo or explicit options."""
-    from calib.inputs import stage_fields
+def _common(args: argparse.Namespace, ws):
+    """(ModelRef, DataSpec) shared by validate, compare and sensitivity, from --demo or explicit options."""
+    return inputs_from_args(args, ws.root, default_split="eval")
 
-    return stage_fields(*inputs_from_args(args, ws.root, default_split="eval"))
+
+def _eval_settings(args: argparse.Namespace, cluster: str | None = None):
+    """The :class:`~calib.evaluation.EvalSettings` the validate options give."""
+    from calib.evaluation import EvalSettings
+
+    return EvalSettings(batch_size=args.batch_size, limit=args.limit or 0, layers=not args.no_layers,
+                        layer_rows=args.layer_rows, bootstrap=args.bootstrap, seed=args.seed, cluster=cluster,
+                        **({"edges": args.edges} if args.edges else {}))
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -176,18 +183,15 @@ def run_validate(args: argparse.Namespace) -> int:
         return run_compare(args, ws)
     if not args.engine:
         raise InputError("give --engine (a build run) or --calibration RUN --method all (every calibrator side by side)")
-    values = _common(args, ws)
+    model, data = _common(args, ws)
     parents: list[str] = []
     engine = run_folder(ws, args.engine, "build", parents)
     calibration = None
     if args.calibration:
         calibration = str(run_folder(ws, args.calibration, "calibrate", parents))
-    config = ValidateConfig(engine=str(engine), calibration=calibration, batch_size=args.batch_size,
-                            limit=args.limit or 0, layers=not args.no_layers, layer_rows=args.layer_rows,
-                            bootstrap=args.bootstrap, seed=args.seed,
-                            **({"edges": args.edges} if args.edges else {}), **values)
     with cluster_of(args) as cluster:
-        config = dataclasses.replace(config, cluster=cluster)
+        config = ValidateConfig(engine=str(engine), model=model, data=data, settings=_eval_settings(args, cluster),
+                                calibration=calibration)
         run_id, evaluation = run_stage(ws, "validate", validate, config, parents=parents, label=args.label,
                                        progress=ProgressBar("validate"))
     summary = evaluation.summary()
@@ -249,21 +253,17 @@ def run_compare(args: argparse.Namespace, ws) -> int:
     from calib.cli.common import ProgressBar, format_table, print_run_json
     from calib.compare import CompareConfig, compare_calibrators
     from calib.pipeline import run_stage
-    from calib.validate import ValidateConfig
 
     if args.engine:
         raise InputError("give either --engine (one build) or --method (build every range set), not both")
     if not args.calibration:
         raise InputError("--method needs --calibration (the calibrate run whose range sets to compare)")
-    values = _common(args, ws)
+    model, data = _common(args, ws)
     parents: list[str] = []
     calibration = str(run_folder(ws, args.calibration, "calibrate", parents))
     methods = () if [m.lower() for m in args.method] == ["all"] else tuple(args.method)
-    validation = ValidateConfig(engine="", batch_size=args.batch_size, limit=args.limit or 0, layers=not args.no_layers,
-                                layer_rows=args.layer_rows, bootstrap=args.bootstrap, seed=args.seed,
-                                **({"edges": args.edges} if args.edges else {}), **values)
-    config = CompareConfig(calibration=calibration, validation=validation, methods=methods, placement=args.placement,
-                           budget=budget_from_args(args))
+    config = CompareConfig(calibration=calibration, model=model, data=data, settings=_eval_settings(args),
+                           methods=methods, placement=args.placement, budget=budget_from_args(args))
     run_id, comparison = run_stage(ws, "compare", compare_calibrators, config, parents=parents, label=args.label,
                                    progress=ProgressBar("compare"))
     data = comparison.data
@@ -302,26 +302,28 @@ def run_compare(args: argparse.Namespace, ws) -> int:
 
 
 def run_sensitivity(args: argparse.Namespace) -> int:
+    from calib.build import BuildConfig
     from calib.cli.common import ProgressBar, cluster_of, print_run_json, workspace_of
     from calib.pipeline import run_stage
+    from calib.placement import Placement
     from calib.sensitivity import SensitivityConfig, analyze_sensitivity
 
     ws = workspace_of(args)
-    values = _common(args, ws)
+    model, data = _common(args, ws)
     parents: list[str] = []
     if bool(args.ranges) == bool(args.start_from):
         raise InputError("give exactly one of --ranges (a calibration) or --start-from (a build run)")
     ranges = str(run_folder(ws, args.ranges, "calibrate", parents)) if args.ranges else ""
     start_from = str(run_folder(ws, args.start_from, "build", parents)) if args.start_from else ""
-    config = SensitivityConfig(ranges=ranges, method=args.method, placement=args.placement, exclude_nodes=args.exclude,
-                               include_nodes=args.include, granularity=args.granularity, ranking=args.ranking,
+    placement = Placement(args.placement, include_nodes=tuple(args.include), exclude_nodes=tuple(args.exclude))
+    config = SensitivityConfig(model=model, data=data, ranges=ranges, method=args.method, placement=placement,
+                               granularity=args.granularity, ranking=args.ranking,
                                max_drop=args.max_drop, min_agreement=args.min_agreement,
                                min_embedding_cosine=args.min_embedding_cosine, max_evaluations=args.max_evaluations,
                                limit=args.limit if args.limit is not None else 256, batch_size=args.batch_size,
                                seed=args.seed, rank_rows=args.rank_rows, verify=not args.no_verify,
                                rank_check=args.rank_check, cache_mb=args.cache_mb, speed_texts=args.speed_texts,
-                               start_from=start_from,
-                               **values)
+                               start_from=start_from)
     with cluster_of(args) as cluster:
         config = dataclasses.replace(config, cluster=cluster)
         run_id, result = run_stage(ws, "sensitivity", analyze_sensitivity, config, parents=parents, label=args.label,
@@ -375,10 +377,11 @@ def run_sensitivity(args: argparse.Namespace) -> int:
                   else f"--ranges {cfg.get('ranges')} --model {cfg.get('model')}")
         extra = (f" --smooth {cfg['smooth']}" if cfg.get("smooth") else "") + (
             " --bias-correction" if cfg.get("bias_correction") else "")
-        print(f"build with: calib build {source} --method {cfg.get('method')} --placement {cfg.get('placement')}{extra} "
+        preset = BuildConfig.from_params(cfg).placement.preset if cfg.get("model") else None
+        print(f"build with: calib build {source} --method {cfg.get('method')} --placement {preset}{extra} "
               f"--exclude-from {run_id}")
     elif result.exclusions:
-        source = (f"--ranges {args.ranges} --model {config.model}" if Path(args.ranges).is_file()
+        source = (f"--ranges {args.ranges} --model {config.model.model}" if Path(args.ranges).is_file()
                   else f"--calibration {args.ranges}")
         print(f"build with: calib build {source} --method {args.method} --placement {args.placement} "
               f"--exclude-from {run_id}")
