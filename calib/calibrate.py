@@ -196,6 +196,7 @@ def calibrate(config: CalibrateConfig, out_dir: Path, *, progress: ProgressFn | 
             stats = collect_statistics(spec, encoded, tensors, config=stats_config,
                                        progress=lambda f, m="": report(0.9 * f, m))
         else:  # sharded over the cluster's workers, merged (calib.distributed says what is identical)
+            # calib.distributed (via validate's engines) sits above this stage, so it is imported on use
             from calib.distributed import collect_statistics_sharded
 
             stats = collect_statistics_sharded(session, spec, encoded, tensors, config=stats_config,

@@ -24,7 +24,7 @@ import numpy as np
 from calib.batching import Encoded, encode, iter_batches
 from calib.buckets import DEFAULT_EDGES, bucket_labels, check_edges
 from calib.coverage import Coverage, coverage
-from calib.data import DataSpec, load_table, preparation_mismatch, texts_of
+from calib.data import DataSpec, fingerprint, load_table, preparation_mismatch, texts_of
 from calib.errors import InputError, check_choice
 from calib.formatting import ratio
 from calib.io import atomic_dir, atomic_save_npz, atomic_write_json, read_json
@@ -196,12 +196,9 @@ def assemble(config: AssembleConfig, out_dir: Path, *, progress: ProgressFn | No
             raise InputError(str(exc).replace("name one with --split",
                                               f"name the target's one as dataset:{config.target_source}:SPLIT")) from exc
         raise
-    if config.target_kind == "eval" and target_rows is not None:
-        from calib.data import fingerprint
-
-        if fingerprint(target_rows) == fingerprint(rows):
-            raise InputError(f"target eval: dataset {data.source} has no separate {config.target_split or 'eval'!r} split "
-                             "(use eval:SPLIT, dataset:SOURCE or lengths:FILE)")
+    if config.target_kind == "eval" and target_rows is not None and fingerprint(target_rows) == fingerprint(rows):
+        raise InputError(f"target eval: dataset {data.source} has no separate {config.target_split or 'eval'!r} split "
+                         "(use eval:SPLIT, dataset:SOURCE or lengths:FILE)")
     file_lengths = load_length_target(str(config.target_source)) if config.target_kind == "lengths" else None
     if config.strategy == "custom":
         w = np.asarray(config.weights, dtype=np.float64)

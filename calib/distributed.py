@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 
 from calib.batching import Encoded, plan_batches
 from calib.cluster import ClusterSession
@@ -40,6 +41,8 @@ from calib.engines.ort import OrtEngine, OrtSessionLoader
 from calib.errors import InputError
 from calib.evaluation import EngineOutputs, run_engine
 from calib.model import OutputRoles
+from calib.quantize import keep_in_float
+from calib.segments import SegmentationError, SegmentRunner
 from calib.stats import DEFAULT_BINS, ActivationStats, ChannelStats, StatsConfig, StatsPass, TensorStats
 from calib.validate import int8_engine, resolve_engine
 from calib.workspace import ProgressFn
@@ -129,24 +132,19 @@ class CandidateShardRunner:
     process); a payload ``(candidate, rows, batches)`` → the per-batch output values (``names``).
 
     ``candidate`` is ``("float", nodes)``: the base model with those nodes in float
-    (:func:`calib.sensitivity.keep_in_float`), or ``("path", file)``: a model file (a candidate the
+    (:func:`calib.quantize.keep_in_float`), or ``("path", file)``: a model file (a candidate the
     quantizer rebuilt). ``rows`` names the batch list for the activation cache; the same name must
     always come with the same batches. The batches are those of the one-process plan, so each batch's
     outputs are the ones the driver would compute."""
 
     def __init__(self, qdq_model: str | None, quantized: Sequence[str], reference: str, names: Sequence[str],
                  cache_bytes: int, threads: int | None) -> None:
-        import onnx
-
         self.names, self.threads = list(names), threads
         self.base = onnx.load(qdq_model) if qdq_model else None
         self.quantized = frozenset(quantized)
         self.segments = None
         self._last: tuple[frozenset[str], Any] | None = None  # the whole-model candidate last run
         if self.base is not None and cache_bytes > 0:
-            from calib.segments import SegmentationError, SegmentRunner
-            from calib.sensitivity import keep_in_float
-
             try:
                 self.segments = SegmentRunner(self.base, tuple(quantized), onnx.load(reference, load_external_data=False),
                                               keep_in_float, self._engine, cache_bytes=cache_bytes)
@@ -163,8 +161,6 @@ class CandidateShardRunner:
             assert per_batch is not None  # no stop callback: always complete
             return [{n: np.asarray(v[n]) for n in self.names} for v in per_batch]
         if kind == "float":
-            from calib.sensitivity import keep_in_float
-
             floating = frozenset(value) & self.quantized
             if self._last is None or self._last[0] != floating:
                 self._last = (floating, self._engine(keep_in_float(self.base, floating).SerializeToString()))

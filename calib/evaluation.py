@@ -300,12 +300,36 @@ class Metrics:
         return "fp32" in self.overall
 
     @property
+    def has_embedding(self) -> bool:
+        """Whether the embedding cosine was measured (an embedding model, or a classifier that has one)."""
+        return "embedding_cosine" in self.overall
+
+    def agreement(self, name: str) -> float | None:
+        """One logit-agreement figure overall: ``top1_agreement``, ``kl_softmax``, ``logit_cosine``,
+        ``max_abs_diff`` or ``mean_abs_diff`` (None for embedding models)."""
+        return (self.overall.get("agreement") or {}).get(name)
+
+    @property
     def top1_agreement(self) -> float | None:
-        return (self.overall.get("agreement") or {}).get("top1_agreement")
+        return self.agreement("top1_agreement")
 
     @property
     def kl_softmax(self) -> float | None:
-        return (self.overall.get("agreement") or {}).get("kl_softmax")
+        return self.agreement("kl_softmax")
+
+    @property
+    def macro_f1_fp32(self) -> float | None:
+        return (self.overall.get("fp32") or {}).get("macro_f1")
+
+    @property
+    def macro_f1_int8(self) -> float | None:
+        return (self.overall.get("int8") or {}).get("macro_f1")
+
+    @property
+    def accuracy_diff_ci(self) -> dict:
+        """The paired-bootstrap interval of INT8 − FP32 accuracy (fractions): {low, high, confidence,
+        n_resamples}; empty when unlabelled."""
+        return dict(self.overall.get("accuracy_diff_ci") or {})
 
     @property
     def accuracy_fp32(self) -> float | None:
@@ -323,6 +347,24 @@ class Metrics:
     def embedding_cosine(self) -> float | None:
         """Mean per-text embedding cosine FP32 vs INT8 (None without an embedding output)."""
         return (self.overall.get("embedding_cosine") or {}).get("mean")
+
+    def per_class(self, classes: Sequence[str]) -> list[dict]:
+        """Per class (in logit order): support, precision and recall on FP32 and INT8 (labelled classifiers;
+        else empty)."""
+        fp32, int8 = self.overall.get("fp32"), self.overall.get("int8")
+        if not fp32 or not int8:
+            return []
+        return [{"class": name, "support": fp32["support"][i], "precision_fp32": fp32["precision"][i],
+                 "recall_fp32": fp32["recall"][i], "precision_int8": int8["precision"][i],
+                 "recall_int8": int8["recall"][i]} for i, name in enumerate(classes)]
+
+    def confusion(self, side: str) -> list[list[int]] | None:
+        """The confusion matrix (rows: true class, columns: predicted) of ``fp32`` or ``int8``; None unlabelled."""
+        return (self.overall.get(side) or {}).get("confusion")
+
+    @property
+    def embedding_cosine_min(self) -> float | None:
+        return (self.overall.get("embedding_cosine") or {}).get("min")
 
     @property
     def embedding_cosine_p1(self) -> float | None:
@@ -359,7 +401,7 @@ class Metrics:
                        accuracy_drop_points=self.accuracy_drop_points)
             if self.labelled:
                 out.update(accuracy_fp32=self.accuracy_fp32, accuracy_int8=self.accuracy_int8)
-            if "embedding_cosine" in self.overall:
+            if self.has_embedding:
                 out["embedding_cosine"] = self.embedding_cosine
             return out
         out.update(embedding_cosine=self.embedding_cosine, embedding_cosine_p1=self.embedding_cosine_p1,

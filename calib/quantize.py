@@ -21,7 +21,7 @@ import logging
 import math
 import warnings
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -468,3 +468,52 @@ def quantized_around(model: onnx.ModelProto, op_types: tuple[str, ...],
         if found:
             out[node.name] = found
     return out
+
+
+def keep_in_float(qdq_model: onnx.ModelProto, nodes: Sequence[str] | set[str]) -> onnx.ModelProto:
+    """A copy of an input-only Q/DQ model written by :func:`calib.quantize.quantize_qdq` in which
+    ``nodes`` are left in float, as the quantizer leaves them when told to exclude them.
+
+    Under input-only placements every quantized reader has its own Q/DQ pair (weights included) and
+    nobody else reads it, so leaving a node in float means reconnecting its inputs to the float
+    tensors its QuantizeLinears read; pairs nothing reads any more are dropped. (Placements that
+    quantize outputs share pairs and their scales between readers in ways ONNX Runtime decides in
+    graph order; their candidates are rebuilt by the quantizer instead.)
+    """
+    model = onnx.ModelProto()
+    model.CopyFrom(qdq_model)
+    floating = set(nodes)
+    graph_outputs = {o.name for o in model.graph.output}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    for node in model.graph.node:
+        if node.name not in floating:
+            continue
+        for i, name in enumerate(node.input):
+            dq = producer.get(name)
+            if dq is None or dq.op_type != "DequantizeLinear":
+                continue
+            q = producer.get(dq.input[0])
+            if q is not None and q.op_type == "QuantizeLinear":
+                node.input[i] = q.input[0]
+    producer_index = {o: i for i, n in enumerate(model.graph.node) for o in n.output}
+    needed = set(graph_outputs)
+    live: set[int] = set()
+    stack = list(needed)
+    while stack:  # walk back from the outputs (the quantizer's graph is not always in topological order)
+        index = producer_index.get(stack.pop())
+        if index is None or index in live:
+            continue
+        live.add(index)
+        for name in model.graph.node[index].input:
+            if name not in needed:
+                needed.add(name)
+                stack.append(name)
+    if len(live) != len(model.graph.node):
+        kept = [n for i, n in enumerate(model.graph.node) if i in live]
+        del model.graph.node[:]
+        model.graph.node.extend(kept)
+        declared = {i.name for i in model.graph.input}
+        keep_init = [t for t in model.graph.initializer if t.name in needed or t.name in declared]
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(keep_init)
+    return model

@@ -26,6 +26,7 @@ from calib.errors import InputError
 from calib.io import atomic_write_json, atomic_write_text, read_artifact_json
 from calib.layers import DEGRADED_SQNR_DB
 from calib.model import check_same_model
+from calib.sensitivity import SensitivityResult
 from calib.validate import Evaluation
 from calib.verdict import (
     MIN_BUCKET_TEXTS,
@@ -93,23 +94,22 @@ def _drop_ci(ci: dict) -> dict:
 
 def headline_of(ev: Evaluation) -> dict:
     """The headline figures of one evaluation (what the verdict judges and reports show first)."""
-    o = ev.overall
-    ci = o.get("accuracy_diff_ci") or {}
+    m = ev.metrics
+    ci = m.accuracy_diff_ci
     return {
         "labelled": ev.labelled,
         "note": ev.data["dataset"].get("note") or "",
-        "rows": o["n"],
-        "accuracy_fp32": o.get("fp32", {}).get("accuracy"),
-        "accuracy_int8": o.get("int8", {}).get("accuracy"),
-        "macro_f1_fp32": o.get("fp32", {}).get("macro_f1"),
-        "macro_f1_int8": o.get("int8", {}).get("macro_f1"),
-        "accuracy_drop_points": o.get("accuracy_drop_points"),
+        "rows": m.n,
+        "accuracy_fp32": m.accuracy_fp32,
+        "accuracy_int8": m.accuracy_int8,
+        "macro_f1_fp32": m.macro_f1_fp32,
+        "macro_f1_int8": m.macro_f1_int8,
+        "accuracy_drop_points": m.accuracy_drop_points,
         **_drop_ci(ci),
         "ci_confidence": ci.get("confidence"),
-        **{k: (o.get("agreement") or {}).get(k)
-           for k in ("top1_agreement", "logit_cosine", "max_abs_diff", "mean_abs_diff", "kl_softmax")},
-        "embedding_cosine": (o.get("embedding_cosine") or {}).get("mean"),
-        "embedding_cosine_min": (o.get("embedding_cosine") or {}).get("min"),
+        **{k: m.agreement(k) for k in ("top1_agreement", "logit_cosine", "max_abs_diff", "mean_abs_diff", "kl_softmax")},
+        "embedding_cosine": m.embedding_cosine,
+        "embedding_cosine_min": m.embedding_cosine_min,
         **_embedding_headline(ev),
     }
 
@@ -132,7 +132,7 @@ def budget_for(ev: Evaluation, budget: ReleaseBudget | None) -> ReleaseBudget:
         return budget
     if not ev.metrics.is_classifier:  # no logits: neither agreement nor accuracy applies
         return ReleaseBudget(max_drop=None, min_agreement=None, min_embedding_cosine=0.99)
-    return default_budget(has_embedding="embedding_cosine" in ev.overall, labelled=ev.labelled)
+    return default_budget(has_embedding=ev.metrics.has_embedding, labelled=ev.labelled)
 
 
 def _worst_bucket(ev: Evaluation) -> dict | None:
@@ -167,13 +167,12 @@ def compare_evaluations(evaluations: Sequence[Evaluation | str | Path]) -> list[
     rows = []
     for ev in evs:
         check_same_model(ref, ev.data["model"]["sha256"], f"evaluation {ev.dir}")
-        o = ev.overall
-        ci = o.get("accuracy_diff_ci") or {}
+        m = ev.metrics
         cal = ev.data.get("calibration") or {}
         rows.append({
             "name": " · ".join(str(p) for p in (_calibrator(ev), _placement(ev),
                                                  f"{len(_exclusions(ev))} in float" if _exclusions(ev) else None,
-                                                 f"{o['n']:,} texts") if p),
+                                                 f"{m.n:,} texts") if p),
             "run": _run_name(ev.dir),
             "engine": ev.data["engine"].get("path"),
             "calibrator": _calibrator(ev),
@@ -181,15 +180,15 @@ def compare_evaluations(evaluations: Sequence[Evaluation | str | Path]) -> list[
             "exclusions": len(_exclusions(ev)),
             "calibration_set": _calibset_of(cal),
             "dataset_fingerprint": ev.data["dataset"]["fingerprint"],
-            "rows": o["n"],
+            "rows": m.n,
             "labelled": ev.labelled,
-            "accuracy_fp32": o.get("fp32", {}).get("accuracy"),
-            "accuracy_int8": o.get("int8", {}).get("accuracy"),
-            "accuracy_drop_points": o.get("accuracy_drop_points"),
-            **_drop_ci(ci),
-            "top1_agreement": (o.get("agreement") or {}).get("top1_agreement"),
-            "kl_softmax": (o.get("agreement") or {}).get("kl_softmax"),
-            "embedding_cosine": (o.get("embedding_cosine") or {}).get("mean"),
+            "accuracy_fp32": m.accuracy_fp32,
+            "accuracy_int8": m.accuracy_int8,
+            "accuracy_drop_points": m.accuracy_drop_points,
+            **_drop_ci(m.accuracy_diff_ci),
+            "top1_agreement": m.top1_agreement,
+            "kl_softmax": m.kl_softmax,
+            "embedding_cosine": m.embedding_cosine,
             "worst_bucket": _worst_bucket(ev),
             "first_degraded_tensor": (ev.data.get("layers") or {}).get("first_degraded"),
         })
@@ -249,7 +248,6 @@ def report_data(evaluations: Sequence[Evaluation], sensitivity: dict | None = No
                 title: str = "INT8 accuracy report", budget: ReleaseBudget | None = None) -> dict:
     """The report as plain data (the JSON form; HTML and Markdown are rendered from it)."""
     ev = evaluations[0]
-    o = ev.overall
     headline = headline_of(ev)
     budget = budget_for(ev, budget)
     verdict = judge(headline, budget)
@@ -269,12 +267,8 @@ def report_data(evaluations: Sequence[Evaluation], sensitivity: dict | None = No
             "similarity_spearman": (b.get("similarity_spearman") or {}).get("mean"),
         })
     classes = ev.data["model"]["classes"]
-    per_class = []
-    if ev.labelled and "fp32" in o:
-        for i, name in enumerate(classes):
-            per_class.append({"class": name, "support": o["fp32"]["support"][i],
-                              "precision_fp32": o["fp32"]["precision"][i], "recall_fp32": o["fp32"]["recall"][i],
-                              "precision_int8": o["int8"]["precision"][i], "recall_int8": o["int8"]["recall"][i]})
+    metrics = ev.metrics
+    per_class = metrics.per_class(classes) if ev.labelled else []
     sens = None
     if sensitivity is not None:
         rec = sensitivity["recommended"]
@@ -311,8 +305,7 @@ def report_data(evaluations: Sequence[Evaluation], sensitivity: dict | None = No
         "headline": headline,
         "buckets": buckets,
         "per_class": per_class,
-        "confusion": {"classes": classes, "fp32": o.get("fp32", {}).get("confusion"),
-                      "int8": o.get("int8", {}).get("confusion")},
+        "confusion": {"classes": classes, "fp32": metrics.confusion("fp32"), "int8": metrics.confusion("int8")},
         "layers": {"first_degraded": (ev.layers or {}).get("first_degraded"),
                    "rows": _layer_rows(ev.layers)} if ev.layers else None,
         "comparison": comparison,
@@ -894,8 +887,6 @@ def make_report(config: ReportConfig, out_dir: Path, *, progress: ProgressFn | N
     evaluations = [Evaluation.load(e) for e in config.evaluations]
     sensitivity = None
     if config.sensitivity:
-        from calib.sensitivity import SensitivityResult
-
         sens = SensitivityResult.load(config.sensitivity)
         check_same_model(evaluations[0].data["model"]["sha256"], sens.data["model"]["sha256"],
                          f"sensitivity run {config.sensitivity}")

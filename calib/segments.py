@@ -1,7 +1,7 @@
 """A Q/DQ model run as a chain of transformer-block segments, with activations cached at the cuts.
 
 The sensitivity search evaluates many candidates of one Q/DQ model that differ only in which
-quantized nodes are left in float (:func:`calib.sensitivity.keep_in_float`). A candidate that changes
+quantized nodes are left in float (:func:`calib.quantize.keep_in_float`). A candidate that changes
 nothing before block ``k`` computes exactly the same activations as an earlier candidate up to the
 start of block ``k``: :class:`SegmentRunner` cuts the graph at the first node of every transformer
 block, keeps the tensors that cross each cut (the hidden state, the attention mask and whatever else
@@ -235,7 +235,7 @@ class SegmentRunner:
     """Candidates of one input-only Q/DQ model (``floating`` nodes left in float) run segment by segment.
 
     ``quantized``: the quantized nodes (the names ``floating`` may hold). ``make_candidate(model,
-    floating)``: the segment model with those nodes in float (:func:`calib.sensitivity.keep_in_float`).
+    floating)``: the segment model with those nodes in float (:func:`calib.quantize.keep_in_float`).
     ``session(model_bytes)``: an object with ``run(feeds, names) -> {name: array}``.
     """
 

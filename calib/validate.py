@@ -26,6 +26,7 @@ import onnx
 from calib.batching import iter_batches
 from calib.build import EngineArtifact
 from calib.calibrate import Calibration, recorded_roles
+from calib.calibset import CalibrationSet
 from calib.cluster import Cluster, connect
 from calib.data import DataSpec, LoadReport, preparation_mismatch
 from calib.engines import get_backend
@@ -172,8 +173,6 @@ def calibrated_amax(calibration: str | Path, model_sha256: str = "") -> tuple[di
             "calibration_set": cal.meta.get("calibration_set"), "config": cal.meta.get("config")}
     calset_dir = (cal.meta.get("calibration_set") or {}).get("dir")
     if calset_dir and (Path(calset_dir) / "manifest.json").is_file():
-        from calib.calibset import CalibrationSet
-
         try:
             info["calibration_set_summary"] = CalibrationSet.load(calset_dir).summary()
         except (InputError, KeyError) as exc:  # provenance is best effort; the ranges are what matter
@@ -324,6 +323,7 @@ def validate(config: ValidateConfig, out_dir: Path, *, progress: ProgressFn | No
                               progress=phases.phase(INT8_PASS))
             engine_name = getattr(engine, "name", "int8")
         else:  # both passes shard by shard on the workers, gathered in row order (calib.distributed)
+            # calib.distributed runs this module's engines on the workers, so it sits above it
             from calib.distributed import run_engines_sharded
 
             fp32, int8, engine_name = run_engines_sharded(

@@ -36,6 +36,11 @@ def test_artifacts_of_the_previous_version_still_load(tmp_path):
                       tmp_path / "r")
     assert rep.data["headline"]["top1_agreement"] == pytest.approx(0.925)
     assert rep.data["headline"]["accuracy_drop_points"] == old.data["headline"]["accuracy_drop_points"]
+    # the typed Metrics give every figure the old report held, unchanged (new ones added beside them)
+    assert {k: rep.data["headline"][k] for k in old.data["headline"]} == old.data["headline"]
+    assert rep.data["per_class"] == old.data["per_class"] and rep.data["confusion"] == old.data["confusion"]
+    assert m.per_class(ev.data["model"]["classes"]) == old.data["per_class"] and m.has_embedding
+    assert m.confusion("int8") == old.data["confusion"]["int8"] and m.agreement("no such figure") is None
 
 
 def test_no_stage_builds_another_stages_config():

@@ -133,12 +133,12 @@ else:
                    key="val")
     if ev.metrics.is_classifier:
         cosines = attempt(lambda: ev.predictions().get("embedding_cosine"), what="Reading the per-text cosines")
-        headline_tiles(headline, has_embedding="embedding_cosine" in ev.overall,
+        headline_tiles(headline, has_embedding=ev.metrics.has_embedding,
                        row_cosines=cosines if cosines is not None and len(cosines) else None)
         if not ev.labelled:
             st.caption(ev.data["dataset"].get("note") or "The evaluation data has no labels: agreement only.")
-        st.caption(f"{fmt.count(ev.overall['n'])} texts · engine {ev.data['engine'].get('name')} · KL(FP32‖INT8) "
-                   f"{fmt.number(ev.overall['agreement']['kl_softmax'])} · run `{judged.id}`")
+        st.caption(f"{fmt.count(ev.metrics.n)} texts · engine {ev.data['engine'].get('name')} · KL(FP32‖INT8) "
+                   f"{fmt.number(ev.metrics.kl_softmax)} · run `{judged.id}`")
     else:  # an embedding model: no logits, so no agreement; cosine and neighbours instead
         emb = ev.metrics
         cols = st.columns(4)

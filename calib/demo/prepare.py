@@ -32,6 +32,7 @@ from calib.errors import CalibError, InputError, check_choice
 from calib.formatting import percent
 from calib.head import attach_head, logistic_head
 from calib.io import atomic_dir, atomic_write_json, read_json, sha256_file
+from calib.model import load_tokenizer
 from calib.workspace import ProgressFn, Workspace
 
 ENCODER_CACHE = "demo-encoder"
@@ -333,8 +334,6 @@ def prepare_demo(config: DemoConfig, progress: ProgressFn | None = None) -> Demo
         else:
             cards[task] = card
     if todo:
-        from calib.model import load_tokenizer
-
         report(0.0, "checking the MiniLM-L6 checkpoint")
         files = sources.minilm_files(verify=True)
         corpora = {r.name: _read_texts(r) for r in todo}  # a missing data package fails before the long work
