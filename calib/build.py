@@ -48,7 +48,7 @@ from calib.quantize import quantize_qdq
 from calib.ranges import Ranges
 from calib.smooth import input_means, parse_alpha, smooth_calibrated
 from calib.trtcache import DEFAULT_TRT_VERSION, header, write_trt_cache
-from calib.workspace import ProgressFn
+from calib.workspace import ProgressFn, RunRecord, Workspace
 
 ENGINE_FILE = "engine.json"
 QDQ_FILE = "model.qdq.onnx"
@@ -98,6 +98,15 @@ class BuildConfig:
     def with_float_nodes(self, nodes: Iterable[str]) -> BuildConfig:
         """The same build with these node names (exactly, not as patterns) also kept in float."""
         return replace(self, placement=self.placement.with_exclusions(exact_pattern(n) for n in nodes))
+
+
+def calibration_of(workspace: Workspace, build_run: RunRecord) -> Path | None:
+    """The calibration run folder a build was made from (to show every method's amax per tensor): its
+    ``calibrate`` parent still in the workspace, else the folder its config names if it still exists."""
+    if (parent := workspace.parent_of(build_run, "calibrate")) is not None:
+        return parent.dir
+    named = BuildConfig.from_params(build_run.params).calibration if build_run.params.get("model") else ""
+    return Path(named) if named and Path(named).is_dir() else None
 
 
 def _load_ranges(config: BuildConfig) -> tuple[Ranges, str, Path | None]:

@@ -718,6 +718,12 @@ class Workspace:
                 return record
         return None
 
+    def children_of(self, run_id: str, stage: str, *, limit: int = 200) -> list[RunRecord]:
+        """The finished ``stage`` runs made from run ``run_id`` (it is among their parents) whose folders
+        are still here, newest first; of the newest ``limit`` runs of that stage."""
+        return [r for r in self.list_runs(stage=stage, status="finished", limit=limit)
+                if run_id in r.parents and r.dir.is_dir()]
+
     def list_runs(self, stage: str | None = None, status: str | None = None,
                   session: str | None = None, limit: int = 500) -> list[RunRecord]:
         """Runs, newest first, optionally filtered."""

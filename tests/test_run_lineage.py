@@ -48,6 +48,27 @@ def test_the_parent_of_a_stage_is_found_by_its_record_not_its_id(tmp_path):
     assert ws.parent_of(record, "calibrate").id == cal
     assert ws.parent_of(ws.get_run(build), "build") is None
     assert ws.parent_of(record, "sensitivity") is None
+    assert [r.id for r in ws.children_of(cal, "validate")] == [validate]
+    assert [r.id for r in ws.children_of(cal, "build")] == [build]  # the deleted build is not listed
+    second = _run(ws, "validate", parents=(build,))
+    assert [r.id for r in ws.children_of(build, "validate")] == [second, validate]  # newest first
+    assert ws.children_of(build, "report") == [] and ws.children_of(second, "validate") == []
+
+
+def test_the_calibration_of_a_build_is_its_parent_else_the_folder_its_config_names(tmp_path):
+    from calib.build import calibration_of
+
+    ws = Workspace(tmp_path / "ws")
+    cal = _run(ws, "calibrate")
+    made = _run(ws, "build", config_params(BuildConfig(model="m.onnx", calibration="/nowhere")), parents=(cal,))
+    assert calibration_of(ws, ws.get_run(made)) == ws.get_run(cal).dir  # by the registry, not the path
+    elsewhere = tmp_path / "copied-calibration"
+    elsewhere.mkdir()
+    named = _run(ws, "build", config_params(BuildConfig(model="m.onnx", calibration=str(elsewhere))))
+    assert calibration_of(ws, ws.get_run(named)) == elsewhere
+    gone = _run(ws, "build", config_params(BuildConfig(model="m.onnx", calibration=str(tmp_path / "deleted"))))
+    flat = _run(ws, "build", {"model": "m.onnx", "calibration": str(elsewhere), "placement": "all"})  # 0.1 params
+    assert calibration_of(ws, ws.get_run(gone)) is None and calibration_of(ws, ws.get_run(flat)) == elsewhere
 
 
 @pytest.mark.demo

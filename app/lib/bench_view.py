@@ -36,8 +36,7 @@ def bench_section(page, run, art) -> None:
                          max_texts=int(max_texts), batch_sizes=batch_sizes, repeats=int(repeats))
     run_button(page, "bench", "Benchmarking", "Measure FP32 vs INT8", key="bench-run", fn=benchmark, config=config,
                parents=(run.id,), icon=":material/speed:", button_type="secondary")
-    done = [r for r in page.ws.list_runs(stage="bench", status="finished", limit=200)
-            if run.id in r.parents and r.dir.is_dir()]
+    done = page.ws.children_of(run.id, "bench")
     if not done:
         st.caption("Not measured yet for this build. Runs on this machine's CPU (ONNX Runtime); a TensorRT "
                    "engine on a GPU is measured with the trtexec commands above.")

@@ -32,10 +32,10 @@ from lib.ui import (
 from lib.verdict_view import bucket_frame, comparison_chart, comparison_frame, headline_tiles, verdict_banner
 
 from calib import formatting as fmt
-from calib.build import BuildConfig, EngineArtifact, build
+from calib.build import BuildConfig, EngineArtifact, build, calibration_of
+from calib.calibrate import Calibration
 from calib.compare import CalibratorComparison, CompareConfig, compare_calibrators
 from calib.evaluation import EvalSettings
-from calib.methods import method_names
 from calib.placement import PRESETS
 from calib.report import (
     Report,
@@ -64,14 +64,6 @@ ws, project = page.ws, page.project
 with shown_errors("Reading the project"):
     spec = model_spec(ws, project)
     eval_spec = data_spec(ws, project, "eval")
-
-
-def calibration_of(build_run) -> str | None:
-    """The calibration run a build was made from (to show every method's amax per tensor), if still there."""
-    if (parent := ws.parent_of(build_run, "calibrate")) is not None:
-        return str(parent.dir)
-    cal = build_run.params.get("calibration")
-    return cal if cal and Path(cal).is_dir() else None
 
 
 def report_verdict(rep_run, *, key: str) -> None:
@@ -170,7 +162,8 @@ cal_run = pick_run(page, "calibrate", "Calibration run", key="cmp-cal", model_sh
 if cal_run is None:
     st.info("No calibration yet: calibrate on the Calibrate page first.", icon=":material/info:")
 else:
-    methods_available = list(cal_run.params.get("methods") or []) or list(method_names())
+    calibration_run = attempt(Calibration.load, cal_run.dir, what="Opening the calibration")
+    methods_available = list(calibration_run.methods) if calibration_run is not None else []
     c1, c2, c3 = st.columns([3, 1, 1])
     methods = c1.multiselect("Range sets to compare", methods_available, default=methods_available, key="cmp-methods")
     placement = c2.selectbox("Placement", list(PRESETS), key="cmp-placement")
@@ -209,8 +202,7 @@ if cmp_run is not None:
         run_button(page, "report", "Writing the report", "Make the report of this comparison", key="cmp-report",
                    fn=make_report, config=rconfig_cmp, parents=(cmp_run.id,), icon=":material/description:",
                    button_type="secondary")
-        cmp_reports = [r for r in ws.list_runs(stage="report", status="finished", limit=200)
-                       if cmp_run.id in r.parents and r.dir.is_dir()]
+        cmp_reports = ws.children_of(cmp_run.id, "report")
         if cmp_reports:
             st.caption(f"Latest report of this comparison: `{cmp_reports[0].id}`")
             report_verdict(cmp_reports[0], key="cmp-rep")
@@ -236,7 +228,7 @@ else:
                                  key="val-layer-rows", disabled=not layers_on)
     bootstrap = c4.number_input("Bootstrap resamples (confidence intervals)", min_value=0, value=1000, step=100,
                                 key="val-bootstrap")
-    calibration = calibration_of(build_run)
+    calibration = str(found) if (found := calibration_of(ws, build_run)) is not None else None
     config = ValidateConfig(
         engine=str(build_run.dir), **project_inputs(ws, project), calibration=calibration,
         settings=EvalSettings(limit=int(limit), layers=bool(layers_on), layer_rows=int(layer_texts),
