@@ -57,6 +57,7 @@ def _calibrate_task(ws, task: str, args: argparse.Namespace) -> tuple[str, objec
 
 def _case(ws, task: str, cal_id: str, cal, method: str, placement: str, args: argparse.Namespace) -> dict:
     from calib.build import BuildConfig, build
+    from calib.calibrate import RangesRef
     from calib.demo import load_demo_task
     from calib.evaluation import EvalSettings
     from calib.model import ModelRef
@@ -68,7 +69,7 @@ def _case(ws, task: str, cal_id: str, cal, method: str, placement: str, args: ar
     eval_spec = demo.data("eval")
     t0 = time.monotonic()
     build_id, engine = run_stage(ws, "build", build, BuildConfig(
-        model=str(demo.model.onnx_path), calibration=str(cal.dir), method=method,
+        model=str(demo.model.onnx_path), ranges=RangesRef(str(cal.dir), method),
         placement=Placement(placement)),
         parents=[cal_id], label=f"bench-accuracy {task} {method} {placement}")
     t_build = time.monotonic() - t0

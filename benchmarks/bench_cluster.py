@@ -123,6 +123,7 @@ def sensitivity_runs(args, demo, stats) -> dict:
 
     from calib.io import atomic_write_json
     from calib.methods import compute_ranges
+    from calib.calibrate import RangesRef
     from calib.model import ModelRef
     from calib.sensitivity import SensitivityConfig, analyze_sensitivity
 
@@ -131,7 +132,7 @@ def sensitivity_runs(args, demo, stats) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         ranges = Path(tmp) / "minmax.json"
         atomic_write_json(ranges, compute_ranges(stats, "minmax").amax)
-        base = SensitivityConfig(model=ModelRef.of(spec), data=ev, ranges=str(ranges), method="minmax",
+        base = SensitivityConfig(model=ModelRef.of(spec), data=ev, ranges=RangesRef(str(ranges), "minmax"),
                                  limit=args.sensitivity_limit, max_evaluations=args.max_evaluations, speed_texts=0)
         records = {}
         for name in ["embedded", *[f"local:{w}" for w in args.workers]]:

@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from calib.build import BuildConfig, build
-    from calib.calibrate import CalibrateConfig, calibrate
+    from calib.calibrate import CalibrateConfig, RangesRef, calibrate
     from calib.calibset import assemble
     from calib.demo import load_demo_task
     from calib.evaluation import EvalSettings
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
                 parents=[set_id], label=f"bench-length {task} {name}")
             for method in args.methods:
                 build_id, engine = run_stage(ws, "build", build, BuildConfig(
-                    model=str(demo.model.onnx_path), calibration=str(cal.dir), method=method),
+                    model=str(demo.model.onnx_path), ranges=RangesRef(str(cal.dir), method)),
                     parents=[cal_id], label=f"bench-length {task} {name} {method}")
                 _, ev = run_stage(ws, "validate", validate, ValidateConfig(
                     engine=str(engine.dir), model=ModelRef.of(demo.model), data=spec,

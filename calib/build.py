@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from calib.calibrate import Calibration
+from calib.calibrate import Calibration, RangesRef
 from calib.calibset import CalibrationSet
 from calib.engines import PLAN_FILE, EngineBuildRequest, backend_names, get_backend
 from calib.engines.ort import OrtEngine, OrtSessionLoader
@@ -62,15 +62,13 @@ FORMAT = "calib.engine/1"
 class BuildConfig:
     """Which model, which ranges, where Q/DQ goes, and for which backend.
 
-    Ranges come from ``ranges`` (a ranges JSON) or from ``calibration`` (a calibration run folder)
-    with ``method``. The optimisation profile comes from ``profile`` (min_batch, opt_batch,
+    Ranges come from ``ranges``: a calibration run folder and its ``method``, or a ranges JSON
+    (:class:`~calib.calibrate.RangesRef`). The optimisation profile comes from ``profile`` (min_batch, opt_batch,
     max_batch, min_seq, opt_seq, max_seq) or else from ``calibration_set`` (or the calibration's own
     set)."""
 
     model: str
-    ranges: str = ""
-    calibration: str = ""
-    method: str = DEFAULT_BUILD_METHOD
+    ranges: RangesRef = field(default_factory=RangesRef)
     placement: Placement = field(default_factory=Placement)  # which nodes get Q/DQ (preset, include, exclude)
     per_channel: bool = True
     backend: str = "ort"
@@ -92,7 +90,13 @@ class BuildConfig:
     def from_params(cls, values: Mapping[str, Any]) -> BuildConfig:
         """The config a build recorded (its run's registry params, or ``engine.json``'s ``config``), in
         today's layout or 0.1's flat one (:func:`calib.pipeline.config_from_params`); keys this version
-        does not know (written by a later one) are left out."""
+        does not know (written by a later one) are left out. 0.1's ``ranges`` (a file) / ``calibration``
+        (a folder) / ``method`` become one :class:`~calib.calibrate.RangesRef`."""
+        values = dict(values)
+        if not isinstance(values.get("ranges"), Mapping) and ({"calibration", "method"} & set(values)
+                                                               or isinstance(values.get("ranges"), str)):
+            source = values.pop("calibration", "") or values.get("ranges") or ""
+            values["ranges"] = {"source": source, "method": values.pop("method", DEFAULT_BUILD_METHOD)}
         return config_from_params(cls, values, where="build config")
 
     def with_float_nodes(self, nodes: Iterable[str]) -> BuildConfig:
@@ -105,19 +109,16 @@ def calibration_of(workspace: Workspace, build_run: RunRecord) -> Path | None:
     ``calibrate`` parent still in the workspace, else the folder its config names if it still exists."""
     if (parent := workspace.parent_of(build_run, "calibrate")) is not None:
         return parent.dir
-    named = BuildConfig.from_params(build_run.params).calibration if build_run.params.get("model") else ""
-    return Path(named) if named and Path(named).is_dir() else None
+    named = BuildConfig.from_params(build_run.params).ranges.calibration_dir if build_run.params.get("model") \
+        else None
+    return named if named is not None and named.is_dir() else None
 
 
 def _load_ranges(config: BuildConfig) -> tuple[Ranges, str, Path | None]:
     """The range set, a description of where it came from, and the calibration run folder if any."""
-    if bool(config.ranges) == bool(config.calibration):
-        raise InputError("give exactly one of a ranges file (--ranges) or a calibration run (--calibration)")
-    if config.ranges:
-        return Ranges.load(config.ranges), str(Path(config.ranges).resolve()), None
-    calibration = Calibration.load(config.calibration)
-    ranges = calibration.ranges(config.method)
-    return ranges, f"{Path(config.calibration).resolve()} ({config.method})", calibration.dir
+    ranges = config.ranges.load()
+    calibration_dir = config.ranges.calibration_dir
+    return ranges, config.ranges.describe(), None if calibration_dir is None else calibration_dir.resolve()
 
 
 def _profile(config: BuildConfig, calibration_dir: Path | None) -> tuple[ShapeProfile, str]:
@@ -142,7 +143,7 @@ def _check(config: BuildConfig) -> None:
     if config.trt_mode not in ("auto", "explicit", "implicit"):
         raise InputError(f"unknown TensorRT build mode {config.trt_mode!r} (auto, explicit or implicit)")
     header(config.trt_version, TRTEXEC_CACHE_ALGORITHM)  # validates the version early
-    if (parse_alpha(config.smooth) is not None or config.bias_correction) and not config.calibration:
+    if (parse_alpha(config.smooth) is not None or config.bias_correction) and not config.ranges.from_calibration:
         raise InputError("smoothing and bias correction need a calibration run (--calibration), not a ranges file: "
                          "they read its per-channel statistics")
 

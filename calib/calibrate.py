@@ -27,6 +27,7 @@ from calib.cluster import Cluster, connect
 from calib.errors import InputError, check_choice
 from calib.io import atomic_write_json, read_json, sha256_file
 from calib.methods import (
+    DEFAULT_BUILD_METHOD,
     DEFAULT_PERCENTILE,
     REGISTRY,
     cache_algorithm,
@@ -158,6 +159,38 @@ class Calibration:
             **({"cluster": self.meta["cluster"]["spec"], "workers": self.meta["cluster"]["workers"]}
                if self.meta.get("cluster") else {}),
         }
+
+
+@dataclass(frozen=True)
+class RangesRef:
+    """Which range set a stage reads: ``source`` is a calibrate run folder (its ``method`` range set) or a
+    ranges file (calib's ranges JSON, or ``{tensor: amax}``; ``method`` unused). Held by
+    ``BuildConfig.ranges`` and ``SensitivityConfig.ranges``."""
+
+    source: str = ""
+    method: str = DEFAULT_BUILD_METHOD
+
+    @property
+    def from_calibration(self) -> bool:
+        """Whether ``source`` names a calibration run (a folder, or anything that is not a ``.json`` file)."""
+        path = Path(self.source)
+        return bool(self.source) and (path.is_dir() or path.suffix.lower() != ".json")
+
+    @property
+    def calibration_dir(self) -> Path | None:
+        return Path(self.source) if self.from_calibration else None
+
+    def describe(self) -> str:
+        resolved = str(Path(self.source).resolve())
+        return f"{resolved} ({self.method})" if self.from_calibration else resolved
+
+    def load(self) -> Ranges:
+        """The range set; one :class:`InputError` line for no source, a missing run or file, an unknown method."""
+        if not self.source:
+            raise InputError("give exactly one of a ranges file (--ranges) or a calibration run (--calibration)")
+        if self.from_calibration:
+            return Calibration.load(self.source).ranges(self.method)
+        return Ranges.load(self.source)
 
 
 def recorded_roles(calibration: str | Path | None) -> dict[str, str | None]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from calib.build import BuildConfig, build
-from calib.calibrate import Calibration
+from calib.calibrate import Calibration, RangesRef
 from calib.data import DataSpec
 from calib.errors import InputError
 from calib.evaluation import EvalSettings
@@ -106,7 +106,7 @@ def compare_calibrators(config: CompareConfig, out_dir: Path, *,
         start, span = i / len(methods), 1.0 / len(methods)  # build ≈ 30 % of a method's time, validate 70 %
 
         engine_dir = out_dir / method / ENGINE_DIR
-        build(BuildConfig(model=config.model.model, calibration=config.calibration, method=method,
+        build(BuildConfig(model=config.model.model, ranges=RangesRef(config.calibration, method),
                           placement=Placement(config.placement)), engine_dir,
               progress=lambda f, m="", _s=start, _w=span, _m=method, _i=i: report(
                   _s + _w * 0.3 * f, f"{_m} ({_i + 1}/{len(methods)}): build: {m}"))

@@ -44,8 +44,13 @@ def _preset(params: Mapping[str, Any]) -> Any:
 def _build_facts(params: Mapping[str, Any], summary: Mapping[str, Any]) -> list[str | None]:
     placement = params.get("placement") if isinstance(params.get("placement"), Mapping) else params
     excluded = summary.get("excluded_nodes") or len(placement.get("exclude_nodes") or ())
-    method = params.get("method") if params.get("calibration") else (Path(params["ranges"]).stem if params.get("ranges")
-                                                                       else params.get("method"))
+    ranges = params.get("ranges")
+    if isinstance(ranges, Mapping):  # today: one RangesRef; a ranges file is named by its stem
+        source = str(ranges.get("source") or "")
+        method = ranges.get("method") if not source.lower().endswith(".json") else Path(source).stem
+    else:  # 0.1: a ranges file or a calibration run with its method
+        method = params.get("method") if params.get("calibration") else (Path(ranges).stem if ranges
+                                                                           else params.get("method"))
     return [method, _preset(params), f"{excluded} in float" if excluded else None]
 
 
@@ -72,7 +77,9 @@ def run_facts(run: RunRecord, lookup: Lookup | None = None) -> list[str]:
                  _texts(_settings(p).get("limit")),
                  f"best {s['recommended']}" if s.get("recommended") else None]
     elif run.stage == "sensitivity":
-        facts = [p.get("method"), _preset(p), p.get("granularity")]
+        ranges = p.get("ranges")
+        facts = [ranges.get("method") if isinstance(ranges, Mapping) else p.get("method"), _preset(p),
+                 p.get("granularity")]
     elif run.stage == "report":
         facts = [s.get("verdict"), f"{len(p.get('evaluations') or [])} runs" if len(p.get("evaluations") or []) > 1
                  else None]

@@ -87,7 +87,7 @@ import onnx
 from calib.batching import iter_batches
 from calib.bench import throughput
 from calib.build import BuildConfig, EngineArtifact, build
-from calib.calibrate import Calibration, recorded_roles
+from calib.calibrate import Calibration, RangesRef, recorded_roles
 from calib.cluster import Cluster, ClusterSession, connect
 from calib.data import DataSpec
 from calib.distributed import SHARDS_PER_WORKER, CandidateShardRunner, balanced_runs
@@ -130,8 +130,7 @@ class SensitivityConfig:
 
     model: ModelRef
     data: DataSpec
-    ranges: str
-    method: str = "entropy"
+    ranges: RangesRef = field(default_factory=RangesRef)  # its calibration's method, or a {tensor: amax} file
     placement: Placement = field(default_factory=Placement)  # the all-INT8 start's Q/DQ placement, as BuildConfig's
     granularity: str = "node"
     ranking: str = "auto"  # see the module docstring
@@ -157,11 +156,11 @@ class SensitivityConfig:
     cluster: str | None = None  # calib.cluster spec: candidate evaluations on a Ray cluster's workers
 
 
-def load_amax(ranges: str | Path, method: str) -> dict[str, float]:
-    """Per-tensor amax from a calibration folder (``method``) or a JSON file."""
-    path = Path(ranges)
+def load_amax(ranges: RangesRef) -> dict[str, float]:
+    """Per-tensor amax from a calibration folder (``ranges.method``) or a JSON file."""
+    path = Path(ranges.source)
     if path.is_dir():
-        return {k: float(v) for k, v in Calibration.load(path).ranges(method).amax.items()}
+        return {k: float(v) for k, v in Calibration.load(path).ranges(ranges.method).amax.items()}
     if path.is_file() and path.suffix.lower() == ".json":
         data = read_json(path)
         amax = data.get("amax", data) if isinstance(data, dict) else None
@@ -644,7 +643,7 @@ def scope_warnings(result, config: SensitivityConfig) -> list[str]:
     if missing:
         out.append(
             f"WARNING calibration scope: {len(missing)} tensor(s) the {config.placement.preset!r} placement quantizes have no range in "
-            f"{config.ranges} (e.g. {missing[0]}), so {len(blocked)} node(s) stay in float without being analysed; "
+            f"{config.ranges.source} (e.g. {missing[0]}), so {len(blocked)} node(s) stay in float without being analysed; "
             f"calibrate with --placement {config.placement.preset} (or --tensors all) to cover them")
     unusable = sorted(t for t, why in reasons.items() if why != NO_RANGE)
     stuck = [n for n, why in result.excluded_nodes.items() if any(t in why for t in unusable)]
@@ -939,13 +938,13 @@ def _analyze(config: SensitivityConfig, out_dir: Path, progress: ProgressFn | No
     report = progress or (lambda f, m="": None)
     model = config.model
     if not model.roles_named:  # as the calibration set recorded them, else detected
-        model = dataclasses.replace(model, **recorded_roles(config.ranges))
+        model = dataclasses.replace(model, **recorded_roles(config.ranges.source))
     spec = model.load()
     budget_note = budget_statement(config, spec.roles.kind)
     if spec.roles.kind == "embedding" and config.min_embedding_cosine is None:
         config = dataclasses.replace(config, min_embedding_cosine=DEFAULT_EMBEDDING_COSINE)
     start_build = _start_build(config, spec) if config.start_from else None
-    amax = load_amax(config.ranges, config.method) if start_build is None else {}
+    amax = load_amax(config.ranges) if start_build is None else {}
     data = load_eval_data(config.data, spec, limit=config.limit, seed=config.seed)
     fp32_engine = OrtEngine(OrtSessionLoader(spec.onnx_path, threads=config.threads))
     fp32 = run_engine(fp32_engine, data.encoded, spec.input_dtypes, spec.roles, batch_size=config.batch_size,
@@ -1081,7 +1080,8 @@ def _analyze(config: SensitivityConfig, out_dir: Path, progress: ProgressFn | No
     data_out = {
         "schema": SCHEMA,
         "model": {"path": str(spec.onnx_path), "sha256": spec.sha256},
-        "ranges": ({"source": str(config.ranges), "method": config.method if Path(config.ranges).is_dir() else "file"}
+        "ranges": ({"source": config.ranges.source,
+                    "method": config.ranges.method if Path(config.ranges.source).is_dir() else "file"}
                    if start_build is None else start_build.meta.get("ranges")),
         "placement": dataclasses.asdict(config.placement) if start_build is None else start_build.meta["placement"],
         "start_from": None if start_build is None else {

@@ -17,6 +17,7 @@ import tinymodel
 from absmax import absmax_ranges
 
 from calib.build import BuildConfig, EngineArtifact, build
+from calib.calibrate import RangesRef
 from calib.engines import (
     REGISTRY,
     Backend,
@@ -66,7 +67,7 @@ def ranges_file(tiny_spec, tmp_path_factory):
 
 
 def _config(tiny_spec, ranges_file, backend):
-    return BuildConfig(model=str(tiny_spec.onnx_path), ranges=str(ranges_file), backend=backend,
+    return BuildConfig(model=str(tiny_spec.onnx_path), ranges=RangesRef(str(ranges_file)), backend=backend,
                        profile=(1, 8, 16, 8, 32, 64))
 
 

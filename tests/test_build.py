@@ -14,6 +14,7 @@ import tinymodel
 from absmax import absmax_ranges, run_both
 
 from calib.build import BuildConfig, EngineArtifact, build
+from calib.calibrate import RangesRef
 from calib.errors import BackendUnavailableError, InputError, ModelMismatchError
 from calib.io import sha256_file
 from calib.pipeline import config_from_params
@@ -36,7 +37,7 @@ def ranges_file(tiny_spec, tmp_path_factory):
 @pytest.fixture(scope="module")
 def engine_dir(tiny_spec, ranges_file, tmp_path_factory):
     out = tmp_path_factory.mktemp("engine")
-    build(BuildConfig(model=str(tiny_spec.onnx_path), ranges=str(ranges_file),
+    build(BuildConfig(model=str(tiny_spec.onnx_path), ranges=RangesRef(str(ranges_file)),
                       placement=Placement(exclude_nodes=("layer.1/output/*",)),
                       profile=(1, 16, 32, 8, 64, 64)), out)
     return out
@@ -90,7 +91,7 @@ def test_trtexec_script_runs_the_right_files(engine_dir, tiny_spec):
 
 
 def test_tensorrt_backend_absent_raises_with_trtexec_alternative(tiny_spec, ranges_file, tmp_path):
-    config = BuildConfig(model=str(tiny_spec.onnx_path), ranges=str(ranges_file), backend="tensorrt")
+    config = BuildConfig(model=str(tiny_spec.onnx_path), ranges=RangesRef(str(ranges_file)), backend="tensorrt")
     with pytest.raises(BackendUnavailableError, match="trtexec"):
         build(config, tmp_path / "out")
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
@@ -100,12 +101,12 @@ def test_range_set_for_another_model_is_refused(tiny_spec, ranges_file, tmp_path
     other = tmp_path / "other.onnx"
     onnx.save(tinymodel.build_model(seed=5), str(other))
     with pytest.raises(ModelMismatchError, match="recalibrate"):
-        build(BuildConfig(model=str(other), ranges=str(ranges_file)), tmp_path / "out")
+        build(BuildConfig(model=str(other), ranges=RangesRef(str(ranges_file))), tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("change, match", [
-    ({"ranges": ""}, "exactly one"),
+    ({"ranges": RangesRef("")}, "exactly one"),
     ({"backend": "cuda"}, "unknown backend"),
     ({"placement": Placement("everything")}, "unknown placement"),
     ({"profile": (16, 1, 32, 8, 64, 64)}, "min <= opt <= max"),
@@ -114,7 +115,7 @@ def test_range_set_for_another_model_is_refused(tiny_spec, ranges_file, tmp_path
 def test_bad_config(tiny_spec, ranges_file, tmp_path, change, match):
     import dataclasses
 
-    config = dataclasses.replace(BuildConfig(model=str(tiny_spec.onnx_path), ranges=str(ranges_file)), **change)
+    config = dataclasses.replace(BuildConfig(model=str(tiny_spec.onnx_path), ranges=RangesRef(str(ranges_file))), **change)
     with pytest.raises(InputError, match=match):
         build(config, tmp_path / "out")
     assert not (tmp_path / "out").exists()
@@ -197,7 +198,7 @@ def test_fp32_model_in_the_build_survives_a_re_export_in_place(tiny_spec, ranges
     source = tmp_path / "user" / "model.onnx"
     source.parent.mkdir()
     shutil.copyfile(tiny_spec.onnx_path, source)
-    art = build(BuildConfig(model=str(source), ranges=str(ranges_file)), tmp_path / "out")
+    art = build(BuildConfig(model=str(source), ranges=RangesRef(str(ranges_file))), tmp_path / "out")
     bundled = tmp_path / "out" / "model.fp32.onnx"
     before = sha256_file(bundled)
     onnx.save(tinymodel.build_model(seed=7), str(source))  # the user re-exports to the same path
@@ -216,7 +217,7 @@ def test_model_with_external_data_is_bundled_with_it(tiny_spec, ranges_file, tmp
     ranges = Ranges.load(ranges_file)
     own = tmp_path / "ranges.json"
     Ranges(method=ranges.method, params={}, model_sha256=sha256_file(source / "model.onnx"), amax=ranges.amax).save(own)
-    art = build(BuildConfig(model=str(source / "model.onnx"), ranges=str(own)), tmp_path / "out")
+    art = build(BuildConfig(model=str(source / "model.onnx"), ranges=RangesRef(str(own))), tmp_path / "out")
     assert art.meta["model"]["bundled"]["external_data"] == ["weights/model.data"]
     copy = tmp_path / "copy"
     shutil.copytree(tmp_path / "out", copy)

@@ -10,7 +10,7 @@ import pytest
 from onnx import numpy_helper
 
 from calib.build import SMOOTH_FILE, BuildConfig, EngineArtifact, build
-from calib.calibrate import CalibrateConfig, calibrate
+from calib.calibrate import CalibrateConfig, RangesRef, calibrate
 from calib.errors import InputError
 from calib.io import sha256_file
 from calib.placement import Placement, residual_add_nodes, resolve_placement
@@ -28,8 +28,8 @@ def calibration(tiny_calibset, tmp_path):  # noqa: F811
                                      placement="tensorrt-residual"), tmp_path / "cal")
 
 
-def _build(calibration, tiny_spec, out, **kw):
-    return build(BuildConfig(model=str(tiny_spec.onnx_path), calibration=str(calibration.dir), **kw), out)
+def _build(calibration, tiny_spec, out, method="minmax", **kw):
+    return build(BuildConfig(model=str(tiny_spec.onnx_path), ranges=RangesRef(str(calibration.dir), method), **kw), out)
 
 
 def _bias(model_path, name):
@@ -100,7 +100,7 @@ def test_bad_requests(calibration, tiny_spec, tmp_path):
             _build(calibration, tiny_spec, tmp_path / "x", method="minmax", **kw)
     calibration.ranges("minmax").save(tmp_path / "r.json")
     with pytest.raises(InputError, match="need a calibration run"):
-        build(BuildConfig(model=str(tiny_spec.onnx_path), ranges=str(tmp_path / "r.json"), smooth="auto"), tmp_path / "x")
+        build(BuildConfig(model=str(tiny_spec.onnx_path), ranges=RangesRef(str(tmp_path / "r.json")), smooth="auto"), tmp_path / "x")
     # a calibration run written before per-channel statistics existed
     meta = json.loads((calibration.dir / "stats.json").read_text())
     meta.pop("has_channels")

@@ -9,6 +9,8 @@ import typing
 
 import pytest
 
+from calib.build import BuildConfig
+from calib.calibrate import RangesRef
 from calib.data import DataSpec
 from calib.errors import InputError
 from calib.evaluation import EvalSettings
@@ -18,7 +20,7 @@ from calib.placement import Placement
 from calib.stages import STAGES
 from calib.validate import ValidateConfig
 
-PARTS = (ModelRef, DataSpec, Placement)
+PARTS = (ModelRef, DataSpec, Placement, RangesRef)
 OWN_FIELDS = {  # fields a config has of its own that happen to share a part's field name
     ("DemoConfig", "DataSpec"): {"workspace"},  # where the demo is prepared, not a dataset's
     ("BenchConfig", "ModelRef"): {"tokenizer", "max_length"},  # the FP32 model is the build's; only its tokenizer
@@ -44,7 +46,8 @@ def test_the_stages_that_read_a_model_and_data_hold_the_parts():
     for name in ("AssembleConfig", "ValidateConfig", "CompareConfig", "SensitivityConfig", "HeadConfig"):
         assert by_name[name]["model"] is ModelRef and by_name[name]["data"] is DataSpec, name
     assert by_name["BenchConfig"]["data"] is DataSpec
-    assert by_name["SensitivityConfig"]["placement"] is Placement
+    assert by_name["SensitivityConfig"]["placement"] is Placement and by_name["BuildConfig"]["placement"] is Placement
+    assert by_name["SensitivityConfig"]["ranges"] is RangesRef and by_name["BuildConfig"]["ranges"] is RangesRef
     assert by_name["ValidateConfig"]["settings"] is EvalSettings and by_name["CompareConfig"]["settings"] is EvalSettings
 
 
@@ -99,3 +102,20 @@ def test_nest_keeps_given_parts_and_leaves_partial_parts_as_dicts():
     model = ModelRef("m.onnx", "tok")
     nested = nest_params(ValidateConfig, {"model": model, "text_column": "body", "limit": 8})
     assert nested["model"] is model and nested["data"] == {"text_column": "body"} and nested["settings"] == {"limit": 8}
+
+
+def test_a_0_1_build_reads_with_one_ranges_reference(tmp_path):
+    """0.1 named the range set by ``ranges`` (a file) or ``calibration`` (a run folder) + ``method``."""
+    from_run = {"model": "m.onnx", "ranges": "", "calibration": str(tmp_path), "method": "percentile",
+                "placement": "all", "exclude_nodes": ["/x"], "smooth": "auto"}
+    config = BuildConfig.from_params(from_run)
+    assert config.ranges == RangesRef(str(tmp_path), "percentile") and config.ranges.calibration_dir == tmp_path
+    assert config.placement == Placement("all", exclude_nodes=("/x",)) and config.smooth == "auto"
+    from_file = BuildConfig.from_params({"model": "m.onnx", "ranges": "r.json", "calibration": "", "method": "minmax"})
+    assert from_file.ranges.source == "r.json" and not from_file.ranges.from_calibration
+    assert from_file.ranges.calibration_dir is None
+    today = config_params(config)
+    assert today["ranges"] == {"source": str(tmp_path), "method": "percentile"}
+    assert BuildConfig.from_params(today) == config
+    with pytest.raises(InputError, match="exactly one of a ranges file"):
+        RangesRef("").load()

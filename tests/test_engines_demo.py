@@ -9,6 +9,7 @@ import pytest
 from absmax import absmax_ranges, run_both
 
 from calib.build import BuildConfig, EngineArtifact, build
+from calib.calibrate import RangesRef
 from calib.engines.ort import optimized_op_counts
 from calib.quantize import quantized_around
 from calib.ranges import Ranges
@@ -35,7 +36,7 @@ def test_demo_int8_agrees_with_fp32(demo_workspace, task_name, tmp_path):
     ranges = tmp_path / "ranges.json"
     Ranges(method="minmax", params={}, model_sha256=task.model.sha256,
            amax={k: (v if np.isfinite(v) else 0.0) for k, v in amax.items()}).save(ranges)
-    build(BuildConfig(model=str(task.model.onnx_path), ranges=str(ranges), profile=(1, 16, 32, 8, 128, task.max_length)),
+    build(BuildConfig(model=str(task.model.onnx_path), ranges=RangesRef(str(ranges)), profile=(1, 16, 32, 8, 128, task.max_length)),
           tmp_path / "engine")
     art = EngineArtifact.load(tmp_path / "engine")
     assert quantized_around(onnx.load(str(art.qdq_path), load_external_data=False),

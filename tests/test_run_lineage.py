@@ -9,6 +9,7 @@ import json
 import pytest
 
 from calib.build import BuildConfig
+from calib.calibrate import RangesRef
 from calib.pipeline import config_params
 from calib.placement import Placement, exact_pattern
 from calib.workspace import Workspace
@@ -22,14 +23,14 @@ def _run(ws: Workspace, stage: str, params: dict | None = None, parents: tuple[s
 
 
 def test_a_recorded_build_config_reads_back_and_keeps_nodes_in_float():
-    config = BuildConfig(model="m.onnx", calibration="cal", method="minmax",
+    config = BuildConfig(model="m.onnx", ranges=RangesRef("cal", "minmax"),
                          placement=Placement(exclude_nodes=("a", "/l.0/MatMul")), profile=(1, 16, 32, 1, 64, 128),
                          smooth="auto")
     params = json.loads(json.dumps(config_params(config)))  # lists, as the registry stores them
     assert BuildConfig.from_params({**params, "added_in_a_later_version": 1}) == config
     fallback = config.with_float_nodes(["/l.0/MatMul", "/l[1]/MatMul*", "b"])
     assert fallback.placement.exclude_nodes == ("a", "/l.0/MatMul", exact_pattern("/l[1]/MatMul*"), "b")
-    assert exact_pattern("/l[1]/MatMul*").startswith("re:^") and fallback.method == "minmax"
+    assert exact_pattern("/l[1]/MatMul*").startswith("re:^") and fallback.ranges.method == "minmax"
     assert fallback.placement.preset == config.placement.preset
     flat = {k: v for k, v in params.items() if k != "placement"} | {"placement": "tensorrt",
                                                                      "exclude_nodes": ["a", "/l.0/MatMul"]}
@@ -60,13 +61,13 @@ def test_the_calibration_of_a_build_is_its_parent_else_the_folder_its_config_nam
 
     ws = Workspace(tmp_path / "ws")
     cal = _run(ws, "calibrate")
-    made = _run(ws, "build", config_params(BuildConfig(model="m.onnx", calibration="/nowhere")), parents=(cal,))
+    made = _run(ws, "build", config_params(BuildConfig(model="m.onnx", ranges=RangesRef("/nowhere"))), parents=(cal,))
     assert calibration_of(ws, ws.get_run(made)) == ws.get_run(cal).dir  # by the registry, not the path
     elsewhere = tmp_path / "copied-calibration"
     elsewhere.mkdir()
-    named = _run(ws, "build", config_params(BuildConfig(model="m.onnx", calibration=str(elsewhere))))
+    named = _run(ws, "build", config_params(BuildConfig(model="m.onnx", ranges=RangesRef(str(elsewhere)))))
     assert calibration_of(ws, ws.get_run(named)) == elsewhere
-    gone = _run(ws, "build", config_params(BuildConfig(model="m.onnx", calibration=str(tmp_path / "deleted"))))
+    gone = _run(ws, "build", config_params(BuildConfig(model="m.onnx", ranges=RangesRef(str(tmp_path / "deleted")))))
     flat = _run(ws, "build", {"model": "m.onnx", "calibration": str(elsewhere), "placement": "all"})  # 0.1 params
     assert calibration_of(ws, ws.get_run(gone)) is None and calibration_of(ws, ws.get_run(flat)) == elsewhere
 

@@ -375,6 +375,7 @@ def test_search_starts_from_a_build(tiny_spec, tiny_csv, broken_ranges, tmp_path
     """--start-from: the search starts from a build's own INT8 model (whatever it was built with), and
     the recommendation is verified by calib build with that build's settings plus the exclusions."""
     from calib.build import BuildConfig, build
+    from calib.calibrate import RangesRef
     from calib.cli import main
     from calib.ranges import Ranges
     from calib.sensitivity import analyze_sensitivity
@@ -383,7 +384,7 @@ def test_search_starts_from_a_build(tiny_spec, tiny_csv, broken_ranges, tmp_path
     ranges = Ranges(method="minmax", params={}, model_sha256=tiny_spec.sha256,
                     amax={k: (v if math.isfinite(v) else 0.0) for k, v in amax.items()})
     ranges_path = ranges.save(tmp_path / "broken.json")
-    start = build(BuildConfig(model=str(tiny_spec.onnx_path), ranges=str(ranges_path), placement=Placement("tensorrt")),
+    start = build(BuildConfig(model=str(tiny_spec.onnx_path), ranges=RangesRef(str(ranges_path)), placement=Placement("tensorrt")),
                   tmp_path / "build")
     assert start.meta["config"]["placement"]["preset"] == "tensorrt"
     res = analyze_sensitivity(sconfig(tiny_spec, tiny_csv, "", placement="tensorrt", max_evaluations=10, rank_rows=48,

@@ -29,6 +29,7 @@ def test_demo_short_vs_length_matched_calibration_per_bucket(demo_workspace, tmp
     """A calibration set of short texts only vs a length-matched one: the per-bucket report shows
     where they differ (the long buckets), or honestly shows that they do not."""
     from calib.build import BuildConfig, build
+    from calib.calibrate import RangesRef
     from calib.calibset import config_from_dict, demo_values, token_lengths
     from calib.data import load_rows
     from calib.evaluation import EvalSettings
@@ -56,7 +57,7 @@ def test_demo_short_vs_length_matched_calibration_per_bucket(demo_workspace, tmp
     }
     evals = {}
     for name, cal in cals.items():
-        engine = build(BuildConfig(model=base.model.model, calibration=str(cal.dir), method="minmax"),
+        engine = build(BuildConfig(model=base.model.model, ranges=RangesRef(str(cal.dir), "minmax")),
                        tmp_path / f"{name}-build")
         evals[name] = validate(ValidateConfig(
             engine=str(engine.dir), model=base.model, data=dataclasses.replace(values["data"], split="eval"),
@@ -90,6 +91,7 @@ def test_demo_sensitivity_on_all_placement_finds_exclusions(demo_workspace, tmp_
     texts) keeps every candidate cheap; transformer blocks as units, ranked by local noise (no
     evaluations), keep the number of candidate rebuilds small."""
     from calib.calibset import config_from_dict, demo_values
+    from calib.calibrate import RangesRef
     from calib.placement import Placement
     from calib.sensitivity import SensitivityConfig, analyze_sensitivity
     from calib.workspace import Workspace
@@ -99,7 +101,7 @@ def test_demo_sensitivity_on_all_placement_finds_exclusions(demo_workspace, tmp_
     base = config_from_dict({**values, "size": 32, "seed": 0, "target_kind": "eval"})
     cal = _calibrate(ws, base, tmp_path, "all", placement="all", strategy="match", methods=("minmax",))
     res = analyze_sensitivity(SensitivityConfig(
-        model=base.model, data=dataclasses.replace(values["data"], split="eval"), ranges=str(cal.dir), method="minmax",
+        model=base.model, data=dataclasses.replace(values["data"], split="eval"), ranges=RangesRef(str(cal.dir), "minmax"),
         placement=Placement("all"), max_drop=0.5, min_agreement=0.97, limit=96, granularity="block",
         max_evaluations=5, batch_size=16), tmp_path / "sens")
     print(res.summary(), res.exclusions[:10])

@@ -18,7 +18,7 @@ from lib.stages import backend_state, graph_nodes, profile_warning, tensorrt_sta
 from lib.ui import download_file, open_picked_run, pick_run, run_button, start_page
 
 from calib.build import BuildConfig, EngineArtifact, build
-from calib.calibrate import Calibration
+from calib.calibrate import Calibration, RangesRef
 from calib.engines import backend_names, get_backend
 from calib.methods import DEFAULT_BUILD_METHOD
 from calib.placement import PRESETS, Placement
@@ -100,7 +100,7 @@ else:
 
     placement = Placement(preset, exclude_nodes=tuple(exact_pattern(n) for n in excluded) + extra,
                           exclude_op_types=tuple(exclude_ops))
-    config = BuildConfig(model=str(model_path), calibration=str(cal_run.dir), method=method, placement=placement,
+    config = BuildConfig(model=str(model_path), ranges=RangesRef(str(cal_run.dir), method), placement=placement,
                          per_channel=bool(per_channel), backend=backend,
                          trt_version=trt_version, smooth="" if smooth == "off" else smooth,
                          smooth_attention=bool(smooth_attention) and smooth != "off",

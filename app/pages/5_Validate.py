@@ -336,7 +336,7 @@ with tab_sens:
         min_cos = c3.number_input("Min embedding cosine (0 = no check)", min_value=0.0, max_value=1.0,
                                   value=float(budget.min_embedding_cosine or 0.0), step=0.001, format="%.3f", key="sens-cos", disabled=spec.embedding_output is None)
         sconfig = SensitivityConfig(
-            **project_inputs(ws, project), ranges=bconf.calibration or bconf.ranges, method=bconf.method,
+            **project_inputs(ws, project), ranges=bconf.ranges,
             placement=bconf.placement, granularity=granularity, ranking=ranking, max_drop=float(max_drop), min_agreement=float(min_agree),
             min_embedding_cosine=float(min_cos) if min_cos > 0 else None,
             max_evaluations=int(max_evals), limit=int(s_limit), cluster=project.cluster or None)

@@ -102,6 +102,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _config(args: argparse.Namespace, ws) -> tuple:
     from calib.build import BuildConfig
+    from calib.calibrate import RangesRef
+    from calib.errors import InputError
     from calib.placement import Placement
 
     parents: list[str] = []
@@ -117,8 +119,6 @@ def _config(args: argparse.Namespace, ws) -> tuple:
     if args.calibration_set:
         calibration_set = str(Path(run_folder(ws, args.calibration_set, "calibset")).resolve())
     if not model:
-        from calib.errors import InputError
-
         raise InputError("give --model with --ranges (the FP32 ONNX model the ranges were calibrated on)")
     exclude = list(args.exclude)
     if args.exclude_from:
@@ -127,11 +127,14 @@ def _config(args: argparse.Namespace, ws) -> tuple:
 
         sens_dir = run_folder(ws, args.exclude_from, "sensitivity", parents)
         exclude += [exact_pattern(n) for n in SensitivityResult.load(sens_dir).exclusions]
+    if args.ranges and calibration:
+        raise InputError("give exactly one of a ranges file (--ranges) or a calibration run (--calibration)")
     config = BuildConfig(
-        model=str(Path(model).resolve()), ranges=str(Path(args.ranges).resolve()) if args.ranges else "",
-        calibration=calibration, method=args.method,
+        model=str(Path(model).resolve()),
+        ranges=RangesRef(str(Path(args.ranges).resolve()) if args.ranges else calibration, args.method),
         placement=Placement(args.placement, include_nodes=tuple(args.include), exclude_nodes=tuple(exclude),
-                            include_op_types=tuple(args.op), exclude_op_types=tuple(args.exclude_op)), per_channel=not args.per_tensor_weights, backend=args.backend,
+                            include_op_types=tuple(args.op), exclude_op_types=tuple(args.exclude_op)),
+        per_channel=not args.per_tensor_weights, backend=args.backend,
         calibration_set=calibration_set, profile=tuple(args.profile or ()), trt_version=args.trt_version,
         trt_mode=args.trt_mode, timing_cache=str(ws.cache_dir / "tensorrt-timing.cache"),
         smooth=args.smooth, smooth_attention=args.smooth_attention, bias_correction=args.bias_correction,

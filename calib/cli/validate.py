@@ -303,6 +303,7 @@ def run_compare(args: argparse.Namespace, ws) -> int:
 
 def run_sensitivity(args: argparse.Namespace) -> int:
     from calib.build import BuildConfig
+    from calib.calibrate import RangesRef
     from calib.cli.common import ProgressBar, cluster_of, print_run_json, workspace_of
     from calib.pipeline import run_stage
     from calib.placement import Placement
@@ -316,7 +317,7 @@ def run_sensitivity(args: argparse.Namespace) -> int:
     ranges = str(run_folder(ws, args.ranges, "calibrate", parents)) if args.ranges else ""
     start_from = str(run_folder(ws, args.start_from, "build", parents)) if args.start_from else ""
     placement = Placement(args.placement, include_nodes=tuple(args.include), exclude_nodes=tuple(args.exclude))
-    config = SensitivityConfig(model=model, data=data, ranges=ranges, method=args.method, placement=placement,
+    config = SensitivityConfig(model=model, data=data, ranges=RangesRef(ranges, args.method), placement=placement,
                                granularity=args.granularity, ranking=args.ranking,
                                max_drop=args.max_drop, min_agreement=args.min_agreement,
                                min_embedding_cosine=args.min_embedding_cosine, max_evaluations=args.max_evaluations,
@@ -373,12 +374,11 @@ def run_sensitivity(args: argparse.Namespace) -> int:
         print(f"  exclude {node}")
     if result.exclusions and start_from:
         cfg = (result.data.get("start_from") or {}).get("config") or {}
-        source = (f"--calibration {cfg['calibration']}" if cfg.get("calibration")
-                  else f"--ranges {cfg.get('ranges')} --model {cfg.get('model')}")
-        extra = (f" --smooth {cfg['smooth']}" if cfg.get("smooth") else "") + (
-            " --bias-correction" if cfg.get("bias_correction") else "")
-        preset = BuildConfig.from_params(cfg).placement.preset if cfg.get("model") else None
-        print(f"build with: calib build {source} --method {cfg.get('method')} --placement {preset}{extra} "
+        made = BuildConfig.from_params(cfg)
+        source = (f"--calibration {made.ranges.source}" if made.ranges.from_calibration
+                  else f"--ranges {made.ranges.source} --model {made.model}")
+        extra = (f" --smooth {made.smooth}" if made.smooth else "") + (" --bias-correction" if made.bias_correction else "")
+        print(f"build with: calib build {source} --method {made.ranges.method} --placement {made.placement.preset}{extra} "
               f"--exclude-from {run_id}")
     elif result.exclusions:
         source = (f"--ranges {args.ranges} --model {config.model.model}" if Path(args.ranges).is_file()
