@@ -23,7 +23,7 @@ from __future__ import annotations
 import html
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
@@ -313,6 +313,18 @@ def check_columns(ds: datasets.Dataset, spec: DataSpec) -> None:
                 f"dataset {spec.describe()}: column {name!r} holds {dtype or type(feature).__name__}, not text; "
                 "name the column that holds the texts"
             )
+
+
+TEXT_COLUMN_NAMES = ("text", "sentence", "review", "content")
+LABEL_COLUMN_NAMES = ("label", "labels", "category", "class", "target")
+
+
+def guess_columns(columns: Sequence[str]) -> tuple[str | None, str | None]:
+    """(text column, label column) of a table by well-known names, each None when no column has one:
+    a caller asks instead of silently taking, say, an id column as the texts."""
+    text = next((c for c in TEXT_COLUMN_NAMES if c in columns), None)
+    label = next((c for c in LABEL_COLUMN_NAMES if c in columns and c != text), None)
+    return text, label
 
 
 def texts_of(ds: datasets.Dataset, spec: DataSpec) -> tuple[list[str], list[str] | None]:

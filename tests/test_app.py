@@ -106,6 +106,23 @@ def assemble_and_calibrate(at: AppTest, size: int = 32, methods: list[str] | Non
 
 
 # -- infrastructure ------------------------------------------------------------------------------
+def test_run_history_filters_and_stage_order(tmp_path):
+    from lib.runs import filter_runs, stages_present
+
+    from calib.workspace import RunRecord
+
+    def rec(rid, stage, status="finished"):
+        return RunRecord(rid, stage, "", "", {}, [], status, 1.0, "", "", {}, "", None, tmp_path / rid)
+
+    runs = [rec("a", "validate"), rec("b", "build", "failed"), rec("c", "future-stage"), rec("d", "calibset")]
+    notes = {"a": ("", ("ship", "bbc")), "d": ("why", ("bbc",))}
+    assert filter_runs(runs) == runs
+    assert [r.id for r in filter_runs(runs, stages=("build", "validate"))] == ["a", "b"]
+    assert [r.id for r in filter_runs(runs, statuses=("finished",), tags=("bbc",), notes=notes)] == ["a", "d"]
+    assert [r.id for r in filter_runs(runs, tags=("bbc", "ship"), notes=notes)] == ["a"]
+    assert stages_present(runs) == ["calibset", "build", "validate", "future-stage"]
+
+
 def test_sanitize_upload_names():
     from lib.uploads import sanitize_name
 

@@ -257,3 +257,12 @@ def test_good_save_to_disk_copy_keeps_loading(tmp_path, tiny_csv):
     shutil.move(str(folder), moved)
     assert len(load_rows(DataSpec(str(moved)))) == 240
     assert Path(moved).is_dir()
+
+
+def test_columns_are_guessed_by_well_known_names_only():
+    from calib.data import guess_columns
+
+    assert guess_columns(["id", "sentence", "label"]) == ("sentence", "label")
+    assert guess_columns(["review", "category", "text"]) == ("text", "category")  # "text" first
+    assert guess_columns(["id", "body", "y"]) == (None, None)  # never an id column as the texts
+    assert guess_columns(["text"]) == ("text", None)

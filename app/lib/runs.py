@@ -36,6 +36,21 @@ METRIC_COLUMNS = {
 }
 
 
+def filter_runs(runs: Sequence[RunRecord], *, stages: Sequence[str] = (), statuses: Sequence[str] = (),
+                tags: Sequence[str] = (), notes: Mapping[str, tuple[str, Sequence[str]]] | None = None) -> list[RunRecord]:
+    """The runs of any of ``stages`` with any of ``statuses`` carrying every one of ``tags`` (their
+    ``notes``: run id -> (note, tags)); an empty filter keeps everything. Order is kept."""
+    notes = notes or {}
+    return [r for r in runs if (not stages or r.stage in stages) and (not statuses or r.status in statuses)
+            and set(tags) <= set(notes.get(r.id, ("", ()))[1])]
+
+
+def stages_present(runs: Sequence[RunRecord]) -> list[str]:
+    """The stages these runs were made by, in pipeline order (stages this version does not know last)."""
+    order = list(STAGE_TITLES)
+    return sorted({r.stage for r in runs}, key=lambda s: (order.index(s) if s in order else len(order), s))
+
+
 def history_frame(runs: Sequence[RunRecord], session: str, lookup=None,
                   notes: Mapping[str, tuple[str, tuple[str, ...]]] | None = None) -> pd.DataFrame:
     """One row per run: its name (what it is), status, time, the headline metrics as numbers (so the

@@ -30,6 +30,7 @@ from lib.ui import run_button, start_page
 from lib.verdict_view import budget_editor
 
 from calib import formatting as fmt
+from calib.data import guess_columns
 
 page = start_page("Project", ":material/folder_open:", "Which model to quantize and which texts to calibrate and evaluate it on.")
 ws, project = page.ws, page.project
@@ -182,13 +183,11 @@ else:
         eval_split = c2.selectbox("Evaluation split", splits, key="project-eval-split",
                                   index=splits.index("eval") if "eval" in splits else len(splits) - 1)
     c1, c2, c3 = st.columns(3)
-    # a well-known text column name is taken; otherwise ask (never silently take an id column)
-    guess_text = next((c for c in ("text", "sentence", "review", "content") if c in columns), None)
+    guess_text, guess_label = guess_columns(columns)  # well-known names only; otherwise the user picks
     text_column = c1.selectbox("Text column", columns, index=None if guess_text is None else columns.index(guess_text),
                                key="project-text-col", placeholder="Choose the column with the texts")
     label_options = [NONE] + columns
-    guess_label = next((c for c in ("label", "labels", "category", "class", "target") if c in columns), NONE)
-    label_column = c2.selectbox("Label column", label_options, index=label_options.index(guess_label),
+    label_column = c2.selectbox("Label column", label_options, index=label_options.index(guess_label or NONE),
                                 key="project-label-col")
     pair_column = c3.selectbox("Second text column (pairs)", [NONE] + columns, index=0, key="project-pair-col")
     max_length = st.number_input("Max length (tokens)", min_value=8, max_value=4096, step=8,

@@ -16,17 +16,20 @@ from lib.context import STAGE_TITLES, attempt, shown_errors
 from lib.runs import (
     baseline_deltas,
     comparison_frame,
+    filter_runs,
     flatten,
     history_column_config,
     history_frame,
     layer_overlay_frame,
     overlay_frame,
+    stages_present,
 )
 from lib.ui import age, download_file, start_page
 
 from calib import formatting as fmt
 from calib.naming import registry_lookup, run_name
 from calib.validate import Evaluation
+from calib.workspace import STATUSES
 
 RUN_COLOURS = ["#4c78a8", "#f58518", "#54a24b", "#b279a2", "#e45756", "#72b7b2", "#eeca3b", "#9d755d"]
 
@@ -88,20 +91,19 @@ with tab_history:
     c1, c2, c3 = st.columns([2, 2, 1])
     stages = c1.multiselect("Stages", list(STAGE_TITLES), default=[], key="runs-stages",
                             format_func=lambda s: STAGE_TITLES[s], placeholder="All stages")
-    statuses = c2.multiselect("Status", ["running", "finished", "failed", "interrupted", "cancelled"], default=[],
+    statuses = c2.multiselect("Status", [s for s in STATUSES if s != "finishing"], default=[],
                               key="runs-status", placeholder="Any status")
     everyone = c3.toggle("All sessions", value=True, key="runs-all",
                          help="Off: only the runs started from this browser session.")
     runs = ws.list_runs(session=None if everyone else page.session, limit=1000)
-    runs = [r for r in runs if (not stages or r.stage in stages) and (not statuses or r.status in statuses)]
+    runs = filter_runs(runs, stages=stages, statuses=statuses)
     if not runs:
         st.info("No runs yet. Start with the Calibration set page.", icon=":material/info:")
     else:
         all_notes = attempt(ws.notes, what="Reading the notes") or {}
         tag_filter = st.multiselect("Tags", sorted({t for _, tags in all_notes.values() for t in tags}),
                                     key="runs-tags", placeholder="Any tag")
-        if tag_filter:
-            runs = [r for r in runs if set(tag_filter) <= set(all_notes.get(r.id, ("", ()))[1])]
+        runs = filter_runs(runs, tags=tag_filter, notes=all_notes)
         frame = history_frame(runs, page.session, lookup, all_notes)
         st.dataframe(frame, hide_index=True, width="stretch", height=min(600, 38 + 35 * len(frame)),
                      column_config=history_column_config(st))
@@ -150,10 +152,9 @@ with tab_history:
 
 with tab_compare:
     everyone_c = st.toggle("All sessions", value=True, key="compare-all")
-    candidates = [r for r in ws.list_runs(session=None if everyone_c else page.session, limit=1000)
-                  if r.status == "finished"]
-    stage_options = sorted({r.stage for r in candidates}, key=lambda s: list(STAGE_TITLES).index(s)
-                           if s in STAGE_TITLES else 99)
+    candidates = filter_runs(ws.list_runs(session=None if everyone_c else page.session, limit=1000),
+                             statuses=("finished",))
+    stage_options = stages_present(candidates)
     if not stage_options:
         st.info("No finished runs to compare yet.", icon=":material/info:")
     else:
