@@ -365,3 +365,21 @@ def test_sentence_pairs_round_trip(tiny_model_path, tiny_tokenizer_dir, tmp_path
     encoded = cset.encode()
     np.testing.assert_array_equal(encoded.full_lengths, cset.lengths)
     assert (encoded.token_type_ids == 1).any()  # second segments are marked
+
+
+def test_a_recipe_file_written_by_0_1_reads_as_the_shipped_one():
+    """tests/fixtures/v1/recipe holds bbc-topic-match-eval.json as calib 0.1 wrote it (flat config); the one
+    shipped today is nested. Both give the same settings."""
+    from calib.pipeline import nest_params
+
+    old = json.loads((Path(__file__).parent / "fixtures" / "v1" / "recipe" / "bbc-topic-match-eval.json").read_text())
+    new = json.loads((RECIPES / "bbc-topic-match-eval.json").read_text())
+    assert "text_column" in old["config"] and "data" in new["config"]
+    old_data, new_data = (nest_params(AssembleConfig, r["config"])["data"] for r in (old, new))
+    assert old_data.items() <= new_data.items()  # today's adds the hygiene defaults
+    fill = {"model": {"model": "m.onnx", "tokenizer": "tok"}, "data": {"source": "demo:bbc-topic"}}
+    from_old = config_from_dict({**old["config"], "model": "m.onnx", "tokenizer": "tok", "source": "demo:bbc-topic",
+                                 "max_length": new["config"]["model"]["max_length"]})  # as the demo task fills them
+    from_new = config_from_dict({**new["config"], "model": {**fill["model"], **new["config"]["model"]},
+                                 "data": {**fill["data"], **new["config"]["data"]}})
+    assert from_old == from_new and from_new.strategy == "match" and from_new.data.split == "calibration"
