@@ -476,7 +476,7 @@ def load_recipe(path: str | Path, *, workspace: str | Path | None = None) -> Ass
     values = nest_params(AssembleConfig, recipe["config"])
     model, data = dict(values.get("model") or {}), dict(values.get("data") or {})
     if recipe.get("demo"):
-        demo = demo_values(str(recipe["demo"]), workspace, split=data.get("split") or "calibration")
+        demo = demo_values(str(recipe["demo"]), workspace, split=data.get("split"))
         model = {**demo["model"].fields(), **{k: v for k, v in model.items() if k not in _DEMO_MODEL_FIELDS}}
         data = {**dataclasses.asdict(demo["data"]), **{k: v for k, v in data.items() if k not in _DEMO_DATA_FIELDS}}
     if workspace is not None:
@@ -484,11 +484,14 @@ def load_recipe(path: str | Path, *, workspace: str | Path | None = None) -> Ass
     return config_from_dict({**values, "model": model, "data": data}, where=f"recipe {path}")
 
 
-def demo_values(task: str, workspace: str | Path | None, *, split: str = "calibration") -> dict[str, Any]:
-    """The ``model`` (ModelRef) and ``data`` (DataSpec of one split, read in the workspace) AssembleConfig
-    fields of a prepared demo task."""
-    from calib.inputs import demo_inputs  # the resolver sits above the stages (it loads the demo)
+def demo_values(task: str, workspace: str | Path | None, *, split: str | None = None) -> dict[str, Any]:
+    """The ``model`` (ModelRef) and ``data`` (DataSpec of one split, default the pool's, read in the
+    workspace) AssembleConfig fields of a prepared demo task."""
+    from calib.inputs import (  # the resolver sits above the stages (it loads the demo)
+        DEMO_SPLITS,
+        demo_inputs,
+    )
 
     ws = Workspace(workspace) if workspace is not None else Workspace()
-    model, data = demo_inputs(task, ws.root, split)
+    model, data = demo_inputs(task, ws.root, split or DEMO_SPLITS["pool"])
     return {"model": model, "data": dataclasses.replace(data, workspace=str(ws.root))}

@@ -23,14 +23,24 @@ _DATA_FIELDS = tuple(f.name for f in dataclasses.fields(DataSpec))
 _FLAGS = {"model": "--model", "tokenizer": "--tokenizer", "source": "--data"}
 
 
-def demo_inputs(task: str, workspace: str | Path | None, split: str) -> tuple[ModelRef, DataSpec]:
-    """The model of a prepared demo task and one of its splits (``train`` / ``calibration`` / ``eval``)."""
-    demo = load_demo_task(task, workspace)
+DEMO_SPLITS = {"pool": "calibration", "eval": "eval", "train": "train"}
+"""The split of a demo task each role reads: calibration sets draw from ``calibration``, evaluations
+(validate, compare, sensitivity, bench) read ``eval``, a classifier head is fitted on ``train``."""
+
+
+def task_inputs(demo: Any, split: str) -> tuple[ModelRef, DataSpec]:
+    """The model of a loaded demo task (``calib.demo.DemoTask``) and one of its splits; the app passes the
+    task it keeps loaded, the CLI the one :func:`demo_inputs` loads."""
     return ModelRef.of(demo.model), demo.data(split)
 
 
+def demo_inputs(task: str, workspace: str | Path | None, split: str) -> tuple[ModelRef, DataSpec]:
+    """The model of a prepared demo task and one of its splits (``train`` / ``calibration`` / ``eval``)."""
+    return task_inputs(load_demo_task(task, workspace), split)
+
+
 def resolve_inputs(workspace: str | Path, *, demo: str | None = None, split: str | None = None,
-                   default_split: str = "eval", model: Mapping[str, Any] | None = None,
+                   default_split: str = DEMO_SPLITS["eval"], model: Mapping[str, Any] | None = None,
                    data: Mapping[str, Any] | None = None, need: tuple[str, ...] = ("model", "tokenizer", "source"),
                    hint: str = "or --demo TASK", ask: str = "give") -> tuple[ModelRef, DataSpec]:
     """A ``ModelRef`` and ``DataSpec`` from a demo task (split ``split`` or ``default_split``) and/or

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import tinymodel
 
@@ -42,3 +44,17 @@ def test_a_demo_task_fills_model_and_data_and_explicit_values_win(demo_workspace
                                    model={"max_length": 32}, data={"text_column": "other"})
     assert (model2.max_length, data2.split, data2.text_column) == (32, "calibration", "other")
     assert model2.model == model.model
+
+
+@pytest.mark.demo
+def test_the_app_and_the_cli_read_a_demo_task_the_same_way(demo_workspace):
+    """The app keeps its demo task loaded and calls task_inputs; the CLI's resolver loads it: same refs."""
+    from calib.demo import load_demo_task
+    from calib.inputs import DEMO_SPLITS, demo_inputs, task_inputs
+
+    task = load_demo_task("bbc-topic", demo_workspace)
+    for role, split in DEMO_SPLITS.items():
+        assert task_inputs(task, split) == demo_inputs("bbc-topic", demo_workspace, split), role
+    model, data = resolve_inputs(demo_workspace, demo="bbc-topic")
+    assert data == task_inputs(task, DEMO_SPLITS["eval"])[1]
+    assert dataclasses.replace(model, **{f: None for f in ModelRef.ROLE_FIELDS}) == model

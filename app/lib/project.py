@@ -15,6 +15,7 @@ import streamlit as st
 
 from calib.data import DataSpec
 from calib.errors import InputError
+from calib.inputs import DEMO_SPLITS, task_inputs
 from calib.model import ModelSpec, load_model
 from calib.verdict import ReleaseBudget, default_budget
 from calib.workspace import Workspace
@@ -22,8 +23,6 @@ from lib.context import latest_session_value, load_session_state, save_session_v
 
 DEFAULT_TASK = "bbc-topic"
 PROJECT_KEY = "calib_project"
-DEMO_POOL_SPLIT = "calibration"
-DEMO_EVAL_SPLIT = "eval"
 
 
 @dataclass(frozen=True)
@@ -164,7 +163,7 @@ def data_spec(ws: Workspace, project: Project, role: str) -> DataSpec:
     if role not in ("pool", "eval"):
         raise ValueError(role)
     if project.kind == "demo":
-        return demo_task(ws, project.task).data(DEMO_POOL_SPLIT if role == "pool" else DEMO_EVAL_SPLIT)
+        return task_inputs(demo_task(ws, project.task), DEMO_SPLITS[role])[1]
     source = project.pool_source if role == "pool" or not project.eval_source else project.eval_source
     split = project.pool_split if role == "pool" else (project.eval_split if project.eval_source or
                                                          project.eval_split else project.pool_split)

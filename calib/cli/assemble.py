@@ -81,7 +81,7 @@ def build_config(args: argparse.Namespace, workspace_root: Path) -> tuple[Any, s
     """The AssembleConfig the arguments describe, and the demo task it uses (if any): a recipe's settings,
     model and pool filled by ``--demo`` (or the recipe), then the options given on top."""
     from calib.calibset import AssembleConfig, load_recipe
-    from calib.inputs import resolve_inputs
+    from calib.inputs import DEMO_SPLITS, resolve_inputs
     from calib.model import ModelRef
     from calib.pipeline import config_from_params, config_params
 
@@ -102,7 +102,7 @@ def build_config(args: argparse.Namespace, workspace_root: Path) -> tuple[Any, s
     elif args.demo:
         settings["target_kind"] = "eval"
     given_model, given_data = input_values(args)
-    ref, spec = resolve_inputs(workspace_root, demo=args.demo, split=args.split, default_split="calibration",
+    ref, spec = resolve_inputs(workspace_root, demo=args.demo, split=args.split, default_split=DEMO_SPLITS["pool"],
                                model={**model, **given_model}, data={**data, **given_data,
                                                                      "workspace": str(workspace_root)},
                                hint="or --demo TASK, or --recipe FILE", ask="calib assemble needs")

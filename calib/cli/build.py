@@ -211,7 +211,9 @@ def run_bench(args: argparse.Namespace) -> int:
     ws = workspace_of(args)
     parents: list[str] = []
     engine_dir = str(Path(run_folder(ws, args.engine, "build", parents)).resolve())
-    model, data = inputs_from_args(args, ws.root, default_split="eval", need=("tokenizer", "source"))
+    from calib.inputs import DEMO_SPLITS
+
+    model, data = inputs_from_args(args, ws.root, default_split=DEMO_SPLITS["eval"], need=("tokenizer", "source"))
     config = BenchConfig(engine=engine_dir, data=dataclasses.replace(data, split=data.split or "eval"),
                          tokenizer=model.tokenizer, max_length=model.max_length, max_texts=args.max_texts,
                          batch_sizes=tuple(args.batch_size), repeats=args.repeats, threads=args.threads)

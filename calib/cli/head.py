@@ -50,7 +50,9 @@ def run_fit(args: argparse.Namespace) -> int:
     from calib.pipeline import run_stage
 
     ws = workspace_of(args)
-    model, data = inputs_from_args(args, ws.root, default_split="train")
+    from calib.inputs import DEMO_SPLITS
+
+    model, data = inputs_from_args(args, ws.root, default_split=DEMO_SPLITS["train"])
     config = HeadConfig(model=model, data=data, folds=args.folds, seed=args.seed, batch_size=args.batch_size,
                         **({"c_values": args.c_values} if args.c_values else {}))
     run_id, head = run_stage(ws, "head", fit_head, config, label=args.label, progress=ProgressBar("head fit"))

@@ -74,7 +74,9 @@ def _model_data_args(p: argparse.ArgumentParser) -> None:
 
 def _common(args: argparse.Namespace, ws):
     """(ModelRef, DataSpec) shared by validate, compare and sensitivity, from --demo or explicit options."""
-    return inputs_from_args(args, ws.root, default_split="eval")
+    from calib.inputs import DEMO_SPLITS
+
+    return inputs_from_args(args, ws.root, default_split=DEMO_SPLITS["eval"])
 
 
 def _eval_settings(args: argparse.Namespace, cluster: str | None = None):
