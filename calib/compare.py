@@ -35,7 +35,7 @@ class CompareConfig:
     """``calibration``: a calibrate run folder. ``model`` / ``data`` / ``settings``: the FP32 baseline, the
     evaluation rows and how every method's engine is evaluated (as :class:`~calib.validate.ValidateConfig`).
     ``methods``: which range sets (empty: every method of the calibration). ``placement``: the Q/DQ
-    placement preset of every build. ``budget``: the release budget (None: the default for what the
+    placement of every build (a preset, and nodes kept in float). ``budget``: the release budget (None: the default for what the
     evaluations can measure)."""
 
     calibration: str
@@ -43,7 +43,7 @@ class CompareConfig:
     data: DataSpec
     settings: EvalSettings = field(default_factory=EvalSettings)
     methods: tuple[str, ...] = ()
-    placement: str = "tensorrt"
+    placement: Placement = field(default_factory=Placement)
     budget: ReleaseBudget | None = None
 
 
@@ -107,7 +107,7 @@ def compare_calibrators(config: CompareConfig, out_dir: Path, *,
 
         engine_dir = out_dir / method / ENGINE_DIR
         build(BuildConfig(model=config.model.model, ranges=RangesRef(config.calibration, method),
-                          placement=Placement(config.placement)), engine_dir,
+                          placement=config.placement), engine_dir,
               progress=lambda f, m="", _s=start, _w=span, _m=method, _i=i: report(
                   _s + _w * 0.3 * f, f"{_m} ({_i + 1}/{len(methods)}): build: {m}"))
         vconfig = ValidateConfig(engine=str(engine_dir), model=config.model, data=config.data,
@@ -124,7 +124,7 @@ def compare_calibrators(config: CompareConfig, out_dir: Path, *,
         row["bucket_drops"] = [_bucket_figures(b) for b in ev.buckets]
         row["headline"] = headline_of(ev)
     rec = recommend(rows, budget)
-    data = {"schema": SCHEMA, "calibration": str(Path(config.calibration).resolve()), "placement": config.placement,
+    data = {"schema": SCHEMA, "calibration": str(Path(config.calibration).resolve()), "placement": config.placement.preset,
             "model_sha256": evaluations[0].data["model"]["sha256"], "dataset": evaluations[0].data["dataset"],
             "budget": budget.to_dict(), "rows": rows, "recommendation": rec.to_dict()}
     atomic_write_json(out_dir / "comparison.json", data)

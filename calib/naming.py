@@ -73,7 +73,7 @@ def run_facts(run: RunRecord, lookup: Lookup | None = None) -> list[str]:
         facts.append(_texts(s.get("rows")) or (_texts(_settings(p).get("limit")) if run.stage == "validate" else None))
     elif run.stage == "compare":
         methods = p.get("methods") or s.get("methods") or []
-        facts = [f"{len(methods)} calibrators" if methods else "every calibrator", p.get("placement"),
+        facts = [f"{len(methods)} calibrators" if methods else "every calibrator", _preset(p),
                  _texts(_settings(p).get("limit")),
                  f"best {s['recommended']}" if s.get("recommended") else None]
     elif run.stage == "sensitivity":

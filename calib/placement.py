@@ -27,6 +27,10 @@ import onnx
 from calib.errors import InputError, check_choice
 
 PRESETS = ("tensorrt", "tensorrt-residual", "all")
+PRESET_TITLES = {"tensorrt": "tensorrt — MatMul/Gemm inputs only (recommended)",
+                 "tensorrt-residual": "tensorrt-residual — MatMul/Gemm plus the residual Adds",
+                 "all": "all — every quantizable op (shows why naive INT8 fails)"}
+"""What each preset quantizes, in a line (the app's choices; :func:`resolve_placement` is the definition)."""
 INPUT_ONLY_OPS = ("MatMul", "Gemm", "Conv", "ConvTranspose")
 # Ops ONNX Runtime's QDQ quantizer knows (its QDQRegistry plus the element-wise ops its base
 # operator quantizer handles); the 'all' preset quantizes every one of these found in the graph.

@@ -138,3 +138,9 @@ def test_bad_inputs(tiny_spec, amax, tmp_path):
         warnings.simplefilter("error")  # a clean range set raises no warning
         quantize_qdq(tiny_spec.onnx_path, amax, Placement("tensorrt"), tmp_path / "q.onnx")
     assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_every_preset_has_a_title():
+    from calib.placement import PRESET_TITLES, PRESETS
+
+    assert set(PRESET_TITLES) == set(PRESETS) and all(PRESET_TITLES[p].startswith(p) for p in PRESETS)

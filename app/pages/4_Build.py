@@ -21,7 +21,7 @@ from calib.build import BuildConfig, EngineArtifact, build
 from calib.calibrate import Calibration, RangesRef
 from calib.engines import backend_names, get_backend
 from calib.methods import DEFAULT_BUILD_METHOD
-from calib.placement import PRESETS, Placement
+from calib.placement import PRESET_TITLES, PRESETS, Placement
 from calib.trtcache import DEFAULT_TRT_VERSION
 from calib.verdict import TENSORRT_DEFAULT_CALIBRATOR
 
@@ -60,11 +60,8 @@ else:
     if method == TENSORRT_DEFAULT_CALIBRATOR:
         c1.caption(f"{TENSORRT_DEFAULT_CALIBRATOR} is TensorRT's default but the worst on both demo tasks; check it "
                    "against the others with *Calibrators side by side* on the Validate page.")
-    preset_labels = {"tensorrt": "tensorrt — MatMul/Gemm inputs only (recommended)",
-                     "tensorrt-residual": "tensorrt-residual — MatMul/Gemm plus the residual Adds",
-                     "all": "all — every quantizable op (shows why naive INT8 fails)"}
     preset = c2.selectbox("Placement preset", list(PRESETS), key="build-preset",
-                          format_func=lambda p: preset_labels.get(p, p))
+                          format_func=lambda p: PRESET_TITLES.get(p, p))
     backend = c3.selectbox("Backend", list(backend_names()), key="build-backend",
                            format_func=lambda name: get_backend(name).label,
                            help=None if trt.available else f"TensorRT: {trt.reason}")

@@ -36,7 +36,7 @@ from calib.build import BuildConfig, EngineArtifact, build, calibration_of
 from calib.calibrate import Calibration
 from calib.compare import CalibratorComparison, CompareConfig, compare_calibrators
 from calib.evaluation import EvalSettings
-from calib.placement import PRESETS
+from calib.placement import PRESET_TITLES, PRESETS, Placement
 from calib.report import (
     Report,
     ReportConfig,
@@ -166,13 +166,13 @@ else:
     methods_available = list(calibration_run.methods) if calibration_run is not None else []
     c1, c2, c3 = st.columns([3, 1, 1])
     methods = c1.multiselect("Range sets to compare", methods_available, default=methods_available, key="cmp-methods")
-    placement = c2.selectbox("Placement", list(PRESETS), key="cmp-placement")
+    placement = c2.selectbox("Placement", list(PRESETS), key="cmp-placement", format_func=lambda p: PRESET_TITLES.get(p, p))
     cmp_limit = c3.number_input("Texts per calibrator (0 = all)", min_value=0, value=0, step=32, key="cmp-limit")
     if len(methods) < 1:
         st.warning("Pick at least one range set.", icon=":material/warning:")
     else:
         cconfig = CompareConfig(
-            calibration=str(cal_run.dir), **project_inputs(ws, project), methods=tuple(methods), placement=placement,
+            calibration=str(cal_run.dir), **project_inputs(ws, project), methods=tuple(methods), placement=Placement(placement),
             budget=budget, settings=EvalSettings(limit=int(cmp_limit), layers=False, cluster=project.cluster or None))
         run_button(page, "compare", "Validating every calibrator", f"Validate {len(methods)} calibrators side by side",
                    key="cmp-run", fn=compare_calibrators, config=cconfig, parents=(cal_run.id,),

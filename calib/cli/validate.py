@@ -255,6 +255,7 @@ def run_compare(args: argparse.Namespace, ws) -> int:
     from calib.cli.common import ProgressBar, format_table, print_run_json
     from calib.compare import CompareConfig, compare_calibrators
     from calib.pipeline import run_stage
+    from calib.placement import Placement
 
     if args.engine:
         raise InputError("give either --engine (one build) or --method (build every range set), not both")
@@ -265,7 +266,7 @@ def run_compare(args: argparse.Namespace, ws) -> int:
     calibration = str(run_folder(ws, args.calibration, "calibrate", parents))
     methods = () if [m.lower() for m in args.method] == ["all"] else tuple(args.method)
     config = CompareConfig(calibration=calibration, model=model, data=data, settings=_eval_settings(args),
-                           methods=methods, placement=args.placement, budget=budget_from_args(args))
+                           methods=methods, placement=Placement(args.placement), budget=budget_from_args(args))
     run_id, comparison = run_stage(ws, "compare", compare_calibrators, config, parents=parents, label=args.label,
                                    progress=ProgressBar("compare"))
     data = comparison.data
