@@ -35,8 +35,8 @@ class CompareConfig:
     """``calibration``: a calibrate run folder. ``model`` / ``data`` / ``settings``: the FP32 baseline, the
     evaluation rows and how every method's engine is evaluated (as :class:`~calib.validate.ValidateConfig`).
     ``methods``: which range sets (empty: every method of the calibration). ``placement``: the Q/DQ
-    placement of every build (a preset, and nodes kept in float). ``budget``: the release budget (None: the default for what the
-    evaluations can measure)."""
+    placement of every build (a preset, and nodes kept in float). ``budget``: the release budget (None:
+    the default for what the evaluations can measure)."""
 
     calibration: str
     model: ModelRef

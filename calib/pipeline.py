@@ -66,6 +66,7 @@ def nest_params(cls: type, values: Mapping[str, Any], *, renames: Mapping[str, s
     names = RENAMED if renames is None else renames
     values = {names.get(k, k): v for k, v in values.items() if not (k in names and names[k] in values)}
     out = {k: _tuples(v) for k, v in values.items()}
+    own = {f.name for f in dataclasses.fields(cls)}
     for f in dataclasses.fields(cls):
         part = _part_type(hints[f.name])
         value = values.get(f.name, dataclasses.MISSING)
@@ -79,9 +80,8 @@ def nest_params(cls: type, values: Mapping[str, Any], *, renames: Mapping[str, s
         if value is not dataclasses.MISSING:
             flat[part_fields[0]] = value
         if flat:
-            for k in part_fields:
-                if k not in {g.name for g in dataclasses.fields(cls)}:
-                    out.pop(k, None)
+            for k in set(part_fields) - own:  # a flat key that belongs to the part only
+                out.pop(k, None)
             out[f.name] = nest_params(part, flat, renames={})
     return out
 

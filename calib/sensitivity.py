@@ -1081,7 +1081,7 @@ def _analyze(config: SensitivityConfig, out_dir: Path, progress: ProgressFn | No
         "schema": SCHEMA,
         "model": {"path": str(spec.onnx_path), "sha256": spec.sha256},
         "ranges": ({"source": config.ranges.source,
-                    "method": config.ranges.method if Path(config.ranges.source).is_dir() else "file"}
+                    "method": config.ranges.method if config.ranges.from_calibration else "file"}
                    if start_build is None else start_build.meta.get("ranges")),
         "placement": dataclasses.asdict(config.placement) if start_build is None else start_build.meta["placement"],
         "start_from": None if start_build is None else {

@@ -166,7 +166,8 @@ else:
     methods_available = list(calibration_run.methods) if calibration_run is not None else []
     c1, c2, c3 = st.columns([3, 1, 1])
     methods = c1.multiselect("Range sets to compare", methods_available, default=methods_available, key="cmp-methods")
-    placement = c2.selectbox("Placement", list(PRESETS), key="cmp-placement", format_func=lambda p: PRESET_TITLES.get(p, p))
+    placement = c2.selectbox("Placement", list(PRESETS), key="cmp-placement",
+                             format_func=lambda p: PRESET_TITLES.get(p, p))
     cmp_limit = c3.number_input("Texts per calibrator (0 = all)", min_value=0, value=0, step=32, key="cmp-limit")
     if len(methods) < 1:
         st.warning("Pick at least one range set.", icon=":material/warning:")
