@@ -17,7 +17,7 @@ from calib.build import BuildConfig, build
 from calib.calibrate import Calibration, RangesRef
 from calib.data import DataSpec
 from calib.errors import InputError
-from calib.evaluation import EvalSettings
+from calib.evaluation import BucketFigures, EvalSettings
 from calib.io import atomic_write_json, read_artifact_json
 from calib.model import ModelRef
 from calib.placement import Placement
@@ -121,7 +121,7 @@ def compare_calibrators(config: CompareConfig, out_dir: Path, *,
         row["run"] = row["calibrator"] or row["run"]
         row["verdict"] = judge(row, budget).to_dict()
         row["evaluation"] = f"{row['calibrator']}/{EVALUATION_DIR}"
-        row["bucket_drops"] = [_bucket_figures(b) for b in ev.buckets]
+        row["bucket_drops"] = [_bucket_figures(b) for b in ev.metrics.bucket_figures]
         row["headline"] = headline_of(ev)
     rec = recommend(rows, budget)
     data = {"schema": SCHEMA, "calibration": str(Path(config.calibration).resolve()), "placement": config.placement.preset,
@@ -132,15 +132,14 @@ def compare_calibrators(config: CompareConfig, out_dir: Path, *,
     return CalibratorComparison.load(out_dir)
 
 
-def _bucket_figures(bucket: dict) -> dict:
+def _bucket_figures(bucket: BucketFigures) -> dict:
     """One length bucket's headline figures: agreement and drop for a classifier, the embedding cosine
     (and neighbour recall@1) for an embedding model, whose buckets have no agreement."""
-    out = {"bucket": bucket["bucket"], "n": bucket["n"]}
-    if "agreement" in bucket:
-        out.update(top1_agreement=bucket["agreement"]["top1_agreement"],
-                   accuracy_drop_points=bucket.get("accuracy_drop_points"))
-    if isinstance(bucket.get("embedding_cosine"), dict):
-        out["embedding_cosine"] = bucket["embedding_cosine"].get("mean")
-    if isinstance(bucket.get("neighbours"), dict):
-        out["neighbour_recall_at_1"] = bucket["neighbours"].get("recall_at_1")
+    out: dict = {"bucket": bucket.bucket, "n": bucket.n}
+    if bucket.has_agreement:
+        out.update(top1_agreement=bucket.top1_agreement, accuracy_drop_points=bucket.accuracy_drop_points)
+    if bucket.has_embedding:
+        out["embedding_cosine"] = bucket.embedding_cosine
+    if bucket.neighbour_recall_at_1 is not None:
+        out["neighbour_recall_at_1"] = bucket.neighbour_recall_at_1
     return out

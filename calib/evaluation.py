@@ -32,6 +32,7 @@ from calib.data import DataSpec, fingerprint, label_ids, label_names, load_table
 from calib.errors import InputError, check_choice
 from calib.metrics import bucketed_comparison, bucketed_embedding_comparison, row_cosine
 from calib.model import ModelSpec, OutputRoles, load_tokenizer
+from calib.verdict import MIN_BUCKET_TEXTS
 from calib.workspace import ProgressFn
 
 CLASSIFIER = "classifier"
@@ -258,17 +259,172 @@ def run_engine(engine, encoded: Encoded, input_dtypes: Mapping[str, type], roles
 # -- comparing ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Metrics:
-    """FP32-vs-INT8 metrics overall and per length bucket.
+class GroupFigures:
+    """Typed reads of one group's FP32-vs-INT8 numbers (all texts, or one length bucket).
 
-    ``overall`` and each of ``buckets`` hold the group's numbers: ``n``; for classifiers
-    ``agreement`` (top-1, KL, logit differences), ``embedding_cosine`` {mean, min} when the model also
-    has an embedding, and ``fp32``/``int8``/``accuracy_drop_points``/``accuracy_diff_ci`` when
-    labelled; for embedding models ``embedding_cosine`` {mean, p1, min, CI}, ``neighbours``
-    {k, recall_at_1, recall_at_k, CIs}, ``similarity_spearman`` {mean, CI} and, when labelled,
-    ``knn`` {k, accuracy_fp32, accuracy_int8, accuracy_drop_points, accuracy_diff_ci} (see
-    :mod:`calib.metrics`). ``row_cosine`` (N,) is the per-text embedding cosine (not in the JSON).
+    The group's numbers are a dict (``_values``, the JSON form): ``n``; for classifiers ``agreement``
+    (top-1, KL, logit differences), ``embedding_cosine`` {mean, min} when the model also has an
+    embedding, and ``fp32``/``int8``/``accuracy_drop_points``/``accuracy_diff_ci`` when labelled; for
+    embedding models ``embedding_cosine`` {mean, p1, min, CI}, ``neighbours`` {k, recall_at_1,
+    recall_at_k, CIs}, ``similarity_spearman`` {mean, CI} and, when labelled, ``knn`` {k, accuracy_fp32,
+    accuracy_int8, accuracy_drop_points, accuracy_diff_ci} (see :mod:`calib.metrics`). Every reader
+    returns None (or empty) for a figure the group does not have.
+    """
+
+    __slots__ = ()
+
+    @property
+    def _values(self) -> Mapping[str, Any]:
+        raise NotImplementedError
+
+    def _part(self, name: str) -> Mapping[str, Any]:
+        return self._values.get(name) or {}
+
+    @property
+    def n(self) -> int:
+        return int(self._values["n"])
+
+    @property
+    def labelled(self) -> bool:
+        return "fp32" in self._values
+
+    @property
+    def has_agreement(self) -> bool:
+        """Whether logits were compared (classifiers)."""
+        return "agreement" in self._values
+
+    @property
+    def has_embedding(self) -> bool:
+        """Whether the embedding cosine was measured (an embedding model, or a classifier that has one)."""
+        return "embedding_cosine" in self._values
+
+    def agreement(self, name: str) -> float | None:
+        """One logit-agreement figure: ``top1_agreement``, ``kl_softmax``, ``logit_cosine``,
+        ``max_abs_diff`` or ``mean_abs_diff`` (None for embedding models)."""
+        return self._part("agreement").get(name)
+
+    @property
+    def top1_agreement(self) -> float | None:
+        return self.agreement("top1_agreement")
+
+    @property
+    def kl_softmax(self) -> float | None:
+        return self.agreement("kl_softmax")
+
+    @property
+    def accuracy_fp32(self) -> float | None:
+        return self._part("fp32").get("accuracy")
+
+    @property
+    def accuracy_int8(self) -> float | None:
+        return self._part("int8").get("accuracy")
+
+    @property
+    def accuracy_drop_points(self) -> float | None:
+        """FP32 − INT8 accuracy in points (None unlabelled)."""
+        return self._values.get("accuracy_drop_points")
+
+    @property
+    def accuracy_diff_ci(self) -> dict:
+        """The paired-bootstrap interval of INT8 − FP32 accuracy (fractions): {low, high, confidence,
+        n_resamples}; empty when unlabelled."""
+        return dict(self._part("accuracy_diff_ci"))
+
+    @property
+    def macro_f1_fp32(self) -> float | None:
+        return self._part("fp32").get("macro_f1")
+
+    @property
+    def macro_f1_int8(self) -> float | None:
+        return self._part("int8").get("macro_f1")
+
+    def per_class(self, classes: Sequence[str]) -> list[dict]:
+        """Per class (in logit order): support, precision and recall on FP32 and INT8 (labelled classifiers;
+        else empty)."""
+        fp32, int8 = self._part("fp32"), self._part("int8")
+        if not fp32 or not int8:
+            return []
+        return [{"class": name, "support": fp32["support"][i], "precision_fp32": fp32["precision"][i],
+                 "recall_fp32": fp32["recall"][i], "precision_int8": int8["precision"][i],
+                 "recall_int8": int8["recall"][i]} for i, name in enumerate(classes)]
+
+    def confusion(self, side: str) -> list[list[int]] | None:
+        """The confusion matrix (rows: true class, columns: predicted) of ``fp32`` or ``int8``; None unlabelled."""
+        return self._part(side).get("confusion")
+
+    @property
+    def embedding_cosine(self) -> float | None:
+        """Mean per-text embedding cosine FP32 vs INT8 (None without an embedding output)."""
+        return self._part("embedding_cosine").get("mean")
+
+    @property
+    def embedding_cosine_min(self) -> float | None:
+        return self._part("embedding_cosine").get("min")
+
+    @property
+    def embedding_cosine_p1(self) -> float | None:
+        return self._part("embedding_cosine").get("p1")
+
+    @property
+    def neighbour_recall_at_1(self) -> float | None:
+        return self._part("neighbours").get("recall_at_1")
+
+    @property
+    def neighbour_recall_at_k(self) -> float | None:
+        return self._part("neighbours").get("recall_at_k")
+
+    @property
+    def neighbour_k(self) -> int | None:
+        return self._part("neighbours").get("k")
+
+    @property
+    def similarity_spearman(self) -> float | None:
+        return self._part("similarity_spearman").get("mean")
+
+    @property
+    def knn(self) -> dict | None:
+        """k-NN accuracy on FP32 vs INT8 embeddings (labelled embedding models), else None."""
+        return self._values.get("knn")
+
+    @property
+    def knn_accuracy_drop_points(self) -> float | None:
+        return (self.knn or {}).get("accuracy_drop_points")
+
+
+@dataclass(frozen=True)
+class BucketFigures(GroupFigures):
+    """One token-length bucket's figures: its label (``"64-127"``), bounds [``low``, ``high``) in
+    tokens (``high`` None for the open last bucket) and the group's numbers (see :class:`GroupFigures`)."""
+
+    bucket: str
+    low: int
+    high: int | None
+    values: Mapping[str, Any] = field(repr=False)
+
+    @property
+    def _values(self) -> Mapping[str, Any]:
+        return self.values
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> BucketFigures:
+        """Read one entry of ``metrics.buckets`` in ``evaluation.json``."""
+        return cls(str(data["bucket"]), int(data.get("low") or 0), data.get("high"), data)
+
+    @property
+    def empty(self) -> bool:
+        return self.n == 0
+
+    @property
+    def few_texts(self) -> bool:
+        """Too few texts (< ``MIN_BUCKET_TEXTS``) for its figures to carry weight."""
+        return self.n < MIN_BUCKET_TEXTS
+
+
+@dataclass(frozen=True)
+class Metrics(GroupFigures):
+    """FP32-vs-INT8 metrics overall (read through :class:`GroupFigures`) and per length bucket
+    (:attr:`bucket_figures`). ``overall`` and each of ``buckets`` are the JSON dicts of
+    ``evaluation.json``; ``row_cosine`` (N,) is the per-text embedding cosine (not in the JSON).
     """
 
     kind: str  # CLASSIFIER or EMBEDDING
@@ -276,6 +432,10 @@ class Metrics:
     overall: dict
     buckets: tuple[dict, ...]
     row_cosine: np.ndarray | None = field(default=None, compare=False)
+
+    @property
+    def _values(self) -> Mapping[str, Any]:
+        return self.overall
 
     def to_dict(self) -> dict:
         """The ``metrics`` block of ``evaluation.json``."""
@@ -288,108 +448,13 @@ class Metrics:
         return cls(kind, tuple(data.get("edges") or ()), dict(data["overall"]), tuple(data["buckets"]))
 
     @property
-    def n(self) -> int:
-        return int(self.overall["n"])
-
-    @property
     def is_classifier(self) -> bool:
         return self.kind == CLASSIFIER
 
     @property
-    def labelled(self) -> bool:
-        return "fp32" in self.overall
-
-    @property
-    def has_embedding(self) -> bool:
-        """Whether the embedding cosine was measured (an embedding model, or a classifier that has one)."""
-        return "embedding_cosine" in self.overall
-
-    def agreement(self, name: str) -> float | None:
-        """One logit-agreement figure overall: ``top1_agreement``, ``kl_softmax``, ``logit_cosine``,
-        ``max_abs_diff`` or ``mean_abs_diff`` (None for embedding models)."""
-        return (self.overall.get("agreement") or {}).get(name)
-
-    @property
-    def top1_agreement(self) -> float | None:
-        return self.agreement("top1_agreement")
-
-    @property
-    def kl_softmax(self) -> float | None:
-        return self.agreement("kl_softmax")
-
-    @property
-    def macro_f1_fp32(self) -> float | None:
-        return (self.overall.get("fp32") or {}).get("macro_f1")
-
-    @property
-    def macro_f1_int8(self) -> float | None:
-        return (self.overall.get("int8") or {}).get("macro_f1")
-
-    @property
-    def accuracy_diff_ci(self) -> dict:
-        """The paired-bootstrap interval of INT8 − FP32 accuracy (fractions): {low, high, confidence,
-        n_resamples}; empty when unlabelled."""
-        return dict(self.overall.get("accuracy_diff_ci") or {})
-
-    @property
-    def accuracy_fp32(self) -> float | None:
-        return (self.overall.get("fp32") or {}).get("accuracy")
-
-    @property
-    def accuracy_int8(self) -> float | None:
-        return (self.overall.get("int8") or {}).get("accuracy")
-
-    @property
-    def accuracy_drop_points(self) -> float | None:
-        return self.overall.get("accuracy_drop_points")
-
-    @property
-    def embedding_cosine(self) -> float | None:
-        """Mean per-text embedding cosine FP32 vs INT8 (None without an embedding output)."""
-        return (self.overall.get("embedding_cosine") or {}).get("mean")
-
-    def per_class(self, classes: Sequence[str]) -> list[dict]:
-        """Per class (in logit order): support, precision and recall on FP32 and INT8 (labelled classifiers;
-        else empty)."""
-        fp32, int8 = self.overall.get("fp32"), self.overall.get("int8")
-        if not fp32 or not int8:
-            return []
-        return [{"class": name, "support": fp32["support"][i], "precision_fp32": fp32["precision"][i],
-                 "recall_fp32": fp32["recall"][i], "precision_int8": int8["precision"][i],
-                 "recall_int8": int8["recall"][i]} for i, name in enumerate(classes)]
-
-    def confusion(self, side: str) -> list[list[int]] | None:
-        """The confusion matrix (rows: true class, columns: predicted) of ``fp32`` or ``int8``; None unlabelled."""
-        return (self.overall.get(side) or {}).get("confusion")
-
-    @property
-    def embedding_cosine_min(self) -> float | None:
-        return (self.overall.get("embedding_cosine") or {}).get("min")
-
-    @property
-    def embedding_cosine_p1(self) -> float | None:
-        return (self.overall.get("embedding_cosine") or {}).get("p1")
-
-    @property
-    def neighbour_recall_at_1(self) -> float | None:
-        return (self.overall.get("neighbours") or {}).get("recall_at_1")
-
-    @property
-    def neighbour_recall_at_k(self) -> float | None:
-        return (self.overall.get("neighbours") or {}).get("recall_at_k")
-
-    @property
-    def neighbour_k(self) -> int | None:
-        return (self.overall.get("neighbours") or {}).get("k")
-
-    @property
-    def similarity_spearman(self) -> float | None:
-        return (self.overall.get("similarity_spearman") or {}).get("mean")
-
-    @property
-    def knn(self) -> dict | None:
-        """k-NN accuracy on FP32 vs INT8 embeddings (labelled embedding models), else None."""
-        return self.overall.get("knn")
+    def bucket_figures(self) -> tuple[BucketFigures, ...]:
+        """Each length bucket's figures, shortest first (empty buckets included)."""
+        return tuple(BucketFigures.from_dict(b) for b in self.buckets)
 
     def headline(self) -> dict:
         """The flat numbers budgets are checked on (sensitivity, run listings): agreement, KL and the
@@ -416,18 +481,18 @@ class Metrics:
         """The length bucket that fares worst (largest accuracy drop, else lowest agreement, else lowest
         cosine), or None when there is nothing to single out: fewer than two non-empty buckets, or
         every bucket scores the same."""
-        rows = [b for b in self.buckets if b["n"]]
+        rows = [b for b in self.bucket_figures if not b.empty]
         if self.labelled:
-            key, name, worst = (lambda b: b["accuracy_drop_points"]), "accuracy_drop_points", max
-        elif "agreement" in self.overall:
-            key, name, worst = (lambda b: b["agreement"]["top1_agreement"]), "top1_agreement", min
+            name, worst = "accuracy_drop_points", max
+        elif self.has_agreement:
+            name, worst = "top1_agreement", min
         else:
-            key, name, worst = (lambda b: b["embedding_cosine"]["mean"]), "embedding_cosine", min
-        values = [key(b) for b in rows]
+            name, worst = "embedding_cosine", min
+        values = [getattr(b, name) for b in rows]
         if len(rows) < 2 or max(values) - min(values) <= 1e-12:
             return None
-        b = worst(rows, key=key)
-        return {"bucket": b["bucket"], "n": b["n"], name: key(b)}
+        b = worst(rows, key=lambda r: getattr(r, name))
+        return {"bucket": b.bucket, "n": b.n, name: getattr(b, name)}
 
 
 def compare(fp32: EngineOutputs, int8: EngineOutputs, data: EvalData, *, edges: Sequence[int] = DEFAULT_EDGES,

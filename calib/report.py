@@ -251,23 +251,16 @@ def report_data(evaluations: Sequence[Evaluation], sensitivity: dict | None = No
     headline = headline_of(ev)
     budget = budget_for(ev, budget)
     verdict = judge(headline, budget)
-    buckets = []
-    for b in ev.buckets:
-        bci = b.get("accuracy_diff_ci") or {}
-        buckets.append({
-            "bucket": b["bucket"], "n": b["n"], "few_texts": b["n"] < MIN_BUCKET_TEXTS,
-            "accuracy_fp32": (b.get("fp32") or {}).get("accuracy"), "accuracy_int8": (b.get("int8") or {}).get("accuracy"),
-            "accuracy_drop_points": b.get("accuracy_drop_points"),
-            **_drop_ci(bci),
-            "top1_agreement": (b.get("agreement") or {}).get("top1_agreement"),
-            "kl_softmax": (b.get("agreement") or {}).get("kl_softmax"),
-            "embedding_cosine": (b.get("embedding_cosine") or {}).get("mean"),
-            "embedding_cosine_p1": (b.get("embedding_cosine") or {}).get("p1"),
-            "neighbour_recall_at_k": (b.get("neighbours") or {}).get("recall_at_k"),
-            "similarity_spearman": (b.get("similarity_spearman") or {}).get("mean"),
-        })
-    classes = ev.data["model"]["classes"]
     metrics = ev.metrics
+    buckets = [{
+        "bucket": b.bucket, "n": b.n, "few_texts": b.few_texts,
+        "accuracy_fp32": b.accuracy_fp32, "accuracy_int8": b.accuracy_int8,
+        "accuracy_drop_points": b.accuracy_drop_points, **_drop_ci(b.accuracy_diff_ci),
+        "top1_agreement": b.top1_agreement, "kl_softmax": b.kl_softmax,
+        "embedding_cosine": b.embedding_cosine, "embedding_cosine_p1": b.embedding_cosine_p1,
+        "neighbour_recall_at_k": b.neighbour_recall_at_k, "similarity_spearman": b.similarity_spearman,
+    } for b in metrics.bucket_figures]
+    classes = ev.data["model"]["classes"]
     per_class = metrics.per_class(classes) if ev.labelled else []
     sens = None
     if sensitivity is not None:

@@ -121,3 +121,45 @@ class _FakeEncoded:
 
     def __len__(self):
         return len(self.full_lengths)
+
+
+def test_bucket_figures_read_each_bucket_of_an_old_evaluation():
+    """Per-bucket figures are typed like the overall ones: each reader returns the number stored in that
+    bucket of evaluation.json (here one written by the previous version), None where the bucket has none."""
+    from calib.evaluation import BucketFigures
+    from calib.validate import Evaluation
+    from calib.verdict import MIN_BUCKET_TEXTS
+
+    ev = Evaluation.load(FIXTURES / "validate")
+    figures = ev.metrics.bucket_figures
+    assert [b.bucket for b in figures] == [b["bucket"] for b in ev.buckets]
+    for typed, raw in zip(figures, ev.buckets, strict=True):
+        assert isinstance(typed, BucketFigures)
+        assert (typed.n, typed.low, typed.high) == (raw["n"], raw["low"], raw["high"])
+        assert typed.few_texts == (raw["n"] < MIN_BUCKET_TEXTS) and typed.empty == (raw["n"] == 0)
+        if typed.empty:
+            continue
+        assert typed.top1_agreement == raw["agreement"]["top1_agreement"]
+        assert typed.kl_softmax == raw["agreement"]["kl_softmax"]
+        assert typed.accuracy_fp32 == raw["fp32"]["accuracy"] and typed.accuracy_int8 == raw["int8"]["accuracy"]
+        assert typed.accuracy_drop_points == raw["accuracy_drop_points"]
+        assert typed.accuracy_diff_ci == raw.get("accuracy_diff_ci", {})
+        assert typed.neighbour_recall_at_k is None and typed.knn is None  # a classifier's bucket has none
+    worst = ev.metrics.worst_bucket()
+    assert worst["accuracy_drop_points"] == max(b.accuracy_drop_points for b in figures if not b.empty)
+
+
+def test_embedding_bucket_figures():
+    from calib.evaluation import EngineOutputs, EvalData, compare
+
+    rng = np.random.default_rng(1)
+    emb = rng.standard_normal((30, 8))
+    noisy = emb + 0.01 * rng.standard_normal((30, 8))
+    noisy[:4] = rng.standard_normal((4, 8))  # the 4 shortest texts lose their direction
+    data = EvalData(_FakeEncoded(np.arange(30)), None, (), np.arange(30), {})
+    m = compare(EngineOutputs(None, emb), EngineOutputs(None, noisy), data, edges=(0, 10, 20), n_resamples=0, k=3)
+    short, middle, long_ = m.bucket_figures
+    assert not m.is_classifier and short.bucket == "0-9" and long_.high is None
+    assert short.embedding_cosine < middle.embedding_cosine and middle.embedding_cosine > 0.99
+    assert short.top1_agreement is None and not short.has_agreement and short.neighbour_k == 3
+    assert m.worst_bucket() == {"bucket": "0-9", "n": 10, "embedding_cosine": short.embedding_cosine}

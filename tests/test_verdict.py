@@ -137,3 +137,33 @@ def test_validate_page_judges_the_newer_of_validation_and_comparison():
     assert verdict_subject(validation, older) is validation
     assert verdict_subject(None, comparison) is comparison and verdict_subject(validation, None) is validation
     assert verdict_subject(None, None) is None
+
+
+def test_bucket_tables_of_the_validate_page():
+    """The Validate page's per-bucket tables: empty and few-text buckets are marked and hold no figures;
+    the drop interval is shown in the drop's own convention (FP32 − INT8)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "app"))
+    from lib.verdict_view import bucket_frame, embedding_bucket_frame
+
+    from calib import formatting as fmt
+    from calib.evaluation import BucketFigures
+
+    full = {"n": 200, "agreement": {"top1_agreement": 0.99}, "fp32": {"accuracy": 0.9}, "int8": {"accuracy": 0.88},
+            "accuracy_drop_points": 2.0, "accuracy_diff_ci": {"low": -0.035, "high": -0.005}}
+    few = {**full, "n": 5}
+    empty = {"n": 0}
+    buckets = [BucketFigures("0-63", 0, 64, full), BucketFigures("64-127", 64, 128, few),
+               BucketFigures("128+", 128, None, empty)]
+    frame = bucket_frame(buckets, labelled=True)
+    assert list(frame["bucket"]) == ["0-63", "64-127 (few texts)", "128+ (empty)"]
+    assert list(frame["few"]) == [False, True, True]
+    assert frame["drop (pts)"][0] == 2.0 and frame["INT8 accuracy"][0] == 0.88
+    assert list(frame["drop 95 % CI (pts)"]) == ["[+0.50, +3.50]", "[+0.50, +3.50]", fmt.MISSING]
+    assert frame["agreement"].isna()[2] and frame["drop (pts)"].isna()[2]
+    assert "drop (pts)" not in bucket_frame(buckets, labelled=False)
+    emb = embedding_bucket_frame([BucketFigures("0-63", 0, 64, {"n": 3, "embedding_cosine": {"mean": 0.98},
+                                                                    "neighbours": {"k": 5, "recall_at_k": 0.9}})])
+    assert emb.to_dict("records") == [{"bucket": "0-63", "texts": 3, "cosine": 0.98, "recall@k": 0.9, "spearman": None}]

@@ -100,17 +100,12 @@ def overlay_frame(evaluations: Mapping[str, Any], measure: str) -> pd.DataFrame:
     ``agreement``, ``drop`` (points, FP32 − INT8) or ``cosine``."""
     rows = []
     for name, ev in evaluations.items():
-        for b in ev.buckets:
-            if not b["n"]:
+        for b in ev.metrics.bucket_figures:
+            if b.empty:
                 continue
-            if measure == "agreement":
-                value = (b.get("agreement") or {}).get("top1_agreement")
-            elif measure == "drop":
-                value = b.get("accuracy_drop_points")
-            else:
-                value = (b.get("embedding_cosine") or {}).get("mean")
+            value = {"agreement": b.top1_agreement, "drop": b.accuracy_drop_points}.get(measure, b.embedding_cosine)
             if value is not None:
-                rows.append({"run": name, "bucket": b["bucket"], "texts": b["n"], "value": float(value)})
+                rows.append({"run": name, "bucket": b.bucket, "texts": b.n, "value": float(value)})
     return pd.DataFrame(rows, columns=["run", "bucket", "texts", "value"])
 
 

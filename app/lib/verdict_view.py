@@ -11,9 +11,9 @@ import streamlit as st
 
 from calib import formatting as fmt
 from calib.errors import InputError
+from calib.evaluation import BucketFigures
 from calib.report import padded_floor
 from calib.verdict import (
-    MIN_BUCKET_TEXTS,
     Criterion,
     ReleaseBudget,
     Verdict,
@@ -139,27 +139,32 @@ def comparison_chart(rows: Sequence[Mapping], budget: ReleaseBudget) -> alt.Char
     return alt.layer(*layers).properties(height=260)
 
 
-def bucket_frame(buckets: Sequence[Mapping], labelled: bool) -> pd.DataFrame:
-    """Per length bucket: texts, accuracy, drop with its 95 % interval, agreement; buckets with fewer
-    than ``MIN_BUCKET_TEXTS`` texts are flagged (the page greys them)."""
+def bucket_frame(buckets: Sequence[BucketFigures], labelled: bool) -> pd.DataFrame:
+    """Per length bucket of a classifier: texts, accuracy, drop with its 95 % interval, agreement; buckets
+    with fewer than ``MIN_BUCKET_TEXTS`` texts are flagged (the page greys them)."""
     rows = []
     for b in buckets:
-        few = b["n"] < MIN_BUCKET_TEXTS
-        row = {"bucket": b["bucket"] + (" (few texts)" if few and b["n"] else " (empty)" if not b["n"] else ""),
-               "texts": b["n"], "few": few,
-               "agreement": (b.get("agreement") or {}).get("top1_agreement") if b["n"] else None}
+        row = {"bucket": b.bucket + (" (empty)" if b.empty else " (few texts)" if b.few_texts else ""),
+               "texts": b.n, "few": b.few_texts, "agreement": None if b.empty else b.top1_agreement}
         if labelled:
-            ci = b.get("accuracy_diff_ci") or {}
+            ci = b.accuracy_diff_ci
             row.update({
-                "FP32 accuracy": (b.get("fp32") or {}).get("accuracy") if b["n"] else None,
-                "INT8 accuracy": (b.get("int8") or {}).get("accuracy") if b["n"] else None,
-                "drop (pts)": b.get("accuracy_drop_points") if b["n"] else None,
+                "FP32 accuracy": None if b.empty else b.accuracy_fp32,
+                "INT8 accuracy": None if b.empty else b.accuracy_int8,
+                "drop (pts)": None if b.empty else b.accuracy_drop_points,
                 "drop 95 % CI (pts)": (f"[{fmt.points(-100 * ci['high'], unit=False)}, "
                                        f"{fmt.points(-100 * ci['low'], unit=False)}]"
-                                       if b["n"] and ci.get("low") is not None else fmt.MISSING),
+                                       if not b.empty and ci.get("low") is not None else fmt.MISSING),
             })
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def embedding_bucket_frame(buckets: Sequence[BucketFigures]) -> pd.DataFrame:
+    """Per length bucket of an embedding model: texts, mean cosine, neighbour recall@k, similarity Spearman."""
+    return pd.DataFrame([{"bucket": b.bucket, "texts": b.n, "cosine": b.embedding_cosine,
+                          "recall@k": b.neighbour_recall_at_k, "spearman": b.similarity_spearman}
+                         for b in buckets], columns=["bucket", "texts", "cosine", "recall@k", "spearman"])
 
 
 def budget_editor(ws: Workspace, session: str, project: Project) -> Project:

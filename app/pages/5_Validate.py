@@ -29,7 +29,14 @@ from lib.ui import (
     submit,
     verdict_subject,
 )
-from lib.verdict_view import bucket_frame, comparison_chart, comparison_frame, headline_tiles, verdict_banner
+from lib.verdict_view import (
+    bucket_frame,
+    comparison_chart,
+    comparison_frame,
+    embedding_bucket_frame,
+    headline_tiles,
+    verdict_banner,
+)
 
 from calib import formatting as fmt
 from calib.build import BuildConfig, EngineArtifact, build, calibration_of
@@ -141,10 +148,7 @@ else:
         cols[3].metric("Similarity Spearman", fmt.ratio(emb.similarity_spearman))
         st.caption(f"{fmt.count(emb.n)} texts · embedding model (output `{ev.data['model']['roles']['embedding']}`) · "
                    f"run `{judged.id}`")
-        st.dataframe(pd.DataFrame([{"bucket": b["bucket"], "texts": b["n"], "cosine": b["embedding_cosine"]["mean"],
-                                    "recall@k": (b.get("neighbours") or {}).get("recall_at_k"),
-                                    "spearman": (b.get("similarity_spearman") or {}).get("mean")}
-                                   for b in ev.buckets]), hide_index=True, width="stretch")
+        st.dataframe(embedding_bucket_frame(emb.bucket_figures), hide_index=True, width="stretch")
         ev = None  # the details below are the classifier's
     if judged is not run:
         st.caption("The recommended (or closest) calibrator of that comparison; its table, chart and report are under "
@@ -245,7 +249,7 @@ tab_buckets, tab_layers, tab_sens, tab_report = st.tabs(
     ["Per length bucket", "Per layer", "Sensitivity", "Report"])
 
 with tab_buckets:
-    frame = bucket_frame(ev.buckets, ev.labelled)
+    frame = bucket_frame(ev.metrics.bucket_figures, ev.labelled)
     order = list(frame["bucket"])
     value_cols = [c for c in ("FP32 accuracy", "INT8 accuracy", "agreement") if c in frame.columns]
     long = frame.melt(id_vars=["bucket", "texts", "few"], value_vars=value_cols, var_name="measure", value_name="value")

@@ -215,22 +215,19 @@ def run_validate(args: argparse.Namespace) -> int:
     if not evaluation.metrics.is_classifier:
         print(f"embedding model (output {evaluation.data['model']['roles']['embedding']!r}): cosine, nearest-neighbour "
               "recall within the evaluated texts and similarity rank correlation, FP32 vs INT8")
-        for b in evaluation.buckets:
-            nb, knn = b.get("neighbours") or {}, b.get("knn") or {}
-            rows.append([b["bucket"], b["n"], fmt.ratio(b["embedding_cosine"]["mean"]), fmt.ratio(b["embedding_cosine"]["p1"]),
-                         fmt.percent(nb.get("recall_at_1")), fmt.percent(nb.get("recall_at_k")),
-                         fmt.ratio((b.get("similarity_spearman") or {}).get("mean")),
-                         fmt.points(knn.get("accuracy_drop_points"), unit=False)])
+        for b in evaluation.metrics.bucket_figures:
+            rows.append([b.bucket, b.n, fmt.ratio(b.embedding_cosine), fmt.ratio(b.embedding_cosine_p1),
+                         fmt.percent(b.neighbour_recall_at_1), fmt.percent(b.neighbour_recall_at_k),
+                         fmt.ratio(b.similarity_spearman), fmt.points(b.knn_accuracy_drop_points, unit=False)])
         k = evaluation.metrics.neighbour_k
         print(format_table(["bucket", "n", "cosine", "cos p1", "recall@1", f"recall@{k}", "spearman", "kNN drop pts"],
                            rows))
         print(summary_line(summary))
         return 0
-    for b in evaluation.buckets:
-        rows.append([b["bucket"], b["n"], fmt.percent(b.get("fp32", {}).get("accuracy")),
-                     fmt.percent(b.get("int8", {}).get("accuracy")), fmt.points(b.get("accuracy_drop_points"), unit=False),
-                     fmt.percent(b["agreement"]["top1_agreement"]),
-                     fmt.ratio((b.get("embedding_cosine") or {}).get("mean"))])
+    for b in evaluation.metrics.bucket_figures:
+        rows.append([b.bucket, b.n, fmt.percent(b.accuracy_fp32), fmt.percent(b.accuracy_int8),
+                     fmt.points(b.accuracy_drop_points, unit=False), fmt.percent(b.top1_agreement),
+                     fmt.ratio(b.embedding_cosine)])
     print(format_table(["bucket", "n", "acc FP32", "acc INT8", "drop pts", "agreement", "emb cos"], rows))
     print(summary_line(summary))
     return 0
