@@ -37,7 +37,7 @@ from calib.methods import (
 )
 from calib.model import check_same_model, read_onnx
 from calib.pipeline import config_params
-from calib.placement import PRESETS
+from calib.placement import PRESETS, Placement
 from calib.ranges import Ranges
 from calib.stats import (
     HISTOGRAM_MODES,
@@ -59,12 +59,13 @@ class CalibrateConfig:
     """One statistics pass over ``calibration_set`` (a CalibrationSet folder), then ``methods``
     (names in :data:`calib.methods.REGISTRY`). ``percentile`` and ``entropy_damp_zero_bin`` set those
     methods' parameters; ``method_params`` holds any method's parameters by name
-    (``{"percentile": {"percentile": 99.9}}``) and wins over the fields."""
+    (``{"percentile": {"percentile": 99.9}}``) and wins over the fields. ``placement`` chooses which
+    activations get statistics (with ``tensors='placement'``); a preset name is read as ``Placement(name)``."""
 
     calibration_set: str
     methods: tuple[str, ...] = field(default_factory=default_methods)
     percentile: float = DEFAULT_PERCENTILE
-    placement: str = "tensorrt"
+    placement: Placement = field(default_factory=Placement)
     tensors: str = "placement"  # 'placement' (inputs of quantized ops + outputs) or 'all'
     batch_size: int = 16
     trt_version: str = DEFAULT_TRT_VERSION
@@ -74,6 +75,10 @@ class CalibrateConfig:
     threads: int | None = None
     params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     cluster: str | None = None  # calib.cluster spec: None in this process, local[:N], ray://HOST:PORT, auto
+
+    def __post_init__(self) -> None:
+        if isinstance(self.placement, str):  # the preset alone, as the CLI and 0.1 run params give it
+            object.__setattr__(self, "placement", Placement(self.placement))
 
     def method_params(self, method: str) -> dict[str, Any]:
         """The parameters given for ``method`` (its registry entry's config fields, then ``params``),
@@ -93,7 +98,7 @@ def _check(config: CalibrateConfig) -> None:
                              f"(running: {', '.join(config.methods)})")
     for method in config.methods:
         config.method_params(method)  # unknown method, unknown parameter, bad value: one line, before any work
-    check_choice(config.placement, PRESETS, "placement preset")
+    check_choice(config.placement.preset, PRESETS, "placement preset")
     check_choice(config.tensors, TENSOR_SCOPES, "tensor scope")
     check_choice(config.histogram, HISTOGRAM_MODES, "histogram mode")
     if config.batch_size < 1:

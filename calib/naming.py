@@ -62,7 +62,7 @@ def run_facts(run: RunRecord, lookup: Lookup | None = None) -> list[str]:
         facts = [p.get("strategy"), _texts(p.get("size")), f"seed {p['seed']}" if p.get("seed") else None]
     elif run.stage == "calibrate":
         methods = p.get("methods") or s.get("methods") or []
-        facts = [" + ".join(methods) if len(methods) <= 2 else f"{len(methods)} calibrators", p.get("placement"),
+        facts = [" + ".join(methods) if len(methods) <= 2 else f"{len(methods)} calibrators", _preset(p),
                  _texts(s.get("texts"))]
     elif run.stage == "build":
         facts = _build_facts(p, s)

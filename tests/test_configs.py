@@ -46,7 +46,8 @@ def test_the_stages_that_read_a_model_and_data_hold_the_parts():
     for name in ("AssembleConfig", "ValidateConfig", "CompareConfig", "SensitivityConfig", "HeadConfig"):
         assert by_name[name]["model"] is ModelRef and by_name[name]["data"] is DataSpec, name
     assert by_name["BenchConfig"]["data"] is DataSpec
-    assert by_name["SensitivityConfig"]["placement"] is Placement and by_name["BuildConfig"]["placement"] is Placement
+    for name in ("CalibrateConfig", "BuildConfig", "SensitivityConfig", "CompareConfig"):
+        assert by_name[name]["placement"] is Placement, name
     assert by_name["SensitivityConfig"]["ranges"] is RangesRef and by_name["BuildConfig"]["ranges"] is RangesRef
     assert by_name["ValidateConfig"]["settings"] is EvalSettings and by_name["CompareConfig"]["settings"] is EvalSettings
 
@@ -73,6 +74,20 @@ def test_the_flat_layout_0_1_wrote_still_reads():
             "batch_size": 16, "limit": 32, "layers": False, "layer_rows": 128, "calibration": "runs/c",
             "bootstrap": 1000, "seed": 0, "threads": None, "cluster": None}
     assert config_from_params(ValidateConfig, flat) == _validate_config()
+
+
+def test_a_calibration_holds_its_placement_and_reads_0_1_presets():
+    """A calibrate run's params are saved with the placement as a part; 0.1 saved the preset name alone."""
+    from calib.calibrate import CalibrateConfig
+
+    config = CalibrateConfig("runs/cs", methods=("minmax",), placement=Placement("all", exclude_nodes=("/a",)))
+    params = config_params(config)
+    assert params["placement"] == {"preset": "all", "include_nodes": [], "exclude_nodes": ["/a"],
+                                   "include_op_types": [], "exclude_op_types": []}
+    assert config_from_params(CalibrateConfig, params) == config
+    old = {"calibration_set": "runs/cs", "methods": ["minmax"], "placement": "all", "tensors": "placement"}
+    assert config_from_params(CalibrateConfig, old).placement == Placement("all")
+    assert CalibrateConfig("runs/cs", placement="all") == CalibrateConfig("runs/cs", placement=Placement("all"))
 
 
 def test_a_0_1_sensitivity_placement_reads_as_one_placement():

@@ -21,7 +21,7 @@ from lib.ui import download_file, pick_run, run_button, start_page
 
 from calib.calibrate import CalibrateConfig, Calibration, calibrate
 from calib.methods import DEFAULT_PERCENTILE, default_methods, method_names
-from calib.placement import PRESETS
+from calib.placement import PRESETS, Placement
 from calib.stats import HISTOGRAM_MODES
 from calib.trtcache import DEFAULT_TRT_VERSION
 
@@ -57,7 +57,7 @@ else:
                                     key="cal-trt", help="TensorRT ignores a cache whose header names another version.")
         damp = a4.checkbox("Entropy: damp the zero bin", value=True, key="cal-damp")
     config = CalibrateConfig(calibration_set=str(cs_run.dir), methods=tuple(methods), percentile=float(percentile),
-                             placement=placement, tensors=scope, batch_size=int(batch_size), trt_version=trt_version,
+                             placement=Placement(placement), tensors=scope, batch_size=int(batch_size), trt_version=trt_version,
                              histogram=histogram, entropy_damp_zero_bin=bool(damp), cluster=project.cluster or None)
     run_button(page, "calibrate", "Calibrating", "Run all calibrators", key="cal-run", fn=calibrate, config=config,
                parents=(cs_run.id,))

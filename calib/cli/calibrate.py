@@ -114,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
         workspace_of,
     )
     from calib.pipeline import run_stage
+    from calib.placement import Placement
     from calib.ranges import diff_ranges
 
     ws = workspace_of(args)
@@ -121,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     cs_dir = run_folder(ws, args.calibration_set, "calibset", parents)
     config = CalibrateConfig(
         calibration_set=str(Path(cs_dir).resolve()), methods=tuple(dict.fromkeys(args.method)),
-        percentile=args.percentile, placement=args.placement, tensors=args.tensors, batch_size=args.batch_size,
+        percentile=args.percentile, placement=Placement(args.placement), tensors=args.tensors, batch_size=args.batch_size,
         trt_version=args.trt_version, histogram=args.histogram, entropy_damp_zero_bin=not args.no_zero_bin_damping,
     )
     with cluster_of(args) as cluster:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from calib.placement import Placement
+
 HISTOGRAM_MODES = ("stream", "two-pass")
 DEFAULT_BINS = {"stream": 4096, "two-pass": 2048}
 
@@ -14,7 +16,7 @@ class StatsConfig:
     plus float model outputs), 'all' (every float tensor), or explicit names."""
 
     tensors: str | tuple[str, ...] = "placement"
-    placement: str = "tensorrt"
+    placement: str | Placement = "tensorrt"  # which activations 'placement' collects
     batch_size: int = 16
     histogram: str = "stream"
     bins: int | None = None  # default per mode: 4096 (stream) / 2048 (two-pass)
