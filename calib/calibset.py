@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -428,8 +429,23 @@ class CalibrationSet:
 
 # -- recipes -------------------------------------------------------------------------------------
 
-_DEMO_MODEL_FIELDS = ("model", "tokenizer", "labels")  # what a demo recipe leaves out: filled from the demo task
-_DEMO_DATA_FIELDS = ("source", "workspace")
+DEMO_MODEL_FIELDS = ("model", "tokenizer", "labels", *ModelRef.ROLE_FIELDS)
+"""The ModelRef fields a demo task names (a demo recipe leaves them out; the task fills them)."""
+DEMO_DATA_FIELDS = ("source", "workspace")
+"""The DataSpec fields a demo task names."""
+DATASET_READ_FIELDS = ("split", "text_column", "label_column", "text_pair_column")
+"""How one particular dataset is read: dropped as well when a demo replaces another dataset."""
+
+
+def without_demo_fields(model: Mapping[str, Any], data: Mapping[str, Any], *,
+                        other_dataset: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Plain ``model`` and ``data`` values without what a demo task names (:data:`DEMO_MODEL_FIELDS`,
+    :data:`DEMO_DATA_FIELDS`), so the task's fill them; with ``other_dataset`` (the values describe a
+    dataset that is not the demo's) also its split and columns. What is left (max length, sampling of
+    the columns, normalisation) is the caller's own."""
+    drop_data = (*DEMO_DATA_FIELDS, *DATASET_READ_FIELDS) if other_dataset else DEMO_DATA_FIELDS
+    return ({k: v for k, v in model.items() if k not in DEMO_MODEL_FIELDS},
+            {k: v for k, v in data.items() if k not in drop_data})
 
 
 def config_from_dict(values: dict[str, Any], *, where: str = "recipe") -> AssembleConfig:
@@ -452,9 +468,7 @@ def save_recipe(config: AssembleConfig, path: str | Path, *, demo: str | None = 
     values = config_params(config)
     values["data"].pop("workspace", None)
     if demo:
-        for name in (*_DEMO_MODEL_FIELDS, *ModelRef.ROLE_FIELDS):  # the demo task names its roles too
-            values["model"].pop(name, None)
-        values["data"].pop("source", None)
+        values["model"], values["data"] = without_demo_fields(values["model"], values["data"])
     recipe: dict[str, Any] = {"format": RECIPE_FORMAT, "description": description}
     if demo:
         recipe["demo"] = demo
@@ -462,8 +476,8 @@ def save_recipe(config: AssembleConfig, path: str | Path, *, demo: str | None = 
     return atomic_write_json(path, recipe)
 
 
-def load_recipe(path: str | Path, *, workspace: str | Path | None = None) -> AssembleConfig:
-    """The :class:`AssembleConfig` of a recipe file; demo recipes are resolved in ``workspace``."""
+def read_recipe(path: str | Path) -> dict[str, Any]:
+    """A recipe file's JSON (``format``, ``description``, optional ``demo``, ``config``), checked."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"recipe {path} does not exist")
@@ -473,15 +487,28 @@ def load_recipe(path: str | Path, *, workspace: str | Path | None = None) -> Ass
         raise InputError(f"recipe {path} is not valid JSON: {exc}") from exc
     if not isinstance(recipe, dict) or recipe.get("format") != RECIPE_FORMAT or not isinstance(recipe.get("config"), dict):
         raise InputError(f"recipe {path} is not a calib assemble recipe (expected format {RECIPE_FORMAT!r} and a config)")
+    return recipe
+
+
+def recipe_config(recipe: Mapping[str, Any], *, workspace: str | Path | None = None,
+                  where: str = "recipe") -> AssembleConfig:
+    """The :class:`AssembleConfig` of a recipe read by :func:`read_recipe`; a demo recipe's model and pool
+    come from its task prepared in ``workspace``."""
     values = nest_params(AssembleConfig, recipe["config"])
     model, data = dict(values.get("model") or {}), dict(values.get("data") or {})
     if recipe.get("demo"):
         demo = demo_values(str(recipe["demo"]), workspace, split=data.get("split"))
-        model = {**demo["model"].fields(), **{k: v for k, v in model.items() if k not in _DEMO_MODEL_FIELDS}}
-        data = {**dataclasses.asdict(demo["data"]), **{k: v for k, v in data.items() if k not in _DEMO_DATA_FIELDS}}
+        model, data = without_demo_fields(model, data)
+        model = {**demo["model"].fields(), **model}
+        data = {**dataclasses.asdict(demo["data"]), **data}
     if workspace is not None:
         data["workspace"] = str(workspace)
-    return config_from_dict({**values, "model": model, "data": data}, where=f"recipe {path}")
+    return config_from_dict({**values, "model": model, "data": data}, where=where)
+
+
+def load_recipe(path: str | Path, *, workspace: str | Path | None = None) -> AssembleConfig:
+    """The :class:`AssembleConfig` of a recipe file; demo recipes are resolved in ``workspace``."""
+    return recipe_config(read_recipe(path), workspace=workspace, where=f"recipe {path}")
 
 
 def demo_values(task: str, workspace: str | Path | None, *, split: str | None = None) -> dict[str, Any]:

@@ -383,3 +383,21 @@ def test_a_recipe_file_written_by_0_1_reads_as_the_shipped_one():
     from_new = config_from_dict({**new["config"], "model": {**fill["model"], **new["config"]["model"]},
                                  "data": {**fill["data"], **new["config"]["data"]}})
     assert from_old == from_new and from_new.strategy == "match" and from_new.data.split == "calibration"
+
+
+def test_one_rule_says_what_a_demo_task_names():
+    """Saving a demo recipe, loading it, and `calib assemble --demo` over another recipe all drop the same
+    fields: what the demo task names (model, tokenizer, labels, output roles, data source), plus the split and
+    columns when the values describe another dataset."""
+    from calib.calibset import without_demo_fields
+
+    model = {"model": "m.onnx", "tokenizer": "tok", "labels": ["a"], "max_length": 96, "logits_output": "logits",
+             "embedding_output": None, "pooling": "cls"}
+    data = {"source": "x.csv", "workspace": "ws", "split": "train", "text_column": "body", "label_column": "y",
+            "text_pair_column": None, "normalize": "html", "drop_empty": True}
+    kept_model, kept_data = without_demo_fields(model, data)
+    assert kept_model == {"max_length": 96}
+    assert kept_data == {"split": "train", "text_column": "body", "label_column": "y", "text_pair_column": None,
+                         "normalize": "html", "drop_empty": True}
+    _, other = without_demo_fields(model, data, other_dataset=True)
+    assert other == {"normalize": "html", "drop_empty": True}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -80,9 +79,8 @@ def _sampling(args: argparse.Namespace) -> dict[str, Any]:
 def build_config(args: argparse.Namespace, workspace_root: Path) -> tuple[Any, str | None]:
     """The AssembleConfig the arguments describe, and the demo task it uses (if any): a recipe's settings,
     model and pool filled by ``--demo`` (or the recipe), then the options given on top."""
-    from calib.calibset import AssembleConfig, load_recipe
+    from calib.calibset import AssembleConfig, read_recipe, recipe_config, without_demo_fields
     from calib.inputs import DEMO_SPLITS, resolve_inputs
-    from calib.model import ModelRef
     from calib.pipeline import config_from_params, config_params
 
     settings: dict[str, Any] = {}
@@ -90,15 +88,13 @@ def build_config(args: argparse.Namespace, workspace_root: Path) -> tuple[Any, s
     data: dict[str, Any] = {}
     demo = args.demo
     if args.recipe is not None:
-        recipe = load_recipe(args.recipe, workspace=workspace_root)
-        settings = config_params(recipe)
+        recipe = read_recipe(args.recipe)
+        settings = config_params(recipe_config(recipe, workspace=workspace_root, where=f"recipe {args.recipe}"))
         model, data = settings.pop("model"), settings.pop("data")
-        if args.demo:  # the demo names the model and the pool; the recipe keeps its columns and sampling
-            model = {k: v for k, v in model.items() if k not in ("model", "tokenizer", "labels", *ModelRef.ROLE_FIELDS)}
-            data = {k: v for k, v in data.items() if k not in ("source", "split", "text_column", "label_column",
-                                                                "text_pair_column")}
+        if args.demo:  # the demo names the model and the pool; the recipe keeps its max length and sampling
+            model, data = without_demo_fields(model, data, other_dataset=True)
         else:
-            demo = json.loads(args.recipe.read_text(encoding="utf-8")).get("demo")
+            demo = recipe.get("demo")
     elif args.demo:
         settings["target_kind"] = "eval"
     given_model, given_data = input_values(args)
