@@ -42,7 +42,7 @@ from calib.errors import BackendUnavailableError, InputError, check_choice
 from calib.io import atomic_write_json, read_json, sha256_file
 from calib.methods import DEFAULT_BUILD_METHOD
 from calib.model import check_same_model, read_onnx
-from calib.pipeline import config_from_params, config_params
+from calib.pipeline import config_from_params, config_params, one_ranges_reference
 from calib.placement import PRESETS, Placement, exact_pattern
 from calib.quantize import quantize_qdq
 from calib.ranges import Ranges
@@ -92,12 +92,8 @@ class BuildConfig:
         today's layout or 0.1's flat one (:func:`calib.pipeline.config_from_params`); keys this version
         does not know (written by a later one) are left out. 0.1's ``ranges`` (a file) / ``calibration``
         (a folder) / ``method`` become one :class:`~calib.calibrate.RangesRef`."""
-        values = dict(values)
-        if not isinstance(values.get("ranges"), Mapping) and ({"calibration", "method"} & set(values)
-                                                               or isinstance(values.get("ranges"), str)):
-            source = values.pop("calibration", "") or values.get("ranges") or ""
-            values["ranges"] = {"source": source, "method": values.pop("method", DEFAULT_BUILD_METHOD)}
-        return config_from_params(cls, values, where="build config")
+        return config_from_params(cls, one_ranges_reference(values, default_method=DEFAULT_BUILD_METHOD),
+                                  where="build config")
 
     def with_float_nodes(self, nodes: Iterable[str]) -> BuildConfig:
         """The same build with these node names (exactly, not as patterns) also kept in float."""

@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from calib.pipeline import one_ranges_reference
 from calib.stages import stage_title
 from calib.workspace import RunRecord
 
@@ -44,13 +45,9 @@ def _preset(params: Mapping[str, Any]) -> Any:
 def _build_facts(params: Mapping[str, Any], summary: Mapping[str, Any]) -> list[str | None]:
     placement = params.get("placement") if isinstance(params.get("placement"), Mapping) else params
     excluded = summary.get("excluded_nodes") or len(placement.get("exclude_nodes") or ())
-    ranges = params.get("ranges")
-    if isinstance(ranges, Mapping):  # today: one RangesRef; a ranges file is named by its stem
-        source = str(ranges.get("source") or "")
-        method = ranges.get("method") if not source.lower().endswith(".json") else Path(source).stem
-    else:  # 0.1: a ranges file or a calibration run with its method
-        method = params.get("method") if params.get("calibration") else (Path(ranges).stem if ranges
-                                                                           else params.get("method"))
+    ranges = one_ranges_reference(params).get("ranges") or {}
+    source = str(ranges.get("source") or "")
+    method = Path(source).stem if source.lower().endswith(".json") else ranges.get("method")  # a file: its stem
     return [method, _preset(params), f"{excluded} in float" if excluded else None]
 
 

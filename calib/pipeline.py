@@ -52,6 +52,18 @@ RENAMED = {"pair_column": "text_pair_column", "preset": "placement"}
 """Top-level keys calib 0.1 wrote under another name: old name -> the one name (read, never written)."""
 
 
+def one_ranges_reference(values: Mapping[str, Any], *, default_method: str | None = None) -> dict[str, Any]:
+    """Build params with the range set as today's one ``ranges`` mapping ``{source, method}`` (a
+    :class:`~calib.calibrate.RangesRef`). calib 0.1 wrote a ranges file as ``ranges`` or a calibration
+    run as ``calibration`` plus ``method``; ``default_method`` fills a missing method."""
+    values = dict(values)
+    if not isinstance(values.get("ranges"), Mapping) and ({"calibration", "method"} & set(values)
+                                                           or isinstance(values.get("ranges"), str)):
+        source = values.pop("calibration", "") or values.get("ranges") or ""
+        values["ranges"] = {"source": source, "method": values.pop("method", default_method)}
+    return values
+
+
 def nest_params(cls: type, values: Mapping[str, Any], *, renames: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Plain config data in today's layout: each part (a ``ModelRef``, ``DataSpec``, ``Placement``, ...) under
     its own key as a dict, JSON lists as tuples, old top-level key names renamed (``renames``, default
