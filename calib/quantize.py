@@ -48,6 +48,9 @@ def supported_op_types() -> frozenset[str]:
     return frozenset(QDQRegistry) | frozenset(ALL_PRESET_OPS)
 
 
+NO_RANGE = "no range for this tensor in the range set"  # why a tensor missing from the range set gets no Q/DQ
+
+
 @dataclass(frozen=True)
 class QuantizeResult:
     """What :func:`quantize_qdq` wrote and what it left in float."""
@@ -61,6 +64,8 @@ class QuantizeResult:
     excluded_nodes: dict[str, str] = field(default_factory=dict)  # node -> why it stays in float
     skipped_tensors: dict[str, str] = field(default_factory=dict)  # tensor -> why it got no Q/DQ
     unknown_tensors: tuple[str, ...] = ()  # tensors named by the ranges but absent from the model
+    rangeless_tensors: tuple[str, ...] = ()  # tensors a chosen node needs that the range set has no range for
+    blocked_nodes: dict[str, tuple[str, ...]] = field(default_factory=dict)  # node in float -> its tensors without a usable range
     unmatched_patterns: tuple[str, ...] = ()  # include/exclude patterns that matched no node
     qdq_counts: dict[str, int] = field(default_factory=dict)  # QuantizeLinear / DequantizeLinear counts
     quantized_tensors: tuple[str, ...] = ()  # activations that got a Q/DQ pair
@@ -323,6 +328,8 @@ def quantize_qdq(
     with _quiet_root_logger():
         needed = _tensors_needed(model, resolved, candidates, per_channel) if candidates else {}
     chosen = []
+    rangeless_tensors: dict[str, None] = {}
+    blocked: dict[str, tuple[str, ...]] = {}
     for name in candidates:
         if name not in needed:  # the quantizer declined it (e.g. no float input)
             excluded[name] = "ONNX Runtime's quantizer does not quantize this node (no float input)"
@@ -330,7 +337,10 @@ def quantize_qdq(
         missing = [t for t in needed[name] if t not in usable]
         if missing:
             for tensor in missing:
-                skipped[tensor] = unusable.get(tensor, "no range for this tensor in the range set")
+                skipped[tensor] = unusable.get(tensor, NO_RANGE)
+                if tensor not in unusable:
+                    rangeless_tensors[tensor] = None
+            blocked[name] = tuple(missing)
             excluded[name] = "; ".join(f"{t}: {skipped[t]}" for t in missing)
             continue
         chosen.append(name)
@@ -364,6 +374,7 @@ def quantize_qdq(
         path=out_path, sha256=sha256_file(out_path), source_sha256=sha256_file(model_path),
         placement=asdict(placement), per_channel=per_channel, quantized_nodes=tuple(chosen),
         excluded_nodes=excluded, skipped_tensors=skipped, unknown_tensors=tuple(unknown),
+        rangeless_tensors=tuple(sorted(rangeless_tensors)), blocked_nodes=blocked,
         unmatched_patterns=resolved.unmatched_patterns, qdq_counts=dict(counts),
         quantized_tensors=_qdq_activations(qdq_model), placement_op_types=tuple(resolved.op_types),
         bias_corrected=corrected,

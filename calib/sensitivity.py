@@ -116,7 +116,6 @@ from calib.workspace import ProgressFn
 SCHEMA = "calib.sensitivity/1"
 GRANULARITIES = ("node", "tensor", "block", "auto")
 RANKINGS = ("auto", "block-local", "local", "exclude-one", "quantize-one")
-NO_RANGE = "no range for this tensor in the range set"  # calib.quantize's reason for a tensor missing from the ranges
 
 
 @dataclass(frozen=True)
@@ -638,15 +637,15 @@ def scope_warnings(result, config: SensitivityConfig) -> list[str]:
     cover this placement) or with an unusable (non-finite / zero) range."""
     out = []
     reasons = dict(result.skipped_tensors)
-    missing = sorted(t for t, why in reasons.items() if why == NO_RANGE)
-    blocked = [n for n, why in result.excluded_nodes.items() if NO_RANGE in why]
+    missing = list(result.rangeless_tensors)
+    blocked = [n for n, tensors in result.blocked_nodes.items() if set(tensors) & set(missing)]
     if missing:
         out.append(
             f"WARNING calibration scope: {len(missing)} tensor(s) the {config.placement.preset!r} placement quantizes have no range in "
             f"{config.ranges.source} (e.g. {missing[0]}), so {len(blocked)} node(s) stay in float without being analysed; "
             f"calibrate with --placement {config.placement.preset} (or --tensors all) to cover them")
-    unusable = sorted(t for t, why in reasons.items() if why != NO_RANGE)
-    stuck = [n for n, why in result.excluded_nodes.items() if any(t in why for t in unusable)]
+    unusable = sorted(t for t in reasons if t not in result.rangeless_tensors)
+    stuck = [n for n, tensors in result.blocked_nodes.items() if set(tensors) & set(unusable)]
     if unusable and stuck:
         out.append(f"note: {len(unusable)} tensor(s) have an unusable range (non-finite or zero, e.g. {unusable[0]}: "
                    f"{reasons[unusable[0]]}); their {len(stuck)} node(s) stay in float")

@@ -99,6 +99,8 @@ def test_nonfinite_and_zero_ranges_are_left_in_float(tiny_spec, amax, tmp_path):
     assert "layer.0/attention/scores/Add" in result.excluded_nodes
     assert "embeddings/add1" in result.excluded_nodes  # needs embeddings/add0_out
     assert "layer.0/attention/scores/Add" not in result.quantized_nodes
+    assert result.rangeless_tensors == ()  # unusable ranges are not missing ones
+    assert result.blocked_nodes["embeddings/add1"] == ("embeddings/add0_out",)
     OrtEngine(OrtSessionLoader(result.path, threads=1))  # still a valid model
 
 
@@ -113,6 +115,10 @@ def test_missing_and_unknown_ranges_are_listed(tiny_spec, amax, tmp_path):
     assert "layer.1/output/dense/MatMul" in result.excluded_nodes
     assert "layer.1/output/dense/MatMul" not in result.quantized_nodes
     assert "layer.0/output/dense/MatMul" in result.quantized_nodes
+    # typed, so no caller matches the reason text: which tensors had no range, which nodes they kept in float
+    assert "layer.1/intermediate/gelu/Mul_1_out" in result.rangeless_tensors
+    assert "layer.1/intermediate/gelu/Mul_1_out" in result.blocked_nodes["layer.1/output/dense/MatMul"]
+    assert set(result.blocked_nodes) <= set(result.excluded_nodes)
 
 
 def test_exclusions_by_name_and_unsupported_ops_are_recorded(tiny_spec, amax, tmp_path):
