@@ -190,6 +190,31 @@ def test_every_stage_command_has_json():
         assert args.json is True, command
 
 
+def _choices(parser, command: str, option: str) -> tuple:
+    sub = next(a for a in parser._actions if a.dest == "command").choices[command]
+    return tuple(next(a for a in sub._actions if option in a.option_strings).choices)
+
+
+def test_option_choices_are_the_librarys():
+    """Every choice list the CLI offers is the library's own, so a new strategy, granularity or ranking
+    shows up (or is refused) the same way in the CLI as in the library."""
+    from calib.cli import build_parser
+    from calib.engines import backend_names
+    from calib.placement import PRESETS
+    from calib.sampling import STRATEGIES
+    from calib.sensitivity import GRANULARITIES, RANKINGS
+    from calib.stats import HISTOGRAM_MODES, TENSOR_SCOPES
+
+    parser = build_parser()
+    assert _choices(parser, "sensitivity", "--granularity") == GRANULARITIES
+    assert _choices(parser, "sensitivity", "--ranking") == RANKINGS
+    assert _choices(parser, "assemble", "--strategy") == STRATEGIES
+    assert _choices(parser, "calibrate", "--tensors") == TENSOR_SCOPES
+    assert _choices(parser, "calibrate", "--histogram") == HISTOGRAM_MODES
+    assert tuple(_choices(parser, "calibrate", "--placement")) == tuple(PRESETS)
+    assert tuple(_choices(parser, "build", "--backend")) == tuple(backend_names())
+
+
 def _required(command: str) -> list[str]:
     return {"calibrate": ["--calibration-set", "latest"], "build": ["--calibration", "latest"],
             "bench": ["--engine", "latest"], "validate": ["--engine", "latest"], "sensitivity": ["--ranges", "latest"],

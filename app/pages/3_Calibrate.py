@@ -22,7 +22,7 @@ from lib.ui import download_file, pick_run, run_button, start_page
 from calib.calibrate import CalibrateConfig, Calibration, calibrate
 from calib.methods import DEFAULT_PERCENTILE, default_methods, method_names
 from calib.placement import PRESETS, Placement
-from calib.stats import HISTOGRAM_MODES
+from calib.stats import HISTOGRAM_MODES, TENSOR_SCOPES
 from calib.trtcache import DEFAULT_TRT_VERSION
 
 page = start_page("Calibrate", ":material/straighten:",
@@ -46,7 +46,7 @@ else:
                                  format="%.3f", key="cal-pct")
     placement = c3.selectbox("Placement (which tensors get ranges)", list(PRESETS), key="cal-placement",
                              help="tensorrt: inputs of MatMul/Gemm (TensorRT-style). all: every quantizable op.")
-    scope = c4.selectbox("Tensors", ["placement", "all"], key="cal-scope",
+    scope = c4.selectbox("Tensors", list(TENSOR_SCOPES), key="cal-scope",
                          format_func={"placement": "those the placement needs", "all": "every float tensor"}.get)
     with st.expander("Advanced"):
         a1, a2, a3, a4 = st.columns(4)

@@ -31,6 +31,8 @@ def _float_list(text: str) -> tuple[float, ...]:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from calib.sampling import STRATEGIES
+
     p = subparsers.add_parser(
         "assemble", help="draw a calibration set by token-length distribution (stage calibset)",
         description="Assemble a calibration set whose token-length distribution you control, and "
@@ -43,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    label_column="label column (default label; 'none' for no labels)", roles=True)
     how = p.add_argument_group("sampling")
     how.add_argument("--size", type=int, help="number of texts (default 128)")
-    how.add_argument("--strategy", choices=("natural", "match", "uniform", "custom"), help="default natural")
+    how.add_argument("--strategy", choices=STRATEGIES, help="default natural")
     how.add_argument("--target", help="what to match and compare against: eval[:SPLIT], dataset:SOURCE[:SPLIT] "
                      "(e.g. dataset:demo:bbc-topic:eval), lengths:FILE (CSV/JSON lengths or histogram) or pool "
                      "(default; eval with --demo)")

@@ -125,6 +125,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="placement preset, as calib build --placement (tensorrt, all, ...; --preset: the 0.1 name)")
     s.add_argument("--exclude", type=str_list, default=(), help="node patterns already kept in float")
     s.add_argument("--include", type=str_list, default=(), help="node patterns to restrict quantization to")
+    # the choices are calib.sensitivity's GRANULARITIES / RANKINGS (tests/test_cli.py checks), spelled out here
+    # because importing the search module costs ~2 s on every `calib` start
     s.add_argument("--granularity", choices=("node", "tensor", "block", "auto"), default="node",
                    help="fallback unit: node, tensor (every reader of one activation's Q/DQ pairs), block, or auto "
                         "(search by node and by tensor, keep the fewer float nodes)")
