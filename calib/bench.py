@@ -12,6 +12,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import multiprocessing
+import queue as queue_module
 import sys
 import time
 import types
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 
 from calib.batching import Encoded, iter_batches
 from calib.build import EngineArtifact
@@ -156,8 +158,6 @@ class BenchResult:
 def model_sizes(artifact: Any) -> dict[str, float]:
     """File sizes (MB) of the FP32 and Q/DQ models, and the Q/DQ model's weight bytes if the
     quantized weights were stored as INT8 (what a TensorRT engine keeps)."""
-    import onnx
-
     qdq = onnx.load(str(artifact.qdq_path))
     inits = {t.name: t for t in qdq.graph.initializer}
     quantized = {n.input[0] for n in qdq.graph.node if n.op_type == "QuantizeLinear" and n.input[0] in inits}
@@ -233,8 +233,6 @@ def _engine_phase(kind: str) -> str:
 
 def _relay(queue: Any, future: concurrent.futures.Future, progress: ProgressFn) -> None:
     """Pass the child's progress messages on until it has finished (and its last messages are read)."""
-    import queue as queue_module
-
     while True:
         try:
             progress(*queue.get(timeout=0.5))

@@ -7,8 +7,8 @@ Writes, inside ``out_dir``:
 - ``model.qdq.onnx``: the Q/DQ model (ONNX Runtime's quantizer fed our ranges, :mod:`calib.quantize`);
   it is the INT8 engine here (ONNX Runtime CPU) and what TensorRT 11 builds from;
 - ``calibration.cache``: a TensorRT 8.6-10.x calibration cache of the quantized tensors;
-- ``model.fp32.onnx``: the FP32 model (a hard link, or a copy across file systems; plus its external
-  data files if any), so that the folder is self-contained;
+- ``model.fp32.onnx``: the FP32 model (a copy-on-write clone where the file system supports one, else
+  a copy, never a hard link; plus its external data files if any), so that the folder is self-contained;
 - ``trtexec.sh``: the exact trtexec / ModelOpt command lines for a GPU machine, naming only files in
   this folder (``bash trtexec.sh 10 --dry-run`` checks them and prints the command);
 - ``engine.json``: placement, quantized and excluded nodes (with why), skipped tensors, the ranges'

@@ -20,6 +20,7 @@ never becomes a class named "None"); texts holding HTML entities or markup, or w
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import math
 import re
@@ -212,8 +213,6 @@ def load_table(spec: DataSpec, *, label_optional: bool = False) -> tuple[dataset
     a text column that holds something other than strings, or (without ``drop_empty``) rows with an
     empty text or label.
     """
-    import dataclasses
-
     import datasets
 
     if spec.normalize not in NORMALIZATIONS:

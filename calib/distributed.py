@@ -24,6 +24,7 @@ numbers bit for bit; nothing depends on which worker ran which shard. What holds
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import time
@@ -225,8 +226,6 @@ def collect_statistics_sharded(session: ClusterSession, spec: Any, encoded: Enco
 def _worker_config(cfg: Any, session: ClusterSession) -> Any:
     """The worker's pass: histogram ``stream`` (two-pass sharding fixes the range itself) over
     ``bins`` bins, with the session's threads unless the config names them."""
-    import dataclasses
-
 
     return dataclasses.replace(cfg, histogram="stream", bins=int(cfg.bins or DEFAULT_BINS[cfg.histogram]),
                                threads=cfg.threads or session.threads)

@@ -10,6 +10,7 @@ when it is first loaded, with one line saying which output to name.
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import re
 from collections.abc import Sequence
@@ -376,8 +377,6 @@ def load_tokenizer(tokenizer_dir: str | Path):  # -> transformers.PreTrainedToke
 
 def tokenizer_hash(tokenizer_dir: str | Path) -> str:
     """sha256 over the tokenizer files present (name + content), identifying the tokenization."""
-    import hashlib
-
     tok_dir = check_tokenizer_dir(tokenizer_dir)
     digest = hashlib.sha256()
     for name in sorted(TOKENIZER_FILES + ("special_tokens_map.json",)):

@@ -17,6 +17,7 @@ sub-graphs (If/Loop) or fewer than two blocks are not split (:class:`Segmentatio
 
 from __future__ import annotations
 
+import heapq
 import re
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -49,7 +50,6 @@ def _topological(nodes: Sequence[onnx.NodeProto], available: set[str]) -> list[i
         missing.append(len(need))
         for x in need:
             consumers.setdefault(x, []).append(i)
-    import heapq
 
     ready = [i for i, m in enumerate(missing) if m == 0]
     heapq.heapify(ready)

@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+import numpy as np
+
 from calib.errors import InputError
 
 PASS = "PASS"
@@ -224,8 +226,6 @@ def proportion_interval(p: float | None, n: int, z: float = 1.96) -> tuple[float
 
 def mean_interval(values, z: float = 1.96) -> tuple[float, float] | None:
     """Normal 95 % interval of the mean of per-text values (e.g. embedding cosines), (N,) array-like."""
-    import numpy as np
-
     v = np.asarray(values, dtype=np.float64)
     if v.size < 2:
         return None

@@ -153,3 +153,80 @@ def test_the_resolver_is_not_loaded_by_importing_a_stage():
     """calib.inputs loads the demo; the stages below it may call it only from inside a function."""
     graph = _graph(top_level_only=True)
     assert {m for m, targets in graph.items() if "calib.inputs" in targets and not m.startswith("calib.cli")} == set()
+
+
+LAZY_PACKAGES = {  # imported inside the function that needs them, and why (ARCHITECTURE.md, "What each module may import")
+    "ray": "optional", "tensorrt": "optional", "cuda": "optional", "fcntl": "POSIX only", "resource": "POSIX only",
+    "datasets": "~1 s to import", "transformers": "~1 s", "scipy": "~1 s", "sklearn": "~1.4 s",
+    "onnxruntime.quantization": "~0.8 s", "onnxruntime": "the ORT backend's availability probe (a broken install)",
+}
+LAZY_CALIB = {  # (module, imported calib module): a layer above, needed only inside one function
+    ("calib.calibrate", "calib.distributed"), ("calib.validate", "calib.distributed"),
+    ("calib.calibset", "calib.inputs"), ("calib.calibrators", "calib.methods"),
+}
+
+
+def _function_imports(path: Path) -> list[tuple[int, str]]:
+    tree = ast.parse(path.read_text())
+    out = []
+    for fn in ast.walk(tree):
+        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for node in ast.walk(fn):
+                if isinstance(node, ast.Import):
+                    out += [(node.lineno, a.name) for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                    out.append((node.lineno, node.module or ""))
+    return out
+
+
+def test_imports_sit_at_module_top_except_the_listed_lazy_ones():
+    """Outside the CLI (lazy for start-up time), a function-level import is an optional, platform-only or
+    costly third-party package, or one of the few calib imports of a module a layer above."""
+    odd = []
+    for path in sorted(CALIB.rglob("*.py")):
+        name = _module_name(path)
+        if name.startswith("calib.cli"):
+            continue
+        for line, module in _function_imports(path):
+            lazy = module == "calib" or module.startswith("calib.")
+            if lazy and (name, module) in LAZY_CALIB or module == "calib" and name == "calib.calibrators":
+                continue
+            if not lazy and any(module == p or module.startswith(p + ".") for p in LAZY_PACKAGES):
+                if module == "onnxruntime" and name != "calib.engines":
+                    odd.append(f"{name}:{line} imports {module}")
+                continue
+            odd.append(f"{name}:{line} imports {module}")
+    assert not odd, "import these at module top (or list the reason in LAZY_*): " + "; ".join(odd)
+
+
+def _layers() -> dict[str, int]:
+    """Module (or package) name -> layer number, read from ARCHITECTURE.md's layer table (lower first)."""
+    import re
+
+    text = (CALIB.parent / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    table = text.split("## What each module may import", 1)[1].split("\n\n", 2)[1]
+    rows = [r for r in table.splitlines() if r.startswith("| ") and not r.startswith("| layer")]
+    return {m.rstrip("/"): i for i, row in enumerate(rows)
+            for m in re.findall(r"`([a-z_]+/?)`", row.split("|")[2])}
+
+
+def test_every_module_imports_only_its_own_layer_or_below():
+    """The layer table in ARCHITECTURE.md is the rule: every calib module is in it, and its module-level
+    calib imports reach only its own layer or one below."""
+    layers = _layers()
+    files = {_module_name(p): p for p in CALIB.rglob("*.py")}
+
+    def layer_of(module: str) -> int | None:
+        top = module.split(".")[1] if "." in module else None
+        return layers.get(top) if top else None
+
+    missing = sorted(m for m in files if m not in ("calib", "calib.__main__") and layer_of(m) is None)
+    assert not missing, f"add these modules to ARCHITECTURE.md's layer table: {missing}"
+    upward = []
+    for name, path in files.items():
+        if name in ("calib", "calib.__main__"):
+            continue
+        for target in _imports(path, top_level_only=True):
+            if target in files and target != "calib" and layer_of(target) > layer_of(name):
+                upward.append(f"{name} -> {target}")
+    assert not upward, f"imports of a higher layer: {sorted(set(upward))}"

@@ -34,6 +34,8 @@ from typing import Any
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+from safetensors import SafetensorError
+from safetensors.numpy import load_file
 
 from calib.demo import reference  # looked up at call time: tests substitute a disagreeing reference
 from calib.demo.sources import MiniLMFiles
@@ -109,9 +111,6 @@ def read_config(path: Path) -> dict[str, Any]:
 
 def read_weights(path: Path) -> dict[str, np.ndarray]:
     """The tensors of a safetensors file by their transformers names, without a ``bert.`` prefix."""
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
-
     try:
         tensors = load_file(str(path))
     except (OSError, SafetensorError) as exc:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 
 from calib.batching import encode, iter_batches, plan_batches
 from calib.demo import export as demo_export
@@ -216,8 +217,6 @@ def _read_texts(recipe: TaskRecipe) -> sources.LabelledTexts:
 def _build_task(recipe: TaskRecipe, corpus: sources.LabelledTexts, seed: int, task_dir: Path,
                 files: sources.MiniLMFiles, encoder_path: Path, encoder_facts: dict[str, Any], tokenizer: Any,
                 progress: ProgressFn) -> dict[str, Any]:
-    import onnx
-
     import datasets
 
     datasets.disable_progress_bars()

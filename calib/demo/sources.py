@@ -10,6 +10,8 @@ import importlib.metadata
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
+
 from calib.errors import InputError
 from calib.io import sha256_file
 
@@ -102,8 +104,6 @@ def _clean(text: str) -> str:
 
 def read_rotten_tomatoes() -> LabelledTexts:
     """Rotten Tomatoes review snippets, fresh vs rotten (the ``plot`` rows are dropped)."""
-    import pandas as pd
-
     path = package_file(RT_PACKAGE, RT_VERSION, RT_FILE)
     try:
         frame = pd.read_csv(path, usecols=["category", "text"], dtype=str, keep_default_na=False)

@@ -7,12 +7,15 @@ the session only when called, so configs stay cheap and picklable.
 from __future__ import annotations
 
 import os
+import tempfile
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 
 from calib.errors import InputError
 
@@ -22,8 +25,6 @@ def default_threads() -> int:
 
 
 def session_options(threads: int | None = None):
-    import onnxruntime as ort
-
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads or default_threads()
     opts.inter_op_num_threads = 1
@@ -92,8 +93,6 @@ class OrtSessionLoader:
     arena: bool = True  # False: no CPU memory arena (many small sessions alive at once)
 
     def __call__(self):
-        import onnxruntime as ort
-
         opts = session_options(self.threads)
         opts.enable_cpu_mem_arena = self.arena
         if self.spinning is not None:
@@ -138,11 +137,6 @@ def optimized_op_counts(model: str | Path, threads: int | None = 1) -> dict[str,
     """Op types (with counts) of the graph ONNX Runtime actually executes after its full graph
     optimisation: shows whether a Q/DQ model runs integer kernels (``MatMulIntegerToFloat``,
     ``QLinearMatMul``) or falls back to float MatMuls behind DequantizeLinear."""
-    import tempfile
-    from collections import Counter
-
-    import onnxruntime as ort
-
     with tempfile.TemporaryDirectory(prefix="calib-ort-") as tmp:
         opts = session_options(threads)
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

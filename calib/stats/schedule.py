@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnxruntime import OrtValue
 
 from calib.batching import Batch
 from calib.engines.ort import OrtSessionLoader, expose_outputs, exposed_model_bytes
@@ -52,8 +53,6 @@ def _run_batches(session, names: Sequence[str], batches: Iterator[Batch],
     runs the next batch (two batches of activations alive); a larger one is accumulated before the
     next run, its tensors split over ``workers`` threads (one batch alive). Outputs are numpy views of
     ORT's own buffers (no copy)."""
-    from onnxruntime import OrtValue  # loaded on first run, as everywhere in calib
-
     everything = range(len(names))
 
     def run(batch: Batch) -> tuple[list, list[np.ndarray]]:
