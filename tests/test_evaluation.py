@@ -163,3 +163,37 @@ def test_embedding_bucket_figures():
     assert short.embedding_cosine < middle.embedding_cosine and middle.embedding_cosine > 0.99
     assert short.top1_agreement is None and not short.has_agreement and short.neighbour_k == 3
     assert m.worst_bucket() == {"bucket": "0-9", "n": 10, "embedding_cosine": short.embedding_cosine}
+
+
+def test_calibration_set_calibration_and_build_of_the_previous_version_still_load():
+    """tests/fixtures/v1/{calibset,calibrate,engine} were written by calib 0.1 (flat configs, a build's ranges as
+    calibration + method) on the tiny test model; today's code reads each, and recomputing the ranges from the
+    old statistics gives the old ranges, bit for bit."""
+    from calib.build import BuildConfig, EngineArtifact
+    from calib.calibrate import CalibrateConfig, Calibration
+    from calib.calibset import CalibrationSet
+    from calib.methods import compute_ranges
+    from calib.pipeline import config_from_params
+    from calib.placement import Placement
+    from calib.stats import ActivationStats
+
+    cset = CalibrationSet.load(FIXTURES / "calibset")
+    assert cset.size == 32 and cset.config.strategy == "uniform" and cset.config.model.max_length == 64
+    assert cset.config.model.labels == ("neg", "pos") and cset.config.data.source.endswith("data.csv")
+    assert cset.summary()["max_length"] == 64
+
+    cal = Calibration.load(FIXTURES / "calibrate")
+    assert cal.methods == ("minmax", "percentile") and cal.summary()["texts"] == 32
+    config = config_from_params(CalibrateConfig, cal.meta["config"])
+    assert config.placement == Placement("tensorrt") and config.methods == ("minmax", "percentile")
+    stats = ActivationStats.load(FIXTURES / "calibrate")
+    for method in cal.methods:
+        old = cal.ranges(method)
+        new = compute_ranges(stats, method, **config.method_params(method))
+        assert new.names == old.names and new.amax == old.amax, method
+
+    engine = EngineArtifact.load(FIXTURES / "engine")
+    assert len(engine.quantized_nodes) == engine.summary()["quantized_nodes"] == 11
+    build_config = BuildConfig.from_params(engine.meta["config"])
+    assert build_config.ranges.method == "percentile" and build_config.ranges.source.endswith("calibrate")
+    assert build_config.placement == Placement("tensorrt", exclude_nodes=("layer.0/attention/*",))
