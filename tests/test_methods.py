@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from calib import methods
-from calib.calibrate import CalibrateConfig, calibrate
+from calib.calibrate import CalibrateConfig, Calibration, calibrate
 from calib.errors import InputError
 from calib.methods import CalibrationMethod, compute_ranges, register, tensor_amax
 from calib.ranges import Ranges
@@ -84,3 +84,11 @@ def test_toy_calibrator_flows_through_calibrate_and_the_cli(toy_method, tiny_cal
     from calib.cli import main
 
     assert main(["--workspace", str(workspace.root), "calibrate", "--calibration-set", run_id, "--method", "toy"]) == 0
+    # a new calibrator's parameters are set from the CLI without a new option
+    assert main(["--workspace", str(workspace.root), "calibrate", "--calibration-set", run_id, "--method", "toy",
+                 "--param", "toy.fraction=0.5", "--label", "half"]) == 0
+    assert Calibration.load(workspace.run_dir(workspace.find_run_id("latest:half"))).ranges("toy").params == {"fraction": 0.5}
+    assert main(["--workspace", str(workspace.root), "calibrate", "--calibration-set", run_id, "--method", "toy",
+                 "--param", "toy.fraction=2"]) != 0  # the method's own check refuses it
+    assert main(["--workspace", str(workspace.root), "calibrate", "--calibration-set", run_id, "--method", "toy",
+                 "--param", "fraction=0.5"]) != 0  # no METHOD.

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 from pathlib import Path
+from typing import Any
 
 from calib import formatting as fmt
 from calib.cli.common import add_cluster_args, json_arg
@@ -47,6 +49,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--histogram", choices=HISTOGRAM_MODES, default="stream",
                    help="stream: one pass, exact power-of-two bin merging (default); "
                         "two-pass: TensorRT's 2048 bins over [0, absmax], twice the model time")
+    p.add_argument("--param", action="append", default=[], metavar="METHOD.NAME=VALUE",
+                   help="any calibrator's parameter, repeatable (VALUE read as JSON, else as text), e.g. "
+                        "--param percentile.percentile=99.99 --param auto.max_error_ratio=1.5; wins over "
+                        "--percentile")
     p.add_argument("--no-zero-bin-damping", action="store_true",
                    help="entropy: keep bins[0] as is (default damps it to bins[1], as NVIDIA's implementation)")
     p.add_argument("--top", type=int, default=10, help="rows of the entropy-vs-minmax diff to print")
@@ -103,6 +109,23 @@ def load_ranges_ref(ref: str, workspace, method: str):
     return Calibration.load(run_folder(workspace, ref, "calibrate")).ranges(method)
 
 
+def method_params_of(values: list[str]) -> dict[str, dict[str, Any]]:
+    """``--param METHOD.NAME=VALUE`` options as ``{method: {name: value}}``; VALUE is JSON when it parses
+    (numbers, booleans, lists), else the text. A malformed option is one :class:`InputError` line."""
+    params: dict[str, dict[str, Any]] = {}
+    for text in values:
+        key, sep, raw = text.partition("=")
+        method, dot, name = key.strip().partition(".")
+        if not sep or not dot or not method or not name:
+            raise InputError(f"--param {text!r}: write METHOD.NAME=VALUE, e.g. percentile.percentile=99.99")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        params.setdefault(method, {})[name] = value
+    return params
+
+
 def run(args: argparse.Namespace) -> int:
     from calib.calibrate import CalibrateConfig, calibrate
     from calib.cli.common import (
@@ -124,6 +147,7 @@ def run(args: argparse.Namespace) -> int:
         calibration_set=str(Path(cs_dir).resolve()), methods=tuple(dict.fromkeys(args.method)),
         percentile=args.percentile, placement=Placement(args.placement), tensors=args.tensors, batch_size=args.batch_size,
         trt_version=args.trt_version, histogram=args.histogram, entropy_damp_zero_bin=not args.no_zero_bin_damping,
+        params=method_params_of(args.param),
     )
     with cluster_of(args) as cluster:
         config = dataclasses.replace(config, cluster=cluster)
