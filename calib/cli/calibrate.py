@@ -51,7 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "two-pass: TensorRT's 2048 bins over [0, absmax], twice the model time")
     p.add_argument("--param", action="append", default=[], metavar="METHOD.NAME=VALUE",
                    help="any calibrator's parameter, repeatable (VALUE read as JSON, else as text), e.g. "
-                        "--param percentile.percentile=99.99 --param auto.max_error_ratio=1.5; wins over "
+                        "--param percentile.percentile=99.99 --param auto.rows=512; wins over "
                         "--percentile")
     p.add_argument("--no-zero-bin-damping", action="store_true",
                    help="entropy: keep bins[0] as is (default damps it to bins[1], as NVIDIA's implementation)")
