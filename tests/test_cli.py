@@ -291,3 +291,13 @@ def test_json_stdout_holds_only_the_json_object_even_when_a_library_prints(works
     assert "stray line" in captured.err
     assert cli_main(["--workspace", str(workspace.root), "gate", "latest", "--max-drop", "1"]) == 0
     assert "stray line" in capsys.readouterr().out  # without --json, stdout is left alone
+
+
+def test_the_second_text_column_has_the_librarys_name_and_keeps_the_old_one():
+    from calib.cli import build_parser
+    from calib.cli.common import input_values
+
+    parser = build_parser()
+    for flag in ("--text-pair-column", "--pair-column"):  # the DataSpec field's name; 0.1's name still read
+        args = parser.parse_args(["assemble", "--data", "d.csv", flag, "question"])
+        assert input_values(args)[1]["text_pair_column"] == "question", flag

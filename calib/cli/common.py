@@ -57,7 +57,7 @@ def add_input_args(parser, *, demo: str | None, model: str | None = "FP32 ONNX m
     """The "model and data" options, one declaration for every command that reads a model and texts
     (read back with :func:`inputs_from_args`): ``--demo`` (when ``demo`` gives its help), ``--model``,
     ``--tokenizer``, ``--labels``, ``--max-length``, ``--data``, ``--split``, ``--text-column``,
-    ``--pair-column``, ``--label-column``, the output roles and the data hygiene options.
+    ``--text-pair-column``, ``--label-column``, the output roles and the data hygiene options.
     Unset options stay None, so a demo task or a recipe fills them."""
     group = parser.add_argument_group("model and data")
     if demo:
@@ -72,7 +72,8 @@ def add_input_args(parser, *, demo: str | None, model: str | None = "FP32 ONNX m
     group.add_argument("--split", help=split)
     group.add_argument("--text-column", help="column holding the texts (default: the demo task's, else text)")
     if pairs:
-        group.add_argument("--pair-column", help="second text column, for sentence-pair models")
+        group.add_argument("--text-pair-column", "--pair-column", dest="text_pair_column",
+                           help="second text column, for sentence-pair models (--pair-column: the 0.1 name)")
     if label_column:
         group.add_argument("--label-column", help=label_column)
     if roles:
@@ -91,7 +92,7 @@ def input_values(args: argparse.Namespace) -> tuple[dict, dict]:
                   max_length=args.max_length)
     if hasattr(args, "pool"):
         model.update(role_values(args))
-    data = given(source=args.data, text_column=args.text_column, text_pair_column=getattr(args, "pair_column", None))
+    data = given(source=args.data, text_column=args.text_column, text_pair_column=getattr(args, "text_pair_column", None))
     if hasattr(args, "drop_empty"):
         data.update(hygiene_values(args))
     label_column = getattr(args, "label_column", None)
