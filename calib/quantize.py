@@ -328,7 +328,7 @@ def quantize_qdq(
     with _quiet_root_logger():
         needed = _tensors_needed(model, resolved, candidates, per_channel) if candidates else {}
     chosen = []
-    rangeless_tensors: dict[str, None] = {}
+    rangeless_tensors: set[str] = set()
     blocked: dict[str, tuple[str, ...]] = {}
     for name in candidates:
         if name not in needed:  # the quantizer declined it (e.g. no float input)
@@ -339,7 +339,7 @@ def quantize_qdq(
             for tensor in missing:
                 skipped[tensor] = unusable.get(tensor, NO_RANGE)
                 if tensor not in unusable:
-                    rangeless_tensors[tensor] = None
+                    rangeless_tensors.add(tensor)
             blocked[name] = tuple(missing)
             excluded[name] = "; ".join(f"{t}: {skipped[t]}" for t in missing)
             continue

@@ -638,14 +638,16 @@ def scope_warnings(result, config: SensitivityConfig) -> list[str]:
     out = []
     reasons = dict(result.skipped_tensors)
     missing = list(result.rangeless_tensors)
-    blocked = [n for n, tensors in result.blocked_nodes.items() if set(tensors) & set(missing)]
+    rangeless = set(missing)
+    blocked = [n for n, tensors in result.blocked_nodes.items() if not rangeless.isdisjoint(tensors)]
     if missing:
         out.append(
             f"WARNING calibration scope: {len(missing)} tensor(s) the {config.placement.preset!r} placement quantizes have no range in "
             f"{config.ranges.source} (e.g. {missing[0]}), so {len(blocked)} node(s) stay in float without being analysed; "
             f"calibrate with --placement {config.placement.preset} (or --tensors all) to cover them")
-    unusable = sorted(t for t in reasons if t not in result.rangeless_tensors)
-    stuck = [n for n, tensors in result.blocked_nodes.items() if set(tensors) & set(unusable)]
+    unusable = sorted(set(reasons) - rangeless)
+    unusable_set = set(unusable)
+    stuck = [n for n, tensors in result.blocked_nodes.items() if not unusable_set.isdisjoint(tensors)]
     if unusable and stuck:
         out.append(f"note: {len(unusable)} tensor(s) have an unusable range (non-finite or zero, e.g. {unusable[0]}: "
                    f"{reasons[unusable[0]]}); their {len(stuck)} node(s) stay in float")
