@@ -188,10 +188,10 @@ def test_imports_sit_at_module_top_except_the_listed_lazy_ones():
         if name.startswith("calib.cli"):
             continue
         for line, module in _function_imports(path):
-            lazy = module == "calib" or module.startswith("calib.")
-            if lazy and (name, module) in LAZY_CALIB or module == "calib" and name == "calib.calibrators":
+            is_calib = module == "calib" or module.startswith("calib.")
+            if is_calib and (name, module) in LAZY_CALIB or module == "calib" and name == "calib.calibrators":
                 continue
-            if not lazy and any(module == p or module.startswith(p + ".") for p in LAZY_PACKAGES):
+            if not is_calib and any(module == p or module.startswith(p + ".") for p in LAZY_PACKAGES):
                 if module == "onnxruntime" and name != "calib.engines":
                     odd.append(f"{name}:{line} imports {module}")
                 continue
