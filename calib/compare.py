@@ -125,7 +125,7 @@ def compare_calibrators(config: CompareConfig, out_dir: Path, *,
         row["headline"] = headline_of(ev)
     rec = recommend(rows, budget)
     data = {"schema": SCHEMA, "calibration": str(Path(config.calibration).resolve()), "placement": config.placement.preset,
-            "model_sha256": evaluations[0].data["model"]["sha256"], "dataset": evaluations[0].data["dataset"],
+            "model_sha256": evaluations[0].model.sha256, "dataset": dict(evaluations[0].dataset.record),
             "budget": budget.to_dict(), "rows": rows, "recommendation": rec.to_dict()}
     atomic_write_json(out_dir / "comparison.json", data)
     report(1.0, rec.headline)

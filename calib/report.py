@@ -14,7 +14,7 @@ import os
 import platform
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -98,7 +98,7 @@ def headline_of(ev: Evaluation) -> dict:
     ci = m.accuracy_diff_ci
     return {
         "labelled": ev.labelled,
-        "note": ev.data["dataset"].get("note") or "",
+        "note": ev.dataset.note,
         "rows": m.n,
         "accuracy_fp32": m.accuracy_fp32,
         "accuracy_int8": m.accuracy_int8,
@@ -139,47 +139,29 @@ def _worst_bucket(ev: Evaluation) -> dict | None:
     return ev.metrics.worst_bucket()
 
 
-def _calibrator(ev: Evaluation) -> str | None:
-    return ev.data["engine"].get("calibrator") or (ev.data.get("calibration") or {}).get("method")
-
-
-def _placement(ev: Evaluation) -> str | None:
-    p = ev.data["engine"].get("placement")
-    if isinstance(p, dict):
-        return str(p.get("preset"))
-    return None if p is None else str(p)
-
-
-def _exclusions(ev: Evaluation) -> list[str]:
-    e = ev.data["engine"].get("exclusions")
-    if isinstance(e, dict):
-        return sorted(e)
-    return list(e or [])
-
-
 def compare_evaluations(evaluations: Sequence[Evaluation | str | Path]) -> list[dict]:
     """One row per evaluation: calibrator, placement, exclusions, calibration set, headline metrics,
     the worst length bucket and the first degraded tensor. All must be of the same model."""
     evs = [e if isinstance(e, Evaluation) else Evaluation.load(e) for e in evaluations]
     if not evs:
         raise InputError("no evaluations to compare; give at least one validate run")
-    ref = evs[0].data["model"]["sha256"]
+    ref = evs[0].model.sha256
     rows = []
     for ev in evs:
-        check_same_model(ref, ev.data["model"]["sha256"], f"evaluation {ev.dir}")
+        check_same_model(ref, ev.model.sha256, f"evaluation {ev.dir}")
         m = ev.metrics
-        cal = ev.data.get("calibration") or {}
+        engine = ev.engine
         rows.append({
-            "name": " · ".join(str(p) for p in (_calibrator(ev), _placement(ev),
-                                                 f"{len(_exclusions(ev))} in float" if _exclusions(ev) else None,
+            "name": " · ".join(str(p) for p in (ev.calibrator, engine.placement_preset,
+                                                 f"{len(engine.excluded)} in float" if engine.excluded else None,
                                                  f"{m.n:,} texts") if p),
             "run": _run_name(ev.dir),
-            "engine": ev.data["engine"].get("path"),
-            "calibrator": _calibrator(ev),
-            "placement": _placement(ev),
-            "exclusions": len(_exclusions(ev)),
-            "calibration_set": _calibset_of(cal),
-            "dataset_fingerprint": ev.data["dataset"]["fingerprint"],
+            "engine": engine.path,
+            "calibrator": ev.calibrator,
+            "placement": engine.placement_preset,
+            "exclusions": len(engine.excluded),
+            "calibration_set": _calibset_of(ev.calibration or {}),
+            "dataset_fingerprint": ev.dataset.fingerprint,
             "rows": m.n,
             "labelled": ev.labelled,
             "accuracy_fp32": m.accuracy_fp32,
@@ -190,7 +172,7 @@ def compare_evaluations(evaluations: Sequence[Evaluation | str | Path]) -> list[
             "kl_softmax": m.kl_softmax,
             "embedding_cosine": m.embedding_cosine,
             "worst_bucket": _worst_bucket(ev),
-            "first_degraded_tensor": (ev.data.get("layers") or {}).get("first_degraded"),
+            "first_degraded_tensor": ev.first_degraded_tensor,
         })
     return rows
 
@@ -202,7 +184,7 @@ def _run_name(folder: Path) -> str:
     return folder.name
 
 
-def _calibset_of(calibration: dict) -> str | None:
+def _calibset_of(calibration: Mapping) -> str | None:
     cs = calibration.get("calibration_set") or {}
     if cs:
         return f"{cs.get('strategy')} × {cs.get('size')} ({Path(str(cs.get('dir'))).name})"
@@ -211,9 +193,9 @@ def _calibset_of(calibration: dict) -> str | None:
 
 def _calibration_recipe(ev: Evaluation) -> dict | None:
     """What the calibration set was made of and how it was calibrated, when the evaluation knows it."""
-    cal = ev.data.get("calibration")
+    cal = ev.calibration
     if not cal:
-        build_cal = ev.data["engine"].get("calibration")
+        build_cal = ev.engine.calibration
         return {"calibration": build_cal} if build_cal else None
     return {"calibration": cal.get("folder"), "methods": cal.get("methods"),
             "calibration_set": cal.get("calibration_set"), "calibration_set_summary": cal.get("calibration_set_summary"),
@@ -244,7 +226,7 @@ def _layer_rows(layers: dict | None) -> list[dict]:
     return rows
 
 
-def report_data(evaluations: Sequence[Evaluation], sensitivity: dict | None = None, *,
+def report_data(evaluations: Sequence[Evaluation], sensitivity: SensitivityResult | None = None, *,
                 title: str = "INT8 accuracy report", budget: ReleaseBudget | None = None) -> dict:
     """The report as plain data (the JSON form; HTML and Markdown are rendered from it)."""
     ev = evaluations[0]
@@ -252,6 +234,7 @@ def report_data(evaluations: Sequence[Evaluation], sensitivity: dict | None = No
     budget = budget_for(ev, budget)
     verdict = judge(headline, budget)
     metrics = ev.metrics
+    engine = ev.engine
     buckets = [{
         "bucket": b.bucket, "n": b.n, "few_texts": b.few_texts,
         "accuracy_fp32": b.accuracy_fp32, "accuracy_int8": b.accuracy_int8,
@@ -260,19 +243,19 @@ def report_data(evaluations: Sequence[Evaluation], sensitivity: dict | None = No
         "embedding_cosine": b.embedding_cosine, "embedding_cosine_p1": b.embedding_cosine_p1,
         "neighbour_recall_at_k": b.neighbour_recall_at_k, "similarity_spearman": b.similarity_spearman,
     } for b in metrics.bucket_figures]
-    classes = ev.data["model"]["classes"]
+    classes = list(ev.model.classes)
     per_class = metrics.per_class(classes) if ev.labelled else []
     sens = None
     if sensitivity is not None:
-        rec = sensitivity["recommended"]
-        sens = {"passes": rec["passes"], "note": rec["note"], "exclude_nodes": rec["exclude_nodes"],
-                "units": rec["units"], "evaluations_used": sensitivity["evaluations_used"],
-                "budget": sensitivity["budget"], "granularity": sensitivity["granularity"],
-                "ranking_method": sensitivity["ranking_method"], "baseline": sensitivity["baseline"],
-                "recommended": {k: rec.get(k) for k in ("top1_agreement", "accuracy_drop_points", "embedding_cosine",
-                                                         "kl_softmax")},
-                "ranking": sensitivity["ranking"][:20],
-                "placement": sensitivity["placement"]}
+        rec = sensitivity.recommended
+        sens = {"passes": rec.passes, "note": rec.note, "exclude_nodes": list(rec.exclude_nodes),
+                "units": list(rec.units), "evaluations_used": sensitivity.evaluations_used,
+                "budget": sensitivity.data["budget"], "granularity": sensitivity.data["granularity"],
+                "ranking_method": sensitivity.ranking_method, "baseline": dict(sensitivity.baseline.record),
+                "recommended": {"top1_agreement": rec.top1_agreement, "accuracy_drop_points": rec.accuracy_drop_points,
+                                "embedding_cosine": rec.embedding_cosine, "kl_softmax": rec.kl_softmax},
+                "ranking": [r.to_dict() for r in sensitivity.ranking[:20]],
+                "placement": sensitivity.data["placement"]}
     comparison = compare_evaluations(evaluations) if len(evaluations) > 1 else []
     for row in comparison:
         row["verdict"] = judge(row, budget).status
@@ -287,13 +270,12 @@ def report_data(evaluations: Sequence[Evaluation], sensitivity: dict | None = No
         "drop_convention": DROP_CONVENTION,
         "resolution_warning": resolution_warning(headline, budget),
         "min_bucket_texts": MIN_BUCKET_TEXTS,
-        "model": {"sha256": ev.data["model"]["sha256"], "path": ev.data["model"]["path"], "classes": classes},
-        "dataset": ev.data["dataset"],
+        "model": {"sha256": ev.model.sha256, "path": ev.model.path, "classes": classes},
+        "dataset": dict(ev.dataset.record),
         "calibration": _calibration_recipe(ev),
-        "build": {"engine": ev.data["engine"].get("path"), "backend": ev.data["engine"].get("backend"),
-                  "engine_name": ev.data["engine"].get("name"), "qdq_sha256": ev.data["engine"].get("qdq_sha256"),
-                  "calibrator": _calibrator(ev), "placement": ev.data["engine"].get("placement"),
-                  "exclusions": _exclusions(ev)},
+        "build": {"engine": engine.path, "backend": engine.backend, "engine_name": engine.name,
+                  "qdq_sha256": engine.qdq_sha256, "calibrator": ev.calibrator, "placement": engine.placement,
+                  "exclusions": engine.exclusions},
         "evaluation": str(ev.dir),
         "headline": headline,
         "buckets": buckets,
@@ -880,10 +862,9 @@ def make_report(config: ReportConfig, out_dir: Path, *, progress: ProgressFn | N
     evaluations = [Evaluation.load(e) for e in config.evaluations]
     sensitivity = None
     if config.sensitivity:
-        sens = SensitivityResult.load(config.sensitivity)
-        check_same_model(evaluations[0].data["model"]["sha256"], sens.data["model"]["sha256"],
+        sensitivity = SensitivityResult.load(config.sensitivity)
+        check_same_model(evaluations[0].model.sha256, sensitivity.model_sha256,
                          f"sensitivity run {config.sensitivity}")
-        sensitivity = sens.data
     data = report_data(evaluations, sensitivity, title=config.title, budget=config.budget)
     out_dir = Path(out_dir)
     atomic_write_json(out_dir / "report.json", data)

@@ -575,8 +575,67 @@ def _prefix_nodes(units: Sequence[Unit], k: int) -> list[str]:
 
 
 @dataclass(frozen=True)
+class Trial:
+    """One placement the search evaluated (an entry of ``sensitivity.json``): the INT8 figures with
+    some units kept in float. ``record`` is the entry as saved."""
+
+    record: Mapping
+
+    @property
+    def top1_agreement(self) -> float | None:
+        return self.record.get("top1_agreement")  # None: an embedding model (no logits)
+
+    @property
+    def accuracy_drop_points(self) -> float | None:
+        return self.record.get("accuracy_drop_points")  # None: unlabelled data
+
+    @property
+    def embedding_cosine(self) -> float | None:
+        return self.record.get("embedding_cosine")
+
+    @property
+    def kl_softmax(self) -> float | None:
+        return self.record.get("kl_softmax")
+
+    @property
+    def quantized_nodes(self) -> int | None:
+        return self.record.get("quantized_nodes")
+
+    @property
+    def passes(self) -> bool:
+        return bool(self.record.get("passes"))
+
+    @property
+    def units(self) -> tuple[str, ...]:
+        """The units kept in float (the recommendation's; empty for the baseline)."""
+        return tuple(self.record.get("units") or self.record.get("excluded") or ())
+
+    @property
+    def exclude_nodes(self) -> tuple[str, ...]:
+        return tuple(self.record.get("exclude_nodes") or ())
+
+    @property
+    def note(self) -> str:
+        return str(self.record.get("note") or "")
+
+
+@dataclass(frozen=True)
+class RankedUnit:
+    """A unit in the sensitivity ranking: its nodes and score (higher: more sensitive)."""
+
+    unit: str
+    nodes: tuple[str, ...]
+    score: float | None
+    detail: Mapping = field(default_factory=dict)  # what the ranking measured (e.g. quantize-one's figures)
+
+    def to_dict(self) -> dict:
+        return {"unit": self.unit, "nodes": list(self.nodes), "score": self.score, **self.detail}
+
+
+@dataclass(frozen=True)
 class SensitivityResult:
-    """Saved sensitivity analysis (``sensitivity.json``)."""
+    """Saved sensitivity analysis (``sensitivity.json``). Read it through the typed parts
+    (``recommended``, ``baseline``, ``ranking``, ``searched``...); ``data`` is the raw JSON."""
 
     dir: Path
     data: dict
@@ -588,13 +647,51 @@ class SensitivityResult:
                                                  "give a sensitivity run folder"))
 
     @property
+    def recommended(self) -> Trial:
+        """The placement the search recommends (``passes``: it meets the budget)."""
+        return Trial(self.data["recommended"])
+
+    @property
+    def baseline(self) -> Trial:
+        """The placement as given, before any unit was kept in float."""
+        return Trial(self.data["baseline"])
+
+    @property
+    def ranking(self) -> list[RankedUnit]:
+        """The units, most sensitive first."""
+        return [RankedUnit(str(r["unit"]), tuple(r.get("nodes") or ()), r.get("score"),
+                           {k: v for k, v in r.items() if k not in ("unit", "nodes", "score")})
+                for r in self.data["ranking"]]
+
+    @property
+    def ranking_method(self) -> str:
+        return str(self.data["ranking_method"])
+
+    @property
+    def model_sha256(self) -> str:
+        return str(self.data["model"]["sha256"])
+
+    @property
+    def searched(self) -> Mapping:
+        """The rows the search ran on: source, split, rows_evaluated of rows_total, fingerprint."""
+        return self.data["dataset"]
+
+    @property
+    def evaluations_used(self) -> int:
+        return int(self.data["evaluations_used"])
+
+    @property
+    def max_evaluations(self) -> int:
+        return int(self.data["budget"]["max_evaluations"])
+
+    @property
     def exclusions(self) -> tuple[str, ...]:
         """Node names to keep in float (exact names; use as ``Placement.exclude_nodes``)."""
-        return tuple(self.data["recommended"]["exclude_nodes"])
+        return self.recommended.exclude_nodes
 
     @property
     def found(self) -> bool:
-        return bool(self.data["recommended"]["passes"])
+        return self.recommended.passes
 
     def placement(self) -> Placement:
         p = self.data["placement"]
@@ -603,13 +700,13 @@ class SensitivityResult:
         return base.with_exclusions(exact_pattern(n) for n in self.exclusions)
 
     def summary(self) -> dict:
-        rec = self.data["recommended"]
-        return {"passes": rec["passes"], "exclusions": len(rec["exclude_nodes"]),
-                "evaluations": self.data["evaluations_used"], "max_evaluations": self.data["budget"]["max_evaluations"],
+        rec = self.recommended
+        return {"passes": rec.passes, "exclusions": len(rec.exclude_nodes),
+                "evaluations": self.evaluations_used, "max_evaluations": self.max_evaluations,
                 "ranking_evaluations": self.data.get("ranking_evaluations_used", 0),
-                "top1_agreement": rec.get("top1_agreement"), "accuracy_drop_points": rec.get("accuracy_drop_points"),
-                "embedding_cosine": rec.get("embedding_cosine"),
-                "baseline_top1_agreement": self.data["baseline"].get("top1_agreement"),
+                "top1_agreement": rec.top1_agreement, "accuracy_drop_points": rec.accuracy_drop_points,
+                "embedding_cosine": rec.embedding_cosine,
+                "baseline_top1_agreement": self.baseline.top1_agreement,
                 "seconds": self.data.get("seconds"),
                 **({"cluster": self.data["cluster"]["spec"], "workers": self.data["cluster"]["workers"]}
                    if self.data.get("cluster") else {})}
@@ -1072,12 +1169,9 @@ def _analyze(config: SensitivityConfig, out_dir: Path, progress: ProgressFn | No
         search_seconds = round(time.monotonic() - t0, 2)
         speed = speed_curve(evaluate, spec, chosen, check_path if verification is not None else None, base_path, report)
     nodes_out = _prefix_nodes(chosen, len(chosen))
-    ranking_rows = []
-    for u in ranked:
-        row = {"unit": u.name, "nodes": list(u.nodes), "score": scores.get(u.name)}
-        if u.name in details:
-            row.update({k: v for k, v in details[u.name].items() if k != "unit"})
-        ranking_rows.append(row)
+    ranking_rows = [RankedUnit(u.name, u.nodes, scores.get(u.name),
+                               {k: v for k, v in details.get(u.name, {}).items() if k != "unit"}).to_dict()
+                    for u in ranked]
     data_out = {
         "schema": SCHEMA,
         "model": {"path": str(spec.onnx_path), "sha256": spec.sha256},

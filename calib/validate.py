@@ -36,7 +36,7 @@ from calib.errors import InputError, ModelMismatchError
 from calib.evaluation import EvalSettings, Metrics, compare, load_eval_data, run_engine
 from calib.io import atomic_save_npz, atomic_write_json, read_artifact_json, read_json, sha256_file
 from calib.layers import LayerAnalysis, producer_order, quantized_tensors
-from calib.model import ModelRef, ModelSpec, check_same_model
+from calib.model import ModelRef, ModelSpec, OutputRoles, check_same_model
 from calib.pipeline import config_params
 from calib.progress import FP32_PASS, INT8_PASS, LAYER_PASS, Phases
 from calib.workspace import ProgressFn
@@ -217,8 +217,95 @@ def layer_analysis(fp32_model: Path, source: EngineSource, encoded, input_dtypes
 
 
 @dataclass(frozen=True)
+class EvaluatedModel:
+    """The FP32 model an evaluation compared against (``evaluation.json["model"]``)."""
+
+    path: str
+    sha256: str
+    classes: tuple[str, ...]  # class names in logit order (empty: unknown)
+    roles: OutputRoles
+    max_length: int | None
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> EvaluatedModel:
+        roles = d.get("roles")  # 0.1 recorded only the logits output and whether an embedding existed
+        return cls(path=str(d["path"]), sha256=str(d["sha256"]), classes=tuple(d.get("classes") or ()),
+                   roles=OutputRoles(**roles) if roles else OutputRoles(logits=d.get("logits_output")),
+                   max_length=d.get("max_length"))
+
+
+@dataclass(frozen=True)
+class EvaluatedEngine:
+    """The INT8 engine an evaluation ran and what its build recorded (``evaluation.json["engine"]``);
+    None where a bare Q/DQ ``.onnx`` recorded nothing."""
+
+    kind: str  # "build" (artifact folder) or "onnx"
+    path: str
+    name: str | None  # the runner, e.g. "onnxruntime-int8"
+    backend: str
+    qdq_sha256: str | None
+    calibrator: str | None  # the calibration method behind the build's ranges
+    calibration: str | None  # the calibration run (or ranges file) the build used
+    placement: Mapping | str | None  # as recorded: a Placement record, or 0.1's preset name
+    excluded: Mapping[str, str]  # node kept in float -> why (0.1 may record a plain list: reason "")
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> EvaluatedEngine:
+        e = d.get("exclusions") or {}
+        return cls(kind=str(d.get("kind", "onnx")), path=str(d.get("path")), name=d.get("name"),
+                   backend=str(d.get("backend") or "ort"), qdq_sha256=d.get("qdq_sha256"),
+                   calibrator=d.get("calibrator"), calibration=d.get("calibration"), placement=d.get("placement"),
+                   excluded=dict(e) if isinstance(e, Mapping) else dict.fromkeys(e, ""))
+
+    @property
+    def placement_preset(self) -> str | None:
+        """The placement preset's name (None: not recorded)."""
+        p = self.placement
+        if isinstance(p, Mapping):
+            return str(p.get("preset"))
+        return None if p is None else str(p)
+
+    @property
+    def exclusions(self) -> list[str]:
+        """The nodes kept in float, sorted."""
+        return sorted(self.excluded)
+
+
+@dataclass(frozen=True)
+class EvaluatedData:
+    """The rows an evaluation ran on (``evaluation.json["dataset"]``; ``record`` is the whole entry)."""
+
+    record: Mapping
+
+    @property
+    def fingerprint(self) -> str:
+        return str(self.record["fingerprint"])
+
+    @property
+    def labelled(self) -> bool:
+        return bool(self.record["labelled"])
+
+    @property
+    def note(self) -> str:
+        """Why the figures are limited (e.g. no labels: agreement only); "" when nothing is."""
+        return str(self.record.get("note") or "")
+
+    @property
+    def notes(self) -> list[str]:
+        return list(self.record.get("notes") or [])
+
+    @property
+    def warnings(self) -> list[str]:
+        return list(self.record.get("warnings") or [])
+
+
+@dataclass(frozen=True)
 class Evaluation:
-    """A saved FP32-vs-INT8 comparison (``evaluation.json``, ``layers.json``, ``predictions.npz``)."""
+    """A saved FP32-vs-INT8 comparison (``evaluation.json``, ``layers.json``, ``predictions.npz``).
+
+    Read it through the typed parts: ``model``, ``engine``, ``dataset``, ``metrics``; ``data`` is the
+    raw JSON.
+    """
 
     dir: Path
     data: dict
@@ -236,8 +323,34 @@ class Evaluation:
         return Metrics.from_dict(self.data["metrics"])
 
     @property
+    def model(self) -> EvaluatedModel:
+        return EvaluatedModel.from_dict(self.data["model"])
+
+    @property
+    def engine(self) -> EvaluatedEngine:
+        return EvaluatedEngine.from_dict(self.data["engine"])
+
+    @property
+    def dataset(self) -> EvaluatedData:
+        return EvaluatedData(self.data["dataset"])
+
+    @property
+    def calibration(self) -> Mapping | None:
+        """The calibration run shown per tensor (``--calibration``): folder, methods, calibration set; None if none."""
+        return self.data.get("calibration") or None
+
+    @property
+    def calibrator(self) -> str | None:
+        """The calibration method behind the INT8 engine: as its build recorded it, else the shown run's."""
+        return self.engine.calibrator or (self.calibration or {}).get("method")
+
+    @property
+    def first_degraded_tensor(self) -> str | None:
+        return (self.data.get("layers") or {}).get("first_degraded")
+
+    @property
     def labelled(self) -> bool:
-        return bool(self.data["dataset"]["labelled"])
+        return self.dataset.labelled
 
     @property
     def overall(self) -> dict:

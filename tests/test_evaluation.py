@@ -39,8 +39,41 @@ def test_artifacts_of_the_previous_version_still_load(tmp_path):
     # the typed Metrics give every figure the old report held, unchanged (new ones added beside them)
     assert {k: rep.data["headline"][k] for k in old.data["headline"]} == old.data["headline"]
     assert rep.data["per_class"] == old.data["per_class"] and rep.data["confusion"] == old.data["confusion"]
-    assert m.per_class(ev.data["model"]["classes"]) == old.data["per_class"] and m.has_embedding
+    assert m.per_class(list(ev.model.classes)) == old.data["per_class"] and m.has_embedding
     assert m.confusion("int8") == old.data["confusion"]["int8"] and m.agreement("no such figure") is None
+
+
+def test_provenance_of_an_old_evaluation_and_sensitivity_reads_typed():
+    """What was compared (model, engine, data) reads through typed parts, also from 0.1's JSON, which
+    recorded no output roles (the logits output only) and no exclusions."""
+    from calib.model import OutputRoles
+    from calib.sensitivity import SensitivityResult
+    from calib.validate import Evaluation
+
+    ev = Evaluation.load(FIXTURES / "validate")
+    raw = ev.data
+    assert ev.model.sha256 == raw["model"]["sha256"] and ev.model.classes == ("neg", "pos")
+    assert ev.model.roles == OutputRoles(logits="logits") and ev.model.max_length == 64
+    assert ev.engine.name == "onnxruntime-int8" and ev.engine.backend == "ort" and ev.engine.kind == "onnx"
+    assert ev.engine.placement_preset is None and ev.engine.exclusions == [] and ev.calibrator is None
+    assert ev.dataset.fingerprint == raw["dataset"]["fingerprint"] and ev.dataset.note == "" and ev.labelled
+    assert ev.first_degraded_tensor == raw["layers"]["first_degraded"]
+    sens = SensitivityResult.load(FIXTURES / "sensitivity")
+    rec, raw_nodes = sens.recommended, tuple(sens.data["recommended"]["exclude_nodes"])
+    assert rec.passes and rec.top1_agreement == 1.0 and rec.exclude_nodes == raw_nodes
+    assert sens.exclusions == raw_nodes and sens.baseline.top1_agreement == pytest.approx(0.925)
+    assert [r.to_dict() for r in sens.ranking] == sens.data["ranking"] and sens.ranking_method == "local"
+    assert sens.model_sha256 == ev.model.sha256 and sens.evaluations_used == 4 and sens.max_evaluations == 4
+
+
+def test_engine_provenance_reads_every_recorded_form():
+    from calib.validate import EvaluatedEngine
+
+    built = EvaluatedEngine.from_dict({"kind": "build", "path": "/r/b1", "backend": "tensorrt", "calibrator": "entropy",
+                                       "placement": {"preset": "bert"}, "exclusions": {"n2": "why", "n1": "why"}})
+    assert built.placement_preset == "bert" and built.exclusions == ["n1", "n2"] and built.backend == "tensorrt"
+    old = EvaluatedEngine.from_dict({"path": "x.onnx", "placement": "all", "exclusions": ["b", "a"]})
+    assert old.placement_preset == "all" and old.exclusions == ["a", "b"] and old.backend == "ort"
 
 
 def test_no_stage_builds_another_stages_config():

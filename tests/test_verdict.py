@@ -167,3 +167,35 @@ def test_bucket_tables_of_the_validate_page():
     emb = embedding_bucket_frame([BucketFigures("0-63", 0, 64, {"n": 3, "embedding_cosine": {"mean": 0.98},
                                                                     "neighbours": {"k": 5, "recall_at_k": 0.9}})])
     assert emb.to_dict("records") == [{"bucket": "0-63", "texts": 3, "cosine": 0.98, "recall@k": 0.9, "spearman": None}]
+
+
+def test_sensitivity_view_reads_the_typed_result(tmp_path):
+    """The Validate page's sensitivity table: rank order, node counts, which units the recommendation
+    keeps in float, and the agreement gain (None without logits)."""
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "app"))
+    from lib.sensitivity_view import agreement_gain_points, ranking_frame
+
+    from calib.sensitivity import SCHEMA, SensitivityResult
+
+    data = {"schema": SCHEMA, "model": {"sha256": "x"}, "ranking_method": "local", "evaluations_used": 3,
+            "budget": {"max_evaluations": 8},
+            "baseline": {"top1_agreement": 0.9, "excluded": []},
+            "recommended": {"top1_agreement": 0.995, "passes": True, "units": ["b"], "exclude_nodes": ["b/MatMul"],
+                            "note": "ok"},
+            "ranking": [{"unit": "b", "nodes": ["b/MatMul", "b/Add"], "score": 2.0, "kl_share": 0.7},
+                        {"unit": "a", "nodes": ["a/MatMul"], "score": 1.0}]}
+    (tmp_path / "sensitivity.json").write_text(json.dumps(data))
+    sens = SensitivityResult.load(tmp_path)
+    frame = ranking_frame(sens)
+    assert frame.to_dict("records") == [{"rank": 1, "unit": "b", "score": 2.0, "nodes": 2, "recommended": True},
+                                        {"rank": 2, "unit": "a", "score": 1.0, "nodes": 1, "recommended": False}]
+    assert abs(agreement_gain_points(sens) - 9.5) < 1e-9
+    assert sens.ranking[0].to_dict() == data["ranking"][0]  # the measured detail survives the typed read
+    assert sens.exclusions == ("b/MatMul",) and sens.found and sens.max_evaluations == 8
+    data["baseline"]["top1_agreement"] = None  # an embedding model
+    (tmp_path / "sensitivity.json").write_text(json.dumps(data))
+    assert agreement_gain_points(SensitivityResult.load(tmp_path)) is None

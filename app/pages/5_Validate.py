@@ -16,6 +16,7 @@ import streamlit as st
 from lib.charts import bucket_measure_bars, layer_frame, method_color
 from lib.context import attempt, shown_errors
 from lib.project import data_spec, model_spec, release_budget
+from lib.sensitivity_view import agreement_gain_points, ranking_frame
 from lib.stages import project_inputs
 from lib.ui import (
     download_file,
@@ -135,8 +136,8 @@ else:
         headline_tiles(headline, has_embedding=ev.metrics.has_embedding,
                        row_cosines=cosines if cosines is not None and len(cosines) else None)
         if not ev.labelled:
-            st.caption(ev.data["dataset"].get("note") or "The evaluation data has no labels: agreement only.")
-        st.caption(f"{fmt.count(ev.metrics.n)} texts · engine {ev.data['engine'].get('name')} · KL(FP32‖INT8) "
+            st.caption(ev.dataset.note or "The evaluation data has no labels: agreement only.")
+        st.caption(f"{fmt.count(ev.metrics.n)} texts · engine {ev.engine.name} · KL(FP32‖INT8) "
                    f"{fmt.number(ev.metrics.kl_softmax)} · run `{judged.id}`")
     else:  # an embedding model: no logits, so no agreement; cosine and neighbours instead
         emb = ev.metrics
@@ -146,7 +147,7 @@ else:
         cols[1].metric("Neighbour recall@1", fmt.percent(emb.neighbour_recall_at_1))
         cols[2].metric(f"Neighbour recall@{emb.neighbour_k}", fmt.percent(emb.neighbour_recall_at_k))
         cols[3].metric("Similarity Spearman", fmt.ratio(emb.similarity_spearman))
-        st.caption(f"{fmt.count(emb.n)} texts · embedding model (output `{ev.data['model']['roles']['embedding']}`) · "
+        st.caption(f"{fmt.count(emb.n)} texts · embedding model (output `{ev.model.roles.embedding}`) · "
                    f"run `{judged.id}`")
         st.dataframe(embedding_bucket_frame(emb.bucket_figures), hide_index=True, width="stretch")
         ev = None  # the details below are the classifier's
@@ -351,29 +352,28 @@ with tab_sens:
     if srun is not None:
         with shown_errors("Opening the sensitivity analysis"):
             sens = SensitivityResult.load(srun.dir)
-        rec = sens.data["recommended"]
-        (st.success if rec["passes"] else st.warning)(rec["note"], icon=":material/check_circle:" if rec["passes"]
-                                                      else ":material/warning:")
+        rec = sens.recommended
+        (st.success if rec.passes else st.warning)(rec.note, icon=":material/check_circle:" if rec.passes
+                                                   else ":material/warning:")
         c = st.columns(4)
-        c[0].metric("Recommended exclusions", len(rec["exclude_nodes"]))
-        c[1].metric("Evaluations used", f"{sens.data['evaluations_used']} / {sens.data['budget']['max_evaluations']}")
-        if rec.get("top1_agreement") is not None:
-            c[2].metric("Agreement with them", fmt.percent(rec["top1_agreement"]),
-                        delta=fmt.points((rec["top1_agreement"] - sens.data["baseline"]["top1_agreement"]) * 100))
-        if rec.get("accuracy_drop_points") is not None:
-            c[3].metric("Accuracy drop with them", fmt.points(rec["accuracy_drop_points"]))
-        ranking_rows = [{"rank": i + 1, "unit": r["unit"], "score": r["score"], "nodes": len(r["nodes"]),
-                         "recommended": r["unit"] in rec["units"]} for i, r in enumerate(sens.data["ranking"])]
-        st.markdown(f"**Ranking** ({sens.data['ranking_method']})")
-        st.dataframe(pd.DataFrame(ranking_rows), hide_index=True, width="stretch", height=260)
-        if rec["exclude_nodes"]:
-            st.code("\n".join(rec["exclude_nodes"]), language=None)
+        c[0].metric("Recommended exclusions", len(rec.exclude_nodes))
+        c[1].metric("Evaluations used", f"{sens.evaluations_used} / {sens.max_evaluations}")
+        if rec.top1_agreement is not None:
+            gain = agreement_gain_points(sens)
+            c[2].metric("Agreement with them", fmt.percent(rec.top1_agreement),
+                        delta=None if gain is None else fmt.points(gain))
+        if rec.accuracy_drop_points is not None:
+            c[3].metric("Accuracy drop with them", fmt.points(rec.accuracy_drop_points))
+        st.markdown(f"**Ranking** ({sens.ranking_method})")
+        st.dataframe(ranking_frame(sens), hide_index=True, width="stretch", height=260)
+        if rec.exclude_nodes:
+            st.code("\n".join(rec.exclude_nodes), language=None)
             prun = ws.parent_of(srun, "build")
             if prun is not None:
                 active = job_section(page, "build", "Rebuilding")
                 if active is None and st.button("Rebuild with these exclusions", type="primary", key="sens-rebuild",
                                                 icon=":material/construction:"):
-                    new_config = BuildConfig.from_params(prun.params).with_float_nodes(rec["exclude_nodes"])
+                    new_config = BuildConfig.from_params(prun.params).with_float_nodes(rec.exclude_nodes)
                     rid = submit(page, "build", build, new_config, parents=tuple(prun.parents) + (srun.id,),
                                  label=prun.label)  # its name says how many nodes stay in float
                     st.toast(f"Rebuilding as {rid}; validate it above when it is done.", icon=":material/construction:")

@@ -206,16 +206,16 @@ def run_validate(args: argparse.Namespace) -> int:
         return 0
     print(f"run {run_id}: {evaluation.dir}")
     if not evaluation.labelled:
-        print(f"note: {evaluation.data['dataset']['note']}")
-    for note in evaluation.data["dataset"].get("notes") or []:
+        print(f"note: {evaluation.dataset.note}")
+    for note in evaluation.dataset.notes:
         print(f"note: {note}")
-    for warning in evaluation.data["dataset"].get("warnings") or []:
+    for warning in evaluation.dataset.warnings:
         print(f"WARNING: {warning}")
     from calib.cli.common import format_table
 
     rows = []
     if not evaluation.metrics.is_classifier:
-        print(f"embedding model (output {evaluation.data['model']['roles']['embedding']!r}): cosine, nearest-neighbour "
+        print(f"embedding model (output {evaluation.model.roles.embedding!r}): cosine, nearest-neighbour "
               "recall within the evaluated texts and similarity rank correlation, FP32 vs INT8")
         for b in evaluation.metrics.bucket_figures:
             rows.append([b.bucket, b.n, fmt.ratio(b.embedding_cosine), fmt.ratio(b.embedding_cosine_p1),
@@ -334,29 +334,29 @@ def run_sensitivity(args: argparse.Namespace) -> int:
     if args.json:
         print_run_json(ws, run_id, {"record": result.dir / "sensitivity.json"}, exclude_nodes=list(result.exclusions))
         return 0
-    rec = result.data["recommended"]
+    rec = result.recommended
     print(f"run {run_id}: {result.dir}")
-    print(rec["note"])
-    budget, searched = result.data["budget"], result.data["dataset"]
+    print(rec.note)
+    budget, searched = result.data["budget"], result.searched
     if budget.get("statement"):
         print(f"budget: {budget['statement']}")
     print(f"searched on {fmt.count(searched['rows_evaluated'])} of {fmt.count(searched['rows_total'])} rows of "
           f"{searched['source']}" + (f" [{searched['split']}]" if searched.get("split") else "")
           + (" (a seeded sample, --limit)" if searched["rows_evaluated"] < searched["rows_total"] else "")
           + "; numbers on the full split may differ: check the build with calib validate")
-    cos = rec.get("embedding_cosine")
-    print(f"ranking: {result.data['ranking_method']} ({result.data.get('ranking_evaluations_used', 0)} evaluations on "
-          f"{result.data.get('ranking_rows', 0)} texts); search: {result.data['evaluations_used']} of "
-          f"{result.data['budget']['max_evaluations']} evaluations; {fmt.seconds(result.data['seconds'])}"
+    cos = rec.embedding_cosine
+    print(f"ranking: {result.ranking_method} ({result.data.get('ranking_evaluations_used', 0)} evaluations on "
+          f"{result.data.get('ranking_rows', 0)} texts); search: {result.evaluations_used} of "
+          f"{result.max_evaluations} evaluations; {fmt.seconds(result.data['seconds'])}"
           + ("" if cos is None else f"; recommended embedding cosine {fmt.ratio(cos)}"))
-    base = result.data["baseline"]
-    if base.get("top1_agreement") is None:  # an embedding model
-        print(f"baseline: embedding cosine {fmt.ratio(base.get('embedding_cosine'))}; recommended: embedding cosine "
+    base = result.baseline
+    if base.top1_agreement is None:  # an embedding model
+        print(f"baseline: embedding cosine {fmt.ratio(base.embedding_cosine)}; recommended: embedding cosine "
               f"{fmt.ratio(cos)}")
     else:
-        print(f"baseline: agreement {fmt.percent(base['top1_agreement'])}, drop "
-              f"{fmt.points(base.get('accuracy_drop_points'))}; recommended: agreement "
-              f"{fmt.percent(rec['top1_agreement'])}, drop {fmt.points(rec.get('accuracy_drop_points'))}")
+        print(f"baseline: agreement {fmt.percent(base.top1_agreement)}, drop "
+              f"{fmt.points(base.accuracy_drop_points)}; recommended: agreement "
+              f"{fmt.percent(rec.top1_agreement)}, drop {fmt.points(rec.accuracy_drop_points)}")
     check = result.data.get("ranking_check")
     if check and check.get("units"):
         print(f"ranking check: Spearman {fmt.ratio(check['spearman'])} against quantize-one on {check['units']} unit(s)")
