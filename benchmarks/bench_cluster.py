@@ -125,7 +125,7 @@ def sensitivity_runs(args, demo, stats) -> dict:
     from calib.methods import compute_ranges
     from calib.calibrate import RangesRef
     from calib.model import ModelRef
-    from calib.sensitivity import SensitivityConfig, analyze_sensitivity
+    from calib.sensitivity import SEARCH_SETTINGS, SensitivityConfig, analyze_sensitivity
 
     spec, ev = demo.model, demo.data("eval")
     out: dict = {"limit": args.sensitivity_limit, "max_evaluations": args.max_evaluations, "runs": {}}
@@ -133,10 +133,12 @@ def sensitivity_runs(args, demo, stats) -> dict:
         ranges = Path(tmp) / "minmax.json"
         atomic_write_json(ranges, compute_ranges(stats, "minmax").amax)
         base = SensitivityConfig(model=ModelRef.of(spec), data=ev, ranges=RangesRef(str(ranges), "minmax"),
-                                 limit=args.sensitivity_limit, max_evaluations=args.max_evaluations, speed_texts=0)
+                                 settings=dataclasses.replace(SEARCH_SETTINGS, limit=args.sensitivity_limit),
+                                 max_evaluations=args.max_evaluations, speed_texts=0)
         records = {}
         for name in ["embedded", *[f"local:{w}" for w in args.workers]]:
-            config = base if name == "embedded" else dataclasses.replace(base, cluster=name)
+            config = base if name == "embedded" else dataclasses.replace(
+                base, settings=dataclasses.replace(base.settings, cluster=name))
             t0 = time.perf_counter()
             res = analyze_sensitivity(config, Path(tmp) / name.replace(":", "-"))
             wall = time.perf_counter() - t0

@@ -98,6 +98,17 @@ def nest_params(cls: type, values: Mapping[str, Any], *, renames: Mapping[str, s
     return out
 
 
+def _default_fields(f: dataclasses.Field, part: type) -> dict[str, Any]:
+    """The fields of config field ``f``'s default ``part`` instance, as they are ({} when it has none)."""
+    if f.default is not dataclasses.MISSING:
+        default = f.default
+    elif f.default_factory is not dataclasses.MISSING:
+        default = f.default_factory()
+    else:
+        return {}
+    return {p.name: getattr(default, p.name) for p in dataclasses.fields(part)} if isinstance(default, part) else {}
+
+
 def config_from_params(cls: type[C], values: Mapping[str, Any], *, renames: Mapping[str, str] | None = None,
                        strict: bool = False, where: str = "config") -> C:
     """``cls`` from the plain data :func:`config_params` wrote (run params, a manifest's ``config``, a
@@ -114,10 +125,13 @@ def _construct(cls: type[C], values: Mapping[str, Any], strict: bool, where: str
     if unknown and strict:
         raise InputError(f"{where}: unknown settings {unknown} (known: {sorted(known)})")
     kwargs = {}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     for name in known & set(values):
         part, value = _part_type(hints[name]), values[name]
-        kwargs[name] = (_construct(part, value, strict, f"{where}: {name}") if part is not None
-                        and isinstance(value, Mapping) else value)
+        if part is not None and isinstance(value, Mapping):
+            # keys left out keep the config's own default part (a search's budget, not ReleaseBudget's)
+            value = _construct(part, {**_default_fields(fields[name], part), **value}, strict, f"{where}: {name}")
+        kwargs[name] = value
     try:
         return cls(**kwargs)
     except TypeError as exc:

@@ -2,7 +2,7 @@
 
 ``analyze_sensitivity(SensitivityConfig, out_dir)``:
 
-1. Runs the FP32 model once on a seeded subset of the evaluation texts (``limit``) and keeps its
+1. Runs the FP32 model once on a seeded subset of the evaluation texts (``settings.limit``) and keeps its
    logits/embeddings; every candidate below is compared with these cached outputs.
 2. Quantizes the model once with the given ranges and placement (ONNX Runtime's Q/DQ quantizer
    through :func:`calib.quantize.quantize_qdq`): the *baseline* — or, with ``start_from``, takes a
@@ -37,11 +37,11 @@
    ``block-local`` (models cut into blocks) or ``quantize-one`` up to ``max_rank_units`` units
    (input-only placements), else ``local``.
 4. Searches the fewest top-ranked units to keep in float so that the accuracy drop is within
-   ``max_drop`` points AND top-1 agreement ≥ ``min_agreement`` (AND embedding cosine ≥
-   ``min_embedding_cosine`` when set): the predicted prefix first (√n without a prediction),
+   ``budget.max_drop`` points AND top-1 agreement ≥ ``budget.min_agreement`` (AND embedding cosine ≥
+   ``budget.min_embedding_cosine`` when set; a None threshold is not checked): the predicted prefix first (√n without a prediction),
    doubling while it fails, a
    bisection between the longest failing and the shortest passing prefix, then a pruning pass that
-   puts back units the budget does not need. Every search evaluation (on the ``limit`` texts) is
+   puts back units the budget does not need. Every search evaluation (on the ``settings.limit`` texts) is
    counted and their total, with the baseline and the final check, never exceeds ``max_evaluations``.
    Granularity ``auto`` searches by node and by activation tensor and keeps the recommendation
    with fewer float nodes.
@@ -53,7 +53,7 @@
    recommended unit is put in float, against FP32, at batch ``speed_batch`` — what each fallback
    step costs (:func:`calib.bench.throughput`).
 
-On a cluster (``cluster``, :mod:`calib.cluster`) the candidate evaluations run on the workers, each
+On a cluster (``settings.cluster``, :mod:`calib.cluster`) the candidate evaluations run on the workers, each
 holding the baseline Q/DQ model (cut into the same segments, with its own cut cache) and deriving
 candidates from it: a search evaluation's batches are split into runs of whole batches, each run
 always on the same worker; independent ranking candidates (quantize-one, the block-local ranking's
@@ -97,6 +97,7 @@ from calib.evaluation import (
     CLASSIFIER,
     EngineOutputs,
     EvalData,
+    EvalSettings,
     Metrics,
     compare,
     load_eval_data,
@@ -111,6 +112,7 @@ from calib.placement import Placement, exact_pattern
 from calib.progress import FP32_PASS
 from calib.quantize import keep_in_float, quantize_qdq
 from calib.segments import SegmentationError, SegmentRunner, layer_block
+from calib.verdict import ReleaseBudget
 from calib.workspace import ProgressFn
 
 SCHEMA = "calib.sensitivity/1"
@@ -118,13 +120,25 @@ GRANULARITIES = ("node", "tensor", "block", "auto")
 RANKINGS = ("auto", "block-local", "local", "exclude-one", "quantize-one")
 
 
+SEARCH_BUDGET = ReleaseBudget(min_embedding_cosine=None)
+"""The search's default budget: drop <= 0.5 points, agreement >= 0.99; an embedding model's cosine
+>= 0.99 (:data:`DEFAULT_EMBEDDING_COSINE`, applied when the model has no logits)."""
+SEARCH_SETTINGS = EvalSettings(limit=256, layers=False, bootstrap=0)
+"""The search's default evaluation: a seeded sample of 256 texts per candidate."""
+
+
 @dataclass(frozen=True)
 class SensitivityConfig:
     """Model, ranges, placement, evaluation subset and the budget.
 
     ``ranges``: a calibration folder (with ``method``) or a JSON file ``{tensor: amax}`` (or
-    ``{"amax": {...}}``). ``limit``: evaluation texts used for every search candidate (seeded
-    sample). ``rank_rows``: texts (a fixed subset of those) for the quantize-one ranking.
+    ``{"amax": {...}}``). ``budget``: what a candidate must meet (a
+    :class:`~calib.verdict.ReleaseBudget`; a None threshold is not checked, and an embedding model
+    without a cosine threshold is held to 0.99). ``settings``: how candidates are evaluated -- of an
+    :class:`~calib.evaluation.EvalSettings` the search reads ``limit`` (texts of every candidate, a
+    seeded sample), ``batch_size``, ``seed``, ``threads`` and ``cluster`` (it judges whole-sample
+    figures: no buckets, interval or per-layer pass). ``rank_rows``: texts (a fixed subset of the
+    ``limit`` ones) for the quantize-one ranking.
     """
 
     model: ModelRef
@@ -133,15 +147,10 @@ class SensitivityConfig:
     placement: Placement = field(default_factory=Placement)  # the all-INT8 start's Q/DQ placement, as BuildConfig's
     granularity: str = "node"
     ranking: str = "auto"  # see the module docstring
-    max_drop: float = 0.5  # accuracy points
-    min_agreement: float = 0.99
-    min_embedding_cosine: float | None = None
+    budget: ReleaseBudget = field(default_factory=lambda: SEARCH_BUDGET)
     max_evaluations: int = 24
-    limit: int = 256
+    settings: EvalSettings = field(default_factory=lambda: SEARCH_SETTINGS)
     local_rows: int = 32  # texts for the instrumented run of the local ranking
-    batch_size: int = 16
-    seed: int = 0
-    threads: int | None = None
     rank_rows: int = 64  # texts for the quantize-one ranking (0 = all ``limit`` texts)
     max_rank_units: int = 96  # auto: quantize-one ranking up to this many units, local ranking beyond
     verify: bool = True  # re-check the recommendation on a model rebuilt by calib.quantize
@@ -152,7 +161,6 @@ class SensitivityConfig:
     speed_texts: int = 16  # texts timed per point of the speed curve, in batches of speed_batch (0 = no curve)
     speed_batch: int = 16
     speed_repeats: int = 2
-    cluster: str | None = None  # calib.cluster spec: candidate evaluations on a Ray cluster's workers
 
 
 def load_amax(ranges: RangesRef) -> dict[str, float]:
@@ -217,7 +225,7 @@ class _Evaluator:
         self.rank_total = 0  # planned rank evaluations, for progress
         n = len(data.encoded)
         rank_n = n if not config.rank_rows or config.rank_rows >= n else config.rank_rows
-        self.rank_idx = np.sort(np.random.default_rng(config.seed + 7).permutation(n)[:rank_n])
+        self.rank_idx = np.sort(np.random.default_rng(config.settings.seed + 7).permutation(n)[:rank_n])
         self.rank_data, self.rank_fp32 = data.subset(self.rank_idx), fp32.subset(self.rank_idx)
         self.runner: SegmentRunner | None = None
         self.segmentation = "whole models (derived candidates off)" if qdq_model is None else "whole models (cache off)"
@@ -225,14 +233,14 @@ class _Evaluator:
             try:
                 self.runner = SegmentRunner(
                     qdq_model, self.quantized, onnx.load(str(spec.onnx_path), load_external_data=False),
-                    keep_in_float, lambda b: OrtEngine(OrtSessionLoader(b, threads=config.threads)),
+                    keep_in_float, lambda b: OrtEngine(OrtSessionLoader(b, threads=config.settings.threads)),
                     cache_bytes=config.cache_mb << 20)
                 self.segmentation = f"{len(self.runner.segments)} segments"
             except SegmentationError as exc:
                 self.segmentation = f"whole models ({exc})"
 
-        self.batches = {"search": list(iter_batches(data.encoded, spec.input_dtypes, config.batch_size)),
-                        "rank": list(iter_batches(self.rank_data.encoded, spec.input_dtypes, config.batch_size))}
+        self.batches = {"search": list(iter_batches(data.encoded, spec.input_dtypes, config.settings.batch_size)),
+                        "rank": list(iter_batches(self.rank_data.encoded, spec.input_dtypes, config.settings.batch_size))}
         self.pool = None  # a calib.cluster.WorkerPool of CandidateShardRunner (attach)
         self.chunks = 1
         self._ready: dict[tuple, tuple[list[dict[str, np.ndarray]], float]] = {}  # prefetched candidates
@@ -318,10 +326,10 @@ class _Evaluator:
                 return Metrics(CLASSIFIER, (0, 1 << 30), {**overall, "stopped_early": seen["why"]}, ())
             int8 = self.assemble(per_batch, rows)
         else:
-            engine = OrtEngine(OrtSessionLoader(model, threads=self.config.threads), name="onnxruntime-int8")
+            engine = OrtEngine(OrtSessionLoader(model, threads=self.config.settings.threads), name="onnxruntime-int8")
             int8 = run_engine(engine, data.encoded, self.spec.input_dtypes, self.spec.roles,
-                              batch_size=self.config.batch_size)
-        return compare(fp32, int8, data, edges=(0, 1 << 30), n_resamples=0, seed=self.config.seed)
+                              batch_size=self.config.settings.batch_size)
+        return compare(fp32, int8, data, edges=(0, 1 << 30), n_resamples=0, seed=self.config.settings.seed)
 
     def _batch_outputs(self, values: Mapping[str, np.ndarray], batch) -> tuple[np.ndarray | None, np.ndarray | None]:
         """(logits, pooled embedding) of one batch's graph outputs, as :func:`calib.evaluation.run_engine` keeps them."""
@@ -357,8 +365,9 @@ class _Evaluator:
             return None, seen
         n = len(data)
         fp32_top = np.argmax(fp32.logits, axis=1)
-        max_flips = int(np.floor((1.0 - self.config.min_agreement) * n + 1e-9))
-        min_cos = self.config.min_embedding_cosine
+        min_agreement = self.config.budget.min_agreement
+        max_flips = n if min_agreement is None else int(np.floor((1.0 - min_agreement) * n + 1e-9))
+        min_cos = self.config.budget.min_embedding_cosine
         max_cos_loss = None if min_cos is None or fp32.embedding is None else (1.0 - min_cos) * n
         batches = self.batches[rows]
 
@@ -371,7 +380,7 @@ class _Evaluator:
                 seen["cos_loss"] += float(np.sum(1.0 - row_cosine(fp32.embedding[batch.rows], embedding)))
             if seen["flips"] > max_flips:
                 seen["why"] = (f"{seen['flips']} top-1 flips after {seen['rows']} of {n} texts: agreement cannot reach "
-                               f"{self.config.min_agreement}")
+                               f"{self.config.budget.min_agreement}")
             elif max_cos_loss is not None and seen["cos_loss"] > max_cos_loss:
                 seen["why"] = (f"embedding error after {seen['rows']} of {n} texts already exceeds what a mean cosine "
                                f"of {min_cos} allows")
@@ -470,26 +479,30 @@ DEFAULT_EMBEDDING_COSINE = 0.99  # the budget of an embedding model when none is
 def budget_statement(config: SensitivityConfig, kind: str) -> str:
     """The budget in words, as it applies to a ``classifier`` or an ``embedding`` model."""
     if kind == "embedding":
-        cos = config.min_embedding_cosine
+        cos = config.budget.min_embedding_cosine
         return (f"embedding model (no logits): mean FP32-vs-INT8 embedding cosine >= "
                 f"{cos if cos is not None else DEFAULT_EMBEDDING_COSINE}"
                 + (" (the default for embedding models)" if cos is None else "")
                 + "; agreement and accuracy budgets do not apply")
-    text = f"accuracy drop <= {config.max_drop:g} points and top-1 agreement >= {config.min_agreement:g}"
-    if config.min_embedding_cosine is not None:
-        text += f" and embedding cosine >= {config.min_embedding_cosine:g}"
-    return text
+    b = config.budget
+    parts = ([f"accuracy drop <= {b.max_drop:g} points"] if b.max_drop is not None else []) \
+        + ([f"top-1 agreement >= {b.min_agreement:g}"] if b.min_agreement is not None else []) \
+        + ([f"embedding cosine >= {b.min_embedding_cosine:g}"] if b.min_embedding_cosine is not None else [])
+    return " and ".join(parts)
 
 
 def passes(entry: Mapping, config: SensitivityConfig) -> bool:
-    drop = entry.get("accuracy_drop_points")
-    if drop is not None and drop > config.max_drop + 1e-9:
+    """Whether a candidate's figures meet the budget (a figure the candidate lacks, or a threshold of
+    None, is not checked)."""
+    b = config.budget
+    drop = entry.get("accuracy_drop_points")  # None for unlabelled data
+    if drop is not None and b.max_drop is not None and drop > b.max_drop + 1e-9:
         return False
     agreement = entry.get("top1_agreement")  # None for embedding models (no logits)
-    if agreement is not None and agreement < config.min_agreement - 1e-12:
+    if agreement is not None and b.min_agreement is not None and agreement < b.min_agreement - 1e-12:
         return False
     cos = entry.get("embedding_cosine")
-    return not (config.min_embedding_cosine is not None and cos is not None and cos < config.min_embedding_cosine)
+    return not (b.min_embedding_cosine is not None and cos is not None and cos < b.min_embedding_cosine)
 
 
 def activation_readers(qdq_model: onnx.ModelProto, nodes: Sequence[str]) -> dict[str, tuple[str, ...]]:
@@ -717,12 +730,17 @@ def _check_config(config: SensitivityConfig) -> None:
     check_choice(config.ranking, RANKINGS, "ranking")
     if config.max_evaluations < 2:
         raise InputError(f"max evaluations must be at least 2 (baseline + one candidate), got {config.max_evaluations}")
-    if not 0 <= config.min_agreement <= 1 or config.max_drop < 0:
-        raise InputError("the budget needs max drop >= 0 points and 0 <= min agreement <= 1")
-    if config.min_embedding_cosine is not None and not -1 <= config.min_embedding_cosine <= 1:
-        raise InputError(f"min embedding cosine must be in [-1, 1], got {config.min_embedding_cosine}")
-    if config.limit < 0 or config.rank_rows < 0 or config.local_rows < 0:
-        raise InputError("limit, rank rows and local rows must be 0 (all) or positive")
+    b = config.budget
+    if b.min_agreement is not None and not 0 <= b.min_agreement <= 1:
+        raise InputError(f"min agreement must be in [0, 1], got {b.min_agreement}")
+    if b.min_embedding_cosine is not None and not -1 <= b.min_embedding_cosine <= 1:
+        raise InputError(f"min embedding cosine must be in [-1, 1], got {b.min_embedding_cosine}")
+    if b.use_ci:
+        raise InputError("the search judges candidates without a confidence interval; check the interval with "
+                         "calib validate on the rebuilt engine (use_ci applies to the release verdict)")
+    config.settings.check()
+    if config.rank_rows < 0 or config.local_rows < 0:
+        raise InputError("rank rows and local rows must be 0 (all) or positive")
     if config.speed_texts < 0 or config.speed_batch < 1 or config.speed_repeats < 1:
         raise InputError("speed texts must be 0 (no curve) or positive; speed batch and repeats at least 1")
     if config.cache_mb < 0 or config.rank_check < -1 or config.block_rows < 0:
@@ -943,11 +961,11 @@ def speed_curve(evaluate: _Evaluator, spec, chosen: Sequence[Unit], verified: Pa
     rows = np.unique(np.linspace(0, n - 1, min(config.speed_texts, n)).astype(int))
     batches = list(iter_batches(evaluate.data.encoded.subset(rows), spec.input_dtypes, config.speed_batch))
 
-    key = "cpu_texts_per_s" if config.threads == 1 or (config.threads is None and default_threads() == 1) \
+    key = "cpu_texts_per_s" if config.settings.threads == 1 or (config.settings.threads is None and default_threads() == 1) \
         else "best_texts_per_s"
 
     def timed(model) -> float:
-        engine = OrtEngine(OrtSessionLoader(model, threads=config.threads))
+        engine = OrtEngine(OrtSessionLoader(model, threads=config.settings.threads))
         return throughput(engine, batches, config.speed_repeats)[key]
 
     points: list[tuple[str, list[str], object]] = [("all INT8", [], baseline_path)]
@@ -970,7 +988,7 @@ def speed_curve(evaluate: _Evaluator, spec, chosen: Sequence[Unit], verified: Pa
                       **({k: known.get(k) for k in ("top1_agreement", "accuracy_drop_points", "embedding_cosine",
                                                      "passes")} if known and not known.get("stopped_early") else {})})
     return {"texts": len(rows), "batch_size": config.speed_batch, "repeats": config.speed_repeats,
-            "threads": config.threads, "measure": key, "fp32_texts_per_s": round(fp32_tps, 3), "points": curve,
+            "threads": config.settings.threads, "measure": key, "fp32_texts_per_s": round(fp32_tps, 3), "points": curve,
             "seconds": round(time.monotonic() - t0, 2)}
 
 
@@ -999,12 +1017,13 @@ def predicted_start(ranked: Sequence[Unit], details: Mapping[str, dict], baselin
         return max(1, round(float(np.sqrt(n))))
     needs = []
     err = 1.0 - baseline["embedding_cosine"] if "embedding_cosine" in baseline else None
-    if config.min_embedding_cosine is not None and err and err > 1.0 - config.min_embedding_cosine:
-        needs.append(("embedding_error_share", (1.0 - config.min_embedding_cosine) / err))
+    if config.budget.min_embedding_cosine is not None and err and err > 1.0 - config.budget.min_embedding_cosine:
+        needs.append(("embedding_error_share", (1.0 - config.budget.min_embedding_cosine) / err))
     agreement = baseline.get("top1_agreement")
-    if agreement is not None and agreement < config.min_agreement and agreement < 1:
+    if agreement is not None and config.budget.min_agreement is not None and agreement < config.budget.min_agreement \
+            and agreement < 1:
         # flips grow with the perturbation's amplitude, i.e. with the square root of the KL
-        needs.append(("kl_share", ((1.0 - config.min_agreement) / (1.0 - agreement)) ** 2))
+        needs.append(("kl_share", ((1.0 - config.budget.min_agreement) / (1.0 - agreement)) ** 2))
     if not needs:
         return 1
     k_needed = 1
@@ -1024,9 +1043,9 @@ def predicted_start(ranked: Sequence[Unit], details: Mapping[str, dict], baselin
 
 def analyze_sensitivity(config: SensitivityConfig, out_dir: Path, *, progress: ProgressFn | None = None) -> SensitivityResult:
     """Rank quantized units by the loss they cause and find the fewest to keep in float (see module doc)."""
-    Cluster.parse(config.cluster)  # a bad spec fails before any work
+    Cluster.parse(config.settings.cluster)  # a bad spec fails before any work
     _check_config(config)
-    with connect(config.cluster) as session:
+    with connect(config.settings.cluster) as session:
         return _analyze(config, Path(out_dir), progress, session)
 
 
@@ -1039,13 +1058,14 @@ def _analyze(config: SensitivityConfig, out_dir: Path, progress: ProgressFn | No
         model = dataclasses.replace(model, **recorded_roles(config.ranges.source))
     spec = model.load()
     budget_note = budget_statement(config, spec.roles.kind)
-    if spec.roles.kind == "embedding" and config.min_embedding_cosine is None:
-        config = dataclasses.replace(config, min_embedding_cosine=DEFAULT_EMBEDDING_COSINE)
+    if spec.roles.kind == "embedding" and config.budget.min_embedding_cosine is None:
+        config = dataclasses.replace(config, budget=dataclasses.replace(config.budget,
+                                                                        min_embedding_cosine=DEFAULT_EMBEDDING_COSINE))
     start_build = _start_build(config, spec) if config.start_from else None
     amax = load_amax(config.ranges) if start_build is None else {}
-    data = load_eval_data(config.data, spec, limit=config.limit, seed=config.seed)
-    fp32_engine = OrtEngine(OrtSessionLoader(spec.onnx_path, threads=config.threads))
-    fp32 = run_engine(fp32_engine, data.encoded, spec.input_dtypes, spec.roles, batch_size=config.batch_size,
+    data = load_eval_data(config.data, spec, limit=config.settings.limit, seed=config.settings.seed)
+    fp32_engine = OrtEngine(OrtSessionLoader(spec.onnx_path, threads=config.settings.threads))
+    fp32 = run_engine(fp32_engine, data.encoded, spec.input_dtypes, spec.roles, batch_size=config.settings.batch_size,
                       progress=lambda f, m="": report(0.06 * f, f"{FP32_PASS} (baseline): {m}"))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -1070,7 +1090,7 @@ def _analyze(config: SensitivityConfig, out_dir: Path, progress: ProgressFn | No
             factory = functools.partial(
                 CandidateShardRunner, None if shared_pairs else str(base_path), tuple(base_nodes), str(spec.onnx_path),
                 tuple(spec.roles.names), (config.cache_mb << 20) if evaluate.runner is not None else 0,
-                config.threads or session.threads)
+                config.settings.threads or session.threads)
             evaluate.attach(stack.enter_context(session.pool(factory)), session.workers * SHARDS_PER_WORKER)
         baseline = evaluate.evaluate_model(set() if evaluate.runner is not None else base_path, why="full placement",
                                            excluded=[], quantized=len(base_nodes))
@@ -1100,10 +1120,10 @@ def _analyze(config: SensitivityConfig, out_dir: Path, progress: ProgressFn | No
             elif ranking_kind == "local":
                 enc = data.encoded
                 if config.local_rows and config.local_rows < len(enc):
-                    enc = enc.subset(np.random.default_rng(config.seed).choice(len(enc), config.local_rows, replace=False))
+                    enc = enc.subset(np.random.default_rng(config.settings.seed).choice(len(enc), config.local_rows, replace=False))
                 report(0.1, "ranking nodes by local quantization noise")
                 local = local_scores(spec.onnx_path, base_path, base_nodes, enc, spec.input_dtypes,
-                                     config.batch_size, config.threads)
+                                     config.settings.batch_size, config.settings.threads)
                 scores = {u.name: max(local.get(n, 0.0) for n in u.nodes) for u in units}
             elif ranking_kind == "quantize-one":
                 scores, rows = _quantize_one_ranking(evaluate, units)
@@ -1186,8 +1206,8 @@ def _analyze(config: SensitivityConfig, out_dir: Path, progress: ProgressFn | No
             "bias_correction": (start_build.meta.get("bias_correction") or {}).get("nodes"),
             "config": start_build.meta.get("config")},
         "dataset": data.info,
-        "budget": {"max_drop": config.max_drop, "min_agreement": config.min_agreement,
-                   "min_embedding_cosine": config.min_embedding_cosine, "max_evaluations": config.max_evaluations,
+        "budget": {"max_drop": config.budget.max_drop, "min_agreement": config.budget.min_agreement,
+                   "min_embedding_cosine": config.budget.min_embedding_cosine, "max_evaluations": config.max_evaluations,
                    "model_kind": spec.roles.kind, "statement": budget_note},
         "granularity": config.granularity,
         "ranking_method": ranking_kind if not baseline["passes"] else "none (baseline within budget)",

@@ -19,8 +19,9 @@ from calib.pipeline import config_from_params, config_params, nest_params
 from calib.placement import Placement
 from calib.stages import STAGES
 from calib.validate import ValidateConfig
+from calib.verdict import ReleaseBudget
 
-PARTS = (ModelRef, DataSpec, Placement, RangesRef)
+PARTS = (ModelRef, DataSpec, Placement, RangesRef, ReleaseBudget)
 OWN_FIELDS = {  # fields a config has of its own that happen to share a part's field name
     ("DemoConfig", "DataSpec"): {"workspace"},  # where the demo is prepared, not a dataset's
     ("BenchConfig", "ModelRef"): {"tokenizer", "max_length"},  # the FP32 model is the build's; only its tokenizer
@@ -50,6 +51,8 @@ def test_the_stages_that_read_a_model_and_data_hold_the_parts():
         assert by_name[name]["placement"] is Placement, name
     assert by_name["SensitivityConfig"]["ranges"] is RangesRef and by_name["BuildConfig"]["ranges"] is RangesRef
     assert by_name["ValidateConfig"]["settings"] is EvalSettings and by_name["CompareConfig"]["settings"] is EvalSettings
+    # the search evaluates candidates the way validate evaluates an engine, and judges them by a release budget
+    assert by_name["SensitivityConfig"]["settings"] is EvalSettings and by_name["SensitivityConfig"]["budget"] is ReleaseBudget
 
 
 def _validate_config() -> ValidateConfig:
@@ -97,7 +100,7 @@ def test_a_0_1_sensitivity_placement_reads_as_one_placement():
             "exclude_nodes": ["/a"], "include_op_types": ["MatMul"], "limit": 64}
     config = config_from_params(SensitivityConfig, flat)
     assert config.placement == Placement("all", exclude_nodes=("/a",), include_op_types=("MatMul",))
-    assert config.model == ModelRef("m.onnx", "tok") and config.data == DataSpec("d.csv") and config.limit == 64
+    assert config.model == ModelRef("m.onnx", "tok") and config.data == DataSpec("d.csv") and config.settings.limit == 64
 
 
 def test_unknown_and_mistyped_settings_are_one_line_when_strict():
@@ -134,3 +137,16 @@ def test_a_0_1_build_reads_with_one_ranges_reference(tmp_path):
     assert BuildConfig.from_params(today) == config
     with pytest.raises(InputError, match="exactly one of a ranges file"):
         RangesRef("").load()
+
+
+def test_flat_keys_fill_the_configs_own_default_part():
+    """0.1 kept a search's budget and evaluation settings at the top level; a key left out keeps the
+    search's own default (no cosine threshold, 256 texts), not ReleaseBudget's or EvalSettings'."""
+    from calib.sensitivity import SEARCH_BUDGET, SEARCH_SETTINGS, SensitivityConfig
+
+    config = config_from_params(SensitivityConfig, {"model": "m.onnx", "tokenizer": "t", "data": "d.csv", "max_drop": 5, "seed": 3})
+    assert config.budget == ReleaseBudget(max_drop=5, min_agreement=0.99, min_embedding_cosine=None)
+    assert config.settings == dataclasses.replace(SEARCH_SETTINGS, seed=3)
+    assert config_from_params(SensitivityConfig, {"model": "m.onnx", "tokenizer": "t", "data": "d.csv"}).budget == SEARCH_BUDGET
+    saved = config_params(config)
+    assert saved["budget"]["max_drop"] == 5 and config_from_params(SensitivityConfig, saved) == config

@@ -93,7 +93,9 @@ def test_demo_sensitivity_on_all_placement_finds_exclusions(demo_workspace, tmp_
     from calib.calibset import config_from_dict, demo_values
     from calib.calibrate import RangesRef
     from calib.placement import Placement
+    from calib.evaluation import EvalSettings
     from calib.sensitivity import SensitivityConfig, analyze_sensitivity
+    from calib.verdict import ReleaseBudget
     from calib.workspace import Workspace
 
     ws = Workspace(demo_workspace)
@@ -102,8 +104,8 @@ def test_demo_sensitivity_on_all_placement_finds_exclusions(demo_workspace, tmp_
     cal = _calibrate(ws, base, tmp_path, "all", placement="all", strategy="match", methods=("minmax",))
     res = analyze_sensitivity(SensitivityConfig(
         model=base.model, data=dataclasses.replace(values["data"], split="eval"), ranges=RangesRef(str(cal.dir), "minmax"),
-        placement=Placement("all"), max_drop=0.5, min_agreement=0.97, limit=96, granularity="block",
-        max_evaluations=5, batch_size=16), tmp_path / "sens")
+        placement=Placement("all"), budget=ReleaseBudget(max_drop=0.5, min_agreement=0.97, min_embedding_cosine=None),
+        settings=EvalSettings(limit=96, batch_size=16), granularity="block", max_evaluations=5), tmp_path / "sens")
     print(res.summary(), res.exclusions[:10])
     # every op the quantizer handles, not just MatMuls (the graph has no shape-computing subgraphs,
     # so the count is about 4x its 49 MatMuls rather than a number of int64 shape ops)

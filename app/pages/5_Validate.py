@@ -4,6 +4,7 @@ layers to keep in float; write the report."""
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 APP_DIR = Path(__file__).resolve().parents[1]
@@ -57,6 +58,7 @@ from calib.report import (
 from calib.sensitivity import (
     GRANULARITIES,
     RANKINGS,
+    SEARCH_SETTINGS,
     SensitivityConfig,
     SensitivityResult,
     analyze_sensitivity,
@@ -342,10 +344,11 @@ with tab_sens:
         min_cos = c3.number_input("Min embedding cosine (0 = no check)", min_value=0.0, max_value=1.0,
                                   value=float(budget.min_embedding_cosine or 0.0), step=0.001, format="%.3f", key="sens-cos", disabled=spec.embedding_output is None)
         sconfig = SensitivityConfig(
-            **project_inputs(ws, project), ranges=bconf.ranges,
-            placement=bconf.placement, granularity=granularity, ranking=ranking, max_drop=float(max_drop), min_agreement=float(min_agree),
-            min_embedding_cosine=float(min_cos) if min_cos > 0 else None,
-            max_evaluations=int(max_evals), limit=int(s_limit), cluster=project.cluster or None)
+            **project_inputs(ws, project), ranges=bconf.ranges, placement=bconf.placement, granularity=granularity,
+            ranking=ranking, budget=ReleaseBudget(max_drop=float(max_drop), min_agreement=float(min_agree),
+                                                  min_embedding_cosine=float(min_cos) if min_cos > 0 else None),
+            max_evaluations=int(max_evals),
+            settings=replace(SEARCH_SETTINGS, limit=int(s_limit), cluster=project.cluster or None))
         run_button(page, "sensitivity", "Sensitivity analysis", "Find the layers to keep in float", key="sens-run",
                    fn=analyze_sensitivity, config=sconfig, parents=(src_run.id, run.id), icon=":material/search:")
     srun = pick_run(page, "sensitivity", "Sensitivity run", key="sens-pick")

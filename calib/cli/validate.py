@@ -309,7 +309,8 @@ def run_sensitivity(args: argparse.Namespace) -> int:
     from calib.cli.common import ProgressBar, cluster_of, print_run_json, workspace_of
     from calib.pipeline import run_stage
     from calib.placement import Placement
-    from calib.sensitivity import SensitivityConfig, analyze_sensitivity
+    from calib.sensitivity import SEARCH_SETTINGS, SensitivityConfig, analyze_sensitivity
+    from calib.verdict import ReleaseBudget
 
     ws = workspace_of(args)
     model, data = _common(args, ws)
@@ -319,16 +320,17 @@ def run_sensitivity(args: argparse.Namespace) -> int:
     ranges = str(run_folder(ws, args.ranges, "calibrate", parents)) if args.ranges else ""
     start_from = str(run_folder(ws, args.start_from, "build", parents)) if args.start_from else ""
     placement = Placement(args.placement, include_nodes=tuple(args.include), exclude_nodes=tuple(args.exclude))
+    budget = ReleaseBudget(max_drop=args.max_drop, min_agreement=args.min_agreement,
+                           min_embedding_cosine=args.min_embedding_cosine)
+    settings = dataclasses.replace(SEARCH_SETTINGS, batch_size=args.batch_size, seed=args.seed,
+                                   **({"limit": args.limit} if args.limit is not None else {}))
     config = SensitivityConfig(model=model, data=data, ranges=RangesRef(ranges, args.method), placement=placement,
-                               granularity=args.granularity, ranking=args.ranking,
-                               max_drop=args.max_drop, min_agreement=args.min_agreement,
-                               min_embedding_cosine=args.min_embedding_cosine, max_evaluations=args.max_evaluations,
-                               limit=args.limit if args.limit is not None else 256, batch_size=args.batch_size,
-                               seed=args.seed, rank_rows=args.rank_rows, verify=not args.no_verify,
+                               granularity=args.granularity, ranking=args.ranking, budget=budget, settings=settings,
+                               max_evaluations=args.max_evaluations, rank_rows=args.rank_rows, verify=not args.no_verify,
                                rank_check=args.rank_check, cache_mb=args.cache_mb, speed_texts=args.speed_texts,
                                start_from=start_from)
     with cluster_of(args) as cluster:
-        config = dataclasses.replace(config, cluster=cluster)
+        config = dataclasses.replace(config, settings=dataclasses.replace(config.settings, cluster=cluster))
         run_id, result = run_stage(ws, "sensitivity", analyze_sensitivity, config, parents=parents, label=args.label,
                                    progress=ProgressBar("sensitivity"))
     if args.json:
