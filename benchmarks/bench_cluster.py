@@ -121,9 +121,9 @@ def sensitivity_runs(args, demo, stats) -> dict:
     import tempfile
     from pathlib import Path
 
+    from calib.calibrate import RangesRef
     from calib.io import atomic_write_json
     from calib.methods import compute_ranges
-    from calib.calibrate import RangesRef
     from calib.model import ModelRef
     from calib.sensitivity import SEARCH_SETTINGS, SensitivityConfig, analyze_sensitivity
 

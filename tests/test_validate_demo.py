@@ -90,10 +90,10 @@ def test_demo_sensitivity_on_all_placement_finds_exclusions(demo_workspace, tmp_
     the subset back within budget, within a bounded number of evaluations. rt-sentiment (short
     texts) keeps every candidate cheap; transformer blocks as units, ranked by local noise (no
     evaluations), keep the number of candidate rebuilds small."""
-    from calib.calibset import config_from_dict, demo_values
     from calib.calibrate import RangesRef
-    from calib.placement import Placement
+    from calib.calibset import config_from_dict, demo_values
     from calib.evaluation import EvalSettings
+    from calib.placement import Placement
     from calib.sensitivity import SensitivityConfig, analyze_sensitivity
     from calib.verdict import ReleaseBudget
     from calib.workspace import Workspace
