@@ -28,7 +28,14 @@ from typing import Any
 
 from calib.calibrate import Calibration, RangesRef
 from calib.calibset import CalibrationSet
-from calib.engines import PLAN_FILE, EngineBuildRequest, backend_names, get_backend
+from calib.engines import (
+    DEPLOYMENT_TARGET,
+    PLAN_FILE,
+    PORTABLE_BACKEND,
+    EngineBuildRequest,
+    backend_names,
+    get_backend,
+)
 from calib.engines.ort import OrtEngine, OrtSessionLoader
 from calib.engines.trtexec import (
     FP32_FILE,
@@ -71,7 +78,7 @@ class BuildConfig:
     ranges: RangesRef = field(default_factory=RangesRef)
     placement: Placement = field(default_factory=Placement)  # which nodes get Q/DQ (preset, include, exclude)
     per_channel: bool = True
-    backend: str = "ort"
+    backend: str = PORTABLE_BACKEND
     calibration_set: str = ""
     profile: tuple[int, ...] = ()
     trt_version: str = DEFAULT_TRT_VERSION  # cache header for trtexec (8.6-10.x)
@@ -159,7 +166,7 @@ def build(config: BuildConfig, out_dir: Path, *, progress: ProgressFn | None = N
     backend_status = backend.status()
     if not backend_status.available:
         raise BackendUnavailableError(unavailable_message(backend_status.reason))
-    status = get_backend("tensorrt").status()  # the deployment target, recorded whatever the backend
+    status = get_backend(DEPLOYMENT_TARGET).status()  # recorded whatever the backend
     model_path = Path(config.model).resolve()
     model = read_onnx(model_path, load_weights=False)
     model_sha = sha256_file(model_path)
@@ -239,7 +246,7 @@ def build(config: BuildConfig, out_dir: Path, *, progress: ProgressFn | None = N
         "trtexec": {"script": SCRIPT_FILE, "trt11": commands.trt11, "trt10": commands.trt10,
                     "modelopt": commands.modelopt},
         "tensorrt": {"available": status.available, "reason": status.reason, "version": status.version,
-                     "engine": built if config.backend == "tensorrt" else None},
+                     "engine": built if config.backend == DEPLOYMENT_TARGET else None},
         # what EngineArtifact.engine("int8") runs: the backend's own file, or the Q/DQ model
         "engine": {"backend": backend.name, "file": backend.engine_file or QDQ_FILE, "build": built,
                    "status": backend_status.reason},
@@ -332,7 +339,8 @@ class EngineArtifact:
         if kind == "int8":
             recorded = self.meta.get("engine")
             # before engine.json recorded it, a folder with a plan ran TensorRT and any other ONNX Runtime
-            name = recorded["backend"] if recorded else ("tensorrt" if self.plan_path is not None else "ort")
+            name = recorded["backend"] if recorded else (DEPLOYMENT_TARGET if self.plan_path is not None
+                                                         else PORTABLE_BACKEND)
             if not self.engine_path.is_file():
                 raise InputError(f"engine {self.dir.name} has no {self.engine_path.name} (its {name} engine file)")
             return get_backend(name).load(self.engine_path, threads)

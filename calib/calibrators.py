@@ -121,10 +121,20 @@ def entropy_amax(stats: TensorStats, *, levels: int = ENTROPY_LEVELS, damp_zero_
     return min(float(cands[tied[-1]]) * stats.width, stats.absmax)
 
 
+def check_percentile(value: object) -> float:
+    """A percentile in (0, 100], or a one-line InputError."""
+    try:
+        p = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise InputError(f"percentile must be a number in (0, 100], got {value!r}") from None
+    if not (math.isfinite(p) and 0 < p <= 100):
+        raise InputError(f"percentile must be in (0, 100], got {value}")
+    return p
+
+
 def percentile_amax(stats: TensorStats, percentile: float) -> float:
     """amax below which ``percentile`` % of finite |x| fall (linear interpolation inside the bin)."""
-    if not 0 < percentile <= 100:
-        raise InputError(f"percentile must be in (0, 100], got {percentile}")
+    percentile = check_percentile(percentile)
     if stats.absmax == 0:
         return 0.0
     hist = stats.hist

@@ -34,7 +34,6 @@ method but entropy writes ``MinMaxCalibration``.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,7 +41,7 @@ from typing import Any
 import onnx
 
 from calib import autorange
-from calib.calibrators import ENTROPY_LEVELS, entropy_amax, mse_amax, percentile_amax
+from calib.calibrators import ENTROPY_LEVELS, check_percentile, entropy_amax, mse_amax, percentile_amax
 from calib.errors import InputError, check_choice
 from calib.ranges import Ranges
 from calib.stats import ActivationStats, TensorStats
@@ -70,6 +69,7 @@ class CalibrationMethod:
     description: str = ""
     config_fields: Mapping[str, str] = field(default_factory=dict)
     default_run: bool = True  # computed by `calib calibrate` when no method is named
+    is_absmax: bool = False  # its amax is the tensor's max |x|, which the statistics keep exactly (no histogram)
     # Whole-set methods: (stats, model, **params) -> (amax per tensor, record per tensor). They see every
     # tensor and the model's weights at once (e.g. ``auto``: ranges chosen by the error at the MatMul output).
     choose: Callable[..., tuple[dict[str, float], dict[str, dict[str, Any]]]] | None = None
@@ -124,17 +124,6 @@ def cache_algorithm(name: str) -> str:
     return get_method(name).trt_algorithm
 
 
-def check_percentile(value: object) -> float:
-    """A percentile in (0, 100], or a one-line InputError."""
-    try:
-        p = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise InputError(f"percentile must be a number in (0, 100], got {value!r}") from None
-    if not (math.isfinite(p) and 0 < p <= 100):
-        raise InputError(f"percentile must be in (0, 100], got {value}")
-    return p
-
-
 def _check_entropy(params: Mapping[str, Any]) -> None:
     levels = params["levels"]
     if not isinstance(levels, int) or isinstance(levels, bool) or levels < 2:
@@ -161,7 +150,7 @@ register(CalibrationMethod(
     "entropy", _entropy, defaults={"levels": ENTROPY_LEVELS, "damp_zero_bin": True}, check=_check_entropy,
     trt_algorithm="EntropyCalibration2", config_fields={"damp_zero_bin": "entropy_damp_zero_bin"},
     description="TensorRT EntropyCalibration2: the threshold minimising KL(P||Q) of the |x| histogram"))
-register(CalibrationMethod("minmax", _minmax, description="amax = max |x|"))
+register(CalibrationMethod("minmax", _minmax, is_absmax=True, description="amax = max |x|"))
 register(CalibrationMethod(
     "percentile", _percentile, defaults={"percentile": DEFAULT_PERCENTILE},
     check=lambda p: check_percentile(p["percentile"]), config_fields={"percentile": "percentile"},

@@ -35,7 +35,9 @@ class TensorInfo:
     shape: tuple[int | str | None, ...]  # ints for fixed dims, names for symbolic dims
 
 
-POOLINGS = ("none", "mean", "cls")
+POOLING_DESCRIPTIONS = {"none": "no (already pooled)", "mean": "mean over the attention mask",
+                        "cls": "the first token (CLS)"}  # how (B, T, D) token states become one embedding
+POOLINGS = tuple(POOLING_DESCRIPTIONS)
 _LOGITS_NAME = re.compile(r"logit|score|classif|predict", re.IGNORECASE)
 _EMBEDDING_NAME = re.compile(r"embed|pool|sentence|vector|feature", re.IGNORECASE)
 _FLOAT_TYPES = ("float32", "float16", "float64")

@@ -28,8 +28,18 @@ import numpy as np
 from calib.buckets import DEFAULT_EDGES, bucket_index, bucket_labels, check_edges
 from calib.errors import InputError, check_choice
 
-STRATEGIES = ("natural", "match", "uniform", "custom")
-SHORTFALL_MODES = ("neighbours", "replace")
+STRATEGY_DESCRIPTIONS = {
+    "natural": "a plain random sample of the pool",
+    "match": "bucket shares of the target's length distribution, texts closest to its quantiles",
+    "uniform": "the same number of texts in every length bucket the pool has",
+    "custom": "shares proportional to your weight per bucket",
+}
+STRATEGIES = tuple(STRATEGY_DESCRIPTIONS)
+SHORTFALL_DESCRIPTIONS = {
+    "neighbours": "take from neighbouring buckets",
+    "replace": "repeat texts (with replacement)",
+}
+SHORTFALL_MODES = tuple(SHORTFALL_DESCRIPTIONS)
 _MIN_TARGET_ROWS_PER_LABEL = 20  # below this, a label's own target lengths are too few to match
 
 

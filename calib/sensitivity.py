@@ -91,6 +91,7 @@ from calib.calibrate import Calibration, RangesRef, recorded_roles
 from calib.cluster import Cluster, ClusterSession, connect
 from calib.data import DataSpec
 from calib.distributed import SHARDS_PER_WORKER, CandidateShardRunner, balanced_runs
+from calib.engines import PORTABLE_BACKEND
 from calib.engines.ort import OrtEngine, OrtSessionLoader, default_threads
 from calib.errors import InputError, check_choice
 from calib.evaluation import (
@@ -116,7 +117,9 @@ from calib.verdict import ReleaseBudget
 from calib.workspace import ProgressFn
 
 SCHEMA = "calib.sensitivity/1"
-GRANULARITIES = ("node", "tensor", "block", "auto")
+GRANULARITY_DESCRIPTIONS = {"node": "single nodes", "tensor": "activation tensors", "block": "transformer blocks",
+                            "auto": "auto (the search chooses)"}
+GRANULARITIES = tuple(GRANULARITY_DESCRIPTIONS)
 RANKINGS = ("auto", "block-local", "local", "exclude-one", "quantize-one")
 
 
@@ -938,7 +941,8 @@ def _start_build(config: SensitivityConfig, spec):
 def _rebuild(start, nodes: Sequence[str], out_dir: Path) -> tuple[Path, int]:
     """``start``'s build settings with ``nodes`` also kept in float, built again by :func:`calib.build.build`;
     (its Q/DQ model, quantized node count)."""
-    config = dataclasses.replace(BuildConfig.from_params(start.meta["config"]).with_float_nodes(nodes), backend="ort")
+    config = dataclasses.replace(BuildConfig.from_params(start.meta["config"]).with_float_nodes(nodes),
+                                 backend=PORTABLE_BACKEND)
     out_dir.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -149,13 +149,14 @@ def _weight_rows(weight: np.ndarray, transposed: bool) -> np.ndarray:
 
 
 def _sample_amax(values: np.ndarray, exact_absmax: float, method: str, params: Mapping[str, Any]) -> float:
-    """The calibrator's amax for ``values`` (capped at the exact absmax over the calibration set;
-    minmax is exact)."""
-    if method == "minmax":
+    """The calibrator's amax for ``values`` (capped at the exact absmax over the calibration set; a
+    calibrator whose amax is the absmax gets that exact value, not the sample's)."""
+    calibrator = get_method(method)
+    if calibrator.is_absmax:
         return exact_absmax
     stats = tensor_stats_from_arrays("sample", values)
     try:
-        amax = float(get_method(method).amax(stats, **get_method(method).params(params)))
+        amax = float(calibrator.amax(stats, **calibrator.params(params)))
     except InputError:
         amax = stats.absmax
     return min(amax, exact_absmax) if amax > 0 else exact_absmax

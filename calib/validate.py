@@ -29,7 +29,7 @@ from calib.calibrate import Calibration, recorded_roles
 from calib.calibset import CalibrationSet
 from calib.cluster import Cluster, connect
 from calib.data import DataSpec, LoadReport, preparation_mismatch
-from calib.engines import get_backend
+from calib.engines import PORTABLE_BACKEND, get_backend
 from calib.engines.base import Engine
 from calib.engines.ort import OrtEngine, OrtSessionLoader
 from calib.errors import InputError, ModelMismatchError
@@ -97,7 +97,7 @@ class EngineSource:
         return {
             "kind": self.kind, "path": str(self.path), "qdq_model": str(self.qdq_path),
             "qdq_sha256": sha256_file(self.qdq_path),
-            "backend": b.get("backend", "ort"),
+            "backend": b.get("backend", PORTABLE_BACKEND),
             "placement": b.get("placement"),
             "exclusions": b.get("excluded_nodes"),  # node -> why it stays in float
             "calibrator": ranges.get("method"),
@@ -158,7 +158,7 @@ def int8_engine(source: EngineSource, threads: int | None = None) -> Engine:
     ``EngineArtifact.engine``); a bare Q/DQ ``.onnx`` runs on the ``ort`` backend."""
     if source.artifact is not None:
         return source.artifact.engine("int8", threads=threads)
-    return get_backend("ort").load(source.qdq_path, threads)
+    return get_backend(PORTABLE_BACKEND).load(source.qdq_path, threads)
 
 
 def calibrated_amax(calibration: str | Path, model_sha256: str = "") -> tuple[dict[str, dict[str, float]], dict]:
@@ -253,7 +253,7 @@ class EvaluatedEngine:
     def from_dict(cls, d: Mapping) -> EvaluatedEngine:
         e = d.get("exclusions") or {}
         return cls(kind=str(d.get("kind", "onnx")), path=str(d.get("path")), name=d.get("name"),
-                   backend=str(d.get("backend") or "ort"), qdq_sha256=d.get("qdq_sha256"),
+                   backend=str(d.get("backend") or PORTABLE_BACKEND), qdq_sha256=d.get("qdq_sha256"),
                    calibrator=d.get("calibrator"), calibration=d.get("calibration"), placement=d.get("placement"),
                    excluded=dict(e) if isinstance(e, Mapping) else dict.fromkeys(e, ""))
 

@@ -698,6 +698,32 @@ def test_project_cluster_setting_reaches_the_runs(app_workspace, tiny_model_path
     assert run.status == "finished" and run.params["cluster"] == "local:2" and run.summary["workers"] == 2
 
 
+def test_calibrator_parameters_are_set_on_the_page(app_workspace, tiny_model_path, tiny_tokenizer_dir, tiny_csv):
+    """Every chosen calibrator's parameters have a control (from the method registry); a changed value
+    reaches the run, a refused one is the method's own one-line error and no run can start."""
+    from calib.calibrate import Calibration
+    from calib.workspace import Workspace
+
+    at = use_tiny_project(open_app("project"), tiny_model_path, tiny_tokenizer_dir, tiny_csv)
+    at.switch_page(PAGES["calibset"]).run()
+    at.number_input(key="cs-size").set_value(32)
+    at.button(key="cs-assemble").click().run()
+    at = wait_for_jobs(at)
+    at.switch_page(PAGES["calibrate"]).run()
+    at.multiselect(key="cal-methods").set_value(["minmax", "percentile"]).run()
+    assert at.number_input(key="cal-param-percentile-percentile").value == 99.999
+    at.number_input(key="cal-param-percentile-percentile").set_value(120.0).run()
+    assert any("percentile must be in (0, 100]" in e.value for e in at.error)
+    assert "cal-run" not in [b.key for b in at.button]
+    at.number_input(key="cal-param-percentile-percentile").set_value(99.9).run()
+    at.button(key="cal-run").click().run()
+    at = wait_for_jobs(at)
+    no_crash(at)
+    run = next(r for r in Workspace(app_workspace).list_runs() if r.stage == "calibrate")
+    assert run.params["params"] == {"percentile": {"percentile": 99.9}}
+    assert Calibration.load(run.dir).ranges("percentile").params == {"percentile": 99.9}
+
+
 def test_bucket_bars_keep_every_bar_visible():
     """The per-bucket bars' value axis starts below the smallest bar (it used to start at it, so the
     lowest bar had zero height) and every bucket keeps its label."""

@@ -201,7 +201,8 @@ def test_option_choices_are_the_librarys():
     from calib.cli import build_parser
     from calib.engines import backend_names
     from calib.placement import PRESETS
-    from calib.sampling import STRATEGIES
+    from calib.model import POOLINGS
+    from calib.sampling import SHORTFALL_MODES, STRATEGIES
     from calib.sensitivity import GRANULARITIES, RANKINGS
     from calib.stats import HISTOGRAM_MODES, TENSOR_SCOPES
 
@@ -213,6 +214,8 @@ def test_option_choices_are_the_librarys():
     assert _choices(parser, "calibrate", "--histogram") == HISTOGRAM_MODES
     assert tuple(_choices(parser, "calibrate", "--placement")) == tuple(PRESETS)
     assert tuple(_choices(parser, "build", "--backend")) == tuple(backend_names())
+    assert _choices(parser, "assemble", "--shortfall") == SHORTFALL_MODES
+    assert tuple(_choices(parser, "validate", "--pool")) == POOLINGS  # literal in the CLI: calib.model imports onnx
 
 
 def _required(command: str) -> list[str]:

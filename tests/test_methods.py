@@ -92,3 +92,24 @@ def test_toy_calibrator_flows_through_calibrate_and_the_cli(toy_method, tiny_cal
                  "--param", "toy.fraction=2"]) != 0  # the method's own check refuses it
     assert main(["--workspace", str(workspace.root), "calibrate", "--calibration-set", run_id, "--method", "toy",
                  "--param", "fraction=0.5"]) != 0  # no METHOD.
+
+
+def test_the_apps_parameter_controls_come_from_the_registry(toy_method):
+    """The Calibrate page shows one control per parameter of each chosen method, the toy one's too,
+    and passes on only the changed values, checked by the method itself."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "app"))
+    from lib.calibrator_view import changed_params, param_controls, read_text
+
+    controls = param_controls(["minmax", "toy", "entropy"])
+    assert [(c.method, c.name, c.kind) for c in controls] == [
+        ("toy", "fraction", "float"), ("entropy", "levels", "int"), ("entropy", "damp_zero_bin", "bool")]
+    fraction, levels, damp = controls
+    assert changed_params({fraction: 0.5, levels: levels.default, damp: True}) == {}
+    assert changed_params({fraction: 0.25, levels: levels.default, damp: False}) == {
+        "toy": {"fraction": 0.25}, "entropy": {"damp_zero_bin": False}}
+    with pytest.raises(InputError, match="fraction must be in"):
+        changed_params({fraction: 2.0})
+    assert read_text("[1, 2]") == [1, 2] and read_text("abc") == "abc"

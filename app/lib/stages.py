@@ -10,7 +10,7 @@ import numpy as np
 import streamlit as st
 
 from calib.data import DataSpec
-from calib.engines import get_backend
+from calib.engines import DEPLOYMENT_TARGET, get_backend
 from calib.errors import InputError
 from calib.model import ModelRef
 from calib.workspace import Workspace
@@ -122,7 +122,7 @@ def backend_state(name: str):
 
 def tensorrt_state():
     """The TensorRT backend's status: the deployment target every build writes commands for."""
-    return backend_state("tensorrt")
+    return backend_state(DEPLOYMENT_TARGET)
 
 
 def profile_warning(profile: dict, max_length: int) -> str | None:

@@ -31,6 +31,7 @@ from lib.verdict_view import budget_editor
 
 from calib import formatting as fmt
 from calib.data import guess_columns
+from calib.model import POOLING_DESCRIPTIONS, POOLINGS
 
 page = start_page("Project", ":material/folder_open:", "Which model to quantize and which texts to calibrate and evaluate it on.")
 ws, project = page.ws, page.project
@@ -200,8 +201,8 @@ else:
     logits_output = r1.text_input("Logits output (empty: detect)", value=project.logits_output, key="project-logits-out")
     embedding_output = r2.text_input("Embedding output (empty: detect)", value=project.embedding_output,
                                      key="project-embedding-out")
-    pooling = r3.selectbox("Pool token states", ["", "mean", "cls"], key="project-pool",
-                           format_func=lambda p: p or "no (already pooled)")
+    pooling = r3.selectbox("Pool token states", ["", *(p for p in POOLINGS if p != "none")], key="project-pool",
+                           format_func=lambda p: POOLING_DESCRIPTIONS[p or "none"])
     if text_column is None:
         st.info(f"Which column holds the texts? None is called text, sentence, review or content "
                 f"(columns: {', '.join(columns)}).", icon=":material/help:")

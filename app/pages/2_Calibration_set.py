@@ -33,19 +33,13 @@ from calib.calibset import CalibrationSet, assemble, config_from_dict, load_reci
 from calib.coverage import TABLE_HEADERS
 from calib.errors import InputError
 from calib.pipeline import config_params
-from calib.sampling import STRATEGIES
+from calib.sampling import SHORTFALL_DESCRIPTIONS, SHORTFALL_MODES, STRATEGIES, STRATEGY_DESCRIPTIONS
 
 page = start_page("Calibration set", ":material/bar_chart:",
                   "INT8 ranges are only as good as the texts they are measured on: match the token lengths "
                   "the model will see (the evaluation data or production traffic), then check the coverage.")
 ws, project = page.ws, page.project
 
-STRATEGY_HELP = {
-    "natural": "a plain random sample of the pool",
-    "match": "bucket shares of the target's length distribution, texts closest to its quantiles",
-    "uniform": "the same number of texts in every length bucket the pool has",
-    "custom": "shares proportional to your weight per bucket",
-}
 TARGETS = {"eval": "Evaluation data", "pool": "The pool itself", "lengths": "Production lengths (file)"}
 
 with shown_errors("Reading the project"):
@@ -140,7 +134,7 @@ if not str(st.session_state.get("cs-edges") or "").strip():
     st.session_state["cs-edges"] = defaults["cs-edges"]
 c1, c2, c3, c4 = st.columns(4)
 strategy = c1.selectbox("Strategy", list(STRATEGIES), key="cs-strategy",
-                        format_func=lambda s: f"{s} — {STRATEGY_HELP[s]}")
+                        format_func=lambda s: f"{s} — {STRATEGY_DESCRIPTIONS[s]}")
 size = c2.number_input("Size (texts)", min_value=1, max_value=100_000, step=16, key="cs-size")
 seed = c3.number_input("Seed", min_value=0, step=1, key="cs-seed")
 edges_text = c4.text_input("Bucket edges (tokens)", key="cs-edges")
@@ -153,9 +147,8 @@ except (ValueError, InputError) as exc:
 c1, c2, c3 = st.columns(3)
 stratify = c1.checkbox("Stratify by label", key="cs-stratify", disabled=not pool_spec.label_column,
                        help="Keep the label shares of the target (or of the pool) first.")
-shortfall = c2.selectbox("When a bucket is short", ["neighbours", "replace"], key="cs-shortfall",
-                         format_func={"neighbours": "take from neighbouring buckets",
-                                      "replace": "repeat texts (with replacement)"}.get)
+shortfall = c2.selectbox("When a bucket is short", list(SHORTFALL_MODES), key="cs-shortfall",
+                         format_func=SHORTFALL_DESCRIPTIONS.get)
 opt_pct = c3.number_input("Length percentile for the TensorRT 'opt' shape", min_value=1.0, max_value=100.0,
                           step=1.0, key="cs-opt-pct")
 weights: tuple[float, ...] = ()

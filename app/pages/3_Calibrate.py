@@ -14,13 +14,14 @@ import altair as alt
 import numpy as np
 import pandas as pd
 import streamlit as st
+from lib.calibrator_view import calibrator_params
 from lib.charts import method_color
 from lib.context import attempt, shown_errors
 from lib.project import model_spec
 from lib.ui import download_file, pick_run, run_button, start_page
 
 from calib.calibrate import CalibrateConfig, Calibration, calibrate
-from calib.methods import DEFAULT_PERCENTILE, default_methods, method_names
+from calib.methods import default_methods, method_names
 from calib.placement import PRESETS, Placement
 from calib.stats import HISTOGRAM_MODES, TENSOR_SCOPES
 from calib.trtcache import DEFAULT_TRT_VERSION
@@ -40,27 +41,26 @@ else:
     s = cs_run.summary
     st.caption(f"{s.get('size', '?')} texts · {s.get('strategy', '?')} · KS {s.get('ks', '?')} · "
                f"profile sequence min/opt/max {s.get('profile_seq', '?')}")
-    c1, c2, c3, c4 = st.columns(4)
+    c1, c2, c3 = st.columns(3)
     methods = c1.multiselect("Calibrators", list(method_names()), default=list(default_methods()), key="cal-methods")
-    percentile = c2.number_input("Percentile", min_value=90.0, max_value=100.0, value=DEFAULT_PERCENTILE, step=0.001,
-                                 format="%.3f", key="cal-pct")
-    placement = c3.selectbox("Placement (which tensors get ranges)", list(PRESETS), key="cal-placement",
+    placement = c2.selectbox("Placement (which tensors get ranges)", list(PRESETS), key="cal-placement",
                              help="tensorrt: inputs of MatMul/Gemm (TensorRT-style). all: every quantizable op.")
-    scope = c4.selectbox("Tensors", list(TENSOR_SCOPES), key="cal-scope",
+    scope = c3.selectbox("Tensors", list(TENSOR_SCOPES), key="cal-scope",
                          format_func={"placement": "those the placement needs", "all": "every float tensor"}.get)
+    params = calibrator_params(methods)  # every chosen calibrator's parameters, from the method registry
     with st.expander("Advanced"):
-        a1, a2, a3, a4 = st.columns(4)
+        a1, a2, a3 = st.columns(3)
         batch_size = a1.number_input("Batch size", min_value=1, max_value=256, value=16, key="cal-batch")
         histogram = a2.selectbox("Histogram", list(HISTOGRAM_MODES), key="cal-hist",
                                  help="stream: one pass, exact bin merging. two-pass: TensorRT's binning, twice the time.")
         trt_version = a3.text_input("TensorRT version for the cache header", value=DEFAULT_TRT_VERSION,
                                     key="cal-trt", help="TensorRT ignores a cache whose header names another version.")
-        damp = a4.checkbox("Entropy: damp the zero bin", value=True, key="cal-damp")
-    config = CalibrateConfig(calibration_set=str(cs_run.dir), methods=tuple(methods), percentile=float(percentile),
-                             placement=Placement(placement), tensors=scope, batch_size=int(batch_size), trt_version=trt_version,
-                             histogram=histogram, entropy_damp_zero_bin=bool(damp), cluster=project.cluster or None)
-    run_button(page, "calibrate", "Calibrating", "Run all calibrators", key="cal-run", fn=calibrate, config=config,
-               parents=(cs_run.id,))
+    if params is not None:
+        config = CalibrateConfig(calibration_set=str(cs_run.dir), methods=tuple(methods), params=params,
+                                 placement=Placement(placement), tensors=scope, batch_size=int(batch_size),
+                                 trt_version=trt_version, histogram=histogram, cluster=project.cluster or None)
+        run_button(page, "calibrate", "Calibrating", "Run all calibrators", key="cal-run", fn=calibrate, config=config,
+                   parents=(cs_run.id,))
 
 # -- results -------------------------------------------------------------------------------------
 st.divider()

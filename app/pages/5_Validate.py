@@ -57,6 +57,7 @@ from calib.report import (
 )
 from calib.sensitivity import (
     GRANULARITIES,
+    GRANULARITY_DESCRIPTIONS,
     RANKINGS,
     SEARCH_SETTINGS,
     SensitivityConfig,
@@ -97,8 +98,6 @@ def report_verdict(rep_run, *, key: str) -> None:
                           file_name=f"{rep_run.id}-{name}")
 
 
-GRANULARITY_LABELS = {"node": "single nodes", "block": "transformer blocks", "tensor": "activation tensors",
-                      "auto": "auto (the search chooses)"}
 
 
 # -- verdict -------------------------------------------------------------------------------------
@@ -339,7 +338,7 @@ with tab_sens:
         s_limit = c4.number_input("Texts per evaluation", min_value=8, value=256, step=32, key="sens-limit")
         c1, c2, c3 = st.columns(3)
         granularity = c1.selectbox("Granularity", list(GRANULARITIES), key="sens-gran",
-                                   format_func=lambda g: GRANULARITY_LABELS.get(g, g))
+                                   format_func=lambda g: GRANULARITY_DESCRIPTIONS.get(g, g))
         ranking = c2.selectbox("Ranking", list(RANKINGS), key="sens-rank")
         min_cos = c3.number_input("Min embedding cosine (0 = no check)", min_value=0.0, max_value=1.0,
                                   value=float(budget.min_embedding_cosine or 0.0), step=0.001, format="%.3f", key="sens-cos", disabled=spec.embedding_output is None)

@@ -31,7 +31,7 @@ def _float_list(text: str) -> tuple[float, ...]:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from calib.sampling import STRATEGIES
+    from calib.sampling import SHORTFALL_MODES, STRATEGIES
 
     p = subparsers.add_parser(
         "assemble", help="draw a calibration set by token-length distribution (stage calibset)",
@@ -52,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     how.add_argument("--weights", type=_float_list, help="bucket weights for --strategy custom, e.g. 1,1,2,2,1,0")
     how.add_argument("--stratify", action=argparse.BooleanOptionalAction, default=None,
                      help="keep the label shares of the target (within one text)")
-    how.add_argument("--shortfall", choices=("neighbours", "replace"),
+    how.add_argument("--shortfall", choices=SHORTFALL_MODES,
                      help="when a bucket is short: take from neighbouring buckets (default) or sample with replacement")
     how.add_argument("--edges", type=_int_list, help="bucket edges in tokens (default 0,32,64,128,256,512)")
     how.add_argument("--seed", type=non_negative_int, help="random seed (default 0)")

@@ -17,7 +17,6 @@ from pathlib import Path
 from calib.cli.common import EXIT_BACKEND_UNAVAILABLE, add_input_args, inputs_from_args, json_arg, run_folder
 
 EXIT_NO_TENSORRT = EXIT_BACKEND_UNAVAILABLE
-PORTABLE_BACKEND = "ort"  # what an unavailable backend falls back to: the Q/DQ model + trtexec.sh
 
 _EXAMPLES = """examples:
   calib build --calibration cal-20250101-abcd --method entropy --placement tensorrt
@@ -30,7 +29,7 @@ _EXAMPLES = """examples:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from calib.engines import REGISTRY, backend_names
+    from calib.engines import PORTABLE_BACKEND, REGISTRY, backend_names
     from calib.methods import DEFAULT_BUILD_METHOD
     from calib.placement import PRESETS
     from calib.trtcache import DEFAULT_TRT_VERSION
@@ -70,7 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--bias-correction", action="store_true",
                    help="fold the expected output shift of INT8 weights into each quantized MatMul's bias "
                         "(calibration-set input means); needs --calibration")
-    p.add_argument("--backend", choices=backend_names(), default="ort",
+    p.add_argument("--backend", choices=backend_names(), default=PORTABLE_BACKEND,
                    help="; ".join(f"{n}: {b.label}" for n, b in REGISTRY.items()) + " (default ort)")
     p.add_argument("--profile", nargs=6, type=int, metavar=("MINB", "OPTB", "MAXB", "MINT", "OPTT", "MAXT"),
                    help="optimisation profile (default: the calibration set's)")
@@ -145,7 +144,7 @@ def _config(args: argparse.Namespace, ws) -> tuple:
 def run_build(args: argparse.Namespace) -> int:
     from calib.build import CACHE_FILE, ENGINE_FILE, PLAN_FILE, SCRIPT_FILE, build
     from calib.cli.common import ProgressBar, print_run_json, workspace_of
-    from calib.engines import get_backend
+    from calib.engines import DEPLOYMENT_TARGET, PORTABLE_BACKEND, get_backend
     from calib.pipeline import run_stage
 
     ws = workspace_of(args)
@@ -165,7 +164,7 @@ def run_build(args: argparse.Namespace) -> int:
         for key, name in (("calibration_cache", CACHE_FILE), ("tensorrt_plan", PLAN_FILE)):
             if (artifact.dir / name).is_file():
                 outputs[key] = artifact.dir / name
-        print_run_json(ws, run_id, outputs, tensorrt_unavailable=(missing if backend.name == "tensorrt" else "") or None,
+        print_run_json(ws, run_id, outputs, tensorrt_unavailable=(missing if backend.name == DEPLOYMENT_TARGET else "") or None,
                        backend_unavailable={"backend": backend.name, "reason": missing} if missing else None)
     else:
         print_build(run_id, artifact)

@@ -52,6 +52,12 @@ if TYPE_CHECKING:
     from calib.engines.trtexec import ShapeProfile
 
 PLAN_FILE = "model.plan"  # the TensorRT backend's engine file inside a build folder
+PORTABLE_BACKEND = "ort"
+"""The backend that runs everywhere (the Q/DQ model on ONNX Runtime's CPU kernels): the default, what a
+bare Q/DQ ``.onnx`` runs on, and what an unavailable backend falls back to."""
+DEPLOYMENT_TARGET = "tensorrt"
+"""The backend calib's engines ship on: every build records whether it is usable here and writes its
+``trtexec`` commands, whichever backend built the folder."""
 
 
 class BackendStatus(NamedTuple):
@@ -164,7 +170,7 @@ def _tensorrt_load(path: Path, threads: int | None) -> Engine:
     return TensorRTEngine(path, name="tensorrt-int8")
 
 
-register(Backend("ort", title="ONNX Runtime", label="ONNX Runtime Q/DQ (CPU)", status=_ort_status, load=_ort_load,
+register(Backend(PORTABLE_BACKEND, title="ONNX Runtime", label="ONNX Runtime Q/DQ (CPU)", status=_ort_status, load=_ort_load,
                  engine_name="onnxruntime-int8"))
-register(Backend("tensorrt", title="TensorRT", label="TensorRT engine", status=_tensorrt_status,
+register(Backend(DEPLOYMENT_TARGET, title="TensorRT", label="TensorRT engine", status=_tensorrt_status,
                  load=_tensorrt_load, engine_name="tensorrt-int8", engine_file=PLAN_FILE, build=_tensorrt_build))
