@@ -315,6 +315,48 @@ class EngineArtifact:
         return tuple(self.meta["quantized_nodes"])
 
     @property
+    def method(self) -> str | None:
+        """The calibration method of the ranges the build used ("file" for a ranges file)."""
+        return self.meta["ranges"].get("method")
+
+    @property
+    def skipped_tensors(self) -> dict[str, str]:
+        """Tensors left without Q/DQ because their range is unusable -> why."""
+        return dict(self.meta["skipped_tensors"])
+
+    @property
+    def unmatched_patterns(self) -> tuple[str, ...]:
+        """Exclusion patterns that matched no node (a typo, or a node of another model)."""
+        return tuple(self.meta["unmatched_patterns"])
+
+    @property
+    def profile(self) -> ShapeProfile:
+        """The TensorRT optimisation profile the build's commands use."""
+        recorded = self.meta["profile"]
+        return ShapeProfile(**{k: int(recorded[k]) for k in ShapeProfile().to_dict()})
+
+    @property
+    def profile_source(self) -> str:
+        """Where the profile came from (the calibration set's lengths, or given)."""
+        return str(self.meta["profile"].get("source") or "?")
+
+    @property
+    def cache_header(self) -> str:
+        """The calibration cache's header line (``TRT-<version>-<algorithm>``)."""
+        return str(self.meta["calibration_cache"]["header"])
+
+    @property
+    def cache_tensors(self) -> int:
+        return int(self.meta["calibration_cache"]["tensors"])
+
+    @property
+    def commands(self) -> dict[str, str]:
+        """The commands for a GPU machine: ``trt11`` (explicit Q/DQ), ``trt10`` (calibration cache), ``modelopt``."""
+        cmds = self.meta["trtexec"]
+        return {k: v if isinstance(v, str) else "\n".join(v or []) for k, v in cmds.items()
+                if k in ("trt11", "trt10", "modelopt")}
+
+    @property
     def plan_path(self) -> Path | None:
         engine = self.meta["tensorrt"].get("engine")
         return self.dir / PLAN_FILE if engine and (self.dir / PLAN_FILE).is_file() else None

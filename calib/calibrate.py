@@ -155,6 +155,30 @@ class Calibration:
         self.ranges(method)
         return self.dir / self.meta["methods"][method]["ort"]
 
+    def ranges_path(self, method: str) -> Path:
+        self.ranges(method)
+        return self.dir / self.meta["methods"][method]["ranges"]
+
+    def cache_header(self, method: str) -> str:
+        """The header line of ``method``'s TensorRT cache (``TRT-<version>-<algorithm>``)."""
+        self.ranges(method)
+        return str(self.meta["methods"][method]["cache_header"])
+
+    def cache_omitted(self, method: str) -> tuple[str, ...]:
+        """Tensors left out of ``method``'s cache because their range is unusable."""
+        self.ranges(method)
+        return tuple(self.meta["methods"][method].get("cache_omitted") or ())
+
+    @property
+    def nonfinite_tensors(self) -> tuple[str, ...]:
+        """Tensors that held NaN or ±inf on the calibration set (e.g. masks built with -inf)."""
+        return tuple(self.meta["nonfinite"])
+
+    @property
+    def zero_range_tensors(self) -> tuple[str, ...]:
+        """Tensors that were all zero on the calibration set."""
+        return tuple(self.meta["zero_range"])
+
     def summary(self) -> dict[str, Any]:
         return {
             "methods": list(self.methods), "tensors": self.meta["tensors"],

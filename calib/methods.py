@@ -34,7 +34,7 @@ method but entropy writes ``MinMaxCalibration``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,6 +112,14 @@ def get_method(name: str) -> CalibrationMethod:
 def method_names() -> tuple[str, ...]:
     """Every registered method, in registration order (the CLI's and the app's choices)."""
     return tuple(REGISTRY)
+
+
+def build_method_of(available: Sequence[str]) -> str:
+    """The range set to build from among a calibration's ``available`` methods: the default build
+    method when it was computed, else the first one."""
+    if not available:
+        raise InputError("the calibration run has no range set to build from")
+    return DEFAULT_BUILD_METHOD if DEFAULT_BUILD_METHOD in available else available[0]
 
 
 def default_methods() -> tuple[str, ...]:

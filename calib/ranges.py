@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -135,3 +136,10 @@ def diff_ranges(a: Ranges, b: Ranges, *, check_model: bool = True) -> list[dict[
     rows.sort(key=lambda r: (r["ratio"] is not None, -abs(r["log2_ratio"]) if r["ratio"] is not None else 0.0,
                              order[r["tensor"]]))
     return rows
+
+
+def entropy_over_minmax(amax: Mapping[str, float | None]) -> float | None:
+    """One tensor's entropy amax over its minmax amax (``amax``: method -> amax): how much of the exact
+    range TensorRT's default calibrator keeps (< 1: it clips). None unless both are known and minmax > 0."""
+    e, m = amax.get("entropy"), amax.get("minmax")
+    return e / m if e is not None and m else None

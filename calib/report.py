@@ -26,6 +26,7 @@ from calib.errors import InputError
 from calib.io import atomic_write_json, atomic_write_text, read_artifact_json
 from calib.layers import DEGRADED_SQNR_DB
 from calib.model import check_same_model
+from calib.ranges import entropy_over_minmax
 from calib.sensitivity import SensitivityResult
 from calib.validate import Evaluation
 from calib.verdict import (
@@ -498,8 +499,8 @@ def _layer_section(data: dict, layers: int) -> Section | None:
                *(("entropy ÷ minmax",) if ratio else ()))
 
     def ratio_of(r: dict) -> str:
-        e, m = r["amax"].get("entropy"), r["amax"].get("minmax")
-        return _fmt(e / m, ".3f") if e is not None and m else "–"
+        ratio = entropy_over_minmax(r["amax"])
+        return "–" if ratio is None else _fmt(ratio, ".3f")
 
     rows = tuple((str(r["order"]), r["tensor"], _fmt(r["sqnr_db"], ".1f"), _fmt(r["cosine"], ".5f"),
                   _fmt(r["local_sqnr_db"], ".1f"), _fmt(r["fp32_absmax"], ".4g"), _fmt(r["fp32_p9999"], ".4g"),

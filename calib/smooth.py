@@ -71,6 +71,9 @@ from calib.stats import (
 SUFFIX = "::smooth"
 SCALE_SUFFIX = "::smooth_inv_scale"
 AUTO_ALPHAS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
+SMOOTH_CHOICES = ("off", "auto", "0.5", "0.8", "0.9")
+"""What a menu offers for ``alpha`` (:func:`parse_alpha` reads each): no migration, per-tensor auto,
+and the common fixed values (0.5: SmoothQuant's default; 0.8-0.9: stronger migration for outliers)."""
 AUTO_ROWS = 256  # sampled token vectors per tensor used to score each alpha (the sample is in random order)
 _SCALE_CLIP = (1e-4, 1e4)  # keeps 1/s and s*W finite and representable in float32
 

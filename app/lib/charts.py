@@ -8,6 +8,7 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
+from calib.ranges import entropy_over_minmax
 from calib.report import (  # one palette and one naming for app and report
     method_colour,
     padded_floor,
@@ -80,6 +81,24 @@ def method_color(methods: Sequence[str]) -> alt.Color:
                      scale=alt.Scale(domain=list(methods), range=[method_colour(m) for m in methods]))
 
 
+def range_frame(tensors: Sequence, ranges: Mapping) -> pd.DataFrame:
+    """One row per tensor of a calibration (``tensors``: its ``TensorStats`` in graph order; ``ranges``:
+    method -> ``Ranges``): index, name, op, observed min / max (None for a tensor never seen), each
+    method's amax, entropy ÷ minmax when both ran, and whether it held non-finite values."""
+    both = "entropy" in ranges and "minmax" in ranges
+    rows = []
+    for i, t in enumerate(tensors):
+        row = {"#": i, "tensor": t.name, "op": t.op_type, "min": t.min if t.count else None,
+               "max": t.max if t.count else None}
+        amax = {method: r.amax.get(t.name) for method, r in ranges.items()}
+        row.update(amax)
+        if both:
+            row["entropy / minmax"] = entropy_over_minmax(amax)
+        row["non-finite"] = t.nonfinite
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def layer_frame(rows: Sequence[Mapping], methods: Sequence[str]) -> pd.DataFrame:
     """Quantized tensors in network order (``calib.report.layer_rows``): shortened name for axes, error,
     amax and clipped share per calibrator, and entropy ÷ minmax when both exist."""
@@ -93,8 +112,7 @@ def layer_frame(rows: Sequence[Mapping], methods: Sequence[str]) -> pd.DataFrame
         for m in methods:
             row[f"clipped {m}"] = r["saturation_rate"].get(m)
         if "entropy" in methods and "minmax" in methods:
-            e, mm = r["amax"].get("entropy"), r["amax"].get("minmax")
-            row["entropy ÷ minmax"] = e / mm if e is not None and mm else None
+            row["entropy ÷ minmax"] = entropy_over_minmax(r["amax"])
         out.append(row)
     return pd.DataFrame(out)
 

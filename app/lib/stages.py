@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import streamlit as st
 
+from calib.build import EngineArtifact
 from calib.data import DataSpec
 from calib.engines import DEPLOYMENT_TARGET, get_backend
 from calib.errors import InputError
 from calib.model import ModelRef
+from calib.placement import Placement, exact_pattern
 from calib.workspace import Workspace
 from lib.project import Project, data_spec, model_spec
 
@@ -125,13 +128,29 @@ def tensorrt_state():
     return backend_state(DEPLOYMENT_TARGET)
 
 
-def profile_warning(profile: dict, max_length: int) -> str | None:
+def build_placement(preset: str, nodes: Sequence[str], patterns: str, op_types: Sequence[str]) -> Placement:
+    """The Build page's placement: ``preset`` with the chosen ``nodes`` (exact names), the typed
+    comma-separated ``patterns`` (globs or ``re:REGEX``) and the ``op_types`` kept in float."""
+    extra = tuple(p.strip() for p in patterns.split(",") if p.strip())
+    return Placement(preset, exclude_nodes=tuple(exact_pattern(n) for n in nodes) + extra,
+                     exclude_op_types=tuple(op_types))
+
+
+def profile_caption(art: EngineArtifact) -> str:
+    """One line on what a build's TensorRT files assume: the cache header, its tensors and the profile."""
+    p = art.profile
+    return (f"Calibration cache header `{art.cache_header}` · {art.cache_tensors} tensors · optimisation profile: "
+            f"batch {p.min_batch}/{p.opt_batch}/{p.max_batch} × sequence {p.min_seq}/{p.opt_seq}/{p.max_seq} "
+            f"(min/opt/max, from {art.profile_source})")
+
+
+def profile_warning(art: EngineArtifact, max_length: int) -> str | None:
     """A warning when a build's TensorRT profile cannot take the project's longest inputs: its max
     sequence (derived from the calibration set's lengths) is shorter than the max length."""
-    max_seq = profile.get("max_seq")
-    if not isinstance(max_seq, int) or max_seq >= max_length:
+    max_seq = art.profile.max_seq
+    if max_seq >= max_length:
         return None
-    return (f"The TensorRT optimisation profile's max sequence is {max_seq} tokens (from {profile.get('source', '?')}) "
+    return (f"The TensorRT optimisation profile's max sequence is {max_seq} tokens (from {art.profile_source}) "
             f"but texts are truncated at {max_length}: an engine built with these shapes refuses longer inputs. "
             f"Raise --maxShapes to {max_length} in trtexec.sh, or build with a profile (calib build --profile … "
             f"{max_length}).")

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 from lib.calibrator_view import calibrator_params
-from lib.charts import method_color
+from lib.charts import method_color, range_frame
 from lib.context import attempt, shown_errors
 from lib.project import model_spec
 from lib.ui import download_file, pick_run, run_button, start_page
@@ -81,32 +81,22 @@ def load_calibration(run_dir: str):
 
 with shown_errors("Opening the calibration"):
     cal, stats, ranges = load_calibration(str(run.dir))
-meta = cal.meta
+summary = cal.summary()
 m = st.columns(5)
-m[0].metric("Tensors", meta["tensors"])
-m[1].metric("Texts", meta["stats"]["texts"])
-m[2].metric("Statistics pass", f"{meta['timings']['stats_seconds']:.1f} s")
-m[3].metric("All calibrators", f"{meta['timings']['calibrators_seconds']:.2f} s")
-m[4].metric("Non-finite tensors", len(meta["nonfinite"]))
-if meta["nonfinite"]:
-    names = list(meta["nonfinite"])
+m[0].metric("Tensors", summary["tensors"])
+m[1].metric("Texts", summary["texts"])
+m[2].metric("Statistics pass", f"{summary['stats_seconds']:.1f} s")
+m[3].metric("All calibrators", f"{summary['calibrators_seconds']:.2f} s")
+m[4].metric("Non-finite tensors", len(cal.nonfinite_tensors))
+if cal.nonfinite_tensors:
+    names = list(cal.nonfinite_tensors)
     st.warning(f"{len(names)} tensor(s) hold NaN or ±inf (e.g. attention masks built with -inf): "
                f"{', '.join(names[:4])}{' …' if len(names) > 4 else ''}. Their ranges ignore the non-finite values; "
                "keep them in float (the tensorrt placement does).", icon=":material/warning:")
-if meta["zero_range"]:
-    st.info(f"{len(meta['zero_range'])} tensor(s) were all zero on the calibration set.", icon=":material/info:")
+if cal.zero_range_tensors:
+    st.info(f"{len(cal.zero_range_tensors)} tensor(s) were all zero on the calibration set.", icon=":material/info:")
 
-rows = []
-for i, t in enumerate(stats.tensors):
-    row = {"#": i, "tensor": t.name, "op": t.op_type, "min": t.min if t.count else None,
-           "max": t.max if t.count else None}
-    for method, r in ranges.items():
-        row[method] = r.amax.get(t.name)
-    if "entropy" in ranges and "minmax" in ranges and row.get("minmax"):
-        row["entropy / minmax"] = row["entropy"] / row["minmax"] if row["minmax"] else None
-    row["non-finite"] = t.nonfinite
-    rows.append(row)
-table = pd.DataFrame(rows)
+table = range_frame(stats.tensors, ranges)
 methods_run = list(ranges)
 
 long = table.melt(id_vars=["#", "tensor"], value_vars=methods_run, var_name="method", value_name="amax")
@@ -125,7 +115,7 @@ with st.expander("Per-tensor ranges (table)", expanded=True):
 
 st.markdown("**Histogram of one tensor, with each calibrator's threshold**")
 names = [t.name for t in stats.tensors]
-default = int(np.argmax([r.get("max") or 0 for r in rows])) if rows else 0
+default = int(np.argmax(table["max"].fillna(0).to_numpy())) if len(table) else 0
 chosen = st.selectbox("Tensor", names, index=default, key="cal-tensor")
 t = stats[chosen]
 hist = t.covering_hist().astype(np.float64)
@@ -152,18 +142,17 @@ else:
 
 st.markdown("**Downloads**")
 for method in methods_run:
-    info = meta["methods"][method]
     c1, c2, c3, c4 = st.columns([1, 2, 2, 2])
     c1.markdown(f"**{method}**")
     with c2:
         download_file("TensorRT cache", cal.cache_path(method), key=f"cal-dl-cache-{method}",
                       file_name=f"{method}.cache")
     with c3:
-        download_file("Ranges JSON", run.dir / info["ranges"], mime="application/json", key=f"cal-dl-ranges-{method}",
+        download_file("Ranges JSON", cal.ranges_path(method), mime="application/json", key=f"cal-dl-ranges-{method}",
                       file_name=f"{method}.ranges.json")
     with c4:
         download_file("ONNX Runtime ranges", cal.ort_path(method), mime="application/json",
                       key=f"cal-dl-ort-{method}", file_name=f"{method}.ort.json")
-    omitted = info.get("cache_omitted") or []
-    st.caption(f"cache header `{info['cache_header']}`" + (f" · {len(omitted)} tensor(s) without a usable range "
+    omitted = cal.cache_omitted(method)
+    st.caption(f"cache header `{cal.cache_header(method)}`" + (f" · {len(omitted)} tensor(s) without a usable range "
                                                             "left out of the cache" if omitted else ""))

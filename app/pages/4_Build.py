@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
 
@@ -12,16 +11,25 @@ if str(APP_DIR) not in sys.path:
 
 import pandas as pd
 import streamlit as st
+from lib.bench_view import bench_section
 from lib.context import attempt, shown_errors
 from lib.project import model_spec
-from lib.stages import backend_state, graph_nodes, profile_warning, tensorrt_state
+from lib.stages import (
+    backend_state,
+    build_placement,
+    graph_nodes,
+    profile_caption,
+    profile_warning,
+    tensorrt_state,
+)
 from lib.ui import download_file, open_picked_run, pick_run, run_button, start_page
 
 from calib.build import BuildConfig, EngineArtifact, build
 from calib.calibrate import Calibration, RangesRef
 from calib.engines import backend_names, get_backend
-from calib.methods import DEFAULT_BUILD_METHOD
-from calib.placement import PRESET_TITLES, PRESETS, Placement
+from calib.methods import build_method_of
+from calib.placement import PRESET_TITLES, PRESETS
+from calib.smooth import SMOOTH_CHOICES
 from calib.trtcache import DEFAULT_TRT_VERSION
 from calib.verdict import TENSORRT_DEFAULT_CALIBRATOR
 
@@ -52,7 +60,7 @@ else:
         nodes = graph_nodes(model_path)
     methods = list(cal.methods)
     c1, c2, c3 = st.columns(3)
-    preferred = DEFAULT_BUILD_METHOD if DEFAULT_BUILD_METHOD in methods else methods[0]
+    preferred = build_method_of(methods)
     method = c1.selectbox("Calibrator", methods, index=methods.index(preferred), key="build-method",
                           help=f"Default {preferred}: on both demo tasks {TENSORRT_DEFAULT_CALIBRATOR} (TensorRT's "
                                "default) is the worst calibrator (BENCHMARKS.md). Compare them all for your model "
@@ -82,7 +90,7 @@ else:
         per_channel = a1.checkbox("Per-channel weight scales", value=True, key="build-per-channel")
         trt_version = a2.text_input("TensorRT version for the calibration cache header", value=DEFAULT_TRT_VERSION,
                                     key="build-trt-version")
-        smooth = a1.selectbox("Outlier migration (alpha)", ["off", "auto", "0.5", "0.8", "0.9"], key="build-smooth",
+        smooth = a1.selectbox("Outlier migration (alpha)", list(SMOOTH_CHOICES), key="build-smooth",
                               help="Move activation outliers into the weights before Q/DQ (FP32 outputs unchanged); "
                                    "auto picks alpha per tensor by simulated INT8 error.")
         smooth_attention = a2.checkbox("Also fold scales into attention's projections", value=False,
@@ -92,11 +100,7 @@ else:
         bias_correction = a2.checkbox("Bias correction", value=False, key="build-bias-correction",
                                       help="Fold the output shift that weight quantization causes into each MatMul's "
                                            "bias, from calibration-set input means.")
-    extra = tuple(p.strip() for p in re.split(r",", patterns) if p.strip())
-    from calib.placement import exact_pattern
-
-    placement = Placement(preset, exclude_nodes=tuple(exact_pattern(n) for n in excluded) + extra,
-                          exclude_op_types=tuple(exclude_ops))
+    placement = build_placement(preset, excluded, patterns, exclude_ops)
     config = BuildConfig(model=str(model_path), ranges=RangesRef(str(cal_run.dir), method), placement=placement,
                          per_channel=bool(per_channel), backend=backend,
                          trt_version=trt_version, smooth="" if smooth == "off" else smooth,
@@ -110,24 +114,23 @@ st.divider()
 st.subheader("INT8 build")
 run, art = open_picked_run(page, "build", "Build run", EngineArtifact.load, key="build-run-pick",
                            empty="No build yet.", what="Opening the build")
-meta = art.meta
 m = st.columns(5)
-m[0].metric("Backend", meta["backend"])
-m[1].metric("Calibrator", meta["ranges"]["method"])
-m[2].metric("Quantized nodes", len(meta["quantized_nodes"]))
-m[3].metric("Kept in float", len(meta["excluded_nodes"]))
+m[0].metric("Backend", art.backend)
+m[1].metric("Calibrator", art.method)
+m[2].metric("Quantized nodes", len(art.quantized_nodes))
+m[3].metric("Kept in float", len(art.excluded_nodes))
 size_mb = art.qdq_path.stat().st_size / 2**20 if art.qdq_path.is_file() else 0
 m[4].metric("Q/DQ model", f"{size_mb:.1f} MB")
-if meta["unmatched_patterns"]:
-    st.warning("These exclusion patterns matched no node: " + ", ".join(meta["unmatched_patterns"]),
+if art.unmatched_patterns:
+    st.warning("These exclusion patterns matched no node: " + ", ".join(art.unmatched_patterns),
                icon=":material/warning:")
-if meta["skipped_tensors"]:
-    with st.expander(f"{len(meta['skipped_tensors'])} tensor(s) without a usable range (left in float)"):
-        st.dataframe(pd.DataFrame([{"tensor": k, "why": v} for k, v in meta["skipped_tensors"].items()]),
+if art.skipped_tensors:
+    with st.expander(f"{len(art.skipped_tensors)} tensor(s) without a usable range (left in float)"):
+        st.dataframe(pd.DataFrame([{"tensor": k, "why": v} for k, v in art.skipped_tensors.items()]),
                      hide_index=True, width="stretch")
-if meta["excluded_nodes"]:
-    with st.expander(f"{len(meta['excluded_nodes'])} node(s) kept in float, and why"):
-        st.dataframe(pd.DataFrame([{"node": k, "why": v} for k, v in meta["excluded_nodes"].items()]),
+if art.excluded_nodes:
+    with st.expander(f"{len(art.excluded_nodes)} node(s) kept in float, and why"):
+        st.dataframe(pd.DataFrame([{"node": k, "why": v} for k, v in art.excluded_nodes.items()]),
                      hide_index=True, width="stretch")
 
 st.markdown("**Downloads**")
@@ -145,24 +148,16 @@ if art.plan_path is not None:
     download_file("TensorRT engine (model.plan)", art.plan_path, key="build-dl-plan")
 
 st.markdown("**TensorRT and ModelOpt commands** (run on the GPU machine, next to the downloaded files)")
-cmds = meta["trtexec"]
+cmds = art.commands
 tabs = st.tabs(["TensorRT 11 (explicit Q/DQ)", "TensorRT 8.6–10.x (calibration cache)", "ModelOpt"])
 for tab, key in zip(tabs, ("trt11", "trt10", "modelopt")):
     with tab:
-        value = cmds.get(key)
-        st.code(value if isinstance(value, str) else "\n".join(value or []), language="bash")
-prof = meta["profile"]
-st.caption(f"Calibration cache header `{meta['calibration_cache']['header']}` · "
-           f"{meta['calibration_cache']['tensors']} tensors · optimisation profile: batch "
-           f"{prof.get('min_batch')}/{prof.get('opt_batch')}/{prof.get('max_batch')} × sequence "
-           f"{prof.get('min_seq')}/{prof.get('opt_seq')}/{prof.get('max_seq')} (min/opt/max, from "
-           f"{prof.get('source', '?')})")
+        st.code(cmds.get(key, ""), language="bash")
+st.caption(profile_caption(art))
 project_spec = attempt(model_spec, page.ws, page.project, what="Reading the model")
-if project_spec is not None and (shape_warning := profile_warning(prof, int(project_spec.max_length))):
+if project_spec is not None and (shape_warning := profile_warning(art, int(project_spec.max_length))):
     st.warning(shape_warning, icon=":material/warning:")
 
 # -- speed ---------------------------------------------------------------------------------------
 st.markdown("**Latency and throughput**")
-from lib.bench_view import bench_section
-
 bench_section(page, run, art)
