@@ -25,7 +25,7 @@ import numpy as np
 from calib.batching import Encoded, encode, iter_batches
 from calib.buckets import DEFAULT_EDGES, bucket_labels, check_edges
 from calib.coverage import Coverage, coverage
-from calib.data import DataSpec, fingerprint, load_table, preparation_mismatch, texts_of
+from calib.data import DataSpec, LoadReport, fingerprint, load_table, preparation_mismatch, texts_of
 from calib.errors import InputError, check_choice
 from calib.formatting import ratio
 from calib.io import atomic_dir, atomic_save_npz, atomic_write_json, read_json
@@ -350,6 +350,32 @@ class CalibrationSet:
     def profile(self) -> dict[str, Any]:
         """TensorRT optimisation profile: ``shapes`` {min, opt, max: [batch, seq]}, ``trtexec`` flags."""
         return dict(self.manifest["profile"])
+
+    @property
+    def profile_shapes(self) -> dict[str, tuple[int, int]]:
+        """The profile's (batch, sequence) shape for ``min``, ``opt`` and ``max``."""
+        return {k: (int(v[0]), int(v[1])) for k, v in self.manifest["profile"]["shapes"].items()}
+
+    @property
+    def trtexec_flags(self) -> list[str]:
+        """The profile as ``trtexec`` options (``--minShapes=...``)."""
+        return [f"--{k}={v}" for k, v in self.manifest["profile"]["trtexec"].items()]
+
+    @property
+    def dataset_source(self) -> str:
+        """The dataset the set was drawn from, as given (a path, a ``demo:`` name, a hub id)."""
+        return str(self.manifest["dataset"]["source"])
+
+    @property
+    def target_kind(self) -> str:
+        """What the set was matched and compared against: ``eval``, ``dataset``, ``lengths`` or ``pool``."""
+        return str(self.manifest["target"]["kind"])
+
+    @property
+    def hygiene(self) -> LoadReport | None:
+        """How the drawn texts looked (entities, markup, quotes); None for sets made before it was recorded."""
+        recorded = self.manifest["dataset"].get("hygiene")
+        return LoadReport(**recorded) if recorded else None
 
     @property
     def coverage(self) -> Coverage:

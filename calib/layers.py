@@ -27,6 +27,7 @@ import onnx
 # |x| histogram: log10 bins from 1e-12 to 1e8, 200 bins per decade (≈1.2 % relative resolution)
 _LOG_LOW, _LOG_HIGH, _PER_DECADE = -12.0, 8.0, 200
 _N_BINS = int((_LOG_HIGH - _LOG_LOW) * _PER_DECADE)
+ENGINE_RANGE = "engine"  # the per-tensor ranges' key for the amax the INT8 engine uses (beside each calibrator's)
 DEGRADED_SQNR_DB = 20.0  # below this an activation has lost more than 1 % of its signal power
 DEGRADED_COSINE = 0.99
 MAX_SQNR_DB = 200.0  # reported for an exact match (zero error), so JSON never holds infinity
@@ -243,8 +244,8 @@ class LayerAnalysis:
         self.ranges = {name: _RangeStats(amax) for name, amax in ranged.items()}
         for q in self.quantized:  # the amax the engine actually uses, next to the calibrated ones
             stats = self.ranges.setdefault(q.name, _RangeStats({}))
-            stats.amax["engine"] = q.amax
-            stats.saturated.setdefault("engine", 0)
+            stats.amax[ENGINE_RANGE] = q.amax
+            stats.saturated.setdefault(ENGINE_RANGE, 0)
         self.errors = {q.name: _ErrorStats() for q in self.quantized}
         self.local = {q.name: _ErrorStats() for q in self.quantized}
         self.batches = 0

@@ -24,7 +24,7 @@ import numpy as np
 from calib import formatting as fmt
 from calib.errors import InputError
 from calib.io import atomic_write_json, atomic_write_text, read_artifact_json
-from calib.layers import DEGRADED_SQNR_DB
+from calib.layers import DEGRADED_SQNR_DB, ENGINE_RANGE
 from calib.model import check_same_model
 from calib.ranges import entropy_over_minmax
 from calib.sensitivity import SensitivityResult
@@ -207,6 +207,11 @@ def layer_rows(layers: dict | None) -> list[dict]:
     """Per-tensor rows of a ``layers.json``: error (SQNR, cosine, local SQNR), FP32 range and, per
     calibrator (and ``engine``: what the build used), amax, clipped share and utilisation."""
     return _layer_rows(layers)
+
+
+def layer_methods(rows: Sequence[Mapping]) -> list[str]:
+    """The calibrators whose amax the layer rows show (sorted), without the build's own range."""
+    return sorted({m for r in rows for m in r["amax"] if m != ENGINE_RANGE})
 
 
 def _layer_rows(layers: dict | None) -> list[dict]:
@@ -485,7 +490,7 @@ def _layer_section(data: dict, layers: int) -> Section | None:
     if not lay:
         return None
     q = [r for r in lay["rows"] if r["quantized"]]
-    methods = sorted({m for r in lay["rows"] for m in r["amax"] if m != "engine"})
+    methods = layer_methods(lay["rows"])
     worst = sorted(q, key=lambda r: (r["sqnr_db"] if r["sqnr_db"] is not None else -1e9))[:layers]
     cut = (f"The {len(worst)} of {len(q)} quantized tensors with the lowest SQNR, worst first (all {len(q)} are in "
            "report.json)." if len(worst) < len(q) else f"All {len(q)} quantized tensors, lowest SQNR first.")
@@ -504,7 +509,7 @@ def _layer_section(data: dict, layers: int) -> Section | None:
 
     rows = tuple((str(r["order"]), r["tensor"], _fmt(r["sqnr_db"], ".1f"), _fmt(r["cosine"], ".5f"),
                   _fmt(r["local_sqnr_db"], ".1f"), _fmt(r["fp32_absmax"], ".4g"), _fmt(r["fp32_p9999"], ".4g"),
-                  _fmt(r["amax"].get("engine"), ".4g"), *[_fmt(r["amax"].get(m), ".4g") for m in methods],
+                  _fmt(r["amax"].get(ENGINE_RANGE), ".4g"), *[_fmt(r["amax"].get(m), ".4g") for m in methods],
                   *[_fmt(r["saturation_rate"].get(m), ".2e") for m in methods], *((ratio_of(r),) if ratio else ()))
                  for r in worst)
     return Section("Per layer", notes, headers, rows, chart="layers")
@@ -778,8 +783,8 @@ def _charts(data: dict, key: str) -> list[str]:
                          y_label="SQNR dB", threshold=DEGRADED_SQNR_DB,
                          threshold_label=f"{DEGRADED_SQNR_DB:g} dB: degraded below"),
                 svg_line({m: [r["saturation_rate"].get(m) for r in q]
-                          for m in sorted({m for r in q for m in r["saturation_rate"]}) if m != "engine"} or
-                         {"engine": [r["saturation_rate"].get("engine") for r in q]}, names,
+                          for m in sorted({m for r in q for m in r["saturation_rate"]}) if m != ENGINE_RANGE} or
+                         {ENGINE_RANGE: [r["saturation_rate"].get(ENGINE_RANGE) for r in q]}, names,
                          title="Clipped share per calibrator (|x| above its amax on the evaluation texts)",
                          y_label="share")]
     if key == "comparison":

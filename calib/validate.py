@@ -387,13 +387,15 @@ def _preparation_warnings(calibration_info: Mapping | None, dataset_info: Mappin
     """A warning when the calibration set's texts were prepared unlike the evaluated ones (entities,
     markup, quotes), when the calibration run is known and recorded how its texts looked."""
     calset = (calibration_info or {}).get("calibration_set") or {}
-    manifest = Path(str(calset.get("dir") or "")) / "manifest.json"
-    if not calset.get("dir") or not manifest.is_file():
+    if not calset.get("dir") or not (Path(str(calset["dir"])) / "manifest.json").is_file():
         return []
-    recorded = (read_json(manifest).get("dataset") or {}).get("hygiene")
-    if not recorded or not dataset_info.get("hygiene"):
+    try:
+        recorded = CalibrationSet.load(calset["dir"]).hygiene
+    except (InputError, OSError, ValueError, KeyError, TypeError):  # provenance is best effort
         return []
-    mismatch = preparation_mismatch(LoadReport(**recorded), LoadReport(**dataset_info["hygiene"]))
+    if recorded is None or not dataset_info.get("hygiene"):
+        return []
+    mismatch = preparation_mismatch(recorded, LoadReport(**dataset_info["hygiene"]))
     return [mismatch] if mismatch else []
 
 

@@ -132,3 +132,97 @@ def test_baseline_deltas_against_the_pinned_run():
     assert isinstance(frame, pd.DataFrame) and list(frame["run"]) == ["old (baseline)", "new"]
     assert frame["Δ agreement"][0] == fmt.MISSING and frame["Δ agreement"][1] == "+2.50 pts"
     assert frame["agreement"][1] == fmt.percent(0.95) and frame["Δ drop (pts)"][1] == "-2.50 pts"
+
+
+def test_the_search_budget_starts_from_the_release_budget():
+    from lib.sensitivity_view import search_budget, search_budget_start
+
+    from calib.sensitivity import SEARCH_BUDGET
+    from calib.verdict import ReleaseBudget
+
+    assert search_budget_start(ReleaseBudget(max_drop=1.0, min_agreement=0.98, min_embedding_cosine=0.995)) == {
+        "max_drop": 1.0, "min_agreement": 0.98, "min_embedding_cosine": 0.995}
+    # an unlabelled or embedding project's budget leaves criteria out: the search's defaults fill them
+    start = search_budget_start(ReleaseBudget(max_drop=None, min_agreement=None, min_embedding_cosine=None))
+    assert start == {"max_drop": SEARCH_BUDGET.max_drop, "min_agreement": SEARCH_BUDGET.min_agreement,
+                     "min_embedding_cosine": 0.0}
+    assert search_budget(0.5, 0.99, 0.0) == SEARCH_BUDGET
+    assert search_budget(2, 0.9, 0.99) == ReleaseBudget(max_drop=2.0, min_agreement=0.9, min_embedding_cosine=0.99)
+
+
+def test_the_verdict_judges_the_newer_run_until_the_reader_picks():
+    from lib.sensitivity_view import judged_stage
+
+    state: dict = {}
+    assert judged_stage(state, ("val-1", "cmp-1"), "compare") == "compare"
+    state["val-judge"] = "validate"  # the reader picks the validation
+    assert judged_stage(state, ("val-1", "cmp-1"), "compare") == "validate"  # kept on reruns
+    assert judged_stage(state, ("val-2", "cmp-1"), "validate") == "validate"  # a new run: the newer one again
+    assert judged_stage(state, ("val-2", "cmp-2"), "compare") == "compare"
+
+
+def test_layer_methods_leave_out_the_engines_own_range():
+    from calib.layers import ENGINE_RANGE
+    from calib.report import layer_methods, layer_rows
+
+    ev = Evaluation.load(FIXTURES / "validate")
+    rows = layer_rows(ev.layers)
+    assert ENGINE_RANGE not in layer_methods(rows)
+    assert layer_methods([{"amax": {"minmax": 1, ENGINE_RANGE: 1}}, {"amax": {"entropy": 1}}]) == ["entropy", "minmax"]
+
+
+def test_the_project_page_checks_a_project_and_reads_its_class_names(workspace, tiny_model_path, tiny_tokenizer_dir,
+                                                                        tiny_csv, tmp_path):
+    from lib.project import Project, checked_project, parse_labels
+
+    from calib.data import label_names, load_rows
+
+    assert parse_labels(" neg, pos ,, ") == ("neg", "pos") and parse_labels("") == ()
+    candidate = Project(kind="custom", onnx_path=str(tiny_model_path), tokenizer_dir=str(tiny_tokenizer_dir),
+                        pool_source=str(tiny_csv), text_column="text", label_column="label", max_length=64)
+    checked = checked_project(workspace, candidate)
+    spec = DataSpec(str(tiny_csv), text_column="text", label_column="label")
+    assert checked.labels == tuple(label_names(load_rows(spec), spec)) and checked.labels
+    typed = Project(**{**candidate.to_dict(), "labels": ("a", "b")})
+    assert checked_project(workspace, typed).labels == ("a", "b")  # typed names are kept
+    with pytest.raises(InputError):
+        checked_project(workspace, Project(**{**candidate.to_dict(), "labels": (), "text_column": "no such column"}))
+    with pytest.raises(InputError):
+        checked_project(workspace, Project(**{**candidate.to_dict(), "labels": (), "onnx_path": str(tmp_path / "x")}))
+
+
+def test_recipes_are_named_and_saved_in_the_workspace(workspace):
+    from lib.project import Project
+    from lib.stages import RECIPES_SUBDIR, recipe_name, recipe_path
+
+    assert recipe_name(Project(kind="demo", task="rt-sentiment"), "match", 128) == "rt-sentiment-match-128"
+    assert recipe_name(Project(kind="custom"), "uniform", 64) == "custom-uniform-64"
+    folder = workspace.root / RECIPES_SUBDIR
+    assert recipe_path(workspace, "my recipe") == folder / "my_recipe.json"
+    assert recipe_path(workspace, "../../etc/x.json") == folder / "x.json"  # no way out of the folder
+    assert recipe_path(workspace, "  ") == folder / "recipe.json"
+
+
+def test_calibration_set_page_reads_the_set_typed():
+    from calib.calibset import CalibrationSet
+    from calib.data import LoadReport
+
+    cs = CalibrationSet.load(FIXTURES / "calibset")  # a 0.1 set
+    assert cs.profile_shapes == {"min": (1, 1), "opt": (16, 56), "max": (32, 64)}
+    assert cs.trtexec_flags[0] == "--minShapes=input_ids:1x1,attention_mask:1x1,token_type_ids:1x1"
+    assert cs.dataset_source.endswith("data.csv") and cs.target_kind == "pool"
+    assert isinstance(cs.hygiene, LoadReport) and cs.hygiene.rows == 120
+
+
+@pytest.mark.demo
+def test_the_demo_preparation_runs_in_the_stage_form(demo_workspace, tmp_path):
+    """The Project page's background run: prepare_demo as fn(config, out_dir, progress=); an intact
+    prepared task is reused, its assets stay in <workspace>/demo."""
+    from calib.demo import DemoConfig, prepare_demo_run
+
+    seen = []
+    manifest = prepare_demo_run(DemoConfig(workspace=str(demo_workspace), tasks=("rt-sentiment",)), tmp_path / "run",
+                                progress=lambda f, m="": seen.append(f))
+    assert manifest.reused == ("rt-sentiment",) and manifest.built == ()
+    assert manifest.task_dir("rt-sentiment") == demo_workspace / "demo" / "rt-sentiment"
+    assert not (tmp_path / "run").exists()  # nothing written in the run folder

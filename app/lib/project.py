@@ -13,13 +13,14 @@ from typing import Any
 
 import streamlit as st
 
-from calib.data import DataSpec
+from calib.data import DataSpec, label_names
 from calib.errors import InputError
 from calib.inputs import DEMO_SPLITS, task_inputs
 from calib.model import ModelSpec, load_model
 from calib.verdict import ReleaseBudget, default_budget
 from calib.workspace import Workspace
 from lib.context import latest_session_value, load_session_state, save_session_value
+from lib.datasets_view import rows, summary_frame
 
 DEFAULT_TASK = "bbc-topic"
 PROJECT_KEY = "calib_project"
@@ -188,3 +189,21 @@ def release_budget(ws: Workspace, project: Project) -> ReleaseBudget:
     if spec.logits_output is None:  # an embedding model: neither agreement nor accuracy applies
         return ReleaseBudget(max_drop=None, min_agreement=None, min_embedding_cosine=0.99)
     return default_budget(has_embedding=has_embedding, labelled=labelled)
+
+
+def parse_labels(text: str) -> tuple[str, ...]:
+    """Class names typed comma separated, in logit order (blanks dropped)."""
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+def checked_project(ws: Workspace, candidate: Project) -> Project:
+    """``candidate`` as it will be saved: its class names read from the pool's label column when none
+    were typed (id order), its model loaded and both data roles read, so a bad path, column or model
+    raises one :class:`InputError` and the current project stays as it is."""
+    if not candidate.labels and candidate.label_column:
+        spec = data_spec(ws, candidate, "pool")
+        candidate = dataclasses.replace(candidate, labels=tuple(label_names(rows(spec), spec)))
+    model_spec(ws, candidate)
+    for role in ("pool", "eval"):
+        summary_frame(data_spec(ws, candidate, role))
+    return candidate

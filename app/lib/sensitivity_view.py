@@ -3,9 +3,36 @@ gain over the placement as given. Plain data in, plain data out (the page lays i
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
+
 import pandas as pd
 
-from calib.sensitivity import SensitivityResult
+from calib.sensitivity import SEARCH_BUDGET, SensitivityResult
+from calib.verdict import ReleaseBudget
+
+
+def search_budget_start(release: ReleaseBudget) -> dict[str, float]:
+    """The search's budget inputs, first shown as the project's release budget: its drop, agreement and
+    embedding cosine (0: not checked), the search's defaults where the release budget has none."""
+    return {"max_drop": float(release.max_drop if release.max_drop is not None else SEARCH_BUDGET.max_drop),
+            "min_agreement": float(release.min_agreement if release.min_agreement is not None
+                                   else SEARCH_BUDGET.min_agreement),
+            "min_embedding_cosine": float(release.min_embedding_cosine or 0.0)}
+
+
+def search_budget(max_drop: float, min_agreement: float, min_embedding_cosine: float) -> ReleaseBudget:
+    """The budget of the inputs (a cosine of 0: not checked)."""
+    return ReleaseBudget(max_drop=float(max_drop), min_agreement=float(min_agreement),
+                         min_embedding_cosine=float(min_embedding_cosine) if min_embedding_cosine > 0 else None)
+
+
+def judged_stage(state: MutableMapping, pair: tuple[str, str], newer: str) -> str:
+    """Which of the latest validation and comparison (``pair``: their run ids) the Verdict judges: the
+    ``newer`` one's stage whenever the pair changes, else what the reader picked (``state["val-judge"]``)."""
+    if state.get("val-judge-seen") != pair:
+        state["val-judge"] = newer
+        state["val-judge-seen"] = pair
+    return state["val-judge"]
 
 
 def ranking_frame(sens: SensitivityResult) -> pd.DataFrame:

@@ -18,6 +18,7 @@ from calib.model import ModelRef
 from calib.placement import Placement, exact_pattern
 from calib.workspace import Workspace
 from lib.project import Project, data_spec, model_spec
+from lib.uploads import sanitize_name
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPES_SUBDIR = "recipes"
@@ -88,6 +89,18 @@ def lengths_file(path: str) -> np.ndarray:
 
 def recipe_dirs(ws: Workspace) -> list[Path]:
     return [ws.root / RECIPES_SUBDIR, REPO / "datasets" / "recipes"]
+
+
+def recipe_name(project: Project, strategy: str, size: int) -> str:
+    """The name first offered for a calibration set's recipe: ``<task or custom>-<strategy>-<size>``."""
+    return f"{project.task if project.kind == 'demo' else 'custom'}-{strategy}-{size}"
+
+
+def recipe_path(ws: Workspace, name: str) -> Path:
+    """Where a recipe named ``name`` is saved: the workspace's recipes folder, a safe file name ending
+    in ``.json`` (``recipe.json`` for an empty name)."""
+    safe = sanitize_name(name.strip() or "recipe")
+    return ws.root / RECIPES_SUBDIR / (safe if safe.endswith(".json") else f"{safe}.json")
 
 
 def list_recipes(ws: Workspace) -> list[Path]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -18,12 +17,14 @@ from lib.context import attempt, show_error, shown_errors
 from lib.datasets_view import peek, summary_frame
 from lib.project import (
     Project,
+    checked_project,
     data_spec,
     demo_description,
     demo_ready,
     demo_task,
     demo_tasks,
     model_spec,
+    parse_labels,
     set_project,
 )
 from lib.ui import run_button, start_page
@@ -31,27 +32,12 @@ from lib.verdict_view import budget_editor
 
 from calib import formatting as fmt
 from calib.data import guess_columns
+from calib.demo import DemoConfig, prepare_demo_run
 from calib.model import POOLING_DESCRIPTIONS, POOLINGS
 
 page = start_page("Project", ":material/folder_open:", "Which model to quantize and which texts to calibrate and evaluate it on.")
 ws, project = page.ws, page.project
 NONE = "(none)"
-
-
-def prepare_demo_stage(config, out_dir: Path, progress=None):
-    """Run ``calib.demo.prepare_demo`` as a registered run (its assets go to ``<workspace>/demo``,
-    the run records what was built)."""
-    from calib.demo import prepare_demo
-
-    return prepare_demo(config, progress=progress)
-
-
-def card_dict(card) -> dict:
-    if isinstance(card, dict):
-        return card
-    if dataclasses.is_dataclass(card):
-        return dataclasses.asdict(card)
-    return dict(getattr(card, "__dict__", {}))
 
 
 def show_model(spec) -> None:
@@ -96,15 +82,12 @@ if mode == "Demo task":
         st.info(f"The demo task **{task}** is not prepared in `{ws.demo_dir}` yet. Preparing exports the "
                 "MiniLM encoder to ONNX, trains its classification head and writes the data splits "
                 "(offline; a few minutes on a small CPU).", icon=":material/info:")
-        from calib.demo import DemoConfig
-
         run_button(page, "demo", "Preparing the demo", "Prepare the demo assets", key="prepare-demo",
-                   fn=prepare_demo_stage, config=DemoConfig(workspace=str(ws.root), tasks=(task,)), run_label=task)
+                   fn=prepare_demo_run, config=DemoConfig(workspace=str(ws.root), tasks=(task,)), run_label=task)
         st.stop()
     with shown_errors("Reading the demo task"):
         demo = demo_task(ws, task)
-    card = card_dict(demo.card)
-    default_len = int(card.get("max_length") or demo.model.max_length)
+    default_len = demo.max_length
     # one widget per task, so switching the task shows that task's own max length
     max_length = st.number_input("Max length (tokens)", min_value=8, max_value=512, step=8,
                                  value=int(project.max_length or default_len) if project.task == task
@@ -117,9 +100,8 @@ if mode == "Demo task":
         st.rerun()  # the sidebar, drawn before this widget, names the new project
     facts = st.columns(4)
     facts[0].metric("Task", task)
-    facts[1].metric("Classes", len(card.get("labels") or demo.model.labels))
-    acc = card.get("fp32_eval_accuracy")
-    facts[2].metric("FP32 eval accuracy", fmt.percent(acc, 1) if isinstance(acc, (int, float)) else "—")
+    facts[1].metric("Classes", len(demo.labels))
+    facts[2].metric("FP32 eval accuracy", fmt.percent(demo.fp32_eval_accuracy, 1))
     facts[3].metric("Card max length", f"{default_len} tokens")
 else:
     st.markdown("#### Model")
@@ -209,25 +191,15 @@ else:
         st.stop()
     if st.button("Use this model and data", type="primary", key="project-apply"):
         label_col = None if label_column == NONE else label_column
-        labels = tuple(x.strip() for x in labels_text.split(",") if x.strip())
         candidate = Project(kind="custom", onnx_path=onnx_path.strip(), tokenizer_dir=tokenizer_dir.strip(),
                             pool_source=pool_source.strip(), pool_split=pool_split, eval_source=eval_source.strip(),
                             eval_split=eval_split, text_column=text_column, label_column=label_col,
                             text_pair_column=None if pair_column == NONE else pair_column,
-                            max_length=int(max_length), labels=labels, budget=project.budget,
+                            max_length=int(max_length), labels=parse_labels(labels_text), budget=project.budget,
                             logits_output=logits_output.strip(), embedding_output=embedding_output.strip(),
                             pooling=pooling)
         try:
-            if not labels and label_col:
-                from lib.datasets_view import rows
-
-                from calib.data import label_names
-
-                spec = data_spec(ws, candidate, "pool")
-                candidate = dataclasses.replace(candidate, labels=tuple(label_names(rows(spec), spec)))
-            model_spec(ws, candidate)
-            for role in ("pool", "eval"):
-                summary_frame(data_spec(ws, candidate, role))
+            candidate = checked_project(ws, candidate)
         except Exception as exc:  # noqa: BLE001 - shown below, project unchanged
             show_error(exc, "Checking the project")
         else:

@@ -18,12 +18,13 @@ from lib.charts import bucket_bars, length_histogram
 from lib.context import attempt, show_error, shown_errors
 from lib.project import data_spec, model_spec
 from lib.stages import (
-    RECIPES_SUBDIR,
     dataset_lengths,
     eval_target,
     lengths_file,
     list_recipes,
     project_inputs,
+    recipe_name,
+    recipe_path,
 )
 from lib.ui import download_file, open_picked_run, run_button, start_page
 
@@ -194,8 +195,8 @@ for note in cs.notes:
 
 left, right = st.columns([3, 2])
 with left:
-    run_series = {"pool": pool_lengths} if cs.manifest["dataset"]["source"] == base["data"].source else {}
-    if target_lengths is not None and cs.manifest["target"]["kind"] == target and target != "pool":
+    run_series = {"pool": pool_lengths} if cs.dataset_source == base["data"].source else {}
+    if target_lengths is not None and cs.target_kind == target and target != "pool":
         run_series["target"] = target_lengths
     run_series["calibration set"] = cs.lengths
     st.altair_chart(length_histogram(run_series, cs.max_length), width="stretch")
@@ -210,31 +211,27 @@ if cov.label_names:
                  hide_index=True, width="stretch")
 
 st.markdown("**Derived TensorRT optimisation profile**")
-profile = cs.profile
-shapes = pd.DataFrame([{"shape": k, "batch": v[0], "sequence": v[1]} for k, v in profile["shapes"].items()])
+shapes = pd.DataFrame([{"shape": k, "batch": b, "sequence": t} for k, (b, t) in cs.profile_shapes.items()])
 c1, c2 = st.columns([1, 2])
 c1.dataframe(shapes, hide_index=True, width="stretch")
-c2.code(" \\\n  ".join(f"--{k}={v}" for k, v in profile["trtexec"].items()), language="bash")
+c2.code(" \\\n  ".join(cs.trtexec_flags), language="bash")
 
 st.markdown("**Recipe**")
 c1, c2 = st.columns([2, 1])
-name = c1.text_input("Recipe name", value=f"{project.task if project.kind == 'demo' else 'custom'}-"
-                     f"{cs.strategy}-{cs.size}", key="cs-recipe-name")
-safe = uploads.sanitize_name(name.strip() or "recipe")
-safe = safe if safe.endswith(".json") else f"{safe}.json"
-recipe_path = ws.root / RECIPES_SUBDIR / safe
+name = c1.text_input("Recipe name", value=recipe_name(project, cs.strategy, cs.size), key="cs-recipe-name")
+recipe_file = recipe_path(ws, name)
 with c2:
     st.write("")
     if st.button("Save as recipe", key="cs-recipe-save", icon=":material/save:"):
         try:
-            save_recipe(cs.config, recipe_path, demo=project.task if project.kind == "demo" else None,
+            save_recipe(cs.config, recipe_file, demo=project.task if project.kind == "demo" else None,
                         description=f"{cs.strategy}, {cs.size} texts, from run {run.id}")
-            st.toast(f"Saved {recipe_path}", icon=":material/check_circle:")
+            st.toast(f"Saved {recipe_file}", icon=":material/check_circle:")
         except Exception as exc:  # noqa: BLE001
             show_error(exc, "Saving the recipe")
-if recipe_path.is_file():
-    st.caption(f"Saved as `{recipe_path}`")
-    download_file("Download the recipe", recipe_path, mime="application/json", key="cs-recipe-dl")
+if recipe_file.is_file():
+    st.caption(f"Saved as `{recipe_file}`")
+    download_file("Download the recipe", recipe_file, mime="application/json", key="cs-recipe-dl")
 download_file("Download manifest.json", run.dir / "manifest.json", mime="application/json", key="cs-manifest-dl",
               file_name=f"{run.id}-manifest.json")
 with st.expander("Settings of this run"):

@@ -17,7 +17,13 @@ import streamlit as st
 from lib.charts import bucket_measure_bars, layer_frame, method_color
 from lib.context import attempt, shown_errors
 from lib.project import data_spec, model_spec, release_budget
-from lib.sensitivity_view import agreement_gain_points, ranking_frame
+from lib.sensitivity_view import (
+    agreement_gain_points,
+    judged_stage,
+    ranking_frame,
+    search_budget,
+    search_budget_start,
+)
 from lib.stages import project_inputs
 from lib.ui import (
     download_file,
@@ -50,6 +56,7 @@ from calib.report import (
     Report,
     ReportConfig,
     headline_of,
+    layer_methods,
     layer_rows,
     layer_summary,
     make_report,
@@ -108,10 +115,7 @@ comparisons = finished_runs(page, "compare", all_sessions=True, model_sha256=spe
 judged = verdict_subject(run, comparisons[0] if comparisons else None)
 if run is not None and comparisons:
     # both kinds exist: the newer one is judged, until the reader picks the other
-    seen = (run.id, comparisons[0].id)
-    if st.session_state.get("val-judge-seen") != seen:
-        st.session_state["val-judge"] = judged.stage
-        st.session_state["val-judge-seen"] = seen
+    judged_stage(st.session_state, (run.id, comparisons[0].id), judged.stage)
     choice = st.radio("Judge", ["validate", "compare"], key="val-judge", horizontal=True,
                       format_func={"validate": "the validation run above",
                                    "compare": f"the latest side-by-side comparison ({run_title(comparisons[0], ws)})"}.get)
@@ -281,7 +285,7 @@ with tab_layers:
                        f"or cosine below {layers['degraded_cosine']:g}).", icon=":material/warning:")
         else:
             st.success(f"{summary}: no quantized tensor is degraded.", icon=":material/check_circle:")
-        methods = sorted({m for r in rows for m in r["amax"] if m != "engine"})
+        methods = layer_methods(rows)
         frame = layer_frame(q, methods)
         if not frame.empty:
             order = list(frame["name"])
@@ -329,11 +333,11 @@ with tab_sens:
         bconf = BuildConfig.from_params(src_run.params)
         c1, c2, c3, c4 = st.columns(4)
         # the search aims at the project's release budget (editable here for one search)
+        start = search_budget_start(budget)
         max_drop = c1.number_input("Max accuracy drop (points)", min_value=0.0, step=0.1, key="sens-drop",
-                                   value=float(budget.max_drop if budget.max_drop is not None else 0.5))
+                                   value=start["max_drop"])
         min_agree = c2.number_input("Min top-1 agreement", min_value=0.0, max_value=1.0, step=0.005,
-                                    value=float(budget.min_agreement if budget.min_agreement is not None else 0.99),
-                                    format="%.3f", key="sens-agree")
+                                    value=start["min_agreement"], format="%.3f", key="sens-agree")
         max_evals = c3.number_input("Max evaluations", min_value=2, value=24, step=2, key="sens-budget")
         s_limit = c4.number_input("Texts per evaluation", min_value=8, value=256, step=32, key="sens-limit")
         c1, c2, c3 = st.columns(3)
@@ -341,11 +345,10 @@ with tab_sens:
                                    format_func=lambda g: GRANULARITY_DESCRIPTIONS.get(g, g))
         ranking = c2.selectbox("Ranking", list(RANKINGS), key="sens-rank")
         min_cos = c3.number_input("Min embedding cosine (0 = no check)", min_value=0.0, max_value=1.0,
-                                  value=float(budget.min_embedding_cosine or 0.0), step=0.001, format="%.3f", key="sens-cos", disabled=spec.embedding_output is None)
+                                  value=start["min_embedding_cosine"], step=0.001, format="%.3f", key="sens-cos", disabled=spec.embedding_output is None)
         sconfig = SensitivityConfig(
             **project_inputs(ws, project), ranges=bconf.ranges, placement=bconf.placement, granularity=granularity,
-            ranking=ranking, budget=ReleaseBudget(max_drop=float(max_drop), min_agreement=float(min_agree),
-                                                  min_embedding_cosine=float(min_cos) if min_cos > 0 else None),
+            ranking=ranking, budget=search_budget(max_drop, min_agree, min_cos),
             max_evaluations=int(max_evals),
             settings=replace(SEARCH_SETTINGS, limit=int(s_limit), cluster=project.cluster or None))
         run_button(page, "sensitivity", "Sensitivity analysis", "Find the layers to keep in float", key="sens-run",

@@ -7,7 +7,7 @@
 Importing this package is cheap: datasets, scikit-learn and safetensors load only when preparing.
 """
 
-from calib.demo.prepare import DemoConfig, DemoManifest, prepare_demo
+from calib.demo.prepare import DemoConfig, DemoManifest, prepare_demo, prepare_demo_run
 from calib.demo.tasks import (
     DEMO_TASKS,
     SPLITS,
@@ -20,5 +20,5 @@ from calib.demo.tasks import (
 
 __all__ = [
     "DEMO_TASKS", "SPLITS", "DemoConfig", "DemoManifest", "DemoTask", "TaskRecipe",
-    "demo_task_dir", "load_demo_task", "prepare_demo", "read_card",
+    "demo_task_dir", "load_demo_task", "prepare_demo", "prepare_demo_run", "read_card",
 ]

@@ -311,6 +311,12 @@ def _build_task(recipe: TaskRecipe, corpus: sources.LabelledTexts, seed: int, ta
     return card
 
 
+def prepare_demo_run(config: DemoConfig, out_dir: Path, *, progress: ProgressFn | None = None) -> DemoManifest:
+    """:func:`prepare_demo` in the stage form ``fn(config, out_dir, progress=)`` (the app's background
+    runs): the assets still go to ``<workspace>/demo``; the run folder only gets the registry's record."""
+    return prepare_demo(config, progress=progress)
+
+
 def prepare_demo(config: DemoConfig, progress: ProgressFn | None = None) -> DemoManifest:
     """Prepare the demo tasks of ``config`` in its workspace; tasks already prepared and intact
     are left as they are (unless ``config.force``). Returns the cards of all requested tasks.
