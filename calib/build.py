@@ -131,8 +131,7 @@ def _profile(config: BuildConfig, calibration_dir: Path | None) -> tuple[ShapePr
         return ShapeProfile(*(int(v) for v in config.profile)), "given"
     source = config.calibration_set
     if not source and calibration_dir is not None:
-        meta = read_json(calibration_dir / "calibration.json")
-        source = str(meta.get("calibration_set", {}).get("dir", ""))
+        source = Calibration.load(calibration_dir).calibration_set_dir
     if source and Path(source).is_dir():
         return ShapeProfile.from_calibration_set(CalibrationSet.load(source).profile), f"calibration set {source}"
     if config.calibration_set:
@@ -268,8 +267,7 @@ def _recompute_command(calibration_dir: Path | None) -> str:
     """The command that rewrites a calibration run with per-channel statistics."""
     if calibration_dir is None:
         return "calib calibrate --calibration-set <calibration set>"
-    meta = read_json(calibration_dir / "calibration.json")
-    return f"calib calibrate --calibration-set {meta.get('calibration_set', {}).get('dir') or '<calibration set>'}"
+    return f"calib calibrate --calibration-set {Calibration.load(calibration_dir).calibration_set_dir or '<calibration set>'}"
 
 
 @dataclass(frozen=True)

@@ -137,6 +137,11 @@ class Calibration:
     def stats(self) -> ActivationStats:
         return ActivationStats.load(self.dir)
 
+    @property
+    def calibration_set_dir(self) -> str:
+        """The calibration set folder this run calibrated on, as recorded ("" when unknown)."""
+        return str((self.meta.get("calibration_set") or {}).get("dir") or "")
+
     def model_path(self) -> Path:
         """The FP32 ONNX model this calibration was made for: its calibration set's model (checked against
         the sha256 the set recorded)."""
@@ -229,7 +234,7 @@ def recorded_roles(calibration: str | Path | None) -> dict[str, str | None]:
     if not calibration or not Path(calibration).is_dir():
         return {}
     try:
-        cset_dir = (Calibration.load(calibration).meta.get("calibration_set") or {}).get("dir")
+        cset_dir = Calibration.load(calibration).calibration_set_dir
         roles = CalibrationSet.load(cset_dir).manifest["model"].get("roles") if cset_dir else None
     except (InputError, OSError, ValueError, KeyError):  # provenance is best effort
         return {}

@@ -707,7 +707,7 @@ def smooth_calibrated(model_path: str | Path, calibration_dir: str | Path, range
     tensor they rescale that the range set ranges is re-ranged the same way."""
     started = time.perf_counter()
     cal = Calibration.load(calibration_dir)
-    set_dir = str(cal.meta.get("calibration_set", {}).get("dir", ""))
+    set_dir = cal.calibration_set_dir
     recompute = f"calib calibrate --calibration-set {set_dir or '<calibration set>'}"
     method, params = (ranges.method, ranges.params) if ranges.method in method_names() else ("minmax", {})
     stats = cal.stats

@@ -171,7 +171,7 @@ def calibrated_amax(calibration: str | Path, model_sha256: str = "") -> tuple[di
             table.setdefault(tensor, {})[method] = float(amax) if amax is not None else float("nan")
     info = {"folder": str(calibration), "methods": list(cal.methods), "summary": cal.summary(),
             "calibration_set": cal.meta.get("calibration_set"), "config": cal.meta.get("config")}
-    calset_dir = (cal.meta.get("calibration_set") or {}).get("dir")
+    calset_dir = cal.calibration_set_dir
     if calset_dir and (Path(calset_dir) / "manifest.json").is_file():
         try:
             info["calibration_set_summary"] = CalibrationSet.load(calset_dir).summary()
