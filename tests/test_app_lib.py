@@ -41,7 +41,7 @@ def test_project_inputs_are_the_parts_every_config_takes(workspace, tiny_model_p
     from lib.project import Project
     from lib.stages import project_inputs
 
-    project = Project(kind="custom", onnx_path=str(tiny_model_path), tokenizer_dir=str(tiny_tokenizer_dir),
+    project = Project(kind="custom", model=str(tiny_model_path), tokenizer=str(tiny_tokenizer_dir),
                       pool_source=str(tiny_csv), eval_source="eval.csv", text_column="text", label_column="label",
                       max_length=64, labels=("neg", "pos"))
     inputs = project_inputs(workspace, project)
@@ -178,7 +178,7 @@ def test_the_project_page_checks_a_project_and_reads_its_class_names(workspace, 
     from calib.data import label_names, load_rows
 
     assert parse_labels(" neg, pos ,, ") == ("neg", "pos") and parse_labels("") == ()
-    candidate = Project(kind="custom", onnx_path=str(tiny_model_path), tokenizer_dir=str(tiny_tokenizer_dir),
+    candidate = Project(kind="custom", model=str(tiny_model_path), tokenizer=str(tiny_tokenizer_dir),
                         pool_source=str(tiny_csv), text_column="text", label_column="label", max_length=64)
     checked = checked_project(workspace, candidate)
     spec = DataSpec(str(tiny_csv), text_column="text", label_column="label")
@@ -188,7 +188,7 @@ def test_the_project_page_checks_a_project_and_reads_its_class_names(workspace, 
     with pytest.raises(InputError):
         checked_project(workspace, Project(**{**candidate.to_dict(), "labels": (), "text_column": "no such column"}))
     with pytest.raises(InputError):
-        checked_project(workspace, Project(**{**candidate.to_dict(), "labels": (), "onnx_path": str(tmp_path / "x")}))
+        checked_project(workspace, Project(**{**candidate.to_dict(), "labels": (), "model": str(tmp_path / "x")}))
 
 
 def test_recipes_are_named_and_saved_in_the_workspace(workspace):
@@ -226,3 +226,15 @@ def test_the_demo_preparation_runs_in_the_stage_form(demo_workspace, tmp_path):
     assert manifest.reused == ("rt-sentiment",) and manifest.built == ()
     assert manifest.task_dir("rt-sentiment") == demo_workspace / "demo" / "rt-sentiment"
     assert not (tmp_path / "run").exists()  # nothing written in the run folder
+
+
+def test_a_project_saved_before_the_rename_still_opens():
+    """The project names its model and tokenizer as ModelRef does; one saved with 0.1's names reads the same."""
+    from lib.project import Project
+
+    old = {"kind": "custom", "onnx_path": "/m/model.onnx", "tokenizer_dir": "/m/tok", "pool_source": "d.csv",
+           "labels": ["a"], "budget": {"max_drop": 1.0}}
+    project = Project.from_dict(old)
+    assert project.model == "/m/model.onnx" and project.tokenizer == "/m/tok" and project.labels == ("a",)
+    assert project.budget.max_drop == 1.0 and Project.from_dict(project.to_dict()) == project
+    assert "model" in project.to_dict() and "onnx_path" not in project.to_dict()

@@ -23,6 +23,7 @@ from lib.context import latest_session_value, load_session_state, save_session_v
 from lib.datasets_view import rows, summary_frame
 
 DEFAULT_TASK = "bbc-topic"
+RENAMED_FIELDS = {"onnx_path": "model", "tokenizer_dir": "tokenizer"}  # projects saved before 0.2: old -> new
 PROJECT_KEY = "calib_project"
 
 
@@ -32,8 +33,8 @@ class Project:
 
     kind: str = "demo"  # demo | custom
     task: str = DEFAULT_TASK
-    onnx_path: str = ""
-    tokenizer_dir: str = ""
+    model: str = ""  # the FP32 ONNX file (ModelRef.model)
+    tokenizer: str = ""  # its tokenizer folder (ModelRef.tokenizer)
     pool_source: str = ""
     pool_split: str | None = None
     eval_source: str = ""  # empty: the pool source
@@ -53,7 +54,7 @@ class Project:
     def title(self) -> str:
         if self.kind == "demo":
             return f"demo · {self.task}"
-        return f"{Path(self.onnx_path).name} · {Path(self.pool_source).name or self.pool_source}"
+        return f"{Path(self.model).name} · {Path(self.pool_source).name or self.pool_source}"
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -63,6 +64,7 @@ class Project:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Project:
         names = {f.name for f in dataclasses.fields(cls)}
+        data = {RENAMED_FIELDS.get(k, k): v for k, v in data.items()}
         kwargs = {k: v for k, v in data.items() if k in names}
         kwargs["labels"] = tuple(kwargs.get("labels") or ())
         budget = kwargs.get("budget")
@@ -150,11 +152,11 @@ def model_spec(ws: Workspace, project: Project) -> ModelSpec:
         if project.max_length and project.max_length != spec.max_length:
             spec = dataclasses.replace(spec, max_length=int(project.max_length))
         return spec
-    if not project.onnx_path:
+    if not project.model:
         raise InputError("no ONNX model chosen yet: pick one on the Project page")
-    if not project.tokenizer_dir:
+    if not project.tokenizer:
         raise InputError("no tokenizer directory chosen yet: pick one on the Project page")
-    return _load_custom_model(_file_key(project.onnx_path), project.tokenizer_dir,
+    return _load_custom_model(_file_key(project.model), project.tokenizer,
                               int(project.max_length or 128), tuple(project.labels),
                               (project.logits_output, project.embedding_output, project.pooling))
 

@@ -106,7 +106,7 @@ if mode == "Demo task":
 else:
     st.markdown("#### Model")
     src = st.radio("ONNX model", ["Path on the server", "Upload"], horizontal=True, key="project-onnx-src")
-    onnx_path = project.onnx_path if project.kind == "custom" else ""
+    onnx_path = project.model if project.kind == "custom" else ""
     if src == "Upload":
         up = st.file_uploader("ONNX model (.onnx)", type=["onnx"], key="project-onnx-upload",
                               max_upload_size=uploads.widget_limit_mb(uploads.MODEL))
@@ -118,7 +118,7 @@ else:
         onnx_path = st.text_input("ONNX model path", value=onnx_path, key="project-onnx-path",
                                   placeholder="/models/my-model.onnx")
     tsrc = st.radio("Tokenizer", ["Path on the server", "Upload files"], horizontal=True, key="project-tok-src")
-    tokenizer_dir = project.tokenizer_dir if project.kind == "custom" else ""
+    tokenizer_dir = project.tokenizer if project.kind == "custom" else ""
     if tsrc == "Upload files":
         ups = st.file_uploader("Tokenizer files (tokenizer.json, vocab.txt, tokenizer_config.json, "
                                "special_tokens_map.json)", type=["json", "txt"], accept_multiple_files=True,
@@ -191,7 +191,7 @@ else:
         st.stop()
     if st.button("Use this model and data", type="primary", key="project-apply"):
         label_col = None if label_column == NONE else label_column
-        candidate = Project(kind="custom", onnx_path=onnx_path.strip(), tokenizer_dir=tokenizer_dir.strip(),
+        candidate = Project(kind="custom", model=onnx_path.strip(), tokenizer=tokenizer_dir.strip(),
                             pool_source=pool_source.strip(), pool_split=pool_split, eval_source=eval_source.strip(),
                             eval_split=eval_split, text_column=text_column, label_column=label_col,
                             text_pair_column=None if pair_column == NONE else pair_column,

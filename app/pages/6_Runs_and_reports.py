@@ -27,6 +27,7 @@ from lib.runs import (
 from lib.ui import age, download_file, start_page
 
 from calib import formatting as fmt
+from calib.layers import DEGRADED_SQNR_DB
 from calib.naming import registry_lookup, run_name
 from calib.validate import Evaluation
 from calib.workspace import STATUSES
@@ -80,8 +81,10 @@ def overlay_section(chosen_runs) -> None:
                                             range=["#222222", *RUN_COLOURS])),
             strokeDash=alt.condition(alt.datum.run == baseline, alt.value([6, 4]), alt.value([1, 0])),
             tooltip=["run", "tensor", alt.Tooltip("SQNR (dB):Q", format=".1f")])
-        rule = alt.Chart(pd.DataFrame({"y": [20.0]})).mark_rule(color="#e45756", strokeDash=[4, 3]).encode(y="y:Q")
-        st.altair_chart((chart + rule).properties(height=280, title="SQNR per quantized tensor (20 dB line)"),
+        rule = alt.Chart(pd.DataFrame({"y": [DEGRADED_SQNR_DB]})).mark_rule(color="#e45756", strokeDash=[4, 3]).encode(
+            y="y:Q")
+        st.altair_chart((chart + rule).properties(height=280, title=f"SQNR per quantized tensor ({DEGRADED_SQNR_DB:g} dB: "
+                                                                     "degraded below)"),
                         width="stretch")
 
 

@@ -36,11 +36,12 @@ EXIT_CODES = (
 
 
 def add_role_args(group) -> None:
-    """``--logits-output``, ``--embedding-output`` and ``--pool``: which model outputs are scored."""
+    """``--logits-output``, ``--embedding-output`` and ``--pooling`` (``--pool``): which model outputs are scored
+    (``ModelRef.logits_output``, ``embedding_output``, ``pooling``)."""
     group.add_argument("--logits-output", metavar="NAME", help="model output holding the class logits (B, C)")
     group.add_argument("--embedding-output", metavar="NAME",
                        help="model output holding the sentence embedding (B, D), or token states (B, T, D) with --pool")
-    group.add_argument("--pool", choices=("none", "mean", "cls"), default=None,
+    group.add_argument("--pooling", "--pool", dest="pool", choices=("none", "mean", "cls"), default=None,
                        help="pool (B, T, D) token states into one embedding per text with the attention mask")
 
 

@@ -89,6 +89,8 @@ def _eval_settings(args: argparse.Namespace, cluster: str | None = None):
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from calib.methods import DEFAULT_BUILD_METHOD
+
     p = subparsers.add_parser("validate", help="FP32 vs INT8 on the eval split: per bucket, per layer (stage validate)",
                               epilog=_VALIDATE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--engine", help="build run (id, unique prefix, latest, latest:LABEL, folder) or a Q/DQ .onnx "
@@ -120,7 +122,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--start-from", metavar="BUILD_RUN",
                    help="a build run (e.g. with --smooth, --method auto, --bias-correction) whose INT8 model the "
                         "search starts from, instead of --ranges/--method/--placement")
-    s.add_argument("--method", default="entropy", help="calibration method whose ranges to use (default entropy)")
+    s.add_argument("--method", default=DEFAULT_BUILD_METHOD,
+                   help=f"calibration method whose ranges to use (default {DEFAULT_BUILD_METHOD}, as calib build)")
     s.add_argument("--placement", "--preset", dest="placement", default="tensorrt",
                    help="placement preset, as calib build --placement (tensorrt, all, ...; --preset: the 0.1 name)")
     s.add_argument("--exclude", type=str_list, default=(), help="node patterns already kept in float")
