@@ -91,14 +91,19 @@ def use_tiny_project(at: AppTest, tiny_model_path, tiny_tokenizer_dir, tiny_csv)
     return at
 
 
-def assemble_and_calibrate(at: AppTest, size: int = 32, methods: list[str] | None = None) -> AppTest:
-    """Assemble a calibration set of ``size`` texts and calibrate it (``methods``: the page's default
-    if None), each waited for; the app test at the Calibrate page."""
+def assemble_set(at: AppTest, size: int = 32) -> AppTest:
+    """Assemble a calibration set of ``size`` texts, waited for; the app test at the Calibrate page."""
     at.switch_page(PAGES["calibset"]).run()
     at.number_input(key="cs-size").set_value(size)
     at.button(key="cs-assemble").click().run()
     at = wait_for_jobs(at)
-    at.switch_page(PAGES["calibrate"]).run()
+    return at.switch_page(PAGES["calibrate"]).run()
+
+
+def assemble_and_calibrate(at: AppTest, size: int = 32, methods: list[str] | None = None) -> AppTest:
+    """Assemble a calibration set of ``size`` texts and calibrate it (``methods``: the page's default
+    if None), each waited for; the app test at the Calibrate page."""
+    at = assemble_set(at, size)
     if methods is not None:
         at.multiselect(key="cal-methods").set_value(methods)
     at.button(key="cal-run").click().run()
@@ -704,12 +709,7 @@ def test_calibrator_parameters_are_set_on_the_page(app_workspace, tiny_model_pat
     from calib.calibrate import Calibration
     from calib.workspace import Workspace
 
-    at = use_tiny_project(open_app("project"), tiny_model_path, tiny_tokenizer_dir, tiny_csv)
-    at.switch_page(PAGES["calibset"]).run()
-    at.number_input(key="cs-size").set_value(32)
-    at.button(key="cs-assemble").click().run()
-    at = wait_for_jobs(at)
-    at.switch_page(PAGES["calibrate"]).run()
+    at = assemble_set(use_tiny_project(open_app("project"), tiny_model_path, tiny_tokenizer_dir, tiny_csv))
     at.multiselect(key="cal-methods").set_value(["minmax", "percentile"]).run()
     assert at.number_input(key="cal-param-percentile-percentile").value == 99.999
     at.number_input(key="cal-param-percentile-percentile").set_value(120.0).run()
