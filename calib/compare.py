@@ -65,6 +65,26 @@ class CalibratorComparison:
         return [r["calibrator"] for r in self.data["rows"]]
 
     @property
+    def rows(self) -> list[dict]:
+        """One row per method: calibrator, headline figures, verdict, per-bucket drops (``comparison.json``)."""
+        return list(self.data["rows"])
+
+    @property
+    def budget(self) -> ReleaseBudget:
+        """The budget every method was judged against when the comparison ran."""
+        return ReleaseBudget.from_dict(self.data["budget"])
+
+    @property
+    def placement(self) -> str:
+        """The placement preset of every method's build."""
+        return str(self.data["placement"])
+
+    @property
+    def recommended_row(self) -> dict:
+        """The recommended method's row."""
+        return self.rows[self.recommendation.index]
+
+    @property
     def recommendation(self) -> Recommendation:
         return Recommendation(**self.data["recommendation"])
 

@@ -33,6 +33,7 @@ from calib.verdict import (
     MIN_BUCKET_TEXTS,
     Recommendation,
     ReleaseBudget,
+    Verdict,
     default_budget,
     gate_command,
     judge,
@@ -853,6 +854,20 @@ class Report:
         path = directory / "report.json" if directory.is_dir() else directory
         data = read_artifact_json(path, SCHEMA, "give a report run folder or file")
         return cls(path.parent, data)
+
+    @property
+    def verdict(self) -> Verdict | None:
+        """The verdict the report recorded (None: written before reports carried one)."""
+        recorded = self.data.get("verdict")
+        return Verdict.from_dict(recorded) if recorded else None
+
+    @property
+    def budget(self) -> ReleaseBudget:
+        return ReleaseBudget.from_dict(self.data.get("budget"))
+
+    def gate_command(self) -> str:
+        """The ``calib gate`` command that checks this report against its budget."""
+        return gate_command(str(self.dir / "report.json"), self.budget)
 
     def summary(self) -> dict:
         h = self.data["headline"]

@@ -238,3 +238,32 @@ def test_a_project_saved_before_the_rename_still_opens():
     assert project.model == "/m/model.onnx" and project.tokenizer == "/m/tok" and project.labels == ("a",)
     assert project.budget.max_drop == 1.0 and Project.from_dict(project.to_dict()) == project
     assert "model" in project.to_dict() and "onnx_path" not in project.to_dict()
+
+
+def test_reports_and_comparisons_read_typed(tmp_path):
+    """The verdict and budget a report recorded and the command that re-checks it, as the Validate page and
+    `calib report` show them (none for 0.1's reports, which carried no verdict); a comparison's rows, budget
+    and recommended row."""
+    import json
+
+    from calib.compare import SCHEMA, CalibratorComparison
+    from calib.report import Report, ReportConfig, make_report
+    from calib.verdict import ReleaseBudget
+
+    assert Report.load(FIXTURES / "report").verdict is None
+    budget = ReleaseBudget(max_drop=10.0, min_agreement=0.9, min_embedding_cosine=None)
+    rep = make_report(ReportConfig(evaluations=(str(FIXTURES / "validate"),), budget=budget), tmp_path / "r")
+    assert rep.verdict is not None and rep.verdict.status == rep.data["verdict"]["status"] == "PASS"
+    assert rep.verdict.reason == rep.data["verdict"]["reason"] and rep.budget == budget
+    assert rep.gate_command().startswith(f"calib gate {tmp_path / 'r' / 'report.json'}")
+    assert "--max-drop 10" in rep.gate_command() and "--min-agreement 0.9" in rep.gate_command()
+
+    rows = [{"calibrator": "entropy", "rows": 40, "verdict": {"passed": False}},
+            {"calibrator": "minmax", "rows": 40, "verdict": {"passed": True}}]
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "comparison.json").write_text(json.dumps({
+        "schema": SCHEMA, "rows": rows, "budget": budget.to_dict(), "placement": "tensorrt", "model_sha256": "x",
+        "recommendation": {"index": 1, "name": "minmax", "passes": True, "reason": "minmax passes", "default_note": ""}}))
+    comparison = CalibratorComparison.load(tmp_path / "c")
+    assert comparison.rows == rows and comparison.budget == budget and comparison.placement == "tensorrt"
+    assert comparison.recommended_row == rows[1]

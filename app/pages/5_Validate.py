@@ -72,7 +72,7 @@ from calib.sensitivity import (
     analyze_sensitivity,
 )
 from calib.validate import Evaluation, ValidateConfig, validate
-from calib.verdict import MIN_BUCKET_TEXTS, ReleaseBudget, Verdict, gate_command, judge, resolution_warning
+from calib.verdict import MIN_BUCKET_TEXTS, Verdict, judge, resolution_warning
 
 page = start_page("Validate", ":material/fact_check:",
                   "The INT8 model against FP32 on the evaluation data: accuracy, top-1 agreement, per length "
@@ -89,12 +89,11 @@ def report_verdict(rep_run, *, key: str) -> None:
     report = attempt(Report.load, rep_run.dir, what="Opening the report")
     if report is None:
         return
-    verdict = report.data.get("verdict")
-    if verdict:
-        (st.success if verdict["passed"] else st.error)(verdict["reason"], icon=":material/verified:"
-                                                        if verdict["passed"] else ":material/block:")
-        st.code(gate_command(str(rep_run.dir / "report.json"), ReleaseBudget.from_dict(report.data["budget"])),
-                language="bash")
+    verdict = report.verdict
+    if verdict is not None:
+        (st.success if verdict.passed else st.error)(verdict.reason, icon=":material/verified:"
+                                                     if verdict.passed else ":material/block:")
+        st.code(report.gate_command(), language="bash")
     else:
         st.caption("This report was written before reports carried a verdict.")
     cols = st.columns(3)
@@ -192,22 +191,22 @@ cmp_run = pick_run(page, "compare", "Comparison", key="cmp-pick", model_sha256=s
 if cmp_run is not None:
     comparison = attempt(CalibratorComparison.load, cmp_run.dir, what="Opening the comparison")
     if comparison is not None:
-        cbudget = ReleaseBudget.from_dict(comparison.data["budget"])
+        cbudget = comparison.budget
         rec = comparison.recommendation
-        best = comparison.data["rows"][rec.index]
+        best = comparison.recommended_row
         verdict_banner(Verdict.from_dict(best["verdict"]), subject=rec.headline, key="cmp")
         (st.success if rec.passes else st.warning)(rec.sentence,
                                                   icon=":material/thumb_up:" if rec.passes else ":material/warning:")
         if rec.default_note:
             st.info(rec.default_note + ".", icon=":material/info:")
-        st.dataframe(comparison_frame(comparison.data["rows"]), hide_index=True, width="stretch", key="cmp-table")
+        st.dataframe(comparison_frame(comparison.rows), hide_index=True, width="stretch", key="cmp-table")
         left, _ = st.columns([3, 2])
         with left:
-            st.altair_chart(comparison_chart(comparison.data["rows"], cbudget), width="stretch")
+            st.altair_chart(comparison_chart(comparison.rows, cbudget), width="stretch")
         if cbudget != budget:
             st.caption(f"Judged with the budget of its time ({cbudget.describe()}); the project's is now "
                        f"{budget.describe()}.")
-        st.caption(f"{comparison.data['placement']} placement · {fmt.count(best['rows'])} texts · run `{cmp_run.id}`")
+        st.caption(f"{comparison.placement} placement · {fmt.count(best['rows'])} texts · run `{cmp_run.id}`")
         rconfig_cmp = ReportConfig(evaluations=tuple(str(d) for d in comparison.evaluation_dirs()), budget=budget,
                                    title=f"INT8 accuracy report — {project.title} — {len(comparison.methods)} calibrators")
         run_button(page, "report", "Writing the report", "Make the report of this comparison", key="cmp-report",

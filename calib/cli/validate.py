@@ -408,11 +408,10 @@ def run_report(args: argparse.Namespace) -> int:
     budget = budget_from_args(args)
     if args.comparison:
         from calib.compare import CalibratorComparison
-        from calib.verdict import ReleaseBudget
 
         comparison = CalibratorComparison.load(run_folder(ws, args.comparison, "compare", parents))
         folders = [str(d) for d in comparison.evaluation_dirs()] + folders
-        budget = budget or ReleaseBudget.from_dict(comparison.data["budget"])
+        budget = budget or comparison.budget
     if not folders:
         raise InputError("give validate runs or --comparison RUN to report on")
     sensitivity = None
@@ -428,11 +427,8 @@ def run_report(args: argparse.Namespace) -> int:
     print(f"run {run_id}:")
     for name in ("report.html", "report.md", "report.json"):
         print(f"  {report.dir / name}")
-    verdict = report.data["verdict"]
-    print(f"verdict: {verdict['reason']}")
-    from calib.verdict import ReleaseBudget, gate_command
-
-    print(f"reproduce: {gate_command(str(report.dir / 'report.json'), ReleaseBudget.from_dict(report.data['budget']))}")
+    print(f"verdict: {report.verdict.reason}")
+    print(f"reproduce: {report.gate_command()}")
     return 0
 
 
