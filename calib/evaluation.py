@@ -479,8 +479,7 @@ class Metrics(GroupFigures):
 
     def worst_bucket(self) -> dict | None:
         """The length bucket that fares worst (largest accuracy drop, else lowest agreement, else lowest
-        cosine), or None when there is nothing to single out: fewer than two non-empty buckets, or
-        every bucket scores the same."""
+        cosine; the first of equals), or None when every bucket is empty."""
         rows = [b for b in self.bucket_figures if not b.empty]
         if self.labelled:
             name, worst = "accuracy_drop_points", max
@@ -488,8 +487,7 @@ class Metrics(GroupFigures):
             name, worst = "top1_agreement", min
         else:
             name, worst = "embedding_cosine", min
-        values = [getattr(b, name) for b in rows]
-        if len(rows) < 2 or max(values) - min(values) <= 1e-12:
+        if not rows:
             return None
         b = worst(rows, key=lambda r: getattr(r, name))
         return {"bucket": b.bucket, "n": b.n, name: getattr(b, name)}
