@@ -37,7 +37,8 @@ PLACEMENTS = ("tensorrt", "all")
 def _calibrate_task(ws, task: str, args: argparse.Namespace) -> tuple[str, object, dict]:
     """Assemble the calibration set and run the one calibration pass; (calibrate run id, artifact, info)."""
     from calib.calibrate import CalibrateConfig, calibrate
-    from calib.calibset import assemble, config_from_dict, demo_values
+    from calib.calibset import assemble, config_from_dict
+    from calib.inputs import demo_values
     from calib.pipeline import run_stage
 
     values = demo_values(task, ws.root)

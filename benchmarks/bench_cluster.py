@@ -39,6 +39,7 @@ def main() -> None:
     from calib.data import load_rows, texts_of
     from calib.demo import load_demo_task
     from calib.distributed import collect_statistics_sharded, run_engines_sharded
+    from calib.engines import PORTABLE_BACKEND
     from calib.engines.ort import OrtEngine, OrtSessionLoader
     from calib.evaluation import run_engine
     from calib.model import load_tokenizer
@@ -77,7 +78,7 @@ def main() -> None:
             same = all(np.array_equal(a.hist, b.hist) and a.min == b.min and a.max == b.max
                        for a, b in zip(one.tensors, many.tensors))
             t0 = time.perf_counter()
-            fp32, _, _ = run_engines_sharded(session, spec.onnx_path, spec.onnx_path, ev, spec.input_dtypes,
+            fp32, _, _ = run_engines_sharded(session, spec.onnx_path, PORTABLE_BACKEND, spec.onnx_path, ev, spec.input_dtypes,
                                              spec.roles, batch_size=16)
             eval_s = time.perf_counter() - t0
             start_s, map_s = steady_state(session, spec, cal, tensors, cfg)

@@ -30,8 +30,9 @@ import numpy as np
 
 def _sets(ws, task: str, args: argparse.Namespace) -> dict[str, object]:
     """The two calibration-set configs: short-only (coverage against eval) and length-matched."""
-    from calib.calibset import config_from_dict, demo_values, token_lengths
+    from calib.calibset import config_from_dict, token_lengths
     from calib.data import load_rows
+    from calib.inputs import demo_values
     from calib.model import load_model
 
     values = demo_values(task, ws.root)

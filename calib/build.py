@@ -372,15 +372,20 @@ class EngineArtifact:
             return self.dir / recorded["file"]
         return self.plan_path if self.plan_path is not None else self.qdq_path
 
+    @property
+    def engine_backend(self) -> str:
+        """The backend that runs :attr:`engine_path` (:data:`calib.engines.REGISTRY`)."""
+        recorded = self.meta.get("engine")
+        # before engine.json recorded it, a folder with a plan ran TensorRT and any other ONNX Runtime
+        return recorded["backend"] if recorded else (DEPLOYMENT_TARGET if self.plan_path is not None
+                                                     else PORTABLE_BACKEND)
+
     def engine(self, kind: str = "int8", *, threads: int | None = None):
         """An :class:`~calib.engines.base.Engine`: ``int8`` (the build's backend, from
         :data:`calib.engines.REGISTRY`, over :attr:`engine_path`) or ``fp32`` (ONNX Runtime over the
         source model: the reference every backend is compared with)."""
         if kind == "int8":
-            recorded = self.meta.get("engine")
-            # before engine.json recorded it, a folder with a plan ran TensorRT and any other ONNX Runtime
-            name = recorded["backend"] if recorded else (DEPLOYMENT_TARGET if self.plan_path is not None
-                                                         else PORTABLE_BACKEND)
+            name = self.engine_backend
             if not self.engine_path.is_file():
                 raise InputError(f"engine {self.dir.name} has no {self.engine_path.name} (its {name} engine file)")
             return get_backend(name).load(self.engine_path, threads)

@@ -24,6 +24,7 @@ import onnx
 
 from calib.calibset import CalibrationSet
 from calib.cluster import Cluster, connect
+from calib.distributed import collect_statistics_sharded
 from calib.errors import InputError, check_choice
 from calib.io import atomic_write_json, read_json, sha256_file
 from calib.methods import (
@@ -263,9 +264,6 @@ def calibrate(config: CalibrateConfig, out_dir: Path, *, progress: ProgressFn | 
             stats = collect_statistics(spec, encoded, tensors, config=stats_config,
                                        progress=lambda f, m="": report(0.9 * f, m))
         else:  # sharded over the cluster's workers, merged (calib.distributed says what is identical)
-            # calib.distributed (via validate's engines) sits above this stage, so it is imported on use
-            from calib.distributed import collect_statistics_sharded
-
             stats = collect_statistics_sharded(session, spec, encoded, tensors, config=stats_config,
                                                progress=lambda f, m="": report(0.9 * f, m))
         cluster = session.describe() if session is not None else None

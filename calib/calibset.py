@@ -514,37 +514,3 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
     if not isinstance(recipe, dict) or recipe.get("format") != RECIPE_FORMAT or not isinstance(recipe.get("config"), dict):
         raise InputError(f"recipe {path} is not a calib assemble recipe (expected format {RECIPE_FORMAT!r} and a config)")
     return recipe
-
-
-def recipe_config(recipe: Mapping[str, Any], *, workspace: str | Path | None = None,
-                  where: str = "recipe") -> AssembleConfig:
-    """The :class:`AssembleConfig` of a recipe read by :func:`read_recipe`; a demo recipe's model and pool
-    come from its task prepared in ``workspace``."""
-    values = nest_params(AssembleConfig, recipe["config"])
-    model, data = dict(values.get("model") or {}), dict(values.get("data") or {})
-    if recipe.get("demo"):
-        demo = demo_values(str(recipe["demo"]), workspace, split=data.get("split"))
-        model, data = without_demo_fields(model, data)
-        model = {**demo["model"].fields(), **model}
-        data = {**dataclasses.asdict(demo["data"]), **data}
-    if workspace is not None:
-        data["workspace"] = str(workspace)
-    return config_from_dict({**values, "model": model, "data": data}, where=where)
-
-
-def load_recipe(path: str | Path, *, workspace: str | Path | None = None) -> AssembleConfig:
-    """The :class:`AssembleConfig` of a recipe file; demo recipes are resolved in ``workspace``."""
-    return recipe_config(read_recipe(path), workspace=workspace, where=f"recipe {path}")
-
-
-def demo_values(task: str, workspace: str | Path | None, *, split: str | None = None) -> dict[str, Any]:
-    """The ``model`` (ModelRef) and ``data`` (DataSpec of one split, default the pool's, read in the
-    workspace) AssembleConfig fields of a prepared demo task."""
-    from calib.inputs import (  # the resolver sits above the stages (it loads the demo)
-        DEMO_SPLITS,
-        demo_inputs,
-    )
-
-    ws = Workspace(workspace) if workspace is not None else Workspace()
-    model, data = demo_inputs(task, ws.root, split or DEMO_SPLITS["pool"])
-    return {"model": model, "data": dataclasses.replace(data, workspace=str(ws.root))}

@@ -38,6 +38,7 @@ import onnx
 
 from calib.batching import Encoded, plan_batches
 from calib.cluster import ClusterSession
+from calib.engines import get_backend
 from calib.engines.ort import OrtEngine, OrtSessionLoader
 from calib.errors import InputError
 from calib.evaluation import EngineOutputs, run_engine
@@ -45,7 +46,6 @@ from calib.model import OutputRoles
 from calib.quantize import keep_in_float
 from calib.segments import SegmentationError, SegmentRunner
 from calib.stats import DEFAULT_BINS, ActivationStats, ChannelStats, StatsConfig, StatsPass, TensorStats
-from calib.validate import int8_engine, resolve_engine
 from calib.workspace import ProgressFn
 
 SHARDS_PER_WORKER = 2
@@ -81,10 +81,10 @@ def balanced_runs(cost: Sequence[float], parts: int) -> list[tuple[int, int]]:
 class EngineShardRunner:
     """On a worker: the FP32 and INT8 engines, built once; a shard → both models' per-row outputs."""
 
-    def __init__(self, fp32_model: str, engine: str, input_dtypes: Mapping[str, type], roles: OutputRoles,
-                 batch_size: int, threads: int | None) -> None:
+    def __init__(self, fp32_model: str, int8_backend: str, int8_file: str, input_dtypes: Mapping[str, type],
+                 roles: OutputRoles, batch_size: int, threads: int | None) -> None:
         self.fp32 = OrtEngine(OrtSessionLoader(Path(fp32_model), threads=threads), name="onnxruntime-fp32")
-        self.int8 = int8_engine(resolve_engine(engine), threads)
+        self.int8 = get_backend(int8_backend).load(Path(int8_file), threads)
         self.input_dtypes, self.roles, self.batch_size = dict(input_dtypes), roles, batch_size
 
     def __call__(self, encoded: Encoded) -> tuple[EngineOutputs, EngineOutputs, str]:
@@ -106,16 +106,16 @@ def gather_outputs(n: int, shards: Sequence[np.ndarray], parts: Sequence[EngineO
     return EngineOutputs(join([p.logits for p in parts]), join([p.embedding for p in parts]))
 
 
-def run_engines_sharded(session: ClusterSession, fp32_model: str | Path, engine: str | Path, encoded: Encoded,
-                        input_dtypes: Mapping[str, type], roles: OutputRoles, *, batch_size: int,
+def run_engines_sharded(session: ClusterSession, fp32_model: str | Path, int8_backend: str, int8_file: str | Path,
+                        encoded: Encoded, input_dtypes: Mapping[str, type], roles: OutputRoles, *, batch_size: int,
                         threads: int | None = None, progress: ProgressFn | None = None
                         ) -> tuple[EngineOutputs, EngineOutputs, str]:
     """FP32 and INT8 per-row outputs of ``encoded``, computed shard by shard on the cluster's workers
-    (each loads both models once), and the INT8 engine's name; the outputs are identical to
-    :func:`calib.evaluation.run_engine` in one process."""
+    (each loads the FP32 model and ``int8_backend``'s engine file ``int8_file`` once), and the INT8
+    engine's name; the outputs are identical to :func:`calib.evaluation.run_engine` in one process."""
     shards = shard_plan(encoded.lengths, batch_size, session.workers * SHARDS_PER_WORKER)
-    factory = functools.partial(EngineShardRunner, str(fp32_model), str(engine), dict(input_dtypes), roles,
-                                batch_size, threads if threads is not None else session.threads)
+    factory = functools.partial(EngineShardRunner, str(fp32_model), int8_backend, str(int8_file), dict(input_dtypes),
+                                roles, batch_size, threads if threads is not None else session.threads)
     with session.pool(factory, workers=min(session.workers, len(shards))) as pool:
         parts = pool.map([encoded.subset(rows) for rows in shards], weights=[len(s) for s in shards],
                          progress=progress)

@@ -13,10 +13,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from calib.calibset import AssembleConfig, config_from_dict, read_recipe, without_demo_fields
 from calib.data import DataSpec
 from calib.demo import load_demo_task
 from calib.errors import InputError
 from calib.model import ModelRef
+from calib.pipeline import nest_params
+from calib.workspace import Workspace
 
 _MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(ModelRef))
 _DATA_FIELDS = tuple(f.name for f in dataclasses.fields(DataSpec))
@@ -78,3 +81,35 @@ def resolve_inputs(workspace: str | Path, *, demo: str | None = None, split: str
 def given(**values: Any) -> dict[str, Any]:
     """The values that are not None (options the user gave)."""
     return {k: v for k, v in values.items() if v is not None}
+
+
+# -- calibration-set recipes that name a demo task ----------------------------------------------------
+
+
+def demo_values(task: str, workspace: str | Path | None, *, split: str | None = None) -> dict[str, Any]:
+    """The ``model`` (ModelRef) and ``data`` (DataSpec of one split, default the pool's, read in the
+    workspace) AssembleConfig fields of a prepared demo task."""
+    ws = Workspace(workspace) if workspace is not None else Workspace()
+    model, data = demo_inputs(task, ws.root, split or DEMO_SPLITS["pool"])
+    return {"model": model, "data": dataclasses.replace(data, workspace=str(ws.root))}
+
+
+def recipe_config(recipe: Mapping[str, Any], *, workspace: str | Path | None = None,
+                  where: str = "recipe") -> AssembleConfig:
+    """The :class:`~calib.calibset.AssembleConfig` of a recipe read by :func:`calib.calibset.read_recipe`; a
+    demo recipe's model and pool come from its task prepared in ``workspace``."""
+    values = nest_params(AssembleConfig, recipe["config"])
+    model, data = dict(values.get("model") or {}), dict(values.get("data") or {})
+    if recipe.get("demo"):
+        demo = demo_values(str(recipe["demo"]), workspace, split=data.get("split"))
+        model, data = without_demo_fields(model, data)
+        model = {**demo["model"].fields(), **model}
+        data = {**dataclasses.asdict(demo["data"]), **data}
+    if workspace is not None:
+        data["workspace"] = str(workspace)
+    return config_from_dict({**values, "model": model, "data": data}, where=where)
+
+
+def load_recipe(path: str | Path, *, workspace: str | Path | None = None) -> AssembleConfig:
+    """The :class:`~calib.calibset.AssembleConfig` of a recipe file; demo recipes are resolved in ``workspace``."""
+    return recipe_config(read_recipe(path), workspace=workspace, where=f"recipe {path}")

@@ -29,6 +29,7 @@ from calib.calibrate import Calibration, recorded_roles
 from calib.calibset import CalibrationSet
 from calib.cluster import Cluster, connect
 from calib.data import DataSpec, LoadReport, preparation_mismatch
+from calib.distributed import run_engines_sharded
 from calib.engines import PORTABLE_BACKEND, get_backend
 from calib.engines.base import Engine
 from calib.engines.ort import OrtEngine, OrtSessionLoader
@@ -84,6 +85,16 @@ class EngineSource:
     def build(self) -> dict:
         """engine.json's content ({} for a bare .onnx)."""
         return self.artifact.meta if self.artifact is not None else {}
+
+    @property
+    def engine_backend(self) -> str:
+        """The backend that runs :attr:`engine_file`: the build's, or ``ort`` for a bare Q/DQ ``.onnx``."""
+        return self.artifact.engine_backend if self.artifact is not None else PORTABLE_BACKEND
+
+    @property
+    def engine_file(self) -> Path:
+        """The file the INT8 engine runs: the build's engine file, or the bare Q/DQ ``.onnx``."""
+        return self.artifact.engine_path if self.artifact is not None else self.qdq_path
 
     @property
     def recorded_model_sha256(self) -> str:
@@ -438,11 +449,11 @@ def validate(config: ValidateConfig, out_dir: Path, *, progress: ProgressFn | No
                               progress=phases.phase(INT8_PASS))
             engine_name = getattr(engine, "name", "int8")
         else:  # both passes shard by shard on the workers, gathered in row order (calib.distributed)
-            # calib.distributed runs this module's engines on the workers, so it sits above it
-            from calib.distributed import run_engines_sharded
-
+            if not source.engine_file.is_file():  # one line here, not an error on a worker
+                raise InputError(f"engine {source.path} has no {source.engine_file.name} (its {source.engine_backend} "
+                                 "engine file)")
             fp32, int8, engine_name = run_engines_sharded(
-                session, spec.onnx_path, source.path, data.encoded, spec.input_dtypes, roles,
+                session, spec.onnx_path, source.engine_backend, source.engine_file, data.encoded, spec.input_dtypes, roles,
                 batch_size=settings.batch_size, threads=settings.threads, progress=phases.phase(sharded))
             cluster = session.describe()
     if fp32.logits is not None and data.classes and len(data.classes) != fp32.logits.shape[1]:

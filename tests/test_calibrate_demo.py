@@ -117,7 +117,7 @@ def test_cli_calibrate_and_ranges_diff(tiny_calibset, workspace, capsys):
 
 @pytest.mark.demo
 def test_demo_entropy_within_minmax_and_cache_names(demo_workspace, tmp_path):
-    from calib.calibset import demo_values
+    from calib.inputs import demo_values
     from calib.workspace import Workspace
 
     ws = Workspace(demo_workspace)

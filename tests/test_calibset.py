@@ -19,13 +19,13 @@ from calib.calibset import (
     assemble,
     config_from_dict,
     derive_profile,
-    load_recipe,
     parse_target,
     save_recipe,
 )
 from calib.cli import main
 from calib.data import DataSpec
 from calib.errors import InputError, ModelMismatchError
+from calib.inputs import load_recipe
 from calib.lengths import token_lengths
 from calib.pipeline import config_from_params, run_stage
 
@@ -315,8 +315,8 @@ def test_cli_bad_input_is_one_line(tiny_model_path, tiny_tokenizer_dir, tiny_csv
 def test_demo_short_only_natural_set_is_flagged_and_match_is_not(demo_workspace, tmp_path):
     """bbc-topic: a natural 128-text set drawn from short texts only misses the long evaluation
     texts and is flagged; a match set drawn from the whole pool covers them and is not."""
-    from calib.calibset import demo_values
     from calib.data import load_rows
+    from calib.inputs import demo_values
     from calib.model import load_model
     from calib.workspace import Workspace
 

@@ -200,8 +200,8 @@ def test_option_choices_are_the_librarys():
     shows up (or is refused) the same way in the CLI as in the library."""
     from calib.cli import build_parser
     from calib.engines import backend_names
-    from calib.placement import PRESETS
     from calib.model import POOLINGS
+    from calib.placement import PRESETS
     from calib.sampling import SHORTFALL_MODES, STRATEGIES
     from calib.sensitivity import GRANULARITIES, RANKINGS
     from calib.stats import HISTOGRAM_MODES, TENSOR_SCOPES

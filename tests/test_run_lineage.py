@@ -75,7 +75,8 @@ def test_the_calibration_of_a_build_is_its_parent_else_the_folder_its_config_nam
 @pytest.mark.demo
 def test_a_calibration_names_the_model_it_was_made_for(demo_workspace, tmp_path):
     from calib.calibrate import CalibrateConfig, calibrate
-    from calib.calibset import assemble, config_from_dict, demo_values
+    from calib.calibset import assemble, config_from_dict
+    from calib.inputs import demo_values
 
     cset = assemble(config_from_dict({**demo_values("rt-sentiment", demo_workspace), "size": 16}), tmp_path / "set")
     cal = calibrate(CalibrateConfig(calibration_set=str(cset.dir), methods=("minmax",)), tmp_path / "cal")

@@ -161,8 +161,7 @@ LAZY_PACKAGES = {  # imported inside the function that needs them, and why (ARCH
     "onnxruntime.quantization": "~0.8 s", "onnxruntime": "the ORT backend's availability probe (a broken install)",
 }
 LAZY_CALIB = {  # (module, imported calib module): a layer above, needed only inside one function
-    ("calib.calibrate", "calib.distributed"), ("calib.validate", "calib.distributed"),
-    ("calib.calibset", "calib.inputs"), ("calib.calibrators", "calib.methods"),
+    ("calib.calibrators", "calib.methods"),  # forwards names that moved to calib.methods (module __getattr__)
 }
 
 

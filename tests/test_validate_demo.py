@@ -30,9 +30,10 @@ def test_demo_short_vs_length_matched_calibration_per_bucket(demo_workspace, tmp
     where they differ (the long buckets), or honestly shows that they do not."""
     from calib.build import BuildConfig, build
     from calib.calibrate import RangesRef
-    from calib.calibset import config_from_dict, demo_values, token_lengths
+    from calib.calibset import config_from_dict, token_lengths
     from calib.data import load_rows
     from calib.evaluation import EvalSettings
+    from calib.inputs import demo_values
     from calib.model import load_model
     from calib.report import ReportConfig, make_report
     from calib.validate import ValidateConfig, validate
@@ -91,8 +92,9 @@ def test_demo_sensitivity_on_all_placement_finds_exclusions(demo_workspace, tmp_
     texts) keeps every candidate cheap; transformer blocks as units, ranked by local noise (no
     evaluations), keep the number of candidate rebuilds small."""
     from calib.calibrate import RangesRef
-    from calib.calibset import config_from_dict, demo_values
+    from calib.calibset import config_from_dict
     from calib.evaluation import EvalSettings
+    from calib.inputs import demo_values
     from calib.placement import Placement
     from calib.sensitivity import SensitivityConfig, analyze_sensitivity
     from calib.verdict import ReleaseBudget

@@ -30,9 +30,10 @@ from lib.ui import download_file, open_picked_run, run_button, start_page
 
 from calib import formatting as fmt
 from calib.buckets import DEFAULT_EDGES, bucket_labels, check_edges
-from calib.calibset import CalibrationSet, assemble, config_from_dict, load_recipe, save_recipe
+from calib.calibset import CalibrationSet, assemble, config_from_dict, save_recipe
 from calib.coverage import TABLE_HEADERS
 from calib.errors import InputError
+from calib.inputs import load_recipe
 from calib.pipeline import config_params
 from calib.sampling import SHORTFALL_DESCRIPTIONS, SHORTFALL_MODES, STRATEGIES, STRATEGY_DESCRIPTIONS
 

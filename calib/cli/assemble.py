@@ -81,8 +81,8 @@ def _sampling(args: argparse.Namespace) -> dict[str, Any]:
 def build_config(args: argparse.Namespace, workspace_root: Path) -> tuple[Any, str | None]:
     """The AssembleConfig the arguments describe, and the demo task it uses (if any): a recipe's settings,
     model and pool filled by ``--demo`` (or the recipe), then the options given on top."""
-    from calib.calibset import AssembleConfig, read_recipe, recipe_config, without_demo_fields
-    from calib.inputs import DEMO_SPLITS, resolve_inputs
+    from calib.calibset import AssembleConfig, read_recipe, without_demo_fields
+    from calib.inputs import DEMO_SPLITS, recipe_config, resolve_inputs
     from calib.pipeline import config_from_params, config_params
 
     settings: dict[str, Any] = {}
