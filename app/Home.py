@@ -16,6 +16,7 @@ if str(APP_DIR) not in sys.path:
 import streamlit as st
 from lib.context import STAGE_TITLES
 from lib.project import demo_ready, release_budget
+from lib.runs import validation_to_judge
 from lib.ui import age, current_run_id, run_label, run_title, start_page
 from lib.verdict_view import verdict_banner
 
@@ -29,34 +30,29 @@ page = start_page("calib workbench", ":material/tune:",
                   "NVIDIA TensorRT. Each step below saves a run in the workspace; every run can be "
                   "reopened, compared and downloaded later.")
 
-STEPS = [
-    ("pages/1_Project.py", "Project", ":material/folder_open:", "Pick the demo task or bring your own ONNX model, tokenizer and data."),
+STEPS = [  # page, title, icon, what it does, the stage whose last run it shows (None: no run of its own)
+    ("pages/1_Project.py", "Project", ":material/folder_open:",
+     "Pick the demo task or bring your own ONNX model, tokenizer and data.", None),
     ("pages/2_Calibration_set.py", "Calibration set", ":material/bar_chart:",
-     "Choose calibration texts whose lengths match what the model will see; check coverage."),
+     "Choose calibration texts whose lengths match what the model will see; check coverage.", "calibset"),
     ("pages/3_Calibrate.py", "Calibrate", ":material/straighten:",
-     "One pass over the calibration set gives entropy, minmax, percentile and MSE ranges."),
-    ("pages/4_Build.py", "Build", ":material/construction:", "Place Q/DQ, build the INT8 model, get the TensorRT commands."),
+     "One pass over the calibration set gives entropy, minmax, percentile and MSE ranges.", "calibrate"),
+    ("pages/4_Build.py", "Build", ":material/construction:",
+     "Place Q/DQ, build the INT8 model, get the TensorRT commands.", "build"),
     ("pages/5_Validate.py", "Validate", ":material/fact_check:",
-     "Compare INT8 against FP32: accuracy, agreement, per length bucket, per layer; find sensitive layers."),
-    ("pages/6_Runs_and_reports.py", "Runs & reports", ":material/history:", "History, side-by-side comparison and reports."),
+     "Compare INT8 against FP32: accuracy, agreement, per length bucket, per layer; find sensitive layers.",
+     "validate"),
+    ("pages/6_Runs_and_reports.py", "Runs & reports", ":material/history:",
+     "History, side-by-side comparison and reports.", "report"),
 ]
-STEP_STAGE = {"Calibration set": "calibset", "Calibrate": "calibrate", "Build": "build",
-              "Validate": "validate", "Runs & reports": "report"}
 
 if page.project.kind == "demo" and not demo_ready(page.ws, page.project.task):
     st.info(f"The demo task **{page.project.task}** is not prepared in this workspace yet. "
             "Open **Project** to prepare it (a few minutes, all offline).", icon=":material/info:")
 
-def latest_validation():
-    """The validation this session looks at (else the newest finished one of any session)."""
-    current = current_run_id(page, "validate")
-    runs = page.ws.list_runs(stage="validate", status="finished", limit=50)
-    chosen = next((r for r in runs if r.id == current), None) or next(iter(runs), None)
-    return chosen if chosen is not None and chosen.dir.is_dir() else None
-
-
 st.subheader("Ship or not")
-last = latest_validation()
+last = validation_to_judge(page.ws.list_runs(stage="validate", status="finished", limit=50),
+                           current_run_id(page, "validate"))
 if last is None:
     st.caption("No validation yet: the verdict against the release budget appears here once an INT8 build is "
                "validated.")
@@ -73,13 +69,12 @@ else:
         st.page_link("pages/5_Validate.py", label="Open it on Validate", icon=":material/fact_check:")
 
 st.subheader("Workflow")
-for path, title, icon, text in STEPS:
+for path, title, icon, text, stage in STEPS:
     with st.container(border=True):
         left, right = st.columns([3, 2])
         with left:
             st.page_link(path, label=f"**{title}**", icon=icon)
             st.caption(text)
-        stage = STEP_STAGE.get(title)
         if stage:
             runs = page.ws.list_runs(stage=stage, session=page.session, limit=1)
             with right:

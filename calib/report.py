@@ -132,9 +132,8 @@ def budget_for(ev: Evaluation, budget: ReleaseBudget | None) -> ReleaseBudget:
     """``budget``, or the default budget for what ``ev`` can measure."""
     if budget is not None:
         return budget
-    if not ev.metrics.is_classifier:  # no logits: neither agreement nor accuracy applies
-        return ReleaseBudget(max_drop=None, min_agreement=None, min_embedding_cosine=0.99)
-    return default_budget(has_embedding=ev.metrics.has_embedding, labelled=ev.labelled)
+    return default_budget(has_embedding=ev.metrics.has_embedding, labelled=ev.labelled,
+                          has_logits=ev.metrics.is_classifier)
 
 
 def _worst_bucket(ev: Evaluation) -> dict | None:

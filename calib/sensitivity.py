@@ -113,7 +113,7 @@ from calib.placement import Placement, exact_pattern
 from calib.progress import FP32_PASS
 from calib.quantize import keep_in_float, quantize_qdq
 from calib.segments import SegmentationError, SegmentRunner, layer_block
-from calib.verdict import ReleaseBudget
+from calib.verdict import DEFAULT_EMBEDDING_COSINE, ReleaseBudget
 from calib.workspace import ProgressFn
 
 SCHEMA = "calib.sensitivity/1"
@@ -128,6 +128,8 @@ SEARCH_BUDGET = ReleaseBudget(min_embedding_cosine=None)
 >= 0.99 (:data:`DEFAULT_EMBEDDING_COSINE`, applied when the model has no logits)."""
 SEARCH_SETTINGS = EvalSettings(limit=256, layers=False, bootstrap=0)
 """The search's default evaluation: a seeded sample of 256 texts per candidate."""
+SEARCH_EVALUATIONS = 24
+"""The search's default evaluation budget (baseline, ranking and search candidates and the final check)."""
 
 
 @dataclass(frozen=True)
@@ -151,7 +153,7 @@ class SensitivityConfig:
     granularity: str = "node"
     ranking: str = "auto"  # see the module docstring
     budget: ReleaseBudget = field(default_factory=lambda: SEARCH_BUDGET)
-    max_evaluations: int = 24
+    max_evaluations: int = SEARCH_EVALUATIONS
     settings: EvalSettings = field(default_factory=lambda: SEARCH_SETTINGS)
     local_rows: int = 32  # texts for the instrumented run of the local ranking
     rank_rows: int = 64  # texts for the quantize-one ranking (0 = all ``limit`` texts)
@@ -476,7 +478,6 @@ class _Evaluator:
         return self.record(entry)
 
 
-DEFAULT_EMBEDDING_COSINE = 0.99  # the budget of an embedding model when none is given
 
 
 def budget_statement(config: SensitivityConfig, kind: str) -> str:

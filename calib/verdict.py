@@ -95,11 +95,18 @@ class ReleaseBudget:
         return ", ".join(parts) or "no criteria"
 
 
-def default_budget(*, has_embedding: bool = True, labelled: bool = True) -> ReleaseBudget:
+DEFAULT_EMBEDDING_COSINE = 0.99
+"""The smallest mean FP32-vs-INT8 embedding cosine a model with an embedding is held to by default."""
+
+
+def default_budget(*, has_embedding: bool = True, labelled: bool = True, has_logits: bool = True) -> ReleaseBudget:
     """The default budget for a model: drop ≤ 0.5 points (when the eval data has labels), agreement
-    ≥ 0.99, embedding cosine ≥ 0.99 (when the model has an embedding output)."""
+    ≥ 0.99, embedding cosine ≥ 0.99 (when the model has an embedding output). An embedding model (no
+    logits) is held to the cosine only: neither agreement nor accuracy applies."""
+    if not has_logits:
+        return ReleaseBudget(max_drop=None, min_agreement=None, min_embedding_cosine=DEFAULT_EMBEDDING_COSINE)
     return ReleaseBudget(max_drop=0.5 if labelled else None, min_agreement=0.99,
-                         min_embedding_cosine=0.99 if has_embedding else None)
+                         min_embedding_cosine=DEFAULT_EMBEDDING_COSINE if has_embedding else None)
 
 
 @dataclass(frozen=True)

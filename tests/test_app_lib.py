@@ -267,3 +267,19 @@ def test_reports_and_comparisons_read_typed(tmp_path):
     comparison = CalibratorComparison.load(tmp_path / "c")
     assert comparison.rows == rows and comparison.budget == budget and comparison.placement == "tensorrt"
     assert comparison.recommended_row == rows[1]
+
+
+def test_home_judges_the_sessions_validation_else_the_newest(tmp_path):
+    from lib.runs import validation_to_judge
+
+    from calib.workspace import RunRecord
+
+    def rec(rid, on_disk=True):
+        if on_disk:
+            (tmp_path / rid).mkdir(exist_ok=True)
+        return RunRecord(rid, "validate", "", "", {}, [], "finished", 1.0, "", "", {}, "", None, tmp_path / rid)
+
+    runs = [rec("v3"), rec("v2"), rec("v1")]
+    assert validation_to_judge(runs, "v2").id == "v2"  # the one this session looks at
+    assert validation_to_judge(runs, None).id == "v3" and validation_to_judge(runs, "gone").id == "v3"
+    assert validation_to_judge([rec("v9", on_disk=False)], None) is None and validation_to_judge([], None) is None

@@ -203,7 +203,7 @@ def test_option_choices_are_the_librarys():
     from calib.model import POOLINGS
     from calib.placement import PRESETS
     from calib.sampling import SHORTFALL_MODES, STRATEGIES
-    from calib.sensitivity import GRANULARITIES, RANKINGS
+    from calib.sensitivity import GRANULARITIES, RANKINGS, SEARCH_EVALUATIONS
     from calib.stats import HISTOGRAM_MODES, TENSOR_SCOPES
 
     parser = build_parser()
@@ -215,6 +215,9 @@ def test_option_choices_are_the_librarys():
     assert tuple(_choices(parser, "calibrate", "--placement")) == tuple(PRESETS)
     assert tuple(_choices(parser, "build", "--backend")) == tuple(backend_names())
     assert _choices(parser, "assemble", "--shortfall") == SHORTFALL_MODES
+    # literal in the CLI too (importing the search costs about 2 s per start): the library's defaults
+    sub = next(a for a in parser._actions if a.dest == "command").choices["sensitivity"]
+    assert next(a for a in sub._actions if "--max-evaluations" in a.option_strings).default == SEARCH_EVALUATIONS
     assert tuple(_choices(parser, "validate", "--pool")) == POOLINGS  # literal in the CLI: calib.model imports onnx
 
 

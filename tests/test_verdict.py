@@ -199,3 +199,15 @@ def test_sensitivity_view_reads_the_typed_result(tmp_path):
     data["baseline"]["top1_agreement"] = None  # an embedding model
     (tmp_path / "sensitivity.json").write_text(json.dumps(data))
     assert agreement_gain_points(SensitivityResult.load(tmp_path)) is None
+
+
+def test_one_default_budget_for_every_kind_of_model():
+    """The report, the app's project and the search take the default from calib.verdict.default_budget."""
+    from calib.sensitivity import DEFAULT_EMBEDDING_COSINE
+    from calib.verdict import ReleaseBudget, default_budget
+
+    assert default_budget(has_logits=False) == ReleaseBudget(max_drop=None, min_agreement=None,
+                                                             min_embedding_cosine=DEFAULT_EMBEDDING_COSINE)
+    assert default_budget(has_embedding=False, labelled=False) == ReleaseBudget(max_drop=None, min_agreement=0.99,
+                                                                                min_embedding_cosine=None)
+    assert default_budget() == ReleaseBudget()

@@ -188,9 +188,7 @@ def release_budget(ws: Workspace, project: Project) -> ReleaseBudget:
         labelled = data_spec(ws, project, "eval").label_column is not None
     except InputError:
         return ReleaseBudget()
-    if spec.logits_output is None:  # an embedding model: neither agreement nor accuracy applies
-        return ReleaseBudget(max_drop=None, min_agreement=None, min_embedding_cosine=0.99)
-    return default_budget(has_embedding=has_embedding, labelled=labelled)
+    return default_budget(has_embedding=has_embedding, labelled=labelled, has_logits=spec.logits_output is not None)
 
 
 def parse_labels(text: str) -> tuple[str, ...]:

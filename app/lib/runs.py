@@ -164,3 +164,10 @@ def comparison_frame(runs: Sequence[RunRecord], *, only_differences: bool = Fals
     if only_differences and len(runs) > 1:
         frame = frame[frame.nunique(axis=1) > 1]
     return frame
+
+
+def validation_to_judge(runs: Sequence[RunRecord], current: str | None) -> RunRecord | None:
+    """Of finished validation ``runs`` (newest first), the one the Home page judges: the one this session
+    looks at (``current``), else the newest; None when none is left on disk."""
+    chosen = next((r for r in runs if r.id == current), None) or next(iter(runs), None)
+    return chosen if chosen is not None and chosen.dir.is_dir() else None

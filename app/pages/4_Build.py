@@ -26,7 +26,7 @@ from lib.ui import download_file, open_picked_run, pick_run, run_button, start_p
 
 from calib.build import BuildConfig, EngineArtifact, build
 from calib.calibrate import Calibration, RangesRef
-from calib.engines import backend_names, get_backend
+from calib.engines import PORTABLE_BACKEND, backend_names, get_backend
 from calib.methods import build_method_of
 from calib.placement import PRESET_TITLES, PRESETS
 from calib.smooth import SMOOTH_CHOICES
@@ -76,7 +76,7 @@ else:
     chosen = backend_state(backend)
     if not chosen.available:
         st.warning(f"{get_backend(backend).title} is not available here ({chosen.reason}), so this build would "
-                   "fail; choose ONNX Runtime.", icon=":material/warning:")
+                   f"fail; choose {get_backend(PORTABLE_BACKEND).title}.", icon=":material/warning:")
     op_types = sorted({op for _, op in nodes})
     c1, c2 = st.columns(2)
     st.session_state.setdefault("build-exclude", [])

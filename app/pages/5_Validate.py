@@ -66,6 +66,7 @@ from calib.sensitivity import (
     GRANULARITIES,
     GRANULARITY_DESCRIPTIONS,
     RANKINGS,
+    SEARCH_EVALUATIONS,
     SEARCH_SETTINGS,
     SensitivityConfig,
     SensitivityResult,
@@ -337,8 +338,8 @@ with tab_sens:
                                    value=start["max_drop"])
         min_agree = c2.number_input("Min top-1 agreement", min_value=0.0, max_value=1.0, step=0.005,
                                     value=start["min_agreement"], format="%.3f", key="sens-agree")
-        max_evals = c3.number_input("Max evaluations", min_value=2, value=24, step=2, key="sens-budget")
-        s_limit = c4.number_input("Texts per evaluation", min_value=8, value=256, step=32, key="sens-limit")
+        max_evals = c3.number_input("Max evaluations", min_value=2, value=SEARCH_EVALUATIONS, step=2, key="sens-budget")
+        s_limit = c4.number_input("Texts per evaluation", min_value=8, value=SEARCH_SETTINGS.limit, step=32, key="sens-limit")
         c1, c2, c3 = st.columns(3)
         granularity = c1.selectbox("Granularity", list(GRANULARITIES), key="sens-gran",
                                    format_func=lambda g: GRANULARITY_DESCRIPTIONS.get(g, g))
