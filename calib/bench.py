@@ -143,6 +143,29 @@ class BenchResult:
     def rows(self) -> list[dict[str, Any]]:
         return list(self.meta["rows"])
 
+    @property
+    def sizes_mb(self) -> dict[str, float]:
+        """Model sizes in MB: ``fp32_model_mb``, ``qdq_model_mb``, ``int8_weights_mb``."""
+        return {k: float(v) for k, v in (self.meta.get("sizes") or {}).items()}
+
+    @property
+    def lengths(self) -> dict[str, float]:
+        """Token lengths of the timed texts: ``p50``, ``p95`` (and what else the run recorded)."""
+        return dict(self.meta.get("lengths") or {})
+
+    @property
+    def batch_sizes(self) -> tuple[int, ...]:
+        return tuple(int(b) for b in self.meta["config"]["batch_sizes"])
+
+    @property
+    def repeats(self) -> int:
+        """Timed passes per batch size."""
+        return int(self.meta["config"].get("repeats", 1))
+
+    def speedups(self) -> dict[int, float]:
+        """INT8 / FP32 throughput per batch size that ran both."""
+        return {b: s for b in self.batch_sizes if (s := self.speedup(b)) is not None}
+
     def speedup(self, batch_size: int) -> float | None:
         """INT8 throughput / FP32 throughput at ``batch_size``."""
         by_kind = {r["kind"]: r["texts_per_s"] for r in self.rows if r["batch_size"] == batch_size}
@@ -151,8 +174,7 @@ class BenchResult:
         return None
 
     def summary(self) -> dict[str, Any]:
-        return {f"speedup_b{b}": round(s, 3) for b in self.meta["config"]["batch_sizes"]
-                if (s := self.speedup(b)) is not None}
+        return {f"speedup_b{b}": round(s, 3) for b, s in self.speedups().items()}
 
 
 def model_sizes(artifact: Any) -> dict[str, float]:

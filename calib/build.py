@@ -315,7 +315,54 @@ class EngineArtifact:
     @property
     def method(self) -> str | None:
         """The calibration method of the ranges the build used ("file" for a ranges file)."""
-        return self.meta["ranges"].get("method")
+        return self.ranges_record.get("method")
+
+    @property
+    def ranges_record(self) -> dict[str, Any]:
+        """Which ranges the build used: ``source`` (calibration run or file) and ``method``."""
+        recorded = self.meta.get("ranges")
+        return dict(recorded) if isinstance(recorded, Mapping) else {}
+
+    @property
+    def placement_record(self) -> dict[str, Any] | None:
+        """The build's placement as recorded (``preset`` and the node / op-type patterns)."""
+        recorded = self.meta.get("placement")
+        return dict(recorded) if isinstance(recorded, Mapping) else None
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The model's class names in logit order, as the build recorded them (empty: unknown)."""
+        return tuple(self.meta.get("labels") or ())
+
+    @property
+    def config(self) -> BuildConfig | None:
+        """The settings the folder was built with (to rebuild it with changes); None when an older calib
+        did not record them."""
+        recorded = self.meta.get("config")
+        return BuildConfig.from_params(recorded) if isinstance(recorded, Mapping) else None
+
+    @property
+    def unknown_tensors(self) -> tuple[str, ...]:
+        """Ranged tensors the model does not have (ranges made for another graph)."""
+        return tuple(self.meta.get("unknown_tensors") or ())
+
+    @property
+    def smooth_record(self) -> dict[str, Any] | None:
+        """The outlier migration the build applied (``summary``, ``migrated``, ``max_abs_output_delta``), if any."""
+        return self.meta.get("smooth") or None
+
+    @property
+    def bias_correction_record(self) -> dict[str, Any] | None:
+        """The bias correction the build applied (``nodes``: MatMul biases corrected), None when off."""
+        return self.meta.get("bias_correction") or None
+
+    def provenance(self) -> dict[str, Any]:
+        """What a later stage records about starting from this build: folder, Q/DQ sha256, method,
+        migration summary, bias-corrected nodes and the build's settings."""
+        return {"build": str(self.dir), "qdq_sha256": (self.meta.get("qdq") or {}).get("sha256"),
+                "method": self.method, "smooth": (self.smooth_record or {}).get("summary"),
+                "bias_correction": (self.bias_correction_record or {}).get("nodes"),
+                "config": self.meta.get("config")}
 
     @property
     def skipped_tensors(self) -> dict[str, str]:

@@ -256,12 +256,12 @@ def report_data(evaluations: Sequence[Evaluation], sensitivity: SensitivityResul
         rec = sensitivity.recommended
         sens = {"passes": rec.passes, "note": rec.note, "exclude_nodes": list(rec.exclude_nodes),
                 "units": list(rec.units), "evaluations_used": sensitivity.evaluations_used,
-                "budget": sensitivity.data["budget"], "granularity": sensitivity.data["granularity"],
+                "budget": sensitivity.budget_record, "granularity": sensitivity.granularity,
                 "ranking_method": sensitivity.ranking_method, "baseline": dict(sensitivity.baseline.record),
                 "recommended": {"top1_agreement": rec.top1_agreement, "accuracy_drop_points": rec.accuracy_drop_points,
                                 "embedding_cosine": rec.embedding_cosine, "kl_softmax": rec.kl_softmax},
                 "ranking": [r.to_dict() for r in sensitivity.ranking[:20]],
-                "placement": sensitivity.data["placement"]}
+                "placement": sensitivity.placement_record}
     comparison = compare_evaluations(evaluations) if len(evaluations) > 1 else []
     for row in comparison:
         row["verdict"] = judge(row, budget).status

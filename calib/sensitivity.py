@@ -86,7 +86,7 @@ import onnx
 
 from calib.batching import iter_batches
 from calib.bench import throughput
-from calib.build import BuildConfig, EngineArtifact, build
+from calib.build import EngineArtifact, build
 from calib.calibrate import Calibration, RangesRef, recorded_roles
 from calib.cluster import Cluster, ClusterSession, connect
 from calib.data import DataSpec
@@ -698,6 +698,53 @@ class SensitivityResult:
         return int(self.data["evaluations_used"])
 
     @property
+    def ranking_evaluations_used(self) -> int:
+        return int(self.data.get("ranking_evaluations_used", 0))
+
+    @property
+    def ranking_rows(self) -> int:
+        """Texts the ranking evaluations ran on (0: the ranking needed no evaluation)."""
+        return int(self.data.get("ranking_rows", 0))
+
+    @property
+    def granularity(self) -> str:
+        return str(self.data["granularity"])
+
+    @property
+    def budget_record(self) -> dict:
+        """The budget as searched: thresholds, ``max_evaluations``, ``model_kind`` and ``statement`` (in words)."""
+        return dict(self.data["budget"])
+
+    @property
+    def placement_record(self) -> dict:
+        """The start's placement as recorded (``preset`` and patterns)."""
+        return dict(self.data["placement"])
+
+    @property
+    def ranking_check(self) -> dict | None:
+        """The block-local ranking's Spearman check against quantize-one (``units``, ``spearman``), if run."""
+        return self.data.get("ranking_check") or None
+
+    @property
+    def searches(self) -> list[dict]:
+        """One entry per searched granularity (``auto`` searches two): float nodes, passes, chosen, skipped."""
+        return list(self.data.get("searches") or [])
+
+    @property
+    def speed_curve(self) -> dict | None:
+        """INT8 speed along the fallback (``points``: float nodes -> INT8 over FP32), if measured."""
+        return self.data.get("speed_curve") or None
+
+    @property
+    def start_config(self) -> dict | None:
+        """The build settings of the ``start_from`` build, if the search started from one."""
+        return ((self.data.get("start_from") or {}).get("config")) or None
+
+    @property
+    def seconds(self) -> float | None:
+        return self.data.get("seconds")
+
+    @property
     def max_evaluations(self) -> int:
         return int(self.data["budget"]["max_evaluations"])
 
@@ -720,11 +767,11 @@ class SensitivityResult:
         rec = self.recommended
         return {"passes": rec.passes, "exclusions": len(rec.exclude_nodes),
                 "evaluations": self.evaluations_used, "max_evaluations": self.max_evaluations,
-                "ranking_evaluations": self.data.get("ranking_evaluations_used", 0),
+                "ranking_evaluations": self.ranking_evaluations_used,
                 "top1_agreement": rec.top1_agreement, "accuracy_drop_points": rec.accuracy_drop_points,
                 "embedding_cosine": rec.embedding_cosine,
                 "baseline_top1_agreement": self.baseline.top1_agreement,
-                "seconds": self.data.get("seconds"),
+                "seconds": self.seconds,
                 **({"cluster": self.data["cluster"]["spec"], "workers": self.data["cluster"]["workers"]}
                    if self.data.get("cluster") else {})}
 
@@ -930,10 +977,10 @@ def _start_build(config: SensitivityConfig, spec):
     settings recorded (to rebuild it with exclusions)."""
     start = EngineArtifact.load(config.start_from)
     check_same_model(start.model_sha256, spec.sha256, f"build {config.start_from}")
-    if (start.meta.get("placement") or {}).get("preset") == "all":
+    if (start.placement_record or {}).get("preset") == "all":
         raise InputError(f"build {config.start_from} quantizes op outputs (placement all): the search derives its "
                          "candidates from input-only placements; start from a tensorrt build")
-    if not isinstance(start.meta.get("config"), dict):
+    if start.config is None:
         raise InputError(f"build {config.start_from} does not record its settings (made by an older calib); rebuild it "
                          "with calib build to start a search from it")
     return start
@@ -942,7 +989,7 @@ def _start_build(config: SensitivityConfig, spec):
 def _rebuild(start, nodes: Sequence[str], out_dir: Path) -> tuple[Path, int]:
     """``start``'s build settings with ``nodes`` also kept in float, built again by :func:`calib.build.build`;
     (its Q/DQ model, quantized node count)."""
-    config = dataclasses.replace(BuildConfig.from_params(start.meta["config"]).with_float_nodes(nodes),
+    config = dataclasses.replace(start.config.with_float_nodes(nodes),
                                  backend=PORTABLE_BACKEND)
     out_dir.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
@@ -1202,14 +1249,9 @@ def _analyze(config: SensitivityConfig, out_dir: Path, progress: ProgressFn | No
         "model": {"path": str(spec.onnx_path), "sha256": spec.sha256},
         "ranges": ({"source": config.ranges.source,
                     "method": config.ranges.method if config.ranges.from_calibration else "file"}
-                   if start_build is None else start_build.meta.get("ranges")),
-        "placement": dataclasses.asdict(config.placement) if start_build is None else start_build.meta["placement"],
-        "start_from": None if start_build is None else {
-            "build": str(start_build.dir), "qdq_sha256": (start_build.meta.get("qdq") or {}).get("sha256"),
-            "method": (start_build.meta.get("ranges") or {}).get("method"),
-            "smooth": (start_build.meta.get("smooth") or {}).get("summary"),
-            "bias_correction": (start_build.meta.get("bias_correction") or {}).get("nodes"),
-            "config": start_build.meta.get("config")},
+                   if start_build is None else start_build.ranges_record or None),
+        "placement": dataclasses.asdict(config.placement) if start_build is None else start_build.placement_record,
+        "start_from": None if start_build is None else start_build.provenance(),
         "dataset": data.info,
         "budget": {"max_drop": config.budget.max_drop, "min_agreement": config.budget.min_agreement,
                    "min_embedding_cosine": config.budget.min_embedding_cosine, "max_evaluations": config.max_evaluations,

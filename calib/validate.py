@@ -82,11 +82,6 @@ class EngineSource:
     artifact: EngineArtifact | None = None  # the build folder, read by EngineArtifact.load (None: a bare .onnx)
 
     @property
-    def build(self) -> dict:
-        """engine.json's content ({} for a bare .onnx)."""
-        return self.artifact.meta if self.artifact is not None else {}
-
-    @property
     def engine_backend(self) -> str:
         """The backend that runs :attr:`engine_file`: the build's, or ``ort`` for a bare Q/DQ ``.onnx``."""
         return self.artifact.engine_backend if self.artifact is not None else PORTABLE_BACKEND
@@ -102,15 +97,15 @@ class EngineSource:
         return self.artifact.model_sha256 if self.artifact is not None else ""
 
     def describe(self) -> dict:
-        """Placement, exclusions and calibrator as the build recorded them (best effort)."""
-        b = self.build
-        ranges = b.get("ranges") if isinstance(b.get("ranges"), Mapping) else {}
+        """Placement, exclusions and calibrator as the build recorded them (None for a bare .onnx)."""
+        art = self.artifact
+        ranges = art.ranges_record if art is not None else {}
         return {
             "kind": self.kind, "path": str(self.path), "qdq_model": str(self.qdq_path),
             "qdq_sha256": sha256_file(self.qdq_path),
-            "backend": b.get("backend", PORTABLE_BACKEND),
-            "placement": b.get("placement"),
-            "exclusions": b.get("excluded_nodes"),  # node -> why it stays in float
+            "backend": art.backend if art is not None else PORTABLE_BACKEND,
+            "placement": art.placement_record if art is not None else None,
+            "exclusions": art.excluded_nodes if art is not None else None,  # node -> why it stays in float
             "calibrator": ranges.get("method"),
             "calibration": ranges.get("source"),
         }
@@ -417,10 +412,11 @@ def validate(config: ValidateConfig, out_dir: Path, *, progress: ProgressFn | No
     edges = settings.check()
     source = resolve_engine(config.engine)
     model = config.model
-    model = replace(model, labels=model.labels or tuple(source.build.get("labels", ()) or ()))
+    built = source.artifact
+    model = replace(model, labels=model.labels or (built.labels if built is not None else ()))
     if not model.roles_named:  # as the calibration set recorded them, else detected
-        ranges = source.build.get("ranges") if isinstance(source.build.get("ranges"), Mapping) else {}
-        model = replace(model, **recorded_roles(config.calibration or ranges.get("source")))
+        model = replace(model, **recorded_roles(config.calibration or (built.ranges_record.get("source")
+                                                                       if built is not None else None)))
     spec = model.load()
     check_engine_model(source, spec)
     ranged, calibration_info = ({}, None)

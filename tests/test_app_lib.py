@@ -283,3 +283,14 @@ def test_home_judges_the_sessions_validation_else_the_newest(tmp_path):
     assert validation_to_judge(runs, "v2").id == "v2"  # the one this session looks at
     assert validation_to_judge(runs, None).id == "v3" and validation_to_judge(runs, "gone").id == "v3"
     assert validation_to_judge([rec("v9", on_disk=False)], None) is None and validation_to_judge([], None) is None
+
+
+def test_an_old_build_reads_through_the_typed_accessors():
+    """Everything `calib build` prints and a search started from a build records, read from 0.1's engine.json."""
+    art = EngineArtifact.load(FIXTURES / "engine")
+    assert art.ranges_record == art.meta["ranges"] and art.placement_record == art.meta["placement"]
+    assert art.labels == () and art.unknown_tensors == () and art.config is not None
+    assert art.config.placement.preset == art.placement_record["preset"]
+    record = art.provenance()
+    assert record["build"] == str(art.dir) and record["method"] == art.method and record["config"] == art.meta["config"]
+    assert art.engine_backend == art.backend == "ort"

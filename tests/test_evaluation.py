@@ -64,6 +64,10 @@ def test_provenance_of_an_old_evaluation_and_sensitivity_reads_typed():
     assert sens.exclusions == raw_nodes and sens.baseline.top1_agreement == pytest.approx(0.925)
     assert [r.to_dict() for r in sens.ranking] == sens.data["ranking"] and sens.ranking_method == "local"
     assert sens.model_sha256 == ev.model.sha256 and sens.evaluations_used == 4 and sens.max_evaluations == 4
+    assert sens.granularity == "node" and sens.budget_record["max_drop"] == 0.5 and sens.placement_record["preset"] == "all"
+    assert sens.ranking_rows == 0 and sens.ranking_evaluations_used == 0 and sens.searches == []
+    assert sens.ranking_check is None and sens.speed_curve is None and sens.start_config is None
+    assert sens.seconds == sens.data["seconds"]
 
 
 def test_engine_provenance_reads_every_recorded_form():

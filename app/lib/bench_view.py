@@ -54,14 +54,13 @@ def bench_section(page, run, art) -> None:
     with left:
         st.dataframe(table, hide_index=True, width="stretch",
                      column_config={c: st.column_config.NumberColumn(c, format="%.1f") for c in table.columns[2:]})
-        sizes = result.meta.get("sizes", {})
-        speedups = ", ".join(f"batch {b}: ×{s:.2f}" for b in result.meta["config"]["batch_sizes"]
-                             if (s := result.speedup(b)) is not None)
+        sizes = result.sizes_mb
+        speedups = ", ".join(f"batch {b}: ×{s:.2f}" for b, s in result.speedups().items())
         st.caption(f"INT8 / FP32 throughput: {speedups or '—'} · model sizes: FP32 "
                    f"{sizes.get('fp32_model_mb', 0):.1f} MB, Q/DQ {sizes.get('qdq_model_mb', 0):.1f} MB, INT8 weights "
                    f"{sizes.get('int8_weights_mb', 0):.1f} MB · peak memory of each engine's process: "
                    + ", ".join(f"{k} {v:.0f} MB" for k, v in sorted(peaks.items())) + f" · run `{done[0].id}`")
-        note, noisy = timing_note(result.rows, int(result.meta["config"].get("repeats", 1)))
+        note, noisy = timing_note(result.rows, result.repeats)
         (st.warning if noisy else st.caption)(note, **({"icon": ":material/speed:"} if noisy else {}))
     with right:
         chart = alt.Chart(rows).mark_bar().encode(

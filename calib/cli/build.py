@@ -157,7 +157,6 @@ def run_build(args: argparse.Namespace) -> int:
             config = dataclasses.replace(config, backend=PORTABLE_BACKEND)
     run_id, artifact = run_stage(ws, "build", build, config, parents=parents, label=args.label,
                                  progress=ProgressBar("build"))
-    meta = artifact.meta
     if args.json:
         outputs = {"qdq_model": artifact.qdq_path, "fp32_model": artifact.model_path,
                    "trtexec_script": artifact.dir / SCRIPT_FILE, "record": artifact.dir / ENGINE_FILE}
@@ -172,7 +171,7 @@ def run_build(args: argparse.Namespace) -> int:
         print(f"\n{backend.title} is not usable here: {missing}.", file=sys.stderr)
         print(f"No {backend.title} engine was built. On the GPU machine run `bash {artifact.dir / SCRIPT_FILE} 11` "
               f"(TensorRT 11) or `... 10` (TensorRT 8.6-10.x); the TensorRT 11 command is:\n"
-              f"{meta['trtexec']['trt11']}", file=sys.stderr)
+              f"{artifact.commands['trt11']}", file=sys.stderr)
         return EXIT_NO_TENSORRT
     return 0
 
@@ -180,23 +179,22 @@ def run_build(args: argparse.Namespace) -> int:
 def print_build(run_id: str, artifact) -> None:
     from calib.build import SCRIPT_FILE
 
-    meta = artifact.meta
-    print(f"run {run_id}: {len(meta['quantized_nodes'])} nodes quantized ({meta['placement']['preset']} placement, "
-          f"{meta['ranges']['method']} ranges), {len(meta['excluded_nodes'])} left in float, "
-          f"{len(meta['skipped_tensors'])} tensors without a usable range")
-    for name, why in list(meta["excluded_nodes"].items())[:15]:
+    excluded, unknown = artifact.excluded_nodes, artifact.unknown_tensors
+    print(f"run {run_id}: {len(artifact.quantized_nodes)} nodes quantized ({(artifact.placement_record or {}).get('preset')} "
+          f"placement, {artifact.method} ranges), {len(excluded)} left in float, "
+          f"{len(artifact.skipped_tensors)} tensors without a usable range")
+    for name, why in list(excluded.items())[:15]:
         print(f"  float: {name}: {why}")
-    if len(meta["excluded_nodes"]) > 15:
-        print(f"  … {len(meta['excluded_nodes']) - 15} more in engine.json")
-    if meta["unknown_tensors"]:
-        print(f"warning: {len(meta['unknown_tensors'])} ranged tensors are not in the model: "
-              f"{', '.join(meta['unknown_tensors'][:5])}")
-    smooth = meta.get("smooth")
+    if len(excluded) > 15:
+        print(f"  … {len(excluded) - 15} more in engine.json")
+    if unknown:
+        print(f"warning: {len(unknown)} ranged tensors are not in the model: {', '.join(unknown[:5])}")
+    smooth = artifact.smooth_record
     if smooth:
         delta = max(smooth["max_abs_output_delta"].values(), default=0.0)
         print(smooth["summary"] + (f"; FP32 outputs unchanged (max |delta| {delta:.2e})" if smooth["migrated"] else ""))
-    if meta.get("bias_correction"):
-        print(f"bias correction: {meta['bias_correction']['nodes']} MatMul biases corrected")
+    if artifact.bias_correction_record:
+        print(f"bias correction: {artifact.bias_correction_record['nodes']} MatMul biases corrected")
     print(f"INT8 model: {artifact.qdq_path}")
     print(f"TensorRT commands: {artifact.dir / SCRIPT_FILE}")
 
@@ -219,17 +217,16 @@ def run_bench(args: argparse.Namespace) -> int:
     run_id, result = run_stage(ws, "bench", benchmark, config, parents=parents, label=args.label,
                                progress=ProgressBar("bench"))
     if args.json:
-        print_run_json(ws, run_id, {"record": result.dir / BENCH_FILE}, rows=result.rows, sizes_mb=result.meta["sizes"])
+        print_run_json(ws, run_id, {"record": result.dir / BENCH_FILE}, rows=result.rows, sizes_mb=result.sizes_mb)
         return 0
     rows = [(r["kind"], r["batch_size"], r["p50_ms"], r["p95_ms"], r["texts_per_s"], r["peak_rss_mb"])
             for r in result.rows]
-    print(f"run {run_id}: {fmt.count(result.rows[0]['texts'])} texts, lengths p50 {result.meta['lengths']['p50']:.0f} "
-          f"p95 {result.meta['lengths']['p95']:.0f} tokens")
+    print(f"run {run_id}: {fmt.count(result.rows[0]['texts'])} texts, lengths p50 {result.lengths['p50']:.0f} "
+          f"p95 {result.lengths['p95']:.0f} tokens")
     print(format_table(("engine", "batch", "p50 ms", "p95 ms", "texts/s", "peak MB"), rows))
-    sizes = {k: fmt.size(v * 2**20) for k, v in result.meta["sizes"].items()}
+    sizes = {k: fmt.size(v * 2**20) for k, v in result.sizes_mb.items()}
     print(f"model size: FP32 {sizes['fp32_model_mb']}, Q/DQ file {sizes['qdq_model_mb']}, "
           f"INT8 weights {sizes['int8_weights_mb']}")
-    for b in config.batch_sizes:
-        if (s := result.speedup(b)) is not None:
-            print(f"INT8 / FP32 throughput at batch {b}: {fmt.factor(s)}")
+    for b, s in result.speedups().items():
+        print(f"INT8 / FP32 throughput at batch {b}: {fmt.factor(s)}")
     return 0

@@ -342,7 +342,7 @@ def run_sensitivity(args: argparse.Namespace) -> int:
     rec = result.recommended
     print(f"run {run_id}: {result.dir}")
     print(rec.note)
-    budget, searched = result.data["budget"], result.searched
+    budget, searched = result.budget_record, result.searched
     if budget.get("statement"):
         print(f"budget: {budget['statement']}")
     print(f"searched on {fmt.count(searched['rows_evaluated'])} of {fmt.count(searched['rows_total'])} rows of "
@@ -350,9 +350,9 @@ def run_sensitivity(args: argparse.Namespace) -> int:
           + (" (a seeded sample, --limit)" if searched["rows_evaluated"] < searched["rows_total"] else "")
           + "; numbers on the full split may differ: check the build with calib validate")
     cos = rec.embedding_cosine
-    print(f"ranking: {result.ranking_method} ({result.data.get('ranking_evaluations_used', 0)} evaluations on "
-          f"{result.data.get('ranking_rows', 0)} texts); search: {result.evaluations_used} of "
-          f"{result.max_evaluations} evaluations; {fmt.seconds(result.data['seconds'])}"
+    print(f"ranking: {result.ranking_method} ({result.ranking_evaluations_used} evaluations on "
+          f"{result.ranking_rows} texts); search: {result.evaluations_used} of "
+          f"{result.max_evaluations} evaluations; {fmt.seconds(result.seconds)}"
           + ("" if cos is None else f"; recommended embedding cosine {fmt.ratio(cos)}"))
     base = result.baseline
     if base.top1_agreement is None:  # an embedding model
@@ -362,16 +362,16 @@ def run_sensitivity(args: argparse.Namespace) -> int:
         print(f"baseline: agreement {fmt.percent(base.top1_agreement)}, drop "
               f"{fmt.points(base.accuracy_drop_points)}; recommended: agreement "
               f"{fmt.percent(rec.top1_agreement)}, drop {fmt.points(rec.accuracy_drop_points)}")
-    check = result.data.get("ranking_check")
+    check = result.ranking_check
     if check and check.get("units"):
         print(f"ranking check: Spearman {fmt.ratio(check['spearman'])} against quantize-one on {check['units']} unit(s)")
-    for search in result.data.get("searches") or []:
+    for search in result.searches:
         if search.get("skipped"):
             print(f"search by {search['granularity']}: not run ({search['skipped']})")
             continue
         print(f"search by {search['granularity']}: {search['float_nodes']} float node(s), "
               f"{'passes' if search['passes'] else 'misses the budget'}" + (" (chosen)" if search.get("chosen") else ""))
-    curve = result.data.get("speed_curve")
+    curve = result.speed_curve
     if curve:
         print(f"INT8 speed along the fallback ({curve['texts']} texts, batch {curve['batch_size']}; FP32 "
               f"{fmt.number(curve['fp32_texts_per_s'])} texts/s):")
@@ -380,7 +380,7 @@ def run_sensitivity(args: argparse.Namespace) -> int:
     for node in result.exclusions:
         print(f"  exclude {node}")
     if result.exclusions and start_from:
-        cfg = (result.data.get("start_from") or {}).get("config") or {}
+        cfg = result.start_config or {}
         made = BuildConfig.from_params(cfg)
         source = (f"--calibration {made.ranges.source}" if made.ranges.from_calibration
                   else f"--ranges {made.ranges.source} --model {made.model}")
