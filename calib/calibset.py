@@ -42,6 +42,8 @@ if TYPE_CHECKING:
 MANIFEST_FORMAT = "calib.calibset/1"
 RECIPE_FORMAT = "calib.assemble-recipe/1"
 TARGET_KINDS = ("pool", "eval", "dataset", "lengths")
+TARGET_TITLES = {"pool": "The pool itself", "eval": "Evaluation data", "dataset": "Another dataset",
+                 "lengths": "Production lengths (file)"}  # what people read for each target kind
 _TARGET_NAMES = {"pool": "pool", "eval": "evaluation", "dataset": "target", "lengths": "production"}
 
 

@@ -35,6 +35,7 @@ class TensorInfo:
     shape: tuple[int | str | None, ...]  # ints for fixed dims, names for symbolic dims
 
 
+DEFAULT_MAX_LENGTH = 128  # tokens a text is truncated to when neither the model's card nor the user says
 POOLING_DESCRIPTIONS = {"none": "no (already pooled)", "mean": "mean over the attention mask",
                         "cls": "the first token (CLS)"}  # how (B, T, D) token states become one embedding
 POOLINGS = tuple(POOLING_DESCRIPTIONS)
@@ -80,7 +81,7 @@ class ModelSpec:
     inputs: tuple[TensorInfo, ...]
     outputs: tuple[TensorInfo, ...]
     logits_output: str | None  # None: an embedding model (no class scores)
-    max_length: int = 128
+    max_length: int = DEFAULT_MAX_LENGTH
     labels: tuple[str, ...] = ()  # class names in logit order, when known
     name: str = ""
     extra: dict[str, object] = field(default_factory=dict, compare=False, hash=False)
@@ -184,7 +185,7 @@ class ModelRef:
 
     model: str
     tokenizer: str
-    max_length: int = 128
+    max_length: int = DEFAULT_MAX_LENGTH
     labels: tuple[str, ...] = ()
     logits_output: str | None = None
     embedding_output: str | None = None
@@ -219,7 +220,7 @@ def load_model(
     onnx_path: str | Path,
     tokenizer_dir: str | Path,
     *,
-    max_length: int = 128,
+    max_length: int = DEFAULT_MAX_LENGTH,
     logits_output: str | None = None,
     labels: Sequence[str] = (),
     name: str = "",

@@ -294,3 +294,29 @@ def test_an_old_build_reads_through_the_typed_accessors():
     record = art.provenance()
     assert record["build"] == str(art.dir) and record["method"] == art.method and record["config"] == art.meta["config"]
     assert art.engine_backend == art.backend == "ort"
+
+
+def test_first_values_of_the_calibration_set_page_are_the_librarys():
+    import dataclasses
+
+    from lib.stages import calibset_defaults
+
+    from calib.calibset import AssembleConfig
+
+    defaults = {f.name: f.default for f in dataclasses.fields(AssembleConfig) if f.default is not dataclasses.MISSING}
+    first = calibset_defaults("eval", 10_000, labelled=True)
+    assert first["cs-strategy"] == "match" and first["cs-size"] == defaults["size"] and first["cs-stratify"]
+    assert first["cs-shortfall"] == defaults["shortfall"] and first["cs-opt-pct"] == defaults["opt_percentile"]
+    assert first["cs-edges"] == ", ".join(str(e) for e in defaults["edges"])
+    small = calibset_defaults("pool", 40, labelled=False)
+    assert small["cs-strategy"] == defaults["strategy"] and small["cs-size"] == 40 and not small["cs-stratify"]
+
+
+def test_split_guesses_for_datasets_as_users_export_them():
+    from calib.data import guess_splits
+
+    assert guess_splits(["train", "calibration", "eval"]) == ("calibration", "eval")  # the demo's
+    assert guess_splits(["train", "validation", "test"]) == ("train", "validation")  # the hub's
+    assert guess_splits(["a", "b"]) == ("a", "b")
+    with pytest.raises(InputError):
+        guess_splits([])

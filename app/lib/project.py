@@ -16,7 +16,7 @@ import streamlit as st
 from calib.data import DataSpec, label_names
 from calib.errors import InputError
 from calib.inputs import DEMO_SPLITS, task_inputs
-from calib.model import ModelSpec, load_model
+from calib.model import DEFAULT_MAX_LENGTH, ModelSpec, load_model
 from calib.verdict import ReleaseBudget, default_budget
 from calib.workspace import Workspace
 from lib.context import latest_session_value, load_session_state, save_session_value
@@ -157,7 +157,7 @@ def model_spec(ws: Workspace, project: Project) -> ModelSpec:
     if not project.tokenizer:
         raise InputError("no tokenizer directory chosen yet: pick one on the Project page")
     return _load_custom_model(_file_key(project.model), project.tokenizer,
-                              int(project.max_length or 128), tuple(project.labels),
+                              int(project.max_length or DEFAULT_MAX_LENGTH), tuple(project.labels),
                               (project.logits_output, project.embedding_output, project.pooling))
 
 

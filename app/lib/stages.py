@@ -11,6 +11,7 @@ import numpy as np
 import streamlit as st
 
 from calib.build import EngineArtifact
+from calib.calibset import AssembleConfig
 from calib.data import DataSpec
 from calib.engines import DEPLOYMENT_TARGET, get_backend
 from calib.errors import InputError
@@ -167,3 +168,14 @@ def profile_warning(art: EngineArtifact, max_length: int) -> str | None:
             f"but texts are truncated at {max_length}: an engine built with these shapes refuses longer inputs. "
             f"Raise --maxShapes to {max_length} in trtexec.sh, or build with a profile (calib build --profile … "
             f"{max_length}).")
+
+
+def calibset_defaults(target: str, pool_size: int, labelled: bool) -> dict[str, Any]:
+    """The Calibration set page's first values (widget key -> value): ``AssembleConfig``'s defaults, the
+    size capped at the pool's, ``match`` when there is a target to match (else ``natural``), and
+    stratified by label when the pool has labels."""
+    base = {f.name: f.default for f in dataclasses.fields(AssembleConfig) if f.default is not dataclasses.MISSING}
+    return {"cs-strategy": "match" if target != "pool" else base["strategy"],
+            "cs-size": min(int(base["size"]), pool_size), "cs-seed": int(base["seed"]),
+            "cs-edges": ", ".join(str(e) for e in base["edges"]), "cs-stratify": bool(labelled),
+            "cs-shortfall": base["shortfall"], "cs-opt-pct": float(base["opt_percentile"])}

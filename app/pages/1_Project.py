@@ -31,9 +31,9 @@ from lib.ui import run_button, start_page
 from lib.verdict_view import budget_editor
 
 from calib import formatting as fmt
-from calib.data import guess_columns
+from calib.data import guess_columns, guess_splits
 from calib.demo import DemoConfig, prepare_demo_run
-from calib.model import POOLING_DESCRIPTIONS, POOLINGS
+from calib.model import DEFAULT_MAX_LENGTH, POOLING_DESCRIPTIONS, POOLINGS
 
 page = start_page("Project", ":material/folder_open:", "Which model to quantize and which texts to calibrate and evaluate it on.")
 ws, project = page.ws, page.project
@@ -160,11 +160,12 @@ else:
     pool_split = eval_split = None
     if info.splits:
         splits = list(info.splits)
+        guess_pool, guess_eval = guess_splits(splits)
         c1, c2 = st.columns(2)
         pool_split = c1.selectbox("Calibration pool split", splits, key="project-pool-split",
-                                  index=splits.index("calibration") if "calibration" in splits else 0)
+                                  index=splits.index(guess_pool))
         eval_split = c2.selectbox("Evaluation split", splits, key="project-eval-split",
-                                  index=splits.index("eval") if "eval" in splits else len(splits) - 1)
+                                  index=splits.index(guess_eval))
     c1, c2, c3 = st.columns(3)
     guess_text, guess_label = guess_columns(columns)  # well-known names only; otherwise the user picks
     text_column = c1.selectbox("Text column", columns, index=None if guess_text is None else columns.index(guess_text),
@@ -174,7 +175,8 @@ else:
                                 key="project-label-col")
     pair_column = c3.selectbox("Second text column (pairs)", [NONE] + columns, index=0, key="project-pair-col")
     max_length = st.number_input("Max length (tokens)", min_value=8, max_value=4096, step=8,
-                                 value=int(project.max_length or 128) if project.kind == "custom" else 128,
+                                 value=int(project.max_length or DEFAULT_MAX_LENGTH) if project.kind == "custom"
+                                 else DEFAULT_MAX_LENGTH,
                                  key="project-maxlen")
     labels_text = st.text_input("Class names in logit order (comma separated; empty: taken from the data)",
                                 value=", ".join(project.labels) if project.kind == "custom" else "",

@@ -18,6 +18,7 @@ from lib.charts import bucket_bars, length_histogram
 from lib.context import attempt, show_error, shown_errors
 from lib.project import data_spec, model_spec
 from lib.stages import (
+    calibset_defaults,
     dataset_lengths,
     eval_target,
     lengths_file,
@@ -29,8 +30,8 @@ from lib.stages import (
 from lib.ui import download_file, open_picked_run, run_button, start_page
 
 from calib import formatting as fmt
-from calib.buckets import DEFAULT_EDGES, bucket_labels, check_edges
-from calib.calibset import CalibrationSet, assemble, config_from_dict, save_recipe
+from calib.buckets import bucket_labels, check_edges
+from calib.calibset import TARGET_TITLES, CalibrationSet, assemble, config_from_dict, save_recipe
 from calib.coverage import TABLE_HEADERS
 from calib.errors import InputError
 from calib.inputs import load_recipe
@@ -42,7 +43,7 @@ page = start_page("Calibration set", ":material/bar_chart:",
                   "the model will see (the evaluation data or production traffic), then check the coverage.")
 ws, project = page.ws, page.project
 
-TARGETS = {"eval": "Evaluation data", "pool": "The pool itself", "lengths": "Production lengths (file)"}
+TARGETS = ("eval", "pool", "lengths")  # the project's evaluation data (an eval split or another dataset), ...
 
 with shown_errors("Reading the project"):
     spec = model_spec(ws, project)
@@ -84,7 +85,7 @@ target_options = [k for k in TARGETS if k != "eval" or eval_fields is not None]
 if st.session_state.get("cs-target") not in target_options:
     st.session_state["cs-target"] = target_options[0]
 target = st.radio("Target distribution (what the calibration set should look like)", target_options,
-                  format_func=TARGETS.get, horizontal=True, key="cs-target")
+                  format_func=TARGET_TITLES.get, horizontal=True, key="cs-target")
 target_fields: dict = {"target_kind": "pool", "target_source": None, "target_split": None}
 target_lengths = None
 with shown_errors("Counting tokens"):
@@ -125,9 +126,7 @@ st.dataframe(pd.DataFrame(facts), hide_index=True, width="stretch")
 
 # -- strategy ------------------------------------------------------------------------------------
 st.subheader("Strategy")
-defaults = {"cs-strategy": "match" if target != "pool" else "natural", "cs-size": min(128, len(pool_lengths)),
-            "cs-seed": 0, "cs-edges": ", ".join(str(e) for e in DEFAULT_EDGES),
-            "cs-stratify": bool(pool_spec.label_column), "cs-shortfall": "neighbours", "cs-opt-pct": 95.0}
+defaults = calibset_defaults(target, len(pool_lengths), bool(pool_spec.label_column))
 for key, value in defaults.items():  # widgets take their values from here (a loaded recipe sets them too)
     st.session_state.setdefault(key, value)
 if not str(st.session_state.get("cs-edges") or "").strip():

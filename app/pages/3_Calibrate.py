@@ -23,7 +23,7 @@ from lib.ui import download_file, pick_run, run_button, start_page
 from calib.calibrate import CalibrateConfig, Calibration, calibrate
 from calib.methods import default_methods, method_names
 from calib.placement import PRESETS, Placement
-from calib.stats import HISTOGRAM_MODES, TENSOR_SCOPES
+from calib.stats import HISTOGRAM_MODES, TENSOR_SCOPE_DESCRIPTIONS, TENSOR_SCOPES
 from calib.trtcache import DEFAULT_TRT_VERSION
 
 page = start_page("Calibrate", ":material/straighten:",
@@ -46,11 +46,12 @@ else:
     placement = c2.selectbox("Placement (which tensors get ranges)", list(PRESETS), key="cal-placement",
                              help="tensorrt: inputs of MatMul/Gemm (TensorRT-style). all: every quantizable op.")
     scope = c3.selectbox("Tensors", list(TENSOR_SCOPES), key="cal-scope",
-                         format_func={"placement": "those the placement needs", "all": "every float tensor"}.get)
+                         format_func=TENSOR_SCOPE_DESCRIPTIONS.get)
     params = calibrator_params(methods)  # every chosen calibrator's parameters, from the method registry
     with st.expander("Advanced"):
         a1, a2, a3 = st.columns(3)
-        batch_size = a1.number_input("Batch size", min_value=1, max_value=256, value=16, key="cal-batch")
+        batch_size = a1.number_input("Batch size", min_value=1, max_value=256, value=CalibrateConfig("").batch_size,
+                                     key="cal-batch")
         histogram = a2.selectbox("Histogram", list(HISTOGRAM_MODES), key="cal-hist",
                                  help="stream: one pass, exact bin merging. two-pass: TensorRT's binning, twice the time.")
         trt_version = a3.text_input("TensorRT version for the cache header", value=DEFAULT_TRT_VERSION,

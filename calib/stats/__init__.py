@@ -93,6 +93,7 @@ from calib.stats.format import META_FILE, STATS_FILE, ActivationStats, ChannelSt
 from calib.stats.schedule import _balanced_parts, _exposing_session, _run_batches
 from calib.stats.selection import (
     _WEIGHTLESS_MAX,
+    TENSOR_SCOPE_DESCRIPTIONS,
     TENSOR_SCOPES,
     _input_dtypes,
     _tensor_types,
@@ -110,6 +111,7 @@ __all__ = [
     "PROBE_SHAPES",
     "STATS_FILE",
     "TENSOR_SCOPES",
+    "TENSOR_SCOPE_DESCRIPTIONS",
     "_CHUNK",
     "_DIRECT",
     "_WEIGHTLESS_MAX",

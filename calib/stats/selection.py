@@ -11,7 +11,8 @@ import onnx
 from calib.errors import InputError
 from calib.placement import Placement, _float_tensors, ensure_node_names, resolve_placement
 
-TENSOR_SCOPES = ("placement", "all")
+TENSOR_SCOPE_DESCRIPTIONS = {"placement": "those the placement needs", "all": "every float tensor"}
+TENSOR_SCOPES = tuple(TENSOR_SCOPE_DESCRIPTIONS)
 _WEIGHTLESS_MAX = 1024  # initializers up to this many elements keep their data (shape constants)
 
 
