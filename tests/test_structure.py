@@ -149,6 +149,22 @@ def test_only_the_resolver_the_cli_and_the_demo_itself_import_the_demo():
     assert {m for m in importers if not m.startswith(("calib.demo", "calib.cli"))} == {"calib.inputs"}, importers
 
 
+def test_app_lib_never_imports_a_page_and_calib_never_imports_the_app():
+    """Pages lay out and call app/lib and calib; app/lib decides and calls calib (ARCHITECTURE.md, front ends)."""
+    import ast
+
+    app = CALIB.parent / "app"
+    offenders = []
+    for folder, forbidden in ((app / "lib", ("pages",)), (CALIB, ("lib", "pages", "app", "streamlit"))):
+        for path in folder.rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                         else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+                offenders += [f"{path.relative_to(CALIB.parent)} imports {n}" for n in names
+                              if n.split(".")[0] in forbidden]
+    assert not offenders, offenders
+
+
 def test_the_resolver_is_not_loaded_by_importing_a_stage():
     """calib.inputs loads the demo; the stages below it may call it only from inside a function."""
     graph = _graph(top_level_only=True)
