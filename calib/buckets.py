@@ -6,6 +6,7 @@ and an open last bucket ``512+``. Lengths are token counts before truncation (wh
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -20,6 +21,15 @@ def check_edges(edges: Sequence[int]) -> tuple[int, ...]:
     if len(edges) < 2 or edges[0] != 0 or any(b <= a for a, b in zip(edges, edges[1:])):
         raise InputError(f"bucket edges must start at 0 and increase strictly, got {list(edges)}")
     return edges
+
+
+def parse_edges(text: str) -> tuple[int, ...]:
+    """Bucket edges typed as whole numbers separated by commas or spaces (``0, 32, 64``), checked."""
+    try:
+        values = [int(x) for x in re.split(r"[,\s]+", text.strip()) if x]
+    except ValueError:
+        raise InputError(f"bucket edges: use whole numbers separated by commas (e.g. 0,32,64,128), got {text!r}") from None
+    return check_edges(values)
 
 
 def bucket_labels(edges: Sequence[int]) -> list[str]:

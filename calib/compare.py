@@ -93,6 +93,11 @@ class CalibratorComparison:
             raise InputError(f"comparison {self.dir} has no method {method!r}; it has {', '.join(self.methods)}")
         return self.dir / method / EVALUATION_DIR
 
+    @property
+    def recommended_evaluation(self) -> Path:
+        """The evaluation folder of the recommended method (what a verdict on the comparison judges)."""
+        return self.evaluation_dir(self.recommendation.name)
+
     def evaluation_dirs(self, *, recommended_first: bool = True) -> list[Path]:
         """Every method's evaluation folder; the recommended one first (the report's release candidate)."""
         methods = self.methods

@@ -267,6 +267,7 @@ def test_reports_and_comparisons_read_typed(tmp_path):
     comparison = CalibratorComparison.load(tmp_path / "c")
     assert comparison.rows == rows and comparison.budget == budget and comparison.placement == "tensorrt"
     assert comparison.recommended_row == rows[1]
+    assert comparison.recommended_evaluation == tmp_path / "c" / "minmax" / "evaluation"
 
 
 def test_home_judges_the_sessions_validation_else_the_newest(tmp_path):
@@ -320,3 +321,34 @@ def test_split_guesses_for_datasets_as_users_export_them():
     assert guess_splits(["a", "b"]) == ("a", "b")
     with pytest.raises(InputError):
         guess_splits([])
+
+
+def test_calibrate_and_calibration_set_page_figures():
+    import numpy as np
+    from lib.charts import amax_long, histogram_bars, length_facts, widest_tensor
+
+    from calib.buckets import parse_edges
+
+    table = pd.DataFrame({"#": [0, 1, 2], "tensor": ["a", "b", "c"], "max": [1.0, None, 5.0],
+                          "minmax": [1.0, 0.0, float("inf")], "entropy": [0.5, None, 2.0]})
+    long = amax_long(table, ["minmax", "entropy"])
+    assert sorted(zip(long["tensor"], long["method"])) == [("a", "entropy"), ("a", "minmax"), ("c", "entropy")]
+    assert widest_tensor(table) == 2 and widest_tensor(table.iloc[:0]) == 0
+    bars = histogram_bars(np.ones(1000), width=0.01, max_bars=256)
+    assert len(bars) <= 256 and bars["count"].sum() == 1000 and bars["to"].iloc[0] == pytest.approx(0.04)
+    assert histogram_bars(np.zeros(0), width=0.1) is None and histogram_bars(np.ones(4), width=0.0) is None
+    facts = length_facts({"pool": np.array([10, 20, 30, 300])}, 256)
+    assert facts.iloc[0]["longest"] == 300 and facts.iloc[0]["over 256 (truncated)"] == "25.0 %"
+    assert parse_edges("0, 32 64,128") == (0, 32, 64, 128)
+    for bad in ("0, x", "5, 10", ""):
+        with pytest.raises(InputError):
+            parse_edges(bad)
+
+
+def test_the_project_page_warns_when_calibration_and_evaluation_share_rows():
+    from lib.project import Project, same_rows_warning
+
+    assert "same rows" in same_rows_warning(Project(kind="custom", pool_source="d.csv"))
+    assert same_rows_warning(Project(kind="custom", pool_source="d.csv", eval_source="e.csv")) is None
+    assert same_rows_warning(Project(kind="custom", pool_source="d", pool_split="train", eval_split="test")) is None
+    assert same_rows_warning(Project()) is None  # the demo's splits are disjoint

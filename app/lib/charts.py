@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import altair as alt
 import numpy as np
 import pandas as pd
 
+from calib import formatting as fmt
 from calib.ranges import entropy_over_minmax
 from calib.report import (  # one palette and one naming for app and report
     method_colour,
@@ -97,6 +99,38 @@ def range_frame(tensors: Sequence, ranges: Mapping) -> pd.DataFrame:
         row["non-finite"] = t.nonfinite
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def length_facts(series: Mapping[str, np.ndarray], max_length: int) -> pd.DataFrame:
+    """One row per length distribution (name -> untruncated token lengths (N,)): texts, p50 / p95 / p99,
+    longest, and the share longer than ``max_length`` (truncated)."""
+    return pd.DataFrame([{"": name, "texts": len(v), "p50": int(np.percentile(v, 50)), "p95": int(np.percentile(v, 95)),
+                          "p99": int(np.percentile(v, 99)), "longest": int(v.max()),
+                          f"over {max_length} (truncated)": fmt.percent(float(np.mean(v > max_length)), 1)}
+                         for name, v in series.items()])
+
+
+def amax_long(table: pd.DataFrame, methods: Sequence[str]) -> pd.DataFrame:
+    """``range_frame``'s amax columns as long rows (``#``, tensor, method, amax) for a log-scale chart:
+    only finite, positive amax (an all-zero or non-finite tensor has no point on a log axis)."""
+    long = table.melt(id_vars=["#", "tensor"], value_vars=list(methods), var_name="method", value_name="amax")
+    return long[long["amax"].map(lambda v: v is not None and math.isfinite(v) and v > 0)]
+
+
+def histogram_bars(counts: np.ndarray, width: float, max_bars: int = 256) -> pd.DataFrame | None:
+    """A tensor's |x| histogram (``counts`` per bin of ``width``) merged into at most ``max_bars`` bars:
+    columns from, to, count. None when there is nothing to draw (all zero or empty)."""
+    if width <= 0 or not len(counts):
+        return None
+    group = math.ceil(len(counts) / max_bars)
+    merged = np.pad(np.asarray(counts, np.float64), (0, (-len(counts)) % group)).reshape(-1, group).sum(axis=1)
+    lo = np.arange(len(merged)) * width * group
+    return pd.DataFrame({"from": lo, "to": lo + width * group, "count": merged})
+
+
+def widest_tensor(table: pd.DataFrame) -> int:
+    """The row of ``range_frame`` with the largest observed max (the histogram shown first)."""
+    return int(np.argmax(table["max"].fillna(0).to_numpy())) if len(table) else 0
 
 
 def layer_frame(rows: Sequence[Mapping], methods: Sequence[str]) -> pd.DataFrame:

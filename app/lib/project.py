@@ -207,3 +207,12 @@ def checked_project(ws: Workspace, candidate: Project) -> Project:
     for role in ("pool", "eval"):
         summary_frame(data_spec(ws, candidate, role))
     return candidate
+
+
+def same_rows_warning(project: Project) -> str | None:
+    """A warning when a custom project calibrates and evaluates on the same rows (one file, one split):
+    accuracy measured there is optimistic."""
+    if project.kind == "custom" and not project.eval_source and project.pool_split == project.eval_split:
+        return ("Calibration and evaluation use the same rows; accuracy measured on them is optimistic. "
+                "Give a separate evaluation split or file.")
+    return None

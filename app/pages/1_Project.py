@@ -25,6 +25,7 @@ from lib.project import (
     demo_tasks,
     model_spec,
     parse_labels,
+    same_rows_warning,
     set_project,
 )
 from lib.ui import run_button, start_page
@@ -224,6 +225,5 @@ for role, title in (("pool", "Calibration pool"), ("eval", "Evaluation set")):
         show_error(exc, f"Reading the {title.lower()}")
 budget_editor(ws, page.session, project)
 cluster_editor(ws, page.session, project)
-if project.kind == "custom" and not project.eval_source and project.pool_split == project.eval_split:
-    st.warning("Calibration and evaluation use the same rows; accuracy measured on them is optimistic. "
-               "Give a separate evaluation split or file.", icon=":material/warning:")
+if (leak := same_rows_warning(project)) is not None:
+    st.warning(leak, icon=":material/warning:")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
 
@@ -10,11 +9,10 @@ APP_DIR = Path(__file__).resolve().parents[1]
 if str(APP_DIR) not in sys.path:
     sys.path.insert(0, str(APP_DIR))
 
-import numpy as np
 import pandas as pd
 import streamlit as st
 from lib import uploads
-from lib.charts import bucket_bars, length_histogram
+from lib.charts import bucket_bars, length_facts, length_histogram
 from lib.context import attempt, show_error, shown_errors
 from lib.project import data_spec, model_spec
 from lib.stages import (
@@ -29,8 +27,7 @@ from lib.stages import (
 )
 from lib.ui import download_file, open_picked_run, run_button, start_page
 
-from calib import formatting as fmt
-from calib.buckets import bucket_labels, check_edges
+from calib.buckets import bucket_labels, parse_edges
 from calib.calibset import TARGET_TITLES, CalibrationSet, assemble, config_from_dict, save_recipe
 from calib.coverage import TABLE_HEADERS
 from calib.errors import InputError
@@ -116,13 +113,7 @@ series = {"pool": pool_lengths}
 if target != "pool":
     series["target"] = target_lengths
 st.altair_chart(length_histogram(series, spec.max_length), width="stretch")
-facts = []
-for name, values in series.items():
-    facts.append({"": name, "texts": len(values), "p50": int(np.percentile(values, 50)),
-                  "p95": int(np.percentile(values, 95)), "p99": int(np.percentile(values, 99)),
-                  "longest": int(values.max()), f"over {spec.max_length} (truncated)":
-                  fmt.percent(float(np.mean(values > spec.max_length)), 1)})
-st.dataframe(pd.DataFrame(facts), hide_index=True, width="stretch")
+st.dataframe(length_facts(series, spec.max_length), hide_index=True, width="stretch")
 
 # -- strategy ------------------------------------------------------------------------------------
 st.subheader("Strategy")
@@ -140,10 +131,9 @@ size = c2.number_input("Size (texts)", min_value=1, max_value=100_000, step=16, 
 seed = c3.number_input("Seed", min_value=0, step=1, key="cs-seed")
 edges_text = c4.text_input("Bucket edges (tokens)", key="cs-edges")
 try:
-    edges = check_edges(int(x) for x in re.split(r"[,\s]+", edges_text.strip()) if x)
-except (ValueError, InputError) as exc:
-    st.error(f"bucket edges: {exc if isinstance(exc, InputError) else 'use whole numbers separated by commas'}",
-             icon=":material/error:")
+    edges = parse_edges(edges_text)
+except InputError as exc:
+    st.error(str(exc), icon=":material/error:")
     st.stop()
 c1, c2, c3 = st.columns(3)
 stratify = c1.checkbox("Stratify by label", key="cs-stratify", disabled=not pool_spec.label_column,

@@ -11,11 +11,10 @@ if str(APP_DIR) not in sys.path:
     sys.path.insert(0, str(APP_DIR))
 
 import altair as alt
-import numpy as np
 import pandas as pd
 import streamlit as st
 from lib.calibrator_view import calibrator_params
-from lib.charts import method_color, range_frame
+from lib.charts import amax_long, histogram_bars, method_color, range_frame, widest_tensor
 from lib.context import attempt, shown_errors
 from lib.project import model_spec
 from lib.ui import download_file, pick_run, run_button, start_page
@@ -100,9 +99,7 @@ if cal.zero_range_tensors:
 table = range_frame(stats.tensors, ranges)
 methods_run = list(ranges)
 
-long = table.melt(id_vars=["#", "tensor"], value_vars=methods_run, var_name="method", value_name="amax")
-long = long[long["amax"].map(lambda v: v is not None and math.isfinite(v) and v > 0)]
-chart = alt.Chart(long).mark_line(point=alt.OverlayMarkDef(size=18), strokeWidth=1.2).encode(
+chart = alt.Chart(amax_long(table, methods_run)).mark_line(point=alt.OverlayMarkDef(size=18), strokeWidth=1.2).encode(
     x=alt.X("#:Q", title="tensor (graph order)"),
     y=alt.Y("amax:Q", scale=alt.Scale(type="log"), title="amax (log)"),
     color=method_color(methods_run),
@@ -116,17 +113,10 @@ with st.expander("Per-tensor ranges (table)", expanded=True):
 
 st.markdown("**Histogram of one tensor, with each calibrator's threshold**")
 names = [t.name for t in stats.tensors]
-default = int(np.argmax(table["max"].fillna(0).to_numpy())) if len(table) else 0
-chosen = st.selectbox("Tensor", names, index=default, key="cal-tensor")
+chosen = st.selectbox("Tensor", names, index=widest_tensor(table), key="cal-tensor")
 t = stats[chosen]
-hist = t.covering_hist().astype(np.float64)
-width = t.width
-if width > 0 and len(hist):
-    group = math.ceil(len(hist) / 256)  # at most 256 bars on screen
-    pad = (-len(hist)) % group
-    merged = np.pad(hist, (0, pad)).reshape(-1, group).sum(axis=1)
-    lo = np.arange(len(merged)) * width * group
-    frame = pd.DataFrame({"from": lo, "to": lo + width * group, "count": merged})
+frame = histogram_bars(t.covering_hist(), t.width)
+if frame is not None:
     bars = alt.Chart(frame).mark_bar(color="#9aa5b1", binSpacing=0).encode(
         x=alt.X("from:Q", title="|x|"), x2="to:Q",
         y=alt.Y("count:Q", scale=alt.Scale(type="symlog"), title="values (symlog)"), y2=alt.datum(0),

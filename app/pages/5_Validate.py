@@ -129,7 +129,7 @@ else:
     with shown_errors("Opening the validation"):
         if judged.stage == "compare":
             comparison = CalibratorComparison.load(judged.dir)
-            ev = Evaluation.load(comparison.evaluation_dir(comparison.recommendation.name))
+            ev = Evaluation.load(comparison.recommended_evaluation)
             subject = f"{comparison.recommendation.headline} ({subject})"
         else:
             ev = Evaluation.load(judged.dir)

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from calib.cli.common import add_input_args, input_values, json_arg, non_negative_int
+from calib.cli.common import add_input_args, input_values, int_list, json_arg, non_negative_int
 
 _EXAMPLES = """examples:
   calib assemble --demo bbc-topic --size 128 --strategy match --target eval --stratify
@@ -14,13 +14,6 @@ _EXAMPLES = """examples:
       --label-column stars --size 256 --strategy match --target lengths:prod_lengths.csv
   calib assemble --recipe datasets/recipes/bbc-topic-match-eval.json --seed 3
 """
-
-
-def _int_list(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {text!r}") from None
 
 
 def _float_list(text: str) -> tuple[float, ...]:
@@ -54,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="keep the label shares of the target (within one text)")
     how.add_argument("--shortfall", choices=SHORTFALL_MODES,
                      help="when a bucket is short: take from neighbouring buckets (default) or sample with replacement")
-    how.add_argument("--edges", type=_int_list, help="bucket edges in tokens (default 0,32,64,128,256,512)")
+    how.add_argument("--edges", type=int_list, help="bucket edges in tokens (default 0,32,64,128,256,512)")
     how.add_argument("--seed", type=non_negative_int, help="random seed (default 0)")
     out = p.add_argument_group("recipes and output")
     out.add_argument("--recipe", type=Path, help="replay a saved recipe (other options override it)")

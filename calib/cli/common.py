@@ -45,6 +45,14 @@ def add_role_args(group) -> None:
                        help="pool (B, T, D) token states into one embedding per text with the attention mask")
 
 
+def int_list(text: str) -> tuple[int, ...]:
+    """argparse type: comma-separated whole numbers (``0,32,64``)."""
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {text!r}") from None
+
+
 def str_list(text: str) -> tuple[str, ...]:
     """argparse type: comma-separated names (``a,b,c``)."""
     return tuple(v.strip() for v in text.split(",") if v.strip())

@@ -12,6 +12,7 @@ from calib.cli.common import (
     add_cluster_args,
     add_input_args,
     inputs_from_args,
+    int_list,
     json_arg,
     non_negative_int,
     run_folder,
@@ -27,13 +28,6 @@ _SENS_EXAMPLES = """examples:
   calib sensitivity --demo bbc-topic --ranges <calibrate run id> --method minmax --placement all --max-drop 0.5
   calib sensitivity --model m.onnx --tokenizer tok/ --data eval.csv --ranges amax.json --granularity block
 """
-
-
-def _int_list(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {text!r}") from None
 
 
 _NONE = "none"
@@ -106,7 +100,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--min-embedding-cosine", type=_budget_value,
                    help="with --method: release budget, smallest embedding cosine")
     p.add_argument("--use-ci", action="store_true", help="with --method: the drop's upper 95 %% bound must pass too")
-    p.add_argument("--edges", type=_int_list, help="length bucket edges (default 0,32,64,128,256,512)")
+    p.add_argument("--edges", type=int_list, help="length bucket edges (default 0,32,64,128,256,512)")
     p.add_argument("--no-layers", action="store_true", help="skip the per-layer analysis")
     p.add_argument("--layer-rows", type=int, default=128, help="texts for the per-layer analysis (0 = all)")
     p.add_argument("--bootstrap", type=non_negative_int, default=1000,
