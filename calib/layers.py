@@ -34,6 +34,31 @@ MAX_SQNR_DB = 200.0  # reported for an exact match (zero error), so JSON never h
 
 
 @dataclass(frozen=True)
+class LayerReport:
+    """A saved per-layer analysis (``layers.json``): ``record`` as written by :class:`LayerAnalysis`."""
+
+    record: Mapping
+
+    @property
+    def first_degraded(self) -> str | None:
+        """The first quantized tensor in network order below the SQNR or cosine threshold (None: none)."""
+        return self.record.get("first_degraded")
+
+    @property
+    def degraded_sqnr_db(self) -> float:
+        return float(self.record.get("degraded_sqnr_db", DEGRADED_SQNR_DB))
+
+    @property
+    def degraded_cosine(self) -> float:
+        return float(self.record.get("degraded_cosine", DEGRADED_COSINE))
+
+    @property
+    def rows(self) -> int:
+        """Texts the analysis ran on."""
+        return int(self.record.get("rows", 0))
+
+
+@dataclass(frozen=True)
 class QuantizedTensor:
     """An activation with a Q/DQ pair in the INT8 graph.
 

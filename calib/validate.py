@@ -36,7 +36,7 @@ from calib.engines.ort import OrtEngine, OrtSessionLoader
 from calib.errors import InputError, ModelMismatchError
 from calib.evaluation import EvalSettings, Metrics, compare, load_eval_data, run_engine
 from calib.io import atomic_save_npz, atomic_write_json, read_artifact_json, read_json, sha256_file
-from calib.layers import LayerAnalysis, producer_order, quantized_tensors
+from calib.layers import LayerAnalysis, LayerReport, producer_order, quantized_tensors
 from calib.model import ModelRef, ModelSpec, OutputRoles, check_same_model
 from calib.pipeline import config_params
 from calib.progress import FP32_PASS, INT8_PASS, LAYER_PASS, Phases
@@ -351,6 +351,11 @@ class Evaluation:
         return self.engine.calibrator or (self.calibration or {}).get("method")
 
     @property
+    def layer_report(self) -> LayerReport | None:
+        """The per-layer analysis (None: validated without it)."""
+        return LayerReport(self.layers) if self.layers else None
+
+    @property
     def first_degraded_tensor(self) -> str | None:
         return (self.data.get("layers") or {}).get("first_degraded")
 
@@ -382,8 +387,8 @@ class Evaluation:
         if self.labelled and m.is_classifier:
             s.update({"accuracy_fp32": m.accuracy_fp32, "accuracy_int8": m.accuracy_int8,
                       "accuracy_drop_points": m.accuracy_drop_points})
-        if self.layers:
-            s["first_degraded_tensor"] = self.layers.get("first_degraded")
+        if self.layer_report is not None:
+            s["first_degraded_tensor"] = self.layer_report.first_degraded
         if self.data.get("cluster"):
             s.update(cluster=self.data["cluster"]["spec"], workers=self.data["cluster"]["workers"])
         return s

@@ -57,7 +57,9 @@ def test_provenance_of_an_old_evaluation_and_sensitivity_reads_typed():
     assert ev.engine.name == "onnxruntime-int8" and ev.engine.backend == "ort" and ev.engine.kind == "onnx"
     assert ev.engine.placement_preset is None and ev.engine.exclusions == [] and ev.calibrator is None
     assert ev.dataset.fingerprint == raw["dataset"]["fingerprint"] and ev.dataset.note == "" and ev.labelled
-    assert ev.first_degraded_tensor == raw["layers"]["first_degraded"]
+    assert ev.first_degraded_tensor == raw["layers"]["first_degraded"] == ev.layer_report.first_degraded
+    assert ev.layer_report.degraded_sqnr_db == 20.0 and ev.layer_report.degraded_cosine == 0.99
+    assert ev.layer_report.rows == ev.layers["rows"] == 8
     sens = SensitivityResult.load(FIXTURES / "sensitivity")
     rec, raw_nodes = sens.recommended, tuple(sens.data["recommended"]["exclude_nodes"])
     assert rec.passes and rec.top1_agreement == 1.0 and rec.exclude_nodes == raw_nodes

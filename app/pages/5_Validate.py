@@ -271,18 +271,18 @@ with tab_buckets:
                "interval: FP32 − INT8 in accuracy points.")
 
 with tab_layers:
-    layers = ev.layers
-    if not layers:
+    layers = ev.layer_report
+    if layers is None:
         st.info("This validation ran without the per-layer analysis.", icon=":material/info:")
     else:
-        rows = layer_rows(layers)
+        rows = layer_rows(layers.record)
         q = [r for r in rows if r["quantized"]]
-        threshold = float(layers["degraded_sqnr_db"])
-        first = layers.get("first_degraded")
+        threshold = layers.degraded_sqnr_db
+        first = layers.first_degraded
         summary = layer_summary(rows, threshold)
         if first:
             st.warning(f"{summary}. First degraded tensor in network order: `{first}` (SQNR below {threshold:g} dB "
-                       f"or cosine below {layers['degraded_cosine']:g}).", icon=":material/warning:")
+                       f"or cosine below {layers.degraded_cosine:g}).", icon=":material/warning:")
         else:
             st.success(f"{summary}: no quantized tensor is degraded.", icon=":material/check_circle:")
         methods = layer_methods(rows)
