@@ -116,8 +116,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--start-from", metavar="BUILD_RUN",
                    help="a build run (e.g. with --smooth, --method auto, --bias-correction) whose INT8 model the "
                         "search starts from, instead of --ranges/--method/--placement")
-    s.add_argument("--method", default=DEFAULT_BUILD_METHOD,
-                   help=f"calibration method whose ranges to use (default {DEFAULT_BUILD_METHOD}, as calib build)")
+    s.add_argument("--method", default="entropy",  # 0.1's default, kept: scripts rely on it
+                   help=f"calibration method whose ranges to use (default entropy, TensorRT's; calib build's is "
+                        f"{DEFAULT_BUILD_METHOD})")
     s.add_argument("--placement", "--preset", dest="placement", default="tensorrt",
                    help="placement preset, as calib build --placement (tensorrt, all, ...; --preset: the 0.1 name)")
     s.add_argument("--exclude", type=str_list, default=(), help="node patterns already kept in float")
