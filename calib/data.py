@@ -326,13 +326,13 @@ def guess_columns(columns: Sequence[str]) -> tuple[str | None, str | None]:
     return text, label
 
 
-POOL_SPLIT_NAMES = ("calibration", "train")  # a multi-split dataset's split to draw calibration texts from
-EVAL_SPLIT_NAMES = ("eval", "validation", "test")  # ... and the one to evaluate on
+POOL_SPLIT_NAMES = ("calibration",)  # a multi-split dataset's split to draw calibration texts from
+EVAL_SPLIT_NAMES = ("eval",)  # ... and the one to evaluate on
 
 
 def guess_splits(splits: Sequence[str]) -> tuple[str, str]:
-    """(pool split, evaluation split) of a multi-split dataset by well-known names: ``calibration`` or
-    ``train`` (else the first), and ``eval``, ``validation`` or ``test`` (else the last)."""
+    """(pool split, evaluation split) of a multi-split dataset: ``calibration`` (else the first) and
+    ``eval`` (else the last, e.g. ``test`` after ``train`` / ``validation``)."""
     if not splits:
         raise InputError("the dataset has no splits to choose from")
     pool = next((s for s in POOL_SPLIT_NAMES if s in splits), splits[0])

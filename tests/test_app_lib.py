@@ -317,7 +317,7 @@ def test_split_guesses_for_datasets_as_users_export_them():
     from calib.data import guess_splits
 
     assert guess_splits(["train", "calibration", "eval"]) == ("calibration", "eval")  # the demo's
-    assert guess_splits(["train", "validation", "test"]) == ("train", "validation")  # the hub's
+    assert guess_splits(["train", "validation", "test"]) == ("train", "test")  # the hub's: the held-out split
     assert guess_splits(["a", "b"]) == ("a", "b")
     with pytest.raises(InputError):
         guess_splits([])
