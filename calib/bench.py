@@ -16,6 +16,7 @@ import queue as queue_module
 import sys
 import time
 import types
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,8 @@ from calib.build import EngineArtifact
 from calib.data import DataSpec
 from calib.errors import InputError
 from calib.evaluation import EvalData, load_eval_data
-from calib.io import atomic_write_json, read_json
-from calib.model import load_model
+from calib.io import atomic_write_json, read_json, sha256_file
+from calib.model import ModelRef, load_model
 from calib.pipeline import config_params
 from calib.progress import Phases
 from calib.workspace import ProgressFn
@@ -41,24 +42,49 @@ KINDS = ("fp32", "int8")
 
 @dataclass(frozen=True)
 class BenchConfig:
-    """``engine``: an engine folder (calib build; its FP32 model is the baseline). Texts: ``data`` (labels
-    unused), tokenised with ``tokenizer`` at ``max_length``; at most ``max_texts`` of them (0 = all)."""
+    """``engine``: an engine folder (calib build). ``model``: its tokenizer and max length encode the texts;
+    the FP32 baseline is the model the engine was built from, so ``model.model`` is "" (that one) or a
+    file with the same contents. Texts: ``data`` (labels unused); at most ``limit`` of them (0 = all), as
+    :attr:`calib.evaluation.EvalSettings.limit` counts them."""
 
     engine: str
+    model: ModelRef
     data: DataSpec
-    tokenizer: str
-    max_length: int = 128
-    max_texts: int = 256
+    limit: int = 256
     batch_sizes: tuple[int, ...] = (1, 8, 16)
     repeats: int = 2
     threads: int | None = None
 
+    @classmethod
+    def upgrade_params(cls, values: Mapping[str, Any]) -> dict[str, Any]:
+        """0.1's layout: ``tokenizer`` and ``max_length`` beside ``engine`` (no model: the build's), and
+        ``max_texts`` for ``limit``."""
+        values = dict(values)
+        if "max_texts" in values:
+            values.setdefault("limit", values.pop("max_texts"))
+        if "model" not in values and "tokenizer" in values:
+            values["model"] = {"model": "", "tokenizer": values.pop("tokenizer"),
+                               **({"max_length": values.pop("max_length")} if "max_length" in values else {})}
+        return values
+
+
+def _check_baseline(config: BenchConfig, artifact: EngineArtifact) -> None:
+    """Refuse a named FP32 model that is not the one the engine was built from (it would time another model)."""
+    named = config.model.model
+    if not named or Path(named).resolve() == artifact.model_path.resolve():
+        return
+    if not Path(named).is_file():
+        raise InputError(f"FP32 model {named} does not exist")
+    if sha256_file(named) != artifact.model_sha256:
+        raise InputError(f"engine {artifact.dir.name} was built from {artifact.model_path}, not {named}: a benchmark "
+                         "times INT8 against the FP32 model it came from (name that model, or none)")
+
 
 def _eval_data(config: BenchConfig, model_path: Path) -> EvalData:
-    """The texts to time, encoded once: at most ``max_texts``, every k-th row to keep the split's length mix."""
-    spec = load_model(model_path, config.tokenizer, max_length=config.max_length)
+    """The texts to time, encoded once: at most ``limit``, every k-th row to keep the split's length mix."""
+    spec = load_model(model_path, config.model.tokenizer, max_length=config.model.max_length)
     data = replace(config.data, label_column=None)
-    return load_eval_data(data, spec, limit=config.max_texts, sampling="spread")
+    return load_eval_data(data, spec, limit=config.limit, sampling="spread")
 
 
 def _peak_rss_mb() -> float:
@@ -222,9 +248,10 @@ def benchmark(config: BenchConfig, out_dir: Path, *, progress: ProgressFn | None
     if config.repeats < 1:
         raise InputError(f"repeats must be at least 1, got {config.repeats}")
     artifact = EngineArtifact.load(config.engine)
+    _check_baseline(config, artifact)
     artifact.engine("fp32", threads=1)  # validates the FP32 model (exists, same sha256) up front
     data = _eval_data(config, artifact.model_path)
-    dtypes = load_model(artifact.model_path, config.tokenizer, max_length=config.max_length).input_dtypes
+    dtypes = load_model(artifact.model_path, config.model.tokenizer, max_length=config.model.max_length).input_dtypes
     rows: list[dict[str, Any]] = []
     context = multiprocessing.get_context("spawn")
     phases = Phases(report, [(_engine_phase(kind), 1.0) for kind in KINDS], span=0.98)

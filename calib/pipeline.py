@@ -114,7 +114,10 @@ def config_from_params(cls: type[C], values: Mapping[str, Any], *, renames: Mapp
     """``cls`` from the plain data :func:`config_params` wrote (run params, a manifest's ``config``, a
     recipe) or the flat layout of earlier versions (:func:`nest_params`). Keys ``cls`` does not know are
     left out (written by a later version), or with ``strict`` (a user's recipe) refused in one
-    :class:`InputError`; so is a missing or mistyped setting."""
+    :class:`InputError`; so is a missing or mistyped setting. A config that changed its own layout since
+    an earlier version says how to read the old one in a classmethod ``upgrade_params(values) -> values``."""
+    upgrade = getattr(cls, "upgrade_params", None)
+    values = upgrade(values) if upgrade is not None else values
     return _construct(cls, nest_params(cls, values, renames=renames), strict, where)
 
 

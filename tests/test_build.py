@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -17,7 +18,8 @@ from calib.build import BuildConfig, EngineArtifact, build
 from calib.calibrate import RangesRef
 from calib.errors import BackendUnavailableError, InputError, ModelMismatchError
 from calib.io import sha256_file
-from calib.pipeline import config_from_params
+from calib.data import DataSpec
+from calib.pipeline import config_from_params, config_params
 from calib.placement import Placement
 from calib.ranges import Ranges
 
@@ -261,3 +263,26 @@ def test_bench_noise_note_comes_from_the_measured_passes():
     note, warn = timing_note([{"pass_spread": None}], 1)
     assert warn and "noise is unknown" in note
     assert timing_note([{}], 3)[1]  # an older run without the figure: unknown, said so
+
+
+def test_bench_config_holds_a_model_ref_and_reads_0_1s_layout(engine_dir, tiny_spec, tiny_csv, tmp_path):
+    """Bench names its model as every stage does; 0.1's flat tokenizer / max_texts still read; a named FP32
+    model must be the one the engine was built from."""
+    from calib.bench import BenchConfig, benchmark
+    from calib.model import ModelRef
+
+    old = config_from_params(BenchConfig, dict(engine="e", data="d.csv", tokenizer="tok", max_length=64, max_texts=24))
+    assert old.model == ModelRef("", "tok", 64) and old.limit == 24
+    assert config_from_params(BenchConfig, config_params(old)) == old
+    other = tmp_path / "other.onnx"
+    other.write_bytes(b"not the model the engine was built from")
+    config = BenchConfig(engine=str(engine_dir), model=ModelRef(str(other), str(tiny_spec.tokenizer_dir), 64),
+                         data=DataSpec(str(tiny_csv)), limit=8, batch_sizes=(1,), repeats=1, threads=1)
+    with pytest.raises(InputError, match="was built from .*not .*other.onnx"):
+        benchmark(config, tmp_path / "bench")
+    assert not (tmp_path / "bench" / "bench.json").exists()
+    same = tmp_path / "same.onnx"
+    same.write_bytes(tiny_spec.onnx_path.read_bytes())  # a copy is the same model
+    result = benchmark(dataclasses.replace(config, model=ModelRef(str(same), str(tiny_spec.tokenizer_dir), 64)),
+                       tmp_path / "bench")
+    assert {r["kind"] for r in result.rows} == {"fp32", "int8"} and result.rows[0]["texts"] == 8

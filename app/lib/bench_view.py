@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import altair as alt
 import pandas as pd
 import streamlit as st
 
 from calib.bench import BenchConfig, BenchResult, benchmark
 from lib.context import attempt
-from lib.project import data_spec, model_spec
+from lib.stages import project_inputs
 from lib.ui import run_button
 
 
 def bench_section(page, run, art) -> None:
     """Controls to benchmark the build ``run`` and the table of its latest benchmark."""
-    spec = attempt(model_spec, page.ws, page.project, what="Reading the model")
-    if spec is None:
+    inputs = attempt(project_inputs, page.ws, page.project, what="Reading the model")
+    if inputs is None:
         return
-    eval_spec = data_spec(page.ws, page.project, "eval")
     c1, c2, c3 = st.columns(3)
     max_texts = c1.number_input("Texts (a spread of the evaluation lengths)", min_value=8, value=64, step=16,
                                 key="bench-texts")
@@ -31,9 +28,8 @@ def bench_section(page, run, art) -> None:
     except ValueError:
         st.error("batch sizes: use whole numbers separated by commas", icon=":material/error:")
         return
-    config = BenchConfig(engine=str(run.dir), data=dataclasses.replace(eval_spec, workspace=str(page.ws.root)),
-                         tokenizer=str(spec.tokenizer_dir), max_length=int(spec.max_length),
-                         max_texts=int(max_texts), batch_sizes=batch_sizes, repeats=int(repeats))
+    config = BenchConfig(engine=str(run.dir), **inputs, limit=int(max_texts), batch_sizes=batch_sizes,
+                         repeats=int(repeats))
     run_button(page, "bench", "Benchmarking", "Measure FP32 vs INT8", key="bench-run", fn=benchmark, config=config,
                parents=(run.id,), icon=":material/speed:", button_type="secondary")
     done = page.ws.children_of(run.id, "bench")

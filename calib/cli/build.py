@@ -90,7 +90,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "latest, latest:LABEL or folder")
     add_input_args(b, demo="use a demo task's eval split and tokenizer", model=None,
                    split="split of a multi-split dataset (default eval)", pairs=False, hygiene=False)
-    b.add_argument("--max-texts", type=int, default=256, help="texts to run (0 = all; default 256)")
+    b.add_argument("--limit", "--max-texts", dest="limit", type=int, default=256,
+                   help="texts to run, a spread of the split's lengths (0 = all; default 256; --max-texts: the 0.1 name)")
     b.add_argument("--batch-size", nargs="+", type=int, default=[1, 8, 16])
     b.add_argument("--repeats", type=int, default=2)
     b.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: $CALIB_THREADS or all cores)")
@@ -208,11 +209,13 @@ def run_bench(args: argparse.Namespace) -> int:
     ws = workspace_of(args)
     parents: list[str] = []
     engine_dir = str(Path(run_folder(ws, args.engine, "build", parents)).resolve())
+    from calib.data import EVAL_SPLIT_NAMES
     from calib.inputs import DEMO_SPLITS
 
     model, data = inputs_from_args(args, ws.root, default_split=DEMO_SPLITS["eval"], need=("tokenizer", "source"))
-    config = BenchConfig(engine=engine_dir, data=dataclasses.replace(data, split=data.split or "eval"),
-                         tokenizer=model.tokenizer, max_length=model.max_length, max_texts=args.max_texts,
+    # no --model: the FP32 baseline is the model the engine was built from, whichever model a demo names
+    config = BenchConfig(engine=engine_dir, model=dataclasses.replace(model, model=""),
+                         data=dataclasses.replace(data, split=data.split or EVAL_SPLIT_NAMES[0]), limit=args.limit,
                          batch_sizes=tuple(args.batch_size), repeats=args.repeats, threads=args.threads)
     run_id, result = run_stage(ws, "bench", benchmark, config, parents=parents, label=args.label,
                                progress=ProgressBar("bench"))
