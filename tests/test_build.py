@@ -16,9 +16,9 @@ from absmax import absmax_ranges, run_both
 
 from calib.build import BuildConfig, EngineArtifact, build
 from calib.calibrate import RangesRef
+from calib.data import DataSpec
 from calib.errors import BackendUnavailableError, InputError, ModelMismatchError
 from calib.io import sha256_file
-from calib.data import DataSpec
 from calib.pipeline import config_from_params, config_params
 from calib.placement import Placement
 from calib.ranges import Ranges
