@@ -37,7 +37,7 @@ from calib.methods import (
     get_method,
 )
 from calib.model import check_same_model, read_onnx
-from calib.pipeline import config_params
+from calib.pipeline import config_from_params, config_params
 from calib.placement import PRESETS, Placement
 from calib.ranges import Ranges
 from calib.stats import (
@@ -141,7 +141,43 @@ class Calibration:
     @property
     def calibration_set_dir(self) -> str:
         """The calibration set folder this run calibrated on, as recorded ("" when unknown)."""
-        return str((self.meta.get("calibration_set") or {}).get("dir") or "")
+        return str(self.calibration_set_record.get("dir") or "")
+
+    @property
+    def calibration_set_record(self) -> Mapping[str, Any]:
+        """What the run recorded of its calibration set: ``dir``, ``manifest_sha256``, ``size``, ``strategy``,
+        ``dataset`` ({} when unknown)."""
+        return dict(self.meta.get("calibration_set") or {})
+
+    @property
+    def config(self) -> CalibrateConfig | None:
+        """The config this run was made with (None: not recorded); 0.1's layout reads too."""
+        recorded = self.meta.get("config")
+        return config_from_params(CalibrateConfig, recorded, where=f"calibration {self.dir.name}") \
+            if isinstance(recorded, Mapping) else None
+
+    @property
+    def tensor_count(self) -> int:
+        """Tensors with statistics."""
+        return int(self.meta["tensors"])
+
+    @property
+    def pass_record(self) -> Mapping[str, Any]:
+        """The statistics pass: ``texts``, ``tokens`` (real, unpadded), ``batches``, ``histogram``, ``bins``, ..."""
+        return dict(self.meta["stats"])
+
+    @property
+    def stats_seconds(self) -> float:
+        return float(self.meta["timings"]["stats_seconds"])
+
+    @property
+    def calibrators_seconds(self) -> float:
+        """Seconds every method took to compute its ranges from the statistics, together."""
+        return float(self.meta["timings"]["calibrators_seconds"])
+
+    def cache_file(self, method: str) -> str:
+        """``method``'s TensorRT cache, relative to the run folder."""
+        return str(self.cache_path(method).relative_to(self.dir))
 
     def model_path(self) -> Path:
         """The FP32 ONNX model this calibration was made for: its calibration set's model (checked against
@@ -181,6 +217,11 @@ class Calibration:
         return tuple(self.meta["nonfinite"])
 
     @property
+    def nonfinite_counts(self) -> dict[str, dict[str, int]]:
+        """Per such tensor, how many values were ``nan``, ``posinf`` and ``neginf``."""
+        return {name: dict(counts) for name, counts in self.meta["nonfinite"].items()}
+
+    @property
     def zero_range_tensors(self) -> tuple[str, ...]:
         """Tensors that were all zero on the calibration set."""
         return tuple(self.meta["zero_range"])
@@ -190,7 +231,7 @@ class Calibration:
             "methods": list(self.methods), "tensors": self.meta["tensors"],
             "texts": self.meta["stats"]["texts"], "stats_seconds": self.meta["timings"]["stats_seconds"],
             "calibrators_seconds": self.meta["timings"]["calibrators_seconds"],
-            "nonfinite_tensors": len(self.meta["nonfinite"]), "trt_header_version": self.meta["trt_version"],
+            "nonfinite_tensors": len(self.nonfinite_tensors), "trt_header_version": self.meta["trt_version"],
             **({"cluster": self.meta["cluster"]["spec"], "workers": self.meta["cluster"]["workers"]}
                if self.meta.get("cluster") else {}),
         }

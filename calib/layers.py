@@ -19,7 +19,7 @@ all activations in memory). Padded token positions are left out.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -34,10 +34,67 @@ MAX_SQNR_DB = 200.0  # reported for an exact match (zero error), so JSON never h
 
 
 @dataclass(frozen=True)
+class LayerTensor:
+    """One tensor of a saved per-layer analysis, in network order (``order``: its producer's node index).
+
+    Error (quantized tensors only; None when not measured): ``sqnr_db`` and ``cosine`` of what INT8
+    consumers see against FP32, ``local_sqnr_db`` of its Q/DQ pair alone. Ranges (calibrated tensors):
+    ``fp32_absmax`` / ``fp32_p9999`` seen on the evaluation texts and, per calibrator (and
+    :data:`ENGINE_RANGE`, what the engine uses), ``amax``, ``saturation_rate`` and ``utilisation``.
+    """
+
+    tensor: str
+    order: int
+    quantized: bool = False
+    producer: str = ""
+    sqnr_db: float | None = None
+    cosine: float | None = None
+    local_sqnr_db: float | None = None
+    max_abs_error: float | None = None
+    nonfinite: int = 0
+    fp32_absmax: float | None = None
+    fp32_p9999: float | None = None
+    amax: Mapping[str, float | None] = field(default_factory=dict)
+    saturation_rate: Mapping[str, float | None] = field(default_factory=dict)
+    utilisation: Mapping[str, float | None] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, row: Mapping) -> LayerTensor:
+        """From one ``layers.json`` tensor row (keys a row leaves out: not measured)."""
+        ranges = row.get("ranges") or {}
+        methods = ranges.get("methods") or {}
+        return cls(tensor=row["tensor"], order=int(row["order"]), quantized=bool(row.get("quantized", False)),
+                   producer=row.get("producer", ""), sqnr_db=row.get("sqnr_db"), cosine=row.get("cosine"),
+                   local_sqnr_db=row.get("local_sqnr_db"), max_abs_error=row.get("max_abs_error"),
+                   nonfinite=int(row.get("nonfinite") or 0), fp32_absmax=ranges.get("fp32_absmax"),
+                   fp32_p9999=ranges.get("fp32_p9999"),
+                   amax={m: v.get("amax") for m, v in methods.items()},
+                   saturation_rate={m: v.get("saturation_rate") for m, v in methods.items()},
+                   utilisation={m: v.get("utilisation") for m, v in methods.items()})
+
+    def row(self) -> dict:
+        """The report's row of this tensor: error, FP32 range and, per calibrator, amax / clipped / utilisation."""
+        return {"tensor": self.tensor, "order": self.order, "quantized": self.quantized, "sqnr_db": self.sqnr_db,
+                "cosine": self.cosine, "local_sqnr_db": self.local_sqnr_db, "fp32_absmax": self.fp32_absmax,
+                "fp32_p9999": self.fp32_p9999, "amax": dict(self.amax), "saturation_rate": dict(self.saturation_rate),
+                "utilisation": dict(self.utilisation)}
+
+
+@dataclass(frozen=True)
 class LayerReport:
     """A saved per-layer analysis (``layers.json``): ``record`` as written by :class:`LayerAnalysis`."""
 
     record: Mapping
+
+    @property
+    def tensors(self) -> list[LayerTensor]:
+        """Every analysed tensor in network order."""
+        return [LayerTensor.of(t) for t in self.record.get("tensors") or ()]
+
+    @property
+    def quantized(self) -> list[LayerTensor]:
+        """The tensors with a Q/DQ pair, in network order."""
+        return [t for t in self.tensors if t.quantized]
 
     @property
     def first_degraded(self) -> str | None:

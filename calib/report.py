@@ -24,7 +24,7 @@ import numpy as np
 from calib import formatting as fmt
 from calib.errors import InputError
 from calib.io import atomic_write_json, atomic_write_text, read_artifact_json
-from calib.layers import DEGRADED_SQNR_DB, ENGINE_RANGE
+from calib.layers import DEGRADED_SQNR_DB, ENGINE_RANGE, LayerReport
 from calib.model import check_same_model
 from calib.ranges import entropy_over_minmax
 from calib.sensitivity import SensitivityResult
@@ -161,7 +161,7 @@ def compare_evaluations(evaluations: Sequence[Evaluation | str | Path]) -> list[
             "calibrator": ev.calibrator,
             "placement": engine.placement_preset,
             "exclusions": len(engine.excluded),
-            "calibration_set": _calibset_of(ev.calibration or {}),
+            "calibration_set": ev.calibration.describe_set() if ev.calibration is not None else None,
             "dataset_fingerprint": ev.dataset.fingerprint,
             "rows": m.n,
             "labelled": ev.labelled,
@@ -185,51 +185,29 @@ def _run_name(folder: Path) -> str:
     return folder.name
 
 
-def _calibset_of(calibration: Mapping) -> str | None:
-    cs = calibration.get("calibration_set") or {}
-    if cs:
-        return f"{cs.get('strategy')} × {cs.get('size')} ({Path(str(cs.get('dir'))).name})"
-    return calibration.get("folder")
-
-
 def _calibration_recipe(ev: Evaluation) -> dict | None:
     """What the calibration set was made of and how it was calibrated, when the evaluation knows it."""
     cal = ev.calibration
-    if not cal:
+    if cal is None:
         build_cal = ev.engine.calibration
         return {"calibration": build_cal} if build_cal else None
-    return {"calibration": cal.get("folder"), "methods": cal.get("methods"),
-            "calibration_set": cal.get("calibration_set"), "calibration_set_summary": cal.get("calibration_set_summary"),
-            "config": cal.get("config")}
+    return {"calibration": cal.folder, "methods": list(cal.methods), "calibration_set": dict(cal.calibration_set) or None,
+            "calibration_set_summary": cal.calibration_set_summary, "config": cal.config}
 
 
-def layer_rows(layers: dict | None) -> list[dict]:
-    """Per-tensor rows of a ``layers.json``: error (SQNR, cosine, local SQNR), FP32 range and, per
-    calibrator (and ``engine``: what the build used), amax, clipped share and utilisation."""
-    return _layer_rows(layers)
+def layer_rows(layers: LayerReport | Mapping | None) -> list[dict]:
+    """Per-tensor rows of a per-layer analysis (:meth:`calib.layers.LayerTensor.row`): error (SQNR, cosine,
+    local SQNR), FP32 range and, per calibrator (and ``engine``: what the build used), amax, clipped share
+    and utilisation."""
+    if not layers:
+        return []
+    report = layers if isinstance(layers, LayerReport) else LayerReport(layers)
+    return [t.row() for t in report.tensors]
 
 
 def layer_methods(rows: Sequence[Mapping]) -> list[str]:
     """The calibrators whose amax the layer rows show (sorted), without the build's own range."""
     return sorted({m for r in rows for m in r["amax"] if m != ENGINE_RANGE})
-
-
-def _layer_rows(layers: dict | None) -> list[dict]:
-    if not layers:
-        return []
-    rows = []
-    for t in layers["tensors"]:
-        r = t.get("ranges") or {}
-        methods = r.get("methods") or {}
-        rows.append({
-            "tensor": t["tensor"], "order": t["order"], "quantized": t.get("quantized", False),
-            "sqnr_db": t.get("sqnr_db"), "cosine": t.get("cosine"), "local_sqnr_db": t.get("local_sqnr_db"),
-            "fp32_absmax": r.get("fp32_absmax"), "fp32_p9999": r.get("fp32_p9999"),
-            "amax": {m: v.get("amax") for m, v in methods.items()},
-            "saturation_rate": {m: v.get("saturation_rate") for m, v in methods.items()},
-            "utilisation": {m: v.get("utilisation") for m, v in methods.items()},
-        })
-    return rows
 
 
 def report_data(evaluations: Sequence[Evaluation], sensitivity: SensitivityResult | None = None, *,
@@ -288,7 +266,7 @@ def report_data(evaluations: Sequence[Evaluation], sensitivity: SensitivityResul
         "per_class": per_class,
         "confusion": {"classes": classes, "fp32": metrics.confusion("fp32"), "int8": metrics.confusion("int8")},
         "layers": {"first_degraded": ev.layer_report.first_degraded,
-                   "rows": _layer_rows(ev.layers)} if ev.layer_report is not None else None,
+                   "rows": layer_rows(ev.layer_report)} if ev.layer_report is not None else None,
         "comparison": comparison,
         "recommendation": recommendation,
         "sensitivity": sens,

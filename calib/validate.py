@@ -176,7 +176,8 @@ def calibrated_amax(calibration: str | Path, model_sha256: str = "") -> tuple[di
         for tensor, amax in cal.ranges(method).amax.items():
             table.setdefault(tensor, {})[method] = float(amax) if amax is not None else float("nan")
     info = {"folder": str(calibration), "methods": list(cal.methods), "summary": cal.summary(),
-            "calibration_set": cal.meta.get("calibration_set"), "config": cal.meta.get("config")}
+            "calibration_set": cal.calibration_set_record or None,
+            "config": config_params(cal.config) if cal.config is not None else None}
     calset_dir = cal.calibration_set_dir
     if calset_dir and (Path(calset_dir) / "manifest.json").is_file():
         try:
@@ -278,6 +279,43 @@ class EvaluatedEngine:
 
 
 @dataclass(frozen=True)
+class EvaluatedCalibration:
+    """The calibration run a validation showed per tensor (``--calibration``; ``evaluation.json["calibration"]``):
+    its folder and methods, the calibration set it read (``calibration_set``: strategy, size, dir, as
+    ``calibration.json`` recorded it), its config, and that set's summary when it could be read."""
+
+    folder: str
+    methods: tuple[str, ...]
+    calibration_set: Mapping
+    config: Mapping | None
+    calibration_set_summary: Mapping | None
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> EvaluatedCalibration:
+        return cls(folder=str(d.get("folder", "")), methods=tuple(d.get("methods") or ()),
+                   calibration_set=dict(d.get("calibration_set") or {}), config=d.get("config"),
+                   calibration_set_summary=d.get("calibration_set_summary"))
+
+    @property
+    def calibration_set_dir(self) -> Path | None:
+        """The calibration set's folder, if it is recorded and still holds a calibration set."""
+        where = self.calibration_set.get("dir")
+        return Path(str(where)) if where and (Path(str(where)) / "manifest.json").is_file() else None
+
+    def describe_set(self) -> str:
+        """``strategy × size (folder name)`` of the calibration set, else the calibration folder."""
+        cs = self.calibration_set
+        if cs:
+            return f"{cs.get('strategy')} × {cs.get('size')} ({Path(str(cs.get('dir'))).name})"
+        return self.folder
+
+    @property
+    def only_method(self) -> str | None:
+        """The method when the run calibrated just one (then it is the one any build from it used)."""
+        return self.methods[0] if len(self.methods) == 1 else None
+
+
+@dataclass(frozen=True)
 class EvaluatedData:
     """The rows an evaluation ran on (``evaluation.json["dataset"]``; ``record`` is the whole entry)."""
 
@@ -341,14 +379,16 @@ class Evaluation:
         return EvaluatedData(self.data["dataset"])
 
     @property
-    def calibration(self) -> Mapping | None:
+    def calibration(self) -> EvaluatedCalibration | None:
         """The calibration run shown per tensor (``--calibration``): folder, methods, calibration set; None if none."""
-        return self.data.get("calibration") or None
+        recorded = self.data.get("calibration")
+        return EvaluatedCalibration.from_dict(recorded) if recorded else None
 
     @property
     def calibrator(self) -> str | None:
-        """The calibration method behind the INT8 engine: as its build recorded it, else the shown run's."""
-        return self.engine.calibrator or (self.calibration or {}).get("method")
+        """The calibration method behind the INT8 engine: as its build recorded it, else the shown run's
+        when it calibrated one method only (None: not known)."""
+        return self.engine.calibrator or (self.calibration.only_method if self.calibration is not None else None)
 
     @property
     def layer_report(self) -> LayerReport | None:
@@ -397,11 +437,11 @@ class Evaluation:
 def _preparation_warnings(calibration_info: Mapping | None, dataset_info: Mapping) -> list[str]:
     """A warning when the calibration set's texts were prepared unlike the evaluated ones (entities,
     markup, quotes), when the calibration run is known and recorded how its texts looked."""
-    calset = (calibration_info or {}).get("calibration_set") or {}
-    if not calset.get("dir") or not (Path(str(calset["dir"])) / "manifest.json").is_file():
+    calset_dir = EvaluatedCalibration.from_dict(calibration_info).calibration_set_dir if calibration_info else None
+    if calset_dir is None:
         return []
     try:
-        recorded = CalibrationSet.load(calset["dir"]).hygiene
+        recorded = CalibrationSet.load(calset_dir).hygiene
     except (InputError, OSError, ValueError, KeyError, TypeError):  # provenance is best effort
         return []
     if recorded is None or not dataset_info.get("hygiene"):

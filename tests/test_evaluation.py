@@ -236,3 +236,35 @@ def test_calibration_set_calibration_and_build_of_the_previous_version_still_loa
     build_config = BuildConfig.from_params(engine.meta["config"])
     assert build_config.ranges.method == "percentile" and build_config.ranges.source.endswith("calibrate")
     assert build_config.placement == Placement("tensorrt", exclude_nodes=("layer.0/attention/*",))
+
+
+def test_a_saved_calibration_and_layer_analysis_read_typed():
+    """0.1's calibration record and per-layer analysis read through typed accessors, equal to the raw JSON."""
+    from calib.calibrate import CalibrateConfig, Calibration
+    from calib.layers import ENGINE_RANGE
+    from calib.pipeline import config_from_params
+    from calib.validate import Evaluation, EvaluatedCalibration
+
+    cal = Calibration.load(FIXTURES / "calibrate")
+    assert cal.config == config_from_params(CalibrateConfig, cal.meta["config"]) and cal.config.batch_size == 16
+    assert cal.tensor_count == cal.meta["tensors"] == 18 and cal.pass_record["tokens"] == 672
+    assert cal.calibration_set_record["strategy"] == "uniform" and cal.calibration_set_dir.endswith("calibset")
+    assert cal.cache_file("minmax") == cal.meta["methods"]["minmax"]["cache"] and cal.nonfinite_counts == {}
+    assert cal.stats_seconds == cal.meta["timings"]["stats_seconds"]
+
+    ev = Evaluation.load(FIXTURES / "validate")
+    raw = ev.layers["tensors"]
+    tensors = ev.layer_report.tensors
+    assert [t.tensor for t in tensors] == [r["tensor"] for r in raw] and [t.order for t in tensors] == [r["order"] for r in raw]
+    quantized = ev.layer_report.quantized
+    assert quantized and [t.tensor for t in quantized] == [r["tensor"] for r in raw if r.get("quantized")]
+    first = next(r for r in raw if r.get("quantized"))
+    assert quantized[0].sqnr_db == first["sqnr_db"] and quantized[0].amax[ENGINE_RANGE] == first["engine_amax"]
+    assert quantized[0].row()["amax"] == {m: v["amax"] for m, v in first["ranges"]["methods"].items()}
+
+    shown = EvaluatedCalibration.from_dict({"folder": "runs/cal", "methods": ["entropy"],
+                                            "calibration_set": {"dir": "/nowhere", "strategy": "match", "size": 8}})
+    assert shown.only_method == "entropy" and shown.calibration_set_dir is None
+    assert shown.describe_set() == "match × 8 (nowhere)"
+    assert EvaluatedCalibration.from_dict({"folder": "f", "methods": ["a", "b"]}).only_method is None
+    assert EvaluatedCalibration.from_dict({"folder": "f", "methods": ["a", "b"]}).describe_set() == "f"

@@ -113,10 +113,10 @@ def layer_overlay_frame(evaluations: Mapping[str, Any]) -> pd.DataFrame:
     """Long frame (run, #, tensor, SQNR dB) of every quantized tensor for several evaluations."""
     rows = []
     for name, ev in evaluations.items():
-        q = [t for t in ((ev.layers or {}).get("tensors") or []) if t.get("quantized")]
-        for i, t in enumerate(q):
-            if t.get("sqnr_db") is not None:
-                rows.append({"run": name, "#": i, "tensor": t["tensor"], "SQNR (dB)": float(t["sqnr_db"])})
+        quantized = ev.layer_report.quantized if ev.layer_report is not None else []
+        for i, t in enumerate(quantized):
+            if t.sqnr_db is not None:
+                rows.append({"run": name, "#": i, "tensor": t.tensor, "SQNR (dB)": float(t.sqnr_db)})
     return pd.DataFrame(rows, columns=["run", "#", "tensor", "SQNR (dB)"])
 
 

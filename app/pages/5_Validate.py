@@ -275,7 +275,7 @@ with tab_layers:
     if layers is None:
         st.info("This validation ran without the per-layer analysis.", icon=":material/info:")
     else:
-        rows = layer_rows(layers.record)
+        rows = layer_rows(layers)
         q = [r for r in rows if r["quantized"]]
         threshold = layers.degraded_sqnr_db
         first = layers.first_degraded

@@ -153,33 +153,32 @@ def run(args: argparse.Namespace) -> int:
         config = dataclasses.replace(config, cluster=cluster)
         run_id, cal = run_stage(ws, "calibrate", calibrate, config, parents=parents, label=args.label,
                                 progress=ProgressBar("calibrate"))
-    meta = cal.meta
     if args.json:
         outputs = {"record": cal.dir / "calibration.json"}
         for method in cal.methods:
-            outputs[f"ranges_{method}"] = cal.dir / meta["methods"][method]["ranges"]
+            outputs[f"ranges_{method}"] = cal.ranges_path(method)
             outputs[f"cache_{method}"] = cal.cache_path(method)
-        print_run_json(ws, run_id, outputs, cache_headers={m: meta["methods"][m]["cache_header"] for m in cal.methods})
+        print_run_json(ws, run_id, outputs, cache_headers={m: cal.cache_header(m) for m in cal.methods})
         return 0
-    st = meta["stats"]
-    print(f"run {run_id}: {meta['tensors']} tensors from {fmt.count(st['texts'])} texts ({fmt.count(st['tokens'])} "
-          f"real tokens, {st['batches']} batches); statistics {fmt.seconds(meta['timings']['stats_seconds'])}, "
-          f"calibrators {fmt.seconds(meta['timings']['calibrators_seconds'])}")
+    st = cal.pass_record
+    print(f"run {run_id}: {cal.tensor_count} tensors from {fmt.count(st['texts'])} texts ({fmt.count(st['tokens'])} "
+          f"real tokens, {st['batches']} batches); statistics {fmt.seconds(cal.stats_seconds)}, "
+          f"calibrators {fmt.seconds(cal.calibrators_seconds)}")
     rows = []
     for method in cal.methods:
-        info = meta["methods"][method]
         ranges = cal.ranges(method)
         amax = [a for a in ranges.amax.values() if a > 0]
         rows.append((method, len(ranges.usable()), fmt.number(min(amax)) if amax else "-",
                      fmt.number(sorted(amax)[len(amax) // 2]) if amax else "-", fmt.number(max(amax)) if amax else "-",
-                     info["cache_header"], info["cache"]))
+                     cal.cache_header(method), cal.cache_file(method)))
     print(format_table(("method", "tensors", "min amax", "median", "max amax", "cache header", "cache"), rows))
-    if meta["nonfinite"]:
-        print(f"non-finite values in {len(meta['nonfinite'])} tensors (excluded from ranges):")
-        for name, counts in list(meta["nonfinite"].items())[:10]:
+    nonfinite = cal.nonfinite_counts
+    if nonfinite:
+        print(f"non-finite values in {len(nonfinite)} tensors (excluded from ranges):")
+        for name, counts in list(nonfinite.items())[:10]:
             print(f"  {name}: nan {counts['nan']}, +inf {counts['posinf']}, -inf {counts['neginf']}")
-    if meta["zero_range"]:
-        print(f"{len(meta['zero_range'])} tensors have an all-zero range; left out of the TensorRT caches")
+    if cal.zero_range_tensors:
+        print(f"{len(cal.zero_range_tensors)} tensors have an all-zero range; left out of the TensorRT caches")
     if "entropy" in cal.methods and "minmax" in cal.methods and args.top > 0:
         print(f"\nentropy vs minmax (A = minmax, B = entropy), top {args.top} changes:")
         print(diff_table(diff_ranges(cal.ranges("minmax"), cal.ranges("entropy")), args.top))
