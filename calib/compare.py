@@ -10,8 +10,10 @@ whether TensorRT's default calibrator (entropy) is the best choice for this mode
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from calib.build import BuildConfig, build
 from calib.calibrate import Calibration, RangesRef
@@ -23,7 +25,7 @@ from calib.model import ModelRef
 from calib.placement import Placement
 from calib.report import budget_for, compare_evaluations, headline_of
 from calib.validate import Evaluation, ValidateConfig, validate
-from calib.verdict import Recommendation, ReleaseBudget, judge, recommend
+from calib.verdict import Recommendation, ReleaseBudget, Verdict, judge, recommend
 from calib.workspace import ProgressFn
 
 SCHEMA = "calib.comparison/1"
@@ -45,6 +47,43 @@ class CompareConfig:
     methods: tuple[str, ...] = ()
     placement: Placement = field(default_factory=Placement)
     budget: ReleaseBudget | None = None
+
+
+@dataclass(frozen=True)
+class ComparisonRow:
+    """One method's row of a comparison (``comparison.json["rows"]``; ``record`` is the whole row: the
+    report's comparison figures, ``verdict``, ``headline``, ``bucket_drops``)."""
+
+    record: Mapping[str, Any]
+
+    @property
+    def calibrator(self) -> str:
+        return str(self.record["calibrator"])
+
+    @property
+    def texts(self) -> int:
+        """Texts the method's engine was evaluated on."""
+        return int(self.record["rows"])
+
+    @property
+    def verdict(self) -> Verdict:
+        return Verdict.from_dict(self.record["verdict"])
+
+    @property
+    def headline(self) -> dict[str, Any]:
+        """The evaluation's headline figures (:func:`calib.report.headline_of`)."""
+        return dict(self.record.get("headline") or {})
+
+    @property
+    def is_embedding(self) -> bool:
+        """An embedding model's row: no agreement or accuracy, its own similarity figures."""
+        return self.headline.get("model_kind") == "embedding"
+
+    def figure(self, name: str) -> float | None:
+        """A comparison figure (``top1_agreement``, ``accuracy_drop_points``, ``drop_ci_low_points``, ...;
+        None: not measured)."""
+        value = self.record.get(name)
+        return None if value is None else float(value)
 
 
 @dataclass(frozen=True)
@@ -85,6 +124,20 @@ class CalibratorComparison:
         return self.rows[self.recommendation.index]
 
     @property
+    def entries(self) -> list[ComparisonRow]:
+        """The rows, typed, in the order the methods ran."""
+        return [ComparisonRow(r) for r in self.data["rows"]]
+
+    @property
+    def recommended(self) -> ComparisonRow:
+        return self.entries[self.recommendation.index]
+
+    @property
+    def is_embedding(self) -> bool:
+        """Whether every method's row is an embedding model's."""
+        return all(e.is_embedding for e in self.entries)
+
+    @property
     def recommendation(self) -> Recommendation:
         return Recommendation(**self.data["recommendation"])
 
@@ -102,14 +155,14 @@ class CalibratorComparison:
         """Every method's evaluation folder; the recommended one first (the report's release candidate)."""
         methods = self.methods
         if recommended_first:
-            best = self.data["recommendation"]["name"]
+            best = self.recommendation.name
             methods = [best, *[m for m in methods if m != best]]
         return [self.evaluation_dir(m) for m in methods]
 
     def summary(self) -> dict:
-        rec = self.data["recommendation"]
-        return {"recommended": rec["name"], "recommended_passes": rec["passes"], "methods": self.methods,
-                "passing": [r["calibrator"] for r in self.data["rows"] if r["verdict"]["passed"]],
+        rec = self.recommendation
+        return {"recommended": rec.name, "recommended_passes": rec.passes, "methods": self.methods,
+                "passing": [e.calibrator for e in self.entries if e.verdict.passed],
                 "placement": self.data["placement"], "model_sha256": self.data["model_sha256"]}
 
 

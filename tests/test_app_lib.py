@@ -248,7 +248,7 @@ def test_reports_and_comparisons_read_typed(tmp_path):
 
     from calib.compare import SCHEMA, CalibratorComparison
     from calib.report import Report, ReportConfig, make_report
-    from calib.verdict import ReleaseBudget
+    from calib.verdict import ReleaseBudget, judge
 
     assert Report.load(FIXTURES / "report").verdict is None
     budget = ReleaseBudget(max_drop=10.0, min_agreement=0.9, min_embedding_cosine=None)
@@ -258,8 +258,9 @@ def test_reports_and_comparisons_read_typed(tmp_path):
     assert rep.gate_command().startswith(f"calib gate {tmp_path / 'r' / 'report.json'}")
     assert "--max-drop 10" in rep.gate_command() and "--min-agreement 0.9" in rep.gate_command()
 
-    rows = [{"calibrator": "entropy", "rows": 40, "verdict": {"passed": False}},
-            {"calibrator": "minmax", "rows": 40, "verdict": {"passed": True}}]
+    figures = [{"top1_agreement": 0.85, "accuracy_drop_points": 2.0}, {"top1_agreement": 0.95, "accuracy_drop_points": 1.0}]
+    rows = [{"calibrator": name, "rows": 40, **f, "verdict": judge(f, budget).to_dict(),
+             "headline": {"model_kind": "classifier"}} for name, f in zip(("entropy", "minmax"), figures)]
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "comparison.json").write_text(json.dumps({
         "schema": SCHEMA, "rows": rows, "budget": budget.to_dict(), "placement": "tensorrt", "model_sha256": "x",
@@ -267,6 +268,10 @@ def test_reports_and_comparisons_read_typed(tmp_path):
     comparison = CalibratorComparison.load(tmp_path / "c")
     assert comparison.rows == rows and comparison.budget == budget and comparison.placement == "tensorrt"
     assert comparison.recommended_row == rows[1]
+    best = comparison.recommended
+    assert best.calibrator == "minmax" and best.texts == 40 and best.verdict.passed and best.figure("top1_agreement") == 0.95
+    assert [e.verdict.passed for e in comparison.entries] == [False, True] and not comparison.is_embedding
+    assert best.figure("drop_ci_low_points") is None and comparison.summary()["passing"] == ["minmax"]
     assert comparison.recommended_evaluation == tmp_path / "c" / "minmax" / "evaluation"
 
 

@@ -73,7 +73,7 @@ from calib.sensitivity import (
     analyze_sensitivity,
 )
 from calib.validate import Evaluation, ValidateConfig, validate
-from calib.verdict import MIN_BUCKET_TEXTS, Verdict, judge, resolution_warning
+from calib.verdict import MIN_BUCKET_TEXTS, judge, resolution_warning
 
 page = start_page("Validate", ":material/fact_check:",
                   "The INT8 model against FP32 on the evaluation data: accuracy, top-1 agreement, per length "
@@ -194,8 +194,8 @@ if cmp_run is not None:
     if comparison is not None:
         cbudget = comparison.budget
         rec = comparison.recommendation
-        best = comparison.recommended_row
-        verdict_banner(Verdict.from_dict(best["verdict"]), subject=rec.headline, key="cmp")
+        best = comparison.recommended
+        verdict_banner(best.verdict, subject=rec.headline, key="cmp")
         (st.success if rec.passes else st.warning)(rec.sentence,
                                                   icon=":material/thumb_up:" if rec.passes else ":material/warning:")
         if rec.default_note:
@@ -207,7 +207,7 @@ if cmp_run is not None:
         if cbudget != budget:
             st.caption(f"Judged with the budget of its time ({cbudget.describe()}); the project's is now "
                        f"{budget.describe()}.")
-        st.caption(f"{comparison.placement} placement · {fmt.count(best['rows'])} texts · run `{cmp_run.id}`")
+        st.caption(f"{comparison.placement} placement · {fmt.count(best.texts)} texts · run `{cmp_run.id}`")
         rconfig_cmp = ReportConfig(evaluations=tuple(str(d) for d in comparison.evaluation_dirs()), budget=budget,
                                    title=f"INT8 accuracy report — {project.title} — {len(comparison.methods)} calibrators")
         run_button(page, "report", "Writing the report", "Make the report of this comparison", key="cmp-report",

@@ -266,36 +266,39 @@ def run_compare(args: argparse.Namespace, ws) -> int:
                            methods=methods, placement=Placement(args.placement), budget=budget_from_args(args))
     run_id, comparison = run_stage(ws, "compare", compare_calibrators, config, parents=parents, label=args.label,
                                    progress=ProgressBar("compare"))
-    data = comparison.data
-    rec = data["recommendation"]
+    rec = comparison.recommendation
+    entries = comparison.entries
     if args.json:
-        rows = [{k: r.get(k) for k in ("calibrator", "accuracy_drop_points", "drop_ci_low_points",
-                                       "drop_ci_high_points", "top1_agreement", "embedding_cosine")}
-                | {"verdict": r["verdict"]["status"]} for r in data["rows"]]
-        print_run_json(ws, run_id, {"record": comparison.dir / "comparison.json"}, recommendation=rec, rows=rows)
+        rows = [{k: e.record.get(k) for k in ("calibrator", "accuracy_drop_points", "drop_ci_low_points",
+                                              "drop_ci_high_points", "top1_agreement", "embedding_cosine")}
+                | {"verdict": e.verdict.status} for e in entries]
+        print_run_json(ws, run_id, {"record": comparison.dir / "comparison.json"}, recommendation=rec.to_dict(),
+                       rows=rows)
         return 0
     print(f"run {run_id}: {comparison.dir}")
-    if all((r.get("headline") or {}).get("model_kind") == "embedding" for r in data["rows"]):
+    if comparison.is_embedding:
         # an embedding model: its own metrics, no agreement or accuracy columns (it has no logits)
-        heads = [r["headline"] for r in data["rows"]]
-        rows = [[r["calibrator"], fmt.ratio(h.get("embedding_cosine")), fmt.ratio(h.get("embedding_cosine_p1")),
+        heads = [e.headline for e in entries]
+        rows = [[e.calibrator, fmt.ratio(h.get("embedding_cosine")), fmt.ratio(h.get("embedding_cosine_p1")),
                  fmt.percent(h.get("neighbour_recall_at_1")), fmt.percent(h.get("neighbour_recall_at_k")),
                  fmt.ratio(h.get("similarity_spearman")), fmt.points(h.get("knn_accuracy_drop_points"), unit=False),
-                 r["verdict"]["status"]] for r, h in zip(data["rows"], heads)]
+                 e.verdict.status] for e, h in zip(entries, heads)]
         k = heads[0].get("neighbour_k") or "k"
         print(format_table(["calibrator", "emb cos", "cos p1", "recall@1", f"recall@{k}", "spearman", "kNN drop pts",
                             "verdict"], rows))
     else:
-        rows = [[r["calibrator"], fmt.percent(r.get("accuracy_int8")), fmt.points(r.get("accuracy_drop_points"), unit=False),
-                 fmt.MISSING if r.get("drop_ci_low_points") is None else
-                 f"[{fmt.points(r['drop_ci_low_points'], unit=False)}, {fmt.points(r['drop_ci_high_points'], unit=False)}]",
-                 fmt.percent(r["top1_agreement"]), fmt.ratio(r.get("embedding_cosine")), r["verdict"]["status"]]
-                for r in data["rows"]]
+        rows = []
+        for e in entries:
+            low, high = e.figure("drop_ci_low_points"), e.figure("drop_ci_high_points")
+            rows.append([e.calibrator, fmt.percent(e.figure("accuracy_int8")),
+                         fmt.points(e.figure("accuracy_drop_points"), unit=False),
+                         fmt.MISSING if low is None else f"[{fmt.points(low, unit=False)}, {fmt.points(high, unit=False)}]",
+                         fmt.percent(e.figure("top1_agreement")), fmt.ratio(e.figure("embedding_cosine")), e.verdict.status])
         print(format_table(["calibrator", "acc INT8", "drop pts (FP32-INT8)", "drop 95% CI", "agreement", "emb cos",
                             "verdict"], rows))
-    print(comparison.recommendation.sentence)
-    if rec["default_note"]:
-        print(f"note: {rec['default_note']}")
+    print(rec.sentence)
+    if rec.default_note:
+        print(f"note: {rec.default_note}")
     print(f"report: calib report --comparison {run_id}")
     return 0
 
