@@ -19,6 +19,7 @@ from calib.io import atomic_write_json, atomic_write_text, read_json
 from calib.model import check_same_model
 
 FORMAT = "calib.ranges/1"
+EXTERNAL_METHOD = "external"  # the method of a plain {tensor: amax} mapping, ranged outside calib
 
 
 @dataclass(frozen=True)
@@ -56,8 +57,13 @@ class Ranges:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "ranges") -> Ranges:
+        """calib's ranges JSON, or a plain ``{tensor: amax}`` mapping (also under ``"amax"``), whose method
+        is :data:`EXTERNAL_METHOD` (a None amax reads as NaN: unusable)."""
+        if isinstance(data, dict) and "format" not in data:
+            return cls._from_mapping(data.get("amax", data) if isinstance(data.get("amax"), dict) else data, where)
         if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise InputError(f"{where} is not a calib ranges file (expected format {FORMAT!r})")
+            raise InputError(f"{where} is not a calib ranges file (expected format {FORMAT!r}) "
+                             "nor a {tensor: amax} mapping")
         amax, flags, choices = {}, {}, {}
         for row in data["tensors"]:
             value = row.get("amax")
@@ -70,6 +76,17 @@ class Ranges:
                 choices[row["name"]] = row["choice"]
         return cls(method=data["method"], params=dict(data.get("params", {})),
                    model_sha256=data.get("model_sha256", ""), amax=amax, flags=flags, choices=choices)
+
+    @classmethod
+    def _from_mapping(cls, amax: Mapping[str, Any], where: str) -> Ranges:
+        if not amax:
+            raise InputError(f"{where} holds no {{tensor: amax}} mapping")
+        values = {}
+        for name, value in amax.items():
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise InputError(f"{where}: amax values must be numbers, tensor {name!r} has {value!r}")
+            values[str(name)] = float(value) if value is not None else float("nan")
+        return cls(method=EXTERNAL_METHOD, params={}, model_sha256="", amax=values)
 
     @classmethod
     def load(cls, path: str | Path) -> Ranges:

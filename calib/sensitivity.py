@@ -87,7 +87,7 @@ import onnx
 from calib.batching import iter_batches
 from calib.bench import throughput
 from calib.build import EngineArtifact, build
-from calib.calibrate import Calibration, RangesRef, recorded_roles
+from calib.calibrate import RangesRef, recorded_roles
 from calib.cluster import Cluster, ClusterSession, connect
 from calib.data import DataSpec
 from calib.distributed import SHARDS_PER_WORKER, CandidateShardRunner, balanced_runs
@@ -105,7 +105,7 @@ from calib.evaluation import (
     pool_tokens,
     run_engine,
 )
-from calib.io import atomic_write_json, read_artifact_json, read_json
+from calib.io import atomic_write_json, read_artifact_json
 from calib.layers import LayerAnalysis, producer_order, quantized_tensors
 from calib.metrics import row_cosine
 from calib.model import ModelRef, check_same_model
@@ -166,23 +166,6 @@ class SensitivityConfig:
     speed_texts: int = 16  # texts timed per point of the speed curve, in batches of speed_batch (0 = no curve)
     speed_batch: int = 16
     speed_repeats: int = 2
-
-
-def load_amax(ranges: RangesRef) -> dict[str, float]:
-    """Per-tensor amax from a calibration folder (``ranges.method``) or a JSON file."""
-    path = Path(ranges.source)
-    if path.is_dir():
-        return {k: float(v) for k, v in Calibration.load(path).ranges(ranges.method).amax.items()}
-    if path.is_file() and path.suffix.lower() == ".json":
-        data = read_json(path)
-        amax = data.get("amax", data) if isinstance(data, dict) else None
-        if not isinstance(amax, dict) or not amax:
-            raise InputError(f"ranges file {path} holds no {{tensor: amax}} mapping")
-        try:
-            return {str(k): float(v) if v is not None else float("nan") for k, v in amax.items()}
-        except (TypeError, ValueError) as exc:
-            raise InputError(f"ranges file {path}: amax values must be numbers ({exc})") from exc
-    raise InputError(f"ranges {path} is neither a calibration folder nor a .json file of amax values")
 
 
 def block_of(node_name: str) -> str:
@@ -306,9 +289,10 @@ class _Evaluator:
     def _rows(self, rows: str) -> tuple[EvalData, EngineOutputs]:
         return (self.rank_data, self.rank_fp32) if rows == "rank" else (self.data, self.fp32)
 
-    def _run(self, model: Path | bytes | set[str], rows: str, early_stop: bool = False) -> Metrics:
+    def _run(self, model: Path | bytes | set[str], rows: str, early_stop: bool = False) -> tuple[Metrics, str | None]:
         """Metrics of a model file/bytes, or (a set) of the derived candidate with those nodes in float,
-        run segment by segment from the cached cuts (``early_stop``: abandoned once it surely fails)."""
+        run segment by segment from the cached cuts (``early_stop``: abandoned once it surely fails), and
+        why it was stopped early (None: it ran every text; else its agreement / cosine are upper bounds)."""
         data, fp32 = self._rows(rows)
         derived = isinstance(model, (set, frozenset))
         stop, seen = self._stopper(rows) if early_stop and derived and self.runner is not None else (None, {})
@@ -328,13 +312,13 @@ class _Evaluator:
                                                        "kl_softmax": float("inf")}}
                 if fp32.embedding is not None:
                     overall["embedding_cosine"] = {"mean": 1.0 - seen["cos_loss"] / n}
-                return Metrics(CLASSIFIER, (0, 1 << 30), {**overall, "stopped_early": seen["why"]}, ())
+                return Metrics(CLASSIFIER, (0, 1 << 30), overall, ()), seen["why"]
             int8 = self.assemble(per_batch, rows)
         else:
             engine = OrtEngine(OrtSessionLoader(model, threads=self.config.settings.threads), name="onnxruntime-int8")
             int8 = run_engine(engine, data.encoded, self.spec.input_dtypes, self.spec.roles,
                               batch_size=self.config.settings.batch_size)
-        return compare(fp32, int8, data, edges=(0, 1 << 30), n_resamples=0, seed=self.config.settings.seed)
+        return compare(fp32, int8, data, edges=(0, 1 << 30), n_resamples=0, seed=self.config.settings.seed), None
 
     def _batch_outputs(self, values: Mapping[str, np.ndarray], batch) -> tuple[np.ndarray | None, np.ndarray | None]:
         """(logits, pooled embedding) of one batch's graph outputs, as :func:`calib.evaluation.run_engine` keeps them."""
@@ -442,13 +426,13 @@ class _Evaluator:
             self.cache[key] = entry
             return entry
         self._task_seconds = None
-        metrics = self._run(candidate, rows, early_stop=True)
+        metrics, stopped_early = self._run(candidate, rows, early_stop=True)
         seconds = self._task_seconds if self._task_seconds is not None else round(time.monotonic() - t0, 2)
         entry = {"why": why, "excluded": sorted(excluded), "only": None if only is None else list(only),
                  "quantized_nodes": len(set(self.quantized) - floating), "rows": metrics.n,
                  "seconds": seconds, **metrics.headline()}
-        if metrics.overall.get("stopped_early"):
-            entry["stopped_early"] = metrics.overall["stopped_early"]  # agreement/cosine are upper bounds
+        if stopped_early:
+            entry["stopped_early"] = stopped_early  # agreement/cosine are upper bounds
         entry["passes"] = passes(entry, self.config)
         if rows == "rank":
             entry = {"evaluation": len(self.rank_log) + 1, **entry}
@@ -471,7 +455,7 @@ class _Evaluator:
 
     def evaluate_model(self, path: Path, *, why: str, excluded: Sequence[str], quantized: int) -> dict:
         t0 = time.monotonic()
-        metrics = self._run(path, "search")
+        metrics, _ = self._run(path, "search")  # no early stop: it runs every text
         entry = {"why": why, "excluded": sorted(excluded), "only": None, "quantized_nodes": quantized,
                  "rows": metrics.n, "seconds": round(time.monotonic() - t0, 2), **metrics.headline()}
         entry["passes"] = passes(entry, self.config)
@@ -977,7 +961,7 @@ def _start_build(config: SensitivityConfig, spec):
     settings recorded (to rebuild it with exclusions)."""
     start = EngineArtifact.load(config.start_from)
     check_same_model(start.model_sha256, spec.sha256, f"build {config.start_from}")
-    if (start.placement_record or {}).get("preset") == "all":
+    if start.config is not None and start.config.placement.preset == "all":
         raise InputError(f"build {config.start_from} quantizes op outputs (placement all): the search derives its "
                          "candidates from input-only placements; start from a tensorrt build")
     if start.config is None:
@@ -1114,7 +1098,7 @@ def _analyze(config: SensitivityConfig, out_dir: Path, progress: ProgressFn | No
         config = dataclasses.replace(config, budget=dataclasses.replace(config.budget,
                                                                         min_embedding_cosine=DEFAULT_EMBEDDING_COSINE))
     start_build = _start_build(config, spec) if config.start_from else None
-    amax = load_amax(config.ranges) if start_build is None else {}
+    amax = dict(config.ranges.load().amax) if start_build is None else {}
     data = load_eval_data(config.data, spec, limit=config.settings.limit, seed=config.settings.seed)
     fp32_engine = OrtEngine(OrtSessionLoader(spec.onnx_path, threads=config.settings.threads))
     fp32 = run_engine(fp32_engine, data.encoded, spec.input_dtypes, spec.roles, batch_size=config.settings.batch_size,

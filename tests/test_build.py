@@ -286,3 +286,25 @@ def test_bench_config_holds_a_model_ref_and_reads_0_1s_layout(engine_dir, tiny_s
     result = benchmark(dataclasses.replace(config, model=ModelRef(str(same), str(tiny_spec.tokenizer_dir), 64)),
                        tmp_path / "bench")
     assert {r["kind"] for r in result.rows} == {"fp32", "int8"} and result.rows[0]["texts"] == 8
+
+
+def test_a_plain_amax_mapping_is_a_range_set_for_every_stage(tiny_spec, ranges_file, tmp_path):
+    """A {tensor: amax} JSON from another tool reads as one range set (RangesRef.load) for build and the
+    sensitivity search alike; empty or non-numeric mappings are refused in one line."""
+    from calib.ranges import EXTERNAL_METHOD
+
+    amax = Ranges.load(ranges_file).amax
+    plain, nested = tmp_path / "plain.json", tmp_path / "nested.json"
+    plain.write_text(json.dumps(amax))
+    nested.write_text(json.dumps({"amax": amax}))
+    for path in (plain, nested):
+        ranges = RangesRef(str(path)).load()
+        assert ranges.amax == amax and ranges.method == EXTERNAL_METHOD
+    art = build(BuildConfig(model=str(tiny_spec.onnx_path), ranges=RangesRef(str(plain))), tmp_path / "engine")
+    assert art.method == EXTERNAL_METHOD and art.quantized_nodes
+    (tmp_path / "empty.json").write_text("{}")
+    (tmp_path / "text.json").write_text(json.dumps({"a": "big"}))
+    with pytest.raises(InputError, match="holds no"):
+        RangesRef(str(tmp_path / "empty.json")).load()
+    with pytest.raises(InputError, match="must be numbers"):
+        RangesRef(str(tmp_path / "text.json")).load()
