@@ -277,13 +277,9 @@ def recorded_roles(calibration: str | Path | None) -> dict[str, str | None]:
         return {}
     try:
         cset_dir = Calibration.load(calibration).calibration_set_dir
-        roles = CalibrationSet.load(cset_dir).manifest["model"].get("roles") if cset_dir else None
+        return CalibrationSet.load(cset_dir).role_fields if cset_dir else {}
     except (InputError, OSError, ValueError, KeyError):  # provenance is best effort
         return {}
-    if not roles:
-        return {}
-    return {"logits_output": roles.get("logits"), "embedding_output": roles.get("embedding"),
-            "pooling": roles.get("pooling")}
 
 
 def calibrate(config: CalibrateConfig, out_dir: Path, *, progress: ProgressFn | None = None) -> Calibration:

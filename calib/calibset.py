@@ -349,6 +349,36 @@ class CalibrationSet:
         return str(self.manifest["model"]["sha256"])
 
     @property
+    def role_fields(self) -> dict[str, str | None]:
+        """The output roles the set was drawn with, as ModelRef / ``load_model`` fields (``logits_output``,
+        ``embedding_output``, ``pooling``); {} for sets made before roles were recorded (detect them again)."""
+        roles = self.manifest["model"].get("roles") or {}
+        if not roles:
+            return {}
+        return {"logits_output": roles.get("logits"), "embedding_output": roles.get("embedding"),
+                "pooling": roles.get("pooling")}
+
+    @property
+    def seed(self) -> int:
+        return int(self.manifest["seed"])
+
+    @property
+    def stratified(self) -> bool:
+        """Whether the draw kept the pool's label mix."""
+        return bool(self.manifest["stratify"])
+
+    @property
+    def dataset_record(self) -> dict[str, Any]:
+        """The pool as recorded: ``source``, ``split``, ``num_rows``, ``lengths`` (p50/p95/max tokens),
+        ``truncation_rate``, columns and ``hygiene``."""
+        return dict(self.manifest["dataset"])
+
+    @property
+    def target_record(self) -> dict[str, Any]:
+        """What the set was matched against: ``kind``, ``num_lengths`` (texts), source and split."""
+        return dict(self.manifest["target"])
+
+    @property
     def profile(self) -> dict[str, Any]:
         """TensorRT optimisation profile: ``shapes`` {min, opt, max: [batch, seq]}, ``trtexec`` flags."""
         return dict(self.manifest["profile"])
@@ -408,10 +438,8 @@ class CalibrationSet:
     def model_spec(self) -> ModelSpec:
         """The model this set was drawn for; refuses a model file whose sha256 changed since."""
         m = self.manifest["model"]
-        roles = m.get("roles") or {}  # recorded since output roles exist; older sets detect them again
         spec = load_model(m["onnx_path"], m["tokenizer_dir"], max_length=int(m["max_length"]), labels=m["labels"],
-                          logits_output=roles.get("logits"), embedding_output=roles.get("embedding"),
-                          pooling=roles.get("pooling"))
+                          **self.role_fields)
         check_same_model(m["sha256"], spec.sha256, f"calibration set {self.dir}")
         return spec
 

@@ -268,3 +268,23 @@ def test_a_saved_calibration_and_layer_analysis_read_typed():
     assert shown.describe_set() == "match × 8 (nowhere)"
     assert EvaluatedCalibration.from_dict({"folder": "f", "methods": ["a", "b"]}).only_method is None
     assert EvaluatedCalibration.from_dict({"folder": "f", "methods": ["a", "b"]}).describe_set() == "f"
+
+
+def test_a_saved_calibration_set_reads_typed(tiny_spec, tiny_csv, tmp_path):
+    """A set's recorded output roles read back the way ModelRef names them (none recorded: {}, detected again)."""
+    from calib.calibset import AssembleConfig, CalibrationSet, assemble
+    from calib.data import DataSpec
+    from calib.model import ModelRef
+
+    old = CalibrationSet.load(FIXTURES / "calibset")
+    roles = old.manifest["model"]["roles"]
+    assert old.role_fields == {"logits_output": roles["logits"], "embedding_output": roles["embedding"],
+                               "pooling": roles["pooling"]}
+    bare = CalibrationSet(old.dir, {**old.manifest, "model": {k: v for k, v in old.manifest["model"].items() if k != "roles"}})
+    assert bare.role_fields == {}
+    assert old.seed == old.manifest["seed"] and old.stratified == old.manifest["stratify"]
+    assert old.dataset_record["source"] == old.dataset_source and old.target_record["kind"] == old.target_kind
+    made = assemble(AssembleConfig(model=ModelRef.of(tiny_spec), data=DataSpec(str(tiny_csv)), size=16), tmp_path / "cs")
+    assert made.role_fields == {"logits_output": tiny_spec.logits_output, "embedding_output": tiny_spec.embedding_output,
+                                "pooling": tiny_spec.pooling}
+    assert made.model_spec().roles == tiny_spec.roles

@@ -106,16 +106,14 @@ def print_result(run_id: str, cset: Any) -> None:
     from calib.cli.common import format_table
     from calib.coverage import TABLE_HEADERS
 
-    m = cset.manifest
     cov = cset.coverage
-    data = m["dataset"]
+    data = cset.dataset_record
     where = data["source"] + (f"[{data['split']}]" if data["split"] else "")
-    print(f"run {run_id}: {fmt.count(cset.size)} texts from {where} ({fmt.count(data['num_rows'])} rows), strategy {m['strategy']}, "
-          f"seed {m['seed']}" + (", stratified by label" if m["stratify"] else ""))
+    print(f"run {run_id}: {fmt.count(cset.size)} texts from {where} ({fmt.count(data['num_rows'])} rows), strategy "
+          f"{cset.strategy}, seed {cset.seed}" + (", stratified by label" if cset.stratified else ""))
     print(f"pool: p50 {data['lengths']['p50']:.0f}, p95 {data['lengths']['p95']:.0f}, max {data['lengths']['max']:.0f} "
           f"tokens; {fmt.percent(data['truncation_rate'], 1)} longer than max length {cset.max_length}")
-    target = m["target"]
-    print(f"\ncoverage against the {cov.target_name} lengths ({target['num_lengths']} texts):")
+    print(f"\ncoverage against the {cov.target_name} lengths ({cset.target_record['num_lengths']} texts):")
     print(format_table(TABLE_HEADERS, cov.table_rows()))
     ts, cs = cov.target_stats, cov.calib_stats
     print(f"KS {fmt.ratio(cov.ks)}, Wasserstein {fmt.number(cov.wasserstein, 3)} tokens; longest calibration text "
