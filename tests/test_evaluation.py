@@ -243,7 +243,7 @@ def test_a_saved_calibration_and_layer_analysis_read_typed():
     from calib.calibrate import CalibrateConfig, Calibration
     from calib.layers import ENGINE_RANGE
     from calib.pipeline import config_from_params
-    from calib.validate import Evaluation, EvaluatedCalibration
+    from calib.validate import EvaluatedCalibration, Evaluation
 
     cal = Calibration.load(FIXTURES / "calibrate")
     assert cal.config == config_from_params(CalibrateConfig, cal.meta["config"]) and cal.config.batch_size == 16
