@@ -485,25 +485,6 @@ class CalibrationSet:
 
 # -- recipes -------------------------------------------------------------------------------------
 
-DEMO_MODEL_FIELDS = ("model", "tokenizer", "labels", *ModelRef.ROLE_FIELDS)
-"""The ModelRef fields a demo task names (a demo recipe leaves them out; the task fills them)."""
-DEMO_DATA_FIELDS = ("source", "workspace")
-"""The DataSpec fields a demo task names."""
-DATASET_READ_FIELDS = ("split", "text_column", "label_column", "text_pair_column")
-"""How one particular dataset is read: dropped as well when a demo replaces another dataset."""
-
-
-def without_demo_fields(model: Mapping[str, Any], data: Mapping[str, Any], *,
-                        other_dataset: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Plain ``model`` and ``data`` values without what a demo task names (:data:`DEMO_MODEL_FIELDS`,
-    :data:`DEMO_DATA_FIELDS`), so the task's fill them; with ``other_dataset`` (the values describe a
-    dataset that is not the demo's) also its split and columns. What is left (max length, sampling of
-    the columns, normalisation) is the caller's own."""
-    drop_data = (*DEMO_DATA_FIELDS, *DATASET_READ_FIELDS) if other_dataset else DEMO_DATA_FIELDS
-    return ({k: v for k, v in model.items() if k not in DEMO_MODEL_FIELDS},
-            {k: v for k, v in data.items() if k not in drop_data})
-
-
 def config_from_dict(values: dict[str, Any], *, where: str = "recipe") -> AssembleConfig:
     """An :class:`AssembleConfig` from plain JSON data: today's nested layout or the flat one older recipes
     and manifests hold (:func:`calib.pipeline.config_from_params`); unknown keys are errors."""
@@ -517,18 +498,20 @@ def config_from_dict(values: dict[str, Any], *, where: str = "recipe") -> Assemb
     return config_from_params(AssembleConfig, nested, strict=True, where=where)
 
 
-def save_recipe(config: AssembleConfig, path: str | Path, *, demo: str | None = None,
-                description: str = "") -> Path:
-    """Write ``config`` as a replayable JSON recipe. With ``demo``, model, tokenizer and data paths
-    are left out and filled from the demo task when the recipe is loaded (portable across machines)."""
+def save_recipe(config: AssembleConfig, path: str | Path, *, description: str = "") -> Path:
+    """Write ``config`` as a replayable JSON recipe (a recipe that names a demo task instead of the model
+    and data: :func:`calib.inputs.save_recipe`)."""
     values = config_params(config)
     values["data"].pop("workspace", None)
-    if demo:
-        values["model"], values["data"] = without_demo_fields(values["model"], values["data"])
+    return write_recipe(values, path, description=description)
+
+
+def write_recipe(values: Mapping[str, Any], path: str | Path, *, description: str = "", demo: str | None = None) -> Path:
+    """Write plain config ``values`` in the recipe format (``demo``: the task that fills what they leave out)."""
     recipe: dict[str, Any] = {"format": RECIPE_FORMAT, "description": description}
     if demo:
         recipe["demo"] = demo
-    recipe["config"] = values
+    recipe["config"] = dict(values)
     return atomic_write_json(path, recipe)
 
 

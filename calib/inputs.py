@@ -13,12 +13,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from calib.calibset import AssembleConfig, config_from_dict, read_recipe, without_demo_fields
+from calib.calibset import AssembleConfig, config_from_dict, read_recipe, write_recipe
 from calib.data import DataSpec
 from calib.demo import load_demo_task
 from calib.errors import InputError
 from calib.model import ModelRef
-from calib.pipeline import nest_params
+from calib.pipeline import config_params, nest_params
 from calib.workspace import Workspace
 
 _MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(ModelRef))
@@ -85,6 +85,26 @@ def given(**values: Any) -> dict[str, Any]:
 
 # -- calibration-set recipes that name a demo task ----------------------------------------------------
 
+DEMO_MODEL_FIELDS = ("model", "tokenizer", "labels", *ModelRef.ROLE_FIELDS)
+"""The ModelRef fields a demo task names (a demo recipe leaves them out; the task fills them)."""
+DEMO_DATA_FIELDS = ("source", "workspace")
+"""The DataSpec fields a demo task names."""
+DATASET_READ_FIELDS = ("split", "text_column", "label_column", "text_pair_column")
+"""How one particular dataset is read: dropped as well when a demo replaces another dataset."""
+
+
+def without_demo_fields(model: Mapping[str, Any], data: Mapping[str, Any], *,
+                        other_dataset: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Plain ``model`` and ``data`` values without what a demo task names (:data:`DEMO_MODEL_FIELDS`,
+    :data:`DEMO_DATA_FIELDS`), so the task's fill them; with ``other_dataset`` (the values describe a
+    dataset that is not the demo's) also its split and columns. What is left (max length, sampling of
+    the columns, normalisation) is the caller's own."""
+    drop_data = (*DEMO_DATA_FIELDS, *DATASET_READ_FIELDS) if other_dataset else DEMO_DATA_FIELDS
+    return ({k: v for k, v in model.items() if k not in DEMO_MODEL_FIELDS},
+            {k: v for k, v in data.items() if k not in drop_data})
+
+
+
 
 def demo_values(task: str, workspace: str | Path | None, *, split: str | None = None) -> dict[str, Any]:
     """The ``model`` (ModelRef) and ``data`` (DataSpec of one split, default the pool's, read in the
@@ -113,3 +133,30 @@ def recipe_config(recipe: Mapping[str, Any], *, workspace: str | Path | None = N
 def load_recipe(path: str | Path, *, workspace: str | Path | None = None) -> AssembleConfig:
     """The :class:`~calib.calibset.AssembleConfig` of a recipe file; demo recipes are resolved in ``workspace``."""
     return recipe_config(read_recipe(path), workspace=workspace, where=f"recipe {path}")
+
+
+def save_recipe(config: AssembleConfig, path: str | Path, *, demo: str | None = None, description: str = "") -> Path:
+    """Write ``config`` as a replayable JSON recipe. With ``demo``, what the task names (model, tokenizer,
+    labels, roles, data source) is left out and filled from the task when the recipe is loaded, so the
+    recipe is portable across machines."""
+    values = config_params(config)
+    values["data"].pop("workspace", None)
+    if demo:
+        values["model"], values["data"] = without_demo_fields(values["model"], values["data"])
+    return write_recipe(values, path, description=description, demo=demo)
+
+
+def assemble_start(workspace: str | Path, *, recipe: Mapping[str, Any] | None = None, demo: str | None = None,
+                   where: str = "recipe") -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], str | None]:
+    """What ``calib assemble`` starts from before the options given on top: (settings, ``model`` values,
+    ``data`` values, the demo task used). A recipe gives its settings, model and pool; ``demo`` over a
+    recipe names the model and the pool instead (the recipe keeps its max length and sampling); ``demo``
+    alone matches the task's eval split (``target_kind`` eval)."""
+    if recipe is None:
+        return ({"target_kind": "eval"} if demo else {}), {}, {}, demo
+    settings = config_params(recipe_config(recipe, workspace=workspace, where=where))
+    model, data = settings.pop("model"), settings.pop("data")
+    if demo:
+        model, data = without_demo_fields(model, data, other_dataset=True)
+        return settings, model, data, demo
+    return settings, model, data, recipe.get("demo")

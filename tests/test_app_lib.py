@@ -203,6 +203,22 @@ def test_recipes_are_named_and_saved_in_the_workspace(workspace):
     assert recipe_path(workspace, "  ") == folder / "recipe.json"
 
 
+def test_a_demo_projects_recipe_names_its_task_and_a_custom_ones_its_paths(tmp_path):
+    import json
+
+    from calib.calibset import CalibrationSet
+    from lib.project import Project
+    from lib.stages import save_project_recipe
+
+    cs = CalibrationSet.load(FIXTURES / "calibset")
+    demo = json.loads(save_project_recipe(Project(kind="demo", task="bbc-topic"), cs, tmp_path / "d.json").read_text())
+    custom = json.loads(save_project_recipe(Project(kind="custom"), cs, tmp_path / "c.json", description="x").read_text())
+    assert demo["demo"] == "bbc-topic" and "model" not in demo["config"]["model"] and "source" not in demo["config"]["data"]
+    assert "demo" not in custom and custom["config"]["model"]["model"] == cs.config.model.model
+    assert custom["config"]["data"]["source"] == cs.config.data.source and custom["description"] == "x"
+    assert Project(kind="custom", task="bbc-topic").demo is None and Project().demo == "bbc-topic"
+
+
 def test_calibration_set_page_reads_the_set_typed():
     from calib.calibset import CalibrationSet
     from calib.data import LoadReport

@@ -389,7 +389,7 @@ def test_one_rule_says_what_a_demo_task_names():
     """Saving a demo recipe, loading it, and `calib assemble --demo` over another recipe all drop the same
     fields: what the demo task names (model, tokenizer, labels, output roles, data source), plus the split and
     columns when the values describe another dataset."""
-    from calib.calibset import without_demo_fields
+    from calib.inputs import without_demo_fields
 
     model = {"model": "m.onnx", "tokenizer": "tok", "labels": ["a"], "max_length": 96, "logits_output": "logits",
              "embedding_output": None, "pooling": "cls"}

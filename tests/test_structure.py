@@ -175,6 +175,7 @@ LAZY_PACKAGES = {  # imported inside the function that needs them, and why (ARCH
     "ray": "optional", "tensorrt": "optional", "cuda": "optional", "fcntl": "POSIX only", "resource": "POSIX only",
     "datasets": "~1 s to import", "transformers": "~1 s", "scipy": "~1 s", "sklearn": "~1.4 s",
     "onnxruntime.quantization": "~0.8 s", "onnxruntime": "the ORT backend's availability probe (a broken install)",
+    "pyarrow": "only to preview an uploaded Parquet file",
 }
 LAZY_CALIB = {  # (module, imported calib module): a layer above, needed only inside one function
     ("calib.calibrators", "calib.methods"),  # forwards names that moved to calib.methods (module __getattr__)
@@ -212,6 +213,17 @@ def test_imports_sit_at_module_top_except_the_listed_lazy_ones():
                 continue
             odd.append(f"{name}:{line} imports {module}")
     assert not odd, "import these at module top (or list the reason in LAZY_*): " + "; ".join(odd)
+
+
+def test_the_app_imports_at_module_top_except_the_listed_lazy_packages():
+    """The app's pages and helpers import calib and each other at module top: the dependency order is
+    visible, and only a listed costly or optional third-party package waits for the function needing it."""
+    odd = []
+    for path in sorted((CALIB.parent / "app").rglob("*.py")):
+        for line, module in _function_imports(path):
+            if not any(module == p or module.startswith(p + ".") for p in LAZY_PACKAGES) or module == "onnxruntime":
+                odd.append(f"{path.relative_to(CALIB.parent)}:{line} imports {module}")
+    assert not odd, "import these at module top (or list the reason in LAZY_PACKAGES): " + "; ".join(odd)
 
 
 def _layers() -> dict[str, int]:

@@ -9,6 +9,7 @@ for a free worker has no registry row yet; the pool reports it as ``queued``.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import logging
 import threading
 import time
@@ -182,8 +183,6 @@ def wait_until_idle(ws: Workspace, timeout: float = 300.0) -> None:
 def elapsed_and_eta(started_iso: str | None, fraction: float, now: float | None = None) -> tuple[float, float | None]:
     """Seconds since ``started_iso`` and the estimated seconds left at ``fraction`` done (None until 5 %
     is done: the first batches load models and say little about the rest)."""
-    import datetime as dt
-
     if not started_iso:
         return 0.0, None
     started = dt.datetime.fromisoformat(started_iso).timestamp()

@@ -14,6 +14,7 @@ from typing import Any
 import streamlit as st
 
 from calib.data import DataSpec, label_names
+from calib.demo import DEMO_TASKS, load_demo_task
 from calib.errors import InputError
 from calib.inputs import DEMO_SPLITS, task_inputs
 from calib.model import DEFAULT_MAX_LENGTH, ModelSpec, load_model
@@ -51,6 +52,11 @@ class Project:
     cluster: str = ""  # where heavy passes run (calib.cluster spec); empty: in the app's process
 
     @property
+    def demo(self) -> str | None:
+        """The demo task this project is (None: a custom model and data)."""
+        return self.task if self.kind == "demo" else None
+
+    @property
     def title(self) -> str:
         if self.kind == "demo":
             return f"demo · {self.task}"
@@ -73,18 +79,10 @@ class Project:
 
 
 def demo_tasks() -> tuple[str, ...]:
-    try:
-        from calib.demo import DEMO_TASKS
-    except ImportError:
-        return (DEFAULT_TASK, "rt-sentiment")
     return tuple(DEMO_TASKS)
 
 
 def demo_description(task: str) -> str:
-    try:
-        from calib.demo import DEMO_TASKS
-    except ImportError:
-        return ""
     recipe = DEMO_TASKS.get(task)
     return getattr(recipe, "description", "") if recipe is not None else ""
 
@@ -132,8 +130,6 @@ def _load_custom_model(onnx_key: tuple, tokenizer_dir: str, max_length: int, lab
 
 @st.cache_resource(show_spinner="Reading the demo task…", max_entries=8)
 def _load_demo(task: str, root: str, card_key: tuple):
-    from calib.demo import load_demo_task
-
     return load_demo_task(task, root)
 
 

@@ -9,6 +9,7 @@ import pandas as pd
 
 from calib import formatting as fmt
 from calib.naming import run_name
+from calib.report import headline_of
 from calib.workspace import RunRecord
 from lib.context import STAGE_TITLES
 
@@ -122,8 +123,6 @@ def layer_overlay_frame(evaluations: Mapping[str, Any]) -> pd.DataFrame:
 
 def baseline_deltas(evaluations: Mapping[str, Any], baseline: str) -> pd.DataFrame:
     """Headline figures of each run and their difference to the pinned ``baseline`` run."""
-    from calib.report import headline_of
-
     heads = {name: headline_of(ev) for name, ev in evaluations.items()}
     base = heads[baseline]
     rows = []

@@ -11,12 +11,14 @@ import numpy as np
 import streamlit as st
 
 from calib.build import EngineArtifact
-from calib.calibset import AssembleConfig
+from calib.calibset import AssembleConfig, CalibrationSet
 from calib.data import DataSpec
 from calib.engines import DEPLOYMENT_TARGET, get_backend
 from calib.errors import InputError
-from calib.model import ModelRef
-from calib.placement import Placement, exact_pattern
+from calib.inputs import save_recipe
+from calib.lengths import load_length_target, token_lengths
+from calib.model import ModelRef, read_onnx
+from calib.placement import Placement, ensure_node_names, exact_pattern
 from calib.workspace import Workspace
 from lib.project import Project, data_spec, model_spec
 from lib.uploads import sanitize_name
@@ -55,8 +57,6 @@ def _length_cache() -> dict:
 def dataset_lengths(ws: Workspace, project: Project, data: DataSpec) -> np.ndarray:
     """Untruncated token lengths (N,) of a dataset under the project's tokenizer (cached), with a
     progress bar that counts the texts while they are tokenised."""
-    from calib.lengths import token_lengths
-
     spec = model_spec(ws, project)
     key = (spec.sha256, str(spec.tokenizer_dir), data, str(ws.root))
     cache = _length_cache()
@@ -76,8 +76,6 @@ def dataset_lengths(ws: Workspace, project: Project, data: DataSpec) -> np.ndarr
 
 @st.cache_data(show_spinner="Reading the lengths file…", max_entries=16)
 def _file_lengths(path: str, mtime: float) -> np.ndarray:
-    from calib.lengths import load_length_target
-
     return load_length_target(path)
 
 
@@ -94,7 +92,12 @@ def recipe_dirs(ws: Workspace) -> list[Path]:
 
 def recipe_name(project: Project, strategy: str, size: int) -> str:
     """The name first offered for a calibration set's recipe: ``<task or custom>-<strategy>-<size>``."""
-    return f"{project.task if project.kind == 'demo' else 'custom'}-{strategy}-{size}"
+    return f"{project.demo or 'custom'}-{strategy}-{size}"
+
+
+def save_project_recipe(project: Project, cset: CalibrationSet, path: Path, *, description: str = "") -> Path:
+    """Save a calibration set's config as a recipe; a demo project's names its task instead of its paths."""
+    return save_recipe(cset.config, path, demo=project.demo, description=description)
 
 
 def recipe_path(ws: Workspace, name: str) -> Path:
@@ -114,9 +117,6 @@ def list_recipes(ws: Workspace) -> list[Path]:
 
 @st.cache_data(show_spinner=False, max_entries=8)
 def _graph_nodes(path: str, mtime: float) -> list[tuple[str, str]]:
-    from calib.model import read_onnx
-    from calib.placement import ensure_node_names
-
     model = read_onnx(path, load_weights=False)
     ensure_node_names(model)
     return [(n.name, n.op_type) for n in model.graph.node]

@@ -3,6 +3,7 @@ calibrators-side-by-side table. Decisions come from ``calib.verdict``; this modu
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 
 import altair as alt
@@ -169,8 +170,6 @@ def embedding_bucket_frame(buckets: Sequence[BucketFigures]) -> pd.DataFrame:
 
 def budget_editor(ws: Workspace, session: str, project: Project) -> Project:
     """The project's release budget: each criterion on/off with its threshold; saved with the project."""
-    import dataclasses
-
     current = release_budget(ws, project)
     st.subheader("Release budget")
     st.caption("The thresholds an INT8 build must meet to ship. Validate, the reports and `calib gate` judge "

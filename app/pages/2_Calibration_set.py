@@ -24,11 +24,12 @@ from lib.stages import (
     project_inputs,
     recipe_name,
     recipe_path,
+    save_project_recipe,
 )
 from lib.ui import download_file, open_picked_run, run_button, start_page
 
 from calib.buckets import bucket_labels, parse_edges
-from calib.calibset import TARGET_TITLES, CalibrationSet, assemble, config_from_dict, save_recipe
+from calib.calibset import TARGET_TITLES, CalibrationSet, assemble, config_from_dict
 from calib.coverage import TABLE_HEADERS
 from calib.errors import InputError
 from calib.inputs import load_recipe
@@ -214,8 +215,7 @@ with c2:
     st.write("")
     if st.button("Save as recipe", key="cs-recipe-save", icon=":material/save:"):
         try:
-            save_recipe(cs.config, recipe_file, demo=project.task if project.kind == "demo" else None,
-                        description=f"{cs.strategy}, {cs.size} texts, from run {run.id}")
+            save_project_recipe(project, cs, recipe_file, description=f"{cs.strategy}, {cs.size} texts, from run {run.id}")
             st.toast(f"Saved {recipe_file}", icon=":material/check_circle:")
         except Exception as exc:  # noqa: BLE001
             show_error(exc, "Saving the recipe")

@@ -74,24 +74,13 @@ def _sampling(args: argparse.Namespace) -> dict[str, Any]:
 def build_config(args: argparse.Namespace, workspace_root: Path) -> tuple[Any, str | None]:
     """The AssembleConfig the arguments describe, and the demo task it uses (if any): a recipe's settings,
     model and pool filled by ``--demo`` (or the recipe), then the options given on top."""
-    from calib.calibset import AssembleConfig, read_recipe, without_demo_fields
-    from calib.inputs import DEMO_SPLITS, recipe_config, resolve_inputs
-    from calib.pipeline import config_from_params, config_params
+    from calib.calibset import AssembleConfig, read_recipe
+    from calib.inputs import DEMO_SPLITS, assemble_start, resolve_inputs
+    from calib.pipeline import config_from_params
 
-    settings: dict[str, Any] = {}
-    model: dict[str, Any] = {}
-    data: dict[str, Any] = {}
-    demo = args.demo
-    if args.recipe is not None:
-        recipe = read_recipe(args.recipe)
-        settings = config_params(recipe_config(recipe, workspace=workspace_root, where=f"recipe {args.recipe}"))
-        model, data = settings.pop("model"), settings.pop("data")
-        if args.demo:  # the demo names the model and the pool; the recipe keeps its max length and sampling
-            model, data = without_demo_fields(model, data, other_dataset=True)
-        else:
-            demo = recipe.get("demo")
-    elif args.demo:
-        settings["target_kind"] = "eval"
+    recipe = read_recipe(args.recipe) if args.recipe is not None else None
+    settings, model, data, demo = assemble_start(workspace_root, recipe=recipe, demo=args.demo,
+                                                 where=f"recipe {args.recipe}")
     given_model, given_data = input_values(args)
     ref, spec = resolve_inputs(workspace_root, demo=args.demo, split=args.split, default_split=DEMO_SPLITS["pool"],
                                model={**model, **given_model}, data={**data, **given_data,
@@ -135,8 +124,9 @@ def print_result(run_id: str, cset: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from calib.calibset import assemble, save_recipe
+    from calib.calibset import assemble
     from calib.cli.common import ProgressBar, print_run_json, workspace_of
+    from calib.inputs import save_recipe
     from calib.pipeline import run_stage
 
     ws = workspace_of(args)
