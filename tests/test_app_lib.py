@@ -373,3 +373,36 @@ def test_the_project_page_warns_when_calibration_and_evaluation_share_rows():
     assert same_rows_warning(Project(kind="custom", pool_source="d.csv", eval_source="e.csv")) is None
     assert same_rows_warning(Project(kind="custom", pool_source="d", pool_split="train", eval_split="test")) is None
     assert same_rows_warning(Project()) is None  # the demo's splits are disjoint
+
+
+def test_the_calibration_set_pages_target_recipe_and_series_decisions():
+    import numpy as np
+
+    from calib.calibset import CalibrationSet
+    from calib.data import DataSpec
+    from lib.stages import (length_series, recipe_data_note, recipe_widget_values, target_fields,
+                            target_options)
+
+    eval_fields = {"target_kind": "eval", "target_source": None, "target_split": "eval"}
+    assert target_options(None) == ["pool", "lengths"] and target_options(eval_fields) == ["eval", "pool", "lengths"]
+    assert target_fields("eval", eval_fields) == eval_fields
+    assert target_fields("lengths", None, "prod.csv") == {"target_kind": "lengths", "target_source": "prod.csv",
+                                                           "target_split": None}
+    assert target_fields("pool", eval_fields)["target_kind"] == "pool"
+    with pytest.raises(InputError, match="production token lengths"):
+        target_fields("lengths", None)
+
+    cs = CalibrationSet.load(FIXTURES / "calibset")  # 0.1's: matched against its pool
+    values = recipe_widget_values(cs.config)
+    assert values["cs-strategy"] == cs.config.strategy and values["cs-size"] == cs.config.size
+    assert values["cs-target"] == "pool" and values["cs-edges"] == ", ".join(map(str, cs.config.edges))
+    assert recipe_data_note(cs.config, cs.config.data) is None
+    assert "only its sampling settings" in recipe_data_note(cs.config, DataSpec("other.csv"))
+
+    pool, target = np.arange(10), np.arange(5)
+    assert list(length_series(pool, "pool", pool)) == ["pool"]
+    assert list(length_series(pool, "eval", target)) == ["pool", "target"]
+    saved = length_series(pool, "pool", pool, calibration_set=cs, project_source=cs.dataset_source)
+    assert list(saved) == ["pool", "calibration set"] and len(saved["calibration set"]) == cs.size
+    elsewhere = length_series(pool, "eval", target, calibration_set=cs, project_source="another.csv")
+    assert list(elsewhere) == ["calibration set"]  # another pool, and matched against another kind of target

@@ -170,6 +170,62 @@ def profile_warning(art: EngineArtifact, max_length: int) -> str | None:
             f"{max_length}).")
 
 
+CALIBSET_TARGETS = ("eval", "pool", "lengths")
+"""What a calibration set can be matched against on the page: the project's evaluation data (an eval split
+or another dataset), the pool itself, or a file of production lengths."""
+
+
+def target_options(eval_fields: dict[str, Any] | None) -> list[str]:
+    """The targets the page offers: ``eval`` only when the project's evaluation data is not the pool."""
+    return [k for k in CALIBSET_TARGETS if k != "eval" or eval_fields is not None]
+
+
+def target_fields(target: str, eval_fields: dict[str, Any] | None, lengths_path: str | None = None) -> dict[str, Any]:
+    """The AssembleConfig target fields of the page's choice (``eval``: :func:`eval_target`'s; ``lengths``:
+    the production lengths file; ``pool``: none)."""
+    if target == "eval" and eval_fields is not None:
+        return dict(eval_fields)
+    if target == "lengths":
+        if not lengths_path:
+            raise InputError("give a file of production token lengths to match")
+        return {"target_kind": "lengths", "target_source": lengths_path, "target_split": None}
+    return {"target_kind": "pool", "target_source": None, "target_split": None}
+
+
+def recipe_widget_values(config: AssembleConfig) -> dict[str, Any]:
+    """What a loaded recipe sets on the Calibration set page (widget key -> value): its sampling settings,
+    its target when the page offers that kind (else ``eval``), and one weight per bucket."""
+    values: dict[str, Any] = {
+        "cs-strategy": config.strategy, "cs-size": int(config.size), "cs-seed": int(config.seed),
+        "cs-edges": ", ".join(str(e) for e in config.edges), "cs-stratify": bool(config.stratify),
+        "cs-shortfall": config.shortfall, "cs-opt-pct": float(config.opt_percentile),
+        "cs-target": config.target_kind if config.target_kind in CALIBSET_TARGETS else "eval"}
+    values.update({f"cs-weight-{i}": float(w) for i, w in enumerate(config.weights)})
+    return values
+
+
+def recipe_data_note(config: AssembleConfig, project_data: DataSpec) -> str | None:
+    """Why only a recipe's sampling settings apply: it was made for another dataset (None: the same one)."""
+    if config.data.source == project_data.source:
+        return None
+    return (f"This recipe was made for {config.data.source}; only its sampling settings are used with the "
+            f"project's data ({project_data.source}).")
+
+
+def length_series(pool: np.ndarray, target: str, target_lengths: np.ndarray | None, *,
+                  calibration_set: CalibrationSet | None = None, project_source: str = "") -> dict[str, np.ndarray]:
+    """The token-length series a histogram shows: the pool and the chosen target (none when the target is
+    the pool). With ``calibration_set`` (a saved set): its lengths too, the pool only when the set was drawn
+    from the project's pool, and the target only when the set was matched against the same kind."""
+    if calibration_set is None:
+        return {"pool": pool, **({"target": target_lengths} if target != "pool" and target_lengths is not None else {})}
+    series = {"pool": pool} if calibration_set.dataset_source == project_source else {}
+    if target_lengths is not None and calibration_set.target_kind == target and target != "pool":
+        series["target"] = target_lengths
+    series["calibration set"] = calibration_set.lengths
+    return series
+
+
 def calibset_defaults(target: str, pool_size: int, labelled: bool) -> dict[str, Any]:
     """The Calibration set page's first values (widget key -> value): ``AssembleConfig``'s defaults, the
     size capped at the pool's, ``match`` when there is a target to match (else ``natural``), and

@@ -19,12 +19,17 @@ from lib.stages import (
     calibset_defaults,
     dataset_lengths,
     eval_target,
+    length_series,
     lengths_file,
     list_recipes,
     project_inputs,
+    recipe_data_note,
     recipe_name,
     recipe_path,
+    recipe_widget_values,
     save_project_recipe,
+    target_fields,
+    target_options,
 )
 from lib.ui import download_file, open_picked_run, run_button, start_page
 
@@ -40,8 +45,6 @@ page = start_page("Calibration set", ":material/bar_chart:",
                   "INT8 ranges are only as good as the texts they are measured on: match the token lengths "
                   "the model will see (the evaluation data or production traffic), then check the coverage.")
 ws, project = page.ws, page.project
-
-TARGETS = ("eval", "pool", "lengths")  # the project's evaluation data (an eval split or another dataset), ...
 
 with shown_errors("Reading the project"):
     spec = model_spec(ws, project)
@@ -62,34 +65,26 @@ with st.expander("Load a saved recipe", icon=":material/upload_file:"):
             path = Path(choice) if choice else uploads.store_upload(
                 ws, page.session, uploads.UploadKind("recipe", (".json",), uploads.MB), up.name, up)
             cfg = load_recipe(path, workspace=ws.root)
-            if cfg.data.source != base["data"].source:
-                st.warning(f"This recipe was made for {cfg.data.source}; only its sampling settings are used "
-                           f"with the project's data ({base['data'].source}).", icon=":material/warning:")
-            st.session_state.update({
-                "cs-strategy": cfg.strategy, "cs-size": int(cfg.size), "cs-seed": int(cfg.seed),
-                "cs-edges": ", ".join(str(e) for e in cfg.edges), "cs-stratify": bool(cfg.stratify),
-                "cs-shortfall": cfg.shortfall, "cs-opt-pct": float(cfg.opt_percentile),
-                "cs-target": cfg.target_kind if cfg.target_kind in TARGETS else "eval",
-            })
-            for i, w in enumerate(cfg.weights):
-                st.session_state[f"cs-weight-{i}"] = float(w)
+            note = recipe_data_note(cfg, base["data"])
+            if note:
+                st.warning(note, icon=":material/warning:")
+            st.session_state.update(recipe_widget_values(cfg))
             st.toast(f"Recipe {path.name} applied", icon=":material/check_circle:")
         except Exception as exc:  # noqa: BLE001
             show_error(exc, "Loading the recipe")
 
 # -- target and lengths --------------------------------------------------------------------------
 st.subheader("Lengths: pool vs target")
-target_options = [k for k in TARGETS if k != "eval" or eval_fields is not None]
-if st.session_state.get("cs-target") not in target_options:
-    st.session_state["cs-target"] = target_options[0]
-target = st.radio("Target distribution (what the calibration set should look like)", target_options,
+offered = target_options(eval_fields)
+if st.session_state.get("cs-target") not in offered:
+    st.session_state["cs-target"] = offered[0]
+target = st.radio("Target distribution (what the calibration set should look like)", offered,
                   format_func=TARGET_TITLES.get, horizontal=True, key="cs-target")
-target_fields: dict = {"target_kind": "pool", "target_source": None, "target_split": None}
+lengths_path = None
 target_lengths = None
 with shown_errors("Counting tokens"):
     pool_lengths = dataset_lengths(ws, project, pool_spec)
     if target == "eval":
-        target_fields = dict(eval_fields)
         target_lengths = dataset_lengths(ws, project, data_spec(ws, project, "eval"))
     elif target == "lengths":
         c1, c2 = st.columns(2)
@@ -97,22 +92,18 @@ with shown_errors("Counting tokens"):
                               type=["csv", "tsv", "txt", "json"], key="cs-lengths-upload",
                               max_upload_size=uploads.widget_limit_mb(uploads.LENGTHS))
         typed = c2.text_input("…or a path on the server", key="cs-lengths-path")
-        path = None
         if up is not None:
-            path = str(uploads.store_upload(ws, page.session, uploads.LENGTHS, up.name, up))
+            lengths_path = str(uploads.store_upload(ws, page.session, uploads.LENGTHS, up.name, up))
         elif typed.strip():
-            path = typed.strip()
-        if path is None:
+            lengths_path = typed.strip()
+        if lengths_path is None:
             st.info("Upload a file of production token lengths to compare against.", icon=":material/info:")
             st.stop()
-        target_lengths = lengths_file(path)
-        target_fields = {"target_kind": "lengths", "target_source": path, "target_split": None}
+        target_lengths = lengths_file(lengths_path)
     else:
         target_lengths = pool_lengths
 
-series = {"pool": pool_lengths}
-if target != "pool":
-    series["target"] = target_lengths
+series = length_series(pool_lengths, target, target_lengths)
 st.altair_chart(length_histogram(series, spec.max_length), width="stretch")
 st.dataframe(length_facts(series, spec.max_length), hide_index=True, width="stretch")
 
@@ -152,7 +143,7 @@ if strategy == "custom":
     weights = tuple(float(col.number_input(label, min_value=0.0, step=0.5, key=f"cs-weight-{i}"))
                     for i, (col, label) in enumerate(zip(cols, bucket_labels(edges))))
 
-config_values = {**base, **target_fields, "size": int(size), "strategy": strategy, "seed": int(seed),
+config_values = {**base, **target_fields(target, eval_fields, lengths_path), "size": int(size), "strategy": strategy, "seed": int(seed),
                  "edges": tuple(edges), "weights": weights, "stratify": bool(stratify), "shortfall": shortfall,
                  "opt_percentile": float(opt_pct)}
 config = attempt(config_from_dict, config_values, what="Checking the settings")
@@ -186,10 +177,8 @@ for note in cs.notes:
 
 left, right = st.columns([3, 2])
 with left:
-    run_series = {"pool": pool_lengths} if cs.dataset_source == base["data"].source else {}
-    if target_lengths is not None and cs.target_kind == target and target != "pool":
-        run_series["target"] = target_lengths
-    run_series["calibration set"] = cs.lengths
+    run_series = length_series(pool_lengths, target, target_lengths, calibration_set=cs,
+                               project_source=base["data"].source)
     st.altair_chart(length_histogram(run_series, cs.max_length), width="stretch")
 with right:
     st.altair_chart(bucket_bars(cov.buckets, {"calibration set": cov.calib_shares, "target": cov.target_shares},
