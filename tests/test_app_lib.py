@@ -406,3 +406,25 @@ def test_the_calibration_set_pages_target_recipe_and_series_decisions():
     assert list(saved) == ["pool", "calibration set"] and len(saved["calibration set"]) == cs.size
     elsewhere = length_series(pool, "eval", target, calibration_set=cs, project_source="another.csv")
     assert list(elsewhere) == ["calibration set"]  # another pool, and matched against another kind of target
+
+
+def test_the_project_pages_carry_over_rules():
+    """The budget and max length carry over only to the same project; the custom form starts empty for a demo."""
+    from calib.verdict import ReleaseBudget
+    from lib.project import Project, custom_form_values, demo_project, first_max_length
+
+    budget = ReleaseBudget(max_drop=0.5)
+    current = Project(kind="demo", task="bbc-topic", max_length=96, budget=budget)
+    assert demo_project(current, "bbc-topic", 64) == Project(kind="demo", task="bbc-topic", max_length=64, budget=budget)
+    assert demo_project(current, "rt-sentiment", 64).budget is None
+    assert demo_project(Project(kind="custom", task="bbc-topic", budget=budget), "bbc-topic", 64).budget is None
+    assert first_max_length(current, task="bbc-topic", card_length=128) == 96
+    assert first_max_length(current, task="rt-sentiment", card_length=128) == 128
+    assert first_max_length(Project(kind="demo", task="bbc-topic"), task="bbc-topic", card_length=128) == 128
+    assert first_max_length(current) == 128  # the custom form, shown over a demo project
+    custom = Project(kind="custom", model="m.onnx", tokenizer="tok", pool_source="p.csv", max_length=256,
+                     labels=("neg", "pos"))
+    assert first_max_length(custom) == 256 and first_max_length(custom, task="bbc-topic", card_length=128) == 128
+    assert custom_form_values(custom) == {"model": "m.onnx", "tokenizer": "tok", "pool_source": "p.csv",
+                                          "eval_source": "", "labels": "neg, pos"}
+    assert set(custom_form_values(current).values()) == {""}

@@ -192,6 +192,28 @@ def parse_labels(text: str) -> tuple[str, ...]:
     return tuple(x.strip() for x in text.split(",") if x.strip())
 
 
+def demo_project(current: Project, task: str, max_length: int) -> Project:
+    """The demo project the Project page's choice makes. The release budget carries over only within the
+    same demo task: another task is another model and data, whose budget starts from the default."""
+    same = current.demo == task
+    return Project(kind="demo", task=task, max_length=int(max_length), budget=current.budget if same else None)
+
+
+def first_max_length(current: Project, *, task: str | None = None, card_length: int = DEFAULT_MAX_LENGTH) -> int:
+    """The max-length field's first value: the project's own when the page shows the same project kind
+    (the same demo ``task``, or a custom model with ``task`` None), else the demo card's / the default."""
+    same = current.demo == task if task is not None else current.kind == "custom"
+    return int(current.max_length or card_length) if same else int(card_length)
+
+
+def custom_form_values(current: Project) -> dict[str, str]:
+    """The custom-model form's first values: the project's own when it is a custom one, else empty."""
+    if current.kind != "custom":
+        return {"model": "", "tokenizer": "", "pool_source": "", "eval_source": "", "labels": ""}
+    return {"model": current.model, "tokenizer": current.tokenizer, "pool_source": current.pool_source,
+            "eval_source": current.eval_source, "labels": ", ".join(current.labels)}
+
+
 def checked_project(ws: Workspace, candidate: Project) -> Project:
     """``candidate`` as it will be saved: its class names read from the pool's label column when none
     were typed (id order), its model loaded and both data roles read, so a bad path, column or model

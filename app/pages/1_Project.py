@@ -18,11 +18,14 @@ from lib.datasets_view import peek, summary_frame
 from lib.project import (
     Project,
     checked_project,
+    custom_form_values,
     data_spec,
     demo_description,
+    demo_project,
     demo_ready,
     demo_task,
     demo_tasks,
+    first_max_length,
     model_spec,
     parse_labels,
     same_rows_warning,
@@ -34,7 +37,7 @@ from lib.verdict_view import budget_editor
 from calib import formatting as fmt
 from calib.data import guess_columns, guess_splits
 from calib.demo import DemoConfig, prepare_demo_run
-from calib.model import DEFAULT_MAX_LENGTH, POOLING_DESCRIPTIONS, POOLINGS
+from calib.model import POOLING_DESCRIPTIONS, POOLINGS
 
 page = start_page("Project", ":material/folder_open:", "Which model to quantize and which texts to calibrate and evaluate it on.")
 ws, project = page.ws, page.project
@@ -91,11 +94,10 @@ if mode == "Demo task":
     default_len = demo.max_length
     # one widget per task, so switching the task shows that task's own max length
     max_length = st.number_input("Max length (tokens)", min_value=8, max_value=512, step=8,
-                                 value=int(project.max_length or default_len) if project.task == task
-                                 else default_len, key=f"project-demo-maxlen-{task}",
+                                 value=first_max_length(project, task=task, card_length=default_len),
+                                 key=f"project-demo-maxlen-{task}",
                                  help="Texts are truncated to this many tokens.")
-    chosen = Project(kind="demo", task=task, max_length=int(max_length),
-                     budget=project.budget if project.kind == "demo" and project.task == task else None)
+    chosen = demo_project(project, task, int(max_length))
     if chosen != project:
         set_project(ws, page.session, chosen)
         st.rerun()  # the sidebar, drawn before this widget, names the new project
@@ -106,8 +108,9 @@ if mode == "Demo task":
     facts[3].metric("Card max length", f"{default_len} tokens")
 else:
     st.markdown("#### Model")
+    first = custom_form_values(project)
     src = st.radio("ONNX model", ["Path on the server", "Upload"], horizontal=True, key="project-onnx-src")
-    onnx_path = project.model if project.kind == "custom" else ""
+    onnx_path = first["model"]
     if src == "Upload":
         up = st.file_uploader("ONNX model (.onnx)", type=["onnx"], key="project-onnx-upload",
                               max_upload_size=uploads.widget_limit_mb(uploads.MODEL))
@@ -119,7 +122,7 @@ else:
         onnx_path = st.text_input("ONNX model path", value=onnx_path, key="project-onnx-path",
                                   placeholder="/models/my-model.onnx")
     tsrc = st.radio("Tokenizer", ["Path on the server", "Upload files"], horizontal=True, key="project-tok-src")
-    tokenizer_dir = project.tokenizer if project.kind == "custom" else ""
+    tokenizer_dir = first["tokenizer"]
     if tsrc == "Upload files":
         ups = st.file_uploader("Tokenizer files (tokenizer.json, vocab.txt, tokenizer_config.json, "
                                "special_tokens_map.json)", type=["json", "txt"], accept_multiple_files=True,
@@ -134,7 +137,7 @@ else:
 
     st.markdown("#### Data")
     dsrc = st.radio("Dataset", ["Path on the server", "Upload"], horizontal=True, key="project-data-src")
-    pool_source = project.pool_source if project.kind == "custom" else ""
+    pool_source = first["pool_source"]
     if dsrc == "Upload":
         up = st.file_uploader("Dataset (CSV, TSV, JSON, JSONL, Parquet)",
                               type=["csv", "tsv", "json", "jsonl", "parquet"], key="project-data-upload",
@@ -147,7 +150,7 @@ else:
         pool_source = st.text_input("Dataset path (file or save_to_disk folder)", value=pool_source,
                                     key="project-data-path", placeholder="/data/texts.csv")
     eval_source = st.text_input("Separate evaluation dataset (optional)",
-                                value=project.eval_source if project.kind == "custom" else "",
+                                value=first["eval_source"],
                                 key="project-eval-path",
                                 help="Leave empty to evaluate on the same dataset (or another split of it).")
 
@@ -176,11 +179,9 @@ else:
                                 key="project-label-col")
     pair_column = c3.selectbox("Second text column (pairs)", [NONE] + columns, index=0, key="project-pair-col")
     max_length = st.number_input("Max length (tokens)", min_value=8, max_value=4096, step=8,
-                                 value=int(project.max_length or DEFAULT_MAX_LENGTH) if project.kind == "custom"
-                                 else DEFAULT_MAX_LENGTH,
-                                 key="project-maxlen")
+                                 value=first_max_length(project), key="project-maxlen")
     labels_text = st.text_input("Class names in logit order (comma separated; empty: taken from the data)",
-                                value=", ".join(project.labels) if project.kind == "custom" else "",
+                                value=first["labels"],
                                 key="project-labels")
     r1, r2, r3 = st.columns(3)  # which outputs are scored; empty: detected when unambiguous
     logits_output = r1.text_input("Logits output (empty: detect)", value=project.logits_output, key="project-logits-out")
