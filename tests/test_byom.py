@@ -287,3 +287,37 @@ def test_calibrators_side_by_side_on_an_embedding_model(encoder_cli, tmp_path):
     for row in comparison["rows"]:
         assert [c["name"] for c in row["verdict"]["criteria"]] == ["min_embedding_cosine"]
         assert all("embedding_cosine" in b and "top1_agreement" not in b for b in row["bucket_drops"])
+
+
+def test_the_validate_page_shows_an_embedding_models_own_tiles(encoder_cli, tmp_path, monkeypatch):
+    """An encoder's validation opens on the Validate page with its cosine and neighbour tiles, not a
+    classifier's agreement and accuracy."""
+    import sys
+
+    from streamlit.testing.v1 import AppTest
+
+    run, _, model, data = encoder_cli
+    calset = run("assemble", *model, *data, "--size", "32").split()[1].rstrip(":")
+    calibration = run("calibrate", "--calibration-set", calset, "--method", "minmax").split()[1].rstrip(":")
+    engine = run("build", "--calibration", calibration, "--method", "minmax").split()[1].rstrip(":")
+    evaluation = run("validate", "--engine", engine, *model, *data, "--limit", "40", "--bootstrap", "0",
+                     "--no-layers").split()[1].rstrip(":")
+    app = Path(__file__).resolve().parents[1] / "app"
+    monkeypatch.syspath_prepend(str(app))
+    monkeypatch.setenv("CALIB_WORKSPACE", str(tmp_path / "ws"))
+    assert str(app) in sys.path
+    at = AppTest.from_file(str(app / "Home.py"), default_timeout=60).run()
+    at.switch_page("pages/1_Project.py").run()
+    at.radio(key="project-mode").set_value("My own model").run()
+    at.text_input(key="project-onnx-path").set_value(model[1])
+    at.text_input(key="project-tok-path").set_value(model[3])
+    at.text_input(key="project-data-path").set_value(data[1]).run()
+    at.number_input(key="project-maxlen").set_value(64)
+    at.button(key="project-apply").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    at.switch_page("pages/5_Validate.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    labels = [m.label for m in at.metric]
+    assert "Embedding cosine (mean)" in labels and "Neighbour recall@1" in labels
+    assert "Top-1 agreement" not in labels and "INT8 accuracy" not in labels
+    assert any(f"`{evaluation}`" in c.value for c in at.caption) and any("embedding model" in c.value for c in at.caption)

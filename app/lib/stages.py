@@ -15,6 +15,7 @@ from calib.calibset import AssembleConfig, CalibrationSet
 from calib.data import DataSpec
 from calib.engines import DEPLOYMENT_TARGET, get_backend
 from calib.errors import InputError
+from calib.evaluation import EvalSettings
 from calib.inputs import save_recipe
 from calib.lengths import load_length_target, token_lengths
 from calib.model import ModelRef, read_onnx
@@ -25,6 +26,11 @@ from lib.uploads import sanitize_name
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPES_SUBDIR = "recipes"
+
+
+PAGE_EVAL_SETTINGS = EvalSettings(layer_rows=64)
+"""The Validate page's first evaluation settings: EvalSettings' own, except 64 texts for the per-layer
+analysis (the CLI's 128 halved), which keeps a validation started from the browser interactive on a CPU."""
 
 
 def project_inputs(ws: Workspace, project: Project, role: str = "eval") -> dict[str, Any]:

@@ -22,7 +22,7 @@ from calib.verdict import (
     proportion_interval,
 )
 from calib.workspace import Workspace
-from lib.context import show_error
+from lib.context import attempt, show_error
 from lib.project import Project, release_budget, set_project
 
 PASS_COLOUR, FAIL_COLOUR = "#2a7a2a", "#b00020"
@@ -206,3 +206,29 @@ def budget_editor(ws: Workspace, session: str, project: Project) -> Project:
         st.toast("Release budget saved with the project.", icon=":material/save:")
     st.caption(f"Now: {chosen.describe()}.")
     return project
+
+
+def evaluation_tiles(ev, headline: Mapping, *, run_id: str) -> bool:
+    """The headline tiles of an evaluation (``calib.validate.Evaluation``) and their caption: a classifier's
+    accuracy, drop, agreement and cosine; an embedding model's cosine, neighbours and per-bucket table.
+    Returns whether it is a classifier's (whose per-bucket and per-layer details follow on the page)."""
+    m = ev.metrics
+    if m.is_classifier:
+        cosines = attempt(lambda: ev.predictions().get("embedding_cosine"), what="Reading the per-text cosines")
+        headline_tiles(headline, has_embedding=m.has_embedding,
+                       row_cosines=cosines if cosines is not None and len(cosines) else None)
+        if not ev.labelled:
+            st.caption(ev.dataset.note or "The evaluation data has no labels: agreement only.")
+        st.caption(f"{fmt.count(m.n)} texts · engine {ev.engine.name} · KL(FP32‖INT8) "
+                   f"{fmt.number(m.kl_softmax)} · run `{run_id}`")
+        return True
+    # an embedding model: no logits, so no agreement; cosine and neighbours instead
+    cols = st.columns(4)
+    cols[0].metric("Embedding cosine (mean)", fmt.ratio(m.embedding_cosine),
+                   help=f"lowest 1 % of texts: {fmt.ratio(m.embedding_cosine_p1)}")
+    cols[1].metric("Neighbour recall@1", fmt.percent(m.neighbour_recall_at_1))
+    cols[2].metric(f"Neighbour recall@{m.neighbour_k}", fmt.percent(m.neighbour_recall_at_k))
+    cols[3].metric("Similarity Spearman", fmt.ratio(m.similarity_spearman))
+    st.caption(f"{fmt.count(m.n)} texts · embedding model (output `{ev.model.roles.embedding}`) · run `{run_id}`")
+    st.dataframe(embedding_bucket_frame(m.bucket_figures), hide_index=True, width="stretch")
+    return False

@@ -24,7 +24,7 @@ from lib.sensitivity_view import (
     search_budget,
     search_budget_start,
 )
-from lib.stages import project_inputs
+from lib.stages import PAGE_EVAL_SETTINGS, project_inputs
 from lib.ui import (
     download_file,
     finished_runs,
@@ -41,8 +41,7 @@ from lib.verdict_view import (
     bucket_frame,
     comparison_chart,
     comparison_frame,
-    embedding_bucket_frame,
-    headline_tiles,
+    evaluation_tiles,
     verdict_banner,
 )
 
@@ -136,26 +135,8 @@ else:
     headline = headline_of(ev)
     verdict_banner(judge(headline, budget), subject=subject, warning=resolution_warning(headline, budget),
                    key="val")
-    if ev.metrics.is_classifier:
-        cosines = attempt(lambda: ev.predictions().get("embedding_cosine"), what="Reading the per-text cosines")
-        headline_tiles(headline, has_embedding=ev.metrics.has_embedding,
-                       row_cosines=cosines if cosines is not None and len(cosines) else None)
-        if not ev.labelled:
-            st.caption(ev.dataset.note or "The evaluation data has no labels: agreement only.")
-        st.caption(f"{fmt.count(ev.metrics.n)} texts · engine {ev.engine.name} · KL(FP32‖INT8) "
-                   f"{fmt.number(ev.metrics.kl_softmax)} · run `{judged.id}`")
-    else:  # an embedding model: no logits, so no agreement; cosine and neighbours instead
-        emb = ev.metrics
-        cols = st.columns(4)
-        cols[0].metric("Embedding cosine (mean)", fmt.ratio(emb.embedding_cosine),
-                       help=f"lowest 1 % of texts: {fmt.ratio(emb.embedding_cosine_p1)}")
-        cols[1].metric("Neighbour recall@1", fmt.percent(emb.neighbour_recall_at_1))
-        cols[2].metric(f"Neighbour recall@{emb.neighbour_k}", fmt.percent(emb.neighbour_recall_at_k))
-        cols[3].metric("Similarity Spearman", fmt.ratio(emb.similarity_spearman))
-        st.caption(f"{fmt.count(emb.n)} texts · embedding model (output `{ev.model.roles.embedding}`) · "
-                   f"run `{judged.id}`")
-        st.dataframe(embedding_bucket_frame(emb.bucket_figures), hide_index=True, width="stretch")
-        ev = None  # the details below are the classifier's
+    if not evaluation_tiles(ev, headline, run_id=judged.id):
+        ev = None  # an embedding model's: the details below are the classifier's
     if judged is not run:
         st.caption("The recommended (or closest) calibrator of that comparison; its table, chart and report are under "
                    "“Calibrators side by side” below. Judge the validation run to see its details.")
@@ -233,12 +214,13 @@ else:
                    "project's model will be refused.", icon=":material/warning:")
     st.caption(f"Evaluation data: `{eval_spec.describe()}` (from the project)")
     c1, c2, c3, c4 = st.columns(4)
-    limit = c1.number_input("Texts to evaluate (0 = all)", min_value=0, value=0, step=32, key="val-limit")
-    layers_on = c2.checkbox("Per-layer analysis", value=True, key="val-layers")
-    layer_texts = c3.number_input("Texts for the per-layer analysis", min_value=1, value=64, step=16,
+    first = PAGE_EVAL_SETTINGS
+    limit = c1.number_input("Texts to evaluate (0 = all)", min_value=0, value=first.limit, step=32, key="val-limit")
+    layers_on = c2.checkbox("Per-layer analysis", value=first.layers, key="val-layers")
+    layer_texts = c3.number_input("Texts for the per-layer analysis", min_value=1, value=first.layer_rows, step=16,
                                  key="val-layer-rows", disabled=not layers_on)
-    bootstrap = c4.number_input("Bootstrap resamples (confidence intervals)", min_value=0, value=1000, step=100,
-                                key="val-bootstrap")
+    bootstrap = c4.number_input("Bootstrap resamples (confidence intervals)", min_value=0, value=first.bootstrap,
+                                step=100, key="val-bootstrap")
     calibration = str(found) if (found := calibration_of(ws, build_run)) is not None else None
     config = ValidateConfig(
         engine=str(build_run.dir), **project_inputs(ws, project), calibration=calibration,
