@@ -428,3 +428,22 @@ def test_the_project_pages_carry_over_rules():
     assert custom_form_values(custom) == {"model": "m.onnx", "tokenizer": "tok", "pool_source": "p.csv",
                                           "eval_source": "", "labels": "neg, pos"}
     assert set(custom_form_values(current).values()) == {""}
+
+
+def test_the_runs_pages_first_choices(workspace):
+    from lib.runs import compare_defaults, parse_tags, report_to_show
+
+    ids: dict[str, list[str]] = {}
+    for i, stage in enumerate(("calibset", "build", "validate", "validate", "validate", "report", "report")):
+        with workspace.start_run(stage, {}, session="a" if i % 2 else "b") as ctx:
+            (ctx.dir / "x.json").write_text("{}")
+        ids.setdefault(stage, []).append(ctx.id)
+    runs = workspace.list_runs()  # newest first
+    stage, picked = compare_defaults(runs)
+    assert stage == "validate" and picked == ids["validate"][::-1][:2]
+    no_validation = [r for r in runs if r.stage != "validate"]
+    assert compare_defaults(no_validation)[0] == "calibset" and compare_defaults([]) is None
+    reports = [r for r in runs if r.stage == "report"]
+    assert report_to_show(reports, reports[1].session) == reports[1]
+    assert report_to_show(reports, "another session") == reports[0]
+    assert parse_tags(" release, ,rc1 ,") == ["release", "rc1"]

@@ -52,6 +52,31 @@ def stages_present(runs: Sequence[RunRecord]) -> list[str]:
     return sorted({r.stage for r in runs}, key=lambda s: (order.index(s) if s in order else len(order), s))
 
 
+COMPARED_FIRST = "validate"  # the stage the Runs page compares first: validations carry the figures to set side by side
+COMPARED_RUNS = 2  # runs picked at first: the two newest of that stage
+
+
+def compare_defaults(runs: Sequence[RunRecord]) -> tuple[str, list[str]] | None:
+    """(stage, run ids) the Runs page's comparison starts from among finished ``runs`` (newest first):
+    validations when there are any, else the first stage in pipeline order, and its newest runs; None
+    without runs."""
+    stages = stages_present(runs)
+    if not stages:
+        return None
+    stage = COMPARED_FIRST if COMPARED_FIRST in stages else stages[0]
+    return stage, [r.id for r in runs if r.stage == stage][:COMPARED_RUNS]
+
+
+def report_to_show(reports: Sequence[RunRecord], session: str) -> RunRecord:
+    """The report the Runs page opens first: this session's newest, else the newest of any session."""
+    return next((r for r in reports if r.session == session), reports[0])
+
+
+def parse_tags(text: str) -> list[str]:
+    """Tags typed comma separated, trimmed, blanks dropped (``Workspace.set_notes`` also de-duplicates them)."""
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
 def history_frame(runs: Sequence[RunRecord], session: str, lookup=None,
                   notes: Mapping[str, tuple[str, tuple[str, ...]]] | None = None) -> pd.DataFrame:
     """One row per run: its name (what it is), status, time, the headline metrics as numbers (so the

@@ -15,6 +15,7 @@ import streamlit as st
 from lib.context import STAGE_TITLES, attempt, shown_errors
 from lib.runs import (
     baseline_deltas,
+    compare_defaults,
     comparison_frame,
     filter_runs,
     flatten,
@@ -22,6 +23,8 @@ from lib.runs import (
     history_frame,
     layer_overlay_frame,
     overlay_frame,
+    parse_tags,
+    report_to_show,
     stages_present,
 )
 from lib.ui import age, download_file, start_page
@@ -132,7 +135,7 @@ with tab_history:
                                          placeholder="release-candidate, rejected, …")
                 if st.form_submit_button("Save note and tags", icon=":material/save:"):
                     with shown_errors("Saving the note"):
-                        ws.set_notes(run.id, new_note, [t for t in new_tags.split(",")])
+                        ws.set_notes(run.id, new_note, parse_tags(new_tags))
                     st.rerun()
             st.markdown("Parameters")
             st.json(run.params, expanded=False)
@@ -157,16 +160,16 @@ with tab_compare:
     everyone_c = st.toggle("All sessions", value=True, key="compare-all")
     candidates = filter_runs(ws.list_runs(session=None if everyone_c else page.session, limit=1000),
                              statuses=("finished",))
-    stage_options = stages_present(candidates)
-    if not stage_options:
+    first = compare_defaults(candidates)
+    if first is None:
         st.info("No finished runs to compare yet.", icon=":material/info:")
     else:
-        default_stage = "validate" if "validate" in stage_options else stage_options[0]
-        stage = st.selectbox("Stage", stage_options, index=stage_options.index(default_stage), key="compare-stage",
+        stage_options = stages_present(candidates)
+        stage = st.selectbox("Stage", stage_options, index=stage_options.index(first[0]), key="compare-stage",
                              format_func=lambda s: STAGE_TITLES.get(s, s))
         same = [r for r in candidates if r.stage == stage]
         cnames = {r.id: run_name(r, lookup) for r in same}
-        picked = st.multiselect("Runs", [r.id for r in same], default=[r.id for r in same[:2]], key="compare-runs",
+        picked = st.multiselect("Runs", [r.id for r in same], default=compare_defaults(same)[1], key="compare-runs",
                                 format_func=cnames.__getitem__)
         if len(picked) >= 1:
             chosen_runs = [r for r in same if r.id in picked]
@@ -181,11 +184,10 @@ with tab_reports:
         st.info("No report yet: validate an INT8 build on the Validate page, then make its report there.",
                 icon=":material/info:")
     else:
-        mine = [r for r in reports if r.session == page.session] or reports
         ids = [r.id for r in reports]
         rnames = {r.id: run_name(r, lookup) + (" · this session" if r.session == page.session else "")
                   for r in reports}
-        rid = st.selectbox("Report", ids, index=ids.index(mine[0].id), key="report-pick", format_func=rnames.__getitem__)
+        rid = st.selectbox("Report", ids, index=ids.index(report_to_show(reports, page.session).id), key="report-pick", format_func=rnames.__getitem__)
         run = next(r for r in reports if r.id == rid)
         cols = st.columns(len(REPORT_FILES))
         for col, (name, mime) in zip(cols, REPORT_FILES):
