@@ -113,7 +113,7 @@ from calib.placement import Placement, exact_pattern
 from calib.progress import FP32_PASS
 from calib.quantize import keep_in_float, quantize_qdq
 from calib.segments import SegmentationError, SegmentRunner, layer_block
-from calib.verdict import DEFAULT_EMBEDDING_COSINE, ReleaseBudget
+from calib.verdict import DEFAULT_EMBEDDING_COSINE, ReleaseBudget, meets
 from calib.workspace import ProgressFn
 
 SCHEMA = "calib.sensitivity/1"
@@ -480,17 +480,9 @@ def budget_statement(config: SensitivityConfig, kind: str) -> str:
 
 
 def passes(entry: Mapping, config: SensitivityConfig) -> bool:
-    """Whether a candidate's figures meet the budget (a figure the candidate lacks, or a threshold of
-    None, is not checked)."""
-    b = config.budget
-    drop = entry.get("accuracy_drop_points")  # None for unlabelled data
-    if drop is not None and b.max_drop is not None and drop > b.max_drop + 1e-9:
-        return False
-    agreement = entry.get("top1_agreement")  # None for embedding models (no logits)
-    if agreement is not None and b.min_agreement is not None and agreement < b.min_agreement - 1e-12:
-        return False
-    cos = entry.get("embedding_cosine")
-    return not (b.min_embedding_cosine is not None and cos is not None and cos < b.min_embedding_cosine)
+    """Whether a candidate's figures meet the search budget (:func:`calib.verdict.meets`: a figure the
+    candidate lacks, or a threshold of None, is not checked)."""
+    return meets(entry, config.budget)
 
 
 def activation_readers(qdq_model: onnx.ModelProto, nodes: Sequence[str]) -> dict[str, tuple[str, ...]]:
@@ -774,6 +766,13 @@ def _check_config(config: SensitivityConfig) -> None:
         raise InputError("the search judges candidates without a confidence interval; check the interval with "
                          "calib validate on the rebuilt engine (use_ci applies to the release verdict)")
     config.settings.check()
+    ignored = [what for what, given in (
+        ("length buckets (edges)", config.settings.edges != SEARCH_SETTINGS.edges),
+        ("bootstrap resamples", config.settings.bootstrap != 0), ("the per-layer analysis", config.settings.layers))
+        if given]
+    if ignored:
+        raise InputError(f"the search scores each candidate on all its texts at once, without {' or '.join(ignored)}; "
+                         "leave them out (calib validate on the rebuilt engine measures them)")
     if config.rank_rows < 0 or config.local_rows < 0:
         raise InputError("rank rows and local rows must be 0 (all) or positive")
     if config.speed_texts < 0 or config.speed_batch < 1 or config.speed_repeats < 1:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import shlex
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -209,6 +209,25 @@ def judge(headline: Mapping[str, Any], budget: ReleaseBudget) -> Verdict:
                                budget.min_embedding_cosine, headline.get("embedding_cosine"), "",
                                "the model has no embedding output to check"))
     return Verdict(all(c.passed for c in criteria), tuple(criteria), budget)
+
+
+def measured_budget(headline: Mapping[str, Any], budget: ReleaseBudget) -> ReleaseBudget:
+    """``budget`` without the criteria ``headline`` has no figure for: what a search candidate can be
+    checked on (unlabelled texts give no drop, an embedding model no agreement, a run without bootstrap no
+    interval). A release verdict never uses this: there an unmeasured criterion fails (:func:`judge`)."""
+    has = {k: headline.get(k) is not None for k in ("accuracy_drop_points", "top1_agreement", "embedding_cosine")}
+    return replace(
+        budget, max_drop=budget.max_drop if has["accuracy_drop_points"] else None,
+        min_agreement=budget.min_agreement if has["top1_agreement"] else None,
+        min_embedding_cosine=budget.min_embedding_cosine if has["embedding_cosine"] else None,
+        use_ci=budget.use_ci and has["accuracy_drop_points"] and drop_ci_high(headline) is not None)
+
+
+def meets(headline: Mapping[str, Any], budget: ReleaseBudget) -> bool:
+    """Whether the figures ``headline`` has meet ``budget`` (:func:`judge` on :func:`measured_budget`;
+    nothing measured to check: True)."""
+    checked = measured_budget(headline, budget)
+    return checked.empty or judge(headline, checked).passed
 
 
 def gate_command(report: str, budget: ReleaseBudget) -> str:

@@ -91,6 +91,10 @@ def test_bad_sensitivity_inputs(tiny_spec, tiny_csv, broken_ranges, tmp_path):
         analyze_sensitivity(sconfig(tiny_spec, tiny_csv, broken_ranges, granularity="layer"), tmp_path / "a")
     with pytest.raises(InputError, match="max evaluations"):
         analyze_sensitivity(sconfig(tiny_spec, tiny_csv, broken_ranges, max_evaluations=1), tmp_path / "b")
+    for settings, what in (({"bootstrap": 100}, "bootstrap resamples"), ({"layers": True}, "the per-layer analysis"),
+                           ({"edges": (0, 32)}, "length buckets")):  # evaluation settings a search has no use for
+        with pytest.raises(InputError, match=f"without {what}"):
+            analyze_sensitivity(sconfig(tiny_spec, tiny_csv, broken_ranges, **settings), tmp_path / "s")
     (tmp_path / "empty.json").write_text("{}")
     with pytest.raises(InputError, match="no"):
         analyze_sensitivity(sconfig(tiny_spec, tiny_csv, tmp_path / "empty.json"), tmp_path / "c")

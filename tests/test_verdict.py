@@ -211,3 +211,22 @@ def test_one_default_budget_for_every_kind_of_model():
     assert default_budget(has_embedding=False, labelled=False) == ReleaseBudget(max_drop=None, min_agreement=0.99,
                                                                                 min_embedding_cosine=None)
     assert default_budget() == ReleaseBudget()
+
+
+def test_a_search_candidate_is_judged_on_what_it_measured():
+    """meets() is judge() on the criteria a candidate has figures for; a release verdict fails the others."""
+    from calib.verdict import ReleaseBudget, judge, measured_budget, meets
+
+    budget = ReleaseBudget(max_drop=0.5, min_agreement=0.99, min_embedding_cosine=0.99)
+    embedding_only = {"embedding_cosine": 0.995}
+    assert measured_budget(embedding_only, budget) == ReleaseBudget(None, None, 0.99)
+    assert meets(embedding_only, budget) and not judge(embedding_only, budget).passed
+    unlabelled = {"top1_agreement": 0.98, "accuracy_drop_points": None, "embedding_cosine": 0.999}
+    assert not meets(unlabelled, budget) and meets({**unlabelled, "top1_agreement": 0.99}, budget)
+    assert meets({"accuracy_drop_points": 0.5 + 1e-12, "top1_agreement": 1.0}, ReleaseBudget(0.5, None, None))
+    assert not meets({"accuracy_drop_points": 0.6, "top1_agreement": 1.0}, ReleaseBudget(0.5, None, None))
+    assert not meets({"embedding_cosine": float("nan")}, budget)  # a broken candidate is never within budget
+    assert meets({}, budget)  # nothing measured, nothing to check
+    with_ci = ReleaseBudget(max_drop=0.5, min_agreement=None, min_embedding_cosine=None, use_ci=True)
+    assert measured_budget({"accuracy_drop_points": 0.1}, with_ci).use_ci is False
+    assert not meets({"accuracy_drop_points": 0.1, "drop_ci_high_points": 0.8}, with_ci)
