@@ -93,6 +93,13 @@ class BuildConfig:
     # Fold the expected output shift of INT8 weights into each quantized MatMul's bias (calibration means).
     bias_correction: bool = False
 
+    def __post_init__(self) -> None:
+        # one recorded form per setting: "off" is no migration (""), and attention folding needs migration
+        if isinstance(self.smooth, str) and self.smooth.strip().lower() == "off":
+            object.__setattr__(self, "smooth", "")
+        if self.smooth_attention and self.smooth in ("", None):
+            object.__setattr__(self, "smooth_attention", False)
+
     @classmethod
     def from_params(cls, values: Mapping[str, Any]) -> BuildConfig:
         """The config a build recorded (its run's registry params, or ``engine.json``'s ``config``), in
@@ -291,6 +298,11 @@ class EngineArtifact:
     @property
     def qdq_path(self) -> Path:
         return self.dir / self.meta["qdq"]["file"]
+
+    @property
+    def qdq_bytes(self) -> int | None:
+        """The Q/DQ model's file size (None: the file is gone)."""
+        return self.qdq_path.stat().st_size if self.qdq_path.is_file() else None
 
     @property
     def model_path(self) -> Path:

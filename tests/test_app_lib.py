@@ -447,3 +447,14 @@ def test_the_runs_pages_first_choices(workspace):
     assert report_to_show(reports, reports[1].session) == reports[1]
     assert report_to_show(reports, "another session") == reports[0]
     assert parse_tags(" release, ,rc1 ,") == ["release", "rc1"]
+
+
+def test_the_calibrate_pages_thresholds_leave_out_unusable_ranges():
+    from calib.ranges import Ranges
+    from lib.charts import threshold_frame
+
+    ranges = {"minmax": Ranges("minmax", {}, "", {"a": 2.0, "b": float("nan")}),
+              "percentile": Ranges("percentile", {}, "", {"a": 1.5})}
+    assert threshold_frame(ranges, "a").to_dict("records") == [{"method": "minmax", "amax": 2.0},
+                                                               {"method": "percentile", "amax": 1.5}]
+    assert threshold_frame(ranges, "b").empty and list(threshold_frame(ranges, "b").columns) == ["method", "amax"]

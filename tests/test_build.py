@@ -308,3 +308,12 @@ def test_a_plain_amax_mapping_is_a_range_set_for_every_stage(tiny_spec, ranges_f
         RangesRef(str(tmp_path / "empty.json")).load()
     with pytest.raises(InputError, match="must be numbers"):
         RangesRef(str(tmp_path / "text.json")).load()
+
+
+def test_build_config_records_one_form_of_no_migration(tiny_spec, tmp_path):
+    """A menu's "off" and no value are the same setting, recorded once; attention folding needs migration."""
+    off = BuildConfig(model="m.onnx", smooth="off", smooth_attention=True)
+    assert off.smooth == "" and off.smooth_attention is False and off == BuildConfig(model="m.onnx")
+    on = BuildConfig(model="m.onnx", smooth="auto", smooth_attention=True)
+    assert on.smooth == "auto" and on.smooth_attention is True
+    assert BuildConfig.from_params(config_params(off)) == off

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import altair as alt
 import numpy as np
@@ -115,6 +116,13 @@ def amax_long(table: pd.DataFrame, methods: Sequence[str]) -> pd.DataFrame:
     only finite, positive amax (an all-zero or non-finite tensor has no point on a log axis)."""
     long = table.melt(id_vars=["#", "tensor"], value_vars=list(methods), var_name="method", value_name="amax")
     return long[long["amax"].map(lambda v: v is not None and math.isfinite(v) and v > 0)]
+
+
+def threshold_frame(ranges: Mapping[str, Any], tensor: str) -> pd.DataFrame:
+    """Each calibrator's amax of ``tensor`` (columns method, amax) from ``{method: Ranges}``, the methods
+    that have a finite one (the rules drawn over its histogram)."""
+    return pd.DataFrame([{"method": m, "amax": r.amax[tensor]} for m, r in ranges.items()
+                         if tensor in r.amax and math.isfinite(r.amax[tensor])], columns=["method", "amax"])
 
 
 def histogram_bars(counts: np.ndarray, width: float, max_bars: int = 256) -> pd.DataFrame | None:

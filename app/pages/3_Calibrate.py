@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 
@@ -11,10 +10,9 @@ if str(APP_DIR) not in sys.path:
     sys.path.insert(0, str(APP_DIR))
 
 import altair as alt
-import pandas as pd
 import streamlit as st
 from lib.calibrator_view import calibrator_params
-from lib.charts import amax_long, histogram_bars, method_color, range_frame, widest_tensor
+from lib.charts import amax_long, histogram_bars, method_color, range_frame, threshold_frame, widest_tensor
 from lib.context import attempt, shown_errors
 from lib.project import model_spec
 from lib.ui import download_file, pick_run, run_button, start_page
@@ -121,8 +119,7 @@ if frame is not None:
         x=alt.X("from:Q", title="|x|"), x2="to:Q",
         y=alt.Y("count:Q", scale=alt.Scale(type="symlog"), title="values (symlog)"), y2=alt.datum(0),
         tooltip=[alt.Tooltip("from:Q", format=".4g"), alt.Tooltip("to:Q", format=".4g"), "count:Q"])
-    thresholds = pd.DataFrame([{"method": m_, "amax": r.amax[chosen]} for m_, r in ranges.items()
-                               if chosen in r.amax and math.isfinite(r.amax[chosen])])
+    thresholds = threshold_frame(ranges, chosen)
     rules = alt.Chart(thresholds).mark_rule(strokeWidth=2).encode(
         x="amax:Q", color=method_color(methods_run), tooltip=["method", alt.Tooltip("amax:Q", format=".4g")])
     st.altair_chart((bars + rules).properties(height=280), width="stretch")

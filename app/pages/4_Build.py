@@ -24,6 +24,7 @@ from lib.stages import (
 )
 from lib.ui import download_file, open_picked_run, pick_run, run_button, start_page
 
+from calib import formatting as fmt
 from calib.build import BuildConfig, EngineArtifact, build
 from calib.calibrate import Calibration, RangesRef
 from calib.engines import PORTABLE_BACKEND, backend_names, get_backend
@@ -103,8 +104,7 @@ else:
     placement = build_placement(preset, excluded, patterns, exclude_ops)
     config = BuildConfig(model=str(model_path), ranges=RangesRef(str(cal_run.dir), method), placement=placement,
                          per_channel=bool(per_channel), backend=backend,
-                         trt_version=trt_version, smooth="" if smooth == "off" else smooth,
-                         smooth_attention=bool(smooth_attention) and smooth != "off",
+                         trt_version=trt_version, smooth=smooth, smooth_attention=bool(smooth_attention),
                          bias_correction=bool(bias_correction))
     run_button(page, "build", "Building", "Build the INT8 model", key="build-run", fn=build, config=config,
                parents=(cal_run.id,))
@@ -119,8 +119,7 @@ m[0].metric("Backend", art.backend)
 m[1].metric("Calibrator", art.method)
 m[2].metric("Quantized nodes", len(art.quantized_nodes))
 m[3].metric("Kept in float", len(art.excluded_nodes))
-size_mb = art.qdq_path.stat().st_size / 2**20 if art.qdq_path.is_file() else 0
-m[4].metric("Q/DQ model", f"{size_mb:.1f} MB")
+m[4].metric("Q/DQ model", fmt.size(art.qdq_bytes))
 if art.unmatched_patterns:
     st.warning("These exclusion patterns matched no node: " + ", ".join(art.unmatched_patterns),
                icon=":material/warning:")
