@@ -766,10 +766,11 @@ def _check_config(config: SensitivityConfig) -> None:
         raise InputError("the search judges candidates without a confidence interval; check the interval with "
                          "calib validate on the rebuilt engine (use_ci applies to the release verdict)")
     config.settings.check()
-    ignored = [what for what, given in (
-        ("length buckets (edges)", config.settings.edges != SEARCH_SETTINGS.edges),
-        ("bootstrap resamples", config.settings.bootstrap != 0), ("the per-layer analysis", config.settings.layers))
-        if given]
+    # a setting changed from both defaults (EvalSettings' and the search's) asks for something the search never does
+    defaults = (EvalSettings(), SEARCH_SETTINGS)
+    ignored = [what for what, name in (("length buckets (edges)", "edges"), ("bootstrap resamples", "bootstrap"),
+                                       ("the per-layer analysis", "layers"))
+               if all(getattr(config.settings, name) != getattr(d, name) for d in defaults)]
     if ignored:
         raise InputError(f"the search scores each candidate on all its texts at once, without {' or '.join(ignored)}; "
                          "leave them out (calib validate on the rebuilt engine measures them)")

@@ -91,7 +91,7 @@ def test_bad_sensitivity_inputs(tiny_spec, tiny_csv, broken_ranges, tmp_path):
         analyze_sensitivity(sconfig(tiny_spec, tiny_csv, broken_ranges, granularity="layer"), tmp_path / "a")
     with pytest.raises(InputError, match="max evaluations"):
         analyze_sensitivity(sconfig(tiny_spec, tiny_csv, broken_ranges, max_evaluations=1), tmp_path / "b")
-    for settings, what in (({"bootstrap": 100}, "bootstrap resamples"), ({"layers": True}, "the per-layer analysis"),
+    for settings, what in (({"bootstrap": 100}, "bootstrap resamples"),
                            ({"edges": (0, 32)}, "length buckets")):  # evaluation settings a search has no use for
         with pytest.raises(InputError, match=f"without {what}"):
             analyze_sensitivity(sconfig(tiny_spec, tiny_csv, broken_ranges, **settings), tmp_path / "s")
