@@ -460,6 +460,6 @@ class EngineArtifact:
             "backend": self.meta["backend"], "placement": self.meta["placement"]["preset"],
             "method": self.meta["ranges"]["method"], "quantized_nodes": len(self.meta["quantized_nodes"]),
             "excluded_nodes": len(self.meta["excluded_nodes"]), "skipped_tensors": len(self.meta["skipped_tensors"]),
-            "qdq_mb": round(self.qdq_path.stat().st_size / 2**20, 2) if self.qdq_path.is_file() else None,
-            "tensorrt": self.meta["tensorrt"]["available"],
+            "qdq_mb": round(self.qdq_bytes / 2**20, 2) if self.qdq_bytes is not None else None,
+            "tensorrt": self.meta["tensorrt"]["available"], "model_sha256": self.model_sha256,
         }

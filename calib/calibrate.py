@@ -232,6 +232,7 @@ class Calibration:
             "texts": self.meta["stats"]["texts"], "stats_seconds": self.meta["timings"]["stats_seconds"],
             "calibrators_seconds": self.meta["timings"]["calibrators_seconds"],
             "nonfinite_tensors": len(self.nonfinite_tensors), "trt_header_version": self.meta["trt_version"],
+            "model_sha256": self.model_sha256,
             **({"cluster": self.meta["cluster"]["spec"], "workers": self.meta["cluster"]["workers"]}
                if self.meta.get("cluster") else {}),
         }

@@ -480,6 +480,7 @@ class CalibrationSet:
             "wasserstein": round(float(cov["wasserstein"]), 2), "longest_covered": cov["longest_covered"],
             "warnings": len(cov["warnings"]), "max_length": self.max_length,
             "profile_seq": [seq["min"], seq["opt"], seq["max"]], "repeats": self.manifest["repeats"],
+            "model_sha256": self.model_sha256,  # what the app's run pickers filter on
         }
 
 

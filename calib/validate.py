@@ -417,7 +417,7 @@ class Evaluation:
 
     def summary(self) -> dict:
         m = self.metrics
-        s = {"rows": m.n, "labelled": self.labelled}
+        s = {"rows": m.n, "labelled": self.labelled, "model_sha256": self.model.sha256}
         if not m.is_classifier:
             s.update({k: v for k, v in m.headline().items() if v is not None})
         elif m.top1_agreement is not None:

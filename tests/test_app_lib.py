@@ -458,3 +458,32 @@ def test_the_calibrate_pages_thresholds_leave_out_unusable_ranges():
     assert threshold_frame(ranges, "a").to_dict("records") == [{"method": "minmax", "amax": 2.0},
                                                                {"method": "percentile", "amax": 1.5}]
     assert threshold_frame(ranges, "b").empty and list(threshold_frame(ranges, "b").columns) == ["method", "amax"]
+
+
+def test_run_pickers_filter_by_the_model_each_run_records(workspace):
+    """Calibration sets, calibrations, builds and validations record their model's sha256 in the registry
+    summary, so a page's picker offers only the project model's runs (runs that recorded none stay)."""
+    import types
+
+    from calib.build import EngineArtifact
+    from calib.calibrate import Calibration
+    from calib.calibset import CalibrationSet
+    from calib.validate import Evaluation
+    from lib.ui import finished_runs
+
+    assert CalibrationSet.load(FIXTURES / "calibset").summary()["model_sha256"] == CalibrationSet.load(
+        FIXTURES / "calibset").model_sha256
+    assert Calibration.load(FIXTURES / "calibrate").summary()["model_sha256"] == Calibration.load(
+        FIXTURES / "calibrate").model_sha256
+    assert EngineArtifact.load(FIXTURES / "engine").summary()["model_sha256"] == EngineArtifact.load(
+        FIXTURES / "engine").model_sha256
+    assert Evaluation.load(FIXTURES / "validate").summary()["model_sha256"] == Evaluation.load(
+        FIXTURES / "validate").model.sha256
+    for sha in ("aaa", "bbb", None):
+        with workspace.start_run("calibset", {}, session="s") as ctx:
+            (ctx.dir / "x.json").write_text("{}")
+            if sha:
+                ctx.summary["model_sha256"] = sha
+    page = types.SimpleNamespace(ws=workspace, session="s")
+    kept = finished_runs(page, "calibset", model_sha256="aaa")
+    assert sorted(r.summary.get("model_sha256") or "" for r in kept) == ["", "aaa"]
