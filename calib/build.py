@@ -131,19 +131,34 @@ def _load_ranges(config: BuildConfig) -> tuple[Ranges, str, Path | None]:
     return ranges, config.ranges.describe(), None if calibration_dir is None else calibration_dir.resolve()
 
 
+def _calibration_set_dir(config: BuildConfig, calibration_dir: Path | None) -> str:
+    """The calibration set behind the build: the one given, else the calibration run's ("" when none)."""
+    if config.calibration_set:
+        return config.calibration_set
+    return Calibration.load(calibration_dir).calibration_set_dir if calibration_dir is not None else ""
+
+
 def _profile(config: BuildConfig, calibration_dir: Path | None) -> tuple[ShapeProfile, str]:
     if config.profile:
         if len(config.profile) != 6:
             raise InputError("profile needs 6 numbers: min_batch opt_batch max_batch min_seq opt_seq max_seq")
         return ShapeProfile(*(int(v) for v in config.profile)), "given"
-    source = config.calibration_set
-    if not source and calibration_dir is not None:
-        source = Calibration.load(calibration_dir).calibration_set_dir
+    source = _calibration_set_dir(config, calibration_dir)
     if source and Path(source).is_dir():
         return ShapeProfile.from_calibration_set(CalibrationSet.load(source).profile), f"calibration set {source}"
     if config.calibration_set:
         raise InputError(f"calibration set {config.calibration_set} does not exist")
     return ShapeProfile(), "default (no calibration set given)"
+
+
+def _labels(config: BuildConfig, calibration_dir: Path | None) -> list[str]:
+    """The model's class names as its calibration set knew them ([] when unknown: a ranges file, or a set
+    gone or unreadable), so a validation of the build names the classes without being told."""
+    source = _calibration_set_dir(config, calibration_dir)
+    try:
+        return list(CalibrationSet.load(source).model_labels) if source and Path(source).is_dir() else []
+    except InputError:  # provenance is best effort; the ranges are what matter
+        return []
 
 
 def _check(config: BuildConfig) -> None:
@@ -239,6 +254,7 @@ def build(config: BuildConfig, out_dir: Path, *, progress: ProgressFn | None = N
         "ranges": {"source": ranges_source, "method": ranges.method, "params": ranges.params,
                    "model_sha256": ranges.model_sha256, "tensors": len(ranges.amax)},
         "placement": asdict(config.placement),
+        "labels": _labels(config, calibration_dir),
         "quantized_nodes": list(result.quantized_nodes),
         "quantized_tensors": list(result.quantized_tensors),
         "excluded_nodes": result.excluded_nodes,

@@ -349,6 +349,12 @@ class CalibrationSet:
         return str(self.manifest["model"]["sha256"])
 
     @property
+    def model_labels(self) -> tuple[str, ...]:
+        """The model's class names in logit order as the set resolved them (given, else the pool's label
+        names); empty when unknown."""
+        return tuple(self.manifest["model"].get("labels") or ())
+
+    @property
     def role_fields(self) -> dict[str, str | None]:
         """The output roles the set was drawn with, as ModelRef / ``load_model`` fields (``logits_output``,
         ``embedding_output``, ``pooling``); {} for sets made before roles were recorded (detect them again)."""
@@ -438,7 +444,7 @@ class CalibrationSet:
     def model_spec(self) -> ModelSpec:
         """The model this set was drawn for; refuses a model file whose sha256 changed since."""
         m = self.manifest["model"]
-        spec = load_model(m["onnx_path"], m["tokenizer_dir"], max_length=int(m["max_length"]), labels=m["labels"],
+        spec = load_model(m["onnx_path"], m["tokenizer_dir"], max_length=int(m["max_length"]), labels=self.model_labels,
                           **self.role_fields)
         check_same_model(m["sha256"], spec.sha256, f"calibration set {self.dir}")
         return spec

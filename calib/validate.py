@@ -450,6 +450,11 @@ def _preparation_warnings(calibration_info: Mapping | None, dataset_info: Mappin
     return [mismatch] if mismatch else []
 
 
+def _ranges_source(built: EngineArtifact) -> str | None:
+    """The range set a build read (its config's, else what an older build recorded of it)."""
+    return built.config.ranges.source if built.config is not None else built.ranges_record.get("source")
+
+
 def validate(config: ValidateConfig, out_dir: Path, *, progress: ProgressFn | None = None) -> Evaluation:
     """Compare the INT8 engine with the FP32 baseline on the eval split and save an :class:`Evaluation`."""
     t0 = time.monotonic()
@@ -460,8 +465,8 @@ def validate(config: ValidateConfig, out_dir: Path, *, progress: ProgressFn | No
     built = source.artifact
     model = replace(model, labels=model.labels or (built.labels if built is not None else ()))
     if not model.roles_named:  # as the calibration set recorded them, else detected
-        model = replace(model, **recorded_roles(config.calibration or (built.ranges_record.get("source")
-                                                                       if built is not None else None)))
+        model = replace(model, **recorded_roles(config.calibration or (_ranges_source(built) if built is not None
+                                                                       else None)))
     spec = model.load()
     check_engine_model(source, spec)
     ranged, calibration_info = ({}, None)

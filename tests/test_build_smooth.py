@@ -7,6 +7,7 @@ import json
 import numpy as np
 import onnx
 import pytest
+import tinymodel
 from onnx import numpy_helper
 
 from calib.build import SMOOTH_FILE, BuildConfig, EngineArtifact, build
@@ -148,3 +149,20 @@ def test_smooth_attention_build_reranges_the_folded_tensors(calibration, tiny_sp
     # V's values were rescaled by the fold, so its range was recomputed on the rewritten model
     v = "layer.0/attention/v_t_out"
     assert sm["migrated_amax"][v] != pytest.approx(calibration.ranges("minmax").amax[v], rel=1e-3)
+
+
+def test_a_build_from_a_calibration_names_the_classes_its_set_knew(workspace, tiny_model_path, tiny_tokenizer_dir,
+                                                                    tiny_csv, tiny_spec, tmp_path):
+    """engine.json records the class names the calibration set was given, which a validation without
+    --labels reads; none given (or a ranges file): none recorded, and the eval data names them."""
+    from tests.test_calibrate_demo import _assemble
+
+    labelled = _assemble(workspace, tiny_model_path, tiny_tokenizer_dir, str(tiny_csv), 32, 64,
+                         labels=tinymodel.LABELS)
+    cal = calibrate(CalibrateConfig(calibration_set=str(workspace.run_dir(labelled)), methods=("minmax",)),
+                    tmp_path / "cal")
+    art = _build(cal, tiny_spec, tmp_path / "e")
+    assert art.labels == tuple(tinymodel.LABELS)
+    plain = tmp_path / "plain.json"
+    cal.ranges("minmax").save(plain)
+    assert build(BuildConfig(model=str(tiny_spec.onnx_path), ranges=RangesRef(str(plain))), tmp_path / "p").labels == ()
