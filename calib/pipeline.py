@@ -98,6 +98,18 @@ def nest_params(cls: type, values: Mapping[str, Any], *, renames: Mapping[str, s
     return out
 
 
+def config_defaults(cls: type) -> dict[str, Any]:
+    """The default of every field of config class ``cls`` that has one (factories called): what a form
+    offers first, read from the config rather than repeated."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
+
+
 def _default_fields(f: dataclasses.Field, part: type) -> dict[str, Any]:
     """The fields of config field ``f``'s default ``part`` instance, as they are ({} when it has none)."""
     if f.default is not dataclasses.MISSING:

@@ -50,7 +50,7 @@ import onnx
 from onnx import numpy_helper
 
 from calib.batching import iter_batches
-from calib.calibrate import CalibrateConfig, Calibration
+from calib.calibrate import Calibration
 from calib.calibset import CalibrationSet
 from calib.engines.ort import OrtSessionLoader
 from calib.errors import InputError
@@ -719,9 +719,9 @@ def smooth_calibrated(model_path: str | Path, calibration_dir: str | Path, range
     cset = CalibrationSet.load(set_dir)
     spec = cset.model_spec()
     encoded = cset.encode(spec)
-    conf = cal.config or CalibrateConfig(calibration_set=set_dir)  # the statistics pass as the run made it
-    stats_config = StatsConfig(batch_size=conf.batch_size, histogram=conf.histogram, bins=conf.bins, threads=threads,
-                               channel_stats=False)
+    conf = cal.config  # the statistics pass as the run made it (not recorded: the pass's own defaults)
+    pass_settings = {"batch_size": conf.batch_size, "histogram": conf.histogram, "bins": conf.bins} if conf else {}
+    stats_config = StatsConfig(**pass_settings, threads=threads, channel_stats=False)
     batches = iter_batches(encoded, spec.input_dtypes, stats_config.batch_size)
     feeds = [batch.feeds for batch, _ in zip(batches, range(check_batches))]
     result = smooth_model(model_path, stats, out_path, alpha, method=method, method_params=params,

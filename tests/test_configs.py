@@ -149,3 +149,13 @@ def test_flat_keys_fill_the_configs_own_default_part():
     assert config_from_params(SensitivityConfig, {"model": "m.onnx", "tokenizer": "t", "data": "d.csv"}).budget == SEARCH_BUDGET
     saved = config_params(config)
     assert saved["budget"]["max_drop"] == 5 and config_from_params(SensitivityConfig, saved) == config
+
+
+def test_config_defaults_are_read_from_the_config():
+    from calib.calibrate import CalibrateConfig
+    from calib.pipeline import config_defaults
+    from calib.placement import Placement
+
+    defaults = config_defaults(CalibrateConfig)
+    assert "calibration_set" not in defaults and defaults["batch_size"] == CalibrateConfig("x").batch_size
+    assert defaults["placement"] == Placement() and defaults["params"] == {}

@@ -19,6 +19,7 @@ from calib.evaluation import EvalSettings
 from calib.inputs import save_recipe
 from calib.lengths import load_length_target, token_lengths
 from calib.model import ModelRef, read_onnx
+from calib.pipeline import config_defaults
 from calib.placement import Placement, ensure_node_names, exact_pattern
 from calib.workspace import Workspace
 from lib.project import Project, data_spec, model_spec
@@ -236,7 +237,7 @@ def calibset_defaults(target: str, pool_size: int, labelled: bool) -> dict[str, 
     """The Calibration set page's first values (widget key -> value): ``AssembleConfig``'s defaults, the
     size capped at the pool's, ``match`` when there is a target to match (else ``natural``), and
     stratified by label when the pool has labels."""
-    base = {f.name: f.default for f in dataclasses.fields(AssembleConfig) if f.default is not dataclasses.MISSING}
+    base = config_defaults(AssembleConfig)
     return {"cs-strategy": "match" if target != "pool" else base["strategy"],
             "cs-size": min(int(base["size"]), pool_size), "cs-seed": int(base["seed"]),
             "cs-edges": ", ".join(str(e) for e in base["edges"]), "cs-stratify": bool(labelled),

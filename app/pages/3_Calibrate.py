@@ -19,6 +19,7 @@ from lib.ui import download_file, pick_run, run_button, start_page
 
 from calib.calibrate import CalibrateConfig, Calibration, calibrate
 from calib.methods import default_methods, method_names
+from calib.pipeline import config_defaults
 from calib.placement import PRESETS, Placement
 from calib.stats import HISTOGRAM_MODES, TENSOR_SCOPE_DESCRIPTIONS, TENSOR_SCOPES
 from calib.trtcache import DEFAULT_TRT_VERSION
@@ -47,7 +48,7 @@ else:
     params = calibrator_params(methods)  # every chosen calibrator's parameters, from the method registry
     with st.expander("Advanced"):
         a1, a2, a3 = st.columns(3)
-        batch_size = a1.number_input("Batch size", min_value=1, max_value=256, value=CalibrateConfig("").batch_size,
+        batch_size = a1.number_input("Batch size", min_value=1, max_value=256, value=config_defaults(CalibrateConfig)["batch_size"],
                                      key="cal-batch")
         histogram = a2.selectbox("Histogram", list(HISTOGRAM_MODES), key="cal-hist",
                                  help="stream: one pass, exact bin merging. two-pass: TensorRT's binning, twice the time.")
