@@ -79,6 +79,12 @@ class ComparisonRow:
         """An embedding model's row: no agreement or accuracy, its own similarity figures."""
         return self.headline.get("model_kind") == "embedding"
 
+    @property
+    def worst_bucket(self) -> str | None:
+        """The length bucket where INT8 departs most from FP32 (None: not named)."""
+        worst = self.record.get("worst_bucket")
+        return str(worst["bucket"]) if isinstance(worst, Mapping) and worst.get("bucket") is not None else None
+
     def figure(self, name: str) -> float | None:
         """A comparison figure (``top1_agreement``, ``accuracy_drop_points``, ``drop_ci_low_points``, ...;
         None: not measured)."""

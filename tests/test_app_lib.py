@@ -206,9 +206,10 @@ def test_recipes_are_named_and_saved_in_the_workspace(workspace):
 def test_a_demo_projects_recipe_names_its_task_and_a_custom_ones_its_paths(tmp_path):
     import json
 
-    from calib.calibset import CalibrationSet
     from lib.project import Project
     from lib.stages import save_project_recipe
+
+    from calib.calibset import CalibrationSet
 
     cs = CalibrationSet.load(FIXTURES / "calibset")
     demo = json.loads(save_project_recipe(Project(kind="demo", task="bbc-topic"), cs, tmp_path / "d.json").read_text())
@@ -377,11 +378,16 @@ def test_the_project_page_warns_when_calibration_and_evaluation_share_rows():
 
 def test_the_calibration_set_pages_target_recipe_and_series_decisions():
     import numpy as np
+    from lib.stages import (
+        length_series,
+        recipe_data_note,
+        recipe_widget_values,
+        target_fields,
+        target_options,
+    )
 
     from calib.calibset import CalibrationSet
     from calib.data import DataSpec
-    from lib.stages import (length_series, recipe_data_note, recipe_widget_values, target_fields,
-                            target_options)
 
     eval_fields = {"target_kind": "eval", "target_source": None, "target_split": "eval"}
     assert target_options(None) == ["pool", "lengths"] and target_options(eval_fields) == ["eval", "pool", "lengths"]
@@ -410,8 +416,9 @@ def test_the_calibration_set_pages_target_recipe_and_series_decisions():
 
 def test_the_project_pages_carry_over_rules():
     """The budget and max length carry over only to the same project; the custom form starts empty for a demo."""
-    from calib.verdict import ReleaseBudget
     from lib.project import Project, custom_form_values, demo_project, first_max_length
+
+    from calib.verdict import ReleaseBudget
 
     budget = ReleaseBudget(max_drop=0.5)
     current = Project(kind="demo", task="bbc-topic", max_length=96, budget=budget)
@@ -450,8 +457,9 @@ def test_the_runs_pages_first_choices(workspace):
 
 
 def test_the_calibrate_pages_thresholds_leave_out_unusable_ranges():
-    from calib.ranges import Ranges
     from lib.charts import threshold_frame
+
+    from calib.ranges import Ranges
 
     ranges = {"minmax": Ranges("minmax", {}, "", {"a": 2.0, "b": float("nan")}),
               "percentile": Ranges("percentile", {}, "", {"a": 1.5})}
@@ -465,11 +473,12 @@ def test_run_pickers_filter_by_the_model_each_run_records(workspace):
     summary, so a page's picker offers only the project model's runs (runs that recorded none stay)."""
     import types
 
+    from lib.ui import finished_runs
+
     from calib.build import EngineArtifact
     from calib.calibrate import Calibration
     from calib.calibset import CalibrationSet
     from calib.validate import Evaluation
-    from lib.ui import finished_runs
 
     assert CalibrationSet.load(FIXTURES / "calibset").summary()["model_sha256"] == CalibrationSet.load(
         FIXTURES / "calibset").model_sha256
@@ -487,3 +496,32 @@ def test_run_pickers_filter_by_the_model_each_run_records(workspace):
     page = types.SimpleNamespace(ws=workspace, session="s")
     kept = finished_runs(page, "calibset", model_sha256="aaa")
     assert sorted(r.summary.get("model_sha256") or "" for r in kept) == ["", "aaa"]
+
+
+def test_the_validate_pages_layer_and_comparison_frames_read_typed_records(tmp_path):
+    import json
+
+    from lib.charts import clipped_long, layer_frame
+    from lib.verdict_view import comparison_frame
+
+    from calib import formatting as fmt
+    from calib.compare import SCHEMA, CalibratorComparison
+    from calib.validate import Evaluation
+    from calib.verdict import ReleaseBudget, judge
+
+    layers = Evaluation.load(FIXTURES / "validate").layer_report
+    rows = [t.row() for t in layers.quantized]
+    methods = sorted({m for r in rows for m in r["saturation_rate"]})
+    long = clipped_long(layer_frame(rows, methods), methods)
+    assert set(long["method"]) <= set(methods) and long["clipped"].notna().all()
+    assert len(long) == sum(1 for r in rows for m in methods if r["saturation_rate"].get(m) is not None)
+
+    budget = ReleaseBudget(max_drop=None, min_agreement=0.9, min_embedding_cosine=None)
+    figures = {"top1_agreement": 0.95, "worst_bucket": {"bucket": "0-7", "n": 3}}
+    (tmp_path / "comparison.json").write_text(json.dumps({
+        "schema": SCHEMA, "rows": [{"calibrator": "minmax", "rows": 4, **figures, "verdict": judge(figures, budget).to_dict()}],
+        "budget": budget.to_dict(), "placement": "tensorrt", "model_sha256": "x",
+        "recommendation": {"index": 0, "name": "minmax", "passes": True, "reason": "r", "default_note": ""}}))
+    frame = comparison_frame(CalibratorComparison.load(tmp_path).entries)
+    assert frame.loc[0, "verdict"] == "PASS" and frame.loc[0, "worst bucket"] == "0-7"
+    assert frame.loc[0, "top-1 agreement"] == fmt.percent(0.95) and frame.loc[0, "drop 95 % CI"] == fmt.MISSING

@@ -159,6 +159,15 @@ def layer_frame(rows: Sequence[Mapping], methods: Sequence[str]) -> pd.DataFrame
     return pd.DataFrame(out)
 
 
+def clipped_long(frame: pd.DataFrame, methods: Sequence[str]) -> pd.DataFrame:
+    """:func:`layer_frame`'s clipped shares as a long frame (#, name, tensor, method, clipped), the
+    tensors a calibrator has a share for."""
+    long = frame.melt(id_vars=["#", "name", "tensor"], value_vars=[f"clipped {m}" for m in methods],
+                      var_name="method", value_name="clipped").dropna(subset=["clipped"])
+    long["method"] = long["method"].str.removeprefix("clipped ")
+    return long
+
+
 def bucket_measure_bars(long: pd.DataFrame, order: Sequence[str], measures: Sequence[str]) -> alt.Chart:
     """Grouped bars of shares (0–1) per length bucket: ``long`` has columns bucket, texts, few,
     measure, value. The value axis starts below the smallest bar (:func:`calib.report.padded_floor`),

@@ -11,6 +11,7 @@ import pandas as pd
 import streamlit as st
 
 from calib import formatting as fmt
+from calib.compare import ComparisonRow
 from calib.errors import InputError
 from calib.evaluation import BucketFigures
 from calib.report import padded_floor
@@ -89,34 +90,33 @@ def _interval_help(p: float | None, n: int) -> str | None:
     return None if iv is None else f"95 % interval (Wilson) on {fmt.count(n)} texts: {fmt.percent(iv[0])} – {fmt.percent(iv[1])}"
 
 
-def comparison_frame(rows: Sequence[Mapping]) -> pd.DataFrame:
-    """One row per calibrator: the figures the decision rests on, formatted once."""
+def comparison_frame(entries: Sequence[ComparisonRow]) -> pd.DataFrame:
+    """One row per calibrator of a comparison (``CalibratorComparison.entries``): the figures the decision
+    rests on, formatted once."""
     out = []
-    for r in rows:
-        v = r["verdict"]
-        low, high = r.get("drop_ci_low_points"), r.get("drop_ci_high_points")
+    for e in entries:
+        low, high = e.figure("drop_ci_low_points"), e.figure("drop_ci_high_points")
         out.append({
-            "calibrator": r["calibrator"], "verdict": v["status"] if isinstance(v, Mapping) else v,
-            "INT8 accuracy": fmt.percent(r.get("accuracy_int8")),
-            "drop (pts, FP32 − INT8)": fmt.points(r.get("accuracy_drop_points"), unit=False),
+            "calibrator": e.calibrator, "verdict": e.verdict.status,
+            "INT8 accuracy": fmt.percent(e.figure("accuracy_int8")),
+            "drop (pts, FP32 − INT8)": fmt.points(e.figure("accuracy_drop_points"), unit=False),
             "drop 95 % CI": (f"[{fmt.points(low, unit=False)}, {fmt.points(high, unit=False)}]"
                              if low is not None else fmt.MISSING),
-            "top-1 agreement": fmt.percent(r.get("top1_agreement")),
-            "embedding cosine": fmt.ratio(r.get("embedding_cosine")),
-            "worst bucket": (r.get("worst_bucket") or {}).get("bucket", fmt.MISSING),
+            "top-1 agreement": fmt.percent(e.figure("top1_agreement")),
+            "embedding cosine": fmt.ratio(e.figure("embedding_cosine")),
+            "worst bucket": e.worst_bucket or fmt.MISSING,
         })
     return pd.DataFrame(out)
 
 
-def comparison_chart(rows: Sequence[Mapping], budget: ReleaseBudget) -> alt.Chart:
+def comparison_chart(entries: Sequence[ComparisonRow], budget: ReleaseBudget) -> alt.Chart:
     """Agreement and embedding cosine per calibrator, bars coloured by verdict, budget lines labelled."""
     long = []
-    for r in rows:
-        status = r["verdict"]["status"] if isinstance(r["verdict"], Mapping) else r["verdict"]
+    for e in entries:
         for measure, key in (("top-1 agreement", "top1_agreement"), ("embedding cosine", "embedding_cosine")):
-            if r.get(key) is not None:
-                long.append({"calibrator": r["calibrator"], "measure": measure, "value": float(r[key]),
-                             "verdict": status})
+            if (value := e.figure(key)) is not None:
+                long.append({"calibrator": e.calibrator, "measure": measure, "value": value,
+                             "verdict": e.verdict.status})
     frame = pd.DataFrame(long)
     floor = padded_floor([*frame["value"], *(v for v in (budget.min_agreement, budget.min_embedding_cosine) if v)])
     bars = alt.Chart(frame).mark_bar().encode(

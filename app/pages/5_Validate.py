@@ -14,7 +14,7 @@ if str(APP_DIR) not in sys.path:
 import altair as alt
 import pandas as pd
 import streamlit as st
-from lib.charts import bucket_measure_bars, layer_frame, method_color
+from lib.charts import bucket_measure_bars, clipped_long, layer_frame, method_color
 from lib.context import attempt, shown_errors
 from lib.project import data_spec, model_spec, release_budget
 from lib.sensitivity_view import (
@@ -181,10 +181,10 @@ if cmp_run is not None:
                                                   icon=":material/thumb_up:" if rec.passes else ":material/warning:")
         if rec.default_note:
             st.info(rec.default_note + ".", icon=":material/info:")
-        st.dataframe(comparison_frame(comparison.rows), hide_index=True, width="stretch", key="cmp-table")
+        st.dataframe(comparison_frame(comparison.entries), hide_index=True, width="stretch", key="cmp-table")
         left, _ = st.columns([3, 2])
         with left:
-            st.altair_chart(comparison_chart(comparison.rows, cbudget), width="stretch")
+            st.altair_chart(comparison_chart(comparison.entries, cbudget), width="stretch")
         if cbudget != budget:
             st.caption(f"Judged with the budget of its time ({cbudget.describe()}); the project's is now "
                        f"{budget.describe()}.")
@@ -258,7 +258,7 @@ with tab_layers:
         st.info("This validation ran without the per-layer analysis.", icon=":material/info:")
     else:
         rows = layer_rows(layers)
-        q = [r for r in rows if r["quantized"]]
+        q = [t.row() for t in layers.quantized]
         threshold = layers.degraded_sqnr_db
         first = layers.first_degraded
         summary = layer_summary(rows, threshold)
@@ -282,9 +282,7 @@ with tab_layers:
                 y="y:Q", text="label:N")
             st.altair_chart((line + rule + label).properties(height=340, title="SQNR per quantized tensor"),
                             width="stretch")
-            clipped = frame.melt(id_vars=["#", "name", "tensor"], value_vars=[f"clipped {m}" for m in methods],
-                                 var_name="method", value_name="clipped").dropna(subset=["clipped"])
-            clipped["method"] = clipped["method"].str.removeprefix("clipped ")
+            clipped = clipped_long(frame, methods)
             if not clipped.empty:
                 chart = alt.Chart(clipped).mark_line(point=True).encode(
                     x=x, y=alt.Y("clipped:Q", title="share of |x| above amax",
