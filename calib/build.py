@@ -19,6 +19,7 @@ Writes, inside ``out_dir``:
 
 from __future__ import annotations
 
+import shlex
 import time
 import warnings
 from collections.abc import Iterable, Mapping
@@ -112,6 +113,38 @@ class BuildConfig:
     def with_float_nodes(self, nodes: Iterable[str]) -> BuildConfig:
         """The same build with these node names (exactly, not as patterns) also kept in float."""
         return replace(self, placement=self.placement.with_exclusions(exact_pattern(n) for n in nodes))
+
+
+def build_command(config: BuildConfig, *, exclude_from: str | None = None) -> str:
+    """The ``calib build`` command that makes ``config`` again (``exclude_from``: a sensitivity run whose
+    exclusions it adds), every setting that differs from the CLI's defaults spelled out."""
+    ranges = config.ranges
+    source = ["--calibration", ranges.source, "--method", ranges.method] if ranges.from_calibration \
+        else ["--ranges", ranges.source]  # a ranges file holds one range set: no method to choose
+    args = ["calib", "build", *source, "--model", config.model, "--placement", config.placement.preset]
+    for flag, values in (("--include", config.placement.include_nodes), ("--exclude", config.placement.exclude_nodes),
+                         ("--op", config.placement.include_op_types), ("--exclude-op", config.placement.exclude_op_types)):
+        if values:
+            args += [flag, *values]
+    if not config.per_channel:
+        args.append("--per-tensor-weights")
+    if parse_alpha(config.smooth) is not None:
+        args += ["--smooth", str(config.smooth)]
+    args += [flag for flag, on in (("--smooth-attention", config.smooth_attention),
+                                   ("--bias-correction", config.bias_correction)) if on]
+    if config.backend != PORTABLE_BACKEND:
+        args += ["--backend", config.backend]
+    if config.calibration_set:
+        args += ["--calibration-set", config.calibration_set]
+    if config.profile:
+        args += ["--profile", *(str(v) for v in config.profile)]
+    if config.trt_version != DEFAULT_TRT_VERSION:
+        args += ["--trt-version", config.trt_version]
+    if config.trt_mode != "auto":
+        args += ["--trt-mode", config.trt_mode]
+    if exclude_from:
+        args += ["--exclude-from", exclude_from]
+    return shlex.join(args)
 
 
 def calibration_of(workspace: Workspace, build_run: RunRecord) -> Path | None:

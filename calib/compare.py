@@ -25,7 +25,7 @@ from calib.model import ModelRef
 from calib.placement import Placement
 from calib.report import budget_for, compare_evaluations, headline_of
 from calib.validate import Evaluation, ValidateConfig, validate
-from calib.verdict import Recommendation, ReleaseBudget, Verdict, judge, recommend
+from calib.verdict import FAIL, PASS, Recommendation, ReleaseBudget, Verdict, judge, recommend
 from calib.workspace import ProgressFn
 
 SCHEMA = "calib.comparison/1"
@@ -167,7 +167,8 @@ class CalibratorComparison:
 
     def summary(self) -> dict:
         rec = self.recommendation
-        return {"recommended": rec.name, "recommended_passes": rec.passes, "methods": self.methods,
+        return {"recommended": rec.name, "recommended_passes": rec.passes, "verdict": PASS if rec.passes else FAIL,
+                "methods": self.methods,
                 "passing": [e.calibrator for e in self.entries if e.verdict.passed],
                 "placement": self.data["placement"], "model_sha256": self.data["model_sha256"]}
 

@@ -19,7 +19,7 @@ to the digits shown, and :func:`clean` does the same for numbers written to JSON
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 MISSING = "–"
@@ -221,8 +221,69 @@ def clean(value: Any, digits: int = 12) -> Any:
     return value
 
 
+def _evaluation_headline(s: Mapping[str, Any]) -> list[str]:
+    """A validation's, a report's or a search recommendation's figures: drop, agreement, else cosine."""
+    parts = [f"drop {points(s['accuracy_drop_points'])}"] if s.get("accuracy_drop_points") is not None else []
+    if s.get("top1_agreement") is not None:
+        parts.append(f"agreement {percent(s['top1_agreement'])}")
+    if s.get("embedding_cosine") is not None and s.get("accuracy_drop_points") is None:
+        parts.append(f"cosine {ratio(s['embedding_cosine'])}")
+    return parts
+
+
+def _sensitivity_headline(s: Mapping[str, Any]) -> list[str]:
+    return [*([f"{s['exclusions']} in float"] if "exclusions" in s else []), *_evaluation_headline(s)]
+
+
+def _calibset_headline(s: Mapping[str, Any]) -> list[str]:
+    return [*([f"{count(s['size'])} texts"] if "size" in s else []),
+            *([f"KS {ratio(s['ks'])}"] if s.get("ks") is not None else []),
+            *([f"{s['warnings']} warning{'s' if s['warnings'] != 1 else ''}"] if s.get("warnings") else [])]
+
+
+def _calibrate_headline(s: Mapping[str, Any]) -> list[str]:
+    return [*([f"{count(s['tensors'])} tensors"] if "tensors" in s else []),
+            *([", ".join(s["methods"])] if "methods" in s else []),
+            *([f"stats {seconds(s['stats_seconds'])}"] if s.get("stats_seconds") is not None else [])]
+
+
+def _build_headline(s: Mapping[str, Any]) -> list[str]:
+    return [*([f"{count(s['quantized_nodes'])} nodes INT8"] if "quantized_nodes" in s else []),
+            *([f"{count(s['excluded_nodes'])} in float"] if s.get("excluded_nodes") else []),
+            *([str(s["method"])] if s.get("method") else [])]
+
+
+def _head_headline(s: Mapping[str, Any]) -> list[str]:
+    return [*([f"{s['classes']} classes"] if s.get("classes") is not None else []),
+            *([f"CV accuracy {percent(s['cv_accuracy'])}"] if s.get("cv_accuracy") is not None else [])]
+
+
+def _compare_headline(s: Mapping[str, Any]) -> list[str]:
+    if not s.get("recommended"):
+        return []
+    passing = s.get("passing") or []
+    return [f"recommends {s['recommended']}" if s.get("recommended_passes") else f"none passes, closest {s['recommended']}",
+            *([f"{len(passing)} of {len(s['methods'])} pass"] if "methods" in s else [])]
+
+
+def _bench_headline(s: Mapping[str, Any]) -> list[str]:
+    speedups = sorted((int(k[len("speedup_b"):]), v) for k, v in s.items()
+                      if k.startswith("speedup_b") and k[len("speedup_b"):].isdigit() and v is not None)
+    return [f"INT8 {factor(speedups[-1][1])} at batch {speedups[-1][0]}"] if speedups else []
+
+
+HEADLINES: dict[str, Callable[[Mapping[str, Any]], list[str]]] = {
+    "calibset": _calibset_headline, "calibrate": _calibrate_headline, "build": _build_headline,
+    "bench": _bench_headline, "validate": _evaluation_headline, "compare": _compare_headline,
+    "sensitivity": _sensitivity_headline, "head": _head_headline, "report": _evaluation_headline,
+}
+"""Per stage (``calib.stages.STAGES`` with a run folder), the figures that say how one of its runs went,
+from its registry summary (``tests/test_structure.py`` checks each stage has one)."""
+
+
 def headline(stage: str, summary: Mapping[str, Any]) -> str:
-    """The one figure that says how a finished run went, from its registry summary.
+    """The one figure that says how a finished run went, from its registry summary (:data:`HEADLINES`;
+    "" for a stage this version does not know).
 
     >>> headline("validate", {"accuracy_drop_points": 0.390625, "top1_agreement": 0.98})
     'drop +0.39 pts, agreement 98.00 %'
@@ -231,58 +292,5 @@ def headline(stage: str, summary: Mapping[str, Any]) -> str:
     >>> headline("bench", {"speedup_b1": 1.31, "speedup_b16": 1.84})
     'INT8 1.84× at batch 16'
     """
-    s = summary
-    parts: list[str] = []
-
-    def agreement() -> None:
-        if s.get("top1_agreement") is not None:
-            parts.append(f"agreement {percent(s['top1_agreement'])}")
-
-    if stage in ("validate", "report", "sensitivity"):
-        if s.get("accuracy_drop_points") is not None:
-            parts.append(f"drop {points(s['accuracy_drop_points'])}")
-        agreement()
-        if s.get("embedding_cosine") is not None and s.get("accuracy_drop_points") is None:
-            parts.append(f"cosine {ratio(s['embedding_cosine'])}")
-        if stage == "sensitivity" and "exclusions" in s:
-            parts.insert(0, f"{s['exclusions']} in float")
-    elif stage == "calibset":
-        if "size" in s:
-            parts.append(f"{count(s['size'])} texts")
-        if s.get("ks") is not None:
-            parts.append(f"KS {ratio(s['ks'])}")
-        if s.get("warnings"):
-            parts.append(f"{s['warnings']} warning{'s' if s['warnings'] != 1 else ''}")
-    elif stage == "calibrate":
-        if "tensors" in s:
-            parts.append(f"{count(s['tensors'])} tensors")
-        if "methods" in s:
-            parts.append(", ".join(s["methods"]))
-        if s.get("stats_seconds") is not None:
-            parts.append(f"stats {seconds(s['stats_seconds'])}")
-    elif stage == "build":
-        if "quantized_nodes" in s:
-            parts.append(f"{count(s['quantized_nodes'])} nodes INT8")
-        if s.get("excluded_nodes"):
-            parts.append(f"{count(s['excluded_nodes'])} in float")
-        if s.get("method"):
-            parts.append(str(s["method"]))
-    elif stage == "head":
-        if s.get("classes") is not None:
-            parts.append(f"{s['classes']} classes")
-        if s.get("cv_accuracy") is not None:
-            parts.append(f"CV accuracy {percent(s['cv_accuracy'])}")
-    elif stage == "compare":
-        if s.get("recommended"):
-            passing = s.get("passing") or []
-            parts.append(f"recommends {s['recommended']}" if s.get("recommended_passes")
-                         else f"none passes, closest {s['recommended']}")
-            if "methods" in s:
-                parts.append(f"{len(passing)} of {len(s['methods'])} pass")
-    elif stage == "bench":
-        speedups = sorted(((int(k[len("speedup_b"):]), v) for k, v in s.items()
-                           if k.startswith("speedup_b") and k[len("speedup_b"):].isdigit() and v is not None))
-        if speedups:
-            batch, best = speedups[-1]
-            parts.append(f"INT8 {factor(best)} at batch {batch}")
-    return ", ".join(parts)
+    parts = HEADLINES.get(stage)
+    return ", ".join(parts(summary)) if parts else ""

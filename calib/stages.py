@@ -5,7 +5,8 @@ Every pipeline stage has one entry ``fn(config, out_dir, *, progress=None) -> ar
 dataclass config and returning an artifact with ``load(dir)`` and ``summary()``; the demo preparation
 writes ``<workspace>/demo/<task>/`` instead of a run folder (``run_folder=False``). Entries are named
 by module path and resolved on use, so this module imports nothing and any module may read it.
-Adding a stage: its module with the entry, config and artifact, then one :class:`Stage` here; the
+Adding a stage: its module with the entry, config and artifact, then one :class:`Stage` here (and its
+run-name facts in ``calib.naming.RUN_FACTS`` and headline in ``calib.formatting.HEADLINES``); the
 CLI's run listing, the app's titles and the run names read them from here (``tests/test_structure.py``
 checks every entry against the contract).
 """

@@ -257,3 +257,14 @@ def test_every_module_imports_only_its_own_layer_or_below():
             if target in files and target != "calib" and layer_of(target) > layer_of(name):
                 upward.append(f"{name} -> {target}")
     assert not upward, f"imports of a higher layer: {sorted(set(upward))}"
+
+
+def test_every_stage_with_runs_names_them_and_says_how_they_went():
+    """A stage added to calib/stages.py needs its run-name facts (calib.naming.RUN_FACTS) and its headline
+    (calib.formatting.HEADLINES), one function each; nothing else keys on stage names to name a run."""
+    from calib.formatting import HEADLINES
+    from calib.naming import RUN_FACTS
+    from calib.stages import STAGES
+
+    with_runs = {name for name, stage in STAGES.items() if stage.run_folder}
+    assert set(RUN_FACTS) == with_runs and set(HEADLINES) == with_runs

@@ -91,7 +91,7 @@ def history_frame(runs: Sequence[RunRecord], session: str, lookup=None,
         for key, column in METRIC_COLUMNS.items():
             value = run.summary.get(key)
             row[column] = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-        row["verdict"] = run.summary.get("verdict") or (
+        row["verdict"] = run.summary.get("verdict") or (  # comparisons recorded before their summary said it
             ("PASS" if run.summary.get("recommended_passes") else "FAIL") if "recommended_passes" in run.summary else "")
         row["result / error"] = (fmt.headline(run.stage, run.summary) if run.status == "finished"
                                  else run.error or run.message)
