@@ -11,7 +11,7 @@ whether TensorRT's default calibrator (entropy) is the best choice for this mode
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from calib.errors import InputError
 from calib.evaluation import BucketFigures, EvalSettings
 from calib.io import atomic_write_json, read_artifact_json
 from calib.model import ModelRef
+from calib.pipeline import config_from_params
 from calib.placement import Placement
 from calib.report import budget_for, compare_evaluations, headline_of
 from calib.validate import Evaluation, ValidateConfig, validate
@@ -122,7 +123,13 @@ class CalibratorComparison:
     @property
     def placement(self) -> str:
         """The placement preset of every method's build."""
-        return str(self.data["placement"])
+        return self.build_placement.preset
+
+    @property
+    def build_placement(self) -> Placement:
+        """The Q/DQ placement of every method's build (earlier comparisons recorded the preset alone)."""
+        p = self.data["placement"]
+        return Placement(p) if isinstance(p, str) else config_from_params(Placement, p, where="comparison placement")
 
     @property
     def recommended_row(self) -> dict:
@@ -170,7 +177,7 @@ class CalibratorComparison:
         return {"recommended": rec.name, "recommended_passes": rec.passes, "verdict": PASS if rec.passes else FAIL,
                 "methods": self.methods,
                 "passing": [e.calibrator for e in self.entries if e.verdict.passed],
-                "placement": self.data["placement"], "model_sha256": self.data["model_sha256"]}
+                "placement": self.placement, "model_sha256": self.data["model_sha256"]}
 
 
 def compare_calibrators(config: CompareConfig, out_dir: Path, *,
@@ -209,7 +216,7 @@ def compare_calibrators(config: CompareConfig, out_dir: Path, *,
         row["bucket_drops"] = [_bucket_figures(b) for b in ev.metrics.bucket_figures]
         row["headline"] = headline_of(ev)
     rec = recommend(rows, budget)
-    data = {"schema": SCHEMA, "calibration": str(Path(config.calibration).resolve()), "placement": config.placement.preset,
+    data = {"schema": SCHEMA, "calibration": str(Path(config.calibration).resolve()), "placement": asdict(config.placement),
             "model_sha256": evaluations[0].model.sha256, "dataset": dict(evaluations[0].dataset.record),
             "budget": budget.to_dict(), "rows": rows, "recommendation": rec.to_dict()}
     atomic_write_json(out_dir / "comparison.json", data)

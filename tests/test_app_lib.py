@@ -290,6 +290,14 @@ def test_reports_and_comparisons_read_typed(tmp_path):
     assert [e.verdict.passed for e in comparison.entries] == [False, True] and not comparison.is_embedding
     assert best.figure("drop_ci_low_points") is None and comparison.summary()["passing"] == ["minmax"]
     assert comparison.recommended_evaluation == tmp_path / "c" / "minmax" / "evaluation"
+    from calib.placement import Placement
+
+    data = json.loads((tmp_path / "c" / "comparison.json").read_text())
+    data["placement"] = {"preset": "tensorrt", "exclude_nodes": ["layer.0/*"]}  # today's record: the whole placement
+    (tmp_path / "c" / "comparison.json").write_text(json.dumps(data))
+    again = CalibratorComparison.load(tmp_path / "c")
+    assert again.build_placement == Placement("tensorrt", exclude_nodes=("layer.0/*",)) and again.placement == "tensorrt"
+    assert again.summary()["placement"] == "tensorrt" and comparison.build_placement == Placement("tensorrt")
 
 
 def test_home_judges_the_sessions_validation_else_the_newest(tmp_path):

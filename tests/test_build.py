@@ -317,3 +317,25 @@ def test_build_config_records_one_form_of_no_migration(tiny_spec, tmp_path):
     on = BuildConfig(model="m.onnx", smooth="auto", smooth_attention=True)
     assert on.smooth == "auto" and on.smooth_attention is True
     assert BuildConfig.from_params(config_params(off)) == off
+
+
+def test_build_command_makes_the_same_config_again(tiny_spec, ranges_file, workspace):
+    """calib build, given the command build_command spells, makes the config it was spelled from."""
+    import shlex
+
+    from calib.build import build_command
+    from calib.cli import build_parser
+    from calib.cli.build import _config
+
+    config = BuildConfig(model=str(tiny_spec.onnx_path), ranges=RangesRef(str(ranges_file)),
+                         placement=Placement("all", include_nodes=("layer.0/*",), exclude_nodes=("re:a,b", "x y"),
+                                             exclude_op_types=("Gemm",)),
+                         per_channel=False, profile=(1, 8, 16, 8, 32, 64), trt_version="10.0.1", trt_mode="explicit")
+    command = build_command(config, exclude_from=None)
+    argv = shlex.split(command)
+    assert argv[:2] == ["calib", "build"] and "--method" not in argv  # a ranges file has one range set
+    args = build_parser().parse_args(["--workspace", str(workspace.root), *argv[1:]])
+    made, _ = _config(args, workspace)
+    assert dataclasses.replace(made, timing_cache="") == config
+    assert build_command(BuildConfig(model="m.onnx", ranges=RangesRef(str(workspace.root)), smooth="auto"),
+                         exclude_from="sens-1").endswith("--smooth auto --exclude-from sens-1")
