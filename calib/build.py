@@ -496,7 +496,7 @@ class EngineArtifact:
             name = self.engine_backend
             if not self.engine_path.is_file():
                 raise InputError(f"engine {self.dir.name} has no {self.engine_path.name} (its {name} engine file)")
-            return get_backend(name).load(self.engine_path, threads)
+            return get_backend(name).open(self.engine_path, threads)
         if kind == "fp32":
             if not self.model_path.is_file():
                 raise InputError(f"the FP32 model {self.model_path} of engine {self.dir.name} no longer exists")

@@ -84,7 +84,7 @@ class EngineShardRunner:
     def __init__(self, fp32_model: str, int8_backend: str, int8_file: str, input_dtypes: Mapping[str, type],
                  roles: OutputRoles, batch_size: int, threads: int | None) -> None:
         self.fp32 = OrtEngine(OrtSessionLoader(Path(fp32_model), threads=threads), name="onnxruntime-fp32")
-        self.int8 = get_backend(int8_backend).load(Path(int8_file), threads)
+        self.int8 = get_backend(int8_backend).open(Path(int8_file), threads)
         self.input_dtypes, self.roles, self.batch_size = dict(input_dtypes), roles, batch_size
 
     def __call__(self, encoded: Encoded) -> tuple[EngineOutputs, EngineOutputs, str]:

@@ -164,7 +164,7 @@ def int8_engine(source: EngineSource, threads: int | None = None) -> Engine:
     ``EngineArtifact.engine``); a bare Q/DQ ``.onnx`` runs on the ``ort`` backend."""
     if source.artifact is not None:
         return source.artifact.engine("int8", threads=threads)
-    return get_backend(PORTABLE_BACKEND).load(source.qdq_path, threads)
+    return get_backend(PORTABLE_BACKEND).open(source.qdq_path, threads)
 
 
 def calibrated_amax(calibration: str | Path, model_sha256: str = "") -> tuple[dict[str, dict[str, float]], dict]:

@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from calib.engines.registry import PORTABLE_BACKEND, Backend, BackendStatus, register
 from calib.errors import InputError
 
 
@@ -144,3 +145,12 @@ def optimized_op_counts(model: str | Path, threads: int | None = 1) -> dict[str,
         ort.InferenceSession(str(model), sess_options=opts, providers=["CPUExecutionProvider"])
         optimized = onnx.load(opts.optimized_model_filepath)
     return dict(Counter(node.op_type for node in optimized.graph.node))
+
+
+def _status() -> BackendStatus:
+    return BackendStatus(True, f"ONNX Runtime {ort.__version__} (CPU)", str(ort.__version__))
+
+
+register(Backend(PORTABLE_BACKEND, title="ONNX Runtime", label="ONNX Runtime Q/DQ (CPU)", status=_status,
+                 load=lambda path, threads: OrtEngine(OrtSessionLoader(path, threads=threads)),
+                 engine_name="onnxruntime-int8"))

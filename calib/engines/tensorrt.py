@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
+from calib.engines.registry import DEPLOYMENT_TARGET, Backend, BackendStatus, EngineBuildRequest, register
 from calib.errors import BackendUnavailableError, InputError
 from calib.io import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
 
@@ -433,3 +434,29 @@ class TensorRTEngine:
             for ptr in pointers:
                 self._memory.free(ptr)
         return {name: results[name] for name in wanted}
+
+
+# -- the backend entry ---------------------------------------------------------------------------------
+
+PLAN_FILE = "model.plan"  # the TensorRT backend's engine file inside a build folder
+
+
+def _build(request: EngineBuildRequest) -> dict[str, Any]:
+    """TensorRT >= 11 builds the Q/DQ model (explicit); 8.6-10.x replays the calibration cache on the
+    FP32 model (implicit) unless ``mode`` says otherwise."""
+    mode = request.mode
+    if mode == "auto":
+        mode = "explicit" if major_version(_import_tensorrt()) >= 11 else "implicit"
+    explicit = mode == "explicit"
+    return build_engine(TrtBuildRequest(
+        onnx_path=request.qdq_model if explicit else request.fp32_model, engine_path=request.engine_path,
+        profile=request.profile, input_names=request.inputs,
+        source_sha256=sha256_file(request.qdq_model) if explicit else request.model_sha256, mode=mode,
+        calibration_cache=None if explicit else request.calibration_cache, timing_cache=request.timing_cache,
+        extra_metadata={"fp32_model_sha256": request.model_sha256},
+    ))
+
+
+register(Backend(DEPLOYMENT_TARGET, title="TensorRT", label="TensorRT engine",
+                 status=lambda: BackendStatus(*tensorrt_status()), load=lambda path, threads: TensorRTEngine(path),
+                 engine_name="tensorrt-int8", engine_file=PLAN_FILE, build=_build))
