@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 
 _FILE_BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 NORMALIZATIONS = ("none", "html")
+NORMALIZATION_DESCRIPTIONS = {"none": "texts as they are",
+                              "html": "unescape HTML entities (&amp;, &#39;) and strip markup (<br />)"}
 _ENTITY = re.compile(r"&(?:[A-Za-z][A-Za-z0-9]{1,31}|#[0-9]{1,7}|#[xX][0-9A-Fa-f]{1,6});")
 _MARKUP = re.compile(r"</?(?:br|p|div|span|a|b|i|em|strong|u|li|ul|ol|h[1-6]|font|img|table|tr|td)\b[^<>]*>",
                      re.IGNORECASE)

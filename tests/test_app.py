@@ -256,6 +256,25 @@ def test_project_page_own_model(app_workspace, tiny_model_path, tiny_tokenizer_d
     assert again.text_input(key="project-onnx-path").value == str(tiny_model_path)
 
 
+def test_project_page_sets_the_datas_hygiene(app_workspace, tiny_model_path, tiny_tokenizer_dir, tiny_csv):
+    """HTML unescaping and dropping empty rows, as the CLI's --normalize / --drop-empty, set on the Project page."""
+    from lib.project import PROJECT_KEY
+
+    at = open_app("project")
+    at.radio(key="project-mode").set_value("My own model").run()
+    at.text_input(key="project-onnx-path").set_value(str(tiny_model_path))
+    at.text_input(key="project-tok-path").set_value(str(tiny_tokenizer_dir))
+    at.text_input(key="project-data-path").set_value(str(tiny_csv)).run()
+    at.number_input(key="project-maxlen").set_value(64)
+    at.checkbox(key="project-drop-empty").check()
+    at.selectbox(key="project-normalize").set_value("html")
+    at.button(key="project-apply").click().run()
+    no_crash(at)
+    assert not errors(at), errors(at)
+    project = at.session_state[PROJECT_KEY]
+    assert project.drop_empty is True and project.normalize == "html"
+
+
 def test_project_page_upload(app_workspace, tiny_model_path, tiny_tokenizer_dir, tiny_csv):
     at = open_app("project")
     at.radio(key="project-mode").set_value("My own model").run()

@@ -441,8 +441,9 @@ def test_the_project_pages_carry_over_rules():
                      labels=("neg", "pos"))
     assert first_max_length(custom) == 256 and first_max_length(custom, task="bbc-topic", card_length=128) == 128
     assert custom_form_values(custom) == {"model": "m.onnx", "tokenizer": "tok", "pool_source": "p.csv",
-                                          "eval_source": "", "labels": "neg, pos"}
-    assert set(custom_form_values(current).values()) == {""}
+                                          "eval_source": "", "labels": "neg, pos", "drop_empty": False,
+                                          "normalize": "none"}
+    assert set(custom_form_values(current).values()) <= {"", False, "none"}
 
 
 def test_the_runs_pages_first_choices(workspace):
@@ -533,3 +534,18 @@ def test_the_validate_pages_layer_and_comparison_frames_read_typed_records(tmp_p
     frame = comparison_frame(CalibratorComparison.load(tmp_path).entries)
     assert frame.loc[0, "verdict"] == "PASS" and frame.loc[0, "worst bucket"] == "0-7"
     assert frame.loc[0, "top-1 agreement"] == fmt.percent(0.95) and frame.loc[0, "drop 95 % CI"] == fmt.MISSING
+
+
+
+def test_a_custom_projects_data_hygiene_reaches_every_data_spec(workspace):
+    """A custom project's drop-empty and HTML settings are the DataSpec fields every stage reads (pool and eval),
+    saved with the project; projects saved before they existed open with the defaults."""
+    from lib.project import Project, data_spec
+
+    project = Project(kind="custom", pool_source="p.csv", eval_source="e.csv", drop_empty=True, normalize="html")
+    for role in ("pool", "eval"):
+        spec = data_spec(workspace, project, role)
+        assert spec.drop_empty is True and spec.normalize == "html"
+    assert Project.from_dict(project.to_dict()) == project
+    old = {k: v for k, v in project.to_dict().items() if k not in ("drop_empty", "normalize")}
+    assert Project.from_dict(old).normalize == "none" and Project.from_dict(old).drop_empty is False

@@ -50,6 +50,8 @@ class Project:
     embedding_output: str = ""
     pooling: str = ""
     cluster: str = ""  # where heavy passes run (calib.cluster spec); empty: in the app's process
+    drop_empty: bool = False  # DataSpec.drop_empty of a custom project's data (rows with an empty text or label)
+    normalize: str = "none"  # DataSpec.normalize of a custom project's data ("html": unescape and strip markup)
 
     @property
     def demo(self) -> str | None:
@@ -169,7 +171,8 @@ def data_spec(ws: Workspace, project: Project, role: str) -> DataSpec:
     if not source:
         raise InputError("no dataset chosen yet: pick one on the Project page")
     return DataSpec(source=source, text_column=project.text_column, label_column=project.label_column,
-                    text_pair_column=project.text_pair_column, split=split, workspace=str(ws.root))
+                    text_pair_column=project.text_pair_column, split=split, workspace=str(ws.root),
+                    drop_empty=project.drop_empty, normalize=project.normalize)
 
 
 def release_budget(ws: Workspace, project: Project) -> ReleaseBudget:
@@ -206,12 +209,14 @@ def first_max_length(current: Project, *, task: str | None = None, card_length: 
     return int(current.max_length or card_length) if same else int(card_length)
 
 
-def custom_form_values(current: Project) -> dict[str, str]:
+def custom_form_values(current: Project) -> dict[str, Any]:
     """The custom-model form's first values: the project's own when it is a custom one, else empty."""
     if current.kind != "custom":
-        return {"model": "", "tokenizer": "", "pool_source": "", "eval_source": "", "labels": ""}
+        return {"model": "", "tokenizer": "", "pool_source": "", "eval_source": "", "labels": "", "drop_empty": False,
+                "normalize": "none"}
     return {"model": current.model, "tokenizer": current.tokenizer, "pool_source": current.pool_source,
-            "eval_source": current.eval_source, "labels": ", ".join(current.labels)}
+            "eval_source": current.eval_source, "labels": ", ".join(current.labels), "drop_empty": current.drop_empty,
+            "normalize": current.normalize}
 
 
 def checked_project(ws: Workspace, candidate: Project) -> Project:

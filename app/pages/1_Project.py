@@ -35,7 +35,7 @@ from lib.ui import run_button, start_page
 from lib.verdict_view import budget_editor
 
 from calib import formatting as fmt
-from calib.data import guess_columns, guess_splits
+from calib.data import NORMALIZATION_DESCRIPTIONS, NORMALIZATIONS, guess_columns, guess_splits
 from calib.demo import DemoConfig, prepare_demo_run
 from calib.model import POOLING_DESCRIPTIONS, POOLINGS
 
@@ -178,6 +178,11 @@ else:
     label_column = c2.selectbox("Label column", label_options, index=label_options.index(guess_label or NONE),
                                 key="project-label-col")
     pair_column = c3.selectbox("Second text column (pairs)", [NONE] + columns, index=0, key="project-pair-col")
+    h1, h2 = st.columns(2)  # data hygiene, as exported files come: DataSpec.drop_empty / .normalize
+    drop_empty = h1.checkbox("Drop rows with an empty text or label (counted) instead of refusing the dataset",
+                             value=first["drop_empty"], key="project-drop-empty")
+    normalize = h2.selectbox("Texts", list(NORMALIZATIONS), index=list(NORMALIZATIONS).index(first["normalize"]),
+                             key="project-normalize", format_func=NORMALIZATION_DESCRIPTIONS.get)
     max_length = st.number_input("Max length (tokens)", min_value=8, max_value=4096, step=8,
                                  value=first_max_length(project), key="project-maxlen")
     labels_text = st.text_input("Class names in logit order (comma separated; empty: taken from the data)",
@@ -201,7 +206,7 @@ else:
                             text_pair_column=None if pair_column == NONE else pair_column,
                             max_length=int(max_length), labels=parse_labels(labels_text), budget=project.budget,
                             logits_output=logits_output.strip(), embedding_output=embedding_output.strip(),
-                            pooling=pooling)
+                            pooling=pooling, drop_empty=bool(drop_empty), normalize=normalize)
         try:
             candidate = checked_project(ws, candidate)
         except Exception as exc:  # noqa: BLE001 - shown below, project unchanged
