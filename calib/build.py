@@ -63,6 +63,8 @@ QDQ_FILE = "model.qdq.onnx"
 SMOOTH_FILE = "model.smooth.onnx"
 CACHE_FILE = "calibration.cache"
 SCRIPT_FILE = "trtexec.sh"
+TRT_MODES = ("auto", "explicit", "implicit")
+"""TensorRT build modes: auto (explicit Q/DQ on >= 11, implicit cache replay on 8.6-10.x), explicit, implicit."""
 FORMAT = "calib.engine/1"
 
 
@@ -197,8 +199,7 @@ def _labels(config: BuildConfig, calibration_dir: Path | None) -> list[str]:
 def _check(config: BuildConfig) -> None:
     check_choice(config.backend, backend_names(), "backend")
     check_choice(config.placement.preset, PRESETS, "placement preset")
-    if config.trt_mode not in ("auto", "explicit", "implicit"):
-        raise InputError(f"unknown TensorRT build mode {config.trt_mode!r} (auto, explicit or implicit)")
+    check_choice(config.trt_mode, TRT_MODES, "TensorRT build mode")
     header(config.trt_version, TRTEXEC_CACHE_ALGORITHM)  # validates the version early
     if (parse_alpha(config.smooth) is not None or config.bias_correction) and not config.ranges.from_calibration:
         raise InputError("smoothing and bias correction need a calibration run (--calibration), not a ranges file: "

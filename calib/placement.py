@@ -44,8 +44,9 @@ _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorPro
 
 
 def exact_pattern(name: str) -> str:
-    """A Placement pattern matching exactly ``name`` (glob metacharacters escaped)."""
-    if any(ch in name for ch in "*?[]") or name.startswith("re:"):
+    """A Placement pattern matching exactly ``name`` (glob metacharacters escaped; a name with a comma as a
+    regex too, so it survives the CLI's comma-separated pattern lists)."""
+    if any(ch in name for ch in "*?[],") or name.startswith("re:"):
         return "re:^" + re.escape(name) + "$"
     return name
 

@@ -80,13 +80,14 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 
 from calib.batching import iter_batches
 from calib.bench import throughput
-from calib.build import EngineArtifact, build
+from calib.build import BuildConfig, EngineArtifact, build, build_command
 from calib.calibrate import RangesRef, recorded_roles
 from calib.cluster import Cluster, ClusterSession, connect
 from calib.data import DataSpec
@@ -107,12 +108,14 @@ from calib.evaluation import (
 )
 from calib.io import atomic_write_json, read_artifact_json
 from calib.layers import LayerAnalysis, producer_order, quantized_tensors
+from calib.methods import DEFAULT_BUILD_METHOD
 from calib.metrics import row_cosine
 from calib.model import ModelRef, check_same_model
 from calib.placement import Placement, exact_pattern
 from calib.progress import FP32_PASS
 from calib.quantize import keep_in_float, quantize_qdq
 from calib.segments import SegmentationError, SegmentRunner, layer_block
+from calib.smooth import parse_alpha
 from calib.verdict import DEFAULT_EMBEDDING_COSINE, ReleaseBudget, meets
 from calib.workspace import ProgressFn
 
@@ -626,6 +629,82 @@ class RankedUnit:
 
 
 @dataclass(frozen=True)
+class SearchedRows:
+    """The rows a search ran on (``sensitivity.json["dataset"]``): ``rows_evaluated`` of ``rows_total``."""
+
+    source: str
+    split: str | None
+    rows_evaluated: int
+    rows_total: int
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> SearchedRows:
+        return cls(str(d.get("source", "")), d.get("split"), int(d["rows_evaluated"]), int(d["rows_total"]))
+
+    @property
+    def sampled(self) -> bool:
+        """Whether the search ran on a sample of the split (its figures may differ on the full split)."""
+        return self.rows_evaluated < self.rows_total
+
+    def describe(self) -> str:
+        return self.source + (f" [{self.split}]" if self.split else "")
+
+
+@dataclass(frozen=True)
+class GranularitySearch:
+    """One searched granularity (``auto`` searches two): float nodes of its answer, whether it passes,
+    whether it was chosen, or why it was not run (``skipped``)."""
+
+    granularity: str
+    float_nodes: int | None = None
+    passes: bool = False
+    chosen: bool = False
+    skipped: str = ""
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> GranularitySearch:
+        return cls(str(d["granularity"]), d.get("float_nodes"), bool(d.get("passes")), bool(d.get("chosen")),
+                   str(d.get("skipped") or ""))
+
+
+@dataclass(frozen=True)
+class SpeedPoint:
+    """A step of the fallback: this many nodes in float, INT8 throughput over FP32, and the unit put back."""
+
+    float_nodes: int
+    int8_over_fp32: float
+    change: str
+
+
+@dataclass(frozen=True)
+class SpeedCurve:
+    """INT8 speed along the fallback, measured on ``texts`` texts in batches of ``batch_size``."""
+
+    texts: int
+    batch_size: int
+    fp32_texts_per_s: float
+    points: tuple[SpeedPoint, ...]
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> SpeedCurve:
+        return cls(int(d["texts"]), int(d["batch_size"]), float(d["fp32_texts_per_s"]),
+                   tuple(SpeedPoint(int(p["float_nodes"]), float(p["int8_over_fp32"]), str(p["change"]))
+                         for p in d["points"]))
+
+
+@dataclass(frozen=True)
+class RankingCheck:
+    """The block-local ranking checked against quantize-one: Spearman over ``units`` units."""
+
+    units: int
+    spearman: float | None
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> RankingCheck:
+        return cls(int(d.get("units") or 0), d.get("spearman"))
+
+
+@dataclass(frozen=True)
 class SensitivityResult:
     """Saved sensitivity analysis (``sensitivity.json``). Read it through the typed parts
     (``recommended``, ``baseline``, ``ranking``, ``searched``...); ``data`` is the raw JSON."""
@@ -665,9 +744,9 @@ class SensitivityResult:
         return str(self.data["model"]["sha256"])
 
     @property
-    def searched(self) -> Mapping:
-        """The rows the search ran on: source, split, rows_evaluated of rows_total, fingerprint."""
-        return self.data["dataset"]
+    def searched(self) -> SearchedRows:
+        """The rows the search ran on: source, split, rows_evaluated of rows_total."""
+        return SearchedRows.from_dict(self.data["dataset"])
 
     @property
     def evaluations_used(self) -> int:
@@ -692,29 +771,65 @@ class SensitivityResult:
         return dict(self.data["budget"])
 
     @property
+    def budget(self) -> ReleaseBudget:
+        """The thresholds every candidate was judged against."""
+        return ReleaseBudget.from_dict(self.data["budget"])
+
+    @property
+    def budget_statement(self) -> str:
+        """The budget in words, as it applied to this model ("" when not recorded)."""
+        return str(self.data["budget"].get("statement") or "")
+
+    @property
     def placement_record(self) -> dict:
         """The start's placement as recorded (``preset`` and patterns)."""
         return dict(self.data["placement"])
 
     @property
-    def ranking_check(self) -> dict | None:
-        """The block-local ranking's Spearman check against quantize-one (``units``, ``spearman``), if run."""
-        return self.data.get("ranking_check") or None
+    def ranking_check(self) -> RankingCheck | None:
+        """The block-local ranking's Spearman check against quantize-one, if run."""
+        recorded = self.data.get("ranking_check")
+        return RankingCheck.from_dict(recorded) if recorded else None
 
     @property
-    def searches(self) -> list[dict]:
-        """One entry per searched granularity (``auto`` searches two): float nodes, passes, chosen, skipped."""
-        return list(self.data.get("searches") or [])
+    def searches(self) -> list[GranularitySearch]:
+        """One entry per searched granularity (``auto`` searches two)."""
+        return [GranularitySearch.from_dict(d) for d in self.data.get("searches") or []]
 
     @property
-    def speed_curve(self) -> dict | None:
-        """INT8 speed along the fallback (``points``: float nodes -> INT8 over FP32), if measured."""
-        return self.data.get("speed_curve") or None
+    def speed_curve(self) -> SpeedCurve | None:
+        """INT8 speed along the fallback, if measured."""
+        recorded = self.data.get("speed_curve")
+        return SpeedCurve.from_dict(recorded) if recorded else None
 
     @property
-    def start_config(self) -> dict | None:
+    def start_config(self) -> BuildConfig | None:
         """The build settings of the ``start_from`` build, if the search started from one."""
-        return ((self.data.get("start_from") or {}).get("config")) or None
+        recorded = (self.data.get("start_from") or {}).get("config")
+        return BuildConfig.from_params(recorded) if recorded else None
+
+    @property
+    def searched_placement(self) -> Placement:
+        """The start's placement as searched, before any recommended exclusion."""
+        p = self.data["placement"]
+        if isinstance(p, str):  # a preset name alone
+            return Placement(p)
+        return Placement(p["preset"], tuple(p.get("include_nodes") or ()), tuple(p.get("exclude_nodes") or ()),
+                         tuple(p.get("include_op_types") or ()), tuple(p.get("exclude_op_types") or ()))
+
+    def build_command(self, run_id: str) -> str | None:
+        """The ``calib build`` command that keeps this run's exclusions in float (None: it recommends none):
+        the start build's own settings when the search started from one, else the model, range set and
+        placement searched. ``run_id`` names this run (``--exclude-from``)."""
+        if not self.exclusions:
+            return None
+        config = self.start_config
+        if config is None:
+            ranges = self.data.get("ranges") or {}
+            config = BuildConfig(model=str(self.data["model"]["path"]), placement=self.searched_placement,
+                                 ranges=RangesRef(str(ranges.get("source", "")),
+                                                  **({"method": str(ranges["method"])} if ranges.get("method") else {})))
+        return build_command(config, exclude_from=run_id)
 
     @property
     def seconds(self) -> float | None:
@@ -734,10 +849,8 @@ class SensitivityResult:
         return self.recommended.passes
 
     def placement(self) -> Placement:
-        p = self.data["placement"]
-        base = Placement(p["preset"], tuple(p["include_nodes"]), tuple(p["exclude_nodes"]),
-                         tuple(p["include_op_types"]), tuple(p["exclude_op_types"]))
-        return base.with_exclusions(exact_pattern(n) for n in self.exclusions)
+        """The searched placement with the recommended exclusions (what a build of the answer uses)."""
+        return self.searched_placement.with_exclusions(exact_pattern(n) for n in self.exclusions)
 
     def summary(self) -> dict:
         rec = self.recommended
@@ -968,6 +1081,23 @@ def _start_build(config: SensitivityConfig, spec):
         raise InputError(f"build {config.start_from} does not record its settings (made by an older calib); rebuild it "
                          "with calib build to start a search from it")
     return start
+
+
+def search_start(build: EngineArtifact) -> dict[str, Any]:
+    """The :class:`SensitivityConfig` fields that search a saved build: the build itself as the start
+    (``start_from``) when it changed the model beyond its range set and placement (outlier migration,
+    bias correction, per-tensor weights), so every candidate is that build with nodes in float; else its
+    ``ranges`` and ``placement``. A build that records no settings (an older calib) is searched from
+    what it recorded of its ranges and placement."""
+    config = build.config
+    if config is None:
+        recorded = build.ranges_record
+        return {"ranges": RangesRef(str(recorded.get("source", "")), str(recorded.get("method") or DEFAULT_BUILD_METHOD)),
+                "placement": Placement(str((build.placement_record or {}).get("preset", "tensorrt")))}
+    changed = parse_alpha(config.smooth) is not None or config.bias_correction or not config.per_channel
+    if changed and config.placement.preset != "all":  # a start build must have input-only Q/DQ (_start_build)
+        return {"start_from": str(build.dir)}
+    return {"ranges": config.ranges, "placement": config.placement}
 
 
 def _rebuild(start, nodes: Sequence[str], out_dir: Path) -> tuple[Path, int]:

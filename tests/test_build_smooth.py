@@ -166,3 +166,16 @@ def test_a_build_from_a_calibration_names_the_classes_its_set_knew(workspace, ti
     plain = tmp_path / "plain.json"
     cal.ranges("minmax").save(plain)
     assert build(BuildConfig(model=str(tiny_spec.onnx_path), ranges=RangesRef(str(plain))), tmp_path / "p").labels == ()
+
+
+def test_a_search_of_a_build_starts_from_what_the_build_changed(calibration, tiny_spec, tmp_path):
+    """A build that migrated outliers (or corrected biases) is searched from the build itself, so every
+    candidate is that build with nodes in float; a plain build from its range set and placement."""
+    from calib.sensitivity import search_start
+
+    plain = _build(calibration, tiny_spec, tmp_path / "plain", placement=Placement("tensorrt"))
+    assert search_start(plain) == {"ranges": plain.config.ranges, "placement": Placement("tensorrt")}
+    smoothed = _build(calibration, tiny_spec, tmp_path / "smooth", smooth="0.5", placement=Placement("tensorrt"))
+    assert search_start(smoothed) == {"start_from": str(smoothed.dir)}
+    corrected = _build(calibration, tiny_spec, tmp_path / "bias", bias_correction=True, placement=Placement("tensorrt"))
+    assert search_start(corrected) == {"start_from": str(corrected.dir)}

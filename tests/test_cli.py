@@ -307,3 +307,82 @@ def test_the_second_text_column_has_the_librarys_name_and_keeps_the_old_one():
     for flag in ("--text-pair-column", "--pair-column"):  # the DataSpec field's name; 0.1's name still read
         args = parser.parse_args(["assemble", "--data", "d.csv", flag, "question"])
         assert input_values(args)[1]["text_pair_column"] == "question", flag
+
+
+def _defaults(parser, command: str) -> dict:
+    """The option defaults of ``command`` (a sub-command path such as ``head fit``), as parsed."""
+    return vars(parser.parse_args([*command.split(), *_required(command)]))
+
+
+def test_option_defaults_that_copy_a_config_default_are_the_configs():
+    """An option default the CLI spells out (the config's module is too slow to import on every `calib`
+    start) is the config's own default, so changing the library's default changes the CLI's."""
+    from calib.bench import BenchConfig
+    from calib.build import BuildConfig
+    from calib.calibrate import CalibrateConfig
+    from calib.cli import build_parser
+    from calib.cli.common import budget_from_args
+    from calib.evaluation import EvalSettings
+    from calib.head import HeadConfig
+    from calib.pipeline import config_defaults
+    from calib.placement import Placement
+    from calib.report import ReportConfig
+    from calib.sensitivity import SEARCH_BUDGET, SEARCH_SETTINGS, SensitivityConfig
+
+    parser = build_parser()
+    preset = config_defaults(Placement)["preset"]
+    evaluation = config_defaults(EvalSettings)
+    validate = _defaults(parser, "validate")
+    assert {k: validate[k] for k in ("batch_size", "seed", "layer_rows", "bootstrap")} == {
+        k: evaluation[k] for k in ("batch_size", "seed", "layer_rows", "bootstrap")}
+    assert validate["placement"] == preset == config_defaults(BuildConfig)["placement"].preset
+
+    search = config_defaults(SensitivityConfig)
+    sensitivity = _defaults(parser, "sensitivity")
+    for name in ("granularity", "ranking", "rank_check", "speed_texts", "cache_mb", "max_evaluations", "rank_rows"):
+        assert sensitivity[name] == search[name], name
+    assert sensitivity["batch_size"] == SEARCH_SETTINGS.batch_size and sensitivity["seed"] == SEARCH_SETTINGS.seed
+    assert sensitivity["placement"] == search["placement"].preset == preset
+    assert budget_from_args(parser.parse_args(["sensitivity", *_required("sensitivity")])) == SEARCH_BUDGET
+    assert SEARCH_BUDGET == search["budget"]
+
+    build = _defaults(parser, "build")
+    made = config_defaults(BuildConfig)
+    assert build["placement"] == made["placement"].preset and build["method"] == made["ranges"].method
+    assert (build["backend"], build["trt_version"], build["trt_mode"]) == (made["backend"], made["trt_version"],
+                                                                          made["trt_mode"])
+    bench = _defaults(parser, "bench")
+    assert (bench["limit"], tuple(bench["batch_size"]), bench["repeats"]) == tuple(
+        config_defaults(BenchConfig)[k] for k in ("limit", "batch_sizes", "repeats"))
+    calibrate = _defaults(parser, "calibrate")
+    cal = config_defaults(CalibrateConfig)
+    assert calibrate["placement"] == cal["placement"].preset
+    assert tuple(calibrate["method"]) == cal["methods"]
+    for name in ("percentile", "tensors", "batch_size", "histogram", "trt_version"):
+        assert calibrate[name] == cal[name], name
+    head = _defaults(parser, "head fit")
+    assert {k: head[k] for k in ("folds", "seed", "batch_size")} == {
+        k: config_defaults(HeadConfig)[k] for k in ("folds", "seed", "batch_size")}
+    assert _defaults(parser, "report")["title"] == config_defaults(ReportConfig)["title"]
+
+
+def test_placement_and_trt_mode_choices_are_the_librarys():
+    """--placement offers calib.placement's presets in every command that takes it; --trt-mode (spelled out:
+    calib.build is slow to import) offers exactly the modes calib build accepts."""
+    import pytest
+
+    from calib.build import TRT_MODES, BuildConfig, _check
+    from calib.cli import build_parser
+    from calib.errors import InputError
+    from calib.placement import PRESETS
+
+    parser = build_parser()
+    for command in ("validate", "sensitivity", "build", "calibrate"):
+        assert _choices(parser, command, "--placement") == tuple(PRESETS), command
+    modes = _choices(parser, "build", "--trt-mode")
+    assert tuple(modes) == TRT_MODES  # literal in the CLI: calib.build takes ~1.5 s to import
+    for mode in modes:
+        _check(BuildConfig(model="m.onnx", trt_mode=mode))  # accepted by the library
+    with pytest.raises(InputError, match="TensorRT build mode"):
+        _check(BuildConfig(model="m.onnx", trt_mode="bogus"))
+    assert set(modes) >= {"auto", "explicit", "implicit"}

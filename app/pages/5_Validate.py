@@ -70,6 +70,7 @@ from calib.sensitivity import (
     SensitivityConfig,
     SensitivityResult,
     analyze_sensitivity,
+    search_start,
 )
 from calib.validate import Evaluation, ValidateConfig, validate
 from calib.verdict import MIN_BUCKET_TEXTS, judge, resolution_warning
@@ -310,7 +311,7 @@ with tab_sens:
     if src_run is None:
         st.info("The build of this validation is not in the workspace; sensitivity needs it.", icon=":material/info:")
     else:
-        bconf = BuildConfig.from_params(src_run.params)
+        start_fields = attempt(lambda: search_start(EngineArtifact.load(src_run.dir)), what="Opening the build")
         c1, c2, c3, c4 = st.columns(4)
         # the search aims at the project's release budget (editable here for one search)
         start = search_budget_start(budget)
@@ -327,12 +328,13 @@ with tab_sens:
         min_cos = c3.number_input("Min embedding cosine (0 = no check)", min_value=0.0, max_value=1.0,
                                   value=start["min_embedding_cosine"], step=0.001, format="%.3f", key="sens-cos", disabled=spec.embedding_output is None)
         sconfig = SensitivityConfig(
-            **project_inputs(ws, project), ranges=bconf.ranges, placement=bconf.placement, granularity=granularity,
+            **project_inputs(ws, project), **(start_fields or {}), granularity=granularity,
             ranking=ranking, budget=search_budget(max_drop, min_agree, min_cos),
             max_evaluations=int(max_evals),
             settings=replace(SEARCH_SETTINGS, limit=int(s_limit), cluster=project.cluster or None))
-        run_button(page, "sensitivity", "Sensitivity analysis", "Find the layers to keep in float", key="sens-run",
-                   fn=analyze_sensitivity, config=sconfig, parents=(src_run.id, run.id), icon=":material/search:")
+        if start_fields is not None:  # else the build could not be opened (shown above)
+            run_button(page, "sensitivity", "Sensitivity analysis", "Find the layers to keep in float", key="sens-run",
+                       fn=analyze_sensitivity, config=sconfig, parents=(src_run.id, run.id), icon=":material/search:")
     srun = pick_run(page, "sensitivity", "Sensitivity run", key="sens-pick")
     if srun is not None:
         with shown_errors("Opening the sensitivity analysis"):

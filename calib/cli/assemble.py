@@ -6,7 +6,17 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from calib.cli.common import add_input_args, input_values, int_list, json_arg, non_negative_int
+from calib.cli.common import (
+    ProgressBar,
+    add_input_args,
+    format_table,
+    input_values,
+    int_list,
+    json_arg,
+    non_negative_int,
+    print_run_json,
+    workspace_of,
+)
 
 _EXAMPLES = """examples:
   calib assemble --demo bbc-topic --size 128 --strategy match --target eval --stratify
@@ -92,7 +102,6 @@ def build_config(args: argparse.Namespace, workspace_root: Path) -> tuple[Any, s
 
 def print_result(run_id: str, cset: Any) -> None:
     from calib import formatting as fmt
-    from calib.cli.common import format_table
     from calib.coverage import TABLE_HEADERS
 
     cov = cset.coverage
@@ -125,7 +134,6 @@ def print_result(run_id: str, cset: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from calib.calibset import assemble
-    from calib.cli.common import ProgressBar, print_run_json, workspace_of
     from calib.inputs import save_recipe
     from calib.pipeline import run_stage
 

@@ -14,7 +14,19 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from calib.cli.common import EXIT_BACKEND_UNAVAILABLE, add_input_args, inputs_from_args, json_arg, run_folder
+from calib.cli.common import (
+    EXIT_BACKEND_UNAVAILABLE,
+    ProgressBar,
+    add_input_args,
+    add_node_pattern_args,
+    add_placement_arg,
+    format_table,
+    inputs_from_args,
+    json_arg,
+    print_run_json,
+    run_folder,
+    workspace_of,
+)
 
 EXIT_NO_TENSORRT = EXIT_BACKEND_UNAVAILABLE
 
@@ -31,7 +43,6 @@ _EXAMPLES = """examples:
 def register(subparsers: argparse._SubParsersAction) -> None:
     from calib.engines import PORTABLE_BACKEND, REGISTRY, backend_names
     from calib.methods import DEFAULT_BUILD_METHOD
-    from calib.placement import PRESETS
     from calib.trtcache import DEFAULT_TRT_VERSION
 
     p = subparsers.add_parser(
@@ -48,13 +59,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="FP32 ONNX model (default: the calibration set's model)")
     p.add_argument("--method", default=DEFAULT_BUILD_METHOD,
                    help=f"range set of the calibration run (default {DEFAULT_BUILD_METHOD})")
-    p.add_argument("--placement", choices=PRESETS, default="tensorrt",
-                   help="tensorrt: inputs of MatMul/Gemm/Conv only (default); all: every supported op")
-    p.add_argument("--exclude", nargs="+", default=[], metavar="PATTERN",
-                   help="node names to keep in float (glob, or re:REGEX)")
+    add_placement_arg(p, help="tensorrt: inputs of MatMul/Gemm/Conv only (default); all: every supported op")
+    add_node_pattern_args(p, include="quantize only matching nodes")
     p.add_argument("--exclude-from", metavar="SENSITIVITY_RUN",
                    help="also keep in float the exclusions a sensitivity run recommends (calib sensitivity)")
-    p.add_argument("--include", nargs="+", default=[], metavar="PATTERN", help="quantize only matching nodes")
     p.add_argument("--exclude-op", nargs="+", default=[], metavar="OP", help="op types to keep in float")
     p.add_argument("--op", nargs="+", default=[], metavar="OP", help="op types to quantize (replaces the preset's)")
     p.add_argument("--per-tensor-weights", action="store_true", help="one weight scale per tensor (default per channel)")
@@ -75,6 +83,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="optimisation profile (default: the calibration set's)")
     p.add_argument("--calibration-set", default="", help="calibration set run/folder for the profile")
     p.add_argument("--trt-version", default=DEFAULT_TRT_VERSION, help="TensorRT 8.6-10.x version for the cache header")
+    # calib.build's modes and BuildConfig's default, spelled out: importing calib.build costs ~1.5 s per start
+    # (tests/test_cli.py checks both)
     p.add_argument("--trt-mode", choices=("auto", "explicit", "implicit"), default="auto",
                    help="TensorRT build: explicit (Q/DQ), implicit (FP32 + cache; <= 10.x); auto picks by version")
     p.add_argument("--label", default="", help="label for the run in the registry")
@@ -144,7 +154,6 @@ def _config(args: argparse.Namespace, ws) -> tuple:
 
 def run_build(args: argparse.Namespace) -> int:
     from calib.build import CACHE_FILE, ENGINE_FILE, PLAN_FILE, SCRIPT_FILE, build
-    from calib.cli.common import ProgressBar, print_run_json, workspace_of
     from calib.engines import DEPLOYMENT_TARGET, PORTABLE_BACKEND, get_backend
     from calib.pipeline import run_stage
 
@@ -203,7 +212,6 @@ def print_build(run_id: str, artifact) -> None:
 def run_bench(args: argparse.Namespace) -> int:
     from calib import formatting as fmt
     from calib.bench import BENCH_FILE, BenchConfig, benchmark
-    from calib.cli.common import ProgressBar, format_table, print_run_json, workspace_of
     from calib.pipeline import run_stage
 
     ws = workspace_of(args)

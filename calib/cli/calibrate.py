@@ -9,7 +9,17 @@ from pathlib import Path
 from typing import Any
 
 from calib import formatting as fmt
-from calib.cli.common import add_cluster_args, json_arg
+from calib.cli.common import (
+    ProgressBar,
+    add_cluster_args,
+    add_placement_arg,
+    cluster_of,
+    format_table,
+    json_arg,
+    print_run_json,
+    run_folder,
+    workspace_of,
+)
 from calib.errors import InputError
 
 _EXAMPLES = """examples:
@@ -22,7 +32,6 @@ _EXAMPLES = """examples:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from calib.methods import DEFAULT_PERCENTILE, default_methods, method_names
-    from calib.placement import PRESETS
     from calib.stats import HISTOGRAM_MODES, TENSOR_SCOPES
     from calib.trtcache import DEFAULT_TRT_VERSION
 
@@ -42,7 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=f"percentile for --method percentile (default {DEFAULT_PERCENTILE:g})")
     p.add_argument("--trt-version", default=DEFAULT_TRT_VERSION,
                    help=f"TensorRT version written in cache headers (default {DEFAULT_TRT_VERSION}; e.g. 8.6.1)")
-    p.add_argument("--placement", choices=PRESETS, default="tensorrt", help="quantization placement preset")
+    add_placement_arg(p, help="quantization placement preset")
     p.add_argument("--tensors", choices=TENSOR_SCOPES, default="placement",
                    help="placement: inputs of the quantized ops + outputs (default); all: every float tensor")
     p.add_argument("--batch-size", type=int, default=16)
@@ -75,8 +84,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def diff_table(rows: list[dict], top: int) -> str:
-    from calib.cli.common import format_table
-
     shown = rows[:top] if top > 0 else rows
     sides = [side for side in ("a", "b") if any(r.get(f"choice_{side}") for r in rows)]
     head = ("tensor", "amax A", "amax B", "B / A", *(f"{s.upper()} chose (error)" for s in sides))
@@ -95,7 +102,6 @@ def load_ranges_ref(ref: str, workspace, method: str):
     """Ranges from a JSON path, or a calibration folder or run reference optionally suffixed ':METHOD'
     (``RUN:entropy``, ``latest:minmax``, ``latest:LABEL:mse``)."""
     from calib.calibrate import Calibration
-    from calib.cli.common import run_folder
     from calib.methods import method_names
     from calib.ranges import Ranges
     from calib.workspace import LATEST
@@ -128,14 +134,6 @@ def method_params_of(values: list[str]) -> dict[str, dict[str, Any]]:
 
 def run(args: argparse.Namespace) -> int:
     from calib.calibrate import CalibrateConfig, calibrate
-    from calib.cli.common import (
-        ProgressBar,
-        cluster_of,
-        format_table,
-        print_run_json,
-        run_folder,
-        workspace_of,
-    )
     from calib.pipeline import run_stage
     from calib.placement import Placement
     from calib.ranges import diff_ranges
@@ -186,7 +184,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_diff(args: argparse.Namespace) -> int:
-    from calib.cli.common import workspace_of
     from calib.ranges import diff_ranges
 
     ws = workspace_of(args)

@@ -58,6 +58,115 @@ def str_list(text: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in text.split(",") if v.strip())
 
 
+def split_patterns(text: str) -> tuple[str, ...]:
+    """Node patterns of one command-line value: comma-separated globs (``a,b``); a ``re:`` pattern runs to
+    the end of the value, commas included (``a,re:x{1,2}`` is ``a`` and ``re:x{1,2}``), since regexes hold commas."""
+    out: list[str] = []
+    parts = text.split(",")
+    for i, part in enumerate(parts):
+        if part.strip().startswith("re:"):
+            out.append(",".join(parts[i:]).strip())
+            break
+        if part.strip():
+            out.append(part.strip())
+    return tuple(out)
+
+
+class _PatternsAction(argparse.Action):
+    """Collects node patterns: the option's values (space-separated) each split by :func:`split_patterns`;
+    a repeated option adds to the patterns before it."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        given = tuple(getattr(namespace, self.dest, None) or ())
+        setattr(namespace, self.dest, given + tuple(p for v in values for p in split_patterns(v)))
+
+
+def add_node_pattern_args(parser, *, exclude: str = "node names to keep in float",
+                          include: str = "node names to restrict quantization to") -> None:
+    """``--exclude`` and ``--include`` (``Placement.exclude_nodes`` / ``include_nodes``), one syntax in every
+    command: globs or ``re:REGEX``, space- and/or comma-separated (``--exclude a b,c 're:x{1,2}'``); a tuple."""
+    form = " (globs or re:REGEX, space- or comma-separated; a re: pattern keeps its commas)"
+    parser.add_argument("--exclude", nargs="+", action=_PatternsAction, default=(), metavar="PATTERN",
+                        help=exclude + form)
+    parser.add_argument("--include", nargs="+", action=_PatternsAction, default=(), metavar="PATTERN",
+                        help=include + form)
+
+
+def add_placement_arg(parser, *aliases: str, help: str) -> None:
+    """``--placement`` (and ``aliases``): a :data:`calib.placement.PRESETS` preset, by default ``Placement``'s."""
+    # calib.placement (onnx) is loaded to build the parser anyway: calib build's choices need it
+    from calib.placement import PRESETS, Placement
+
+    parser.add_argument("--placement", *aliases, dest="placement", choices=PRESETS, default=Placement().preset,
+                        help=help)
+
+
+BUDGET_OFF = "none"
+"""A release-budget option's value that leaves its criterion out (``--min-embedding-cosine none``)."""
+BUDGET_FIELDS = ("max_drop", "min_agreement", "min_embedding_cosine")
+"""The thresholds of a :class:`calib.verdict.ReleaseBudget` the budget options set, by option dest."""
+
+
+def budget_value(text: str) -> float | str:
+    """argparse type of a release-budget threshold: a number, or ``none`` (also ``off``) to leave the criterion
+    out (:data:`BUDGET_OFF`)."""
+    if text.strip().lower() in ("none", "off"):
+        return BUDGET_OFF
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'none', got {text!r}") from None
+
+
+def add_budget_args(parser, *, defaults=None, use_ci: bool = True, context: str = "",
+                    notes: Mapping[str, str] | None = None) -> None:
+    """The release budget options, one declaration for ``validate --method``, ``sensitivity``, ``report`` and
+    ``gate`` (read back with :func:`budget_from_args`): ``--max-drop``, ``--min-agreement`` and
+    ``--min-embedding-cosine``, each a number or ``none`` (the criterion left out), and ``--use-ci``
+    (when ``use_ci``). ``defaults``: a :class:`calib.verdict.ReleaseBudget` whose thresholds are the
+    options' defaults (shown in their help); None: an option not given stays None, for
+    :func:`budget_from_args` to decide. ``context`` starts every help text; ``notes`` (by dest) end them."""
+    notes = notes or {}
+
+    def text(dest: str, what: str) -> str:
+        shown = ""
+        if defaults is not None:
+            value = getattr(defaults, dest)
+            shown = f"; default {value:g}" if value is not None else "; default none"
+        return f"{context}{what}{shown}{notes.get(dest, '')}; none: not checked"
+
+    def default(dest: str):
+        return None if defaults is None else getattr(defaults, dest)
+
+    parser.add_argument("--max-drop", type=budget_value, default=default("max_drop"), metavar="POINTS",
+                        help=text("max_drop", "largest allowed accuracy drop, FP32 − INT8, in points"))
+    parser.add_argument("--min-agreement", type=budget_value, default=default("min_agreement"), metavar="RATIO",
+                        help=text("min_agreement", "smallest allowed top-1 agreement with FP32 (0-1)"))
+    parser.add_argument("--min-embedding-cosine", type=budget_value, default=default("min_embedding_cosine"),
+                        metavar="COSINE", help=text("min_embedding_cosine",
+                                                    "smallest allowed mean FP32-vs-INT8 embedding cosine"))
+    if use_ci:
+        parser.add_argument("--use-ci", action="store_true",
+                            help=f"{context}the upper 95 %% bound of the drop must be within --max-drop too, "
+                                 "not only the estimate")
+
+
+def budget_from_args(args: argparse.Namespace, *, unset=None, optional: bool = False):
+    """The :class:`calib.verdict.ReleaseBudget` the options of :func:`add_budget_args` give. A threshold
+    whose option was not given takes ``unset``'s (a ReleaseBudget; None: the criterion is left out), one
+    given as ``none`` is left out. ``optional``: None when no budget option is given at all (and no
+    ``--use-ci``): the stage applies its own default budget."""
+    given = {k: getattr(args, k, None) for k in BUDGET_FIELDS}
+    use_ci = bool(getattr(args, "use_ci", False))
+    if optional and all(v is None for v in given.values()) and not use_ci:
+        return None
+    from calib.verdict import ReleaseBudget
+
+    values = {k: (None if unset is None else getattr(unset, k)) if v is None else None if v == BUDGET_OFF else v
+              for k, v in given.items()}
+    return ReleaseBudget(**values, use_ci=use_ci)
+
+
 def add_input_args(parser, *, demo: str | None, model: str | None = "FP32 ONNX model", labels: bool = False,
                    data: str = "dataset: CSV/TSV/JSON/JSONL/Parquet file, save_to_disk folder, SCHEME:NAME "
                                 "(demo:TASK) or hub id",

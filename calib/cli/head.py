@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 
 from calib import formatting as fmt
-from calib.cli.common import add_input_args, inputs_from_args, json_arg, non_negative_int
+from calib.cli.common import (
+    ProgressBar,
+    add_input_args,
+    inputs_from_args,
+    json_arg,
+    non_negative_int,
+    print_run_json,
+    workspace_of,
+)
 
 _EXAMPLES = """examples:
   calib head fit --model encoder.onnx --tokenizer tok/ --data train.csv --label-column y
@@ -46,7 +54,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_fit(args: argparse.Namespace) -> int:
-    from calib.cli.common import ProgressBar, print_run_json, workspace_of
     from calib.head import HeadConfig, fit_head
     from calib.pipeline import run_stage
 

@@ -9,14 +9,25 @@ from pathlib import Path
 
 from calib import formatting as fmt
 from calib.cli.common import (
+    EXIT_FAILED_CHECK,
+    EXIT_OK,
+    ProgressBar,
+    add_budget_args,
     add_cluster_args,
     add_input_args,
+    add_node_pattern_args,
+    add_placement_arg,
+    budget_from_args,
+    cluster_of,
+    emit_json,
+    format_table,
     inputs_from_args,
     int_list,
     json_arg,
     non_negative_int,
+    print_run_json,
     run_folder,
-    str_list,
+    workspace_of,
 )
 from calib.errors import InputError
 
@@ -30,28 +41,21 @@ _SENS_EXAMPLES = """examples:
 """
 
 
-_NONE = "none"
+# Defaults that copy a library value the CLI cannot import cheaply (calib.evaluation, calib.sensitivity and
+# calib.build each take 1-2 s to import, on every `calib` start): tests/test_cli.py checks each against it.
+_EVAL_BATCH_SIZE, _EVAL_SEED = 16, 0  # calib.evaluation.EvalSettings (and SEARCH_SETTINGS) batch_size, seed
+_LAYER_ROWS, _BOOTSTRAP = 128, 1000  # EvalSettings.layer_rows, .bootstrap
+_GRANULARITIES = ("node", "tensor", "block", "auto")  # calib.sensitivity.GRANULARITIES; default SensitivityConfig's
+_RANKINGS = ("auto", "block-local", "local", "exclude-one", "quantize-one")  # calib.sensitivity.RANKINGS
+_SEARCH_DEFAULTS = {"granularity": "node", "ranking": "auto", "rank_check": 8, "speed_texts": 16, "cache_mb": 1024,
+                    "max_evaluations": 24, "rank_rows": 64}  # calib.sensitivity.SensitivityConfig's
 
 
-def _budget_value(text: str) -> float | str:
-    if text.strip().lower() in ("none", "off"):
-        return _NONE
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number or 'none', got {text!r}") from None
-
-
-def budget_from_args(args: argparse.Namespace):
-    """The release budget given on the command line, or None (the report's default) when no option is set."""
+def _search_budget():
+    """calib.sensitivity.SEARCH_BUDGET, spelled out (tests/test_cli.py checks): drop and agreement, no cosine."""
     from calib.verdict import ReleaseBudget
 
-    given = {k: getattr(args, k) for k in ("max_drop", "min_agreement", "min_embedding_cosine")}
-    if all(v is None for v in given.values()) and not args.use_ci:
-        return None
-    defaults = ReleaseBudget()
-    values = {k: (getattr(defaults, k) if v is None else None if v == _NONE else v) for k, v in given.items()}
-    return ReleaseBudget(**values, use_ci=args.use_ci)
+    return ReleaseBudget(min_embedding_cosine=None)
 
 
 def _model_data_args(p: argparse.ArgumentParser) -> None:
@@ -61,8 +65,8 @@ def _model_data_args(p: argparse.ArgumentParser) -> None:
                        split="split of a multi-split dataset (default eval with --demo)",
                        label_column="label column (default label; 'none' for agreement only)", roles=True)
     g.add_argument("--limit", type=int, help="evaluate a seeded sample of this many texts (default: all / 256)")
-    g.add_argument("--batch-size", type=int, default=16)
-    g.add_argument("--seed", type=non_negative_int, default=0)
+    g.add_argument("--batch-size", type=int, default=_EVAL_BATCH_SIZE)
+    g.add_argument("--seed", type=non_negative_int, default=_EVAL_SEED)
     g.add_argument("--label", default="", help="label for the run in the registry")
 
 
@@ -83,7 +87,9 @@ def _eval_settings(args: argparse.Namespace, cluster: str | None = None):
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from calib.buckets import DEFAULT_EDGES
     from calib.methods import DEFAULT_BUILD_METHOD
+    from calib.verdict import default_budget
 
     p = subparsers.add_parser("validate", help="FP32 vs INT8 on the eval split: per bucket, per layer (stage validate)",
                               epilog=_VALIDATE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -94,17 +100,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--method", nargs="+", metavar="METHOD",
                    help="instead of --engine: build and validate these range sets of --calibration side by side "
                         "('all': every method it has), then recommend one against the release budget")
-    p.add_argument("--placement", default="tensorrt", help="placement preset of the builds made by --method")
-    p.add_argument("--max-drop", type=_budget_value, help="with --method: release budget, largest drop in points")
-    p.add_argument("--min-agreement", type=_budget_value, help="with --method: release budget, smallest agreement")
-    p.add_argument("--min-embedding-cosine", type=_budget_value,
-                   help="with --method: release budget, smallest embedding cosine")
-    p.add_argument("--use-ci", action="store_true", help="with --method: the drop's upper 95 %% bound must pass too")
-    p.add_argument("--edges", type=int_list, help="length bucket edges (default 0,32,64,128,256,512)")
+    add_placement_arg(p, help="placement preset of the builds made by --method")
+    # unset thresholds: calib.verdict.ReleaseBudget's, once any is given (none given: the comparison's default)
+    add_budget_args(p, context="with --method: release budget, ")
+    p.add_argument("--edges", type=int_list,
+                   help=f"length bucket edges (default {','.join(str(e) for e in DEFAULT_EDGES)})")
     p.add_argument("--no-layers", action="store_true", help="skip the per-layer analysis")
-    p.add_argument("--layer-rows", type=int, default=128, help="texts for the per-layer analysis (0 = all)")
-    p.add_argument("--bootstrap", type=non_negative_int, default=1000,
-                   help="bootstrap resamples for the 95 %% CI of the drop (default 1000; 0 = no CI)")
+    p.add_argument("--layer-rows", type=int, default=_LAYER_ROWS,
+                   help="texts for the per-layer analysis (default %(default)s; 0 = all)")
+    p.add_argument("--bootstrap", type=non_negative_int, default=_BOOTSTRAP,
+                   help="bootstrap resamples for the 95 %% CI of the drop (default %(default)s; 0 = no CI)")
     add_cluster_args(p)
     json_arg(p)
     p.set_defaults(handler=run_validate)
@@ -119,29 +124,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--method", default="entropy",  # 0.1's default, kept: scripts rely on it
                    help=f"calibration method whose ranges to use (default entropy, TensorRT's; calib build's is "
                         f"{DEFAULT_BUILD_METHOD})")
-    s.add_argument("--placement", "--preset", dest="placement", default="tensorrt",
-                   help="placement preset, as calib build --placement (tensorrt, all, ...; --preset: the 0.1 name)")
-    s.add_argument("--exclude", type=str_list, default=(), help="node patterns already kept in float")
-    s.add_argument("--include", type=str_list, default=(), help="node patterns to restrict quantization to")
-    # the choices are calib.sensitivity's GRANULARITIES / RANKINGS (tests/test_cli.py checks), spelled out here
-    # because importing the search module costs ~2 s on every `calib` start
-    s.add_argument("--granularity", choices=("node", "tensor", "block", "auto"), default="node",
+    add_placement_arg(s, "--preset", help="placement preset, as calib build --placement (--preset: the 0.1 name)")
+    add_node_pattern_args(s, exclude="node names already kept in float")
+    search = _SEARCH_DEFAULTS
+    s.add_argument("--granularity", choices=_GRANULARITIES, default=search["granularity"],
                    help="fallback unit: node, tensor (every reader of one activation's Q/DQ pairs), block, or auto "
                         "(search by node and by tensor, keep the fewer float nodes)")
-    s.add_argument("--ranking", choices=("auto", "block-local", "local", "exclude-one", "quantize-one"), default="auto",
+    s.add_argument("--ranking", choices=_RANKINGS, default=search["ranking"],
                    help="auto: block-local when the model splits into transformer blocks (see calib.sensitivity)")
-    s.add_argument("--rank-check", type=int, default=8,
-                   help="block-local ranking: units also ranked by quantize-one, Spearman reported (default 8; -1 = all)")
-    s.add_argument("--speed-texts", type=int, default=16,
-                   help="texts timed per step of the INT8 speed curve along the fallback (default 16; 0 = no curve)")
-    s.add_argument("--cache-mb", type=int, default=1024,
-                   help="memory for activations cached at transformer-block cuts (default 1024; 0 = run whole models)")
-    s.add_argument("--max-drop", type=float, default=0.5, help="accuracy budget in points (default 0.5)")
-    s.add_argument("--min-agreement", type=float, default=0.99, help="top-1 agreement target (default 0.99)")
-    s.add_argument("--min-embedding-cosine", type=float, help="embedding cosine target (optional)")
-    s.add_argument("--max-evaluations", type=int, default=24, help="bound on quantize+evaluate rounds (default 24)")
-    s.add_argument("--rank-rows", type=int, default=64,
-                   help="texts for the quantize-one ranking, a subset of --limit (default 64; 0 = all)")
+    s.add_argument("--rank-check", type=int, default=search["rank_check"],
+                   help="block-local ranking: units also ranked by quantize-one, Spearman reported "
+                        "(default %(default)s; -1 = all)")
+    s.add_argument("--speed-texts", type=int, default=search["speed_texts"],
+                   help="texts timed per step of the INT8 speed curve along the fallback (default %(default)s; "
+                        "0 = no curve)")
+    s.add_argument("--cache-mb", type=int, default=search["cache_mb"],
+                   help="memory for activations cached at transformer-block cuts (default %(default)s; "
+                        "0 = run whole models)")
+    b = s.add_argument_group("release budget (what the search must meet)")
+    add_budget_args(b, defaults=_search_budget(), use_ci=False,
+                    notes={"min_embedding_cosine": f" (a model without logits is held to "
+                                                   f"{default_budget(has_logits=False).min_embedding_cosine:g})"})
+    s.add_argument("--max-evaluations", type=int, default=search["max_evaluations"],
+                   help="bound on quantize+evaluate rounds (default %(default)s)")
+    s.add_argument("--rank-rows", type=int, default=search["rank_rows"],
+                   help="texts for the quantize-one ranking, a subset of --limit (default %(default)s; 0 = all)")
     s.add_argument("--no-verify", action="store_true",
                    help="do not re-check the recommendation on a model rebuilt by the quantizer")
     add_cluster_args(s)
@@ -156,27 +163,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--title", default="INT8 accuracy report")
     r.add_argument("--label", default="")
     json_arg(r)
-    b = r.add_argument_group("release budget (the verdict; default: drop ≤ 0.5 points, agreement ≥ 0.99, embedding "
-                             "cosine ≥ 0.99 where measurable; 'none' leaves a criterion out)")
-    b.add_argument("--max-drop", type=_budget_value, help="largest allowed accuracy drop, FP32 − INT8, in points")
-    b.add_argument("--min-agreement", type=_budget_value, help="smallest allowed top-1 agreement (0-1)")
-    b.add_argument("--min-embedding-cosine", type=_budget_value, help="smallest allowed mean embedding cosine")
-    b.add_argument("--use-ci", action="store_true", help="the upper 95 %% bound of the drop must be within budget too")
+    b = r.add_argument_group(f"release budget (the verdict; default: {default_budget().describe()} where "
+                             "measurable; an option not given keeps its default, 'none' leaves a criterion out)")
+    add_budget_args(b)
     r.set_defaults(handler=run_report)
 
     g = subparsers.add_parser("gate", help="exit non-zero when a report fails the accuracy budget")
     g.add_argument("report", help="report.json, a report run folder, or a report run id (unique prefix, latest, "
                    "latest:LABEL)")
-    g.add_argument("--max-drop", type=float, help="largest allowed accuracy drop in points")
-    g.add_argument("--min-agreement", type=float, help="smallest allowed top-1 agreement (0-1)")
-    g.add_argument("--min-embedding-cosine", type=float, help="smallest allowed mean embedding cosine")
-    g.add_argument("--use-ci", action="store_true", help="check the upper 95 %% bound of the drop, not the estimate")
+    b = g.add_argument_group("release budget (only the criteria given are checked; at least one)")
+    add_budget_args(b)
     g.add_argument("--json", action="store_true", help="print {passed, reason, report} as one JSON object on stdout")
     g.set_defaults(handler=run_gate)
 
 
 def run_validate(args: argparse.Namespace) -> int:
-    from calib.cli.common import ProgressBar, cluster_of, print_run_json, workspace_of
     from calib.pipeline import run_stage
     from calib.validate import ValidateConfig, validate
 
@@ -209,8 +210,6 @@ def run_validate(args: argparse.Namespace) -> int:
         print(f"note: {note}")
     for warning in evaluation.dataset.warnings:
         print(f"WARNING: {warning}")
-    from calib.cli.common import format_table
-
     rows = []
     if not evaluation.metrics.is_classifier:
         print(f"embedding model (output {evaluation.model.roles.embedding!r}): cosine, nearest-neighbour "
@@ -249,10 +248,10 @@ def summary_line(summary: dict) -> str:
 
 def run_compare(args: argparse.Namespace, ws) -> int:
     """``calib validate --calibration RUN --method all``: every range set built, validated and judged."""
-    from calib.cli.common import ProgressBar, format_table, print_run_json
     from calib.compare import CompareConfig, compare_calibrators
     from calib.pipeline import run_stage
     from calib.placement import Placement
+    from calib.verdict import ReleaseBudget
 
     if args.engine:
         raise InputError("give either --engine (one build) or --method (build every range set), not both")
@@ -263,7 +262,8 @@ def run_compare(args: argparse.Namespace, ws) -> int:
     calibration = str(run_folder(ws, args.calibration, "calibrate", parents))
     methods = () if [m.lower() for m in args.method] == ["all"] else tuple(args.method)
     config = CompareConfig(calibration=calibration, model=model, data=data, settings=_eval_settings(args),
-                           methods=methods, placement=Placement(args.placement), budget=budget_from_args(args))
+                           methods=methods, placement=Placement(args.placement),
+                           budget=budget_from_args(args, unset=ReleaseBudget(), optional=True))
     run_id, comparison = run_stage(ws, "compare", compare_calibrators, config, parents=parents, label=args.label,
                                    progress=ProgressBar("compare"))
     rec = comparison.recommendation
@@ -303,15 +303,11 @@ def run_compare(args: argparse.Namespace, ws) -> int:
     return 0
 
 
-
 def run_sensitivity(args: argparse.Namespace) -> int:
-    from calib.build import BuildConfig
     from calib.calibrate import RangesRef
-    from calib.cli.common import ProgressBar, cluster_of, print_run_json, workspace_of
     from calib.pipeline import run_stage
     from calib.placement import Placement
     from calib.sensitivity import SEARCH_SETTINGS, SensitivityConfig, analyze_sensitivity
-    from calib.verdict import ReleaseBudget
 
     ws = workspace_of(args)
     model, data = _common(args, ws)
@@ -321,8 +317,7 @@ def run_sensitivity(args: argparse.Namespace) -> int:
     ranges = str(run_folder(ws, args.ranges, "calibrate", parents)) if args.ranges else ""
     start_from = str(run_folder(ws, args.start_from, "build", parents)) if args.start_from else ""
     placement = Placement(args.placement, include_nodes=tuple(args.include), exclude_nodes=tuple(args.exclude))
-    budget = ReleaseBudget(max_drop=args.max_drop, min_agreement=args.min_agreement,
-                           min_embedding_cosine=args.min_embedding_cosine)
+    budget = budget_from_args(args)  # the options default to the search's budget
     settings = dataclasses.replace(SEARCH_SETTINGS, batch_size=args.batch_size, seed=args.seed,
                                    **({"limit": args.limit} if args.limit is not None else {}))
     config = SensitivityConfig(model=model, data=data, ranges=RangesRef(ranges, args.method), placement=placement,
@@ -340,12 +335,11 @@ def run_sensitivity(args: argparse.Namespace) -> int:
     rec = result.recommended
     print(f"run {run_id}: {result.dir}")
     print(rec.note)
-    budget, searched = result.budget_record, result.searched
-    if budget.get("statement"):
-        print(f"budget: {budget['statement']}")
-    print(f"searched on {fmt.count(searched['rows_evaluated'])} of {fmt.count(searched['rows_total'])} rows of "
-          f"{searched['source']}" + (f" [{searched['split']}]" if searched.get("split") else "")
-          + (" (a seeded sample, --limit)" if searched["rows_evaluated"] < searched["rows_total"] else "")
+    searched = result.searched
+    if result.budget_statement:
+        print(f"budget: {result.budget_statement}")
+    print(f"searched on {fmt.count(searched.rows_evaluated)} of {fmt.count(searched.rows_total)} rows of "
+          f"{searched.describe()}" + (" (a seeded sample, --limit)" if searched.sampled else "")
           + "; numbers on the full split may differ: check the build with calib validate")
     cos = rec.embedding_cosine
     print(f"ranking: {result.ranking_method} ({result.ranking_evaluations_used} evaluations on "
@@ -361,49 +355,36 @@ def run_sensitivity(args: argparse.Namespace) -> int:
               f"{fmt.points(base.accuracy_drop_points)}; recommended: agreement "
               f"{fmt.percent(rec.top1_agreement)}, drop {fmt.points(rec.accuracy_drop_points)}")
     check = result.ranking_check
-    if check and check.get("units"):
-        print(f"ranking check: Spearman {fmt.ratio(check['spearman'])} against quantize-one on {check['units']} unit(s)")
+    if check is not None and check.units:
+        print(f"ranking check: Spearman {fmt.ratio(check.spearman)} against quantize-one on {check.units} unit(s)")
     for search in result.searches:
-        if search.get("skipped"):
-            print(f"search by {search['granularity']}: not run ({search['skipped']})")
+        if search.skipped:
+            print(f"search by {search.granularity}: not run ({search.skipped})")
             continue
-        print(f"search by {search['granularity']}: {search['float_nodes']} float node(s), "
-              f"{'passes' if search['passes'] else 'misses the budget'}" + (" (chosen)" if search.get("chosen") else ""))
+        print(f"search by {search.granularity}: {search.float_nodes} float node(s), "
+              f"{'passes' if search.passes else 'misses the budget'}" + (" (chosen)" if search.chosen else ""))
     curve = result.speed_curve
-    if curve:
-        print(f"INT8 speed along the fallback ({curve['texts']} texts, batch {curve['batch_size']}; FP32 "
-              f"{fmt.number(curve['fp32_texts_per_s'])} texts/s):")
-        for p in curve["points"]:
-            print(f"  {p['float_nodes']:>3} float  {fmt.factor(p['int8_over_fp32'])} FP32  {p['change']}")
+    if curve is not None:
+        print(f"INT8 speed along the fallback ({curve.texts} texts, batch {curve.batch_size}; FP32 "
+              f"{fmt.number(curve.fp32_texts_per_s)} texts/s):")
+        for p in curve.points:
+            print(f"  {p.float_nodes:>3} float  {fmt.factor(p.int8_over_fp32)} FP32  {p.change}")
     for node in result.exclusions:
         print(f"  exclude {node}")
-    if result.exclusions and start_from:
-        cfg = result.start_config or {}
-        made = BuildConfig.from_params(cfg)
-        source = (f"--calibration {made.ranges.source}" if made.ranges.from_calibration
-                  else f"--ranges {made.ranges.source} --model {made.model}")
-        extra = (f" --smooth {made.smooth}" if made.smooth else "") + (" --bias-correction" if made.bias_correction else "")
-        print(f"build with: calib build {source} --method {made.ranges.method} --placement {made.placement.preset}{extra} "
-              f"--exclude-from {run_id}")
-    elif result.exclusions:
-        source = (f"--ranges {args.ranges} --model {config.model.model}" if Path(args.ranges).is_file()
-                  else f"--calibration {args.ranges}")
-        print(f"build with: calib build {source} --method {args.method} --placement {args.placement} "
-              f"--exclude-from {run_id}")
-    else:
-        print("no exclusions")
+    command = result.build_command(run_id)
+    print(f"build with: {command}" if command else "no exclusions")
     return 0
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from calib.cli.common import ProgressBar, print_run_json, workspace_of
     from calib.pipeline import run_stage
     from calib.report import ReportConfig, make_report
+    from calib.verdict import ReleaseBudget
 
     ws = workspace_of(args)
     parents: list[str] = []
     folders = [str(run_folder(ws, e, "validate", parents)) for e in args.evaluations]
-    budget = budget_from_args(args)
+    budget = budget_from_args(args, unset=ReleaseBudget(), optional=True)
     if args.comparison:
         from calib.compare import CalibratorComparison
 
@@ -431,8 +412,6 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def run_gate(args: argparse.Namespace) -> int:
-    from calib.cli.common import EXIT_FAILED_CHECK, EXIT_OK, emit_json, workspace_of
-    from calib.errors import InputError
     from calib.gate import check_gate, load_report_data
 
     path = Path(args.report)
@@ -448,8 +427,10 @@ def run_gate(args: argparse.Namespace) -> int:
             workspace_of(args, read_only=None).check_inputs([str(path)])
         else:
             check_manifest(path, trust_changed=args.trust_changed)
-    result = check_gate(load_report_data(path), max_drop=args.max_drop, min_agreement=args.min_agreement,
-                        min_embedding_cosine=args.min_embedding_cosine, use_ci=args.use_ci)
+    report = load_report_data(path)
+    budget = budget_from_args(args)  # only the criteria given
+    result = check_gate(report, max_drop=budget.max_drop, min_agreement=budget.min_agreement,
+                        min_embedding_cosine=budget.min_embedding_cosine, use_ci=budget.use_ci)
     if args.json:
         checks = [{"name": name, "passed": ok, "detail": detail} for name, ok, detail in result.checks]
         emit_json({"passed": result.passed, "reason": result.reason, "checks": checks,
