@@ -6,12 +6,12 @@ and an open last bucket ``512+``. Lengths are token counts before truncation (wh
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 import numpy as np
 
 from calib.errors import InputError
+from calib.formatting import whole_numbers
 
 DEFAULT_EDGES: tuple[int, ...] = (0, 32, 64, 128, 256, 512)
 
@@ -25,11 +25,7 @@ def check_edges(edges: Sequence[int]) -> tuple[int, ...]:
 
 def parse_edges(text: str) -> tuple[int, ...]:
     """Bucket edges typed as whole numbers separated by commas or spaces (``0, 32, 64``), checked."""
-    try:
-        values = [int(x) for x in re.split(r"[,\s]+", text.strip()) if x]
-    except ValueError:
-        raise InputError(f"bucket edges: use whole numbers separated by commas (e.g. 0,32,64,128), got {text!r}") from None
-    return check_edges(values)
+    return check_edges(whole_numbers(text, "bucket edges"))
 
 
 def bucket_labels(edges: Sequence[int]) -> list[str]:

@@ -19,8 +19,11 @@ to the digits shown, and :func:`clean` does the same for numbers written to JSON
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
+
+from calib.errors import InputError
 
 MISSING = "–"
 """What a missing value (None) prints as."""
@@ -294,3 +297,16 @@ def headline(stage: str, summary: Mapping[str, Any]) -> str:
     """
     parts = HEADLINES.get(stage)
     return ", ".join(parts(summary)) if parts else ""
+
+
+def whole_numbers(text: str, what: str = "values") -> tuple[int, ...]:
+    """Whole numbers typed separated by commas and/or spaces (``1, 8, 16``), the one reader of such lists
+    (CLI options, the app's fields); one :class:`~calib.errors.InputError` line naming ``what`` otherwise.
+
+    >>> whole_numbers("1, 8 16")
+    (1, 8, 16)
+    """
+    try:
+        return tuple(int(x) for x in re.split(r"[,\s]+", text.strip()) if x)
+    except ValueError:
+        raise InputError(f"{what}: use whole numbers separated by commas (e.g. 1,8,16), got {text!r}") from None

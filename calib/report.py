@@ -43,6 +43,9 @@ from calib.verdict import (
 from calib.workspace import ProgressFn
 
 SCHEMA = "calib.report/1"
+REPORT_JSON, REPORT_MD, REPORT_HTML = "report.json", "report.md", "report.html"
+REPORT_FILES = ((REPORT_HTML, "text/html"), (REPORT_MD, "text/markdown"), (REPORT_JSON, "application/json"))
+"""What a report run writes (file, MIME type), as the app offers them for download."""
 DROP_CONVENTION = ("drop = FP32 − INT8 accuracy in points (positive: INT8 is worse); its 95 % interval is the "
                    "paired bootstrap interval of the same difference")
 LIBRARIES = ("calib", "numpy", "onnx", "onnxruntime", "scikit-learn", "datasets", "tokenizers",
@@ -250,7 +253,7 @@ def report_data(evaluations: Sequence[Evaluation], sensitivity: SensitivityResul
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "verdict": verdict.to_dict(),
         "budget": budget.to_dict(),
-        "gate_command": gate_command("report.json", budget),
+        "gate_command": gate_command(REPORT_JSON, budget),
         "drop_convention": DROP_CONVENTION,
         "resolution_warning": resolution_warning(headline, budget),
         "min_bucket_texts": MIN_BUCKET_TEXTS,
@@ -828,7 +831,7 @@ class Report:
     @classmethod
     def load(cls, directory: str | Path) -> Report:
         directory = Path(directory)
-        path = directory / "report.json" if directory.is_dir() else directory
+        path = directory / REPORT_JSON if directory.is_dir() else directory
         data = read_artifact_json(path, SCHEMA, "give a report run folder or file")
         return cls(path.parent, data)
 
@@ -844,7 +847,7 @@ class Report:
 
     def gate_command(self) -> str:
         """The ``calib gate`` command that checks this report against its budget."""
-        return gate_command(str(self.dir / "report.json"), self.budget)
+        return gate_command(str(self.dir / REPORT_JSON), self.budget)
 
     def summary(self) -> dict:
         h = self.data["headline"]
@@ -865,9 +868,9 @@ def make_report(config: ReportConfig, out_dir: Path, *, progress: ProgressFn | N
                          f"sensitivity run {config.sensitivity}")
     data = report_data(evaluations, sensitivity, title=config.title, budget=config.budget)
     out_dir = Path(out_dir)
-    atomic_write_json(out_dir / "report.json", data)
-    atomic_write_text(out_dir / "report.md", render_markdown(data, config.layers))
-    atomic_write_text(out_dir / "report.html", render_html(data, config.layers))
+    atomic_write_json(out_dir / REPORT_JSON, data)
+    atomic_write_text(out_dir / REPORT_MD, render_markdown(data, config.layers))
+    atomic_write_text(out_dir / REPORT_HTML, render_html(data, config.layers))
     if progress is not None:
         progress(1.0, "report written")
     return Report.load(out_dir)

@@ -7,9 +7,15 @@ import pandas as pd
 import streamlit as st
 
 from calib.bench import BenchConfig, BenchResult, benchmark
+from calib.formatting import whole_numbers
+from calib.pipeline import config_defaults
 from lib.context import attempt
 from lib.stages import project_inputs
 from lib.ui import run_button
+
+PAGE_BENCH_TEXTS = 64
+"""Texts the Build page times first: a quarter of ``BenchConfig.limit``, so a benchmark started from the
+browser finishes in seconds on a CPU (the CLI's default times 256)."""
 
 
 def bench_section(page, run, art) -> None:
@@ -18,15 +24,14 @@ def bench_section(page, run, art) -> None:
     if inputs is None:
         return
     c1, c2, c3 = st.columns(3)
-    max_texts = c1.number_input("Texts (a spread of the evaluation lengths)", min_value=8, value=64, step=16,
-                                key="bench-texts")
-    batch_text = c2.text_input("Batch sizes", value="1, 8, 16", key="bench-batches")
-    repeats = c3.number_input("Repeats", min_value=1, max_value=10, value=2, key="bench-repeats",
+    first = config_defaults(BenchConfig)
+    max_texts = c1.number_input("Texts (a spread of the evaluation lengths)", min_value=8, value=PAGE_BENCH_TEXTS,
+                                step=16, key="bench-texts")
+    batch_text = c2.text_input("Batch sizes", value=", ".join(map(str, first["batch_sizes"])), key="bench-batches")
+    repeats = c3.number_input("Repeats", min_value=1, max_value=10, value=first["repeats"], key="bench-repeats",
                               help="Timed passes per batch size; their spread is the noise shown with the result.")
-    try:
-        batch_sizes = tuple(int(x) for x in batch_text.replace(" ", "").split(",") if x)
-    except ValueError:
-        st.error("batch sizes: use whole numbers separated by commas", icon=":material/error:")
+    batch_sizes = attempt(whole_numbers, batch_text, "batch sizes", what="Reading the batch sizes")
+    if batch_sizes is None:
         return
     config = BenchConfig(engine=str(run.dir), **inputs, limit=int(max_texts), batch_sizes=batch_sizes,
                          repeats=int(repeats))

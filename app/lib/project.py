@@ -54,6 +54,11 @@ class Project:
     normalize: str = "none"  # DataSpec.normalize of a custom project's data ("html": unescape and strip markup)
 
     @property
+    def cluster_spec(self) -> str | None:
+        """Where the project's heavy passes run, as stage configs take it (None: the app's own process)."""
+        return self.cluster or None
+
+    @property
     def demo(self) -> str | None:
         """The demo task this project is (None: a custom model and data)."""
         return self.task if self.kind == "demo" else None

@@ -17,7 +17,9 @@ from lib.context import attempt, shown_errors
 from lib.project import model_spec
 from lib.ui import download_file, pick_run, run_button, start_page
 
+from calib import formatting as fmt
 from calib.calibrate import CalibrateConfig, Calibration, calibrate
+from calib.calibset import CalibrationSet
 from calib.methods import default_methods, method_names
 from calib.pipeline import config_defaults
 from calib.placement import PRESETS, Placement
@@ -36,9 +38,11 @@ if cs_run is None:
     st.info("No calibration set yet: assemble one on the Calibration set page.", icon=":material/info:")
     st.page_link("pages/2_Calibration_set.py", label="Go to Calibration set", icon=":material/bar_chart:")
 else:
-    s = cs_run.summary
-    st.caption(f"{s.get('size', '?')} texts · {s.get('strategy', '?')} · KS {s.get('ks', '?')} · "
-               f"profile sequence min/opt/max {s.get('profile_seq', '?')}")
+    cset = attempt(CalibrationSet.load, cs_run.dir, what="Opening the calibration set")
+    if cset is not None:
+        seq = "/".join(str(cset.profile_shapes[k][1]) for k in ("min", "opt", "max"))
+        st.caption(f"{fmt.count(cset.size)} texts · {cset.strategy} · KS {fmt.ratio(cset.coverage.ks)} · "
+                   f"profile sequence min/opt/max {seq}")
     c1, c2, c3 = st.columns(3)
     methods = c1.multiselect("Calibrators", list(method_names()), default=list(default_methods()), key="cal-methods")
     placement = c2.selectbox("Placement (which tensors get ranges)", list(PRESETS), key="cal-placement",
@@ -57,7 +61,7 @@ else:
     if params is not None:
         config = CalibrateConfig(calibration_set=str(cs_run.dir), methods=tuple(methods), params=params,
                                  placement=Placement(placement), tensors=scope, batch_size=int(batch_size),
-                                 trt_version=trt_version, histogram=histogram, cluster=project.cluster or None)
+                                 trt_version=trt_version, histogram=histogram, cluster=project.cluster_spec)
         run_button(page, "calibrate", "Calibrating", "Run all calibrators", key="cal-run", fn=calibrate, config=config,
                    parents=(cs_run.id,))
 
@@ -80,12 +84,11 @@ def load_calibration(run_dir: str):
 
 with shown_errors("Opening the calibration"):
     cal, stats, ranges = load_calibration(str(run.dir))
-summary = cal.summary()
 m = st.columns(5)
-m[0].metric("Tensors", summary["tensors"])
-m[1].metric("Texts", summary["texts"])
-m[2].metric("Statistics pass", f"{summary['stats_seconds']:.1f} s")
-m[3].metric("All calibrators", f"{summary['calibrators_seconds']:.2f} s")
+m[0].metric("Tensors", cal.tensor_count)
+m[1].metric("Texts", cal.pass_record["texts"])
+m[2].metric("Statistics pass", fmt.seconds(cal.stats_seconds))
+m[3].metric("All calibrators", fmt.seconds(cal.calibrators_seconds))
 m[4].metric("Non-finite tensors", len(cal.nonfinite_tensors))
 if cal.nonfinite_tensors:
     names = list(cal.nonfinite_tensors)

@@ -25,7 +25,7 @@ from lib.stages import (
 from lib.ui import download_file, open_picked_run, pick_run, run_button, start_page
 
 from calib import formatting as fmt
-from calib.build import BuildConfig, EngineArtifact, build
+from calib.build import CACHE_FILE, ENGINE_FILE, SCRIPT_FILE, BuildConfig, EngineArtifact, build
 from calib.calibrate import Calibration, RangesRef
 from calib.engines import PORTABLE_BACKEND, backend_names, get_backend
 from calib.methods import build_method_of
@@ -137,12 +137,12 @@ c = st.columns(4)
 with c[0]:
     download_file("Q/DQ ONNX model", art.qdq_path, key="build-dl-qdq", file_name=f"{run.id}.qdq.onnx")
 with c[1]:
-    download_file("TensorRT calibration cache", run.dir / "calibration.cache", key="build-dl-cache",
+    download_file("TensorRT calibration cache", run.dir / CACHE_FILE, key="build-dl-cache",
                   file_name=f"{run.id}.calibration.cache")
 with c[2]:
-    download_file("trtexec.sh", run.dir / "trtexec.sh", mime="text/x-shellscript", key="build-dl-sh")
+    download_file(SCRIPT_FILE, run.dir / SCRIPT_FILE, mime="text/x-shellscript", key="build-dl-sh")
 with c[3]:
-    download_file("engine.json", run.dir / "engine.json", mime="application/json", key="build-dl-json")
+    download_file(ENGINE_FILE, run.dir / ENGINE_FILE, mime="application/json", key="build-dl-json")
 if art.plan_path is not None:
     download_file("TensorRT engine (model.plan)", art.plan_path, key="build-dl-plan")
 

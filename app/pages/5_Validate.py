@@ -52,6 +52,7 @@ from calib.compare import CalibratorComparison, CompareConfig, compare_calibrato
 from calib.evaluation import EvalSettings
 from calib.placement import PRESET_TITLES, PRESETS, Placement
 from calib.report import (
+    REPORT_FILES,
     Report,
     ReportConfig,
     headline_of,
@@ -97,9 +98,8 @@ def report_verdict(rep_run, *, key: str) -> None:
         st.code(report.gate_command(), language="bash")
     else:
         st.caption("This report was written before reports carried a verdict.")
-    cols = st.columns(3)
-    for col, (name, mime) in zip(cols, (("report.html", "text/html"), ("report.md", "text/markdown"),
-                                        ("report.json", "application/json"))):
+    cols = st.columns(len(REPORT_FILES))
+    for col, (name, mime) in zip(cols, REPORT_FILES):
         with col:
             download_file(f"Download {name}", rep_run.dir / name, mime=mime, key=f"{key}-{name}",
                           file_name=f"{rep_run.id}-{name}")
@@ -166,7 +166,7 @@ else:
     else:
         cconfig = CompareConfig(
             calibration=str(cal_run.dir), **project_inputs(ws, project), methods=tuple(methods), placement=Placement(placement),
-            budget=budget, settings=EvalSettings(limit=int(cmp_limit), layers=False, cluster=project.cluster or None))
+            budget=budget, settings=EvalSettings(limit=int(cmp_limit), layers=False, cluster=project.cluster_spec))
         run_button(page, "compare", "Validating every calibrator", f"Validate {len(methods)} calibrators side by side",
                    key="cmp-run", fn=compare_calibrators, config=cconfig, parents=(cal_run.id,),
                    icon=":material/compare:")
@@ -226,7 +226,7 @@ else:
     config = ValidateConfig(
         engine=str(build_run.dir), **project_inputs(ws, project), calibration=calibration,
         settings=EvalSettings(limit=int(limit), layers=bool(layers_on), layer_rows=int(layer_texts),
-                              bootstrap=int(bootstrap), cluster=project.cluster or None))
+                              bootstrap=int(bootstrap), cluster=project.cluster_spec))
     run_button(page, "validate", "Validating", "Validate", key="val-run", fn=validate, config=config,
                parents=(build_run.id,), run_label=build_run.label)
 
@@ -331,7 +331,7 @@ with tab_sens:
             **project_inputs(ws, project), **(start_fields or {}), granularity=granularity,
             ranking=ranking, budget=search_budget(max_drop, min_agree, min_cos),
             max_evaluations=int(max_evals),
-            settings=replace(SEARCH_SETTINGS, limit=int(s_limit), cluster=project.cluster or None))
+            settings=replace(SEARCH_SETTINGS, limit=int(s_limit), cluster=project.cluster_spec))
         if start_fields is not None:  # else the build could not be opened (shown above)
             run_button(page, "sensitivity", "Sensitivity analysis", "Find the layers to keep in float", key="sens-run",
                        fn=analyze_sensitivity, config=sconfig, parents=(src_run.id, run.id), icon=":material/search:")

@@ -32,6 +32,7 @@ from lib.ui import age, download_file, start_page
 from calib import formatting as fmt
 from calib.layers import DEGRADED_SQNR_DB
 from calib.naming import registry_lookup, run_name
+from calib.report import REPORT_FILES, REPORT_HTML, REPORT_MD
 from calib.validate import Evaluation
 from calib.workspace import STATUSES
 
@@ -43,7 +44,6 @@ page = start_page("Runs & reports", ":material/history:",
 ws = page.ws
 lookup = registry_lookup(ws)
 
-REPORT_FILES = (("report.html", "text/html"), ("report.md", "text/markdown"), ("report.json", "application/json"))
 
 def overlay_section(chosen_runs) -> None:
     """The same charts for every chosen validation, overlaid, with a pinned baseline and deltas to it."""
@@ -194,8 +194,8 @@ with tab_reports:
             with col:
                 download_file(f"Download {name}", run.dir / name, mime=mime, key=f"report-dl-{name}",
                               file_name=f"{run.id}-{name}")
-        html = run.dir / "report.html"
+        html = run.dir / REPORT_HTML
         if html.is_file():
             st.iframe(html, alt=f"Report {run.id}")
-        elif (run.dir / "report.md").is_file():
-            st.markdown((run.dir / "report.md").read_text(encoding="utf-8"))
+        elif (run.dir / REPORT_MD).is_file():
+            st.markdown((run.dir / REPORT_MD).read_text(encoding="utf-8"))

@@ -14,7 +14,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from calib.formatting import cell, clean, seconds
+from calib.errors import InputError
+from calib.formatting import cell, clean, seconds, whole_numbers
 from calib.workspace import LATEST, Workspace
 
 EXIT_OK = 0
@@ -48,8 +49,8 @@ def add_role_args(group) -> None:
 def int_list(text: str) -> tuple[int, ...]:
     """argparse type: comma-separated whole numbers (``0,32,64``)."""
     try:
-        return tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
+        return whole_numbers(text)
+    except InputError:
         raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {text!r}") from None
 
 
