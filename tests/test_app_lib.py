@@ -549,3 +549,37 @@ def test_a_custom_projects_data_hygiene_reaches_every_data_spec(workspace):
     assert Project.from_dict(project.to_dict()) == project
     old = {k: v for k, v in project.to_dict().items() if k not in ("drop_empty", "normalize")}
     assert Project.from_dict(old).normalize == "none" and Project.from_dict(old).drop_empty is False
+
+
+def test_the_validate_pages_judged_evaluation_warnings_and_report_choices(workspace):
+    import shutil
+
+    from lib.runs import judged_evaluation, other_models_warning, report_choices
+
+    from calib.validate import Evaluation
+
+    with workspace.start_run("validate", {}) as ctx:
+        for f in (FIXTURES / "validate").iterdir():
+            shutil.copy(f, ctx.dir / f.name)
+        ctx.summary["model_sha256"] = Evaluation.load(FIXTURES / "validate").model.sha256
+    validation = workspace.get_run(ctx.id)
+    ev, subject = judged_evaluation(validation, "Validation · 1 Dec")
+    assert subject == "Validation · 1 Dec" and ev.metrics.n == 40
+    with workspace.start_run("compare", {}) as cmp:  # a comparison (written by the first version that made one)
+        shutil.copytree(Path(__file__).parent / "fixtures" / "first" / "compare", cmp.dir, dirs_exist_ok=True)
+    from calib.compare import CalibratorComparison
+
+    comparison = CalibratorComparison.load(workspace.run_dir(cmp.id))
+    best, about = judged_evaluation(workspace.get_run(cmp.id), "Comparison")
+    assert best.dir == comparison.recommended_evaluation and about == f"{comparison.recommendation.headline} (Comparison)"
+    assert other_models_warning("a", "a", "build", "x") is None and other_models_warning("", "a", "build", "x") is None
+    assert other_models_warning("a", "b", "build", "it will be refused") == (
+        "This build was made for another model than the project's; it will be refused.")
+    for sha in ("other model", None):
+        with workspace.start_run("validate", {}) as other:
+            (other.dir / "x.json").write_text("{}")
+            if sha:
+                other.summary["model_sha256"] = sha
+    current = workspace.get_run(other.id)  # the unrecorded one: comparable with the first, not with "other model"
+    validations, searches = report_choices(workspace, current, ev.model.sha256)
+    assert [r.id for r in validations] == [validation.id] and searches == []

@@ -8,8 +8,10 @@ from typing import Any
 import pandas as pd
 
 from calib import formatting as fmt
+from calib.compare import CalibratorComparison
 from calib.naming import run_name
 from calib.report import headline_of
+from calib.validate import Evaluation
 from calib.workspace import RunRecord
 from lib.context import STAGE_TITLES
 
@@ -195,3 +197,37 @@ def validation_to_judge(runs: Sequence[RunRecord], current: str | None) -> RunRe
     looks at (``current``), else the newest; None when none is left on disk."""
     chosen = next((r for r in runs if r.id == current), None) or next(iter(runs), None)
     return chosen if chosen is not None and chosen.dir.is_dir() else None
+
+
+def judged_evaluation(judged: RunRecord, title: str) -> tuple[Evaluation, str]:
+    """The evaluation a verdict judges for ``judged`` (a validation run, or a comparison: its recommended
+    or closest calibrator's) and the subject the verdict names (``title``: the run's title)."""
+    if judged.stage == "compare":
+        comparison = CalibratorComparison.load(judged.dir)
+        return Evaluation.load(comparison.recommended_evaluation), f"{comparison.recommendation.headline} ({title})"
+    return Evaluation.load(judged.dir), title
+
+
+def other_models_warning(made_for: str, project_model: str, what: str, then: str) -> str | None:
+    """A warning when an artifact (``what``) was made for another model (sha256) than the project's; ``then``
+    says what the next step will do about it."""
+    if not made_for or made_for == project_model:
+        return None
+    return f"This {what} was made for another model than the project's; {then}."
+
+
+REPORT_CANDIDATES = 200  # validation runs offered to compare with in a report (newest first)
+REPORT_SENSITIVITIES = 50  # sensitivity runs offered to include
+
+
+def report_choices(ws, current: RunRecord, model_sha256: str) -> tuple[list[RunRecord], list[RunRecord]]:
+    """(validations to compare with, sensitivity runs to include) in a report of ``current``: finished runs
+    of the same model (a report refuses to mix models), newest first; runs that recorded no model stay."""
+    def same_model(r: RunRecord) -> bool:
+        return r.summary.get("model_sha256") in (None, "", model_sha256) and r.dir.is_dir()
+
+    validations = [r for r in ws.list_runs(stage="validate", status="finished", limit=REPORT_CANDIDATES)
+                   if r.id != current.id and same_model(r)]
+    searches = [r for r in ws.list_runs(stage="sensitivity", status="finished", limit=REPORT_SENSITIVITIES)
+                if same_model(r)]
+    return validations, searches

@@ -15,6 +15,7 @@ from lib import uploads
 from lib.charts import bucket_bars, length_facts, length_histogram
 from lib.context import attempt, show_error, shown_errors
 from lib.project import data_spec, model_spec
+from lib.runs import other_models_warning
 from lib.stages import (
     calibset_defaults,
     dataset_lengths,
@@ -160,9 +161,9 @@ run, cs = open_picked_run(page, "calibset", "Calibration set run", CalibrationSe
                           empty="No calibration set yet: choose a strategy and assemble one.",
                           what="Opening the calibration set")
 cov = cs.coverage
-if cs.model_sha256 != spec.sha256:
-    st.warning("This calibration set was made for another model than the project's; the next pages will "
-               "refuse to combine them.", icon=":material/warning:")
+if other := other_models_warning(cs.model_sha256, spec.sha256, "calibration set",
+                                 "the next pages will refuse to combine them"):
+    st.warning(other, icon=":material/warning:")
 m = st.columns(6)
 m[0].metric("Texts", cs.size)
 m[1].metric("Strategy", cs.strategy)

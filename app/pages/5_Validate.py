@@ -17,6 +17,7 @@ import streamlit as st
 from lib.charts import bucket_measure_bars, clipped_long, layer_frame, method_color
 from lib.context import attempt, shown_errors
 from lib.project import data_spec, model_spec, release_budget
+from lib.runs import judged_evaluation, other_models_warning, report_choices
 from lib.sensitivity_view import (
     agreement_gain_points,
     judged_stage,
@@ -73,7 +74,7 @@ from calib.sensitivity import (
     analyze_sensitivity,
     search_start,
 )
-from calib.validate import Evaluation, ValidateConfig, validate
+from calib.validate import ValidateConfig, validate
 from calib.verdict import MIN_BUCKET_TEXTS, judge, resolution_warning
 
 page = start_page("Validate", ":material/fact_check:",
@@ -125,14 +126,8 @@ if judged is None:
     st.info("No validation yet: validate an INT8 build below, or every calibrator of a calibration side by side.",
             icon=":material/info:")
 else:
-    subject = run_title(judged, ws)
     with shown_errors("Opening the validation"):
-        if judged.stage == "compare":
-            comparison = CalibratorComparison.load(judged.dir)
-            ev = Evaluation.load(comparison.recommended_evaluation)
-            subject = f"{comparison.recommendation.headline} ({subject})"
-        else:
-            ev = Evaluation.load(judged.dir)
+        ev, subject = judged_evaluation(judged, run_title(judged, ws))
     headline = headline_of(ev)
     verdict_banner(judge(headline, budget), subject=subject, warning=resolution_warning(headline, budget),
                    key="val")
@@ -210,9 +205,9 @@ if build_run is None:
     st.page_link("pages/4_Build.py", label="Go to Build", icon=":material/construction:")
 else:
     art = attempt(EngineArtifact.load, build_run.dir, what="Opening the build")
-    if art is not None and art.model_sha256 != spec.sha256:
-        st.warning("This build was made from another model than the project's; validating it against the "
-                   "project's model will be refused.", icon=":material/warning:")
+    if art is not None and (other := other_models_warning(art.model_sha256, spec.sha256, "build",
+                                                          "validating it against the project's model will be refused")):
+        st.warning(other, icon=":material/warning:")
     st.caption(f"Evaluation data: `{eval_spec.describe()}` (from the project)")
     c1, c2, c3, c4 = st.columns(4)
     first = PAGE_EVAL_SETTINGS
@@ -369,9 +364,8 @@ with tab_sens:
 with tab_report:
     st.markdown("A report gathers this validation (and optionally others to compare and a sensitivity "
                 "analysis) into HTML, Markdown and JSON.")
-    others = [r for r in ws.list_runs(stage="validate", status="finished", limit=200) if r.id != run.id]
+    others, sens_runs = report_choices(ws, run, spec.sha256)
     compare = st.multiselect("Compare with", [r.id for r in others], key="rep-compare")
-    sens_runs = [r for r in ws.list_runs(stage="sensitivity", status="finished", limit=50)]
     sens_pick = st.selectbox("Sensitivity analysis to include", [None] + [r.id for r in sens_runs], key="rep-sens",
                              format_func=lambda v: "(none)" if v is None else v)
     title = st.text_input("Title", value=f"INT8 accuracy report — {project.title}", key="rep-title")
