@@ -35,6 +35,8 @@ STRATEGY_DESCRIPTIONS = {
     "custom": "shares proportional to your weight per bucket",
 }
 STRATEGIES = tuple(STRATEGY_DESCRIPTIONS)
+WEIGHTED_STRATEGIES = ("custom",)
+"""Strategies that take one weight per length bucket (``AssembleConfig.weights``)."""
 SHORTFALL_DESCRIPTIONS = {
     "neighbours": "take from neighbouring buckets",
     "replace": "repeat texts (with replacement)",

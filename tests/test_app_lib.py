@@ -583,3 +583,19 @@ def test_the_validate_pages_judged_evaluation_warnings_and_report_choices(worksp
     current = workspace.get_run(other.id)  # the unrecorded one: comparable with the first, not with "other model"
     validations, searches = report_choices(workspace, current, ev.model.sha256)
     assert [r.id for r in validations] == [validation.id] and searches == []
+
+
+def test_the_calibration_set_form_fills_its_defaults_and_keeps_weights_for_custom_only():
+    from lib.stages import assemble_values, calibset_form_values
+
+    defaults = {"cs-strategy": "match", "cs-edges": "0, 32, 64", "cs-size": 128}
+    assert calibset_form_values({}, defaults) == defaults
+    assert calibset_form_values({"cs-strategy": "natural", "cs-edges": "0, 16", "cs-size": 8}, defaults) == {}
+    assert calibset_form_values({"cs-edges": "  ", "cs-size": 8, "cs-strategy": "uniform"}, defaults) == {
+        "cs-edges": "0, 32, 64"}  # an emptied edges field is the default edges again
+    kw = {"size": 16, "seed": 0, "edges": (0, 32), "weights": (1.0, 2.0), "stratify": True, "shortfall": "neighbours",
+          "opt_percentile": 95.0}
+    base, target = {"model": "m", "data": "d"}, {"target_kind": "pool", "target_source": None, "target_split": None}
+    assert assemble_values(base, target, strategy="custom", **kw)["weights"] == (1.0, 2.0)
+    plain = assemble_values(base, target, strategy="match", **kw)
+    assert plain["weights"] == () and plain["model"] == "m" and plain["target_kind"] == "pool" and plain["edges"] == (0, 32)

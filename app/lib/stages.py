@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from calib.lengths import load_length_target, token_lengths
 from calib.model import ModelRef, read_onnx
 from calib.pipeline import config_defaults
 from calib.placement import Placement, ensure_node_names, exact_pattern
+from calib.sampling import WEIGHTED_STRATEGIES
 from calib.workspace import Workspace
 from lib.project import Project, data_spec, model_spec
 from lib.uploads import sanitize_name
@@ -231,6 +232,26 @@ def length_series(pool: np.ndarray, target: str, target_lengths: np.ndarray | No
         series["target"] = target_lengths
     series["calibration set"] = calibration_set.lengths
     return series
+
+
+def calibset_form_values(state: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """The Calibration set form's values to set before its widgets are drawn: each default not set yet, and
+    the default edges again for an emptied edges field (a browser can hand back an empty text input after a
+    run ends and the page reruns; the edges must never silently become "none")."""
+    values = {k: v for k, v in defaults.items() if k not in state}
+    if not str(state.get("cs-edges") or "").strip():
+        values["cs-edges"] = defaults["cs-edges"]
+    return values
+
+
+def assemble_values(base: Mapping[str, Any], target: Mapping[str, Any], *, size: int, strategy: str, seed: int,
+                    edges: Sequence[int], weights: Sequence[float], stratify: bool, shortfall: str,
+                    opt_percentile: float) -> dict[str, Any]:
+    """The AssembleConfig values of the Calibration set form (``base``: the project's model and pool,
+    ``target``: :func:`target_fields`); weights only for a strategy that takes them."""
+    return {**base, **target, "size": int(size), "strategy": strategy, "seed": int(seed), "edges": tuple(edges),
+            "weights": tuple(float(w) for w in weights) if strategy in WEIGHTED_STRATEGIES else (),
+            "stratify": bool(stratify), "shortfall": shortfall, "opt_percentile": float(opt_percentile)}
 
 
 def calibset_defaults(target: str, pool_size: int, labelled: bool) -> dict[str, Any]:

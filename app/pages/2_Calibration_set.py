@@ -17,7 +17,9 @@ from lib.context import attempt, show_error, shown_errors
 from lib.project import data_spec, model_spec
 from lib.runs import other_models_warning
 from lib.stages import (
+    assemble_values,
     calibset_defaults,
+    calibset_form_values,
     dataset_lengths,
     eval_target,
     length_series,
@@ -40,7 +42,13 @@ from calib.coverage import TABLE_HEADERS
 from calib.errors import InputError
 from calib.inputs import load_recipe
 from calib.pipeline import config_params
-from calib.sampling import SHORTFALL_DESCRIPTIONS, SHORTFALL_MODES, STRATEGIES, STRATEGY_DESCRIPTIONS
+from calib.sampling import (
+    SHORTFALL_DESCRIPTIONS,
+    SHORTFALL_MODES,
+    STRATEGIES,
+    STRATEGY_DESCRIPTIONS,
+    WEIGHTED_STRATEGIES,
+)
 
 page = start_page("Calibration set", ":material/bar_chart:",
                   "INT8 ranges are only as good as the texts they are measured on: match the token lengths "
@@ -111,12 +119,8 @@ st.dataframe(length_facts(series, spec.max_length), hide_index=True, width="stre
 # -- strategy ------------------------------------------------------------------------------------
 st.subheader("Strategy")
 defaults = calibset_defaults(target, len(pool_lengths), bool(pool_spec.label_column))
-for key, value in defaults.items():  # widgets take their values from here (a loaded recipe sets them too)
-    st.session_state.setdefault(key, value)
-if not str(st.session_state.get("cs-edges") or "").strip():
-    # an emptied field means the default edges (a browser can hand back an empty text input after a
-    # run ends and the page reruns; the edges must never silently become "none")
-    st.session_state["cs-edges"] = defaults["cs-edges"]
+# widgets take their values from the session state (a loaded recipe sets them too)
+st.session_state.update(calibset_form_values(st.session_state, defaults))
 c1, c2, c3, c4 = st.columns(4)
 strategy = c1.selectbox("Strategy", list(STRATEGIES), key="cs-strategy",
                         format_func=lambda s: f"{s} — {STRATEGY_DESCRIPTIONS[s]}")
@@ -136,7 +140,7 @@ shortfall = c2.selectbox("When a bucket is short", list(SHORTFALL_MODES), key="c
 opt_pct = c3.number_input("Length percentile for the TensorRT 'opt' shape", min_value=1.0, max_value=100.0,
                           step=1.0, key="cs-opt-pct")
 weights: tuple[float, ...] = ()
-if strategy == "custom":
+if strategy in WEIGHTED_STRATEGIES:
     st.caption("Weight per length bucket (relative; 0 leaves a bucket out)")
     cols = st.columns(len(edges))
     for i in range(len(edges)):
@@ -144,9 +148,9 @@ if strategy == "custom":
     weights = tuple(float(col.number_input(label, min_value=0.0, step=0.5, key=f"cs-weight-{i}"))
                     for i, (col, label) in enumerate(zip(cols, bucket_labels(edges))))
 
-config_values = {**base, **target_fields(target, eval_fields, lengths_path), "size": int(size), "strategy": strategy, "seed": int(seed),
-                 "edges": tuple(edges), "weights": weights, "stratify": bool(stratify), "shortfall": shortfall,
-                 "opt_percentile": float(opt_pct)}
+config_values = assemble_values(base, target_fields(target, eval_fields, lengths_path), size=size, strategy=strategy,
+                                seed=seed, edges=edges, weights=weights, stratify=stratify, shortfall=shortfall,
+                                opt_percentile=opt_pct)
 config = attempt(config_from_dict, config_values, what="Checking the settings")
 if config is None:
     st.stop()
