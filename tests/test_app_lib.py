@@ -599,3 +599,19 @@ def test_the_calibration_set_form_fills_its_defaults_and_keeps_weights_for_custo
     assert assemble_values(base, target, strategy="custom", **kw)["weights"] == (1.0, 2.0)
     plain = assemble_values(base, target, strategy="match", **kw)
     assert plain["weights"] == () and plain["model"] == "m" and plain["target_kind"] == "pool" and plain["edges"] == (0, 32)
+
+
+def test_the_project_forms_custom_project():
+    from calib.verdict import ReleaseBudget
+    from lib.project import NO_COLUMN, POOLING_OPTIONS, Project, custom_project
+
+    current = Project(budget=ReleaseBudget(max_drop=1.0))
+    made = custom_project(current, model=" m.onnx ", tokenizer="tok ", pool_source=" p.csv", pool_split=None,
+                          eval_source="", eval_split=None, text_column="body", label_column=NO_COLUMN,
+                          pair_column="second", max_length=96, labels_text="neg, pos,", logits_output=" ",
+                          embedding_output="sentence_embedding", pooling="", drop_empty=True, normalize="html")
+    assert made == Project(kind="custom", model="m.onnx", tokenizer="tok", pool_source="p.csv", text_column="body",
+                           label_column=None, text_pair_column="second", max_length=96, labels=("neg", "pos"),
+                           budget=current.budget, embedding_output="sentence_embedding", drop_empty=True,
+                           normalize="html")
+    assert POOLING_OPTIONS[0] == "" and "none" not in POOLING_OPTIONS and "mean" in POOLING_OPTIONS

@@ -17,7 +17,7 @@ from calib.data import DataSpec, label_names
 from calib.demo import DEMO_TASKS, load_demo_task
 from calib.errors import InputError
 from calib.inputs import DEMO_SPLITS, task_inputs
-from calib.model import DEFAULT_MAX_LENGTH, ModelSpec, load_model
+from calib.model import DEFAULT_MAX_LENGTH, POOLINGS, ModelSpec, load_model
 from calib.verdict import ReleaseBudget, default_budget
 from calib.workspace import Workspace
 from lib.context import latest_session_value, load_session_state, save_session_value
@@ -222,6 +222,28 @@ def custom_form_values(current: Project) -> dict[str, Any]:
     return {"model": current.model, "tokenizer": current.tokenizer, "pool_source": current.pool_source,
             "eval_source": current.eval_source, "labels": ", ".join(current.labels), "drop_empty": current.drop_empty,
             "normalize": current.normalize}
+
+
+NO_COLUMN = "(none)"  # the column pickers' option for "no such column"
+POOLING_OPTIONS = ("", *(p for p in POOLINGS if p != "none"))
+"""The Project page's pooling choices: "" (detect: pooled outputs need none) or a way to pool token states."""
+
+
+def custom_project(current: Project, *, model: str, tokenizer: str, pool_source: str, pool_split: str | None,
+                   eval_source: str, eval_split: str | None, text_column: str, label_column: str, pair_column: str,
+                   max_length: int, labels_text: str, logits_output: str, embedding_output: str, pooling: str,
+                   drop_empty: bool, normalize: str) -> Project:
+    """The custom project the Project page's form describes: paths and names trimmed, :data:`NO_COLUMN`
+    as no column, the class names parsed; the release budget kept from ``current``."""
+    def column(value: str) -> str | None:
+        return None if value == NO_COLUMN else value
+
+    return Project(kind="custom", model=model.strip(), tokenizer=tokenizer.strip(), pool_source=pool_source.strip(),
+                   pool_split=pool_split, eval_source=eval_source.strip(), eval_split=eval_split,
+                   text_column=text_column, label_column=column(label_column), text_pair_column=column(pair_column),
+                   max_length=int(max_length), labels=parse_labels(labels_text), budget=current.budget,
+                   logits_output=logits_output.strip(), embedding_output=embedding_output.strip(), pooling=pooling,
+                   drop_empty=bool(drop_empty), normalize=normalize)
 
 
 def checked_project(ws: Workspace, candidate: Project) -> Project:

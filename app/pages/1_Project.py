@@ -16,9 +16,11 @@ from lib.cluster_view import cluster_editor
 from lib.context import attempt, show_error, shown_errors
 from lib.datasets_view import peek, summary_frame
 from lib.project import (
-    Project,
+    NO_COLUMN,
+    POOLING_OPTIONS,
     checked_project,
     custom_form_values,
+    custom_project,
     data_spec,
     demo_description,
     demo_project,
@@ -27,7 +29,6 @@ from lib.project import (
     demo_tasks,
     first_max_length,
     model_spec,
-    parse_labels,
     same_rows_warning,
     set_project,
 )
@@ -37,11 +38,10 @@ from lib.verdict_view import budget_editor
 from calib import formatting as fmt
 from calib.data import NORMALIZATION_DESCRIPTIONS, NORMALIZATIONS, guess_columns, guess_splits
 from calib.demo import DemoConfig, prepare_demo_run
-from calib.model import POOLING_DESCRIPTIONS, POOLINGS
+from calib.model import POOLING_DESCRIPTIONS
 
 page = start_page("Project", ":material/folder_open:", "Which model to quantize and which texts to calibrate and evaluate it on.")
 ws, project = page.ws, page.project
-NONE = "(none)"
 
 
 def show_model(spec) -> None:
@@ -174,10 +174,10 @@ else:
     guess_text, guess_label = guess_columns(columns)  # well-known names only; otherwise the user picks
     text_column = c1.selectbox("Text column", columns, index=None if guess_text is None else columns.index(guess_text),
                                key="project-text-col", placeholder="Choose the column with the texts")
-    label_options = [NONE] + columns
-    label_column = c2.selectbox("Label column", label_options, index=label_options.index(guess_label or NONE),
+    label_options = [NO_COLUMN] + columns
+    label_column = c2.selectbox("Label column", label_options, index=label_options.index(guess_label or NO_COLUMN),
                                 key="project-label-col")
-    pair_column = c3.selectbox("Second text column (pairs)", [NONE] + columns, index=0, key="project-pair-col")
+    pair_column = c3.selectbox("Second text column (pairs)", [NO_COLUMN] + columns, index=0, key="project-pair-col")
     h1, h2 = st.columns(2)  # data hygiene, as exported files come: DataSpec.drop_empty / .normalize
     drop_empty = h1.checkbox("Drop rows with an empty text or label (counted) instead of refusing the dataset",
                              value=first["drop_empty"], key="project-drop-empty")
@@ -192,21 +192,19 @@ else:
     logits_output = r1.text_input("Logits output (empty: detect)", value=project.logits_output, key="project-logits-out")
     embedding_output = r2.text_input("Embedding output (empty: detect)", value=project.embedding_output,
                                      key="project-embedding-out")
-    pooling = r3.selectbox("Pool token states", ["", *(p for p in POOLINGS if p != "none")], key="project-pool",
+    pooling = r3.selectbox("Pool token states", list(POOLING_OPTIONS), key="project-pool",
                            format_func=lambda p: POOLING_DESCRIPTIONS[p or "none"])
     if text_column is None:
         st.info(f"Which column holds the texts? None is called text, sentence, review or content "
                 f"(columns: {', '.join(columns)}).", icon=":material/help:")
         st.stop()
     if st.button("Use this model and data", type="primary", key="project-apply"):
-        label_col = None if label_column == NONE else label_column
-        candidate = Project(kind="custom", model=onnx_path.strip(), tokenizer=tokenizer_dir.strip(),
-                            pool_source=pool_source.strip(), pool_split=pool_split, eval_source=eval_source.strip(),
-                            eval_split=eval_split, text_column=text_column, label_column=label_col,
-                            text_pair_column=None if pair_column == NONE else pair_column,
-                            max_length=int(max_length), labels=parse_labels(labels_text), budget=project.budget,
-                            logits_output=logits_output.strip(), embedding_output=embedding_output.strip(),
-                            pooling=pooling, drop_empty=bool(drop_empty), normalize=normalize)
+        candidate = custom_project(project, model=onnx_path, tokenizer=tokenizer_dir, pool_source=pool_source,
+                                   pool_split=pool_split, eval_source=eval_source, eval_split=eval_split,
+                                   text_column=text_column, label_column=label_column, pair_column=pair_column,
+                                   max_length=max_length, labels_text=labels_text, logits_output=logits_output,
+                                   embedding_output=embedding_output, pooling=pooling, drop_empty=drop_empty,
+                                   normalize=normalize)
         try:
             candidate = checked_project(ws, candidate)
         except Exception as exc:  # noqa: BLE001 - shown below, project unchanged
