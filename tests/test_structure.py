@@ -174,7 +174,7 @@ def test_the_resolver_is_not_loaded_by_importing_a_stage():
 LAZY_PACKAGES = {  # imported inside the function that needs them, and why (ARCHITECTURE.md, "What each module may import")
     "ray": "optional", "tensorrt": "optional", "cuda": "optional", "fcntl": "POSIX only", "resource": "POSIX only",
     "datasets": "~1 s to import", "transformers": "~1 s", "scipy": "~1 s", "sklearn": "~1.4 s",
-    "onnxruntime.quantization": "~0.8 s", "onnxruntime": "the ORT backend's availability probe (a broken install)",
+    "onnxruntime.quantization": "~0.8 s",
     "pyarrow": "only to preview an uploaded Parquet file",
 }
 LAZY_CALIB = {  # (module, imported calib module): a layer above, needed only inside one function
@@ -208,8 +208,6 @@ def test_imports_sit_at_module_top_except_the_listed_lazy_ones():
             if is_calib and (name, module) in LAZY_CALIB or module == "calib" and name == "calib.calibrators":
                 continue
             if not is_calib and any(module == p or module.startswith(p + ".") for p in LAZY_PACKAGES):
-                if module == "onnxruntime" and name != "calib.engines":
-                    odd.append(f"{name}:{line} imports {module}")
                 continue
             odd.append(f"{name}:{line} imports {module}")
     assert not odd, "import these at module top (or list the reason in LAZY_*): " + "; ".join(odd)
@@ -221,7 +219,7 @@ def test_the_app_imports_at_module_top_except_the_listed_lazy_packages():
     odd = []
     for path in sorted((CALIB.parent / "app").rglob("*.py")):
         for line, module in _function_imports(path):
-            if not any(module == p or module.startswith(p + ".") for p in LAZY_PACKAGES) or module == "onnxruntime":
+            if not any(module == p or module.startswith(p + ".") for p in LAZY_PACKAGES):
                 odd.append(f"{path.relative_to(CALIB.parent)}:{line} imports {module}")
     assert not odd, "import these at module top (or list the reason in LAZY_PACKAGES): " + "; ".join(odd)
 
