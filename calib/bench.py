@@ -150,6 +150,28 @@ def measure_engine(config: BenchConfig, kind: str, encoded: Encoded,
 
 
 @dataclass(frozen=True)
+class BenchRow:
+    """One engine at one batch size: latency per batch p50/p95 (ms), throughput (texts/s), the relative
+    spread of its timed passes (None: one pass) and its process's peak memory (MB, a high-water mark)."""
+
+    engine: str
+    kind: str  # fp32 | int8
+    batch_size: int
+    texts: int
+    p50_ms: float
+    p95_ms: float
+    texts_per_s: float
+    pass_spread: float | None
+    peak_rss_mb: float | None
+
+    @classmethod
+    def from_dict(cls, r: Mapping[str, Any]) -> BenchRow:
+        return cls(str(r.get("engine", r["kind"])), str(r["kind"]), int(r["batch_size"]), int(r["texts"]),
+                   float(r["p50_ms"]), float(r["p95_ms"]), float(r["texts_per_s"]), r.get("pass_spread"),
+                   r.get("peak_rss_mb"))
+
+
+@dataclass(frozen=True)
 class BenchResult:
     dir: Path
     meta: dict[str, Any] = field(compare=False)
@@ -168,6 +190,25 @@ class BenchResult:
     @property
     def rows(self) -> list[dict[str, Any]]:
         return list(self.meta["rows"])
+
+    @property
+    def measurements(self) -> list[BenchRow]:
+        """The rows, typed: one per engine kind and batch size."""
+        return [BenchRow.from_dict(r) for r in self.meta["rows"]]
+
+    @property
+    def texts(self) -> int:
+        """Texts timed per pass."""
+        return max((m.texts for m in self.measurements), default=0)
+
+    @property
+    def peak_memory_mb(self) -> dict[str, float]:
+        """Per engine kind, its process's peak memory (one figure per process, not per batch size)."""
+        peaks: dict[str, float] = {}
+        for m in self.measurements:
+            if m.peak_rss_mb is not None:
+                peaks[m.kind] = max(peaks.get(m.kind, 0.0), float(m.peak_rss_mb))
+        return peaks
 
     @property
     def sizes_mb(self) -> dict[str, float]:

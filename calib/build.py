@@ -418,6 +418,26 @@ class EngineArtifact:
         """The bias correction the build applied (``nodes``: MatMul biases corrected), None when off."""
         return self.meta.get("bias_correction") or None
 
+    @property
+    def smoothing_summary(self) -> str | None:
+        """The outlier migration in words (None: the build migrated none)."""
+        return str(self.smooth_record["summary"]) if self.smooth_record else None
+
+    @property
+    def smoothing_migrated(self) -> bool:
+        """Whether the migration rewrote any tensor (the FP32 outputs were then checked to be unchanged)."""
+        return bool((self.smooth_record or {}).get("migrated"))
+
+    @property
+    def smoothing_output_delta(self) -> float:
+        """Largest |FP32 output difference| the migration caused on the calibration feeds (0 when none)."""
+        return max((self.smooth_record or {}).get("max_abs_output_delta", {}).values(), default=0.0)
+
+    @property
+    def bias_corrected_nodes(self) -> int:
+        """MatMul biases the build corrected (0: bias correction off)."""
+        return int((self.bias_correction_record or {}).get("nodes", 0))
+
     def provenance(self) -> dict[str, Any]:
         """What a later stage records about starting from this build: folder, Q/DQ sha256, method,
         migration summary, bias-corrected nodes and the build's settings."""

@@ -39,6 +39,9 @@ def _bias(model_path, name):
 
 def test_smoothed_build_records_identity_ranges_and_fp32_equivalence(calibration, tiny_spec, tmp_path):
     art = _build(calibration, tiny_spec, tmp_path / "e", method="minmax", smooth="0.5")
+    assert art.smoothing_summary == art.smooth_record["summary"] and art.smoothing_migrated
+    assert art.smoothing_output_delta == max(art.smooth_record["max_abs_output_delta"].values()) < 1e-3
+    assert art.bias_corrected_nodes == 0
     meta = art.meta
     sm = meta["smooth"]
     assert sm["file"] == SMOOTH_FILE and sm["sha256"] == sha256_file(tmp_path / "e" / SMOOTH_FILE)

@@ -442,3 +442,16 @@ def test_todays_code_applies_6180f26s_head(tiny_tokenizer_dir):
     by_hand = few @ saved["head.weight"] + saved["head.bias"]
     np.testing.assert_allclose(by_hand, out.logits[:8], atol=1e-4, rtol=0)
     assert [head.classes[i] for i in by_hand.argmax(1)] == [head.classes[i] for i in clf.predict(few)]
+
+
+def test_bench_rows_of_0_1_read_typed():
+    """0.1's rows (no per-pass spread) read as typed BenchRows; peak memory is one figure per engine process."""
+    from calib.bench import BenchResult
+
+    raw = _raw_bench()["rows"]
+    result = BenchResult.load(BENCH)
+    typed = result.measurements
+    assert [(m.kind, m.batch_size, m.texts_per_s, m.p50_ms) for m in typed] == [
+        (r["kind"], r["batch_size"], r["texts_per_s"], r["p50_ms"]) for r in raw]
+    assert all(m.pass_spread is None for m in typed) and result.texts == raw[0]["texts"]
+    assert result.peak_memory_mb == {k: max(r["peak_rss_mb"] for r in raw if r["kind"] == k) for k in ("fp32", "int8")}

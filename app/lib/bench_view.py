@@ -46,8 +46,7 @@ def bench_section(page, run, art) -> None:
     if result is None:
         return
     rows = pd.DataFrame(result.rows)
-    # peak memory is a high-water mark of each engine's process, so it is one figure per engine, not per row
-    peaks = rows.groupby("kind")["peak_rss_mb"].max().to_dict() if "peak_rss_mb" in rows else {}
+    peaks = result.peak_memory_mb
     table = rows[["kind", "batch_size", "p50_ms", "p95_ms", "texts_per_s"]].rename(columns={
         "kind": "engine", "batch_size": "batch", "p50_ms": "latency p50 (ms)", "p95_ms": "latency p95 (ms)",
         "texts_per_s": "throughput (texts/s)"})

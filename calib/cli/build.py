@@ -199,12 +199,11 @@ def print_build(run_id: str, artifact) -> None:
         print(f"  … {len(excluded) - 15} more in engine.json")
     if unknown:
         print(f"warning: {len(unknown)} ranged tensors are not in the model: {', '.join(unknown[:5])}")
-    smooth = artifact.smooth_record
-    if smooth:
-        delta = max(smooth["max_abs_output_delta"].values(), default=0.0)
-        print(smooth["summary"] + (f"; FP32 outputs unchanged (max |delta| {delta:.2e})" if smooth["migrated"] else ""))
+    if artifact.smoothing_summary:
+        print(artifact.smoothing_summary + (f"; FP32 outputs unchanged (max |delta| {artifact.smoothing_output_delta:.2e})"
+                                            if artifact.smoothing_migrated else ""))
     if artifact.bias_correction_record:
-        print(f"bias correction: {artifact.bias_correction_record['nodes']} MatMul biases corrected")
+        print(f"bias correction: {artifact.bias_corrected_nodes} MatMul biases corrected")
     print(f"INT8 model: {artifact.qdq_path}")
     print(f"TensorRT commands: {artifact.dir / SCRIPT_FILE}")
 
@@ -230,9 +229,8 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.json:
         print_run_json(ws, run_id, {"record": result.dir / BENCH_FILE}, rows=result.rows, sizes_mb=result.sizes_mb)
         return 0
-    rows = [(r["kind"], r["batch_size"], r["p50_ms"], r["p95_ms"], r["texts_per_s"], r["peak_rss_mb"])
-            for r in result.rows]
-    print(f"run {run_id}: {fmt.count(result.rows[0]['texts'])} texts, lengths p50 {result.lengths['p50']:.0f} "
+    rows = [(m.kind, m.batch_size, m.p50_ms, m.p95_ms, m.texts_per_s, m.peak_rss_mb) for m in result.measurements]
+    print(f"run {run_id}: {fmt.count(result.texts)} texts, lengths p50 {result.lengths['p50']:.0f} "
           f"p95 {result.lengths['p95']:.0f} tokens")
     print(format_table(("engine", "batch", "p50 ms", "p95 ms", "texts/s", "peak MB"), rows))
     sizes = {k: fmt.size(v * 2**20) for k, v in result.sizes_mb.items()}
