@@ -21,6 +21,7 @@ from lib.ui import age, current_run_id, run_label, run_title, start_page
 from lib.verdict_view import verdict_banner
 
 from calib.errors import CalibError
+from calib.methods import method_names
 from calib.report import headline_of
 from calib.validate import Evaluation
 from calib.verdict import judge, resolution_warning
@@ -36,7 +37,8 @@ STEPS = [  # page, title, icon, what it does, the stage whose last run it shows 
     ("pages/2_Calibration_set.py", "Calibration set", ":material/bar_chart:",
      "Choose calibration texts whose lengths match what the model will see; check coverage.", "calibset"),
     ("pages/3_Calibrate.py", "Calibrate", ":material/straighten:",
-     "One pass over the calibration set gives entropy, minmax, percentile and MSE ranges.", "calibrate"),
+     f"One pass over the calibration set gives the ranges of every calibrator ({', '.join(method_names())}).",
+     "calibrate"),
     ("pages/4_Build.py", "Build", ":material/construction:",
      "Place Q/DQ, build the INT8 model, get the TensorRT commands.", "build"),
     ("pages/5_Validate.py", "Validate", ":material/fact_check:",

@@ -615,3 +615,16 @@ def test_the_project_forms_custom_project():
                            budget=current.budget, embedding_output="sentence_embedding", drop_empty=True,
                            normalize="html")
     assert POOLING_OPTIONS[0] == "" and "none" not in POOLING_OPTIONS and "mean" in POOLING_OPTIONS
+
+
+
+def test_the_validate_pages_settings_are_the_evaluation_cores_but_for_two_choices():
+    """The page's first settings differ from EvalSettings' only where it says why: 64 per-layer texts, and no
+    per-layer pass for the side-by-side comparison."""
+    import dataclasses
+
+    from calib.evaluation import EvalSettings
+    from lib.stages import PAGE_COMPARE_SETTINGS, PAGE_EVAL_SETTINGS
+
+    assert PAGE_EVAL_SETTINGS == dataclasses.replace(EvalSettings(), layer_rows=64)
+    assert PAGE_COMPARE_SETTINGS == dataclasses.replace(PAGE_EVAL_SETTINGS, layers=False)

@@ -35,6 +35,11 @@ PAGE_EVAL_SETTINGS = EvalSettings(layer_rows=64)
 analysis (the CLI's 128 halved), which keeps a validation started from the browser interactive on a CPU."""
 
 
+PAGE_COMPARE_SETTINGS = dataclasses.replace(PAGE_EVAL_SETTINGS, layers=False)
+"""How the Validate page evaluates each calibrator side by side: without the per-layer analysis (the table
+and chart compare headline figures; validate the chosen build for its layers)."""
+
+
 def project_inputs(ws: Workspace, project: Project, role: str = "eval") -> dict[str, Any]:
     """The ``model`` (ModelRef, roles as the project resolved them) and ``data`` (DataSpec of the project's
     ``pool`` or ``eval`` data, read in this workspace) every stage config takes."""

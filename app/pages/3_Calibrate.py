@@ -28,7 +28,7 @@ from calib.trtcache import DEFAULT_TRT_VERSION
 
 page = start_page("Calibrate", ":material/straighten:",
                   "One FP32 pass over the calibration set collects per-tensor histograms; every calibrator "
-                  "(entropy, minmax, percentile, MSE) is computed from the same statistics.")
+                  f"({', '.join(method_names())}) is computed from the same statistics.")
 ws, project = page.ws, page.project
 spec = attempt(model_spec, ws, project, what="Reading the model")
 

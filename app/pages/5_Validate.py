@@ -25,7 +25,7 @@ from lib.sensitivity_view import (
     search_budget,
     search_budget_start,
 )
-from lib.stages import PAGE_EVAL_SETTINGS, project_inputs
+from lib.stages import PAGE_COMPARE_SETTINGS, PAGE_EVAL_SETTINGS, project_inputs
 from lib.ui import (
     download_file,
     finished_runs,
@@ -50,7 +50,6 @@ from calib import formatting as fmt
 from calib.build import BuildConfig, EngineArtifact, build, calibration_of
 from calib.calibrate import Calibration
 from calib.compare import CalibratorComparison, CompareConfig, compare_calibrators
-from calib.evaluation import EvalSettings
 from calib.placement import PRESET_TITLES, PRESETS, Placement
 from calib.report import (
     REPORT_FILES,
@@ -155,13 +154,14 @@ else:
     methods = c1.multiselect("Range sets to compare", methods_available, default=methods_available, key="cmp-methods")
     placement = c2.selectbox("Placement", list(PRESETS), key="cmp-placement",
                              format_func=lambda p: PRESET_TITLES.get(p, p))
-    cmp_limit = c3.number_input("Texts per calibrator (0 = all)", min_value=0, value=0, step=32, key="cmp-limit")
+    cmp_limit = c3.number_input("Texts per calibrator (0 = all)", min_value=0, value=PAGE_COMPARE_SETTINGS.limit,
+                                step=32, key="cmp-limit")
     if len(methods) < 1:
         st.warning("Pick at least one range set.", icon=":material/warning:")
     else:
         cconfig = CompareConfig(
             calibration=str(cal_run.dir), **project_inputs(ws, project), methods=tuple(methods), placement=Placement(placement),
-            budget=budget, settings=EvalSettings(limit=int(cmp_limit), layers=False, cluster=project.cluster_spec))
+            budget=budget, settings=replace(PAGE_COMPARE_SETTINGS, limit=int(cmp_limit), cluster=project.cluster_spec))
         run_button(page, "compare", "Validating every calibrator", f"Validate {len(methods)} calibrators side by side",
                    key="cmp-run", fn=compare_calibrators, config=cconfig, parents=(cal_run.id,),
                    icon=":material/compare:")
@@ -220,8 +220,8 @@ else:
     calibration = str(found) if (found := calibration_of(ws, build_run)) is not None else None
     config = ValidateConfig(
         engine=str(build_run.dir), **project_inputs(ws, project), calibration=calibration,
-        settings=EvalSettings(limit=int(limit), layers=bool(layers_on), layer_rows=int(layer_texts),
-                              bootstrap=int(bootstrap), cluster=project.cluster_spec))
+        settings=replace(PAGE_EVAL_SETTINGS, limit=int(limit), layers=bool(layers_on), layer_rows=int(layer_texts),
+                         bootstrap=int(bootstrap), cluster=project.cluster_spec))
     run_button(page, "validate", "Validating", "Validate", key="val-run", fn=validate, config=config,
                parents=(build_run.id,), run_label=build_run.label)
 
