@@ -602,8 +602,9 @@ def test_the_calibration_set_form_fills_its_defaults_and_keeps_weights_for_custo
 
 
 def test_the_project_forms_custom_project():
-    from calib.verdict import ReleaseBudget
     from lib.project import NO_COLUMN, POOLING_OPTIONS, Project, custom_project
+
+    from calib.verdict import ReleaseBudget
 
     current = Project(budget=ReleaseBudget(max_drop=1.0))
     made = custom_project(current, model=" m.onnx ", tokenizer="tok ", pool_source=" p.csv", pool_split=None,
@@ -623,8 +624,9 @@ def test_the_validate_pages_settings_are_the_evaluation_cores_but_for_two_choice
     per-layer pass for the side-by-side comparison."""
     import dataclasses
 
-    from calib.evaluation import EvalSettings
     from lib.stages import PAGE_COMPARE_SETTINGS, PAGE_EVAL_SETTINGS
+
+    from calib.evaluation import EvalSettings
 
     assert PAGE_EVAL_SETTINGS == dataclasses.replace(EvalSettings(), layer_rows=64)
     assert PAGE_COMPARE_SETTINGS == dataclasses.replace(PAGE_EVAL_SETTINGS, layers=False)
