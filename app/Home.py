@@ -22,7 +22,6 @@ from lib.verdict_view import verdict_banner
 
 from calib.errors import CalibError
 from calib.methods import method_names
-from calib.report import headline_of
 from calib.validate import Evaluation
 from calib.verdict import judge, resolution_warning
 
@@ -65,7 +64,7 @@ else:
         st.caption(f"The latest validation cannot be read: {exc}")
     else:
         budget = release_budget(page.ws, page.project)
-        headline = headline_of(ev)
+        headline = ev.headline()
         verdict_banner(judge(headline, budget), subject=run_title(last, page.ws),
                        warning=resolution_warning(headline, budget), key="home")
         st.page_link("pages/5_Validate.py", label="Open it on Validate", icon=":material/fact_check:")

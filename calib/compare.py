@@ -24,7 +24,7 @@ from calib.io import atomic_write_json, read_artifact_json
 from calib.model import ModelRef
 from calib.pipeline import config_from_params
 from calib.placement import Placement
-from calib.report import budget_for, compare_evaluations, headline_of
+from calib.report import compare_evaluations
 from calib.validate import Evaluation, ValidateConfig, validate
 from calib.verdict import FAIL, PASS, Recommendation, ReleaseBudget, Verdict, judge, recommend
 from calib.workspace import ProgressFn
@@ -72,7 +72,7 @@ class ComparisonRow:
 
     @property
     def headline(self) -> dict[str, Any]:
-        """The evaluation's headline figures (:func:`calib.report.headline_of`)."""
+        """The evaluation's headline figures (:meth:`calib.validate.Evaluation.headline`)."""
         return dict(self.record.get("headline") or {})
 
     @property
@@ -208,13 +208,13 @@ def compare_calibrators(config: CompareConfig, out_dir: Path, *,
                                     progress=lambda f, m="", _s=start, _w=span, _m=method, _i=i: report(
                                         _s + _w * (0.3 + 0.7 * f), f"{_m} ({_i + 1}/{len(methods)}): validate: {m}")))
     rows = compare_evaluations(evaluations)
-    budget = budget_for(evaluations[0], config.budget)
+    budget = config.budget if config.budget is not None else evaluations[0].default_budget()
     for row, ev in zip(rows, evaluations):
         row["run"] = row["calibrator"] or row["run"]
         row["verdict"] = judge(row, budget).to_dict()
         row["evaluation"] = f"{row['calibrator']}/{EVALUATION_DIR}"
         row["bucket_drops"] = [_bucket_figures(b) for b in ev.metrics.bucket_figures]
-        row["headline"] = headline_of(ev)
+        row["headline"] = ev.headline()
     rec = recommend(rows, budget)
     data = {"schema": SCHEMA, "calibration": str(Path(config.calibration).resolve()), "placement": asdict(config.placement),
             "model_sha256": evaluations[0].model.sha256, "dataset": dict(evaluations[0].dataset.record),

@@ -34,7 +34,7 @@ from calib.verdict import (
     Recommendation,
     ReleaseBudget,
     Verdict,
-    default_budget,
+    drop_interval_points,
     gate_command,
     judge,
     recommend,
@@ -84,61 +84,6 @@ def environment() -> dict:
     }
 
 
-def _pts(x: float | None) -> float | None:
-    return None if x is None else 100.0 * x
-
-
-def _drop_ci(ci: dict) -> dict:
-    """The 95 % interval in both conventions: ``ci_*`` INT8 − FP32 (kept for older readers) and
-    ``drop_ci_*`` FP32 − INT8, the convention of the drop itself (what reports show)."""
-    low, high = _pts(ci.get("low")), _pts(ci.get("high"))
-    return {"ci_low_points": low, "ci_high_points": high,
-            "drop_ci_low_points": None if high is None else -high, "drop_ci_high_points": None if low is None else -low,
-            "ci_resamples": ci.get("n_resamples")}  # 0: validated without an interval (--bootstrap 0)
-
-
-def headline_of(ev: Evaluation) -> dict:
-    """The headline figures of one evaluation (what the verdict judges and reports show first)."""
-    m = ev.metrics
-    ci = m.accuracy_diff_ci
-    return {
-        "labelled": ev.labelled,
-        "note": ev.dataset.note,
-        "rows": m.n,
-        "accuracy_fp32": m.accuracy_fp32,
-        "accuracy_int8": m.accuracy_int8,
-        "macro_f1_fp32": m.macro_f1_fp32,
-        "macro_f1_int8": m.macro_f1_int8,
-        "accuracy_drop_points": m.accuracy_drop_points,
-        **_drop_ci(ci),
-        "ci_confidence": ci.get("confidence"),
-        **{k: m.agreement(k) for k in ("top1_agreement", "logit_cosine", "max_abs_diff", "mean_abs_diff", "kl_softmax")},
-        "embedding_cosine": m.embedding_cosine,
-        "embedding_cosine_min": m.embedding_cosine_min,
-        **_embedding_headline(ev),
-    }
-
-
-def _embedding_headline(ev: Evaluation) -> dict:
-    """Headline numbers of an embedding model (no logits): cosine, neighbours, similarity ranks, k-NN."""
-    m = ev.metrics
-    if m.is_classifier:
-        return {"model_kind": m.kind}
-    knn = m.knn or {}
-    return {"model_kind": m.kind, "embedding_cosine_p1": m.embedding_cosine_p1, "neighbour_k": m.neighbour_k,
-            "neighbour_recall_at_1": m.neighbour_recall_at_1, "neighbour_recall_at_k": m.neighbour_recall_at_k,
-            "similarity_spearman": m.similarity_spearman, "knn_accuracy_fp32": knn.get("accuracy_fp32"),
-            "knn_accuracy_int8": knn.get("accuracy_int8"), "knn_accuracy_drop_points": knn.get("accuracy_drop_points")}
-
-
-def budget_for(ev: Evaluation, budget: ReleaseBudget | None) -> ReleaseBudget:
-    """``budget``, or the default budget for what ``ev`` can measure."""
-    if budget is not None:
-        return budget
-    return default_budget(has_embedding=ev.metrics.has_embedding, labelled=ev.labelled,
-                          has_logits=ev.metrics.is_classifier)
-
-
 def _worst_bucket(ev: Evaluation) -> dict | None:
     return ev.metrics.worst_bucket()
 
@@ -171,7 +116,7 @@ def compare_evaluations(evaluations: Sequence[Evaluation | str | Path]) -> list[
             "accuracy_fp32": m.accuracy_fp32,
             "accuracy_int8": m.accuracy_int8,
             "accuracy_drop_points": m.accuracy_drop_points,
-            **_drop_ci(m.accuracy_diff_ci),
+            **drop_interval_points(m.accuracy_diff_ci),
             "top1_agreement": m.top1_agreement,
             "kl_softmax": m.kl_softmax,
             "embedding_cosine": m.embedding_cosine,
@@ -217,15 +162,15 @@ def report_data(evaluations: Sequence[Evaluation], sensitivity: SensitivityResul
                 title: str = "INT8 accuracy report", budget: ReleaseBudget | None = None) -> dict:
     """The report as plain data (the JSON form; HTML and Markdown are rendered from it)."""
     ev = evaluations[0]
-    headline = headline_of(ev)
-    budget = budget_for(ev, budget)
+    headline = ev.headline()
+    budget = budget if budget is not None else ev.default_budget()
     verdict = judge(headline, budget)
     metrics = ev.metrics
     engine = ev.engine
     buckets = [{
         "bucket": b.bucket, "n": b.n, "few_texts": b.few_texts,
         "accuracy_fp32": b.accuracy_fp32, "accuracy_int8": b.accuracy_int8,
-        "accuracy_drop_points": b.accuracy_drop_points, **_drop_ci(b.accuracy_diff_ci),
+        "accuracy_drop_points": b.accuracy_drop_points, **drop_interval_points(b.accuracy_diff_ci),
         "top1_agreement": b.top1_agreement, "kl_softmax": b.kl_softmax,
         "embedding_cosine": b.embedding_cosine, "embedding_cosine_p1": b.embedding_cosine_p1,
         "neighbour_recall_at_k": b.neighbour_recall_at_k, "similarity_spearman": b.similarity_spearman,

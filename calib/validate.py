@@ -40,6 +40,7 @@ from calib.layers import LayerAnalysis, LayerReport, producer_order, quantized_t
 from calib.model import ModelRef, ModelSpec, OutputRoles, check_same_model
 from calib.pipeline import config_params
 from calib.progress import FP32_PASS, INT8_PASS, LAYER_PASS, Phases
+from calib.verdict import ReleaseBudget, default_budget, drop_interval_points
 from calib.workspace import ProgressFn
 
 SCHEMA = "calib.evaluation/1"
@@ -389,6 +390,46 @@ class Evaluation:
         """The calibration method behind the INT8 engine: as its build recorded it, else the shown run's
         when it calibrated one method only (None: not known)."""
         return self.engine.calibrator or (self.calibration.only_method if self.calibration is not None else None)
+
+    def headline(self) -> dict:
+        """The headline figures (what the verdict judges and reports show first): accuracy and its drop
+        with the 95 % interval, agreement and logit figures, the embedding cosine, and an embedding model's
+        neighbour and similarity figures."""
+        m = self.metrics
+        ci = m.accuracy_diff_ci
+        return {
+            "labelled": self.labelled,
+            "note": self.dataset.note,
+            "rows": m.n,
+            "accuracy_fp32": m.accuracy_fp32,
+            "accuracy_int8": m.accuracy_int8,
+            "macro_f1_fp32": m.macro_f1_fp32,
+            "macro_f1_int8": m.macro_f1_int8,
+            "accuracy_drop_points": m.accuracy_drop_points,
+            **drop_interval_points(ci),
+            "ci_confidence": ci.get("confidence"),
+            **{k: m.agreement(k) for k in ("top1_agreement", "logit_cosine", "max_abs_diff", "mean_abs_diff", "kl_softmax")},
+            "embedding_cosine": m.embedding_cosine,
+            "embedding_cosine_min": m.embedding_cosine_min,
+            **self._embedding_headline(),
+        }
+
+    def _embedding_headline(self) -> dict:
+        """Headline numbers of an embedding model (no logits): cosine, neighbours, similarity ranks, k-NN."""
+        m = self.metrics
+        if m.is_classifier:
+            return {"model_kind": m.kind}
+        knn = m.knn or {}
+        return {"model_kind": m.kind, "embedding_cosine_p1": m.embedding_cosine_p1, "neighbour_k": m.neighbour_k,
+                "neighbour_recall_at_1": m.neighbour_recall_at_1, "neighbour_recall_at_k": m.neighbour_recall_at_k,
+                "similarity_spearman": m.similarity_spearman, "knn_accuracy_fp32": knn.get("accuracy_fp32"),
+                "knn_accuracy_int8": knn.get("accuracy_int8"), "knn_accuracy_drop_points": knn.get("accuracy_drop_points")}
+
+    def default_budget(self) -> ReleaseBudget:
+        """The release budget for what this evaluation can measure (no drop without labels, no embedding
+        criterion without an embedding, no agreement without logits)."""
+        return default_budget(has_embedding=self.metrics.has_embedding, labelled=self.labelled,
+                              has_logits=self.metrics.is_classifier)
 
     @property
     def layer_report(self) -> LayerReport | None:

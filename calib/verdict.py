@@ -166,6 +166,19 @@ def _check(name: str, label: str, short: str, comparison: str, threshold: float,
     return Criterion(name, label, comparison, threshold, float(value), unit, ok, detail)
 
 
+def _points(x: float | None) -> float | None:
+    return None if x is None else 100.0 * x
+
+
+def drop_interval_points(ci: Mapping[str, Any]) -> dict[str, Any]:
+    """The 95 % interval in both conventions: ``ci_*`` INT8 − FP32 (kept for older readers) and
+    ``drop_ci_*`` FP32 − INT8, the convention of the drop itself (what reports show)."""
+    low, high = _points(ci.get("low")), _points(ci.get("high"))
+    return {"ci_low_points": low, "ci_high_points": high,
+            "drop_ci_low_points": None if high is None else -high, "drop_ci_high_points": None if low is None else -low,
+            "ci_resamples": ci.get("n_resamples")}  # 0: validated without an interval (--bootstrap 0)
+
+
 def drop_ci_high(headline: Mapping[str, Any]) -> float | None:
     """Upper end of the 95 % interval of the drop (FP32 − INT8, points), from a report headline."""
     if headline.get("drop_ci_high_points") is not None:

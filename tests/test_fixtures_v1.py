@@ -284,7 +284,7 @@ def test_todays_figures_verdicts_and_recommendation_from_94776ds_evaluations():
     """Today's comparison code, given the first version's evaluation folders, reaches the same figures,
     verdicts and recommendation as that version wrote."""
     from calib.compare import CalibratorComparison
-    from calib.report import budget_for, compare_evaluations
+    from calib.report import compare_evaluations
     from calib.validate import Evaluation
     from calib.verdict import Recommendation, judge, recommend
 
@@ -292,7 +292,7 @@ def test_todays_figures_verdicts_and_recommendation_from_94776ds_evaluations():
     comparison = CalibratorComparison.load(COMPARE)
     evaluations = [Evaluation.load(d) for d in comparison.evaluation_dirs(recommended_first=False)]
     rows = compare_evaluations(evaluations)
-    assert budget_for(evaluations[0], None).to_dict() == raw["budget"]  # it ran with the default budget
+    assert evaluations[0].default_budget().to_dict() == raw["budget"]  # it ran with the default budget
     for row, old in zip(rows, raw["rows"]):
         for key in ("calibrator", "placement", "rows", "labelled", "accuracy_fp32", "accuracy_int8",
                     "accuracy_drop_points", "ci_low_points", "ci_high_points", "drop_ci_low_points",

@@ -10,7 +10,6 @@ import pandas as pd
 from calib import formatting as fmt
 from calib.compare import CalibratorComparison
 from calib.naming import run_name
-from calib.report import headline_of
 from calib.validate import Evaluation
 from calib.workspace import RunRecord
 from lib.context import STAGE_TITLES
@@ -150,7 +149,7 @@ def layer_overlay_frame(evaluations: Mapping[str, Any]) -> pd.DataFrame:
 
 def baseline_deltas(evaluations: Mapping[str, Any], baseline: str) -> pd.DataFrame:
     """Headline figures of each run and their difference to the pinned ``baseline`` run."""
-    heads = {name: headline_of(ev) for name, ev in evaluations.items()}
+    heads = {name: ev.headline() for name, ev in evaluations.items()}
     base = heads[baseline]
     rows = []
     for name, h in heads.items():

@@ -55,7 +55,6 @@ from calib.report import (
     REPORT_FILES,
     Report,
     ReportConfig,
-    headline_of,
     layer_methods,
     layer_rows,
     layer_summary,
@@ -127,7 +126,7 @@ if judged is None:
 else:
     with shown_errors("Opening the validation"):
         ev, subject = judged_evaluation(judged, run_title(judged, ws))
-    headline = headline_of(ev)
+    headline = ev.headline()
     verdict_banner(judge(headline, budget), subject=subject, warning=resolution_warning(headline, budget),
                    key="val")
     if not evaluation_tiles(ev, headline, run_id=judged.id):
