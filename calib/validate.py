@@ -514,7 +514,7 @@ def validate(config: ValidateConfig, out_dir: Path, *, progress: ProgressFn | No
     if config.calibration:
         ranged, calibration_info = calibrated_amax(config.calibration, spec.sha256)
     data = load_eval_data(config.data, spec, limit=settings.limit, seed=settings.seed)
-    data.info["warnings"] = _preparation_warnings(calibration_info, data.info)
+    dataset_record = {**data.info, "warnings": _preparation_warnings(calibration_info, data.info)}
     report = progress or (lambda f, m="": None)
     report(0.02, f"{len(data)} texts loaded")
     layer_rows = min(settings.layer_rows or len(data), len(data)) if settings.layers else 0
@@ -564,7 +564,7 @@ def validate(config: ValidateConfig, out_dir: Path, *, progress: ProgressFn | No
                   "has_embedding": roles.embedding is not None, "kind": metrics.kind, "roles": roles.to_dict()},
         "engine": {**source.describe(), "name": engine_name},
         **({"cluster": cluster} if cluster else {}),
-        "dataset": data.info,
+        "dataset": dataset_record,
         "calibration": calibration_info,
         "config": config_params(config),
         "metrics": metrics.to_dict(),
