@@ -99,3 +99,32 @@ def test_provenance_names_the_resolved_path_and_the_split_used(tiny_spec, tmp_pa
     assert data.info["resolved"] == str((tmp_path / "folder").resolve()) and data.info["split_used"] == "test"
     text = _dataset_text({**data.info, "fingerprint": "abc"})
     assert text == f"folder ({(tmp_path / 'folder').resolve()}) split test; 5 of 12 rows; fingerprint abc"
+
+
+def test_validate_warns_when_the_calibration_texts_were_prepared_unlike_the_evaluated(tiny_spec, tmp_path):
+    """Calibrated on HTML-escaped texts, evaluated on unescaped ones: the evaluation records the mismatch."""
+    import pandas as pd
+    import tinymodel
+
+    from calib.build import BuildConfig, build
+    from calib.calibrate import CalibrateConfig, RangesRef, calibrate
+    from calib.calibset import AssembleConfig, assemble
+    from calib.evaluation import EvalSettings
+    from calib.model import ModelRef
+    from calib.validate import ValidateConfig, validate
+
+    texts, labels = tinymodel.make_texts(64, seed=3)
+    csv = tmp_path / "escaped.csv"
+    pd.DataFrame({"text": [f"{t} &amp; more" for t in texts],
+                  "label": [tinymodel.LABELS[i] for i in labels]}).to_csv(csv, index=False)
+    model = ModelRef.of(tiny_spec)
+    cset = assemble(AssembleConfig(model=model, data=DataSpec(str(csv)), size=32), tmp_path / "cs")
+    cal = calibrate(CalibrateConfig(calibration_set=str(cset.dir), methods=("minmax",)), tmp_path / "cal")
+    engine = build(BuildConfig(model=model.model, ranges=RangesRef(str(cal.dir), "minmax")), tmp_path / "engine")
+    settings = EvalSettings(limit=32, layers=False, bootstrap=0)
+    same = validate(ValidateConfig(engine=str(engine.dir), model=model, data=DataSpec(str(csv)), settings=settings,
+                                   calibration=str(cal.dir)), tmp_path / "same")
+    assert same.dataset.warnings == []
+    cleaned = validate(ValidateConfig(engine=str(engine.dir), model=model, data=DataSpec(str(csv), normalize="html"),
+                                      settings=settings, calibration=str(cal.dir)), tmp_path / "cleaned")
+    assert len(cleaned.dataset.warnings) == 1 and "prepared differently" in cleaned.dataset.warnings[0]
