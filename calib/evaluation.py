@@ -223,6 +223,44 @@ def pool_tokens(states: np.ndarray, mask: np.ndarray, pooling: str) -> np.ndarra
     return (np.sum(states * m, axis=1) / np.maximum(m.sum(axis=1), 1.0)).astype(np.float32)
 
 
+def batch_outputs(values: Mapping[str, np.ndarray], mask: np.ndarray, roles: OutputRoles) -> dict[str, np.ndarray]:
+    """One batch's outputs that ``roles`` names, each (B, n): token states (B, T, D) named as the embedding
+    pooled with the batch's attention ``mask`` (B, T) as ``roles.pooling`` says; any other shape refused in
+    one line naming the option that reads it right."""
+    out = {}
+    for name in roles.names:
+        v = np.asarray(values[name])
+        if name == roles.embedding and roles.pooling != "none" and v.ndim == 3:
+            v = pool_tokens(v, mask, roles.pooling)
+        if v.ndim != 2:
+            option = (f"--embedding-output {name} --pool mean" if v.ndim == 3 else "--logits-output / --embedding-output")
+            role = "logits" if name == roles.logits else "embedding"
+            raise InputError(f"output {name!r} read as the {role} gives shape {v.shape}, not (batch, n); "
+                             f"use {option}")
+        out[name] = v
+    return out
+
+
+class OutputsCollector:
+    """Per-row outputs of ``n`` texts gathered batch by batch (:func:`batch_outputs` of each, at its rows)."""
+
+    def __init__(self, n: int, roles: OutputRoles) -> None:
+        self.n, self.roles = n, roles
+        self._out: dict[str, np.ndarray] = {}
+
+    def add(self, values: Mapping[str, np.ndarray], batch) -> None:
+        """One batch's graph outputs (``batch``: its ``rows`` and ``mask``)."""
+        for name, v in batch_outputs(values, batch.mask, self.roles).items():
+            if name not in self._out:
+                self._out[name] = np.zeros((self.n, *v.shape[1:]), dtype=np.float32)
+            self._out[name][batch.rows] = v
+
+    def outputs(self) -> EngineOutputs:
+        r = self.roles
+        return EngineOutputs(self._out.get(r.logits) if r.logits else None,
+                             self._out.get(r.embedding) if r.embedding else None)
+
+
 def run_engine(engine, encoded: Encoded, input_dtypes: Mapping[str, type], roles: OutputRoles, *,
                batch_size: int, progress: ProgressFn | None = None, start: float = 0.0,
                span: float = 1.0) -> EngineOutputs:
@@ -231,29 +269,15 @@ def run_engine(engine, encoded: Encoded, input_dtypes: Mapping[str, type], roles
     Token states (B, T, D) named as the embedding are pooled per batch with the attention mask as
     ``roles.pooling`` says, so nothing of size N × T × D is ever held.
     """
-    names = list(roles.names)
     n = len(encoded)
-    out: dict[str, np.ndarray] = {}
+    collected = OutputsCollector(n, roles)
     done = 0
     for batch in iter_batches(encoded, input_dtypes, batch_size):
-        values = engine.run(batch.feeds, names)
-        for name in names:
-            v = np.asarray(values[name])
-            if name == roles.embedding and roles.pooling != "none" and v.ndim == 3:
-                v = pool_tokens(v, batch.mask, roles.pooling)
-            if v.ndim != 2:
-                option = (f"--embedding-output {name} --pool mean" if v.ndim == 3 else "--logits-output / --embedding-output")
-                role = "logits" if name == roles.logits else "embedding"
-                raise InputError(f"output {name!r} read as the {role} gives shape {v.shape}, not (batch, n); "
-                                 f"use {option}")
-            if name not in out:
-                out[name] = np.zeros((n, *v.shape[1:]), dtype=np.float32)
-            out[name][batch.rows] = v
+        collected.add(engine.run(batch.feeds, list(roles.names)), batch)
         done += len(batch.rows)
         if progress is not None:
             progress(start + span * done / max(n, 1), f"{done}/{n} texts")
-    return EngineOutputs(out.get(roles.logits) if roles.logits else None,
-                         out.get(roles.embedding) if roles.embedding else None)
+    return collected.outputs()
 
 
 # -- comparing ---------------------------------------------------------------------------------

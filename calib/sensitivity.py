@@ -101,9 +101,10 @@ from calib.evaluation import (
     EvalData,
     EvalSettings,
     Metrics,
+    OutputsCollector,
+    batch_outputs,
     compare,
     load_eval_data,
-    pool_tokens,
     run_engine,
 )
 from calib.io import atomic_write_json, read_artifact_json
@@ -323,29 +324,13 @@ class _Evaluator:
                               batch_size=self.config.settings.batch_size)
         return compare(fp32, int8, data, edges=(0, 1 << 30), n_resamples=0, seed=self.config.settings.seed), None
 
-    def _batch_outputs(self, values: Mapping[str, np.ndarray], batch) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """(logits, pooled embedding) of one batch's graph outputs, as :func:`calib.evaluation.run_engine` keeps them."""
-        roles = self.spec.roles
-        logits = np.asarray(values[roles.logits]) if roles.logits else None
-        embedding = None
-        if roles.embedding:
-            embedding = np.asarray(values[roles.embedding])
-            if roles.pooling != "none":
-                embedding = pool_tokens(embedding, batch.mask, roles.pooling)
-        return logits, embedding
-
     def assemble(self, per_batch: Sequence[Mapping[str, np.ndarray]], rows: str) -> EngineOutputs:
-        """Per-row outputs (row order) from a segmented run's per-batch graph outputs."""
-        n = len(self._rows(rows)[0])
-        out: dict[str, np.ndarray] = {}
+        """Per-row outputs (row order) from a segmented run's per-batch graph outputs, kept as
+        :func:`calib.evaluation.run_engine` keeps an engine's."""
+        collected = OutputsCollector(len(self._rows(rows)[0]), self.spec.roles)
         for batch, values in zip(self.batches[rows], per_batch):
-            for name, v in zip(("logits", "embedding"), self._batch_outputs(values, batch)):
-                if v is None:
-                    continue
-                if name not in out:
-                    out[name] = np.zeros((n, *v.shape[1:]), dtype=np.float32)
-                out[name][batch.rows] = v
-        return EngineOutputs(out.get("logits"), out.get("embedding"))
+            collected.add(values, batch)
+        return collected.outputs()
 
     def _stopper(self, rows: str):
         """For search evaluations: a callback that stops a candidate as soon as it cannot meet the
@@ -362,10 +347,12 @@ class _Evaluator:
         min_cos = self.config.budget.min_embedding_cosine
         max_cos_loss = None if min_cos is None or fp32.embedding is None else (1.0 - min_cos) * n
         batches = self.batches[rows]
+        roles = self.spec.roles
 
         def stop(index: int, values: Mapping[str, np.ndarray]) -> bool:
             batch = batches[index]
-            logits, embedding = self._batch_outputs(values, batch)
+            kept = batch_outputs(values, batch.mask, roles)
+            logits, embedding = kept[roles.logits], kept.get(roles.embedding) if roles.embedding else None
             seen["flips"] += int(np.count_nonzero(np.argmax(logits, axis=1) != fp32_top[batch.rows]))
             seen["rows"] += len(batch.rows)
             if max_cos_loss is not None and embedding is not None:
