@@ -38,7 +38,7 @@ import onnx
 
 from calib.batching import Encoded, plan_batches
 from calib.cluster import ClusterSession
-from calib.engines import get_backend
+from calib.engines import PORTABLE_BACKEND, get_backend
 from calib.engines.ort import OrtEngine, OrtSessionLoader
 from calib.errors import InputError
 from calib.evaluation import EngineOutputs, run_engine
@@ -153,7 +153,7 @@ class CandidateShardRunner:
                 self.segments = None
 
     def _engine(self, model: bytes | Path) -> Any:
-        return OrtEngine(OrtSessionLoader(model, threads=self.threads), name="onnxruntime-int8")
+        return get_backend(PORTABLE_BACKEND).open(model, self.threads)
 
     def __call__(self, payload: tuple[tuple[str, Any], str, Sequence[Any]]) -> list[dict[str, np.ndarray]]:
         (kind, value), rows, batches = payload

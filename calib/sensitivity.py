@@ -92,7 +92,7 @@ from calib.calibrate import RangesRef, recorded_roles
 from calib.cluster import Cluster, ClusterSession, connect
 from calib.data import DataSpec
 from calib.distributed import SHARDS_PER_WORKER, CandidateShardRunner, balanced_runs
-from calib.engines import PORTABLE_BACKEND
+from calib.engines import PORTABLE_BACKEND, get_backend
 from calib.engines.ort import OrtEngine, OrtSessionLoader, default_threads
 from calib.errors import InputError, check_choice
 from calib.evaluation import (
@@ -319,7 +319,7 @@ class _Evaluator:
                 return Metrics(CLASSIFIER, (0, 1 << 30), overall, ()), seen["why"]
             int8 = self.assemble(per_batch, rows)
         else:
-            engine = OrtEngine(OrtSessionLoader(model, threads=self.config.settings.threads), name="onnxruntime-int8")
+            engine = get_backend(PORTABLE_BACKEND).open(model, self.config.settings.threads)
             int8 = run_engine(engine, data.encoded, self.spec.input_dtypes, self.spec.roles,
                               batch_size=self.config.settings.batch_size)
         return compare(fp32, int8, data, edges=(0, 1 << 30), n_resamples=0, seed=self.config.settings.seed), None
@@ -841,7 +841,7 @@ class SensitivityResult:
 
     def summary(self) -> dict:
         rec = self.recommended
-        return {"passes": rec.passes, "exclusions": len(rec.exclude_nodes),
+        return {"passes": rec.passes, "exclusions": len(rec.exclude_nodes), "model_sha256": self.model_sha256,
                 "evaluations": self.evaluations_used, "max_evaluations": self.max_evaluations,
                 "ranking_evaluations": self.ranking_evaluations_used,
                 "top1_agreement": rec.top1_agreement, "accuracy_drop_points": rec.accuracy_drop_points,

@@ -630,3 +630,19 @@ def test_the_validate_pages_settings_are_the_evaluation_cores_but_for_two_choice
 
     assert PAGE_EVAL_SETTINGS == dataclasses.replace(EvalSettings(), layer_rows=64)
     assert PAGE_COMPARE_SETTINGS == dataclasses.replace(PAGE_EVAL_SETTINGS, layers=False)
+
+
+def test_the_project_form_reopens_a_saved_custom_project_as_saved():
+    from lib.project import NO_COLUMN, Project, data_form_choices
+
+    saved = Project(kind="custom", text_column="body", label_column=None, text_pair_column="second",
+                    pool_split="calibration", eval_split="test", pooling="mean")
+    columns, splits = ["text", "body", "label", "second"], ["train", "calibration", "test"]
+    assert data_form_choices(saved, columns, splits) == {
+        "text_column": "body", "label_column": NO_COLUMN, "pair_column": "second", "pool_split": "calibration",
+        "eval_split": "test", "pooling": "mean"}
+    guessed = data_form_choices(Project(), columns, splits)  # a demo project: the well-known names
+    assert guessed == {"text_column": "text", "label_column": "label", "pair_column": NO_COLUMN,
+                       "pool_split": "calibration", "eval_split": "test", "pooling": ""}
+    gone = data_form_choices(saved, ["sentence", "y"], [])  # another dataset: the saved columns are not there
+    assert gone["text_column"] == "sentence" and gone["pair_column"] == NO_COLUMN and gone["pool_split"] is None

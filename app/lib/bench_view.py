@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import altair as alt
 import pandas as pd
 import streamlit as st
@@ -45,7 +47,8 @@ def bench_section(page, run, art) -> None:
     result = attempt(BenchResult.load, done[0].dir, what="Opening the benchmark")
     if result is None:
         return
-    rows = pd.DataFrame(result.rows)
+    measured = [dataclasses.asdict(m) for m in result.measurements]
+    rows = pd.DataFrame(measured)
     peaks = result.peak_memory_mb
     table = rows[["kind", "batch_size", "p50_ms", "p95_ms", "texts_per_s"]].rename(columns={
         "kind": "engine", "batch_size": "batch", "p50_ms": "latency p50 (ms)", "p95_ms": "latency p95 (ms)",
@@ -60,7 +63,7 @@ def bench_section(page, run, art) -> None:
                    f"{sizes.get('fp32_model_mb', 0):.1f} MB, Q/DQ {sizes.get('qdq_model_mb', 0):.1f} MB, INT8 weights "
                    f"{sizes.get('int8_weights_mb', 0):.1f} MB · peak memory of each engine's process: "
                    + ", ".join(f"{k} {v:.0f} MB" for k, v in sorted(peaks.items())) + f" · run `{done[0].id}`")
-        note, noisy = timing_note(result.rows, result.repeats)
+        note, noisy = timing_note(measured, result.repeats)
         (st.warning if noisy else st.caption)(note, **({"icon": ":material/speed:"} if noisy else {}))
     with right:
         chart = alt.Chart(rows).mark_bar().encode(

@@ -7,13 +7,14 @@ workspace, so a refreshed page comes back to it.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import streamlit as st
 
-from calib.data import DataSpec, label_names
+from calib.data import DataSpec, guess_columns, guess_splits, label_names
 from calib.demo import DEMO_TASKS, load_demo_task
 from calib.errors import InputError
 from calib.inputs import DEMO_SPLITS, task_inputs
@@ -227,6 +228,26 @@ def custom_form_values(current: Project) -> dict[str, Any]:
 NO_COLUMN = "(none)"  # the column pickers' option for "no such column"
 POOLING_OPTIONS = ("", *(p for p in POOLINGS if p != "none"))
 """The Project page's pooling choices: "" (detect: pooled outputs need none) or a way to pool token states."""
+
+
+def data_form_choices(current: Project, columns: Sequence[str], splits: Sequence[str]) -> dict[str, str | None]:
+    """The Project form's first column, split and pooling choices for a dataset with ``columns`` (and
+    ``splits``, empty for a single table): the saved custom project's own where the dataset still has them,
+    else the well-known-name guesses (:func:`calib.data.guess_columns`, :func:`calib.data.guess_splits`)."""
+    mine = current.kind == "custom"
+    guess_text, guess_label = guess_columns(list(columns))
+    guess_pool, guess_eval = guess_splits(list(splits)) if splits else (None, None)
+
+    def kept(value: str | None, options: Sequence[str], fallback: str | None) -> str | None:
+        return value if mine and value in options else fallback
+
+    label = (current.label_column or NO_COLUMN) if mine and (current.label_column is None
+                                                             or current.label_column in columns) else guess_label
+    return {"text_column": kept(current.text_column, columns, guess_text), "label_column": label or NO_COLUMN,
+            "pair_column": kept(current.text_pair_column, columns, None) or NO_COLUMN,
+            "pool_split": kept(current.pool_split, splits, guess_pool),
+            "eval_split": kept(current.eval_split, splits, guess_eval),
+            "pooling": kept(current.pooling, POOLING_OPTIONS, "")}
 
 
 def custom_project(current: Project, *, model: str, tokenizer: str, pool_source: str, pool_split: str | None,

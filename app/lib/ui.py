@@ -162,7 +162,8 @@ def pick_run(page: Page, stage: str, label: str, *, key: str, help: str | None =
     if current and all(r.id != current for r in runs):
         with contextlib.suppress(WorkspaceError):  # a run deleted from the registry is simply not offered
             run = page.ws.get_run(current)
-            if run.status == "finished" and run.dir.is_dir():
+            same_model = not model_sha256 or run.summary.get("model_sha256") in (None, "", model_sha256)
+            if run.status == "finished" and run.dir.is_dir() and same_model:  # another model's stays filtered
                 runs.insert(0, run)
     if not runs:
         return None

@@ -19,6 +19,7 @@ from calib.verdict import (
     Criterion,
     ReleaseBudget,
     Verdict,
+    drop_interval_points,
     mean_interval,
     proportion_interval,
 )
@@ -148,14 +149,14 @@ def bucket_frame(buckets: Sequence[BucketFigures], labelled: bool) -> pd.DataFra
         row = {"bucket": b.bucket + (" (empty)" if b.empty else " (few texts)" if b.few_texts else ""),
                "texts": b.n, "few": b.few_texts, "agreement": None if b.empty else b.top1_agreement}
         if labelled:
-            ci = b.accuracy_diff_ci
+            drop = drop_interval_points(b.accuracy_diff_ci)
             row.update({
                 "FP32 accuracy": None if b.empty else b.accuracy_fp32,
                 "INT8 accuracy": None if b.empty else b.accuracy_int8,
                 "drop (pts)": None if b.empty else b.accuracy_drop_points,
-                "drop 95 % CI (pts)": (f"[{fmt.points(-100 * ci['high'], unit=False)}, "
-                                       f"{fmt.points(-100 * ci['low'], unit=False)}]"
-                                       if not b.empty and ci.get("low") is not None else fmt.MISSING),
+                "drop 95 % CI (pts)": (f"[{fmt.points(drop['drop_ci_low_points'], unit=False)}, "
+                                       f"{fmt.points(drop['drop_ci_high_points'], unit=False)}]"
+                                       if not b.empty and drop["drop_ci_low_points"] is not None else fmt.MISSING),
             })
         rows.append(row)
     return pd.DataFrame(rows)

@@ -21,6 +21,7 @@ from lib.project import (
     checked_project,
     custom_form_values,
     custom_project,
+    data_form_choices,
     data_spec,
     demo_description,
     demo_project,
@@ -36,7 +37,7 @@ from lib.ui import run_button, start_page
 from lib.verdict_view import budget_editor
 
 from calib import formatting as fmt
-from calib.data import NORMALIZATION_DESCRIPTIONS, NORMALIZATIONS, guess_columns, guess_splits
+from calib.data import NORMALIZATION_DESCRIPTIONS, NORMALIZATIONS
 from calib.demo import DemoConfig, prepare_demo_run
 from calib.model import POOLING_DESCRIPTIONS
 
@@ -161,23 +162,24 @@ else:
     if info is None:
         st.stop()
     columns = list(info.columns)
+    splits = list(info.splits or ())
+    chosen = data_form_choices(project, columns, splits)  # the saved project's, else well-known-name guesses
     pool_split = eval_split = None
-    if info.splits:
-        splits = list(info.splits)
-        guess_pool, guess_eval = guess_splits(splits)
+    if splits:
         c1, c2 = st.columns(2)
         pool_split = c1.selectbox("Calibration pool split", splits, key="project-pool-split",
-                                  index=splits.index(guess_pool))
+                                  index=splits.index(chosen["pool_split"]))
         eval_split = c2.selectbox("Evaluation split", splits, key="project-eval-split",
-                                  index=splits.index(guess_eval))
+                                  index=splits.index(chosen["eval_split"]))
     c1, c2, c3 = st.columns(3)
-    guess_text, guess_label = guess_columns(columns)  # well-known names only; otherwise the user picks
-    text_column = c1.selectbox("Text column", columns, index=None if guess_text is None else columns.index(guess_text),
-                               key="project-text-col", placeholder="Choose the column with the texts")
+    text_column = c1.selectbox("Text column", columns, key="project-text-col",
+                               index=None if chosen["text_column"] is None else columns.index(chosen["text_column"]),
+                               placeholder="Choose the column with the texts")
     label_options = [NO_COLUMN] + columns
-    label_column = c2.selectbox("Label column", label_options, index=label_options.index(guess_label or NO_COLUMN),
+    label_column = c2.selectbox("Label column", label_options, index=label_options.index(chosen["label_column"]),
                                 key="project-label-col")
-    pair_column = c3.selectbox("Second text column (pairs)", [NO_COLUMN] + columns, index=0, key="project-pair-col")
+    pair_column = c3.selectbox("Second text column (pairs)", label_options,
+                               index=label_options.index(chosen["pair_column"]), key="project-pair-col")
     h1, h2 = st.columns(2)  # data hygiene, as exported files come: DataSpec.drop_empty / .normalize
     drop_empty = h1.checkbox("Drop rows with an empty text or label (counted) instead of refusing the dataset",
                              value=first["drop_empty"], key="project-drop-empty")
@@ -193,6 +195,7 @@ else:
     embedding_output = r2.text_input("Embedding output (empty: detect)", value=project.embedding_output,
                                      key="project-embedding-out")
     pooling = r3.selectbox("Pool token states", list(POOLING_OPTIONS), key="project-pool",
+                           index=list(POOLING_OPTIONS).index(chosen["pooling"]),
                            format_func=lambda p: POOLING_DESCRIPTIONS[p or "none"])
     if text_column is None:
         st.info(f"Which column holds the texts? None is called text, sentence, review or content "
