@@ -58,3 +58,24 @@ def test_the_app_and_the_cli_read_a_demo_task_the_same_way(demo_workspace):
     model, data = resolve_inputs(demo_workspace, demo="bbc-topic")
     assert data == task_inputs(task, DEMO_SPLITS["eval"])[1]
     assert dataclasses.replace(model, **{f: None for f in ModelRef.ROLE_FIELDS}) == model
+
+
+@pytest.mark.demo
+def test_a_demo_project_in_the_app_gives_the_parts_the_cli_resolves(demo_workspace):
+    """The app's project_inputs and the CLI's resolve_inputs name the same model and data for a demo task; the
+    app names the output roles it resolved, the CLI leaves them to detection, and both load the same roles."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "app"))
+    from lib.project import Project
+    from lib.stages import project_inputs
+
+    from calib.workspace import Workspace
+
+    ws = Workspace(demo_workspace)
+    app = project_inputs(ws, Project(kind="demo", task="bbc-topic"))
+    model, data = resolve_inputs(demo_workspace, demo="bbc-topic")
+    assert dataclasses.replace(app["model"], **{f: None for f in ModelRef.ROLE_FIELDS}) == model
+    assert app["model"].load().roles == model.load().roles
+    assert app["data"] == dataclasses.replace(data, workspace=str(ws.root))
