@@ -219,6 +219,13 @@ def test_option_choices_are_the_librarys():
     sub = next(a for a in parser._actions if a.dest == "command").choices["sensitivity"]
     assert next(a for a in sub._actions if "--max-evaluations" in a.option_strings).default == SEARCH_EVALUATIONS
     assert tuple(_choices(parser, "validate", "--pool")) == POOLINGS  # literal in the CLI: calib.model imports onnx
+    from calib.data import NORMALIZATIONS
+
+    sub_head = next(a for a in parser._actions if a.dest == "command").choices["head"]
+    fit = next(a for a in sub_head._actions if getattr(a, "choices", None) and "fit" in a.choices).choices["fit"]
+    assert tuple(next(a for a in fit._actions if "--pooling" in a.option_strings).choices) == POOLINGS
+    assert not any("--logits-output" in a.option_strings for a in fit._actions)  # an encoder: no class scores
+    assert tuple(_choices(parser, "assemble", "--normalize")) == NORMALIZATIONS
 
 
 def _required(command: str) -> list[str]:

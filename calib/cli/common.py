@@ -36,13 +36,19 @@ EXIT_CODES = (
 """Exit status of every ``calib`` command, with its meaning (shown in ``calib --help`` and the README)."""
 
 
-def add_role_args(group) -> None:
-    """``--logits-output``, ``--embedding-output`` and ``--pooling`` (``--pool``): which model outputs are scored
-    (``ModelRef.logits_output``, ``embedding_output``, ``pooling``)."""
-    group.add_argument("--logits-output", metavar="NAME", help="model output holding the class logits (B, C)")
+POOLING_CHOICES = ("none", "mean", "cls")
+NORMALIZATION_CHOICES = ("none", "html")  # calib.data.NORMALIZATIONS (calib.data imports datasets lazily; tested)  # calib.model.POOLINGS (calib.model imports onnx; tests/test_cli.py checks)
+
+
+def add_role_args(group, *, logits: bool = True) -> None:
+    """``--logits-output`` (with ``logits``), ``--embedding-output`` and ``--pooling`` (``--pool``): which model
+    outputs are scored (``ModelRef.logits_output``, ``embedding_output``, ``pooling``)."""
+    if logits:
+        group.add_argument("--logits-output", metavar="NAME", help="model output holding the class logits (B, C)")
     group.add_argument("--embedding-output", metavar="NAME",
-                       help="model output holding the sentence embedding (B, D), or token states (B, T, D) with --pool")
-    group.add_argument("--pooling", "--pool", dest="pool", choices=("none", "mean", "cls"), default=None,
+                       help="model output holding the sentence embedding (B, D), or token states (B, T, D) with "
+                            "--pooling (default: detected)")
+    group.add_argument("--pooling", "--pool", dest="pool", choices=POOLING_CHOICES, default=None,
                        help="pool (B, T, D) token states into one embedding per text with the attention mask")
 
 
@@ -254,7 +260,7 @@ def add_hygiene_args(group) -> None:
     """``--drop-empty`` and ``--normalize``: what to do with empty rows and HTML-escaped texts."""
     group.add_argument("--drop-empty", action="store_true", default=None,
                        help="drop rows with an empty text or label (counted) instead of refusing the dataset")
-    group.add_argument("--normalize", choices=("none", "html"), default=None,
+    group.add_argument("--normalize", choices=NORMALIZATION_CHOICES, default=None,
                        help="html: unescape HTML entities and strip markup in the texts (default none)")
 
 

@@ -8,6 +8,7 @@ from calib import formatting as fmt
 from calib.cli.common import (
     ProgressBar,
     add_input_args,
+    add_role_args,
     inputs_from_args,
     json_arg,
     non_negative_int,
@@ -41,9 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g = add_input_args(p, demo=None, model="encoder ONNX model",
                        data="labelled texts: file, save_to_disk folder, SCHEME:NAME (demo:TASK) or hub id",
                        label_column="label column (default label)")
-    g.add_argument("--embedding-output", metavar="NAME", help="encoder output holding the embedding (default: detected)")
-    g.add_argument("--pooling", "--pool", dest="pool", choices=("none", "mean", "cls"),
-                   help="pool (B, T, D) token states with the attention mask")
+    add_role_args(g, logits=False)  # an encoder: no class scores yet
     p.add_argument("--c-values", type=_floats, default=None, help="C values to cross-validate (default 0.01,0.1,1,10,100)")
     p.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the cross-validation folds (default 0)")
