@@ -502,6 +502,13 @@ class EngineArtifact:
         return self.plan_path if self.plan_path is not None else self.qdq_path
 
     @property
+    def built_engine_path(self) -> Path | None:
+        """The engine file the build's backend made (TensorRT's plan, a registered backend's file), None
+        when the backend runs the Q/DQ model itself."""
+        path = self.engine_path
+        return path if path != self.qdq_path and path.is_file() else None
+
+    @property
     def engine_backend(self) -> str:
         """The backend that runs :attr:`engine_path` (:data:`calib.engines.REGISTRY`)."""
         recorded = self.meta.get("engine")

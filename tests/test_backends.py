@@ -96,6 +96,7 @@ def test_toy_backend_builds_loads_and_validates(toy_backend, tiny_spec, ranges_f
     assert meta["engine"] == {"backend": "toy", "file": TOY_FILE, "status": "always here",
                               "build": {"source": tiny_spec.onnx_path.name, "inputs": list(tiny_spec.input_dtypes)}}
     assert meta["tensorrt"]["engine"] is None and art.engine_path == art.dir / TOY_FILE
+    assert art.built_engine_path == art.dir / TOY_FILE  # what the app and calib build --json offer to take away
     engine = art.engine("int8", threads=1)
     assert engine.name == "toy-fp32"
 
@@ -110,7 +111,9 @@ def test_toy_backend_builds_loads_and_validates(toy_backend, tiny_spec, ranges_f
     s = toy.summary()
     assert s["top1_agreement"] == 1.0 and s["accuracy_drop_points"] == 0.0 and s["kl_softmax"] < 1e-9
     # the same ranges on the ort backend run the Q/DQ model: a different engine, measurably not FP32
-    qdq = evaluate(build(_config(tiny_spec, ranges_file, "ort"), tmp_path / "ort").dir, tmp_path / "ev-ort")
+    ort_build = build(_config(tiny_spec, ranges_file, "ort"), tmp_path / "ort")
+    assert ort_build.built_engine_path is None  # it runs the Q/DQ model itself
+    qdq = evaluate(ort_build.dir, tmp_path / "ev-ort")
     assert qdq.data["engine"]["name"] == "onnxruntime-int8"
     assert qdq.summary()["kl_softmax"] > 1e-9
     assert not np.allclose(toy.predictions()["int8_logits"], qdq.predictions()["int8_logits"])
@@ -128,6 +131,7 @@ def test_unavailable_backend_is_refused_and_the_cli_offers_every_backend(toy_bac
     assert cli_main([*base, "--backend", "toy"]) == 0
     payload = json.loads(capsys.readouterr().out)
     assert EngineArtifact.load(payload["dir"]).engine("int8").name == "toy-fp32"
+    assert str(Path(payload["dir"]) / TOY_FILE) in json.dumps(payload)  # the backend's engine file is listed
     # unavailable: the portable part is built and registered, the command says so and exits 3
     assert cli_main([*base, "--backend", "toy-missing"]) == 3
     captured = capsys.readouterr()

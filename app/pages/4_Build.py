@@ -143,8 +143,8 @@ with c[2]:
     download_file(SCRIPT_FILE, run.dir / SCRIPT_FILE, mime="text/x-shellscript", key="build-dl-sh")
 with c[3]:
     download_file(ENGINE_FILE, run.dir / ENGINE_FILE, mime="application/json", key="build-dl-json")
-if art.plan_path is not None:
-    download_file("TensorRT engine (model.plan)", art.plan_path, key="build-dl-plan")
+if (built := art.built_engine_path) is not None:  # the engine file the build's backend made
+    download_file(f"{get_backend(art.engine_backend).title} engine ({built.name})", built, key="build-dl-plan")
 
 st.markdown("**TensorRT and ModelOpt commands** (run on the GPU machine, next to the downloaded files)")
 cmds = art.commands

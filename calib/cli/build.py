@@ -173,6 +173,8 @@ def run_build(args: argparse.Namespace) -> int:
         for key, name in (("calibration_cache", CACHE_FILE), ("tensorrt_plan", PLAN_FILE)):
             if (artifact.dir / name).is_file():
                 outputs[key] = artifact.dir / name
+        if artifact.built_engine_path is not None:  # whichever backend built it (the plan too, for TensorRT)
+            outputs["engine_file"] = artifact.built_engine_path
         print_run_json(ws, run_id, outputs, tensorrt_unavailable=(missing if backend.name == DEPLOYMENT_TARGET else "") or None,
                        backend_unavailable={"backend": backend.name, "reason": missing} if missing else None)
     else:
