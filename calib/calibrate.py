@@ -307,12 +307,12 @@ def calibrate(config: CalibrateConfig, out_dir: Path, *, progress: ProgressFn | 
         cluster = session.describe() if session is not None else None
     # whole-set methods (auto) need the weights, loaded after the pass so they never sit beside its activations
     model = read_onnx(spec.onnx_path) if any(get_method(m).choose for m in config.methods) else None
-    return write_calibration(config, stats, out_dir, calibration_set=calibration_set.dir,
-                             manifest=calibration_set.manifest, progress=report, model=model, cluster=cluster)
+    return write_calibration(config, stats, out_dir, calibration_set=calibration_set, progress=report, model=model,
+                             cluster=cluster)
 
 
 def write_calibration(config: CalibrateConfig, stats: ActivationStats, out_dir: Path, *,
-                      calibration_set: Path, manifest: dict[str, Any],
+                      calibration_set: CalibrationSet,
                       progress: ProgressFn | None = None, model: onnx.ModelProto | None = None,
                       cluster: Mapping[str, Any] | None = None) -> Calibration:
     """Compute every method's ranges from ``stats`` and write stats, ranges, caches and the record.
@@ -346,11 +346,10 @@ def write_calibration(config: CalibrateConfig, stats: ActivationStats, out_dir: 
         "format": FORMAT,
         "model_sha256": stats.model_sha256,
         "calibration_set": {
-            "dir": str(calibration_set),
-            "manifest_sha256": sha256_file(Path(calibration_set) / "manifest.json")
-            if (Path(calibration_set) / "manifest.json").is_file() else "",
-            "size": len(manifest.get("row_ids", [])), "strategy": manifest.get("strategy"),
-            "dataset": manifest.get("dataset", {}).get("source"),
+            "dir": str(calibration_set.dir),
+            "manifest_sha256": sha256_file(calibration_set.dir / "manifest.json"),
+            "size": calibration_set.size, "strategy": calibration_set.strategy,
+            "dataset": calibration_set.dataset_source,
         },
         "config": config_params(config),
         "trt_version": config.trt_version,

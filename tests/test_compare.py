@@ -82,3 +82,30 @@ def test_method_comparison_bad_input(calibrated, tiny_model_path, tiny_tokenizer
     from calib.workspace import Workspace
 
     assert not [r for r in Workspace(ws).list_runs(stage="compare") if r.status == "finished"]
+
+
+def test_validate_every_method_runs_where_cluster_says(calibrated, tiny_model_path, tiny_tokenizer_dir, tiny_csv,
+                                                        monkeypatch):
+    """--cluster reaches each method's evaluation in the side-by-side comparison too (it was silently dropped)."""
+    import contextlib
+
+    import calib.cli.validate as cli_validate
+    import calib.pipeline
+
+    seen = {}
+
+    @contextlib.contextmanager
+    def fake_cluster(args):
+        yield "local:1"
+
+    def capture(ws, stage, fn, config, **kw):
+        seen["config"] = config
+        raise SystemExit(0)
+
+    monkeypatch.setattr(cli_validate, "cluster_of", fake_cluster)
+    monkeypatch.setattr(calib.pipeline, "run_stage", capture)
+    ws, cal = calibrated
+    with pytest.raises(SystemExit):
+        main(["--workspace", ws, "validate", "--calibration", cal, "--method", "all", "--model", str(tiny_model_path),
+              "--tokenizer", str(tiny_tokenizer_dir), "--data", str(tiny_csv), "--cluster", "local:1"])
+    assert seen["config"].settings.cluster == "local:1"

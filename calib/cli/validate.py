@@ -261,11 +261,12 @@ def run_compare(args: argparse.Namespace, ws) -> int:
     parents: list[str] = []
     calibration = str(run_folder(ws, args.calibration, "calibrate", parents))
     methods = () if [m.lower() for m in args.method] == ["all"] else tuple(args.method)
-    config = CompareConfig(calibration=calibration, model=model, data=data, settings=_eval_settings(args),
-                           methods=methods, placement=Placement(args.placement),
-                           budget=budget_from_args(args, unset=ReleaseBudget(), optional=True))
-    run_id, comparison = run_stage(ws, "compare", compare_calibrators, config, parents=parents, label=args.label,
-                                   progress=ProgressBar("compare"))
+    budget = budget_from_args(args, unset=ReleaseBudget(), optional=True)
+    with cluster_of(args) as cluster:  # every method's evaluation runs there, as calib validate's does
+        config = CompareConfig(calibration=calibration, model=model, data=data, settings=_eval_settings(args, cluster),
+                               methods=methods, placement=Placement(args.placement), budget=budget)
+        run_id, comparison = run_stage(ws, "compare", compare_calibrators, config, parents=parents, label=args.label,
+                                       progress=ProgressBar("compare"))
     rec = comparison.recommendation
     entries = comparison.entries
     if args.json:
