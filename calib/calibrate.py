@@ -167,6 +167,11 @@ class Calibration:
         return dict(self.meta["stats"])
 
     @property
+    def texts(self) -> int:
+        """Calibration texts the statistics pass ran over."""
+        return int(self.meta["stats"]["texts"])
+
+    @property
     def stats_seconds(self) -> float:
         return float(self.meta["timings"]["stats_seconds"])
 

@@ -646,3 +646,22 @@ def test_the_project_form_reopens_a_saved_custom_project_as_saved():
                        "pool_split": "calibration", "eval_split": "test", "pooling": ""}
     gone = data_form_choices(saved, ["sentence", "y"], [])  # another dataset: the saved columns are not there
     assert gone["text_column"] == "sentence" and gone["pair_column"] == NO_COLUMN and gone["pool_split"] is None
+
+
+def test_a_rebuild_with_the_searchs_exclusions_keeps_the_builds_settings_and_lineage(workspace):
+    from lib.sensitivity_view import rebuild_request
+
+    from calib.build import BuildConfig
+    from calib.calibrate import RangesRef
+    from calib.pipeline import config_params
+    from calib.placement import Placement
+
+    built = BuildConfig(model="m.onnx", ranges=RangesRef("/r/cal", "percentile"), placement=Placement("tensorrt"),
+                        smooth="auto")
+    with workspace.start_run("build", config_params(built), parents=(), label="candidate") as b:
+        (b.dir / "x.json").write_text("{}")
+    with workspace.start_run("sensitivity", {}) as s:
+        (s.dir / "x.json").write_text("{}")
+    request = rebuild_request(workspace.get_run(b.id), workspace.get_run(s.id), ["/l.0/MatMul"])
+    assert request["config"] == built.with_float_nodes(["/l.0/MatMul"]) and request["config"].smooth == "auto"
+    assert request["parents"] == (s.id,) and request["label"] == "candidate"

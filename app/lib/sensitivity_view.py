@@ -3,12 +3,15 @@ gain over the placement as given. Plain data in, plain data out (the page lays i
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping
+from collections.abc import MutableMapping, Sequence
+from typing import Any
 
 import pandas as pd
 
+from calib.build import BuildConfig
 from calib.sensitivity import SEARCH_BUDGET, SensitivityResult
 from calib.verdict import ReleaseBudget
+from calib.workspace import RunRecord
 
 
 def search_budget_start(release: ReleaseBudget) -> dict[str, float]:
@@ -49,3 +52,11 @@ def agreement_gain_points(sens: SensitivityResult) -> float | None:
     (None: an embedding model, or either figure missing)."""
     rec, base = sens.recommended.top1_agreement, sens.baseline.top1_agreement
     return None if rec is None or base is None else (rec - base) * 100
+
+
+def rebuild_request(build_run: RunRecord, search_run: RunRecord, exclusions: Sequence[str]) -> dict[str, Any]:
+    """The ``submit`` arguments that rebuild ``build_run`` with a search's ``exclusions`` kept in float: the
+    build's recorded config plus those nodes, its lineage plus the search, and its label (the new run's name
+    says how many nodes stay in float)."""
+    config = BuildConfig.from_params(build_run.params).with_float_nodes(exclusions)
+    return {"config": config, "parents": (*build_run.parents, search_run.id), "label": build_run.label}

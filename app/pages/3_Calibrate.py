@@ -86,7 +86,7 @@ with shown_errors("Opening the calibration"):
     cal, stats, ranges = load_calibration(str(run.dir))
 m = st.columns(5)
 m[0].metric("Tensors", cal.tensor_count)
-m[1].metric("Texts", cal.pass_record["texts"])
+m[1].metric("Texts", cal.texts)
 m[2].metric("Statistics pass", fmt.seconds(cal.stats_seconds))
 m[3].metric("All calibrators", fmt.seconds(cal.calibrators_seconds))
 m[4].metric("Non-finite tensors", len(cal.nonfinite_tensors))

@@ -29,9 +29,9 @@ from calib.build import CACHE_FILE, ENGINE_FILE, SCRIPT_FILE, BuildConfig, Engin
 from calib.calibrate import Calibration, RangesRef
 from calib.engines import PORTABLE_BACKEND, backend_names, get_backend
 from calib.methods import build_method_of
+from calib.pipeline import config_defaults
 from calib.placement import PRESET_TITLES, PRESETS
 from calib.smooth import SMOOTH_CHOICES
-from calib.trtcache import DEFAULT_TRT_VERSION
 from calib.verdict import TENSORRT_DEFAULT_CALIBRATOR
 
 page = start_page("Build", ":material/construction:",
@@ -87,18 +87,19 @@ else:
     patterns = st.text_input("More exclusion patterns (globs like `*/attention/*` or `re:REGEX`, comma separated)",
                              key="build-patterns")
     with st.expander("Advanced"):
+        first = config_defaults(BuildConfig)
         a1, a2 = st.columns(2)
-        per_channel = a1.checkbox("Per-channel weight scales", value=True, key="build-per-channel")
-        trt_version = a2.text_input("TensorRT version for the calibration cache header", value=DEFAULT_TRT_VERSION,
+        per_channel = a1.checkbox("Per-channel weight scales", value=first["per_channel"], key="build-per-channel")
+        trt_version = a2.text_input("TensorRT version for the calibration cache header", value=first["trt_version"],
                                     key="build-trt-version")
         smooth = a1.selectbox("Outlier migration (alpha)", list(SMOOTH_CHOICES), key="build-smooth",
                               help="Move activation outliers into the weights before Q/DQ (FP32 outputs unchanged); "
                                    "auto picks alpha per tensor by simulated INT8 error.")
-        smooth_attention = a2.checkbox("Also fold scales into attention's projections", value=False,
+        smooth_attention = a2.checkbox("Also fold scales into attention's projections", value=first["smooth_attention"],
                                        key="build-smooth-attention", disabled=smooth == "off",
                                        help="With outlier migration: equalize Q/K and migrate the attention context "
                                             "through V's projection (FP32 outputs unchanged; opt-in, see BENCHMARKS.md).")
-        bias_correction = a2.checkbox("Bias correction", value=False, key="build-bias-correction",
+        bias_correction = a2.checkbox("Bias correction", value=first["bias_correction"], key="build-bias-correction",
                                       help="Fold the output shift that weight quantization causes into each MatMul's "
                                            "bias, from calibration-set input means.")
     placement = build_placement(preset, excluded, patterns, exclude_ops)

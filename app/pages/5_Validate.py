@@ -22,6 +22,7 @@ from lib.sensitivity_view import (
     agreement_gain_points,
     judged_stage,
     ranking_frame,
+    rebuild_request,
     search_budget,
     search_budget_start,
 )
@@ -47,7 +48,7 @@ from lib.verdict_view import (
 )
 
 from calib import formatting as fmt
-from calib.build import BuildConfig, EngineArtifact, build, calibration_of
+from calib.build import EngineArtifact, build, calibration_of
 from calib.calibrate import Calibration
 from calib.compare import CalibratorComparison, CompareConfig, compare_calibrators
 from calib.placement import PRESET_TITLES, PRESETS, Placement
@@ -354,9 +355,7 @@ with tab_sens:
                 active = job_section(page, "build", "Rebuilding")
                 if active is None and st.button("Rebuild with these exclusions", type="primary", key="sens-rebuild",
                                                 icon=":material/construction:"):
-                    new_config = BuildConfig.from_params(prun.params).with_float_nodes(rec.exclude_nodes)
-                    rid = submit(page, "build", build, new_config, parents=tuple(prun.parents) + (srun.id,),
-                                 label=prun.label)  # its name says how many nodes stay in float
+                    rid = submit(page, "build", build, **rebuild_request(prun, srun, rec.exclude_nodes))
                     st.toast(f"Rebuilding as {rid}; validate it above when it is done.", icon=":material/construction:")
                     st.rerun()
 
