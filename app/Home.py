@@ -15,14 +15,13 @@ if str(APP_DIR) not in sys.path:
 
 import streamlit as st
 from lib.context import STAGE_TITLES
-from lib.project import demo_ready, release_budget
-from lib.runs import validation_to_judge
-from lib.ui import age, current_run_id, run_label, run_title, start_page
+from lib.project import demo_ready, project_model_sha256, release_budget
+from lib.runs import judged_evaluation, of_model, validation_to_judge
+from lib.ui import age, current_run_id, run_label, run_title, start_page, verdict_subject
 from lib.verdict_view import verdict_banner
 
 from calib.errors import CalibError
 from calib.methods import method_names
-from calib.validate import Evaluation
 from calib.verdict import judge, resolution_warning
 
 page = start_page("calib workbench", ":material/tune:",
@@ -52,20 +51,25 @@ if page.project.kind == "demo" and not demo_ready(page.ws, page.project.task):
             "Open **Project** to prepare it (a few minutes, all offline).", icon=":material/info:")
 
 st.subheader("Ship or not")
-last = validation_to_judge(page.ws.list_runs(stage="validate", status="finished", limit=50),
-                           current_run_id(page, "validate"))
+# what the Validate page judges first: the newer of this model's validation and side-by-side comparison
+model_sha256 = project_model_sha256(page.ws, page.project)
+validation = validation_to_judge(of_model(page.ws.list_runs(stage="validate", status="finished", limit=50),
+                                          model_sha256), current_run_id(page, "validate"))
+comparisons = [r for r in of_model(page.ws.list_runs(stage="compare", status="finished", limit=5), model_sha256)
+               if r.dir.is_dir()]
+last = verdict_subject(validation, comparisons[0] if comparisons else None)
 if last is None:
     st.caption("No validation yet: the verdict against the release budget appears here once an INT8 build is "
                "validated.")
 else:
     try:
-        ev = Evaluation.load(last.dir)
+        ev, subject = judged_evaluation(last, run_title(last, page.ws))
     except (CalibError, OSError, KeyError) as exc:
         st.caption(f"The latest validation cannot be read: {exc}")
     else:
         budget = release_budget(page.ws, page.project)
         headline = ev.headline()
-        verdict_banner(judge(headline, budget), subject=run_title(last, page.ws),
+        verdict_banner(judge(headline, budget), subject=subject,
                        warning=resolution_warning(headline, budget), key="home")
         st.page_link("pages/5_Validate.py", label="Open it on Validate", icon=":material/fact_check:")
 

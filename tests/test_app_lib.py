@@ -665,3 +665,15 @@ def test_a_rebuild_with_the_searchs_exclusions_keeps_the_builds_settings_and_lin
     request = rebuild_request(workspace.get_run(b.id), workspace.get_run(s.id), ["/l.0/MatMul"])
     assert request["config"] == built.with_float_nodes(["/l.0/MatMul"]) and request["config"].smooth == "auto"
     assert request["parents"] == (s.id,) and request["label"] == "candidate"
+
+
+def test_runs_of_one_model():
+    from lib.runs import of_model
+
+    runs = [SimpleRun({"model_sha256": "a"}), SimpleRun({"model_sha256": "b"}), SimpleRun({})]
+    assert of_model(runs, "a") == [runs[0], runs[2]] and of_model(runs, None) == runs
+
+
+class SimpleRun:
+    def __init__(self, summary):
+        self.summary = summary

@@ -181,6 +181,14 @@ def data_spec(ws: Workspace, project: Project, role: str) -> DataSpec:
                     drop_empty=project.drop_empty, normalize=project.normalize)
 
 
+def project_model_sha256(ws: Workspace, project: Project) -> str | None:
+    """The project model's sha256, or None when it cannot be read yet (not chosen, not prepared)."""
+    try:
+        return model_spec(ws, project).sha256
+    except InputError:
+        return None
+
+
 def release_budget(ws: Workspace, project: Project) -> ReleaseBudget:
     """The project's release budget: the one saved with the project, else the default for what the
     model and the evaluation data can measure (no embedding criterion without an embedding output, no

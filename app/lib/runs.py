@@ -198,6 +198,11 @@ def validation_to_judge(runs: Sequence[RunRecord], current: str | None) -> RunRe
     return chosen if chosen is not None and chosen.dir.is_dir() else None
 
 
+def of_model(runs: Sequence[RunRecord], model_sha256: str | None) -> list[RunRecord]:
+    """The ``runs`` made for this model (sha256; runs that recorded none stay; None: every run)."""
+    return [r for r in runs if not model_sha256 or r.summary.get("model_sha256") in (None, "", model_sha256)]
+
+
 def judged_evaluation(judged: RunRecord, title: str) -> tuple[Evaluation, str]:
     """The evaluation a verdict judges for ``judged`` (a validation run, or a comparison: its recommended
     or closest calibrator's) and the subject the verdict names (``title``: the run's title)."""
@@ -222,11 +227,8 @@ REPORT_SENSITIVITIES = 50  # sensitivity runs offered to include
 def report_choices(ws, current: RunRecord, model_sha256: str) -> tuple[list[RunRecord], list[RunRecord]]:
     """(validations to compare with, sensitivity runs to include) in a report of ``current``: finished runs
     of the same model (a report refuses to mix models), newest first; runs that recorded no model stay."""
-    def same_model(r: RunRecord) -> bool:
-        return r.summary.get("model_sha256") in (None, "", model_sha256) and r.dir.is_dir()
-
-    validations = [r for r in ws.list_runs(stage="validate", status="finished", limit=REPORT_CANDIDATES)
-                   if r.id != current.id and same_model(r)]
-    searches = [r for r in ws.list_runs(stage="sensitivity", status="finished", limit=REPORT_SENSITIVITIES)
-                if same_model(r)]
+    validations = [r for r in of_model(ws.list_runs(stage="validate", status="finished", limit=REPORT_CANDIDATES),
+                                       model_sha256) if r.id != current.id and r.dir.is_dir()]
+    searches = [r for r in of_model(ws.list_runs(stage="sensitivity", status="finished", limit=REPORT_SENSITIVITIES),
+                                    model_sha256) if r.dir.is_dir()]
     return validations, searches
