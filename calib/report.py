@@ -286,6 +286,7 @@ class Section:
     chart: str = ""  # which HTML charts go with it: verdict | buckets | layers | comparison
     level: int = 2
     tone: str = ""  # pass | fail | note
+    banner: bool = False  # HTML: shown as a banner in its tone, PASS / FAIL table cells coloured (the verdict)
 
 
 def _verdict_section(data: dict) -> Section:
@@ -299,7 +300,7 @@ def _verdict_section(data: dict) -> Section:
     if data.get("resolution_warning"):
         notes.append("Warning: " + data["resolution_warning"] + ".")
     return Section(f"Verdict: {v['status']}", tuple(notes), ("criterion", "threshold", "value", "status"), rows,
-                   tone="pass" if v["passed"] else "fail")
+                   tone="pass" if v["passed"] else "fail", banner=True)
 
 
 def _embedding_headline_section(data: dict) -> Section:
@@ -747,11 +748,11 @@ def render_html(data: dict, layers: int = 25) -> str:
         table = ""
         if sec.headers:
             table = _table(sec.headers, sec.rows, sec.muted)
-            if sec.title.startswith("Verdict"):  # colour the status cells
+            if sec.banner:  # colour the status cells
                 for status in ("PASS", "FAIL"):
                     table = table.replace(f"<td>{status}</td>", f'<td class="{status}">{status}</td>')
         charts = "".join(_charts(data, sec.chart)) if sec.chart else ""
-        if sec.title.startswith("Verdict"):
+        if sec.banner:
             out.append(f'<div class="banner {sec.tone}"><{tag}>{html.escape(sec.title)}</{tag}>{notes}{table}</div>')
         else:
             cls = f' class="{sec.tone}"' if sec.tone else ""

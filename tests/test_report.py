@@ -120,6 +120,9 @@ def test_report_verdict_budget_and_gate_command(evaluations, tmp_path):
     assert v["status"] == "FAIL" and rep.data["budget"] == budget.to_dict()
     assert [(c["name"], c["status"]) for c in v["criteria"]] == [("max_drop", "PASS"), ("min_agreement", "FAIL")]
     assert rep.data["gate_command"] == "calib gate report.json --max-drop 100 --min-agreement 1.01"
+    html = (tmp_path / "r" / "report.html").read_text()
+    assert '<div class="banner fail">' in html and '<td class="FAIL">FAIL</td>' in html  # the verdict, as a banner
+    assert html.count('class="banner') == 1
     # the gate with the recorded budget reproduces the report's verdict
     gate = check_gate(rep.data, **{k: v for k, v in rep.data["budget"].items()})
     assert gate.passed is v["passed"] and gate.reason == v["reason"]
