@@ -677,3 +677,16 @@ def test_runs_of_one_model():
 class SimpleRun:
     def __init__(self, summary):
         self.summary = summary
+
+
+def test_the_bucket_chart_draws_the_shares_the_evaluation_has():
+    from lib.charts import bucket_measures_long
+    from lib.verdict_view import bucket_frame
+
+    from calib.validate import Evaluation
+
+    ev = Evaluation.load(FIXTURES / "validate")
+    long, measures = bucket_measures_long(bucket_frame(ev.metrics.bucket_figures, True))
+    assert measures == ["FP32 accuracy", "INT8 accuracy", "agreement"] and long["value"].notna().all()
+    _, unlabelled = bucket_measures_long(bucket_frame(ev.metrics.bucket_figures, False))
+    assert unlabelled == ["agreement"]

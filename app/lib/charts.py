@@ -168,6 +168,17 @@ def clipped_long(frame: pd.DataFrame, methods: Sequence[str]) -> pd.DataFrame:
     return long
 
 
+BUCKET_MEASURES = ("FP32 accuracy", "INT8 accuracy", "agreement")  # the shares per length bucket a chart draws
+
+
+def bucket_measures_long(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """:func:`lib.verdict_view.bucket_frame`'s shares as a long frame (bucket, texts, few, measure, value) for
+    :func:`bucket_measure_bars`, and the measures it has (no accuracy without labels)."""
+    measures = [c for c in BUCKET_MEASURES if c in frame.columns]
+    long = frame.melt(id_vars=["bucket", "texts", "few"], value_vars=measures, var_name="measure", value_name="value")
+    return long.dropna(subset=["value"]), measures
+
+
 def bucket_measure_bars(long: pd.DataFrame, order: Sequence[str], measures: Sequence[str]) -> alt.Chart:
     """Grouped bars of shares (0–1) per length bucket: ``long`` has columns bucket, texts, few,
     measure, value. The value axis starts below the smallest bar (:func:`calib.report.padded_floor`),

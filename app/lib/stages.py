@@ -249,6 +249,9 @@ def calibset_form_values(state: Mapping[str, Any], defaults: Mapping[str, Any]) 
     return values
 
 
+DEFAULT_BUCKET_WEIGHT = 1.0  # a weighted strategy's first weight per bucket: every bucket alike
+
+
 def assemble_values(base: Mapping[str, Any], target: Mapping[str, Any], *, size: int, strategy: str, seed: int,
                     edges: Sequence[int], weights: Sequence[float], stratify: bool, shortfall: str,
                     opt_percentile: float) -> dict[str, Any]:

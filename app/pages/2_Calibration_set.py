@@ -17,6 +17,7 @@ from lib.context import attempt, show_error, shown_errors
 from lib.project import data_spec, model_spec
 from lib.runs import other_models_warning
 from lib.stages import (
+    DEFAULT_BUCKET_WEIGHT,
     assemble_values,
     calibset_defaults,
     calibset_form_values,
@@ -144,7 +145,7 @@ if strategy in WEIGHTED_STRATEGIES:
     st.caption("Weight per length bucket (relative; 0 leaves a bucket out)")
     cols = st.columns(len(edges))
     for i in range(len(edges)):
-        st.session_state.setdefault(f"cs-weight-{i}", 1.0)
+        st.session_state.setdefault(f"cs-weight-{i}", DEFAULT_BUCKET_WEIGHT)
     weights = tuple(float(col.number_input(label, min_value=0.0, step=0.5, key=f"cs-weight-{i}"))
                     for i, (col, label) in enumerate(zip(cols, bucket_labels(edges))))
 

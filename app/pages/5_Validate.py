@@ -14,7 +14,7 @@ if str(APP_DIR) not in sys.path:
 import altair as alt
 import pandas as pd
 import streamlit as st
-from lib.charts import bucket_measure_bars, clipped_long, layer_frame, method_color
+from lib.charts import bucket_measure_bars, bucket_measures_long, clipped_long, layer_frame, method_color
 from lib.context import attempt, shown_errors
 from lib.project import data_spec, model_spec, release_budget
 from lib.runs import judged_evaluation, other_models_warning, report_choices
@@ -235,9 +235,7 @@ tab_buckets, tab_layers, tab_sens, tab_report = st.tabs(
 with tab_buckets:
     frame = bucket_frame(ev.metrics.bucket_figures, ev.labelled)
     order = list(frame["bucket"])
-    value_cols = [c for c in ("FP32 accuracy", "INT8 accuracy", "agreement") if c in frame.columns]
-    long = frame.melt(id_vars=["bucket", "texts", "few"], value_vars=value_cols, var_name="measure", value_name="value")
-    long = long.dropna(subset=["value"])
+    long, value_cols = bucket_measures_long(frame)
     st.altair_chart(bucket_measure_bars(long, order, value_cols).properties(height=300), width="stretch")
     few = frame["few"].tolist()
     styled = frame.drop(columns=["few"]).style.apply(
