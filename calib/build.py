@@ -173,12 +173,12 @@ def _calibration_set_dir(config: BuildConfig, calibration_dir: Path | None) -> s
     return Calibration.load(calibration_dir).calibration_set_dir if calibration_dir is not None else ""
 
 
-def _profile(config: BuildConfig, calibration_dir: Path | None) -> tuple[ShapeProfile, str]:
+def _profile(config: BuildConfig, source: str) -> tuple[ShapeProfile, str]:
+    """The optimisation profile: the one given, else the calibration set ``source``'s, else the default."""
     if config.profile:
         if len(config.profile) != 6:
             raise InputError("profile needs 6 numbers: min_batch opt_batch max_batch min_seq opt_seq max_seq")
         return ShapeProfile(*(int(v) for v in config.profile)), "given"
-    source = _calibration_set_dir(config, calibration_dir)
     if source and Path(source).is_dir():
         return ShapeProfile.from_calibration_set(CalibrationSet.load(source).profile), f"calibration set {source}"
     if config.calibration_set:
@@ -186,10 +186,9 @@ def _profile(config: BuildConfig, calibration_dir: Path | None) -> tuple[ShapePr
     return ShapeProfile(), "default (no calibration set given)"
 
 
-def _labels(config: BuildConfig, calibration_dir: Path | None) -> list[str]:
-    """The model's class names as its calibration set knew them ([] when unknown: a ranges file, or a set
-    gone or unreadable), so a validation of the build names the classes without being told."""
-    source = _calibration_set_dir(config, calibration_dir)
+def _labels(source: str) -> list[str]:
+    """The model's class names as the calibration set ``source`` knew them ([] when unknown: a ranges file,
+    or a set gone or unreadable), so a validation of the build names the classes without being told."""
     try:
         return list(CalibrationSet.load(source).model_labels) if source and Path(source).is_dir() else []
     except InputError:  # provenance is best effort; the ranges are what matter
@@ -227,7 +226,8 @@ def build(config: BuildConfig, out_dir: Path, *, progress: ProgressFn | None = N
     model_sha = sha256_file(model_path)
     ranges, ranges_source, calibration_dir = _load_ranges(config)
     check_same_model(ranges.model_sha256, model_sha, f"range set {ranges_source}")
-    profile, profile_source = _profile(config, calibration_dir)
+    calibration_set = _calibration_set_dir(config, calibration_dir)
+    profile, profile_source = _profile(config, calibration_set)
     inputs = tuple(i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer})
 
     alpha = parse_alpha(config.smooth)
@@ -288,7 +288,7 @@ def build(config: BuildConfig, out_dir: Path, *, progress: ProgressFn | None = N
         "ranges": {"source": ranges_source, "method": ranges.method, "params": ranges.params,
                    "model_sha256": ranges.model_sha256, "tensors": len(ranges.amax)},
         "placement": asdict(config.placement),
-        "labels": _labels(config, calibration_dir),
+        "labels": _labels(calibration_set),
         "quantized_nodes": list(result.quantized_nodes),
         "quantized_tensors": list(result.quantized_tensors),
         "excluded_nodes": result.excluded_nodes,

@@ -22,7 +22,6 @@ from calib.errors import InputError
 from calib.evaluation import BucketFigures, EvalSettings
 from calib.io import atomic_write_json, read_artifact_json
 from calib.model import ModelRef
-from calib.pipeline import config_from_params
 from calib.placement import Placement
 from calib.report import compare_evaluations
 from calib.validate import Evaluation, ValidateConfig, validate
@@ -128,8 +127,7 @@ class CalibratorComparison:
     @property
     def build_placement(self) -> Placement:
         """The Q/DQ placement of every method's build (earlier comparisons recorded the preset alone)."""
-        p = self.data["placement"]
-        return Placement(p) if isinstance(p, str) else config_from_params(Placement, p, where="comparison placement")
+        return Placement.from_record(self.data["placement"])
 
     @property
     def recommended_row(self) -> dict:

@@ -104,8 +104,6 @@ def without_demo_fields(model: Mapping[str, Any], data: Mapping[str, Any], *,
             {k: v for k, v in data.items() if k not in drop_data})
 
 
-
-
 def demo_values(task: str, workspace: str | Path | None, *, split: str | None = None) -> dict[str, Any]:
     """The ``model`` (ModelRef) and ``data`` (DataSpec of one split, default the pool's, read in the
     workspace) AssembleConfig fields of a prepared demo task."""

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 import onnx
 
@@ -61,6 +62,17 @@ class Placement:
     exclude_nodes: tuple[str, ...] = ()
     include_op_types: tuple[str, ...] = ()  # replaces the preset's op types when given
     exclude_op_types: tuple[str, ...] = ()
+
+    @classmethod
+    def from_record(cls, record: str | Mapping[str, Any] | None) -> Placement:
+        """A placement as a saved record holds it: today's mapping of these fields (unknown keys ignored),
+        or an earlier version's preset name alone; None: the default."""
+        if record is None:
+            return cls()
+        if isinstance(record, str):
+            return cls(record)
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in record.items() if k in names})
 
     def with_exclusions(self, nodes: Iterable[str]) -> Placement:
         merged = tuple(dict.fromkeys((*self.exclude_nodes, *nodes)))

@@ -798,11 +798,7 @@ class SensitivityResult:
     @property
     def searched_placement(self) -> Placement:
         """The start's placement as searched, before any recommended exclusion."""
-        p = self.data["placement"]
-        if isinstance(p, str):  # a preset name alone
-            return Placement(p)
-        return Placement(p["preset"], tuple(p.get("include_nodes") or ()), tuple(p.get("exclude_nodes") or ()),
-                         tuple(p.get("include_op_types") or ()), tuple(p.get("exclude_op_types") or ()))
+        return Placement.from_record(self.data["placement"])
 
     def build_command(self, run_id: str) -> str | None:
         """The ``calib build`` command that keeps this run's exclusions in float (None: it recommends none):
@@ -1080,7 +1076,7 @@ def search_start(build: EngineArtifact) -> dict[str, Any]:
     if config is None:
         recorded = build.ranges_record
         return {"ranges": RangesRef(str(recorded.get("source", "")), str(recorded.get("method") or DEFAULT_BUILD_METHOD)),
-                "placement": Placement(str((build.placement_record or {}).get("preset", "tensorrt")))}
+                "placement": Placement.from_record(build.placement_record)}
     changed = parse_alpha(config.smooth) is not None or config.bias_correction or not config.per_channel
     if changed and config.placement.preset != "all":  # a start build must have input-only Q/DQ (_start_build)
         return {"start_from": str(build.dir)}

@@ -81,3 +81,11 @@ def test_a_calibration_names_the_model_it_was_made_for(demo_workspace, tmp_path)
     cset = assemble(config_from_dict({**demo_values("rt-sentiment", demo_workspace), "size": 16}), tmp_path / "set")
     cal = calibrate(CalibrateConfig(calibration_set=str(cset.dir), methods=("minmax",)), tmp_path / "cal")
     assert cal.model_path() == cset.model_spec().onnx_path
+
+
+def test_a_placement_reads_from_every_record_form():
+    """Today's mapping (JSON lists, keys of a later version ignored), 0.1's preset name alone, or nothing."""
+    assert Placement.from_record({"preset": "all", "exclude_nodes": ["a", "b"], "later": 1}) == Placement(
+        "all", exclude_nodes=("a", "b"))
+    assert Placement.from_record("tensorrt-residual") == Placement("tensorrt-residual")
+    assert Placement.from_record(None) == Placement()
