@@ -205,14 +205,20 @@ def target_fields(target: str, eval_fields: dict[str, Any] | None, lengths_path:
     return {"target_kind": "pool", "target_source": None, "target_split": None}
 
 
+def _sampling_widgets(*, strategy: str, size: int, seed: int, edges: Sequence[int], stratify: bool, shortfall: str,
+                      opt_percentile: float) -> dict[str, Any]:
+    """AssembleConfig's sampling settings as the Calibration set page's widget values (key -> value)."""
+    return {"cs-strategy": strategy, "cs-size": int(size), "cs-seed": int(seed), "cs-edges": ", ".join(map(str, edges)),
+            "cs-stratify": bool(stratify), "cs-shortfall": shortfall, "cs-opt-pct": float(opt_percentile)}
+
+
 def recipe_widget_values(config: AssembleConfig) -> dict[str, Any]:
     """What a loaded recipe sets on the Calibration set page (widget key -> value): its sampling settings,
     its target when the page offers that kind (else ``eval``), and one weight per bucket."""
-    values: dict[str, Any] = {
-        "cs-strategy": config.strategy, "cs-size": int(config.size), "cs-seed": int(config.seed),
-        "cs-edges": ", ".join(str(e) for e in config.edges), "cs-stratify": bool(config.stratify),
-        "cs-shortfall": config.shortfall, "cs-opt-pct": float(config.opt_percentile),
-        "cs-target": config.target_kind if config.target_kind in CALIBSET_TARGETS else "eval"}
+    values = _sampling_widgets(strategy=config.strategy, size=config.size, seed=config.seed, edges=config.edges,
+                               stratify=config.stratify, shortfall=config.shortfall,
+                               opt_percentile=config.opt_percentile)
+    values["cs-target"] = config.target_kind if config.target_kind in CALIBSET_TARGETS else "eval"
     values.update({f"cs-weight-{i}": float(w) for i, w in enumerate(config.weights)})
     return values
 
@@ -267,7 +273,6 @@ def calibset_defaults(target: str, pool_size: int, labelled: bool) -> dict[str, 
     size capped at the pool's, ``match`` when there is a target to match (else ``natural``), and
     stratified by label when the pool has labels."""
     base = config_defaults(AssembleConfig)
-    return {"cs-strategy": "match" if target != "pool" else base["strategy"],
-            "cs-size": min(int(base["size"]), pool_size), "cs-seed": int(base["seed"]),
-            "cs-edges": ", ".join(str(e) for e in base["edges"]), "cs-stratify": bool(labelled),
-            "cs-shortfall": base["shortfall"], "cs-opt-pct": float(base["opt_percentile"])}
+    return _sampling_widgets(strategy="match" if target != "pool" else base["strategy"],
+                             size=min(int(base["size"]), pool_size), seed=base["seed"], edges=base["edges"],
+                             stratify=labelled, shortfall=base["shortfall"], opt_percentile=base["opt_percentile"])
