@@ -109,8 +109,12 @@ class BuildConfig:
         today's layout or 0.1's flat one (:func:`calib.pipeline.config_from_params`); keys this version
         does not know (written by a later one) are left out. 0.1's ``ranges`` (a file) / ``calibration``
         (a folder) / ``method`` become one :class:`~calib.calibrate.RangesRef`."""
-        return config_from_params(cls, one_ranges_reference(values, default_method=DEFAULT_BUILD_METHOD),
-                                  where="build config")
+        return config_from_params(cls, values, where="build config")
+
+    @classmethod
+    def upgrade_params(cls, values: Mapping[str, Any]) -> dict[str, Any]:
+        """0.1's range set: ``ranges`` (a file) / ``calibration`` (a folder) / ``method`` beside each other."""
+        return one_ranges_reference(values, default_method=DEFAULT_BUILD_METHOD)
 
     def with_float_nodes(self, nodes: Iterable[str]) -> BuildConfig:
         """The same build with these node names (exactly, not as patterns) also kept in float."""

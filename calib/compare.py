@@ -48,6 +48,14 @@ class CompareConfig:
     placement: Placement = field(default_factory=Placement)
     budget: ReleaseBudget | None = None
 
+    @classmethod
+    def upgrade_params(cls, values: Mapping[str, Any]) -> dict[str, Any]:
+        """0.1 kept the evaluation settings in a ``validation`` template."""
+        values = dict(values)
+        if "validation" in values:
+            values.setdefault("settings", values.pop("validation"))
+        return values
+
 
 @dataclass(frozen=True)
 class ComparisonRow:

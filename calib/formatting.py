@@ -235,7 +235,8 @@ def _evaluation_headline(s: Mapping[str, Any]) -> list[str]:
 
 
 def _sensitivity_headline(s: Mapping[str, Any]) -> list[str]:
-    return [*([f"{s['exclusions']} in float"] if "exclusions" in s else []), *_evaluation_headline(s)]
+    floating = s.get("exclude_nodes", s.get("exclusions"))  # "exclusions": summaries before 0.2
+    return [*([f"{floating} in float"] if floating is not None else []), *_evaluation_headline(s)]
 
 
 def _calibset_headline(s: Mapping[str, Any]) -> list[str]:

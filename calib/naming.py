@@ -9,8 +9,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from calib.pipeline import one_ranges_reference
-from calib.stages import stage_title
+from calib.pipeline import todays_layout
+from calib.stages import STAGES, stage_title
 from calib.workspace import RunRecord
 
 Lookup = Callable[[str], "RunRecord | None"]
@@ -30,22 +30,14 @@ def _texts(n: Any) -> str | None:
     return f"{int(n):,} texts" if isinstance(n, (int, float)) and n else None
 
 
-def _settings(params: Mapping[str, Any]) -> Mapping[str, Any]:
-    """An evaluation's settings in its run params: ``settings`` today; 0.1 kept them at the top level
-    (validate) or in a ``validation`` template (compare)."""
-    return params.get("settings") or params.get("validation") or params
-
-
 def _preset(params: Mapping[str, Any]) -> Any:
-    """The placement preset in run params: ``placement.preset`` today, ``placement`` / ``preset`` in 0.1."""
-    placement = params.get("placement")
-    return placement.get("preset") if isinstance(placement, Mapping) else placement or params.get("preset")
+    """The placement preset in today's params layout."""
+    return (params.get("placement") or {}).get("preset")
 
 
 def _build_facts(params: Mapping[str, Any], summary: Mapping[str, Any]) -> list[str | None]:
-    placement = params.get("placement") if isinstance(params.get("placement"), Mapping) else params
-    excluded = summary.get("excluded_nodes") or len(placement.get("exclude_nodes") or ())
-    ranges = one_ranges_reference(params).get("ranges") or {}
+    excluded = summary.get("excluded_nodes") or len((params.get("placement") or {}).get("exclude_nodes") or ())
+    ranges = params.get("ranges") or {}
     source = str(ranges.get("source") or "")
     method = Path(source).stem if source.lower().endswith(".json") else ranges.get("method")  # a file: its stem
     return [method, _preset(params), f"{excluded} in float" if excluded else None]
@@ -67,11 +59,12 @@ def _calibrate_facts(p: Mapping[str, Any], s: Mapping[str, Any], lookup: Lookup 
 def _of_build(p: Mapping[str, Any], lookup: Lookup | None) -> list:
     """The facts of the build a run measured (its ``engine`` folder), else that folder's name."""
     build = lookup(Path(str(p.get("engine", ""))).name) if lookup and p.get("engine") else None
-    return _build_facts(build.params, build.summary) if build is not None else [Path(str(p.get("engine", ""))).name or None]
+    return _build_facts(recorded_params(build), build.summary) if build is not None \
+        else [Path(str(p.get("engine", ""))).name or None]
 
 
 def _validate_facts(p: Mapping[str, Any], s: Mapping[str, Any], lookup: Lookup | None) -> list:
-    return [*_of_build(p, lookup), _texts(s.get("rows")) or _texts(_settings(p).get("limit"))]
+    return [*_of_build(p, lookup), _texts(s.get("rows")) or _texts((p.get("settings") or {}).get("limit"))]
 
 
 def _bench_facts(p: Mapping[str, Any], s: Mapping[str, Any], lookup: Lookup | None) -> list:
@@ -81,12 +74,11 @@ def _bench_facts(p: Mapping[str, Any], s: Mapping[str, Any], lookup: Lookup | No
 def _compare_facts(p: Mapping[str, Any], s: Mapping[str, Any], lookup: Lookup | None) -> list:
     methods = p.get("methods") or s.get("methods") or []
     return [f"{len(methods)} calibrators" if methods else "every calibrator", _preset(p),
-            _texts(_settings(p).get("limit")), f"best {s['recommended']}" if s.get("recommended") else None]
+            _texts((p.get("settings") or {}).get("limit")), f"best {s['recommended']}" if s.get("recommended") else None]
 
 
 def _sensitivity_facts(p: Mapping[str, Any], s: Mapping[str, Any], lookup: Lookup | None) -> list:
-    ranges = p.get("ranges")
-    return [ranges.get("method") if isinstance(ranges, Mapping) else p.get("method"), _preset(p), p.get("granularity")]
+    return [(p.get("ranges") or {}).get("method"), _preset(p), p.get("granularity")]
 
 
 def _head_facts(p: Mapping[str, Any], s: Mapping[str, Any], lookup: Lookup | None) -> list:
@@ -105,13 +97,21 @@ RUN_FACTS: dict[str, Facts] = {
 }
 """Per stage (``calib.stages.STAGES`` with a run folder), the facts that tell one of its runs from its
 siblings, from the run's registry params and summary (``tests/test_structure.py`` checks each stage
-has one). A stage this version does not know is named by its title and time."""
+has one), read in today's layout (:func:`recorded_params`). A stage this version does not know is named
+by its title and time."""
+
+
+def recorded_params(run: RunRecord) -> dict[str, Any]:
+    """The run's registry params in today's layout, whichever version wrote them (its stage config's
+    reader, :func:`calib.pipeline.todays_layout`)."""
+    stage = STAGES.get(run.stage)
+    return todays_layout(stage.config_type(), run.params) if stage is not None else dict(run.params)
 
 
 def run_facts(run: RunRecord, lookup: Lookup | None = None) -> list[str]:
     """The few facts that tell this run from its siblings (without stage, label and time)."""
     facts = RUN_FACTS.get(run.stage)
-    return [str(f) for f in (facts(run.params, run.summary, lookup) if facts else []) if f]
+    return [str(f) for f in (facts(recorded_params(run), run.summary, lookup) if facts else []) if f]
 
 
 def run_name(run: RunRecord, lookup: Lookup | None = None, *, with_id: bool = True) -> str:

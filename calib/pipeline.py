@@ -55,12 +55,14 @@ RENAMED = {"pair_column": "text_pair_column", "preset": "placement"}
 def one_ranges_reference(values: Mapping[str, Any], *, default_method: str | None = None) -> dict[str, Any]:
     """Build params with the range set as today's one ``ranges`` mapping ``{source, method}`` (a
     :class:`~calib.calibrate.RangesRef`). calib 0.1 wrote a ranges file as ``ranges`` or a calibration
-    run as ``calibration`` plus ``method``; ``default_method`` fills a missing method."""
+    run as ``calibration`` plus ``method``; ``default_method`` fills a missing method (None: the
+    ``RangesRef`` default)."""
     values = dict(values)
     if not isinstance(values.get("ranges"), Mapping) and ({"calibration", "method"} & set(values)
                                                            or isinstance(values.get("ranges"), str)):
         source = values.pop("calibration", "") or values.get("ranges") or ""
-        values["ranges"] = {"source": source, "method": values.pop("method", default_method)}
+        method = values.pop("method", None) or default_method
+        values["ranges"] = {"source": source, **({"method": method} if method else {})}  # else RangesRef's own
     return values
 
 
@@ -128,9 +130,15 @@ def config_from_params(cls: type[C], values: Mapping[str, Any], *, renames: Mapp
     left out (written by a later version), or with ``strict`` (a user's recipe) refused in one
     :class:`InputError`; so is a missing or mistyped setting. A config that changed its own layout since
     an earlier version says how to read the old one in a classmethod ``upgrade_params(values) -> values``."""
+    return _construct(cls, todays_layout(cls, values, renames=renames), strict, where)
+
+
+def todays_layout(cls: type, values: Mapping[str, Any], *, renames: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Recorded params of config ``cls`` (any version's layout) as plain data in today's layout: the config's
+    own ``upgrade_params`` hook, then :func:`nest_params`. What :func:`config_from_params` constructs from,
+    and what a reader that must not fail on a partial record (run names) reads."""
     upgrade = getattr(cls, "upgrade_params", None)
-    values = upgrade(values) if upgrade is not None else values
-    return _construct(cls, nest_params(cls, values, renames=renames), strict, where)
+    return nest_params(cls, upgrade(values) if upgrade is not None else values, renames=renames)
 
 
 def _construct(cls: type[C], values: Mapping[str, Any], strict: bool, where: str) -> C:

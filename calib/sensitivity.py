@@ -112,6 +112,7 @@ from calib.layers import LayerAnalysis, producer_order, quantized_tensors
 from calib.methods import DEFAULT_BUILD_METHOD
 from calib.metrics import row_cosine
 from calib.model import ModelRef, check_same_model
+from calib.pipeline import one_ranges_reference
 from calib.placement import Placement, exact_pattern
 from calib.progress import FP32_PASS
 from calib.quantize import keep_in_float, quantize_qdq
@@ -170,6 +171,11 @@ class SensitivityConfig:
     speed_texts: int = 16  # texts timed per point of the speed curve, in batches of speed_batch (0 = no curve)
     speed_batch: int = 16
     speed_repeats: int = 2
+
+    @classmethod
+    def upgrade_params(cls, values: Mapping[str, Any]) -> dict[str, Any]:
+        """0.1's range set: ``ranges`` (a folder or file) and ``method`` beside each other."""
+        return one_ranges_reference(values)
 
 
 def block_of(node_name: str) -> str:
@@ -804,7 +810,7 @@ class SensitivityResult:
         """The ``calib build`` command that keeps this run's exclusions in float (None: it recommends none):
         the start build's own settings when the search started from one, else the model, range set and
         placement searched. ``run_id`` names this run (``--exclude-from``)."""
-        if not self.exclusions:
+        if not self.exclude_nodes:
             return None
         config = self.start_config
         if config is None:
@@ -823,9 +829,11 @@ class SensitivityResult:
         return int(self.data["budget"]["max_evaluations"])
 
     @property
-    def exclusions(self) -> tuple[str, ...]:
-        """Node names to keep in float (exact names; use as ``Placement.exclude_nodes``)."""
+    def exclude_nodes(self) -> tuple[str, ...]:
+        """The recommended node names to keep in float (exact names; use as ``Placement.exclude_nodes``)."""
         return self.recommended.exclude_nodes
+
+    exclusions = exclude_nodes  # 0.1's name
 
     @property
     def found(self) -> bool:
@@ -833,11 +841,11 @@ class SensitivityResult:
 
     def placement(self) -> Placement:
         """The searched placement with the recommended exclusions (what a build of the answer uses)."""
-        return self.searched_placement.with_exclusions(exact_pattern(n) for n in self.exclusions)
+        return self.searched_placement.with_exclusions(exact_pattern(n) for n in self.exclude_nodes)
 
     def summary(self) -> dict:
         rec = self.recommended
-        return {"passes": rec.passes, "exclusions": len(rec.exclude_nodes), "model_sha256": self.model_sha256,
+        return {"passes": rec.passes, "exclude_nodes": len(rec.exclude_nodes), "model_sha256": self.model_sha256,
                 "evaluations": self.evaluations_used, "max_evaluations": self.max_evaluations,
                 "ranking_evaluations": self.ranking_evaluations_used,
                 "top1_agreement": rec.top1_agreement, "accuracy_drop_points": rec.accuracy_drop_points,

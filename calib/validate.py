@@ -106,7 +106,7 @@ class EngineSource:
             "qdq_sha256": sha256_file(self.qdq_path),
             "backend": art.backend if art is not None else PORTABLE_BACKEND,
             "placement": art.placement_record if art is not None else None,
-            "exclusions": art.excluded_nodes if art is not None else None,  # node -> why it stays in float
+            "excluded_nodes": art.excluded_nodes if art is not None else None,  # node -> why it stays in float
             "calibrator": ranges.get("method"),
             "calibration": ranges.get("source"),
         }
@@ -255,15 +255,15 @@ class EvaluatedEngine:
     calibrator: str | None  # the calibration method behind the build's ranges
     calibration: str | None  # the calibration run (or ranges file) the build used
     placement: Mapping | str | None  # as recorded: a Placement record, or 0.1's preset name
-    excluded: Mapping[str, str]  # node kept in float -> why (0.1 may record a plain list: reason "")
+    excluded_nodes: Mapping[str, str]  # node kept in float -> why (0.1 may record a plain list: reason "")
 
     @classmethod
     def from_dict(cls, d: Mapping) -> EvaluatedEngine:
-        e = d.get("exclusions") or {}
+        e = d.get("excluded_nodes", d.get("exclusions")) or {}  # "exclusions": evaluations before 0.2
         return cls(kind=str(d.get("kind", "onnx")), path=str(d.get("path")), name=d.get("name"),
                    backend=str(d.get("backend") or PORTABLE_BACKEND), qdq_sha256=d.get("qdq_sha256"),
                    calibrator=d.get("calibrator"), calibration=d.get("calibration"), placement=d.get("placement"),
-                   excluded=dict(e) if isinstance(e, Mapping) else dict.fromkeys(e, ""))
+                   excluded_nodes=dict(e) if isinstance(e, Mapping) else dict.fromkeys(e, ""))
 
     @property
     def placement_preset(self) -> str | None:
@@ -274,9 +274,9 @@ class EvaluatedEngine:
         return None if p is None else str(p)
 
     @property
-    def exclusions(self) -> list[str]:
+    def excluded_node_names(self) -> list[str]:
         """The nodes kept in float, sorted."""
-        return sorted(self.excluded)
+        return sorted(self.excluded_nodes)
 
 
 @dataclass(frozen=True)

@@ -100,6 +100,19 @@ def test_a_0_1_sensitivity_placement_reads_as_one_placement():
     config = config_from_params(SensitivityConfig, flat)
     assert config.placement == Placement("all", exclude_nodes=("/a",), include_op_types=("MatMul",))
     assert config.model == ModelRef("m.onnx", "tok") and config.data == DataSpec("d.csv") and config.settings.limit == 64
+    assert config.ranges == RangesRef("r")  # RangesRef's default method
+    with_method = config_from_params(SensitivityConfig, {**flat, "method": "percentile"})
+    assert with_method.ranges == RangesRef("r", "percentile")
+
+
+def test_a_0_1_comparison_reads_its_validation_template_as_settings():
+    from calib.compare import CompareConfig
+
+    old = {"calibration": "runs/c", "model": "m.onnx", "tokenizer": "tok", "data": "d.csv", "methods": ["minmax"],
+           "placement": "all", "validation": {"limit": 64, "batch_size": 8}}
+    config = config_from_params(CompareConfig, old)
+    assert config.settings.limit == 64 and config.settings.batch_size == 8 and config.placement == Placement("all")
+    assert config_from_params(CompareConfig, config_params(config)) == config
 
 
 def test_unknown_and_mistyped_settings_are_one_line_when_strict():

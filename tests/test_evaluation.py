@@ -55,7 +55,7 @@ def test_provenance_of_an_old_evaluation_and_sensitivity_reads_typed():
     assert ev.model.sha256 == raw["model"]["sha256"] and ev.model.classes == ("neg", "pos")
     assert ev.model.roles == OutputRoles(logits="logits") and ev.model.max_length == 64
     assert ev.engine.name == "onnxruntime-int8" and ev.engine.backend == "ort" and ev.engine.kind == "onnx"
-    assert ev.engine.placement_preset is None and ev.engine.exclusions == [] and ev.calibrator is None
+    assert ev.engine.placement_preset is None and ev.engine.excluded_node_names == [] and ev.calibrator is None
     assert ev.dataset.fingerprint == raw["dataset"]["fingerprint"] and ev.dataset.note == "" and ev.labelled
     assert ev.first_degraded_tensor == raw["layers"]["first_degraded"] == ev.layer_report.first_degraded
     assert ev.layer_report.degraded_sqnr_db == 20.0 and ev.layer_report.degraded_cosine == 0.99
@@ -77,9 +77,11 @@ def test_engine_provenance_reads_every_recorded_form():
 
     built = EvaluatedEngine.from_dict({"kind": "build", "path": "/r/b1", "backend": "tensorrt", "calibrator": "entropy",
                                        "placement": {"preset": "bert"}, "exclusions": {"n2": "why", "n1": "why"}})
-    assert built.placement_preset == "bert" and built.exclusions == ["n1", "n2"] and built.backend == "tensorrt"
+    assert built.placement_preset == "bert" and built.excluded_node_names == ["n1", "n2"] and built.backend == "tensorrt"
     old = EvaluatedEngine.from_dict({"path": "x.onnx", "placement": "all", "exclusions": ["b", "a"]})
-    assert old.placement_preset == "all" and old.exclusions == ["a", "b"] and old.backend == "ort"
+    assert old.placement_preset == "all" and old.excluded_node_names == ["a", "b"] and old.backend == "ort"
+    today = EvaluatedEngine.from_dict({"path": "x.onnx", "excluded_nodes": {"n": "why"}})  # engine.json's name
+    assert today.excluded_nodes == {"n": "why"}
 
 
 def test_no_stage_builds_another_stages_config():

@@ -81,6 +81,7 @@ def test_headline_per_stage():
     assert fmt.headline("report", {"accuracy_drop_points": None, "top1_agreement": None}) == ""
     assert fmt.headline("sensitivity", {"exclusions": 3, "accuracy_drop_points": 0.2, "top1_agreement": 0.99}) == \
         "3 in float, drop +0.20 pts, agreement 99.00 %"
+    assert fmt.headline("sensitivity", {"exclude_nodes": 2, "top1_agreement": 0.99}) == "2 in float, agreement 99.00 %"
     assert fmt.headline("calibset", {"size": 1200, "ks": 0.1, "warnings": 2}) == "1,200 texts, KS 0.1000, 2 warnings"
     assert fmt.headline("calibrate", {"tensors": 85, "methods": ["entropy", "minmax"], "stats_seconds": 13.04}) == \
         "85 tensors, entropy, minmax, stats 13.0 s"

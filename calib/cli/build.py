@@ -136,7 +136,7 @@ def _config(args: argparse.Namespace, ws) -> tuple:
         from calib.sensitivity import SensitivityResult
 
         sens_dir = run_folder(ws, args.exclude_from, "sensitivity", parents)
-        exclude += [exact_pattern(n) for n in SensitivityResult.load(sens_dir).exclusions]
+        exclude += [exact_pattern(n) for n in SensitivityResult.load(sens_dir).exclude_nodes]
     if args.ranges and calibration:
         raise InputError("give exactly one of a ranges file (--ranges) or a calibration run (--calibration)")
     config = BuildConfig(

@@ -331,7 +331,7 @@ def run_sensitivity(args: argparse.Namespace) -> int:
         run_id, result = run_stage(ws, "sensitivity", analyze_sensitivity, config, parents=parents, label=args.label,
                                    progress=ProgressBar("sensitivity"))
     if args.json:
-        print_run_json(ws, run_id, {"record": result.dir / "sensitivity.json"}, exclude_nodes=list(result.exclusions))
+        print_run_json(ws, run_id, {"record": result.dir / "sensitivity.json"}, exclude_nodes=list(result.exclude_nodes))
         return 0
     rec = result.recommended
     print(f"run {run_id}: {result.dir}")
@@ -370,7 +370,7 @@ def run_sensitivity(args: argparse.Namespace) -> int:
               f"{fmt.number(curve.fp32_texts_per_s)} texts/s):")
         for p in curve.points:
             print(f"  {p.float_nodes:>3} float  {fmt.factor(p.int8_over_fp32)} FP32  {p.change}")
-    for node in result.exclusions:
+    for node in result.exclude_nodes:
         print(f"  exclude {node}")
     command = result.build_command(run_id)
     print(f"build with: {command}" if command else "no exclusions")
