@@ -33,8 +33,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = args.threads
+    from calib.engines.ort import session_options
+
+    options = session_options(args.threads)  # the options calib's engines run with
     options.enable_profiling = True
     options.profile_file_prefix = os.path.join(tempfile.mkdtemp(prefix="calib-profile-"), "ort")
     session = ort.InferenceSession(args.model, options, providers=["CPUExecutionProvider"])

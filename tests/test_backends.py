@@ -150,3 +150,40 @@ def test_engine_folders_written_before_the_engine_record_still_run(tiny_spec, ra
     (art.dir / "engine.json").write_text(json.dumps(meta))
     old = EngineArtifact.load(art.dir)
     assert old.engine_path == old.qdq_path and old.engine("int8", threads=1).name == "onnxruntime-int8"
+
+
+def _saturating_qdq_matmul() -> tuple[bytes, np.ndarray]:
+    """A Q/DQ MatMul (int8 activations and weights, as calib.quantize writes them) whose products, summed
+    in pairs in 16 bits, overflow: ORT's fast x64 kernel gets it wrong on CPUs without VNNI."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    k, n = 64, 8
+    weight = np.full((k, n), 127, np.int8)
+    weight[:, ::2] = np.random.default_rng(0).integers(100, 128, (k, n // 2))
+    scale, zero = np.array(1 / 127, np.float32), np.array(0, np.int8)
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["wq", "s", "z"], ["wd"]),
+             helper.make_node("MatMul", ["xd", "wd"], ["y"])]
+    graph = helper.make_graph(nodes, "saturating", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, n])],
+                              [numpy_helper.from_array(scale, "s"), numpy_helper.from_array(zero, "z"),
+                               numpy_helper.from_array(weight, "wq")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString(), weight
+
+
+def test_ort_int8_matmul_is_exact_on_every_cpu():
+    """Every calib session asks for ORT's exact INT8 matmul; on a CPU without VNNI the default kernel is off
+    by almost the whole output here (measured: 63.5 of 64), so the engine's figures would depend on the CPU."""
+    from calib.engines.ort import EXACT_INT8_MATMUL, OrtSessionLoader, session_options
+
+    assert session_options(1).get_session_config_entry(EXACT_INT8_MATMUL[0]) == EXACT_INT8_MATMUL[1]
+    model, weight = _saturating_qdq_matmul()
+    x = np.ones((4, weight.shape[0]), np.float32)
+    exact = (np.round(x * 127) / 127) @ (weight.astype(np.float32) / 127)  # every value on the int8 grid
+    for optimization in ("all", "basic"):
+        got = OrtSessionLoader(model, threads=1, optimization=optimization)().run(None, {"x": x})[0]
+        np.testing.assert_allclose(got, exact, rtol=1e-5, atol=1e-4)

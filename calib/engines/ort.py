@@ -25,11 +25,23 @@ def default_threads() -> int:
     return int(os.environ.get("CALIB_THREADS", "0")) or (os.cpu_count() or 1)
 
 
-def session_options(threads: int | None = None):
+EXACT_INT8_MATMUL = ("session.x64quantprecision", "1")
+"""ORT's fast x64 INT8 matrix multiply (u8s8) sums pairs of products in 16 bits that saturate on CPUs without
+VNNI (SSE4.1, AVX2, AVX-512 without VNNI): a fused Q/DQ MatMul then returns wrong values, far off FP32, and
+only on those machines. This entry makes ORT use its exact u8u8 kernel there (a little slower; no effect on
+VNNI or ARM CPUs), so an engine's figures do not depend on the CPU it was measured on."""
+
+
+def session_options(threads: int | None = None, *, exact_int8: bool = True):
+    """ORT session options every calib session uses: ``threads`` intra-op threads (None: one per core),
+    one inter-op thread, warnings and errors only, and the exact INT8 matrix multiply
+    (:data:`EXACT_INT8_MATMUL`; ``exact_int8`` False: ORT's default, for measuring what it costs)."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads or default_threads()
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
+    if exact_int8:
+        opts.add_session_config_entry(*EXACT_INT8_MATMUL)
     return opts
 
 
@@ -92,9 +104,10 @@ class OrtSessionLoader:
     optimization: str = "all"  # all | basic | disabled
     spinning: bool | None = None
     arena: bool = True  # False: no CPU memory arena (many small sessions alive at once)
+    exact_int8: bool = True  # False: ORT's fast x64 INT8 matmul, which saturates without VNNI (EXACT_INT8_MATMUL)
 
     def __call__(self):
-        opts = session_options(self.threads)
+        opts = session_options(self.threads, exact_int8=self.exact_int8)
         opts.enable_cpu_mem_arena = self.arena
         if self.spinning is not None:
             opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spinning else "0")
