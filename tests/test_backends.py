@@ -155,7 +155,6 @@ def test_engine_folders_written_before_the_engine_record_still_run(tiny_spec, ra
 def _saturating_qdq_matmul() -> tuple[bytes, np.ndarray]:
     """A Q/DQ MatMul (int8 activations and weights, as calib.quantize writes them) whose products, summed
     in pairs in 16 bits, overflow: ORT's fast x64 kernel gets it wrong on CPUs without VNNI."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     k, n = 64, 8
