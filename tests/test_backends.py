@@ -186,3 +186,38 @@ def test_ort_int8_matmul_is_exact_on_every_cpu():
     for optimization in ("all", "basic"):
         got = OrtSessionLoader(model, threads=1, optimization=optimization)().run(None, {"x": x})[0]
         np.testing.assert_allclose(got, exact, rtol=1e-5, atol=1e-4)
+
+
+def test_a_graph_ort_cannot_rewrite_for_the_exact_kernel_still_runs_and_says_so(tiny_spec, tmp_path):
+    """ORT's S8->U8 rewrite behind the exact kernel refuses some valid Q/DQ graphs (here: the `all` placement,
+    which quantizes embedding tables and biases); such a model runs on the default kernel with a warning,
+    and one ORT cannot load at all is still one InputError."""
+    import warnings
+
+    import onnxruntime as ort
+
+    from calib.engines.ort import EXACT_INT8_MATMUL, OrtSessionLoader
+    from calib.placement import Placement
+
+    amax = absmax_ranges(tiny_spec, tinymodel.make_texts(48, seed=7)[0], preset="all")
+    amax = {name: value for name, value in amax.items() if np.isfinite(value)}  # the -inf attention mask stays float
+    path = tmp_path / "all.json"
+    Ranges(method="minmax", params={}, model_sha256=tiny_spec.sha256, amax=amax).save(path)
+    art = build(BuildConfig(model=str(tiny_spec.onnx_path), ranges=RangesRef(str(path)), placement=Placement("all")),
+                tmp_path / "b")
+    options = ort.SessionOptions()
+    options.add_session_config_entry(*EXACT_INT8_MATMUL)
+    try:
+        ort.InferenceSession(str(art.qdq_path), options, providers=["CPUExecutionProvider"])
+        refused = False
+    except Exception:
+        refused = True  # ONNX Runtime 1.32 does
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        session = OrtSessionLoader(art.qdq_path, threads=1)()
+    assert session.get_inputs()
+    assert any("exact INT8 matmul" in str(w.message) for w in caught) == refused
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a model")
+    with pytest.raises(InputError, match="^ONNX Runtime cannot load model"):
+        OrtSessionLoader(broken, threads=1)()

@@ -20,10 +20,12 @@ from calib.cli.common import (
     add_input_args,
     add_node_pattern_args,
     add_placement_arg,
+    add_ranges_args,
     format_table,
     inputs_from_args,
     json_arg,
     print_run_json,
+    ranges_from_args,
     run_folder,
     workspace_of,
 )
@@ -52,13 +54,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "with --backend tensorrt also build a TensorRT engine.",
         epilog=_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--calibration", metavar="RUN", help="calibration run (id, unique prefix, latest, latest:LABEL "
-                     "or folder): ranges per method")
-    src.add_argument("--ranges", metavar="JSON", help="a ranges JSON file (calib.ranges format)")
+    add_ranges_args(p, default_method=DEFAULT_BUILD_METHOD,
+                    method_help=f"range set of the calibration run (default {DEFAULT_BUILD_METHOD})")
     p.add_argument("--model", help="FP32 ONNX model (default: the calibration set's model)")
-    p.add_argument("--method", default=DEFAULT_BUILD_METHOD,
-                   help=f"range set of the calibration run (default {DEFAULT_BUILD_METHOD})")
     add_placement_arg(p, help="tensorrt: inputs of MatMul/Gemm/Conv only (default); all: every supported op")
     add_node_pattern_args(p, include="quantize only matching nodes")
     p.add_argument("--exclude-from", metavar="SENSITIVITY_RUN",
@@ -112,20 +110,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _config(args: argparse.Namespace, ws) -> tuple:
     from calib.build import BuildConfig
-    from calib.calibrate import RangesRef
     from calib.errors import InputError
     from calib.placement import Placement
 
     parents: list[str] = []
-    calibration = ""
+    ranges = ranges_from_args(ws, args, parents)
     model = args.model or ""
     calibration_set = ""
-    if args.calibration:
-        calibration = str(Path(run_folder(ws, args.calibration, "calibrate", parents)).resolve())
-        if not model:
-            from calib.calibrate import Calibration
+    if ranges.from_calibration and not model:
+        from calib.calibrate import Calibration
 
-            model = str(Calibration.load(calibration).model_path())
+        model = str(Calibration.load(ranges.source).model_path())
     if args.calibration_set:
         calibration_set = str(Path(run_folder(ws, args.calibration_set, "calibset")).resolve())
     if not model:
@@ -137,11 +132,9 @@ def _config(args: argparse.Namespace, ws) -> tuple:
 
         sens_dir = run_folder(ws, args.exclude_from, "sensitivity", parents)
         exclude += [exact_pattern(n) for n in SensitivityResult.load(sens_dir).exclude_nodes]
-    if args.ranges and calibration:
-        raise InputError("give exactly one of a ranges file (--ranges) or a calibration run (--calibration)")
     config = BuildConfig(
         model=str(Path(model).resolve()),
-        ranges=RangesRef(str(Path(args.ranges).resolve()) if args.ranges else calibration, args.method),
+        ranges=ranges,
         placement=Placement(args.placement, include_nodes=tuple(args.include), exclude_nodes=tuple(exclude),
                             include_op_types=tuple(args.op), exclude_op_types=tuple(args.exclude_op)),
         per_channel=not args.per_tensor_weights, backend=args.backend,

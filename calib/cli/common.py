@@ -108,6 +108,31 @@ def add_placement_arg(parser, *aliases: str, help: str) -> None:
                         help=help)
 
 
+def add_ranges_args(parser, *, default_method: str, method_help: str, required: bool = True) -> None:
+    """The range set, named the same way by every command: ``--calibration RUN`` (a calibrate run, its
+    ``--method`` range set) or ``--ranges FILE`` (a ranges JSON file). ``--ranges`` also takes a calibrate
+    run, as calib 0.1's sensitivity did. Read back with :func:`ranges_from_args`."""
+    group = parser.add_mutually_exclusive_group(required=required)
+    group.add_argument("--calibration", metavar="RUN",
+                       help="calibration run (id, unique prefix, latest, latest:LABEL or folder): ranges per method")
+    group.add_argument("--ranges", metavar="FILE", help="a ranges JSON file {tensor: amax} (calib.ranges format)")
+    parser.add_argument("--method", default=default_method, help=method_help)
+
+
+def ranges_from_args(ws: Workspace, args: argparse.Namespace, parents: list[str] | None = None):
+    """The :class:`~calib.calibrate.RangesRef` that :func:`add_ranges_args`' options name (None: neither
+    given); a calibrate run it names joins ``parents``."""
+    from calib.calibrate import RangesRef
+
+    if args.calibration:
+        return RangesRef(str(Path(run_folder(ws, args.calibration, "calibrate", parents)).resolve()), args.method)
+    if args.ranges:
+        file = Path(args.ranges)
+        where = file if file.is_file() else run_folder(ws, args.ranges, "calibrate", parents)
+        return RangesRef(str(Path(where).resolve()), args.method)
+    return None
+
+
 BUDGET_OFF = "none"
 """A release-budget option's value that leaves its criterion out (``--min-embedding-cosine none``)."""
 BUDGET_FIELDS = ("max_drop", "min_agreement", "min_embedding_cosine")

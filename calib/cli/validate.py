@@ -17,6 +17,7 @@ from calib.cli.common import (
     add_input_args,
     add_node_pattern_args,
     add_placement_arg,
+    add_ranges_args,
     budget_from_args,
     cluster_of,
     emit_json,
@@ -26,6 +27,7 @@ from calib.cli.common import (
     json_arg,
     non_negative_int,
     print_run_json,
+    ranges_from_args,
     run_folder,
     workspace_of,
 )
@@ -117,13 +119,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s = subparsers.add_parser("sensitivity", help="rank quantized nodes and find the fewest to keep in float",
                               epilog=_SENS_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     _model_data_args(s)
-    s.add_argument("--ranges", help="calibrate run id/folder, or a JSON file {tensor: amax} (or --start-from)")
+    add_ranges_args(s, required=False, default_method="entropy",  # 0.1's default, kept: scripts rely on it
+                    method_help=f"range set of the calibration run (default entropy, TensorRT's; calib build's is "
+                                f"{DEFAULT_BUILD_METHOD})")
     s.add_argument("--start-from", metavar="BUILD_RUN",
                    help="a build run (e.g. with --smooth, --method auto, --bias-correction) whose INT8 model the "
-                        "search starts from, instead of --ranges/--method/--placement")
-    s.add_argument("--method", default="entropy",  # 0.1's default, kept: scripts rely on it
-                   help=f"calibration method whose ranges to use (default entropy, TensorRT's; calib build's is "
-                        f"{DEFAULT_BUILD_METHOD})")
+                        "search starts from, instead of --calibration/--ranges/--method/--placement")
     add_placement_arg(s, "--preset", help="placement preset, as calib build --placement (--preset: the 0.1 name)")
     add_node_pattern_args(s, exclude="node names already kept in float")
     search = _SEARCH_DEFAULTS
@@ -313,15 +314,16 @@ def run_sensitivity(args: argparse.Namespace) -> int:
     ws = workspace_of(args)
     model, data = _common(args, ws)
     parents: list[str] = []
-    if bool(args.ranges) == bool(args.start_from):
-        raise InputError("give exactly one of --ranges (a calibration) or --start-from (a build run)")
-    ranges = str(run_folder(ws, args.ranges, "calibrate", parents)) if args.ranges else ""
+    ranges = ranges_from_args(ws, args, parents)
+    if (ranges is None) == (not args.start_from):
+        raise InputError("give exactly one of --ranges FILE / --calibration RUN (a range set) or --start-from "
+                         "(a build run)")
     start_from = str(run_folder(ws, args.start_from, "build", parents)) if args.start_from else ""
     placement = Placement(args.placement, include_nodes=tuple(args.include), exclude_nodes=tuple(args.exclude))
     budget = budget_from_args(args)  # the options default to the search's budget
     settings = dataclasses.replace(SEARCH_SETTINGS, batch_size=args.batch_size, seed=args.seed,
                                    **({"limit": args.limit} if args.limit is not None else {}))
-    config = SensitivityConfig(model=model, data=data, ranges=RangesRef(ranges, args.method), placement=placement,
+    config = SensitivityConfig(model=model, data=data, ranges=ranges or RangesRef("", args.method), placement=placement,
                                granularity=args.granularity, ranking=args.ranking, budget=budget, settings=settings,
                                max_evaluations=args.max_evaluations, rank_rows=args.rank_rows, verify=not args.no_verify,
                                rank_check=args.rank_check, cache_mb=args.cache_mb, speed_texts=args.speed_texts,

@@ -6,8 +6,10 @@ the session only when called, so configs stay cheap and picklable.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+import warnings
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -107,10 +109,6 @@ class OrtSessionLoader:
     exact_int8: bool = True  # False: ORT's fast x64 INT8 matmul, which saturates without VNNI (EXACT_INT8_MATMUL)
 
     def __call__(self):
-        opts = session_options(self.threads, exact_int8=self.exact_int8)
-        opts.enable_cpu_mem_arena = self.arena
-        if self.spinning is not None:
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spinning else "0")
         level = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
                  "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
                  "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}[self.optimization]
@@ -123,13 +121,29 @@ class OrtSessionLoader:
             model = expose_outputs(proto, self.intermediates)
             if level != ort.GraphOptimizationLevel.ORT_DISABLE_ALL:  # fusions would remove the named tensors
                 level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-        opts.graph_optimization_level = level
+        where = "" if isinstance(self.model, (onnx.ModelProto, bytes)) else f" {self.model}"
         try:
-            return ort.InferenceSession(_model_bytes(model), sess_options=opts, providers=["CPUExecutionProvider"])
+            return self._session(model, level, self.exact_int8)
         except Exception as exc:
-            where = "" if isinstance(self.model, (onnx.ModelProto, bytes)) else f" {self.model}"
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if self.exact_int8:
+                # ORT's S8->U8 rewrite behind the exact kernel refuses some valid Q/DQ graphs (an initializer
+                # it converts twice): such a model still runs, on the default kernel, and says so
+                with contextlib.suppress(Exception):
+                    session = self._session(model, level, False)
+                    warnings.warn(f"ONNX Runtime cannot load this Q/DQ graph with its exact INT8 matmul ({first}); "
+                                  "it runs on the default kernel, whose INT8 sums saturate on x64 CPUs without "
+                                  "VNNI", RuntimeWarning, stacklevel=2)  # no path in the text: said once
+                    return session
             raise InputError(f"ONNX Runtime cannot load model{where}: {first}") from exc
+
+    def _session(self, model, level, exact_int8: bool):
+        opts = session_options(self.threads, exact_int8=exact_int8)
+        opts.enable_cpu_mem_arena = self.arena
+        if self.spinning is not None:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spinning else "0")
+        opts.graph_optimization_level = level
+        return ort.InferenceSession(_model_bytes(model), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
 class OrtEngine:
