@@ -233,7 +233,7 @@ def batch_outputs(values: Mapping[str, np.ndarray], mask: np.ndarray, roles: Out
         if name == roles.embedding and roles.pooling != "none" and v.ndim == 3:
             v = pool_tokens(v, mask, roles.pooling)
         if v.ndim != 2:
-            option = (f"--embedding-output {name} --pool mean" if v.ndim == 3 else "--logits-output / --embedding-output")
+            option = (f"--embedding-output {name} --pooling mean" if v.ndim == 3 else "--logits-output / --embedding-output")
             role = "logits" if name == roles.logits else "embedding"
             raise InputError(f"output {name!r} read as the {role} gives shape {v.shape}, not (batch, n); "
                              f"use {option}")

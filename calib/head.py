@@ -213,7 +213,7 @@ def fit_head(config: HeadConfig, out_dir: Path, *, progress: ProgressFn | None =
     roles = spec.roles
     if roles.embedding is None:
         raise InputError(f"ONNX model {config.model.model} has no embedding output to fit a head on; name it with "
-                         "--embedding-output (and --pool mean for (B, T, D) token states)")
+                         "--embedding-output (and --pooling mean for (B, T, D) token states)")
     data = config.data
     rows = load_rows(data)
     classes = label_names(rows, data)

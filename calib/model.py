@@ -317,7 +317,7 @@ def resolve_roles(outputs: Sequence[TensorInfo], *, logits: str | None = None, e
         if t.shape and len(t.shape) != 2:
             raise InputError(f"{where}: output {_describe(t)} is not (batch, classes) logits; name a (B, C) output "
                              "with --logits-output, or score it as an embedding with --embedding-output "
-                             f"{t.name}" + (" --pool mean" if len(t.shape) == 3 else ""))
+                             f"{t.name}" + (" --pooling mean" if len(t.shape) == 3 else ""))
     else:
         like = [t for t in pooled if _LOGITS_NAME.search(t.name)]
         if not like and n_labels:
@@ -334,14 +334,14 @@ def resolve_roles(outputs: Sequence[TensorInfo], *, logits: str | None = None, e
         if len(t.shape) == 3:
             if pooling in (None, "none"):
                 raise InputError(f"{where}: output {_describe(t)} holds token states (batch, sequence, D); add "
-                                 "--pool mean (or --pool cls) to pool them into one embedding per text")
+                                 "--pooling mean (or --pooling cls) to pool them into one embedding per text")
         elif len(t.shape) == 2 and pooling not in (None, "none"):
-            raise InputError(f"{where}: output {_describe(t)} is already pooled (batch, D); drop --pool {pooling}")
+            raise InputError(f"{where}: output {_describe(t)} is already pooled (batch, D); drop --pooling {pooling}")
         elif t.shape and len(t.shape) not in (2, 3):
             raise InputError(f"{where}: output {_describe(t)} is neither (batch, D) nor (batch, sequence, D)")
     elif pooling in ("mean", "cls"):
         if len(tokens) != 1:
-            raise InputError(f"{where}: --pool {pooling} needs one (batch, sequence, D) output, found "
+            raise InputError(f"{where}: --pooling {pooling} needs one (batch, sequence, D) output, found "
                              f"{len(tokens)}; name it with --embedding-output (outputs: {listing})")
         embedding = tokens[0].name
     else:
@@ -354,7 +354,7 @@ def resolve_roles(outputs: Sequence[TensorInfo], *, logits: str | None = None, e
     if logits is None and embedding is None:
         hint = ""
         if tokens:
-            hint = f"; for token states use --embedding-output {tokens[0].name} --pool mean"
+            hint = f"; for token states use --embedding-output {tokens[0].name} --pooling mean"
         raise InputError(f"{where}: cannot tell which output to score (outputs: {listing}); name the class scores "
                          f"with --logits-output NAME or the sentence embedding with --embedding-output NAME{hint}")
     return OutputRoles(logits, embedding, pooling if embedding is not None and pooling else "none")

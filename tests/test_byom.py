@@ -36,11 +36,11 @@ def test_roles_detected_only_when_unambiguous():
     with pytest.raises(InputError, match="--logits-output NAME or the sentence embedding with --embedding-output"):
         resolve_roles([out("a", "batch", 8), out("b", "batch", 8)])
     # token states only: say how to pool them
-    with pytest.raises(InputError, match="--embedding-output last_hidden_state --pool mean"):
+    with pytest.raises(InputError, match="--embedding-output last_hidden_state --pooling mean"):
         resolve_roles(encoder[:1] + encoder[2:])
-    with pytest.raises(InputError, match="token states.*--pool mean"):
+    with pytest.raises(InputError, match="token states.*--pooling mean"):
         resolve_roles(encoder, embedding="last_hidden_state")
-    with pytest.raises(InputError, match="not \\(batch, classes\\) logits.*--embedding-output last_hidden_state --pool mean"):
+    with pytest.raises(InputError, match="not \\(batch, classes\\) logits.*--embedding-output last_hidden_state --pooling mean"):
         resolve_roles(encoder, logits="last_hidden_state")
     with pytest.raises(InputError, match="int64, not float"):
         resolve_roles(encoder, embedding="token_ids")
@@ -127,7 +127,7 @@ def test_encoder_only_model_through_the_cli(encoder_cli, tmp_path, capsys):
     # naming token states as the logits is refused at the first stage, in one line
     assert main([*ws, "assemble", *model, *data, "--size", "32", "--logits-output", "last_hidden_state"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "--embedding-output last_hidden_state --pool mean" in err
+    assert err.count("\n") == 1 and "--embedding-output last_hidden_state --pooling mean" in err
     out = run("assemble", *model, *data, "--size", "48")
     calset = out.split()[1].rstrip(":")
     manifest = json.loads((tmp_path / "ws" / "runs" / calset / "manifest.json").read_text())
@@ -211,7 +211,7 @@ def test_head_fit_round_trip(encoder, tmp_path, capsys):
 
 
 def test_head_on_token_states_pools_with_the_mask(encoder, tmp_path):
-    """--embedding-output last_hidden_state --pool mean: the classifier's embedding is the masked mean,
+    """--embedding-output last_hidden_state --pooling mean: the classifier's embedding is the masked mean,
     i.e. the encoder's own sentence embedding before its L2 normalisation (cosine 1)."""
     from calib.batching import encode
     from calib.engines.ort import OrtEngine, OrtSessionLoader

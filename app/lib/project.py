@@ -17,8 +17,8 @@ import streamlit as st
 from calib.data import DataSpec, guess_columns, guess_splits, label_names
 from calib.demo import DEMO_TASKS, load_demo_task
 from calib.errors import InputError
-from calib.inputs import DEMO_SPLITS, task_inputs
-from calib.model import DEFAULT_MAX_LENGTH, POOLINGS, ModelSpec, load_model
+from calib.inputs import DEMO_SPLITS, resolve_inputs, task_inputs
+from calib.model import DEFAULT_MAX_LENGTH, POOLINGS, ModelRef, ModelSpec, load_model
 from calib.verdict import ReleaseBudget, default_budget
 from calib.workspace import Workspace
 from lib.context import latest_session_value, load_session_state, save_session_value
@@ -149,6 +149,30 @@ def demo_task(ws: Workspace, task: str):
     return _load_demo(task, str(ws.root), _file_key(ws.demo_dir / task / "card.json"))
 
 
+def _parts(ws: Workspace, project: Project, role: str = "eval") -> tuple[ModelRef, DataSpec]:
+    """The project as the library's parts: the model and the rows to calibrate from (``role="pool"``) or to
+    evaluate on (``role="eval"``), made by :mod:`calib.inputs` as the CLI's are (a demo task's split, or
+    the typed values through ``resolve_inputs``; a part not chosen yet has empty paths: see
+    :func:`model_spec` and :func:`data_spec`)."""
+    if role not in ("pool", "eval"):
+        raise ValueError(role)
+    if project.kind == "demo":
+        model, data = task_inputs(demo_task(ws, project.task), DEMO_SPLITS[role])
+        return (dataclasses.replace(model, max_length=int(project.max_length)) if project.max_length else model), data
+    source = project.pool_source if role == "pool" or not project.eval_source else project.eval_source
+    split = project.pool_split if role == "pool" else (project.eval_split if project.eval_source or
+                                                         project.eval_split else project.pool_split)
+    return resolve_inputs(
+        ws.root, need=(),
+        model={"model": project.model, "tokenizer": project.tokenizer,
+               "max_length": int(project.max_length or DEFAULT_MAX_LENGTH), "labels": tuple(project.labels),
+               "logits_output": project.logits_output or None, "embedding_output": project.embedding_output or None,
+               "pooling": project.pooling or None},
+        data={"source": source, "text_column": project.text_column, "label_column": project.label_column,
+              "text_pair_column": project.text_pair_column, "split": split, "drop_empty": project.drop_empty,
+              "normalize": project.normalize})
+
+
 def model_spec(ws: Workspace, project: Project) -> ModelSpec:
     """The project's model, validated (raises InputError with a readable message)."""
     if project.kind == "demo":
@@ -160,25 +184,17 @@ def model_spec(ws: Workspace, project: Project) -> ModelSpec:
         raise InputError("no ONNX model chosen yet: pick one on the Project page")
     if not project.tokenizer:
         raise InputError("no tokenizer directory chosen yet: pick one on the Project page")
-    return _load_custom_model(_file_key(project.model), project.tokenizer,
-                              int(project.max_length or DEFAULT_MAX_LENGTH), tuple(project.labels),
-                              (project.logits_output, project.embedding_output, project.pooling))
+    ref = _parts(ws, project)[0]
+    return _load_custom_model(_file_key(ref.model), ref.tokenizer, ref.max_length, ref.labels,
+                              (ref.logits_output or "", ref.embedding_output or "", ref.pooling or ""))
 
 
 def data_spec(ws: Workspace, project: Project, role: str) -> DataSpec:
     """The rows to calibrate from (``role="pool"``) or to evaluate on (``role="eval"``)."""
-    if role not in ("pool", "eval"):
-        raise ValueError(role)
-    if project.kind == "demo":
-        return task_inputs(demo_task(ws, project.task), DEMO_SPLITS[role])[1]
-    source = project.pool_source if role == "pool" or not project.eval_source else project.eval_source
-    split = project.pool_split if role == "pool" else (project.eval_split if project.eval_source or
-                                                         project.eval_split else project.pool_split)
-    if not source:
+    data = _parts(ws, project, role)[1]
+    if not data.source:
         raise InputError("no dataset chosen yet: pick one on the Project page")
-    return DataSpec(source=source, text_column=project.text_column, label_column=project.label_column,
-                    text_pair_column=project.text_pair_column, split=split, workspace=str(ws.root),
-                    drop_empty=project.drop_empty, normalize=project.normalize)
+    return data
 
 
 def project_model_sha256(ws: Workspace, project: Project) -> str | None:

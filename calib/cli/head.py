@@ -19,7 +19,7 @@ from calib.cli.common import (
 _EXAMPLES = """examples:
   calib head fit --model encoder.onnx --tokenizer tok/ --data train.csv --label-column y
   calib head fit --model encoder.onnx --tokenizer tok/ --data train.tsv --text-column review --label-column stars \\
-      --embedding-output last_hidden_state --pool mean
+      --embedding-output last_hidden_state --pooling mean
 """
 
 
