@@ -592,6 +592,11 @@ def test_calibrators_side_by_side_verdict_and_report(app_workspace, tiny_model_p
     assert not any(i.value.startswith("No validation yet") for i in at.info)
     assert sum("FAIL" in t and "none passes · closest:" in t for t in texts) == 2, texts  # Verdict + side by side
     assert any(w.value.startswith("None of the 2 passes") for w in at.warning)
+    # Home judges the same comparison first (the newest of the project model's validations and comparisons)
+    home = open_app()
+    no_crash(home)
+    judged = [m.value for m in home.markdown if "FAIL" in m.value and "none passes · closest:" in m.value]
+    assert len(judged) == 1 and "Calibrators side by side" in judged[0], [m.value for m in home.markdown]
     at.button(key="cmp-report").click().run()
     at = wait_for_jobs(at)
     no_crash(at)
