@@ -8,6 +8,7 @@ exactly the same thing.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -66,6 +67,12 @@ def one_ranges_reference(values: Mapping[str, Any], *, default_method: str | Non
     return values
 
 
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    """``cls``'s resolved field annotations (resolving them is most of a params read's time)."""
+    return typing.get_type_hints(cls)
+
+
 def nest_params(cls: type, values: Mapping[str, Any], *, renames: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Plain config data in today's layout: each part (a ``ModelRef``, ``DataSpec``, ``Placement``, ...) under
     its own key as a dict, JSON lists as tuples, old top-level key names renamed (``renames``, default
@@ -76,7 +83,7 @@ def nest_params(cls: type, values: Mapping[str, Any], *, renames: Mapping[str, s
     ``"source": ...``). Keys ``cls`` does not know stay as they are (see :func:`config_from_params`).
     A part given as a dataclass instance is kept.
     """
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     names = RENAMED if renames is None else renames
     values = {names.get(k, k): v for k, v in values.items() if not (k in names and names[k] in values)}
     out = {k: _tuples(v) for k, v in values.items()}
@@ -142,7 +149,7 @@ def todays_layout(cls: type, values: Mapping[str, Any], *, renames: Mapping[str,
 
 
 def _construct(cls: type[C], values: Mapping[str, Any], strict: bool, where: str) -> C:
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown and strict:
