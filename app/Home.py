@@ -16,8 +16,8 @@ if str(APP_DIR) not in sys.path:
 import streamlit as st
 from lib.context import STAGE_TITLES
 from lib.project import demo_ready, project_model_sha256, release_budget
-from lib.runs import judged_evaluation, of_model, validation_to_judge
-from lib.ui import age, current_run_id, run_label, run_title, start_page, verdict_subject
+from lib.runs import home_verdict_run, judged_evaluation
+from lib.ui import age, current_run_id, run_label, run_title, start_page
 from lib.verdict_view import verdict_banner
 
 from calib.errors import CalibError
@@ -51,13 +51,7 @@ if page.project.kind == "demo" and not demo_ready(page.ws, page.project.task):
             "Open **Project** to prepare it (a few minutes, all offline).", icon=":material/info:")
 
 st.subheader("Ship or not")
-# what the Validate page judges first: the newer of this model's validation and side-by-side comparison
-model_sha256 = project_model_sha256(page.ws, page.project)
-validation = validation_to_judge(of_model(page.ws.list_runs(stage="validate", status="finished", limit=50),
-                                          model_sha256), current_run_id(page, "validate"))
-comparisons = [r for r in of_model(page.ws.list_runs(stage="compare", status="finished", limit=5), model_sha256)
-               if r.dir.is_dir()]
-last = verdict_subject(validation, comparisons[0] if comparisons else None)
+last = home_verdict_run(page.ws, project_model_sha256(page.ws, page.project), current_run_id(page, "validate"))
 if last is None:
     st.caption("No validation yet: the verdict against the release budget appears here once an INT8 build is "
                "validated.")

@@ -394,6 +394,20 @@ class CalibrationSet:
         """The profile's (batch, sequence) shape for ``min``, ``opt`` and ``max``."""
         return {k: (int(v[0]), int(v[1])) for k, v in self.manifest["profile"]["shapes"].items()}
 
+    PROFILE_POINTS = ("min", "opt", "max")
+
+    @property
+    def profile_sequences(self) -> tuple[int, int, int]:
+        """The profile's min / opt / max sequence length (tokens)."""
+        shapes = self.profile_shapes
+        return tuple(shapes[k][1] for k in self.PROFILE_POINTS)
+
+    @property
+    def profile_batches(self) -> tuple[int, int, int]:
+        """The profile's min / opt / max batch size."""
+        shapes = self.profile_shapes
+        return tuple(shapes[k][0] for k in self.PROFILE_POINTS)
+
     @property
     def trtexec_flags(self) -> list[str]:
         """The profile as ``trtexec`` options (``--minShapes=...``)."""

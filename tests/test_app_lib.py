@@ -226,6 +226,7 @@ def test_calibration_set_page_reads_the_set_typed():
 
     cs = CalibrationSet.load(FIXTURES / "calibset")  # a 0.1 set
     assert cs.profile_shapes == {"min": (1, 1), "opt": (16, 56), "max": (32, 64)}
+    assert cs.profile_sequences == (1, 56, 64) and cs.profile_batches == (1, 16, 32)
     assert cs.trtexec_flags[0] == "--minShapes=input_ids:1x1,attention_mask:1x1,token_type_ids:1x1"
     assert cs.dataset_source.endswith("data.csv") and cs.target_kind == "pool"
     assert isinstance(cs.hygiene, LoadReport) and cs.hygiene.rows == 120
@@ -690,3 +691,49 @@ def test_the_bucket_chart_draws_the_shares_the_evaluation_has():
     assert measures == ["FP32 accuracy", "INT8 accuracy", "agreement"] and long["value"].notna().all()
     _, unlabelled = bucket_measures_long(bucket_frame(ev.metrics.bucket_figures, False))
     assert unlabelled == ["agreement"]
+
+
+def test_home_judges_the_newer_of_the_models_validation_and_comparison(workspace):
+    """Home's verdict subject: the project model's runs only (runs that recorded no model stay), the newer
+    of the validation this session looks at (else the newest) and the latest comparison on disk."""
+    import time
+
+    from lib.runs import home_verdict_run
+
+    def finished(stage, sha):
+        with workspace.start_run(stage, {}) as ctx:
+            (ctx.dir / "x.json").write_text("{}")
+            ctx.summary["model_sha256"] = sha
+        time.sleep(1.05)  # finish times are recorded to the second
+        return ctx.id
+
+    assert home_verdict_run(workspace, "m", None) is None
+    ours = finished("validate", "m")
+    finished("validate", "other")  # another model's, newer
+    assert home_verdict_run(workspace, "m", None).id == ours
+    compared = finished("compare", "m")
+    assert home_verdict_run(workspace, "m", None).id == compared  # newer than the validation
+    newer = finished("validate", "")  # recorded no model: kept
+    assert home_verdict_run(workspace, "m", None).id == newer
+    assert home_verdict_run(workspace, "m", ours).id == compared  # the session's validation is older
+    shutil_rmtree = __import__("shutil").rmtree
+    shutil_rmtree(workspace.run_dir(compared))
+    assert home_verdict_run(workspace, "m", ours).id == ours  # a comparison gone from disk is not judged
+
+
+def test_the_calibrate_pages_notes_and_range_columns():
+    from types import SimpleNamespace
+
+    import pandas as pd
+    from lib.charts import range_columns
+    from lib.stages import calibration_notes
+
+    many = SimpleNamespace(nonfinite_tensors=tuple(f"t{i}" for i in range(6)), zero_range_tensors=("z",))
+    warning, zero = calibration_notes(many)
+    assert warning.warning and warning.text.startswith("6 tensor(s) hold NaN or ±inf") and "t0, t1, t2, t3 …" in warning.text
+    assert not zero.warning and zero.text == "1 tensor(s) were all zero on the calibration set."
+    assert calibration_notes(SimpleNamespace(nonfinite_tensors=("m",), zero_range_tensors=()))[0].text.count("…") == 0
+    assert calibration_notes(SimpleNamespace(nonfinite_tensors=(), zero_range_tensors=())) == []
+    table = pd.DataFrame(columns=["#", "tensor", "op", "min", "max", "entropy", "minmax", "entropy / minmax",
+                                  "non-finite"])
+    assert range_columns(table) == ["min", "max", "entropy", "minmax", "entropy / minmax"]

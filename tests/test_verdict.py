@@ -128,7 +128,7 @@ def test_validate_page_judges_the_newer_of_validation_and_comparison():
     from types import SimpleNamespace
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "app"))
-    from lib.ui import verdict_subject
+    from lib.runs import verdict_subject
 
     validation = SimpleNamespace(stage="validate", created_at="2026-12-06T01:00:00", finished_at="2026-12-06T01:05:00")
     comparison = SimpleNamespace(stage="compare", created_at="2026-12-06T01:02:00", finished_at="2026-12-06T01:09:00")

@@ -102,6 +102,11 @@ def range_frame(tensors: Sequence, ranges: Mapping) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def range_columns(table: pd.DataFrame) -> list[str]:
+    """The numeric columns of a :func:`range_frame` (observed min / max, each method's amax, the ratio)."""
+    return [c for c in table.columns if c not in ("#", "tensor", "op", "non-finite")]
+
+
 def length_facts(series: Mapping[str, np.ndarray], max_length: int) -> pd.DataFrame:
     """One row per length distribution (name -> untruncated token lengths (N,)): texts, p50 / p95 / p99,
     longest, and the share longer than ``max_length`` (truncated)."""

@@ -11,7 +11,7 @@ from calib import formatting as fmt
 from calib.compare import CalibratorComparison
 from calib.naming import run_name
 from calib.validate import Evaluation
-from calib.workspace import RunRecord
+from calib.workspace import RunRecord, Workspace
 from lib.context import STAGE_TITLES
 
 
@@ -201,6 +201,27 @@ def validation_to_judge(runs: Sequence[RunRecord], current: str | None) -> RunRe
 def of_model(runs: Sequence[RunRecord], model_sha256: str | None) -> list[RunRecord]:
     """The ``runs`` made for this model (sha256; runs that recorded none stay; None: every run)."""
     return [r for r in runs if not model_sha256 or r.summary.get("model_sha256") in (None, "", model_sha256)]
+
+
+def verdict_subject(validation: RunRecord | None, comparison: RunRecord | None) -> RunRecord | None:
+    """What the Validate page's verdict is about by default: the newer of the picked validation run and
+    the latest calibrator comparison (whose recommended, or closest, calibrator is then judged)."""
+    if validation is None or comparison is None:
+        return validation or comparison
+    def ended(r: RunRecord) -> str:
+        return r.finished_at or r.created_at
+    return comparison if ended(comparison) > ended(validation) else validation
+
+
+def home_verdict_run(ws: Workspace, model_sha256: str | None, current: str | None) -> RunRecord | None:
+    """The run Home judges, as the Validate page judges first: the newer of the project model's validation
+    (:func:`validation_to_judge`: the one this session looks at, else the newest) and its latest
+    side-by-side comparison still on disk; None when there is neither."""
+    validation = validation_to_judge(of_model(ws.list_runs(stage="validate", status="finished", limit=50),
+                                              model_sha256), current)
+    comparisons = [r for r in of_model(ws.list_runs(stage="compare", status="finished", limit=5), model_sha256)
+                   if r.dir.is_dir()]
+    return verdict_subject(validation, comparisons[0] if comparisons else None)
 
 
 def judged_evaluation(judged: RunRecord, title: str) -> tuple[Evaluation, str]:

@@ -276,3 +276,25 @@ def calibset_defaults(target: str, pool_size: int, labelled: bool) -> dict[str, 
     return _sampling_widgets(strategy="match" if target != "pool" else base["strategy"],
                              size=min(int(base["size"]), pool_size), seed=base["seed"], edges=base["edges"],
                              stratify=labelled, shortfall=base["shortfall"], opt_percentile=base["opt_percentile"])
+
+
+@dataclasses.dataclass(frozen=True)
+class PageNote:
+    """A note a page shows: ``text``, as a warning or as information."""
+
+    text: str
+    warning: bool = False
+
+
+def calibration_notes(cal: Any, *, named: int = 4) -> list[PageNote]:
+    """What the Calibrate page says about a calibration (``calib.calibrate.Calibration``): tensors that held
+    NaN or ±inf (the first ``named`` of them by name; a warning) and tensors that were all zero."""
+    notes = []
+    if cal.nonfinite_tensors:
+        names = list(cal.nonfinite_tensors)
+        notes.append(PageNote(f"{len(names)} tensor(s) hold NaN or ±inf (e.g. attention masks built with -inf): "
+                              f"{', '.join(names[:named])}{' …' if len(names) > named else ''}. Their ranges ignore "
+                              "the non-finite values; keep them in float (the tensorrt placement does).", warning=True))
+    if cal.zero_range_tensors:
+        notes.append(PageNote(f"{len(cal.zero_range_tensors)} tensor(s) were all zero on the calibration set."))
+    return notes

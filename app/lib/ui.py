@@ -121,16 +121,6 @@ def run_title(run: RunRecord, ws: Workspace | None = None) -> str:
     return run_name(run, registry_lookup(ws) if ws is not None else None, with_id=False)
 
 
-def verdict_subject(validation: RunRecord | None, comparison: RunRecord | None) -> RunRecord | None:
-    """What the Validate page's verdict is about by default: the newer of the picked validation run and
-    the latest calibrator comparison (whose recommended, or closest, calibrator is then judged)."""
-    if validation is None or comparison is None:
-        return validation or comparison
-    def ended(r: RunRecord) -> str:
-        return r.finished_at or r.created_at
-    return comparison if ended(comparison) > ended(validation) else validation
-
-
 def finished_runs(page: Page, stage: str, *, all_sessions: bool = False,
                   model_sha256: str | None = None) -> list[RunRecord]:
     runs = page.ws.list_runs(stage=stage, status="finished", session=None if all_sessions else page.session)

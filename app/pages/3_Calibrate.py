@@ -12,9 +12,18 @@ if str(APP_DIR) not in sys.path:
 import altair as alt
 import streamlit as st
 from lib.calibrator_view import calibrator_params
-from lib.charts import amax_long, histogram_bars, method_color, range_frame, threshold_frame, widest_tensor
+from lib.charts import (
+    amax_long,
+    histogram_bars,
+    method_color,
+    range_columns,
+    range_frame,
+    threshold_frame,
+    widest_tensor,
+)
 from lib.context import attempt, shown_errors
 from lib.project import model_spec
+from lib.stages import calibration_notes
 from lib.ui import download_file, pick_run, run_button, start_page
 
 from calib import formatting as fmt
@@ -22,7 +31,7 @@ from calib.calibrate import CalibrateConfig, Calibration, calibrate
 from calib.calibset import CalibrationSet
 from calib.methods import default_methods, method_names
 from calib.pipeline import config_defaults
-from calib.placement import PRESETS, Placement
+from calib.placement import PRESET_TITLES, PRESETS, Placement
 from calib.stats import HISTOGRAM_MODES, TENSOR_SCOPE_DESCRIPTIONS, TENSOR_SCOPES
 from calib.trtcache import DEFAULT_TRT_VERSION
 
@@ -40,13 +49,12 @@ if cs_run is None:
 else:
     cset = attempt(CalibrationSet.load, cs_run.dir, what="Opening the calibration set")
     if cset is not None:
-        seq = "/".join(str(cset.profile_shapes[k][1]) for k in ("min", "opt", "max"))
         st.caption(f"{fmt.count(cset.size)} texts · {cset.strategy} · KS {fmt.ratio(cset.coverage.ks)} · "
-                   f"profile sequence min/opt/max {seq}")
+                   f"profile sequence min/opt/max {'/'.join(map(str, cset.profile_sequences))}")
     c1, c2, c3 = st.columns(3)
     methods = c1.multiselect("Calibrators", list(method_names()), default=list(default_methods()), key="cal-methods")
     placement = c2.selectbox("Placement (which tensors get ranges)", list(PRESETS), key="cal-placement",
-                             help="tensorrt: inputs of MatMul/Gemm (TensorRT-style). all: every quantizable op.")
+                             format_func=lambda p: PRESET_TITLES.get(p, p))
     scope = c3.selectbox("Tensors", list(TENSOR_SCOPES), key="cal-scope",
                          format_func=TENSOR_SCOPE_DESCRIPTIONS.get)
     params = calibrator_params(methods)  # every chosen calibrator's parameters, from the method registry
@@ -90,13 +98,9 @@ m[1].metric("Texts", cal.texts)
 m[2].metric("Statistics pass", fmt.seconds(cal.stats_seconds))
 m[3].metric("All calibrators", fmt.seconds(cal.calibrators_seconds))
 m[4].metric("Non-finite tensors", len(cal.nonfinite_tensors))
-if cal.nonfinite_tensors:
-    names = list(cal.nonfinite_tensors)
-    st.warning(f"{len(names)} tensor(s) hold NaN or ±inf (e.g. attention masks built with -inf): "
-               f"{', '.join(names[:4])}{' …' if len(names) > 4 else ''}. Their ranges ignore the non-finite values; "
-               "keep them in float (the tensorrt placement does).", icon=":material/warning:")
-if cal.zero_range_tensors:
-    st.info(f"{len(cal.zero_range_tensors)} tensor(s) were all zero on the calibration set.", icon=":material/info:")
+for note in calibration_notes(cal):
+    (st.warning if note.warning else st.info)(note.text, icon=":material/warning:" if note.warning else
+                                              ":material/info:")
 
 table = range_frame(stats.tensors, ranges)
 methods_run = list(ranges)
@@ -109,9 +113,8 @@ chart = alt.Chart(amax_long(table, methods_run)).mark_line(point=alt.OverlayMark
 ).properties(height=320, title="amax by calibrator, per tensor")
 st.altair_chart(chart, width="stretch")
 with st.expander("Per-tensor ranges (table)", expanded=True):
-    fmt = {m_: st.column_config.NumberColumn(m_, format="%.4g") for m_ in methods_run + ["min", "max",
-                                                                                         "entropy / minmax"]}
-    st.dataframe(table, hide_index=True, width="stretch", height=320, column_config=fmt)
+    columns = {c: st.column_config.NumberColumn(c, format="%.4g") for c in range_columns(table)}
+    st.dataframe(table, hide_index=True, width="stretch", height=320, column_config=columns)
 
 st.markdown("**Histogram of one tensor, with each calibrator's threshold**")
 names = [t.name for t in stats.tensors]

@@ -17,7 +17,7 @@ import streamlit as st
 from lib.charts import bucket_measure_bars, bucket_measures_long, clipped_long, layer_frame, method_color
 from lib.context import attempt, shown_errors
 from lib.project import data_spec, model_spec, release_budget
-from lib.runs import judged_evaluation, other_models_warning, report_choices
+from lib.runs import judged_evaluation, other_models_warning, report_choices, verdict_subject
 from lib.sensitivity_view import (
     agreement_gain_points,
     judged_stage,
@@ -37,7 +37,6 @@ from lib.ui import (
     run_title,
     start_page,
     submit,
-    verdict_subject,
 )
 from lib.verdict_view import (
     bucket_frame,

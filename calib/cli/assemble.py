@@ -120,9 +120,8 @@ def print_result(run_id: str, cset: Any) -> None:
     if cov.label_names and any(cov.target_label_counts):
         print("\nlabel balance:")
         print(format_table(("label", "calibration", "calib %", cov.target_name, "target %"), cov.label_rows()))
-    shapes = [cset.profile_shapes[k] for k in ("min", "opt", "max")]
-    print(f"\nTensorRT profile: sequence min/opt/max {'/'.join(str(s) for _, s in shapes)}, "
-          f"batch {'/'.join(str(b) for b, _ in shapes)}")
+    print(f"\nTensorRT profile: sequence min/opt/max {'/'.join(map(str, cset.profile_sequences))}, "
+          f"batch {'/'.join(map(str, cset.profile_batches))}")
     for note in cset.notes:
         print(f"note: {note}")
     if cov.warnings:
