@@ -480,12 +480,17 @@ class EngineArtifact:
     def cache_tensors(self) -> int:
         return int(self.meta["calibration_cache"]["tensors"])
 
+    COMMAND_TITLES = {"trt11": "TensorRT 11 (explicit Q/DQ)", "trt10": "TensorRT 8.6–10.x (calibration cache)",
+                      "modelopt": "ModelOpt"}
+    """The routes to a GPU engine a build writes a command for, by key, with their titles."""
+
     @property
     def commands(self) -> dict[str, str]:
-        """The commands for a GPU machine: ``trt11`` (explicit Q/DQ), ``trt10`` (calibration cache), ``modelopt``."""
+        """The commands for a GPU machine, by :attr:`COMMAND_TITLES` key (every key; "" when not recorded):
+        ``trt11`` (explicit Q/DQ), ``trt10`` (calibration cache), ``modelopt``."""
         cmds = self.meta["trtexec"]
-        return {k: v if isinstance(v, str) else "\n".join(v or []) for k, v in cmds.items()
-                if k in ("trt11", "trt10", "modelopt")}
+        return {k: (v if isinstance(v, str) else "\n".join(v or [])) for k in self.COMMAND_TITLES
+                for v in [cmds.get(k)]}
 
     @property
     def plan_path(self) -> Path | None:

@@ -737,3 +737,16 @@ def test_the_calibrate_pages_notes_and_range_columns():
     table = pd.DataFrame(columns=["#", "tensor", "op", "min", "max", "entropy", "minmax", "entropy / minmax",
                                   "non-finite"])
     assert range_columns(table) == ["min", "max", "entropy", "minmax", "entropy / minmax"]
+
+
+def test_the_build_pages_backend_warning_and_command_tabs():
+    from types import SimpleNamespace
+
+    from lib.stages import backend_warning
+
+    assert backend_warning("ort") is None
+    missing = backend_warning("tensorrt", SimpleNamespace(available=False, reason="no GPU"))
+    assert missing == "TensorRT is not available here (no GPU), so this build would fail; choose ONNX Runtime."
+    assert backend_warning("tensorrt", SimpleNamespace(available=True, reason="")) is None
+    art = EngineArtifact.load(FIXTURES / "engine")
+    assert list(art.commands) == list(art.COMMAND_TITLES) and all(art.commands.values())

@@ -13,7 +13,7 @@ import streamlit as st
 from calib.build import EngineArtifact
 from calib.calibset import AssembleConfig, CalibrationSet
 from calib.data import DataSpec
-from calib.engines import DEPLOYMENT_TARGET, get_backend
+from calib.engines import DEPLOYMENT_TARGET, PORTABLE_BACKEND, get_backend
 from calib.errors import InputError
 from calib.evaluation import EvalSettings
 from calib.inputs import save_recipe
@@ -148,6 +148,16 @@ def backend_state(name: str):
     """``calib.engines.get_backend(name).status()`` (available, reason, version), looked up once every
     ten minutes (TensorRT's probes the GPU)."""
     return get_backend(name).status()
+
+
+def backend_warning(name: str, status: Any = None) -> str | None:
+    """The Build page's warning when backend ``name`` cannot build here (``status``: its status, default
+    :func:`backend_state`'s), naming the portable backend to choose instead; None when it can."""
+    status = backend_state(name) if status is None else status
+    if status.available:
+        return None
+    return (f"{get_backend(name).title} is not available here ({status.reason}), so this build would fail; "
+            f"choose {get_backend(PORTABLE_BACKEND).title}.")
 
 
 def tensorrt_state():

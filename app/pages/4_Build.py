@@ -15,7 +15,7 @@ from lib.bench_view import bench_section
 from lib.context import attempt, shown_errors
 from lib.project import model_spec
 from lib.stages import (
-    backend_state,
+    backend_warning,
     build_placement,
     graph_nodes,
     profile_caption,
@@ -27,7 +27,7 @@ from lib.ui import download_file, open_picked_run, pick_run, run_button, start_p
 from calib import formatting as fmt
 from calib.build import CACHE_FILE, ENGINE_FILE, SCRIPT_FILE, BuildConfig, EngineArtifact, build
 from calib.calibrate import Calibration, RangesRef
-from calib.engines import PORTABLE_BACKEND, backend_names, get_backend
+from calib.engines import backend_names, get_backend
 from calib.methods import build_method_of
 from calib.pipeline import config_defaults
 from calib.placement import PRESET_TITLES, PRESETS
@@ -74,10 +74,8 @@ else:
     backend = c3.selectbox("Backend", list(backend_names()), key="build-backend",
                            format_func=lambda name: get_backend(name).label,
                            help=None if trt.available else f"TensorRT: {trt.reason}")
-    chosen = backend_state(backend)
-    if not chosen.available:
-        st.warning(f"{get_backend(backend).title} is not available here ({chosen.reason}), so this build would "
-                   f"fail; choose {get_backend(PORTABLE_BACKEND).title}.", icon=":material/warning:")
+    if unavailable := backend_warning(backend):
+        st.warning(unavailable, icon=":material/warning:")
     op_types = sorted({op for _, op in nodes})
     c1, c2 = st.columns(2)
     st.session_state.setdefault("build-exclude", [])
@@ -148,11 +146,9 @@ if (built := art.built_engine_path) is not None:  # the engine file the build's 
     download_file(f"{get_backend(art.engine_backend).title} engine ({built.name})", built, key="build-dl-plan")
 
 st.markdown("**TensorRT and ModelOpt commands** (run on the GPU machine, next to the downloaded files)")
-cmds = art.commands
-tabs = st.tabs(["TensorRT 11 (explicit Q/DQ)", "TensorRT 8.6–10.x (calibration cache)", "ModelOpt"])
-for tab, key in zip(tabs, ("trt11", "trt10", "modelopt")):
+for tab, command in zip(st.tabs(list(art.COMMAND_TITLES.values())), art.commands.values()):
     with tab:
-        st.code(cmds.get(key, ""), language="bash")
+        st.code(command, language="bash")
 st.caption(profile_caption(art))
 project_spec = attempt(model_spec, page.ws, page.project, what="Reading the model")
 if project_spec is not None and (shape_warning := profile_warning(art, int(project_spec.max_length))):
