@@ -750,3 +750,21 @@ def test_the_build_pages_backend_warning_and_command_tabs():
     assert backend_warning("tensorrt", SimpleNamespace(available=True, reason="")) is None
     art = EngineArtifact.load(FIXTURES / "engine")
     assert list(art.commands) == list(art.COMMAND_TITLES) and all(art.commands.values())
+
+
+def test_the_validate_pages_layer_line_and_table():
+    from types import SimpleNamespace
+
+    import pandas as pd
+    from lib.charts import worst_first
+    from lib.stages import layer_note
+
+    rows = [{"quantized": True, "sqnr_db": 12.0}, {"quantized": True, "sqnr_db": 30.0}, {"quantized": False}]
+    bad = layer_note(SimpleNamespace(degraded_sqnr_db=20.0, degraded_cosine=0.99, first_degraded="a"), rows)
+    assert bad.warning and bad.text.startswith("1 of 2 quantized tensors under 20 dB SQNR. First degraded tensor")
+    assert "`a` (SQNR below 20 dB or cosine below 0.99)" in bad.text
+    good = layer_note(SimpleNamespace(degraded_sqnr_db=10.0, degraded_cosine=0.99, first_degraded=None), rows)
+    assert not good.warning and good.text == "0 of 2 quantized tensors under 10 dB SQNR: no quantized tensor is degraded."
+    frame = pd.DataFrame({"name": ["00 a", "01 b", "02 c"], "tensor": ["a", "b", "c"], "SQNR (dB)": [30.0, None, 12.0]})
+    table = worst_first(frame)
+    assert list(table["tensor"]) == ["c", "a", "b"] and "name" not in table

@@ -164,6 +164,12 @@ def layer_frame(rows: Sequence[Mapping], methods: Sequence[str]) -> pd.DataFrame
     return pd.DataFrame(out)
 
 
+def worst_first(frame: pd.DataFrame) -> pd.DataFrame:
+    """:func:`layer_frame` as the Validate page's table: worst SQNR first (tensors without one last), without
+    the axis name."""
+    return frame.sort_values("SQNR (dB)", na_position="last").drop(columns=["name"])
+
+
 def clipped_long(frame: pd.DataFrame, methods: Sequence[str]) -> pd.DataFrame:
     """:func:`layer_frame`'s clipped shares as a long frame (#, name, tensor, method, clipped), the
     tensors a calibrator has a share for."""

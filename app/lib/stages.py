@@ -21,6 +21,7 @@ from calib.lengths import load_length_target, token_lengths
 from calib.model import ModelRef, read_onnx
 from calib.pipeline import config_defaults
 from calib.placement import Placement, ensure_node_names, exact_pattern
+from calib.report import layer_summary
 from calib.sampling import WEIGHTED_STRATEGIES
 from calib.workspace import Workspace
 from lib.project import Project, data_spec, model_spec
@@ -308,3 +309,14 @@ def calibration_notes(cal: Any, *, named: int = 4) -> list[PageNote]:
     if cal.zero_range_tensors:
         notes.append(PageNote(f"{len(cal.zero_range_tensors)} tensor(s) were all zero on the calibration set."))
     return notes
+
+
+def layer_note(layers: Any, rows: Sequence[Mapping]) -> PageNote:
+    """The Validate page's per-layer line for a ``calib.layers.LayerReport`` (``rows``: its
+    ``calib.report.layer_rows``): how many quantized tensors are under the SQNR threshold, and the first
+    degraded one in network order (a warning), or that none is."""
+    summary = layer_summary(rows, layers.degraded_sqnr_db)
+    if layers.first_degraded:
+        return PageNote(f"{summary}. First degraded tensor in network order: `{layers.first_degraded}` (SQNR below "
+                        f"{layers.degraded_sqnr_db:g} dB or cosine below {layers.degraded_cosine:g}).", warning=True)
+    return PageNote(f"{summary}: no quantized tensor is degraded.")

@@ -14,7 +14,14 @@ if str(APP_DIR) not in sys.path:
 import altair as alt
 import pandas as pd
 import streamlit as st
-from lib.charts import bucket_measure_bars, bucket_measures_long, clipped_long, layer_frame, method_color
+from lib.charts import (
+    bucket_measure_bars,
+    bucket_measures_long,
+    clipped_long,
+    layer_frame,
+    method_color,
+    worst_first,
+)
 from lib.context import attempt, shown_errors
 from lib.project import data_spec, model_spec, release_budget
 from lib.runs import judged_evaluation, other_models_warning, report_choices, verdict_subject
@@ -26,7 +33,7 @@ from lib.sensitivity_view import (
     search_budget,
     search_budget_start,
 )
-from lib.stages import PAGE_COMPARE_SETTINGS, PAGE_EVAL_SETTINGS, project_inputs
+from lib.stages import PAGE_COMPARE_SETTINGS, PAGE_EVAL_SETTINGS, layer_note, project_inputs
 from lib.ui import (
     download_file,
     finished_runs,
@@ -57,7 +64,6 @@ from calib.report import (
     ReportConfig,
     layer_methods,
     layer_rows,
-    layer_summary,
     make_report,
     method_colour,
 )
@@ -253,13 +259,11 @@ with tab_layers:
         rows = layer_rows(layers)
         q = [t.row() for t in layers.quantized]
         threshold = layers.degraded_sqnr_db
-        first = layers.first_degraded
-        summary = layer_summary(rows, threshold)
-        if first:
-            st.warning(f"{summary}. First degraded tensor in network order: `{first}` (SQNR below {threshold:g} dB "
-                       f"or cosine below {layers.degraded_cosine:g}).", icon=":material/warning:")
+        note = layer_note(layers, rows)
+        if note.warning:
+            st.warning(note.text, icon=":material/warning:")
         else:
-            st.success(f"{summary}: no quantized tensor is degraded.", icon=":material/check_circle:")
+            st.success(note.text, icon=":material/check_circle:")
         methods = layer_methods(rows)
         frame = layer_frame(q, methods)
         if not frame.empty:
@@ -287,7 +291,7 @@ with tab_layers:
             st.caption("Worst SQNR first. Clipped: share of |x| above each calibrator's amax on the evaluation texts. "
                        + ("entropy ÷ minmax: how much smaller the entropy range is (1 = the same)."
                           if "entropy ÷ minmax" in frame else ""))
-            st.dataframe(frame.sort_values("SQNR (dB)").drop(columns=["name"]), hide_index=True, width="stretch",
+            st.dataframe(worst_first(frame), hide_index=True, width="stretch",
                          height=320, column_config={
                              **{f"clipped {m}": st.column_config.NumberColumn(f"clipped {m}", format="%.2e")
                                 for m in methods},
