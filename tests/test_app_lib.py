@@ -768,3 +768,18 @@ def test_the_validate_pages_layer_line_and_table():
     frame = pd.DataFrame({"name": ["00 a", "01 b", "02 c"], "tensor": ["a", "b", "c"], "SQNR (dB)": [30.0, None, 12.0]})
     table = worst_first(frame)
     assert list(table["tensor"]) == ["c", "a", "b"] and "name" not in table
+
+
+def test_each_upload_kind_offers_what_its_reader_takes(tmp_path):
+    """The uploaders' file types come from the upload registry, and a production-lengths upload is a file
+    calib.lengths reads (not a dataset format it would refuse)."""
+    from lib import uploads
+
+    from calib.lengths import load_length_target
+
+    assert uploads.widget_types(uploads.DATASET) == ["csv", "tsv", "json", "jsonl", "parquet"]
+    assert uploads.extensions_text(uploads.RECIPE) == "JSON"
+    for ext in uploads.LENGTHS.extensions:
+        path = tmp_path / f"lengths{ext}"
+        path.write_text("[12, 40, 7]" if ext == ".json" else "12\n40\n7\n")
+        assert load_length_target(path).tolist() == [12, 40, 7]

@@ -39,10 +39,21 @@ class UploadKind:
 
 MODEL = UploadKind("model", (".onnx",), 1024 * MB)
 DATASET = UploadKind("dataset", (".csv", ".tsv", ".json", ".jsonl", ".parquet"), 512 * MB)
-LENGTHS = UploadKind("production texts", (".csv", ".tsv", ".json", ".jsonl", ".parquet", ".txt"), 256 * MB)
+LENGTHS = UploadKind("production lengths", (".csv", ".tsv", ".txt", ".json"), 256 * MB)  # calib.lengths reads these
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json",
                    "config.json")
 TOKENIZER = UploadKind("tokenizer file", (".json", ".txt"), 64 * MB)
+RECIPE = UploadKind("recipe", (".json",), MB)
+
+
+def widget_types(kind: UploadKind) -> list[str]:
+    """The kind's extensions as ``st.file_uploader(type=...)`` takes them (no dots)."""
+    return [e.lstrip(".") for e in kind.extensions]
+
+
+def extensions_text(kind: UploadKind) -> str:
+    """``CSV, TSV, JSON`` for a label."""
+    return ", ".join(e.lstrip(".").upper() for e in kind.extensions)
 
 
 def widget_limit_mb(kind: UploadKind) -> int:

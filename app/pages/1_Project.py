@@ -113,7 +113,7 @@ else:
     src = st.radio("ONNX model", ["Path on the server", "Upload"], horizontal=True, key="project-onnx-src")
     onnx_path = first["model"]
     if src == "Upload":
-        up = st.file_uploader("ONNX model (.onnx)", type=["onnx"], key="project-onnx-upload",
+        up = st.file_uploader("ONNX model (.onnx)", type=uploads.widget_types(uploads.MODEL), key="project-onnx-upload",
                               max_upload_size=uploads.widget_limit_mb(uploads.MODEL))
         if up is not None:
             stored = attempt(uploads.store_upload, ws, page.session, uploads.MODEL, up.name, up,
@@ -125,8 +125,8 @@ else:
     tsrc = st.radio("Tokenizer", ["Path on the server", "Upload files"], horizontal=True, key="project-tok-src")
     tokenizer_dir = first["tokenizer"]
     if tsrc == "Upload files":
-        ups = st.file_uploader("Tokenizer files (tokenizer.json, vocab.txt, tokenizer_config.json, "
-                               "special_tokens_map.json)", type=["json", "txt"], accept_multiple_files=True,
+        ups = st.file_uploader(f"Tokenizer files ({', '.join(uploads.TOKENIZER_FILES)})",
+                               type=uploads.widget_types(uploads.TOKENIZER), accept_multiple_files=True,
                                key="project-tok-upload", max_upload_size=uploads.widget_limit_mb(uploads.TOKENIZER))
         if ups:
             stored = attempt(uploads.store_tokenizer, ws, page.session, [(u.name, u) for u in ups],
@@ -140,8 +140,8 @@ else:
     dsrc = st.radio("Dataset", ["Path on the server", "Upload"], horizontal=True, key="project-data-src")
     pool_source = first["pool_source"]
     if dsrc == "Upload":
-        up = st.file_uploader("Dataset (CSV, TSV, JSON, JSONL, Parquet)",
-                              type=["csv", "tsv", "json", "jsonl", "parquet"], key="project-data-upload",
+        up = st.file_uploader(f"Dataset ({uploads.extensions_text(uploads.DATASET)})",
+                              type=uploads.widget_types(uploads.DATASET), key="project-data-upload",
                               max_upload_size=uploads.widget_limit_mb(uploads.DATASET))
         if up is not None:
             stored = attempt(uploads.store_upload, ws, page.session, uploads.DATASET, up.name, up,

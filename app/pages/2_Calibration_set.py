@@ -69,11 +69,13 @@ with st.expander("Load a saved recipe", icon=":material/upload_file:"):
     choice = c1.selectbox("Recipe", [str(p) for p in recipes], index=None, key="cs-recipe-pick",
                           placeholder="saved in the workspace or shipped in datasets/recipes",
                           format_func=lambda p: Path(p).name)
-    up = c2.file_uploader("…or upload one (.json)", type=["json"], key="cs-recipe-upload", max_upload_size=1)
+    up = c2.file_uploader(f"…or upload one ({uploads.extensions_text(uploads.RECIPE)})",
+                          type=uploads.widget_types(uploads.RECIPE), key="cs-recipe-upload",
+                          max_upload_size=uploads.widget_limit_mb(uploads.RECIPE))
     if st.button("Apply the recipe", key="cs-recipe-apply", disabled=not (choice or up)):
         try:
             path = Path(choice) if choice else uploads.store_upload(
-                ws, page.session, uploads.UploadKind("recipe", (".json",), uploads.MB), up.name, up)
+                ws, page.session, uploads.RECIPE, up.name, up)
             cfg = load_recipe(path, workspace=ws.root)
             note = recipe_data_note(cfg, base["data"])
             if note:
@@ -98,8 +100,9 @@ with shown_errors("Counting tokens"):
         target_lengths = dataset_lengths(ws, project, data_spec(ws, project, "eval"))
     elif target == "lengths":
         c1, c2 = st.columns(2)
-        up = c1.file_uploader("Production lengths (CSV/TSV/TXT/JSON: lengths, length,count or start,end,count)",
-                              type=["csv", "tsv", "txt", "json"], key="cs-lengths-upload",
+        up = c1.file_uploader(f"Production lengths ({uploads.extensions_text(uploads.LENGTHS)}: lengths, "
+                              "length,count or start,end,count)", type=uploads.widget_types(uploads.LENGTHS),
+                              key="cs-lengths-upload",
                               max_upload_size=uploads.widget_limit_mb(uploads.LENGTHS))
         typed = c2.text_input("…or a path on the server", key="cs-lengths-path")
         if up is not None:
