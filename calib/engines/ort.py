@@ -127,8 +127,9 @@ class OrtSessionLoader:
         except Exception as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             if self.exact_int8:
-                # ORT's S8->U8 rewrite behind the exact kernel refuses some valid Q/DQ graphs (an initializer
-                # it converts twice): such a model still runs, on the default kernel, and says so
+                # ORT's S8->U8 rewrite behind the exact kernel refuses some valid Q/DQ graphs (ORT 1.32: Q/DQ
+                # on scalar constants, as the all placement writes): such a model still runs, on the default
+                # kernel, and says so
                 with contextlib.suppress(Exception):
                     session = self._session(model, level, False)
                     warnings.warn(f"ONNX Runtime cannot load this Q/DQ graph with its exact INT8 matmul ({first}); "
