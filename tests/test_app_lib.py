@@ -783,3 +783,16 @@ def test_each_upload_kind_offers_what_its_reader_takes(tmp_path):
         path = tmp_path / f"lengths{ext}"
         path.write_text("[12, 40, 7]" if ext == ".json" else "12\n40\n7\n")
         assert load_length_target(path).tolist() == [12, 40, 7]
+
+
+def test_the_runs_pages_tags_and_reports(workspace):
+    from lib.runs import all_tags, report_runs
+
+    assert all_tags({"a": ("", ("rc", "tensorrt")), "b": ("note", ("rc",)), "c": ("", ())}) == ["rc", "tensorrt"]
+    assert report_runs(workspace) == []
+    with workspace.start_run("report", {}) as ctx:
+        (ctx.dir / "report.json").write_text("{}")
+    with workspace.start_run("report", {}) as gone:
+        (gone.dir / "report.json").write_text("{}")
+    __import__("shutil").rmtree(workspace.run_dir(gone.id))
+    assert [r.id for r in report_runs(workspace)] == [ctx.id]  # one deleted from disk is not offered

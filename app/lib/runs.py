@@ -47,6 +47,16 @@ def filter_runs(runs: Sequence[RunRecord], *, stages: Sequence[str] = (), status
             and set(tags) <= set(notes.get(r.id, ("", ()))[1])]
 
 
+def all_tags(notes: Mapping[str, tuple[str, Sequence[str]]]) -> list[str]:
+    """Every tag the ``notes`` (run id -> (note, tags)) carry, sorted, once each."""
+    return sorted({t for _, tags in notes.values() for t in tags})
+
+
+def report_runs(ws: Workspace, limit: int = 500) -> list[RunRecord]:
+    """The finished report runs still on disk, newest first (at most ``limit`` read)."""
+    return [r for r in ws.list_runs(stage="report", status="finished", limit=limit) if r.dir.is_dir()]
+
+
 def stages_present(runs: Sequence[RunRecord]) -> list[str]:
     """The stages these runs were made by, in pipeline order (stages this version does not know last)."""
     order = list(STAGE_TITLES)

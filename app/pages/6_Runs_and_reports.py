@@ -14,6 +14,7 @@ import pandas as pd
 import streamlit as st
 from lib.context import STAGE_TITLES, attempt, shown_errors
 from lib.runs import (
+    all_tags,
     baseline_deltas,
     compare_defaults,
     comparison_frame,
@@ -24,6 +25,7 @@ from lib.runs import (
     layer_overlay_frame,
     overlay_frame,
     parse_tags,
+    report_runs,
     report_to_show,
     stages_present,
 )
@@ -107,7 +109,7 @@ with tab_history:
         st.info("No runs yet. Start with the Calibration set page.", icon=":material/info:")
     else:
         all_notes = attempt(ws.notes, what="Reading the notes") or {}
-        tag_filter = st.multiselect("Tags", sorted({t for _, tags in all_notes.values() for t in tags}),
+        tag_filter = st.multiselect("Tags", all_tags(all_notes),
                                     key="runs-tags", placeholder="Any tag")
         runs = filter_runs(runs, tags=tag_filter, notes=all_notes)
         frame = history_frame(runs, page.session, lookup, all_notes)
@@ -167,7 +169,7 @@ with tab_compare:
         stage_options = stages_present(candidates)
         stage = st.selectbox("Stage", stage_options, index=stage_options.index(first[0]), key="compare-stage",
                              format_func=lambda s: STAGE_TITLES.get(s, s))
-        same = [r for r in candidates if r.stage == stage]
+        same = filter_runs(candidates, stages=(stage,))
         cnames = {r.id: run_name(r, lookup) for r in same}
         picked = st.multiselect("Runs", [r.id for r in same], default=compare_defaults(same)[1], key="compare-runs",
                                 format_func=cnames.__getitem__)
@@ -179,7 +181,7 @@ with tab_compare:
             st.dataframe(comparison_frame(chosen_runs, only_differences=only_diff), width="stretch")
 
 with tab_reports:
-    reports = [r for r in ws.list_runs(stage="report", status="finished", limit=500) if r.dir.is_dir()]
+    reports = report_runs(ws)
     if not reports:
         st.info("No report yet: validate an INT8 build on the Validate page, then make its report there.",
                 icon=":material/info:")
