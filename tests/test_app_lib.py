@@ -796,3 +796,77 @@ def test_the_runs_pages_tags_and_reports(workspace):
         (gone.dir / "report.json").write_text("{}")
     __import__("shutil").rmtree(workspace.run_dir(gone.id))
     assert [r.id for r in report_runs(workspace)] == [ctx.id]  # one deleted from disk is not offered
+
+
+def test_the_validate_pages_configs_come_from_the_project_and_the_widgets(workspace, tiny_model_path,
+                                                                          tiny_tokenizer_dir, tiny_csv):
+    """Each stage the Validate page starts gets its config from app/lib: the project's model and evaluation
+    data, the page's settings with the widgets' values, the build's calibration when it is still there."""
+    from lib.project import Project
+    from lib.stages import (
+        JUDGE_CHOICES,
+        PAGE_COMPARE_SETTINGS,
+        PAGE_EVAL_SETTINGS,
+        compare_config,
+        default_calibrator_note,
+        judge_titles,
+        judged_run,
+        report_config,
+        report_parents,
+        report_title,
+        sensitivity_config,
+        validate_config,
+    )
+
+    from calib.build import BuildConfig
+    from calib.calibrate import RangesRef
+    from calib.pipeline import config_params
+    from calib.sensitivity import SEARCH_SETTINGS
+    from calib.verdict import TENSORRT_DEFAULT_CALIBRATOR, ReleaseBudget
+
+    project = Project(kind="custom", model=str(tiny_model_path), tokenizer=str(tiny_tokenizer_dir),
+                      pool_source=str(tiny_csv), eval_source="eval.csv", text_column="text", label_column="label",
+                      max_length=64, labels=("neg", "pos"))
+    budget = ReleaseBudget(max_drop=0.5, min_agreement=0.98)
+    cmp = compare_config(workspace, project, "/runs/cal", ["minmax", "mse"], "tensorrt", limit=96, budget=budget)
+    assert cmp.methods == ("minmax", "mse") and cmp.placement.preset == "tensorrt" and cmp.budget == budget
+    assert cmp.settings.limit == 96 and cmp.settings.layers is PAGE_COMPARE_SETTINGS.layers is False
+    assert cmp.data.source == "eval.csv" and cmp.model.model == str(tiny_model_path)
+    with pytest.raises(InputError, match="at least one range set"):
+        compare_config(workspace, project, "/runs/cal", [], "tensorrt", limit=0, budget=budget)
+
+    with workspace.start_run("calibrate", {}) as cal:
+        (cal.dir / "x.json").write_text("{}")
+    built = BuildConfig(model=str(tiny_model_path), ranges=RangesRef(str(cal.dir), "minmax"))
+    with workspace.start_run("build", config_params(built), parents=(cal.id,)) as b:
+        (b.dir / "x.json").write_text("{}")
+    build_run = workspace.get_run(b.id)
+    val = validate_config(workspace, project, build_run, limit=0, layers=False, layer_rows=16, bootstrap=200)
+    assert val.engine == str(build_run.dir) and val.calibration == str(workspace.run_dir(cal.id))
+    assert (val.settings.limit, val.settings.layers, val.settings.layer_rows, val.settings.bootstrap) == (0, False, 16, 200)
+    assert val.settings.batch_size == PAGE_EVAL_SETTINGS.batch_size
+    with workspace.start_run("build", {}) as lone:  # no calibration in the workspace, none named
+        (lone.dir / "x.json").write_text("{}")
+    assert validate_config(workspace, project, workspace.get_run(lone.id), limit=8, layers=True, layer_rows=8,
+                           bootstrap=0).calibration is None
+
+    sens = sensitivity_config(workspace, project, {"ranges": built.ranges, "placement": built.placement},
+                              granularity="node", ranking="sqnr", budget=budget, max_evaluations=6, limit=64)
+    assert sens.ranges == built.ranges and sens.max_evaluations == 6 and sens.budget == budget
+    assert sens.settings.limit == 64 and sens.settings.batch_size == SEARCH_SETTINGS.batch_size
+
+    with workspace.start_run("validate", {}) as v1, workspace.start_run("validate", {}) as v2:
+        (v1.dir / "x.json").write_text("{}")
+        (v2.dir / "x.json").write_text("{}")
+    candidate = workspace.get_run(v1.id)
+    rep = report_config(workspace, candidate, [v2.id], None, title=report_title(project), budget=budget)
+    assert rep.evaluations == (str(candidate.dir), str(workspace.run_dir(v2.id))) and rep.sensitivity is None
+    assert rep.title == f"INT8 accuracy report — {project.title}" and report_title(project, 4).endswith("— 4 calibrators")
+    assert report_parents(candidate, [v2.id], "sens-1") == (v1.id, v2.id, "sens-1")
+
+    assert JUDGE_CHOICES == ("validate", "compare") and "cmp-9" in judge_titles("cmp-9")["compare"]
+    assert judged_run("validate", candidate, None) is candidate and judged_run("compare", candidate, None) is None
+    with pytest.raises(InputError, match="verdict subject"):
+        judged_run("report", candidate, None)
+    assert default_calibrator_note("minmax") is None
+    assert TENSORRT_DEFAULT_CALIBRATOR in default_calibrator_note(TENSORRT_DEFAULT_CALIBRATOR)

@@ -10,20 +10,24 @@ from typing import Any
 import numpy as np
 import streamlit as st
 
-from calib.build import EngineArtifact
+from calib.build import EngineArtifact, calibration_of
 from calib.calibset import AssembleConfig, CalibrationSet
+from calib.compare import CalibratorComparison, CompareConfig
 from calib.data import DataSpec
 from calib.engines import DEPLOYMENT_TARGET, PORTABLE_BACKEND, get_backend
-from calib.errors import InputError
+from calib.errors import InputError, check_choice
 from calib.evaluation import EvalSettings
 from calib.inputs import save_recipe
 from calib.lengths import load_length_target, token_lengths
 from calib.model import ModelRef, read_onnx
 from calib.pipeline import config_defaults
 from calib.placement import Placement, ensure_node_names, exact_pattern
-from calib.report import layer_summary
+from calib.report import ReportConfig, layer_summary
 from calib.sampling import WEIGHTED_STRATEGIES
-from calib.workspace import Workspace
+from calib.sensitivity import SEARCH_SETTINGS, SensitivityConfig
+from calib.validate import ValidateConfig
+from calib.verdict import TENSORRT_DEFAULT_CALIBRATOR, ReleaseBudget
+from calib.workspace import RunRecord, Workspace
 from lib.project import Project, data_spec, model_spec
 from lib.uploads import sanitize_name
 
@@ -320,3 +324,103 @@ def layer_note(layers: Any, rows: Sequence[Mapping]) -> PageNote:
         return PageNote(f"{summary}. First degraded tensor in network order: `{layers.first_degraded}` (SQNR below "
                         f"{layers.degraded_sqnr_db:g} dB or cosine below {layers.degraded_cosine:g}).", warning=True)
     return PageNote(f"{summary}: no quantized tensor is degraded.")
+
+
+# -- the Validate page's stage configs -----------------------------------------------------------
+
+def compare_config(ws: Workspace, project: Project, calibration_dir: str | Path, methods: Sequence[str],
+                   placement: str, *, limit: int, budget: ReleaseBudget) -> CompareConfig:
+    """The side-by-side comparison the Validate page starts: every chosen range set of one calibration,
+    built with one placement preset and evaluated on ``limit`` texts (0: all) without the per-layer
+    analysis, judged against the project's release budget."""
+    if not methods:
+        raise InputError("pick at least one range set to compare")
+    return CompareConfig(calibration=str(calibration_dir), **project_inputs(ws, project), methods=tuple(methods),
+                         placement=Placement(placement), budget=budget,
+                         settings=dataclasses.replace(PAGE_COMPARE_SETTINGS, limit=int(limit),
+                                                      cluster=project.cluster_spec))
+
+
+def validate_config(ws: Workspace, project: Project, build_run: RunRecord, *, limit: int, layers: bool,
+                    layer_rows: int, bootstrap: int) -> ValidateConfig:
+    """The validation of one build on the project's evaluation data: ``limit`` texts (0: all), the
+    per-layer analysis on ``layer_rows`` texts when ``layers``, ``bootstrap`` resamples for the intervals;
+    every calibrator's amax per tensor from the build's calibration when it is still in the workspace."""
+    found = calibration_of(ws, build_run)
+    return ValidateConfig(engine=str(build_run.dir), **project_inputs(ws, project),
+                          calibration=str(found) if found is not None else None,
+                          settings=dataclasses.replace(PAGE_EVAL_SETTINGS, limit=int(limit), layers=bool(layers),
+                                                       layer_rows=int(layer_rows), bootstrap=int(bootstrap),
+                                                       cluster=project.cluster_spec))
+
+
+def sensitivity_config(ws: Workspace, project: Project, start: Mapping[str, Any], *, granularity: str, ranking: str,
+                       budget: ReleaseBudget, max_evaluations: int, limit: int) -> SensitivityConfig:
+    """The search for layers to keep in float, from a build's ``start`` fields
+    (``calib.sensitivity.search_start``), aiming at ``budget`` within ``max_evaluations`` evaluations of
+    ``limit`` texts each."""
+    return SensitivityConfig(**project_inputs(ws, project), **start, granularity=granularity, ranking=ranking,
+                             budget=budget, max_evaluations=int(max_evaluations),
+                             settings=dataclasses.replace(SEARCH_SETTINGS, limit=int(limit),
+                                                          cluster=project.cluster_spec))
+
+
+REPORT_TITLE = "INT8 accuracy report"
+
+
+def report_title(project: Project, calibrators: int | None = None) -> str:
+    """A report's first title: ``INT8 accuracy report — <project>``, and how many calibrators a
+    comparison's report sets side by side."""
+    title = f"{REPORT_TITLE} — {project.title}"
+    return title if calibrators is None else f"{title} — {calibrators} calibrators"
+
+
+def report_config(ws: Workspace, candidate: RunRecord, compared: Sequence[str], sensitivity: str | None, *,
+                  title: str, budget: ReleaseBudget) -> ReportConfig:
+    """The report of a validation run (the release candidate), the validation runs ``compared`` with it
+    and an optional sensitivity run (run ids in ``ws``), judged against ``budget``."""
+    return ReportConfig(evaluations=(str(candidate.dir), *(str(ws.run_dir(r)) for r in compared)),
+                        sensitivity=str(ws.run_dir(sensitivity)) if sensitivity else None, title=title,
+                        budget=budget)
+
+
+def comparison_report_config(comparison: CalibratorComparison, project: Project,
+                             budget: ReleaseBudget) -> ReportConfig:
+    """The report of a side-by-side comparison: every calibrator's evaluation, the recommended first as
+    the comparison orders them."""
+    return ReportConfig(evaluations=tuple(str(d) for d in comparison.evaluation_dirs()), budget=budget,
+                        title=report_title(project, len(comparison.methods)))
+
+
+def report_parents(candidate: RunRecord, compared: Sequence[str], sensitivity: str | None) -> tuple[str, ...]:
+    """A report run's parents: the candidate, the runs compared with it and the sensitivity run."""
+    return (candidate.id, *compared, *((sensitivity,) if sensitivity else ()))
+
+
+JUDGE_CHOICES = ("validate", "compare")  # what the Verdict can judge: a validation run or a comparison
+
+
+def judge_titles(comparison_title: str) -> dict[str, str]:
+    """The Verdict's radio labels for :data:`JUDGE_CHOICES` (``comparison_title``: the latest comparison's)."""
+    return {"validate": "the validation run above", "compare": f"the latest side-by-side comparison ({comparison_title})"}
+
+
+def judged_run(choice: str, validation: RunRecord | None, comparison: RunRecord | None) -> RunRecord | None:
+    """The run the Verdict judges for the reader's ``choice`` among :data:`JUDGE_CHOICES`."""
+    check_choice(choice, JUDGE_CHOICES, "verdict subject")
+    return validation if choice == "validate" else comparison
+
+
+def default_calibrator_note(method: str | None = None) -> str | None:
+    """What the Build and Validate pages say about TensorRT's default calibrator: that it is the default but
+    not always the most accurate, so compare the calibrators for this model (for ``method``: only when it is
+    that calibrator)."""
+    if method is not None and method != TENSORRT_DEFAULT_CALIBRATOR:
+        return None
+    return (f"{TENSORRT_DEFAULT_CALIBRATOR} is TensorRT's default calibrator, not always the most accurate one for a "
+            "model: compare every calibrator with *Calibrators side by side* on the Validate page before you ship it.")
+
+
+def build_method_help(preferred: str) -> str:
+    """The Build page's help on the calibrator it offers first."""
+    return (f"First offered: {preferred}, calib's default build method. " + default_calibrator_note())

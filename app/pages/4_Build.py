@@ -16,7 +16,9 @@ from lib.context import attempt, shown_errors
 from lib.project import model_spec
 from lib.stages import (
     backend_warning,
+    build_method_help,
     build_placement,
+    default_calibrator_note,
     graph_nodes,
     profile_caption,
     profile_warning,
@@ -32,7 +34,6 @@ from calib.methods import build_method_of
 from calib.pipeline import config_defaults
 from calib.placement import PRESET_TITLES, PRESETS
 from calib.smooth import SMOOTH_CHOICES
-from calib.verdict import TENSORRT_DEFAULT_CALIBRATOR
 
 page = start_page("Build", ":material/construction:",
                   "Put Q/DQ where TensorRT would run INT8, with the calibrated ranges. Here the INT8 model runs "
@@ -63,12 +64,9 @@ else:
     c1, c2, c3 = st.columns(3)
     preferred = build_method_of(methods)
     method = c1.selectbox("Calibrator", methods, index=methods.index(preferred), key="build-method",
-                          help=f"Default {preferred}: on both demo tasks {TENSORRT_DEFAULT_CALIBRATOR} (TensorRT's "
-                               "default) is the worst calibrator (BENCHMARKS.md). Compare them all for your model "
-                               "on the Validate page.")
-    if method == TENSORRT_DEFAULT_CALIBRATOR:
-        c1.caption(f"{TENSORRT_DEFAULT_CALIBRATOR} is TensorRT's default but the worst on both demo tasks; check it "
-                   "against the others with *Calibrators side by side* on the Validate page.")
+                          help=build_method_help(preferred))
+    if note := default_calibrator_note(method):
+        c1.caption(note)
     preset = c2.selectbox("Placement preset", list(PRESETS), key="build-preset",
                           format_func=lambda p: PRESET_TITLES.get(p, p))
     backend = c3.selectbox("Backend", list(backend_names()), key="build-backend",

@@ -4,7 +4,6 @@ layers to keep in float; write the report."""
 from __future__ import annotations
 
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 APP_DIR = Path(__file__).resolve().parents[1]
@@ -33,7 +32,22 @@ from lib.sensitivity_view import (
     search_budget,
     search_budget_start,
 )
-from lib.stages import PAGE_COMPARE_SETTINGS, PAGE_EVAL_SETTINGS, layer_note, project_inputs
+from lib.stages import (
+    JUDGE_CHOICES,
+    PAGE_COMPARE_SETTINGS,
+    PAGE_EVAL_SETTINGS,
+    compare_config,
+    comparison_report_config,
+    default_calibrator_note,
+    judge_titles,
+    judged_run,
+    layer_note,
+    report_config,
+    report_parents,
+    report_title,
+    sensitivity_config,
+    validate_config,
+)
 from lib.ui import (
     download_file,
     finished_runs,
@@ -54,14 +68,13 @@ from lib.verdict_view import (
 )
 
 from calib import formatting as fmt
-from calib.build import EngineArtifact, build, calibration_of
+from calib.build import EngineArtifact, build
 from calib.calibrate import Calibration
-from calib.compare import CalibratorComparison, CompareConfig, compare_calibrators
-from calib.placement import PRESET_TITLES, PRESETS, Placement
+from calib.compare import CalibratorComparison, compare_calibrators
+from calib.placement import PRESET_TITLES, PRESETS
 from calib.report import (
     REPORT_FILES,
     Report,
-    ReportConfig,
     layer_methods,
     layer_rows,
     make_report,
@@ -73,12 +86,11 @@ from calib.sensitivity import (
     RANKINGS,
     SEARCH_EVALUATIONS,
     SEARCH_SETTINGS,
-    SensitivityConfig,
     SensitivityResult,
     analyze_sensitivity,
     search_start,
 )
-from calib.validate import ValidateConfig, validate
+from calib.validate import validate
 from calib.verdict import MIN_BUCKET_TEXTS, judge, resolution_warning
 
 page = start_page("Validate", ":material/fact_check:",
@@ -121,10 +133,9 @@ judged = verdict_subject(run, comparisons[0] if comparisons else None)
 if run is not None and comparisons:
     # both kinds exist: the newer one is judged, until the reader picks the other
     judged_stage(st.session_state, (run.id, comparisons[0].id), judged.stage)
-    choice = st.radio("Judge", ["validate", "compare"], key="val-judge", horizontal=True,
-                      format_func={"validate": "the validation run above",
-                                   "compare": f"the latest side-by-side comparison ({run_title(comparisons[0], ws)})"}.get)
-    judged = run if choice == "validate" else comparisons[0]
+    choice = st.radio("Judge", JUDGE_CHOICES, key="val-judge", horizontal=True,
+                      format_func=judge_titles(run_title(comparisons[0], ws)).get)
+    judged = judged_run(choice, run, comparisons[0])
 ev = None
 if judged is None:
     st.info("No validation yet: validate an INT8 build below, or every calibrator of a calibration side by side.",
@@ -146,8 +157,7 @@ else:
 st.divider()
 st.subheader("Calibrators side by side")
 st.caption("Build and validate every range set of one calibration run with the same placement and texts, judged "
-           "against the release budget. TensorRT's own default is entropy; on this project's demo tasks it is the "
-           "worst of the four (BENCHMARKS.md), so look before you ship it.")
+           "against the release budget. " + default_calibrator_note())
 last_outcome(page, "compare")
 cal_run = pick_run(page, "calibrate", "Calibration run", key="cmp-cal", model_sha256=spec.sha256)
 if cal_run is None:
@@ -161,12 +171,9 @@ else:
                              format_func=lambda p: PRESET_TITLES.get(p, p))
     cmp_limit = c3.number_input("Texts per calibrator (0 = all)", min_value=0, value=PAGE_COMPARE_SETTINGS.limit,
                                 step=32, key="cmp-limit")
-    if len(methods) < 1:
-        st.warning("Pick at least one range set.", icon=":material/warning:")
-    else:
-        cconfig = CompareConfig(
-            calibration=str(cal_run.dir), **project_inputs(ws, project), methods=tuple(methods), placement=Placement(placement),
-            budget=budget, settings=replace(PAGE_COMPARE_SETTINGS, limit=int(cmp_limit), cluster=project.cluster_spec))
+    cconfig = attempt(compare_config, ws, project, cal_run.dir, methods, placement, limit=int(cmp_limit),
+                      budget=budget, what="Choosing the range sets")
+    if cconfig is not None:
         run_button(page, "compare", "Validating every calibrator", f"Validate {len(methods)} calibrators side by side",
                    key="cmp-run", fn=compare_calibrators, config=cconfig, parents=(cal_run.id,),
                    icon=":material/compare:")
@@ -190,8 +197,7 @@ if cmp_run is not None:
             st.caption(f"Judged with the budget of its time ({cbudget.describe()}); the project's is now "
                        f"{budget.describe()}.")
         st.caption(f"{comparison.placement} placement · {fmt.count(best.texts)} texts · run `{cmp_run.id}`")
-        rconfig_cmp = ReportConfig(evaluations=tuple(str(d) for d in comparison.evaluation_dirs()), budget=budget,
-                                   title=f"INT8 accuracy report — {project.title} — {len(comparison.methods)} calibrators")
+        rconfig_cmp = comparison_report_config(comparison, project, budget)
         run_button(page, "report", "Writing the report", "Make the report of this comparison", key="cmp-report",
                    fn=make_report, config=rconfig_cmp, parents=(cmp_run.id,), icon=":material/description:",
                    button_type="secondary")
@@ -222,11 +228,8 @@ else:
                                  key="val-layer-rows", disabled=not layers_on)
     bootstrap = c4.number_input("Bootstrap resamples (confidence intervals)", min_value=0, value=first.bootstrap,
                                 step=100, key="val-bootstrap")
-    calibration = str(found) if (found := calibration_of(ws, build_run)) is not None else None
-    config = ValidateConfig(
-        engine=str(build_run.dir), **project_inputs(ws, project), calibration=calibration,
-        settings=replace(PAGE_EVAL_SETTINGS, limit=int(limit), layers=bool(layers_on), layer_rows=int(layer_texts),
-                         bootstrap=int(bootstrap), cluster=project.cluster_spec))
+    config = validate_config(ws, project, build_run, limit=int(limit), layers=bool(layers_on),
+                             layer_rows=int(layer_texts), bootstrap=int(bootstrap))
     run_button(page, "validate", "Validating", "Validate", key="val-run", fn=validate, config=config,
                parents=(build_run.id,), run_label=build_run.label)
 
@@ -323,12 +326,10 @@ with tab_sens:
         ranking = c2.selectbox("Ranking", list(RANKINGS), key="sens-rank")
         min_cos = c3.number_input("Min embedding cosine (0 = no check)", min_value=0.0, max_value=1.0,
                                   value=start["min_embedding_cosine"], step=0.001, format="%.3f", key="sens-cos", disabled=spec.embedding_output is None)
-        sconfig = SensitivityConfig(
-            **project_inputs(ws, project), **(start_fields or {}), granularity=granularity,
-            ranking=ranking, budget=search_budget(max_drop, min_agree, min_cos),
-            max_evaluations=int(max_evals),
-            settings=replace(SEARCH_SETTINGS, limit=int(s_limit), cluster=project.cluster_spec))
         if start_fields is not None:  # else the build could not be opened (shown above)
+            sconfig = sensitivity_config(ws, project, start_fields, granularity=granularity, ranking=ranking,
+                                         budget=search_budget(max_drop, min_agree, min_cos),
+                                         max_evaluations=int(max_evals), limit=int(s_limit))
             run_button(page, "sensitivity", "Sensitivity analysis", "Find the layers to keep in float", key="sens-run",
                        fn=analyze_sensitivity, config=sconfig, parents=(src_run.id, run.id), icon=":material/search:")
     srun = pick_run(page, "sensitivity", "Sensitivity run", key="sens-pick")
@@ -367,12 +368,11 @@ with tab_report:
     compare = st.multiselect("Compare with", [r.id for r in others], key="rep-compare")
     sens_pick = st.selectbox("Sensitivity analysis to include", [None] + [r.id for r in sens_runs], key="rep-sens",
                              format_func=lambda v: "(none)" if v is None else v)
-    title = st.text_input("Title", value=f"INT8 accuracy report — {project.title}", key="rep-title")
-    rconfig = ReportConfig(evaluations=(str(run.dir),) + tuple(str(ws.run_dir(r)) for r in compare),
-                           sensitivity=str(ws.run_dir(sens_pick)) if sens_pick else None, title=title, budget=budget)
+    title = st.text_input("Title", value=report_title(project), key="rep-title")
+    rconfig = report_config(ws, run, compare, sens_pick, title=title, budget=budget)
     st.caption(f"The report's verdict uses the project's release budget: {budget.describe()}.")
     run_button(page, "report", "Writing the report", "Make the report", key="rep-run", fn=make_report, config=rconfig,
-               parents=(run.id, *compare, *((sens_pick,) if sens_pick else ())), icon=":material/description:")
+               parents=report_parents(run, compare, sens_pick), icon=":material/description:")
     rep_run = pick_run(page, "report", "Report", key="rep-pick")
     if rep_run is not None:
         report_verdict(rep_run, key="val-rep")
