@@ -461,6 +461,23 @@ def test_tiny_flow_through_every_page(app_workspace, tiny_model_path, tiny_token
 
 
 @pytest.mark.demo
+def test_the_calibration_set_page_matches_a_production_lengths_file(demo_app_workspace, tmp_path):
+    """The lengths target asks for a file, then sets its lengths beside the pool's (a path typed on the server)."""
+    at = open_app("calibset")
+    no_crash(at)
+    at.radio(key="cs-target").set_value("lengths").run()
+    no_crash(at)
+    assert any("production token lengths" in i.value for i in at.info)
+    prod = tmp_path / "prod.csv"
+    prod.write_text("length,count\n12,30\n40,50\n200,20\n")
+    at.text_input(key="cs-lengths-path").set_value(str(prod)).run()
+    no_crash(at)
+    assert not errors(at), errors(at)
+    facts = next(d.value for d in at.dataframe if "p50" in d.value.columns)
+    assert list(facts[""]) == ["pool", "target"] and facts.loc[1, "texts"] == 100 and facts.loc[1, "longest"] == 200
+
+
+@pytest.mark.demo
 def test_demo_flow_assembles_and_calibrates(demo_app_workspace):
     at = open_app("project")
     no_crash(at)

@@ -870,3 +870,28 @@ def test_the_validate_pages_configs_come_from_the_project_and_the_widgets(worksp
         judged_run("report", candidate, None)
     assert default_calibrator_note("minmax") is None
     assert TENSORRT_DEFAULT_CALIBRATOR in default_calibrator_note(TENSORRT_DEFAULT_CALIBRATOR)
+
+
+def test_the_calibration_set_pages_target_lengths(workspace, tiny_model_path, tiny_tokenizer_dir, tiny_csv, tmp_path):
+    """The histogram's target: the evaluation data's token lengths, a production file's (an upload before a
+    typed path; none until one is given) or the pool's own."""
+    import numpy as np
+    from lib.project import Project
+    from lib.stages import dataset_lengths, lengths_source, target_lengths_of
+
+    project = Project(kind="custom", model=str(tiny_model_path), tokenizer=str(tiny_tokenizer_dir),
+                      pool_source=str(tiny_csv), text_column="text", label_column="label", max_length=64)
+    pool = np.array([3, 5, 8])
+    assert target_lengths_of(workspace, project, "pool", pool) is pool
+    assert target_lengths_of(workspace, project, "lengths", pool, None) is None
+    lengths = tmp_path / "prod.txt"
+    lengths.write_text("4\n9\n12\n")
+    assert target_lengths_of(workspace, project, "lengths", pool, str(lengths)).tolist() == [4, 9, 12]
+    evaluated = target_lengths_of(workspace, project, "eval", pool)  # the eval data is the pool here
+    assert evaluated.tolist() == dataset_lengths(workspace, project, DataSpec(str(tiny_csv), text_column="text",
+                                                                              label_column="label")).tolist()
+    assert len(evaluated) > 0
+    with pytest.raises(InputError, match="target"):
+        target_lengths_of(workspace, project, "production", pool)
+    assert lengths_source(None, "  /srv/prod.csv ") == "/srv/prod.csv" and lengths_source(None, " ") is None
+    assert lengths_source(tmp_path / "up.csv", "/srv/prod.csv") == str(tmp_path / "up.csv")

@@ -220,6 +220,26 @@ def target_fields(target: str, eval_fields: dict[str, Any] | None, lengths_path:
     return {"target_kind": "pool", "target_source": None, "target_split": None}
 
 
+def lengths_source(stored: str | Path | None, typed: str) -> str | None:
+    """The production-lengths file the page reads: an upload (``stored``: where it was saved) before a
+    path typed on the server; None when neither is given."""
+    if stored is not None:
+        return str(stored)
+    return typed.strip() or None
+
+
+def target_lengths_of(ws: Workspace, project: Project, target: str, pool_lengths: np.ndarray,
+                   lengths_path: str | None = None) -> np.ndarray | None:
+    """The token lengths (N,) of the page's target: the project's evaluation data (``eval``), a production
+    lengths file (``lengths``; None until one is given) or the pool itself (``pool``: ``pool_lengths``)."""
+    check_choice(target, CALIBSET_TARGETS, "target")
+    if target == "eval":
+        return dataset_lengths(ws, project, data_spec(ws, project, "eval"))
+    if target == "lengths":
+        return lengths_file(lengths_path) if lengths_path else None
+    return pool_lengths
+
+
 def _sampling_widgets(*, strategy: str, size: int, seed: int, edges: Sequence[int], stratify: bool, shortfall: str,
                       opt_percentile: float) -> dict[str, Any]:
     """AssembleConfig's sampling settings as the Calibration set page's widget values (key -> value)."""

@@ -24,7 +24,7 @@ from lib.stages import (
     dataset_lengths,
     eval_target,
     length_series,
-    lengths_file,
+    lengths_source,
     list_recipes,
     project_inputs,
     recipe_data_note,
@@ -33,6 +33,7 @@ from lib.stages import (
     recipe_widget_values,
     save_project_recipe,
     target_fields,
+    target_lengths_of,
     target_options,
 )
 from lib.ui import download_file, open_picked_run, run_button, start_page
@@ -93,28 +94,21 @@ if st.session_state.get("cs-target") not in offered:
 target = st.radio("Target distribution (what the calibration set should look like)", offered,
                   format_func=TARGET_TITLES.get, horizontal=True, key="cs-target")
 lengths_path = None
-target_lengths = None
 with shown_errors("Counting tokens"):
     pool_lengths = dataset_lengths(ws, project, pool_spec)
-    if target == "eval":
-        target_lengths = dataset_lengths(ws, project, data_spec(ws, project, "eval"))
-    elif target == "lengths":
+    if target == "lengths":
         c1, c2 = st.columns(2)
         up = c1.file_uploader(f"Production lengths ({uploads.extensions_text(uploads.LENGTHS)}: lengths, "
                               "length,count or start,end,count)", type=uploads.widget_types(uploads.LENGTHS),
                               key="cs-lengths-upload",
                               max_upload_size=uploads.widget_limit_mb(uploads.LENGTHS))
         typed = c2.text_input("…or a path on the server", key="cs-lengths-path")
-        if up is not None:
-            lengths_path = str(uploads.store_upload(ws, page.session, uploads.LENGTHS, up.name, up))
-        elif typed.strip():
-            lengths_path = typed.strip()
+        stored = uploads.store_upload(ws, page.session, uploads.LENGTHS, up.name, up) if up is not None else None
+        lengths_path = lengths_source(stored, typed)
         if lengths_path is None:
             st.info("Upload a file of production token lengths to compare against.", icon=":material/info:")
             st.stop()
-        target_lengths = lengths_file(lengths_path)
-    else:
-        target_lengths = pool_lengths
+    target_lengths = target_lengths_of(ws, project, target, pool_lengths, lengths_path)
 
 series = length_series(pool_lengths, target, target_lengths)
 st.altair_chart(length_histogram(series, spec.max_length), width="stretch")
