@@ -895,3 +895,63 @@ def test_the_calibration_set_pages_target_lengths(workspace, tiny_model_path, ti
         target_lengths_of(workspace, project, "production", pool)
     assert lengths_source(None, "  /srv/prod.csv ") == "/srv/prod.csv" and lengths_source(None, " ") is None
     assert lengths_source(tmp_path / "up.csv", "/srv/prod.csv") == str(tmp_path / "up.csv")
+
+
+def test_the_runs_pages_evaluations_files_and_report_view(workspace):
+    """The Compare tab charts the validations that open (by name and id end) for each per-bucket measure; the
+    History tab lists a run's files with what changed since and its summary flattened; the Reports tab shows
+    the HTML, else the Markdown that is left, else nothing."""
+    import shutil
+
+    from lib.runs import (
+        BUCKET_MEASURES,
+        FILTERABLE_STATUSES,
+        changed_files,
+        files_frame,
+        loaded_evaluations,
+        overlay_frame,
+        report_view,
+        summary_frame,
+    )
+
+    with workspace.start_run("validate", {}) as good:
+        for f in (FIXTURES / "validate").iterdir():
+            shutil.copy(f, good.dir / f.name)
+    with workspace.start_run("validate", {}) as broken:
+        (broken.dir / "evaluation.json").write_text("{not json")
+    runs = [workspace.get_run(good.id), workspace.get_run(broken.id)]
+    evaluations = loaded_evaluations(runs)
+    assert len(evaluations) == 1 and next(iter(evaluations)).endswith(good.id[-6:])
+    for measure in BUCKET_MEASURES:
+        frame = overlay_frame(evaluations, measure)
+        assert list(frame.columns) == ["run", "bucket", "texts", "value"]
+    agreement = overlay_frame(evaluations, "agreement")
+    assert len(agreement) > 0 and agreement["value"].between(0, 1).all()
+    with pytest.raises(InputError, match="per-bucket measure"):
+        overlay_frame(evaluations, "accuracy")
+    assert "finishing" not in FILTERABLE_STATUSES and "failed" in FILTERABLE_STATUSES
+
+    run = workspace.get_run(good.id)
+    assert changed_files(workspace, run) == []
+    target = run.artifacts[0].path
+    (run.dir / target).write_text("edited")
+    changed = changed_files(workspace, run)
+    assert changed == [target]
+    files = files_frame(run, changed)
+    assert list(files["file"]) == [a.path for a in run.artifacts]
+    assert files.set_index("file")["intact"].to_dict() == {a.path: a.path != target for a in run.artifacts}
+    with workspace.start_run("validate", {}) as summarised:
+        (summarised.dir / "x.json").write_text("{}")
+        summarised.summary = {"rows": 3, "buckets": {"short": {"n": 2}}}
+    summary = summary_frame(workspace.get_run(summarised.id))
+    assert summary.set_index("key")["value"].to_dict().get("buckets.short.n") in ("2", 2)
+
+    with workspace.start_run("report", {}) as rep:
+        (rep.dir / "report.md").write_text("# report")
+        (rep.dir / "report.html").write_text("<h1>report</h1>")
+    report = workspace.get_run(rep.id)
+    assert report_view(report) == ("html", report.dir / "report.html")
+    (report.dir / "report.html").unlink()
+    assert report_view(report) == ("markdown", report.dir / "report.md")
+    (report.dir / "report.md").unlink()
+    assert report_view(report) is None

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from calib import formatting as fmt
 from calib.compare import CalibratorComparison
+from calib.errors import check_choice
 from calib.naming import run_name
+from calib.report import REPORT_HTML, REPORT_MD
 from calib.validate import Evaluation
-from calib.workspace import RunRecord, Workspace
+from calib.workspace import STATUSES, RunRecord, Workspace
 from lib.context import STAGE_TITLES
 
 
@@ -45,6 +48,50 @@ def filter_runs(runs: Sequence[RunRecord], *, stages: Sequence[str] = (), status
     notes = notes or {}
     return [r for r in runs if (not stages or r.stage in stages) and (not statuses or r.status in statuses)
             and set(tags) <= set(notes.get(r.id, ("", ()))[1])]
+
+
+FILTERABLE_STATUSES = tuple(s for s in STATUSES if s != "finishing")
+"""The statuses the history filters by (``finishing`` lasts a moment, while a run's files are recorded)."""
+
+
+def loaded_evaluations(runs: Sequence[RunRecord], lookup: Any = None) -> dict[str, Evaluation]:
+    """The evaluations of validation ``runs`` that open, by a chart label (the run's name and the end of its
+    id); a run that cannot be read is left out (the comparison table still lists it)."""
+    evaluations = {}
+    for r in runs:
+        try:
+            evaluations[f"{run_name(r, lookup, with_id=False)} · {r.id[-6:]}"] = Evaluation.load(r.dir)
+        except Exception:  # noqa: BLE001, S112 - any unreadable run: listed, not charted
+            continue
+    return evaluations
+
+
+def summary_frame(run: RunRecord) -> pd.DataFrame:
+    """A run's summary as (key, value) rows, nested keys flattened and values as table cells."""
+    return pd.DataFrame([{"key": k, "value": fmt.cell(v)} for k, v in flatten(run.summary).items()],
+                        columns=["key", "value"])
+
+
+def files_frame(run: RunRecord, changed: Sequence[str] = ()) -> pd.DataFrame:
+    """A run's recorded files: path, bytes, the start of the sha256 and whether it is still intact (not among
+    ``changed``, :meth:`Workspace.verify`'s answer)."""
+    bad = set(changed)
+    return pd.DataFrame([{"file": a.path, "bytes": a.bytes, "sha256": a.sha256[:16] + "…", "intact": a.path not in bad}
+                         for a in run.artifacts], columns=["file", "bytes", "sha256", "intact"])
+
+
+def changed_files(ws: Workspace, run: RunRecord) -> list[str]:
+    """The files of a finished run that changed since it recorded them (none checked for other runs)."""
+    return ws.verify(run.id) if run.status == "finished" else []
+
+
+def report_view(run: RunRecord) -> tuple[str, Path] | None:
+    """How the Reports tab shows a report run: (``html``, its page) or (``markdown``, its Markdown file) when
+    only that is left; None when neither is."""
+    for kind, name in (("html", REPORT_HTML), ("markdown", REPORT_MD)):
+        if (run.dir / name).is_file():
+            return kind, run.dir / name
+    return None
 
 
 def all_tags(notes: Mapping[str, tuple[str, Sequence[str]]]) -> list[str]:
@@ -132,15 +179,22 @@ def history_column_config(st) -> dict:
             "KS": cc.NumberColumn("KS", format="%.4f"), "texts": cc.NumberColumn("texts", format="%d")}
 
 
+BUCKET_MEASURES = {"agreement": "top-1 agreement", "drop": "accuracy drop (pts, FP32 − INT8)",
+                   "cosine": "embedding cosine"}
+"""The per-bucket measures the Runs page overlays (key -> title); :func:`overlay_frame` reads each."""
+
+
 def overlay_frame(evaluations: Mapping[str, Any], measure: str) -> pd.DataFrame:
-    """Long frame (run, bucket, texts, value) of one per-bucket measure for several evaluations:
+    """Long frame (run, bucket, texts, value) of one of :data:`BUCKET_MEASURES` for several evaluations:
     ``agreement``, ``drop`` (points, FP32 − INT8) or ``cosine``."""
+    check_choice(measure, tuple(BUCKET_MEASURES), "per-bucket measure")
     rows = []
     for name, ev in evaluations.items():
         for b in ev.metrics.bucket_figures:
             if b.empty:
                 continue
-            value = {"agreement": b.top1_agreement, "drop": b.accuracy_drop_points}.get(measure, b.embedding_cosine)
+            value = {"agreement": b.top1_agreement, "drop": b.accuracy_drop_points,
+                     "cosine": b.embedding_cosine}[measure]
             if value is not None:
                 rows.append({"run": name, "bucket": b.bucket, "texts": b.n, "value": float(value)})
     return pd.DataFrame(rows, columns=["run", "bucket", "texts", "value"])

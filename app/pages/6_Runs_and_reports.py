@@ -14,29 +14,32 @@ import pandas as pd
 import streamlit as st
 from lib.context import STAGE_TITLES, attempt, shown_errors
 from lib.runs import (
+    BUCKET_MEASURES,
+    FILTERABLE_STATUSES,
     all_tags,
     baseline_deltas,
+    changed_files,
     compare_defaults,
     comparison_frame,
+    files_frame,
     filter_runs,
-    flatten,
     history_column_config,
     history_frame,
     layer_overlay_frame,
+    loaded_evaluations,
     overlay_frame,
     parse_tags,
     report_runs,
     report_to_show,
+    report_view,
     stages_present,
+    summary_frame,
 )
 from lib.ui import age, download_file, start_page
 
-from calib import formatting as fmt
 from calib.layers import DEGRADED_SQNR_DB
 from calib.naming import registry_lookup, run_name
-from calib.report import REPORT_FILES, REPORT_HTML, REPORT_MD
-from calib.validate import Evaluation
-from calib.workspace import STATUSES
+from calib.report import REPORT_FILES
 
 RUN_COLOURS = ["#4c78a8", "#f58518", "#54a24b", "#b279a2", "#e45756", "#72b7b2", "#eeca3b", "#9d755d"]
 
@@ -49,21 +52,15 @@ lookup = registry_lookup(ws)
 
 def overlay_section(chosen_runs) -> None:
     """The same charts for every chosen validation, overlaid, with a pinned baseline and deltas to it."""
-    evaluations = {}
-    for r in chosen_runs:
-        try:
-            evaluations[run_name(r, lookup, with_id=False) + f" · {r.id[-6:]}"] = Evaluation.load(r.dir)
-        except Exception:  # noqa: BLE001, S112 - an unreadable run is listed in the table below, not charted
-            continue
+    evaluations = loaded_evaluations(chosen_runs, lookup)
     if not evaluations:
         return
     names = list(evaluations)
     baseline = st.selectbox("Pinned baseline", names, key="compare-baseline",
                             help="Drawn dashed in black; the table gives every other run's difference to it.")
     st.dataframe(baseline_deltas(evaluations, baseline), hide_index=True, width="stretch")
-    measure = st.radio("Per length bucket", ["agreement", "drop", "cosine"], horizontal=True, key="compare-measure",
-                       format_func={"agreement": "top-1 agreement", "drop": "accuracy drop (pts, FP32 − INT8)",
-                                    "cosine": "embedding cosine"}.get)
+    measure = st.radio("Per length bucket", list(BUCKET_MEASURES), horizontal=True, key="compare-measure",
+                       format_func=BUCKET_MEASURES.get)
     frame = overlay_frame(evaluations, measure)
     if not frame.empty:
         order = list(dict.fromkeys(frame["bucket"]))
@@ -99,7 +96,7 @@ with tab_history:
     c1, c2, c3 = st.columns([2, 2, 1])
     stages = c1.multiselect("Stages", list(STAGE_TITLES), default=[], key="runs-stages",
                             format_func=lambda s: STAGE_TITLES[s], placeholder="All stages")
-    statuses = c2.multiselect("Status", [s for s in STATUSES if s != "finishing"], default=[],
+    statuses = c2.multiselect("Status", list(FILTERABLE_STATUSES), default=[],
                               key="runs-status", placeholder="Any status")
     everyone = c3.toggle("All sessions", value=True, key="runs-all",
                          help="Off: only the runs started from this browser session.")
@@ -143,15 +140,12 @@ with tab_history:
             st.json(run.params, expanded=False)
             if run.summary:
                 st.markdown("Summary")
-                st.dataframe(pd.DataFrame([{"key": k, "value": fmt.cell(v)} for k, v in flatten(run.summary).items()]),
-                             hide_index=True, width="stretch")
+                st.dataframe(summary_frame(run), hide_index=True, width="stretch")
         with right:
             if run.artifacts:
-                bad = set(ws.verify(run.id)) if run.status == "finished" else set()
+                bad = changed_files(ws, run)
                 st.markdown(f"Files ({len(run.artifacts)}){' · ' + str(len(bad)) + ' changed since the run' if bad else ''}")
-                st.dataframe(pd.DataFrame([{"file": a.path, "bytes": a.bytes, "sha256": a.sha256[:16] + "…",
-                                            "intact": a.path not in bad} for a in run.artifacts]),
-                             hide_index=True, width="stretch")
+                st.dataframe(files_frame(run, bad), hide_index=True, width="stretch")
                 names = [a.path for a in run.artifacts]
                 pick = st.selectbox("Download a file of this run", names, key="runs-file")
                 download_file(f"Download {pick}", run.dir / pick, key="runs-file-dl")
@@ -196,8 +190,8 @@ with tab_reports:
             with col:
                 download_file(f"Download {name}", run.dir / name, mime=mime, key=f"report-dl-{name}",
                               file_name=f"{run.id}-{name}")
-        html = run.dir / REPORT_HTML
-        if html.is_file():
-            st.iframe(html, alt=f"Report {run.id}")
-        elif (run.dir / REPORT_MD).is_file():
-            st.markdown((run.dir / REPORT_MD).read_text(encoding="utf-8"))
+        view = report_view(run)
+        if view is not None and view[0] == "html":
+            st.iframe(view[1], alt=f"Report {run.id}")
+        elif view is not None:
+            st.markdown(view[1].read_text(encoding="utf-8"))
