@@ -15,36 +15,19 @@ if str(APP_DIR) not in sys.path:
 
 import streamlit as st
 from lib.context import STAGE_TITLES
+from lib.pages import APP_PAGES
 from lib.project import demo_ready, project_model_sha256, release_budget
 from lib.runs import home_verdict_run, judged_evaluation
-from lib.ui import age, current_run_id, run_label, run_title, start_page
+from lib.ui import age, current_run_id, page_link, run_label, run_title, start_page
 from lib.verdict_view import verdict_banner
 
 from calib.errors import CalibError
-from calib.methods import method_names
 from calib.verdict import judge, resolution_warning
 
-page = start_page("calib workbench", ":material/tune:",
-                  "INT8 calibration and accuracy validation for transformer text models that ship on "
+page = start_page(title="calib workbench", icon=":material/tune:",
+                  intro="INT8 calibration and accuracy validation for transformer text models that ship on "
                   "NVIDIA TensorRT. Each step below saves a run in the workspace; every run can be "
                   "reopened, compared and downloaded later.")
-
-STEPS = [  # page, title, icon, what it does, the stage whose last run it shows (None: no run of its own)
-    ("pages/1_Project.py", "Project", ":material/folder_open:",
-     "Pick the demo task or bring your own ONNX model, tokenizer and data.", None),
-    ("pages/2_Calibration_set.py", "Calibration set", ":material/bar_chart:",
-     "Choose calibration texts whose lengths match what the model will see; check coverage.", "calibset"),
-    ("pages/3_Calibrate.py", "Calibrate", ":material/straighten:",
-     f"One pass over the calibration set gives the ranges of every calibrator ({', '.join(method_names())}).",
-     "calibrate"),
-    ("pages/4_Build.py", "Build", ":material/construction:",
-     "Place Q/DQ, build the INT8 model, get the TensorRT commands.", "build"),
-    ("pages/5_Validate.py", "Validate", ":material/fact_check:",
-     "Compare INT8 against FP32: accuracy, agreement, per length bucket, per layer; find sensitive layers.",
-     "validate"),
-    ("pages/6_Runs_and_reports.py", "Runs & reports", ":material/history:",
-     "History, side-by-side comparison and reports.", "report"),
-]
 
 if page.project.kind == "demo" and not demo_ready(page.ws, page.project.task):
     st.info(f"The demo task **{page.project.task}** is not prepared in this workspace yet. "
@@ -65,15 +48,16 @@ else:
         headline = ev.headline()
         verdict_banner(judge(headline, budget), subject=subject,
                        warning=resolution_warning(headline, budget), key="home")
-        st.page_link("pages/5_Validate.py", label="Open it on Validate", icon=":material/fact_check:")
+        page_link("validate", "Open it on")
 
 st.subheader("Workflow")
-for path, title, icon, text, stage in STEPS:
+for step in APP_PAGES.values():
+    stage = step.stage
     with st.container(border=True):
         left, right = st.columns([3, 2])
         with left:
-            st.page_link(path, label=f"**{title}**", icon=icon)
-            st.caption(text)
+            st.page_link(step.path, label=f"**{step.title}**", icon=step.icon)
+            st.caption(step.step)
         if stage:
             runs = page.ws.list_runs(stage=stage, session=page.session, limit=1)
             with right:

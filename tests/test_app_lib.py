@@ -955,3 +955,25 @@ def test_the_runs_pages_evaluations_files_and_report_view(workspace):
     assert report_view(report) == ("markdown", report.dir / "report.md")
     (report.dir / "report.md").unlink()
     assert report_view(report) is None
+
+
+def test_every_app_page_is_registered_once_and_opens_as_itself():
+    """app/lib/pages is the one list of pages: each file under app/pages is in it, in workflow order, and
+    starts with its own key (so its title, icon and intro, Home's line and the links to it agree)."""
+    import re
+
+    from lib.context import STAGE_TITLES
+    from lib.pages import APP_PAGES, app_page, link_label
+
+    app = Path(__file__).resolve().parents[1] / "app"
+    files = sorted(p.relative_to(app).as_posix() for p in (app / "pages").glob("*.py"))
+    assert [p.path for p in APP_PAGES.values()] == files
+    for key, page in APP_PAGES.items():
+        source = (app / page.path).read_text(encoding="utf-8")
+        assert re.findall(r'start_page\("([a-z]+)"\)', source) == [key], page.path
+        assert page.stage is None or page.stage in STAGE_TITLES
+        assert page.intro and page.step and page.icon.startswith(":material/")
+    assert len({p.title for p in APP_PAGES.values()}) == len(APP_PAGES)
+    assert link_label("build") == "Go to Build" and link_label("validate", "Open it on") == "Open it on Validate"
+    with pytest.raises(KeyError, match="known: project"):
+        app_page("nowhere")

@@ -24,6 +24,7 @@ from lib.context import (
     workspace,
 )
 from lib.jobs import active_run, job_pool, show_progress, timing_text
+from lib.pages import app_page, link_label
 from lib.project import Project, current_project
 
 T = TypeVar("T")
@@ -39,8 +40,12 @@ class Page:
     project: Project
 
 
-def start_page(title: str, icon: str, intro: str = "") -> Page:
-    """Page config, workspace, session, project and sidebar; the first call of every page."""
+def start_page(key: str | None = None, *, title: str = "", icon: str = ":material/tune:", intro: str = "") -> Page:
+    """Page config, workspace, session, project and sidebar; the first call of every page. ``key``: the
+    page in :data:`lib.pages.APP_PAGES` (its title, icon and intro); Home gives its own ``title``…"""
+    if key is not None:
+        described = app_page(key)
+        title, icon, intro = described.title, described.icon, described.intro
     setup_page(title, icon)
     ws = workspace()
     sid = session_id()
@@ -52,6 +57,12 @@ def start_page(title: str, icon: str, intro: str = "") -> Page:
     if intro:
         st.caption(intro)
     return page
+
+
+def page_link(key: str, verb: str = "Go to") -> None:
+    """A link to the app page ``key`` (:data:`lib.pages.APP_PAGES`), labelled ``<verb> <its title>``."""
+    target = app_page(key)
+    st.page_link(target.path, label=link_label(key, verb), icon=target.icon)
 
 
 def adopt_finished_runs(page: Page) -> None:

@@ -41,7 +41,7 @@ from calib.data import NORMALIZATION_DESCRIPTIONS, NORMALIZATIONS
 from calib.demo import DemoConfig, prepare_demo_run
 from calib.model import POOLING_DESCRIPTIONS
 
-page = start_page("Project", ":material/folder_open:", "Which model to quantize and which texts to calibrate and evaluate it on.")
+page = start_page("project")
 ws, project = page.ws, page.project
 
 

@@ -52,9 +52,7 @@ from calib.sampling import (
     WEIGHTED_STRATEGIES,
 )
 
-page = start_page("Calibration set", ":material/bar_chart:",
-                  "INT8 ranges are only as good as the texts they are measured on: match the token lengths "
-                  "the model will see (the evaluation data or production traffic), then check the coverage.")
+page = start_page("calibset")
 ws, project = page.ws, page.project
 
 with shown_errors("Reading the project"):

@@ -24,7 +24,7 @@ from lib.charts import (
 from lib.context import attempt, shown_errors
 from lib.project import model_spec
 from lib.stages import calibration_notes
-from lib.ui import download_file, pick_run, run_button, start_page
+from lib.ui import download_file, page_link, pick_run, run_button, start_page
 
 from calib import formatting as fmt
 from calib.calibrate import CalibrateConfig, Calibration, calibrate
@@ -35,9 +35,7 @@ from calib.placement import PRESET_TITLES, PRESETS, Placement
 from calib.stats import HISTOGRAM_MODES, TENSOR_SCOPE_DESCRIPTIONS, TENSOR_SCOPES
 from calib.trtcache import DEFAULT_TRT_VERSION
 
-page = start_page("Calibrate", ":material/straighten:",
-                  "One FP32 pass over the calibration set collects per-tensor histograms; every calibrator "
-                  f"({', '.join(method_names())}) is computed from the same statistics.")
+page = start_page("calibrate")
 ws, project = page.ws, page.project
 spec = attempt(model_spec, ws, project, what="Reading the model")
 
@@ -45,7 +43,7 @@ st.subheader("Calibration set")
 cs_run = pick_run(page, "calibset", "Calibrate on", key="cal-cs", model_sha256=spec.sha256 if spec else None)
 if cs_run is None:
     st.info("No calibration set yet: assemble one on the Calibration set page.", icon=":material/info:")
-    st.page_link("pages/2_Calibration_set.py", label="Go to Calibration set", icon=":material/bar_chart:")
+    page_link("calibset", "Go to")
 else:
     cset = attempt(CalibrationSet.load, cs_run.dir, what="Opening the calibration set")
     if cset is not None:

@@ -24,7 +24,7 @@ from lib.stages import (
     profile_warning,
     tensorrt_state,
 )
-from lib.ui import download_file, open_picked_run, pick_run, run_button, start_page
+from lib.ui import download_file, open_picked_run, page_link, pick_run, run_button, start_page
 
 from calib import formatting as fmt
 from calib.build import CACHE_FILE, ENGINE_FILE, SCRIPT_FILE, BuildConfig, EngineArtifact, build
@@ -35,9 +35,7 @@ from calib.pipeline import config_defaults
 from calib.placement import PRESET_TITLES, PRESETS
 from calib.smooth import SMOOTH_CHOICES
 
-page = start_page("Build", ":material/construction:",
-                  "Put Q/DQ where TensorRT would run INT8, with the calibrated ranges. Here the INT8 model runs "
-                  "on ONNX Runtime (CPU); the commands to build the TensorRT engine on a GPU machine come with it.")
+page = start_page("build")
 ws = page.ws
 
 # -- backend -------------------------------------------------------------------------------------
@@ -54,7 +52,7 @@ st.subheader("Ranges and placement")
 cal_run = pick_run(page, "calibrate", "Calibration run", key="build-cal")
 if cal_run is None:
     st.info("No calibration yet: run the calibrators on the Calibrate page first.", icon=":material/info:")
-    st.page_link("pages/3_Calibrate.py", label="Go to Calibrate", icon=":material/straighten:")
+    page_link("calibrate", "Go to")
 else:
     with shown_errors("Opening the calibration"):
         cal = Calibration.load(cal_run.dir)

@@ -53,6 +53,7 @@ from lib.ui import (
     finished_runs,
     job_section,
     last_outcome,
+    page_link,
     pick_run,
     run_button,
     run_title,
@@ -93,9 +94,7 @@ from calib.sensitivity import (
 from calib.validate import validate
 from calib.verdict import MIN_BUCKET_TEXTS, judge, resolution_warning
 
-page = start_page("Validate", ":material/fact_check:",
-                  "The INT8 model against FP32 on the evaluation data: accuracy, top-1 agreement, per length "
-                  "bucket and per layer. The sensitivity analysis finds the fewest layers to keep in float.")
+page = start_page("validate")
 ws, project = page.ws, page.project
 
 with shown_errors("Reading the project"):
@@ -213,7 +212,7 @@ last_outcome(page, "build")  # a rebuild started below becomes the build to vali
 build_run = pick_run(page, "build", "INT8 build", key="val-build", model_sha256=None)
 if build_run is None:
     st.info("No INT8 build yet: build one on the Build page first.", icon=":material/info:")
-    st.page_link("pages/4_Build.py", label="Go to Build", icon=":material/construction:")
+    page_link("build", "Go to")
 else:
     art = attempt(EngineArtifact.load, build_run.dir, what="Opening the build")
     if art is not None and (other := other_models_warning(art.model_sha256, spec.sha256, "build",
@@ -376,4 +375,4 @@ with tab_report:
     rep_run = pick_run(page, "report", "Report", key="rep-pick")
     if rep_run is not None:
         report_verdict(rep_run, key="val-rep")
-        st.page_link("pages/6_Runs_and_reports.py", label="Open it on Runs & reports", icon=":material/history:")
+        page_link("runs", "Open it on")

@@ -43,9 +43,7 @@ from calib.report import REPORT_FILES
 
 RUN_COLOURS = ["#4c78a8", "#f58518", "#54a24b", "#b279a2", "#e45756", "#72b7b2", "#eeca3b", "#9d755d"]
 
-page = start_page("Runs & reports", ":material/history:",
-                  "Every run is recorded in the workspace registry with its parameters, status and files "
-                  "(sha256). Compare runs side by side and open or download their reports.")
+page = start_page("runs")
 ws = page.ws
 lookup = registry_lookup(ws)
 
