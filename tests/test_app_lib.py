@@ -977,3 +977,26 @@ def test_every_app_page_is_registered_once_and_opens_as_itself():
     assert link_label("build") == "Go to Build" and link_label("validate", "Open it on") == "Open it on Validate"
     with pytest.raises(KeyError, match="known: project"):
         app_page("nowhere")
+
+
+def test_the_project_pages_model_facts(workspace, tiny_model_path, tiny_tokenizer_dir, tiny_csv):
+    """The Project page's model tiles, caption and I/O table come from the resolved model."""
+    from dataclasses import replace
+
+    from lib.model_view import classes_caption, model_caption, model_facts, model_io_frame, scored_outputs
+    from lib.project import Project, model_spec
+
+    project = Project(kind="custom", model=str(tiny_model_path), tokenizer=str(tiny_tokenizer_dir),
+                      pool_source=str(tiny_csv), text_column="text", label_column="label", max_length=64,
+                      labels=("neg", "pos"))
+    spec = model_spec(workspace, project)
+    facts = dict(model_facts(spec))
+    assert facts == {"Inputs": len(spec.inputs), "Outputs": len(spec.outputs), "Max length": "64 tokens", "Classes": 2}
+    io = model_io_frame(spec)
+    assert list(io["kind"]) == ["input"] * len(spec.inputs) + ["output"] * len(spec.outputs)
+    assert list(io["name"]) == [t.name for t in (*spec.inputs, *spec.outputs)]
+    assert spec.sha256[:16] in model_caption(spec) and f"logits `{spec.logits_output}`" in scored_outputs(spec)
+    assert classes_caption(spec) == "Classes in logit order: neg, pos"
+    unnamed = replace(spec, labels=(), logits_output=None, embedding_output="emb", pooling="mean")
+    assert dict(model_facts(unnamed))["Classes"] == "?" and classes_caption(unnamed) is None
+    assert scored_outputs(unnamed) == "embedding `emb` (pooled: mean)"

@@ -9,12 +9,12 @@ APP_DIR = Path(__file__).resolve().parents[1]
 if str(APP_DIR) not in sys.path:
     sys.path.insert(0, str(APP_DIR))
 
-import pandas as pd
 import streamlit as st
 from lib import uploads
 from lib.cluster_view import cluster_editor
 from lib.context import attempt, show_error, shown_errors
 from lib.datasets_view import peek, summary_frame
+from lib.model_view import classes_caption, model_caption, model_facts, model_io_frame
 from lib.project import (
     NO_COLUMN,
     POOLING_OPTIONS,
@@ -47,20 +47,12 @@ ws, project = page.ws, page.project
 
 def show_model(spec) -> None:
     st.subheader("Model")
-    cols = st.columns(4)
-    cols[0].metric("Inputs", len(spec.inputs))
-    cols[1].metric("Outputs", len(spec.outputs))
-    cols[2].metric("Max length", f"{spec.max_length} tokens")
-    cols[3].metric("Classes", len(spec.labels) or "?")
-    st.caption(f"`{spec.onnx_path}` · sha256 `{spec.sha256[:16]}…` · scored outputs: "
-               + ", ".join(f"{role} `{name}`" for role, name in (("logits", spec.logits_output),
-                                                                 ("embedding", spec.embedding_output)) if name)
-               + (f" (pooled: {spec.pooling})" if spec.pooling != "none" else ""))
-    io_rows = [{"kind": kind, "name": t.name, "dtype": t.dtype, "shape": " × ".join(str(d) for d in t.shape)}
-               for kind, tensors in (("input", spec.inputs), ("output", spec.outputs)) for t in tensors]
-    st.dataframe(pd.DataFrame(io_rows), hide_index=True, width="stretch")
-    if spec.labels:
-        st.caption("Classes in logit order: " + ", ".join(spec.labels))
+    for col, (label, value) in zip(st.columns(4), model_facts(spec)):
+        col.metric(label, value)
+    st.caption(model_caption(spec))
+    st.dataframe(model_io_frame(spec), hide_index=True, width="stretch")
+    if classes := classes_caption(spec):
+        st.caption(classes)
 
 
 def show_data(role: str, title: str) -> None:
