@@ -276,14 +276,15 @@ def short_tensor_name(name: str, max_chars: int = 32) -> str:
 
 @dataclass(frozen=True)
 class Section:
-    """A report section: a heading, paragraphs and an optional table (``muted`` rows shown greyed)."""
+    """A report section: a heading, paragraphs, an optional table (``muted`` rows shown greyed) and the
+    charts the HTML report draws with it (self-contained SVG; Markdown has none)."""
 
     title: str
     notes: tuple[str, ...] = ()
     headers: tuple[str, ...] = ()
     rows: tuple[tuple[str, ...], ...] = ()
     muted: tuple[bool, ...] = ()
-    chart: str = ""  # which HTML charts go with it: verdict | buckets | layers | comparison
+    charts: tuple[str, ...] = ()
     level: int = 2
     tone: str = ""  # pass | fail | note
     banner: bool = False  # HTML: shown as a banner in its tone, PASS / FAIL table cells coloured (the verdict)
@@ -361,7 +362,7 @@ def _comparison_section(data: dict) -> Section | None:
                   for r in rows)
     return Section("Runs compared", tuple(notes), ("what", "verdict", "acc INT8", "drop (pts)", "drop 95 % CI (pts)",
                                                    "agreement", "emb. cosine", "worst bucket", "run"), table,
-                   chart="comparison")
+                   charts=_comparison_charts(data))
 
 
 def _bucket_section(data: dict) -> Section:
@@ -387,7 +388,8 @@ def _bucket_section(data: dict) -> Section:
                       _fmt(b["embedding_cosine"], ".4f")) for b in buckets)
     notes = ("Token counts before truncation. Drop and interval: FP32 − INT8 in points.",
              f"Buckets with fewer than {few} texts are marked “few texts” (greyed in HTML): their figures are noise.")
-    return Section("Per length bucket", notes, headers, rows, tuple(b["n"] < few for b in buckets), chart="buckets")
+    return Section("Per length bucket", notes, headers, rows, tuple(b["n"] < few for b in buckets),
+                   charts=_bucket_charts(data))
 
 
 def _class_sections(data: dict) -> list[Section]:
@@ -439,7 +441,7 @@ def _layer_section(data: dict, layers: int) -> Section | None:
                   _fmt(r["amax"].get(ENGINE_RANGE), ".4g"), *[_fmt(r["amax"].get(m), ".4g") for m in methods],
                   *[_fmt(r["saturation_rate"].get(m), ".2e") for m in methods], *((ratio_of(r),) if ratio else ()))
                  for r in worst)
-    return Section("Per layer", notes, headers, rows, chart="layers")
+    return Section("Per layer", notes, headers, rows, charts=_layer_charts(data))
 
 
 def _sensitivity_section(data: dict) -> Section | None:
@@ -679,54 +681,60 @@ padding:3px 8px;text-align:right}th{background:#f4f4f4}td:first-child,th:first-c
 td.PASS{color:#2a7a2a;font-weight:bold}td.FAIL{color:#b00020;font-weight:bold}"""
 
 
-def _charts(data: dict, key: str) -> list[str]:
+def _bucket_charts(data: dict) -> tuple[str, ...]:
+    """Per length bucket: an embedding model's cosine and recall; else accuracy and its drop (labelled data)
+    and agreement."""
     h = data["headline"]
-    if key == "buckets":
-        buckets = data["buckets"]
-        names = [f"{b['bucket']} (n={b['n']})" for b in buckets]
-        out = []
-        if h.get("model_kind") == "embedding":
-            series = {"embedding cosine": [b["embedding_cosine"] for b in buckets],
-                      f"recall@{h['neighbour_k']}": [b["neighbour_recall_at_k"] for b in buckets]}
-            values = [v for vs in series.values() for v in vs if v is not None]
-            return [svg_grouped_bars(names, series, title="INT8 embeddings against FP32 per length bucket",
-                                     y_label="cosine / recall", y_min=padded_floor(values), y_max=1.0)]
-        if h["labelled"]:
-            out.append(svg_grouped_bars(names, {"FP32 accuracy": [b["accuracy_fp32"] for b in buckets],
-                                                "INT8 accuracy": [b["accuracy_int8"] for b in buckets]},
-                                        title="Accuracy per length bucket", y_label="accuracy", y_min=0.0, y_max=1.0))
-            out.append(svg_grouped_bars(names, {"accuracy drop (points)": [b["accuracy_drop_points"] for b in buckets]},
-                                        title="Accuracy drop per length bucket (FP32 − INT8, points)", y_label="points"))
-        values = [v for b in buckets for v in (b["top1_agreement"], b["embedding_cosine"]) if v is not None]
-        out.append(svg_grouped_bars(names, {"top-1 agreement": [b["top1_agreement"] for b in buckets],
-                                            "embedding cosine": [b["embedding_cosine"] for b in buckets]},
-                                    title="Agreement with FP32 per length bucket", y_label="agreement / cosine",
-                                    y_min=padded_floor(values), y_max=1.0))
-        return out
-    if key == "layers":
-        q = [r for r in data["layers"]["rows"] if r["quantized"]]
-        names = [short_tensor_name(r["tensor"]) for r in q]
-        return [svg_line([r["sqnr_db"] for r in q], names, title="SQNR of quantized tensors vs FP32 (dB)",
-                         y_label="SQNR dB", threshold=DEGRADED_SQNR_DB,
-                         threshold_label=f"{DEGRADED_SQNR_DB:g} dB: degraded below"),
-                svg_line({m: [r["saturation_rate"].get(m) for r in q]
-                          for m in sorted({m for r in q for m in r["saturation_rate"]}) if m != ENGINE_RANGE} or
-                         {ENGINE_RANGE: [r["saturation_rate"].get(ENGINE_RANGE) for r in q]}, names,
-                         title="Clipped share per calibrator (|x| above its amax on the evaluation texts)",
-                         y_label="share")]
-    if key == "comparison":
-        rows = data["comparison"]
-        names = [f"{r['calibrator'] or r['run']}" for r in rows]
-        values = [v for r in rows for v in (r["top1_agreement"], r["embedding_cosine"]) if v is not None]
-        series = {"top-1 agreement": [r["top1_agreement"] for r in rows]}
-        if any(r["embedding_cosine"] is not None for r in rows):
-            series["embedding cosine"] = [r["embedding_cosine"] for r in rows]
-        budget = data.get("budget") or {}
-        return [svg_grouped_bars(names, series, title="Agreement with FP32 per run", y_label="agreement / cosine",
-                                 y_min=padded_floor([*values, *(v for v in (budget.get("min_agreement"),) if v)]),
-                                 y_max=1.0, threshold=budget.get("min_agreement"),
-                                 threshold_label=f"min agreement {budget.get('min_agreement')}")]
-    return []
+    buckets = data["buckets"]
+    names = [f"{b['bucket']} (n={b['n']})" for b in buckets]
+    out = []
+    if h.get("model_kind") == "embedding":
+        series = {"embedding cosine": [b["embedding_cosine"] for b in buckets],
+                  f"recall@{h['neighbour_k']}": [b["neighbour_recall_at_k"] for b in buckets]}
+        values = [v for vs in series.values() for v in vs if v is not None]
+        return (svg_grouped_bars(names, series, title="INT8 embeddings against FP32 per length bucket",
+                                 y_label="cosine / recall", y_min=padded_floor(values), y_max=1.0),)
+    if h["labelled"]:
+        out.append(svg_grouped_bars(names, {"FP32 accuracy": [b["accuracy_fp32"] for b in buckets],
+                                            "INT8 accuracy": [b["accuracy_int8"] for b in buckets]},
+                                    title="Accuracy per length bucket", y_label="accuracy", y_min=0.0, y_max=1.0))
+        out.append(svg_grouped_bars(names, {"accuracy drop (points)": [b["accuracy_drop_points"] for b in buckets]},
+                                    title="Accuracy drop per length bucket (FP32 − INT8, points)", y_label="points"))
+    values = [v for b in buckets for v in (b["top1_agreement"], b["embedding_cosine"]) if v is not None]
+    out.append(svg_grouped_bars(names, {"top-1 agreement": [b["top1_agreement"] for b in buckets],
+                                        "embedding cosine": [b["embedding_cosine"] for b in buckets]},
+                                title="Agreement with FP32 per length bucket", y_label="agreement / cosine",
+                                y_min=padded_floor(values), y_max=1.0))
+    return tuple(out)
+
+
+def _layer_charts(data: dict) -> tuple[str, ...]:
+    """Per quantized tensor: SQNR against FP32, and each calibrator's clipped share."""
+    q = [r for r in data["layers"]["rows"] if r["quantized"]]
+    names = [short_tensor_name(r["tensor"]) for r in q]
+    return (svg_line([r["sqnr_db"] for r in q], names, title="SQNR of quantized tensors vs FP32 (dB)",
+                     y_label="SQNR dB", threshold=DEGRADED_SQNR_DB,
+                     threshold_label=f"{DEGRADED_SQNR_DB:g} dB: degraded below"),
+            svg_line({m: [r["saturation_rate"].get(m) for r in q]
+                      for m in sorted({m for r in q for m in r["saturation_rate"]}) if m != ENGINE_RANGE} or
+                     {ENGINE_RANGE: [r["saturation_rate"].get(ENGINE_RANGE) for r in q]}, names,
+                     title="Clipped share per calibrator (|x| above its amax on the evaluation texts)",
+                     y_label="share"))
+
+
+def _comparison_charts(data: dict) -> tuple[str, ...]:
+    """Agreement (and embedding cosine) per compared run, with the budget's minimum agreement."""
+    rows = data["comparison"]
+    names = [f"{r['calibrator'] or r['run']}" for r in rows]
+    values = [v for r in rows for v in (r["top1_agreement"], r["embedding_cosine"]) if v is not None]
+    series = {"top-1 agreement": [r["top1_agreement"] for r in rows]}
+    if any(r["embedding_cosine"] is not None for r in rows):
+        series["embedding cosine"] = [r["embedding_cosine"] for r in rows]
+    budget = data.get("budget") or {}
+    return (svg_grouped_bars(names, series, title="Agreement with FP32 per run", y_label="agreement / cosine",
+                             y_min=padded_floor([*values, *(v for v in (budget.get("min_agreement"),) if v)]),
+                             y_max=1.0, threshold=budget.get("min_agreement"),
+                             threshold_label=f"min agreement {budget.get('min_agreement')}"),)
 
 
 def padded_floor(values: Sequence[float]) -> float:
@@ -751,7 +759,7 @@ def render_html(data: dict, layers: int = 25) -> str:
             if sec.banner:  # colour the status cells
                 for status in ("PASS", "FAIL"):
                     table = table.replace(f"<td>{status}</td>", f'<td class="{status}">{status}</td>')
-        charts = "".join(_charts(data, sec.chart)) if sec.chart else ""
+        charts = "".join(sec.charts)
         if sec.banner:
             out.append(f'<div class="banner {sec.tone}"><{tag}>{html.escape(sec.title)}</{tag}>{notes}{table}</div>')
         else:

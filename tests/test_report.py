@@ -192,3 +192,23 @@ def test_short_tensor_names_and_padded_bars():
     svg = svg_grouped_bars(["a", "b"], {"x": [0.9, 0.95]}, title="t", y_label="y", y_min=0.9, y_max=1.0)
     heights = [float(h) for h in re.findall(r'<rect x="[\d.]+" y="[\d.]+" width="[\d.]+" height="([\d.]+)"', svg)]
     assert min(heights[:2]) >= 1.5
+
+
+def test_each_section_carries_its_own_charts_into_the_html_only():
+    """A section draws its charts itself (no chart switch elsewhere): the HTML shows every section's charts
+    under its heading, in order; Markdown shows none."""
+    from pathlib import Path
+
+    from calib.report import render_html, render_markdown, report_sections
+
+    data = json.loads((Path(__file__).parent / "fixtures" / "v1" / "report" / "report.json").read_text())
+    sections = report_sections(data)
+    charted = [s for s in sections if s.charts]
+    assert {s.title for s in charted} >= {"Per length bucket", "Per layer"}
+    assert all(c.startswith("<svg") for s in charted for c in s.charts)
+    page = render_html(data)
+    for s in charted:
+        start = page.index(f">{s.title}</h{s.level}>")
+        assert all(page.index(c, start) > start for c in s.charts), s.title
+    assert page.count("<svg") == sum(len(s.charts) for s in sections)
+    assert "<svg" not in render_markdown(data)
