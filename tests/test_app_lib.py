@@ -1000,3 +1000,29 @@ def test_the_project_pages_model_facts(workspace, tiny_model_path, tiny_tokenize
     unnamed = replace(spec, labels=(), logits_output=None, embedding_output="emb", pooling="mean")
     assert dict(model_facts(unnamed))["Classes"] == "?" and classes_caption(unnamed) is None
     assert scored_outputs(unnamed) == "embedding `emb` (pooled: mean)"
+
+
+def test_the_calibrate_and_build_pages_configs(tiny_model_path, tiny_csv):
+    """The Calibrate and Build pages' runs come from app/lib: the chosen calibrators with their parameters on
+    the project's cluster; the chosen range set, placement, backend and Advanced settings."""
+    from lib.project import Project
+    from lib.stages import build_config, calibrate_config, reasons_frame
+
+    from calib.calibrate import RangesRef
+
+    project = Project(kind="custom", model=str(tiny_model_path), pool_source=str(tiny_csv), cluster="local:2")
+    cal = calibrate_config(project, "/runs/cs", ["percentile", "minmax"], {"percentile": {"percentile": 99.9}},
+                           placement="all", tensors="all", batch_size=8, trt_version="10.3.0", histogram="two-pass")
+    assert cal.methods == ("percentile", "minmax") and cal.method_params("percentile")["percentile"] == 99.9
+    assert (cal.placement.preset, cal.tensors, cal.batch_size, cal.histogram, cal.cluster) == (
+        "all", "all", 8, "two-pass", "local:2")
+    with pytest.raises(InputError, match="at least one calibrator"):
+        calibrate_config(project, "/runs/cs", [], {}, placement="all", tensors="all", batch_size=8,
+                         trt_version="10.3.0", histogram="stream")
+    built = build_config(tiny_model_path, "/runs/cal", "mse", Placement("tensorrt"), backend="ort", per_channel=False,
+                         trt_version="10.3.0", smooth="auto", smooth_attention=True, bias_correction=True)
+    assert built.ranges == RangesRef("/runs/cal", "mse") and built.model == str(tiny_model_path)
+    assert (built.per_channel, built.smooth, built.smooth_attention, built.bias_correction) == (False, "auto", True, True)
+    frame = reasons_frame({"/l.0/MatMul": "sensitivity"}, "node")
+    assert frame.to_dict("records") == [{"node": "/l.0/MatMul", "why": "sensitivity"}]
+    assert list(reasons_frame({}, "tensor").columns) == ["tensor", "why"]

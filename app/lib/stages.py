@@ -8,9 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import streamlit as st
 
-from calib.build import EngineArtifact, calibration_of
+from calib.build import BuildConfig, EngineArtifact, calibration_of
+from calib.calibrate import CalibrateConfig, RangesRef
 from calib.calibset import AssembleConfig, CalibrationSet
 from calib.compare import CalibratorComparison, CompareConfig
 from calib.data import DataSpec
@@ -168,6 +170,33 @@ def backend_warning(name: str, status: Any = None) -> str | None:
 def tensorrt_state():
     """The TensorRT backend's status: the deployment target every build writes commands for."""
     return backend_state(DEPLOYMENT_TARGET)
+
+
+def calibrate_config(project: Project, calibration_set_dir: str | Path, methods: Sequence[str],
+                     params: Mapping[str, Mapping[str, Any]], *, placement: str, tensors: str, batch_size: int,
+                     trt_version: str, histogram: str) -> CalibrateConfig:
+    """The Calibrate page's run: every chosen calibrator (``params``: each one's parameters) from one
+    statistics pass over a calibration set, on the project's cluster."""
+    if not methods:
+        raise InputError("pick at least one calibrator")
+    return CalibrateConfig(calibration_set=str(calibration_set_dir), methods=tuple(methods), params=dict(params),
+                           placement=Placement(placement), tensors=tensors, batch_size=int(batch_size),
+                           trt_version=trt_version, histogram=histogram, cluster=project.cluster_spec)
+
+
+def build_config(model_path: str | Path, calibration_dir: str | Path, method: str, placement: Placement, *,
+                 backend: str, per_channel: bool, trt_version: str, smooth: str, smooth_attention: bool,
+                 bias_correction: bool) -> BuildConfig:
+    """The Build page's build: the range set ``method`` of a calibration run, placed as ``placement``, on
+    ``backend``, with the Advanced settings."""
+    return BuildConfig(model=str(model_path), ranges=RangesRef(str(calibration_dir), method), placement=placement,
+                       per_channel=bool(per_channel), backend=backend, trt_version=trt_version, smooth=smooth,
+                       smooth_attention=bool(smooth_attention), bias_correction=bool(bias_correction))
+
+
+def reasons_frame(reasons: Mapping[str, str], what: str) -> pd.DataFrame:
+    """(``what``, why) rows of a build's tensors or nodes left in float and the reason recorded for each."""
+    return pd.DataFrame([{what: k, "why": v} for k, v in reasons.items()], columns=[what, "why"])
 
 
 def build_placement(preset: str, nodes: Sequence[str], patterns: str, op_types: Sequence[str]) -> Placement:

@@ -23,7 +23,7 @@ from lib.charts import (
 )
 from lib.context import attempt, shown_errors
 from lib.project import model_spec
-from lib.stages import calibration_notes
+from lib.stages import calibrate_config, calibration_notes
 from lib.ui import download_file, page_link, pick_run, run_button, start_page
 
 from calib import formatting as fmt
@@ -31,7 +31,7 @@ from calib.calibrate import CalibrateConfig, Calibration, calibrate
 from calib.calibset import CalibrationSet
 from calib.methods import default_methods, method_names
 from calib.pipeline import config_defaults
-from calib.placement import PRESET_TITLES, PRESETS, Placement
+from calib.placement import PRESET_TITLES, PRESETS
 from calib.stats import HISTOGRAM_MODES, TENSOR_SCOPE_DESCRIPTIONS, TENSOR_SCOPES
 from calib.trtcache import DEFAULT_TRT_VERSION
 
@@ -64,10 +64,10 @@ else:
                                  help="stream: one pass, exact bin merging. two-pass: TensorRT's binning, twice the time.")
         trt_version = a3.text_input("TensorRT version for the cache header", value=DEFAULT_TRT_VERSION,
                                     key="cal-trt", help="TensorRT ignores a cache whose header names another version.")
-    if params is not None:
-        config = CalibrateConfig(calibration_set=str(cs_run.dir), methods=tuple(methods), params=params,
-                                 placement=Placement(placement), tensors=scope, batch_size=int(batch_size),
-                                 trt_version=trt_version, histogram=histogram, cluster=project.cluster_spec)
+    config = None if params is None else attempt(
+        calibrate_config, project, cs_run.dir, methods, params, placement=placement, tensors=scope,
+        batch_size=batch_size, trt_version=trt_version, histogram=histogram, what="Choosing the calibrators")
+    if config is not None:
         run_button(page, "calibrate", "Calibrating", "Run all calibrators", key="cal-run", fn=calibrate, config=config,
                    parents=(cs_run.id,))
 

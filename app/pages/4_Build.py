@@ -9,26 +9,27 @@ APP_DIR = Path(__file__).resolve().parents[1]
 if str(APP_DIR) not in sys.path:
     sys.path.insert(0, str(APP_DIR))
 
-import pandas as pd
 import streamlit as st
 from lib.bench_view import bench_section
 from lib.context import attempt, shown_errors
 from lib.project import model_spec
 from lib.stages import (
     backend_warning,
+    build_config,
     build_method_help,
     build_placement,
     default_calibrator_note,
     graph_nodes,
     profile_caption,
     profile_warning,
+    reasons_frame,
     tensorrt_state,
 )
 from lib.ui import download_file, open_picked_run, page_link, pick_run, run_button, start_page
 
 from calib import formatting as fmt
 from calib.build import CACHE_FILE, ENGINE_FILE, SCRIPT_FILE, BuildConfig, EngineArtifact, build
-from calib.calibrate import Calibration, RangesRef
+from calib.calibrate import Calibration
 from calib.engines import backend_names, get_backend
 from calib.methods import build_method_of
 from calib.pipeline import config_defaults
@@ -97,10 +98,9 @@ else:
                                       help="Fold the output shift that weight quantization causes into each MatMul's "
                                            "bias, from calibration-set input means.")
     placement = build_placement(preset, excluded, patterns, exclude_ops)
-    config = BuildConfig(model=str(model_path), ranges=RangesRef(str(cal_run.dir), method), placement=placement,
-                         per_channel=bool(per_channel), backend=backend,
-                         trt_version=trt_version, smooth=smooth, smooth_attention=bool(smooth_attention),
-                         bias_correction=bool(bias_correction))
+    config = build_config(model_path, cal_run.dir, method, placement, backend=backend, per_channel=per_channel,
+                          trt_version=trt_version, smooth=smooth, smooth_attention=smooth_attention,
+                          bias_correction=bias_correction)
     run_button(page, "build", "Building", "Build the INT8 model", key="build-run", fn=build, config=config,
                parents=(cal_run.id,))
 
@@ -120,12 +120,10 @@ if art.unmatched_patterns:
                icon=":material/warning:")
 if art.skipped_tensors:
     with st.expander(f"{len(art.skipped_tensors)} tensor(s) without a usable range (left in float)"):
-        st.dataframe(pd.DataFrame([{"tensor": k, "why": v} for k, v in art.skipped_tensors.items()]),
-                     hide_index=True, width="stretch")
+        st.dataframe(reasons_frame(art.skipped_tensors, "tensor"), hide_index=True, width="stretch")
 if art.excluded_nodes:
     with st.expander(f"{len(art.excluded_nodes)} node(s) kept in float, and why"):
-        st.dataframe(pd.DataFrame([{"node": k, "why": v} for k, v in art.excluded_nodes.items()]),
-                     hide_index=True, width="stretch")
+        st.dataframe(reasons_frame(art.excluded_nodes, "node"), hide_index=True, width="stretch")
 
 st.markdown("**Downloads**")
 c = st.columns(4)
